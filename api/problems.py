@@ -1,0 +1,100 @@
+"""RFC 7807 problems: specific error types, mapped to HTTP once."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+PROBLEM_JSON = "application/problem+json"
+TYPE_BASE = "https://dermasentinel.dev/problems/"
+
+
+class Problem(Exception):
+    status = 400
+    code = "bad_request"
+    title = "Bad request"
+
+    def __init__(self, detail: str, *, errors: list[dict] | None = None, headers: dict | None = None):
+        super().__init__(detail)
+        self.detail = detail
+        self.errors = errors
+        self.headers = headers or {}
+
+
+class BadRequest(Problem):
+    pass
+
+
+class Unauthorized(Problem):
+    status, code, title = 401, "unauthorized", "Missing or invalid API key"
+
+
+class NotFound(Problem):
+    status, code, title = 404, "not_found", "Not found"
+
+
+class Conflict(Problem):
+    status, code, title = 409, "conflict", "Conflict"
+
+
+class NotReady(Problem):
+    status, code, title = 409, "not_ready", "Not ready yet"
+
+
+class PayloadTooLarge(Problem):
+    status, code, title = 413, "payload_too_large", "Upload too large"
+
+
+class UnsupportedMediaType(Problem):
+    status, code, title = 415, "unsupported_media_type", "Unsupported image type"
+
+
+class Unprocessable(Problem):
+    status, code, title = 422, "unprocessable", "Invalid input"
+
+
+class UnreadableImage(Unprocessable):
+    code, title = "unreadable_image", "Image could not be decoded"
+
+
+class ImageTooLarge(Unprocessable):
+    code, title = "image_too_large", "Image has too many pixels"
+
+
+class ServiceUnavailable(Problem):
+    status, code, title = 503, "unavailable", "Service unavailable"
+
+
+def problem_response(
+    status: int, code: str, title: str, detail: str, instance: str, errors=None, headers=None
+) -> JSONResponse:
+    body = {"type": TYPE_BASE + code, "title": title, "status": status, "detail": detail, "instance": instance}
+    if errors:
+        body["errors"] = errors
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(Problem)
+    async def _problem(request: Request, exc: Problem):
+        return problem_response(
+            exc.status, exc.code, exc.title, exc.detail, request.url.path, exc.errors, exc.headers
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError):
+        errors = [
+            {"field": ".".join(str(p) for p in err["loc"] if p not in ("body", "query", "path")), "message": err["msg"]}
+            for err in exc.errors()
+        ]
+        detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors) or "invalid request"
+        return problem_response(422, "validation_error", "Invalid input", detail, request.url.path, errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return problem_response(
+            exc.status_code, code, str(exc.detail), str(exc.detail), request.url.path, headers=exc.headers
+        )

@@ -1,0 +1,194 @@
+"""/v1/analyses: parse input, call the service, shape the answer."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from api.deps import ContextDep, CurrentTenant, SessionDep, parse_id
+from api.problems import BadRequest, NotReady, Unprocessable
+from api.services import analyses as service
+from api.uploads import clean_image, read_multipart
+from shared import analyses as lifecycle
+from shared.models import Analysis
+from shared.schemas import AnalysisInputs, FeedbackIn
+from shared.storage import ARTIFACTS
+
+router = APIRouter(prefix="/v1/analyses", tags=["analyses"])
+
+SUBMIT_SCHEMA = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["image"],
+                    "properties": {
+                        "image": {"type": "string", "format": "binary", "description": "JPEG or PNG"},
+                        "age": {"type": "integer", "minimum": 0, "maximum": 120},
+                        "sex": {"type": "string", "enum": ["male", "female", "unknown"]},
+                        "site": {
+                            "type": "string",
+                            "enum": [
+                                "head/neck", "upper extremity", "lower extremity", "torso",
+                                "palms/soles", "oral/genital", "unknown",
+                            ],
+                        },
+                        "pixel_spacing_mm": {"type": "number", "exclusiveMinimum": 0},
+                        "external_id": {"type": "string", "maxLength": 200},
+                        "batch_id": {"type": "string", "format": "uuid"},
+                        "priority": {"type": "string", "enum": ["interactive", "bulk"]},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+def view(context: ContextDep, session, analysis: Analysis) -> dict:
+    body = lifecycle.analysis_record(analysis)
+    body["updated_at"] = lifecycle.iso(analysis.updated_at)
+    body["links"] = lifecycle.links(context.settings, analysis.id)
+    body["artifacts"] = lifecycle.artifact_links(context.store, analysis)
+    report = service.report_for(session, analysis.id)
+    body["report"] = {"ready": report is not None, "created_at": lifecycle.iso(report.created_at) if report else None}
+    body["feedback"] = [
+        {
+            "agrees": f.agrees,
+            "final_diagnosis": f.final_diagnosis,
+            "histopathology": f.histopathology,
+            "notes": f.notes,
+            "created_at": lifecycle.iso(f.created_at),
+        }
+        for f in service.feedback_for(session, analysis.id)
+    ]
+    return body
+
+
+def summary(analysis: Analysis) -> dict:
+    body = lifecycle.analysis_record(analysis)
+    body.pop("model", None)
+    return body
+
+
+def _parse_inputs(fields: dict[str, str]) -> AnalysisInputs:
+    values = {k: v for k, v in fields.items() if v != ""}
+    try:
+        return AnalysisInputs.model_validate(values)
+    except ValidationError as exc:
+        errors = [
+            {"field": ".".join(str(p) for p in err["loc"]) or "form", "message": err["msg"]}
+            for err in exc.errors()
+        ]
+        raise Unprocessable(
+            "; ".join(f"{e['field']}: {e['message']}" for e in errors), errors=errors
+        ) from None
+
+
+@router.post("", status_code=202, openapi_extra=SUBMIT_SCHEMA, summary="Submit an image for analysis")
+async def submit_analysis(
+    request: Request,
+    context: ContextDep,
+    session: SessionDep,
+    tenant: CurrentTenant,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+):
+    settings = context.settings
+    form = await read_multipart(request, settings.max_upload_bytes, settings.max_upload_mb)
+    raw = form.files.get("image")
+    if raw is None:
+        raise BadRequest("the form has no 'image' file field; send the photo as image=@lesion.jpg")
+    inputs = _parse_inputs(form.fields)
+    image = await run_in_threadpool(clean_image, raw, settings.max_image_pixels)
+    submitted = await run_in_threadpool(
+        service.submit, context, session, tenant, image, inputs, idempotency_key
+    )
+    body = await run_in_threadpool(view, context, session, submitted.analysis)
+    headers = {"Location": f"/v1/analyses/{submitted.analysis.id}"}
+    if submitted.replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return JSONResponse(body, status_code=202, headers=headers)
+
+
+@router.get("", summary="List analyses, newest first")
+def list_analyses(
+    session: SessionDep,
+    tenant: CurrentTenant,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: str | None = None,
+    status: Literal["queued", "processing", "succeeded", "rejected", "failed", "canceled"] | None = None,
+    batch_id: str | None = None,
+    external_id: str | None = None,
+):
+    rows, next_cursor = service.list_page(
+        session,
+        tenant,
+        limit=limit,
+        cursor=cursor,
+        status=status,
+        batch_id=parse_id(batch_id, "batch") if batch_id else None,
+        external_id=external_id,
+    )
+    return {"data": [summary(a) for a in rows], "next_cursor": next_cursor}
+
+
+@router.get("/{analysis_id}", summary="Status, result and short-lived artifact links")
+def get_analysis(analysis_id: str, context: ContextDep, session: SessionDep, tenant: CurrentTenant):
+    return view(context, session, service.get(session, tenant, parse_id(analysis_id)))
+
+
+@router.post("/{analysis_id}/cancel", summary="Cancel a queued or processing analysis")
+def cancel_analysis(analysis_id: str, context: ContextDep, session: SessionDep, tenant: CurrentTenant):
+    analysis = service.cancel(context, session, tenant, parse_id(analysis_id))
+    return view(context, session, analysis)
+
+
+@router.post("/{analysis_id}/feedback", status_code=201, summary="Clinician feedback on a result")
+def post_feedback(analysis_id: str, body: FeedbackIn, session: SessionDep, tenant: CurrentTenant):
+    feedback = service.add_feedback(session, tenant, parse_id(analysis_id), body)
+    return {
+        "analysis_id": str(feedback.analysis_id),
+        "agrees": feedback.agrees,
+        "final_diagnosis": feedback.final_diagnosis,
+        "histopathology": feedback.histopathology,
+        "notes": feedback.notes,
+    }
+
+
+def _report_or_409(session, tenant, analysis_id: str):
+    analysis = service.get(session, tenant, parse_id(analysis_id))
+    report = service.report_for(session, analysis.id)
+    if report is None:
+        if analysis.status == "canceled":
+            raise NotReady("canceled analyses have no report")
+        raise NotReady(
+            f"the report is not ready yet (analysis is {analysis.status}); retry shortly",
+            headers={"Retry-After": "2"},
+        )
+    return analysis, report
+
+
+@router.get("/{analysis_id}/report.pdf", response_class=Response, summary="The PDF report")
+def get_report(analysis_id: str, context: ContextDep, session: SessionDep, tenant: CurrentTenant):
+    analysis, report = _report_or_409(session, tenant, analysis_id)
+    pdf = context.store.get(ARTIFACTS, report.pdf_key)
+    return Response(
+        pdf,
+        media_type="application/pdf",
+        headers={
+            "Content-Disposition": f'inline; filename="dermasentinel-{analysis.id}.pdf"',
+            "Cache-Control": "private, no-store",
+        },
+    )
+
+
+@router.get("/{analysis_id}/fhir", summary="FHIR R4 Bundle for EHRs")
+def get_fhir(analysis_id: str, session: SessionDep, tenant: CurrentTenant):
+    _, report = _report_or_409(session, tenant, analysis_id)
+    return JSONResponse(report.fhir, media_type="application/fhir+json")

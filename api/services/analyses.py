@@ -1,0 +1,215 @@
+"""Analyses: submission, lookup, listing, cancel, feedback. All SQL for the route lives here."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import or_, select, tuple_, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from api.deps import UNCOMMITTED_IMAGES
+from api.problems import BadRequest, Conflict, NotFound
+from api.uploads import CleanImage
+from shared import analyses as lifecycle
+from shared.context import AppContext
+from shared.db import after_commit
+from shared.jobs import enqueue_analysis
+from shared.models import Analysis, Batch, Feedback, Report, Tenant
+from shared.schemas import AnalysisInputs, FeedbackIn
+from shared.storage import IMAGES, image_key
+
+
+@dataclass
+class Submitted:
+    analysis: Analysis
+    replayed: bool
+
+
+def fingerprint(image: CleanImage, inputs: AnalysisInputs) -> str:
+    canonical = json.dumps(
+        {"image": image.original_sha256, **inputs.model_dump(mode="json")}, sort_keys=True
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _find_by_idempotency_key(session: Session, tenant: Tenant, key: str) -> Analysis | None:
+    return session.execute(
+        select(Analysis).where(Analysis.tenant_id == tenant.id, Analysis.idempotency_key == key)
+    ).scalar_one_or_none()
+
+
+def _replay_or_conflict(existing: Analysis, request_fingerprint: str) -> Submitted:
+    if existing.request_fingerprint != request_fingerprint:
+        raise Conflict(
+            "this Idempotency-Key was already used with a different request; use a new key for a new image"
+        )
+    return Submitted(existing, replayed=True)
+
+
+def _check_batch(session: Session, tenant: Tenant, batch_id: uuid.UUID | None) -> None:
+    if batch_id is None:
+        return
+    batch = session.execute(
+        select(Batch).where(Batch.id == batch_id, Batch.tenant_id == tenant.id)
+    ).scalar_one_or_none()
+    if batch is None:
+        raise BadRequest(f"no batch with id {batch_id}")
+    if batch.sealed_at is not None:
+        raise Conflict(f"batch {batch_id} is sealed and takes no new items; create a new batch")
+
+
+def submit(
+    context: AppContext,
+    session: Session,
+    tenant: Tenant,
+    image: CleanImage,
+    inputs: AnalysisInputs,
+    idempotency_key: str | None,
+) -> Submitted:
+    """Store the image, commit the row, and enqueue the job only after the commit."""
+    request_fingerprint = fingerprint(image, inputs)
+    now = lifecycle.utcnow()
+    if idempotency_key:
+        existing = _find_by_idempotency_key(session, tenant, idempotency_key)
+        if existing is not None:
+            if existing.idempotency_expires_at and existing.idempotency_expires_at < now:
+                existing.idempotency_key = None
+                session.flush()
+            else:
+                return _replay_or_conflict(existing, request_fingerprint)
+    _check_batch(session, tenant, inputs.batch_id)
+    priority = "bulk" if inputs.batch_id is not None else inputs.priority
+
+    analysis_id = uuid.uuid4()
+    key = image_key(tenant.id, analysis_id, image.extension)
+    analysis = Analysis(
+        id=analysis_id,
+        tenant_id=tenant.id,
+        batch_id=inputs.batch_id,
+        external_id=inputs.external_id,
+        priority=priority,
+        status="queued",
+        attempt=0,
+        age=inputs.age,
+        sex=inputs.sex,
+        site=inputs.site,
+        pixel_spacing_mm=inputs.pixel_spacing_mm,
+        image_key=key,
+        image_sha256=image.original_sha256,
+        image_content_type=image.content_type,
+        image_width=image.width,
+        image_height=image.height,
+        idempotency_key=idempotency_key,
+        request_fingerprint=request_fingerprint,
+        idempotency_expires_at=now + timedelta(hours=context.settings.idempotency_ttl_hours)
+        if idempotency_key
+        else None,
+        created_at=now,
+        updated_at=now,
+        enqueued_at=now,
+    )
+    context.store.put(IMAGES, key, image.data, image.content_type)
+    try:
+        session.add(analysis)
+        session.flush()
+    except IntegrityError:
+        # A concurrent request with the same Idempotency-Key won the race.
+        session.rollback()
+        context.store.delete(IMAGES, key)
+        existing = _find_by_idempotency_key(session, tenant, idempotency_key or "")
+        if existing is None:
+            raise
+        return _replay_or_conflict(existing, request_fingerprint)
+    except BaseException:
+        context.store.delete(IMAGES, key)
+        raise
+    session.info.setdefault(UNCOMMITTED_IMAGES, []).append(key)
+    after_commit(session, lambda: enqueue_analysis(context.celery, analysis_id, priority))
+    return Submitted(analysis, replayed=False)
+
+
+def get(session: Session, tenant: Tenant, analysis_id: uuid.UUID) -> Analysis:
+    analysis = session.execute(
+        select(Analysis).where(Analysis.id == analysis_id, Analysis.tenant_id == tenant.id)
+    ).scalar_one_or_none()
+    if analysis is None:
+        raise NotFound(f"no analysis with id {analysis_id}")
+    return analysis
+
+
+def encode_cursor(analysis: Analysis) -> str:
+    raw = f"{analysis.created_at.isoformat()}|{analysis.id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        created, ident = base64.urlsafe_b64decode(padded).decode().split("|")
+        return datetime.fromisoformat(created), uuid.UUID(ident)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("the cursor is not valid; use the next_cursor of a previous page") from None
+
+
+def list_page(
+    session: Session,
+    tenant: Tenant,
+    *,
+    limit: int,
+    cursor: str | None,
+    status: str | None,
+    batch_id: uuid.UUID | None,
+    external_id: str | None,
+) -> tuple[list[Analysis], str | None]:
+    query = select(Analysis).where(Analysis.tenant_id == tenant.id)
+    if status:
+        query = query.where(Analysis.status == status)
+    if batch_id:
+        query = query.where(Analysis.batch_id == batch_id)
+    if external_id:
+        query = query.where(Analysis.external_id == external_id)
+    if cursor:
+        created, ident = decode_cursor(cursor)
+        query = query.where(tuple_(Analysis.created_at, Analysis.id) < tuple_(created, ident))
+    rows = list(
+        session.execute(query.order_by(Analysis.created_at.desc(), Analysis.id.desc()).limit(limit + 1)).scalars()
+    )
+    next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
+    return rows[:limit], next_cursor
+
+
+def cancel(context: AppContext, session: Session, tenant: Tenant, analysis_id: uuid.UUID) -> Analysis:
+    analysis = get(session, tenant, analysis_id)
+    canceled = lifecycle.cancel(session, context.celery, context.settings, analysis.id)
+    if canceled is None:
+        session.refresh(analysis)
+        raise Conflict(f"analysis {analysis_id} is already {analysis.status} and cannot be canceled")
+    return canceled
+
+
+def add_feedback(session: Session, tenant: Tenant, analysis_id: uuid.UUID, body: FeedbackIn) -> Feedback:
+    analysis = get(session, tenant, analysis_id)
+    if analysis.status != "succeeded":
+        raise Conflict(f"feedback is for succeeded analyses; this one is {analysis.status}")
+    feedback = Feedback(analysis_id=analysis.id, tenant_id=tenant.id, **body.model_dump())
+    session.add(feedback)
+    session.flush()
+    return feedback
+
+
+def feedback_for(session: Session, analysis_id: uuid.UUID) -> list[Feedback]:
+    return list(
+        session.execute(
+            select(Feedback).where(Feedback.analysis_id == analysis_id).order_by(Feedback.created_at)
+        ).scalars()
+    )
+
+
+def report_for(session: Session, analysis_id: uuid.UUID) -> Report | None:
+    return session.get(Report, analysis_id)

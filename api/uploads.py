@@ -1,0 +1,169 @@
+"""Reading a multipart upload as a stream, with the size limit enforced while reading,
+and turning the bytes into a clean image: type from content, pixel limits, metadata gone."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass, field
+
+from fastapi import Request
+from PIL import Image, ImageOps, UnidentifiedImageError
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from api.problems import (
+    BadRequest,
+    ImageTooLarge,
+    PayloadTooLarge,
+    UnreadableImage,
+    UnsupportedMediaType,
+)
+
+MAX_FIELD_BYTES = 4096
+MAX_FIELDS = 32
+JPEG_MAGIC = b"\xff\xd8\xff"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@dataclass
+class UploadedForm:
+    fields: dict[str, str] = field(default_factory=dict)
+    files: dict[str, bytes] = field(default_factory=dict)
+
+
+class _Collector:
+    def __init__(self, max_file_bytes: int, max_mb: int):
+        self.form = UploadedForm()
+        self.max_file_bytes = max_file_bytes
+        self.max_mb = max_mb
+        self._headers: dict[bytes, bytes] = {}
+        self._header_field = b""
+        self._header_value = b""
+        self._name: str | None = None
+        self._is_file = False
+        self._buffer = bytearray()
+
+    def callbacks(self) -> dict:
+        return {
+            "on_part_begin": self._part_begin,
+            "on_header_field": lambda d, s, e: self._append("_header_field", d[s:e]),
+            "on_header_value": lambda d, s, e: self._append("_header_value", d[s:e]),
+            "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_finished,
+            "on_part_data": self._part_data,
+            "on_part_end": self._part_end,
+        }
+
+    def _append(self, attr: str, data: bytes) -> None:
+        setattr(self, attr, getattr(self, attr) + data)
+
+    def _part_begin(self) -> None:
+        self._headers, self._buffer, self._name, self._is_file = {}, bytearray(), None, False
+
+    def _header_end(self) -> None:
+        self._headers[self._header_field.lower()] = self._header_value
+        self._header_field, self._header_value = b"", b""
+
+    def _headers_finished(self) -> None:
+        _, options = parse_options_header(self._headers.get(b"content-disposition", b""))
+        name = options.get(b"name")
+        if name is None:
+            raise BadRequest("a multipart part has no name")
+        self._name = name.decode("utf-8", "replace")
+        self._is_file = b"filename" in options
+        if len(self.form.fields) + len(self.form.files) >= MAX_FIELDS:
+            raise BadRequest("too many form fields")
+
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        self._buffer.extend(data[start:end])
+        limit = self.max_file_bytes if self._is_file else MAX_FIELD_BYTES
+        if len(self._buffer) > limit:
+            if self._is_file:
+                raise PayloadTooLarge(
+                    f"the image is larger than the {self.max_mb} MB limit; send a smaller JPEG or PNG"
+                )
+            raise BadRequest(f"form field {self._name!r} is longer than {MAX_FIELD_BYTES} bytes")
+
+    def _part_end(self) -> None:
+        if self._name is None:
+            return
+        if self._is_file:
+            self.form.files[self._name] = bytes(self._buffer)
+        else:
+            self.form.fields[self._name] = self._buffer.decode("utf-8", "replace")
+
+
+async def read_multipart(request: Request, max_file_bytes: int, max_mb: int) -> UploadedForm:
+    content_type, options = parse_options_header(request.headers.get("content-type", ""))
+    if content_type != b"multipart/form-data" or b"boundary" not in options:
+        raise UnsupportedMediaType("send the image as multipart/form-data with an 'image' file field")
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > max_file_bytes + 64 * 1024:
+        raise PayloadTooLarge(f"the request is larger than the {max_mb} MB upload limit")
+    collector = _Collector(max_file_bytes, max_mb)
+    parser = MultipartParser(options[b"boundary"], collector.callbacks())
+    try:
+        async for chunk in request.stream():
+            parser.write(chunk)
+        parser.finalize()
+    except MultipartParseError as exc:
+        raise BadRequest(f"the multipart body is malformed: {exc}") from None
+    return collector.form
+
+
+@dataclass(frozen=True)
+class CleanImage:
+    data: bytes
+    content_type: str
+    extension: str
+    width: int
+    height: int
+    original_sha256: str
+
+
+def clean_image(raw: bytes, max_pixels: int) -> CleanImage:
+    """Decide the type from the bytes, decode within pixel limits, and re-encode the pixels
+    so EXIF (GPS, dates, serials), ICC comments and PNG text chunks never reach storage."""
+    if not raw:
+        raise UnreadableImage("the image file is empty")
+    if raw.startswith(JPEG_MAGIC):
+        fmt, content_type, extension = "JPEG", "image/jpeg", "jpg"
+    elif raw.startswith(PNG_MAGIC):
+        fmt, content_type, extension = "PNG", "image/png", "png"
+    else:
+        raise UnsupportedMediaType(
+            "the file is not a JPEG or PNG image (judged from its content, not its name or declared type)"
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(raw), formats=[fmt])
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageTooLarge(
+                    f"the image is {width}x{height} pixels, over the {max_pixels:,}-pixel limit; downscale it"
+                )
+            image.load()
+    except ImageTooLarge:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageTooLarge(f"the image exceeds the {max_pixels:,}-pixel limit") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise UnreadableImage(f"the {fmt} data could not be decoded ({exc}); the file may be truncated") from None
+    image = ImageOps.exif_transpose(image)
+    pixels = image.convert("RGB")
+    out = io.BytesIO()
+    if fmt == "JPEG":
+        pixels.save(out, format="JPEG", quality=95, subsampling=0)
+    else:
+        pixels.save(out, format="PNG", optimize=False)
+    return CleanImage(
+        data=out.getvalue(),
+        content_type=content_type,
+        extension=extension,
+        width=pixels.width,
+        height=pixels.height,
+        original_sha256=hashlib.sha256(raw).hexdigest(),
+    )

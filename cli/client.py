@@ -1,0 +1,68 @@
+"""A small HTTP client for the public API, used by the client commands."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+
+FINAL = {"succeeded", "rejected", "failed", "canceled"}
+
+
+class ApiError(RuntimeError):
+    def __init__(self, response: httpx.Response):
+        try:
+            body = response.json()
+            message = body.get("detail") or body.get("title") or response.text
+        except ValueError:
+            message = response.text
+        super().__init__(f"HTTP {response.status_code}: {message}")
+        self.status_code = response.status_code
+
+
+class Client:
+    def __init__(self, api_url: str, api_key: str, timeout: float = 60.0):
+        if not api_url:
+            raise SystemExit("no API URL: run `dermasentinel up`, or pass --api-url / set DERMASENTINEL_API_URL")
+        if not api_key:
+            raise SystemExit("no API key: pass --api-key / set DERMASENTINEL_API_KEY")
+        self.http = httpx.Client(
+            base_url=api_url.rstrip("/"),
+            headers={"Authorization": f"Bearer {api_key}"},
+            timeout=timeout,
+        )
+
+    def close(self) -> None:
+        self.http.close()
+
+    def request(self, method: str, path: str, **kwargs) -> httpx.Response:
+        response = self.http.request(method, path, **kwargs)
+        if response.status_code >= 400:
+            raise ApiError(response)
+        return response
+
+    def submit(
+        self,
+        image: bytes,
+        filename: str,
+        fields: dict,
+        idempotency_key: str | None = None,
+    ) -> dict:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        data = {k: str(v) for k, v in fields.items() if v is not None}
+        files = {"image": (Path(filename).name, image, "application/octet-stream")}
+        return self.request("POST", "/v1/analyses", data=data, files=files, headers=headers).json()
+
+    def get_analysis(self, analysis_id: str) -> dict:
+        return self.request("GET", f"/v1/analyses/{analysis_id}").json()
+
+    def wait(self, analysis_id: str, timeout: float = 600.0, interval: float = 0.5) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            analysis = self.get_analysis(analysis_id)
+            if analysis["status"] in FINAL:
+                return analysis
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"analysis {analysis_id} still {analysis['status']} after {timeout:.0f}s")
+            time.sleep(interval)

@@ -1,0 +1,211 @@
+"""The ``dermasentinel`` command."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from shared.config import Settings, get_settings
+
+GPU_QUEUES = "analyze.interactive,analyze.bulk"
+ROLES = {
+    # role: (queues, pool, default concurrency, preload models)
+    "gpu": (GPU_QUEUES, "prefork", 1, True),
+    "cpu": ("reports,maintenance", "prefork", 1, False),
+    "io": ("webhooks", "threads", 16, False),
+    "all": (GPU_QUEUES + ",reports,maintenance,webhooks", "prefork", 2, False),
+}
+
+
+def _client_options(func):
+    func = click.option("--api-key", envvar="DERMASENTINEL_API_KEY", help="API key (dsk_…)")(func)
+    func = click.option("--api-url", envvar="DERMASENTINEL_API_URL", help="API base URL")(func)
+    return func
+
+
+def _client(api_url: str | None, api_key: str | None):
+    from cli.client import Client
+
+    settings = get_settings()
+    return Client(api_url or settings.api_url, api_key or settings.api_key.get_secret_value())
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--log-level", default=None, help="DEBUG, INFO, WARNING…")
+def cli(log_level: str | None) -> None:
+    """DermaSentinel: asynchronous melanoma screening (research use; NOT a certified medical device)."""
+    logging.basicConfig(
+        level=(log_level or get_settings().log_level).upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, help="API port (0 picks a free one)")
+@click.option("--demo", is_flag=True, help="Submit a synthetic lesion once the stack is up and print the result")
+@click.option("--exit-after-demo", is_flag=True, help="Stop everything after the demo (for scripts and CI)")
+def up(host: str, port: int, demo: bool, exit_after_demo: bool) -> None:
+    """Run the whole stack on this machine: Postgres, Redis, S3, api, workers, beat."""
+    from cli.up import run_stack
+
+    sys.exit(run_stack(host=host, port=port, demo=demo or exit_after_demo, exit_after_demo=exit_after_demo))
+
+
+@cli.command()
+def migrate() -> None:
+    """Apply database migrations (waits for the database first)."""
+    from shared.migrate import upgrade
+
+    upgrade(get_settings().database_url)
+    click.echo("database is at the latest migration")
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True)
+@click.option("--workers", default=1, show_default=True)
+def api(host: str, port: int, workers: int) -> None:
+    """Serve the HTTP API."""
+    import uvicorn
+
+    uvicorn.run("api.main:create_app", factory=True, host=host, port=port, workers=workers, proxy_headers=True)
+
+
+@cli.command()
+@click.option("--role", type=click.Choice(sorted(ROLES)), default="all", show_default=True,
+              help="gpu: analysis queues; cpu: reports + maintenance; io: webhooks")
+@click.option("--concurrency", type=int, default=None)
+def worker(role: str, concurrency: int | None) -> None:
+    """Run a Celery worker for one role."""
+    from worker.celery_app import create_celery
+
+    queues, pool, default_concurrency, preload = ROLES[role]
+    app = create_celery(preload_models=preload)
+    app.worker_main(
+        [
+            "worker",
+            "--queues", queues,
+            "--pool", pool,
+            "--concurrency", str(concurrency or default_concurrency),
+            "--hostname", f"{role}@%h",
+            "--loglevel", get_settings().log_level,
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
+
+
+@cli.command()
+def beat() -> None:
+    """Run the scheduler: sweeper, webhook retries, retention purge."""
+    from worker.celery_app import create_celery
+
+    settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    app = create_celery()
+    app.start(["beat", "--schedule", str(settings.data_dir / "celerybeat-schedule"), "--loglevel", settings.log_level])
+
+
+@cli.group()
+def tenants() -> None:
+    """Manage tenants and API keys."""
+
+
+@tenants.command("create")
+@click.argument("name")
+def tenants_create(name: str) -> None:
+    """Create tenant NAME (or add a key to it) and print a new API key, shown only once."""
+    from shared.context import AppContext
+    from shared.db import session_scope
+    from shared.tenants import issue_key
+
+    context = AppContext(get_settings())
+    with session_scope(context.session_factory) as session:
+        tenant, key = issue_key(session, name)
+    click.echo(f"tenant {tenant.name} ({tenant.id})")
+    click.echo(f"API key (shown once): {key}")
+
+
+@cli.command()
+@click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--age", type=click.IntRange(0, 120))
+@click.option("--sex", type=click.Choice(["male", "female", "unknown"]), default="unknown")
+@click.option("--site", default="unknown")
+@click.option("--external-id")
+@click.option("--wait/--no-wait", default=True, show_default=True)
+@click.option("--timeout", default=600.0, show_default=True)
+@_client_options
+def submit(image: Path, age, sex, site, external_id, wait: bool, timeout: float, api_url, api_key) -> None:
+    """Submit IMAGE, wait for the result and print it."""
+    from cli.client import ApiError
+
+    client = _client(api_url, api_key)
+    try:
+        analysis = client.submit(
+            image.read_bytes(), image.name, {"age": age, "sex": sex, "site": site, "external_id": external_id}
+        )
+        if wait:
+            analysis = client.wait(analysis["id"], timeout=timeout)
+    except ApiError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        client.close()
+    click.echo(json.dumps(_printable(analysis), indent=2))
+    if wait and analysis["status"] == "succeeded" and analysis["result"].get("scribe_note"):
+        click.echo("\n" + analysis["result"]["scribe_note"])
+
+
+def _printable(analysis: dict) -> dict:
+    keep = ("id", "status", "external_id", "result", "rejection", "error", "model", "links")
+    body = {k: analysis.get(k) for k in keep}
+    if body["result"]:
+        body["result"] = {k: v for k, v in body["result"].items() if k != "scribe_note"}
+    return body
+
+
+@cli.group()
+def models() -> None:
+    """Manage model checkpoints."""
+
+
+@models.command("import")
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--kind", type=click.Choice(["scalpel", "fusion"]), required=True)
+def models_import(checkpoint: Path, kind: str) -> None:
+    """Check that CHECKPOINT loads into the model, then install it into MODEL_DIR."""
+    from cli.models import import_checkpoint
+
+    settings = get_settings()
+    if settings.model_dir is None:
+        raise click.ClickException("set DERMASENTINEL_MODEL_DIR to the folder that holds the checkpoints")
+    target, digest = import_checkpoint(checkpoint, kind, settings.model_dir)
+    click.echo(f"installed {target} (sha256 {digest}); restart the GPU workers to use it")
+
+
+@cli.group()
+def feedback() -> None:
+    """Clinician feedback."""
+
+
+@feedback.command("export")
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--tenant", "tenant_name", help="only this tenant's feedback")
+def feedback_export(out: Path, tenant_name: str | None) -> None:
+    """Write feedback with the predictions it judges to OUT.csv, for retraining."""
+    from cli.exports import export_feedback
+
+    count = export_feedback(get_settings(), out, tenant_name)
+    click.echo(f"wrote {count} rows to {out}")
+
+
+def main() -> None:
+    cli(prog_name="dermasentinel")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,400 @@
+"""Analysis state transitions and views: every status change goes through here.
+
+An attempt counter fences workers: a worker claims a job by moving it to ``processing``
+and bumping ``attempt``; it may only record an outcome while the row still has that
+attempt and status. A worker that lost its job (swept, canceled, re-claimed) writes nothing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+from celery import Celery
+from sqlalchemy import and_, case, func, select, update
+from sqlalchemy.orm import Session
+
+from shared.config import Settings
+from shared.db import after_commit
+from shared.events import record_event
+from shared.jobs import enqueue_analysis, enqueue_report
+from shared.models import ACTIVE_STATUSES, Analysis, AnalysisStatus, Batch
+from shared.storage import ARTIFACTS, IMAGES, ObjectStore
+
+ACTIVE = [s.value for s in ACTIVE_STATUSES]
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+# ---------------------------------------------------------------- views
+
+
+def api_base(settings: Settings) -> str:
+    return (settings.public_url or settings.api_url).rstrip("/")
+
+
+def links(settings: Settings, analysis_id: uuid.UUID) -> dict:
+    base = f"{api_base(settings)}/v1/analyses/{analysis_id}"
+    return {"self": base, "report": f"{base}/report.pdf", "fhir": f"{base}/fhir"}
+
+
+def inputs_view(analysis: Analysis) -> dict:
+    return {
+        "age": analysis.age,
+        "sex": analysis.sex,
+        "site": analysis.site,
+        "pixel_spacing_mm": analysis.pixel_spacing_mm,
+    }
+
+
+def analysis_record(analysis: Analysis) -> dict:
+    """The analysis as plain data: what reports, FHIR and exports are built from."""
+    return {
+        "id": str(analysis.id),
+        "external_id": analysis.external_id,
+        "batch_id": str(analysis.batch_id) if analysis.batch_id else None,
+        "status": analysis.status,
+        "stage": analysis.stage,
+        "priority": analysis.priority,
+        "attempt": analysis.attempt,
+        "created_at": iso(analysis.created_at),
+        "started_at": iso(analysis.started_at),
+        "completed_at": iso(analysis.completed_at),
+        "inputs": inputs_view(analysis),
+        "image": {
+            "content_type": analysis.image_content_type,
+            "width": analysis.image_width,
+            "height": analysis.image_height,
+            "sha256": analysis.image_sha256,
+        },
+        "result": analysis.result,
+        "rejection": analysis.rejection,
+        "error": analysis.error,
+        "model": analysis.model,
+    }
+
+
+def artifact_links(store: ObjectStore, analysis: Analysis) -> dict:
+    """Presigned links that expire within the configured TTL (at most 15 minutes)."""
+    artifacts = {"image": store.presigned_get(IMAGES, analysis.image_key)}
+    if analysis.mask_key:
+        artifacts["mask"] = store.presigned_get(ARTIFACTS, analysis.mask_key)
+    if analysis.overlay_key:
+        artifacts["overlay"] = store.presigned_get(ARTIFACTS, analysis.overlay_key)
+    artifacts["expires_at"] = iso(utcnow() + timedelta(seconds=store.settings.presign_ttl_seconds))
+    return artifacts
+
+
+def event_data(settings: Settings, analysis: Analysis) -> dict:
+    """Webhook payload: ids, status, the client's reference, a summary and links.
+    Never image bytes, never free text about the patient."""
+    data = {
+        "id": str(analysis.id),
+        "status": analysis.status,
+        "external_id": analysis.external_id,
+        "batch_id": str(analysis.batch_id) if analysis.batch_id else None,
+        "links": links(settings, analysis.id),
+    }
+    if analysis.result:
+        data["result"] = {
+            "diagnosis": analysis.result["diagnosis"],
+            "probability": analysis.result["probability"],
+            "uncertainty": analysis.result["uncertainty"],
+            "risk_band": analysis.result["risk_band"],
+        }
+    if analysis.model:
+        data["weights"] = analysis.model.get("weights")
+    if analysis.rejection:
+        data["rejection"] = {"code": analysis.rejection["code"]}
+    if analysis.error:
+        data["error"] = {"code": analysis.error["code"]}
+    return data
+
+
+# ---------------------------------------------------------------- claims and outcomes
+
+
+@dataclass(frozen=True)
+class Claim:
+    analysis_id: uuid.UUID
+    attempt: int
+    tenant_id: uuid.UUID
+    image_key: str
+    age: int | None
+    sex: str
+    site: str
+    pixel_spacing_mm: float | None
+
+
+def claim_batch(session: Session, own_id: uuid.UUID, limit: int) -> list[Claim]:
+    """Claim the message's own job (if still queued) plus the most urgent other queued
+    jobs, so one GPU pass serves several: interactive before bulk, oldest first."""
+    own_first = case((Analysis.id == own_id, 0), else_=1)
+    lane = case((Analysis.priority == "interactive", 0), else_=1)
+    picked = (
+        select(Analysis.id)
+        .where(Analysis.status == AnalysisStatus.queued.value)
+        .order_by(own_first, lane, Analysis.created_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .cte("picked")
+    )
+    now = utcnow()
+    rows = session.execute(
+        update(Analysis)
+        .where(Analysis.id.in_(select(picked.c.id)))
+        .values(
+            status=AnalysisStatus.processing.value,
+            stage="segmentation",
+            attempt=Analysis.attempt + 1,
+            started_at=now,
+            heartbeat_at=now,
+            updated_at=now,
+        )
+        .returning(
+            Analysis.id,
+            Analysis.attempt,
+            Analysis.tenant_id,
+            Analysis.image_key,
+            Analysis.age,
+            Analysis.sex,
+            Analysis.site,
+            Analysis.pixel_spacing_mm,
+        )
+        .execution_options(synchronize_session=False)
+    ).all()
+    return [Claim(*row) for row in rows]
+
+
+def _fenced(claim: Claim):
+    return and_(
+        Analysis.id == claim.analysis_id,
+        Analysis.attempt == claim.attempt,
+        Analysis.status == AnalysisStatus.processing.value,
+    )
+
+
+def set_stage(session: Session, claims: list[Claim], stage: str) -> None:
+    now = utcnow()
+    for claim in claims:
+        session.execute(
+            update(Analysis)
+            .where(_fenced(claim))
+            .values(stage=stage, heartbeat_at=now, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+
+
+def finish(
+    session: Session,
+    celery: Celery | None,
+    settings: Settings,
+    claim: Claim,
+    *,
+    status: AnalysisStatus,
+    model: dict | None = None,
+    result: dict | None = None,
+    rejection: dict | None = None,
+    error: dict | None = None,
+    mask_key: str | None = None,
+    overlay_key: str | None = None,
+) -> bool:
+    """Record a final outcome for a claimed job; False when the claim was fenced off."""
+    now = utcnow()
+    analysis = session.execute(
+        update(Analysis)
+        .where(_fenced(claim))
+        .values(
+            status=status.value,
+            stage=None,
+            model=model,
+            result=result,
+            rejection=rejection,
+            error=error,
+            probability=result["probability"] if result else None,
+            mask_key=mask_key,
+            overlay_key=overlay_key,
+            completed_at=now,
+            heartbeat_at=None,
+            updated_at=now,
+        )
+        .returning(Analysis)
+        .execution_options(synchronize_session=False)
+    ).scalar_one_or_none()
+    if analysis is None:
+        return False
+    _on_final(session, celery, settings, analysis)
+    return True
+
+
+def _on_final(session: Session, celery: Celery | None, settings: Settings, analysis: Analysis) -> None:
+    record_event(
+        session,
+        celery,
+        tenant_id=analysis.tenant_id,
+        type=f"analysis.{analysis.status}",
+        data=event_data(settings, analysis),
+        dedupe_key=f"analysis.{analysis.status}:{analysis.id}",
+    )
+    if analysis.status != AnalysisStatus.canceled.value and celery is not None:
+        after_commit(session, lambda: enqueue_report(celery, analysis.id))
+    if analysis.batch_id is not None:
+        complete_batch_if_done(session, celery, settings, analysis.batch_id)
+
+
+def cancel(session: Session, celery: Celery | None, settings: Settings, analysis_id: uuid.UUID) -> Analysis | None:
+    """Cancel a queued or processing job; None when it was already final."""
+    now = utcnow()
+    analysis = session.execute(
+        update(Analysis)
+        .where(Analysis.id == analysis_id, Analysis.status.in_(ACTIVE))
+        .values(status=AnalysisStatus.canceled.value, stage=None, completed_at=now, updated_at=now)
+        .returning(Analysis)
+        .execution_options(synchronize_session=False)
+    ).scalar_one_or_none()
+    if analysis is not None:
+        _on_final(session, celery, settings, analysis)
+    return analysis
+
+
+# ---------------------------------------------------------------- batches
+
+
+def batch_counts(session: Session, batch_id: uuid.UUID) -> dict[str, int]:
+    """Counts per status from the (batch_id, status) index: no scan of the tenant's rows."""
+    rows = session.execute(
+        select(Analysis.status, func.count())
+        .where(Analysis.batch_id == batch_id)
+        .group_by(Analysis.status)
+    ).all()
+    counts = {s.value: 0 for s in AnalysisStatus}
+    counts.update({status: n for status, n in rows})
+    return counts
+
+
+def complete_batch_if_done(
+    session: Session, celery: Celery | None, settings: Settings, batch_id: uuid.UUID
+) -> bool:
+    """Emit ``batch.completed`` exactly once: when the batch is sealed and nothing is active."""
+    batch = session.execute(
+        select(Batch).where(Batch.id == batch_id).with_for_update()
+    ).scalar_one_or_none()
+    if batch is None or batch.sealed_at is None or batch.completed_at is not None:
+        return False
+    still_active = session.execute(
+        select(func.count())
+        .select_from(Analysis)
+        .where(Analysis.batch_id == batch_id, Analysis.status.in_(ACTIVE))
+    ).scalar_one()
+    if still_active:
+        return False
+    batch.completed_at = utcnow()
+    counts = batch_counts(session, batch_id)
+    record_event(
+        session,
+        celery,
+        tenant_id=batch.tenant_id,
+        type="batch.completed",
+        data={
+            "id": str(batch.id),
+            "name": batch.name,
+            "external_id": batch.external_id,
+            "counts": counts,
+            "links": {
+                "self": f"{api_base(settings)}/v1/batches/{batch.id}",
+                "results": f"{api_base(settings)}/v1/batches/{batch.id}/results?order=risk",
+            },
+        },
+        dedupe_key=f"batch.completed:{batch.id}",
+    )
+    return True
+
+
+# ---------------------------------------------------------------- sweeper
+
+
+def requeue(session: Session, celery: Celery | None, analysis: Analysis) -> None:
+    analysis.enqueued_at = utcnow()
+    if celery is not None:
+        after_commit(session, lambda: enqueue_analysis(celery, analysis.id, analysis.priority))
+
+
+def release_claim(
+    session: Session, celery: Celery | None, settings: Settings, claim: Claim, *, reason: str
+) -> str | None:
+    """Give a claimed job back after a system error: re-queue it, or fail it once its
+    attempts are used up. Returns the new status, or None when the claim was fenced off."""
+    if claim.attempt >= settings.max_attempts:
+        failed = finish(
+            session,
+            celery,
+            settings,
+            claim,
+            status=AnalysisStatus.failed,
+            error={
+                "code": "attempts_exhausted",
+                "detail": f"gave up after {claim.attempt} attempts; last error: {reason}",
+            },
+        )
+        return AnalysisStatus.failed.value if failed else None
+    now = utcnow()
+    analysis = session.execute(
+        update(Analysis)
+        .where(_fenced(claim))
+        .values(status=AnalysisStatus.queued.value, stage=None, heartbeat_at=None, updated_at=now)
+        .returning(Analysis)
+        .execution_options(synchronize_session=False)
+    ).scalar_one_or_none()
+    if analysis is None:
+        return None
+    requeue(session, celery, analysis)
+    return AnalysisStatus.queued.value
+
+
+def stale_claims(session: Session, heartbeat_before: datetime, limit: int = 500) -> list[Claim]:
+    rows = session.execute(
+        select(
+            Analysis.id,
+            Analysis.attempt,
+            Analysis.tenant_id,
+            Analysis.image_key,
+            Analysis.age,
+            Analysis.sex,
+            Analysis.site,
+            Analysis.pixel_spacing_mm,
+        )
+        .where(Analysis.status == AnalysisStatus.processing.value, Analysis.heartbeat_at < heartbeat_before)
+        .limit(limit)
+    ).all()
+    return [Claim(*row) for row in rows]
+
+
+def waiting_since(session: Session, priority: str, enqueued_before: datetime, limit: int) -> list[Analysis]:
+    return list(
+        session.execute(
+            select(Analysis)
+            .where(
+                Analysis.status == AnalysisStatus.queued.value,
+                Analysis.priority == priority,
+                Analysis.enqueued_at < enqueued_before,
+            )
+            .order_by(Analysis.created_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        ).scalars()
+    )
+
+
+def unfinished_sealed_batches(session: Session, limit: int = 100) -> list[uuid.UUID]:
+    return list(
+        session.execute(
+            select(Batch.id).where(Batch.sealed_at.is_not(None), Batch.completed_at.is_(None)).limit(limit)
+        ).scalars()
+    )

@@ -1,0 +1,73 @@
+"""Engine and session factories, and the after-commit job hand-off.
+
+Whoever opens a session commits it: the API request dependency or a task's scope.
+Work that must follow a commit (enqueueing a Celery task) is registered with
+``after_commit`` and runs only once the transaction is durable; a rollback drops it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.config import Settings
+
+log = logging.getLogger(__name__)
+
+_AFTER_COMMIT = "dermasentinel_after_commit"
+
+
+def make_engine(settings: Settings, **kwargs) -> Engine:
+    if not settings.database_url:
+        raise RuntimeError(
+            "DERMASENTINEL_DATABASE_URL is not set; run `dermasentinel up` or point it at Postgres"
+        )
+    options = {"pool_pre_ping": True, "pool_size": 5, "max_overflow": 10}
+    options.update(kwargs)
+    return create_engine(settings.database_url, **options)
+
+
+def make_session_factory(engine: Engine) -> sessionmaker[Session]:
+    factory = sessionmaker(bind=engine, expire_on_commit=False, autoflush=False)
+    event.listen(factory, "after_commit", _run_after_commit)
+    event.listen(factory, "after_rollback", _drop_after_commit)
+    return factory
+
+
+def after_commit(session: Session, callback: Callable[[], None]) -> None:
+    """Run ``callback`` once the session's current transaction commits; drop it on rollback."""
+    session.info.setdefault(_AFTER_COMMIT, []).append(callback)
+
+
+def _run_after_commit(session: Session) -> None:
+    callbacks = session.info.pop(_AFTER_COMMIT, [])
+    for callback in callbacks:
+        try:
+            callback()
+        except Exception:
+            # The row is committed; the sweeper re-sends lost wake-ups, so a broker hiccup
+            # here must not turn a durable success into an error for the caller.
+            log.exception("post-commit hand-off failed; the sweeper will retry it")
+
+
+def _drop_after_commit(session: Session) -> None:
+    session.info.pop(_AFTER_COMMIT, None)
+
+
+@contextmanager
+def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A unit of work for tasks and commands: commit on success, roll back on error."""
+    session = factory()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()

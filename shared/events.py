@@ -1,0 +1,81 @@
+"""The outbox: events are rows written in the same transaction as the change they report.
+
+A ``webhooks``-queue task fans each event out to the tenant's endpoints once the
+transaction commits; the periodic dispatcher picks up any whose wake-up was lost.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+
+from celery import Celery
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from shared.db import after_commit
+from shared.jobs import enqueue_event_dispatch
+from shared.models import Event
+
+EVENT_TYPES = (
+    "analysis.succeeded",
+    "analysis.rejected",
+    "analysis.failed",
+    "analysis.canceled",
+    "analysis.report_ready",
+    "batch.completed",
+)
+TEST_EVENT = "webhook.test"
+
+
+def new_event_id() -> str:
+    return "msg_" + uuid.uuid4().hex
+
+
+def record_event(
+    session: Session,
+    celery: Celery | None,
+    *,
+    tenant_id: uuid.UUID,
+    type: str,
+    data: dict,
+    dedupe_key: str | None = None,
+    only_endpoint_id: uuid.UUID | None = None,
+) -> str | None:
+    """Add an event to the outbox; returns its id, or None if ``dedupe_key`` was already used."""
+    event_id = new_event_id()
+    payload = {
+        "type": type,
+        "timestamp": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
+        "data": data,
+    }
+    statement = (
+        insert(Event)
+        .values(
+            id=event_id,
+            tenant_id=tenant_id,
+            type=type,
+            dedupe_key=dedupe_key,
+            payload=payload,
+            only_endpoint_id=only_endpoint_id,
+        )
+        .on_conflict_do_nothing(index_elements=[Event.dedupe_key])
+        .returning(Event.id)
+    )
+    inserted = session.execute(statement).scalar_one_or_none()
+    if inserted is None:
+        return None
+    if celery is not None:
+        after_commit(session, lambda: enqueue_event_dispatch(celery, event_id))
+    return event_id
+
+
+def undispatched_event_ids(session: Session, older_than: datetime, limit: int = 500) -> list[str]:
+    rows = session.execute(
+        select(Event.id)
+        .where(Event.dispatched_at.is_(None), Event.created_at < older_than)
+        .order_by(Event.created_at)
+        .limit(limit)
+    )
+    return list(rows.scalars())

@@ -1,0 +1,42 @@
+"""Run Alembic migrations programmatically (wait for the database first)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+
+
+def alembic_config(database_url: str) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
+    return config
+
+
+def wait_for_database(database_url: str, timeout: float = 60.0) -> None:
+    engine = create_engine(database_url, pool_pre_ping=True)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                with engine.connect() as connection:
+                    connection.execute(text("SELECT 1"))
+                return
+            except OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+    finally:
+        engine.dispose()
+
+
+def upgrade(database_url: str, revision: str = "head") -> None:
+    wait_for_database(database_url)
+    command.upgrade(alembic_config(database_url), revision)

@@ -1,0 +1,27 @@
+"""Run Postgres, Redis and an S3 server from pip-installed binaries, without Docker.
+
+Each service is a child process on free loopback ports with its data under one folder:
+
+    with EmbeddedStack(Path("var/stack")) as stack:
+        settings = stack.endpoints.database_url, stack.endpoints.broker_url, ...
+"""
+
+from shared.stack.errors import DataDirInUseError, ServiceStartError, StackError
+from shared.stack.postgres import PostgresHandle, start_postgres
+from shared.stack.redis import RedisHandle, start_redis
+from shared.stack.s3 import S3Handle, start_s3
+from shared.stack.stack import EmbeddedStack, StackEndpoints
+
+__all__ = [
+    "DataDirInUseError",
+    "EmbeddedStack",
+    "PostgresHandle",
+    "RedisHandle",
+    "S3Handle",
+    "ServiceStartError",
+    "StackEndpoints",
+    "StackError",
+    "start_postgres",
+    "start_redis",
+    "start_s3",
+]

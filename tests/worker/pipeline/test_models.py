@@ -1,0 +1,138 @@
+"""Item 1: the original's checkpoints load unchanged and give the original's outputs."""
+
+import hashlib
+
+import pytest
+import segmentation_models_pytorch as smp
+import timm
+import torch
+from torch import nn
+
+from worker.pipeline.errors import CheckpointMismatchError, ModelConfigError
+from worker.pipeline.models import load_checkpoint
+from worker.pipeline.registry import ModelRegistry
+
+
+class OriginalFusion(nn.Module):
+    """The original training code's Fusion module, written as it was (classifier swapped out)."""
+
+    def __init__(self):
+        super().__init__()
+        self.eye = timm.create_model("tf_efficientnet_b3", pretrained=False)
+        self.eye.classifier = nn.Identity()
+        self.brain = nn.Sequential(
+            nn.Linear(11, 64), nn.BatchNorm1d(64), nn.ReLU(), nn.Dropout(0.3), nn.Linear(64, 32), nn.ReLU()
+        )
+        self.head = nn.Sequential(
+            nn.Linear(1568, 512), nn.BatchNorm1d(512), nn.ReLU(), nn.Dropout(0.4), nn.Linear(512, 1)
+        )
+
+    def forward(self, image, meta):
+        return self.head(torch.cat([self.eye(image), self.brain(meta)], dim=1))
+
+
+def _trained_looking(module: nn.Module, seed: int) -> nn.Module:
+    """Perturb every tensor (BN statistics included) so outputs depend clearly on the input."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in module.state_dict().items():
+            if not tensor.is_floating_point():
+                continue
+            noise = torch.randn(tensor.shape, generator=generator)
+            if name.endswith("running_var"):
+                tensor.copy_(0.5 + torch.rand(tensor.shape, generator=generator))
+            else:
+                tensor.add_(0.05 * noise)
+    return module.eval()
+
+
+@pytest.fixture(scope="module")
+def original_models(tmp_path_factory):
+    torch.manual_seed(5)
+    scalpel = _trained_looking(smp.Unet(encoder_name="resnet34", encoder_weights=None, in_channels=3, classes=1), 1)
+    fusion = _trained_looking(OriginalFusion(), 2)
+    directory = tmp_path_factory.mktemp("original")
+    # The original's formats: Scalpel a bare state_dict with "model." keys, Fusion nested.
+    torch.save({f"model.{k}": v for k, v in scalpel.state_dict().items()}, directory / "best_scalpel.pth")
+    torch.save({"epoch": 14, "model_state_dict": fusion.state_dict()}, directory / "best_fusion.pth")
+    return scalpel, fusion, directory
+
+
+def test_original_checkpoints_load_and_match_original_outputs(original_models):
+    scalpel, fusion, directory = original_models
+    registry = ModelRegistry.load(directory, device="cpu", segmenter="auto")
+
+    image = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(0))
+    meta = torch.zeros(2, 11)
+    meta[:, 0] = torch.tensor([1.0, -1.0])
+    with torch.inference_mode():
+        expected_mask_logits, ours_mask_logits = scalpel(image), registry.scalpel(image)
+        expected_logits, ours_logits = fusion(image, meta), registry.fusion(image, meta)
+    torch.testing.assert_close(ours_mask_logits, expected_mask_logits, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(ours_logits, expected_logits, rtol=1e-4, atol=1e-4)
+    # Non-trivial: the two inputs give clearly different outputs, so a wrong load would show.
+    assert abs(float(expected_logits[0] - expected_logits[1])) > 1e-2
+
+    provenance = registry.provenance()
+    assert provenance["segmenter"] == "unet" and provenance["weights"] == "trained"
+    assert provenance["scalpel"]["sha256"] == hashlib.sha256((directory / "best_scalpel.pth").read_bytes()).hexdigest()
+    assert provenance["fusion"]["sha256"] == hashlib.sha256((directory / "best_fusion.pth").read_bytes()).hexdigest()
+
+
+def _tiny():
+    return nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 1))
+
+
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        lambda sd: sd,
+        lambda sd: {"model_state_dict": sd, "optimizer_state_dict": {}, "epoch": 3},
+        lambda sd: {f"model.{k}": v for k, v in sd.items()},
+        lambda sd: {"model_state_dict": {f"model.{k}": v for k, v in sd.items()}},
+    ],
+    ids=["bare", "nested", "prefixed", "nested+prefixed"],
+)
+def test_checkpoint_layouts_all_load_the_same_weights(tmp_path, wrap):
+    source = _tiny()
+    torch.save(wrap(source.state_dict()), tmp_path / "ckpt.pth")
+    target = _tiny()
+    info = load_checkpoint(target, tmp_path / "ckpt.pth")
+    for key, value in source.state_dict().items():
+        assert torch.equal(target.state_dict()[key], value), key
+    assert len(info.sha256) == 64 and info.version
+
+
+def test_missing_and_unexpected_keys_are_named_and_nothing_is_loaded(tmp_path):
+    state = _tiny().state_dict()
+    state["2.bias_extra"] = state.pop("2.bias")
+    torch.save(state, tmp_path / "bad.pth")
+    target = _tiny()
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    with pytest.raises(CheckpointMismatchError) as caught:
+        load_checkpoint(target, tmp_path / "bad.pth")
+    message = str(caught.value)
+    assert "missing keys (1): 2.bias" in message
+    assert "unexpected keys (1): 2.bias_extra" in message
+    for key, value in target.state_dict().items():
+        assert torch.equal(value, before[key]), "a failed load must not change any weight"
+
+
+def test_shape_mismatch_is_named(tmp_path):
+    other = nn.Sequential(nn.Linear(3, 5), nn.BatchNorm1d(5), nn.Linear(5, 1))
+    torch.save(other.state_dict(), tmp_path / "bad.pth")
+    with pytest.raises(CheckpointMismatchError, match=r"shape mismatches .*0\.weight \(checkpoint \(5, 3\), model \(4, 3\)\)"):
+        load_checkpoint(_tiny(), tmp_path / "bad.pth")
+
+
+def test_registry_refuses_a_checkpoint_for_another_architecture(tmp_path):
+    torch.save(smp.Unet("resnet18", encoder_weights=None, classes=1).state_dict(), tmp_path / "scalpel.pth")
+    with pytest.raises(CheckpointMismatchError, match=r"scalpel\.pth does not fit the model: missing keys \(96\)") as caught:
+        ModelRegistry.load(tmp_path, device="cpu")
+    assert "encoder.layer1.2.conv1.weight" in caught.value.missing
+
+
+def test_unreadable_checkpoint_is_a_config_error(tmp_path):
+    (tmp_path / "fusion.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(ModelConfigError, match="cannot read checkpoint"):
+        ModelRegistry.load(tmp_path, device="cpu")

@@ -1,0 +1,154 @@
+import copy
+import json
+
+import pytest
+from fhir.resources.R4B.bundle import Bundle
+from pydantic import ValidationError
+
+from worker.reporting.fhir import build_fhir_bundle
+
+AIAST = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "AIAST"}
+
+
+def resources(bundle: dict, kind: str) -> list[dict]:
+    return [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == kind]
+
+
+def by_code(bundle: dict, code: str) -> dict:
+    (found,) = [o for o in resources(bundle, "Observation") if o["code"]["coding"][0]["code"] == code]
+    return found
+
+
+def has_ai_label(resource: dict) -> bool:
+    return any(
+        s["system"] == AIAST["system"] and s["code"] == AIAST["code"] for s in resource.get("meta", {}).get("security", [])
+    )
+
+
+def test_succeeded_bundle_validates_and_links_everything(high_risk_trained, links):
+    bundle = build_fhir_bundle(high_risk_trained, links)
+    parsed = Bundle.model_validate(bundle)
+    assert parsed.type == "collection"
+    json.dumps(bundle)
+
+    (report,) = resources(bundle, "DiagnosticReport")
+    assert report["status"] == "final"
+    assert report["presentedForm"][0] == {
+        "contentType": "application/pdf",
+        "url": links["report"],
+        "title": f"DermaSentinel report {high_risk_trained['id']}",
+    }
+    assert "malignancy probability 0.91 ± 0.04" in report["conclusion"]
+    assert {"system": "http://snomed.info/sct", "code": "372244006", "display": "Malignant melanoma (disorder)"} in report[
+        "conclusionCode"
+    ][0]["coding"]
+    full_urls = {e["fullUrl"] for e in bundle["entry"]}
+    assert all(url.startswith("urn:uuid:") for url in full_urls)
+    assert {r["reference"] for r in report["result"]} <= full_urls
+    assert len(report["result"]) == len(resources(bundle, "Observation")) == 9
+
+    image_media, overlay_media = resources(bundle, "Media")
+    assert image_media["content"]["url"] == links["image"]
+    assert image_media["content"]["contentType"] == "image/jpeg"
+    assert overlay_media["content"]["url"] == links["overlay"]
+    image_url = next(e["fullUrl"] for e in bundle["entry"] if e["resource"] is image_media)
+    for observation in resources(bundle, "Observation"):
+        assert observation["derivedFrom"] == [{"reference": image_url}]
+        assert has_ai_label(observation)
+        assert observation["subject"]["identifier"]["value"] == "CLINIC-A-000187"
+    assert has_ai_label(report) and has_ai_label(overlay_media)
+    assert not has_ai_label(image_media)
+
+
+def test_units_are_ucum(high_risk_trained, links):
+    bundle = build_fhir_bundle(high_risk_trained, links)
+    ita = by_code(bundle, "ita")["valueQuantity"]
+    assert (ita["value"], ita["system"], ita["code"]) == (38.6, "http://unitsofmeasure.org", "deg")
+    diameter = by_code(bundle, "lesion-diameter")
+    assert (diameter["valueQuantity"]["code"], diameter["valueQuantity"]["value"]) == ("mm", 7.416)
+    assert diameter["component"][0]["valueQuantity"]["code"] == "{pixel}"
+    assert by_code(bundle, "malignancy-probability")["valueQuantity"]["code"] == "1"
+    assert by_code(bundle, "abcd-asymmetry")["valueQuantity"]["value"] == 0.81
+    skin = by_code(bundle, "skin-group")
+    assert skin["valueCodeableConcept"]["text"] == "light"
+    assert skin["component"][0]["valueBoolean"] is False
+
+
+def test_devices_carry_version_and_sha256(high_risk_trained, links):
+    devices = resources(build_fhir_bundle(high_risk_trained, links), "Device")
+    versions = {d["deviceName"][0]["name"]: d["version"][0]["value"] for d in devices}
+    assert versions == {"scalpel-unet-r34": "1.2.0", "fusion-effnet-b3": "2.0.1"}
+    hashes = {d["identifier"][0]["value"] for d in devices}
+    assert hashes == {high_risk_trained["model"]["scalpel"]["sha256"], high_risk_trained["model"]["fusion"]["sha256"]}
+
+
+def test_untrained_weights_are_visible_on_every_ai_resource(low_risk_untrained, links):
+    bundle = build_fhir_bundle(low_risk_untrained, links)
+    Bundle.model_validate(bundle)
+    for resource in resources(bundle, "Observation"):
+        assert any("weights: untrained" in n["text"] for n in resource["note"])
+        assert resource["extension"][0]["valueCode"] == "untrained"
+    (report,) = resources(bundle, "DiagnosticReport")
+    assert report["conclusion"].startswith("UNTRAINED MODEL")
+    classifier = next(d for d in resources(bundle, "Device") if d["deviceName"][0]["name"] == "fusion-effnet-b3")
+    assert "identifier" not in classifier
+    assert "weights: untrained" in classifier["note"][0]["text"]
+    assert "subject" not in report
+    # No pixel spacing was given, so the diameter can only be stated in pixels.
+    assert by_code(bundle, "lesion-diameter")["valueQuantity"]["code"] == "{pixel}"
+
+
+def test_no_patient_details_leave_the_service(bias_warning_dark, links):
+    bundle = build_fhir_bundle(bias_warning_dark, links)
+    assert not resources(bundle, "Patient")
+    (report,) = resources(bundle, "DiagnosticReport")
+    assert report["subject"] == {
+        "type": "Patient",
+        "identifier": {"system": "https://dermasentinel.org/fhir/NamingSystem/external-id", "value": "EHR-77-4411"},
+    }
+    assert all("name" not in r for r in resources(bundle, "Observation") + resources(bundle, "Media"))
+    assert by_code(bundle, "skin-group")["component"][0]["valueBoolean"] is True
+    assert "BIAS WARNING" in by_code(bundle, "skin-group")["note"][0]["text"]
+
+
+def test_same_analysis_gives_the_same_bundle(high_risk_trained, links):
+    assert build_fhir_bundle(high_risk_trained, links) == build_fhir_bundle(copy.deepcopy(high_risk_trained), links)
+    other = copy.deepcopy(high_risk_trained)
+    other["id"] = "00000000-0000-4000-8000-000000000000"
+    first = {e["fullUrl"] for e in build_fhir_bundle(high_risk_trained, links)["entry"]}
+    second = {e["fullUrl"] for e in build_fhir_bundle(other, links)["entry"]}
+    assert not first & second
+
+
+def test_rejected_bundle_is_final_with_reason_and_no_observations(rejected_blurry, links):
+    bundle = build_fhir_bundle(rejected_blurry, {**links, "overlay": None})
+    Bundle.model_validate(bundle)
+    (report,) = resources(bundle, "DiagnosticReport")
+    assert report["status"] == "final"
+    assert "Image rejected (blurry)" in report["conclusion"]
+    assert "Retake the image in focus" in report["conclusion"]
+    assert report["conclusionCode"][0]["coding"][0]["code"] == "image-rejected-blurry"
+    assert not resources(bundle, "Observation")
+    assert "result" not in report
+    assert len(resources(bundle, "Media")) == 1
+
+
+def test_failed_bundle_is_cancelled(failed_analysis, links):
+    bundle = build_fhir_bundle(failed_analysis, {**links, "overlay": None})
+    (report,) = resources(bundle, "DiagnosticReport")
+    assert report["status"] == "cancelled"
+    assert "storage_unavailable" in report["conclusion"]
+
+
+def test_validation_rejects_a_broken_bundle(high_risk_trained, links):
+    # The R4B models check structure and required elements (not code bindings), so the
+    # validation inside build_fhir_bundle catches a missing status or a misspelt element.
+    bundle = build_fhir_bundle(high_risk_trained, links)
+    missing_status = copy.deepcopy(bundle)
+    del by_code(missing_status, "ita")["status"]
+    with pytest.raises(ValidationError):
+        Bundle.model_validate(missing_status)
+    misspelt = copy.deepcopy(bundle)
+    misspelt["entry"][0]["resource"]["presentedFrom"] = misspelt["entry"][0]["resource"].pop("presentedForm")
+    with pytest.raises(ValidationError):
+        Bundle.model_validate(misspelt)

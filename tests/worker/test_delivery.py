@@ -1,0 +1,418 @@
+import ipaddress
+import json
+import random
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+from standardwebhooks import Webhook
+
+from shared import ssrf
+from shared.ssrf import parse_allow_cidrs
+from shared.webhook_signing import generate_secret, new_message_id
+from worker.delivery import (
+    DEFAULT_RETRY_SCHEDULE,
+    RESPONSE_EXCERPT_BYTES,
+    DeliveryClient,
+    deliver,
+    next_attempt_delay,
+    parse_retry_schedule,
+)
+
+LOOPBACK = parse_allow_cidrs("127.0.0.0/8")
+BODY = json.dumps(
+    {
+        "type": "analysis.succeeded",
+        "timestamp": "2025-01-01T00:00:00Z",
+        "data": {"analysis_id": "an_1", "external_id": "ehr-42", "status": "succeeded"},
+    }
+)
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: str
+
+
+@dataclass
+class Reply:
+    status: int
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    delay_s: float = 0.0
+    drip_headers_s: float = 0.0
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: "_ReceiverServer"
+
+    def do_POST(self) -> None:
+        self._handle()
+
+    def do_GET(self) -> None:
+        self._handle()
+
+    def _handle(self) -> None:
+        length = int(self.headers.get("content-length") or 0)
+        body = self.rfile.read(length).decode("utf-8")
+        reply = self.server.next_reply(
+            Recorded(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+        )
+        if reply.delay_s:
+            time.sleep(reply.delay_s)
+        if reply.drip_headers_s:
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Drip: ")
+            stop = time.monotonic() + reply.drip_headers_s
+            while time.monotonic() < stop:
+                self.wfile.write(b"a")
+                time.sleep(0.05)
+            return
+        self.send_response(reply.status)
+        for name, value in reply.headers.items():
+            self.send_header(name, value)
+        self.send_header("content-length", str(len(reply.body)))
+        self.end_headers()
+        self.wfile.write(reply.body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+class _ReceiverServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], replies: list[Reply]) -> None:
+        super().__init__(address, _Handler)
+        self.replies = list(replies)
+        self.requests: list[Recorded] = []
+        self.connections = 0
+        self._lock = threading.Lock()
+
+    def next_reply(self, request: Recorded) -> Reply:
+        with self._lock:
+            self.requests.append(request)
+            return self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
+
+    def handle_error(self, request, client_address) -> None:
+        # Clients hanging up early (timeouts, the 1 KiB excerpt) are what several tests do.
+        if not isinstance(sys.exception(), ConnectionError):
+            super().handle_error(request, client_address)
+
+    def process_request(self, request, client_address) -> None:
+        self.connections += 1
+        super().process_request(request, client_address)
+
+
+class Receiver:
+    """A real HTTP server on a loopback address, answering with scripted replies."""
+
+    def __init__(self, *replies: Reply, host: str = "127.0.0.1", port: int = 0, tls: ssl.SSLContext | None = None):
+        self.server = _ReceiverServer((host, port), list(replies) or [Reply(200)])
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+        self.host, self.port = self.server.server_address[:2]
+        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/hooks/dermasentinel"
+
+    @property
+    def requests(self) -> list[Recorded]:
+        return self.server.requests
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receivers():
+    started: list[Receiver] = []
+
+    def start(*replies: Reply, **kwargs) -> Receiver:
+        receiver = Receiver(*replies, **kwargs)
+        started.append(receiver)
+        return receiver
+
+    yield start
+    for receiver in started:
+        receiver.close()
+
+
+@pytest.fixture
+def client():
+    with DeliveryClient() as delivery_client:
+        yield delivery_client
+
+
+class _FixedRng:
+    def uniform(self, a: float, b: float) -> float:
+        return 1.0
+
+
+def test_receiver_failing_twice_then_accepting_gets_one_message_signed_every_time(receivers, client):
+    receiver = receivers(Reply(500, b"db down"), Reply(500, b"db down"), Reply(200, b"thanks"))
+    secret, msg_id = generate_secret(), new_message_id()
+    schedule = parse_retry_schedule("5,300,1800")
+
+    results, waits = [], []
+    for attempt in range(1, len(schedule) + 2):
+        result = deliver(receiver.url, secret, msg_id, BODY, allow_cidrs=LOOPBACK, client=client)
+        results.append(result)
+        if result.ok:
+            break
+        waits.append(next_attempt_delay(attempt, schedule, rng=_FixedRng()))
+
+    assert [r.status_code for r in results] == [500, 500, 200]
+    assert [r.ok for r in results] == [False, False, True]
+    assert results[0].error == "HTTP 500" and results[0].response_excerpt == "db down"
+    assert results[-1].error is None and results[-1].response_excerpt == "thanks"
+    assert waits == [5, 300]
+    assert len(receiver.requests) == 3
+    for request in receiver.requests:
+        assert Webhook(secret).verify(request.body, request.headers) == json.loads(BODY)
+        assert request.body == BODY
+        assert request.method == "POST" and request.path == "/hooks/dermasentinel"
+        assert request.headers["content-type"] == "application/json"
+        assert request.headers["user-agent"].startswith("DermaSentinel-Webhooks/")
+        assert request.headers["host"] == f"127.0.0.1:{receiver.port}"
+    assert {r.headers["webhook-id"] for r in receiver.requests} == {msg_id}
+
+
+def test_gone_asks_to_disable_the_endpoint(receivers, client):
+    receiver = receivers(Reply(410, b"unsubscribed"))
+    result = deliver(receiver.url, generate_secret(), new_message_id(), BODY, allow_cidrs=LOOPBACK, client=client)
+    assert (result.ok, result.status_code, result.disable_endpoint) == (False, 410, True)
+    other = receivers(Reply(404))
+    result = deliver(other.url, generate_secret(), new_message_id(), BODY, allow_cidrs=LOOPBACK, client=client)
+    assert (result.ok, result.status_code, result.disable_endpoint) == (False, 404, False)
+
+
+def test_redirect_is_reported_and_not_followed(receivers, client):
+    internal = receivers(Reply(200))
+    redirecting = receivers(Reply(302, headers={"location": internal.url}))
+    result = deliver(redirecting.url, generate_secret(), new_message_id(), BODY, allow_cidrs=LOOPBACK, client=client)
+    assert (result.ok, result.status_code) == (False, 302)
+    assert "redirect" in result.error and "not followed" in result.error
+    assert internal.requests == []
+
+
+def test_slow_receiver_is_reported_as_timeout(receivers, client):
+    receiver = receivers(Reply(200, delay_s=3.0))
+    started = time.monotonic()
+    result = deliver(
+        receiver.url, generate_secret(), new_message_id(), BODY, allow_cidrs=LOOPBACK, timeout=0.5, client=client
+    )
+    assert time.monotonic() - started < 2.0
+    assert (result.ok, result.status_code) == (False, None)
+    assert result.error.startswith("timed out after 0.5 s")
+
+
+def test_receiver_dripping_bytes_cannot_outlast_the_overall_timeout(receivers, client):
+    # Each byte arrives well within the per-read timeout; only a total deadline stops it.
+    receiver = receivers(Reply(200, drip_headers_s=4.0))
+    started = time.monotonic()
+    result = deliver(
+        receiver.url, generate_secret(), new_message_id(), BODY, allow_cidrs=LOOPBACK, timeout=0.6, client=client
+    )
+    assert time.monotonic() - started < 2.0
+    assert not result.ok and result.error.startswith("timed out")
+
+
+def test_response_excerpt_is_cut_to_one_kib(receivers, client):
+    receiver = receivers(Reply(500, b"x" * 200_000))
+    result = deliver(receiver.url, generate_secret(), new_message_id(), BODY, allow_cidrs=LOOPBACK, client=client)
+    assert result.status_code == 500
+    assert result.response_excerpt == "x" * RESPONSE_EXCERPT_BYTES
+
+
+def test_connection_refused_is_returned_not_raised(client):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = deliver(f"http://127.0.0.1:{port}/", generate_secret(), new_message_id(), BODY, allow_cidrs=LOOPBACK, client=client)
+    assert (result.ok, result.status_code) == (False, None)
+    assert result.error.startswith("ConnectError")
+
+
+def test_internal_url_is_refused_at_send_time_and_nothing_is_sent(receivers, client):
+    receiver = receivers(Reply(200))
+    for url in (receiver.url, f"http://2130706433:{receiver.port}/", f"http://[::ffff:127.0.0.1]:{receiver.port}/"):
+        result = deliver(url, generate_secret(), new_message_id(), BODY, allow_cidrs=[], client=client)
+        assert not result.ok and result.error.startswith("refused: ")
+        assert "loopback" in result.error
+    assert receiver.requests == []
+
+
+def test_other_spellings_of_an_allowed_address_reach_the_same_receiver(receivers, client):
+    receiver = receivers(Reply(204))
+    for url in (f"http://2130706433:{receiver.port}/", f"http://127.1:{receiver.port}/", f"http://[::ffff:127.0.0.1]:{receiver.port}/"):
+        result = deliver(url, generate_secret(), new_message_id(), BODY, allow_cidrs=LOOPBACK, client=client)
+        assert result.ok, result.error
+    assert len(receiver.requests) == 3
+
+
+def _receivers_on_same_port(receivers) -> tuple[Receiver, Receiver]:
+    for _ in range(20):
+        legit = receivers(Reply(200, b"legit"), host="127.0.0.2")
+        try:
+            internal = receivers(Reply(200, b"internal secrets"), host="127.0.0.1", port=legit.port)
+        except OSError:
+            continue
+        return legit, internal
+    pytest.skip("could not bind 127.0.0.1 and 127.0.0.2 on one port")
+
+
+def test_dns_rebinding_after_the_check_cannot_reach_an_internal_address(receivers, client, monkeypatch):
+    """The name resolves to an allowed address at check time and to loopback afterwards.
+
+    127.0.0.2 stands in for the receiver's public address (it is the only allowed
+    network) and 127.0.0.1 for the internal service the attacker wants to reach.
+    """
+    legit, internal = _receivers_on_same_port(receivers)
+    answers = iter([[ipaddress.ip_address("127.0.0.2")]])
+    checks = []
+
+    def rebinding_resolver(host: str, port: int) -> list:
+        checks.append(host)
+        return next(answers, [ipaddress.ip_address("127.0.0.1")])
+
+    real_getaddrinfo = socket.getaddrinfo
+
+    def rebound_getaddrinfo(host, port, *args, **kwargs):
+        # Anything that resolves the name again (an unpinned client would) gets loopback.
+        if host == "rebind.test":
+            host = "127.0.0.1"
+        return real_getaddrinfo(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(ssrf, "resolve_host", rebinding_resolver)
+    monkeypatch.setattr(socket, "getaddrinfo", rebound_getaddrinfo)
+    allow = parse_allow_cidrs("127.0.0.2/32")
+    url = f"http://rebind.test:{legit.port}/hook"
+
+    first = deliver(url, generate_secret(), new_message_id(), BODY, allow_cidrs=allow, client=client)
+    assert first.ok and first.response_excerpt == "legit"
+    assert legit.requests[0].headers["host"] == f"rebind.test:{legit.port}"
+
+    second = deliver(url, generate_secret(), new_message_id(), BODY, allow_cidrs=allow, client=client)
+    assert not second.ok and second.error.startswith("refused: ")
+
+    assert checks == ["rebind.test", "rebind.test"]
+    assert len(legit.requests) == 1
+    assert internal.requests == []
+
+
+def test_delivery_client_cannot_connect_outside_deliver(receivers):
+    receiver = receivers(Reply(200))
+    with DeliveryClient() as unpinned:
+        with pytest.raises(httpx.ConnectError, match="not the address checked"):
+            unpinned.post(receiver.url, content=b"{}")
+    assert receiver.requests == []
+
+
+def test_a_plain_httpx_client_is_refused_because_it_would_resolve_names_itself():
+    with httpx.Client() as plain, pytest.raises(TypeError, match="DeliveryClient"):
+        deliver("https://example.com/", generate_secret(), new_message_id(), BODY, allow_cidrs=[], client=plain)
+
+
+@pytest.fixture
+def certificate(tmp_path):
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl CLI not available to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2",
+            "-subj", "/CN=webhook.test", "-addext", "subjectAltName=DNS:webhook.test",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+def test_https_to_a_pinned_address_still_verifies_the_certificate_for_the_host_name(
+    receivers, certificate, monkeypatch
+):
+    cert, key = certificate
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    receiver = receivers(Reply(200, b"ok"), tls=server_tls)
+    monkeypatch.setattr(ssrf, "resolve_host", lambda host, port: [ipaddress.ip_address("127.0.0.1")])
+    trusting = ssl.create_default_context(cafile=str(cert))
+
+    with DeliveryClient(ssl_context=trusting) as tls_client:
+        good = deliver(
+            f"https://webhook.test:{receiver.port}/hook", generate_secret(), new_message_id(), BODY,
+            allow_cidrs=LOOPBACK, client=tls_client,
+        )
+        wrong_name = deliver(
+            f"https://other.test:{receiver.port}/hook", generate_secret(), new_message_id(), BODY,
+            allow_cidrs=LOOPBACK, client=tls_client,
+        )
+    with DeliveryClient() as default_trust:
+        untrusted = deliver(
+            f"https://webhook.test:{receiver.port}/hook", generate_secret(), new_message_id(), BODY,
+            allow_cidrs=LOOPBACK, client=default_trust,
+        )
+
+    assert good.ok, good.error
+    assert receiver.requests[0].headers["host"] == f"webhook.test:{receiver.port}"
+    assert not wrong_name.ok and "certificate verify failed" in wrong_name.error.lower()
+    assert not untrusted.ok and "certificate verify failed" in untrusted.error.lower()
+    assert len(receiver.requests) == 1
+
+
+def test_deliveries_per_second_to_a_fast_receiver_over_one_reused_client(receivers, client):
+    receiver = receivers(Reply(204))
+    secret, count = generate_secret(), 500
+    deliver(receiver.url, secret, new_message_id(), BODY, allow_cidrs=LOOPBACK, client=client)
+    started = time.perf_counter()
+    for _ in range(count):
+        result = deliver(receiver.url, secret, new_message_id(), BODY, allow_cidrs=LOOPBACK, client=client)
+        assert result.ok
+    rate = count / (time.perf_counter() - started)
+    print(f"\nwebhook deliveries/s (sequential, one DeliveryClient, loopback): {rate:.0f}")
+    assert receiver.server.connections == 1, "keep-alive connection should be reused"
+    assert rate > 50
+
+
+def test_parse_retry_schedule():
+    assert parse_retry_schedule("5, 300,1800 ") == [5, 300, 1800]
+    assert parse_retry_schedule("") == []
+    for bad in ("5,,300", "5,-1", "1.5", "5m", "abc", "٣"):
+        with pytest.raises(ValueError, match="WEBHOOK_RETRY_SCHEDULE entry"):
+            parse_retry_schedule(bad)
+
+
+def test_default_schedule_spans_about_three_days():
+    assert DEFAULT_RETRY_SCHEDULE[:2] == (5, 300)
+    assert 2.5 * 86400 <= sum(DEFAULT_RETRY_SCHEDULE) <= 4 * 86400
+
+
+def test_retry_delays_follow_the_schedule_with_twenty_percent_jitter_then_stop():
+    schedule = [5, 300, 1800]
+    rng = random.Random(7)
+    for attempt, base in enumerate(schedule, start=1):
+        delays = [next_attempt_delay(attempt, schedule, rng=rng) for _ in range(500)]
+        assert all(0.8 * base <= d <= 1.2 * base for d in delays)
+        assert max(delays) - min(delays) > 0.3 * base, "jitter should spread retries"
+    assert next_attempt_delay(len(schedule) + 1, schedule) is None
+    assert next_attempt_delay(1, []) is None
+    with pytest.raises(ValueError):
+        next_attempt_delay(0, schedule)

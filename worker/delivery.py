@@ -1,0 +1,336 @@
+"""One webhook delivery attempt, and when to try again.
+
+`deliver` re-checks the endpoint URL at send time and connects only to the addresses that
+check approved: a `DeliveryClient` has no resolver of its own, so a DNS answer that changes
+between the check and the connect (DNS rebinding) cannot move the request to an internal
+address. The URL keeps its host name, so Host, SNI and certificate verification are the
+same as for any HTTPS client.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import random
+import re
+import ssl
+import time
+import typing
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import httpcore
+import httpx
+
+from shared.ssrf import IPAddress, IPNetwork, UnsafeURLError, resolve_and_check
+from shared.webhook_signing import sign
+
+USER_AGENT = "DermaSentinel-Webhooks/0.1 (+https://www.standardwebhooks.com)"
+DEFAULT_TIMEOUT_S = 15.0
+RESPONSE_EXCERPT_BYTES = 1024
+RETRY_JITTER = 0.2
+# Delay before each retry, after an immediate first attempt: 5 s, 5 min, 30 min, 2 h, 5 h,
+# 10 h, 10 h, 14 h, 20 h, 24 h -- 11 attempts over about 3.6 days.
+DEFAULT_RETRY_SCHEDULE: tuple[int, ...] = (
+    5, 300, 1800, 7200, 18000, 36000, 36000, 50400, 72000, 86400,
+)
+DEFAULT_RETRY_SCHEDULE_SETTING = ",".join(str(s) for s in DEFAULT_RETRY_SCHEDULE)
+_SECONDS = re.compile(r"[0-9]+")
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    ok: bool
+    status_code: int | None
+    latency_ms: float
+    """Connect, send and response headers plus the excerpt read; excludes the DNS check."""
+    error: str | None
+    response_excerpt: str | None
+    """At most the first 1 KiB of the response body, decoded leniently."""
+    disable_endpoint: bool
+    """The receiver answered 410 Gone: stop sending to this endpoint."""
+
+
+@dataclass(frozen=True)
+class _Pin:
+    host: str
+    port: int
+    addresses: tuple[IPAddress, ...]
+    deadline: float
+
+
+_current_pin: contextvars.ContextVar[_Pin | None] = contextvars.ContextVar(
+    "webhook_delivery_pin", default=None
+)
+
+
+class DeliveryClient(httpx.Client):
+    """An httpx client that can only connect to addresses approved by the running `deliver`.
+
+    Outside `deliver` every connection attempt fails, so the client cannot be misused for
+    unchecked requests. It never follows redirects and ignores proxy environment variables
+    (a proxy would resolve the host itself, undoing the pinning). Reuse one per worker
+    process so connections to busy receivers stay open.
+    """
+
+    def __init__(self, *, ssl_context: ssl.SSLContext | None = None, max_connections: int = 50) -> None:
+        super().__init__(
+            transport=_PinnedTransport(ssl_context=ssl_context, max_connections=max_connections),
+            follow_redirects=False,
+            trust_env=False,
+            headers={"user-agent": USER_AGENT},
+        )
+
+
+def deliver(
+    url: str,
+    secret: str,
+    msg_id: str,
+    body: str,
+    *,
+    allow_cidrs: Iterable[IPNetwork],
+    timeout: float = DEFAULT_TIMEOUT_S,
+    client: httpx.Client | None = None,
+) -> AttemptResult:
+    """POST one signed webhook to `url` and report what happened; network trouble is returned, not raised.
+
+    `timeout` bounds the whole exchange (connect, TLS, send, response headers and the
+    excerpt), not each socket read. `client` must be a `DeliveryClient`.
+    """
+    if client is not None and not isinstance(client, DeliveryClient):
+        raise TypeError("deliver() needs a DeliveryClient; other clients skip address pinning")
+    called = time.monotonic()
+    deadline = called + timeout
+    try:
+        parsed, addresses = resolve_and_check(url, allow_cidrs)
+    except UnsafeURLError as exc:
+        return _failure(f"refused: {exc}", latency_ms=_since(called))
+
+    headers = sign(secret, msg_id, int(time.time()), body)
+    headers["content-type"] = "application/json"
+    # Compressed responses could expand far beyond the excerpt we keep.
+    headers["accept-encoding"] = "identity"
+
+    owned = client is None
+    active = client if client is not None else DeliveryClient()
+    pin = _current_pin.set(_Pin(parsed.host, parsed.port, tuple(addresses), deadline))
+    started = time.monotonic()
+    try:
+        with active.stream(
+            "POST",
+            parsed.url,
+            content=body.encode("utf-8"),
+            headers=headers,
+            timeout=httpx.Timeout(max(deadline - started, 0.001)),
+        ) as response:
+            excerpt = _read_excerpt(response)
+    except httpx.TimeoutException as exc:
+        return _failure(
+            f"timed out after {timeout:g} s ({type(exc).__name__})", latency_ms=_since(started)
+        )
+    except httpx.HTTPError as exc:
+        return _failure(f"{type(exc).__name__}: {exc}", latency_ms=_since(started))
+    finally:
+        _current_pin.reset(pin)
+        if owned:
+            active.close()
+    return _classify(response, excerpt, latency_ms=_since(started))
+
+
+def parse_retry_schedule(value: str) -> list[int]:
+    """Parse `WEBHOOK_RETRY_SCHEDULE`: seconds to wait before each retry, comma-separated.
+
+    An empty value means a single attempt and no retries.
+    """
+    if not value.strip():
+        return []
+    schedule: list[int] = []
+    for item in value.split(","):
+        item = item.strip()
+        if not _SECONDS.fullmatch(item):
+            raise ValueError(
+                f"WEBHOOK_RETRY_SCHEDULE entry {item!r} is not a whole number of seconds; "
+                f"write it like {DEFAULT_RETRY_SCHEDULE_SETTING!r}"
+            )
+        schedule.append(int(item))
+    return schedule
+
+
+class _Uniform(typing.Protocol):
+    def uniform(self, a: float, b: float) -> float: ...
+
+
+def next_attempt_delay(
+    attempt_number: int, schedule: typing.Sequence[int], rng: _Uniform = random
+) -> float | None:
+    """Seconds to wait after failed attempt `attempt_number` (1 = the first send), or None when retries are exhausted.
+
+    Each delay is jittered by ±20% so endpoints that failed together don't retry together.
+    """
+    if attempt_number < 1:
+        raise ValueError("attempt_number counts from 1 (the first send)")
+    if attempt_number > len(schedule):
+        return None
+    return schedule[attempt_number - 1] * rng.uniform(1 - RETRY_JITTER, 1 + RETRY_JITTER)
+
+
+def _classify(response: httpx.Response, excerpt: str, *, latency_ms: float) -> AttemptResult:
+    status = response.status_code
+    ok = 200 <= status < 300
+    error: str | None = None
+    if status == 410:
+        error = "HTTP 410 Gone: the receiver asked us to stop sending"
+    elif 300 <= status < 400:
+        location = response.headers.get("location", "")
+        error = f"HTTP {status} redirect to {location[:200]!r} not followed; register the final URL"
+    elif not ok:
+        error = f"HTTP {status}"
+    return AttemptResult(
+        ok=ok,
+        status_code=status,
+        latency_ms=latency_ms,
+        error=error,
+        response_excerpt=excerpt,
+        disable_endpoint=status == 410,
+    )
+
+
+def _read_excerpt(response: httpx.Response) -> str:
+    kept = bytearray()
+    try:
+        for chunk in response.iter_raw():
+            kept += chunk
+            if len(kept) >= RESPONSE_EXCERPT_BYTES:
+                break
+    except httpx.HTTPError:
+        # The status line already decided the outcome; a body cut short only shortens the log.
+        pass
+    return bytes(kept[:RESPONSE_EXCERPT_BYTES]).decode("utf-8", errors="replace")
+
+
+def _failure(error: str, *, latency_ms: float) -> AttemptResult:
+    return AttemptResult(
+        ok=False,
+        status_code=None,
+        latency_ms=latency_ms,
+        error=error,
+        response_excerpt=None,
+        disable_endpoint=False,
+    )
+
+
+def _since(started: float) -> float:
+    return (time.monotonic() - started) * 1000.0
+
+
+class _PinnedTransport(httpx.HTTPTransport):
+    def __init__(self, *, ssl_context: ssl.SSLContext | None, max_connections: int) -> None:
+        context = ssl_context or _default_ssl_context()
+        super().__init__(verify=context, trust_env=False)
+        # httpx offers no public hook for the network backend, so the pool it built is
+        # replaced by one that connects through _PinnedBackend.
+        self._pool = httpcore.ConnectionPool(
+            ssl_context=context,
+            max_connections=max_connections,
+            max_keepalive_connections=max_connections,
+            keepalive_expiry=30.0,
+            http1=True,
+            http2=False,
+            retries=0,
+            network_backend=_PinnedBackend(),
+        )
+
+
+@functools.cache
+def _default_ssl_context() -> ssl.SSLContext:
+    # Loading the CA bundle costs ~20 ms; do it once per process, on first use.
+    return httpx.create_ssl_context(trust_env=False)
+
+
+class _PinnedBackend(httpcore.NetworkBackend):
+    def __init__(self) -> None:
+        self._sockets = httpcore.SyncBackend()
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: typing.Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.NetworkStream:
+        pin = _current_pin.get()
+        if pin is None or host.lower().strip("[]") != pin.host or port != pin.port:
+            raise httpcore.ConnectError(
+                f"refusing to connect to {host}:{port}: not the address checked for this delivery"
+            )
+        failure: Exception = httpcore.ConnectError(f"no address to connect to for {host}")
+        for address in pin.addresses:
+            try:
+                stream = self._sockets.connect_tcp(
+                    str(address),
+                    port,
+                    timeout=_budget(timeout, httpcore.ConnectTimeout),
+                    local_address=local_address,
+                    socket_options=socket_options,
+                )
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                failure = exc
+                continue
+            return _DeadlineStream(stream)
+        raise failure
+
+    def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: typing.Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.NetworkStream:
+        raise httpcore.ConnectError("webhooks are never delivered over unix sockets")
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """Caps every socket operation at what is left of the delivery's overall timeout.
+
+    httpx timeouts apply per read, so a receiver dripping one byte at a time would
+    otherwise hold a worker for as long as it likes.
+    """
+
+    def __init__(self, inner: httpcore.NetworkStream) -> None:
+        self._inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, _budget(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, _budget(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.NetworkStream:
+        upgraded = self._inner.start_tls(
+            ssl_context, server_hostname, _budget(timeout, httpcore.ConnectTimeout)
+        )
+        return _DeadlineStream(upgraded)
+
+    def get_extra_info(self, info: str) -> typing.Any:
+        return self._inner.get_extra_info(info)
+
+
+def _budget(timeout: float | None, expired: type[Exception]) -> float | None:
+    pin = _current_pin.get()
+    if pin is None:
+        return timeout
+    remaining = pin.deadline - time.monotonic()
+    if remaining <= 0:
+        raise expired("webhook delivery deadline reached")
+    return remaining if timeout is None else min(timeout, remaining)

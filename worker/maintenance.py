@@ -1,0 +1,100 @@
+"""The sweeper: Postgres is the truth, so anything the broker lost is found and re-sent."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from shared import analyses as lifecycle
+from shared.context import AppContext
+from shared.db import session_scope
+from shared.queues import analysis_queue
+
+log = logging.getLogger(__name__)
+RESEND_LIMIT = 200
+
+
+def broker_queue_length(context: AppContext, queue: str) -> int:
+    with context.celery.connection_for_read() as connection:
+        return int(connection.default_channel.client.llen(queue))
+
+
+def sweep(context: AppContext) -> dict[str, int]:
+    """Re-queue jobs whose worker vanished, fail those out of attempts, re-send wake-ups
+    that were lost, and finish batches whose last item ended without closing them."""
+    settings = context.settings
+    now = lifecycle.utcnow()
+    cutoff = now - timedelta(seconds=settings.stuck_after_seconds)
+    counts = {"requeued": 0, "failed": 0, "resent": 0, "batches_completed": 0}
+
+    with session_scope(context.session_factory) as session:
+        for claim in lifecycle.stale_claims(session, cutoff):
+            outcome = lifecycle.release_claim(
+                session, context.celery, settings, claim, reason="the worker processing it stopped responding"
+            )
+            if outcome == "queued":
+                counts["requeued"] += 1
+            elif outcome == "failed":
+                counts["failed"] += 1
+
+    for priority in ("interactive", "bulk"):
+        # Jobs waiting in a busy lane are not lost; only re-send when the lane is empty.
+        if broker_queue_length(context, analysis_queue(priority).value) > 0:
+            continue
+        with session_scope(context.session_factory) as session:
+            for analysis in lifecycle.waiting_since(session, priority, cutoff, RESEND_LIMIT):
+                lifecycle.requeue(session, context.celery, analysis)
+                counts["resent"] += 1
+
+    with session_scope(context.session_factory) as session:
+        for batch_id in lifecycle.unfinished_sealed_batches(session):
+            if lifecycle.complete_batch_if_done(session, context.celery, settings, batch_id):
+                counts["batches_completed"] += 1
+
+    if any(counts.values()):
+        log.info("sweep: %s", counts)
+    return counts
+
+
+def purge_expired(context: AppContext) -> int:
+    """Forget expired idempotency keys; with ``RETENTION_DAYS`` set, delete final analyses
+    older than that, their images and artifacts first, then their rows."""
+    from sqlalchemy import delete, select, update
+
+    from shared.models import Analysis, Report
+    from shared.storage import ARTIFACTS, IMAGES
+
+    settings = context.settings
+    now = lifecycle.utcnow()
+    with session_scope(context.session_factory) as session:
+        session.execute(
+            update(Analysis)
+            .where(Analysis.idempotency_expires_at < now)
+            .values(idempotency_key=None, idempotency_expires_at=None)
+            .execution_options(synchronize_session=False)
+        )
+    if settings.retention_days <= 0:
+        return 0
+    cutoff = now - timedelta(days=settings.retention_days)
+    purged = 0
+    with session_scope(context.session_factory) as session:
+        rows = session.execute(
+            select(Analysis, Report.pdf_key)
+            .outerjoin(Report, Report.analysis_id == Analysis.id)
+            .where(Analysis.status.notin_(lifecycle.ACTIVE), Analysis.completed_at < cutoff)
+            .limit(1000)
+            .with_for_update(of=Analysis, skip_locked=True)
+        ).all()
+        for analysis, pdf_key in rows:
+            context.store.delete(IMAGES, analysis.image_key)
+            for key in (analysis.mask_key, analysis.overlay_key, pdf_key):
+                if key:
+                    context.store.delete(ARTIFACTS, key)
+            purged += 1
+        if rows:
+            session.execute(
+                delete(Analysis)
+                .where(Analysis.id.in_([a.id for a, _ in rows]))
+                .execution_options(synchronize_session=False)
+            )
+    return purged

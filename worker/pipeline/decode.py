@@ -1,0 +1,61 @@
+"""Image decoding with Pillow: format allow-list, pixel limit, EXIF orientation, RGB output."""
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from worker.pipeline.errors import ImageDecodeError
+
+ACCEPTED_FORMATS = ("JPEG", "PNG")
+_MIN_SIDE = 8
+
+
+def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
+    """Decode uploaded bytes into an (H, W, 3) uint8 RGB array, upright per its EXIF tag.
+
+    The pixel count is checked from the header before any pixel data is decompressed, so a
+    small file that claims a huge canvas (a decompression bomb) is refused cheaply.
+    """
+    if not data:
+        raise ImageDecodeError("the upload is empty")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS) as image:
+                width, height = image.size
+                if width * height > max_pixels:
+                    raise ImageDecodeError(
+                        f"image is {width}x{height} = {width * height} pixels, above the limit of "
+                        f"{max_pixels}; send a smaller image"
+                    )
+                if min(width, height) < _MIN_SIDE:
+                    raise ImageDecodeError(f"image is {width}x{height} pixels, too small to analyse")
+                image.load()
+                upright = ImageOps.exif_transpose(image)
+                rgb = _to_rgb(upright)
+    except ImageDecodeError:
+        raise
+    except UnidentifiedImageError as exc:
+        raise ImageDecodeError(f"not a readable {' or '.join(ACCEPTED_FORMATS)} image") from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageDecodeError(f"image refused by the decompression-bomb guard: {exc}") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageDecodeError(f"image data is corrupt or truncated: {exc}") from exc
+    return np.asarray(rgb, dtype=np.uint8).copy()
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        # Transparent areas become white (the usual viewer background), not black.
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if image.mode.startswith("I;16") or image.mode == "I":
+        scaled = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if scaled.max() > 255 else 255.0
+        return Image.fromarray(np.clip(scaled / peak * 255.0, 0, 255).astype(np.uint8)).convert("RGB")
+    return image.convert("RGB")

@@ -1,0 +1,58 @@
+"""Gate 2 with deterministic test-time augmentation over the dihedral group D4.
+
+The original built 4 random views per image on the CPU (random flips, rotations, brightness),
+so the same image gave a different probability on every call. Here the views are fixed
+members of D4 applied to the already-preprocessed tensor on the device: the same image and
+model always give the same probabilities, and nothing is re-decoded or re-resized.
+"""
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+# Order matters: TTA_VIEWS = k uses the first k. Identity first so one view is the plain image.
+DIHEDRAL_VIEWS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "identity": lambda x: x,
+    "hflip": lambda x: torch.flip(x, dims=(-1,)),
+    "vflip": lambda x: torch.flip(x, dims=(-2,)),
+    "rot90": lambda x: torch.rot90(x, 1, dims=(-2, -1)),
+    "rot180": lambda x: torch.rot90(x, 2, dims=(-2, -1)),
+    "rot270": lambda x: torch.rot90(x, 3, dims=(-2, -1)),
+    "transpose": lambda x: x.transpose(-2, -1),
+    "antitranspose": lambda x: torch.rot90(x, 2, dims=(-2, -1)).transpose(-2, -1),
+}
+MAX_VIEWS = len(DIHEDRAL_VIEWS)
+
+
+def view_names(count: int) -> list[str]:
+    if not 1 <= count <= MAX_VIEWS:
+        raise ValueError(f"TTA views must be between 1 and {MAX_VIEWS}, not {count}")
+    return list(DIHEDRAL_VIEWS)[:count]
+
+
+def expand_views(images: torch.Tensor, count: int) -> torch.Tensor:
+    """(N, C, H, W) -> (N * count, C, H, W), item-major: rows i*count .. i*count+count-1 are item i."""
+    views = [DIHEDRAL_VIEWS[name](images) for name in view_names(count)]
+    expanded = torch.stack(views, dim=1).flatten(0, 1)
+    return expanded.contiguous(memory_format=torch.channels_last)
+
+
+def classify_with_tta(
+    fusion: nn.Module, images: torch.Tensor, metadata: torch.Tensor, views: int, max_batch: int
+) -> np.ndarray:
+    """Melanoma probability of every view: (N, views) float64.
+
+    All N x views inputs go through the network as one batch, split only when larger than
+    ``max_batch`` to bound device memory.
+    """
+    with torch.inference_mode():
+        expanded = expand_views(images, views)
+        repeated_metadata = metadata.repeat_interleave(views, dim=0)
+        logits = [
+            fusion(expanded[start : start + max_batch], repeated_metadata[start : start + max_batch])
+            for start in range(0, expanded.shape[0], max_batch)
+        ]
+        probabilities = torch.sigmoid(torch.cat(logits)[:, 0].float())
+    return probabilities.double().cpu().numpy().reshape(images.shape[0], views)

@@ -1,0 +1,364 @@
+"""FHIR R4 (validated against the R4B models) Bundle for one analysis, for EHR import.
+
+Code systems:
+- DiagnosticReport.code: LOINC 18748-4 "Diagnostic imaging study" (no LOINC or SNOMED CT code
+  names AI dermoscopic lesion analysis specifically) plus the local code
+  `dermoscopic-lesion-analysis` in LOCAL_CODES, which carries the exact meaning.
+- Observation codes: local codes in LOCAL_CODES (no standard codes exist for ITA, TTA
+  uncertainty or the ABCD concept scores); category `imaging` from observation-category.
+- conclusionCode: SNOMED CT 372244006 "Malignant melanoma (disorder)" when the model says
+  melanoma, always alongside a local code for the AI screening result; benign has no
+  matching SNOMED concept ("not melanoma" is not a nevus diagnosis), so local code only.
+- Units: UCUM — "1" for unitless scores and probabilities, "mm", "{pixel}", "deg" for ITA.
+- AI label: meta.security v3-ObservationValue#AIAST on the report, every Observation and the
+  overlay Media (the only AI-produced resources; the source image and Devices are not).
+
+Statuses: succeeded → DiagnosticReport "final". Rejected → "final" with a conclusion that says
+why the image was refused and what to do, and no Observations: the analysis did finish and
+its answer ("no assessment possible from this image") is definitive, which is what "final"
+means; "cancelled" and "entered-in-error" would claim it was aborted or recorded by mistake.
+Failed (system error) → "cancelled": the analysis was started and not completed.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from urllib.parse import urlparse
+
+from fhir.resources.R4B.bundle import Bundle
+
+from worker.reporting import wording
+
+FHIR_BASE = "https://dermasentinel.org/fhir"
+LOCAL_CODES = f"{FHIR_BASE}/CodeSystem/lesion-analysis"
+EXTERNAL_ID_SYSTEM = f"{FHIR_BASE}/NamingSystem/external-id"
+ANALYSIS_ID_SYSTEM = f"{FHIR_BASE}/NamingSystem/analysis-id"
+MODEL_SHA256_SYSTEM = f"{FHIR_BASE}/NamingSystem/model-sha256"
+MODEL_WEIGHTS_EXTENSION = f"{FHIR_BASE}/StructureDefinition/model-weights"
+UCUM = "http://unitsofmeasure.org"
+LOINC = "http://loinc.org"
+SNOMED = "http://snomed.info/sct"
+
+AI_ASSISTED = {
+    "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
+    "code": "AIAST",
+    "display": "Artificial Intelligence asserted",
+}
+# Fixed namespace so fullUrls are a pure function of the analysis id and the resource's role.
+FULL_URL_NAMESPACE = uuid.UUID("4f6b7c3e-8f0e-5d7a-9b1c-2e3d4f5a6b7c")
+
+UNITLESS = {"unit": "1", "system": UCUM, "code": "1"}
+
+
+def build_fhir_bundle(analysis: dict, links: dict) -> dict:
+    builder = _BundleBuilder(analysis, links)
+    bundle = builder.build()
+    Bundle.model_validate(bundle)
+    return bundle
+
+
+class _BundleBuilder:
+    def __init__(self, analysis: dict, links: dict):
+        self.analysis = analysis
+        self.links = links
+        self.untrained = wording.is_untrained(analysis)
+        self.entries: list[dict] = []
+        self.subject = _subject(analysis.get("external_id"))
+
+    def ref(self, role: str) -> str:
+        analysis_id = self.analysis["id"]
+        return f"urn:uuid:{uuid.uuid5(FULL_URL_NAMESPACE, f'{analysis_id}/{role}')}"
+
+    def add(self, role: str, resource: dict) -> str:
+        full_url = self.ref(role)
+        resource = {"resourceType": resource.pop("resourceType"), "id": full_url.removeprefix("urn:uuid:"), **resource}
+        self.entries.append({"fullUrl": full_url, "resource": resource})
+        return full_url
+
+    def ai_meta(self) -> dict:
+        return {"security": [dict(AI_ASSISTED)]}
+
+    def weights_extension(self) -> list[dict]:
+        return [{"url": MODEL_WEIGHTS_EXTENSION, "valueCode": (self.analysis.get("model") or {}).get("weights", "unknown")}]
+
+    def untrained_note(self) -> list[dict]:
+        return [{"text": f"weights: untrained — {wording.UNTRAINED_BANNER}."}] if self.untrained else []
+
+    def build(self) -> dict:
+        segmenter_ref, classifier_ref = self.add_devices()
+        image_ref = self.add_image_media()
+        overlay_ref = self.add_overlay_media(segmenter_ref) if self.links.get("overlay") else None
+        observations: list[str] = []
+        if self.analysis.get("status") == "succeeded" and self.analysis.get("result"):
+            observations = self.add_observations(image_ref, segmenter_ref, classifier_ref)
+        report = self.report_resource(image_ref, overlay_ref, observations)
+        # The report leads the bundle: it is what an EHR files; the rest supports it.
+        self.entries.insert(0, {"fullUrl": self.ref("report"), "resource": report})
+        return {
+            "resourceType": "Bundle",
+            "id": self.ref("bundle").removeprefix("urn:uuid:"),
+            "identifier": {"system": "urn:ietf:rfc:3986", "value": self.ref("bundle")},
+            "type": "collection",
+            "timestamp": _instant(self.analysis.get("completed_at") or self.analysis["created_at"]),
+            "entry": self.entries,
+        }
+
+    def add_devices(self) -> tuple[str, str | None]:
+        model = self.analysis.get("model") or {}
+        scalpel = model.get("scalpel")
+        if scalpel:
+            segmenter = _device(scalpel["name"], scalpel["version"], scalpel.get("sha256"), "AI lesion segmentation model")
+        else:
+            segmenter = _device(
+                "classical colour-threshold segmenter", None, None, "Rule-based lesion segmentation (no checkpoint)"
+            )
+        segmenter["note"] = [{"text": f"Gate 1 segmenter: {model.get('segmenter', 'unknown')}."}]
+        segmenter_ref = self.add("device/segmenter", segmenter)
+        fusion = model.get("fusion")
+        if not fusion:
+            return segmenter_ref, None
+        classifier = _device(fusion["name"], fusion["version"], fusion.get("sha256"), "AI melanoma classification model")
+        classifier["extension"] = self.weights_extension()
+        classifier["note"] = self.untrained_note() or [{"text": "weights: trained."}]
+        if fusion.get("seed") is not None:
+            classifier["property"] = [{"type": {"text": "seed"}, "valueQuantity": [{"value": fusion["seed"]}]}]
+        return segmenter_ref, self.add("device/classifier", classifier)
+
+    def add_image_media(self) -> str:
+        url = self.links["image"]
+        media = {
+            "resourceType": "Media",
+            "status": "completed",
+            "type": _media_type(),
+            "content": _attachment(url, _content_type(url), "Submitted dermoscopic image"),
+            "createdDateTime": _instant(self.analysis["created_at"]),
+        }
+        self.common_context(media)
+        return self.add("media/image", media)
+
+    def add_overlay_media(self, segmenter_ref: str) -> str:
+        media = {
+            "resourceType": "Media",
+            "meta": self.ai_meta(),
+            "extension": self.weights_extension(),
+            "status": "completed",
+            "type": _media_type(),
+            "device": {"reference": segmenter_ref},
+            "content": _attachment(self.links["overlay"], "image/png", "Lesion segmentation overlay"),
+            "note": [{"text": "Lesion segmentation overlay computed from the submitted image."}] + self.untrained_note(),
+        }
+        self.common_context(media)
+        return self.add("media/overlay", media)
+
+    def common_context(self, resource: dict) -> None:
+        site = (self.analysis.get("inputs") or {}).get("site")
+        if self.subject:
+            resource["subject"] = self.subject
+        if site and site != "unknown":
+            resource["bodySite"] = {"text": site}
+
+    def add_observations(self, image_ref: str, segmenter_ref: str, classifier_ref: str | None) -> list[str]:
+        result = self.analysis["result"]
+        concepts = result.get("concepts") or {}
+        equity = result.get("equity") or {}
+        band = result["risk_band"]
+        refs = []
+
+        probability = self.observation(
+            "malignancy-probability", "Melanoma malignancy probability (model)", image_ref, classifier_ref,
+            valueQuantity={"value": _dec(result["probability"]), **UNITLESS},
+            interpretation=[{"coding": [{"system": LOCAL_CODES, "code": f"risk-{band}", "display": f"{band.capitalize()} risk"}], "text": f"Risk band {band}"}],
+        )
+        refs.append(self.add("observation/malignancy-probability", probability))
+        uncertainty = self.observation(
+            "prediction-uncertainty", "Prediction uncertainty (SD over test-time views)", image_ref, classifier_ref,
+            valueQuantity={"value": _dec(result["uncertainty"]), **UNITLESS},
+            component=[
+                {"code": {"coding": [{"system": LOCAL_CODES, "code": "tta-probability", "display": "Test-time view probability"}], "text": f"View {i + 1}"},
+                 "valueQuantity": {"value": _dec(p), **UNITLESS}}
+                for i, p in enumerate(result.get("tta_probabilities") or [])
+            ] or None,
+        )
+        refs.append(self.add("observation/prediction-uncertainty", uncertainty))
+        coverage = self.observation(
+            "lesion-coverage", "Lesion area fraction of image", image_ref, segmenter_ref,
+            valueQuantity={"value": _dec(result["segmentation"]["coverage"]), **UNITLESS},
+        )
+        refs.append(self.add("observation/lesion-coverage", coverage))
+        for key, label in wording.CONCEPT_LABELS.items():
+            score = concepts[key]
+            concept = self.observation(
+                f"abcd-{key}", f"{label} score (0..1)", image_ref, segmenter_ref,
+                valueQuantity={"value": _dec(score), **UNITLESS},
+                interpretation=[{"text": wording.concept_grade(score)}],
+            )
+            refs.append(self.add(f"observation/abcd-{key}", concept))
+        if concepts.get("diameter_px") is not None:
+            refs.append(self.add("observation/lesion-diameter", self.diameter(concepts, image_ref, segmenter_ref)))
+        if equity:
+            ita = self.observation(
+                "ita", "Individual typology angle (skin tone)", image_ref, segmenter_ref,
+                valueQuantity={"value": _dec(equity["ita_degrees"]), "unit": "degree", "system": UCUM, "code": "deg"},
+            )
+            refs.append(self.add("observation/ita", ita))
+            group = equity["skin_group"]
+            skin = self.observation(
+                "skin-group", "Skin tone group from ITA", image_ref, segmenter_ref,
+                valueCodeableConcept={"coding": [{"system": LOCAL_CODES, "code": f"skin-{group.replace(' ', '-')}", "display": group}], "text": group},
+                component=[{"code": {"coding": [{"system": LOCAL_CODES, "code": "bias-warning", "display": "Skin tone bias warning"}]}, "valueBoolean": bool(equity.get("bias_warning"))}],
+            )
+            if equity.get("bias_warning"):
+                skin["note"] = [{"text": wording.equity_text(equity)}] + skin.get("note", [])
+            refs.append(self.add("observation/skin-group", skin))
+        return refs
+
+    def diameter(self, concepts: dict, image_ref: str, segmenter_ref: str) -> dict:
+        px = {"value": _dec(concepts["diameter_px"]), "unit": "pixel", "system": UCUM, "code": "{pixel}"}
+        if concepts.get("diameter_mm") is None:
+            return self.observation("lesion-diameter", "Lesion diameter", image_ref, segmenter_ref, valueQuantity=px)
+        return self.observation(
+            "lesion-diameter", "Lesion diameter", image_ref, segmenter_ref,
+            valueQuantity={"value": _dec(concepts["diameter_mm"]), "unit": "mm", "system": UCUM, "code": "mm"},
+            component=[{"code": {"coding": [{"system": LOCAL_CODES, "code": "lesion-diameter-px", "display": "Lesion diameter in pixels"}]}, "valueQuantity": px}],
+        )
+
+    def observation(self, code: str, display: str, image_ref: str, device_ref: str | None, **value) -> dict:
+        resource = {
+            "resourceType": "Observation",
+            "meta": self.ai_meta(),
+            "extension": self.weights_extension(),
+            "status": "final",
+            "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "imaging", "display": "Imaging"}]}],
+            "code": {"coding": [{"system": LOCAL_CODES, "code": code, "display": display}], "text": display},
+            "effectiveDateTime": _instant(self.analysis["created_at"]),
+            "issued": _instant(self.analysis.get("completed_at") or self.analysis["created_at"]),
+            "derivedFrom": [{"reference": image_ref}],
+        }
+        if self.subject:
+            resource["subject"] = self.subject
+        if device_ref:
+            resource["device"] = {"reference": device_ref}
+        resource.update({k: v for k, v in value.items() if v is not None})
+        if self.untrained:
+            resource["note"] = self.untrained_note()
+        return resource
+
+    def report_resource(self, image_ref: str, overlay_ref: str | None, observations: list[str]) -> dict:
+        status = self.analysis.get("status")
+        conclusion, conclusion_codes = self.conclusion()
+        report = {
+            "resourceType": "DiagnosticReport",
+            "id": self.ref("report").removeprefix("urn:uuid:"),
+            "meta": self.ai_meta(),
+            "extension": self.weights_extension(),
+            "identifier": [{"system": ANALYSIS_ID_SYSTEM, "value": self.analysis["id"]}],
+            "status": "cancelled" if status == "failed" else "final",
+            "category": [{"text": "Dermatology imaging (AI screening)"}],
+            "code": {
+                "coding": [
+                    {"system": LOINC, "code": "18748-4", "display": "Diagnostic imaging study"},
+                    {"system": LOCAL_CODES, "code": "dermoscopic-lesion-analysis", "display": "AI dermoscopic lesion analysis (melanoma screening)"},
+                ],
+                "text": "AI dermoscopic lesion analysis (melanoma screening)",
+            },
+            "effectiveDateTime": _instant(self.analysis["created_at"]),
+            "issued": _instant(self.analysis.get("completed_at") or self.analysis["created_at"]),
+            "conclusion": conclusion,
+            "presentedForm": [
+                {"contentType": "application/pdf", "url": self.links["report"], "title": f"DermaSentinel report {self.analysis['id']}"}
+            ],
+            "media": [{"comment": "Submitted dermoscopic image", "link": {"reference": image_ref}}],
+        }
+        if self.subject:
+            report["subject"] = self.subject
+        if conclusion_codes:
+            report["conclusionCode"] = conclusion_codes
+        if overlay_ref:
+            report["media"].append({"comment": "Lesion segmentation overlay", "link": {"reference": overlay_ref}})
+        if observations:
+            report["result"] = [{"reference": ref} for ref in observations]
+        return report
+
+    def conclusion(self) -> tuple[str, list[dict]]:
+        analysis = self.analysis
+        prefix = f"{wording.UNTRAINED_BANNER}. " if self.untrained else ""
+        status = analysis.get("status")
+        if status == "succeeded" and analysis.get("result"):
+            result = analysis["result"]
+            band = result["risk_band"]
+            text = (
+                f"{prefix}AI screening: {result['diagnosis']}, malignancy probability "
+                f"{wording.fmt_prob(result['probability'])} ± {wording.fmt_prob(result['uncertainty'])}, "
+                f"risk band {band}. Recommended: {' '.join(wording.recommended_actions(analysis))}"
+            )
+            codes = [{"coding": [{"system": LOCAL_CODES, "code": f"screen-{result['diagnosis']}-{band}", "display": f"AI screening {result['diagnosis']}, {band} risk"}]}]
+            if result["diagnosis"] == "melanoma":
+                codes[0]["coding"].append({"system": SNOMED, "code": "372244006", "display": "Malignant melanoma (disorder)"})
+            codes[0]["text"] = f"AI screening result: {result['diagnosis']} ({band} risk) — not a diagnosis"
+            return text, codes
+        if status == "rejected":
+            rejection = analysis.get("rejection") or {}
+            code = rejection.get("code", "unknown")
+            text = (
+                f"{prefix}Image rejected ({code}): {wording.REJECTION_REASONS.get(code, '')} "
+                f"{rejection.get('detail', '')}. No lesion assessment was made. "
+                f"{wording.REJECTION_ACTIONS.get(code, '')}"
+            )
+            codes = [{"coding": [{"system": LOCAL_CODES, "code": f"image-rejected-{code}", "display": f"Image rejected: {code}"}], "text": f"Image rejected: {code}"}]
+            return text, codes
+        error = analysis.get("error") or {}
+        return f"{prefix}Analysis failed with a system error ({error.get('code', 'unknown')}). {wording.FAILED_ACTION}", []
+
+
+def _device(name: str, version: str | None, sha256: str | None, kind: str) -> dict:
+    device = {
+        "resourceType": "Device",
+        "status": "active",
+        "deviceName": [{"name": name, "type": "model-name"}],
+        "type": {"text": kind},
+    }
+    if version:
+        device["version"] = [{"value": version}]
+    if sha256:
+        device["identifier"] = [{"system": MODEL_SHA256_SYSTEM, "value": sha256, "type": {"text": "sha256 of model checkpoint"}}]
+    return device
+
+
+def _subject(external_id: str | None) -> dict | None:
+    """A logical Patient reference by the client's own id; no names or demographics."""
+    if not external_id:
+        return None
+    return {"type": "Patient", "identifier": {"system": EXTERNAL_ID_SYSTEM, "value": external_id}}
+
+
+def _media_type() -> dict:
+    return {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/media-type", "code": "image", "display": "Image"}]}
+
+
+def _attachment(url: str, content_type: str | None, title: str) -> dict:
+    attachment = {"url": url, "title": title}
+    if content_type:
+        attachment["contentType"] = content_type
+    return attachment
+
+
+def _content_type(url: str) -> str | None:
+    path = urlparse(url).path.lower()
+    if path.endswith((".jpg", ".jpeg")):
+        return "image/jpeg"
+    if path.endswith(".png"):
+        return "image/png"
+    return None
+
+
+def _instant(value: str) -> str:
+    """ISO-8601 with an explicit offset, as FHIR instant requires (naive times are UTC)."""
+    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed.isoformat()
+
+
+def _dec(value: float) -> float:
+    return round(float(value), 4)

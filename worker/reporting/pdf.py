@@ -1,0 +1,492 @@
+"""The PDF report for one analysis, rendered with reportlab.
+
+Pure function of its inputs: the same analysis and image bytes give the same PDF bytes
+(reportlab's invariant mode fixes the creation date and document id).
+"""
+
+from __future__ import annotations
+
+import io
+from xml.sax.saxutils import escape
+
+from PIL import Image as PILImage
+from PIL import UnidentifiedImageError
+from reportlab.lib import colors
+from reportlab.lib.enums import TA_CENTER
+from reportlab.lib.pagesizes import A4
+from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
+from reportlab.lib.units import mm
+from reportlab.platypus import (
+    Flowable,
+    Image,
+    KeepTogether,
+    Paragraph,
+    SimpleDocTemplate,
+    Spacer,
+    Table,
+    TableStyle,
+)
+
+from worker.reporting import wording
+from worker.reporting.scribe import build_scribe_note
+
+PAGE_WIDTH, PAGE_HEIGHT = A4
+MARGIN = 15 * mm
+CONTENT_WIDTH = PAGE_WIDTH - 2 * MARGIN
+# Embedded pictures are downscaled to this many pixels on the long side: sharp at the
+# printed size while keeping the PDF small and quick to build.
+MAX_IMAGE_PX = 640
+
+BAND_COLOURS = {
+    "high": colors.HexColor("#c62828"),
+    "medium": colors.HexColor("#ef8f00"),
+    "low": colors.HexColor("#2e7d32"),
+}
+INK = colors.HexColor("#1a1a1a")
+MUTED = colors.HexColor("#5f6368")
+RULE = colors.HexColor("#d0d4d9")
+PANEL = colors.HexColor("#f3f5f7")
+WARN_FILL = colors.HexColor("#fff4e0")
+WARN_EDGE = colors.HexColor("#ef8f00")
+
+_base = getSampleStyleSheet()
+STYLES = {
+    "title": ParagraphStyle("title", parent=_base["Title"], fontSize=16, leading=19, spaceAfter=1, alignment=0),
+    "subtitle": ParagraphStyle("subtitle", parent=_base["Normal"], fontSize=8.5, textColor=MUTED, leading=11),
+    "h2": ParagraphStyle("h2", parent=_base["Heading2"], fontSize=11, leading=14, spaceBefore=7, spaceAfter=3, textColor=INK),
+    "body": ParagraphStyle("body", parent=_base["Normal"], fontSize=9, leading=12, textColor=INK),
+    "small": ParagraphStyle("small", parent=_base["Normal"], fontSize=7.5, leading=9.5, textColor=MUTED),
+    "cell": ParagraphStyle("cell", parent=_base["Normal"], fontSize=8.5, leading=10.5, textColor=INK),
+    "cellkey": ParagraphStyle("cellkey", parent=_base["Normal"], fontSize=8, leading=10.5, textColor=MUTED),
+    "hash": ParagraphStyle("hash", parent=_base["Normal"], fontName="Courier", fontSize=6.8, leading=9, textColor=INK),
+    "note": ParagraphStyle("note", parent=_base["Normal"], fontSize=8.5, leading=11, textColor=INK, leftIndent=8, firstLineIndent=-8),
+    "notehead": ParagraphStyle("notehead", parent=_base["Normal"], fontName="Helvetica-Bold", fontSize=8.5, leading=12, spaceBefore=3, textColor=INK),
+    "banner": ParagraphStyle("banner", parent=_base["Normal"], fontName="Helvetica-Bold", fontSize=11, leading=14, textColor=colors.white, alignment=TA_CENTER),
+    "headline": ParagraphStyle("headline", parent=_base["Normal"], fontName="Helvetica-Bold", fontSize=12, leading=15, textColor=INK),
+    "caption": ParagraphStyle("caption", parent=_base["Normal"], fontSize=7.5, leading=9, textColor=MUTED, alignment=TA_CENTER),
+}
+
+
+def render_report(analysis: dict, image: bytes | None, overlay_png: bytes | None) -> bytes:
+    story = _header(analysis)
+    status = analysis.get("status")
+    if status == "succeeded" and analysis.get("result"):
+        story += _succeeded_body(analysis, image, overlay_png)
+    elif status == "rejected":
+        story += _rejected_body(analysis, image)
+    else:
+        story += _failed_body(analysis)
+    story += _provenance(analysis)
+
+    buffer = io.BytesIO()
+    doc = SimpleDocTemplate(
+        buffer,
+        pagesize=A4,
+        leftMargin=MARGIN,
+        rightMargin=MARGIN,
+        topMargin=MARGIN,
+        bottomMargin=MARGIN + 12 * mm,
+        title=f"DermaSentinel report {analysis['id']}",
+        author="DermaSentinel (automated)",
+        subject="Melanoma screening report — research use, not a medical device",
+        creator="DermaSentinel",
+        invariant=1,
+    )
+    decorate = _page_decorator(analysis)
+    doc.build(story, onFirstPage=decorate, onLaterPages=decorate)
+    return buffer.getvalue()
+
+
+def _page_decorator(analysis: dict):
+    untrained = wording.is_untrained(analysis)
+    analysis_id = analysis["id"]
+
+    def decorate(canvas, doc):
+        canvas.saveState()
+        canvas.setStrokeColor(RULE)
+        canvas.line(MARGIN, MARGIN + 9 * mm, PAGE_WIDTH - MARGIN, MARGIN + 9 * mm)
+        footer = Paragraph(escape(wording.DISCLAIMER), STYLES["small"])
+        _, h = footer.wrap(CONTENT_WIDTH - 30 * mm, 10 * mm)
+        footer.drawOn(canvas, MARGIN, MARGIN + 8 * mm - h)
+        canvas.setFont("Helvetica", 7)
+        canvas.setFillColor(MUTED)
+        canvas.drawRightString(PAGE_WIDTH - MARGIN, MARGIN + 5 * mm, f"Page {doc.page}")
+        canvas.drawRightString(PAGE_WIDTH - MARGIN, MARGIN + 1.5 * mm, analysis_id[:8])
+        if untrained:
+            # Drawn last on the page so no picture or panel can cover it.
+            canvas.translate(PAGE_WIDTH / 2, PAGE_HEIGHT / 2)
+            canvas.rotate(54.7)
+            canvas.setFillColor(colors.HexColor("#d32f2f"))
+            canvas.setFillAlpha(0.16)
+            diagonal = (PAGE_WIDTH**2 + PAGE_HEIGHT**2) ** 0.5
+            size = 0.8 * diagonal / canvas.stringWidth(wording.UNTRAINED_WATERMARK, "Helvetica-Bold", 1)
+            canvas.setFont("Helvetica-Bold", size)
+            canvas.drawCentredString(0, -size / 3, wording.UNTRAINED_WATERMARK)
+        canvas.restoreState()
+
+    return decorate
+
+
+def _header(analysis: dict) -> list:
+    story: list = [
+        Paragraph("DermaSentinel — Melanoma Screening Report", STYLES["title"]),
+        Paragraph(
+            "Automated dermoscopic lesion analysis. Research use only — not a certified medical device.",
+            STYLES["subtitle"],
+        ),
+        Spacer(1, 4),
+    ]
+    if wording.is_untrained(analysis):
+        story += [_banner(wording.UNTRAINED_BANNER, colors.HexColor("#c62828")), Spacer(1, 4)]
+    story.append(_metadata_table(analysis))
+    return story
+
+
+def _banner(text: str, colour) -> Table:
+    table = Table([[Paragraph(escape(text), STYLES["banner"])]], colWidths=[CONTENT_WIDTH])
+    table.setStyle(
+        TableStyle(
+            [
+                ("BACKGROUND", (0, 0), (-1, -1), colour),
+                ("TOPPADDING", (0, 0), (-1, -1), 5),
+                ("BOTTOMPADDING", (0, 0), (-1, -1), 6),
+            ]
+        )
+    )
+    return table
+
+
+def _metadata_table(analysis: dict) -> Table:
+    inputs = analysis.get("inputs") or {}
+    spacing = inputs.get("pixel_spacing_mm")
+    age = inputs.get("age")
+    pairs = [
+        ("Analysis id", analysis["id"]),
+        ("Status", analysis.get("status", "unknown")),
+        ("External reference", analysis.get("external_id") or "none given"),
+        ("Created", analysis.get("created_at") or "—"),
+        ("Age", str(age) if age is not None else "not given"),
+        ("Completed", analysis.get("completed_at") or "—"),
+        ("Sex", inputs.get("sex", "unknown")),
+        ("Body site", inputs.get("site", "unknown")),
+        ("Pixel spacing", f"{spacing:g} mm/px" if spacing is not None else "not given"),
+        ("Model weights", (analysis.get("model") or {}).get("weights", "unknown")),
+    ]
+    rows = []
+    for i in range(0, len(pairs), 2):
+        row = []
+        for key, value in pairs[i : i + 2]:
+            row += [Paragraph(escape(key), STYLES["cellkey"]), Paragraph(escape(str(value)), STYLES["cell"])]
+        rows.append(row)
+    widths = [30 * mm, 66 * mm, 26 * mm, CONTENT_WIDTH - 122 * mm]
+    table = Table(rows, colWidths=widths)
+    table.setStyle(
+        TableStyle(
+            [
+                ("BACKGROUND", (0, 0), (-1, -1), PANEL),
+                ("VALIGN", (0, 0), (-1, -1), "TOP"),
+                ("TOPPADDING", (0, 0), (-1, -1), 2),
+                ("BOTTOMPADDING", (0, 0), (-1, -1), 2),
+                ("BOX", (0, 0), (-1, -1), 0.5, RULE),
+            ]
+        )
+    )
+    return table
+
+
+def _succeeded_body(analysis: dict, image: bytes | None, overlay_png: bytes | None) -> list:
+    result = analysis["result"]
+    band = result["risk_band"]
+    prob, unc = result["probability"], result["uncertainty"]
+    headline = (
+        f'Risk band: <font color="{BAND_COLOURS[band].hexval().replace("0x", "#")}">{band.upper()}</font>'
+        f" — malignancy probability {wording.fmt_prob(prob)} ± {wording.fmt_prob(unc)}"
+        f" (model output: {escape(result['diagnosis'])})"
+    )
+    story: list = [Spacer(1, 6), Paragraph(headline, STYLES["headline"]), Spacer(1, 3)]
+    story.append(ProbabilityBar(prob, unc, band))
+    story.append(
+        Paragraph(
+            f"Bar: probability with ± 1 SD whisker over {len(result.get('tta_probabilities') or [])} "
+            f"test-time views; uncertainty {wording.uncertainty_level(unc)}. Zones: low 0–0.50, "
+            "medium 0.50–0.80, high above 0.80.",
+            STYLES["small"],
+        )
+    )
+
+    story.append(Paragraph("Image and lesion overlay", STYLES["h2"]))
+    story.append(_image_row(image, overlay_png))
+
+    concepts = result.get("concepts") or {}
+    abcd = [Paragraph("ABCD features", STYLES["h2"])]
+    abcd.append(ScoreBars([(label, concepts[key]) for key, label in wording.CONCEPT_LABELS.items()]))
+    abcd.append(Spacer(1, 3))
+    abcd.append(Paragraph(f"<b>Diameter:</b> {escape(wording.diameter_text(concepts))}.", STYLES["body"]))
+    abcd.append(
+        Paragraph(
+            f"<b>Lesion coverage:</b> {wording.fmt_percent(result['segmentation']['coverage'])} of the image"
+            f" ({escape((analysis.get('model') or {}).get('segmenter', 'unknown'))} segmenter).",
+            STYLES["body"],
+        )
+    )
+    story.append(KeepTogether(abcd))
+
+    equity = result.get("equity")
+    if equity:
+        story.append(Paragraph("Equity note", STYLES["h2"]))
+        story.append(_equity_panel(equity))
+
+    story += _scribe_section(result.get("scribe_note") or build_scribe_note(analysis))
+    return story
+
+
+def _rejected_body(analysis: dict, image: bytes | None) -> list:
+    rejection = analysis.get("rejection") or {}
+    code = rejection.get("code", "unknown")
+    story: list = [Spacer(1, 8), _banner(f"IMAGE REJECTED — {code}: no lesion assessment was made", WARN_EDGE)]
+    story.append(Paragraph("Why", STYLES["h2"]))
+    story.append(Paragraph(escape(wording.REJECTION_REASONS.get(code, "The image did not pass a quality gate.")), STYLES["body"]))
+    story.append(Paragraph(f"Detail: {escape(rejection.get('detail', 'none'))}", STYLES["body"]))
+    story.append(Paragraph("What to do", STYLES["h2"]))
+    story.append(Paragraph(escape(wording.REJECTION_ACTIONS.get(code, "Retake the image and submit it again.")), STYLES["body"]))
+    picture = _flowable_image(image, 60 * mm) if image else None
+    if picture is not None:
+        story += [Paragraph("Submitted image", STYLES["h2"]), picture]
+    return story
+
+
+def _failed_body(analysis: dict) -> list:
+    error = analysis.get("error") or {}
+    story: list = [Spacer(1, 8), _banner("SYSTEM ERROR — the analysis could not be completed", colors.HexColor("#455a64"))]
+    story.append(Paragraph("What happened", STYLES["h2"]))
+    story.append(
+        Paragraph(f"Error {escape(error.get('code', 'unknown'))}: {escape(error.get('detail', 'no detail'))}", STYLES["body"])
+    )
+    story.append(Paragraph("What to do", STYLES["h2"]))
+    story.append(Paragraph(escape(wording.FAILED_ACTION), STYLES["body"]))
+    return story
+
+
+def _provenance(analysis: dict) -> list:
+    model = analysis.get("model") or {}
+    rows = [[Paragraph(h, STYLES["cellkey"]) for h in ("Model", "Name", "Version", "sha256")]]
+    scalpel = model.get("scalpel")
+    if scalpel:
+        rows.append(_model_row(f"Segmenter ({model.get('segmenter', 'unet')})", scalpel["name"], scalpel["version"], scalpel["sha256"]))
+    else:
+        rows.append(_model_row(f"Segmenter ({model.get('segmenter', 'classical')})", "colour-threshold", "—", "no checkpoint"))
+    fusion = model.get("fusion")
+    if fusion:
+        seed = f" (seed {fusion['seed']})" if fusion.get("seed") is not None else ""
+        rows.append(_model_row("Classifier", fusion["name"], f"{fusion['version']}{seed}", fusion.get("sha256") or "none — untrained"))
+    table = Table(rows, colWidths=[26 * mm, 30 * mm, 25 * mm, CONTENT_WIDTH - 81 * mm])
+    table.setStyle(
+        TableStyle(
+            [
+                ("LINEBELOW", (0, 0), (-1, 0), 0.5, RULE),
+                ("VALIGN", (0, 0), (-1, -1), "TOP"),
+                ("TOPPADDING", (0, 0), (-1, -1), 1.5),
+                ("BOTTOMPADDING", (0, 0), (-1, -1), 1.5),
+            ]
+        )
+    )
+    return [KeepTogether([Paragraph("Model provenance", STYLES["h2"]), table])]
+
+
+def _model_row(role: str, name: str, version: str, sha: str) -> list:
+    return [
+        Paragraph(escape(role), STYLES["cell"]),
+        Paragraph(escape(name), STYLES["cell"]),
+        Paragraph(escape(version), STYLES["cell"]),
+        Paragraph(escape(sha), STYLES["hash"]),
+    ]
+
+
+def _scribe_section(note: str) -> list:
+    story: list = [Paragraph("AI Scribe note", STYLES["h2"])]
+    lines = note.splitlines()
+    # The banner, ids and inputs above the first section are already in the report header.
+    body = lines[lines.index("FINDINGS") :] if "FINDINGS" in lines else lines
+    for line in body:
+        if not line.strip() or line.startswith(("Provenance:", "Disclaimer:")):
+            # Provenance and disclaimer have their own table and footer on every page.
+            continue
+        if line in ("FINDINGS", "ASSESSMENT", "PLAN"):
+            story.append(Paragraph(line, STYLES["notehead"]))
+        elif line.startswith("- "):
+            story.append(Paragraph("• " + escape(line[2:]), STYLES["note"]))
+        else:
+            story.append(Paragraph(escape(line), STYLES["note"]))
+    return story
+
+
+def _equity_panel(equity: dict) -> Table:
+    warn = bool(equity.get("bias_warning"))
+    table = Table([[Paragraph(escape(wording.equity_text(equity)), STYLES["body"])]], colWidths=[CONTENT_WIDTH])
+    table.setStyle(
+        TableStyle(
+            [
+                ("BACKGROUND", (0, 0), (-1, -1), WARN_FILL if warn else PANEL),
+                ("BOX", (0, 0), (-1, -1), 1 if warn else 0.5, WARN_EDGE if warn else RULE),
+                ("TOPPADDING", (0, 0), (-1, -1), 4),
+                ("BOTTOMPADDING", (0, 0), (-1, -1), 5),
+            ]
+        )
+    )
+    return table
+
+
+def _image_row(image: bytes | None, overlay_png: bytes | None) -> Table:
+    width = (CONTENT_WIDTH - 8 * mm) / 2
+    base = _open_image(image)
+    overlay = _open_image(overlay_png, keep_alpha=True)
+    if base is not None and overlay is not None and overlay.mode == "RGBA":
+        # A transparent overlay is a mask layer: lay it on the photograph so the outline sits on the lesion.
+        overlay = PILImage.alpha_composite(base.convert("RGBA"), overlay.resize(base.size)).convert("RGB")
+    cells = [
+        _picture_or_placeholder(base, width, "Submitted dermoscopic image"),
+        _picture_or_placeholder(overlay, width, "Lesion segmentation overlay"),
+    ]
+    table = Table([cells], colWidths=[width + 4 * mm, width + 4 * mm])
+    table.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "TOP"), ("ALIGN", (0, 0), (-1, -1), "CENTER")]))
+    return table
+
+
+def _picture_or_placeholder(picture: PILImage.Image | None, width: float, caption: str) -> list:
+    if picture is None:
+        return [Paragraph("(not available)", STYLES["caption"]), Paragraph(escape(caption), STYLES["caption"])]
+    return [_image_flowable(picture, width, 52 * mm), Spacer(1, 2), Paragraph(escape(caption), STYLES["caption"])]
+
+
+def _flowable_image(data: bytes, width: float) -> Image | None:
+    picture = _open_image(data)
+    return _image_flowable(picture, width, width) if picture is not None else None
+
+
+def _open_image(data: bytes | None, keep_alpha: bool = False) -> PILImage.Image | None:
+    if not data:
+        return None
+    try:
+        picture = PILImage.open(io.BytesIO(data))
+        picture.load()
+    except (UnidentifiedImageError, OSError):
+        return None
+    picture.thumbnail((MAX_IMAGE_PX, MAX_IMAGE_PX))
+    if keep_alpha and picture.mode in ("RGBA", "LA", "P") and _has_transparency(picture):
+        return picture.convert("RGBA")
+    return picture.convert("RGB")
+
+
+def _has_transparency(picture: PILImage.Image) -> bool:
+    if picture.mode == "P":
+        return "transparency" in picture.info
+    return picture.getchannel("A").getextrema()[0] < 255
+
+
+def _image_flowable(picture: PILImage.Image, max_width: float, max_height: float) -> Image:
+    scale = min(max_width / picture.width, max_height / picture.height)
+    encoded = io.BytesIO()
+    picture.save(encoded, format="JPEG", quality=88)
+    encoded.seek(0)
+    flowable = Image(encoded, width=picture.width * scale, height=picture.height * scale)
+    flowable.hAlign = "CENTER"
+    return flowable
+
+
+class ScoreBars(Flowable):
+    """Horizontal 0..1 bars, one per ABCD concept, with value and plain-language grade."""
+
+    row_height = 6 * mm
+
+    def __init__(self, rows: list[tuple[str, float]]):
+        super().__init__()
+        self.rows = rows
+
+    def wrap(self, avail_width, avail_height):
+        self.width = min(avail_width, CONTENT_WIDTH)
+        self.height = self.row_height * len(self.rows)
+        return self.width, self.height
+
+    def draw(self):
+        c = self.canv
+        label_w, value_w = 38 * mm, 32 * mm
+        bar_w = self.width - label_w - value_w
+        for i, (label, score) in enumerate(self.rows):
+            y = self.height - (i + 1) * self.row_height + 1.5 * mm
+            c.setFont("Helvetica", 8.5)
+            c.setFillColor(INK)
+            c.drawString(0, y + 0.6 * mm, label)
+            c.setFillColor(PANEL)
+            c.setStrokeColor(RULE)
+            c.rect(label_w, y, bar_w, 3.2 * mm, fill=1, stroke=1)
+            c.setFillColor(_grade_colour(score))
+            c.rect(label_w, y, bar_w * max(0.0, min(1.0, score)), 3.2 * mm, fill=1, stroke=0)
+            c.setStrokeColor(MUTED)
+            for quarter in (0.25, 0.5, 0.75):
+                x = label_w + bar_w * quarter
+                c.line(x, y, x, y + 3.2 * mm)
+            c.setFillColor(INK)
+            c.drawString(label_w + bar_w + 3 * mm, y + 0.6 * mm, f"{score:.2f}  {wording.concept_grade(score)}")
+
+
+GRADE_COLOURS = {
+    "minimal": colors.HexColor("#8bc34a"),
+    "mild": colors.HexColor("#cddc39"),
+    "moderate": colors.HexColor("#ffb300"),
+    "marked": colors.HexColor("#e53935"),
+}
+
+
+def _grade_colour(score: float):
+    return GRADE_COLOURS[wording.concept_grade(score)]
+
+
+class ProbabilityBar(Flowable):
+    """0..1 scale with the risk-band zones, a marker at the probability and a ± SD whisker."""
+
+    def __init__(self, probability: float, uncertainty: float, band: str):
+        super().__init__()
+        self.probability = probability
+        self.uncertainty = uncertainty
+        self.band = band
+
+    def wrap(self, avail_width, avail_height):
+        self.width = min(avail_width, CONTENT_WIDTH)
+        self.height = 15 * mm
+        return self.width, self.height
+
+    def draw(self):
+        c = self.canv
+        x0, bar_w, y, h = 2 * mm, self.width - 4 * mm, 6 * mm, 4 * mm
+        zones = [(0.0, 0.5, "#e8f5e9"), (0.5, 0.8, "#fff3e0"), (0.8, 1.0, "#ffebee")]
+        for lo, hi, colour in zones:
+            c.setFillColor(colors.HexColor(colour))
+            c.rect(x0 + bar_w * lo, y, bar_w * (hi - lo), h, fill=1, stroke=0)
+        c.setStrokeColor(RULE)
+        c.rect(x0, y, bar_w, h, fill=0, stroke=1)
+        c.setFillColor(BAND_COLOURS[self.band])
+        c.rect(x0, y + h * 0.3, bar_w * self.probability, h * 0.4, fill=1, stroke=0)
+
+        lo = max(0.0, self.probability - self.uncertainty)
+        hi = min(1.0, self.probability + self.uncertainty)
+        mid = y + h / 2
+        c.setStrokeColor(INK)
+        c.setLineWidth(1)
+        c.line(x0 + bar_w * lo, mid, x0 + bar_w * hi, mid)
+        for end in (lo, hi):
+            c.line(x0 + bar_w * end, mid - 1.6 * mm, x0 + bar_w * end, mid + 1.6 * mm)
+        px = x0 + bar_w * self.probability
+        c.setFillColor(INK)
+        path = c.beginPath()
+        path.moveTo(px, y + h + 0.3 * mm)
+        path.lineTo(px - 1.6 * mm, y + h + 3 * mm)
+        path.lineTo(px + 1.6 * mm, y + h + 3 * mm)
+        path.close()
+        c.drawPath(path, fill=1, stroke=0)
+
+        c.setFont("Helvetica", 7)
+        c.setFillColor(MUTED)
+        for tick in (0.0, 0.25, 0.5, 0.75, 0.8, 1.0):
+            if tick == 0.75:
+                continue
+            c.drawCentredString(x0 + bar_w * tick, y - 3.5 * mm, f"{tick:.2f}")

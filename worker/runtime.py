@@ -1,0 +1,57 @@
+"""Per-process handles for worker processes: built once, on first use or at process init."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from functools import cached_property
+
+from shared.config import Settings, get_settings
+from shared.context import AppContext
+
+log = logging.getLogger(__name__)
+
+
+class WorkerRuntime:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.context = AppContext(settings)
+        self._lock = threading.Lock()
+
+    @cached_property
+    def pipeline(self):
+        # torch is imported here, never at module import, so CPU/IO workers stay light.
+        from worker.pipeline.pipeline import Pipeline, PipelineOptions
+        from worker.pipeline.registry import ModelRegistry
+
+        with self._lock:
+            settings = self.settings
+            registry = ModelRegistry.load(
+                settings.model_dir, device=settings.device, segmenter=settings.segmenter, seed=settings.fusion_seed
+            )
+            options = PipelineOptions(
+                seg_size=settings.seg_size,
+                cls_size=settings.cls_size,
+                tta_views=settings.tta_views,
+                blur_threshold=settings.blur_threshold,
+                min_coverage=settings.min_coverage,
+                max_image_pixels=settings.max_image_pixels,
+            )
+            log.info("models loaded: %s", registry.provenance())
+            return Pipeline(registry, options)
+
+
+_runtime: WorkerRuntime | None = None
+
+
+def runtime() -> WorkerRuntime:
+    global _runtime
+    if _runtime is None:
+        _runtime = WorkerRuntime(get_settings())
+    return _runtime
+
+
+def reset_after_fork() -> None:
+    """Connections must not be shared across fork: each child builds its own."""
+    global _runtime
+    _runtime = None
