@@ -203,6 +203,11 @@ def feedback_export(out: Path, tenant_name: str | None) -> None:
     click.echo(f"wrote {count} rows to {out}")
 
 
+from cli.batch import batch  # noqa: E402  (registered last: it builds on the group above)
+
+cli.add_command(batch)
+
+
 def main() -> None:
     cli(prog_name="dermasentinel")
 

@@ -16,6 +16,18 @@ from shared.config import Settings
 from shared.queues import Queue, TaskName, analysis_queue
 
 
+# Where each task goes unless the sender names a queue (analyses name their lane).
+TASK_ROUTES = {
+    TaskName.analyze.value: {"queue": Queue.analyze_interactive.value},
+    TaskName.build_report.value: {"queue": Queue.reports.value},
+    TaskName.dispatch_event.value: {"queue": Queue.webhooks.value},
+    TaskName.deliver_webhook.value: {"queue": Queue.webhooks.value},
+    TaskName.dispatch_due.value: {"queue": Queue.webhooks.value},
+    TaskName.sweep.value: {"queue": Queue.maintenance.value},
+    TaskName.purge.value: {"queue": Queue.maintenance.value},
+}
+
+
 def make_celery(settings: Settings) -> Celery:
     if not settings.broker_url:
         raise RuntimeError("DERMASENTINEL_BROKER_URL is not set; run `dermasentinel up` or point it at Redis")
@@ -23,6 +35,7 @@ def make_celery(settings: Settings) -> Celery:
     app.conf.update(
         task_queues=[KombuQueue(q.value, routing_key=q.value) for q in Queue],
         task_default_queue=Queue.maintenance.value,
+        task_routes=TASK_ROUTES,
         task_serializer="json",
         accept_content=["json"],
         task_ignore_result=True,

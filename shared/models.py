@@ -103,6 +103,8 @@ class Analysis(Base):
         UniqueConstraint("tenant_id", "idempotency_key", name="uq_analyses_tenant_idempotency_key"),
         Index("ix_analyses_tenant_created", "tenant_id", "created_at", "id"),
         Index("ix_analyses_batch_status", "batch_id", "status"),
+        # Batch throughput: items finished in the last minutes, without a scan of the batch.
+        Index("ix_analyses_batch_completed", "batch_id", "completed_at"),
         Index("ix_analyses_tenant_external", "tenant_id", "external_id"),
         Index(
             "ix_analyses_active",

@@ -49,8 +49,11 @@ def services(tmp_path_factory):
     }
     from shared.stack import EmbeddedStack
 
+    # Not under pytest's tmp_path: a concurrent pytest run prunes old basetemp folders,
+    # which would pull the data directory out from under a running Postgres.
+    stack_dir = Path(tempfile.mkdtemp(prefix="dermasentinel-test-stack-"))
     stack = EmbeddedStack(
-        tmp_path_factory.mktemp("stack"),
+        stack_dir,
         postgres=not given["database_url"],
         redis=not given["broker_url"],
         s3=not given["s3_endpoint"],
@@ -65,6 +68,7 @@ def services(tmp_path_factory):
     }
     yield values
     stack.stop()
+    shutil.rmtree(stack_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

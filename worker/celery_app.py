@@ -54,7 +54,6 @@ def register_tasks(app: Celery) -> None:
 
     @app.task(
         name=TaskName.analyze.value,
-        queue=Queue.analyze_interactive.value,
         acks_late=True,
         reject_on_worker_lost=True,
         soft_time_limit=900,
@@ -66,40 +65,40 @@ def register_tasks(app: Celery) -> None:
 
         return run_analysis(rt().context, rt().pipeline, uuid.UUID(analysis_id))
 
-    @app.task(name=TaskName.build_report.value, queue=Queue.reports.value, acks_late=True,
+    @app.task(name=TaskName.build_report.value, acks_late=True,
               soft_time_limit=120, time_limit=150, **RETRY)
     def build_report(analysis_id: str) -> bool:
         from worker.reports import build_report as build
 
         return build(rt().context, uuid.UUID(analysis_id))
 
-    @app.task(name=TaskName.dispatch_event.value, queue=Queue.webhooks.value, acks_late=True,
+    @app.task(name=TaskName.dispatch_event.value, acks_late=True,
               soft_time_limit=60, time_limit=90, **RETRY)
     def dispatch_event(event_id: str) -> int:
         from worker.webhooks import dispatch_event as dispatch
 
         return dispatch(rt().context, event_id)
 
-    @app.task(name=TaskName.deliver_webhook.value, queue=Queue.webhooks.value, acks_late=True,
+    @app.task(name=TaskName.deliver_webhook.value, acks_late=True,
               soft_time_limit=60, time_limit=90, **RETRY)
     def deliver_webhook(delivery_id: str) -> str | None:
         from worker.webhooks import deliver_one
 
-        return deliver_one(rt().context, uuid.UUID(delivery_id))
+        return deliver_one(rt().context, uuid.UUID(delivery_id), client=rt().delivery_client)
 
-    @app.task(name=TaskName.dispatch_due.value, queue=Queue.webhooks.value, soft_time_limit=60, time_limit=90)
+    @app.task(name=TaskName.dispatch_due.value, soft_time_limit=60, time_limit=90)
     def dispatch_due() -> dict:
         from worker.webhooks import dispatch_due as wake
 
         return wake(rt().context)
 
-    @app.task(name=TaskName.sweep.value, queue=Queue.maintenance.value, soft_time_limit=120, time_limit=150)
+    @app.task(name=TaskName.sweep.value, soft_time_limit=120, time_limit=150)
     def sweep() -> dict:
         from worker.maintenance import sweep as run
 
         return run(rt().context)
 
-    @app.task(name=TaskName.purge.value, queue=Queue.maintenance.value, soft_time_limit=600, time_limit=660)
+    @app.task(name=TaskName.purge.value, soft_time_limit=600, time_limit=660)
     def purge() -> int:
         from worker.maintenance import purge_expired
 

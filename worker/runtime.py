@@ -19,6 +19,13 @@ class WorkerRuntime:
         self._lock = threading.Lock()
 
     @cached_property
+    def delivery_client(self):
+        from worker.delivery import DeliveryClient
+
+        # One pinned client per process keeps connections to busy receivers open.
+        return DeliveryClient()
+
+    @cached_property
     def pipeline(self):
         # torch is imported here, never at module import, so CPU/IO workers stay light.
         from worker.pipeline.pipeline import Pipeline, PipelineOptions

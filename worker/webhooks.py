@@ -73,7 +73,7 @@ def dispatch_event(context: AppContext, event_id: str) -> int:
     return len(created)
 
 
-def deliver_one(context: AppContext, delivery_id: uuid.UUID) -> str | None:
+def deliver_one(context: AppContext, delivery_id: uuid.UUID, client=None) -> str | None:
     """One signed attempt. The row stays locked while sending so no two workers send the
     same delivery at once; the outcome schedules the next attempt or closes it."""
     settings = context.settings
@@ -105,6 +105,7 @@ def deliver_one(context: AppContext, delivery_id: uuid.UUID) -> str | None:
             body,
             allow_cidrs=parse_allow_cidrs(settings.webhook_allow_cidrs),
             timeout=settings.webhook_timeout_seconds,
+            client=client,
         )
         now = utcnow()
         delivery.attempt_count += 1

@@ -1,3 +1,163 @@
-from fastapi import APIRouter
+"""/v1/batches: bulk screening. Parse input, call the service, shape the answer."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query
+from fastapi.responses import StreamingResponse
+
+from api.deps import ContextDep, CurrentTenant, SessionDep, parse_id
+from api.services import batches as service
+from shared import analyses as lifecycle
+from shared.models import Batch
+from shared.schemas import BatchIn
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
+
+
+def _links(context: ContextDep, batch: Batch) -> dict:
+    base = f"{lifecycle.api_base(context.settings)}/v1/batches/{batch.id}"
+    return {"self": base, "seal": f"{base}/seal", "results": f"{base}/results?order=risk"}
+
+
+def _state(batch: Batch) -> str:
+    if batch.completed_at is not None:
+        return "completed"
+    return "sealed" if batch.sealed_at is not None else "open"
+
+
+def view(context: ContextDep, batch: Batch, progress: service.Progress) -> dict:
+    return {
+        "id": str(batch.id),
+        "name": batch.name,
+        "external_id": batch.external_id,
+        "state": _state(batch),
+        "created_at": lifecycle.iso(batch.created_at),
+        "sealed_at": lifecycle.iso(batch.sealed_at),
+        "completed_at": lifecycle.iso(batch.completed_at),
+        "counts": progress.counts,
+        "total": progress.total,
+        "done": progress.done,
+        "percent_done": progress.percent_done,
+        "throughput_per_minute": progress.throughput_per_minute,
+        "eta_seconds": progress.eta_seconds,
+        "eta_at": lifecycle.iso(progress.eta_at),
+        "links": _links(context, batch),
+    }
+
+
+def summary(context: ContextDep, batch: Batch, counts: dict[str, int]) -> dict:
+    return {
+        "id": str(batch.id),
+        "name": batch.name,
+        "external_id": batch.external_id,
+        "state": _state(batch),
+        "created_at": lifecycle.iso(batch.created_at),
+        "sealed_at": lifecycle.iso(batch.sealed_at),
+        "completed_at": lifecycle.iso(batch.completed_at),
+        "counts": counts,
+        "total": sum(counts.values()),
+        "links": _links(context, batch),
+    }
+
+
+@router.post("", status_code=201, summary="Create a batch for bulk screening")
+def create_batch(body: BatchIn, context: ContextDep, session: SessionDep, tenant: CurrentTenant):
+    batch = service.create(session, tenant, body)
+    return view(context, batch, service.progress(session, batch))
+
+
+@router.get("", summary="List batches, newest first")
+def list_batches(
+    context: ContextDep,
+    session: SessionDep,
+    tenant: CurrentTenant,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: str | None = None,
+    name: Annotated[str | None, Query(max_length=200)] = None,
+):
+    rows, next_cursor = service.list_page(session, tenant, limit=limit, cursor=cursor, name=name)
+    counts = service.counts_for(session, [b.id for b in rows])
+    return {"data": [summary(context, b, counts[b.id]) for b in rows], "next_cursor": next_cursor}
+
+
+@router.get("/{batch_id}", summary="Progress: counts per status, percent done, throughput and ETA")
+def get_batch(batch_id: str, context: ContextDep, session: SessionDep, tenant: CurrentTenant):
+    batch = service.get(session, tenant, parse_id(batch_id, "batch"))
+    return view(context, batch, service.progress(session, batch))
+
+
+@router.post("/{batch_id}/seal", summary="Close the batch for new items (idempotent)")
+def seal_batch(batch_id: str, context: ContextDep, session: SessionDep, tenant: CurrentTenant):
+    batch = service.seal(context, session, tenant, parse_id(batch_id, "batch"))
+    return view(context, batch, service.progress(session, batch))
+
+
+@router.get(
+    "/{batch_id}/results",
+    summary="Triage list: highest risk first, review flags, retakes, equity summary",
+    responses={200: {"content": {"application/json": {}, "text/csv": {}}}},
+)
+def batch_results(
+    batch_id: str,
+    context: ContextDep,
+    session: SessionDep,
+    tenant: CurrentTenant,
+    order: Literal["risk", "submitted"] = "risk",
+    format: Literal["json", "csv"] = "json",
+    items: bool = True,
+):
+    batch = service.get(session, tenant, parse_id(batch_id, "batch"))
+    header = view(context, batch, service.progress(session, batch))
+    rows = service.iter_triage(context.session_factory, batch.id, order)
+    if format == "csv":
+        return StreamingResponse(
+            _csv_stream(rows),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": f'attachment; filename="triage-{batch.id}.csv"'},
+        )
+    return StreamingResponse(_json_stream(header, rows, items), media_type="application/json")
+
+
+def _csv_stream(rows: Iterator[service.TriageRow], flush_every: int = 500) -> Iterator[str]:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=service.CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for rank, row in enumerate(rows, start=1):
+        item = row.as_item(rank)
+        writer.writerow({k: _csv_value(v) for k, v in item.items()})
+        if rank % flush_every == 0:
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+    yield buffer.getvalue()
+
+
+def _csv_value(value):
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value
+
+
+def _json_stream(
+    header: dict, rows: Iterator[service.TriageRow], include_items: bool, flush_every: int = 500
+) -> Iterator[str]:
+    tally = service.TriageSummary()
+    parts = ['{"batch": ' + json.dumps(header) + ', "items": [']
+    for rank, row in enumerate(rows, start=1):
+        item = row.as_item(rank)
+        tally.add(row, item)
+        if include_items:
+            parts.append(("" if rank == 1 else ", ") + json.dumps(item))
+        if len(parts) >= flush_every:
+            yield "".join(parts)
+            parts.clear()
+    parts.append('], "summary": ' + json.dumps(tally.as_dict()) + "}")
+    yield "".join(parts)

@@ -1,3 +1,105 @@
-from fastapi import APIRouter
+"""/v1/webhook-endpoints: subscriptions, test events and the delivery log."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+
+from api.deps import ContextDep, CurrentTenant, SessionDep, parse_id
+from api.services import webhook_endpoints as service
+from shared.analyses import iso
+from shared.models import WebhookEndpoint
+from shared.schemas import WebhookEndpointIn, WebhookEndpointPatch
 
 router = APIRouter(prefix="/v1/webhook-endpoints", tags=["webhooks"])
+
+
+def view(endpoint: WebhookEndpoint) -> dict:
+    return {
+        "id": str(endpoint.id),
+        "url": endpoint.url,
+        "events": endpoint.events or [],
+        "description": endpoint.description,
+        "enabled": endpoint.enabled,
+        "disabled_reason": endpoint.disabled_reason,
+        "failing_since": iso(endpoint.failing_since),
+        "created_at": iso(endpoint.created_at),
+    }
+
+
+@router.post("", status_code=201, summary="Register an endpoint; the signing secret is shown only here")
+def create_endpoint(body: WebhookEndpointIn, context: ContextDep, session: SessionDep, tenant: CurrentTenant):
+    endpoint = service.create(context, session, tenant, body)
+    return {**view(endpoint), "secret": endpoint.secret}
+
+
+@router.get("", summary="List endpoints")
+def list_endpoints(session: SessionDep, tenant: CurrentTenant):
+    return {"data": [view(e) for e in service.list_all(session, tenant)]}
+
+
+@router.get("/{endpoint_id}", summary="One endpoint")
+def get_endpoint(endpoint_id: str, session: SessionDep, tenant: CurrentTenant):
+    return view(service.get(session, tenant, parse_id(endpoint_id, "webhook endpoint")))
+
+
+@router.patch("/{endpoint_id}", summary="Enable, disable, or change the event filter")
+def patch_endpoint(endpoint_id: str, body: WebhookEndpointPatch, session: SessionDep, tenant: CurrentTenant):
+    return view(service.update(session, tenant, parse_id(endpoint_id, "webhook endpoint"), body))
+
+
+@router.delete("/{endpoint_id}", status_code=204, summary="Delete an endpoint")
+def delete_endpoint(endpoint_id: str, session: SessionDep, tenant: CurrentTenant):
+    service.delete(session, tenant, parse_id(endpoint_id, "webhook endpoint"))
+    return Response(status_code=204)
+
+
+@router.post("/{endpoint_id}/test", status_code=202, summary="Send a signed test event")
+def test_endpoint(endpoint_id: str, context: ContextDep, session: SessionDep, tenant: CurrentTenant):
+    event_id = service.send_test(context, session, tenant, parse_id(endpoint_id, "webhook endpoint"))
+    return {"event_id": event_id}
+
+
+@router.get("/{endpoint_id}/deliveries", summary="Delivery log, newest first, with every attempt")
+def list_deliveries(
+    endpoint_id: str,
+    session: SessionDep,
+    tenant: CurrentTenant,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+):
+    rows = service.deliveries(session, tenant, parse_id(endpoint_id, "webhook endpoint"), limit)
+    return {
+        "data": [
+            {
+                "id": str(d.id),
+                "event_id": d.event_id,
+                "status": d.status,
+                "attempt_count": d.attempt_count,
+                "next_attempt_at": iso(d.next_attempt_at) if d.status == "pending" else None,
+                "last_status_code": d.last_status_code,
+                "last_error": d.last_error,
+                "created_at": iso(d.created_at),
+                "delivered_at": iso(d.delivered_at),
+                "attempts": [
+                    {
+                        "attempted_at": iso(a.attempted_at),
+                        "status_code": a.status_code,
+                        "latency_ms": round(a.latency_ms, 1),
+                        "error": a.error,
+                        "response_excerpt": a.response_excerpt,
+                    }
+                    for a in attempts
+                ],
+            }
+            for d, attempts in rows
+        ]
+    }
+
+
+@router.post("/{endpoint_id}/deliveries/{delivery_id}/resend", status_code=202, summary="Re-send a delivery now")
+def resend_delivery(endpoint_id: str, delivery_id: str, context: ContextDep, session: SessionDep, tenant: CurrentTenant):
+    delivery = service.resend(
+        context, session, tenant, parse_id(endpoint_id, "webhook endpoint"), parse_id(delivery_id, "delivery")
+    )
+    return {"id": str(delivery.id), "status": delivery.status}

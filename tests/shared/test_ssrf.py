@@ -3,7 +3,6 @@ import socket
 
 import pytest
 
-from shared import ssrf
 from shared.ssrf import (
     UnresolvableHostError,
     UnsafeURLError,

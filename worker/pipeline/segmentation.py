@@ -106,7 +106,7 @@ def make_segmenter(kind: str, model: nn.Module | None, device: torch.device, siz
 def _remove_hair(image: np.ndarray) -> np.ndarray:
     """DullRazor-style: thin dark lines found by a black-hat filter are inpainted over."""
     side = image.shape[0]
-    kernel_size = max(5, (side // 40) | 1)
+    kernel_size = max(3, (side // 64) | 1)
     gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (kernel_size, kernel_size))
     blackhat = cv2.morphologyEx(gray, cv2.MORPH_BLACKHAT, kernel)

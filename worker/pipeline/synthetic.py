@@ -34,8 +34,8 @@ def skin_lab_for_ita(ita: float) -> tuple[float, float, float]:
     slope = math.tan(math.radians(ita))
     b_star = _SKIN_B_STAR
     lightness = 50.0 + b_star * slope
-    if not 20.0 <= lightness <= 92.0:
-        lightness = float(np.clip(lightness, 20.0, 92.0))
+    if not 20.0 <= lightness <= 88.0:
+        lightness = float(np.clip(lightness, 20.0, 88.0))
         b_star = (lightness - 50.0) / slope
     return lightness, _SKIN_A_STAR, b_star
 

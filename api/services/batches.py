@@ -1,0 +1,377 @@
+"""Batches: create, list, progress, seal and the triage list. All SQL for the route lives here.
+
+Progress never scans a batch: counts per status come from the (batch_id, status) index and
+throughput from the (batch_id, completed_at) index, so a 100,000-item batch answers as fast as
+a ten-item one. The triage list is an export and reads every item once, streamed.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import case, func, nulls_last, select, tuple_
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.problems import BadRequest, NotFound
+from shared import analyses as lifecycle
+from shared.context import AppContext
+from shared.models import Analysis, AnalysisStatus, Batch, Tenant
+from shared.schemas import BatchIn
+
+THROUGHPUT_WINDOW = timedelta(minutes=5)
+# A rate measured over a few seconds swings wildly; never divide by less than this.
+MIN_RATE_SPAN = timedelta(seconds=15)
+
+# Review rule: a succeeded result is flagged for a clinician's review when the model is
+# unsure of it (TTA spread), when it sits near the 0.5 melanoma threshold, or when the skin
+# tone is one the training data under-represents (the Equity Engine's bias warning).
+REVIEW_UNCERTAINTY = 0.15
+DECISION_THRESHOLD = 0.5
+REVIEW_MARGIN = 0.1
+REVIEW_RULE = (
+    f"needs_review when uncertainty >= {REVIEW_UNCERTAINTY} (high_uncertainty), or "
+    f"|probability - {DECISION_THRESHOLD}| < {REVIEW_MARGIN} (near_threshold), or the skin tone "
+    "carries a bias warning, ITA <= 10 degrees (bias_warning)"
+)
+
+RETAKE_ADVICE = {
+    "blurry": "retake in focus: hold the camera still, dermatoscope in contact with the skin, tap to focus",
+    "no_lesion": "retake with the lesion centred and filling most of the frame; check the right spot was photographed",
+    "unreadable_image": "re-export the photo as JPEG or PNG and submit it again",
+}
+FAILED_ADVICE = "a system error survived all retries; submit the image again"
+
+SKIN_GROUPS = ("very light", "light", "intermediate", "tan", "brown", "dark")
+
+# Triage order: results first (highest risk first), then what staff must act on
+# (retakes, failures), then what is still in flight.
+_SECTION = {
+    AnalysisStatus.succeeded.value: 0,
+    AnalysisStatus.rejected.value: 1,
+    AnalysisStatus.failed.value: 2,
+    AnalysisStatus.canceled.value: 3,
+    AnalysisStatus.processing.value: 4,
+    AnalysisStatus.queued.value: 4,
+}
+FINAL = frozenset(
+    s.value for s in (AnalysisStatus.succeeded, AnalysisStatus.rejected, AnalysisStatus.failed, AnalysisStatus.canceled)
+)
+
+CSV_COLUMNS = (
+    "rank",
+    "analysis_id",
+    "external_id",
+    "status",
+    "risk_band",
+    "probability",
+    "uncertainty",
+    "needs_review",
+    "review_reason",
+    "diagnosis",
+    "skin_group",
+    "ita_degrees",
+    "bias_warning",
+    "rejection_code",
+    "rejection_detail",
+    "retake_advice",
+    "error_code",
+    "error_detail",
+    "age",
+    "sex",
+    "site",
+    "completed_at",
+)
+
+
+# ---------------------------------------------------------------- batches
+
+
+def create(session: Session, tenant: Tenant, body: BatchIn) -> Batch:
+    batch = Batch(tenant_id=tenant.id, name=body.name, external_id=body.external_id, created_at=lifecycle.utcnow())
+    session.add(batch)
+    session.flush()
+    return batch
+
+
+def get(session: Session, tenant: Tenant, batch_id: uuid.UUID, *, for_update: bool = False) -> Batch:
+    query = select(Batch).where(Batch.id == batch_id, Batch.tenant_id == tenant.id)
+    if for_update:
+        query = query.with_for_update()
+    batch = session.execute(query).scalar_one_or_none()
+    if batch is None:
+        raise NotFound(f"no batch with id {batch_id}")
+    return batch
+
+
+def encode_cursor(batch: Batch) -> str:
+    raw = f"{batch.created_at.isoformat()}|{batch.id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        created, ident = base64.urlsafe_b64decode(padded).decode().split("|")
+        return datetime.fromisoformat(created), uuid.UUID(ident)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("the cursor is not valid; use the next_cursor of a previous page") from None
+
+
+def list_page(
+    session: Session, tenant: Tenant, *, limit: int, cursor: str | None, name: str | None
+) -> tuple[list[Batch], str | None]:
+    query = select(Batch).where(Batch.tenant_id == tenant.id)
+    if name is not None:
+        query = query.where(Batch.name == name)
+    if cursor:
+        created, ident = decode_cursor(cursor)
+        query = query.where(tuple_(Batch.created_at, Batch.id) < tuple_(created, ident))
+    rows = list(session.execute(query.order_by(Batch.created_at.desc(), Batch.id.desc()).limit(limit + 1)).scalars())
+    next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
+    return rows[:limit], next_cursor
+
+
+def counts_for(session: Session, batch_ids: list[uuid.UUID]) -> dict[uuid.UUID, dict[str, int]]:
+    """Counts per status for a page of batches in one query on the (batch_id, status) index."""
+    empty = {s.value: 0 for s in AnalysisStatus}
+    counts = {batch_id: dict(empty) for batch_id in batch_ids}
+    if batch_ids:
+        rows = session.execute(
+            select(Analysis.batch_id, Analysis.status, func.count())
+            .where(Analysis.batch_id.in_(batch_ids))
+            .group_by(Analysis.batch_id, Analysis.status)
+        ).all()
+        for batch_id, status, n in rows:
+            counts[batch_id][status] = n
+    return counts
+
+
+def seal(context: AppContext, session: Session, tenant: Tenant, batch_id: uuid.UUID) -> Batch:
+    """Close the batch for new items (idempotent). A batch whose items are all final
+    completes right here and emits ``batch.completed`` (once: the lifecycle guards it)."""
+    batch = get(session, tenant, batch_id, for_update=True)
+    if batch.sealed_at is None:
+        batch.sealed_at = lifecycle.utcnow()
+        session.flush()
+    lifecycle.complete_batch_if_done(session, context.celery, context.settings, batch.id)
+    return batch
+
+
+# ---------------------------------------------------------------- progress
+
+
+@dataclass(frozen=True)
+class Progress:
+    counts: dict[str, int]
+    total: int
+    done: int
+    percent_done: float
+    throughput_per_minute: float | None
+    eta_seconds: float | None
+    eta_at: datetime | None
+
+
+def progress(session: Session, batch: Batch, counts: dict[str, int] | None = None) -> Progress:
+    counts = counts if counts is not None else lifecycle.batch_counts(session, batch.id)
+    total = sum(counts.values())
+    done = sum(n for status, n in counts.items() if status in FINAL)
+    remaining = total - done
+    now = lifecycle.utcnow()
+    since = now - THROUGHPUT_WINDOW
+    finished_recently, first_finish = session.execute(
+        select(func.count(), func.min(Analysis.completed_at)).where(
+            Analysis.batch_id == batch.id, Analysis.completed_at >= since
+        )
+    ).one()
+    rate = None
+    if finished_recently:
+        # Measure over the window, or over the batch's life when it is younger than that.
+        started = max(since, min(batch.created_at, first_finish))
+        span = max(now - started, MIN_RATE_SPAN)
+        rate = finished_recently / span.total_seconds() * 60.0
+    eta_seconds = None
+    if remaining == 0:
+        eta_seconds = 0.0 if total else None
+    elif rate:
+        eta_seconds = remaining / rate * 60.0
+    return Progress(
+        counts=counts,
+        total=total,
+        done=done,
+        percent_done=round(100.0 * done / total, 1) if total else 0.0,
+        throughput_per_minute=round(rate, 2) if rate is not None else None,
+        eta_seconds=round(eta_seconds, 1) if eta_seconds is not None else None,
+        eta_at=now + timedelta(seconds=eta_seconds) if eta_seconds else None,
+    )
+
+
+# ---------------------------------------------------------------- triage
+
+
+@dataclass
+class TriageRow:
+    analysis_id: uuid.UUID
+    external_id: str | None
+    status: str
+    probability: float | None
+    uncertainty: float | None
+    risk_band: str | None
+    diagnosis: str | None
+    skin_group: str | None
+    ita_degrees: float | None
+    bias_warning: bool | None
+    rejection_code: str | None
+    rejection_detail: str | None
+    error_code: str | None
+    error_detail: str | None
+    age: int | None
+    sex: str
+    site: str
+    completed_at: datetime | None
+
+    def review_reasons(self) -> list[str]:
+        if self.status != AnalysisStatus.succeeded.value:
+            return []
+        reasons = []
+        if self.uncertainty is not None and self.uncertainty >= REVIEW_UNCERTAINTY:
+            reasons.append("high_uncertainty")
+        if self.probability is not None and abs(self.probability - DECISION_THRESHOLD) < REVIEW_MARGIN:
+            reasons.append("near_threshold")
+        if self.bias_warning:
+            reasons.append("bias_warning")
+        return reasons
+
+    def as_item(self, rank: int) -> dict:
+        reasons = self.review_reasons()
+        advice = None
+        if self.status == AnalysisStatus.rejected.value:
+            advice = RETAKE_ADVICE.get(self.rejection_code or "", "retake the photo")
+        elif self.status == AnalysisStatus.failed.value:
+            advice = FAILED_ADVICE
+        return {
+            "rank": rank,
+            "analysis_id": str(self.analysis_id),
+            "external_id": self.external_id,
+            "status": self.status,
+            "risk_band": self.risk_band,
+            "probability": self.probability,
+            "uncertainty": self.uncertainty,
+            "needs_review": bool(reasons),
+            "review_reason": ";".join(reasons) or None,
+            "diagnosis": self.diagnosis,
+            "skin_group": self.skin_group,
+            "ita_degrees": round(self.ita_degrees, 2) if self.ita_degrees is not None else None,
+            "bias_warning": self.bias_warning,
+            "rejection_code": self.rejection_code,
+            "rejection_detail": self.rejection_detail,
+            "retake_advice": advice,
+            "error_code": self.error_code,
+            "error_detail": self.error_detail,
+            "age": self.age,
+            "sex": self.sex,
+            "site": self.site,
+            "completed_at": lifecycle.iso(self.completed_at),
+        }
+
+
+def _triage_query(batch_id: uuid.UUID, order: str):
+    result = Analysis.result
+    query = select(
+        Analysis.id,
+        Analysis.external_id,
+        Analysis.status,
+        Analysis.probability,
+        result["uncertainty"].as_float(),
+        result["risk_band"].as_string(),
+        result["diagnosis"].as_string(),
+        result[("equity", "skin_group")].as_string(),
+        result[("equity", "ita_degrees")].as_float(),
+        result[("equity", "bias_warning")].as_boolean(),
+        Analysis.rejection["code"].as_string(),
+        Analysis.rejection["detail"].as_string(),
+        Analysis.error["code"].as_string(),
+        Analysis.error["detail"].as_string(),
+        Analysis.age,
+        Analysis.sex,
+        Analysis.site,
+        Analysis.completed_at,
+    ).where(Analysis.batch_id == batch_id)
+    if order == "risk":
+        section = case(*((Analysis.status == s, rank) for s, rank in _SECTION.items()), else_=9)
+        return query.order_by(section, nulls_last(Analysis.probability.desc()), Analysis.created_at, Analysis.id)
+    return query.order_by(Analysis.created_at, Analysis.id)
+
+
+def iter_triage(
+    session_factory: sessionmaker[Session], batch_id: uuid.UUID, order: str, chunk: int = 1000
+) -> Iterator[TriageRow]:
+    """Every item of the batch in triage order, read through a server-side cursor so a large
+    batch streams in constant memory. Opens its own session: it outlives the request's."""
+    with session_factory() as session:
+        rows = session.execute(_triage_query(batch_id, order).execution_options(yield_per=chunk))
+        for row in rows:
+            yield TriageRow(*row)
+
+
+@dataclass
+class GroupTally:
+    items: int = 0
+    high_risk: int = 0
+    suspicious: int = 0
+    needs_review: int = 0
+
+
+@dataclass
+class TriageSummary:
+    """Counts for the end of the triage list, gathered while it streams (one pass)."""
+
+    counts: dict[str, int] = field(default_factory=lambda: {s.value: 0 for s in AnalysisStatus})
+    needs_review: int = 0
+    retake: dict[str, int] = field(default_factory=dict)
+    groups: dict[str, GroupTally] = field(default_factory=dict)
+
+    def add(self, row: TriageRow, item: dict) -> None:
+        self.counts[row.status] = self.counts.get(row.status, 0) + 1
+        if row.status == AnalysisStatus.rejected.value:
+            code = row.rejection_code or "unknown"
+            self.retake[code] = self.retake.get(code, 0) + 1
+        if row.status != AnalysisStatus.succeeded.value:
+            return
+        self.needs_review += item["needs_review"]
+        tally = self.groups.setdefault(row.skin_group or "unknown", GroupTally())
+        tally.items += 1
+        tally.high_risk += row.risk_band == "high"
+        tally.suspicious += row.risk_band in ("high", "medium")
+        tally.needs_review += item["needs_review"]
+
+    def as_dict(self) -> dict:
+        order = list(SKIN_GROUPS) + sorted(set(self.groups) - set(SKIN_GROUPS))
+        equity = []
+        for group in order:
+            tally = self.groups.get(group)
+            if tally is None:
+                continue
+            equity.append(
+                {
+                    "skin_group": group,
+                    "items": tally.items,
+                    "high_risk": tally.high_risk,
+                    "high_risk_share": round(tally.high_risk / tally.items, 4),
+                    "suspicious": tally.suspicious,
+                    "suspicious_share": round(tally.suspicious / tally.items, 4),
+                    "needs_review": tally.needs_review,
+                    "bias_warning": group in ("brown", "dark"),
+                }
+            )
+        return {
+            "counts": self.counts,
+            "total": sum(self.counts.values()),
+            "needs_review": self.needs_review,
+            "retake": self.retake,
+            "review_rule": REVIEW_RULE,
+            "equity": equity,
+        }

@@ -1,0 +1,180 @@
+"""Signed webhooks through the real API, worker and beat, to a real loopback receiver."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import defaultdict
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from standardwebhooks import Webhook
+
+from worker.pipeline.synthetic import encode_jpeg, make_lesion
+
+
+class Receiver:
+    """A loopback HTTP receiver that answers from a script per webhook-id."""
+
+    def __init__(self, script=(200,)):
+        self.script = list(script)
+        self.requests: list[dict] = []
+        self.attempts = defaultdict(int)
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("content-length", 0))).decode()
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                msg_id = headers.get("webhook-id", "")
+                n = receiver.attempts[msg_id]
+                receiver.attempts[msg_id] += 1
+                status = receiver.script[min(n, len(receiver.script) - 1)]
+                receiver.requests.append({"headers": headers, "body": body, "status": status})
+                self.send_response(status)
+                self.send_header("content-length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def of_type(self, type_: str) -> list[dict]:
+        return [r for r in self.requests if json.loads(r["body"])["type"] == type_]
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver():
+    receivers = []
+
+    def make(script=(200,)):
+        receivers.append(Receiver(script))
+        return receivers[-1]
+
+    yield make
+    for r in receivers:
+        r.close()
+
+
+def register(api, url, events=None):
+    response = api.post("/v1/webhook-endpoints", json={"url": url, "events": events, "description": "EHR"})
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["secret"].startswith("whsec_")
+    return body
+
+
+def submit(api, seed=11):
+    image = encode_jpeg(make_lesion(seed=seed, size=(240, 320), radius_frac=0.2).image)
+    response = api.post("/v1/analyses", files={"image": ("l.jpg", image, "image/jpeg")},
+                        data={"external_id": f"ext-{seed}", "age": "50"})
+    assert response.status_code == 202
+    return response.json()["id"]
+
+
+def test_fails_twice_then_accepts_every_attempt_verified(api, worker, beat, receiver, wait):
+    hook = receiver(script=(500, 500, 200))
+    endpoint = register(api, hook.url, events=["analysis.succeeded"])
+    analysis_id = submit(api)
+
+    wait(lambda: any(r["status"] == 200 for r in hook.of_type("analysis.succeeded")), timeout=180,
+         message="the third attempt to be accepted")
+    attempts = hook.of_type("analysis.succeeded")
+    assert [a["status"] for a in attempts] == [500, 500, 200]
+    verifier = Webhook(endpoint["secret"])
+    for attempt in attempts:
+        payload = verifier.verify(attempt["body"], attempt["headers"])
+        assert payload["type"] == "analysis.succeeded"
+        assert payload["data"]["id"] == analysis_id
+        assert payload["data"]["external_id"] == "ext-11"
+        assert "image" not in json.dumps(payload["data"]).lower().replace("links", "")
+    assert len({a["headers"]["webhook-id"] for a in attempts}) == 1
+    assert not hook.of_type("analysis.report_ready"), "the event filter is honoured"
+
+    def delivered():
+        log = api.get(f"/v1/webhook-endpoints/{endpoint['id']}/deliveries").json()["data"]
+        return log if log and log[0]["status"] == "delivered" else None
+
+    log = wait(delivered, timeout=30, message="the delivery log to show success")
+    assert [a["status_code"] for a in log[0]["attempts"]] == [500, 500, 200]
+    assert all(a["latency_ms"] >= 0 for a in log[0]["attempts"])
+
+
+def test_every_state_change_is_delivered_once(api, worker, beat, receiver, wait):
+    hook = receiver()
+    register(api, hook.url)
+    analysis_id = submit(api, seed=12)
+    wait(lambda: hook.of_type("analysis.report_ready"), timeout=180, message="report_ready")
+    types = [json.loads(r["body"])["type"] for r in hook.requests
+             if json.loads(r["body"])["data"].get("id") == analysis_id]
+    assert sorted(types) == ["analysis.report_ready", "analysis.succeeded"]
+
+
+def test_410_disables_the_endpoint(api, worker, beat, receiver, wait):
+    hook = receiver(script=(410,))
+    endpoint = register(api, hook.url)
+    assert api.post(f"/v1/webhook-endpoints/{endpoint['id']}/test").status_code == 202
+
+    def disabled():
+        body = api.get(f"/v1/webhook-endpoints/{endpoint['id']}").json()
+        return body if not body["enabled"] else None
+
+    body = wait(disabled, timeout=60, message="the endpoint to be disabled")
+    assert "410" in body["disabled_reason"]
+    assert len(hook.requests) == 1
+
+
+def test_test_event_and_manual_resend(api, worker, beat, receiver, wait):
+    hook = receiver()
+    endpoint = register(api, hook.url)
+    api.post(f"/v1/webhook-endpoints/{endpoint['id']}/test")
+    wait(lambda: hook.requests, timeout=60, message="the test event")
+    first = hook.requests[0]
+    Webhook(endpoint["secret"]).verify(first["body"], first["headers"])
+    delivery = wait(lambda: api.get(f"/v1/webhook-endpoints/{endpoint['id']}/deliveries").json()["data"],
+                    message="the delivery log")[0]
+    resent = api.post(f"/v1/webhook-endpoints/{endpoint['id']}/deliveries/{delivery['id']}/resend")
+    assert resent.status_code == 202
+    wait(lambda: len(hook.requests) == 2, timeout=60, message="the manual re-send")
+    assert hook.requests[1]["headers"]["webhook-id"] == first["headers"]["webhook-id"]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://169.254.169.254/latest/meta-data",
+        "http://10.0.0.5/hook",
+        "http://[::ffff:192.168.1.1]/hook",
+        "http://0x0a000001/hook",
+        "ftp://example.com/hook",
+        "http://user:pw@example.com/hook",
+    ],
+)
+def test_unsafe_urls_are_refused_at_registration(api, url):
+    response = api.post("/v1/webhook-endpoints", json={"url": url})
+    assert response.status_code == 422, url
+    assert response.headers["content-type"].startswith("application/problem+json")
+
+
+def test_endpoints_are_tenant_scoped(api, api_url, receiver, context):
+    import httpx
+
+    from shared.db import session_scope
+    from shared.tenants import issue_key
+
+    endpoint = register(api, receiver().url)
+    with session_scope(context.session_factory) as session:
+        _, other_key = issue_key(session, "other-" + endpoint["id"][:8])
+    with httpx.Client(base_url=api_url, headers={"Authorization": f"Bearer {other_key}"}) as other:
+        assert other.get(f"/v1/webhook-endpoints/{endpoint['id']}").status_code == 404
+        assert other.delete(f"/v1/webhook-endpoints/{endpoint['id']}").status_code == 404
+        assert other.get("/v1/webhook-endpoints").json()["data"] == []
+    assert "secret" not in api.get(f"/v1/webhook-endpoints/{endpoint['id']}").json()

@@ -1,0 +1,153 @@
+"""Postgres is the source of truth: fencing, the sweeper, no poison loops, no lost jobs."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select, update
+
+from shared import analyses as lifecycle
+from shared.db import session_scope
+from shared.models import Analysis, Event
+from shared.storage import IMAGES, image_key
+from worker.maintenance import broker_queue_length, sweep
+from worker.pipeline.synthetic import encode_jpeg, make_lesion
+
+
+def _queued_row(context, tenant_id, *, enqueue: bool = False) -> uuid.UUID:
+    """A committed, queued analysis whose wake-up message was never sent (as after a crash
+    between commit and publish)."""
+    analysis_id = uuid.uuid4()
+    key = image_key(tenant_id, analysis_id, "jpg")
+    data = encode_jpeg(make_lesion(seed=analysis_id.int % 1000, size=(120, 160), radius_frac=0.2).image)
+    context.store.put(IMAGES, key, data, "image/jpeg")
+    with session_scope(context.session_factory) as session:
+        session.add(Analysis(
+            id=analysis_id, tenant_id=tenant_id, status="queued", attempt=0, image_key=key,
+            image_sha256="0" * 64, image_content_type="image/jpeg", image_width=160, image_height=120,
+            enqueued_at=lifecycle.utcnow() - timedelta(hours=1), created_at=lifecycle.utcnow() - timedelta(hours=1),
+        ))
+    return analysis_id
+
+
+def _row(context, analysis_id) -> Analysis:
+    with context.session_factory() as session:
+        return session.get(Analysis, analysis_id)
+
+
+def _age_heartbeat(context, analysis_id, seconds=3600):
+    with session_scope(context.session_factory) as session:
+        session.execute(update(Analysis).where(Analysis.id == analysis_id)
+                        .values(heartbeat_at=lifecycle.utcnow() - timedelta(seconds=seconds)))
+
+
+def test_a_stale_worker_cannot_overwrite_a_newer_attempt(context, tenant_key):
+    analysis_id = _queued_row(context, tenant_key[0])
+    settings = context.settings
+    with session_scope(context.session_factory) as session:
+        (old,) = [c for c in lifecycle.claim_batch(session, analysis_id, 1)]
+    assert old.attempt == 1
+    _age_heartbeat(context, analysis_id)
+    with session_scope(context.session_factory) as session:
+        assert lifecycle.release_claim(session, None, settings, old, reason="swept") == "queued"
+    with session_scope(context.session_factory) as session:
+        (new,) = lifecycle.claim_batch(session, analysis_id, 1)
+    assert new.attempt == 2
+
+    with session_scope(context.session_factory) as session:
+        stale = lifecycle.finish(session, None, settings, old, status=lifecycle.AnalysisStatus.failed,
+                                 error={"code": "x", "detail": "stale"})
+    assert stale is False
+    assert _row(context, analysis_id).status == "processing"
+
+    with session_scope(context.session_factory) as session:
+        assert lifecycle.finish(session, None, settings, new, status=lifecycle.AnalysisStatus.rejected,
+                                rejection={"code": "blurry", "detail": "d"})
+    row = _row(context, analysis_id)
+    assert (row.status, row.attempt, row.rejection["code"]) == ("rejected", 2, "blurry")
+
+
+def test_canceled_job_is_not_overwritten_by_its_worker(context, tenant_key):
+    analysis_id = _queued_row(context, tenant_key[0])
+    with session_scope(context.session_factory) as session:
+        (claim,) = lifecycle.claim_batch(session, analysis_id, 1)
+    with session_scope(context.session_factory) as session:
+        assert lifecycle.cancel(session, None, context.settings, analysis_id) is not None
+    with session_scope(context.session_factory) as session:
+        assert not lifecycle.finish(session, None, context.settings, claim,
+                                    status=lifecycle.AnalysisStatus.succeeded, result={"probability": 0.1})
+    assert _row(context, analysis_id).status == "canceled"
+
+
+def test_sweeper_fails_a_job_after_max_attempts_instead_of_looping(context, tenant_key):
+    analysis_id = _queued_row(context, tenant_key[0])
+    for attempt in range(1, context.settings.max_attempts + 1):
+        with session_scope(context.session_factory) as session:
+            claims = lifecycle.claim_batch(session, analysis_id, 1)
+        assert [c.attempt for c in claims] == [attempt]
+        _age_heartbeat(context, analysis_id)
+        sweep(context)
+    row = _row(context, analysis_id)
+    assert row.status == "failed"
+    assert row.error["code"] == "attempts_exhausted"
+    assert f"{context.settings.max_attempts} attempts" in row.error["detail"]
+    with context.session_factory() as session:
+        events = session.execute(select(Event.type).where(Event.dedupe_key.like(f"%{analysis_id}"))).scalars().all()
+    assert events == ["analysis.failed"]
+
+
+def _lanes_drained(context) -> bool:
+    return all(broker_queue_length(context, lane) == 0 for lane in ("analyze.interactive", "analyze.bulk"))
+
+
+def test_lost_wake_up_is_resent_and_the_job_completes(context, tenant_key, worker, wait):
+    wait(lambda: _lanes_drained(context), timeout=60, message="the worker to drain earlier messages")
+    analysis_id = _queued_row(context, tenant_key[0])
+    counts = sweep(context)
+    assert counts["resent"] >= 1
+    row = wait(lambda: (r := _row(context, analysis_id)).status == "succeeded" and r, timeout=120,
+               message="the swept job to finish")
+    assert row.attempt == 1
+
+
+def test_job_of_a_vanished_worker_is_recovered(context, tenant_key, worker, wait):
+    analysis_id = _queued_row(context, tenant_key[0])
+    with session_scope(context.session_factory) as session:
+        lifecycle.claim_batch(session, analysis_id, 1)  # claimed by a worker that then died
+    _age_heartbeat(context, analysis_id)
+    assert sweep(context)["requeued"] >= 1
+    row = wait(lambda: (r := _row(context, analysis_id)).status == "succeeded" and r, timeout=120,
+               message="the recovered job to finish")
+    assert row.attempt == 2
+
+
+def test_claims_take_interactive_before_bulk(context, tenant_key):
+    # Uncommitted rows: invisible to the live worker, so nothing else can claim them.
+    now = lifecycle.utcnow()
+    with context.session_factory() as session:
+        def row(priority, age_minutes):
+            analysis = Analysis(
+                id=uuid.uuid4(), tenant_id=tenant_key[0], status="queued", priority=priority, attempt=0,
+                image_key="k", image_sha256="0" * 64, image_content_type="image/jpeg", image_width=1,
+                image_height=1, created_at=now - timedelta(days=3650, minutes=age_minutes),
+            )
+            session.add(analysis)
+            return analysis.id
+
+        bulk = [row("bulk", 30 - i) for i in range(3)]
+        urgent = row("interactive", 0)
+        session.flush()
+        claims = lifecycle.claim_batch(session, bulk[2], 3)
+        assert {c.analysis_id for c in claims} == {bulk[2], urgent, bulk[0]}
+        session.rollback()
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_queued(context):
+    yield
+    with session_scope(context.session_factory) as session:
+        session.execute(update(Analysis).where(Analysis.status.in_(["queued", "processing"]),
+                                               Analysis.created_at < lifecycle.utcnow() - timedelta(minutes=30))
+                        .values(status="canceled"))
