@@ -115,7 +115,6 @@ def _plan_from_manifest(folder: Path, manifest: Path) -> Plan:
             where = f"line {line} ({values['filename'] or 'no filename'})"
             try:
                 path = _resolve(folder, values["filename"])
-                fields = _fields(values, path)
             except ValueError as exc:
                 plan.bad.append(BadRow(where, str(exc)))
                 continue
@@ -123,6 +122,11 @@ def _plan_from_manifest(folder: Path, manifest: Path) -> Plan:
                 plan.bad.append(BadRow(where, f"the same file is listed on {seen_files[path]}"))
                 continue
             seen_files[path] = f"line {line}"
+            try:
+                fields = _fields(values, path)
+            except ValueError as exc:
+                plan.bad.append(BadRow(where, str(exc)))
+                continue
             _add_row(plan, where, path, fields, seen_content)
     listed = set(seen_files)
     plan.unlisted = sum(1 for p in _images_in(folder) if p not in listed)

@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     s3_secret_key: SecretStr = SecretStr("")
     s3_secure: bool = False
     s3_region: str = "us-east-1"
+    # Host:port that browsers and EHRs use to fetch presigned links, when it differs from
+    # the address the services use (e.g. "files.example.org" in front of minio:9000).
+    s3_public_endpoint: str = ""
     s3_bucket_prefix: str = "dermasentinel"
     presign_ttl_seconds: int = Field(default=600, ge=30, le=900)
 

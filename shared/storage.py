@@ -30,6 +30,7 @@ def artifact_key(tenant_id: uuid.UUID, analysis_id: uuid.UUID, name: str) -> str
 class ObjectStore:
     client: Minio
     settings: Settings
+    link_client: Minio | None = None
 
     def bucket(self, purpose: str) -> str:
         return self.settings.bucket(purpose)
@@ -71,7 +72,7 @@ class ObjectStore:
         return True
 
     def presigned_get(self, purpose: str, key: str) -> str:
-        return self.client.presigned_get_object(
+        return (self.link_client or self.client).presigned_get_object(
             self.bucket(purpose), key, expires=timedelta(seconds=self.settings.presign_ttl_seconds)
         )
 
@@ -88,12 +89,17 @@ def make_object_store(settings: Settings, probe_timeout: float | None = None) ->
         http_client = urllib3.PoolManager(
             timeout=urllib3.Timeout(connect=probe_timeout, read=probe_timeout), retries=False
         )
-    client = Minio(
-        settings.s3_endpoint,
-        access_key=settings.s3_access_key,
-        secret_key=settings.s3_secret_key.get_secret_value(),
-        secure=settings.s3_secure,
-        region=settings.s3_region,
-        http_client=http_client,
-    )
-    return ObjectStore(client=client, settings=settings)
+    def client_for(endpoint: str) -> Minio:
+        return Minio(
+            endpoint,
+            access_key=settings.s3_access_key,
+            secret_key=settings.s3_secret_key.get_secret_value(),
+            secure=settings.s3_secure,
+            region=settings.s3_region,
+            http_client=http_client,
+        )
+
+    # Presigning is local computation (the region is fixed), so the public endpoint
+    # is never contacted from inside the network.
+    link_client = client_for(settings.s3_public_endpoint) if settings.s3_public_endpoint else None
+    return ObjectStore(client=client_for(settings.s3_endpoint), settings=settings, link_client=link_client)
