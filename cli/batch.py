@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import logging
 import re
 import time
 from collections.abc import Iterable
@@ -358,6 +359,8 @@ def batch() -> None:
 @click.option("--api-url", envvar="DERMASENTINEL_API_URL", help="API base URL")
 def submit(folder: Path, manifest, name, batch_external_id, wait, out, concurrency, timeout, api_url, api_key) -> None:
     """Upload FOLDER's images as one batch, seal it, and (with --wait) write the triage list."""
+    # One line per upload would bury the progress bar and the bad-row report.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     settings = get_settings()
     name = name or folder.resolve().name
     wait = wait or out is not None

@@ -182,16 +182,13 @@ def progress(session: Session, batch: Batch, counts: dict[str, int] | None = Non
     remaining = total - done
     now = lifecycle.utcnow()
     since = now - THROUGHPUT_WINDOW
-    finished_recently, first_finish = session.execute(
-        select(func.count(), func.min(Analysis.completed_at)).where(
-            Analysis.batch_id == batch.id, Analysis.completed_at >= since
-        )
-    ).one()
+    finished_recently = session.execute(
+        select(func.count()).where(Analysis.batch_id == batch.id, Analysis.completed_at >= since)
+    ).scalar_one()
     rate = None
     if finished_recently:
-        # Measure over the window, or over the batch's life when it is younger than that.
-        started = max(since, min(batch.created_at, first_finish))
-        span = max(now - started, MIN_RATE_SPAN)
+        # Over the window, or over the batch's life when it is younger than that.
+        span = max(now - max(since, batch.created_at), MIN_RATE_SPAN)
         rate = finished_recently / span.total_seconds() * 60.0
     eta_seconds = None
     if remaining == 0:

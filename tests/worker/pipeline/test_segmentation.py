@@ -1,6 +1,5 @@
 """Items 3 and 6: which Gate 1 runs, the classical segmenter's accuracy, the coverage gate."""
 
-import numpy as np
 import pytest
 
 from worker.pipeline.overlay import resize_mask

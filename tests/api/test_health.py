@@ -1,0 +1,51 @@
+"""Readiness reports each dependency on its own, and says which one is down."""
+
+import httpx
+
+from api.routes.health import readiness
+from shared.context import AppContext
+
+
+def test_readyz_is_ready_with_every_dependency_up(api_url):
+    body = httpx.get(f"{api_url}/readyz").json()
+    assert body["status"] == "ready"
+    assert all(check["ok"] for check in body["checks"].values())
+    assert httpx.get(f"{api_url}/healthz").json() == {"status": "ok"}
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_readiness_names_the_object_store_when_it_is_down(settings):
+    down = settings.model_copy(update={"s3_endpoint": f"127.0.0.1:{_closed_port()}"})
+    context = AppContext(down)
+    try:
+        body = readiness(context)
+    finally:
+        context.close()
+    assert body["status"] == "unavailable"
+    assert body["checks"]["database"]["ok"] and body["checks"]["broker"]["ok"]
+    assert body["checks"]["object_store"]["ok"] is False
+    assert "error" in body["checks"]["object_store"]
+
+
+def test_readiness_names_the_broker_when_it_is_down(settings):
+    down = settings.model_copy(update={"broker_url": f"redis://127.0.0.1:{_closed_port()}/0"})
+    context = AppContext(down)
+    try:
+        body = readiness(context)
+    finally:
+        context.close()
+    assert body["checks"]["broker"]["ok"] is False
+    assert body["checks"]["database"]["ok"] and body["checks"]["object_store"]["ok"]
+
+
+def test_metrics_are_prometheus_text(api_url):
+    httpx.get(f"{api_url}/healthz")
+    text = httpx.get(f"{api_url}/metrics").text
+    assert "dermasentinel_http_requests_total" in text
