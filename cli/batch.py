@@ -383,6 +383,9 @@ def _run(console, client, folder, manifest, name, batch_external_id, wait, out, 
     console.print(f"{len(plan.rows)} valid rows, {len(plan.bad)} bad rows")
     if plan.unlisted:
         console.print(f"{plan.unlisted} images in {folder} are not in the manifest and were left out")
+    if not plan.rows:
+        _report_rows(console, "bad rows, not submitted", plan.bad, "yellow")
+        raise click.ClickException(f"no valid JPEG or PNG rows to submit from {folder}; nothing was created")
     batch_body, created = find_or_create_batch(client, name, batch_external_id)
     batch_id = batch_body["id"]
     outcome = Outcome(bad=list(plan.bad))

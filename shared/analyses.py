@@ -131,6 +131,7 @@ class Claim:
     sex: str
     site: str
     pixel_spacing_mm: float | None
+    external_id: str | None
 
 
 def claim_batch(session: Session, own_id: uuid.UUID, limit: int) -> list[Claim]:
@@ -167,6 +168,7 @@ def claim_batch(session: Session, own_id: uuid.UUID, limit: int) -> list[Claim]:
             Analysis.sex,
             Analysis.site,
             Analysis.pixel_spacing_mm,
+            Analysis.external_id,
         )
         .execution_options(synchronize_session=False)
     ).all()
@@ -369,6 +371,7 @@ def stale_claims(session: Session, heartbeat_before: datetime, limit: int = 500)
             Analysis.sex,
             Analysis.site,
             Analysis.pixel_spacing_mm,
+            Analysis.external_id,
         )
         .where(Analysis.status == AnalysisStatus.processing.value, Analysis.heartbeat_at < heartbeat_before)
         .limit(limit)

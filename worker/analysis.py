@@ -80,6 +80,7 @@ def _record_finding(context: AppContext, claim: Claim, finding, provenance: dict
     result["scribe_note"] = build_scribe_note(
         {
             "id": str(claim.analysis_id),
+            "external_id": claim.external_id,
             "status": AnalysisStatus.succeeded.value,
             "inputs": {
                 "age": claim.age,

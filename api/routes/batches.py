@@ -86,7 +86,17 @@ def list_batches(
     return {"data": [summary(context, b, counts[b.id]) for b in rows], "next_cursor": next_cursor}
 
 
-@router.get("/{batch_id}", summary="Progress: counts per status, percent done, throughput and ETA")
+@router.get(
+    "/{batch_id}",
+    summary="Progress: counts per status, percent done, throughput and ETA",
+    description=(
+        "`state`: open (takes items), sealed (closed, items still running) or completed (sealed "
+        "and every item final; `batch.completed` was emitted). `throughput_per_minute`: items "
+        "finished per minute over the last 5 minutes (or since the batch was created, when "
+        "younger); null while nothing finished in that window. `eta_seconds` / `eta_at`: the "
+        "queued and processing items at that rate. Answered from indexes, never a scan of the batch."
+    ),
+)
 def get_batch(batch_id: str, context: ContextDep, session: SessionDep, tenant: CurrentTenant):
     batch = service.get(session, tenant, parse_id(batch_id, "batch"))
     return view(context, batch, service.progress(session, batch))
@@ -98,9 +108,25 @@ def seal_batch(batch_id: str, context: ContextDep, session: SessionDep, tenant: 
     return view(context, batch, service.progress(session, batch))
 
 
+RESULTS_DESCRIPTION = f"""Every item of the batch, streamed. `order=risk`: succeeded results by
+melanoma probability, highest first; then rejected images (with `rejection_code`, the gate's
+`rejection_detail` and `retake_advice`), failed ones (`error_code`), canceled ones, and last
+any still queued or processing. `order=submitted`: in submission order.
+
+Review rule: {service.REVIEW_RULE}. `review_reason` lists the codes, `;`-separated.
+
+`format=json`: `{{"batch": …progress…, "items": […], "summary": {{counts, needs_review, retake
+(rejections per code), review_rule, equity}}}}`; `items=false` leaves the items out. `equity` has
+one entry per skin group (succeeded items): `items`, `high_risk` (risk band high, p > 0.8),
+`high_risk_share`, `suspicious` (p > 0.5) and its share, `needs_review`, `bias_warning`.
+`format=csv`: a header row and one row per item, columns
+`{", ".join(service.CSV_COLUMNS)}`; empty cells for what does not apply."""
+
+
 @router.get(
     "/{batch_id}/results",
     summary="Triage list: highest risk first, review flags, retakes, equity summary",
+    description=RESULTS_DESCRIPTION,
     responses={200: {"content": {"application/json": {}, "text/csv": {}}}},
 )
 def batch_results(

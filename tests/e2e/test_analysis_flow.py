@@ -41,6 +41,7 @@ def test_submit_poll_succeeds_with_downloadable_artifacts(api, worker, wait_fina
     assert set(result["concepts"]) >= {"asymmetry", "border", "color", "diameter_px"}
     assert result["equity"]["skin_group"]
     assert "FINDINGS" in result["scribe_note"]
+    assert "case-42" in result["scribe_note"], "the note names the client reference"
     assert analysis["model"]["weights"] == "untrained"
     assert analysis["model"]["segmenter"] == "classical"
     assert analysis["external_id"] == "case-42"

@@ -23,6 +23,18 @@ from shared.stack import DataDirInUseError, EmbeddedStack, ServiceStartError, St
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
+
+def children_using(folder: Path) -> list:
+    """Our child processes that belong to this stack (other tests' services may be running)."""
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if str(folder) in " ".join(child.cmdline()):
+                found.append(child)
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
 def libpq_url(endpoints: StackEndpoints) -> str:
     return endpoints.database_url.replace("postgresql+psycopg://", "postgresql://")
 
@@ -93,7 +105,7 @@ def test_each_service_works_and_stop_leaves_nothing_running(tmp_path: Path) -> N
 
     assert not any(port_open(port) for port in ports)
     assert not any(process_group_alive(pid) for pid in leaders)
-    assert psutil.Process().children(recursive=True) == []
+    assert children_using(tmp_path) == []
     stack.stop()  # a second stop is harmless
 
 
@@ -172,4 +184,4 @@ def test_a_service_that_cannot_start_is_named_with_its_log(tmp_path: Path) -> No
     assert message.startswith("postgres failed to start")
     assert str(tmp_path / "logs" / "postgres.log") in message
     assert "no_such_setting" in message
-    assert psutil.Process().children(recursive=True) == []
+    assert children_using(tmp_path) == []
