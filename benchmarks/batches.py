@@ -23,7 +23,6 @@ import argparse
 import os
 import random
 import secrets
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,6 +36,7 @@ import httpx
 from sqlalchemy import create_engine, delete, insert, select, text, update
 from sqlalchemy.engine import make_url
 
+from cli.processes import free_port, stop_process, wait_http
 from shared import analyses as lifecycle
 from shared.config import Settings
 from shared.context import AppContext
@@ -53,21 +53,9 @@ ROOT = Path(__file__).resolve().parent.parent
 SKIN_GROUPS = ("very light", "light", "intermediate", "tan", "brown", "dark")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def child_env(settings: Settings) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DERMASENTINEL_")}
-    for name, value in settings.model_dump().items():
-        if value is None:
-            continue
-        if hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
-        env[f"DERMASENTINEL_{name.upper()}"] = str(value)
-    return env
+    return {**env, **settings.as_env()}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -100,30 +88,6 @@ def start_process(args: list[str], settings: Settings, log: Path) -> subprocess.
         return subprocess.Popen(
             args, env=child_env(settings), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
-
-
-def stop_process(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, 15)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, 9)
-            process.wait()
-
-
-def wait_http(url: str, process: subprocess.Popen, log: Path, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"process exited early:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(url, timeout=1.0).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} did not answer in {timeout}s")
 
 
 # ---------------------------------------------------------------- 1. progress latency
@@ -351,7 +315,7 @@ def main() -> None:
     )
     endpoints = stack.start()
     database_url, drop_database = fresh_database(given.database_url or endpoints.database_url)
-    port = _free_port()
+    port = free_port()
     settings = Settings(
         _env_file=None,
         environment="test",

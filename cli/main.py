@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from shared.config import Settings, get_settings
+from shared.config import get_settings
 
 GPU_QUEUES = "analyze.interactive,analyze.bulk"
 ROLES = {

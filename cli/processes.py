@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import httpx
 
 STOP_GRACE_SECONDS = 15.0
 
@@ -36,6 +39,7 @@ def spawn(name: str, args: list[str], env: dict[str, str], log_dir: Path) -> Chi
 
 
 def stop_all(children: list[Child], grace: float = STOP_GRACE_SECONDS) -> None:
+    """Stop every child at once (SIGTERM together, one shared grace period)."""
     for child in children:
         if child.process.poll() is None:
             _signal_group(child.process, signal.SIGTERM)
@@ -61,3 +65,35 @@ def tail(path: Path, lines: int = 20) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except FileNotFoundError:
         return "(no log)"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def stop_process(process: subprocess.Popen, grace: float = STOP_GRACE_SECONDS) -> None:
+    """SIGTERM the process group, then SIGKILL whatever is left after ``grace`` seconds."""
+    if process.poll() is None:
+        _signal_group(process, signal.SIGTERM)
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            _signal_group(process, signal.SIGKILL)
+            process.wait()
+
+
+def wait_http(url: str, process: subprocess.Popen, log: Path, timeout: float = 60.0) -> None:
+    """Wait until ``url`` answers below 500, failing early (with the log) if ``process`` dies."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"process exited early:\n{tail(log, 60)}")
+        try:
+            if httpx.get(url, timeout=1.0).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer in {timeout:.0f}s:\n{tail(log, 60)}")

@@ -5,14 +5,13 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import sys
 import time
 from pathlib import Path
 
 import click
 import httpx
 
-from cli.processes import Child, spawn, stop_all, tail
+from cli.processes import Child, free_port, spawn, stop_all, tail
 from shared.config import ENV_PREFIX, Settings
 
 DEV_TENANT = "development"
@@ -24,12 +23,6 @@ class _Stop(Exception):
 
 def _raise_stop(signum, frame):
     raise _Stop()
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 def _port_free(host: str, port: int) -> bool:

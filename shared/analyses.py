@@ -228,7 +228,7 @@ def finish(
             updated_at=now,
         )
         .returning(Analysis)
-        .execution_options(synchronize_session=False)
+        .execution_options(synchronize_session=False, populate_existing=True)
     ).scalar_one_or_none()
     if analysis is None:
         return False
@@ -259,7 +259,7 @@ def cancel(session: Session, celery: Celery | None, settings: Settings, analysis
         .where(Analysis.id == analysis_id, Analysis.status.in_(ACTIVE))
         .values(status=AnalysisStatus.canceled.value, stage=None, completed_at=now, updated_at=now)
         .returning(Analysis)
-        .execution_options(synchronize_session=False)
+        .execution_options(synchronize_session=False, populate_existing=True)
     ).scalar_one_or_none()
     if analysis is not None:
         _on_final(session, celery, settings, analysis)
@@ -352,7 +352,7 @@ def release_claim(
         .where(_fenced(claim))
         .values(status=AnalysisStatus.queued.value, stage=None, heartbeat_at=None, updated_at=now)
         .returning(Analysis)
-        .execution_options(synchronize_session=False)
+        .execution_options(synchronize_session=False, populate_existing=True)
     ).scalar_one_or_none()
     if analysis is None:
         return None

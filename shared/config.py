@@ -115,6 +115,17 @@ class Settings(BaseSettings):
     def bucket(self, purpose: str) -> str:
         return f"{self.s3_bucket_prefix}-{purpose}"
 
+    def as_env(self) -> dict[str, str]:
+        """These settings as the DERMASENTINEL_* environment of a child process."""
+        env = {}
+        for name, value in self.model_dump().items():
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            env[ENV_PREFIX + name.upper()] = str(value)
+        return env
+
 
 def _stack_env_file() -> Path | None:
     settings = Settings()

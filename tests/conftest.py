@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,16 +23,11 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from cli.processes import free_port, stop_process, wait_http
 from shared.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_SIZES = {"seg_size": 128, "cls_size": 128, "tta_views": 5}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -113,15 +107,9 @@ def settings(services, test_database_url, tmp_path_factory) -> Settings:
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    """The settings as the DERMASENTINEL_* environment of a child process."""
+    """A child's environment: ours, minus any DERMASENTINEL_* of the caller, plus the settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DERMASENTINEL_")}
-    for name, value in settings.model_dump().items():
-        if value is None:
-            continue
-        if hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
-        env[f"DERMASENTINEL_{name.upper()}"] = str(value)
-    return env
+    return {**env, **settings.as_env()}
 
 
 @pytest.fixture(scope="session")
@@ -141,34 +129,10 @@ def context(settings):
     ctx.close()
 
 
-def _wait_http(url: str, process: subprocess.Popen, log: Path, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"process exited early:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(url, timeout=1.0).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} did not answer in {timeout}s:\n{log.read_text()[-3000:]}")
-
-
-def _stop(process: subprocess.Popen, grace: float = 10.0) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, 15)
-        try:
-            process.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, 9)
-            process.wait()
-
-
 @pytest.fixture(scope="session")
 def api_url(settings, context, tmp_path_factory):
     """A real uvicorn API process."""
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("logs") / "api.log"
     env = settings_env(settings.model_copy(update={"api_url": f"http://127.0.0.1:{port}"}))
     with log.open("wb") as out:
@@ -177,9 +141,9 @@ def api_url(settings, context, tmp_path_factory):
             env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
     url = f"http://127.0.0.1:{port}"
-    _wait_http(f"{url}/healthz", process, log)
+    wait_http(f"{url}/healthz", process, log)
     yield url
-    _stop(process)
+    stop_process(process)
 
 
 class WorkerProcess:
@@ -198,7 +162,7 @@ class WorkerProcess:
 
     def stop(self) -> None:
         if self.process is not None:
-            _stop(self.process, grace=15)
+            stop_process(self.process, grace=15)
             self.process = None
 
     def kill(self) -> None:
@@ -229,7 +193,7 @@ def beat(settings, context, api_url, tmp_path_factory):
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
     yield process
-    _stop(process)
+    stop_process(process)
 
 
 @pytest.fixture

@@ -44,7 +44,7 @@ def create_celery(settings: Settings | None = None, *, preload_models: bool = Fa
         runtime_module.reset_after_fork()
         if preload_models:
             # Load both models once per process, before the first job arrives.
-            runtime_module.runtime().pipeline
+            runtime_module.runtime().pipeline  # noqa: B018 (the property builds and caches the models)
 
     return app
 

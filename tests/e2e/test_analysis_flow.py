@@ -123,3 +123,48 @@ def test_list_is_newest_first_with_cursor_and_filters(api):
     only = api.get("/v1/analyses", params={"external_id": "list-1"}).json()["data"]
     assert [a["id"] for a in only] == [ids[1]]
     assert api.get("/v1/analyses", params={"status": "bogus"}).status_code == 422
+
+
+def test_cancel_a_queued_job_then_cancel_again_is_409(api, context, tenant_key):
+    from datetime import timedelta
+
+    from shared import analyses as lifecycle
+    from shared.db import session_scope
+
+    analysis_id = __import__("uuid").uuid4()
+    with session_scope(context.session_factory) as session:
+        # Queued with no wake-up message and dated in the future, so no worker claims it
+        # before the cancel arrives.
+        session.add(Analysis(
+            id=analysis_id, tenant_id=tenant_key[0], status="queued", priority="bulk", attempt=0,
+            image_key=f"tenants/{tenant_key[0]}/analyses/{analysis_id}/image.jpg", image_sha256="0" * 64,
+            image_content_type="image/jpeg", image_width=10, image_height=10,
+            created_at=lifecycle.utcnow() + timedelta(days=365), enqueued_at=lifecycle.utcnow(),
+        ))
+    canceled = api.post(f"/v1/analyses/{analysis_id}/cancel")
+    assert canceled.status_code == 200, canceled.text
+    assert canceled.json()["status"] == "canceled"
+    assert api.get(f"/v1/analyses/{analysis_id}").json()["status"] == "canceled"
+    again = api.post(f"/v1/analyses/{analysis_id}/cancel")
+    assert again.status_code == 409
+    assert "already canceled" in again.json()["detail"]
+    assert api.get(f"/v1/analyses/{analysis_id}/report.pdf").status_code == 409
+
+
+def test_submit_command_prints_the_result(api_url, tenant_key, worker, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    image = tmp_path / "lesion.jpg"
+    image.write_bytes(lesion_jpeg(seed=77))
+    run = subprocess.run(
+        [sys.executable, "-m", "cli.main", "submit", str(image), "--age", "70", "--sex", "female",
+         "--site", "head/neck", "--api-url", api_url, "--api-key", tenant_key[1]],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    printed = json.loads(run.stdout[: run.stdout.index("\n}\n") + 2])
+    assert printed["status"] == "succeeded"
+    assert printed["model"]["weights"] == "untrained"
+    assert "FINDINGS" in run.stdout
