@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import urllib3
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 PROBLEM_JSON = "application/problem+json"
@@ -76,6 +78,18 @@ def problem_response(
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
+def _unavailable(request: Request, dependency: str) -> JSONResponse:
+    # Nothing was accepted: the upload is stored and the row committed, or neither.
+    return problem_response(
+        503,
+        "unavailable",
+        "Service unavailable",
+        f"{dependency} is not reachable right now; nothing was saved, retry in a few seconds",
+        request.url.path,
+        headers={"Retry-After": "5"},
+    )
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem):
@@ -91,6 +105,14 @@ def install(app: FastAPI) -> None:
         ]
         detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors) or "invalid request"
         return problem_response(422, "validation_error", "Invalid input", detail, request.url.path, errors)
+
+    @app.exception_handler(urllib3.exceptions.HTTPError)
+    async def _object_store_down(request: Request, exc: Exception):
+        return _unavailable(request, "the object store")
+
+    @app.exception_handler(OperationalError)
+    async def _database_down(request: Request, exc: Exception):
+        return _unavailable(request, "the database")
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):

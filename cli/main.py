@@ -38,10 +38,12 @@ def _client(api_url: str | None, api_key: str | None):
 @click.option("--log-level", default=None, help="DEBUG, INFO, WARNING…")
 def cli(log_level: str | None) -> None:
     """DermaSentinel: asynchronous melanoma screening (research use; NOT a certified medical device)."""
-    logging.basicConfig(
-        level=(log_level or get_settings().log_level).upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    level = (log_level or get_settings().log_level).upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if level != "DEBUG":
+        # Per-request and per-migration chatter drowns what an operator needs to see.
+        for noisy in ("httpx", "alembic"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 @cli.command()

@@ -134,6 +134,19 @@ class Claim:
     external_id: str | None
 
 
+CLAIM_COLUMNS = (
+    Analysis.id,
+    Analysis.attempt,
+    Analysis.tenant_id,
+    Analysis.image_key,
+    Analysis.age,
+    Analysis.sex,
+    Analysis.site,
+    Analysis.pixel_spacing_mm,
+    Analysis.external_id,
+)
+
+
 def claim_batch(session: Session, own_id: uuid.UUID, limit: int) -> list[Claim]:
     """Claim the message's own job (if still queued) plus the most urgent other queued
     jobs, so one GPU pass serves several: interactive before bulk, oldest first."""
@@ -159,17 +172,7 @@ def claim_batch(session: Session, own_id: uuid.UUID, limit: int) -> list[Claim]:
             heartbeat_at=now,
             updated_at=now,
         )
-        .returning(
-            Analysis.id,
-            Analysis.attempt,
-            Analysis.tenant_id,
-            Analysis.image_key,
-            Analysis.age,
-            Analysis.sex,
-            Analysis.site,
-            Analysis.pixel_spacing_mm,
-            Analysis.external_id,
-        )
+        .returning(*CLAIM_COLUMNS)
         .execution_options(synchronize_session=False)
     ).all()
     return [Claim(*row) for row in rows]
@@ -362,17 +365,7 @@ def release_claim(
 
 def stale_claims(session: Session, heartbeat_before: datetime, limit: int = 500) -> list[Claim]:
     rows = session.execute(
-        select(
-            Analysis.id,
-            Analysis.attempt,
-            Analysis.tenant_id,
-            Analysis.image_key,
-            Analysis.age,
-            Analysis.sex,
-            Analysis.site,
-            Analysis.pixel_spacing_mm,
-            Analysis.external_id,
-        )
+        select(*CLAIM_COLUMNS)
         .where(Analysis.status == AnalysisStatus.processing.value, Analysis.heartbeat_at < heartbeat_before)
         .limit(limit)
     ).all()

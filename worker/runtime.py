@@ -36,6 +36,9 @@ class WorkerRuntime:
             registry = ModelRegistry.load(
                 settings.model_dir, device=settings.device, segmenter=settings.segmenter, seed=settings.fusion_seed
             )
+            forward_batch = settings.max_forward_batch or (
+                64 if registry.device.type == "cuda" else settings.tta_views
+            )
             options = PipelineOptions(
                 seg_size=settings.seg_size,
                 cls_size=settings.cls_size,
@@ -43,6 +46,7 @@ class WorkerRuntime:
                 blur_threshold=settings.blur_threshold,
                 min_coverage=settings.min_coverage,
                 max_image_pixels=settings.max_image_pixels,
+                max_forward_batch=forward_batch,
             )
             log.info("models loaded: %s", registry.provenance())
             return Pipeline(registry, options)

@@ -31,26 +31,6 @@ def _state(batch: Batch) -> str:
     return "sealed" if batch.sealed_at is not None else "open"
 
 
-def view(context: ContextDep, batch: Batch, progress: service.Progress) -> dict:
-    return {
-        "id": str(batch.id),
-        "name": batch.name,
-        "external_id": batch.external_id,
-        "state": _state(batch),
-        "created_at": lifecycle.iso(batch.created_at),
-        "sealed_at": lifecycle.iso(batch.sealed_at),
-        "completed_at": lifecycle.iso(batch.completed_at),
-        "counts": progress.counts,
-        "total": progress.total,
-        "done": progress.done,
-        "percent_done": progress.percent_done,
-        "throughput_per_minute": progress.throughput_per_minute,
-        "eta_seconds": progress.eta_seconds,
-        "eta_at": lifecycle.iso(progress.eta_at),
-        "links": _links(context, batch),
-    }
-
-
 def summary(context: ContextDep, batch: Batch, counts: dict[str, int]) -> dict:
     return {
         "id": str(batch.id),
@@ -63,6 +43,18 @@ def summary(context: ContextDep, batch: Batch, counts: dict[str, int]) -> dict:
         "counts": counts,
         "total": sum(counts.values()),
         "links": _links(context, batch),
+    }
+
+
+def view(context: ContextDep, batch: Batch, progress: service.Progress) -> dict:
+    return {
+        **summary(context, batch, progress.counts),
+        "total": progress.total,
+        "done": progress.done,
+        "percent_done": progress.percent_done,
+        "throughput_per_minute": progress.throughput_per_minute,
+        "eta_seconds": progress.eta_seconds,
+        "eta_at": lifecycle.iso(progress.eta_at),
     }
 
 

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.deps import UNCOMMITTED_IMAGES
+from api.pagination import newest_first
 from api.problems import BadRequest, Conflict, NotFound
 from api.uploads import CleanImage
 from shared import analyses as lifecycle
@@ -143,20 +143,6 @@ def get(session: Session, tenant: Tenant, analysis_id: uuid.UUID) -> Analysis:
     return analysis
 
 
-def encode_cursor(analysis: Analysis) -> str:
-    raw = f"{analysis.created_at.isoformat()}|{analysis.id}"
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        created, ident = base64.urlsafe_b64decode(padded).decode().split("|")
-        return datetime.fromisoformat(created), uuid.UUID(ident)
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("the cursor is not valid; use the next_cursor of a previous page") from None
-
-
 def list_page(
     session: Session,
     tenant: Tenant,
@@ -174,14 +160,7 @@ def list_page(
         query = query.where(Analysis.batch_id == batch_id)
     if external_id:
         query = query.where(Analysis.external_id == external_id)
-    if cursor:
-        created, ident = decode_cursor(cursor)
-        query = query.where(tuple_(Analysis.created_at, Analysis.id) < tuple_(created, ident))
-    rows = list(
-        session.execute(query.order_by(Analysis.created_at.desc(), Analysis.id.desc()).limit(limit + 1)).scalars()
-    )
-    next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
-    return rows[:limit], next_cursor
+    return newest_first(session, query, Analysis, limit=limit, cursor=cursor)
 
 
 def cancel(context: AppContext, session: Session, tenant: Tenant, analysis_id: uuid.UUID) -> Analysis:

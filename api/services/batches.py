@@ -7,16 +7,16 @@ a ten-item one. The triage list is an export and reads every item once, streamed
 
 from __future__ import annotations
 
-import base64
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import case, func, nulls_last, select, tuple_
+from sqlalchemy import case, func, nulls_last, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.problems import BadRequest, NotFound
+from api.pagination import newest_first
+from api.problems import NotFound
 from shared import analyses as lifecycle
 from shared.context import AppContext
 from shared.models import Analysis, AnalysisStatus, Batch, Tenant
@@ -107,32 +107,13 @@ def get(session: Session, tenant: Tenant, batch_id: uuid.UUID, *, for_update: bo
     return batch
 
 
-def encode_cursor(batch: Batch) -> str:
-    raw = f"{batch.created_at.isoformat()}|{batch.id}"
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        created, ident = base64.urlsafe_b64decode(padded).decode().split("|")
-        return datetime.fromisoformat(created), uuid.UUID(ident)
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("the cursor is not valid; use the next_cursor of a previous page") from None
-
-
 def list_page(
     session: Session, tenant: Tenant, *, limit: int, cursor: str | None, name: str | None
 ) -> tuple[list[Batch], str | None]:
     query = select(Batch).where(Batch.tenant_id == tenant.id)
     if name is not None:
         query = query.where(Batch.name == name)
-    if cursor:
-        created, ident = decode_cursor(cursor)
-        query = query.where(tuple_(Batch.created_at, Batch.id) < tuple_(created, ident))
-    rows = list(session.execute(query.order_by(Batch.created_at.desc(), Batch.id.desc()).limit(limit + 1)).scalars())
-    next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
-    return rows[:limit], next_cursor
+    return newest_first(session, query, Batch, limit=limit, cursor=cursor)
 
 
 def counts_for(session: Session, batch_ids: list[uuid.UUID]) -> dict[uuid.UUID, dict[str, int]]:

@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=2, help="timed rounds (best round is kept)")
     parser.add_argument("--original-images", type=int, default=2, help="images timed the original way")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--max-forward-batch", type=int, default=PipelineOptions.max_forward_batch,
+                        help="Gate 2 images per forward pass (views included)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-RSS measurement")
     parser.add_argument("--memory-probe", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -63,7 +65,9 @@ def main(argv: list[str] | None = None) -> None:
 
 def _benchmark(model_dir: Path, args: argparse.Namespace) -> None:
     registry = ModelRegistry.load(model_dir, device=args.device, segmenter="unet", seed=0)
-    options = PipelineOptions(seg_size=args.seg_size, cls_size=args.cls_size, tta_views=args.views)
+    options = PipelineOptions(
+        seg_size=args.seg_size, cls_size=args.cls_size, tta_views=args.views, max_forward_batch=args.max_forward_batch
+    )
     pipeline = Pipeline(registry, options)
     largest = max(args.batch_sizes)
     items = [
