@@ -75,7 +75,11 @@ def api(host: str, port: int, workers: int) -> None:
     """Serve the HTTP API."""
     import uvicorn
 
-    uvicorn.run("api.main:create_app", factory=True, host=host, port=port, workers=workers, proxy_headers=True)
+    # No access log: query strings can carry client references (external_id); metrics cover traffic.
+    uvicorn.run(
+        "api.main:create_app", factory=True, host=host, port=port, workers=workers,
+        proxy_headers=True, access_log=False,
+    )
 
 
 @cli.command()
@@ -181,11 +185,15 @@ def models() -> None:
 def models_import(checkpoint: Path, kind: str) -> None:
     """Check that CHECKPOINT loads into the model, then install it into MODEL_DIR."""
     from cli.models import import_checkpoint
+    from worker.pipeline.errors import ModelConfigError
 
     settings = get_settings()
     if settings.model_dir is None:
         raise click.ClickException("set DERMASENTINEL_MODEL_DIR to the folder that holds the checkpoints")
-    target, digest = import_checkpoint(checkpoint, kind, settings.model_dir)
+    try:
+        target, digest = import_checkpoint(checkpoint, kind, settings.model_dir)
+    except ModelConfigError as exc:
+        raise click.ClickException(f"{checkpoint} was not installed: {exc}") from None
     click.echo(f"installed {target} (sha256 {digest}); restart the GPU workers to use it")
 
 

@@ -44,8 +44,8 @@ def build_report(context: AppContext, analysis_id: uuid.UUID) -> bool:
         {
             "report": links["report"],
             "self": links["self"],
-            "image": f"{links['self']}#image",
-            "overlay": f"{links['self']}#overlay" if overlay_key else None,
+            "image": f"{links['self']}/artifacts/image",
+            "overlay": f"{links['self']}/artifacts/overlay" if overlay_key else None,
         },
     )
     render_ms = (time.perf_counter() - started) * 1000

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse
 from pydantic import ValidationError
 
 from api.deps import ContextDep, CurrentTenant, SessionDep, parse_id
@@ -172,6 +172,26 @@ def _report_or_409(session, tenant, analysis_id: str):
             headers={"Retry-After": "2"},
         )
     return analysis, report
+
+
+@router.get(
+    "/{analysis_id}/artifacts/{name}",
+    status_code=307,
+    response_class=RedirectResponse,
+    summary="Stable link to the image, mask or overlay: redirects to a fresh short-lived URL",
+)
+def get_artifact(
+    analysis_id: str,
+    name: Literal["image", "mask", "overlay"],
+    context: ContextDep,
+    session: SessionDep,
+    tenant: CurrentTenant,
+):
+    analysis = service.get(session, tenant, parse_id(analysis_id))
+    links = lifecycle.artifact_links(context.store, analysis)
+    if name not in links:
+        raise NotReady(f"the {name} is not available for an analysis that is {analysis.status}")
+    return RedirectResponse(links[name], status_code=307, headers={"Cache-Control": "private, no-store"})
 
 
 @router.get("/{analysis_id}/report.pdf", response_class=Response, summary="The PDF report")

@@ -82,3 +82,20 @@ def test_feedback_is_stored_shown_and_exported(api, worker, wait_final, settings
     assert float(row["probability"]) == analysis["result"]["probability"]
     assert row["weights"] == "untrained"
     assert row["image_key"].startswith("tenants/")
+
+
+def test_fhir_media_links_are_stable_and_redirect_to_fresh_downloads(api, worker, wait, wait_final):
+    import httpx
+
+    created = _submit(api, seed=34)
+    assert wait_final(created["id"])["status"] == "succeeded"
+    bundle = wait(lambda: (r := api.get(f"/v1/analyses/{created['id']}/fhir")).status_code == 200 and r.json(),
+                  timeout=120, message="the FHIR bundle")
+    media = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Media"]
+    urls = sorted(m["content"]["url"] for m in media)
+    assert urls == sorted(f"{api.base_url}/v1/analyses/{created['id']}/artifacts/{n}" for n in ("image", "overlay"))
+    for url in urls:
+        redirect = api.get(url, follow_redirects=False)
+        assert redirect.status_code == 307
+        download = httpx.get(redirect.headers["location"])
+        assert download.status_code == 200 and download.headers["content-type"].startswith("image/")
