@@ -83,6 +83,14 @@ class Settings(BaseSettings):
             return "postgresql+psycopg://" + value.split("://", 1)[1]
         return value
 
+    @field_validator("seg_size", "cls_size")
+    @classmethod
+    def _multiple_of_32(cls, value: int) -> int:
+        # The U-Net and EfficientNet downsample by 32; other sizes fail at the first image.
+        if value % 32:
+            raise ValueError(f"must be a multiple of 32 (e.g. {value - value % 32 or 32}), not {value}")
+        return value
+
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> "Settings":
         if self.environment != "production":

@@ -45,3 +45,9 @@ def test_env_prefix_is_read(monkeypatch):
 def test_presigned_links_cannot_outlive_fifteen_minutes():
     with pytest.raises(ValidationError):
         Settings(_env_file=None, presign_ttl_seconds=3600)
+
+
+def test_model_sizes_must_be_multiples_of_32():
+    with pytest.raises(ValidationError, match="multiple of 32"):
+        Settings(_env_file=None, seg_size=500)
+    assert Settings(_env_file=None, cls_size=320).cls_size == 320
