@@ -20,6 +20,7 @@ the migrations and dropped afterwards; buckets carry a ``dsbench-`` prefix.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import secrets
@@ -33,8 +34,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import httpx
-from sqlalchemy import create_engine, delete, insert, select, text, update
-from sqlalchemy.engine import make_url
+from sqlalchemy import delete, insert, select, text, update
 
 from cli.processes import free_port, stop_process, wait_http
 from shared import analyses as lifecycle
@@ -42,7 +42,7 @@ from shared.config import Settings
 from shared.context import AppContext
 from shared.db import session_scope
 from shared.jobs import enqueue_analysis
-from shared.migrate import upgrade
+from shared.migrate import scratch_database
 from shared.models import Analysis, Batch
 from shared.stack import EmbeddedStack
 from shared.storage import IMAGES, image_key
@@ -64,23 +64,6 @@ def percentile(values: list[float], q: float) -> float:
 
 
 # ---------------------------------------------------------------- set-up
-
-
-def fresh_database(admin_url: str) -> tuple[str, callable]:
-    url = make_url(admin_url)
-    name = f"dsbench_{secrets.token_hex(4)}"
-    admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    database_url = url.set(database=name).render_as_string(hide_password=False)
-    upgrade(database_url)
-
-    def drop() -> None:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-    return database_url, drop
 
 
 def start_process(args: list[str], settings: Settings, log: Path) -> subprocess.Popen:
@@ -314,7 +297,8 @@ def main() -> None:
         workdir / "stack", postgres=not given.database_url, redis=not given.broker_url, s3=not given.s3_endpoint
     )
     endpoints = stack.start()
-    database_url, drop_database = fresh_database(given.database_url or endpoints.database_url)
+    databases = contextlib.ExitStack()
+    database_url = databases.enter_context(scratch_database(given.database_url or endpoints.database_url, "dsbench"))
     port = free_port()
     settings = Settings(
         _env_file=None,
@@ -379,7 +363,7 @@ def main() -> None:
             if process is not None:
                 stop_process(process)
         context.close()
-        drop_database()
+        databases.close()
         stack.stop()
 
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import secrets
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
@@ -40,3 +44,22 @@ def wait_for_database(database_url: str, timeout: float = 60.0) -> None:
 def upgrade(database_url: str, revision: str = "head") -> None:
     wait_for_database(database_url)
     command.upgrade(alembic_config(database_url), revision)
+
+
+@contextmanager
+def scratch_database(server_url: str, prefix: str) -> Iterator[str]:
+    """A new, migrated database on the server of ``server_url``, dropped afterwards
+    (for the test suite and benchmarks, which must never touch a real database)."""
+    url = make_url(server_url)
+    name = f"{prefix}_{secrets.token_hex(4)}"
+    admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        database_url = url.set(database=name).render_as_string(hide_password=False)
+        upgrade(database_url)
+        yield database_url
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

@@ -20,8 +20,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from cli.processes import free_port, stop_process, wait_http
 from shared.config import Settings
@@ -68,19 +66,10 @@ def services(tmp_path_factory):
 @pytest.fixture(scope="session")
 def test_database_url(services):
     """A brand-new database for this session, built by the migrations."""
-    from shared.migrate import upgrade
+    from shared.migrate import scratch_database
 
-    admin_url = make_url(services["database_url"])
-    name = f"dstest_{secrets.token_hex(4)}"
-    admin = create_engine(admin_url.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    url = admin_url.set(database=name).render_as_string(hide_password=False)
-    upgrade(url)
-    yield url
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with scratch_database(services["database_url"], "dstest") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
