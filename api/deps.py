@@ -10,7 +10,7 @@ from fastapi import Depends, Request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.problems import Unauthorized
+from api.problems import NotFound, Unauthorized
 from shared.context import AppContext
 from shared.models import ApiKey, Tenant
 from shared.security import KEY_PREFIX, hash_api_key
@@ -67,8 +67,6 @@ CurrentTenant = Annotated[Tenant, Depends(get_tenant)]
 
 
 def parse_id(value: str, what: str = "analysis") -> uuid.UUID:
-    from api.problems import NotFound
-
     try:
         return uuid.UUID(value)
     except ValueError:

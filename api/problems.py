@@ -65,10 +65,6 @@ class ImageTooLarge(Unprocessable):
     code, title = "image_too_large", "Image has too many pixels"
 
 
-class ServiceUnavailable(Problem):
-    status, code, title = 503, "unavailable", "Service unavailable"
-
-
 def problem_response(
     status: int, code: str, title: str, detail: str, instance: str, errors=None, headers=None
 ) -> JSONResponse:

@@ -46,9 +46,6 @@ class AnalysisStatus(str, enum.Enum):
     canceled = "canceled"
 
 
-FINAL_STATUSES = frozenset(
-    {AnalysisStatus.succeeded, AnalysisStatus.rejected, AnalysisStatus.failed, AnalysisStatus.canceled}
-)
 ACTIVE_STATUSES = frozenset({AnalysisStatus.queued, AnalysisStatus.processing})
 
 

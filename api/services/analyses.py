@@ -14,7 +14,8 @@ from sqlalchemy.orm import Session
 
 from api.deps import UNCOMMITTED_IMAGES
 from api.pagination import newest_first
-from api.problems import BadRequest, Conflict, NotFound
+from api.services.owned import get_owned
+from api.problems import BadRequest, Conflict
 from api.uploads import CleanImage
 from shared import analyses as lifecycle
 from shared.context import AppContext
@@ -135,12 +136,7 @@ def submit(
 
 
 def get(session: Session, tenant: Tenant, analysis_id: uuid.UUID) -> Analysis:
-    analysis = session.execute(
-        select(Analysis).where(Analysis.id == analysis_id, Analysis.tenant_id == tenant.id)
-    ).scalar_one_or_none()
-    if analysis is None:
-        raise NotFound(f"no analysis with id {analysis_id}")
-    return analysis
+    return get_owned(session, Analysis, analysis_id, tenant, "analysis")
 
 
 def list_page(

@@ -16,7 +16,7 @@ from sqlalchemy import case, func, nulls_last, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.pagination import newest_first
-from api.problems import NotFound
+from api.services.owned import get_owned
 from shared import analyses as lifecycle
 from shared.context import AppContext
 from shared.models import Analysis, AnalysisStatus, Batch, Tenant
@@ -98,13 +98,7 @@ def create(session: Session, tenant: Tenant, body: BatchIn) -> Batch:
 
 
 def get(session: Session, tenant: Tenant, batch_id: uuid.UUID, *, for_update: bool = False) -> Batch:
-    query = select(Batch).where(Batch.id == batch_id, Batch.tenant_id == tenant.id)
-    if for_update:
-        query = query.with_for_update()
-    batch = session.execute(query).scalar_one_or_none()
-    if batch is None:
-        raise NotFound(f"no batch with id {batch_id}")
-    return batch
+    return get_owned(session, Batch, batch_id, tenant, "batch", for_update=for_update)
 
 
 def list_page(

@@ -8,6 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.problems import NotFound, Unprocessable
+from api.services.owned import get_owned
 from shared.analyses import utcnow
 from shared.context import AppContext
 from shared.db import after_commit
@@ -51,12 +52,7 @@ def create(context: AppContext, session: Session, tenant: Tenant, body: WebhookE
 
 
 def get(session: Session, tenant: Tenant, endpoint_id: uuid.UUID) -> WebhookEndpoint:
-    endpoint = session.execute(
-        select(WebhookEndpoint).where(WebhookEndpoint.id == endpoint_id, WebhookEndpoint.tenant_id == tenant.id)
-    ).scalar_one_or_none()
-    if endpoint is None:
-        raise NotFound(f"no webhook endpoint with id {endpoint_id}")
-    return endpoint
+    return get_owned(session, WebhookEndpoint, endpoint_id, tenant, "webhook endpoint")
 
 
 def list_all(session: Session, tenant: Tenant) -> list[WebhookEndpoint]:

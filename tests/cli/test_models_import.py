@@ -2,44 +2,44 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from click.testing import CliRunner
 
 from cli.main import cli
+from shared.config import get_settings
 from worker.pipeline.models import build_scalpel
 
 
-def test_original_format_checkpoint_is_installed(tmp_path, monkeypatch):
+@pytest.fixture
+def model_dir(tmp_path, monkeypatch):
+    """MODEL_DIR for the command, with the cached settings re-read around it."""
+    folder = tmp_path / "models"
+    monkeypatch.setenv("DERMASENTINEL_MODEL_DIR", str(folder))
+    get_settings.cache_clear()
+    yield folder
+    get_settings.cache_clear()
+
+
+def import_checkpoint(path, kind):
+    return CliRunner().invoke(cli, ["models", "import", str(path), "--kind", kind])
+
+
+def test_original_format_checkpoint_is_installed(tmp_path, model_dir):
     scalpel = build_scalpel()
     original = tmp_path / "best_scalpel.pth"
     # The original saved {"model_state_dict": {"model.<key>": tensor}}.
     torch.save({"model_state_dict": {f"model.{k}": v for k, v in scalpel.state_dict().items()}}, original)
-    model_dir = tmp_path / "models"
-    monkeypatch.setenv("DERMASENTINEL_MODEL_DIR", str(model_dir))
-    from shared.config import get_settings
-
-    get_settings.cache_clear()
-    try:
-        result = CliRunner().invoke(cli, ["models", "import", str(original), "--kind", "scalpel"])
-    finally:
-        get_settings.cache_clear()
+    result = import_checkpoint(original, "scalpel")
     assert result.exit_code == 0, result.output
     assert (model_dir / "scalpel.pth").read_bytes() == original.read_bytes()
     assert "sha256" in result.output
 
 
-def test_checkpoint_that_does_not_fit_is_refused_and_not_installed(tmp_path, monkeypatch):
+def test_checkpoint_that_does_not_fit_is_refused_and_not_installed(tmp_path, model_dir):
     wrong = tmp_path / "fusion.pth"
     torch.save({"encoder.conv1.weight": torch.zeros(1)}, wrong)
-    model_dir = tmp_path / "models"
-    monkeypatch.setenv("DERMASENTINEL_MODEL_DIR", str(model_dir))
-    from shared.config import get_settings
-
-    get_settings.cache_clear()
-    try:
-        result = CliRunner().invoke(cli, ["models", "import", str(wrong), "--kind", "fusion"])
-    finally:
-        get_settings.cache_clear()
+    result = import_checkpoint(wrong, "fusion")
     assert result.exit_code != 0
     assert "was not installed" in result.output
     assert "encoder.conv1.weight" in result.output  # the unexpected key is named
