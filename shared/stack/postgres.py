@@ -77,12 +77,19 @@ def _run_as() -> pwd.struct_passwd | None:
         return pwd.getpwnam(_SYSTEM_USER_WHEN_ROOT)
 
 
-def _let_user_reach(pgdata: Path, account: pwd.struct_passwd) -> None:
-    # Add only search (x) permission for others on ancestors that lack it: no listing, no reading.
-    for folder in pgdata.parents:
+def _add_search_permission(folders) -> None:
+    # Only search (x) permission for others, where missing: no listing, no reading.
+    for folder in folders:
         mode = folder.stat().st_mode
         if not mode & stat.S_IXOTH:
             folder.chmod(mode | stat.S_IXOTH)
+
+
+def _let_user_reach(pgdata: Path, account: pwd.struct_passwd) -> None:
+    # The server account must reach both its data and its binaries, which live in the
+    # virtualenv: a checkout under a private folder (mktemp -d is 0700) would hide them.
+    binaries = _postgres_bin()
+    _add_search_permission([*pgdata.parents, binaries, *binaries.parents])
     if pgdata.stat().st_uid != account.pw_uid:
         for path in [pgdata, *pgdata.rglob("*")]:
             os.chown(path, account.pw_uid, account.pw_gid, follow_symlinks=False)
