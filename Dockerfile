@@ -7,7 +7,10 @@
 # for a smaller CPU-only image (cpu/io workers, API) point TORCH_INDEX_URL at the PyTorch CPU
 # wheel index; for another CUDA version, at that version's index. Torch is installed first so
 # that `pip install .` keeps it.
-FROM python:3.11-slim
+# An exact Python release (3.11, as in development and CI); tests/test_compose.py refuses a
+# floating base. Debian security updates arrive when the same tag is rebuilt upstream: rebuild
+# this image regularly, or pin the digest as well (python:3.11.15-slim@sha256:…).
+FROM python:3.11.15-slim
 
 ARG TORCH_INDEX_URL=""
 

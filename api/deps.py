@@ -1,34 +1,158 @@
-"""Typed dependencies: the request's session (committed by this dependency), the tenant."""
+"""Typed dependencies: capacity slots, the request's session (committed by this dependency),
+the authenticated tenant.
+
+No pooled connection is ever held while waiting on the client or on another thread: the key
+is checked in a short session of its own (and remembered for ``AUTH_CACHE_SECONDS``), a
+request's own session takes a connection only inside its handler, and how many requests may
+hold one at once is capped below the pool size, so nobody waits on the pool; a request that
+finds every slot taken for ``API_DB_WAIT_SECONDS`` is answered 503 with Retry-After.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
-from collections.abc import Iterator
-from typing import Annotated
+from collections import Counter, defaultdict, deque
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
-from sqlalchemy import select
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
-from api.problems import NotFound, Unauthorized
+from api.problems import NotFound, Overloaded, Unauthorized
+from shared import tenants
+from shared.config import Settings
 from shared.context import AppContext
-from shared.models import ApiKey, Tenant
+from shared.db import session_scope
 from shared.security import KEY_PREFIX, hash_api_key
 from shared.storage import IMAGES
 
 UNCOMMITTED_IMAGES = "uncommitted_images"
+# Key lookups (one short query each) get their own few connections, so a request that holds
+# a database slot never waits on another request's authentication, nor the other way round.
+AUTH_SLOTS = 4
+# Left in the pool for /readyz and anything outside the slots.
+SPARE_CONNECTIONS = 2
+T = TypeVar("T")
 
 
-def get_context(request: Request) -> AppContext:
+def api_database_settings(settings: Settings) -> Settings:
+    """The API's engine settings: a pool exactly as large as the work allowed to use it,
+    and the API's own (shorter) server-side timeouts."""
+    return settings.model_copy(
+        update={
+            "db_pool_size": settings.api_db_concurrency + AUTH_SLOTS + SPARE_CONNECTIONS,
+            "db_max_overflow": 0,
+            "db_statement_timeout_ms": settings.api_statement_timeout_ms,
+            "db_idle_in_transaction_timeout_ms": settings.api_idle_in_transaction_timeout_ms,
+        }
+    )
+
+
+class FairSlots:
+    """``size`` slots shared by tenants. A freed slot goes to the waiting tenant that holds the
+    fewest, so one tenant's crowd queues behind itself, not in front of everyone else. A
+    request still waiting after ``wait`` seconds is refused (503), never queued for long."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.in_use = 0
+        self.held: Counter[object] = Counter()
+        self.waiting: dict[object, deque[asyncio.Future]] = defaultdict(deque)
+
+    @asynccontextmanager
+    async def hold(self, owner: object, wait: float, what: str) -> AsyncIterator[None]:
+        await self._acquire(owner, wait, what)
+        try:
+            yield
+        finally:
+            self._release(owner)
+
+    async def _acquire(self, owner: object, wait: float, what: str) -> None:
+        if self.in_use < self.size and not self.waiting:
+            self._take(owner)
+            return
+        granted = asyncio.get_running_loop().create_future()
+        self.waiting[owner].append(granted)
+        try:
+            await asyncio.wait({granted}, timeout=wait)
+        except BaseException:
+            self._give_up(owner, granted)
+            raise
+        if not granted.done():
+            self._give_up(owner, granted)
+            raise Overloaded(f"{what}; nothing was saved, retry in a second")
+
+    def _give_up(self, owner: object, granted: asyncio.Future) -> None:
+        if granted.done() and not granted.cancelled():
+            self._release(owner)  # granted just as we gave up: pass it on
+            return
+        granted.cancel()
+        queue = self.waiting.get(owner)
+        if queue is not None and granted in queue:
+            queue.remove(granted)
+            if not queue:
+                del self.waiting[owner]
+
+    def _take(self, owner: object) -> None:
+        self.in_use += 1
+        self.held[owner] += 1
+
+    def _release(self, owner: object) -> None:
+        self.in_use -= 1
+        self.held[owner] -= 1
+        if self.held[owner] <= 0:
+            del self.held[owner]
+        while self.in_use < self.size and self.waiting:
+            next_owner = min(self.waiting, key=lambda waiter: self.held.get(waiter, 0))
+            queue = self.waiting[next_owner]
+            granted = queue.popleft()
+            if not queue:
+                del self.waiting[next_owner]
+            if not granted.done():
+                self._take(next_owner)
+                granted.set_result(None)
+
+
+class Capacity:
+    """How many requests may use the database, check keys, or decode images at once."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._database = FairSlots(settings.api_db_concurrency)
+        self._auth = FairSlots(AUTH_SLOTS)
+        self._decode = FairSlots(settings.api_decode_concurrency)
+
+    def database(self, tenant_id: uuid.UUID | None = None):
+        return self._database.hold(tenant_id, self.settings.api_db_wait_seconds, "the database is busy")
+
+    def auth(self):
+        return self._auth.hold(None, self.settings.api_db_wait_seconds, "API key checks are busy")
+
+    def decode(self, tenant_id: uuid.UUID | None = None):
+        return self._decode.hold(tenant_id, self.settings.api_decode_wait_seconds, "image decoding is busy")
+
+
+async def get_context(request: Request) -> AppContext:
     return request.app.state.context
 
 
+async def get_capacity(request: Request) -> Capacity:
+    return request.app.state.capacity
+
+
 ContextDep = Annotated[AppContext, Depends(get_context)]
+CapacityDep = Annotated[Capacity, Depends(get_capacity)]
 
 
-def get_session(context: ContextDep) -> Iterator[Session]:
-    """The request's unit of work, committed before the response is sent (scope=function),
-    so a client never sees 2xx for a row that did not commit."""
+@contextmanager
+def unit_of_work(context: AppContext) -> Iterator[Session]:
+    """Commit on success; on failure roll back and delete images stored for rows that never
+    committed."""
     session = context.session_factory()
     try:
         yield session
@@ -42,28 +166,96 @@ def get_session(context: ContextDep) -> Iterator[Session]:
         session.close()
 
 
-SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+async def in_session(
+    capacity: Capacity, context: AppContext, tenant_id: uuid.UUID, work: Callable[..., T], *args
+) -> T:
+    """Run ``work(session, *args)`` and commit, in one thread hop and one of the tenant's
+    database slots: for async routes, after the body is read and checked."""
+
+    def run() -> T:
+        with unit_of_work(context) as session:
+            return work(session, *args)
+
+    async with capacity.database(tenant_id):
+        return await run_in_threadpool(run)
 
 
-def get_tenant(request: Request, session: SessionDep) -> Tenant:
+@dataclass(frozen=True)
+class AuthenticatedTenant:
+    """Who the request acts for. Services only ever need the id."""
+
+    id: uuid.UUID
+
+
+class KeyCache:
+    """Key hash → tenant id for a few seconds, so most requests need no key lookup; a revoked
+    key stops working within ``ttl`` seconds."""
+
+    def __init__(self, ttl: float, max_entries: int = 10_000):
+        self.ttl, self.max_entries = ttl, max_entries
+        self._entries: dict[str, tuple[float, uuid.UUID]] = {}
+
+    def get(self, digest: str) -> uuid.UUID | None:
+        entry = self._entries.get(digest)
+        if entry is None or entry[0] < time.monotonic():
+            return None
+        return entry[1]
+
+    def put(self, digest: str, tenant_id: uuid.UUID) -> None:
+        if self.ttl <= 0:
+            return
+        if len(self._entries) >= self.max_entries:
+            self._entries.clear()
+        self._entries[digest] = (time.monotonic() + self.ttl, tenant_id)
+
+
+def _authenticate(context: AppContext, key: str) -> uuid.UUID | None:
+    with session_scope(context.session_factory) as session:
+        return tenants.authenticate(session, key)
+
+
+async def get_tenant(request: Request, context: ContextDep, capacity: CapacityDep) -> AuthenticatedTenant:
     header = request.headers.get("authorization", "")
     scheme, _, key = header.partition(" ")
-    if scheme.lower() != "bearer" or not key.startswith(KEY_PREFIX):
+    key = key.strip()
+    if scheme.lower() != "bearer" or not key.startswith(KEY_PREFIX) or len(key) > 256:
         raise Unauthorized(
             "send your API key as 'Authorization: Bearer dsk_…' (create one with `dermasentinel tenants create`)",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    tenant = session.execute(
-        select(Tenant)
-        .join(ApiKey, ApiKey.tenant_id == Tenant.id)
-        .where(ApiKey.key_hash == hash_api_key(key.strip()), ApiKey.revoked_at.is_(None))
-    ).scalar_one_or_none()
-    if tenant is None:
-        raise Unauthorized("this API key is unknown or revoked", headers={"WWW-Authenticate": "Bearer"})
-    return tenant
+    cache: KeyCache = request.app.state.key_cache
+    digest = hash_api_key(key)
+    tenant_id = cache.get(digest)
+    if tenant_id is None:
+        async with capacity.auth():
+            tenant_id = await run_in_threadpool(_authenticate, context, key)
+        if tenant_id is None:
+            raise Unauthorized("this API key is unknown or revoked", headers={"WWW-Authenticate": "Bearer"})
+        cache.put(digest, tenant_id)
+    await request.app.state.limiter.tenant_request(request, tenant_id)
+    return AuthenticatedTenant(tenant_id)
 
 
-CurrentTenant = Annotated[Tenant, Depends(get_tenant)]
+CurrentTenant = Annotated[AuthenticatedTenant, Depends(get_tenant)]
+
+
+async def _database_slot(capacity: CapacityDep, tenant: CurrentTenant) -> AsyncIterator[None]:
+    # After authentication and its rate limit: an unknown key never takes a slot.
+    async with capacity.database(tenant.id):
+        yield
+
+
+def get_session(
+    context: ContextDep, _slot: Annotated[None, Depends(_database_slot, scope="function")]
+) -> Iterator[Session]:
+    """The request's unit of work, committed before the response is sent (scope=function),
+    so a client never sees 2xx for a row that did not commit. The session takes a connection
+    at its first query, inside the handler."""
+    with unit_of_work(context) as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
 def parse_id(value: str, what: str = "analysis") -> uuid.UUID:

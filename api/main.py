@@ -3,23 +3,24 @@
 from __future__ import annotations
 
 import logging
-import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, Request
+import anyio.to_thread
+from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
-from prometheus_client import Counter, Histogram
 
 from api import problems
+from api.deps import Capacity, KeyCache, api_database_settings
+from api.middleware import BodyGuard, Edge
+from api.ratelimit import Limiter
 from api.routes import analyses, health
+from api.uploads import return_image_memory_promptly
 from shared.config import Settings, get_settings
 from shared.context import AppContext
 
 STATIC_DIR = Path(__file__).parent / "static"
-REQUESTS = Counter("dermasentinel_http_requests_total", "HTTP requests", ["method", "route", "status"])
-LATENCY = Histogram("dermasentinel_http_request_seconds", "HTTP request latency", ["method", "route"])
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +30,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        context = AppContext(settings)
+        # More threads than the work allowed to hold a connection, so a request that holds
+        # one always finds a thread for its next step (docs/API_HARDENING.md).
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
+        return_image_memory_promptly()
+        context = AppContext(api_database_settings(settings))
         context.store.ensure_buckets()
         app.state.context = context
         yield
+        await app.state.limiter.close()
         context.close()
 
     app = FastAPI(
@@ -44,20 +50,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ),
         lifespan=lifespan,
     )
+    app.state.capacity = Capacity(settings)
+    app.state.key_cache = KeyCache(settings.auth_cache_seconds)
+    app.state.limiter = Limiter(settings)
     problems.install(app)
     for module in (health, analyses):
         app.include_router(module.router)
     _install_optional_routers(app)
-
-    @app.middleware("http")
-    async def _metrics(request: Request, call_next):
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        REQUESTS.labels(request.method, path, str(response.status_code)).inc()
-        LATENCY.labels(request.method, path).observe(time.perf_counter() - started)
-        return response
+    # Added last, runs first: Edge wraps everything, BodyGuard runs before any route.
+    app.add_middleware(BodyGuard, settings=settings)
+    app.add_middleware(Edge, settings=settings)
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
@@ -73,3 +75,5 @@ def _install_optional_routers(app: FastAPI) -> None:
 
     app.include_router(batches.router)
     app.include_router(webhook_endpoints.router)
+    from api.routes import keys
+    app.include_router(keys.router)

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+
 import urllib3
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import OperationalError
+from psycopg import errors as pg_errors
+from sqlalchemy.exc import DataError, DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+TRANSIENT_DRIVER_ERRORS = (pg_errors.IdleInTransactionSessionTimeout, pg_errors.AdminShutdown, pg_errors.OperationalError)
 
 PROBLEM_JSON = "application/problem+json"
 TYPE_BASE = "https://dermasentinel.dev/problems/"
@@ -65,12 +72,31 @@ class ImageTooLarge(Unprocessable):
     code, title = "image_too_large", "Image has too many pixels"
 
 
+class RequestTimeout(Problem):
+    status, code, title = 408, "request_timeout", "Request body too slow"
+
+
+class RateLimited(Problem):
+    status, code, title = 429, "rate_limited", "Too many requests"
+
+
+class Overloaded(Problem):
+    """The API is at capacity: answered at once, with a hint when to retry, never a 500."""
+
+    status, code, title = 503, "overloaded", "Service busy"
+
+    def __init__(self, detail: str, *, retry_after: int = 1):
+        super().__init__(detail, headers={"Retry-After": str(retry_after)})
+
+
 def problem_response(
-    status: int, code: str, title: str, detail: str, instance: str, errors=None, headers=None
+    status: int, code: str, title: str, detail: str, instance: str, errors=None, headers=None, extra=None
 ) -> JSONResponse:
     body = {"type": TYPE_BASE + code, "title": title, "status": status, "detail": detail, "instance": instance}
     if errors:
         body["errors"] = errors
+    if extra:
+        body.update(extra)
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
@@ -107,12 +133,34 @@ def install(app: FastAPI) -> None:
         return _unavailable(request, "the object store")
 
     @app.exception_handler(OperationalError)
+    @app.exception_handler(PoolTimeout)
     async def _database_down(request: Request, exc: Exception):
+        # Connection refused, statement or idle timeout, pool exhausted: all transient.
+        log.warning("database unavailable: %s", type(getattr(exc, "orig", exc) or exc).__name__)
         return _unavailable(request, "the database")
+
+    @app.exception_handler(DBAPIError)
+    async def _database_error(request: Request, exc: DBAPIError):
+        # The server ended the session (idle-in-transaction timeout, admin shutdown): as
+        # transient as a refused connection. Anything else is a bug and stays a 500.
+        if exc.connection_invalidated or isinstance(exc.orig, TRANSIENT_DRIVER_ERRORS):
+            return await _database_down(request, exc)
+        raise exc
+
+    @app.exception_handler(DataError)
+    async def _data_rejected(request: Request, exc: Exception):
+        # Inputs are validated before they reach SQL; this is the backstop, not the plan.
+        return problem_response(
+            422, "unprocessable", "Invalid input",
+            "a value was rejected by the database (out of range or containing a NUL byte); check the inputs",
+            request.url.path,
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        code = {
+            404: "not_found", 405: "method_not_allowed", 408: "request_timeout", 413: "payload_too_large"
+        }.get(exc.status_code, "http_error")
         return problem_response(
             exc.status_code, code, str(exc.detail), str(exc.detail), request.url.path, headers=exc.headers
         )

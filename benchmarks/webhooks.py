@@ -3,6 +3,12 @@ worker (threads pool) → signed POSTs to a fast receiver on loopback.
 
     .venv/bin/python -m benchmarks.webhooks --events 2000
 
+Fairness: one tenant fires `--flood` test events at a receiver that accepts connections
+and never answers, while another tenant's test events go to a fast receiver; prints the
+second tenant's latency (POST /test → signed request received), idle and under the flood.
+
+    .venv/bin/python -m benchmarks.webhooks --fairness --flood 48
+
 Starts its own Postgres, Redis and S3 (embedded) unless DERMASENTINEL_* URLs are set.
 """
 
@@ -10,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
+import statistics
 import tempfile
 import threading
 import time
@@ -22,6 +30,7 @@ from shared.context import AppContext
 from shared.db import session_scope
 from shared.events import record_event
 from shared.migrate import upgrade
+from shared.security import secret_box
 from shared.models import WebhookEndpoint
 from shared.stack import EmbeddedStack
 from shared.tenants import issue_key
@@ -55,10 +64,102 @@ def start_receiver(counter: _Counter) -> ThreadingHTTPServer:
     return server
 
 
+def start_blackhole() -> socket.socket:
+    """Accepts TCP connections (the kernel completes them) and never reads or answers."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1024)
+    return sock
+
+
+def start_timed_receiver(arrivals: dict[str, float]) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("content-length", 0)))
+            arrivals.setdefault(self.headers.get("webhook-id", ""), time.monotonic())
+            self.send_response(204)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def fairness(settings: Settings, context: AppContext, work: Path, args, children: list) -> None:
+    import httpx
+
+    from cli.processes import free_port, wait_http
+
+    blackhole = start_blackhole()
+    arrivals: dict[str, float] = {}
+    receiver = start_timed_receiver(arrivals)
+    keys = {}
+    with session_scope(context.session_factory) as session:
+        for name in ("flooder", "bystander"):
+            _, keys[name] = issue_key(session, f"bench-{name}")
+    port = free_port()
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("DERMASENTINEL_")}, **settings.as_env()}
+    children.append(spawn("api", ["cli.main", "api", "--port", str(port)], env, work / "logs"))
+    children.append(spawn("worker-io", ["cli.main", "worker", "--role", "io", "--concurrency",
+                                        str(args.concurrency)], env, work / "logs"))
+    children.append(spawn("beat", ["cli.main", "beat"], env, work / "logs"))
+    base = f"http://127.0.0.1:{port}"
+    wait_http(f"{base}/healthz", children[0].process, children[0].log_path)
+    clients = {name: httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+               for name, key in keys.items()}
+    dead_url = f"http://127.0.0.1:{blackhole.getsockname()[1]}/hook"
+    fast_url = f"http://127.0.0.1:{receiver.server_address[1]}/hook"
+    dead = clients["flooder"].post("/v1/webhook-endpoints", json={"url": dead_url}).json()["id"]
+    fast = clients["bystander"].post("/v1/webhook-endpoints", json={"url": fast_url}).json()["id"]
+    time.sleep(5)  # let the worker connect before the clock starts
+
+    def bystander_latencies(samples: int) -> list[float]:
+        latencies = []
+        for _ in range(samples):
+            sent = time.monotonic()
+            event_id = clients["bystander"].post(f"/v1/webhook-endpoints/{fast}/test").json()["event_id"]
+            deadline = sent + 300
+            while event_id not in arrivals and time.monotonic() < deadline:
+                time.sleep(0.01)
+            latencies.append(arrivals.get(event_id, float("inf")) - sent)
+            time.sleep(0.5)
+        return latencies
+
+    idle = bystander_latencies(args.samples)
+    statuses: dict[int, int] = {}
+    for _ in range(args.flood):
+        code = clients["flooder"].post(f"/v1/webhook-endpoints/{dead}/test").status_code
+        statuses[code] = statuses.get(code, 0) + 1
+    flooded = bystander_latencies(args.samples)
+
+    def fmt(values: list[float]) -> str:
+        ordered = sorted(values)
+        return (f"p50 {statistics.median(ordered):.2f} s, max {ordered[-1]:.2f} s "
+                f"({', '.join(f'{v:.2f}' for v in values)})")
+
+    print(f"io-threads={args.concurrency} webhook_timeout={settings.webhook_timeout_seconds:g}s")
+    print(f"bystander idle:      {fmt(idle)}")
+    print(f"flooder /test calls: {args.flood} -> {dict(sorted(statuses.items()))}")
+    print(f"bystander flooded:   {fmt(flooded)}")
+    for client in clients.values():
+        client.close()
+    receiver.shutdown()
+    blackhole.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=16, help="io worker threads")
+    parser.add_argument("--fairness", action="store_true", help="measure another tenant's latency under a flood")
+    parser.add_argument("--flood", type=int, default=48, help="test events at a receiver that never answers")
+    parser.add_argument("--samples", type=int, default=4,
+                        help="bystander test events per phase (both phases together stay within WEBHOOK_TEST_RATE)")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="dermasentinel-bench-webhooks-"))
@@ -81,12 +182,17 @@ def main() -> None:
         )
         upgrade(settings.database_url)
         context = AppContext(settings)
+        if args.fairness:
+            fairness(settings, context, work, args, children)
+            context.close()
+            return
         counter = _Counter()
         receiver = start_receiver(counter)
         with session_scope(context.session_factory) as session:
             tenant, _ = issue_key(session, "bench")
             session.add(WebhookEndpoint(tenant_id=tenant.id, url=f"http://127.0.0.1:{receiver.server_address[1]}/hook",
-                                        events=[], secret=generate_secret(), enabled=True))
+                                        events=[], secret_encrypted=secret_box(settings).seal(generate_secret()),
+                                        enabled=True))
 
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("DERMASENTINEL_")}, **settings.as_env()}
         children.append(spawn("worker-io", ["cli.main", "worker", "--role", "io", "--concurrency",

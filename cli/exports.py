@@ -1,14 +1,14 @@
-"""Exports for retraining."""
+"""Exports for retraining: one tenant's feedback unless every tenant is asked for."""
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 from sqlalchemy import select
 
 from shared.config import Settings
 from shared.context import AppContext
+from shared.csv_export import SafeDictWriter
 from shared.db import session_scope
 from shared.models import Analysis, Feedback, Tenant
 
@@ -20,20 +20,41 @@ COLUMNS = [
 ]
 
 
-def export_feedback(settings: Settings, out: Path, tenant_name: str | None = None) -> int:
+class ExportScopeError(ValueError):
+    """No tenant was named and the choice is not obvious."""
+
+
+def export_feedback(
+    settings: Settings, out: Path, tenant_name: str | None = None, *, all_tenants: bool = False
+) -> int:
+    """Write feedback rows to `out` and return how many. One tenant's rows: `tenant_name`,
+    or the only tenant when there is just one; every tenant's only with `all_tenants`."""
+    if tenant_name and all_tenants:
+        raise ExportScopeError("name one tenant or ask for all tenants, not both")
     context = AppContext(settings)
+    try:
+        return _write(context, out, tenant_name, all_tenants)
+    finally:
+        context.close()
+
+
+def _write(context: AppContext, out: Path, tenant_name: str | None, all_tenants: bool) -> int:
     query = (
         select(Feedback, Analysis, Tenant.name)
         .join(Analysis, Analysis.id == Feedback.analysis_id)
         .join(Tenant, Tenant.id == Feedback.tenant_id)
         .order_by(Feedback.created_at)
     )
-    if tenant_name:
+    if not all_tenants:
+        with context.session_factory() as session:
+            tenant_name = tenant_name or _only_tenant(session)
+            if session.execute(select(Tenant.id).where(Tenant.name == tenant_name)).first() is None:
+                raise ExportScopeError(f"no tenant named {tenant_name!r}")
         query = query.where(Tenant.name == tenant_name)
     count = 0
     tmp = out.with_suffix(out.suffix + ".tmp")
     with session_scope(context.session_factory) as session, tmp.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer = SafeDictWriter(handle, COLUMNS)
         writer.writeheader()
         for feedback, analysis, tenant in session.execute(query):
             result = analysis.result or {}
@@ -66,5 +87,15 @@ def export_feedback(settings: Settings, out: Path, tenant_name: str | None = Non
             )
             count += 1
     tmp.replace(out)
-    context.close()
     return count
+
+
+def _only_tenant(session) -> str:
+    names = session.execute(select(Tenant.name).order_by(Tenant.name).limit(2)).scalars().all()
+    if len(names) != 1:
+        raise ExportScopeError(
+            "several tenants exist; name one with --tenant NAME, or export everyone's feedback with --all-tenants"
+            if names
+            else "there are no tenants yet"
+        )
+    return names[0]

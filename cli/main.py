@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -137,6 +138,120 @@ def tenants_create(name: str) -> None:
     click.echo(f"API key (shown once): {key}")
 
 
+@tenants.group("keys")
+def tenants_keys() -> None:
+    """List, create and revoke a tenant's API keys."""
+
+
+@contextlib.contextmanager
+def _key_session():
+    from shared.context import AppContext
+    from shared.db import session_scope
+
+    context = AppContext(get_settings())
+    try:
+        with session_scope(context.session_factory) as session:
+            yield session
+    finally:
+        context.close()
+
+
+@tenants_keys.command("list")
+@click.argument("tenant")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def tenants_keys_list(tenant: str, as_json: bool) -> None:
+    """TENANT's keys (name or id): id, prefix, label, created, last used, revoked."""
+    from shared import tenants as service
+
+    with _key_session() as session:
+        try:
+            found = service.find_tenant(session, tenant)
+        except service.TenantNotFound as exc:
+            raise click.ClickException(str(exc)) from None
+        keys = service.list_keys(session, found.id)
+    rows = [
+        {
+            "id": str(k.id), "prefix": k.prefix, "label": k.label, "created_at": _when(k.created_at),
+            "last_used_at": _when(k.last_used_at), "revoked_at": _when(k.revoked_at),
+        }
+        for k in keys
+    ]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        state = f"revoked {row['revoked_at']}" if row["revoked_at"] else "active"
+        click.echo(
+            f"{row['id']}  {row['prefix']}…  {state:<33} created {row['created_at']}  "
+            f"last used {row['last_used_at'] or 'never'}  {row['label'] or ''}".rstrip()
+        )
+
+
+@tenants_keys.command("create")
+@click.argument("tenant")
+@click.option("--label", help="what the key is for, e.g. 'EHR bridge'")
+def tenants_keys_create(tenant: str, label: str | None) -> None:
+    """A new key for the existing TENANT, printed once."""
+    from shared import tenants as service
+
+    with _key_session() as session:
+        try:
+            found = service.find_tenant(session, tenant)
+            info, key = service.create_key(session, found.id, label, quota=get_settings().api_keys_per_tenant)
+        except (service.TenantNotFound, service.KeyQuotaExceeded) as exc:
+            raise click.ClickException(str(exc)) from None
+    click.echo(f"key {info.id} for tenant {found.name}")
+    click.echo(f"API key (shown once): {key}")
+
+
+@tenants_keys.command("revoke")
+@click.argument("tenant")
+@click.argument("key_id")
+@click.option("--allow-last", is_flag=True, help="revoke even the tenant's last active key (locks it out)")
+def tenants_keys_revoke(tenant: str, key_id: str, allow_last: bool) -> None:
+    """Revoke KEY_ID (from `keys list`) of TENANT; the API refuses it within seconds."""
+    import uuid
+
+    from shared import tenants as service
+
+    try:
+        ident = uuid.UUID(key_id)
+    except ValueError:
+        raise click.ClickException(f"{key_id!r} is not a key id; `dermasentinel tenants keys list {tenant}` shows them") from None
+    with _key_session() as session:
+        try:
+            found = service.find_tenant(session, tenant)
+            info = service.revoke_key(session, found.id, ident, allow_last=allow_last)
+        except (service.TenantNotFound, service.ApiKeyNotFound) as exc:
+            raise click.ClickException(str(exc)) from None
+        except service.LastKeyError as exc:
+            raise click.ClickException(f"{exc} (or pass --allow-last)") from None
+    click.echo(f"revoked {info.prefix}… ({info.id}) of tenant {found.name} at {_when(info.revoked_at)}")
+
+
+@cli.group("secrets")
+def secrets_group() -> None:
+    """Webhook secrets at rest."""
+
+
+@secrets_group.command("reencrypt")
+def secrets_reencrypt() -> None:
+    """Re-encrypt every webhook secret under the first SECRET_KEY, so older keys can be removed."""
+    from shared.security import SecretDecryptionError, reencrypt_webhook_secrets, secret_box
+
+    settings = get_settings()
+    with _key_session() as session:
+        try:
+            count = reencrypt_webhook_secrets(session, secret_box(settings))
+        except SecretDecryptionError as exc:
+            raise click.ClickException(str(exc)) from None
+    click.echo(f"re-encrypted {count} webhook endpoints under the first SECRET_KEY; older keys may now be removed")
+
+
+def _when(moment) -> str | None:
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z") if moment else None
+
+
 @cli.command()
 @click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--age", type=click.IntRange(0, 120))
@@ -204,18 +319,35 @@ def feedback() -> None:
 
 @feedback.command("export")
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--tenant", "tenant_name", help="only this tenant's feedback")
-def feedback_export(out: Path, tenant_name: str | None) -> None:
-    """Write feedback with the predictions it judges to OUT.csv, for retraining."""
-    from cli.exports import export_feedback
+@click.option("--tenant", "tenant_name", help="this tenant's feedback (needed when there are several tenants)")
+@click.option("--all-tenants", is_flag=True, help="every tenant's feedback in one file")
+def feedback_export(out: Path, tenant_name: str | None, all_tenants: bool) -> None:
+    """Write one tenant's feedback with the predictions it judges to OUT.csv, for retraining."""
+    from cli.exports import ExportScopeError, export_feedback
 
-    count = export_feedback(get_settings(), out, tenant_name)
+    try:
+        count = export_feedback(get_settings(), out, tenant_name, all_tenants=all_tenants)
+    except ExportScopeError as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo(f"wrote {count} rows to {out}")
 
 
 from cli.batch import batch  # noqa: E402  (registered last: it builds on the group above)
 
 cli.add_command(batch)
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def bench(args: tuple[str, ...]) -> None:
+    """Benchmark the inference engine (raw networks, pipeline, host cost, end to end); --help for options."""
+    # benchmarks/ ships with the source tree, not the installed package: run it from there.
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "benchmarks" / "engine.py").is_file():
+        raise click.ClickException(f"benchmarks/engine.py not found under {root}; run from a source checkout")
+    sys.exit(subprocess.call([sys.executable, "-m", "benchmarks.engine", *args], cwd=root))
 
 
 def main() -> None:

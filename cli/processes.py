@@ -1,4 +1,4 @@
-"""Starting and supervising the product's own processes (api, workers, beat)."""
+"""Starting the product's own processes (api, workers, beat) for `up`, tests and benchmarks."""
 
 from __future__ import annotations
 
@@ -8,12 +8,27 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 
+if TYPE_CHECKING:
+    from shared.stack import Program
+
 STOP_GRACE_SECONDS = 15.0
+
+
+def program_launcher(name: str, args: list[str], env: dict[str, str], log_dir: Path) -> Callable[[bool], Program]:
+    """A supervisor launcher for `python -m <args>`, logging to `log_dir/<name>.log`."""
+    from shared.stack import start_program
+
+    def launch(restart: bool) -> Program:
+        return start_program(name, [sys.executable, "-m", *args], log_dir / f"{name}.log", env)
+
+    return launch
 
 
 @dataclass

@@ -5,20 +5,28 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import threading
 import time
 from pathlib import Path
 
 import click
 import httpx
 
-from cli.processes import Child, free_port, spawn, stop_all, tail
+from cli.processes import STOP_GRACE_SECONDS, free_port, program_launcher, tail
 from shared.config import ENV_PREFIX, Settings
+from shared.stack.supervisor import Backoff, Supervisor, describe_exit
 
 DEV_TENANT = "development"
+APP_LAYER = 1
+SUPERVISE_INTERVAL_SECONDS = 0.5
+# First restart after 1 s, then 2, 4, 8, at most 15 s apart while a process keeps dying;
+# a process that stayed up 60 s starts again from 1 s.
+RESTART_BACKOFF = Backoff(first=1.0, cap=15.0, healthy_after=60.0)
 
 
-class _Stop(Exception):
-    pass
+class _Stop(BaseException):
+    """SIGTERM, raised in the main thread like Ctrl-C's KeyboardInterrupt (not an Exception,
+    so no `except Exception` on the way mistakes it for a failure to retry)."""
 
 
 def _raise_stop(signum, frame):
@@ -27,6 +35,8 @@ def _raise_stop(signum, frame):
 
 def _port_free(host: str, port: int) -> bool:
     with socket.socket() as sock:
+        # As uvicorn binds: a port held only by TIME_WAIT sockets of a crashed run is free to it.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
@@ -42,6 +52,10 @@ def write_stack_env(path: Path, values: dict[str, str]) -> None:
     tmp.replace(path)
 
 
+def _announce(message: str) -> None:
+    click.echo(f"[{time.strftime('%H:%M:%S')}] {message}")
+
+
 def run_stack(host: str, port: int, demo: bool, exit_after_demo: bool) -> int:
     from shared.context import AppContext
     from shared.db import session_scope
@@ -53,14 +67,17 @@ def run_stack(host: str, port: int, demo: bool, exit_after_demo: bool) -> int:
     # point this run at services that are no longer there.
     explicit = Settings(_env_file=None)
     data_dir = explicit.data_dir.resolve()
+    # One supervisor for the embedded services and the app's processes: any of them that
+    # dies is restarted (same ports, same data) with backoff, and the console says so.
+    supervisor = Supervisor(announce=_announce, backoff=RESTART_BACKOFF)
     stack = EmbeddedStack(
         data_dir / "stack",
         postgres=not explicit.database_url,
         redis=not explicit.broker_url,
         s3=not explicit.s3_endpoint,
         redis_persistent=True,
+        supervisor=supervisor,
     )
-    children: list[Child] = []
     signal.signal(signal.SIGTERM, _raise_stop)
     exit_code = 0
     try:
@@ -93,44 +110,59 @@ def run_stack(host: str, port: int, demo: bool, exit_after_demo: bool) -> int:
 
         env = {**os.environ, **{ENV_PREFIX + k: v for k, v in values.items()}}
         logs = data_dir / "logs"
-        children.append(spawn("api", ["uvicorn", "api.main:create_app", "--factory", "--host", host,
-                                      "--port", str(port), "--no-access-log"], env, logs))
-        for role in ("gpu", "cpu", "io"):
-            children.append(spawn(f"worker-{role}", ["cli.main", "worker", "--role", role], env, logs))
-        children.append(spawn("beat", ["cli.main", "beat"], env, logs))
-        _wait_ready(api_url, children)
+        for name, args in app_programs(host, port):
+            launch = program_launcher(name, args, env, logs)
+            supervisor.start(name, launch, layer=APP_LAYER, stop_grace=STOP_GRACE_SECONDS)
+        _wait_ready(api_url, supervisor)
 
         click.echo("")
         click.echo(f"DermaSentinel is running at {api_url}  (OpenAPI docs: {api_url}/docs)")
         click.echo(f"development API key: {api_key}")
         click.echo(f"logs: {logs}   stop with Ctrl-C")
         click.echo("Research use only: DermaSentinel is NOT a certified medical device.")
-        if demo:
-            exit_code = run_demo(api_url, api_key)
-            if exit_after_demo:
-                return exit_code
+        # The demo runs beside the supervision loop: restarts must come from the main thread,
+        # where children are armed to die with this process.
+        demo_run = _DemoRun(api_url, api_key) if demo else None
         while True:
-            for child in children:
-                if child.process.poll() is not None:
-                    click.echo(f"{child.name} exited with {child.process.returncode}:\n{tail(child.log_path)}", err=True)
-                    return 1
-            time.sleep(1.0)
+            supervisor.check()
+            if demo_run is not None and demo_run.finished():
+                exit_code = demo_run.exit_code
+                if exit_after_demo:
+                    return exit_code
+                demo_run = None
+            time.sleep(SUPERVISE_INTERVAL_SECONDS)
     except (KeyboardInterrupt, _Stop):
         click.echo("\nstopping…")
         return exit_code
     finally:
-        stop_all(children)
-        stack.stop()
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            stack.stop()
+        finally:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
         click.echo("stopped.")
 
 
-def _wait_ready(api_url: str, children: list[Child], timeout: float = 120.0) -> None:
+def app_programs(host: str, port: int) -> list[tuple[str, list[str]]]:
+    """The app's own processes: name and `python -m` arguments."""
+    programs = [("api", ["uvicorn", "api.main:create_app", "--factory", "--host", host,
+                         "--port", str(port), "--no-access-log"])]
+    programs += [(f"worker-{role}", ["cli.main", "worker", "--role", role]) for role in ("gpu", "cpu", "io")]
+    programs.append(("beat", ["cli.main", "beat"]))
+    return programs
+
+
+def _wait_ready(api_url: str, supervisor: Supervisor, timeout: float = 120.0) -> None:
+    """Until the API says ready; a process that exits before then is a start-up failure, not a crash."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for child in children:
-            if child.process.poll() is not None:
-                raise click.ClickException(f"{child.name} failed to start:\n{tail(child.log_path)}")
+        for name, status in supervisor.exited().items():
+            handle = supervisor.get(name)
+            raise click.ClickException(
+                f"{name} failed to start ({describe_exit(status)}):\n{tail(handle.process.log_path)}"
+            )
         try:
             if httpx.get(f"{api_url}/readyz", timeout=2.0).status_code == 200:
                 return
@@ -138,6 +170,19 @@ def _wait_ready(api_url: str, children: list[Child], timeout: float = 120.0) -> 
             pass
         time.sleep(0.5)
     raise click.ClickException(f"the API did not become ready within {timeout:.0f}s")
+
+
+class _DemoRun:
+    def __init__(self, api_url: str, api_key: str):
+        self.exit_code = 1
+        self._thread = threading.Thread(target=self._run, args=(api_url, api_key), name="demo", daemon=True)
+        self._thread.start()
+
+    def _run(self, api_url: str, api_key: str) -> None:
+        self.exit_code = run_demo(api_url, api_key)
+
+    def finished(self) -> bool:
+        return not self._thread.is_alive()
 
 
 def run_demo(api_url: str, api_key: str) -> int:

@@ -7,18 +7,19 @@ attempt and status. A worker that lost its job (swept, canceled, re-claimed) wri
 
 from __future__ import annotations
 
+import random
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from celery import Celery
-from sqlalchemy import and_, case, func, select, update
+from sqlalchemy import and_, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from shared.config import Settings
 from shared.db import after_commit
 from shared.events import record_event
-from shared.jobs import enqueue_analysis, enqueue_report
+from shared.jobs import enqueue_analysis, enqueue_report, worker_identity
 from shared.models import ACTIVE_STATUSES, Analysis, AnalysisStatus, Batch
 from shared.storage import ARTIFACTS, IMAGES, ObjectStore
 
@@ -152,15 +153,19 @@ def claim_batch(session: Session, own_id: uuid.UUID, limit: int) -> list[Claim]:
     jobs, so one GPU pass serves several: interactive before bulk, oldest first."""
     own_first = case((Analysis.id == own_id, 0), else_=1)
     lane = case((Analysis.priority == "interactive", 0), else_=1)
+    now = utcnow()
     picked = (
         select(Analysis.id)
-        .where(Analysis.status == AnalysisStatus.queued.value)
+        .where(
+            Analysis.status == AnalysisStatus.queued.value,
+            # Jobs given back after an infrastructure error wait out their backoff.
+            or_(Analysis.not_before.is_(None), Analysis.not_before <= now),
+        )
         .order_by(own_first, lane, Analysis.created_at)
         .limit(limit)
         .with_for_update(skip_locked=True)
         .cte("picked")
     )
-    now = utcnow()
     rows = session.execute(
         update(Analysis)
         .where(Analysis.id.in_(select(picked.c.id)))
@@ -168,6 +173,8 @@ def claim_batch(session: Session, own_id: uuid.UUID, limit: int) -> list[Claim]:
             status=AnalysisStatus.processing.value,
             stage="segmentation",
             attempt=Analysis.attempt + 1,
+            not_before=None,
+            claimed_by=worker_identity(),
             started_at=now,
             heartbeat_at=now,
             updated_at=now,
@@ -229,6 +236,8 @@ def finish(
             completed_at=now,
             heartbeat_at=None,
             updated_at=now,
+            # The sweeper asks again for a report that has not appeared by then.
+            report_requested_at=now,
         )
         .returning(Analysis)
         .execution_options(synchronize_session=False, populate_existing=True)
@@ -331,25 +340,61 @@ def requeue(session: Session, celery: Celery | None, analysis: Analysis) -> None
         after_commit(session, lambda: enqueue_analysis(celery, analysis.id, analysis.priority))
 
 
+def transient_delay(settings: Settings, retries: int) -> float:
+    """Backoff before the ``retries``-th try after infrastructure errors: doubling from
+    ``TRANSIENT_BACKOFF_SECONDS`` up to ``TRANSIENT_BACKOFF_MAX_SECONDS``, +-20% jitter so
+    a released batch does not come back as one herd."""
+    base = min(settings.transient_backoff_seconds * 2 ** max(retries - 1, 0), settings.transient_backoff_max_seconds)
+    return base * random.uniform(0.8, 1.2)
+
+
 def release_claim(
-    session: Session, celery: Celery | None, settings: Settings, claim: Claim, *, reason: str
+    session: Session,
+    celery: Celery | None,
+    settings: Settings,
+    claim: Claim,
+    *,
+    reason: str,
+    transient: bool = False,
 ) -> str | None:
-    """Give a claimed job back after a system error: re-queue it, or fail it once its
-    attempts are used up. Returns the new status, or None when the claim was fenced off."""
-    if claim.attempt >= settings.max_attempts:
+    """Give a claimed job back after an error. An infrastructure error (``transient``) does
+    not spend the job's attempt: the job waits out a backoff and the sweeper wakes it. An
+    error the job may have caused re-queues it at once, or fails it once it has used
+    ``MAX_ATTEMPTS``. Returns the new status, or None when the claim was fenced off."""
+    retries = session.execute(
+        select(Analysis.transient_retries).where(_fenced(claim)).with_for_update()
+    ).scalar_one_or_none()
+    if retries is None:
+        return None
+    now = utcnow()
+    if transient and retries < settings.max_transient_retries:
+        session.execute(
+            update(Analysis)
+            .where(_fenced(claim))
+            .values(
+                status=AnalysisStatus.queued.value,
+                stage=None,
+                heartbeat_at=None,
+                transient_retries=retries + 1,
+                not_before=now + timedelta(seconds=transient_delay(settings, retries + 1)),
+                enqueued_at=now,
+                updated_at=now,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        return AnalysisStatus.queued.value
+    spent = claim.attempt - retries
+    if transient or spent >= settings.max_attempts:
+        detail = (
+            f"gave up after {retries} retries over infrastructure errors; last error: {reason}"
+            if transient
+            else f"gave up after {spent} attempts; last error: {reason}"
+        )
         failed = finish(
-            session,
-            celery,
-            settings,
-            claim,
-            status=AnalysisStatus.failed,
-            error={
-                "code": "attempts_exhausted",
-                "detail": f"gave up after {claim.attempt} attempts; last error: {reason}",
-            },
+            session, celery, settings, claim, status=AnalysisStatus.failed,
+            error={"code": "attempts_exhausted", "detail": detail},
         )
         return AnalysisStatus.failed.value if failed else None
-    now = utcnow()
     analysis = session.execute(
         update(Analysis)
         .where(_fenced(claim))
@@ -372,7 +417,76 @@ def stale_claims(session: Session, heartbeat_before: datetime, limit: int = 500)
     return [Claim(*row) for row in rows]
 
 
+def orphaned_claims(
+    session: Session, live_workers: list[str], heartbeat_before: datetime, limit: int = 500
+) -> list[Claim]:
+    """Jobs held by a worker process that no longer reports in (killed, OOM, host gone):
+    found in seconds instead of after ``STUCK_AFTER_SECONDS``."""
+    rows = session.execute(
+        select(*CLAIM_COLUMNS)
+        .where(
+            Analysis.status == AnalysisStatus.processing.value,
+            Analysis.claimed_by.is_not(None),
+            Analysis.claimed_by.notin_(live_workers) if live_workers else Analysis.claimed_by.is_not(None),
+            Analysis.heartbeat_at < heartbeat_before,
+        )
+        .limit(limit)
+    ).all()
+    return [Claim(*row) for row in rows]
+
+
+def due_retries(session: Session, now: datetime, limit: int) -> list[Analysis]:
+    """Jobs whose backoff after an infrastructure error has ended and that nobody woke yet."""
+    return list(
+        session.execute(
+            select(Analysis)
+            .where(
+                Analysis.status == AnalysisStatus.queued.value,
+                Analysis.not_before.is_not(None),
+                Analysis.not_before <= now,
+                Analysis.enqueued_at < Analysis.not_before,
+            )
+            .order_by(Analysis.not_before)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        ).scalars()
+    )
+
+
+def missing_reports(session: Session, requested_before: datetime, limit: int) -> list[uuid.UUID]:
+    """Final analyses whose report was asked for before ``requested_before`` and has not
+    appeared (its wake-up was lost, or its worker died); marks them asked for again now."""
+    ids = list(
+        session.execute(
+            select(Analysis.id)
+            .where(Analysis.report_requested_at.is_not(None), Analysis.report_requested_at < requested_before)
+            .order_by(Analysis.report_requested_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        ).scalars()
+    )
+    if ids:
+        session.execute(
+            update(Analysis)
+            .where(Analysis.id.in_(ids))
+            .values(report_requested_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+    return ids
+
+
+def report_settled(session: Session, analysis_id: uuid.UUID) -> None:
+    """The report exists (or is not needed): the sweeper stops asking for it."""
+    session.execute(
+        update(Analysis)
+        .where(Analysis.id == analysis_id, Analysis.report_requested_at.is_not(None))
+        .values(report_requested_at=None)
+        .execution_options(synchronize_session=False)
+    )
+
+
 def waiting_since(session: Session, priority: str, enqueued_before: datetime, limit: int) -> list[Analysis]:
+    now = utcnow()
     return list(
         session.execute(
             select(Analysis)
@@ -380,6 +494,7 @@ def waiting_since(session: Session, priority: str, enqueued_before: datetime, li
                 Analysis.status == AnalysisStatus.queued.value,
                 Analysis.priority == priority,
                 Analysis.enqueued_at < enqueued_before,
+                or_(Analysis.not_before.is_(None), Analysis.not_before <= now),
             )
             .order_by(Analysis.created_at)
             .limit(limit)

@@ -11,11 +11,21 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
+import limits
+from cryptography.fernet import Fernet
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "DERMASENTINEL_"
 DEV_S3_KEYS = {"minioadmin", "dermasentinel-dev"}
+
+
+# Encrypts webhook secrets outside production only; production refuses it.
+DEV_SECRET_KEY = "ZGVybWFzZW50aW5lbC1kZXZlbG9wbWVudC1rZXktMDE="
+
+
+def _split_keys(value: str) -> list[str]:
+    return [key.strip() for key in value.split(",") if key.strip()]
 
 
 def _default_data_dir() -> Path:
@@ -39,7 +49,7 @@ class Settings(BaseSettings):
     # the address the services use (e.g. "files.example.org" in front of minio:9000).
     s3_public_endpoint: str = ""
     s3_bucket_prefix: str = "dermasentinel"
-    presign_ttl_seconds: int = Field(default=600, ge=30, le=900)
+    presign_ttl_seconds: int = Field(default=120, ge=30, le=900)
 
     api_url: str = ""
     api_key: SecretStr = SecretStr("")
@@ -61,6 +71,14 @@ class Settings(BaseSettings):
     # on CPU (measured: large CPU batches are slower per image and use ~2.5x the memory).
     max_forward_batch: int | None = Field(default=None, ge=1, le=512)
 
+    # Inference engine (issue 9, docs/ENGINE.md). auto: torch on CUDA, OpenVINO on CPU.
+    backend: Literal["auto", "torch", "openvino"] = "auto"
+    autocast: Literal["off", "fp16", "bf16"] = "fp16"  # CUDA only; CPU always runs fp32
+    gate1_memory_mb: int = Field(default=2048, ge=64)  # Gate 1 activations per forward pass
+    batch_fill_ms: float | None = Field(default=None, ge=0, le=1000)  # unset: 5 on CUDA, 0 on CPU
+    decode_reduced: bool = False  # JPEG DCT-scaled decode when the photo dwarfs every working size
+    host_threads: int = Field(default=2, ge=1, le=32)  # fetch/decode and post-process/write pools
+
     max_attempts: int = Field(default=3, ge=1, le=20)
     stuck_after_seconds: int = Field(default=300, ge=5)
     sweep_interval_seconds: float = Field(default=30.0, gt=0)
@@ -69,9 +87,60 @@ class Settings(BaseSettings):
 
     webhook_retry_schedule: str = "5,300,1800,7200,18000,36000,36000,50400,72000,86400"
     webhook_allow_cidrs: str = ""
-    webhook_timeout_seconds: float = 15.0
+    webhook_timeout_seconds: float = 10.0
     webhook_disable_after_days: int = 5
     webhook_dispatch_interval_seconds: float = 5.0
+
+    # Fault tolerance: workers, sweeper, client timeouts (issue 11, docs/FAULTS.md).
+    worker_start_timeout_seconds: float = Field(default=120.0, gt=0)  # pool process start, model load included
+    transient_backoff_seconds: float = Field(default=2.0, gt=0)  # first wait after an infrastructure error
+    transient_backoff_max_seconds: float = Field(default=30.0, gt=0)  # doubling stops here
+    max_transient_retries: int = Field(default=500, ge=1)  # about 4 h of outage at the cap, then failed
+    gpu_heartbeat_seconds: float = Field(default=5.0, gt=0)  # GPU pool processes report in to Redis
+    resend_after_seconds: int = Field(default=30, ge=5)  # a lost wake-up (analysis, report) is re-sent
+    s3_connect_timeout_seconds: float = Field(default=2.0, gt=0)
+    s3_read_timeout_seconds: float = Field(default=5.0, gt=0)  # per socket read, not per object
+    s3_retries: int = Field(default=1, ge=0, le=10)
+    broker_connect_timeout_seconds: float = Field(default=2.0, gt=0)
+    broker_socket_timeout_seconds: float = Field(default=2.0, gt=0)
+
+    # Secrets, API keys and webhook fairness (docs/SECRETS_AND_WEBHOOKS.md).
+    # Fernet keys, comma-separated: the first encrypts webhook secrets, all decrypt.
+    secret_key: SecretStr = SecretStr("")
+    webhook_connect_timeout_seconds: float = Field(default=3.0, gt=0, le=60)
+    webhook_tenant_concurrency: int = Field(default=4, ge=1, le=256)
+    webhook_test_rate: str = "10/minute"
+    webhook_endpoints_per_tenant: int = Field(default=20, ge=1)
+    webhook_secret_grace_hours: float = Field(default=24.0, ge=0, le=24 * 7)
+    api_keys_per_tenant: int = Field(default=20, ge=1)
+
+    # API under load, slow clients and hostile input (issue 10, docs/API_HARDENING.md).
+    # Every process's engine: pool, connect timeout, and server-side timeouts (0 = off).
+    db_pool_size: int = Field(default=5, ge=1, le=200)
+    db_max_overflow: int = Field(default=10, ge=0, le=200)
+    db_pool_timeout_seconds: float = Field(default=10.0, gt=0)
+    db_connect_timeout_seconds: int = Field(default=5, ge=1, le=120)
+    db_statement_timeout_ms: int = Field(default=0, ge=0)
+    db_idle_in_transaction_timeout_ms: int = Field(default=600_000, ge=0)
+    # The API process: requests holding a DB session at once (its pool is sized from this),
+    # how long one may wait for a slot before 503, and its own server-side timeouts.
+    api_db_concurrency: int = Field(default=16, ge=1, le=200)
+    api_db_wait_seconds: float = Field(default=2.0, ge=0)
+    api_statement_timeout_ms: int = Field(default=15_000, ge=0)
+    api_idle_in_transaction_timeout_ms: int = Field(default=15_000, ge=0)
+    api_threads: int = Field(default=64, ge=8, le=1024)
+    api_max_json_bytes: int = Field(default=1024 * 1024, ge=1024)
+    api_body_idle_timeout_seconds: float = Field(default=15.0, gt=0)
+    api_body_read_timeout_seconds: float = Field(default=120.0, gt=0)
+    api_decode_concurrency: int = Field(default=2, ge=1, le=64)
+    api_decode_wait_seconds: float = Field(default=10.0, ge=0)
+    max_decode_side: int = Field(default=4096, ge=512)  # JPEGs larger than this decode DCT-scaled
+    auth_cache_seconds: float = Field(default=5.0, ge=0, le=60)  # revocation takes effect within this
+    # Per tenant: requests ("50/second", several with ";"), uploads in flight at once, and
+    # overrides by tenant id: {"<uuid>": {"requests": "200/second", "concurrent_uploads": 32}}.
+    rate_limit: str = "50/second"
+    concurrent_uploads: int = Field(default=8, ge=1, le=1000)
+    rate_limits_per_tenant: str = ""  # JSON, read by api.ratelimit
 
     log_level: str = "INFO"
 
@@ -90,6 +159,22 @@ class Settings(BaseSettings):
         if value % 32:
             raise ValueError(f"must be a multiple of 32 (e.g. {value - value % 32 or 32}), not {value}")
         return value
+
+    @model_validator(mode="after")
+    def _refuse_open_transport(self) -> "Settings":
+        # Issue 10: links carrying PHI only over https, and no allow list that opens everything.
+        if self.environment != "production":
+            return self
+        for name, url in (("PUBLIC_URL", self.public_url), ("API_URL", self.api_url)):
+            if url.lower().startswith("http://"):
+                raise ValueError(f"production refuses an http {ENV_PREFIX}{name}; serve it over https")
+        for entry in self.webhook_allow_cidrs.replace(";", ",").split(","):
+            if entry.strip().split("@")[-1].startswith(("0.0.0.0/0", "::/0", "[::]/0")):
+                raise ValueError(
+                    f"production refuses {entry.strip()!r} in {ENV_PREFIX}WEBHOOK_ALLOW_CIDRS: "
+                    "it lets webhooks reach every internal address; list the EHR hosts instead"
+                )
+        return self
 
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> "Settings":
@@ -113,7 +198,38 @@ class Settings(BaseSettings):
             )
         if self.s3_access_key in DEV_S3_KEYS or self.s3_secret_key.get_secret_value() in DEV_S3_KEYS:
             raise ValueError("production refuses the development S3 credentials; set real ones")
+        if not self.secret_key.get_secret_value() or DEV_SECRET_KEY in self.secret_keys:
+            raise ValueError(
+                f"production needs {ENV_PREFIX}SECRET_KEY (Fernet keys, comma-separated; make one with "
+                "`python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'`)"
+            )
         return self
+
+    @field_validator("secret_key")
+    @classmethod
+    def _fernet_keys(cls, value: SecretStr) -> SecretStr:
+        for key in _split_keys(value.get_secret_value()):
+            try:
+                Fernet(key)
+            except ValueError:
+                raise ValueError(
+                    "SECRET_KEY entries must be Fernet keys (url-safe base64 of 32 bytes), comma-separated"
+                ) from None
+        return value
+
+    @field_validator("webhook_test_rate")
+    @classmethod
+    def _rate(cls, value: str) -> str:
+        try:
+            limits.parse(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a rate like '10/minute' or '100 per hour'") from None
+        return value
+
+    @property
+    def secret_keys(self) -> list[str]:
+        """Webhook-secret encryption keys, newest first; the development key when none is set."""
+        return _split_keys(self.secret_key.get_secret_value()) or [DEV_SECRET_KEY]
 
     @property
     def max_upload_bytes(self) -> int:

@@ -27,9 +27,31 @@ def make_engine(settings: Settings, **kwargs) -> Engine:
         raise RuntimeError(
             "DERMASENTINEL_DATABASE_URL is not set; run `dermasentinel up` or point it at Postgres"
         )
-    options = {"pool_pre_ping": True, "pool_size": 5, "max_overflow": 10}
+    options = {
+        "pool_pre_ping": True,
+        "pool_size": settings.db_pool_size,
+        "max_overflow": settings.db_max_overflow,
+        # A caller that cannot get a connection soon gets an error it can map to 503; it
+        # must never hold a thread for half a minute.
+        "pool_timeout": settings.db_pool_timeout_seconds,
+    }
+    if settings.database_url.startswith("postgresql"):
+        options["connect_args"] = postgres_connect_args(settings)
     options.update(kwargs)
     return create_engine(settings.database_url, **options)
+
+
+def postgres_connect_args(settings: Settings) -> dict:
+    """libpq options: give up connecting after a few seconds, and let the server end runaway
+    statements and transactions left idle (a crashed client must not hold locks forever)."""
+    server = {
+        "statement_timeout": settings.db_statement_timeout_ms,
+        "idle_in_transaction_session_timeout": settings.db_idle_in_transaction_timeout_ms,
+    }
+    return {
+        "connect_timeout": settings.db_connect_timeout_seconds,
+        "options": " ".join(f"-c {name}={value}" for name, value in server.items()),
+    }
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -7,10 +7,18 @@ worker code.
 
 from __future__ import annotations
 
+import socket
+import time
 import uuid
 
+import kombu.exceptions
+import redis
+import redis.exceptions
+import sqlalchemy.exc
+import urllib3.exceptions
 from celery import Celery
 from kombu import Queue as KombuQueue
+from minio.error import InvalidResponseError, S3Error, ServerError
 
 from shared.config import Settings
 from shared.queues import Queue, TaskName, analysis_queue
@@ -44,6 +52,12 @@ def make_celery(settings: Settings) -> Celery:
         worker_prefetch_multiplier=1,
         worker_hijack_root_logger=False,
         broker_connection_retry_on_startup=True,
+        broker_connection_timeout=settings.broker_connect_timeout_seconds,
+        # Publishing happens after the commit, and a wake-up that cannot be sent is logged
+        # and re-sent by the sweeper, so a dead broker may cost a caller one short retry,
+        # never a long hang.
+        task_publish_retry_policy={"max_retries": 1, "interval_start": 0.2, "interval_step": 0.5,
+                                   "interval_max": 0.5},
         broker_transport_options={
             # Consume queues strictly in the order the worker lists them, so interactive
             # work always goes before bulk on a shared GPU worker.
@@ -51,6 +65,9 @@ def make_celery(settings: Settings) -> Celery:
             # Unacked messages of a worker that died come back after this long; the
             # sweeper covers anything beyond it.
             "visibility_timeout": 3600,
+            "socket_connect_timeout": settings.broker_connect_timeout_seconds,
+            # Without it a publish on a half-open connection waits forever.
+            "socket_timeout": settings.broker_socket_timeout_seconds,
         },
         timezone="UTC",
         enable_utc=True,
@@ -76,3 +93,111 @@ def enqueue_event_dispatch(app: Celery, event_id: str) -> None:
 
 def enqueue_delivery(app: Celery, delivery_id: uuid.UUID) -> None:
     send(app, TaskName.deliver_webhook, Queue.webhooks, str(delivery_id))
+
+
+# ---------------------------------------------------------------- what counts as transient
+
+class JobNotRun(Exception):
+    """Claimed jobs given back before they ran (e.g. the batch claimed ahead of one that
+    failed): nothing they did went wrong, so giving them back spends no attempt."""
+
+
+# Errors of the infrastructure, not of the job: a pass that meets one gives its jobs back
+# without spending their attempts (shared.analyses.release_claim, docs/FAULTS.md).
+INFRASTRUCTURE_ERRORS = (
+    JobNotRun,
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    sqlalchemy.exc.TimeoutError,
+    urllib3.exceptions.HTTPError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    kombu.exceptions.OperationalError,
+    ConnectionError,
+    TimeoutError,
+    socket.timeout,
+)
+# S3 error codes that describe the store's state, not the object asked for.
+TRANSIENT_S3_CODES = frozenset({
+    "InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "RequestTimeTooSkewed",
+    "XMinioServerNotInitialized", "XMinioStorageFull", "OperationTimedOut",
+})
+
+
+def is_infrastructure_error(exc: BaseException | None) -> bool:
+    """True when ``exc`` (or an exception it was raised from) is the infrastructure's fault."""
+    for _ in range(8):
+        if exc is None:
+            return False
+        if isinstance(exc, S3Error):
+            if exc.code in TRANSIENT_S3_CODES:
+                return True
+        elif isinstance(exc, ServerError):
+            if exc.status_code >= 500:
+                return True
+        elif isinstance(exc, InvalidResponseError):
+            return True  # a non-S3 answer (proxy or load balancer page): the store is not there
+        elif isinstance(exc, INFRASTRUCTURE_ERRORS):
+            return True
+        exc = exc.__cause__
+    return False
+
+
+# ---------------------------------------------------------------- GPU worker heartbeats
+
+# Sorted sets in the broker's Redis: member = worker process id, score = last report (unix
+# seconds). One for pool processes that hold their models and take analysis jobs, one for
+# those whose models could not be loaded. Readiness and the sweeper read them.
+GPU_WORKERS_READY = "dermasentinel:gpu-workers:ready"
+GPU_WORKERS_BROKEN = "dermasentinel:gpu-workers:broken"
+FORGET_AFTER_SECONDS = 3600.0
+
+_worker_id: str | None = None
+
+
+def set_worker_identity(worker_id: str | None) -> None:
+    """Name this process for the claims it makes (``gpu@host:pid``)."""
+    global _worker_id
+    _worker_id = worker_id
+
+
+def worker_identity() -> str | None:
+    return _worker_id
+
+
+def heartbeat_window(settings: Settings) -> float:
+    """A worker that has not reported for this long is taken for gone."""
+    return 3 * settings.gpu_heartbeat_seconds
+
+
+def broker_redis(settings: Settings, timeout: float | None = None) -> redis.Redis:
+    """A plain Redis client on the broker, with short timeouts: for heartbeats and probes."""
+    timeout = timeout or settings.broker_connect_timeout_seconds
+    return redis.Redis.from_url(settings.broker_url, socket_timeout=timeout, socket_connect_timeout=timeout)
+
+
+def report_gpu_worker(client: redis.Redis, worker_id: str, *, ready: bool) -> None:
+    now = time.time()
+    live, other = (GPU_WORKERS_READY, GPU_WORKERS_BROKEN) if ready else (GPU_WORKERS_BROKEN, GPU_WORKERS_READY)
+    with client.pipeline(transaction=False) as pipe:
+        pipe.zadd(live, {worker_id: now})
+        pipe.zrem(other, worker_id)
+        pipe.zremrangebyscore(live, "-inf", now - FORGET_AFTER_SECONDS)
+        pipe.execute()
+
+
+def forget_gpu_worker(client: redis.Redis, worker_id: str) -> None:
+    with client.pipeline(transaction=False) as pipe:
+        pipe.zrem(GPU_WORKERS_READY, worker_id)
+        pipe.zrem(GPU_WORKERS_BROKEN, worker_id)
+        pipe.execute()
+
+
+def gpu_worker_census(client: redis.Redis, within_seconds: float) -> tuple[list[str], list[str]]:
+    """(ready, broken) worker ids that reported within the window."""
+    since = time.time() - within_seconds
+    with client.pipeline(transaction=False) as pipe:
+        pipe.zrangebyscore(GPU_WORKERS_READY, since, "+inf")
+        pipe.zrangebyscore(GPU_WORKERS_BROKEN, since, "+inf")
+        ready, broken = pipe.execute()
+    return [m.decode() for m in ready], [m.decode() for m in broken]

@@ -79,6 +79,8 @@ class ApiKey(Base):
     label: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
     revoked_at: Mapped[datetime | None] = mapped_column(TZ)
+    # Written at most once a minute per key (shared.tenants.authenticate).
+    last_used_at: Mapped[datetime | None] = mapped_column(TZ)
 
 
 class Batch(Base):
@@ -110,6 +112,9 @@ class Analysis(Base):
             "created_at",
             postgresql_where=text("status IN ('queued', 'processing')"),
         ),
+        # Fault tolerance (docs/FAULTS.md): the sweeper's two small work lists.
+        Index("ix_analyses_retry_due", "not_before", postgresql_where=text("status = 'queued' AND not_before IS NOT NULL")),
+        Index("ix_analyses_report_pending", "report_requested_at", postgresql_where=text("report_requested_at IS NOT NULL")),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=_uuid)
@@ -151,6 +156,17 @@ class Analysis(Base):
     started_at: Mapped[datetime | None] = mapped_column(TZ)
     heartbeat_at: Mapped[datetime | None] = mapped_column(TZ)
     completed_at: Mapped[datetime | None] = mapped_column(TZ)
+
+    # Fault tolerance (docs/FAULTS.md). ``attempt`` stays the fencing token and grows on every
+    # claim; ``transient_retries`` counts the claims given back after an infrastructure error,
+    # so attempts the job itself spent are ``attempt - transient_retries``.
+    transient_retries: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    # Not claimable before this moment (backoff after an infrastructure error).
+    not_before: Mapped[datetime | None] = mapped_column(TZ)
+    # The worker process ("gpu@host:pid") that holds or last held the claim.
+    claimed_by: Mapped[str | None] = mapped_column(String(200))
+    # When the PDF/FHIR report was last asked for; NULL once it exists (or never needed).
+    report_requested_at: Mapped[datetime | None] = mapped_column(TZ)
 
 
 class Report(Base):
@@ -208,7 +224,12 @@ class WebhookEndpoint(Base):
     url: Mapped[str] = mapped_column(String(2048))
     description: Mapped[str | None] = mapped_column(String(500))
     events: Mapped[list] = mapped_column(JSONB, default=list)
-    secret: Mapped[str] = mapped_column(String(128))
+    # Fernet tokens under SECRET_KEY (shared.security.SecretBox); never the plaintext.
+    secret_encrypted: Mapped[str] = mapped_column(Text)
+    # After a rotation the old secret also signs until this moment (Standard Webhooks
+    # allows several signatures), so receivers can switch without dropping events.
+    previous_secret_encrypted: Mapped[str | None] = mapped_column(Text)
+    previous_secret_expires_at: Mapped[datetime | None] = mapped_column(TZ)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     disabled_reason: Mapped[str | None] = mapped_column(String(300))
     failing_since: Mapped[datetime | None] = mapped_column(TZ)
@@ -245,6 +266,7 @@ class WebhookAttempt(Base):
     )
     attempted_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
     status_code: Mapped[int | None] = mapped_column(Integer)
-    latency_ms: Mapped[float] = mapped_column(Float)
+    # None when the target is internal and nothing answered: timing would tell ports apart.
+    latency_ms: Mapped[float | None] = mapped_column(Float)
     error: Mapped[str | None] = mapped_column(String(500))
     response_excerpt: Mapped[str | None] = mapped_column(Text)

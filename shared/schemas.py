@@ -19,7 +19,8 @@ Site = Literal[
 ]
 SEXES: tuple[str, ...] = Sex.__args__
 SITES: tuple[str, ...] = Site.__args__
-EXTERNAL_ID_PATTERN = r"^[A-Za-z0-9._:/\-]{1,200}$"
+# Not starting with "-": a spreadsheet would read "-2+3" as a formula (CSV injection).
+EXTERNAL_ID_PATTERN = r"^[A-Za-z0-9._:/][A-Za-z0-9._:/\-]{0,199}$"
 
 
 class AnalysisInputs(BaseModel):

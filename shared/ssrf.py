@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import string
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -65,21 +66,82 @@ class ParsedURL:
         return f"{self.scheme}://{self.netloc}{self.path}"
 
 
-def parse_allow_cidrs(value: str) -> list[IPNetwork]:
-    """Parse `WEBHOOK_ALLOW_CIDRS` ("10.0.0.0/8, fd00::/8"); a bare address means /32 or /128."""
-    networks: list[IPNetwork] = []
+@dataclass(frozen=True)
+class AllowRule:
+    """One `WEBHOOK_ALLOW_CIDRS` entry: internal addresses it lets webhooks reach."""
+
+    network: IPNetwork
+    port: int | None = None
+    """Only this port; None means any port (a plain CIDR entry)."""
+    tenant_id: str | None = None
+    """Only this tenant's endpoints (a tenant UUID); None means every tenant."""
+
+    def admits(self, address: IPAddress, port: int, tenant_id: object | None) -> bool:
+        if address.version != self.network.version or address not in self.network:
+            return False
+        if self.port is not None and port != self.port:
+            return False
+        return self.tenant_id is None or (tenant_id is not None and str(tenant_id) == self.tenant_id)
+
+
+AllowList = Iterable[AllowRule | IPNetwork]
+
+
+def parse_allow_cidrs(value: str) -> list[AllowRule]:
+    """Parse `WEBHOOK_ALLOW_CIDRS`, comma-separated entries of the form `[TENANT_ID@]NETWORK[:PORT]`.
+
+    `10.0.0.0/8` (any port, any tenant, as before), `10.1.2.3:8443` (a bare address means
+    /32 or /128), `[fd00::/8]:443` (IPv6 with a port needs brackets), and
+    `3f2c…-…@10.1.2.0/24:443` (only that tenant's endpoints).
+    """
+    rules: list[AllowRule] = []
     for item in value.split(","):
         item = item.strip()
-        if not item:
-            continue
+        if item:
+            rules.append(_parse_allow_entry(item))
+    return rules
+
+
+def _parse_allow_entry(item: str) -> AllowRule:
+    def invalid(why: str) -> ValueError:
+        return ValueError(
+            f"{ALLOW_CIDRS_SETTING} entry {item!r} {why}; write [TENANT_ID@]NETWORK[:PORT], for example "
+            "10.20.0.0/16, 10.20.0.5:8443, [fd00::/8]:443"
+        )
+
+    tenant_id: str | None = None
+    rest = item
+    if "@" in item:
+        tenant_text, _, rest = item.partition("@")
         try:
-            networks.append(ipaddress.ip_network(item, strict=True))
-        except ValueError as exc:
-            raise ValueError(
-                f"{ALLOW_CIDRS_SETTING} entry {item!r} is not a network in CIDR form "
-                f"(for example 10.20.0.0/16 or fd00::/8): {exc}"
-            ) from None
-    return networks
+            tenant_id = str(uuid.UUID(tenant_text.strip()))
+        except ValueError:
+            raise invalid(f"names tenant {tenant_text.strip()!r}, which is not a tenant id (UUID)") from None
+        rest = rest.strip()
+    port_text: str | None = None
+    if rest.startswith("["):
+        network_text, bracket, after = rest[1:].partition("]")
+        if not bracket or (after and not after.startswith(":")):
+            raise invalid("has an unbalanced '[' or text after ']'")
+        port_text = after[1:] if after else None
+    elif rest.count(":") == 1:
+        network_text, _, port_text = rest.partition(":")
+    else:
+        network_text = rest
+    try:
+        network = ipaddress.ip_network(network_text, strict=True)
+    except ValueError as exc:
+        raise invalid(f"is not a network in CIDR form ({exc})") from None
+    port: int | None = None
+    if port_text is not None:
+        if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+            raise invalid(f"has port {port_text!r}, not a number from 1 to 65535")
+        port = int(port_text)
+    return AllowRule(network, port, tenant_id)
+
+
+def _rules(allow: AllowList) -> list[AllowRule]:
+    return [rule if isinstance(rule, AllowRule) else AllowRule(rule) for rule in allow]
 
 
 def check_url_syntax(url: str) -> ParsedURL:
@@ -154,16 +216,17 @@ def resolve_host(host: str, port: int) -> list[IPAddress]:
 
 
 def resolve_and_check(
-    url: str, allow_cidrs: Iterable[IPNetwork], *, resolver: Resolver | None = None
+    url: str, allow_cidrs: AllowList, *, resolver: Resolver | None = None, tenant_id: object | None = None
 ) -> tuple[ParsedURL, list[IPAddress]]:
     """Validate `url`, resolve its host and refuse it if any address is not public.
 
     Returns the parsed URL and the addresses a delivery may connect to (IPv4-mapped IPv6
-    addresses are returned as plain IPv4). Addresses inside `allow_cidrs` are accepted
-    even when internal; cloud metadata addresses are refused even then.
+    addresses are returned as plain IPv4). Addresses admitted by an allow rule (network,
+    and the rule's port and tenant when it names them) are accepted even when internal;
+    cloud metadata addresses are refused even then.
     """
     parsed = check_url_syntax(url)
-    allowed = list(allow_cidrs)
+    allowed = _rules(allow_cidrs)
     if parsed.ip is not None:
         addresses = [parsed.ip]
     else:
@@ -175,7 +238,7 @@ def resolve_and_check(
 
     usable: list[IPAddress] = []
     for address in addresses:
-        _refuse_if_unsafe(parsed, address, allowed)
+        _refuse_if_unsafe(parsed, address, allowed, tenant_id)
         connect_to = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
         target = connect_to or address
         if target not in usable:
@@ -307,24 +370,26 @@ def _is_metadata(address: IPAddress) -> bool:
     return False
 
 
-def _is_allowed(address: IPAddress, allow_cidrs: list[IPNetwork]) -> bool:
+def is_internal(address: IPAddress) -> bool:
+    """Not a public internet address (reached only because an allow rule admits it)."""
+    return address_problem(address) is not None
+
+
+def _is_allowed(address: IPAddress, allow: list[AllowRule], port: int, tenant_id: object | None) -> bool:
     candidates: list[IPAddress] = [address]
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         candidates.append(address.ipv4_mapped)
-    return any(
-        candidate in network
-        for candidate in candidates
-        for network in allow_cidrs
-        if candidate.version == network.version
-    )
+    return any(rule.admits(candidate, port, tenant_id) for candidate in candidates for rule in allow)
 
 
-def _refuse_if_unsafe(parsed: ParsedURL, address: IPAddress, allow_cidrs: list[IPNetwork]) -> None:
+def _refuse_if_unsafe(
+    parsed: ParsedURL, address: IPAddress, allow: list[AllowRule], tenant_id: object | None
+) -> None:
     problem = address_problem(address)
     if problem is None:
         return
     metadata = _is_metadata(address)
-    if not metadata and _is_allowed(address, allow_cidrs):
+    if not metadata and _is_allowed(address, allow, parsed.port, tenant_id):
         return
     # Say which address only when the caller typed it: echoing what an internal name
     # resolves to would turn endpoint registration into a DNS lookup service.
@@ -337,7 +402,7 @@ def _refuse_if_unsafe(parsed: ParsedURL, address: IPAddress, allow_cidrs: list[I
         "Metadata services are never reachable from webhooks."
         if metadata
         else "Webhook endpoints must be reachable on the public internet; an administrator "
-        f"can allow an internal receiver's network with {ALLOW_CIDRS_SETTING}."
+        f"can allow an internal receiver's network (and port) with {ALLOW_CIDRS_SETTING}."
     )
     raise UnsafeURLError(f"{subject} {problem}. {advice}", code="address", address=address)
 

@@ -81,14 +81,26 @@ class ObjectStore:
 
 
 def make_object_store(settings: Settings, probe_timeout: float | None = None) -> ObjectStore:
-    """``probe_timeout`` builds a client for health checks: short timeouts, no retries."""
+    """A store whose every call is bounded: connect and read timeouts and a few quick
+    retries (the minio defaults are 5 minutes and 5 retries, so a stalled store held a
+    request or a GPU pass for half an hour). ``probe_timeout`` builds a client for health
+    checks: short timeouts, no retries."""
     if not settings.s3_endpoint:
         raise RuntimeError("DERMASENTINEL_S3_ENDPOINT is not set; run `dermasentinel up` or point it at S3")
-    http_client = None
     if probe_timeout is not None:
         http_client = urllib3.PoolManager(
             timeout=urllib3.Timeout(connect=probe_timeout, read=probe_timeout), retries=False
         )
+    else:
+        http_client = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=settings.s3_connect_timeout_seconds, read=settings.s3_read_timeout_seconds),
+            maxsize=10,
+            cert_reqs="CERT_REQUIRED",
+            retries=urllib3.Retry(
+                total=settings.s3_retries, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]
+            ),
+        )
+
     def client_for(endpoint: str) -> Minio:
         return Minio(
             endpoint,

@@ -66,3 +66,12 @@ def _as_utc(timestamp: datetime | int) -> datetime:
     if timestamp.tzinfo is None or timestamp.utcoffset() is None:
         raise ValueError("webhook timestamp datetime must be timezone-aware")
     return timestamp.astimezone(timezone.utc).replace(microsecond=0)
+
+
+def signing_secrets(
+    current: str, previous: str | None, previous_expires_at: datetime | None, now: datetime
+) -> list[str]:
+    """The secrets to sign with: the current one, plus the one it replaced during its grace period."""
+    if previous and previous_expires_at is not None and previous_expires_at > now:
+        return [current, previous]
+    return [current]

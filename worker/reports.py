@@ -27,9 +27,10 @@ def build_report(context: AppContext, analysis_id: uuid.UUID) -> bool:
     """Render and store the report once; a second run finds the row and does nothing."""
     with session_scope(context.session_factory) as session:
         analysis = session.get(Analysis, analysis_id)
-        if analysis is None or analysis.status not in REPORTABLE:
+        if analysis is None:
             return False
-        if session.get(Report, analysis_id) is not None:
+        if analysis.status not in REPORTABLE or session.get(Report, analysis_id) is not None:
+            lifecycle.report_settled(session, analysis_id)
             return False
         record = lifecycle.analysis_record(analysis)
         image_key, overlay_key, tenant_id = analysis.image_key, analysis.overlay_key, analysis.tenant_id
@@ -66,6 +67,7 @@ def build_report(context: AppContext, analysis_id: uuid.UUID) -> bool:
             .on_conflict_do_nothing(index_elements=[Report.analysis_id])
             .returning(Report.analysis_id)
         ).scalar_one_or_none()
+        lifecycle.report_settled(session, analysis_id)
         if inserted is None:
             return False
         analysis = session.execute(select(Analysis).where(Analysis.id == analysis_id)).scalar_one()

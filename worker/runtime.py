@@ -34,7 +34,11 @@ class WorkerRuntime:
         with self._lock:
             settings = self.settings
             registry = ModelRegistry.load(
-                settings.model_dir, device=settings.device, segmenter=settings.segmenter, seed=settings.fusion_seed
+                settings.model_dir,
+                device=settings.device,
+                segmenter=settings.segmenter,
+                seed=settings.fusion_seed,
+                backend=settings.backend,
             )
             forward_batch = settings.max_forward_batch or (
                 64 if registry.device.type == "cuda" else settings.tta_views
@@ -47,9 +51,15 @@ class WorkerRuntime:
                 min_coverage=settings.min_coverage,
                 max_image_pixels=settings.max_image_pixels,
                 max_forward_batch=forward_batch,
+                autocast=settings.autocast,
+                gate1_memory_mb=settings.gate1_memory_mb,
+                # Converted models are cached per DATA_DIR: a restarted worker skips conversion.
+                ir_cache_dir=settings.data_dir / "engine",
+                decode_reduced=settings.decode_reduced,
             )
-            log.info("models loaded: %s", registry.provenance())
-            return Pipeline(registry, options)
+            pipeline = Pipeline(registry, options)
+            log.info("models loaded: %s", pipeline.registry.provenance())
+            return pipeline
 
 
 _runtime: WorkerRuntime | None = None

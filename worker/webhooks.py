@@ -10,9 +10,17 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import timedelta
+from functools import lru_cache
 
+import redis
+from redis.exceptions import LockError
+from redis.lock import Lock
 from sqlalchemy import or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 
@@ -22,11 +30,16 @@ from shared.db import after_commit, session_scope
 from shared.events import undispatched_event_ids
 from shared.jobs import enqueue_delivery, enqueue_event_dispatch
 from shared.models import Event, WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from shared.security import secret_box
 from shared.ssrf import parse_allow_cidrs
-from worker.delivery import deliver, next_attempt_delay, parse_retry_schedule
+from shared.webhook_signing import signing_secrets
+from worker.delivery import AttemptResult, deliver, next_attempt_delay, parse_retry_schedule
 
 log = logging.getLogger(__name__)
 WAKE_LEASE = timedelta(minutes=2)
+# A tenant at its concurrency limit: try this delivery again in about this long.
+TENANT_BUSY_DELAY_S = 2.0
+SLOT_KEY = "dermasentinel:webhook-slot"
 
 
 def _subscribed(endpoint: WebhookEndpoint, event: Event) -> bool:
@@ -73,11 +86,48 @@ def dispatch_event(context: AppContext, event_id: str) -> int:
     return len(created)
 
 
+@dataclass(frozen=True)
+class _Claim:
+    delivery_id: uuid.UUID
+    attempt_count: int
+    tenant_id: uuid.UUID
+    url: str
+    secrets: list[str]
+    msg_id: str
+    body: str
+
+
 def deliver_one(context: AppContext, delivery_id: uuid.UUID, client=None) -> str | None:
-    """One signed attempt. The row stays locked while sending so no two workers send the
-    same delivery at once; the outcome schedules the next attempt or closes it."""
+    """One signed attempt, fair between tenants and holding no database connection while
+    it waits on the receiver.
+
+    A short transaction claims the delivery (its `next_attempt_at` moves past the send, so
+    a duplicate wake-up finds nothing to do and a crashed worker's claim runs out), the POST
+    runs with no session open, and a second short transaction records the outcome. A tenant
+    holds at most `WEBHOOK_TENANT_CONCURRENCY` sends at once across all io workers; past
+    that its deliveries are pushed back a few seconds (not counted as attempts), so one
+    tenant's dead receiver cannot take every io thread from the others.
+    """
     settings = context.settings
-    schedule = parse_retry_schedule(settings.webhook_retry_schedule)
+    with _tenant_slots(settings).hold_for(context, delivery_id) as claim:
+        if isinstance(claim, str) or claim is None:
+            return claim
+        outcome = deliver(
+            claim.url,
+            claim.secrets,
+            claim.msg_id,
+            claim.body,
+            allow_cidrs=parse_allow_cidrs(settings.webhook_allow_cidrs),
+            timeout=settings.webhook_timeout_seconds,
+            connect_timeout=settings.webhook_connect_timeout_seconds,
+            client=client,
+            tenant_id=claim.tenant_id,
+        )
+    return _record(context, claim, outcome.as_logged())
+
+
+def _claim(context: AppContext, delivery_id: uuid.UUID, slot_free: Callable[[uuid.UUID], bool]) -> _Claim | str | None:
+    settings = context.settings
     with session_scope(context.session_factory) as session:
         delivery = session.execute(
             select(WebhookDelivery).where(WebhookDelivery.id == delivery_id).with_for_update(skip_locked=True)
@@ -86,27 +136,55 @@ def deliver_one(context: AppContext, delivery_id: uuid.UUID, client=None) -> str
         if delivery is None or delivery.status != "pending":
             return None
         if delivery.next_attempt_at and delivery.next_attempt_at > now + WAKE_LEASE + timedelta(seconds=1):
-            return None  # a duplicate wake-up for an attempt scheduled later
+            return None  # a duplicate wake-up for an attempt scheduled later, or one in flight
         endpoint = session.get(WebhookEndpoint, delivery.endpoint_id)
         event = session.get(Event, delivery.event_id)
         if endpoint is None or event is None:
             return None
-        if not endpoint.enabled and event.only_endpoint_id != endpoint.id:
+        # A disabled endpoint gets nothing more; only the first attempt of a test event the
+        # tenant asked for goes out (to check a receiver before re-enabling it), never retries.
+        explicit_test = event.only_endpoint_id == endpoint.id and delivery.attempt_count == 0
+        if not endpoint.enabled and not explicit_test:
             delivery.status = "skipped"
             delivery.last_error = f"endpoint disabled: {endpoint.disabled_reason or 'by the tenant'}"
             delivery.next_attempt_at = None
             return delivery.status
-
-        body = json.dumps(event.payload, separators=(",", ":"), sort_keys=True)
-        outcome = deliver(
-            endpoint.url,
-            endpoint.secret,
-            event.id,
-            body,
-            allow_cidrs=parse_allow_cidrs(settings.webhook_allow_cidrs),
-            timeout=settings.webhook_timeout_seconds,
-            client=client,
+        if not slot_free(delivery.tenant_id):
+            delivery.next_attempt_at = now + timedelta(seconds=TENANT_BUSY_DELAY_S * random.uniform(0.5, 1.5))
+            return "deferred"
+        box = secret_box(settings)
+        secrets = signing_secrets(
+            box.open(endpoint.secret_encrypted),
+            box.open(endpoint.previous_secret_encrypted) if endpoint.previous_secret_encrypted else None,
+            endpoint.previous_secret_expires_at,
+            now,
         )
+        # In flight: past the duplicate-wake-up horizon until the send is over; if this
+        # worker dies, the dispatcher wakes the delivery again once this passes.
+        delivery.next_attempt_at = now + WAKE_LEASE + timedelta(seconds=settings.webhook_timeout_seconds + 5)
+        return _Claim(
+            delivery_id=delivery.id,
+            attempt_count=delivery.attempt_count,
+            tenant_id=delivery.tenant_id,
+            url=endpoint.url,
+            secrets=secrets,
+            msg_id=event.id,
+            body=json.dumps(event.payload, separators=(",", ":"), sort_keys=True),
+        )
+
+
+def _record(context: AppContext, claim: _Claim, outcome: AttemptResult) -> str | None:
+    settings = context.settings
+    schedule = parse_retry_schedule(settings.webhook_retry_schedule)
+    with session_scope(context.session_factory) as session:
+        delivery = session.execute(
+            select(WebhookDelivery).where(WebhookDelivery.id == claim.delivery_id).with_for_update()
+        ).scalar_one_or_none()
+        if delivery is None or delivery.status != "pending" or delivery.attempt_count != claim.attempt_count:
+            return None  # deleted, resent by hand or taken over while we were sending
+        endpoint = session.get(WebhookEndpoint, delivery.endpoint_id)
+        if endpoint is None:
+            return None
         now = utcnow()
         delivery.attempt_count += 1
         delivery.last_status_code = outcome.status_code
@@ -139,6 +217,50 @@ def deliver_one(context: AppContext, delivery_id: uuid.UUID, client=None) -> str
         else:
             delivery.next_attempt_at = now + timedelta(seconds=delay)
         return delivery.status
+
+
+class TenantSlots:
+    """At most `limit` concurrent sends per tenant across every io worker: `limit` Redis
+    locks per tenant (redis-py's Lock, with a TTL so a crashed worker's slot frees itself)."""
+
+    def __init__(self, client: redis.Redis, limit: int, ttl_s: float) -> None:
+        self.client, self.limit, self.ttl_s = client, limit, ttl_s
+
+    @contextmanager
+    def hold_for(self, context: AppContext, delivery_id: uuid.UUID) -> Iterator[_Claim | str | None]:
+        """Claim the delivery while taking one of its tenant's slots; the slot is held
+        until the block ends."""
+        held: list[Lock] = []
+
+        def slot_free(tenant_id: uuid.UUID) -> bool:
+            for index in random.sample(range(self.limit), self.limit):
+                lock = self.client.lock(f"{SLOT_KEY}:{tenant_id}:{index}", timeout=self.ttl_s)
+                if lock.acquire(blocking=False):
+                    held.append(lock)
+                    return True
+            return False
+
+        try:
+            yield _claim(context, delivery_id, slot_free)
+        finally:
+            for lock in held:
+                try:
+                    lock.release()
+                except LockError:
+                    pass  # expired already: the TTL freed it
+
+
+def _tenant_slots(settings) -> TenantSlots:
+    return TenantSlots(
+        _redis(settings.broker_url),
+        settings.webhook_tenant_concurrency,
+        settings.webhook_timeout_seconds + 30,
+    )
+
+
+@lru_cache(maxsize=4)
+def _redis(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url)
 
 
 def _disable(endpoint: WebhookEndpoint, reason: str) -> None:

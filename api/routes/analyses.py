@@ -9,7 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, RedirectResponse
 from pydantic import ValidationError
 
-from api.deps import ContextDep, CurrentTenant, SessionDep, parse_id
+from api.deps import CapacityDep, ContextDep, CurrentTenant, SessionDep, in_session, parse_id
 from api.problems import BadRequest, NotReady, Unprocessable
 from api.services import analyses as service
 from api.uploads import clean_image, read_multipart
@@ -95,31 +95,43 @@ def _parse_inputs(fields: dict[str, str]) -> AnalysisInputs:
 async def submit_analysis(
     request: Request,
     context: ContextDep,
-    session: SessionDep,
+    capacity: CapacityDep,
     tenant: CurrentTenant,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ):
+    """Read, check and clean the upload holding no database connection; then one short
+    transaction stores the row."""
     settings = context.settings
-    form = await read_multipart(request, settings.max_upload_bytes, settings.max_upload_mb)
-    raw = form.files.get("image")
-    if raw is None:
-        raise BadRequest("the form has no 'image' file field; send the photo as image=@lesion.jpg")
-    inputs = _parse_inputs(form.fields)
-    image = await run_in_threadpool(clean_image, raw, settings.max_image_pixels)
-    submitted = await run_in_threadpool(
-        service.submit, context, session, tenant, image, inputs, idempotency_key
-    )
-    body = await run_in_threadpool(view, context, session, submitted.analysis)
+    if idempotency_key is not None and "\x00" in idempotency_key:
+        raise Unprocessable("Idempotency-Key: must not contain NUL bytes")
+    async with request.app.state.limiter.upload_slot(tenant.id):
+        form = await read_multipart(request, settings.max_upload_bytes, settings.max_upload_mb)
+        raw = form.files.get("image")
+        if raw is None:
+            raise BadRequest("the form has no 'image' file field; send the photo as image=@lesion.jpg")
+        inputs = _parse_inputs(form.fields)
+        del form
+        async with capacity.decode(tenant.id):
+            image = await run_in_threadpool(clean_image, raw, settings.max_image_pixels, settings.max_decode_side)
+        del raw
+        submitted, body = await in_session(
+            capacity, context, tenant.id, _submit, context, tenant, image, inputs, idempotency_key
+        )
     headers = {"Location": f"/v1/analyses/{submitted.analysis.id}"}
     if submitted.replayed:
         headers["Idempotent-Replayed"] = "true"
     return JSONResponse(body, status_code=202, headers=headers)
 
 
+def _submit(session, context, tenant, image, inputs, idempotency_key) -> tuple[service.Submitted, dict]:
+    submitted = service.submit(context, session, tenant, image, inputs, idempotency_key)
+    return submitted, view(context, session, submitted.analysis)
+
+
 @router.get("", summary="List analyses, newest first")
 def list_analyses(
-    session: SessionDep,
     tenant: CurrentTenant,
+    session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: str | None = None,
     status: Literal["queued", "processing", "succeeded", "rejected", "failed", "canceled"] | None = None,
@@ -139,18 +151,18 @@ def list_analyses(
 
 
 @router.get("/{analysis_id}", summary="Status, result and short-lived artifact links")
-def get_analysis(analysis_id: str, context: ContextDep, session: SessionDep, tenant: CurrentTenant):
+def get_analysis(analysis_id: str, context: ContextDep, tenant: CurrentTenant, session: SessionDep):
     return view(context, session, service.get(session, tenant, parse_id(analysis_id)))
 
 
 @router.post("/{analysis_id}/cancel", summary="Cancel a queued or processing analysis")
-def cancel_analysis(analysis_id: str, context: ContextDep, session: SessionDep, tenant: CurrentTenant):
+def cancel_analysis(analysis_id: str, context: ContextDep, tenant: CurrentTenant, session: SessionDep):
     analysis = service.cancel(context, session, tenant, parse_id(analysis_id))
     return view(context, session, analysis)
 
 
 @router.post("/{analysis_id}/feedback", status_code=201, summary="Clinician feedback on a result")
-def post_feedback(analysis_id: str, body: FeedbackIn, session: SessionDep, tenant: CurrentTenant):
+def post_feedback(analysis_id: str, body: FeedbackIn, tenant: CurrentTenant, session: SessionDep):
     feedback = service.add_feedback(session, tenant, parse_id(analysis_id), body)
     return {
         "analysis_id": str(feedback.analysis_id),
@@ -184,8 +196,8 @@ def get_artifact(
     analysis_id: str,
     name: Literal["image", "mask", "overlay"],
     context: ContextDep,
-    session: SessionDep,
     tenant: CurrentTenant,
+    session: SessionDep,
 ):
     analysis = service.get(session, tenant, parse_id(analysis_id))
     links = lifecycle.artifact_links(context.store, analysis)
@@ -195,7 +207,7 @@ def get_artifact(
 
 
 @router.get("/{analysis_id}/report.pdf", response_class=Response, summary="The PDF report")
-def get_report(analysis_id: str, context: ContextDep, session: SessionDep, tenant: CurrentTenant):
+def get_report(analysis_id: str, context: ContextDep, tenant: CurrentTenant, session: SessionDep):
     analysis, report = _report_or_409(session, tenant, analysis_id)
     pdf = context.store.get(ARTIFACTS, report.pdf_key)
     return Response(
@@ -209,6 +221,6 @@ def get_report(analysis_id: str, context: ContextDep, session: SessionDep, tenan
 
 
 @router.get("/{analysis_id}/fhir", summary="FHIR R4 Bundle for EHRs")
-def get_fhir(analysis_id: str, session: SessionDep, tenant: CurrentTenant):
+def get_fhir(analysis_id: str, tenant: CurrentTenant, session: SessionDep):
     _, report = _report_or_409(session, tenant, analysis_id)
     return JSONResponse(report.fhir, media_type="application/fhir+json")

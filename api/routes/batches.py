@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from collections.abc import Iterator
 from typing import Annotated, Literal
@@ -59,7 +57,7 @@ def view(context: ContextDep, batch: Batch, progress: service.Progress) -> dict:
 
 
 @router.post("", status_code=201, summary="Create a batch for bulk screening")
-def create_batch(body: BatchIn, context: ContextDep, session: SessionDep, tenant: CurrentTenant):
+def create_batch(body: BatchIn, context: ContextDep, tenant: CurrentTenant, session: SessionDep):
     batch = service.create(session, tenant, body)
     return view(context, batch, service.progress(session, batch))
 
@@ -67,8 +65,8 @@ def create_batch(body: BatchIn, context: ContextDep, session: SessionDep, tenant
 @router.get("", summary="List batches, newest first")
 def list_batches(
     context: ContextDep,
-    session: SessionDep,
     tenant: CurrentTenant,
+    session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: str | None = None,
     name: Annotated[str | None, Query(max_length=200)] = None,
@@ -89,13 +87,13 @@ def list_batches(
         "queued and processing items at that rate. Answered from indexes, never a scan of the batch."
     ),
 )
-def get_batch(batch_id: str, context: ContextDep, session: SessionDep, tenant: CurrentTenant):
+def get_batch(batch_id: str, context: ContextDep, tenant: CurrentTenant, session: SessionDep):
     batch = service.get(session, tenant, parse_id(batch_id, "batch"))
     return view(context, batch, service.progress(session, batch))
 
 
 @router.post("/{batch_id}/seal", summary="Close the batch for new items (idempotent)")
-def seal_batch(batch_id: str, context: ContextDep, session: SessionDep, tenant: CurrentTenant):
+def seal_batch(batch_id: str, context: ContextDep, tenant: CurrentTenant, session: SessionDep):
     batch = service.seal(context, session, tenant, parse_id(batch_id, "batch"))
     return view(context, batch, service.progress(session, batch))
 
@@ -124,8 +122,8 @@ one entry per skin group (succeeded items): `items`, `high_risk` (risk band high
 def batch_results(
     batch_id: str,
     context: ContextDep,
-    session: SessionDep,
     tenant: CurrentTenant,
+    session: SessionDep,
     order: Literal["risk", "submitted"] = "risk",
     format: Literal["json", "csv"] = "json",
     items: bool = True,
@@ -135,33 +133,11 @@ def batch_results(
     rows = service.iter_triage(context.session_factory, batch.id, order)
     if format == "csv":
         return StreamingResponse(
-            _csv_stream(rows),
+            service.triage_csv(rows),
             media_type="text/csv; charset=utf-8",
             headers={"Content-Disposition": f'attachment; filename="triage-{batch.id}.csv"'},
         )
     return StreamingResponse(_json_stream(header, rows, items), media_type="application/json")
-
-
-def _csv_stream(rows: Iterator[service.TriageRow], flush_every: int = 500) -> Iterator[str]:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=service.CSV_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for rank, row in enumerate(rows, start=1):
-        item = row.as_item(rank)
-        writer.writerow({k: _csv_value(v) for k, v in item.items()})
-        if rank % flush_every == 0:
-            yield buffer.getvalue()
-            buffer.seek(0)
-            buffer.truncate()
-    yield buffer.getvalue()
-
-
-def _csv_value(value):
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return value
 
 
 def _json_stream(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
+from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import ContextDep, CurrentTenant, SessionDep, parse_id
 from api.services import webhook_endpoints as service
@@ -13,6 +14,17 @@ from shared.models import WebhookEndpoint
 from shared.schemas import WebhookEndpointIn, WebhookEndpointPatch
 
 router = APIRouter(prefix="/v1/webhook-endpoints", tags=["webhooks"])
+
+
+class RotateSecretIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    grace_period_hours: float | None = Field(
+        default=None,
+        ge=0,
+        le=24 * 7,
+        description="How long the replaced secret keeps signing too (default WEBHOOK_SECRET_GRACE_HOURS, 24); 0 ends it now",
+    )
 
 
 def view(endpoint: WebhookEndpoint) -> dict:
@@ -25,13 +37,16 @@ def view(endpoint: WebhookEndpoint) -> dict:
         "disabled_reason": endpoint.disabled_reason,
         "failing_since": iso(endpoint.failing_since),
         "created_at": iso(endpoint.created_at),
+        "previous_secret_expires_at": iso(endpoint.previous_secret_expires_at)
+        if endpoint.previous_secret_encrypted
+        else None,
     }
 
 
 @router.post("", status_code=201, summary="Register an endpoint; the signing secret is shown only here")
 def create_endpoint(body: WebhookEndpointIn, context: ContextDep, session: SessionDep, tenant: CurrentTenant):
-    endpoint = service.create(context, session, tenant, body)
-    return {**view(endpoint), "secret": endpoint.secret}
+    endpoint, secret = service.create(context, session, tenant, body)
+    return {**view(endpoint), "secret": secret}
 
 
 @router.get("", summary="List endpoints")
@@ -55,7 +70,26 @@ def delete_endpoint(endpoint_id: str, session: SessionDep, tenant: CurrentTenant
     return Response(status_code=204)
 
 
-@router.post("/{endpoint_id}/test", status_code=202, summary="Send a signed test event")
+@router.post(
+    "/{endpoint_id}/rotate-secret",
+    summary="Replace the signing secret; the new one is shown only here",
+    description="During the grace period every message carries two `v1,` signatures, one per secret "
+    "(Standard Webhooks), so receivers can switch to the new secret without rejecting anything.",
+)
+def rotate_secret(
+    endpoint_id: str, context: ContextDep, session: SessionDep, tenant: CurrentTenant, body: RotateSecretIn | None = None
+):
+    endpoint, secret = service.rotate_secret(
+        context, session, tenant, parse_id(endpoint_id, "webhook endpoint"), body.grace_period_hours if body else None
+    )
+    return {**view(endpoint), "secret": secret}
+
+
+@router.post(
+    "/{endpoint_id}/test",
+    status_code=202,
+    summary="Send a signed test event (rate-limited per tenant: 429 with Retry-After)",
+)
 def test_endpoint(endpoint_id: str, context: ContextDep, session: SessionDep, tenant: CurrentTenant):
     event_id = service.send_test(context, session, tenant, parse_id(endpoint_id, "webhook endpoint"))
     return {"event_id": event_id}
@@ -85,7 +119,7 @@ def list_deliveries(
                     {
                         "attempted_at": iso(a.attempted_at),
                         "status_code": a.status_code,
-                        "latency_ms": round(a.latency_ms, 1),
+                        "latency_ms": None if a.latency_ms is None else round(a.latency_ms, 1),
                         "error": a.error,
                         "response_excerpt": a.response_excerpt,
                     }

@@ -7,8 +7,9 @@ a ten-item one. The triage list is an export and reads every item once, streamed
 
 from __future__ import annotations
 
+import io
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -19,6 +20,7 @@ from api.pagination import newest_first
 from api.services.owned import get_owned
 from shared import analyses as lifecycle
 from shared.context import AppContext
+from shared.csv_export import SafeDictWriter
 from shared.models import Analysis, AnalysisStatus, Batch, Tenant
 from shared.schemas import BatchIn
 
@@ -287,6 +289,21 @@ def iter_triage(
         rows = session.execute(_triage_query(batch_id, order).execution_options(yield_per=chunk))
         for row in rows:
             yield TriageRow(*row)
+
+
+def triage_csv(rows: Iterable[TriageRow], flush_every: int = 500) -> Iterator[str]:
+    """The triage list as CSV text chunks: a header, then one row per item, every cell made
+    formula-safe (external ids, gate details and advice are client- or model-supplied text)."""
+    buffer = io.StringIO()
+    writer = SafeDictWriter(buffer, CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for rank, row in enumerate(rows, start=1):
+        writer.writerow(row.as_item(rank))
+        if rank % flush_every == 0:
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+    yield buffer.getvalue()
 
 
 @dataclass

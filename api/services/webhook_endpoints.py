@@ -1,13 +1,23 @@
-"""Webhook endpoints: registration (with the SSRF check), listing, test events, deliveries."""
+"""Webhook endpoints: registration (with the SSRF check and a per-tenant quota), listing,
+secret rotation, rate-limited test events, deliveries."""
 
 from __future__ import annotations
 
+import logging
+import math
+import time
 import uuid
+from datetime import timedelta
+from functools import lru_cache
 
-from sqlalchemy import select
+from limits import parse as parse_rate
+from limits.errors import StorageError
+from limits.storage import storage_from_string
+from limits.strategies import MovingWindowRateLimiter
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from api.problems import NotFound, Unprocessable
+from api.problems import Conflict, NotFound, Problem, Unprocessable
 from api.services.owned import get_owned
 from shared.analyses import utcnow
 from shared.context import AppContext
@@ -16,8 +26,21 @@ from shared.events import EVENT_TYPES, TEST_EVENT, record_event
 from shared.jobs import enqueue_delivery
 from shared.models import Tenant, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from shared.schemas import WebhookEndpointIn, WebhookEndpointPatch
+from shared.security import secret_box
 from shared.ssrf import UnsafeURLError, parse_allow_cidrs, resolve_and_check
 from shared.webhook_signing import generate_secret
+
+
+log = logging.getLogger(__name__)
+REDIS_TIMEOUT_S = 0.5
+
+
+class EndpointQuotaExceeded(Conflict):
+    code, title = "quota_exceeded", "Too many webhook endpoints"
+
+
+class TooManyTestEvents(Problem):
+    status, code, title = 429, "rate_limited", "Too many test events"
 
 
 def _checked_events(events: list[str] | None) -> list[str]:
@@ -29,26 +52,64 @@ def _checked_events(events: list[str] | None) -> list[str]:
     return sorted(set(events))
 
 
-def _checked_url(context: AppContext, url: str) -> str:
+def _checked_url(context: AppContext, url: str, tenant: Tenant) -> str:
     try:
-        parsed, _ = resolve_and_check(url, parse_allow_cidrs(context.settings.webhook_allow_cidrs))
+        parsed, _ = resolve_and_check(
+            url, parse_allow_cidrs(context.settings.webhook_allow_cidrs), tenant_id=tenant.id
+        )
     except UnsafeURLError as exc:
         raise Unprocessable(f"the webhook URL is refused: {exc}") from None
     return parsed.url
 
 
-def create(context: AppContext, session: Session, tenant: Tenant, body: WebhookEndpointIn) -> WebhookEndpoint:
+def create(
+    context: AppContext, session: Session, tenant: Tenant, body: WebhookEndpointIn
+) -> tuple[WebhookEndpoint, str]:
+    """The new endpoint and its signing secret (stored only encrypted; shown once)."""
+    quota = context.settings.webhook_endpoints_per_tenant
+    # Serialise concurrent registrations of one tenant so the count below stays true.
+    session.execute(select(Tenant.id).where(Tenant.id == tenant.id).with_for_update())
+    existing = session.execute(
+        select(func.count()).select_from(WebhookEndpoint).where(WebhookEndpoint.tenant_id == tenant.id)
+    ).scalar_one()
+    if existing >= quota:
+        raise EndpointQuotaExceeded(
+            f"this tenant already has {existing} webhook endpoints (the limit is {quota}); delete unused ones, "
+            "or subscribe one endpoint to several event types"
+        )
+    secret = generate_secret()
     endpoint = WebhookEndpoint(
         tenant_id=tenant.id,
-        url=_checked_url(context, str(body.url)),
+        url=_checked_url(context, str(body.url), tenant),
         events=_checked_events(body.events),
         description=body.description,
-        secret=generate_secret(),
+        secret_encrypted=secret_box(context.settings).seal(secret),
         enabled=True,
     )
     session.add(endpoint)
     session.flush()
-    return endpoint
+    return endpoint, secret
+
+
+def rotate_secret(
+    context: AppContext, session: Session, tenant: Tenant, endpoint_id: uuid.UUID, grace_hours: float | None
+) -> tuple[WebhookEndpoint, str]:
+    """A new signing secret, returned once. For `grace_hours` (default
+    WEBHOOK_SECRET_GRACE_HOURS) every message is signed with both the new and the replaced
+    secret, so receivers can switch without rejecting anything; 0 ends the old one now."""
+    endpoint = get_owned(session, WebhookEndpoint, endpoint_id, tenant, "webhook endpoint", for_update=True)
+    hours = context.settings.webhook_secret_grace_hours if grace_hours is None else grace_hours
+    secret = generate_secret()
+    box = secret_box(context.settings)
+    if hours > 0:
+        endpoint.previous_secret_encrypted = box.reseal(endpoint.secret_encrypted)
+        endpoint.previous_secret_expires_at = utcnow() + timedelta(hours=hours)
+    else:
+        endpoint.previous_secret_encrypted = None
+        endpoint.previous_secret_expires_at = None
+    endpoint.secret_encrypted = box.seal(secret)
+    session.flush()
+    return endpoint, secret
 
 
 def get(session: Session, tenant: Tenant, endpoint_id: uuid.UUID) -> WebhookEndpoint:
@@ -84,6 +145,7 @@ def delete(session: Session, tenant: Tenant, endpoint_id: uuid.UUID) -> None:
 
 def send_test(context: AppContext, session: Session, tenant: Tenant, endpoint_id: uuid.UUID) -> str:
     endpoint = get(session, tenant, endpoint_id)
+    _limit_test_events(context, tenant)
     return record_event(
         session,
         context.celery,
@@ -126,3 +188,36 @@ def resend(context: AppContext, session: Session, tenant: Tenant, endpoint_id: u
     delivery.next_attempt_at = utcnow()
     after_commit(session, lambda: enqueue_delivery(context.celery, delivery.id))
     return delivery
+
+
+def _limit_test_events(context: AppContext, tenant: Tenant) -> None:
+    rate = parse_rate(context.settings.webhook_test_rate)
+    limiter = _limiter(context.settings.broker_url)
+    try:
+        if limiter.hit(rate, "webhook-test", str(tenant.id)):
+            return
+        stats = limiter.get_window_stats(rate, "webhook-test", str(tenant.id))
+    except StorageError:
+        # The limiter protects the receivers; a Redis outage must not turn into an API error.
+        log.warning("webhook test rate limit skipped: Redis unavailable")
+        return
+    retry_after = max(1, math.ceil(stats.reset_time - time.time()))
+    raise TooManyTestEvents(
+        f"test events are limited to {rate} per tenant; retry in {retry_after} s",
+        headers={
+            "Retry-After": str(retry_after),
+            "RateLimit-Limit": str(rate.amount),
+            "RateLimit-Remaining": "0",
+            "RateLimit-Reset": str(retry_after),
+        },
+    )
+
+
+@lru_cache(maxsize=4)
+def _limiter(storage_url: str) -> MovingWindowRateLimiter:
+    # Built on first use (never at import); one Redis-backed window shared by every API process.
+    return MovingWindowRateLimiter(
+        storage_from_string(
+            storage_url, wrap_exceptions=True, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S
+        )
+    )

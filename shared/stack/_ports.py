@@ -9,6 +9,8 @@ import socket
 from contextlib import ExitStack
 from pathlib import Path
 
+from shared.stack.errors import PortsTakenError
+
 LOOPBACK = "127.0.0.1"
 
 
@@ -54,10 +56,14 @@ def _pick_free_ports(count: int, paired_offset: int | None) -> list[int]:
         return ports
 
 
-def allocate_ports(data_dir: Path, service: str, count: int, *, paired_offset: int | None = None) -> list[int]:
+def allocate_ports(
+    data_dir: Path, service: str, count: int, *, paired_offset: int | None = None, same_as_before: bool = False
+) -> list[int]:
     """Ports for `service`: last run's if all are still free, else new ones, remembered.
 
     With `paired_offset`, returns `count` pairs [p1, p1 + offset, p2, p2 + offset, ...].
+    With `same_as_before` (a restart that running clients still point at), last run's ports
+    or PortsTakenError, never new ones.
     """
     record = data_dir / "ports.json"
     remembered = json.loads(record.read_text()) if record.exists() else {}
@@ -65,6 +71,9 @@ def allocate_ports(data_dir: Path, service: str, count: int, *, paired_offset: i
     total = count * 2 if paired_offset else count
     if isinstance(previous, list) and len(previous) == total and all(is_port_free(p) for p in previous):
         return previous
+    if same_as_before:
+        taken = [p for p in previous or [] if not is_port_free(p)]
+        raise PortsTakenError(service, f"its previous ports are not free yet: {taken}")
     ports = _pick_free_ports(count, paired_offset)
     # Re-read just before writing: another service of the same stack may have recorded its ports.
     remembered = json.loads(record.read_text()) if record.exists() else {}

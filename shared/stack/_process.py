@@ -1,9 +1,9 @@
-"""One supervised child process: its own process group, a log file, a data-dir lock.
+"""One child process: its own process group, a log file, optionally a data-dir lock.
 
-Every service runs in a new session so that stopping it can signal the whole group
-(Postgres forks a backend per connection). When started from the main thread the
-child also asks the kernel to signal it if this process dies, so a crashed or killed
-parent does not leave servers holding ports.
+Every child runs in a new session so that stopping it can signal the whole group
+(Postgres forks a backend per connection, Celery a pool process per slot). When started
+from the main thread the child also asks the kernel to signal it if this process dies,
+so a crashed or killed parent does not leave servers holding ports.
 """
 
 import ctypes
@@ -72,14 +72,14 @@ class DataDirLock:
 
 
 class ServiceProcess:
-    """A started server process; `stop` signals, waits `grace` seconds, then kills its group."""
+    """A started process; `stop` signals, waits `grace` seconds, then kills its group."""
 
     def __init__(
         self,
         service: str,
         argv: list[str],
         log_path: Path,
-        lock: DataDirLock,
+        lock: DataDirLock | None,
         *,
         stop_signal: signal.Signals = signal.SIGTERM,
         death_signal: signal.Signals = signal.SIGKILL,
@@ -87,11 +87,12 @@ class ServiceProcess:
         env: dict[str, str] | None = None,
         cwd: Path | None = None,
     ):
-        """Spawn `argv`; `lock` must be held already and is released when the process stops."""
+        """Spawn `argv`; `lock`, if any, must be held already and is released when the process stops."""
         self.service = service
         self.log_path = log_path
         self._stop_signal = stop_signal
         self._lock = lock
+        self._stop_requested = False
         log_path.parent.mkdir(parents=True, exist_ok=True)
         in_main_thread = threading.current_thread() is threading.main_thread()
         try:
@@ -113,27 +114,40 @@ class ServiceProcess:
                     cwd=cwd,
                 )
         except BaseException:
-            self._lock.release()
+            self._release_lock()
             raise
         self.pid = self._popen.pid
+
+    def poll(self) -> int | None:
+        """The exit status once the process has exited (negative: killed by that signal), else None."""
+        return self._popen.poll()
+
+    def request_stop(self) -> None:
+        """Send the stop signal without waiting; `stop` then finishes the job."""
+        if self._popen.poll() is None and not self._stop_requested:
+            self._stop_requested = True
+            self._signal_leader(self._stop_signal)
 
     def wait_until(self, ready: Callable[[], bool], timeout: float, what: str) -> None:
         """Poll `ready` until true; raise ServiceStartError (and stop) on exit or timeout."""
         deadline = time.monotonic() + timeout
         last_failure = ""
-        while True:
-            if self._popen.poll() is not None:
-                self.stop()
-                raise self.start_error(f"the process exited with status {self._popen.returncode} before {what}")
-            try:
-                if ready():
-                    return
-            except Exception as failure:  # failing to answer only means "not ready yet" until the deadline
-                last_failure = f" (last attempt: {type(failure).__name__}: {failure})"
-            if time.monotonic() >= deadline:
-                self.stop()
-                raise self.start_error(f"no {what} within {timeout:.0f} s{last_failure}")
-            time.sleep(0.05)
+        try:
+            while True:
+                if self._popen.poll() is not None:
+                    raise self.start_error(f"the process exited with status {self._popen.returncode} before {what}")
+                try:
+                    if ready():
+                        return
+                except Exception as failure:  # failing to answer only means "not ready yet" until the deadline
+                    last_failure = f" (last attempt: {type(failure).__name__}: {failure})"
+                if time.monotonic() >= deadline:
+                    raise self.start_error(f"no {what} within {timeout:.0f} s{last_failure}")
+                time.sleep(0.05)
+        except BaseException:
+            # Not ready, or interrupted (Ctrl-C, SIGTERM) while waiting: nothing half-started stays behind.
+            self.stop()
+            raise
 
     def start_error(self, reason: str) -> ServiceStartError:
         return ServiceStartError(self.service, reason, self.log_path, log_tail(self.log_path))
@@ -142,7 +156,7 @@ class ServiceProcess:
         """Ask the server to shut down, then kill whatever is left of its process group."""
         try:
             if self._popen.poll() is None:
-                self._signal_leader(self._stop_signal)
+                self.request_stop()
                 try:
                     self._popen.wait(grace)
                 except subprocess.TimeoutExpired:
@@ -150,6 +164,10 @@ class ServiceProcess:
             self._kill_group()
             self._popen.wait()
         finally:
+            self._release_lock()
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
             self._lock.release()
 
     def _signal_leader(self, sig: signal.Signals) -> None:

@@ -21,3 +21,7 @@ class ServiceStartError(StackError):
 
 class DataDirInUseError(StackError):
     """Another process already runs this service on the same data directory."""
+
+
+class PortsTakenError(ServiceStartError):
+    """A restart could not get back the ports its clients are configured with."""

@@ -43,7 +43,7 @@ class PostgresHandle:
     password: str = field(repr=False)
     database: str
     log_path: Path
-    _process: ServiceProcess = field(repr=False)
+    process: ServiceProcess = field(repr=False)
 
     @property
     def url(self) -> str:
@@ -57,10 +57,10 @@ class PostgresHandle:
 
     @property
     def pid(self) -> int:
-        return self._process.pid
+        return self.process.pid
 
     def stop(self) -> None:
-        self._process.stop(grace=15.0)
+        self.process.stop(grace=15.0)
 
 
 def _run_as() -> pwd.struct_passwd | None:
@@ -142,8 +142,11 @@ def _create_database(dsn_without_db: str) -> None:
             conn.execute(f'CREATE DATABASE "{DATABASE}"')
 
 
-def start_postgres(data_dir: Path, *, timeout: float = 60.0) -> PostgresHandle:
-    """Start (initialising on first use) the cluster in data_dir/postgres; database created."""
+def start_postgres(data_dir: Path, *, timeout: float = 60.0, same_ports: bool = False) -> PostgresHandle:
+    """Start (initialising on first use) the cluster in data_dir/postgres; database created.
+
+    `same_ports`: a restart; fail rather than move to another port.
+    """
     data_dir = Path(data_dir).resolve()
     pgdata = data_dir / "postgres"
     log_path = data_dir / "logs" / "postgres.log"
@@ -158,7 +161,7 @@ def start_postgres(data_dir: Path, *, timeout: float = 60.0) -> PostgresHandle:
             _let_user_reach(pgdata, account)
         if not (pgdata / "PG_VERSION").exists():
             _initdb(pgdata, password, account, log_path)
-        (port,) = allocate_ports(data_dir, SERVICE, 1)
+        (port,) = allocate_ports(data_dir, SERVICE, 1, same_as_before=same_ports)
         argv = [
             str(_postgres_bin() / "postgres"),
             "-D", str(pgdata),

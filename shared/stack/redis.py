@@ -18,7 +18,7 @@ SERVICE = "redis"
 class RedisHandle:
     port: int
     log_path: Path
-    _process: ServiceProcess = field(repr=False)
+    process: ServiceProcess = field(repr=False)
 
     @property
     def url(self) -> str:
@@ -26,10 +26,10 @@ class RedisHandle:
 
     @property
     def pid(self) -> int:
-        return self._process.pid
+        return self.process.pid
 
     def stop(self) -> None:
-        self._process.stop(grace=10.0)
+        self.process.stop(grace=10.0)
 
 
 def _redis_server_binary() -> Path:
@@ -40,8 +40,13 @@ def _redis_server_binary() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "bin" / "redis-server"
 
 
-def start_redis(data_dir: Path, *, persistent: bool = False, timeout: float = 30.0) -> RedisHandle:
-    """Start redis-server on a free loopback port; `persistent` keeps an append-only file in data_dir/redis."""
+def start_redis(
+    data_dir: Path, *, persistent: bool = False, timeout: float = 30.0, same_ports: bool = False
+) -> RedisHandle:
+    """Start redis-server on a free loopback port; `persistent` keeps an append-only file in data_dir/redis.
+
+    `same_ports`: a restart; fail rather than move to another port.
+    """
     data_dir = Path(data_dir).resolve()
     redis_dir = data_dir / "redis"
     redis_dir.mkdir(parents=True, exist_ok=True)
@@ -49,7 +54,7 @@ def start_redis(data_dir: Path, *, persistent: bool = False, timeout: float = 30
     lock = DataDirLock(SERVICE, data_dir / "redis.lock")
     lock.acquire()
     try:
-        (port,) = allocate_ports(data_dir, SERVICE, 1)
+        (port,) = allocate_ports(data_dir, SERVICE, 1, same_as_before=same_ports)
         argv = [
             str(_redis_server_binary()),
             "--port", str(port),

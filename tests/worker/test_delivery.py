@@ -416,3 +416,54 @@ def test_retry_delays_follow_the_schedule_with_twenty_percent_jitter_then_stop()
     assert next_attempt_delay(1, []) is None
     with pytest.raises(ValueError):
         next_attempt_delay(0, schedule)
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_internal_targets_are_logged_blind_status_and_class_only(receivers, client):
+    leaky = receivers(Reply(500, b"redis_version:7.2 role:master"), Reply(302, headers={"location": "http://10.0.0.9/x"}))
+    first = deliver(leaky.url, generate_secret(), new_message_id(), BODY, allow_cidrs=LOOPBACK, client=client)
+    assert first.internal and first.response_excerpt, "the transport saw the body"
+    logged = first.as_logged()
+    assert (logged.status_code, logged.error, logged.error_class, logged.response_excerpt) == (500, "http_5xx", "http_5xx", None)
+    redirect = deliver(leaky.url, generate_secret(), new_message_id(), BODY, allow_cidrs=LOOPBACK, client=client).as_logged()
+    assert redirect.error == "http_3xx" and "10.0.0.9" not in str(redirect)
+
+
+def test_closed_and_silent_internal_ports_look_the_same_in_the_log(client):
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # the kernel completes the handshake; nothing ever answers
+    try:
+        closed = deliver(f"http://127.0.0.1:{_closed_port()}/", generate_secret(), new_message_id(), BODY,
+                         allow_cidrs=LOOPBACK, client=client)
+        quiet = deliver(f"http://127.0.0.1:{silent.getsockname()[1]}/", generate_secret(), new_message_id(), BODY,
+                        allow_cidrs=LOOPBACK, timeout=0.5, client=client)
+    finally:
+        silent.close()
+    assert (closed.error_class, quiet.error_class) == ("connect_error", "timeout")
+    logged = [(r.status_code, r.error, r.error_class, r.latency_ms, r.response_excerpt)
+              for r in (closed.as_logged(), quiet.as_logged())]
+    assert logged == [(None, "no_response", "no_response", None, None)] * 2
+
+
+def test_public_targets_keep_their_detail_in_the_log():
+    public = deliver("http://93.184.215.14:1/", generate_secret(), new_message_id(), BODY, allow_cidrs=[],
+                     timeout=0.3, connect_timeout=0.2)
+    assert not public.internal
+    assert public.as_logged() == public
+
+
+def test_during_a_secret_rotation_both_secrets_sign(receivers, client):
+    receiver = receivers(Reply(204))
+    old, new = generate_secret(), generate_secret()
+    result = deliver(receiver.url, [new, old], new_message_id(), BODY, allow_cidrs=LOOPBACK, client=client)
+    assert result.ok
+    (request,) = receiver.requests
+    assert len(request.headers["webhook-signature"].split(" ")) == 2
+    for secret in (old, new):
+        assert Webhook(secret).verify(request.body, request.headers) == json.loads(BODY)

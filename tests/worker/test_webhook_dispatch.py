@@ -4,6 +4,7 @@ loopback receiver."""
 from __future__ import annotations
 
 import threading
+import uuid
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -14,6 +15,7 @@ from shared.analyses import utcnow
 from shared.db import session_scope
 from shared.events import record_event
 from shared.models import WebhookDelivery, WebhookEndpoint
+from shared.security import secret_box
 from shared.webhook_signing import generate_secret
 from worker.webhooks import deliver_one, dispatch_event
 
@@ -54,8 +56,8 @@ def failing_receiver():
 
 def _endpoint(context, tenant_id, url, events=()) -> WebhookEndpoint:
     with session_scope(context.session_factory) as session:
-        endpoint = WebhookEndpoint(tenant_id=tenant_id, url=url, events=list(events), secret=generate_secret(),
-                                   enabled=True)
+        endpoint = WebhookEndpoint(tenant_id=tenant_id, url=url, events=list(events), enabled=True,
+                                   secret_encrypted=secret_box(context.settings).seal(generate_secret()))
         session.add(endpoint)
     return endpoint
 
@@ -121,3 +123,93 @@ def test_an_endpoint_failing_for_days_is_disabled(quiet, tenant_key, failing_rec
         stored = session.get(WebhookEndpoint, endpoint.id)
     assert stored.enabled is False
     assert "failing continuously" in stored.disabled_reason
+
+
+@pytest.fixture
+def ok_receiver():
+    hits = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("content-length", 0)))
+            hits.append(self.headers["webhook-id"])
+            self.send_response(204)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hook", hits
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_tenant_at_its_concurrency_limit_waits_and_other_tenants_do_not(quiet, context, ok_receiver):
+    from shared.tenants import issue_key
+    from worker.webhooks import _tenant_slots
+
+    url, hits = ok_receiver
+    with session_scope(quiet.session_factory) as session:
+        busy = issue_key(session, f"busy-{uuid.uuid4().hex[:8]}")[0].id
+        calm = issue_key(session, f"calm-{uuid.uuid4().hex[:8]}")[0].id
+    deliveries = {}
+    for tenant_id in (busy, calm):
+        _endpoint(quiet, tenant_id, url)
+        event_id = _event(quiet, tenant_id)
+        dispatch_event(quiet, event_id)
+        (deliveries[tenant_id],) = _deliveries(quiet, event_id)
+
+    slots = _tenant_slots(quiet.settings)
+    held = [slots.client.lock(f"dermasentinel:webhook-slot:{busy}:{i}", timeout=30) for i in range(slots.limit)]
+    assert all(lock.acquire(blocking=False) for lock in held), "every slot of the busy tenant is taken"
+    try:
+        assert deliver_one(quiet, deliveries[busy].id) == "deferred"
+        assert deliver_one(quiet, deliveries[calm].id) == "delivered"
+    finally:
+        for lock in held:
+            lock.release()
+    with quiet.session_factory() as session:
+        waiting = session.get(WebhookDelivery, deliveries[busy].id)
+    assert waiting.status == "pending" and waiting.attempt_count == 0, "waiting is not a failed attempt"
+    assert waiting.next_attempt_at - utcnow() < timedelta(seconds=10)
+    assert len(hits) == 1
+
+    _make_due(quiet, deliveries[busy].id)
+    assert deliver_one(quiet, deliveries[busy].id) == "delivered", "a free slot lets it through"
+    assert len(hits) == 2
+
+
+def test_no_database_connection_is_held_while_the_receiver_thinks(quiet, tenant_key):
+    import socket
+
+    from worker.delivery import DeliveryClient
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    settings = quiet.settings.model_copy(update={"webhook_timeout_seconds": 1.5})
+    from shared.context import AppContext
+
+    ctx = AppContext(settings)
+    try:
+        _endpoint(ctx, tenant_key[0], f"http://127.0.0.1:{silent.getsockname()[1]}/")
+        event_id = _event(ctx, tenant_key[0])
+        dispatch_event(ctx, event_id)
+        (delivery,) = _deliveries(ctx, event_id)
+        checked_out = []
+        with DeliveryClient() as client:
+            sender = threading.Thread(target=lambda: checked_out.append(deliver_one(ctx, delivery.id, client)))
+            sender.start()
+            silent.settimeout(10)
+            connection, _ = silent.accept()  # the worker is connected and waiting for a response
+            in_use = ctx.engine.pool.checkedout()
+            sender.join()
+            connection.close()
+        assert in_use == 0, "the send holds no pooled connection"
+        assert checked_out == ["pending"]
+    finally:
+        silent.close()
+        ctx.close()

@@ -15,6 +15,7 @@ from scipy import ndimage
 
 # Colour spread (mean RGB channel std) that counts as fully variegated; the original's constant.
 _COLOUR_FULL_SCALE = 60.0
+_CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
 
 
 @dataclass(frozen=True)
@@ -100,22 +101,31 @@ def colour_variegation(image: np.ndarray, mask: np.ndarray) -> float:
     """
     mask = mask.astype(bool)
     rim = max(1, round(0.01 * max(mask.shape)))
-    core = ndimage.binary_erosion(mask, iterations=rim)
-    if core.sum() < 16:
-        core = mask
-    if core.sum() < 2:
+    # Erosion by the 3x3 cross, ``rim`` times, outside counted as background (as
+    # scipy.ndimage.binary_erosion(mask, iterations=rim)), in one OpenCV call.
+    core = cv2.erode(mask.astype(np.uint8), _CROSS, iterations=rim, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    if np.count_nonzero(core) < 16:
+        core = mask.astype(np.uint8)
+    if np.count_nonzero(core) < 2:
         return 0.0
-    smoothed = cv2.GaussianBlur(image, (0, 0), sigmaX=1.5).astype(np.float64)
-    spread = smoothed[core].std(axis=0).mean()
+    # Blur only around the lesion (plus the kernel's reach): the same numbers, less work.
+    rows, cols = np.nonzero(core.any(axis=1))[0], np.nonzero(core.any(axis=0))[0]
+    pad = 8
+    top, bottom = max(0, rows[0] - pad), min(mask.shape[0], rows[-1] + 1 + pad)
+    left, right = max(0, cols[0] - pad), min(mask.shape[1], cols[-1] + 1 + pad)
+    smoothed = cv2.GaussianBlur(np.ascontiguousarray(image[top:bottom, left:right]), (0, 0), sigmaX=1.5)
+    _, std = cv2.meanStdDev(smoothed, mask=np.ascontiguousarray(core[top:bottom, left:right]))
+    spread = float(std.mean())
     return float(min(1.0, spread / _COLOUR_FULL_SCALE))
 
 
 def max_feret_diameter(mask: np.ndarray) -> float:
     """Greatest distance between two points of the lesion outline, in pixels of ``mask``."""
-    points = cv2.findNonZero(mask.astype(np.uint8))
-    if points is None:
+    # The hull of the outer boundary pixels is the hull of all pixels, from far fewer points.
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    if not contours:
         return 0.0
-    hull = cv2.convexHull(points).reshape(-1, 2).astype(np.float64)
+    hull = cv2.convexHull(np.concatenate(contours)).reshape(-1, 2).astype(np.float64)
     if len(hull) == 1:
         return 1.0
     distances = np.linalg.norm(hull[:, None, :] - hull[None, :, :], axis=-1)

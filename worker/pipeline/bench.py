@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=2, help="timed rounds (best round is kept)")
     parser.add_argument("--original-images", type=int, default=2, help="images timed the original way")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--backend", default="torch", choices=["torch", "openvino", "auto"],
+                        help="engine for 'ours' (benchmarks/engine.py compares the backends)")
     parser.add_argument("--max-forward-batch", type=int, default=PipelineOptions.max_forward_batch,
                         help="Gate 2 images per forward pass (views included)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-RSS measurement")
@@ -64,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _benchmark(model_dir: Path, args: argparse.Namespace) -> None:
-    registry = ModelRegistry.load(model_dir, device=args.device, segmenter="unet", seed=0)
+    registry = ModelRegistry.load(model_dir, device=args.device, segmenter="unet", seed=0, backend=args.backend)
     options = PipelineOptions(
         seg_size=args.seg_size, cls_size=args.cls_size, tta_views=args.views, max_forward_batch=args.max_forward_batch
     )
@@ -92,7 +94,7 @@ def _benchmark(model_dir: Path, args: argparse.Namespace) -> None:
             batch, images = items[:batch_size], decoded[:batch_size]
             timings = np.array(
                 [
-                    _timed(lambda: pipeline.segmenter.segment(images)),
+                    _timed(lambda: pipeline.segmenter.segment([pipeline.segmenter.network_input(i) for i in images])),
                     _timed(lambda: _our_gate2(pipeline, images, batch)),
                     _timed(lambda: pipeline.run(batch)),
                 ]
@@ -114,7 +116,8 @@ def _benchmark(model_dir: Path, args: argparse.Namespace) -> None:
     if not args.no_memory:
         probe = subprocess.run(
             [sys.executable, "-m", "worker.pipeline.bench", "--memory-probe", "--seg-size", str(args.seg_size),
-             "--cls-size", str(args.cls_size), "--views", str(args.views), "--device", args.device],
+             "--cls-size", str(args.cls_size), "--views", str(args.views), "--device", args.device,
+             "--backend", args.backend],
             capture_output=True, text=True, check=True, env={**os.environ},
         )
         memory = json.loads(probe.stdout.strip().splitlines()[-1])
@@ -128,6 +131,8 @@ def _benchmark(model_dir: Path, args: argparse.Namespace) -> None:
 def _our_gate2(pipeline: Pipeline, images: list[np.ndarray], batch: list[LesionInput]):
     """Gate 2 exactly as the pipeline runs it: preprocess the batch, N x views on the device."""
     work = [_Item(i, image, encode_metadata(item.age, item.sex, item.site), None, 0.0) for i, (image, item) in enumerate(zip(images, batch))]
+    for item in work:
+        item.cls_input = network_transform(pipeline.options.cls_size)(image=item.image)["image"]
     return pipeline._classify(work)
 
 
@@ -181,7 +186,7 @@ class _OriginalWay:
 
 
 def _memory_probe(model_dir: Path, args: argparse.Namespace) -> None:
-    registry = ModelRegistry.load(model_dir, device=args.device, segmenter="unet", seed=0)
+    registry = ModelRegistry.load(model_dir, device=args.device, segmenter="unet", seed=0, backend=args.backend)
     after_load = _peak_rss_mib()
     pipeline = Pipeline(registry, PipelineOptions(seg_size=args.seg_size, cls_size=args.cls_size, tta_views=args.views))
     pipeline.run([LesionInput(encode_jpeg(make_lesion(0, IMAGE_SIZE).image))])

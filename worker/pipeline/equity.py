@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from worker.pipeline.colour import srgb_to_lab
+from worker.pipeline.colour import lightness_and_b_star
 
 BIAS_WARNING_MAX_ITA = 10.0
 # Upper bounds (exclusive of the group above) from darkest to lightest; the original's cut-offs.
@@ -66,6 +66,6 @@ def skin_pixels(mask: np.ndarray, margin_px: int | None = None) -> np.ndarray:
 
 def estimate_skin_tone(image: np.ndarray, mask: np.ndarray, margin_px: int | None = None) -> SkinTone:
     skin = skin_pixels(mask, margin_px)
-    lab = srgb_to_lab(image[skin])
-    ita = ita_from_lab(float(lab[:, 0].mean()), float(lab[:, 2].mean()))
+    lightness, b_star = lightness_and_b_star(image[skin])
+    ita = ita_from_lab(float(lightness.mean()), float(b_star.mean()))
     return SkinTone(ita_degrees=ita, skin_group=skin_group(ita), bias_warning=ita <= BIAS_WARNING_MAX_ITA)

@@ -1,27 +1,34 @@
-"""The dual-gate pipeline over a batch: decode -> quality -> Gate 1 -> ABCD + ITA -> Gate 2.
+"""The dual-gate pipeline over a batch: decode -> quality -> Gate 1 -> Gate 2 -> ABCD + ITA.
 
 ``Pipeline.run`` takes N lesion images with metadata and returns N outcomes in the same order:
 a ``Finding``, a ``Rejection`` (a clinical gate refused the image) or an ``ItemError`` (that
-item failed unexpectedly). Gate 1 runs the surviving images as one batch and Gate 2 runs them
-as one batch of N x TTA views; a failure in either is retried item by item so that one bad
-image never fails the others.
+item failed unexpectedly). It is three steps that an engine may overlap across batches:
+
+- ``prepare`` (host): metadata, decode, quality gate, network inputs (resize + normalise);
+- ``infer`` (the networks): Gate 1 masks, the coverage gate, Gate 2 over N x TTA views;
+- ``complete`` (host): ABCD, ITA, mask and overlay artifacts, the result.
+
+Gate 1 and Gate 2 each run the surviving images as one batch; a failure in either is retried
+item by item so that one bad image never fails the others. The networks run on the backend
+chosen in the registry (``backends``); nothing else depends on it.
 """
 
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
-import torch
 
 from worker.pipeline import abcd, decision, equity, overlay, quality
-from worker.pipeline.decode import decode_image
+from worker.pipeline.backends import EngineOptions, NetworkBackend, OpenVinoBackend, TorchBackend
+from worker.pipeline.decode import decode_upright
 from worker.pipeline.errors import ImageDecodeError, MetadataError
 from worker.pipeline.metadata import encode_metadata
-from worker.pipeline.preprocess import to_device_batch
+from worker.pipeline.preprocess import network_input
 from worker.pipeline.registry import ModelRegistry
 from worker.pipeline.segmentation import make_segmenter
-from worker.pipeline.tta import MAX_VIEWS, classify_with_tta
+from worker.pipeline.tta import MAX_VIEWS
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +44,14 @@ class PipelineOptions:
     blur_threshold: float = quality.DEFAULT_BLUR_THRESHOLD
     min_coverage: float = 0.01
     max_image_pixels: int = 40_000_000
-    artifact_max_side: int = 1024  # mask/overlay PNGs: input aspect ratio, longer side capped
+    artifact_max_side: int = 1024  # mask/overlay: input aspect ratio, longer side capped
     max_forward_batch: int = 64  # Gate 2 inputs per forward pass (device-memory bound)
+    autocast: str = "off"  # CUDA torch backend: off | fp16 | bf16
+    gate1_memory_mb: int = 2048  # Gate 1 activations per forward pass
+    ir_cache_dir: Path | None = None  # converted OpenVINO models (None: convert in memory)
+    # JPEG DCT-scaled decode when the photo is at least twice every working size; the blur
+    # score is then measured on the reduced image (see docs/ENGINE.md), so it is opt-in.
+    decode_reduced: bool = False
 
     def __post_init__(self) -> None:
         if not 1 <= self.tta_views <= MAX_VIEWS:
@@ -49,6 +62,10 @@ class PipelineOptions:
             raise ValueError("min_coverage must be within 0..1")
         if self.max_image_pixels <= 0 or self.artifact_max_side <= 0 or self.max_forward_batch <= 0:
             raise ValueError("max_image_pixels, artifact_max_side and max_forward_batch must be positive")
+
+    @property
+    def engine(self) -> EngineOptions:
+        return EngineOptions(autocast=self.autocast, gate1_memory_mb=self.gate1_memory_mb, cache_dir=self.ir_cache_dir)
 
 
 @dataclass(frozen=True)
@@ -64,7 +81,7 @@ class LesionInput:
 class Finding:
     result: dict
     mask_png: bytes
-    overlay_png: bytes
+    overlay_jpeg: bytes
     model: dict = field(default_factory=dict)  # the registry's provenance, for convenience
 
 
@@ -86,77 +103,125 @@ Outcome = Finding | Rejection | ItemError
 
 @dataclass
 class _Item:
-    """Working state of one accepted image between the gates."""
+    """Working state of one accepted image between the steps."""
 
     index: int
-    image: np.ndarray
+    image: np.ndarray  # decoded, upright (possibly DCT-reduced, see ``source_size``)
     metadata: np.ndarray
     pixel_spacing_mm: float | None
     blur_score: float
+    source_size: tuple[int, int] | None = None  # (height, width) of the upload as sent
+    seg_input: np.ndarray | None = None
+    cls_input: np.ndarray | None = None
     mask: np.ndarray | None = None
-    partial: dict | None = None
-    mask_png: bytes = b""
-    overlay_png: bytes = b""
+    probabilities: np.ndarray | None = None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.source_size or self.image.shape[:2]
+
+
+@dataclass
+class PreparedBatch:
+    """A batch between the steps: outcomes decided so far, and the items still going."""
+
+    outcomes: list
+    items: list[_Item]
 
 
 class Pipeline:
-    def __init__(self, registry: ModelRegistry, options: PipelineOptions | None = None) -> None:
-        self.registry = registry
+    def __init__(
+        self, registry: ModelRegistry, options: PipelineOptions | None = None, backend: NetworkBackend | None = None
+    ) -> None:
         self.options = options or PipelineOptions()
-        self.segmenter = make_segmenter(registry.segmenter, registry.scalpel, registry.device, self.options.seg_size)
+        self.backend = backend or make_backend(registry, self.options)
+        if registry.backend == "openvino":
+            # The compiled models hold their own weights: drop the torch copies (~150 MB).
+            registry = registry.without_modules()
+        self.registry = registry
+        self.segmenter = make_segmenter(registry.segmenter, self.backend, self.options.seg_size)
 
     def run(self, items: list[LesionInput], on_stage: Callable[[str], None] | None = None) -> list[Outcome]:
+        batch = self.prepare(items)
+        self.infer(batch, on_stage)
+        return self.complete(batch)
+
+    def prepare(self, items: list[LesionInput], map: Callable = map) -> PreparedBatch:
+        """Host work before the networks (safe to run in a thread beside ``infer``); ``map``
+        may spread the items over a thread pool."""
         outcomes: list[Outcome | None] = [None] * len(items)
         accepted = []
-        for index, item in enumerate(items):
-            outcome = _isolated(lambda: self._admit(index, item), "internal_error")
+        admitted = map(lambda pair: _isolated(lambda: self._admit(*pair), "internal_error"), enumerate(items))
+        for index, outcome in enumerate(admitted):
             if isinstance(outcome, _Item):
                 accepted.append(outcome)
             else:
                 outcomes[index] = outcome
+        return PreparedBatch(outcomes, accepted)
 
+    def infer(self, batch: PreparedBatch, on_stage: Callable[[str], None] | None = None) -> None:
+        """The networks: Gate 1, the coverage gate, Gate 2 (sets masks and probabilities)."""
+        outcomes = batch.outcomes
         _notify(on_stage, STAGE_SEGMENTATION)
-        masks = self._batched(
-            accepted, lambda batch: self.segmenter.segment([it.image for it in batch]), "segmentation_failed", outcomes
-        )
         segmented = []
-        for item, mask in masks:
-            item.mask = mask
-            outcome = _isolated(lambda: self._describe(item), "internal_error")
-            if outcome is None:
+        for item, mask in self._batched(
+            batch.items, lambda part: self.segmenter.segment([it.seg_input for it in part]), "segmentation_failed", outcomes
+        ):
+            item.mask, item.seg_input = mask, None
+            rejection = self._coverage_gate(item)
+            if rejection is None:
                 segmented.append(item)
             else:
-                outcomes[item.index] = outcome
-
+                outcomes[item.index] = rejection
         _notify(on_stage, STAGE_CLASSIFICATION)
+        classified = []
         for item, probabilities in self._batched(segmented, self._classify, "classification_failed", outcomes):
-            outcomes[item.index] = self._finding(item, probabilities)
-        return outcomes  # type: ignore[return-value]
+            item.probabilities, item.cls_input = probabilities, None
+            classified.append(item)
+        batch.items = classified
+
+    def complete(self, batch: PreparedBatch, map: Callable = map) -> list[Outcome]:
+        """Host work after the networks: ABCD, ITA, artifacts and the result of each item."""
+        findings = map(lambda item: _isolated(lambda: self._finding(item), "internal_error"), batch.items)
+        for item, outcome in zip(batch.items, list(findings)):
+            batch.outcomes[item.index] = outcome
+        batch.items = []
+        return batch.outcomes  # type: ignore[return-value]
 
     def _admit(self, index: int, item: LesionInput) -> _Item | Rejection | ItemError:
-        """Metadata check, decode and quality gate for one upload."""
+        """Metadata check, decode, quality gate and network inputs for one upload."""
         try:
             metadata = encode_metadata(item.age, item.sex, item.site)
         except MetadataError as exc:
             return ItemError("invalid_metadata", str(exc))
         if item.pixel_spacing_mm is not None and not item.pixel_spacing_mm > 0:
             return ItemError("invalid_metadata", f"pixel_spacing_mm must be positive, not {item.pixel_spacing_mm}")
+        options = self.options
+        keep = None
+        if options.decode_reduced:
+            network = max(options.seg_size, options.cls_size)
+            keep = (network, max(network, options.artifact_max_side))
         try:
-            image = decode_image(item.image, self.options.max_image_pixels)
+            image, source_size = decode_upright(item.image, options.max_image_pixels, keep)
         except ImageDecodeError as exc:
             return Rejection("unreadable_image", f"the image could not be read: {exc}", {})
         score = quality.blur_score(image)
-        if quality.is_blurry(score, self.options.blur_threshold):
+        if quality.is_blurry(score, options.blur_threshold):
             return Rejection(
                 "blurry",
                 f"image too blurry: sharpness score {score:.1f} is below the threshold "
-                f"{self.options.blur_threshold:g}; retake the photo in focus",
-                {"blur_score": score, "blur_threshold": self.options.blur_threshold},
+                f"{options.blur_threshold:g}; retake the photo in focus",
+                {"blur_score": score, "blur_threshold": options.blur_threshold},
             )
-        return _Item(index, image, metadata, item.pixel_spacing_mm, score)
+        accepted = _Item(index, image, metadata, item.pixel_spacing_mm, score, source_size)
+        accepted.seg_input = self.segmenter.network_input(image)
+        if self.segmenter.kind == "unet" and options.cls_size == options.seg_size:
+            accepted.cls_input = accepted.seg_input  # the same resize + normalise: make it once
+        else:
+            accepted.cls_input = network_input(image, options.cls_size)
+        return accepted
 
-    def _describe(self, item: _Item) -> Rejection | None:
-        """Coverage gate, ABCD, ITA and artifacts for one segmented image (sets item.partial)."""
+    def _coverage_gate(self, item: _Item) -> Rejection | None:
         coverage = float(item.mask.mean())
         if coverage < self.options.min_coverage:
             return Rejection(
@@ -165,9 +230,19 @@ class Pipeline:
                 f"minimum {self.options.min_coverage:.2%}; centre the lesion and fill more of the frame",
                 {"coverage": coverage, "min_coverage": self.options.min_coverage, "blur_score": item.blur_score},
             )
-        height, width = item.image.shape[:2]
-        # ABCD and ITA run on an aspect-preserving frame at the mask's resolution, so shapes are
-        # not squashed and the diameter maps back to the uploaded image's pixels.
+        return None
+
+    def _classify(self, batch: list[_Item]) -> list[np.ndarray]:
+        images = np.stack([item.cls_input for item in batch])
+        metadata = np.stack([item.metadata for item in batch])
+        probabilities = self.backend.classify(images, metadata, self.options.tta_views, self.options.max_forward_batch)
+        return list(probabilities)
+
+    def _finding(self, item: _Item) -> Finding:
+        """ABCD, ITA and artifacts for one classified image, and its result."""
+        height, width = item.size
+        # ABCD and ITA run on an aspect-preserving frame at the mask's resolution (longer side
+        # SEG_SIZE), so shapes are not squashed and the diameter maps back to the upload's pixels.
         frame_h, frame_w = overlay.artifact_size(height, width, self.options.seg_size)
         frame_image = overlay.resize_image(item.image, frame_h, frame_w)
         frame_mask = overlay.resize_mask(item.mask, frame_h, frame_w)
@@ -176,26 +251,10 @@ class Pipeline:
 
         art_h, art_w = overlay.artifact_size(height, width, self.options.artifact_max_side)
         art_mask = overlay.resize_mask(item.mask, art_h, art_w)
-        item.mask_png = overlay.mask_png(art_mask)
-        item.overlay_png = overlay.overlay_png(overlay.resize_image(item.image, art_h, art_w), art_mask)
-        item.partial = {
-            "segmentation": {"coverage": coverage},
-            "concepts": concepts.as_dict(),
-            "equity": skin.as_dict(),
-            "quality": {"blur_score": item.blur_score},
-        }
-        return None
+        mask_png = overlay.mask_png(art_mask)
+        overlay_jpeg = overlay.overlay_jpeg(overlay.resize_image(item.image, art_h, art_w), art_mask)
 
-    def _classify(self, batch: list[_Item]) -> list[np.ndarray]:
-        device = self.registry.device
-        images = to_device_batch([item.image for item in batch], self.options.cls_size, device)
-        metadata = torch.from_numpy(np.stack([item.metadata for item in batch])).to(device)
-        probabilities = classify_with_tta(
-            self.registry.fusion, images, metadata, self.options.tta_views, self.options.max_forward_batch
-        )
-        return list(probabilities)
-
-    def _finding(self, item: _Item, view_probabilities: np.ndarray) -> Finding:
+        view_probabilities = item.probabilities
         probability = float(np.mean(view_probabilities))
         result = {
             "diagnosis": decision.diagnosis(probability),
@@ -204,9 +263,12 @@ class Pipeline:
             "uncertainty": float(np.std(view_probabilities)),
             "tta_probabilities": [float(p) for p in view_probabilities],
             "risk_band": decision.risk_band(probability),
-            **item.partial,
+            "segmentation": {"coverage": float(item.mask.mean())},
+            "concepts": concepts.as_dict(),
+            "equity": skin.as_dict(),
+            "quality": {"blur_score": item.blur_score},
         }
-        return Finding(result=result, mask_png=item.mask_png, overlay_png=item.overlay_png, model=self.registry.provenance())
+        return Finding(result=result, mask_png=mask_png, overlay_jpeg=overlay_jpeg, model=self.registry.provenance())
 
     def _batched(self, batch: list[_Item], step: Callable[[list[_Item]], list], error_code: str, outcomes: list):
         """Run ``step`` on the whole batch; if it fails, retry per item to isolate the culprit."""
@@ -224,6 +286,17 @@ class Pipeline:
                 logger.exception("%s for item %d", error_code, item.index)
                 outcomes[item.index] = ItemError(error_code, f"{type(exc).__name__}: {exc}")
         return survivors
+
+
+def make_backend(registry: ModelRegistry, options: PipelineOptions) -> NetworkBackend:
+    """The registry's networks on its engine: torch modules as loaded, or compiled OpenVINO."""
+    if registry.backend == "openvino":
+        if registry.fusion is None:
+            raise ValueError("this registry's torch modules were released; load it again to build a backend")
+        return OpenVinoBackend.build(
+            registry.scalpel, registry.fusion, options.seg_size, options.cls_size, registry.weight_keys(), options.engine
+        )
+    return TorchBackend(registry.scalpel, registry.fusion, registry.device, options.seg_size, options.engine)
 
 
 def _isolated(work: Callable[[], object], error_code: str) -> object:

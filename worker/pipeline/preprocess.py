@@ -1,8 +1,7 @@
-"""Resize and normalise images for the networks (albumentations), and batch them on the device."""
+"""Resize and normalise images for the networks (albumentations), as host arrays for any backend."""
 
 import albumentations as A
 import numpy as np
-import torch
 
 # ImageNet statistics: both networks' encoders were trained with them (albumentations defaults).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -14,13 +13,12 @@ def network_transform(size: int) -> A.Compose:
     return A.Compose([A.Resize(size, size), A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD, max_pixel_value=255.0)])
 
 
-def to_device_batch(images: list[np.ndarray], size: int, device: torch.device) -> torch.Tensor:
-    """(N, 3, size, size) float32 channels_last tensor on ``device``.
+def network_input(image: np.ndarray, size: int) -> np.ndarray:
+    """One image as (size, size, 3) float32 NHWC, ready to stack into a batch."""
+    return network_transform(size)(image=image)["image"].astype(np.float32, copy=False)
 
-    Stacking NHWC arrays and permuting gives channels_last memory without a copy, so the only
-    transfer is one contiguous block per batch.
-    """
+
+def network_batch(images: list[np.ndarray], size: int) -> np.ndarray:
+    """(N, size, size, 3) float32 NHWC host array, ready for any backend."""
     transform = network_transform(size)
-    stacked = np.stack([transform(image=image)["image"] for image in images]).astype(np.float32, copy=False)
-    batch = torch.from_numpy(stacked).permute(0, 3, 1, 2)
-    return batch.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+    return np.stack([transform(image=image)["image"] for image in images]).astype(np.float32, copy=False)

@@ -1,11 +1,12 @@
 """Model registry: Scalpel and Fusion built once per process, with provenance for every result."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from worker.pipeline.backends import resolve_backend
 from worker.pipeline.errors import ModelConfigError
 from worker.pipeline.models import FUSION_NAME, SCALPEL_NAME, CheckpointInfo, FusionNet, build_scalpel, load_checkpoint
 
@@ -21,18 +22,25 @@ class ModelRegistry:
     device: torch.device
     segmenter: str  # "unet" or "classical": which Gate 1 runs
     scalpel: nn.Module | None
-    fusion: nn.Module
+    fusion: nn.Module | None  # None once an engine that holds its own copy has taken it
     scalpel_checkpoint: CheckpointInfo | None
     fusion_checkpoint: CheckpointInfo | None
     fusion_seed: int | None
+    backend: str = "torch"  # "torch" or "openvino": which engine runs the networks
 
     @classmethod
     def load(
-        cls, model_dir: Path | None, device: str = "auto", segmenter: str = "auto", seed: int = 0
+        cls,
+        model_dir: Path | None,
+        device: str = "auto",
+        segmenter: str = "auto",
+        seed: int = 0,
+        backend: str = "auto",
     ) -> "ModelRegistry":
         if segmenter not in SEGMENTER_CHOICES:
             raise ModelConfigError(f"segmenter must be one of {', '.join(SEGMENTER_CHOICES)}, not {segmenter!r}")
         target = resolve_device(device)
+        engine = resolve_backend(backend, target)
         model_dir = Path(model_dir) if model_dir is not None else None
         scalpel_path = _first_existing(model_dir, SCALPEL_FILES)
         fusion_path = _first_existing(model_dir, FUSION_FILES)
@@ -69,7 +77,24 @@ class ModelRegistry:
             scalpel_checkpoint=scalpel_checkpoint,
             fusion_checkpoint=fusion_checkpoint,
             fusion_seed=fusion_seed,
+            backend=engine,
         )
+
+    @property
+    def backend_name(self) -> str:
+        """Provenance name of the engine: torch-cpu, torch-cuda or openvino-cpu."""
+        return f"{self.backend}-{self.device.type}"
+
+    def weight_keys(self) -> dict[str, str | None]:
+        """What each network's weights came from, for caches of converted models."""
+        return {
+            "scalpel": self.scalpel_checkpoint.sha256 if self.scalpel_checkpoint else None,
+            "fusion": self.fusion_checkpoint.sha256 if self.fusion_checkpoint else f"untrained-seed-{self.fusion_seed}",
+        }
+
+    def without_modules(self) -> "ModelRegistry":
+        """The same provenance without the torch modules (for engines that hold their own copy)."""
+        return replace(self, scalpel=None, fusion=None)
 
     @property
     def weights(self) -> str:
@@ -92,7 +117,13 @@ class ModelRegistry:
             }
         else:
             fusion = {"name": FUSION_NAME, "version": f"untrained-seed-{self.fusion_seed}", "sha256": None, "seed": self.fusion_seed}
-        return {"segmenter": self.segmenter, "weights": self.weights, "scalpel": scalpel, "fusion": fusion}
+        return {
+            "segmenter": self.segmenter,
+            "weights": self.weights,
+            "backend": self.backend_name,
+            "scalpel": scalpel,
+            "fusion": fusion,
+        }
 
 
 def resolve_device(device: str) -> torch.device:

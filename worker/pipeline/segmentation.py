@@ -1,21 +1,20 @@
 """Gate 1: lesion masks at SEG_SIZE x SEG_SIZE, from the Scalpel U-Net or a classical segmenter.
 
-Both segmenters take the decoded images (any size) and return one boolean mask per image on
-the squashed SEG_SIZE x SEG_SIZE grid the U-Net works on; the pipeline maps masks back to each
-image's own aspect ratio.
+Each segmenter turns a decoded image (any size) into its input on the host
+(``network_input``, run off the network thread), and a list of inputs into one boolean mask
+per image on the squashed SEG_SIZE x SEG_SIZE grid (``segment``); the pipeline maps masks back
+to each image's own aspect ratio.
 """
 
 from typing import Protocol
 
 import cv2
 import numpy as np
-import torch
 from scipy import ndimage
-from torch import nn
 
 from worker.pipeline.abcd import largest_component
 from worker.pipeline.colour import srgb_to_lab
-from worker.pipeline.preprocess import to_device_batch
+from worker.pipeline.preprocess import network_input
 
 MASK_THRESHOLD = 0.5
 # Below this colour difference (CIELAB delta E) between the candidate lesion and the skin, the
@@ -26,26 +25,28 @@ MIN_LESION_CONTRAST = 8.0
 class Segmenter(Protocol):
     kind: str
 
-    def segment(self, images: list[np.ndarray]) -> list[np.ndarray]: ...
+    def network_input(self, image: np.ndarray) -> np.ndarray: ...
+
+    def segment(self, inputs: list[np.ndarray]) -> list[np.ndarray]: ...
 
 
 class UnetSegmenter:
-    """Scalpel: the whole batch in one forward pass; sigmoid > 0.5 is lesion (as the original)."""
+    """Scalpel on the backend: the batch in as few forward passes as the memory budget allows;
+    sigmoid > 0.5 is lesion (as the original)."""
 
     kind = "unet"
 
-    def __init__(self, model: nn.Module, device: torch.device, size: int) -> None:
-        self.model = model
-        self.device = device
+    def __init__(self, backend, size: int) -> None:
+        self.backend = backend
         self.size = size
 
-    def segment(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        if not images:
+    def network_input(self, image: np.ndarray) -> np.ndarray:
+        return network_input(image, self.size)
+
+    def segment(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        if not inputs:
             return []
-        batch = to_device_batch(images, self.size, self.device)
-        with torch.inference_mode():
-            lesion = torch.sigmoid(self.model(batch))[:, 0] > MASK_THRESHOLD
-        return list(lesion.cpu().numpy())
+        return list(self.backend.segment(np.stack(inputs)))
 
 
 class ClassicalSegmenter:
@@ -62,12 +63,15 @@ class ClassicalSegmenter:
     def __init__(self, size: int) -> None:
         self.size = size
 
-    def segment(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        return [self.segment_one(image) for image in images]
+    def network_input(self, image: np.ndarray) -> np.ndarray:
+        return cv2.resize(image, (self.size, self.size), interpolation=cv2.INTER_AREA)
+
+    def segment(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        return [self.segment_one(image) for image in inputs]
 
     def segment_one(self, image: np.ndarray) -> np.ndarray:
         size = self.size
-        small = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+        small = image if image.shape[:2] == (size, size) else self.network_input(image)
         small = _remove_hair(small)
         small = cv2.GaussianBlur(small, (0, 0), sigmaX=max(1.0, size / 256))
         lab = srgb_to_lab(small)
@@ -97,9 +101,9 @@ class ClassicalSegmenter:
         return lesion
 
 
-def make_segmenter(kind: str, model: nn.Module | None, device: torch.device, size: int) -> Segmenter:
+def make_segmenter(kind: str, backend, size: int) -> Segmenter:
     if kind == "unet":
-        return UnetSegmenter(model, device, size)
+        return UnetSegmenter(backend, size)
     return ClassicalSegmenter(size)
 
 

@@ -24,6 +24,17 @@ DIHEDRAL_VIEWS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "antitranspose": lambda x: torch.rot90(x, 2, dims=(-2, -1)).transpose(-2, -1),
 }
 MAX_VIEWS = len(DIHEDRAL_VIEWS)
+# The same views on numpy (N, C, H, W) arrays, for backends that take host arrays.
+NUMPY_VIEWS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "identity": lambda x: x,
+    "hflip": lambda x: x[..., ::-1],
+    "vflip": lambda x: x[..., ::-1, :],
+    "rot90": lambda x: np.rot90(x, 1, axes=(-2, -1)),
+    "rot180": lambda x: np.rot90(x, 2, axes=(-2, -1)),
+    "rot270": lambda x: np.rot90(x, 3, axes=(-2, -1)),
+    "transpose": lambda x: x.swapaxes(-2, -1),
+    "antitranspose": lambda x: np.rot90(x, 2, axes=(-2, -1)).swapaxes(-2, -1),
+}
 
 
 def view_names(count: int) -> list[str]:
@@ -37,6 +48,13 @@ def expand_views(images: torch.Tensor, count: int) -> torch.Tensor:
     views = [DIHEDRAL_VIEWS[name](images) for name in view_names(count)]
     expanded = torch.stack(views, dim=1).flatten(0, 1)
     return expanded.contiguous(memory_format=torch.channels_last)
+
+
+def expand_views_numpy(images: np.ndarray, count: int) -> np.ndarray:
+    """``expand_views`` on a numpy (N, C, H, W) array (any strides): contiguous float32 output."""
+    views = [NUMPY_VIEWS[name](images) for name in view_names(count)]
+    stacked = np.stack(views, axis=1).astype(np.float32, copy=False)
+    return stacked.reshape((-1,) + stacked.shape[2:])
 
 
 def classify_with_tta(

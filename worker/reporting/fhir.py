@@ -145,7 +145,7 @@ class _BundleBuilder:
             "status": "completed",
             "type": _media_type(),
             "device": {"reference": segmenter_ref},
-            "content": _attachment(self.links["overlay"], "image/png", "Lesion segmentation overlay"),
+            "content": _attachment(self.links["overlay"], "image/jpeg", "Lesion segmentation overlay"),
             "note": [{"text": "Lesion segmentation overlay computed from the submitted image."}] + self.untrained_note(),
         }
         self.common_context(media)

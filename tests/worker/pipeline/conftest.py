@@ -25,8 +25,8 @@ def small_options() -> PipelineOptions:
 
 @pytest.fixture(scope="session")
 def classical_registry() -> ModelRegistry:
-    """No checkpoints: classical Gate 1, seeded untrained Fusion."""
-    return ModelRegistry.load(None, device="cpu")
+    """No checkpoints: classical Gate 1, seeded untrained Fusion, on torch (hooks see the calls)."""
+    return ModelRegistry.load(None, device="cpu", backend="torch")
 
 
 @pytest.fixture(scope="session")
@@ -40,7 +40,7 @@ def checkpoint_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def unet_registry(checkpoint_dir) -> ModelRegistry:
-    return ModelRegistry.load(checkpoint_dir, device="cpu")
+    return ModelRegistry.load(checkpoint_dir, device="cpu", backend="torch")
 
 
 @pytest.fixture(scope="session")

@@ -8,13 +8,14 @@ import pytest
 from PIL import Image
 
 from worker.pipeline import abcd
+from worker.pipeline.decode import decode_image
 from worker.pipeline.pipeline import Finding, ItemError, LesionInput, Pipeline, PipelineOptions, Rejection
 from worker.pipeline.synthetic import encode_jpeg, encode_png, make_lesion
 
 
-def _png_size(data: bytes) -> tuple[int, int]:
+def _png_size(data: bytes, format: str = "PNG") -> tuple[int, int]:
     with Image.open(io.BytesIO(data)) as image:
-        assert image.format == "PNG"
+        assert image.format == format
         return image.height, image.width
 
 
@@ -82,11 +83,11 @@ def test_mask_and_overlay_keep_the_image_aspect_ratio(classical_pipeline, size, 
     lesion = make_lesion(6, size, radius_frac=0.2)
     finding = classical_pipeline.run([LesionInput(encode_jpeg(lesion.image))])[0]
     assert _png_size(finding.mask_png) == expected
-    assert _png_size(finding.overlay_png) == expected
-    mask = _png_array(finding.mask_png) > 127
+    assert _png_size(finding.overlay_jpeg, "JPEG") == expected
+    mask = _png_array(finding.mask_png).astype(np.uint8) * 255 > 127  # 1-bit: True/False
     truth = np.asarray(Image.fromarray(lesion.mask).resize(expected[::-1], Image.NEAREST))
     assert 2 * (mask & truth).sum() / (mask.sum() + truth.sum()) > 0.85
-    overlay = _png_array(finding.overlay_png).astype(int)
+    overlay = _png_array(finding.overlay_jpeg).astype(int)
     inside, outside = overlay[mask & ~np.roll(mask, 8, axis=0)], overlay[~mask]
     # Cyan tint: inside the lesion blue/green rise relative to red compared with the skin.
     assert (inside[:, 2] - inside[:, 0]).mean() > (outside[:, 2] - outside[:, 0]).mean() + 30
@@ -129,14 +130,15 @@ def test_a_failing_gate2_batch_is_retried_per_item(classical_registry, monkeypat
 def test_a_failing_gate1_batch_is_retried_per_item(classical_pipeline, monkeypatch):
     segmenter = classical_pipeline.segmenter
     real_segment = type(segmenter).segment
+    items = [LesionInput(encode_png(make_lesion(i, (200, w)).image)) for i, w in enumerate((333, 300))]
+    poisoned = segmenter.network_input(decode_image(items[0].image, 40_000_000))
 
-    def segment(self, images):
-        if any(image.shape[1] == 333 for image in images):
+    def segment(self, inputs):
+        if any(np.array_equal(x, poisoned) for x in inputs):
             raise MemoryError("out of memory")
-        return real_segment(self, images)
+        return real_segment(self, inputs)
 
     monkeypatch.setattr(type(segmenter), "segment", segment)
-    items = [LesionInput(encode_png(make_lesion(i, (200, w)).image)) for i, w in enumerate((333, 300))]
     outcomes = classical_pipeline.run(items)
     assert isinstance(outcomes[0], ItemError) and outcomes[0].code == "segmentation_failed"
     assert isinstance(outcomes[1], Finding)

@@ -18,6 +18,7 @@ def test_without_checkpoints_provenance_says_classical_and_untrained(classical_r
     assert provenance == {
         "segmenter": "classical",
         "weights": "untrained",
+        "backend": "torch-cpu",
         "scalpel": None,
         "fusion": {"name": "fusion-efficientnet-b3-meta", "version": "untrained-seed-0", "sha256": None, "seed": 0},
     }

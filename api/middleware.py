@@ -1,0 +1,272 @@
+"""The edge of every request, as plain ASGI middleware (no extra task or buffering per request).
+
+``Edge`` (outermost): a request id on every response, security headers, metrics, and a
+problem+json 500 carrying an error id for true bugs. ``BodyGuard``: bodies are bounded in size
+and in time before any route, dependency or key check sees them, and text inputs with NUL
+bytes are refused naming the field.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+import uuid
+from urllib.parse import parse_qsl
+
+from prometheus_client import Counter, Histogram
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.problems import PayloadTooLarge, Problem, RequestTimeout, Unprocessable, problem_response
+from api.ratelimit import STATE_HEADERS
+from shared.config import Settings
+
+log = logging.getLogger(__name__)
+
+REQUESTS = Counter("dermasentinel_http_requests_total", "HTTP requests", ["method", "route", "status"])
+LATENCY = Histogram("dermasentinel_http_request_seconds", "HTTP request latency", ["method", "route"])
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
+# The web app loads its script and style from /static; images come from presigned links
+# (the object store's origin) or the preview's blob: URL. No inline script anywhere.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob: data: {images}; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+UPLOAD_ROUTES = {("POST", "/v1/analyses")}
+BODY_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+def _image_origin(settings: Settings) -> str:
+    host = settings.s3_public_endpoint or settings.s3_endpoint
+    if not host:
+        return ""
+    if "://" in host:
+        return host.rstrip("/")
+    return ("https://" if settings.s3_secure else "http://") + host
+
+
+class Edge:
+    def __init__(self, app: ASGIApp, settings: Settings):
+        self.app = app
+        self.https_public = settings.public_url.lower().startswith("https://")
+        self.static_headers = [
+            ("X-Content-Type-Options", "nosniff"),
+            ("X-Frame-Options", "DENY"),
+            ("Referrer-Policy", "no-referrer"),
+            ("Content-Security-Policy", CONTENT_SECURITY_POLICY.format(images=_image_origin(settings)).strip()),
+            ("Cross-Origin-Opener-Policy", "same-origin"),
+        ]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = Headers(scope=scope).get("x-request-id", "")
+        request_id = incoming if REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        https = scope.get("scheme") == "https" or self.https_public
+        path = scope.get("path", "")
+        started = time.perf_counter()
+        status = 500
+        response_started = False
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal response_started, status
+            if message["type"] == "http.response.start":
+                response_started = True
+                status = message["status"]
+                headers = MutableHeaders(scope=message)
+                headers["X-Request-ID"] = request_id
+                for name, value in self.static_headers:
+                    headers.setdefault(name, value)
+                if https:
+                    headers.setdefault("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
+                if path.startswith("/v1/"):
+                    # Results, images' presigned links, reports: nothing here may sit in a cache.
+                    headers.setdefault("Cache-Control", "no-store")
+                for name, value in state.get(STATE_HEADERS, {}).items():
+                    headers.setdefault(name, value)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        except ClientDisconnect:
+            status = 499  # nobody left to answer; counted, not logged as a bug
+        except Exception:
+            # Path and method only: ids, never PHI. The traceback is for us, the id for the caller.
+            log.exception("unhandled error %s on %s %s", request_id, scope.get("method"), _route(scope))
+            if response_started:
+                raise
+            response = problem_response(
+                500,
+                "internal_error",
+                "Internal error",
+                f"something went wrong on our side, not in what you sent; quote error id {request_id} "
+                "if you contact support",
+                path,
+                extra={"error_id": request_id},
+            )
+            await response(scope, receive, send_with_headers)
+        finally:
+            route = _route(scope)
+            REQUESTS.labels(scope.get("method", ""), route, str(status)).inc()
+            LATENCY.labels(scope.get("method", ""), route).observe(time.perf_counter() - started)
+
+
+def _route(scope: Scope) -> str:
+    return getattr(scope.get("route"), "path", "unmatched")
+
+
+class BodyGuard:
+    """Bodies are read within limits before the app sees them: JSON and other small bodies up
+    to ``API_MAX_JSON_BYTES`` (buffered, then checked for NUL bytes), uploads up to the upload
+    limit (streamed through). Both within a read deadline: ``API_BODY_IDLE_TIMEOUT_SECONDS``
+    between chunks and ``API_BODY_READ_TIMEOUT_SECONDS`` overall. Query strings are checked for
+    NUL bytes too."""
+
+    def __init__(self, app: ASGIApp, settings: Settings):
+        self.app = app
+        self.max_json = settings.api_max_json_bytes
+        self.max_upload = settings.max_upload_bytes + 64 * 1024
+        self.max_upload_mb = settings.max_upload_mb
+        self.idle_timeout = settings.api_body_idle_timeout_seconds
+        self.total_timeout = settings.api_body_read_timeout_seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        try:
+            _refuse_nul_in_query(scope)
+            if scope["method"] not in BODY_METHODS:
+                await self.app(scope, receive, send)
+                return
+            upload = (scope["method"], scope["path"].rstrip("/")) in UPLOAD_ROUTES
+            limit = self.max_upload if upload else self.max_json
+            declared = Headers(scope=scope).get("content-length", "")
+            if declared.isdigit() and int(declared) > limit:
+                raise self._too_large(upload)
+            reader = _DeadlineReader(receive, limit, self.idle_timeout, self.total_timeout, self._too_large(upload))
+            if upload:
+                # Streamed to the multipart parser, which keeps its own per-part limits; errors
+                # raised while reading reach the route and its problem handlers.
+                await self.app(scope, reader.receive, send)
+                return
+            body = await reader.read_all()
+            _refuse_nul_in_json(scope, body)
+        except Problem as problem:
+            response = problem_response(
+                problem.status, problem.code, problem.title, problem.detail, scope.get("path", ""),
+                problem.errors, problem.headers,
+            )
+            await response(scope, receive, send)
+            return
+        await self.app(scope, _replay(body, receive), send)
+
+    def _too_large(self, upload: bool) -> PayloadTooLarge:
+        if upload:
+            return PayloadTooLarge(f"the request is larger than the {self.max_upload_mb} MB upload limit")
+        return PayloadTooLarge(
+            f"the request body is larger than {self.max_json // 1024} KiB; JSON requests are small, "
+            "images go to POST /v1/analyses"
+        )
+
+
+class _DeadlineReader:
+    def __init__(self, receive: Receive, limit: int, idle: float, total: float, too_large: Problem):
+        self._receive, self.limit, self.idle, self.too_large = receive, limit, idle, too_large
+        self.deadline = time.monotonic() + total
+        self.received = 0
+
+    async def receive(self) -> Message:
+        remaining = self.deadline - time.monotonic()
+        try:
+            message = await asyncio.wait_for(self._receive(), timeout=max(0.0, min(self.idle, remaining)))
+        except TimeoutError:
+            raise RequestTimeout(
+                "the request body arrived too slowly and was dropped; nothing was saved, retry on a "
+                "better connection"
+            ) from None
+        if message["type"] == "http.request":
+            self.received += len(message.get("body", b""))
+            if self.received > self.limit:
+                raise self.too_large
+        return message
+
+    async def read_all(self) -> bytes:
+        chunks = []
+        while True:
+            message = await self.receive()
+            if message["type"] != "http.request":
+                break
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+def _nul_problem(field: str) -> Unprocessable:
+    return Unprocessable(
+        f"{field}: must not contain NUL bytes (\\u0000); remove them and resend",
+        errors=[{"field": field, "message": "contains a NUL byte"}],
+    )
+
+
+def _refuse_nul_in_query(scope: Scope) -> None:
+    raw = scope.get("query_string", b"")
+    if b"%00" not in raw and b"\x00" not in raw:
+        return
+    for name, value in parse_qsl(raw.decode("latin-1"), keep_blank_values=True):
+        if "\x00" in name or "\x00" in value:
+            raise _nul_problem(name.replace("\x00", "") or "query")
+
+
+def _refuse_nul_in_json(scope: Scope, body: bytes) -> None:
+    if b"\\u0000" not in body:
+        return
+    content_type = Headers(scope=scope).get("content-type", "")
+    if "json" not in content_type:
+        return
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return  # the route answers malformed JSON itself
+    path = _nul_path(document, [])
+    if path is not None:
+        raise _nul_problem(".".join(path) or "body")
+
+
+def _nul_path(value, path: list[str]) -> list[str] | None:
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if "\x00" in key:
+                return [*path, key.replace("\x00", "")]
+            found = _nul_path(item, [*path, key])
+            if found is not None:
+                return found
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _nul_path(item, [*path, str(index)])
+            if found is not None:
+                return found
+    return None

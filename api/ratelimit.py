@@ -1,0 +1,236 @@
+"""Per-tenant rate limits and quotas, shared by every API process through Redis.
+
+Request rates use the ``limits`` library (sliding-window counters on the broker's Redis; an
+in-process store only when there is no Redis). Uploads in flight are a Redis sorted set per
+tenant whose members expire on their own, so a crashed process cannot leak slots forever.
+Limits come from settings (``RATE_LIMIT``, ``CONCURRENT_UPLOADS``) with per-tenant overrides
+(``RATE_LIMITS_PER_TENANT``). When Redis itself fails, requests pass: the limiter protects the
+service, it must not become the outage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from fastapi import Request
+from limits import RateLimitItem, parse_many
+from limits.aio.storage import MemoryStorage, RedisStorage
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
+from limits.errors import StorageError
+
+from api.deps import CurrentTenant
+from api.problems import RateLimited
+from shared.config import Settings
+
+log = logging.getLogger(__name__)
+
+# Long enough for a busy Redis, short enough that a dead one costs a request little.
+REDIS_TIMEOUT = 1.0
+REDIS_CONNECTIONS = 32
+KEY_PREFIX = "dermasentinel:ratelimit"
+STATE_HEADERS = "ratelimit_headers"
+
+
+@dataclass(frozen=True)
+class TenantLimits:
+    requests: str
+    concurrent_uploads: int
+
+
+@dataclass(frozen=True)
+class Verdict:
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_after: int  # seconds until the window has room again
+
+    def headers(self) -> dict[str, str]:
+        """IETF draft RateLimit header fields (plus Retry-After when refused)."""
+        headers = {
+            "RateLimit-Limit": str(self.limit),
+            "RateLimit-Remaining": str(max(0, self.remaining)),
+            "RateLimit-Reset": str(self.reset_after),
+        }
+        if not self.allowed:
+            headers["Retry-After"] = str(max(1, self.reset_after))
+        return headers
+
+
+def parse_overrides(raw: str) -> dict[str, TenantLimits]:
+    """``RATE_LIMITS_PER_TENANT``: a JSON object of tenant id → {requests, concurrent_uploads}."""
+    if not raw.strip():
+        return {}
+    try:
+        table = json.loads(raw)
+        if not isinstance(table, dict):
+            raise ValueError("not an object")
+        overrides = {}
+        for tenant_id, values in table.items():
+            overrides[str(uuid.UUID(tenant_id))] = values
+        return overrides
+    except ValueError as exc:
+        raise ValueError(
+            "DERMASENTINEL_RATE_LIMITS_PER_TENANT must be a JSON object of tenant id → "
+            f'{{"requests": "100/second", "concurrent_uploads": 16}} ({exc})'
+        ) from None
+
+
+class Limiter:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.default = TenantLimits(settings.rate_limit, settings.concurrent_uploads)
+        parse_many(self.default.requests)  # fail at start-up, not on the first request
+        self.overrides = {
+            tenant_id: TenantLimits(
+                str(values.get("requests", self.default.requests)),
+                int(values.get("concurrent_uploads", self.default.concurrent_uploads)),
+            )
+            for tenant_id, values in parse_overrides(settings.rate_limits_per_tenant).items()
+        }
+        for limits in self.overrides.values():
+            parse_many(limits.requests)
+        self.upload_slot_ttl = settings.api_body_read_timeout_seconds + settings.api_decode_wait_seconds + 60
+        url = settings.broker_url
+        if url.startswith(("redis://", "rediss://")):
+            # One bounded pool for the limiter and the upload slots: a burst of requests
+            # shares a few connections instead of opening hundreds of them at once.
+            pool = aioredis.BlockingConnectionPool.from_url(
+                url,
+                max_connections=REDIS_CONNECTIONS,
+                timeout=REDIS_TIMEOUT,
+                socket_timeout=REDIS_TIMEOUT,
+                socket_connect_timeout=REDIS_TIMEOUT,
+            )
+            self.storage = RedisStorage(
+                "async+" + url,
+                implementation="redispy",
+                wrap_exceptions=True,
+                key_prefix=KEY_PREFIX,
+                connection_pool=pool,
+            )
+            self.redis: aioredis.Redis | None = aioredis.Redis(connection_pool=pool)
+        else:
+            self.storage = MemoryStorage()
+            self.redis = None
+        self.window = SlidingWindowCounterRateLimiter(self.storage)
+        self._local_uploads: dict[str, int] = defaultdict(int)
+
+    def limits_for(self, tenant_id: uuid.UUID | str) -> TenantLimits:
+        return self.overrides.get(str(tenant_id), self.default)
+
+    async def check(self, limit: str, *identifiers: str) -> Verdict:
+        """Count one hit against every rate in ``limit`` ("10/second;500/minute") for
+        ``identifiers``; the verdict is the tightest of them."""
+        verdicts = []
+        for item in parse_many(limit):
+            verdicts.append(await self._hit(item, identifiers))
+        refused = [v for v in verdicts if not v.allowed]
+        if refused:
+            return max(refused, key=lambda v: v.reset_after)
+        return min(verdicts, key=lambda v: v.remaining)
+
+    async def _hit(self, item: RateLimitItem, identifiers: tuple[str, ...]) -> Verdict:
+        try:
+            allowed = await self.window.hit(item, *identifiers)
+            stats = await self.window.get_window_stats(item, *identifiers)
+        except (StorageError, OSError, aioredis.RedisError) as exc:
+            cause = getattr(exc, "storage_error", exc)
+            log.warning("rate limiter storage unavailable (%s); letting the request through", type(cause).__name__)
+            return Verdict(True, item.amount, item.amount, 0)
+        reset_after = max(0, math.ceil(stats.reset_time - time.time()))
+        return Verdict(allowed, item.amount, stats.remaining, reset_after)
+
+    async def tenant_request(self, request: Request, tenant_id: uuid.UUID) -> None:
+        """Count one API request for the tenant; 429 when over its rate."""
+        verdict = await self.check(self.limits_for(tenant_id).requests, "requests", str(tenant_id))
+        request.scope.setdefault("state", {})[STATE_HEADERS] = verdict.headers()
+        if not verdict.allowed:
+            raise RateLimited(
+                f"this API key's tenant is over its rate of {verdict.limit} requests per window; "
+                f"retry in {max(1, verdict.reset_after)} s",
+                headers=verdict.headers(),
+            )
+
+    @asynccontextmanager
+    async def upload_slot(self, tenant_id: uuid.UUID) -> AsyncIterator[None]:
+        """Hold one of the tenant's concurrent-upload slots for the block; 429 when all are taken."""
+        limit = self.limits_for(tenant_id).concurrent_uploads
+        member = uuid.uuid4().hex
+        taken = await self._take_upload_slot(str(tenant_id), member, limit)
+        if not taken:
+            raise RateLimited(
+                f"this tenant already has {limit} uploads in progress; retry when one finishes",
+                headers=Verdict(False, limit, 0, 1).headers(),
+            )
+        try:
+            yield
+        finally:
+            # Shielded: a client that disconnects must not leave its slot taken.
+            await asyncio.shield(self._release_upload_slot(str(tenant_id), member))
+
+    async def _take_upload_slot(self, tenant: str, member: str, limit: int) -> bool:
+        if self.redis is None:
+            if self._local_uploads[tenant] >= limit:
+                return False
+            self._local_uploads[tenant] += 1
+            return True
+        key = f"{KEY_PREFIX}:uploads:{tenant}"
+        now = time.time()
+        try:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.zremrangebyscore(key, "-inf", now - self.upload_slot_ttl)
+                pipe.zadd(key, {member: now})
+                pipe.zcard(key)
+                pipe.expire(key, math.ceil(self.upload_slot_ttl))
+                _, _, in_flight, _ = await pipe.execute()
+            if in_flight > limit:
+                await self.redis.zrem(key, member)
+                return False
+        except (OSError, aioredis.RedisError) as exc:
+            log.warning("upload quota storage unavailable (%s); letting the upload through", type(exc).__name__)
+        return True
+
+    async def _release_upload_slot(self, tenant: str, member: str) -> None:
+        if self.redis is None:
+            self._local_uploads[tenant] = max(0, self._local_uploads[tenant] - 1)
+            return
+        try:
+            await self.redis.zrem(f"{KEY_PREFIX}:uploads:{tenant}", member)
+        except (OSError, aioredis.RedisError):
+            pass  # the member expires with upload_slot_ttl
+
+    async def close(self) -> None:
+        if self.redis is not None:
+            await self.redis.aclose()
+
+
+def get_limiter(request: Request) -> Limiter:
+    return request.app.state.limiter
+
+
+def rate_limit(name: str, limit: Callable[[Settings], str]):
+    """A route dependency: count a call named ``name`` for the request's tenant against the
+    rate ``limit(settings)`` returns, e.g.
+    ``dependencies=[Depends(rate_limit("webhook-test", lambda s: s.webhook_test_rate))]``."""
+
+    async def dependency(request: Request, tenant: CurrentTenant) -> None:
+        limiter = get_limiter(request)
+        verdict = await limiter.check(limit(limiter.settings), name, str(tenant.id))
+        if not verdict.allowed:
+            raise RateLimited(
+                f"too many {name} calls: the limit is {verdict.limit} per window; "
+                f"retry in {max(1, verdict.reset_after)} s",
+                headers=verdict.headers(),
+            )
+
+    return dependency

@@ -1,0 +1,50 @@
+"""/v1/api-keys: a tenant manages its own keys with any of its active keys."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict, Field
+
+from api.deps import ContextDep, CurrentTenant, SessionDep, parse_id
+from api.services import keys as service
+from shared.analyses import iso
+from shared.tenants import KeyInfo
+
+router = APIRouter(prefix="/v1/api-keys", tags=["api keys"])
+
+
+class ApiKeyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    label: str | None = Field(default=None, max_length=200)
+
+
+def view(key: KeyInfo) -> dict:
+    return {
+        "id": str(key.id),
+        "prefix": key.prefix,
+        "label": key.label,
+        "created_at": iso(key.created_at),
+        "last_used_at": iso(key.last_used_at),
+        "revoked_at": iso(key.revoked_at),
+        "active": key.revoked_at is None,
+    }
+
+
+@router.get("", summary="This tenant's API keys (never the keys themselves), with when each was last used")
+def list_keys(session: SessionDep, tenant: CurrentTenant):
+    return {"data": [view(k) for k in service.list_all(session, tenant)]}
+
+
+@router.post("", status_code=201, summary="Create an API key; the key is shown only here")
+def create_key(context: ContextDep, session: SessionDep, tenant: CurrentTenant, body: ApiKeyIn | None = None):
+    info, key = service.create(context, session, tenant, body.label if body else None)
+    return {**view(info), "key": key}
+
+
+@router.delete(
+    "/{key_id}",
+    summary="Revoke an API key (refused for the last active one); requests with it fail within seconds",
+)
+def revoke_key(key_id: str, session: SessionDep, tenant: CurrentTenant):
+    return view(service.revoke(session, tenant, parse_id(key_id, "API key")))

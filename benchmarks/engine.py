@@ -1,0 +1,423 @@
+"""Benchmark the inference engine: raw network loops, pipeline, host cost and end to end, in one run.
+
+    .venv/bin/dermasentinel bench                          # default sizes 512/512, 5 views
+    .venv/bin/python -m benchmarks.engine --images 4 --seg-size 128 --cls-size 128   # quick
+
+Everything below is measured in the same run on the same seeded random weights (a random
+Scalpel checkpoint is written so the U-Net runs; nothing is downloaded), on 1024 x 768 JPEGs:
+
+1. raw network loop per backend: U-Net @SEG_SIZE + Fusion @CLS_SIZE x VIEWS on pre-made
+   input tensors, nothing else (``--batch-sizes``: images per pass, Gate 2 runs batch x views);
+2. pipeline per backend: ``Pipeline.run`` on the JPEG bytes, one batch at a time, serially;
+3. host cost per image with the networks excluded (a stub backend answers instantly): wall
+   and CPU milliseconds of decode, quality, network inputs, ABCD, ITA and artifacts;
+4. end to end: ``dermasentinel up`` is started in a temporary DATA_DIR (with the random
+   Scalpel, the chosen backend and sizes), ``--images`` uploads are submitted at once and
+   waited for; images/s from the first upload to the last final status;
+5. ratios (end to end / raw OpenVINO loop, etc.) and the peak RSS of a fresh worker-like
+   process holding both models on each backend, and of the stack's GPU worker.
+
+On a CUDA machine ``--device cuda --backends torch --autocast fp16 --batch-sizes 1 2 4 ... 64``
+also prints peak GPU memory per batch size (see benchmarks/gpu.sh).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+IMAGE_SIZE = (768, 1024)  # (height, width): a typical dermatoscope frame
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="dermasentinel bench", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--images", type=int, default=16, help="images per measurement (end to end: submitted at once)")
+    parser.add_argument("--seg-size", type=int, default=512)
+    parser.add_argument("--cls-size", type=int, default=512)
+    parser.add_argument("--views", type=int, default=5)
+    parser.add_argument("--backends", nargs="+", default=["torch", "openvino"], choices=["torch", "openvino"])
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (OpenVINO runs on the CPU only)")
+    parser.add_argument("--autocast", default="off", choices=["off", "fp16", "bf16"], help="CUDA torch only")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1], help="raw loop: images per network pass")
+    parser.add_argument("--pipeline-batch", type=int, default=8, help="images per Pipeline.run (GPU_BATCH_SIZE)")
+    parser.add_argument("--e2e-backend", default=None, help="backend of the stack (default: auto for the device)")
+    parser.add_argument("--upload-concurrency", type=int, default=4, help="end to end: parallel uploads")
+    parser.add_argument("--host-threads", type=int, default=None,
+                        help="end to end: HOST_THREADS of the worker (default 2 on CPU, min(12, cpus) on CUDA)")
+    parser.add_argument("--no-pipeline", action="store_true")
+    parser.add_argument("--no-e2e", action="store_true", help="skip the end-to-end run through `up`")
+    parser.add_argument("--no-memory", action="store_true", help="skip the fresh-process RSS probes")
+    parser.add_argument("--memory-probe", help=argparse.SUPPRESS)
+    parser.add_argument("--model-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--cache-dir", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory(prefix="dsbench-engine-") as scratch:
+        scratch = Path(scratch)
+        model_dir = Path(args.model_dir) if args.model_dir else _random_checkpoints(scratch / "models")
+        # The stack's DATA_DIR/engine: `up` (and the memory probes) reuse the converted IR.
+        cache = Path(args.cache_dir) if args.cache_dir else scratch / "data" / "engine"
+        if args.memory_probe:
+            _memory_probe(model_dir, cache, args)
+            return
+        _run(args, model_dir, cache, scratch)
+
+
+def _run(args: argparse.Namespace, model_dir: Path, cache: Path, scratch: Path) -> None:
+    import torch
+
+    from worker.pipeline.synthetic import encode_jpeg, make_lesion
+
+    print(
+        f"engine benchmark: device={args.device} torch={torch.__version__} threads={torch.get_num_threads()} "
+        f"cpus={os.cpu_count()} image={IMAGE_SIZE[1]}x{IMAGE_SIZE[0]} JPEG seg={args.seg_size} cls={args.cls_size} "
+        f"views={args.views} images={args.images} autocast={args.autocast}",
+        flush=True,
+    )
+    jpegs = [
+        encode_jpeg(make_lesion(seed=i, size=IMAGE_SIZE, radius_frac=0.18 + 0.01 * (i % 5), irregularity=0.1 * (i % 7),
+                                variegation=0.1 * (i % 6), ita=10 + 7 * (i % 8), hair=i % 2 == 0).image)
+        for i in range(args.images)
+    ]
+    numbers: dict[str, float] = {}
+    pipelines = {backend: _pipeline(backend, model_dir, cache, args) for backend in args.backends}
+
+    print("\n1. raw network loop (U-Net + Fusion x views on ready tensors)", flush=True)
+    for backend, pipeline in pipelines.items():
+        for batch_size in args.batch_sizes:
+            seconds, peak_gpu = _raw_loop(pipeline, args, batch_size)
+            numbers[f"raw_{backend}_b{batch_size}"] = seconds
+            gpu = f"  peak GPU memory {peak_gpu / 2**30:.2f} GiB" if peak_gpu else ""
+            print(f"   {pipeline.backend.name:<14} batch {batch_size:>3}: {seconds:7.3f} s/img  {1 / seconds:8.2f} img/s{gpu}",
+                  flush=True)
+
+    if not args.no_pipeline:
+        print(f"\n2. pipeline per backend (Pipeline.run, batches of {args.pipeline_batch}, serial)", flush=True)
+        for backend, pipeline in pipelines.items():
+            seconds = _pipeline_loop(pipeline, jpegs, args.pipeline_batch)
+            numbers[f"pipeline_{backend}"] = seconds
+            print(f"   {pipeline.backend.name:<14} {seconds:7.3f} s/img  {1 / seconds:8.2f} img/s", flush=True)
+
+    print("\n3. host cost per image, networks excluded (stub backend, one thread)", flush=True)
+    host = _host_cost(next(iter(pipelines.values())), jpegs)
+    numbers.update(host)
+    print(f"   prepare (decode, quality, network inputs): {host['host_prepare_ms']:6.1f} ms wall "
+          f"{host['host_prepare_cpu_ms']:6.1f} ms CPU", flush=True)
+    print(f"   complete (ABCD, ITA, mask + overlay):      {host['host_complete_ms']:6.1f} ms wall "
+          f"{host['host_complete_cpu_ms']:6.1f} ms CPU", flush=True)
+    print(f"   total:                                     {host['host_ms']:6.1f} ms wall "
+          f"{host['host_cpu_ms']:6.1f} ms CPU  (target <= 30 ms CPU)", flush=True)
+    del pipelines
+
+    if not args.no_e2e:
+        backend = args.e2e_backend or ("torch" if args.device.startswith("cuda") else "openvino")
+        print(f"\n4. end to end through `dermasentinel up` (backend {backend}, {args.images} uploads at once)", flush=True)
+        e2e = _end_to_end(args, model_dir, scratch, jpegs, backend)
+        numbers.update(e2e)
+
+    print("\n5. ratios and memory", flush=True)
+    raw_ov = numbers.get("raw_openvino_b1")
+    raw_torch = numbers.get("raw_torch_b1")
+    if raw_ov and raw_torch:
+        print(f"   raw loop OpenVINO vs torch: {raw_torch / raw_ov:.2f}x faster", flush=True)
+    for backend in args.backends:
+        raw, whole = numbers.get(f"raw_{backend}_b1"), numbers.get(f"pipeline_{backend}")
+        if raw and whole:
+            print(f"   pipeline / raw loop, {backend}: {raw / whole:.2f}x of the raw rate", flush=True)
+    if "e2e_img_s" in numbers:
+        reference = raw_ov or raw_torch
+        if reference:
+            print(f"   end to end / raw {'OpenVINO' if raw_ov else 'torch'} loop: "
+                  f"{numbers['e2e_img_s'] * reference:.2f}x  (target >= 0.75x)", flush=True)
+    if not args.no_memory and args.device == "cpu":
+        for backend in args.backends:
+            memory = _probe_memory(backend, model_dir, scratch / "data" / "engine", args)
+            print(f"   fresh worker-like process, {backend}: peak RSS {memory['peak_mib']:.0f} MiB with both models "
+                  f"after one image (target <= 1536 MiB)", flush=True)
+    print("\nnumbers: " + json.dumps({k: round(v, 4) for k, v in numbers.items()}), flush=True)
+
+
+# ---------------------------------------------------------------- measurements
+
+
+def _pipeline(backend: str, model_dir: Path, cache: Path, args: argparse.Namespace):
+    from worker.pipeline.pipeline import Pipeline, PipelineOptions
+    from worker.pipeline.registry import ModelRegistry
+
+    started = time.perf_counter()
+    registry = ModelRegistry.load(model_dir, device=args.device, segmenter="unet", seed=0, backend=backend)
+    forward = args.views if args.device == "cpu" else 64
+    options = PipelineOptions(seg_size=args.seg_size, cls_size=args.cls_size, tta_views=args.views,
+                              max_forward_batch=forward, autocast=args.autocast, ir_cache_dir=cache)
+    pipeline = Pipeline(registry, options)
+    print(f"   built {pipeline.backend.name} in {time.perf_counter() - started:.1f} s", flush=True)
+    return pipeline
+
+
+def _raw_loop(pipeline, args: argparse.Namespace, batch_size: int) -> tuple[float, int]:
+    """Seconds per image for the two networks alone; peak GPU bytes on CUDA."""
+    import torch
+
+    from worker.pipeline.metadata import encode_metadata
+
+    rng = np.random.default_rng(0)
+    seg = rng.standard_normal((batch_size, args.seg_size, args.seg_size, 3)).astype(np.float32)
+    cls = rng.standard_normal((batch_size, args.cls_size, args.cls_size, 3)).astype(np.float32)
+    meta = np.stack([encode_metadata(55, "female", "torso")] * batch_size)
+    forward = pipeline.options.max_forward_batch
+    backend = pipeline.backend
+
+    def once() -> None:
+        backend.segment(seg)
+        backend.classify(cls, meta, args.views, max(forward, args.views))
+
+    once()  # warm-up: kernels, allocator, cudnn.benchmark's choice
+    cuda = args.device.startswith("cuda")
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    passes = max(1, -(-args.images // batch_size))
+    started = time.perf_counter()
+    for _ in range(passes):
+        once()
+    if cuda:
+        torch.cuda.synchronize()
+    seconds = (time.perf_counter() - started) / (passes * batch_size)
+    return seconds, torch.cuda.max_memory_allocated() if cuda else 0
+
+
+def _pipeline_loop(pipeline, jpegs: list[bytes], batch_size: int) -> float:
+    from worker.pipeline.pipeline import LesionInput
+
+    items = [LesionInput(data, age=55, sex="female", site="torso") for data in jpegs]
+    pipeline.run(items[:1])
+    started = time.perf_counter()
+    for start in range(0, len(items), batch_size):
+        pipeline.run(items[start : start + batch_size])
+    return (time.perf_counter() - started) / len(items)
+
+
+class _NoNetworks:
+    """Answers Gate 1 with a centred disc and Gate 2 with 0.5, instantly: host cost alone."""
+
+    name = "none"
+
+    def segment(self, batch: np.ndarray) -> np.ndarray:
+        size = batch.shape[1]
+        yy, xx = np.mgrid[:size, :size]
+        disc = (yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (0.3 * size) ** 2
+        return np.repeat(disc[None], len(batch), axis=0)
+
+    def classify(self, batch, metadata, views, max_batch) -> np.ndarray:
+        return np.full((len(batch), views), 0.5)
+
+
+def _host_cost(pipeline, jpegs: list[bytes]) -> dict[str, float]:
+    import cv2
+
+    from worker.pipeline.pipeline import LesionInput, Pipeline
+
+    cv2.setNumThreads(1)
+    stub = Pipeline(pipeline.registry, pipeline.options, backend=_NoNetworks())
+    items = [LesionInput(data, age=55, sex="female", site="torso") for data in jpegs]
+    stub.run(items[:1])
+    totals = {"prepare": [0.0, 0.0], "complete": [0.0, 0.0]}
+    for item in items:
+        wall, cpu = time.perf_counter(), time.process_time()
+        batch = stub.prepare([item])
+        totals["prepare"][0] += time.perf_counter() - wall
+        totals["prepare"][1] += time.process_time() - cpu
+        stub.infer(batch)
+        wall, cpu = time.perf_counter(), time.process_time()
+        stub.complete(batch)
+        totals["complete"][0] += time.perf_counter() - wall
+        totals["complete"][1] += time.process_time() - cpu
+    cv2.setNumThreads(-1)
+    count = len(items)
+    result = {
+        "host_prepare_ms": totals["prepare"][0] / count * 1000,
+        "host_prepare_cpu_ms": totals["prepare"][1] / count * 1000,
+        "host_complete_ms": totals["complete"][0] / count * 1000,
+        "host_complete_cpu_ms": totals["complete"][1] / count * 1000,
+    }
+    result["host_ms"] = result["host_prepare_ms"] + result["host_complete_ms"]
+    result["host_cpu_ms"] = result["host_prepare_cpu_ms"] + result["host_complete_cpu_ms"]
+    return result
+
+
+# ---------------------------------------------------------------- end to end
+
+
+def _end_to_end(args: argparse.Namespace, model_dir: Path, scratch: Path, jpegs: list[bytes], backend: str) -> dict:
+    from cli.client import Client
+    from cli.processes import stop_process
+
+    data_dir = scratch / "data"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DERMASENTINEL_")}
+    env.update({
+        "DERMASENTINEL_DATA_DIR": str(data_dir),
+        "DERMASENTINEL_MODEL_DIR": str(model_dir),
+        "DERMASENTINEL_SEG_SIZE": str(args.seg_size),
+        "DERMASENTINEL_CLS_SIZE": str(args.cls_size),
+        "DERMASENTINEL_TTA_VIEWS": str(args.views),
+        "DERMASENTINEL_BACKEND": backend,
+        "DERMASENTINEL_DEVICE": args.device,
+        "DERMASENTINEL_AUTOCAST": args.autocast,
+        "DERMASENTINEL_GPU_BATCH_SIZE": str(args.pipeline_batch),
+        "DERMASENTINEL_HOST_THREADS": str(
+            args.host_threads or (min(12, os.cpu_count() or 1) if args.device.startswith("cuda") else 2)
+        ),
+        "DERMASENTINEL_LOG_LEVEL": "WARNING",
+    })
+    log_path = scratch / "up.log"
+    started = time.perf_counter()
+    with log_path.open("wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "cli.main", "up", "--port", "0"], env=env, cwd=ROOT,
+                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        api_url, api_key = _wait_for_stack(process, log_path, data_dir / "stack.env")
+        print(f"   stack up in {time.perf_counter() - started:.0f} s at {api_url}", flush=True)
+        client = Client(api_url, api_key, timeout=120)
+        fields = {"age": 55, "sex": "female", "site": "torso"}
+        warm = client.submit(jpegs[0], "warm-up.jpg", fields)  # the GPU worker loads its models
+        client.wait(warm["id"], timeout=1800, interval=0.5)
+        print(f"   warm-up analysis done {time.perf_counter() - started:.0f} s after start", flush=True)
+
+        first, first_wall = time.perf_counter(), time.time()
+        with ThreadPoolExecutor(args.upload_concurrency) as pool:
+            created = list(pool.map(lambda i: client.submit(jpegs[i], f"bench-{i}.jpg", fields), range(len(jpegs))))
+        uploads = time.perf_counter() - first
+        statuses: dict[str, int] = {}
+        finals = []
+        for analysis in created:
+            final = client.wait(analysis["id"], timeout=3600, interval=0.2)
+            statuses[final["status"]] = statuses.get(final["status"], 0) + 1
+            finals.append(final)
+        client.close()
+        # From the first upload to the last completion as the server recorded it (same host
+        # clock), so polling the list afterwards does not count.
+        last = max(datetime.fromisoformat(f["completed_at"].replace("Z", "+00:00")).timestamp() for f in finals)
+        total = last - first_wall
+        worker_rss = _gpu_worker_peak_rss(process.pid)
+    finally:
+        stop_process(process)
+    rate = len(jpegs) / total
+    backends = sorted({f["model"].get("backend", "?") for f in finals if f.get("model")})
+    print(f"   {len(jpegs)} images in {total:.1f} s (uploads {uploads:.1f} s): {rate:.3f} img/s, "
+          f"{total / len(jpegs):.3f} s/img; statuses {statuses}; model.backend {backends}", flush=True)
+    if worker_rss:
+        print(f"   the stack's GPU worker: peak RSS {worker_rss:.0f} MiB", flush=True)
+    return {"e2e_img_s": rate, "e2e_s_per_img": total / len(jpegs), "e2e_worker_rss_mib": worker_rss or 0.0}
+
+
+def _wait_for_stack(process: subprocess.Popen, log_path: Path, stack_env: Path, timeout: float = 600.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"`dermasentinel up` exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
+        log = log_path.read_text(errors="replace")
+        if "is running at" in log and stack_env.is_file():
+            values = dict(
+                line.split("=", 1) for line in stack_env.read_text().splitlines() if "=" in line
+            )
+            return values["DERMASENTINEL_API_URL"], values["DERMASENTINEL_API_KEY"]
+        time.sleep(0.5)
+    raise SystemExit(f"`dermasentinel up` not ready after {timeout:.0f} s:\n{log_path.read_text()[-3000:]}")
+
+
+def _gpu_worker_peak_rss(root: int) -> float | None:
+    """Peak RSS (MiB) of the processes under ``root`` that serve the analysis queues."""
+    peak = None
+    for pid in _descendants(root):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        if "--role gpu" not in cmdline:
+            continue
+        match = re.search(r"VmHWM:\s+(\d+) kB", status)
+        if match:
+            peak = max(peak or 0.0, int(match.group(1)) / 1024)
+    return peak
+
+
+def _descendants(root: int) -> list[int]:
+    found, frontier = [], [root]
+    while frontier:
+        pid = frontier.pop()
+        try:
+            tasks = Path(f"/proc/{pid}/task").iterdir()
+            children = [int(c) for task in tasks for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+        found.extend(children)
+        frontier.extend(children)
+    return found
+
+
+# ---------------------------------------------------------------- memory and checkpoints
+
+
+def _probe_memory(backend: str, model_dir: Path, cache: Path, args: argparse.Namespace) -> dict:
+    probe = subprocess.run(
+        [sys.executable, "-m", "benchmarks.engine", "--memory-probe", backend, "--model-dir", str(model_dir),
+         "--cache-dir", str(cache),
+         "--seg-size", str(args.seg_size), "--cls-size", str(args.cls_size), "--views", str(args.views)],
+        capture_output=True, text=True, check=True, cwd=ROOT,
+    )
+    return json.loads(probe.stdout.strip().splitlines()[-1])
+
+
+def _memory_probe(model_dir: Path, cache: Path, args: argparse.Namespace) -> None:
+    """A fresh process as a restarted CPU worker holds it (OpenVINO IR already cached): both
+    models on one backend, one image analysed."""
+    from worker.pipeline.pipeline import LesionInput
+    from worker.pipeline.synthetic import encode_jpeg, make_lesion
+
+    pipeline = _pipeline_quiet(args.memory_probe, model_dir, cache, args)
+    pipeline.run([LesionInput(encode_jpeg(make_lesion(0, IMAGE_SIZE).image), age=50)])
+    with open("/proc/self/status") as status:
+        peak = next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmHWM:"))
+    print(json.dumps({"peak_mib": peak}))
+
+
+def _pipeline_quiet(backend: str, model_dir: Path, cache: Path, args: argparse.Namespace):
+    from worker.pipeline.pipeline import Pipeline, PipelineOptions
+    from worker.pipeline.registry import ModelRegistry
+
+    registry = ModelRegistry.load(model_dir, device="cpu", segmenter="unet", seed=0, backend=backend)
+    options = PipelineOptions(seg_size=args.seg_size, cls_size=args.cls_size, tta_views=args.views,
+                              max_forward_batch=args.views, ir_cache_dir=cache)
+    return Pipeline(registry, options)
+
+
+def _random_checkpoints(model_dir: Path) -> Path:
+    """A seeded random Scalpel checkpoint, so Gate 1 is the U-Net (speed does not depend on
+    the weights' values); Fusion stays the seeded untrained network."""
+    import torch
+
+    from worker.pipeline.models import build_scalpel
+
+    model_dir.mkdir(parents=True, exist_ok=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        torch.save(build_scalpel().state_dict(), model_dir / "scalpel.pth")
+    return model_dir
+
+
+if __name__ == "__main__":
+    main()

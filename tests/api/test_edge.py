@@ -1,0 +1,45 @@
+"""The edge of every request: a true bug is a problem+json 500 with an error id that is also
+the request id, and HSTS is sent only over https."""
+
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+
+from api.main import create_app
+
+
+def _app(settings, **update):
+    app = create_app(settings.model_copy(update=update))
+
+    def boom():
+        raise RuntimeError("a bug")
+
+    app.add_api_route("/v1/boom", boom)
+    return app
+
+
+def test_a_bug_is_a_problem_500_with_an_error_id(settings, caplog):
+    client = TestClient(_app(settings), raise_server_exceptions=False)
+    response = client.get("/v1/boom", headers={"X-Request-ID": "trace-abc-123"})
+    assert response.status_code == 500
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body = response.json()
+    assert body["error_id"] == response.headers["x-request-id"] == "trace-abc-123"
+    assert "trace-abc-123" in body["detail"] and "a bug" not in body["detail"]
+    assert response.headers["cache-control"] == "no-store"
+    assert "trace-abc-123" in caplog.text  # the same id is in the log, with the traceback
+
+
+def test_hsts_only_over_https(settings):
+    app = _app(settings)
+    assert "strict-transport-security" not in TestClient(app).get("/healthz").headers
+    secure = TestClient(app, base_url="https://derma.example.org").get("/healthz")
+    assert secure.headers["strict-transport-security"].startswith("max-age=")
+    behind_proxy = TestClient(_app(settings, public_url="https://derma.example.org")).get("/healthz")
+    assert "strict-transport-security" in behind_proxy.headers
+
+
+def test_a_malformed_request_id_is_replaced(settings):
+    response = TestClient(_app(settings)).get("/healthz", headers={"X-Request-ID": "bad id\twith junk"})
+    assert response.headers["x-request-id"] != "bad id\twith junk"
+    assert len(response.headers["x-request-id"]) == 32

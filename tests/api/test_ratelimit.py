@@ -1,0 +1,94 @@
+"""Per-tenant rate limits and upload quotas, on the suite's real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+import pytest
+
+from api.problems import RateLimited
+from api.ratelimit import Limiter, parse_overrides
+from cli.processes import free_port
+
+
+def _limiter(settings, **update) -> Limiter:
+    return Limiter(settings.model_copy(update=update))
+
+
+def test_a_tenant_is_refused_past_its_rate_with_the_draft_headers(settings):
+    async def scenario():
+        limiter = _limiter(settings, rate_limit="3/minute")
+        tenant = str(uuid.uuid4())
+        try:
+            verdicts = [await limiter.check("3/minute", "requests", tenant) for _ in range(4)]
+            other = await limiter.check("3/minute", "requests", str(uuid.uuid4()))
+        finally:
+            await limiter.close()
+        return verdicts, other
+
+    verdicts, other = asyncio.run(scenario())
+    assert [v.allowed for v in verdicts] == [True, True, True, False]
+    assert [v.remaining for v in verdicts[:3]] == [2, 1, 0]
+    refused = verdicts[-1].headers()
+    assert refused["RateLimit-Limit"] == "3" and refused["RateLimit-Remaining"] == "0"
+    assert 1 <= int(refused["Retry-After"]) <= 60 and 1 <= int(refused["RateLimit-Reset"]) <= 60
+    assert other.allowed  # counted per tenant
+
+
+def test_per_tenant_overrides_replace_the_defaults(settings):
+    special = uuid.uuid4()
+    overrides = json.dumps({str(special): {"requests": "100/second", "concurrent_uploads": 1}})
+    limiter = _limiter(settings, rate_limit="5/second", concurrent_uploads=4, rate_limits_per_tenant=overrides)
+    assert limiter.limits_for(special).requests == "100/second"
+    assert limiter.limits_for(special).concurrent_uploads == 1
+    assert limiter.limits_for(uuid.uuid4()).requests == "5/second"
+    asyncio.run(limiter.close())
+
+
+@pytest.mark.parametrize("raw", ["[1]", "{not json", '{"not-a-uuid": {}}'])
+def test_malformed_overrides_are_refused_at_start(raw):
+    with pytest.raises(ValueError, match="RATE_LIMITS_PER_TENANT"):
+        parse_overrides(raw)
+
+
+@pytest.mark.parametrize("storage", ["redis", "memory"])
+def test_concurrent_uploads_are_capped_and_released(settings, storage):
+    async def scenario():
+        update = {"concurrent_uploads": 2}
+        if storage == "memory":
+            update["broker_url"] = ""
+        limiter = _limiter(settings, **update)
+        tenant = uuid.uuid4()
+        try:
+            async with limiter.upload_slot(tenant), limiter.upload_slot(tenant):
+                with pytest.raises(RateLimited) as refused:
+                    async with limiter.upload_slot(tenant):
+                        pass
+                async with limiter.upload_slot(uuid.uuid4()):
+                    pass  # another tenant has its own slots
+            async with limiter.upload_slot(tenant), limiter.upload_slot(tenant):
+                pass  # both came back
+        finally:
+            await limiter.close()
+        return refused.value
+
+    refused = asyncio.run(scenario())
+    assert refused.status == 429 and refused.headers["Retry-After"] == "1"
+
+
+def test_requests_pass_when_redis_is_down(settings):
+    async def scenario():
+        limiter = _limiter(settings, broker_url=f"redis://127.0.0.1:{free_port()}/0")
+        try:
+            verdict = await limiter.check("1/minute", "requests", "t")
+            again = await limiter.check("1/minute", "requests", "t")
+            async with limiter.upload_slot(uuid.uuid4()):
+                pass
+        finally:
+            await limiter.close()
+        return verdict, again
+
+    verdict, again = asyncio.run(scenario())
+    assert verdict.allowed and again.allowed

@@ -1,0 +1,165 @@
+"""The backend seam: torch and OpenVINO give the same results, cached IR, provenance, GPU knobs."""
+
+import numpy as np
+import openvino
+import pytest
+import torch
+
+from worker.pipeline.backends import EngineOptions, TorchBackend, gate1_chunk, resolve_backend
+from worker.pipeline.errors import ModelConfigError
+from worker.pipeline.pipeline import Finding, LesionInput, Pipeline, PipelineOptions
+from worker.pipeline.registry import ModelRegistry
+from worker.pipeline.synthetic import encode_jpeg, make_lesion
+from worker.pipeline.tta import DIHEDRAL_VIEWS, NUMPY_VIEWS, expand_views, expand_views_numpy
+
+PROBABILITY_FIELDS = {"probability", "uncertainty", "tta_probabilities", "diagnosis", "risk_band"}
+
+
+def _lesions(count: int) -> list[LesionInput]:
+    return [
+        LesionInput(
+            encode_jpeg(make_lesion(i, (240, 320), radius_frac=0.2 + 0.02 * i, irregularity=0.15 * i, variegation=0.2).image),
+            age=40 + 7 * i,
+            sex=("male", "female", "unknown")[i % 3],
+            site="torso",
+        )
+        for i in range(count)
+    ]
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max(1, (a | b).sum()))
+
+
+@pytest.fixture(scope="module")
+def ir_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("engine")
+
+
+@pytest.fixture(scope="module")
+def both(checkpoint_dir, ir_cache):
+    """The same checkpoints on torch and on OpenVINO, at the test sizes."""
+    options = PipelineOptions(seg_size=128, cls_size=128, ir_cache_dir=ir_cache)
+    return {
+        name: Pipeline(ModelRegistry.load(checkpoint_dir, device="cpu", backend=name), options)
+        for name in ("torch", "openvino")
+    }
+
+
+def test_openvino_matches_torch_probabilities_and_masks(both):
+    items = _lesions(4)
+    prepared = {name: pipeline.prepare(items) for name, pipeline in both.items()}
+    inputs = np.stack([item.seg_input for item in prepared["torch"].items])
+    masks = {name: pipeline.backend.segment(inputs) for name, pipeline in both.items()}
+    assert masks["torch"].shape == (4, 128, 128) and masks["torch"].any()
+    for torch_mask, ov_mask in zip(masks["torch"], masks["openvino"]):
+        assert _iou(torch_mask, ov_mask) >= 0.99
+
+    results = {name: pipeline.run(items) for name, pipeline in both.items()}
+    for torch_outcome, ov_outcome in zip(results["torch"], results["openvino"]):
+        assert isinstance(torch_outcome, Finding) and isinstance(ov_outcome, Finding)
+        np.testing.assert_allclose(
+            ov_outcome.result["tta_probabilities"], torch_outcome.result["tta_probabilities"], atol=1e-4
+        )
+        assert ov_outcome.result["probability"] == pytest.approx(torch_outcome.result["probability"], abs=1e-4)
+
+
+def test_switching_backend_changes_only_the_backend_name_and_network_bits(both):
+    results = {name: pipeline.run(_lesions(3)) for name, pipeline in both.items()}
+    for torch_outcome, ov_outcome in zip(results["torch"], results["openvino"]):
+        assert torch_outcome.model["backend"] == "torch-cpu" and ov_outcome.model["backend"] == "openvino-cpu"
+        assert {**torch_outcome.model, "backend": None} == {**ov_outcome.model, "backend": None}
+        same = {k: v for k, v in torch_outcome.result.items() if k not in PROBABILITY_FIELDS}
+        assert same == {k: v for k, v in ov_outcome.result.items() if k not in PROBABILITY_FIELDS}
+        # Masks from the two engines agree (IoU >= 0.99), so the artifacts are the same pictures.
+        assert torch_outcome.mask_png == ov_outcome.mask_png
+
+
+def test_classical_gate1_results_are_identical_across_backends(tmp_path):
+    options = PipelineOptions(seg_size=128, cls_size=128, ir_cache_dir=tmp_path)
+    items = _lesions(2)
+    outcomes = {
+        name: Pipeline(ModelRegistry.load(None, device="cpu", backend=name), options).run(items)
+        for name in ("torch", "openvino")
+    }
+    for torch_outcome, ov_outcome in zip(outcomes["torch"], outcomes["openvino"]):
+        for field in ("segmentation", "concepts", "equity", "quality"):
+            assert torch_outcome.result[field] == ov_outcome.result[field]
+        assert torch_outcome.overlay_jpeg == ov_outcome.overlay_jpeg
+
+
+def test_openvino_results_are_deterministic_and_batch_independent(both):
+    pipeline = both["openvino"]
+    items = _lesions(3)
+    alone = pipeline.run(items[2:])[0].result
+    again = pipeline.run(items[2:])[0].result
+    in_batch = pipeline.run(items)[2].result
+    assert alone == again
+    np.testing.assert_allclose(in_batch["tta_probabilities"], alone["tta_probabilities"], atol=1e-6)
+
+
+def test_a_restart_compiles_the_cached_ir_without_converting(both, checkpoint_dir, ir_cache, monkeypatch):
+    cached = sorted(path.name for path in ir_cache.iterdir())
+    assert len([name for name in cached if name.endswith(".xml")]) == 2  # Scalpel and Fusion
+    assert not any("partial" in name for name in cached)
+
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("converted again despite a cached IR")
+
+    monkeypatch.setattr(openvino, "convert_model", no_conversion)
+    restarted = Pipeline(
+        ModelRegistry.load(checkpoint_dir, device="cpu", backend="openvino"),
+        PipelineOptions(seg_size=128, cls_size=128, ir_cache_dir=ir_cache),
+    )
+    items = _lesions(1)
+    assert restarted.run(items)[0].result == both["openvino"].run(items)[0].result
+
+
+def test_openvino_pipeline_holds_no_torch_modules(both):
+    registry = both["openvino"].registry
+    assert registry.scalpel is None and registry.fusion is None
+    assert registry.provenance()["scalpel"]["sha256"]  # provenance is kept
+
+
+def test_auto_is_openvino_on_cpu_and_torch_on_cuda():
+    assert resolve_backend("auto", torch.device("cpu")) == "openvino"
+    assert resolve_backend("auto", torch.device("cuda")) == "torch"
+    assert resolve_backend("torch", torch.device("cpu")) == "torch"
+    with pytest.raises(ModelConfigError, match="runs on the CPU"):
+        resolve_backend("openvino", torch.device("cuda"))
+    with pytest.raises(ModelConfigError, match="backend must be one of"):
+        resolve_backend("tensorrt", torch.device("cpu"))
+
+
+def test_numpy_views_are_the_torch_views():
+    images = np.random.default_rng(0).standard_normal((2, 3, 6, 6)).astype(np.float32)
+    assert list(NUMPY_VIEWS) == list(DIHEDRAL_VIEWS)
+    expected = expand_views(torch.from_numpy(images), len(DIHEDRAL_VIEWS)).numpy()
+    np.testing.assert_array_equal(expand_views_numpy(images, len(DIHEDRAL_VIEWS)), expected)
+    # From an NHWC buffer seen as NCHW (how the OpenVINO backend calls it).
+    nhwc = np.ascontiguousarray(images.transpose(0, 2, 3, 1))
+    np.testing.assert_array_equal(expand_views_numpy(nhwc.transpose(0, 3, 1, 2), 5), expected.reshape(2, 8, 3, 6, 6)[:, :5].reshape(10, 3, 6, 6))
+
+
+def test_gate1_is_chunked_to_the_memory_budget_with_the_same_masks(unet_registry, forward_calls):
+    assert gate1_chunk(512, 2048) == 74 and gate1_chunk(512, 2048, "fp16") == 148
+    assert gate1_chunk(512, 1) == 1
+    budget_for_two = 2 * 128 * 128 * 110 / 2**20
+    tight = TorchBackend(unet_registry.scalpel, unet_registry.fusion, torch.device("cpu"), 128,
+                         EngineOptions(gate1_memory_mb=budget_for_two))
+    roomy = TorchBackend(unet_registry.scalpel, unet_registry.fusion, torch.device("cpu"), 128, EngineOptions())
+    batch = np.random.default_rng(1).standard_normal((5, 128, 128, 3)).astype(np.float32)
+    calls = forward_calls(unet_registry.scalpel)
+    chunked = tight.segment(batch)
+    assert [c["batch"] for c in calls] == [2, 2, 1]
+    assert all(c["channels_last"] and c["inference_mode"] for c in calls)
+    np.testing.assert_array_equal(chunked, roomy.segment(batch))
+
+
+def test_autocast_applies_on_cuda_only(unet_registry):
+    cpu = TorchBackend(unet_registry.scalpel, unet_registry.fusion, torch.device("cpu"), 128, EngineOptions(autocast="fp16"))
+    assert cpu.autocast == "off" and cpu.name == "torch-cpu"
+    tensor = cpu.to_device(np.zeros((2, 8, 8, 3), dtype=np.float32))
+    assert tensor.shape == (2, 3, 8, 8) and tensor.is_contiguous(memory_format=torch.channels_last)
+    with pytest.raises(ValueError, match="autocast"):
+        EngineOptions(autocast="fp8")

@@ -1,0 +1,75 @@
+"""Reduced-size JPEG decoding (DCT scaling) keeps every size-dependent output in the upload's
+pixels, and the cheaper artifacts stay exact where they must."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from worker.pipeline import overlay
+from worker.pipeline.decode import decode_image, decode_upright
+from worker.pipeline.pipeline import Finding, LesionInput, Pipeline, PipelineOptions
+from worker.pipeline.synthetic import encode_jpeg, make_lesion
+
+LIMIT = 40_000_000
+
+
+def test_draft_decodes_at_the_smallest_scale_that_still_covers_every_working_size():
+    data = encode_jpeg(make_lesion(0, (1800, 2400)).image)
+    image, source = decode_upright(data, LIMIT, keep=(512, 1024))
+    assert source == (1800, 2400)
+    assert image.shape == (900, 1200, 3)  # 1/2; 1/4 would leave the long side under 1024
+    full, full_source = decode_upright(data, LIMIT)
+    assert full.shape == (1800, 2400, 3) and full_source == (1800, 2400)
+    small, _ = decode_upright(encode_jpeg(make_lesion(0, (600, 800)).image), LIMIT, keep=(512, 1024))
+    assert small.shape == (600, 800, 3)  # never below the working sizes
+
+
+def test_draft_reports_the_upright_size_of_a_rotated_photo():
+    stored = np.zeros((1200, 2400, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 CW to display
+    buffer = io.BytesIO()
+    Image.fromarray(stored).save(buffer, format="JPEG", exif=exif.tobytes())
+    image, source = decode_upright(buffer.getvalue(), LIMIT, keep=(256, 512))
+    assert source == (2400, 1200)
+    assert image.shape[:2] == (600, 300)  # 1/4, upright
+    assert decode_image(buffer.getvalue(), LIMIT).shape[:2] == (2400, 1200)
+
+
+def test_reduced_decode_keeps_artifact_sizes_diameter_coverage_and_ita(classical_registry):
+    lesion = make_lesion(3, (1536, 2048), radius_frac=0.2, irregularity=0.3, variegation=0.4)
+    item = LesionInput(encode_jpeg(lesion.image), pixel_spacing_mm=0.01)
+    base = PipelineOptions(seg_size=128, cls_size=128)
+    full = Pipeline(classical_registry, base).run([item])[0]
+    reduced = Pipeline(classical_registry, PipelineOptions(seg_size=128, cls_size=128, decode_reduced=True)).run([item])[0]
+    assert isinstance(full, Finding) and isinstance(reduced, Finding)
+    for artifact in ("mask_png", "overlay_jpeg"):
+        with Image.open(io.BytesIO(getattr(reduced, artifact))) as picture:
+            assert picture.size == (1024, 768)
+    assert reduced.result["concepts"]["diameter_px"] == pytest.approx(lesion.params["diameter_px"], rel=0.05)
+    assert reduced.result["concepts"]["diameter_px"] == pytest.approx(full.result["concepts"]["diameter_px"], rel=0.02)
+    assert reduced.result["concepts"]["diameter_mm"] == pytest.approx(reduced.result["concepts"]["diameter_px"] * 0.01)
+    assert reduced.result["segmentation"]["coverage"] == pytest.approx(full.result["segmentation"]["coverage"], abs=0.01)
+    assert reduced.result["equity"]["ita_degrees"] == pytest.approx(full.result["equity"]["ita_degrees"], abs=1.0)
+
+
+def test_mask_is_a_one_bit_png_with_the_exact_mask():
+    mask = np.zeros((60, 90), dtype=bool)
+    mask[10:40, 20:70] = True
+    with Image.open(io.BytesIO(overlay.mask_png(mask))) as picture:
+        assert picture.format == "PNG" and picture.mode == "1"
+        np.testing.assert_array_equal(np.asarray(picture.convert("L")) > 127, mask)
+
+
+def test_overlay_is_a_jpeg_with_the_outline_on_the_photo():
+    image = np.full((80, 120, 3), 180, dtype=np.uint8)
+    mask = np.zeros((80, 120), dtype=bool)
+    mask[20:60, 30:90] = True
+    with Image.open(io.BytesIO(overlay.overlay_jpeg(image, mask))) as picture:
+        assert picture.format == "JPEG" and picture.size == (120, 80)
+        pixels = np.asarray(picture.convert("RGB")).astype(int)
+    assert abs(pixels[5, 5] - 180).max() < 8  # skin untouched
+    inside = pixels[40, 60]
+    assert inside[2] - inside[0] > 60  # cyan tint inside the lesion

@@ -1,0 +1,110 @@
+"""The overlapped engine: one call drains the queue batch after batch, writes every outcome
+with its claim's attempt, stores the cheaper artifacts, and gives claims back on failure."""
+
+from __future__ import annotations
+
+import io
+import uuid
+
+import pytest
+from PIL import Image
+from sqlalchemy import select
+
+from shared import analyses as lifecycle
+from shared.context import AppContext
+from shared.db import session_scope
+from shared.models import Analysis
+from shared.storage import ARTIFACTS, IMAGES, image_key
+from worker.analysis import run_analysis
+from worker.pipeline.pipeline import Pipeline, PipelineOptions
+from worker.pipeline.registry import ModelRegistry
+from worker.pipeline.synthetic import encode_jpeg, make_lesion
+
+
+@pytest.fixture(scope="module")
+def engine_context(settings):
+    """Small batches, so a dozen jobs are several batches in flight."""
+    context = AppContext(settings.model_copy(update={"gpu_batch_size": 3, "host_threads": 2}))
+    yield context
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def pipeline(settings, tmp_path_factory):
+    registry = ModelRegistry.load(None, device="cpu", backend="auto")
+    options = PipelineOptions(seg_size=settings.seg_size, cls_size=settings.cls_size, tta_views=settings.tta_views,
+                              ir_cache_dir=tmp_path_factory.mktemp("engine"))
+    return Pipeline(registry, options)
+
+
+def _queue(context, tenant_id, image: bytes | None, *, blur: float = 0.0) -> uuid.UUID:
+    analysis_id = uuid.uuid4()
+    key = image_key(tenant_id, analysis_id, "jpg")
+    if image is None:
+        image = encode_jpeg(make_lesion(seed=analysis_id.int % 1000, size=(180, 240), radius_frac=0.22, blur=blur).image)
+    if image:
+        context.store.put(IMAGES, key, image, "image/jpeg")
+    with session_scope(context.session_factory) as session:
+        session.add(Analysis(
+            id=analysis_id, tenant_id=tenant_id, status="queued", attempt=0, image_key=key, age=50, sex="female",
+            site="torso", image_sha256="0" * 64, image_content_type="image/jpeg", image_width=240, image_height=180,
+            enqueued_at=lifecycle.utcnow(), created_at=lifecycle.utcnow(),
+        ))
+    return analysis_id
+
+
+def _rows(context, ids) -> dict[uuid.UUID, Analysis]:
+    with context.session_factory() as session:
+        return {row.id: row for row in session.scalars(select(Analysis).where(Analysis.id.in_(ids)))}
+
+
+def test_one_call_drains_several_batches_with_outcomes_per_image(engine_context, pipeline, tenant_key):
+    context = engine_context
+    tenant_id = tenant_key[0]
+    sharp = [_queue(context, tenant_id, None) for _ in range(7)]
+    blurry = _queue(context, tenant_id, None, blur=8.0)
+    ids = sharp + [blurry]
+
+    finished = run_analysis(context, pipeline, sharp[0])
+
+    rows = _rows(context, ids)
+    assert finished >= len(ids) > context.settings.gpu_batch_size  # batches k, k+1, ... in one call
+    assert {rows[i].status for i in sharp} == {"succeeded"}
+    assert rows[blurry].status == "rejected" and rows[blurry].rejection["code"] == "blurry"
+    for row in rows.values():
+        assert row.attempt == 1 and row.model["backend"] == "openvino-cpu"
+        assert row.model == pipeline.registry.provenance()
+
+    row = rows[sharp[0]]
+    assert row.mask_key.endswith("/mask.png") and row.overlay_key.endswith("/overlay.jpg")
+    mask = context.store.client.stat_object(context.settings.bucket(ARTIFACTS), row.mask_key)
+    overlay = context.store.client.stat_object(context.settings.bucket(ARTIFACTS), row.overlay_key)
+    assert (mask.content_type, overlay.content_type) == ("image/png", "image/jpeg")
+    with Image.open(io.BytesIO(context.store.get(ARTIFACTS, row.mask_key))) as picture:
+        assert picture.format == "PNG" and picture.mode == "1" and picture.size == (240, 180)
+    with Image.open(io.BytesIO(context.store.get(ARTIFACTS, row.overlay_key))) as picture:
+        assert picture.format == "JPEG" and picture.size == (240, 180)
+
+
+def test_same_image_same_result_whichever_batch_it_lands_in(engine_context, pipeline, tenant_key):
+    context = engine_context
+    image = encode_jpeg(make_lesion(seed=77, size=(180, 240), radius_frac=0.25, irregularity=0.4).image)
+    first = [_queue(context, tenant_key[0], image) for _ in range(5)]
+    run_analysis(context, pipeline, first[0])
+    results = [row.result for row in _rows(context, first).values()]
+    assert all(result is not None for result in results)
+    network = {"scribe_note", "probability", "uncertainty", "tta_probabilities"}  # the note names the id
+    for result in results:
+        assert {k: v for k, v in result.items() if k not in network} == {
+            k: v for k, v in results[0].items() if k not in network
+        }
+        assert result["tta_probabilities"] == pytest.approx(results[0]["tta_probabilities"], abs=1e-6)
+
+
+def test_a_missing_image_gives_its_batch_back_to_the_queue(engine_context, pipeline, tenant_key):
+    context = engine_context
+    missing = _queue(context, tenant_key[0], b"")  # the row exists, its image object does not
+    with pytest.raises(Exception):
+        run_analysis(context, pipeline, missing)
+    row = _rows(context, [missing])[missing]
+    assert row.status == "queued" and row.attempt == 1 and row.result is None
