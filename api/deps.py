@@ -14,8 +14,9 @@ import asyncio
 import time
 import uuid
 from collections import Counter, defaultdict, deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Annotated, TypeVar
 
@@ -28,10 +29,13 @@ from shared import tenants
 from shared.config import Settings
 from shared.context import AppContext
 from shared.db import session_scope
+from shared.logs import bind as bind_log_context
 from shared.security import KEY_PREFIX, hash_api_key
 from shared.storage import IMAGES
 
 UNCOMMITTED_IMAGES = "uncommitted_images"
+# Whether this request already holds one of the process's request places (Capacity.request).
+HOLDS_PLACE: ContextVar[bool] = ContextVar("holds_request_place", default=False)
 # Key lookups (one short query each) get their own few connections, so a request that holds
 # a database slot never waits on another request's authentication, nor the other way round.
 AUTH_SLOTS = 4
@@ -55,24 +59,28 @@ def api_database_settings(settings: Settings) -> Settings:
 
 class FairSlots:
     """``size`` slots shared by tenants. A freed slot goes to the waiting tenant that holds the
-    fewest, so one tenant's crowd queues behind itself, not in front of everyone else. A
-    request still waiting after ``wait`` seconds is refused (503), never queued for long."""
+    fewest, and among those to the one served longest ago, so one tenant's crowd queues behind
+    itself, not in front of a clinic that sends one request at a time. A request still waiting
+    after ``wait`` seconds is refused (503), never queued for long."""
 
     def __init__(self, size: int):
         self.size = size
         self.in_use = 0
         self.held: Counter[object] = Counter()
         self.waiting: dict[object, deque[asyncio.Future]] = defaultdict(deque)
+        # When each tenant that is holding or waiting was last granted a slot (a tie-break).
+        self.last_granted: dict[object, int] = {}
+        self.grants = 0
 
     @asynccontextmanager
     async def hold(self, owner: object, wait: float, what: str) -> AsyncIterator[None]:
-        await self._acquire(owner, wait, what)
+        await self.acquire(owner, wait, what)
         try:
             yield
         finally:
-            self._release(owner)
+            self.release(owner)
 
-    async def _acquire(self, owner: object, wait: float, what: str) -> None:
+    async def acquire(self, owner: object, wait: float, what: str) -> None:
         if self.in_use < self.size and not self.waiting:
             self._take(owner)
             return
@@ -89,7 +97,7 @@ class FairSlots:
 
     def _give_up(self, owner: object, granted: asyncio.Future) -> None:
         if granted.done() and not granted.cancelled():
-            self._release(owner)  # granted just as we gave up: pass it on
+            self.release(owner)  # granted just as we gave up: pass it on
             return
         granted.cancel()
         queue = self.waiting.get(owner)
@@ -97,18 +105,26 @@ class FairSlots:
             queue.remove(granted)
             if not queue:
                 del self.waiting[owner]
+                if owner not in self.held:
+                    self.last_granted.pop(owner, None)
 
     def _take(self, owner: object) -> None:
         self.in_use += 1
         self.held[owner] += 1
+        self.grants += 1
+        self.last_granted[owner] = self.grants
 
-    def _release(self, owner: object) -> None:
+    def release(self, owner: object) -> None:
         self.in_use -= 1
         self.held[owner] -= 1
         if self.held[owner] <= 0:
             del self.held[owner]
+            if owner not in self.waiting:
+                self.last_granted.pop(owner, None)
         while self.in_use < self.size and self.waiting:
-            next_owner = min(self.waiting, key=lambda waiter: self.held.get(waiter, 0))
+            next_owner = min(
+                self.waiting, key=lambda waiter: (self.held.get(waiter, 0), self.last_granted.get(waiter, 0))
+            )
             queue = self.waiting[next_owner]
             granted = queue.popleft()
             if not queue:
@@ -126,6 +142,7 @@ class Capacity:
         self._database = FairSlots(settings.api_db_concurrency)
         self._auth = FairSlots(AUTH_SLOTS)
         self._decode = FairSlots(settings.api_decode_concurrency)
+        self.requests = FairSlots(settings.api_concurrency)  # held by api.middleware.TenantGate
 
     def database(self, tenant_id: uuid.UUID | None = None):
         return self._database.hold(tenant_id, self.settings.api_db_wait_seconds, "the database is busy")
@@ -133,8 +150,27 @@ class Capacity:
     def auth(self):
         return self._auth.hold(None, self.settings.api_db_wait_seconds, "API key checks are busy")
 
-    def decode(self, tenant_id: uuid.UUID | None = None):
-        return self._decode.hold(tenant_id, self.settings.api_decode_wait_seconds, "image decoding is busy")
+    @asynccontextmanager
+    async def decode(self, tenant_id: uuid.UUID | None = None) -> AsyncIterator[None]:
+        async with self.request(tenant_id, self.settings.api_decode_wait_seconds):
+            async with self._decode.hold(tenant_id, self.settings.api_decode_wait_seconds, "image decoding is busy"):
+                yield
+
+    @asynccontextmanager
+    async def request(self, tenant_id: object, wait: float | None = None) -> AsyncIterator[None]:
+        """One of the process's ``API_CONCURRENCY`` places (``api.middleware.TenantGate``):
+        every request but an upload takes one at the edge; an upload takes one for each step
+        after its body has arrived (decoding, its transaction). Held once per request."""
+        if HOLDS_PLACE.get():
+            yield
+            return
+        wait = self.settings.api_db_wait_seconds if wait is None else wait
+        async with self.requests.hold(tenant_id, wait, "the API is busy"):
+            token = HOLDS_PLACE.set(True)
+            try:
+                yield
+            finally:
+                HOLDS_PLACE.reset(token)
 
 
 async def get_context(request: Request) -> AppContext:
@@ -176,7 +212,9 @@ async def in_session(
         with unit_of_work(context) as session:
             return work(session, *args)
 
-    async with capacity.database(tenant_id):
+    # An upload comes here with its image already decoded: it may wait for a place as long
+    # as a decode may, rather than throw that work away after the short database wait.
+    async with capacity.request(tenant_id, capacity.settings.api_decode_wait_seconds), capacity.database(tenant_id):
         return await run_in_threadpool(run)
 
 
@@ -194,6 +232,29 @@ class KeyCache:
     def __init__(self, ttl: float, max_entries: int = 10_000):
         self.ttl, self.max_entries = ttl, max_entries
         self._entries: dict[str, tuple[float, uuid.UUID]] = {}
+        self._loading: dict[str, asyncio.Future] = {}
+
+    async def resolve(self, digest: str, load: Callable[[], Awaitable[uuid.UUID | None]]) -> uuid.UUID | None:
+        """The cached tenant, else ``load()``'s. Concurrent misses for one key share one lookup
+        (a task of its own, so a caller that disconnects does not cancel it for the others):
+        a tenant's crowd whose entry just expired costs one query, not one each."""
+        tenant_id = self.get(digest)
+        if tenant_id is not None:
+            return tenant_id
+        lookup = self._loading.get(digest)
+        if lookup is None:
+            lookup = self._loading[digest] = asyncio.ensure_future(self._load(digest, load))
+            lookup.add_done_callback(lambda done: done.cancelled() or done.exception())
+        return await asyncio.shield(lookup)
+
+    async def _load(self, digest: str, load: Callable[[], Awaitable[uuid.UUID | None]]) -> uuid.UUID | None:
+        try:
+            tenant_id = await load()
+        finally:
+            self._loading.pop(digest, None)
+        if tenant_id is not None:
+            self.put(digest, tenant_id)
+        return tenant_id
 
     def get(self, digest: str) -> uuid.UUID | None:
         entry = self._entries.get(digest)
@@ -224,15 +285,16 @@ async def get_tenant(request: Request, context: ContextDep, capacity: CapacityDe
             headers={"WWW-Authenticate": "Bearer"},
         )
     cache: KeyCache = request.app.state.key_cache
-    digest = hash_api_key(key)
-    tenant_id = cache.get(digest)
-    if tenant_id is None:
+
+    async def load() -> uuid.UUID | None:
         async with capacity.auth():
-            tenant_id = await run_in_threadpool(_authenticate, context, key)
-        if tenant_id is None:
-            raise Unauthorized("this API key is unknown or revoked", headers={"WWW-Authenticate": "Bearer"})
-        cache.put(digest, tenant_id)
+            return await run_in_threadpool(_authenticate, context, key)
+
+    tenant_id = await cache.resolve(hash_api_key(key), load)
+    if tenant_id is None:
+        raise Unauthorized("this API key is unknown or revoked", headers={"WWW-Authenticate": "Bearer"})
     await request.app.state.limiter.tenant_request(request, tenant_id)
+    bind_log_context(tenant_id=tenant_id)  # on this request's log lines (docs/OBSERVABILITY.md)
     return AuthenticatedTenant(tenant_id)
 
 

@@ -13,12 +13,13 @@ from fastapi.staticfiles import StaticFiles
 
 from api import problems
 from api.deps import Capacity, KeyCache, api_database_settings
-from api.middleware import BodyGuard, Edge
+from api.middleware import BodyGuard, Edge, TenantGate
 from api.ratelimit import Limiter
 from api.routes import analyses, health
 from api.uploads import return_image_memory_promptly
 from shared.config import Settings, get_settings
 from shared.context import AppContext
+from shared.logs import configure_logging
 
 STATIC_DIR = Path(__file__).parent / "static"
 
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    configure_logging(settings)  # uvicorn's own loggers too, in LOG_FORMAT (docs/OBSERVABILITY.md)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -57,7 +59,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (health, analyses):
         app.include_router(module.router)
     _install_optional_routers(app)
-    # Added last, runs first: Edge wraps everything, BodyGuard runs before any route.
+    # Added last, runs first: Edge wraps everything, BodyGuard runs before any route, and
+    # TenantGate lets only a few requests further at once, fairly between tenants.
+    app.add_middleware(TenantGate, key_cache=app.state.key_cache, capacity=app.state.capacity)
     app.add_middleware(BodyGuard, settings=settings)
     app.add_middleware(Edge, settings=settings)
 
@@ -77,3 +81,5 @@ def _install_optional_routers(app: FastAPI) -> None:
     app.include_router(webhook_endpoints.router)
     from api.routes import keys
     app.include_router(keys.router)
+    from api.routes import uploads
+    app.include_router(uploads.router)

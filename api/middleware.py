@@ -3,7 +3,8 @@
 ``Edge`` (outermost): a request id on every response, security headers, metrics, and a
 problem+json 500 carrying an error id for true bugs. ``BodyGuard``: bodies are bounded in size
 and in time before any route, dependency or key check sees them, and text inputs with NUL
-bytes are refused naming the field.
+bytes are refused naming the field. ``TenantGate``: only ``API_CONCURRENCY`` requests are
+worked on at once, and a freed place goes first to the tenant holding the fewest.
 """
 
 from __future__ import annotations
@@ -21,9 +22,12 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.problems import PayloadTooLarge, Problem, RequestTimeout, Unprocessable, problem_response
+from api.deps import HOLDS_PLACE
+from api.problems import Overloaded, PayloadTooLarge, Problem, RequestTimeout, Unprocessable, problem_response
 from api.ratelimit import STATE_HEADERS
 from shared.config import Settings
+from shared.logs import bind as bind_log_context
+from shared.security import hash_api_key
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +73,7 @@ class Edge:
         request_id = incoming if REQUEST_ID.match(incoming) else uuid.uuid4().hex
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
+        bind_log_context(request_id=request_id)  # this request's task only (docs/OBSERVABILITY.md)
         https = scope.get("scheme") == "https" or self.https_public
         path = scope.get("path", "")
         started = time.perf_counter()
@@ -120,6 +125,76 @@ class Edge:
 
 def _route(scope: Scope) -> str:
     return getattr(scope.get("route"), "path", "unmatched")
+
+
+class TenantGate:
+    """At most ``API_CONCURRENCY`` requests past the edge at once (per API process), shared
+    fairly: a freed place goes to the waiting tenant that holds the fewest, then to the one
+    served longest ago (``api.deps.FairSlots``). A request waits here, costing a future, for up
+    to ``API_DB_WAIT_SECONDS``, then 503 with Retry-After. However many requests one tenant
+    sends, the process then works on only a few at a time (its event loop, its threads and
+    the GIL are not shared N ways), and a tenant with one request waits for the next free place
+    only. The place is given back when the answer starts, so a client reading a long streamed
+    body does not keep it. Uploads are not held here while their body streams (they have their
+    own per-tenant quota, ``CONCURRENT_UPLOADS``, and may trickle for minutes); they take a
+    place for each step after it has arrived (``api.deps.Capacity.request``). The tenant is
+    the cached owner of the presented key, else the key itself (its hash); requests without a
+    bearer key pass to the route, which answers 401."""
+
+    def __init__(self, app: ASGIApp, key_cache, capacity):
+        self.app = app
+        self.key_cache = key_cache
+        self.capacity = capacity
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        owner = self._owner(scope) if scope["type"] == "http" else None
+        if owner is None:
+            await self.app(scope, receive, send)
+            return
+        places = self.capacity.requests
+        try:
+            await places.acquire(owner, self.capacity.settings.api_db_wait_seconds, "the API is busy")
+        except Overloaded as problem:
+            response = problem_response(
+                problem.status, problem.code, problem.title, problem.detail, scope.get("path", ""),
+                headers=problem.headers,
+            )
+            await response(scope, receive, send)
+            return
+        held = True
+
+        def release() -> None:
+            nonlocal held
+            if held:
+                held = False
+                places.release(owner)
+
+        async def send_releasing(message: Message) -> None:
+            # The place covers the work up to the answer; a client reading a long body (a
+            # streamed export) does not keep it.
+            if message["type"] == "http.response.start":
+                release()
+            await send(message)
+
+        token = HOLDS_PLACE.set(True)
+        try:
+            await self.app(scope, receive, send_releasing)
+        finally:
+            HOLDS_PLACE.reset(token)
+            release()
+
+    def _owner(self, scope: Scope) -> object | None:
+        if (scope["method"], scope["path"].rstrip("/")) in UPLOAD_ROUTES:
+            return None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                scheme, _, key = value.partition(b" ")
+                key = key.strip()
+                if scheme.lower() != b"bearer" or not key or len(key) > 256:
+                    return None
+                digest = hash_api_key(key.decode("latin-1"))
+                return self.key_cache.get(digest) or digest
+        return None
 
 
 class BodyGuard:

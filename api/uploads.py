@@ -1,20 +1,14 @@
 """Reading a multipart upload as a stream, with the size limit enforced while reading,
-and turning the bytes into a clean image: type from content, pixel limits, metadata gone."""
+and turning the bytes into a clean image (``shared.images``, which the ingest worker of
+direct uploads uses too): type from content, pixel limits, metadata gone."""
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import functools
-import hashlib
-import io
-import math
-import struct
-import warnings
 from dataclasses import dataclass, field
 
 from fastapi import Request
-from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 from python_multipart.exceptions import FormParserError, MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
@@ -22,15 +16,18 @@ from api.problems import (
     BadRequest,
     ImageTooLarge,
     PayloadTooLarge,
+    Problem,
     Unprocessable,
     UnreadableImage,
     UnsupportedMediaType,
 )
+from shared import images
+from shared.images import CleanImage
+
+__all__ = ["CleanImage", "UploadedForm", "clean_image", "problem_for", "read_multipart"]
 
 MAX_FIELD_BYTES = 4096
 MAX_FIELDS = 32
-JPEG_MAGIC = b"\xff\xd8\xff"
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @dataclass
@@ -128,98 +125,22 @@ async def read_multipart(request: Request, max_file_bytes: int, max_mb: int) -> 
     return collector.form
 
 
-@dataclass(frozen=True)
-class CleanImage:
-    data: bytes
-    content_type: str
-    extension: str
-    width: int
-    height: int
-    original_sha256: str
-
-
 def clean_image(raw: bytes, max_pixels: int, max_side: int = 4096) -> CleanImage:
-    """Decide the type from the bytes, decode within pixel limits, and re-encode the pixels
-    alone: EXIF (GPS, dates, serials), JPEG comments, XMP, ICC profiles (whose text can name
-    a patient) and PNG text chunks never reach storage. A photo with an ICC profile is
-    converted to sRGB first, so its colours (and the ITA measured from them) stay right.
-
-    One full-size copy at a time: orientation is applied in place, the colour conversion
-    replaces the decoded image, and JPEGs much larger than ``max_side`` decode DCT-scaled."""
-    if not raw:
-        raise UnreadableImage("the image file is empty")
-    if raw.startswith(JPEG_MAGIC):
-        fmt, content_type, extension = "JPEG", "image/jpeg", "jpg"
-    elif raw.startswith(PNG_MAGIC):
-        fmt, content_type, extension = "PNG", "image/png", "png"
-    else:
-        raise UnsupportedMediaType(
-            "the file is not a JPEG or PNG image (judged from its content, not its name or declared type)"
-        )
+    """``shared.images.clean_image``, its refusals as the API's problems."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(raw), formats=[fmt])
-            width, height = image.size
-            if width * height > max_pixels:
-                raise ImageTooLarge(
-                    f"the image is {width}x{height} pixels, over the {max_pixels:,}-pixel limit; downscale it"
-                )
-            if fmt == "JPEG" and max(width, height) > max_side:
-                scale = max_side / max(width, height)
-                image.draft(image.mode, (math.ceil(width * scale), math.ceil(height * scale)))
-            image.load()
-            icc_profile = image.info.get("icc_profile")
-            # Reads EXIF (PNG eXIf too): malformed metadata is an unreadable image, not a 500.
-            ImageOps.exif_transpose(image, in_place=True)
-    except ImageTooLarge:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageTooLarge(f"the image exceeds the {max_pixels:,}-pixel limit") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, TypeError, KeyError, IndexError,
-            struct.error) as exc:
-        raise UnreadableImage(
-            f"the {fmt} data could not be decoded ({type(exc).__name__}); the file may be truncated or corrupt"
-        ) from None
-    pixels = _to_srgb(image, icc_profile)
-    if pixels is not image:
-        image.close()
-    pixels.info = {}  # what the encoder would copy: comment, icc_profile, exif, xmp, dpi, text
-    out = io.BytesIO()
-    if fmt == "JPEG":
-        pixels.save(out, format="JPEG", quality=95, subsampling=0)
-    else:
-        pixels.save(out, format="PNG", optimize=False)
-    clean = CleanImage(
-        data=out.getvalue(),
-        content_type=content_type,
-        extension=extension,
-        width=pixels.width,
-        height=pixels.height,
-        original_sha256=hashlib.sha256(raw).hexdigest(),
-    )
-    pixels.close()
-    return clean
+        return images.clean_image(raw, max_pixels, max_side)
+    except images.ImageRejected as exc:
+        raise problem_for(exc) from None
 
 
-@functools.cache
-def _srgb() -> ImageCms.ImageCmsProfile:
-    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
-
-
-def _to_srgb(image: Image.Image, icc_profile: bytes | None) -> Image.Image:
-    """RGB pixels in sRGB: through the embedded profile when there is a usable one."""
-    if icc_profile:
-        try:
-            source = ImageCms.ImageCmsProfile(io.BytesIO(icc_profile))
-            if image.mode not in ("RGB", "CMYK", "L"):
-                image = image.convert("RGB")
-            return ImageCms.profileToProfile(
-                image, source, _srgb(), outputMode="RGB", inPlace=False
-            )
-        except (ImageCms.PyCMSError, OSError, ValueError):
-            pass  # an unusable profile: treat the pixels as sRGB, as browsers do
-    return image if image.mode == "RGB" else image.convert("RGB")
+def problem_for(exc: images.ImageRejected) -> Problem:
+    problem = {
+        images.UnreadableImageError: UnreadableImage,
+        images.ImageTooLargeError: ImageTooLarge,
+        images.UnsupportedImageError: UnsupportedMediaType,
+        images.UploadTooLargeError: PayloadTooLarge,
+    }[type(exc)]
+    return problem(exc.detail)
 
 
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameter

@@ -361,6 +361,7 @@ class FaultResult:
     recovery: float | None = None  # seconds from the fault's end until everything settled
     notes: list[str] = field(default_factory=list)
     orphans: int = 0
+    details: list[str] = field(default_factory=list)  # which jobs and events, when something is wrong
 
     @property
     def problems(self) -> list[str]:
@@ -473,6 +474,9 @@ class Run:
         result.lost = len(accepted - stored)
         result.duplicated = sum(len(found) - 1 for found in by_external.values()) + self.receiver.duplicates()
         result.stuck = sum(1 for row in rows if row[2] not in FINAL)
+        result.details += [f"lost: {analysis_id}" for analysis_id in sorted(accepted - stored)]
+        result.details += [f"{row[2]}: {row[0]} ({row[1]})" for row in rows if row[2] not in FINAL or row[2] == "failed"]
+        result.details += [f"no report: {row[0]}" for row in rows if row[2] in REPORTABLE and not row[3]]
         result.failed = sum(1 for row in rows if row[2] == "failed")
         result.missing_reports = sum(1 for row in rows if row[2] in REPORTABLE and not row[3])
         delivered = self.receiver.delivered()
@@ -481,7 +485,9 @@ class Run:
             expected = {f"analysis.{status}"} if status in FINAL else set()
             if status in REPORTABLE:
                 expected.add("analysis.report_ready")
-            missing.update(kind for kind in expected if (analysis_id, kind) not in delivered)
+            for kind in sorted(kind for kind in expected if (analysis_id, kind) not in delivered):
+                missing[kind] += 1
+                result.details.append(f"never delivered: {kind} of {analysis_id}")
         result.missing_events = sum(missing.values())
         if missing:
             result.notes.append("never delivered: " + ", ".join(f"{n}x {kind}" for kind, n in sorted(missing.items())))
@@ -706,6 +712,8 @@ def main() -> None:
             results.append(result)
             verdict = "ok" if result.ok else "FAILED: " + ", ".join(result.problems)
             print(f"{fault}: {verdict}", flush=True)
+            for line in result.details[:20]:
+                print(f"    {line}", flush=True)
     finally:
         stack.stop()
         supervisor_lines = [line for line in stack.console().splitlines() if "restart" in line]

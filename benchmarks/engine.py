@@ -159,9 +159,11 @@ def _pipeline(backend: str, model_dir: Path, cache: Path, args: argparse.Namespa
 
     started = time.perf_counter()
     registry = ModelRegistry.load(model_dir, device=args.device, segmenter="unet", seed=0, backend=backend)
-    forward = args.views if args.device == "cpu" else 64
+    cpu = args.device == "cpu"
+    # The worker's own defaults (worker/runtime.py): Gate 2 forward batch and Gate 1 budget.
     options = PipelineOptions(seg_size=args.seg_size, cls_size=args.cls_size, tta_views=args.views,
-                              max_forward_batch=forward, autocast=args.autocast, ir_cache_dir=cache)
+                              max_forward_batch=1 if cpu else 64, gate1_memory_mb=16 if cpu else 2048,
+                              autocast=args.autocast, ir_cache_dir=cache)
     pipeline = Pipeline(registry, options)
     print(f"   built {pipeline.backend.name} in {time.perf_counter() - started:.1f} s", flush=True)
     return pipeline
@@ -182,7 +184,7 @@ def _raw_loop(pipeline, args: argparse.Namespace, batch_size: int) -> tuple[floa
 
     def once() -> None:
         backend.segment(seg)
-        backend.classify(cls, meta, args.views, max(forward, args.views))
+        backend.classify(cls, meta, args.views, forward)
 
     once()  # warm-up: kernels, allocator, cudnn.benchmark's choice
     cuda = args.device.startswith("cuda")
@@ -280,7 +282,7 @@ def _end_to_end(args: argparse.Namespace, model_dir: Path, scratch: Path, jpegs:
         "DERMASENTINEL_HOST_THREADS": str(
             args.host_threads or (min(12, os.cpu_count() or 1) if args.device.startswith("cuda") else 2)
         ),
-        "DERMASENTINEL_LOG_LEVEL": "WARNING",
+        "DERMASENTINEL_LOG_LEVEL": "INFO",
     })
     log_path = scratch / "up.log"
     started = time.perf_counter()
@@ -296,6 +298,7 @@ def _end_to_end(args: argparse.Namespace, model_dir: Path, scratch: Path, jpegs:
         client.wait(warm["id"], timeout=1800, interval=0.5)
         print(f"   warm-up analysis done {time.perf_counter() - started:.0f} s after start", flush=True)
 
+        cpu_before = _cpu_by_process(process.pid)
         first, first_wall = time.perf_counter(), time.time()
         with ThreadPoolExecutor(args.upload_concurrency) as pool:
             created = list(pool.map(lambda i: client.submit(jpegs[i], f"bench-{i}.jpg", fields), range(len(jpegs))))
@@ -303,10 +306,12 @@ def _end_to_end(args: argparse.Namespace, model_dir: Path, scratch: Path, jpegs:
         statuses: dict[str, int] = {}
         finals = []
         for analysis in created:
-            final = client.wait(analysis["id"], timeout=3600, interval=0.2)
+            final = client.wait(analysis["id"], timeout=3600, interval=1.0)
             statuses[final["status"]] = statuses.get(final["status"], 0) + 1
             finals.append(final)
         client.close()
+        cpu_used = _cpu_delta(cpu_before, _cpu_by_process(process.pid))
+        window = time.perf_counter() - first
         # From the first upload to the last completion as the server recorded it (same host
         # clock), so polling the list afterwards does not count.
         last = max(datetime.fromisoformat(f["completed_at"].replace("Z", "+00:00")).timestamp() for f in finals)
@@ -314,13 +319,29 @@ def _end_to_end(args: argparse.Namespace, model_dir: Path, scratch: Path, jpegs:
         worker_rss = _gpu_worker_peak_rss(process.pid)
     finally:
         stop_process(process)
+        engine_lines = [line for line in _read_logs(data_dir / "logs") if "engine:" in line]
+        for line in engine_lines[-4:]:
+            print("   worker log: " + line.split("engine: ", 1)[1], flush=True)
     rate = len(jpegs) / total
     backends = sorted({f["model"].get("backend", "?") for f in finals if f.get("model")})
     print(f"   {len(jpegs)} images in {total:.1f} s (uploads {uploads:.1f} s): {rate:.3f} img/s, "
           f"{total / len(jpegs):.3f} s/img; statuses {statuses}; model.backend {backends}", flush=True)
     if worker_rss:
-        print(f"   the stack's GPU worker: peak RSS {worker_rss:.0f} MiB", flush=True)
-    return {"e2e_img_s": rate, "e2e_s_per_img": total / len(jpegs), "e2e_worker_rss_mib": worker_rss or 0.0}
+        print(f"   the stack's GPU worker: peak RSS {worker_rss[0]:.0f} MiB (model load included), "
+              f"{worker_rss[1]:.0f} MiB after the run", flush=True)
+    shares = ", ".join(f"{name} {seconds:.1f}" for name, seconds in sorted(cpu_used.items(), key=lambda kv: -kv[1]))
+    print(f"   CPU seconds used by the stack's processes over the {window:.0f} s window "
+          f"({os.cpu_count()} CPUs): {shares}", flush=True)
+    return {"e2e_img_s": rate, "e2e_s_per_img": total / len(jpegs),
+            "e2e_worker_peak_rss_mib": worker_rss[0] if worker_rss else 0.0,
+            "e2e_worker_rss_mib": worker_rss[1] if worker_rss else 0.0}
+
+
+def _read_logs(log_dir: Path) -> list[str]:
+    lines = []
+    for path in sorted(log_dir.glob("worker-gpu*.log")):
+        lines += path.read_text(errors="replace").splitlines()
+    return lines
 
 
 def _wait_for_stack(process: subprocess.Popen, log_path: Path, stack_env: Path, timeout: float = 600.0):
@@ -338,8 +359,8 @@ def _wait_for_stack(process: subprocess.Popen, log_path: Path, stack_env: Path, 
     raise SystemExit(f"`dermasentinel up` not ready after {timeout:.0f} s:\n{log_path.read_text()[-3000:]}")
 
 
-def _gpu_worker_peak_rss(root: int) -> float | None:
-    """Peak RSS (MiB) of the processes under ``root`` that serve the analysis queues."""
+def _gpu_worker_peak_rss(root: int) -> tuple[float, float] | None:
+    """(peak, current) RSS in MiB of the biggest process under ``root`` serving the analysis queues."""
     peak = None
     for pid in _descendants(root):
         try:
@@ -349,10 +370,40 @@ def _gpu_worker_peak_rss(root: int) -> float | None:
             continue
         if "--role gpu" not in cmdline:
             continue
-        match = re.search(r"VmHWM:\s+(\d+) kB", status)
-        if match:
-            peak = max(peak or 0.0, int(match.group(1)) / 1024)
+        hwm, now = re.search(r"VmHWM:\s+(\d+) kB", status), re.search(r"VmRSS:\s+(\d+) kB", status)
+        if hwm and now:
+            peak = max(peak or (0.0, 0.0), (int(hwm.group(1)) / 1024, int(now.group(1)) / 1024))
     return peak
+
+
+def _cpu_by_process(root: int) -> dict[int, tuple[str, float]]:
+    """CPU seconds (user + system) so far of every process under ``root``, with a role name."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    found = {}
+    for pid in _descendants(root):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        found[pid] = (_role(cmdline), (int(fields[11]) + int(fields[12])) / ticks)
+    return found
+
+
+def _role(cmdline: str) -> str:
+    for marker, name in (("--role gpu", "worker-gpu"), ("--role cpu", "worker-cpu (reports)"), ("--role io", "worker-io"),
+                         ("uvicorn", "api"), (" beat", "beat"), ("postgres", "postgres"), ("redis", "redis"),
+                         ("weed", "s3"), ("multiprocessing", "api")):
+        if marker in cmdline:
+            return name
+    return "other"
+
+
+def _cpu_delta(before: dict, after: dict) -> dict[str, float]:
+    used: dict[str, float] = {}
+    for pid, (name, seconds) in after.items():
+        used[name] = used.get(name, 0.0) + seconds - before.get(pid, (name, 0.0))[1]
+    return used
 
 
 def _descendants(root: int) -> list[int]:
@@ -388,7 +439,10 @@ def _memory_probe(model_dir: Path, cache: Path, args: argparse.Namespace) -> Non
     from worker.pipeline.pipeline import LesionInput
     from worker.pipeline.synthetic import encode_jpeg, make_lesion
 
+    from worker.runtime import release_freed_memory
+
     pipeline = _pipeline_quiet(args.memory_probe, model_dir, cache, args)
+    release_freed_memory()  # as the worker does after loading (worker/runtime.py)
     pipeline.run([LesionInput(encode_jpeg(make_lesion(0, IMAGE_SIZE).image), age=50)])
     with open("/proc/self/status") as status:
         peak = next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmHWM:"))
@@ -401,7 +455,7 @@ def _pipeline_quiet(backend: str, model_dir: Path, cache: Path, args: argparse.N
 
     registry = ModelRegistry.load(model_dir, device="cpu", segmenter="unet", seed=0, backend=backend)
     options = PipelineOptions(seg_size=args.seg_size, cls_size=args.cls_size, tta_views=args.views,
-                              max_forward_batch=args.views, ir_cache_dir=cache)
+                              max_forward_batch=1, gate1_memory_mb=16, ir_cache_dir=cache)
     return Pipeline(registry, options)
 
 

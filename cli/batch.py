@@ -271,13 +271,17 @@ class Uploaded:
     warning: str | None = None
 
 
-def upload(client: Client, batch_id: str, row: Row) -> Uploaded:
-    """Send one row, retrying transient failures. Raises ValueError for a row the API refuses."""
+def upload(client: Client, batch_id: str, row: Row, direct: bool = False) -> Uploaded:
+    """Send one row, retrying transient failures. Raises ValueError for a row the API refuses.
+    ``direct``: the bytes go to the object store through a presigned URL, not through the API."""
     fields = {**row.fields, "batch_id": batch_id}
     delay = 0.5
     for attempt in range(1, UPLOAD_ATTEMPTS + 1):
         try:
-            client.submit(row.path.read_bytes(), row.path.name, fields, idempotency_key(batch_id, row.sha256))
+            if direct:
+                client.submit_direct(row.path.read_bytes(), fields, idempotency_key(batch_id, row.sha256))
+            else:
+                client.submit(row.path.read_bytes(), row.path.name, fields, idempotency_key(batch_id, row.sha256))
             return Uploaded(row)
         except httpx.TransportError as exc:
             error: Exception = exc
@@ -355,9 +359,12 @@ def batch() -> None:
 @click.option("--concurrency", type=click.IntRange(1, 64), default=4, show_default=True,
               help="parallel uploads")
 @click.option("--timeout", default=6 * 3600.0, show_default=True, help="seconds to wait for processing")
+@click.option("--direct", is_flag=True,
+              help="send each photo straight to the object store (presigned upload), not through the API")
 @click.option("--api-key", envvar="DERMASENTINEL_API_KEY", help="API key (dsk_…)")
 @click.option("--api-url", envvar="DERMASENTINEL_API_URL", help="API base URL")
-def submit(folder: Path, manifest, name, batch_external_id, wait, out, concurrency, timeout, api_url, api_key) -> None:
+def submit(folder: Path, manifest, name, batch_external_id, wait, out, concurrency, timeout, direct, api_url,
+           api_key) -> None:
     """Upload FOLDER's images as one batch, seal it, and (with --wait) write the triage list."""
     # One line per upload would bury the progress bar and the bad-row report.
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -368,7 +375,8 @@ def submit(folder: Path, manifest, name, batch_external_id, wait, out, concurren
     console = Console(stderr=True, highlight=False)
     client = Client(api_url or settings.api_url, api_key or settings.api_key.get_secret_value())
     try:
-        code = _run(console, client, folder, manifest, name, batch_external_id, wait, out, concurrency, timeout)
+        code = _run(console, client, folder, manifest, name, batch_external_id, wait, out, concurrency, timeout,
+                    direct)
     except ApiError as exc:
         raise click.ClickException(str(exc)) from None
     except httpx.TransportError as exc:
@@ -378,7 +386,8 @@ def submit(folder: Path, manifest, name, batch_external_id, wait, out, concurren
     click.get_current_context().exit(code)
 
 
-def _run(console, client, folder, manifest, name, batch_external_id, wait, out, concurrency, timeout) -> int:
+def _run(console, client, folder, manifest, name, batch_external_id, wait, out, concurrency, timeout,
+         direct: bool = False) -> int:
     plan = plan_batch(folder, manifest)
     console.print(f"{len(plan.rows)} valid rows, {len(plan.bad)} bad rows")
     if plan.unlisted:
@@ -392,7 +401,7 @@ def _run(console, client, folder, manifest, name, batch_external_id, wait, out, 
     if batch_body["state"] == "open":
         verb = "created" if created else f"resuming ({batch_body['total']} items already in it)"
         console.print(f"batch {name!r} {batch_id}: {verb}")
-        _upload_all(console, client, batch_id, plan.rows, concurrency, outcome)
+        _upload_all(console, client, batch_id, plan.rows, concurrency, outcome, direct)
     else:
         console.print(
             f"batch {name!r} {batch_id} is already {batch_body['state']} with {batch_body['total']} items; "
@@ -419,7 +428,9 @@ def _run(console, client, folder, manifest, name, batch_external_id, wait, out, 
     return 0
 
 
-def _upload_all(console, client, batch_id: str, rows: list[Row], concurrency: int, outcome: Outcome) -> None:
+def _upload_all(
+    console, client, batch_id: str, rows: list[Row], concurrency: int, outcome: Outcome, direct: bool = False
+) -> None:
     present = hashes_in_batch(client, batch_id)
     todo = [row for row in rows if row.sha256 not in present]
     outcome.skipped = len(rows) - len(todo)
@@ -430,7 +441,7 @@ def _upload_all(console, client, batch_id: str, rows: list[Row], concurrency: in
     columns = (TextColumn("uploading"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=False) as bar, ThreadPoolExecutor(concurrency) as pool:
         task = bar.add_task("upload", total=len(todo))
-        futures = {pool.submit(upload, client, batch_id, row): row for row in todo}
+        futures = {pool.submit(upload, client, batch_id, row, direct): row for row in todo}
         try:
             for future in as_completed(futures):
                 row = futures[future]

@@ -32,9 +32,12 @@ class Client:
             headers={"Authorization": f"Bearer {api_key}"},
             timeout=timeout,
         )
+        # Presigned URLs carry their own authorization: the API key never goes to the store.
+        self.storage = httpx.Client(timeout=timeout)
 
     def close(self) -> None:
         self.http.close()
+        self.storage.close()
 
     def request(self, method: str, path: str, **kwargs) -> httpx.Response:
         response = self.http.request(method, path, **kwargs)
@@ -53,6 +56,25 @@ class Client:
         data = {k: str(v) for k, v in fields.items() if v is not None}
         files = {"image": (Path(filename).name, image, "application/octet-stream")}
         return self.request("POST", "/v1/analyses", data=data, files=files, headers=headers).json()
+
+    def submit_direct(
+        self,
+        image: bytes,
+        fields: dict,
+        idempotency_key: str | None = None,
+    ) -> dict:
+        """Send the image straight to the object store (``POST /v1/uploads``, then a PUT to its
+        presigned URL) and submit the analysis by upload id: the API never carries the bytes."""
+        content_type = "image/png" if image.startswith(b"\x89PNG") else "image/jpeg"
+        upload = self.request("POST", "/v1/uploads", json={"content_type": content_type}).json()
+        put = self.storage.put(upload["url"], content=image, headers=upload["headers"])
+        if put.status_code >= 300:
+            raise ApiError(put)
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        body = {k: v for k, v in fields.items() if v is not None}
+        return self.request(
+            "POST", "/v1/analyses", json={**body, "upload_id": upload["id"]}, headers=headers
+        ).json()
 
     def get_analysis(self, analysis_id: str) -> dict:
         return self.request("GET", f"/v1/analyses/{analysis_id}").json()

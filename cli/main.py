@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import sys
 from pathlib import Path
 
@@ -16,9 +15,9 @@ GPU_QUEUES = "analyze.interactive,analyze.bulk"
 ROLES = {
     # role: (queues, pool, default concurrency, preload models)
     "gpu": (GPU_QUEUES, "prefork", 1, True),
-    "cpu": ("reports,maintenance", "prefork", 1, False),
+    "cpu": ("ingest,reports,maintenance", "prefork", 1, False),
     "io": ("webhooks", "threads", 16, False),
-    "all": (GPU_QUEUES + ",reports,maintenance,webhooks", "prefork", 2, False),
+    "all": (GPU_QUEUES + ",ingest,reports,maintenance,webhooks", "prefork", 2, False),
 }
 
 
@@ -39,12 +38,11 @@ def _client(api_url: str | None, api_key: str | None):
 @click.option("--log-level", default=None, help="DEBUG, INFO, WARNING…")
 def cli(log_level: str | None) -> None:
     """DermaSentinel: asynchronous melanoma screening (research use; NOT a certified medical device)."""
-    level = (log_level or get_settings().log_level).upper()
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if level != "DEBUG":
-        # Per-request and per-migration chatter drowns what an operator needs to see.
-        for noisy in ("httpx", "alembic"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
+    from shared.logs import configure_logging
+
+    # JSON lines, or a readable line on a terminal (LOG_FORMAT); per-request and per-migration
+    # chatter (httpx, alembic) stays below WARNING unless DEBUG (docs/OBSERVABILITY.md).
+    configure_logging(get_settings(), level=log_level)
 
 
 @cli.command()
@@ -85,14 +83,20 @@ def api(host: str, port: int, workers: int) -> None:
 
 @cli.command()
 @click.option("--role", type=click.Choice(sorted(ROLES)), default="all", show_default=True,
-              help="gpu: analysis queues; cpu: reports + maintenance; io: webhooks")
+              help="gpu: analysis queues; cpu: ingest + reports + maintenance; io: webhooks")
 @click.option("--concurrency", type=int, default=None)
-def worker(role: str, concurrency: int | None) -> None:
+@click.option("--metrics-port", type=int, default=None,
+              help="Serve this worker's Prometheus metrics on this port (0: any free port; default METRICS_PORT)")
+def worker(role: str, concurrency: int | None, metrics_port: int | None) -> None:
     """Run a Celery worker for one role."""
-    from worker.celery_app import create_celery
+    from worker.celery_app import create_celery, prepare_metrics_dir
 
+    settings = get_settings()
+    if metrics_port is not None:
+        settings = settings.model_copy(update={"metrics_port": metrics_port})
+    prepare_metrics_dir(settings, role)
     queues, pool, default_concurrency, preload = ROLES[role]
-    app = create_celery(preload_models=preload)
+    app = create_celery(settings, preload_models=preload)
     app.worker_main(
         [
             "worker",

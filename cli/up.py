@@ -96,6 +96,8 @@ def run_stack(host: str, port: int, demo: bool, exit_after_demo: bool) -> int:
             "S3_SECRET_KEY": explicit.s3_secret_key.get_secret_value() or endpoints.s3_secret_key,
             "S3_SECURE": str(explicit.s3_secure if explicit.s3_endpoint else endpoints.s3_secure).lower(),
             "API_URL": api_url,
+            # A person reads these logs: readable lines unless the operator chose a format.
+            "LOG_FORMAT": explicit.log_format if explicit.log_format != "auto" else "console",
         }
         upgrade(values["DATABASE_URL"])
         settings = Settings(**{k.lower(): v for k, v in values.items()}, _env_file=None)
@@ -149,7 +151,9 @@ def app_programs(host: str, port: int) -> list[tuple[str, list[str]]]:
     """The app's own processes: name and `python -m` arguments."""
     programs = [("api", ["uvicorn", "api.main:create_app", "--factory", "--host", host,
                          "--port", str(port), "--no-access-log"])]
-    programs += [(f"worker-{role}", ["cli.main", "worker", "--role", role]) for role in ("gpu", "cpu", "io")]
+    # Each worker serves its own Prometheus metrics (docs/OBSERVABILITY.md), on a port of its own.
+    programs += [(f"worker-{role}", ["cli.main", "worker", "--role", role, "--metrics-port", str(free_port(host))])
+                 for role in ("gpu", "cpu", "io")]
     programs.append(("beat", ["cli.main", "beat"]))
     return programs
 

@@ -13,17 +13,23 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from celery import Celery
-from sqlalchemy import and_, case, func, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from shared.config import Settings
+from shared.config import Settings, get_settings
 from shared.db import after_commit
 from shared.events import record_event
-from shared.jobs import enqueue_analysis, enqueue_report, worker_identity
+from shared.jobs import enqueue_analysis, enqueue_report, send, worker_identity
 from shared.models import ACTIVE_STATUSES, Analysis, AnalysisStatus, Batch
+from shared.queues import Queue, TaskName
 from shared.storage import ARTIFACTS, IMAGES, ObjectStore
 
 ACTIVE = [s.value for s in ACTIVE_STATUSES]
+
+# Why a canceled job was canceled (``cancel_reason``, and ``reason`` in analysis.canceled).
+CANCEL_REQUESTED = "requested"
+CANCEL_BATCH = "batch_canceled"
+CANCEL_EXPIRED = "expired"
 
 
 def utcnow() -> datetime:
@@ -79,12 +85,20 @@ def analysis_record(analysis: Analysis) -> dict:
         "rejection": analysis.rejection,
         "error": analysis.error,
         "model": analysis.model,
+        "deadline_at": iso(analysis.deadline_at),
+        "cancel_reason": analysis.cancel_reason,
     }
+
+
+def image_stored(analysis: Analysis) -> bool:
+    """False while a direct upload waits for its ingest, and for one that ingest refused:
+    the object under ``image_key`` is then the raw upload, never shown to anyone."""
+    return bool(analysis.image_sha256)
 
 
 def artifact_links(store: ObjectStore, analysis: Analysis) -> dict:
     """Presigned links that expire within the configured TTL (at most 15 minutes)."""
-    artifacts = {"image": store.presigned_get(IMAGES, analysis.image_key)}
+    artifacts = {"image": store.presigned_get(IMAGES, analysis.image_key)} if image_stored(analysis) else {}
     if analysis.mask_key:
         artifacts["mask"] = store.presigned_get(ARTIFACTS, analysis.mask_key)
     if analysis.overlay_key:
@@ -116,6 +130,8 @@ def event_data(settings: Settings, analysis: Analysis) -> dict:
         data["rejection"] = {"code": analysis.rejection["code"]}
     if analysis.error:
         data["error"] = {"code": analysis.error["code"]}
+    if analysis.cancel_reason:
+        data["reason"] = analysis.cancel_reason
     return data
 
 
@@ -148,27 +164,63 @@ CLAIM_COLUMNS = (
 )
 
 
-def claim_batch(session: Session, own_id: uuid.UUID, limit: int) -> list[Claim]:
-    """Claim the message's own job (if still queued) plus the most urgent other queued
-    jobs, so one GPU pass serves several: interactive before bulk, oldest first."""
-    own_first = case((Analysis.id == own_id, 0), else_=1)
-    lane = case((Analysis.priority == "interactive", 0), else_=1)
-    now = utcnow()
-    picked = (
+def claimable(now: datetime):
+    """Queued, due, ingested, and not past its deadline."""
+    return and_(
+        Analysis.status == AnalysisStatus.queued.value,
+        # Jobs given back after an infrastructure error wait out their backoff.
+        or_(Analysis.not_before.is_(None), Analysis.not_before <= now),
+        # A direct upload is claimable once ingest has checked and stored its image.
+        Analysis.ingest_requested_at.is_(None),
+        or_(Analysis.deadline_at.is_(None), Analysis.deadline_at > now),
+    )
+
+
+def lane_candidates(priority: str, limit: int, now: datetime):
+    """The oldest claimable jobs of one lane, rows another worker is claiming skipped: an
+    ordered range scan of ``ix_analyses_active`` (status, priority, created_at) that stops
+    after ``limit`` rows, however long the backlog (benchmarks/lanes.py prints the plan)."""
+    return (
         select(Analysis.id)
-        .where(
-            Analysis.status == AnalysisStatus.queued.value,
-            # Jobs given back after an infrastructure error wait out their backoff.
-            or_(Analysis.not_before.is_(None), Analysis.not_before <= now),
-        )
-        .order_by(own_first, lane, Analysis.created_at)
+        .where(claimable(now), Analysis.priority == priority)
+        .order_by(Analysis.created_at)
         .limit(limit)
         .with_for_update(skip_locked=True)
-        .cte("picked")
     )
+
+
+def claim_batch(
+    session: Session,
+    own_id: uuid.UUID,
+    limit: int,
+    *,
+    celery: Celery | None = None,
+    settings: Settings | None = None,
+) -> list[Claim]:
+    """Claim the message's own job (if still queued) plus the most urgent other queued
+    jobs, so one GPU pass serves several: interactive before bulk, oldest first. The own
+    job, if past its deadline, ends ``canceled`` (``expired``) here instead of running;
+    other expired jobs are skipped and left to the sweeper."""
+    now = utcnow()
+    expire_due(session, celery, settings, now, only=own_id)
+    picked = list(
+        session.execute(
+            select(Analysis.id).where(Analysis.id == own_id, claimable(now)).with_for_update(skip_locked=True)
+        ).scalars()
+    )
+    # One ordered query per lane instead of one sort of every queued row: with 10,000 bulk
+    # jobs waiting the single sort took 12 ms per claim and grew with the backlog.
+    for priority in ("interactive", "bulk"):
+        if len(picked) >= limit:
+            break
+        picked += session.execute(
+            lane_candidates(priority, limit - len(picked), now).where(Analysis.id != own_id)
+        ).scalars()
+    if not picked:
+        return []
     rows = session.execute(
         update(Analysis)
-        .where(Analysis.id.in_(select(picked.c.id)))
+        .where(Analysis.id.in_(picked))
         .values(
             status=AnalysisStatus.processing.value,
             stage="segmentation",
@@ -263,19 +315,235 @@ def _on_final(session: Session, celery: Celery | None, settings: Settings, analy
         complete_batch_if_done(session, celery, settings, analysis.batch_id)
 
 
-def cancel(session: Session, celery: Celery | None, settings: Settings, analysis_id: uuid.UUID) -> Analysis | None:
+def _canceled_values(now: datetime, reason: str) -> dict:
+    return dict(
+        status=AnalysisStatus.canceled.value, stage=None, completed_at=now, updated_at=now,
+        cancel_reason=reason, ingest_requested_at=None, heartbeat_at=None,
+    )
+
+
+def cancel(
+    session: Session,
+    celery: Celery | None,
+    settings: Settings,
+    analysis_id: uuid.UUID,
+    reason: str = CANCEL_REQUESTED,
+) -> Analysis | None:
     """Cancel a queued or processing job; None when it was already final."""
     now = utcnow()
     analysis = session.execute(
         update(Analysis)
         .where(Analysis.id == analysis_id, Analysis.status.in_(ACTIVE))
-        .values(status=AnalysisStatus.canceled.value, stage=None, completed_at=now, updated_at=now)
+        .values(**_canceled_values(now, reason))
         .returning(Analysis)
         .execution_options(synchronize_session=False, populate_existing=True)
     ).scalar_one_or_none()
     if analysis is not None:
         _on_final(session, celery, settings, analysis)
     return analysis
+
+
+def _cancel_where(session: Session, celery: Celery | None, settings: Settings | None, reason: str, *conditions,
+                  limit: int | None = None) -> list[Analysis]:
+    """Cancel every unfinished job matching ``conditions`` in one statement; one
+    ``analysis.canceled`` event each (deduplicated, so a second run emits nothing), and
+    each affected batch checked for completion once."""
+    now = utcnow()
+    picked = select(Analysis.id).where(Analysis.status.in_(ACTIVE), *conditions)
+    if limit is not None:
+        picked = picked.limit(limit)
+    picked = picked.with_for_update(skip_locked=True).cte("picked")
+    rows = list(
+        session.execute(
+            update(Analysis)
+            .where(Analysis.id.in_(select(picked.c.id)), Analysis.status.in_(ACTIVE))
+            .values(**_canceled_values(now, reason))
+            .returning(Analysis)
+            .execution_options(synchronize_session=False, populate_existing=True)
+        ).scalars()
+    )
+    if rows and settings is None:
+        settings = get_settings()
+    for analysis in rows:
+        record_event(
+            session,
+            celery,
+            tenant_id=analysis.tenant_id,
+            type="analysis.canceled",
+            data=event_data(settings, analysis),
+            dedupe_key=f"analysis.canceled:{analysis.id}",
+        )
+    for batch_id in {a.batch_id for a in rows if a.batch_id is not None}:
+        complete_batch_if_done(session, celery, settings, batch_id)
+    return rows
+
+
+def expire_due(
+    session: Session,
+    celery: Celery | None,
+    settings: Settings | None,
+    now: datetime,
+    *,
+    only: uuid.UUID | None = None,
+    limit: int = 500,
+) -> list[Analysis]:
+    """Unfinished jobs past their deadline end ``canceled`` with reason ``expired``."""
+    conditions = [Analysis.deadline_at.is_not(None), Analysis.deadline_at <= now]
+    if only is not None:
+        conditions.append(Analysis.id == only)
+    return _cancel_where(session, celery, settings, CANCEL_EXPIRED, *conditions, limit=limit)
+
+
+def cancel_batch(session: Session, celery: Celery | None, settings: Settings, batch: Batch) -> list[Analysis]:
+    """Cancel every unfinished item of a batch and close it for new items. A second call
+    finds nothing unfinished: it changes nothing and emits nothing."""
+    now = utcnow()
+    if batch.canceled_at is None:
+        batch.canceled_at = now
+    if batch.sealed_at is None:
+        batch.sealed_at = now
+    session.flush()
+    canceled = _cancel_where(session, celery, settings, CANCEL_BATCH, Analysis.batch_id == batch.id)
+    if not canceled:
+        complete_batch_if_done(session, celery, settings, batch.id)
+    return canceled
+
+
+# ---------------------------------------------------------------- direct uploads: ingest
+
+
+def enqueue_ingest(celery: Celery, analysis_id: uuid.UUID) -> None:
+    send(celery, TaskName.ingest_upload, Queue.ingest, str(analysis_id))
+
+
+def request_ingest(session: Session, celery: Celery | None, analysis_id: uuid.UUID) -> None:
+    if celery is not None:
+        after_commit(session, lambda: enqueue_ingest(celery, analysis_id))
+
+
+@dataclass(frozen=True)
+class PendingIngest:
+    analysis_id: uuid.UUID
+    tenant_id: uuid.UUID
+    upload_key: str
+    priority: str
+
+
+def pending_ingest(session: Session, analysis_id: uuid.UUID) -> PendingIngest | None:
+    row = session.execute(
+        select(Analysis.id, Analysis.tenant_id, Analysis.image_key, Analysis.priority).where(
+            Analysis.id == analysis_id,
+            Analysis.status == AnalysisStatus.queued.value,
+            Analysis.ingest_requested_at.is_not(None),
+        )
+    ).one_or_none()
+    return PendingIngest(*row) if row else None
+
+
+def abandoned_upload_key(session: Session, analysis_id: uuid.UUID) -> str | None:
+    """The raw upload of a job canceled before its ingest ran (its object is not needed)."""
+    return session.execute(
+        select(Analysis.image_key).where(
+            Analysis.id == analysis_id,
+            Analysis.status == AnalysisStatus.canceled.value,
+            Analysis.upload_id.is_not(None),
+            Analysis.image_sha256 == "",
+        )
+    ).scalar_one_or_none()
+
+
+def ingested(
+    session: Session,
+    celery: Celery | None,
+    pending: PendingIngest,
+    *,
+    image_key: str,
+    sha256: str,
+    content_type: str,
+    width: int,
+    height: int,
+) -> bool:
+    """The cleaned image is stored: the job becomes claimable and its lane is woken.
+    False when someone else got there first (another ingest, a cancel)."""
+    now = utcnow()
+    analysis = session.execute(
+        update(Analysis)
+        .where(
+            Analysis.id == pending.analysis_id,
+            Analysis.status == AnalysisStatus.queued.value,
+            Analysis.ingest_requested_at.is_not(None),
+        )
+        .values(
+            image_key=image_key, image_sha256=sha256, image_content_type=content_type,
+            image_width=width, image_height=height, ingest_requested_at=None,
+            enqueued_at=now, updated_at=now,
+        )
+        .returning(Analysis.id, Analysis.priority)
+        .execution_options(synchronize_session=False)
+    ).one_or_none()
+    if analysis is None:
+        return False
+    if celery is not None:
+        after_commit(session, lambda: enqueue_analysis(celery, analysis.id, analysis.priority))
+    return True
+
+
+def ingest_rejected(
+    session: Session, celery: Celery | None, settings: Settings, pending: PendingIngest, code: str, detail: str
+) -> bool:
+    """The upload is not an image the API would have taken: the job ends ``rejected`` with
+    the API's answer as the rejection. No report: there is no image to report on."""
+    now = utcnow()
+    analysis = session.execute(
+        update(Analysis)
+        .where(
+            Analysis.id == pending.analysis_id,
+            Analysis.status == AnalysisStatus.queued.value,
+            Analysis.ingest_requested_at.is_not(None),
+        )
+        .values(
+            status=AnalysisStatus.rejected.value, stage=None, ingest_requested_at=None,
+            rejection={"code": code, "detail": detail, "at": "ingest"},
+            completed_at=now, updated_at=now,
+        )
+        .returning(Analysis)
+        .execution_options(synchronize_session=False, populate_existing=True)
+    ).scalar_one_or_none()
+    if analysis is None:
+        return False
+    record_event(
+        session,
+        celery,
+        tenant_id=analysis.tenant_id,
+        type="analysis.rejected",
+        data=event_data(settings, analysis),
+        dedupe_key=f"analysis.rejected:{analysis.id}",
+    )
+    if analysis.batch_id is not None:
+        complete_batch_if_done(session, celery, settings, analysis.batch_id)
+    return True
+
+
+def missing_ingests(session: Session, requested_before: datetime, limit: int) -> list[uuid.UUID]:
+    """Direct uploads whose ingest was asked for before ``requested_before`` and has not
+    happened (wake-up lost, worker died); marks them asked for again now."""
+    ids = list(
+        session.execute(
+            select(Analysis.id)
+            .where(Analysis.ingest_requested_at.is_not(None), Analysis.ingest_requested_at < requested_before)
+            .order_by(Analysis.ingest_requested_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        ).scalars()
+    )
+    if ids:
+        session.execute(
+            update(Analysis)
+            .where(Analysis.id.in_(ids))
+            .values(ingest_requested_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+    return ids
 
 
 # ---------------------------------------------------------------- batches
@@ -491,10 +759,9 @@ def waiting_since(session: Session, priority: str, enqueued_before: datetime, li
         session.execute(
             select(Analysis)
             .where(
-                Analysis.status == AnalysisStatus.queued.value,
+                claimable(now),
                 Analysis.priority == priority,
                 Analysis.enqueued_at < enqueued_before,
-                or_(Analysis.not_before.is_(None), Analysis.not_before <= now),
             )
             .order_by(Analysis.created_at)
             .limit(limit)

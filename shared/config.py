@@ -67,14 +67,14 @@ class Settings(BaseSettings):
     max_upload_mb: int = Field(default=20, ge=1, le=200)
     max_image_pixels: int = 40_000_000
     gpu_batch_size: int = Field(default=8, ge=1, le=64)
-    # Gate 2 images per forward pass, views included; unset: 64 on CUDA, one image's views
-    # on CPU (measured: large CPU batches are slower per image and use ~2.5x the memory).
+    # Gate 2 images per forward pass, views included; unset: 64 on CUDA, 1 on CPU (measured:
+    # large CPU batches are no faster per image and cost memory; docs/ENGINE.md).
     max_forward_batch: int | None = Field(default=None, ge=1, le=512)
 
     # Inference engine (issue 9, docs/ENGINE.md). auto: torch on CUDA, OpenVINO on CPU.
     backend: Literal["auto", "torch", "openvino"] = "auto"
     autocast: Literal["off", "fp16", "bf16"] = "fp16"  # CUDA only; CPU always runs fp32
-    gate1_memory_mb: int = Field(default=2048, ge=64)  # Gate 1 activations per forward pass
+    gate1_memory_mb: int | None = Field(default=None, ge=8)  # Gate 1 activations per pass; unset: 2048 CUDA, 16 CPU
     batch_fill_ms: float | None = Field(default=None, ge=0, le=1000)  # unset: 5 on CUDA, 0 on CPU
     decode_reduced: bool = False  # JPEG DCT-scaled decode when the photo dwarfs every working size
     host_threads: int = Field(default=2, ge=1, le=32)  # fetch/decode and post-process/write pools
@@ -126,6 +126,9 @@ class Settings(BaseSettings):
     # how long one may wait for a slot before 503, and its own server-side timeouts.
     api_db_concurrency: int = Field(default=16, ge=1, le=200)
     api_db_wait_seconds: float = Field(default=2.0, ge=0)
+    # Issue 10 API fairness: requests (not uploads) past the edge at once per API process,
+    # shared fairly between tenants; the rest wait their turn (up to api_db_wait_seconds, then 503).
+    api_concurrency: int = Field(default=2, ge=1, le=1000)
     api_statement_timeout_ms: int = Field(default=15_000, ge=0)
     api_idle_in_transaction_timeout_ms: int = Field(default=15_000, ge=0)
     api_threads: int = Field(default=64, ge=8, le=1024)
@@ -142,7 +145,16 @@ class Settings(BaseSettings):
     concurrent_uploads: int = Field(default=8, ge=1, le=1000)
     rate_limits_per_tenant: str = ""  # JSON, read by api.ratelimit
 
+    # Direct uploads and expiry (issue 13, docs/UPLOADS_AND_EXPIRY.md).
+    upload_url_ttl_seconds: int = Field(default=300, ge=30, le=3600)  # presigned PUT lifetime
+    upload_keep_hours: float = Field(default=24.0, gt=0)  # unused or rejected uploads are deleted after this
+    max_cancel_after_seconds: int = Field(default=30 * 24 * 3600, ge=60)  # longest Cancel-After accepted
+
     log_level: str = "INFO"
+    # Observability (issue 13, docs/OBSERVABILITY.md): log lines as JSON, for a person, or
+    # chosen by whether stdout is a terminal; the port a worker serves its /metrics on (None: not served).
+    log_format: Literal["json", "console", "auto"] = "auto"
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
 
     @field_validator("database_url")
     @classmethod

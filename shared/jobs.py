@@ -21,6 +21,7 @@ from kombu import Queue as KombuQueue
 from minio.error import InvalidResponseError, S3Error, ServerError
 
 from shared.config import Settings
+from shared.logs import REQUEST_ID_HEADER, current_request_id
 from shared.queues import Queue, TaskName, analysis_queue
 
 
@@ -33,6 +34,7 @@ TASK_ROUTES = {
     TaskName.dispatch_due.value: {"queue": Queue.webhooks.value},
     TaskName.sweep.value: {"queue": Queue.maintenance.value},
     TaskName.purge.value: {"queue": Queue.maintenance.value},
+    TaskName.ingest_upload.value: {"queue": Queue.ingest.value},
 }
 
 
@@ -76,7 +78,11 @@ def make_celery(settings: Settings) -> Celery:
 
 
 def send(app: Celery, task: TaskName, queue: Queue, *args: str) -> None:
-    app.send_task(task.value, args=list(args), queue=queue.value, routing_key=queue.value)
+    # The request id rides in a message header, not an argument: task signatures stay as they
+    # are, and messages queued without it run as before (docs/OBSERVABILITY.md).
+    request_id = current_request_id()
+    headers = {REQUEST_ID_HEADER: request_id} if request_id else None
+    app.send_task(task.value, args=list(args), queue=queue.value, routing_key=queue.value, headers=headers)
 
 
 def enqueue_analysis(app: Celery, analysis_id: uuid.UUID, priority: str) -> None:

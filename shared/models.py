@@ -94,6 +94,10 @@ class Batch(Base):
     sealed_at: Mapped[datetime | None] = mapped_column(TZ)
     completed_at: Mapped[datetime | None] = mapped_column(TZ)
     created_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
+    # Direct uploads and expiry (docs/UPLOADS_AND_EXPIRY.md): items added get this deadline
+    # (or their own, if sooner); ``canceled_at`` is set by POST /v1/batches/{id}/cancel.
+    deadline_at: Mapped[datetime | None] = mapped_column(TZ)
+    canceled_at: Mapped[datetime | None] = mapped_column(TZ)
 
 
 class Analysis(Base):
@@ -115,6 +119,13 @@ class Analysis(Base):
         # Fault tolerance (docs/FAULTS.md): the sweeper's two small work lists.
         Index("ix_analyses_retry_due", "not_before", postgresql_where=text("status = 'queued' AND not_before IS NOT NULL")),
         Index("ix_analyses_report_pending", "report_requested_at", postgresql_where=text("report_requested_at IS NOT NULL")),
+        # Direct uploads and expiry (docs/UPLOADS_AND_EXPIRY.md): the sweeper's lists.
+        Index(
+            "ix_analyses_deadline",
+            "deadline_at",
+            postgresql_where=text("status IN ('queued', 'processing') AND deadline_at IS NOT NULL"),
+        ),
+        Index("ix_analyses_ingest_pending", "ingest_requested_at", postgresql_where=text("ingest_requested_at IS NOT NULL")),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=_uuid)
@@ -167,6 +178,33 @@ class Analysis(Base):
     claimed_by: Mapped[str | None] = mapped_column(String(200))
     # When the PDF/FHIR report was last asked for; NULL once it exists (or never needed).
     report_requested_at: Mapped[datetime | None] = mapped_column(TZ)
+
+    # Direct uploads and expiry (docs/UPLOADS_AND_EXPIRY.md).
+    # Past this moment an unfinished job ends ``canceled`` with ``cancel_reason = 'expired'``.
+    deadline_at: Mapped[datetime | None] = mapped_column(TZ)
+    # Why a canceled job was canceled: requested, batch_canceled, expired.
+    cancel_reason: Mapped[str | None] = mapped_column(String(32))
+    # The direct upload the image came from, and, while its ingest (check, clean, store)
+    # has not happened, when it was last asked for; the job is not claimable until then.
+    upload_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    ingest_requested_at: Mapped[datetime | None] = mapped_column(TZ)
+
+
+class Upload(Base):
+    """A presigned PUT handed to a client: tenant-owned, single-use, expiring."""
+
+    __tablename__ = "uploads"
+    __table_args__ = (Index("ix_uploads_usable_until", "usable_until"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=_uuid)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    object_key: Mapped[str] = mapped_column(String(300))
+    content_type: Mapped[str] = mapped_column(String(32))
+    url_expires_at: Mapped[datetime] = mapped_column(TZ)
+    usable_until: Mapped[datetime] = mapped_column(TZ)
+    used_at: Mapped[datetime | None] = mapped_column(TZ)
+    analysis_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True), unique=True)
+    created_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
 
 
 class Report(Base):

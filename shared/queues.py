@@ -12,6 +12,7 @@ class Queue(str, enum.Enum):
     reports = "reports"
     webhooks = "webhooks"
     maintenance = "maintenance"
+    ingest = "ingest"
 
 
 class TaskName(str, enum.Enum):
@@ -22,6 +23,7 @@ class TaskName(str, enum.Enum):
     dispatch_due = "dermasentinel.webhooks.dispatch_due"
     sweep = "dermasentinel.maintenance.sweep"
     purge = "dermasentinel.maintenance.purge"
+    ingest_upload = "dermasentinel.uploads.ingest"
 
 
 def analysis_queue(priority: str) -> Queue:

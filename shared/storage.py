@@ -22,6 +22,10 @@ def image_key(tenant_id: uuid.UUID, analysis_id: uuid.UUID, extension: str) -> s
     return f"tenants/{tenant_id}/analyses/{analysis_id}/image.{extension}"
 
 
+def upload_key(tenant_id: uuid.UUID, upload_id: uuid.UUID) -> str:
+    return f"tenants/{tenant_id}/uploads/{upload_id}"
+
+
 def artifact_key(tenant_id: uuid.UUID, analysis_id: uuid.UUID, name: str) -> str:
     return f"tenants/{tenant_id}/analyses/{analysis_id}/{name}"
 
@@ -75,6 +79,23 @@ class ObjectStore:
         return (self.link_client or self.client).presigned_get_object(
             self.bucket(purpose), key, expires=timedelta(seconds=self.settings.presign_ttl_seconds)
         )
+
+    def presigned_put(self, purpose: str, key: str, expires_seconds: int) -> str:
+        """A URL that lets its holder PUT one object at ``key`` until it expires. Only the
+        host is signed (minio's presigner), so size and type are checked when the object
+        is ingested, not by the store (docs/UPLOADS_AND_EXPIRY.md)."""
+        return (self.link_client or self.client).presigned_put_object(
+            self.bucket(purpose), key, expires=timedelta(seconds=expires_seconds)
+        )
+
+    def size(self, purpose: str, key: str) -> int | None:
+        """The object's size in bytes; None when there is no such object."""
+        try:
+            return self.client.stat_object(self.bucket(purpose), key).size
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchObject", "NotFound"):
+                return None
+            raise
 
     def ping(self) -> None:
         self.client.bucket_exists(self.bucket(IMAGES))

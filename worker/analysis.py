@@ -25,6 +25,7 @@ from shared.db import session_scope
 from shared.models import AnalysisStatus
 from shared.storage import ARTIFACTS, IMAGES, artifact_key
 from worker.reporting.scribe import build_scribe_note
+from worker.runtime import release_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +42,14 @@ class _Batch:
     claims: list[Claim]
     prepared: object | None = None  # the pipeline's PreparedBatch
     error: Exception | None = None
+    load_s: float = 0.0  # seconds: fetch + prepare, networks, post-process + write
+    infer_s: float = 0.0
 
 
 def run_analysis(context: AppContext, pipeline, analysis_id: uuid.UUID) -> int:
-    """Claim this job (and the most urgent others, up to the batch size), run them, and keep
-    claiming and running follow-up batches while queued jobs remain (up to DRAIN_SECONDS),
-    with fetch/decode and post-process/write overlapped with the networks.
+    """Claim this job (and the most urgent others, up to the batch size), run them, and while
+    batches come full (a backlog) keep claiming and running the next ones (up to
+    DRAIN_SECONDS), with fetch/decode and post-process/write overlapped with the networks.
     Returns how many jobs this call finished."""
     settings = context.settings
     with session_scope(context.session_factory) as session:
@@ -88,7 +91,11 @@ class _Engine:
                 break
             if not batch.claims:
                 break
-            upcoming = prefetch_lane.submit(self._claim_and_load, time.monotonic() < deadline)
+            # Claim ahead only while there is a backlog (this batch came full): a light queue is
+            # served message by message as before, and rows held queued elsewhere are not raced.
+            backlog = len(batch.claims) >= self.context.settings.gpu_batch_size
+            upcoming = prefetch_lane.submit(self._claim_and_load, backlog and time.monotonic() < deadline)
+            started = time.perf_counter()
             try:
                 self.pipeline.infer(batch.prepared, on_stage=lambda stage, c=batch.claims: self._stage(finish_lane, c, stage))
             except Exception as exc:
@@ -96,6 +103,7 @@ class _Engine:
                 self._give_back(upcoming, exc)
                 failure = exc
                 break
+            batch.infer_s = time.perf_counter() - started
             writes.append((batch.claims, finish_lane.submit(self._finish, batch)))
         finished = 0
         for claims, write in writes:
@@ -138,6 +146,7 @@ class _Engine:
 
         if not batch.claims:
             return batch
+        started = time.perf_counter()
         try:
             images = list(self.host.map(lambda c: self.context.store.get(IMAGES, c.image_key), batch.claims))
             items = [
@@ -145,6 +154,7 @@ class _Engine:
                 for c, data in zip(batch.claims, images)
             ]
             batch.prepared = self.pipeline.prepare(items, map=self.host.map)
+            batch.load_s = time.perf_counter() - started
         except Exception as exc:  # handed to the network thread, which releases and re-raises
             batch.error = exc
             release(self.context, batch.claims, exc)
@@ -159,8 +169,16 @@ class _Engine:
         finish_lane.submit(write)
 
     def _finish(self, batch: _Batch) -> int:
+        started = time.perf_counter()
         outcomes = self.pipeline.complete(batch.prepared, map=self.host.map)
-        return sum(self.host.map(lambda pair: self._record_outcome(*pair), zip(batch.claims, outcomes)))
+        finished = sum(self.host.map(lambda pair: self._record_outcome(*pair), zip(batch.claims, outcomes)))
+        batch.prepared = None
+        release_freed_memory()  # the batch's images and tensors, back to the OS (off the network thread)
+        log.info(
+            "engine: %d jobs; fetch+prepare %.3fs, networks %.3fs, post-process+write %.3fs (overlapped)",
+            len(batch.claims), batch.load_s, batch.infer_s, time.perf_counter() - started,
+        )
+        return finished
 
     def _record_outcome(self, claim: Claim, outcome) -> int:
         from worker.pipeline.pipeline import Finding, Rejection

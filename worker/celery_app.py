@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import sys
 import threading
 import time
 import uuid
@@ -15,7 +17,14 @@ import uuid
 import redis.exceptions
 from celery import Celery
 from celery.exceptions import Reject
-from celery.signals import worker_process_init, worker_process_shutdown
+from celery.signals import (
+    setup_logging,
+    task_postrun,
+    task_prerun,
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+)
 from minio.error import MinioException
 
 from shared.config import Settings, get_settings
@@ -93,6 +102,124 @@ class GpuMembership:
 
 _membership: GpuMembership | None = None
 
+# Each task's first argument, as the id it names in log lines.
+_TASK_ARGUMENT = {
+    TaskName.analyze.value: "analysis_id",
+    TaskName.build_report.value: "analysis_id",
+    TaskName.ingest_upload.value: "analysis_id",
+    TaskName.dispatch_event.value: "event_id",
+    TaskName.deliver_webhook.value: "delivery_id",
+}
+# Periodic wake-ups: their "received"/"succeeded" lines would flood the log every few
+# seconds; they log themselves when they did something.
+PERIODIC_TASKS = frozenset({TaskName.dispatch_due.value, TaskName.sweep.value})
+_ROUTINE_LINES = ("Scheduler: Sending due task", "Task %(name)s[%(id)s] received",
+                  "Task %(name)s[%(id)s] succeeded")
+
+
+def prepare_metrics_dir(settings: Settings, role: str) -> None:
+    """Give this worker (its main process and its pool processes) a fresh directory for
+    prometheus_client's multiprocess files, under DATA_DIR/metrics. Must run before
+    prometheus_client is imported: the library picks its storage at import. Folders left by
+    workers that are gone are removed."""
+    if "prometheus_client" in sys.modules:
+        raise RuntimeError("prepare_metrics_dir must run before prometheus_client is imported")
+    root = settings.data_dir / "metrics"
+    root.mkdir(parents=True, exist_ok=True)
+    for folder in root.glob("*-*"):
+        pid = folder.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+    directory = root / f"{role}-{os.getpid()}"
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir()
+    # The library's own switch; read by it alone, at import.
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def serve_metrics(settings: Settings) -> int | None:
+    """Serve every process's figures of this worker on METRICS_PORT (0: any free port)."""
+    if settings.metrics_port is None:
+        return None
+    from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+
+    registry = CollectorRegistry()
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        multiprocess.MultiProcessCollector(registry)
+    else:  # a worker started without prepare_metrics_dir: only this process's figures
+        from prometheus_client import REGISTRY as registry  # noqa: N811
+    server, _ = start_http_server(settings.metrics_port, registry=registry)
+    port = server.server_port
+    log.info("worker metrics on port %d", port)
+    return port
+
+
+class _QuietRoutine(logging.Filter):
+    """Celery's per-message lines for the periodic wake-ups go to DEBUG-only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith(_ROUTINE_LINES):
+            return True
+        if any(task in record.getMessage() for task in PERIODIC_TASKS):
+            return logging.getLogger().isEnabledFor(logging.DEBUG)
+        return True
+
+
+def _connect_observability(settings: Settings) -> None:
+    """Logging, task context and task metrics for worker and beat processes (docs/OBSERVABILITY.md)."""
+
+    @setup_logging.connect(weak=False, dispatch_uid="dermasentinel-logging")
+    def _logging(loglevel=None, **_):
+        from shared.logs import configure_logging
+
+        configure_logging(settings, level=loglevel if isinstance(loglevel, str) else None)
+        quiet = _QuietRoutine()
+        for name in ("celery.beat", "celery.app.trace", "celery.worker.strategy"):
+            logging.getLogger(name).addFilter(quiet)
+
+    @worker_init.connect(weak=False, dispatch_uid="dermasentinel-metrics-server")
+    def _metrics_server(**_):
+        serve_metrics(settings)
+
+    @task_prerun.connect(weak=False, dispatch_uid="dermasentinel-task-context")
+    def _task_started(task_id=None, task=None, args=None, kwargs=None, **_):
+        from structlog.contextvars import bind_contextvars, clear_contextvars
+
+        from shared.logs import REQUEST_ID_HEADER
+
+        clear_contextvars()
+        request = task.request
+        request_id = getattr(request, REQUEST_ID_HEADER, None) or (request.headers or {}).get(REQUEST_ID_HEADER)
+        ids = {"task": task.name, "task_id": task_id, "request_id": request_id}
+        argument = _TASK_ARGUMENT.get(task.name)
+        if argument and args:
+            ids[argument] = args[0]
+        bind_contextvars(**{k: str(v) for k, v in ids.items() if v})
+        request.dermasentinel_started = time.perf_counter()
+
+    @task_postrun.connect(weak=False, dispatch_uid="dermasentinel-task-done")
+    def _task_done(task=None, state=None, **_):
+        from structlog.contextvars import clear_contextvars
+
+        from shared.metrics import TASK_SECONDS, TASKS
+
+        started = getattr(task.request, "dermasentinel_started", None)
+        if started is not None:
+            TASK_SECONDS.labels(task.name).observe(time.perf_counter() - started)
+        outcome = {"SUCCESS": "success", "RETRY": "retry", "FAILURE": "failure"}.get(str(state), "other")
+        TASKS.labels(task.name, outcome).inc()
+        clear_contextvars()
+
 
 def gpu_membership() -> GpuMembership | None:
     return _membership
@@ -121,6 +248,7 @@ def create_celery(settings: Settings | None = None, *, preload_models: bool = Fa
         "purge": {"task": TaskName.purge.value, "schedule": 3600.0, "options": {"queue": Queue.maintenance.value}},
     }
     register_tasks(app)
+    _connect_observability(settings)
 
     @worker_process_init.connect(weak=False)
     def _init_process(sender=None, **_):
@@ -145,6 +273,11 @@ def create_celery(settings: Settings | None = None, *, preload_models: bool = Fa
     def _shutdown_process(**_):
         if _membership is not None:
             _membership.stop()
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            from prometheus_client import multiprocess
+
+            # Its live gauges go; its counters and histograms stay summed into the worker's.
+            multiprocess.mark_process_dead(os.getpid())
 
     return app
 
@@ -212,6 +345,13 @@ def register_tasks(app: Celery) -> None:
         from worker.maintenance import sweep as run
 
         return run(rt().context)
+
+    @app.task(name=TaskName.ingest_upload.value, acks_late=True,
+              soft_time_limit=60, time_limit=90, **RETRY)
+    def ingest_upload(analysis_id: str) -> str | None:
+        from worker.ingest import ingest_upload as ingest
+
+        return ingest(rt().context, uuid.UUID(analysis_id))
 
     @app.task(name=TaskName.purge.value, soft_time_limit=600, time_limit=660)
     def purge() -> int:

@@ -59,7 +59,12 @@ def sweep(context: AppContext) -> dict[str, int]:
     now = lifecycle.utcnow()
     cutoff = now - timedelta(seconds=settings.stuck_after_seconds)
     resend_cutoff = now - timedelta(seconds=settings.resend_after_seconds)
-    counts = {"requeued": 0, "failed": 0, "resent": 0, "retried": 0, "reports_resent": 0, "batches_completed": 0}
+    counts = {"requeued": 0, "failed": 0, "resent": 0, "retried": 0, "reports_resent": 0, "batches_completed": 0,
+              "expired": 0, "ingests_resent": 0}
+
+    # Past their deadline: canceled (expired) before anything below could wake them.
+    with session_scope(context.session_factory) as session:
+        counts["expired"] = len(lifecycle.expire_due(session, context.celery, settings, now, limit=RESEND_LIMIT * 5))
 
     live = live_gpu_workers(context)
     with session_scope(context.session_factory) as session:
@@ -105,6 +110,18 @@ def sweep(context: AppContext) -> dict[str, int]:
                 break
             counts["reports_resent"] += 1
 
+    # Direct uploads whose ingest wake-up was lost; a backlog in the lane is not a lost message.
+    if broker_queue_length(context, Queue.ingest.value) == 0:
+        with session_scope(context.session_factory) as session:
+            missing = lifecycle.missing_ingests(session, resend_cutoff, RESEND_LIMIT)
+        for analysis_id in missing:
+            try:
+                lifecycle.enqueue_ingest(context.celery, analysis_id)
+            except Exception:
+                log.warning("could not re-send the ingest wake-up for %s; next sweep tries again", analysis_id)
+                break
+            counts["ingests_resent"] += 1
+
     with session_scope(context.session_factory) as session:
         for batch_id in lifecycle.unfinished_sealed_batches(session):
             if lifecycle.complete_batch_if_done(session, context.celery, settings, batch_id):
@@ -116,15 +133,26 @@ def sweep(context: AppContext) -> dict[str, int]:
 
 
 def purge_expired(context: AppContext) -> int:
-    """Forget expired idempotency keys; with ``RETENTION_DAYS`` set, delete final analyses
-    older than that, their images and artifacts first, then their rows."""
+    """Forget expired idempotency keys and direct uploads nobody submitted in time (their
+    objects too); with ``RETENTION_DAYS`` set, delete final analyses older than that, their
+    images and artifacts first, then their rows."""
     from sqlalchemy import delete, select, update
 
-    from shared.models import Analysis, Report
+    from shared.models import Analysis, Report, Upload
     from shared.storage import ARTIFACTS, IMAGES
 
     settings = context.settings
     now = lifecycle.utcnow()
+    with session_scope(context.session_factory) as session:
+        unused = list(
+            session.execute(
+                select(Upload).where(Upload.usable_until < now).limit(1000).with_for_update(skip_locked=True)
+            ).scalars()
+        )
+        for upload in unused:
+            if upload.used_at is None:
+                context.store.delete(IMAGES, upload.object_key)
+            session.delete(upload)
     with session_scope(context.session_factory) as session:
         session.execute(
             update(Analysis)

@@ -14,6 +14,8 @@ from shared import analyses as lifecycle
 from shared.context import AppContext
 from shared.db import session_scope
 from shared.events import record_event
+from shared.logs import bind
+from shared.metrics import REPORT_RENDER_SECONDS
 from shared.models import Analysis, AnalysisStatus, Report
 from shared.storage import ARTIFACTS, IMAGES, artifact_key
 from worker.reporting.fhir import build_fhir_bundle
@@ -34,6 +36,7 @@ def build_report(context: AppContext, analysis_id: uuid.UUID) -> bool:
             return False
         record = lifecycle.analysis_record(analysis)
         image_key, overlay_key, tenant_id = analysis.image_key, analysis.overlay_key, analysis.tenant_id
+        bind(tenant_id=tenant_id, batch_id=analysis.batch_id)
 
     started = time.perf_counter()
     image = context.store.get(IMAGES, image_key)
@@ -50,6 +53,7 @@ def build_report(context: AppContext, analysis_id: uuid.UUID) -> bool:
         },
     )
     render_ms = (time.perf_counter() - started) * 1000
+    REPORT_RENDER_SECONDS.observe(render_ms / 1000)
     pdf_key = artifact_key(tenant_id, analysis_id, "report.pdf")
     context.store.put(ARTIFACTS, pdf_key, pdf, "application/pdf")
 

@@ -29,6 +29,8 @@ from shared.context import AppContext
 from shared.db import after_commit, session_scope
 from shared.events import undispatched_event_ids
 from shared.jobs import enqueue_delivery, enqueue_event_dispatch
+from shared.logs import log_context
+from shared.metrics import WEBHOOK_DELIVERIES, WEBHOOK_DELIVERY_SECONDS
 from shared.models import Event, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from shared.security import secret_box
 from shared.ssrf import parse_allow_cidrs
@@ -111,6 +113,8 @@ def deliver_one(context: AppContext, delivery_id: uuid.UUID, client=None) -> str
     settings = context.settings
     with _tenant_slots(settings).hold_for(context, delivery_id) as claim:
         if isinstance(claim, str) or claim is None:
+            if claim is not None:
+                WEBHOOK_DELIVERIES.labels(claim).inc()  # skipped (endpoint disabled) or deferred
             return claim
         outcome = deliver(
             claim.url,
@@ -123,7 +127,28 @@ def deliver_one(context: AppContext, delivery_id: uuid.UUID, client=None) -> str
             client=client,
             tenant_id=claim.tenant_id,
         )
-    return _record(context, claim, outcome.as_logged())
+    status = _record(context, claim, outcome.as_logged())
+    _observe_attempt(claim, outcome, status)
+    return status
+
+
+def _observe_attempt(claim: _Claim, outcome: AttemptResult, status: str | None) -> None:
+    """One line and the metrics per attempt; the receiver's URL stays out (it may be internal)."""
+    if outcome.ok:
+        result = "delivered"
+    elif status == "failed":
+        result = "failed"  # the last attempt of the schedule, or the endpoint was disabled
+    else:
+        result = "retry"
+    WEBHOOK_DELIVERIES.labels(result).inc()
+    if outcome.latency_ms is not None:
+        WEBHOOK_DELIVERY_SECONDS.labels(result).observe(outcome.latency_ms / 1000.0)
+    with log_context(tenant_id=claim.tenant_id, delivery_id=claim.delivery_id, event_id=claim.msg_id):
+        log.info(
+            "webhook attempt %d: %s (status %s, %s, %s ms)", claim.attempt_count + 1, result,
+            outcome.status_code, outcome.error_class or "ok",
+            None if outcome.latency_ms is None else round(outcome.latency_ms),
+        )
 
 
 def _claim(context: AppContext, delivery_id: uuid.UUID, slot_free: Callable[[uuid.UUID], bool]) -> _Claim | str | None:

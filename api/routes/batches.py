@@ -20,7 +20,7 @@ router = APIRouter(prefix="/v1/batches", tags=["batches"])
 
 def _links(context: ContextDep, batch: Batch) -> dict:
     base = f"{lifecycle.api_base(context.settings)}/v1/batches/{batch.id}"
-    return {"self": base, "seal": f"{base}/seal", "results": f"{base}/results?order=risk"}
+    return {"self": base, "seal": f"{base}/seal", "cancel": f"{base}/cancel", "results": f"{base}/results?order=risk"}
 
 
 def _state(batch: Batch) -> str:
@@ -38,6 +38,8 @@ def summary(context: ContextDep, batch: Batch, counts: dict[str, int]) -> dict:
         "created_at": lifecycle.iso(batch.created_at),
         "sealed_at": lifecycle.iso(batch.sealed_at),
         "completed_at": lifecycle.iso(batch.completed_at),
+        "deadline_at": lifecycle.iso(batch.deadline_at),
+        "canceled_at": lifecycle.iso(batch.canceled_at),
         "counts": counts,
         "total": sum(counts.values()),
         "links": _links(context, batch),
@@ -58,7 +60,7 @@ def view(context: ContextDep, batch: Batch, progress: service.Progress) -> dict:
 
 @router.post("", status_code=201, summary="Create a batch for bulk screening")
 def create_batch(body: BatchIn, context: ContextDep, tenant: CurrentTenant, session: SessionDep):
-    batch = service.create(session, tenant, body)
+    batch = service.create(session, tenant, body, context.settings.max_cancel_after_seconds)
     return view(context, batch, service.progress(session, batch))
 
 
@@ -96,6 +98,20 @@ def get_batch(batch_id: str, context: ContextDep, tenant: CurrentTenant, session
 def seal_batch(batch_id: str, context: ContextDep, tenant: CurrentTenant, session: SessionDep):
     batch = service.seal(context, session, tenant, parse_id(batch_id, "batch"))
     return view(context, batch, service.progress(session, batch))
+
+
+@router.post(
+    "/{batch_id}/cancel",
+    summary="Cancel every unfinished item and close the batch (idempotent)",
+    description=(
+        "Queued and processing items end `canceled` with `cancel_reason` `batch_canceled`, each with "
+        "one `analysis.canceled` event; the batch is sealed and completes (`batch.completed`). "
+        "`canceled_now` is how many items this call canceled: a repeat changes nothing and emits nothing."
+    ),
+)
+def cancel_batch(batch_id: str, context: ContextDep, tenant: CurrentTenant, session: SessionDep):
+    batch, canceled_now = service.cancel(context, session, tenant, parse_id(batch_id, "batch"))
+    return {**view(context, batch, service.progress(session, batch)), "canceled_now": canceled_now}
 
 
 RESULTS_DESCRIPTION = f"""Every item of the batch, streamed. `order=risk`: succeeded results by

@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy import text
 
 from shared.context import AppContext
 from shared.jobs import broker_redis, gpu_worker_census, heartbeat_window
+from shared.metrics import BacklogCollector
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["health"])
@@ -112,6 +114,23 @@ async def readyz(request: Request):
     return JSONResponse(body, status_code=200 if body["status"] == "ready" else 503)
 
 
+_backlog_lock = threading.Lock()
+
+
+def _backlog_registry(request: Request) -> CollectorRegistry:
+    state = request.app.state
+    with _backlog_lock:
+        if getattr(state, "backlog_registry", None) is None:
+            registry = CollectorRegistry(auto_describe=False)
+            registry.register(BacklogCollector(state.context.settings))
+            state.backlog_registry = registry
+    return state.backlog_registry
+
+
 @router.get("/metrics", include_in_schema=False)
-def metrics():
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+def metrics(request: Request):
+    """This API process's HTTP figures, then the whole system's backlog (queue depth per lane,
+    jobs by state, oldest queued job) read from Redis and Postgres. The workers' own figures
+    are on their METRICS_PORT (docs/OBSERVABILITY.md)."""
+    body = generate_latest() + generate_latest(_backlog_registry(request))
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -6,7 +6,7 @@ import hashlib
 import json
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from api.deps import UNCOMMITTED_IMAGES
 from api.pagination import newest_first
+from api.services import uploads
 from api.services.owned import get_owned
 from api.problems import BadRequest, Conflict
 from api.uploads import CleanImage
@@ -53,9 +54,9 @@ def _replay_or_conflict(existing: Analysis, request_fingerprint: str) -> Submitt
     return Submitted(existing, replayed=True)
 
 
-def _check_batch(session: Session, tenant: Tenant, batch_id: uuid.UUID | None) -> None:
+def _check_batch(session: Session, tenant: Tenant, batch_id: uuid.UUID | None) -> Batch | None:
     if batch_id is None:
-        return
+        return None
     batch = session.execute(
         select(Batch).where(Batch.id == batch_id, Batch.tenant_id == tenant.id)
     ).scalar_one_or_none()
@@ -63,6 +64,28 @@ def _check_batch(session: Session, tenant: Tenant, batch_id: uuid.UUID | None) -
         raise BadRequest(f"no batch with id {batch_id}")
     if batch.sealed_at is not None:
         raise Conflict(f"batch {batch_id} is sealed and takes no new items; create a new batch")
+    return batch
+
+
+def deadline_for(now: datetime, cancel_after: float | None, batch: Batch | None) -> datetime | None:
+    """The job's own deadline (``Cancel-After``) or its batch's, whichever comes first."""
+    deadlines = [now + timedelta(seconds=cancel_after)] if cancel_after is not None else []
+    if batch is not None and batch.deadline_at is not None:
+        deadlines.append(batch.deadline_at)
+    return min(deadlines) if deadlines else None
+
+
+def _idempotent_replay(session: Session, tenant: Tenant, key: str | None, request_fingerprint: str, now: datetime):
+    if not key:
+        return None
+    existing = _find_by_idempotency_key(session, tenant, key)
+    if existing is None:
+        return None
+    if existing.idempotency_expires_at and existing.idempotency_expires_at < now:
+        existing.idempotency_key = None
+        session.flush()
+        return None
+    return _replay_or_conflict(existing, request_fingerprint)
 
 
 def submit(
@@ -72,19 +95,16 @@ def submit(
     image: CleanImage,
     inputs: AnalysisInputs,
     idempotency_key: str | None,
+    *,
+    cancel_after: float | None = None,
 ) -> Submitted:
     """Store the image, commit the row, and enqueue the job only after the commit."""
     request_fingerprint = fingerprint(image, inputs)
     now = lifecycle.utcnow()
-    if idempotency_key:
-        existing = _find_by_idempotency_key(session, tenant, idempotency_key)
-        if existing is not None:
-            if existing.idempotency_expires_at and existing.idempotency_expires_at < now:
-                existing.idempotency_key = None
-                session.flush()
-            else:
-                return _replay_or_conflict(existing, request_fingerprint)
-    _check_batch(session, tenant, inputs.batch_id)
+    replay = _idempotent_replay(session, tenant, idempotency_key, request_fingerprint, now)
+    if replay is not None:
+        return replay
+    batch = _check_batch(session, tenant, inputs.batch_id)
     priority = "bulk" if inputs.batch_id is not None else inputs.priority
 
     analysis_id = uuid.uuid4()
@@ -114,6 +134,7 @@ def submit(
         created_at=now,
         updated_at=now,
         enqueued_at=now,
+        deadline_at=deadline_for(now, cancel_after, batch),
     )
     context.store.put(IMAGES, key, image.data, image.content_type)
     try:
@@ -132,6 +153,71 @@ def submit(
         raise
     session.info.setdefault(UNCOMMITTED_IMAGES, []).append(key)
     after_commit(session, lambda: enqueue_analysis(context.celery, analysis_id, priority))
+    return Submitted(analysis, replayed=False)
+
+
+def submit_upload(
+    context: AppContext,
+    session: Session,
+    tenant: Tenant,
+    upload_id: uuid.UUID,
+    inputs: AnalysisInputs,
+    idempotency_key: str | None,
+    *,
+    cancel_after: float | None = None,
+) -> Submitted:
+    """Take a direct upload in place of the file: the row is ``queued`` but not claimable
+    until the ingest worker has checked, cleaned and stored the image exactly as the API
+    would have (shared.images); ingest is woken after the commit, and re-sent by the sweeper."""
+    canonical = json.dumps({"upload_id": str(upload_id), **inputs.model_dump(mode="json")}, sort_keys=True)
+    request_fingerprint = hashlib.sha256(canonical.encode()).hexdigest()
+    now = lifecycle.utcnow()
+    replay = _idempotent_replay(session, tenant, idempotency_key, request_fingerprint, now)
+    if replay is not None:
+        return replay
+    batch = _check_batch(session, tenant, inputs.batch_id)
+    priority = "bulk" if inputs.batch_id is not None else inputs.priority
+    analysis_id = uuid.uuid4()
+    upload = uploads.claim_for_analysis(context, session, tenant, upload_id, analysis_id)
+    analysis = Analysis(
+        id=analysis_id,
+        tenant_id=tenant.id,
+        batch_id=inputs.batch_id,
+        external_id=inputs.external_id,
+        priority=priority,
+        status="queued",
+        attempt=0,
+        age=inputs.age,
+        sex=inputs.sex,
+        site=inputs.site,
+        pixel_spacing_mm=inputs.pixel_spacing_mm,
+        # Until ingest: the raw upload, its declared type, and no size or hash.
+        image_key=upload.object_key,
+        image_sha256="",
+        image_content_type=upload.content_type,
+        image_width=0,
+        image_height=0,
+        upload_id=upload.id,
+        ingest_requested_at=now,
+        idempotency_key=idempotency_key,
+        request_fingerprint=request_fingerprint,
+        idempotency_expires_at=now + timedelta(hours=context.settings.idempotency_ttl_hours)
+        if idempotency_key
+        else None,
+        created_at=now,
+        updated_at=now,
+        deadline_at=deadline_for(now, cancel_after, batch),
+    )
+    try:
+        session.add(analysis)
+        session.flush()
+    except IntegrityError:
+        session.rollback()
+        existing = _find_by_idempotency_key(session, tenant, idempotency_key or "")
+        if existing is None:
+            raise
+        return _replay_or_conflict(existing, request_fingerprint)
+    lifecycle.request_ingest(session, context.celery, analysis_id)
     return Submitted(analysis, replayed=False)
 
 

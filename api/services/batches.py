@@ -17,6 +17,7 @@ from sqlalchemy import case, func, nulls_last, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.pagination import newest_first
+from api.problems import Unprocessable
 from api.services.owned import get_owned
 from shared import analyses as lifecycle
 from shared.context import AppContext
@@ -92,8 +93,20 @@ CSV_COLUMNS = (
 # ---------------------------------------------------------------- batches
 
 
-def create(session: Session, tenant: Tenant, body: BatchIn) -> Batch:
-    batch = Batch(tenant_id=tenant.id, name=body.name, external_id=body.external_id, created_at=lifecycle.utcnow())
+def create(session: Session, tenant: Tenant, body: BatchIn, max_cancel_after_seconds: int | None = None) -> Batch:
+    now = lifecycle.utcnow()
+    if body.cancel_after is not None and max_cancel_after_seconds and body.cancel_after > max_cancel_after_seconds:
+        raise Unprocessable(
+            f"cancel_after: must be at most {max_cancel_after_seconds} seconds",
+            errors=[{"field": "cancel_after", "message": f"must be at most {max_cancel_after_seconds} seconds"}],
+        )
+    batch = Batch(
+        tenant_id=tenant.id,
+        name=body.name,
+        external_id=body.external_id,
+        created_at=now,
+        deadline_at=now + timedelta(seconds=body.cancel_after) if body.cancel_after is not None else None,
+    )
     session.add(batch)
     session.flush()
     return batch
@@ -136,6 +149,14 @@ def seal(context: AppContext, session: Session, tenant: Tenant, batch_id: uuid.U
         session.flush()
     lifecycle.complete_batch_if_done(session, context.celery, context.settings, batch.id)
     return batch
+
+
+def cancel(context: AppContext, session: Session, tenant: Tenant, batch_id: uuid.UUID) -> tuple[Batch, int]:
+    """Cancel every unfinished item once and close the batch; returns the batch and how many
+    items this call canceled (0 on a repeat: nothing changes, nothing is emitted)."""
+    batch = get(session, tenant, batch_id, for_update=True)
+    canceled = lifecycle.cancel_batch(session, context.celery, context.settings, batch)
+    return batch, len(canceled)
 
 
 # ---------------------------------------------------------------- progress

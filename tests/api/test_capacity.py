@@ -111,3 +111,43 @@ def test_cached_keys_expire_so_revocation_takes_effect():
     time.sleep(0.3)
     assert cache.get("digest") is None
     assert KeyCache(ttl=0).get("digest") is None
+
+
+def test_among_tenants_holding_alike_the_one_served_longest_ago_goes_first():
+    """A crowd tenant that was just served waits behind tenants that were not: a clinic that
+    sends one request at a time is not starved by crowds that each hold nothing right now."""
+    slots = FairSlots(1)
+    served = []
+
+    async def request(tenant: str):
+        async with slots.hold(tenant, wait=5, what="busy"):
+            served.append(tenant)
+            await asyncio.sleep(0.01)
+
+    async def scenario():
+        tasks = [asyncio.create_task(request("crowd"))]
+        await asyncio.sleep(0)  # the crowd holds the slot
+        tasks += [asyncio.create_task(request(t)) for t in ("crowd", "crowd", "other-crowd", "clinic")]
+        await asyncio.gather(*tasks)
+
+    asyncio.run(scenario())
+    assert served == ["crowd", "other-crowd", "clinic", "crowd", "crowd"]
+    assert slots.in_use == 0 and not slots.waiting and not slots.last_granted
+
+
+def test_concurrent_misses_for_one_key_share_one_lookup():
+    cache = KeyCache(ttl=5)
+    tenant = uuid.uuid4()
+    lookups = []
+
+    async def load():
+        lookups.append(1)
+        await asyncio.sleep(0.05)
+        return tenant
+
+    async def scenario():
+        return await asyncio.gather(*(cache.resolve("digest", load) for _ in range(50)))
+
+    assert asyncio.run(scenario()) == [tenant] * 50
+    assert len(lookups) == 1
+    assert cache.get("digest") == tenant

@@ -12,5 +12,5 @@ from benchmarks.chaos import CI_CONFIG, FAULTS, run_fault
 def test_the_stack_recovers_from(fault, chaos_stack, record):
     result = run_fault(chaos_stack, fault, CI_CONFIG)
     record(result)
-    assert result.ok, f"{fault}: {', '.join(result.problems)} ({'; '.join(result.notes)})"
+    assert result.ok, f"{fault}: {', '.join(result.problems)} ({'; '.join(result.notes)})\n" + "\n".join(result.details)
     assert result.recovery is not None and result.recovery <= CI_CONFIG.recovery

@@ -140,3 +140,33 @@ def test_interrupted_submit_resumes_without_duplicates_and_writes_triage(
     assert again.returncode == 0, again.stderr
     assert "already completed with 30 items" in again.stderr
     assert _rows_in_batches(context, tenant_id) == IMAGES
+
+
+def test_direct_submit_sends_the_photos_to_the_store_not_the_api(tmp_path, api_url, worker, context, tenant_key):
+    tenant_id, key = tenant_key
+    folder = tmp_path / "direct"
+    folder.mkdir()
+    lines = ["image_name,sex,age_approx,anatom_site_general_challenge"]
+    for n in range(6):
+        picture = make_lesion(seed=100 + n, size=(120, 160), radius_frac=0.22, blur=8.0 if n == 2 else 0.0)
+        (folder / f"D_{n}.jpg").write_bytes(encode_jpeg(picture.image))
+        lines.append(f"D_{n},female,{40 + n}.0,torso")
+    manifest = tmp_path / "direct.csv"
+    manifest.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "direct-triage.csv"
+
+    run = subprocess.run(
+        [sys.executable, "-m", "cli.main", "batch", "submit", str(folder), "--manifest", str(manifest),
+         "--name", "direct-backlog", "--api-url", api_url, "--api-key", key, "--direct", "--wait", "--out", str(out)],
+        cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=240,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+
+    with context.session_factory() as session:
+        analyses = session.execute(select(Analysis).where(Analysis.tenant_id == tenant_id)).scalars().all()
+    assert len(analyses) == 6
+    assert all(a.upload_id is not None and a.ingest_requested_at is None for a in analyses), "each went direct"
+    assert {a.external_id: (a.age, a.site) for a in analyses}["D_3"] == (43, "torso")
+    with out.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 6 and {r["external_id"]: r["status"] for r in rows}["D_2"] == "rejected"

@@ -13,6 +13,7 @@ SNAPSHOT = {
     "dermasentinel.webhooks.dispatch_due": "webhooks",
     "dermasentinel.maintenance.sweep": "maintenance",
     "dermasentinel.maintenance.purge": "maintenance",
+    "dermasentinel.uploads.ingest": "ingest",
 }
 
 
@@ -32,7 +33,9 @@ def test_registered_task_names_and_queues_are_stable(app):
 
 
 def test_queue_names_are_the_contract():
-    assert [q.value for q in Queue] == ["analyze.interactive", "analyze.bulk", "reports", "webhooks", "maintenance"]
+    assert [q.value for q in Queue] == [
+        "analyze.interactive", "analyze.bulk", "reports", "webhooks", "maintenance", "ingest",
+    ]
 
 
 def test_analysis_task_survives_worker_loss(app):

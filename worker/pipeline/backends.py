@@ -134,14 +134,20 @@ class TorchBackend:
 
 class OpenVinoBackend:
     """OpenVINO on the CPU, fp32 inference precision (bf16-capable CPUs would otherwise
-    default to bf16 and drift from the torch results)."""
+    default to bf16 and drift from the torch results).
+
+    Both networks are compiled for one input per pass (static shapes): on the CPU that is as
+    fast per image as five per pass, and the activation memory is ~400 MB smaller at 512, which
+    keeps a worker holding both models under 1.5 GB. The cached IR keeps a dynamic batch; the
+    static shape is applied at load time.
+    """
 
     name = "openvino-cpu"
+    PASS = 1  # inputs per forward pass
 
-    def __init__(self, scalpel, fusion, gate1_max_batch: int) -> None:
+    def __init__(self, scalpel, fusion) -> None:
         self.scalpel = scalpel  # openvino.CompiledModel or None
         self.fusion = fusion
-        self.gate1_max_batch = gate1_max_batch
 
     @classmethod
     def build(
@@ -170,6 +176,7 @@ class OpenVinoBackend:
                 lambda: ov.convert_model(scalpel, example_input=example,
                                          input=[ov.PartialShape([-1, 3, seg_size, seg_size])]),
             )
+            model.reshape([cls.PASS, 3, seg_size, seg_size])
             compiled_scalpel = core.compile_model(model, "CPU", config)
         example = (torch.zeros(2, 3, cls_size, cls_size), torch.zeros(2, METADATA_SIZE))
         model = _cached_ir(
@@ -178,29 +185,31 @@ class OpenVinoBackend:
                                      input=[ov.PartialShape([-1, 3, cls_size, cls_size]),
                                             ov.PartialShape([-1, METADATA_SIZE])]),
         )
+        model.reshape({0: [cls.PASS, 3, cls_size, cls_size], 1: [cls.PASS, METADATA_SIZE]})
         compiled_fusion = core.compile_model(model, "CPU", config)
-        # One image per Gate 1 pass on the CPU: as fast per image as larger batches and the
-        # smallest activation memory (the RSS target holds with both models loaded).
-        return cls(compiled_scalpel, compiled_fusion, gate1_max_batch=1)
+        return cls(compiled_scalpel, compiled_fusion)
 
     def segment(self, batch: np.ndarray) -> np.ndarray:
         if self.scalpel is None:
             raise ModelConfigError("this backend has no Scalpel network (classical Gate 1)")
         masks = [
-            self.scalpel(_nchw(batch[start : start + self.gate1_max_batch]))[0][:, 0] > 0.0
-            for start in range(0, len(batch), self.gate1_max_batch)
+            self.scalpel(_nchw(batch[start : start + self.PASS]))[0][:, 0] > 0.0
+            for start in range(0, len(batch), self.PASS)
         ]
         return np.concatenate(masks) if masks else np.zeros((0,) + batch.shape[1:3], dtype=bool)
 
     def classify(self, batch: np.ndarray, metadata: np.ndarray, views: int, max_batch: int) -> np.ndarray:
-        expanded = expand_views_numpy(batch.transpose(0, 3, 1, 2), views)  # one copy, NCHW
+        """``max_batch`` is the torch knob; the compiled shape decides here (see the class)."""
         repeated = np.repeat(np.ascontiguousarray(metadata, dtype=np.float32), views, axis=0)
-        logits = np.concatenate(
-            [
-                self.fusion([expanded[start : start + max_batch], repeated[start : start + max_batch]])[0][:, 0]
-                for start in range(0, len(expanded), max_batch)
+        logits = []
+        for index in range(len(batch)):
+            # One image's views at a time (one copy, NCHW), so memory does not grow with N.
+            expanded = expand_views_numpy(batch[index : index + 1].transpose(0, 3, 1, 2), views)
+            logits += [
+                self.fusion([expanded[start : start + self.PASS], repeated[index * views + start :][: self.PASS]])[0][:, 0]
+                for start in range(0, views, self.PASS)
             ]
-        ).astype(np.float64)
+        logits = np.concatenate(logits).astype(np.float64)
         # Same float32 sigmoid as the torch path, then float64 for the statistics.
         probabilities = torch.sigmoid(torch.from_numpy(logits.astype(np.float32))).double().numpy()
         return probabilities.reshape(len(batch), views)

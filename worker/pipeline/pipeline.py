@@ -15,7 +15,7 @@ chosen in the registry (``backends``); nothing else depends on it.
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -138,7 +138,8 @@ class Pipeline:
         if registry.backend == "openvino":
             # The compiled models hold their own weights: drop the torch copies (~150 MB).
             registry = registry.without_modules()
-        self.registry = registry
+        autocast = getattr(self.backend, "autocast", "off")
+        self.registry = replace(registry, precision=autocast if autocast != "off" else "fp32")
         self.segmenter = make_segmenter(registry.segmenter, self.backend, self.options.seg_size)
 
     def run(self, items: list[LesionInput], on_stage: Callable[[str], None] | None = None) -> list[Outcome]:

@@ -27,6 +27,7 @@ class ModelRegistry:
     fusion_checkpoint: CheckpointInfo | None
     fusion_seed: int | None
     backend: str = "torch"  # "torch" or "openvino": which engine runs the networks
+    precision: str = "fp32"  # "fp16"/"bf16" when the pipeline runs CUDA autocast
 
     @classmethod
     def load(
@@ -121,6 +122,7 @@ class ModelRegistry:
             "segmenter": self.segmenter,
             "weights": self.weights,
             "backend": self.backend_name,
+            "precision": self.precision,
             "scalpel": scalpel,
             "fusion": fusion,
         }

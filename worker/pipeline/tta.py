@@ -66,11 +66,15 @@ def classify_with_tta(
     ``max_batch`` to bound device memory.
     """
     with torch.inference_mode():
-        expanded = expand_views(images, views)
         repeated_metadata = metadata.repeat_interleave(views, dim=0)
-        logits = [
-            fusion(expanded[start : start + max_batch], repeated_metadata[start : start + max_batch])
-            for start in range(0, expanded.shape[0], max_batch)
-        ]
+        logits = []
+        total = images.shape[0] * views
+        for start in range(0, total, max_batch):
+            end = min(total, start + max_batch)
+            # Views are built per forward pass, only for the images it covers, so host/device
+            # memory follows max_batch rather than N x views.
+            first, last = start // views, -(-end // views)
+            expanded = expand_views(images[first:last], views)[start - first * views : end - first * views]
+            logits.append(fusion(expanded, repeated_metadata[start:end]))
         probabilities = torch.sigmoid(torch.cat(logits)[:, 0].float())
     return probabilities.double().cpu().numpy().reshape(images.shape[0], views)

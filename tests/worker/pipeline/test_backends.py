@@ -159,6 +159,8 @@ def test_gate1_is_chunked_to_the_memory_budget_with_the_same_masks(unet_registry
 def test_autocast_applies_on_cuda_only(unet_registry):
     cpu = TorchBackend(unet_registry.scalpel, unet_registry.fusion, torch.device("cpu"), 128, EngineOptions(autocast="fp16"))
     assert cpu.autocast == "off" and cpu.name == "torch-cpu"
+    pipeline = Pipeline(unet_registry, PipelineOptions(seg_size=128, cls_size=128, autocast="fp16"), backend=cpu)
+    assert pipeline.registry.provenance()["precision"] == "fp32"  # provenance says what ran
     tensor = cpu.to_device(np.zeros((2, 8, 8, 3), dtype=np.float32))
     assert tensor.shape == (2, 3, 8, 8) and tensor.is_contiguous(memory_format=torch.channels_last)
     with pytest.raises(ValueError, match="autocast"):

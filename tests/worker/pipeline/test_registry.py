@@ -19,6 +19,7 @@ def test_without_checkpoints_provenance_says_classical_and_untrained(classical_r
         "segmenter": "classical",
         "weights": "untrained",
         "backend": "torch-cpu",
+        "precision": "fp32",
         "scalpel": None,
         "fusion": {"name": "fusion-efficientnet-b3-meta", "version": "untrained-seed-0", "sha256": None, "seed": 0},
     }

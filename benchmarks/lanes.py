@@ -1,0 +1,192 @@
+"""Benchmark: how long an interactive job waits to be claimed while 10,000 bulk jobs are queued.
+
+    python -m benchmarks.lanes [--bulk 10000] [--probes 5]
+
+Queues ``--bulk`` bulk jobs (rows inserted directly, one wake-up each in the bulk lane, one
+shared image), starts one real GPU-role worker (SEG/CLS 128), waits until it is busy on the
+bulk lane, then submits ``--probes`` interactive images through the API at random moments of
+a GPU pass and prints, for each, the time from the row's creation to its claim
+(``started_at``; target < 2 s). Also prints the claim query's plan (EXPLAIN ANALYZE) with the
+bulk backlog in the table, to show it is answered from an index and not a scan.
+
+Postgres, Redis and S3 come from DERMASENTINEL_DATABASE_URL / _BROKER_URL / _S3_* when set,
+else from an embedded stack in a temporary folder. A fresh ``dsbench_*`` database is built by
+the migrations and dropped afterwards; buckets carry a ``dsbench-`` prefix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import secrets
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from sqlalchemy import text
+
+import httpx
+from sqlalchemy import func, select, update
+
+from benchmarks.batches import count_status, queue_bulk, start_process
+from cli.processes import free_port, stop_process, wait_http
+from shared import analyses as lifecycle
+from shared.config import Settings
+from shared.context import AppContext
+from shared.db import session_scope
+from shared.migrate import scratch_database
+from shared.stack import EmbeddedStack
+from shared.models import Analysis
+from shared.tenants import issue_key
+from worker.pipeline.synthetic import encode_jpeg, make_lesion
+
+
+@contextlib.contextmanager
+def bench_stack(**overrides) -> Iterator[tuple[AppContext, str, uuid.UUID, Path]]:
+    """Postgres, Redis and S3 (given or embedded), a scratch database, buckets, a tenant and
+    a real uvicorn API process. Yields the context, an API key, the tenant id, a work folder."""
+    given = Settings(_env_file=None)
+    workdir = Path(tempfile.mkdtemp(prefix="dsbench-"))
+    stack = EmbeddedStack(
+        workdir / "stack", postgres=not given.database_url, redis=not given.broker_url, s3=not given.s3_endpoint
+    )
+    endpoints = stack.start()
+    cleanup = contextlib.ExitStack()
+    api = None
+    try:
+        database_url = cleanup.enter_context(scratch_database(given.database_url or endpoints.database_url, "dsbench"))
+        port = free_port()
+        settings = Settings(
+            _env_file=None,
+            environment="test",
+            data_dir=workdir / "data",
+            database_url=database_url,
+            broker_url=given.broker_url or endpoints.broker_url,
+            s3_endpoint=given.s3_endpoint or endpoints.s3_endpoint,
+            s3_access_key=given.s3_access_key or endpoints.s3_access_key,
+            s3_secret_key=given.s3_secret_key.get_secret_value() or endpoints.s3_secret_key,
+            s3_bucket_prefix=f"dsbench-{secrets.token_hex(3)}",
+            api_url=f"http://127.0.0.1:{port}",
+            seg_size=128,
+            cls_size=128,
+            log_level="WARNING",
+            **overrides,
+        )
+        context = AppContext(settings)
+        cleanup.callback(context.close)
+        context.store.ensure_buckets()
+        with session_scope(context.session_factory) as session:
+            tenant, key = issue_key(session, "bench")
+            tenant_id = tenant.id
+        api_log = workdir / "api.log"
+        api = start_process(
+            [sys.executable, "-m", "uvicorn", "api.main:create_app", "--factory", "--port", str(port),
+             "--log-level", "warning"],
+            settings, api_log,
+        )
+        wait_http(f"{settings.api_url}/healthz", api, api_log)
+        yield context, key, tenant_id, workdir
+    finally:
+        if api is not None:
+            stop_process(api)
+        cleanup.close()
+        stack.stop()
+
+
+def claim_plan(context: AppContext, limit: int = 4) -> list[str]:
+    """EXPLAIN ANALYZE of the queries a GPU worker claims with, one per lane (rolled back),
+    and the time of one whole claim (own job + both lanes + the update; rolled back too)."""
+    lines = []
+    with context.engine.connect() as connection:
+        for priority in ("interactive", "bulk"):
+            statement = lifecycle.lane_candidates(priority, limit, lifecycle.utcnow()).compile(
+                dialect=context.engine.dialect
+            )
+            lines.append(f"-- {priority} lane:")
+            lines += [row[0] for row in connection.exec_driver_sql("EXPLAIN ANALYZE " + str(statement), statement.params)]
+            connection.rollback()
+    timings = []
+    for _ in range(20):
+        with context.session_factory() as session:
+            started = time.perf_counter()
+            lifecycle.claim_batch(session, uuid.uuid4(), limit, settings=context.settings)
+            timings.append((time.perf_counter() - started) * 1000)
+            session.rollback()
+    lines.append(f"-- whole claim of {limit} (rolled back), 20 runs: median {statistics.median(timings):.1f} ms")
+    return lines
+
+
+def measure(context: AppContext, key: str, tenant_id: uuid.UUID, bulk: int, probes: int) -> list[tuple]:
+    started = time.perf_counter()
+    bulk_ids = queue_bulk(context, tenant_id, bulk)
+    print(f"  queued {bulk} bulk jobs (rows + wake-ups) in {time.perf_counter() - started:.1f} s")
+    with context.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        connection.execute(text("ANALYZE analyses"))
+    print("  claim query plan with the backlog queued:")
+    for line in claim_plan(context):
+        print(f"    {line}")
+    deadline = time.monotonic() + 300
+    while count_status(context, bulk_ids[:200], "queued") == 200:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the worker never picked up the bulk lane")
+        time.sleep(0.2)
+    images = [encode_jpeg(make_lesion(seed=100 + n, size=(240, 320), radius_frac=0.22).image) for n in range(probes)]
+    results = []
+    with httpx.Client(base_url=context.settings.api_url, headers={"Authorization": f"Bearer {key}"},
+                      timeout=60) as client:
+        for n, image in enumerate(images):
+            time.sleep(0.5 + (n * 0.37) % 2.0)  # land at different moments of a GPU pass
+            with context.session_factory() as session:
+                waiting = session.execute(
+                    select(func.count()).select_from(Analysis)
+                    .where(Analysis.tenant_id == tenant_id, Analysis.status == "queued", Analysis.priority == "bulk")
+                ).scalar_one()
+            posted = lifecycle.utcnow()
+            response = client.post("/v1/analyses", files={"image": ("probe.jpg", image, "image/jpeg")})
+            response.raise_for_status()
+            analysis_id = uuid.UUID(response.json()["id"])
+            while True:
+                with context.session_factory() as session:
+                    row = session.get(Analysis, analysis_id)
+                if row.started_at is not None:
+                    break
+                time.sleep(0.02)
+            results.append((waiting, (row.started_at - row.created_at).total_seconds(),
+                            (row.started_at - posted).total_seconds()))
+    with session_scope(context.session_factory) as session:
+        session.execute(
+            update(Analysis)
+            .where(Analysis.id.in_(bulk_ids), Analysis.status == "queued")
+            .values(status="canceled", completed_at=lifecycle.utcnow())
+        )
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bulk", type=int, default=10_000)
+    parser.add_argument("--probes", type=int, default=5)
+    args = parser.parse_args()
+
+    with bench_stack() as (context, key, tenant_id, workdir):
+        print(f"interactive submit -> claim while {args.bulk} bulk jobs are queued (one gpu worker, SEG/CLS 128)")
+        worker = start_process([sys.executable, "-m", "cli.main", "worker", "--role", "gpu"], context.settings,
+                               workdir / "worker.log")
+        try:
+            results = measure(context, key, tenant_id, args.bulk, args.probes)
+        finally:
+            stop_process(worker)
+    for waiting, to_claim, post_to_claim in results:
+        print(f"  bulk queued {waiting:5d}: created->claimed {to_claim * 1000:6.0f} ms "
+              f"(from the client's POST {post_to_claim * 1000:6.0f} ms)")
+    claims = [r[1] for r in results]
+    print(f"  created->claimed over {len(claims)} probes: median {statistics.median(claims) * 1000:.0f} ms, "
+          f"max {max(claims) * 1000:.0f} ms (target < 2000 ms)")
+
+
+if __name__ == "__main__":
+    main()

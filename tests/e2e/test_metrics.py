@@ -1,0 +1,183 @@
+"""Every role's metrics, scraped from a running stack: an API and a gpu, cpu and io worker.
+
+The stack is this module's own, on a broker database of its own, so the session's
+all-queues worker never takes these jobs and every figure comes from the role that owns it.
+One analysis (with its report and a webhook) and one direct upload go through it first.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import uuid
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from cli.processes import free_port, stop_process, wait_http
+from tests.conftest import ROOT, WorkerProcess, settings_env, wait_for
+from tests.e2e.test_webhooks import Receiver
+from worker.pipeline.synthetic import encode_jpeg, make_lesion
+
+STAGES = ("fetch", "decode", "gate1", "gate2", "artifacts", "write")
+
+
+def _own_broker(url: str) -> str:
+    base, _, db = url.rpartition("/")
+    return f"{base}/{7 if db != '7' else 8}" if db.isdigit() else f"{url.rstrip('/')}/7"
+
+
+@pytest.fixture(scope="module")
+def stack(settings, context, tmp_path_factory):
+    logs = tmp_path_factory.mktemp("metrics-stack")
+    port = free_port()
+    own = settings.model_copy(update={"broker_url": _own_broker(settings.broker_url),
+                                      "api_url": f"http://127.0.0.1:{port}", "log_format": "json"})
+    with (logs / "api.log").open("wb") as out:
+        api = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "api.main:create_app", "--factory", "--port", str(port)],
+            env=settings_env(own), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    workers = {}
+    try:
+        wait_http(f"{own.api_url}/healthz", api, logs / "api.log")
+        for role in ("gpu", "cpu", "io"):
+            metrics_port = free_port()
+            workers[role] = (WorkerProcess(own.model_copy(update={"metrics_port": metrics_port}),
+                                           logs / f"worker-{role}.log", role=role, concurrency=1), metrics_port)
+            workers[role][0].start()
+        for role, (process, metrics_port) in workers.items():
+            wait_http(f"http://127.0.0.1:{metrics_port}/metrics", process.process, process.log, timeout=120)
+        wait_for(lambda: httpx.get(f"{own.api_url}/readyz", timeout=5).status_code == 200, 120,
+                 message="the metrics stack to be ready")
+        yield {"api": own.api_url, "logs": logs,
+               **{role: f"http://127.0.0.1:{metrics_port}/metrics" for role, (_, metrics_port) in workers.items()}}
+    finally:
+        for process, _ in workers.values():
+            process.stop()
+        stop_process(api)
+
+
+def scrape(url: str) -> dict[tuple[str, tuple], float]:
+    response = httpx.get(url, timeout=10)
+    assert response.status_code == 200
+    samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def value(samples: dict, name: str, **labels) -> float | None:
+    return samples.get((name, tuple(sorted((k, str(v)) for k, v in labels.items()))))
+
+
+def json_lines(path) -> list[dict]:
+    lines = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            lines.append(json.loads(line))
+        except ValueError:
+            continue
+    return lines
+
+
+def test_every_role_reports_its_series_after_an_analysis_report_webhook_and_upload(stack, tenant_key):
+    receiver = Receiver()
+    request_id = f"metrics-{uuid.uuid4().hex}"
+    client = httpx.Client(base_url=stack["api"], headers={"Authorization": f"Bearer {tenant_key[1]}"}, timeout=60)
+    try:
+        hook = client.post("/v1/webhook-endpoints", json={"url": receiver.url, "description": "EHR"})
+        assert hook.status_code == 201, hook.text
+        image = encode_jpeg(make_lesion(seed=21, size=(240, 320), radius_frac=0.2).image)
+        created = client.post(
+            "/v1/analyses", files={"image": ("l.jpg", image, "image/jpeg")},
+            data={"external_id": "ext-metrics-PHI", "age": "47", "site": "torso"},
+            headers={"X-Request-ID": request_id},
+        )
+        assert created.status_code == 202, created.text
+        assert created.headers["X-Request-ID"] == request_id
+        analysis_id = created.json()["id"]
+        wait_for(lambda: client.get(f"/v1/analyses/{analysis_id}/report.pdf").status_code == 200, 180,
+                 message="the report")
+        wait_for(lambda: receiver.of_type("analysis.report_ready"), 60, message="the report_ready webhook")
+
+        upload = client.post("/v1/uploads", json={"content_type": "image/jpeg"}).json()
+        assert httpx.put(upload["url"], content=image, headers=upload["headers"], timeout=30).status_code == 200
+        direct = client.post("/v1/analyses", json={"upload_id": upload["id"]})
+        assert direct.status_code == 202, direct.text
+        wait_for(lambda: client.get(f"/v1/analyses/{direct.json()['id']}").json()["status"] == "succeeded", 180,
+                 message="the direct upload's analysis")
+    finally:
+        client.close()
+        receiver.close()
+
+    api = scrape(f"{stack['api']}/metrics")
+    assert value(api, "dermasentinel_backlog_source_up", source="redis") == 1
+    assert value(api, "dermasentinel_backlog_source_up", source="database") == 1
+    for lane in ("analyze.interactive", "analyze.bulk", "reports", "webhooks", "ingest", "maintenance"):
+        assert value(api, "dermasentinel_queue_depth", queue=lane) is not None, lane
+    for priority in ("interactive", "bulk"):
+        assert value(api, "dermasentinel_oldest_queued_job_age_seconds", priority=priority) is not None
+        for state in ("queued", "processing"):
+            assert value(api, "dermasentinel_jobs", state=state, priority=priority) is not None
+    assert value(api, "dermasentinel_http_requests_total", method="POST", route="/v1/analyses", status="202") >= 2
+
+    gpu = scrape(stack["gpu"])
+    for stage in STAGES:
+        assert value(gpu, "dermasentinel_stage_seconds_count", stage=stage) >= 1, stage
+    assert value(gpu, "dermasentinel_gpu_pass_jobs_count") >= 1
+    assert value(gpu, "dermasentinel_gpu_pass_fill_ratio_count") >= 1
+    assert value(gpu, "dermasentinel_images_processed_total") >= 2
+    assert value(gpu, "dermasentinel_analyses_finished_total", status="succeeded") >= 2
+    assert value(gpu, "dermasentinel_tasks_total", task="dermasentinel.analysis.run", outcome="success") >= 1
+
+    cpu = scrape(stack["cpu"])
+    assert value(cpu, "dermasentinel_report_render_seconds_count") >= 1
+    assert value(cpu, "dermasentinel_ingests_total", outcome="accepted") >= 1
+
+    io = scrape(stack["io"])
+    assert value(io, "dermasentinel_webhook_deliveries_total", outcome="delivered") >= 2
+    assert value(io, "dermasentinel_webhook_delivery_seconds_count", outcome="delivered") >= 2
+
+    # The dashboard queries only series that exist.
+    dashboard = (ROOT / "deploy" / "grafana" / "dermasentinel.json").read_text()
+    scraped = {name for samples in (api, gpu, cpu, io) for name, _ in samples}
+    for name in set(re.findall(r"dermasentinel_[a-z_]+", dashboard)) - {"dermasentinel_"}:
+        assert name in scraped or f"{name}_total" in scraped, f"the dashboard queries {name}, which no role serves"
+
+    # One request id from the API's answer to the gpu worker's task, the report and the webhook.
+    for role in ("gpu", "cpu", "io"):
+        lines = json_lines(stack["logs"] / f"worker-{role}.log")
+        assert lines, f"the {role} worker wrote no JSON lines"
+        ours = [line for line in lines if line.get("request_id") == request_id]
+        assert ours, f"no {role} worker line carries the request id"
+        assert all("external_id" not in line and "age" not in line for line in lines)
+        assert not any("ext-metrics-PHI" in json.dumps(line) for line in lines)
+    io_lines = json_lines(stack["logs"] / "worker-io.log")
+    assert any(line.get("request_id") == request_id and line.get("delivery_id") for line in io_lines)
+
+
+def test_the_backlog_scrape_answers_when_redis_and_postgres_do_not(tmp_path):
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from shared.config import Settings
+    from shared.metrics import BacklogCollector
+
+    # Nothing listens on these ports: each read fails fast, and the scrape still answers.
+    nowhere = Settings(_env_file=None, data_dir=tmp_path,
+                       database_url=f"postgresql+psycopg://nobody:x@127.0.0.1:{free_port()}/none",
+                       broker_url=f"redis://127.0.0.1:{free_port()}/0")
+    registry = CollectorRegistry(auto_describe=False)
+    collector = BacklogCollector(nowhere)
+    registry.register(collector)
+    try:
+        text = generate_latest(registry).decode()
+    finally:
+        collector.close()
+    assert 'dermasentinel_backlog_source_up{source="redis"} 0.0' in text
+    assert 'dermasentinel_backlog_source_up{source="database"} 0.0' in text
+    assert "dermasentinel_queue_depth{" not in text
