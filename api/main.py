@@ -13,7 +13,7 @@ from fastapi.staticfiles import StaticFiles
 
 from api import problems
 from api.deps import Capacity, KeyCache, api_database_settings
-from api.middleware import BodyGuard, Edge, TenantGate
+from api.middleware import BodyGuard, Edge, RequestDeadline, TenantGate
 from api.ratelimit import Limiter
 from api.routes import analyses, health
 from api.uploads import return_image_memory_promptly
@@ -62,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Added last, runs first: Edge wraps everything, BodyGuard runs before any route, and
     # TenantGate lets only a few requests further at once, fairly between tenants.
     app.add_middleware(TenantGate, key_cache=app.state.key_cache, capacity=app.state.capacity)
+    app.add_middleware(RequestDeadline, settings=settings)  # issue 11: 503 when a dependency stalls
     app.add_middleware(BodyGuard, settings=settings)
     app.add_middleware(Edge, settings=settings)
 

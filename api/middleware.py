@@ -197,6 +197,94 @@ class TenantGate:
         return None
 
 
+class RequestDeadline:
+    """An answer within ``REQUEST_DEADLINE_SECONDS`` even when a dependency stalls (a frozen
+    Postgres never answers, so its own statement timeout cannot fire). The clock runs while
+    the server works on the request, not while it waits for the client's body (an upload's
+    streaming time has its own read deadline in ``BodyGuard``); when the handler has not
+    started its response by then, the client gets 503 + Retry-After at once. The late
+    handler is not cancelled (its thread could not be stopped anyway): it runs on to its own
+    end, its session rolls back or commits and closes as usual, it keeps its place in
+    ``TenantGate`` until then (so a stall does not pile up more work), and whatever it sends
+    is dropped."""
+
+    def __init__(self, app: ASGIApp, settings: Settings):
+        self.app = app
+        self.seconds = settings.request_deadline_seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.seconds:
+            await self.app(scope, receive, send)
+            return
+        began = time.monotonic()
+        reading_since: float | None = None  # a wait for the client's body is in progress
+        read_time = 0.0  # seconds spent waiting for the client's body, not counted
+        body_done = False
+
+        async def receive_timed() -> Message:
+            nonlocal reading_since, read_time, body_done
+            if body_done:
+                return await receive()
+            reading_since = time.monotonic()
+            try:
+                message = await receive()
+            finally:
+                read_time += time.monotonic() - reading_since
+                reading_since = None
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_done = True
+            return message
+
+        started = False
+        late = False
+
+        async def send_unless_late(message: Message) -> None:
+            nonlocal started
+            if late:
+                return  # the client already has its 503
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        def budget_left() -> float:
+            now = time.monotonic()
+            waiting = read_time + (now - reading_since if reading_since is not None else 0.0)
+            return self.seconds - (now - began - waiting)
+
+        handler = asyncio.ensure_future(self.app(scope, receive_timed, send_unless_late))
+        try:
+            while not handler.done() and not started:
+                left = budget_left()
+                if left <= 0 and reading_since is None:
+                    break
+                await asyncio.wait({handler}, timeout=max(left, 0.05))
+        except asyncio.CancelledError:
+            handler.cancel()
+            raise
+        if handler.done() or started:
+            await handler  # its answer (or its error, for Edge) as usual
+            return
+        late = True
+        handler.add_done_callback(_log_late_outcome)
+        log.warning("no answer within %.1fs on %s %s; answered 503, the handler finishes on its own",
+                    self.seconds, scope.get("method"), _route(scope))
+        response = problem_response(
+            503, "unavailable", "Service unavailable",
+            "a dependency of the API is not answering right now; retry in a few seconds (a submission "
+            "may still complete: resend it with the same Idempotency-Key)",
+            scope.get("path", ""), headers={"Retry-After": "5"},
+        )
+        await response(scope, receive, send)
+
+
+def _log_late_outcome(handler: asyncio.Future) -> None:
+    if handler.cancelled():
+        return
+    exc = handler.exception()
+    if exc is not None and not isinstance(exc, ClientDisconnect):
+        log.warning("a request answered 503 at its deadline later ended with %s", type(exc).__name__)
+
+
 class BodyGuard:
     """Bodies are read within limits before the app sees them: JSON and other small bodies up
     to ``API_MAX_JSON_BYTES`` (buffered, then checked for NUL bytes), uploads up to the upload

@@ -130,6 +130,9 @@ class Settings(BaseSettings):
     # shared fairly between tenants; the rest wait their turn (up to api_db_wait_seconds, then 503).
     api_concurrency: int = Field(default=2, ge=1, le=1000)
     api_statement_timeout_ms: int = Field(default=15_000, ge=0)
+    # Issue 11 API stalls: a request whose handler has not started its answer this long after
+    # its body arrived gets 503 + Retry-After (api.middleware.RequestDeadline); 0 turns it off.
+    request_deadline_seconds: float = Field(default=5.0, ge=0)
     api_idle_in_transaction_timeout_ms: int = Field(default=15_000, ge=0)
     api_threads: int = Field(default=64, ge=8, le=1024)
     api_max_json_bytes: int = Field(default=1024 * 1024, ge=1024)

@@ -22,6 +22,9 @@ from shared import analyses as lifecycle
 from shared.analyses import Claim
 from shared.context import AppContext
 from shared.db import session_scope
+from shared.logs import current_request_id, log_context
+from shared.metrics import ANALYSES_FINISHED, StageClock, observe_pass, observe_stage
+from shared.jobs import JobNotRun
 from shared.models import AnalysisStatus
 from shared.storage import ARTIFACTS, IMAGES, artifact_key
 from worker.reporting.scribe import build_scribe_note
@@ -53,7 +56,9 @@ def run_analysis(context: AppContext, pipeline, analysis_id: uuid.UUID) -> int:
     Returns how many jobs this call finished."""
     settings = context.settings
     with session_scope(context.session_factory) as session:
-        claims = lifecycle.claim_batch(session, analysis_id, settings.gpu_batch_size)
+        claims = lifecycle.claim_batch(
+            session, analysis_id, settings.gpu_batch_size, celery=context.celery, settings=settings
+        )
     if not claims:
         return 0
     threads = settings.host_threads
@@ -74,6 +79,7 @@ class _Engine:
         self.host = host
         self.provenance = pipeline.registry.provenance()
         self.fill_seconds = (_fill_ms(context.settings, pipeline)) / 1000.0
+        self.request_id = current_request_id()  # the task's own; pool threads do not inherit it
 
     def drain(self, first: list[Claim], prefetch_lane: ThreadPoolExecutor, finish_lane: ThreadPoolExecutor) -> int:
         deadline = time.monotonic() + DRAIN_SECONDS
@@ -96,8 +102,16 @@ class _Engine:
             backlog = len(batch.claims) >= self.context.settings.gpu_batch_size
             upcoming = prefetch_lane.submit(self._claim_and_load, backlog and time.monotonic() < deadline)
             started = time.perf_counter()
+            clock = StageClock({"segmentation": "gate1", "classification": "gate2"})  # metrics
+
+            def on_stage(stage: str, c: list[Claim] = batch.claims) -> None:
+                clock(stage)
+                self._stage(finish_lane, c, stage)
+
             try:
-                self.pipeline.infer(batch.prepared, on_stage=lambda stage, c=batch.claims: self._stage(finish_lane, c, stage))
+                self.pipeline.infer(batch.prepared, on_stage=on_stage)
+                clock.stop()
+                observe_pass(len(batch.claims), self.context.settings.gpu_batch_size)
             except Exception as exc:
                 release(self.context, batch.claims, exc)
                 self._give_back(upcoming, exc)
@@ -123,7 +137,8 @@ class _Engine:
         except Exception:  # its claim failed: nothing to give back
             return
         if ahead.claims and ahead.error is None:
-            release(self.context, ahead.claims, exc)
+            # They never ran: giving them back spends no attempt, whatever the failure was.
+            release(self.context, ahead.claims, JobNotRun(f"the pass before failed: {type(exc).__name__}"))
 
     def _claim_and_load(self, keep_going: bool) -> _Batch:
         if not keep_going:
@@ -138,7 +153,9 @@ class _Engine:
 
     def _claim(self, limit: int) -> list[Claim]:
         with session_scope(self.context.session_factory) as session:
-            return lifecycle.claim_batch(session, self.analysis_id, limit)
+            return lifecycle.claim_batch(
+                session, self.analysis_id, limit, celery=self.context.celery, settings=self.context.settings
+            )
 
     def _load(self, batch: _Batch) -> _Batch:
         """Fetch the images and prepare them (decode, quality gate, network inputs)."""
@@ -149,12 +166,15 @@ class _Engine:
         started = time.perf_counter()
         try:
             images = list(self.host.map(lambda c: self.context.store.get(IMAGES, c.image_key), batch.claims))
+            fetched = time.perf_counter()
+            observe_stage("fetch", fetched - started)
             items = [
                 LesionInput(image=data, age=c.age, sex=c.sex, site=c.site, pixel_spacing_mm=c.pixel_spacing_mm)
                 for c, data in zip(batch.claims, images)
             ]
             batch.prepared = self.pipeline.prepare(items, map=self.host.map)
             batch.load_s = time.perf_counter() - started
+            observe_stage("decode", time.perf_counter() - fetched)
         except Exception as exc:  # handed to the network thread, which releases and re-raises
             batch.error = exc
             release(self.context, batch.claims, exc)
@@ -171,7 +191,10 @@ class _Engine:
     def _finish(self, batch: _Batch) -> int:
         started = time.perf_counter()
         outcomes = self.pipeline.complete(batch.prepared, map=self.host.map)
+        written = time.perf_counter()
+        observe_stage("artifacts", written - started)
         finished = sum(self.host.map(lambda pair: self._record_outcome(*pair), zip(batch.claims, outcomes)))
+        observe_stage("write", time.perf_counter() - written)
         batch.prepared = None
         release_freed_memory()  # the batch's images and tensors, back to the OS (off the network thread)
         log.info(
@@ -181,6 +204,13 @@ class _Engine:
         return finished
 
     def _record_outcome(self, claim: Claim, outcome) -> int:
+        # Each outcome under its own ids; the request id only for the task's own analysis.
+        own = claim.analysis_id == self.analysis_id
+        with log_context(analysis_id=claim.analysis_id, tenant_id=claim.tenant_id,
+                         request_id=self.request_id if own else None):
+            return self._record_outcome_in_context(claim, outcome)
+
+    def _record_outcome_in_context(self, claim: Claim, outcome) -> int:
         from worker.pipeline.pipeline import Finding, Rejection
 
         provenance = self.provenance
@@ -248,6 +278,9 @@ def _record(context: AppContext, claim: Claim, **outcome) -> int:
         recorded = lifecycle.finish(session, context.celery, context.settings, claim, **outcome)
     if not recorded:
         log.info("analysis %s attempt %s was fenced off; outcome dropped", claim.analysis_id, claim.attempt)
+    else:
+        ANALYSES_FINISHED.labels(outcome["status"].value).inc()
+        log.info("analysis %s: %s", claim.analysis_id, outcome["status"].value)
     return int(recorded)
 
 
