@@ -18,6 +18,8 @@ import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
+from minio.error import S3Error
+
 from shared import analyses as lifecycle
 from shared.analyses import Claim
 from shared.context import AppContext
@@ -45,6 +47,7 @@ class _Batch:
     claims: list[Claim]
     prepared: object | None = None  # the pipeline's PreparedBatch
     error: Exception | None = None
+    finished_early: int = 0  # jobs recorded while loading (their image was gone)
     load_s: float = 0.0  # seconds: fetch + prepare, networks, post-process + write
     infer_s: float = 0.0
 
@@ -86,12 +89,14 @@ class _Engine:
         upcoming: Future = prefetch_lane.submit(self._load, _Batch(first))
         writes: list[tuple[list[Claim], Future]] = []
         failure: Exception | None = None
+        finished = 0
         while failure is None:
             try:
                 batch = upcoming.result()
             except Exception as exc:  # claiming failed: nothing was claimed
                 failure = exc
                 break
+            finished += batch.finished_early
             if batch.error is not None:  # already released by the prefetch lane
                 failure = batch.error
                 break
@@ -119,7 +124,6 @@ class _Engine:
                 break
             batch.infer_s = time.perf_counter() - started
             writes.append((batch.claims, finish_lane.submit(self._finish, batch)))
-        finished = 0
         for claims, write in writes:
             try:
                 finished += write.result()
@@ -165,7 +169,19 @@ class _Engine:
             return batch
         started = time.perf_counter()
         try:
-            images = list(self.host.map(lambda c: self.context.store.get(IMAGES, c.image_key), batch.claims))
+            images = list(self.host.map(self._fetch, batch.claims))
+            # A job whose stored image is gone fails on its own; it must not take the rest
+            # of the pass (and their attempts) down with it.
+            missing = [c for c, data in zip(batch.claims, images) if data is None]
+            for claim in missing:
+                self._record_outcome(claim, _MissingImage())
+            if missing:
+                kept = [(c, data) for c, data in zip(batch.claims, images) if data is not None]
+                batch.claims = [c for c, _ in kept]
+                images = [data for _, data in kept]
+                batch.finished_early += len(missing)
+                if not batch.claims:
+                    return batch
             fetched = time.perf_counter()
             observe_stage("fetch", fetched - started)
             items = [
@@ -179,6 +195,15 @@ class _Engine:
             batch.error = exc
             release(self.context, batch.claims, exc)
         return batch
+
+    def _fetch(self, claim: Claim) -> bytes | None:
+        """The claim's stored image, or None when the store says it does not exist."""
+        try:
+            return self.context.store.get(IMAGES, claim.image_key)
+        except S3Error as exc:
+            if exc.code in MISSING_OBJECT_CODES:
+                return None
+            raise
 
     def _stage(self, finish_lane: ThreadPoolExecutor, claims: list[Claim], stage: str) -> None:
         # Off the network thread; fenced, so a late stage update after the outcome is a no-op.
@@ -214,6 +239,14 @@ class _Engine:
         from worker.pipeline.pipeline import Finding, Rejection
 
         provenance = self.provenance
+        if isinstance(outcome, _MissingImage):
+            return _record(
+                self.context,
+                claim,
+                status=AnalysisStatus.failed,
+                model=provenance,
+                error={"code": outcome.code, "detail": outcome.detail},
+            )
         if isinstance(outcome, Finding):
             return _record_finding(self.context, claim, outcome, provenance)
         if isinstance(outcome, Rejection):
@@ -231,6 +264,15 @@ class _Engine:
             model=provenance,
             error={"code": outcome.code, "detail": outcome.detail},
         )
+
+
+MISSING_OBJECT_CODES = frozenset({"NoSuchKey", "NoSuchBucket"})
+
+
+@dataclass(frozen=True)
+class _MissingImage:
+    code: str = "image_missing"
+    detail: str = "the stored image no longer exists (deleted or purged); submit the image again"
 
 
 def _fill_ms(settings, pipeline) -> float:

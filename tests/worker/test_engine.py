@@ -101,10 +101,15 @@ def test_same_image_same_result_whichever_batch_it_lands_in(engine_context, pipe
         assert result["tta_probabilities"] == pytest.approx(results[0]["tta_probabilities"], abs=1e-6)
 
 
-def test_a_missing_image_gives_its_batch_back_to_the_queue(engine_context, pipeline, tenant_key):
+def test_a_missing_image_fails_only_its_own_job(engine_context, pipeline, tenant_key):
+    """A row whose stored image is gone ends `failed` (image_missing) at once; the job that
+    shares its pass still succeeds, and neither is handed back to burn attempts."""
     context = engine_context
     missing = _queue(context, tenant_key[0], b"")  # the row exists, its image object does not
-    with pytest.raises(Exception):
-        run_analysis(context, pipeline, missing)
-    row = _rows(context, [missing])[missing]
-    assert row.status == "queued" and row.attempt == 1 and row.result is None
+    healthy = _queue(context, tenant_key[0], None)
+    finished = run_analysis(context, pipeline, missing)
+    rows = _rows(context, [missing, healthy])
+    assert rows[missing].status == "failed" and rows[missing].error["code"] == "image_missing"
+    assert rows[missing].attempt == 1
+    assert rows[healthy].status == "succeeded" and rows[healthy].attempt == 1
+    assert finished == 2
