@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -71,6 +72,68 @@ def start_process(args: list[str], settings: Settings, log: Path) -> subprocess.
         return subprocess.Popen(
             args, env=child_env(settings), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
+
+
+@contextlib.contextmanager
+def bench_context(**overrides) -> Iterator[tuple[AppContext, Path, int]]:
+    """Postgres, Redis and S3 (given or embedded), a scratch ``dsbench_*`` database, settings for
+    an API on a free loopback port and ``dsbench-`` buckets. Yields the context, a work folder
+    and the port; ``overrides`` are further Settings fields."""
+    given = Settings(_env_file=None)
+    workdir = Path(tempfile.mkdtemp(prefix="dsbench-"))
+    stack = EmbeddedStack(
+        workdir / "stack", postgres=not given.database_url, redis=not given.broker_url, s3=not given.s3_endpoint
+    )
+    endpoints = stack.start()
+    cleanup = contextlib.ExitStack()
+    try:
+        database_url = cleanup.enter_context(scratch_database(given.database_url or endpoints.database_url, "dsbench"))
+        port = free_port()
+        settings = Settings(
+            _env_file=None,
+            environment="test",
+            data_dir=workdir / "data",
+            database_url=database_url,
+            broker_url=given.broker_url or endpoints.broker_url,
+            s3_endpoint=given.s3_endpoint or endpoints.s3_endpoint,
+            s3_access_key=given.s3_access_key or endpoints.s3_access_key,
+            s3_secret_key=given.s3_secret_key.get_secret_value() or endpoints.s3_secret_key,
+            s3_bucket_prefix=f"dsbench-{secrets.token_hex(3)}",
+            api_url=f"http://127.0.0.1:{port}",
+            log_level="WARNING",
+            **overrides,
+        )
+        context = AppContext(settings)
+        cleanup.callback(context.close)
+        context.store.ensure_buckets()
+        yield context, workdir, port
+    finally:
+        cleanup.close()
+        stack.stop()
+
+
+@contextlib.contextmanager
+def bench_stack(**overrides) -> Iterator[tuple[AppContext, str, uuid.UUID, Path]]:
+    """``bench_context`` (SEG/CLS 128 unless overridden), a tenant and a real uvicorn API
+    process. Yields the context, an API key, the tenant id, a work folder."""
+    with bench_context(**{"seg_size": 128, "cls_size": 128, **overrides}) as (context, workdir, port):
+        settings = context.settings
+        api = None
+        try:
+            with session_scope(context.session_factory) as session:
+                tenant, key = issue_key(session, "bench")
+                tenant_id = tenant.id
+            api_log = workdir / "api.log"
+            api = start_process(
+                [sys.executable, "-m", "uvicorn", "api.main:create_app", "--factory", "--port", str(port),
+                 "--log-level", "warning"],
+                settings, api_log,
+            )
+            wait_http(f"{settings.api_url}/healthz", api, api_log)
+            yield context, key, tenant_id, workdir
+        finally:
+            if api is not None:
+                stop_process(api)
 
 
 # ---------------------------------------------------------------- 1. progress latency
@@ -291,80 +354,43 @@ def main() -> None:
     parser.add_argument("--skip-lanes", action="store_true", help="only measure batch progress")
     args = parser.parse_args()
 
-    given = Settings(_env_file=None)
-    workdir = Path(tempfile.mkdtemp(prefix="dsbench-"))
-    stack = EmbeddedStack(
-        workdir / "stack", postgres=not given.database_url, redis=not given.broker_url, s3=not given.s3_endpoint
-    )
-    endpoints = stack.start()
-    databases = contextlib.ExitStack()
-    database_url = databases.enter_context(scratch_database(given.database_url or endpoints.database_url, "dsbench"))
-    port = free_port()
-    settings = Settings(
-        _env_file=None,
-        environment="test",
-        data_dir=workdir / "data",
-        database_url=database_url,
-        broker_url=given.broker_url or endpoints.broker_url,
-        s3_endpoint=given.s3_endpoint or endpoints.s3_endpoint,
-        s3_access_key=given.s3_access_key or endpoints.s3_access_key,
-        s3_secret_key=given.s3_secret_key.get_secret_value() or endpoints.s3_secret_key,
-        s3_bucket_prefix=f"dsbench-{secrets.token_hex(3)}",
-        api_url=f"http://127.0.0.1:{port}",
-        seg_size=128,
-        cls_size=128,
-        log_level="WARNING",
-    )
-    context = AppContext(settings)
-    context.store.ensure_buckets()
-    api = worker = None
-    try:
-        with session_scope(context.session_factory) as session:
-            tenant, key = issue_key(session, "bench")
-            tenant_id = tenant.id
-        api_log, worker_log = workdir / "api.log", workdir / "worker.log"
-        api = start_process(
-            [sys.executable, "-m", "uvicorn", "api.main:create_app", "--factory", "--port", str(port),
-             "--log-level", "warning"],
-            settings, api_log,
-        )
-        wait_http(f"{settings.api_url}/healthz", api, api_log)
+    with bench_stack(rate_limit="100000/second") as (context, key, tenant_id, workdir):
+        settings = context.settings
+        worker = None
+        try:
+            print(f"[1] GET /v1/batches/{{id}} with {args.items} items in the batch, {args.other_items} other rows")
+            started = time.perf_counter()
+            insert_other_batches(context, args.other_items)
+            batch_id = insert_batch(context, tenant_id, args.items)
+            print(f"  inserted {args.items + args.other_items} rows in {time.perf_counter() - started:.1f} s")
+            for phase in ("just loaded, before any VACUUM", "after VACUUM (steady state: index-only scans)"):
+                if phase.startswith("after"):
+                    vacuum(context)
+                print(f"  -- {phase}")
+                timings = measure_progress(settings.api_url, key, batch_id, args.requests)
+                print(
+                    f"  GET /v1/batches/{{id}} over {len(timings)} requests: p50 {statistics.median(timings):.1f} ms, "
+                    f"p95 {percentile(timings, 0.95):.1f} ms, max {max(timings):.1f} ms"
+                )
+                print("\n".join(plans(context, batch_id)))
+            drop_batch_rows(context, batch_id)
 
-        print(f"[1] GET /v1/batches/{{id}} with {args.items} items in the batch, {args.other_items} other rows")
-        started = time.perf_counter()
-        insert_other_batches(context, args.other_items)
-        batch_id = insert_batch(context, tenant_id, args.items)
-        print(f"  inserted {args.items + args.other_items} rows in {time.perf_counter() - started:.1f} s")
-        for phase in ("just loaded, before any VACUUM", "after VACUUM (steady state: index-only scans)"):
-            if phase.startswith("after"):
-                vacuum(context)
-            print(f"  -- {phase}")
-            timings = measure_progress(settings.api_url, key, batch_id, args.requests)
-            print(
-                f"  GET /v1/batches/{{id}} over {len(timings)} requests: p50 {statistics.median(timings):.1f} ms, "
-                f"p95 {percentile(timings, 0.95):.1f} ms, max {max(timings):.1f} ms"
+            if args.skip_lanes:
+                return
+            print(f"[2] interactive submit -> start while {args.bulk} bulk jobs wait (one gpu worker, SEG/CLS 128)")
+            worker = start_process(
+                [sys.executable, "-m", "cli.main", "worker", "--role", "gpu"], settings, workdir / "worker.log"
             )
-            print("\n".join(plans(context, batch_id)))
-        drop_batch_rows(context, batch_id)
-
-        if args.skip_lanes:
-            return
-        print(f"[2] interactive submit -> start while {args.bulk} bulk jobs wait (one gpu worker, SEG/CLS 128)")
-        worker = start_process([sys.executable, "-m", "cli.main", "worker", "--role", "gpu"], settings, worker_log)
-        for waiting, to_start, post_to_start, to_done in measure_lane(
-            context, settings.api_url, key, tenant_id, args.bulk, args.probes
-        ):
-            print(
-                f"  bulk waiting {waiting:4d}: submit->started {to_start * 1000:7.0f} ms "
-                f"(from client POST {post_to_start * 1000:7.0f} ms), submit->finished {to_done * 1000:7.0f} ms"
-            )
-    finally:
-        for process in (worker, api):
-            if process is not None:
-                stop_process(process)
-        context.close()
-        databases.close()
-        stack.stop()
+            for waiting, to_start, post_to_start, to_done in measure_lane(
+                context, settings.api_url, key, tenant_id, args.bulk, args.probes
+            ):
+                print(
+                    f"  bulk waiting {waiting:4d}: submit->started {to_start * 1000:7.0f} ms "
+                    f"(from client POST {post_to_start * 1000:7.0f} ms), submit->finished {to_done * 1000:7.0f} ms"
+                )
+        finally:
+            if worker is not None:
+                stop_process(worker)
 
 
 if __name__ == "__main__":

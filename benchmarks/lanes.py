@@ -17,84 +17,23 @@ the migrations and dropped afterwards; buckets carry a ``dsbench-`` prefix.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import secrets
 import statistics
 import sys
-import tempfile
 import time
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 from sqlalchemy import text
 
 import httpx
 from sqlalchemy import func, select, update
 
-from benchmarks.batches import count_status, queue_bulk, start_process
-from cli.processes import free_port, stop_process, wait_http
+from benchmarks.batches import bench_stack, count_status, queue_bulk, start_process
+from cli.processes import stop_process
 from shared import analyses as lifecycle
-from shared.config import Settings
 from shared.context import AppContext
 from shared.db import session_scope
-from shared.migrate import scratch_database
-from shared.stack import EmbeddedStack
 from shared.models import Analysis
-from shared.tenants import issue_key
 from worker.pipeline.synthetic import encode_jpeg, make_lesion
-
-
-@contextlib.contextmanager
-def bench_stack(**overrides) -> Iterator[tuple[AppContext, str, uuid.UUID, Path]]:
-    """Postgres, Redis and S3 (given or embedded), a scratch database, buckets, a tenant and
-    a real uvicorn API process. Yields the context, an API key, the tenant id, a work folder."""
-    given = Settings(_env_file=None)
-    workdir = Path(tempfile.mkdtemp(prefix="dsbench-"))
-    stack = EmbeddedStack(
-        workdir / "stack", postgres=not given.database_url, redis=not given.broker_url, s3=not given.s3_endpoint
-    )
-    endpoints = stack.start()
-    cleanup = contextlib.ExitStack()
-    api = None
-    try:
-        database_url = cleanup.enter_context(scratch_database(given.database_url or endpoints.database_url, "dsbench"))
-        port = free_port()
-        settings = Settings(
-            _env_file=None,
-            environment="test",
-            data_dir=workdir / "data",
-            database_url=database_url,
-            broker_url=given.broker_url or endpoints.broker_url,
-            s3_endpoint=given.s3_endpoint or endpoints.s3_endpoint,
-            s3_access_key=given.s3_access_key or endpoints.s3_access_key,
-            s3_secret_key=given.s3_secret_key.get_secret_value() or endpoints.s3_secret_key,
-            s3_bucket_prefix=f"dsbench-{secrets.token_hex(3)}",
-            api_url=f"http://127.0.0.1:{port}",
-            seg_size=128,
-            cls_size=128,
-            log_level="WARNING",
-            **overrides,
-        )
-        context = AppContext(settings)
-        cleanup.callback(context.close)
-        context.store.ensure_buckets()
-        with session_scope(context.session_factory) as session:
-            tenant, key = issue_key(session, "bench")
-            tenant_id = tenant.id
-        api_log = workdir / "api.log"
-        api = start_process(
-            [sys.executable, "-m", "uvicorn", "api.main:create_app", "--factory", "--port", str(port),
-             "--log-level", "warning"],
-            settings, api_log,
-        )
-        wait_http(f"{settings.api_url}/healthz", api, api_log)
-        yield context, key, tenant_id, workdir
-    finally:
-        if api is not None:
-            stop_process(api)
-        cleanup.close()
-        stack.stop()
 
 
 def claim_plan(context: AppContext, limit: int = 4) -> list[str]:

@@ -35,11 +35,9 @@ import contextlib
 import multiprocessing
 import os
 import random
-import secrets
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 import zlib
@@ -50,12 +48,11 @@ from pathlib import Path
 import httpx
 import psutil
 
-from cli.processes import free_port, stop_process, wait_http
+from benchmarks.batches import bench_context
+from cli.processes import stop_process, wait_http
 from shared.config import Settings
 from shared.context import AppContext
 from shared.db import session_scope
-from shared.migrate import scratch_database
-from shared.stack import EmbeddedStack
 from shared.tenants import issue_key
 from worker.pipeline.synthetic import encode_jpeg, make_lesion
 
@@ -536,41 +533,19 @@ def main() -> None:
                         help="niceness of the crowd's own process (0: same priority as the API)")
     args = parser.parse_args()
 
-    given = Settings(_env_file=None)
-    workdir = Path(tempfile.mkdtemp(prefix="dsbench-"))
-    stack = EmbeddedStack(
-        workdir / "stack", postgres=not given.database_url, redis=not given.broker_url, s3=not given.s3_endpoint
-    )
-    endpoints = stack.start()
-    databases = contextlib.ExitStack()
-    database_url = databases.enter_context(scratch_database(given.database_url or endpoints.database_url, "dsbench"))
-    port = free_port()
-    settings = Settings(
-        _env_file=None,
-        environment="test",
-        data_dir=workdir / "data",
-        database_url=database_url,
-        broker_url=given.broker_url or endpoints.broker_url,
-        s3_endpoint=given.s3_endpoint or endpoints.s3_endpoint,
-        s3_access_key=given.s3_access_key or endpoints.s3_access_key,
-        s3_secret_key=given.s3_secret_key.get_secret_value() or endpoints.s3_secret_key,
-        s3_bucket_prefix=f"dsbench-{secrets.token_hex(3)}",
-        api_url=f"http://127.0.0.1:{port}",
-        log_level="WARNING",
-    )
-    context = AppContext(settings)
-    context.store.ensure_buckets()
-    api = None
+    workdir: Path | None = None
     try:
-        api = start_api(settings, workdir / "api.log", port)
-        asyncio.run(benchmark(settings.api_url, context, api.pid, args))
+        with bench_context() as (context, workdir, port):
+            api = None
+            try:
+                api = start_api(context.settings, workdir / "api.log", port)
+                asyncio.run(benchmark(context.settings.api_url, context, api.pid, args))
+            finally:
+                if api is not None:
+                    stop_process(api)
     finally:
-        if api is not None:
-            stop_process(api)
-        context.close()
-        databases.close()
-        stack.stop()
-        print(f"(logs in {workdir})")
+        if workdir is not None:
+            print(f"(logs in {workdir})")
 
 
 if __name__ == "__main__":

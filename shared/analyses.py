@@ -527,11 +527,18 @@ def ingest_rejected(
 def missing_ingests(session: Session, requested_before: datetime, limit: int) -> list[uuid.UUID]:
     """Direct uploads whose ingest was asked for before ``requested_before`` and has not
     happened (wake-up lost, worker died); marks them asked for again now."""
+    return _ask_again(session, "ingest_requested_at", requested_before, limit)
+
+
+def _ask_again(session: Session, column: str, requested_before: datetime, limit: int) -> list[uuid.UUID]:
+    """Ids of up to ``limit`` rows whose ``column`` (a time something was asked for) is set and
+    before ``requested_before``, oldest first, locked (skipping locked rows); sets it to now."""
+    requested_at = getattr(Analysis, column)
     ids = list(
         session.execute(
             select(Analysis.id)
-            .where(Analysis.ingest_requested_at.is_not(None), Analysis.ingest_requested_at < requested_before)
-            .order_by(Analysis.ingest_requested_at)
+            .where(requested_at.is_not(None), requested_at < requested_before)
+            .order_by(requested_at)
             .limit(limit)
             .with_for_update(skip_locked=True)
         ).scalars()
@@ -540,7 +547,7 @@ def missing_ingests(session: Session, requested_before: datetime, limit: int) ->
         session.execute(
             update(Analysis)
             .where(Analysis.id.in_(ids))
-            .values(ingest_requested_at=utcnow())
+            .values({column: utcnow()})
             .execution_options(synchronize_session=False)
         )
     return ids
@@ -724,23 +731,7 @@ def due_retries(session: Session, now: datetime, limit: int) -> list[Analysis]:
 def missing_reports(session: Session, requested_before: datetime, limit: int) -> list[uuid.UUID]:
     """Final analyses whose report was asked for before ``requested_before`` and has not
     appeared (its wake-up was lost, or its worker died); marks them asked for again now."""
-    ids = list(
-        session.execute(
-            select(Analysis.id)
-            .where(Analysis.report_requested_at.is_not(None), Analysis.report_requested_at < requested_before)
-            .order_by(Analysis.report_requested_at)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        ).scalars()
-    )
-    if ids:
-        session.execute(
-            update(Analysis)
-            .where(Analysis.id.in_(ids))
-            .values(report_requested_at=utcnow())
-            .execution_options(synchronize_session=False)
-        )
-    return ids
+    return _ask_again(session, "report_requested_at", requested_before, limit)
 
 
 def report_settled(session: Session, analysis_id: uuid.UUID) -> None:

@@ -239,14 +239,6 @@ class _Engine:
         from worker.pipeline.pipeline import Finding, Rejection
 
         provenance = self.provenance
-        if isinstance(outcome, _MissingImage):
-            return _record(
-                self.context,
-                claim,
-                status=AnalysisStatus.failed,
-                model=provenance,
-                error={"code": outcome.code, "detail": outcome.detail},
-            )
         if isinstance(outcome, Finding):
             return _record_finding(self.context, claim, outcome, provenance)
         if isinstance(outcome, Rejection):

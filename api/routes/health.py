@@ -96,11 +96,13 @@ def _checks(context: AppContext) -> dict:
     return {"database": database, "broker": broker, "object_store": object_store, "gpu_workers": gpu_workers}
 
 
-async def check_readiness(context: AppContext) -> dict:
+async def check_readiness(context: AppContext, optional: frozenset[str] = frozenset()) -> dict:
+    """Every check runs and is reported; those named in ``optional`` do not make it unready."""
     checks = _checks(context)
     results = await asyncio.gather(*(_probe(check) for check in checks.values()))
     body = dict(zip(checks, results))
-    return {"status": "ready" if all(c["ok"] for c in body.values()) else "unavailable", "checks": body}
+    ready = all(c["ok"] for name, c in body.items() if name not in optional)
+    return {"status": "ready" if ready else "unavailable", "checks": body}
 
 
 def readiness(context: AppContext) -> dict:
@@ -109,8 +111,12 @@ def readiness(context: AppContext) -> dict:
 
 
 @router.get("/readyz", summary="Readiness of the database, broker, object store and GPU workers")
-async def readyz(request: Request):
-    body = await check_readiness(request.app.state.context)
+async def readyz(request: Request, optional: str = ""):
+    """503 unless every check passes. `?optional=gpu_workers` still reports that check but
+    does not fail on it: an API pod that should keep accepting (queued) submissions and
+    serving results while no GPU worker is up uses it as its readiness probe."""
+    names = frozenset(name.strip() for name in optional.split(",") if name.strip())
+    body = await check_readiness(request.app.state.context, names)
     return JSONResponse(body, status_code=200 if body["status"] == "ready" else 503)
 
 

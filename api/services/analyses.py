@@ -88,6 +88,55 @@ def _idempotent_replay(session: Session, tenant: Tenant, key: str | None, reques
     return _replay_or_conflict(existing, request_fingerprint)
 
 
+def _new_analysis(
+    context: AppContext,
+    tenant: Tenant,
+    inputs: AnalysisInputs,
+    analysis_id: uuid.UUID,
+    priority: str,
+    idempotency_key: str | None,
+    request_fingerprint: str,
+    now: datetime,
+    deadline_at: datetime | None,
+    **image_fields,
+) -> Analysis:
+    """A new ``queued`` row from the request's inputs; ``image_fields`` say where its image is."""
+    return Analysis(
+        id=analysis_id,
+        tenant_id=tenant.id,
+        batch_id=inputs.batch_id,
+        external_id=inputs.external_id,
+        priority=priority,
+        status="queued",
+        attempt=0,
+        age=inputs.age,
+        sex=inputs.sex,
+        site=inputs.site,
+        pixel_spacing_mm=inputs.pixel_spacing_mm,
+        idempotency_key=idempotency_key,
+        request_fingerprint=request_fingerprint,
+        idempotency_expires_at=now + timedelta(hours=context.settings.idempotency_ttl_hours)
+        if idempotency_key
+        else None,
+        created_at=now,
+        updated_at=now,
+        deadline_at=deadline_at,
+        **image_fields,
+    )
+
+
+def _race_winner(
+    session: Session, tenant: Tenant, idempotency_key: str | None, request_fingerprint: str
+) -> Submitted:
+    """After an IntegrityError (rolled back): a concurrent request with the same
+    Idempotency-Key won the race; replay its row. Call it inside the ``except`` block: with no
+    such row, the bare ``raise`` re-raises the error being handled."""
+    existing = _find_by_idempotency_key(session, tenant, idempotency_key or "")
+    if existing is None:
+        raise
+    return _replay_or_conflict(existing, request_fingerprint)
+
+
 def submit(
     context: AppContext,
     session: Session,
@@ -109,32 +158,15 @@ def submit(
 
     analysis_id = uuid.uuid4()
     key = image_key(tenant.id, analysis_id, image.extension)
-    analysis = Analysis(
-        id=analysis_id,
-        tenant_id=tenant.id,
-        batch_id=inputs.batch_id,
-        external_id=inputs.external_id,
-        priority=priority,
-        status="queued",
-        attempt=0,
-        age=inputs.age,
-        sex=inputs.sex,
-        site=inputs.site,
-        pixel_spacing_mm=inputs.pixel_spacing_mm,
+    analysis = _new_analysis(
+        context, tenant, inputs, analysis_id, priority, idempotency_key, request_fingerprint, now,
+        deadline_for(now, cancel_after, batch),
         image_key=key,
         image_sha256=image.original_sha256,
         image_content_type=image.content_type,
         image_width=image.width,
         image_height=image.height,
-        idempotency_key=idempotency_key,
-        request_fingerprint=request_fingerprint,
-        idempotency_expires_at=now + timedelta(hours=context.settings.idempotency_ttl_hours)
-        if idempotency_key
-        else None,
-        created_at=now,
-        updated_at=now,
         enqueued_at=now,
-        deadline_at=deadline_for(now, cancel_after, batch),
     )
     context.store.put(IMAGES, key, image.data, image.content_type)
     try:
@@ -144,10 +176,7 @@ def submit(
         # A concurrent request with the same Idempotency-Key won the race.
         session.rollback()
         context.store.delete(IMAGES, key)
-        existing = _find_by_idempotency_key(session, tenant, idempotency_key or "")
-        if existing is None:
-            raise
-        return _replay_or_conflict(existing, request_fingerprint)
+        return _race_winner(session, tenant, idempotency_key, request_fingerprint)
     except BaseException:
         context.store.delete(IMAGES, key)
         raise
@@ -179,18 +208,9 @@ def submit_upload(
     priority = "bulk" if inputs.batch_id is not None else inputs.priority
     analysis_id = uuid.uuid4()
     upload = uploads.claim_for_analysis(context, session, tenant, upload_id, analysis_id)
-    analysis = Analysis(
-        id=analysis_id,
-        tenant_id=tenant.id,
-        batch_id=inputs.batch_id,
-        external_id=inputs.external_id,
-        priority=priority,
-        status="queued",
-        attempt=0,
-        age=inputs.age,
-        sex=inputs.sex,
-        site=inputs.site,
-        pixel_spacing_mm=inputs.pixel_spacing_mm,
+    analysis = _new_analysis(
+        context, tenant, inputs, analysis_id, priority, idempotency_key, request_fingerprint, now,
+        deadline_for(now, cancel_after, batch),
         # Until ingest: the raw upload, its declared type, and no size or hash.
         image_key=upload.object_key,
         image_sha256="",
@@ -199,24 +219,13 @@ def submit_upload(
         image_height=0,
         upload_id=upload.id,
         ingest_requested_at=now,
-        idempotency_key=idempotency_key,
-        request_fingerprint=request_fingerprint,
-        idempotency_expires_at=now + timedelta(hours=context.settings.idempotency_ttl_hours)
-        if idempotency_key
-        else None,
-        created_at=now,
-        updated_at=now,
-        deadline_at=deadline_for(now, cancel_after, batch),
     )
     try:
         session.add(analysis)
         session.flush()
     except IntegrityError:
         session.rollback()
-        existing = _find_by_idempotency_key(session, tenant, idempotency_key or "")
-        if existing is None:
-            raise
-        return _replay_or_conflict(existing, request_fingerprint)
+        return _race_winner(session, tenant, idempotency_key, request_fingerprint)
     lifecycle.request_ingest(session, context.celery, analysis_id)
     return Submitted(analysis, replayed=False)
 

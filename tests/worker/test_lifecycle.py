@@ -102,7 +102,9 @@ def test_sweeper_fails_a_job_after_max_attempts_instead_of_looping(context, tena
     assert f"{settings.max_attempts} attempts" in row.error["detail"]
     with context.session_factory() as session:
         events = session.execute(select(Event.type).where(Event.dedupe_key.like(f"%{analysis_id}"))).scalars().all()
-    assert events == ["analysis.failed"]
+    # One state event; the failure's short report (and its report_ready) may follow at any
+    # moment from a reports worker, so only the state changes are counted here.
+    assert [e for e in events if e != "analysis.report_ready"] == ["analysis.failed"]
 
 
 def _lanes_drained(context) -> bool:
