@@ -452,6 +452,15 @@ def abandoned_upload_key(session: Session, analysis_id: uuid.UUID) -> str | None
     ).scalar_one_or_none()
 
 
+def _awaiting_ingest(analysis_id: uuid.UUID) -> tuple:
+    """The row is still queued for its ingest: no other ingest or cancel got there first."""
+    return (
+        Analysis.id == analysis_id,
+        Analysis.status == AnalysisStatus.queued.value,
+        Analysis.ingest_requested_at.is_not(None),
+    )
+
+
 def ingested(
     session: Session,
     celery: Celery | None,
@@ -468,11 +477,7 @@ def ingested(
     now = utcnow()
     analysis = session.execute(
         update(Analysis)
-        .where(
-            Analysis.id == pending.analysis_id,
-            Analysis.status == AnalysisStatus.queued.value,
-            Analysis.ingest_requested_at.is_not(None),
-        )
+        .where(*_awaiting_ingest(pending.analysis_id))
         .values(
             image_key=image_key, image_sha256=sha256, image_content_type=content_type,
             image_width=width, image_height=height, ingest_requested_at=None,
@@ -496,11 +501,7 @@ def ingest_rejected(
     now = utcnow()
     analysis = session.execute(
         update(Analysis)
-        .where(
-            Analysis.id == pending.analysis_id,
-            Analysis.status == AnalysisStatus.queued.value,
-            Analysis.ingest_requested_at.is_not(None),
-        )
+        .where(*_awaiting_ingest(pending.analysis_id))
         .values(
             status=AnalysisStatus.rejected.value, stage=None, ingest_requested_at=None,
             rejection={"code": code, "detail": detail, "at": "ingest"},

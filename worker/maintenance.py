@@ -98,29 +98,14 @@ def sweep(context: AppContext) -> dict[str, int]:
                 lifecycle.requeue(session, context.celery, analysis)
                 counts["resent"] += 1
 
-    # Same rule for reports: a backlog in the lane is not a lost message.
-    if broker_queue_length(context, Queue.reports.value) == 0:
-        with session_scope(context.session_factory) as session:
-            missing = lifecycle.missing_reports(session, resend_cutoff, RESEND_LIMIT)
-        for analysis_id in missing:
-            try:
-                enqueue_report(context.celery, analysis_id)
-            except Exception:
-                log.warning("could not re-send the report wake-up for %s; next sweep tries again", analysis_id)
-                break
-            counts["reports_resent"] += 1
-
-    # Direct uploads whose ingest wake-up was lost; a backlog in the lane is not a lost message.
-    if broker_queue_length(context, Queue.ingest.value) == 0:
-        with session_scope(context.session_factory) as session:
-            missing = lifecycle.missing_ingests(session, resend_cutoff, RESEND_LIMIT)
-        for analysis_id in missing:
-            try:
-                lifecycle.enqueue_ingest(context.celery, analysis_id)
-            except Exception:
-                log.warning("could not re-send the ingest wake-up for %s; next sweep tries again", analysis_id)
-                break
-            counts["ingests_resent"] += 1
+    # Same rule for reports and for direct uploads' ingest: a backlog in the lane is not a
+    # lost message.
+    counts["reports_resent"] = _resend_missing(
+        context, Queue.reports, lifecycle.missing_reports, enqueue_report, resend_cutoff, "report"
+    )
+    counts["ingests_resent"] = _resend_missing(
+        context, Queue.ingest, lifecycle.missing_ingests, lifecycle.enqueue_ingest, resend_cutoff, "ingest"
+    )
 
     with session_scope(context.session_factory) as session:
         for batch_id in lifecycle.unfinished_sealed_batches(session):
@@ -130,6 +115,24 @@ def sweep(context: AppContext) -> dict[str, int]:
     if any(counts.values()):
         log.info("sweep: %s", counts)
     return counts
+
+
+def _resend_missing(context: AppContext, queue: Queue, find_missing, enqueue, cutoff, what: str) -> int:
+    """Re-send the wake-ups of work whose request is older than ``cutoff`` and still not
+    done, when its lane in the broker is empty. Returns how many were re-sent."""
+    if broker_queue_length(context, queue.value) > 0:
+        return 0
+    with session_scope(context.session_factory) as session:
+        missing = find_missing(session, cutoff, RESEND_LIMIT)
+    resent = 0
+    for analysis_id in missing:
+        try:
+            enqueue(context.celery, analysis_id)
+        except Exception:
+            log.warning("could not re-send the %s wake-up for %s; next sweep tries again", what, analysis_id)
+            break
+        resent += 1
+    return resent
 
 
 def purge_expired(context: AppContext) -> int:
