@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Annotated, TypeVar
+from typing import Annotated, Protocol, TypeVar
 
 from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
@@ -152,9 +152,11 @@ class Capacity:
 
     @asynccontextmanager
     async def decode(self, tenant_id: uuid.UUID | None = None) -> AsyncIterator[None]:
-        async with self.request(tenant_id, self.settings.api_decode_wait_seconds):
-            async with self._decode.hold(tenant_id, self.settings.api_decode_wait_seconds, "image decoding is busy"):
-                yield
+        async with (
+            self.request(tenant_id, self.settings.api_decode_wait_seconds),
+            self._decode.hold(tenant_id, self.settings.api_decode_wait_seconds, "image decoding is busy"),
+        ):
+            yield
 
     @asynccontextmanager
     async def request(self, tenant_id: object, wait: float | None = None) -> AsyncIterator[None]:
@@ -216,6 +218,14 @@ async def in_session(
     # as a decode may, rather than throw that work away after the short database wait.
     async with capacity.request(tenant_id, capacity.settings.api_decode_wait_seconds), capacity.database(tenant_id):
         return await run_in_threadpool(run)
+
+
+class TenantRef(Protocol):
+    """What the services need of a tenant: its id. The request's ``AuthenticatedTenant`` and a
+    ``shared.models.Tenant`` row (the CLI, the tests) both are one."""
+
+    @property
+    def id(self) -> uuid.UUID: ...
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,14 @@ import anyio.to_thread
 from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 
 from api import problems
 from api.deps import Capacity, KeyCache, api_database_settings
 from api.middleware import BodyGuard, Edge, RequestDeadline, TenantGate
 from api.ratelimit import Limiter
 from api.routes import analyses, health
+from api.schemas import docs, openapi, webhooks
 from api.uploads import return_image_memory_promptly
 from shared.config import Settings, get_settings
 from shared.context import AppContext
@@ -24,6 +26,23 @@ from shared.logs import configure_logging
 STATIC_DIR = Path(__file__).parent / "static"
 
 log = logging.getLogger(__name__)
+
+API_DESCRIPTION = """Asynchronous melanoma screening of skin-lesion photos. Research and decision-support
+use only: DermaSentinel is NOT a certified medical device, and output of `untrained` weights
+(`model.weights`) carries no meaning.
+
+Submit an image (`POST /v1/analyses`), then poll `GET /v1/analyses/{id}` or receive the events
+under **Webhooks**. Every request but `/healthz`, `/readyz` and these docs needs
+`Authorization: Bearer dsk_…`. Errors are RFC 7807 `application/problem+json`; the `type`
+ends in a stable code. Every response carries `X-Request-ID`."""
+TAGS = [
+    {"name": "analyses", "description": "Submit images, read results, reports and FHIR bundles, give feedback"},
+    {"name": "batches", "description": "Bulk screening: progress, ETA and the triage list"},
+    {"name": "uploads", "description": "Direct uploads to the object store for large backlogs"},
+    {"name": "webhooks", "description": "Endpoints that receive signed events, and their delivery log"},
+    {"name": "api keys", "description": "The tenant's own API keys"},
+    {"name": "health", "description": "Liveness and readiness probes (no API key)"},
+]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -43,19 +62,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await app.state.limiter.close()
         context.close()
 
-    app = FastAPI(
+    # Swagger UI and ReDoc assets come from the fastapi-offline package (mounted at
+    # docs.ASSETS); docs.install serves the pages: they render with no internet
+    # (tests/e2e/test_docs_offline.py).
+    app = FastAPIOffline(
         title="DermaSentinel API",
         version="0.1.0",
-        description=(
-            "Asynchronous melanoma screening of skin-lesion photos. Research and decision-support "
-            "use only: DermaSentinel is NOT a certified medical device."
-        ),
+        description=API_DESCRIPTION,
         lifespan=lifespan,
+        openapi_tags=TAGS,
+        docs_url=None,
+        redoc_url=None,
+        static_url=docs.ASSETS,
     )
     app.state.capacity = Capacity(settings)
     app.state.key_cache = KeyCache(settings.auth_cache_seconds)
     app.state.limiter = Limiter(settings)
     problems.install(app)
+    webhooks.install(app)
+    openapi.install(app)
+    docs.install(app)
     for module in (health, analyses):
         app.include_router(module.router)
     _install_optional_routers(app)
@@ -84,3 +110,7 @@ def _install_optional_routers(app: FastAPI) -> None:
     app.include_router(keys.router)
     from api.routes import uploads
     app.include_router(uploads.router)
+    from api.routes import questions
+    app.include_router(questions.router)
+    from api.routes import models as model_routes
+    app.include_router(model_routes.router)

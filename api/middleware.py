@@ -41,6 +41,7 @@ CONTENT_SECURITY_POLICY = (
     "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
 UPLOAD_ROUTES = {("POST", "/v1/analyses")}
+DEADLINE_EXTENSION = "deadline_extension_seconds"  # scope["state"] key: see RequestDeadline
 BODY_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 
 
@@ -249,7 +250,9 @@ class RequestDeadline:
         def budget_left() -> float:
             now = time.monotonic()
             waiting = read_time + (now - reading_since if reading_since is not None else 0.0)
-            return self.seconds - (now - began - waiting)
+            # A route that waits on purpose (Prefer: wait=N) extends its own deadline by N.
+            extension = scope.get("state", {}).get(DEADLINE_EXTENSION, 0.0)
+            return self.seconds + extension - (now - began - waiting)
 
         handler = asyncio.ensure_future(self.app(scope, receive_timed, send_unless_late))
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import urllib3
 from fastapi import FastAPI, Request
@@ -12,9 +13,12 @@ from psycopg import errors as pg_errors
 from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 log = logging.getLogger(__name__)
-TRANSIENT_DRIVER_ERRORS = (pg_errors.IdleInTransactionSessionTimeout, pg_errors.AdminShutdown, pg_errors.OperationalError)
+TRANSIENT_DRIVER_ERRORS = (
+    pg_errors.IdleInTransactionSessionTimeout, pg_errors.AdminShutdown, pg_errors.OperationalError
+)
 
 PROBLEM_JSON = "application/problem+json"
 TYPE_BASE = "https://dermasentinel.dev/problems/"
@@ -46,6 +50,13 @@ class NotFound(Problem):
 
 class Conflict(Problem):
     status, code, title = 409, "conflict", "Conflict"
+
+
+class BatchSealed(Conflict):
+    """Adding to a batch that was sealed (or canceled): its own code, so clients can tell it
+    from an idempotency conflict and start a new batch."""
+
+    code, title = "batch_sealed", "Batch is sealed"
 
 
 class NotReady(Problem):
@@ -87,6 +98,37 @@ class Overloaded(Problem):
 
     def __init__(self, detail: str, *, retry_after: int = 1):
         super().__init__(detail, headers={"Retry-After": str(retry_after)})
+
+
+STATUS_MEANING = {
+    400: "Bad request: the body could not be parsed, or a parameter is malformed (see `detail`)",
+    401: "Missing, unknown or revoked API key",
+    404: "No such object for this tenant (another tenant's id answers 404 too)",
+    408: "The request body arrived too slowly",
+    409: "Conflict with the object's current state (see the problem `type`)",
+    413: "The request body is too large",
+    415: "Unsupported image type (JPEG or PNG only)",
+    422: "Invalid input: one entry per field in `errors`",
+    429: "Rate limited: retry after `Retry-After` seconds (`RateLimit-*` headers)",
+    503: "Busy or a dependency is unreachable: nothing was saved, retry after `Retry-After` seconds",
+    504: "A dependency did not answer in time",
+}
+PROBLEM_REF = {"$ref": "#/components/schemas/ProblemDetails"}
+
+
+def problem_content() -> dict:
+    return {PROBLEM_JSON: {"schema": dict(PROBLEM_REF)}}
+
+
+def problems(*statuses: int | tuple[int, str]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for error statuses a route answers as problem+json; a status
+    may come with its own description, as ``(409, "why")``. The generic ones (401, 413,
+    422, 429, 503, …) are added to every operation they apply to by ``api.schemas.openapi``."""
+    declared: dict[int | str, dict[str, Any]] = {}
+    for entry in statuses:
+        status, description = entry if isinstance(entry, tuple) else (entry, STATUS_MEANING.get(entry, "Error"))
+        declared[status] = {"description": description, "content": problem_content()}
+    return declared
 
 
 def problem_response(
@@ -159,8 +201,26 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
         code = {
-            404: "not_found", 405: "method_not_allowed", 408: "request_timeout", 413: "payload_too_large"
+            400: "bad_request", 404: "not_found", 405: "method_not_allowed", 408: "request_timeout",
+            413: "payload_too_large",
         }.get(exc.status_code, "http_error")
+        headers = exc.headers
+        if exc.status_code == 405:
+            # Starlette names only the methods of the first route on the path; a path served by
+            # several routes (GET and POST) allows them all (RFC 9110 15.5.6).
+            headers = {**(headers or {}), "Allow": ", ".join(sorted(_allowed_methods(request)))}
         return problem_response(
-            exc.status_code, code, str(exc.detail), str(exc.detail), request.url.path, headers=exc.headers
+            exc.status_code, code, str(exc.detail), str(exc.detail), request.url.path, headers=headers
         )
+
+
+CANDIDATE_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+def _allowed_methods(request: Request) -> set[str]:
+    allowed = set()
+    for method in CANDIDATE_METHODS:
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] == Match.FULL for route in request.app.router.routes):
+            allowed.add(method)
+    return allowed

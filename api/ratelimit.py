@@ -20,11 +20,12 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 from fastapi import Request
 from limits import RateLimitItem, parse_many
-from limits.aio.storage import MemoryStorage, RedisStorage
+from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.errors import StorageError
 
@@ -66,7 +67,7 @@ class Verdict:
         return headers
 
 
-def parse_overrides(raw: str) -> dict[str, TenantLimits]:
+def parse_overrides(raw: str) -> dict[str, dict[str, Any]]:
     """``RATE_LIMITS_PER_TENANT``: a JSON object of tenant id → {requests, concurrent_uploads}."""
     if not raw.strip():
         return {}
@@ -111,12 +112,13 @@ class Limiter:
                 socket_timeout=REDIS_TIMEOUT,
                 socket_connect_timeout=REDIS_TIMEOUT,
             )
-            self.storage = RedisStorage(
+            self.storage: Storage = RedisStorage(
                 "async+" + url,
                 implementation="redispy",
                 wrap_exceptions=True,
                 key_prefix=KEY_PREFIX,
-                connection_pool=pool,
+                # A documented option, though limits types **options as float | str | bool.
+                connection_pool=pool,  # type: ignore[arg-type]
             )
             self.redis: aioredis.Redis | None = aioredis.Redis(connection_pool=pool)
         else:
@@ -221,7 +223,7 @@ def get_limiter(request: Request) -> Limiter:
 def rate_limit(name: str, limit: Callable[[Settings], str]):
     """A route dependency: count a call named ``name`` for the request's tenant against the
     rate ``limit(settings)`` returns, e.g.
-    ``dependencies=[Depends(rate_limit("webhook-test", lambda s: s.webhook_test_rate))]``."""
+    ``dependencies=[Depends(rate_limit("webhook-test", lambda s: str(s.webhook_test_rate)))]``."""
 
     async def dependency(request: Request, tenant: CurrentTenant) -> None:
         limiter = get_limiter(request)

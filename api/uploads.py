@@ -7,6 +7,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from fastapi import Request
 from python_multipart.exceptions import FormParserError, MultipartParseError
@@ -23,6 +24,9 @@ from api.problems import (
 )
 from shared import images
 from shared.images import CleanImage
+
+if TYPE_CHECKING:
+    from python_multipart.multipart import MultipartCallbacks
 
 __all__ = ["CleanImage", "UploadedForm", "clean_image", "problem_for", "read_multipart"]
 
@@ -48,7 +52,7 @@ class _Collector:
         self._is_file = False
         self._buffer = bytearray()
 
-    def callbacks(self) -> dict:
+    def callbacks(self) -> MultipartCallbacks:
         return {
             "on_part_begin": self._part_begin,
             "on_header_field": lambda d, s, e: self._append("_header_field", d[s:e]),

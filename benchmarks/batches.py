@@ -39,6 +39,7 @@ from sqlalchemy import delete, insert, select, text, update
 
 from cli.processes import free_port, stop_process, wait_http
 from shared import analyses as lifecycle
+from shared import clinical
 from shared.config import Settings
 from shared.context import AppContext
 from shared.db import session_scope
@@ -51,7 +52,7 @@ from shared.tenants import issue_key
 from worker.pipeline.synthetic import encode_jpeg, make_lesion
 
 ROOT = Path(__file__).resolve().parent.parent
-SKIN_GROUPS = ("very light", "light", "intermediate", "tan", "brown", "dark")
+SKIN_GROUPS = clinical.SKIN_GROUPS
 
 
 def child_env(settings: Settings) -> dict[str, str]:
@@ -142,11 +143,15 @@ def bench_stack(**overrides) -> Iterator[tuple[AppContext, str, uuid.UUID, Path]
 def _result(rng: random.Random, probability: float) -> dict:
     group = rng.choice(SKIN_GROUPS)
     return {
-        "diagnosis": "melanoma" if probability > 0.5 else "benign",
+        "diagnosis": clinical.diagnosis(probability),
         "probability": probability,
         "uncertainty": rng.uniform(0.0, 0.25),
-        "risk_band": "high" if probability > 0.8 else "medium" if probability > 0.5 else "low",
-        "equity": {"ita_degrees": rng.uniform(-40, 60), "skin_group": group, "bias_warning": group in ("brown", "dark")},
+        "risk_band": clinical.risk_band(probability),
+        "equity": {
+            "ita_degrees": rng.uniform(-40, 60),
+            "skin_group": group,
+            "bias_warning": clinical.group_bias_warning(group),
+        },
     }
 
 
@@ -269,7 +274,8 @@ def measure_progress(api_url: str, key: str, batch_id: uuid.UUID, requests: int)
 def queue_bulk(context: AppContext, tenant_id: uuid.UUID, count: int) -> list[uuid.UUID]:
     ids = [uuid.uuid4() for _ in range(count)]
     key = image_key(tenant_id, ids[0], "jpg")
-    context.store.put(IMAGES, key, encode_jpeg(make_lesion(seed=1, size=(240, 320), radius_frac=0.22).image), "image/jpeg")
+    image = encode_jpeg(make_lesion(seed=1, size=(240, 320), radius_frac=0.22).image)
+    context.store.put(IMAGES, key, image, "image/jpeg")
     now = lifecycle.utcnow()
     rows = [
         dict(

@@ -39,6 +39,8 @@ import psutil
 import psycopg
 import redis
 
+from shared.queues import ANALYSIS_QUEUES
+
 ROOT = Path(__file__).resolve().parent.parent
 FINAL = {"succeeded", "rejected", "failed", "canceled"}
 REPORTABLE = {"succeeded", "rejected", "failed"}
@@ -475,7 +477,9 @@ class Run:
         result.duplicated = sum(len(found) - 1 for found in by_external.values()) + self.receiver.duplicates()
         result.stuck = sum(1 for row in rows if row[2] not in FINAL)
         result.details += [f"lost: {analysis_id}" for analysis_id in sorted(accepted - stored)]
-        result.details += [f"{row[2]}: {row[0]} ({row[1]})" for row in rows if row[2] not in FINAL or row[2] == "failed"]
+        result.details += [
+            f"{row[2]}: {row[0]} ({row[1]})" for row in rows if row[2] not in FINAL or row[2] == "failed"
+        ]
         result.details += [f"no report: {row[0]}" for row in rows if row[2] in REPORTABLE and not row[3]]
         result.failed = sum(1 for row in rows if row[2] == "failed")
         result.missing_reports = sum(1 for row in rows if row[2] in REPORTABLE and not row[3])
@@ -605,7 +609,7 @@ def flushall(run: Run) -> float:
         queued = 0
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and queued < max(1, run.config.jobs // 2):
-            queued = broker.llen("analyze.interactive") + broker.llen("analyze.bulk")
+            queued = sum(broker.llen(queue.value) for queue in ANALYSIS_QUEUES)
             time.sleep(0.2)
         broker.flushall()
     finally:

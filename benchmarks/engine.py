@@ -101,8 +101,11 @@ def _run(args: argparse.Namespace, model_dir: Path, cache: Path, scratch: Path) 
             seconds, peak_gpu = _raw_loop(pipeline, args, batch_size)
             numbers[f"raw_{backend}_b{batch_size}"] = seconds
             gpu = f"  peak GPU memory {peak_gpu / 2**30:.2f} GiB" if peak_gpu else ""
-            print(f"   {pipeline.backend.name:<14} batch {batch_size:>3}: {seconds:7.3f} s/img  {1 / seconds:8.2f} img/s{gpu}",
-                  flush=True)
+            print(
+                f"   {pipeline.backend.name:<14} batch {batch_size:>3}: {seconds:7.3f} s/img  "
+                f"{1 / seconds:8.2f} img/s{gpu}",
+                flush=True,
+            )
 
     if not args.no_pipeline:
         print(f"\n2. pipeline per backend (Pipeline.run, batches of {args.pipeline_batch}, serial)", flush=True)
@@ -124,7 +127,8 @@ def _run(args: argparse.Namespace, model_dir: Path, cache: Path, scratch: Path) 
 
     if not args.no_e2e:
         backend = args.e2e_backend or ("torch" if args.device.startswith("cuda") else "openvino")
-        print(f"\n4. end to end through `dermasentinel up` (backend {backend}, {args.images} uploads at once)", flush=True)
+        print(f"\n4. end to end through `dermasentinel up` (backend {backend}, {args.images} uploads at once)",
+              flush=True)
         e2e = _end_to_end(args, model_dir, scratch, jpegs, backend)
         numbers.update(e2e)
 
@@ -391,9 +395,9 @@ def _cpu_by_process(root: int) -> dict[int, tuple[str, float]]:
 
 
 def _role(cmdline: str) -> str:
-    for marker, name in (("--role gpu", "worker-gpu"), ("--role cpu", "worker-cpu (reports)"), ("--role io", "worker-io"),
-                         ("uvicorn", "api"), (" beat", "beat"), ("postgres", "postgres"), ("redis", "redis"),
-                         ("weed", "s3"), ("multiprocessing", "api")):
+    for marker, name in (("--role gpu", "worker-gpu"), ("--role cpu", "worker-cpu (reports)"),
+                         ("--role io", "worker-io"), ("uvicorn", "api"), (" beat", "beat"),
+                         ("postgres", "postgres"), ("redis", "redis"), ("weed", "s3"), ("multiprocessing", "api")):
         if marker in cmdline:
             return name
     return "other"
@@ -438,7 +442,6 @@ def _memory_probe(model_dir: Path, cache: Path, args: argparse.Namespace) -> Non
     models on one backend, one image analysed."""
     from worker.pipeline.pipeline import LesionInput
     from worker.pipeline.synthetic import encode_jpeg, make_lesion
-
     from worker.runtime import release_freed_memory
 
     pipeline = _pipeline_quiet(args.memory_probe, model_dir, cache, args)

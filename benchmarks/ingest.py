@@ -1,16 +1,26 @@
 """Benchmark: submissions/s of 1 MB JPEGs, through the API (multipart) and direct (presigned PUT).
 
-    python -m benchmarks.ingest [--count 300] [--concurrency 16] [--api-url URL --api-key KEY]
+    python -m benchmarks.ingest [--count 300] [--concurrency 16] [--bulk 50] [--skip-ingest]
+                                [--api-url URL --api-key KEY]
 
-Both paths submit the same ~1 MB JPEGs (noise-textured photos, 1300x1300, quality 95):
+Every path submits the same ~1 MB JPEGs (noise-textured photos, 1300x1300, quality 95):
 - multipart: ``POST /v1/analyses`` with the image; the API reads, checks and re-encodes it;
 - direct: ``POST /v1/uploads``, ``PUT`` the bytes to the presigned URL (the object store, not
-  the API), ``POST /v1/analyses {"upload_id"}``; the ingest worker checks and re-encodes later.
+  the API), ``POST /v1/analyses {"upload_id"}``; the ingest worker checks and re-encodes later;
+- direct, bulk: ``POST /v1/uploads/bulk {"count": --bulk}``, the PUTs, ``POST /v1/uploads/submit``
+  with the upload ids: the same checks, the API's fixed cost per request paid once per --bulk images.
 
-Prints accepted submissions/s for each (target >= 100/s direct), the direct path's steps
-measured one at a time (which of the API and the object store limits it), and how long one
-CPU-role worker (the ``ingest`` queue) took to ingest every direct upload. No GPU worker runs:
-the analyses stay queued and are canceled at the end.
+A submission counts once the API has accepted it (202, queued); the ingest worker's later
+check and re-encode is asynchronous and not counted in submissions/s (it is timed apart).
+The client is threads over urllib3 keep-alive connections (an asyncio httpx client cost
+~5 ms of CPU per 1 MB PUT here, ~1.5 ms for urllib3: on a 2-core machine the client's CPU is
+the server's loss). On the embedded stack it also prints the CPU time each process spent per
+submission (client, API, object store, Postgres, Redis) and the rate that CPU would allow
+on this machine's cores if nothing else ran.
+
+Also prints the direct path's steps measured one at a time (which of the API and the object
+store limits it), and how long one CPU-role worker (the ``ingest`` queue) took to ingest every
+direct upload. No GPU worker runs: the analyses stay queued and are canceled at the end.
 
 With --api-url/--api-key it measures that running stack (its rate limits apply: raise
 DERMASENTINEL_RATE_LIMIT and CONCURRENT_UPLOADS there); else it starts an embedded stack with
@@ -22,15 +32,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import json
+import os
 import statistics
 import sys
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
+import psutil
+import urllib3
 from PIL import Image
 from sqlalchemy import func, select, update
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from benchmarks.batches import start_process
 from benchmarks.lanes import bench_stack
@@ -51,34 +67,147 @@ def photo(seed: int, side: int = 1300) -> bytes:
     return out.getvalue()
 
 
-async def _multipart(client: httpx.AsyncClient, data: bytes) -> None:
-    response = await client.post("/v1/analyses", files={"image": ("p.jpg", data, "image/jpeg")},
-                                 data={"priority": "bulk"})
-    response.raise_for_status()
+class Busy(RuntimeError):
+    """503/429: the API (or a dependency) is overloaded; the request is retried as a client would."""
 
 
-async def _direct(client: httpx.AsyncClient, store: httpx.AsyncClient, data: bytes) -> None:
-    upload = (await client.post("/v1/uploads", json={"content_type": "image/jpeg"})).raise_for_status().json()
-    (await store.put(upload["url"], content=data, headers=upload["headers"])).raise_for_status()
-    response = await client.post("/v1/analyses", json={"upload_id": upload["id"], "priority": "bulk"})
-    response.raise_for_status()
+class Api:
+    """A thin keep-alive client: urllib3, threads, JSON in and out; 503/429 retried with
+    backoff (every write carries an idempotency key, so a retry never submits twice)."""
+
+    def __init__(self, api_url: str, key: str, concurrency: int):
+        self.base = api_url.rstrip("/")
+        self.auth = {"Authorization": f"Bearer {key}"}
+        self.http = urllib3.PoolManager(maxsize=concurrency, block=True, retries=False,
+                                        timeout=urllib3.Timeout(connect=10, read=120))
+        self.retries = 0
+
+    def _retrying(self, call):
+        for attempt in Retrying(retry=retry_if_exception_type(Busy), wait=wait_exponential(0.2, max=5),
+                                stop=stop_after_attempt(8), reraise=True):
+            with attempt:
+                if attempt.retry_state.attempt_number > 1:
+                    self.retries += 1
+                return call()
+
+    def post(self, path: str, body: dict | None = None, fields: dict | None = None, headers: dict | None = None):
+        sent = {**self.auth, **(headers or {})}
+
+        def call():
+            if fields is not None:
+                response = self.http.request("POST", self.base + path, fields=fields, headers=sent)
+            else:
+                response = self.http.request("POST", self.base + path, body=json.dumps(body or {}).encode(),
+                                             headers={**sent, "Content-Type": "application/json"})
+            _check(response, f"POST {path}")
+            return json.loads(response.data)
+
+        return self._retrying(call)
+
+    def put(self, upload: dict, data: bytes) -> None:
+        def call():
+            _check(self.http.request("PUT", upload["url"], body=data, headers=upload["headers"]), "PUT")
+
+        self._retrying(call)
 
 
-async def run(api_url: str, key: str, images: list[bytes], count: int, concurrency: int, direct: bool) -> float:
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    headers = {"Authorization": f"Bearer {key}"}
-    async with httpx.AsyncClient(base_url=api_url, headers=headers, timeout=120, limits=limits) as client, \
-            httpx.AsyncClient(timeout=120, limits=limits) as store:
-        gate = asyncio.Semaphore(concurrency)
+def _check(response, what: str) -> None:
+    if response.status in (429, 503):
+        raise Busy(f"{what}: HTTP {response.status}")
+    if response.status >= 300:
+        raise RuntimeError(f"{what}: HTTP {response.status}: {response.data[:300]!r}")
 
-        async def one(n: int) -> None:
-            async with gate:
-                data = images[n % len(images)]
-                await (_direct(client, store, data) if direct else _multipart(client, data))
 
-        started = time.perf_counter()
-        await asyncio.gather(*(one(n) for n in range(count)))
-        return time.perf_counter() - started
+def _multipart(api: Api, data: bytes) -> None:
+    api.post("/v1/analyses", fields={"image": ("p.jpg", data, "image/jpeg"), "priority": "bulk"},
+             headers={"Idempotency-Key": uuid.uuid4().hex})
+
+
+def _direct(api: Api, data: bytes) -> None:
+    upload = api.post("/v1/uploads", {"content_type": "image/jpeg"})
+    api.put(upload, data)
+    api.post("/v1/analyses", {"upload_id": upload["id"], "priority": "bulk"}, headers={"Idempotency-Key": upload["id"]})
+
+
+def _direct_bulk(api: Api, puts: ThreadPoolExecutor, images: list[bytes], first: int, count: int) -> None:
+    uploads = api.post("/v1/uploads/bulk", {"count": count, "content_type": "image/jpeg"})["uploads"]
+    list(puts.map(lambda n: api.put(uploads[n], images[(first + n) % len(images)]), range(count)))
+    items = [{"upload_id": u["id"], "priority": "bulk", "idempotency_key": u["id"]} for u in uploads]
+    answer = api.post("/v1/uploads/submit", {"items": items})
+    if answer["refused"]:
+        raise RuntimeError(f"bulk submit refused {answer['refused']}: {answer['results'][0]}")
+
+
+def run(api_url: str, key: str, images: list[bytes], count: int, concurrency: int, path: str, bulk: int = 50) -> float:
+    """Seconds to submit ``count`` images by ``path`` (multipart, direct, bulk); 503/429 answers
+    retried are counted in ``RETRIES``."""
+    api = Api(api_url, key, concurrency)
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        if path == "bulk":
+            chunks = [(first, min(bulk, count - first)) for first in range(0, count, bulk)]
+            # A few chunks in flight, so that one chunk's API calls overlap others' PUTs.
+            with ThreadPoolExecutor(max(2, concurrency // max(1, bulk // 4))) as chunk_pool:
+                list(chunk_pool.map(lambda c: _direct_bulk(api, pool, images, *c), chunks))
+        else:
+            one = _direct if path == "direct" else _multipart
+            list(pool.map(lambda n: one(api, images[n % len(images)]), range(count)))
+    RETRIES[path] = RETRIES.get(path, 0) + api.retries
+    return time.perf_counter() - started
+
+
+RETRIES: dict[str, int] = {}
+
+
+# ---------------------------------------------------------------- CPU per process
+
+
+def _process_groups() -> dict[str, list[psutil.Process]]:
+    """This process (the client) and, on the embedded stack, its children by role."""
+    me = psutil.Process()
+    groups: dict[str, list[psutil.Process]] = {"client": [me]}
+    for child in me.children(recursive=True):
+        try:
+            command = " ".join(child.cmdline())
+        except psutil.Error:
+            continue
+        role = ("api" if "uvicorn" in command else "object store" if "weed" in command
+                else "postgres" if "postgres" in command else "redis" if "redis" in command else "other")
+        groups.setdefault(role, []).append(child)
+    return groups
+
+
+def _cpu_seconds(groups: dict[str, list[psutil.Process]]) -> dict[str, float]:
+    totals = {}
+    for role, members in groups.items():
+        total = 0.0
+        for member in members:
+            try:
+                times = member.cpu_times()
+                total += times.user + times.system
+            except psutil.Error:
+                pass
+        totals[role] = total
+    return totals
+
+
+def measured(label: str, count: int, call) -> None:
+    """Run ``call()`` (which submits ``count``) and print its rate and CPU ms per submission by process."""
+    groups = _process_groups()
+    before = _cpu_seconds(groups)
+    load = os.getloadavg()[0]
+    retried = sum(RETRIES.values())
+    seconds = call()
+    retried = sum(RETRIES.values()) - retried
+    after = _cpu_seconds(groups)
+    spent = {role: (after[role] - before[role]) * 1000 / count for role in before}
+    total = sum(spent.values())
+    cores = os.cpu_count() or 1
+    parts = ", ".join(f"{role} {ms:.1f}" for role, ms in spent.items() if ms >= 0.05)
+    print(f"  {label:<20} {count / seconds:6.1f} submissions/s ({seconds:.1f} s for {count}; "
+          f"{retried} busy answers retried; load average {load:.1f})")
+    print(f"  {'':<20} CPU ms per submission: {parts}; total {total:.1f} "
+          f"-> at most {1000 * cores / total:.0f}/s on {cores} idle cores")
 
 
 async def steps(api_url: str, key: str, images: list[bytes], count: int, concurrency: int) -> dict[str, float]:
@@ -116,30 +245,42 @@ async def steps(api_url: str, key: str, images: list[bytes], count: int, concurr
     return rates
 
 
+PATHS = (("multipart", "multipart"), ("direct", "direct, 1 by 1"), ("bulk", "direct, bulk"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=300, help="submissions per path")
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--bulk", type=int, default=50, help="images per bulk call (at most 100)")
+    parser.add_argument("--rounds", type=int, default=1, help="measure every path this many times, interleaved")
+    parser.add_argument("--skip-ingest", action="store_true", help="do not time the ingest worker")
     parser.add_argument("--api-url")
     parser.add_argument("--api-key")
     args = parser.parse_args()
 
     images = [photo(seed) for seed in range(8)]
     size = statistics.mean(len(i) for i in images) / 1e6
-    print(f"{args.count} submissions per path, {args.concurrency} in flight, JPEGs of {size:.2f} MB on average")
+    print(f"{args.count} submissions per path, {args.concurrency} in flight, bulk calls of {args.bulk}, "
+          f"JPEGs of {size:.2f} MB on average; {os.cpu_count()} cores")
     if args.api_url:
-        for direct in (False, True):
-            seconds = asyncio.run(run(args.api_url, args.api_key, images, args.count, args.concurrency, direct))
-            print(f"  {'direct   ' if direct else 'multipart'}: {args.count / seconds:6.1f} submissions/s")
+        for _ in range(args.rounds):
+            for path, label in PATHS:
+                seconds = run(args.api_url, args.api_key, images, args.count, args.concurrency, path, args.bulk)
+                print(f"  {label:<20} {args.count / seconds:6.1f} submissions/s")
         return
 
     with bench_stack(rate_limit="100000/second", concurrent_uploads=1000) as (context, key, tenant_id, workdir):
-        for direct in (False, True):
-            seconds = asyncio.run(run(context.settings.api_url, key, images, args.count, args.concurrency, direct))
-            print(f"  {'direct   ' if direct else 'multipart'}: {args.count / seconds:6.1f} submissions/s "
-                  f"({seconds:.1f} s for {args.count})")
-        rates = asyncio.run(steps(context.settings.api_url, key, images, args.count, args.concurrency))
+        url = context.settings.api_url
+        for _ in range(args.rounds):
+            for path, label in PATHS:
+                measured(label, args.count,
+                         lambda path=path: run(url, key, images, args.count, args.concurrency, path, args.bulk))
+        rates = asyncio.run(steps(url, key, images, args.count, args.concurrency))
         print("  direct, one step at a time: " + ", ".join(f"{name} {rate:.0f}/s" for name, rate in rates.items()))
+        if args.skip_ingest:
+            _cancel_queued(context, tenant_id)
+            return
 
         worker = start_process([sys.executable, "-m", "cli.main", "worker", "--role", "cpu"], context.settings,
                                workdir / "worker.log")
@@ -152,14 +293,19 @@ def main() -> None:
         finally:
             stop_process(worker)
         took = time.perf_counter() - started
-        print(f"  ingest of the {2 * args.count} direct uploads by one cpu worker (start-up included): "
-              f"{took:.1f} s, {2 * args.count / took:.1f}/s")
-        with session_scope(context.session_factory) as session:
-            session.execute(
-                update(Analysis)
-                .where(Analysis.tenant_id == tenant_id, Analysis.status == "queued")
-                .values(status="canceled", cancel_reason=lifecycle.CANCEL_REQUESTED, completed_at=lifecycle.utcnow())
-            )
+        ingested = 2 * args.count * args.rounds + args.count
+        print(f"  ingest of the {ingested} direct uploads by one cpu worker (start-up included): "
+              f"{took:.1f} s, {ingested / took:.1f}/s")
+        _cancel_queued(context, tenant_id)
+
+
+def _cancel_queued(context, tenant_id: uuid.UUID) -> None:
+    with session_scope(context.session_factory) as session:
+        session.execute(
+            update(Analysis)
+            .where(Analysis.tenant_id == tenant_id, Analysis.status == "queued")
+            .values(status="canceled", cancel_reason=lifecycle.CANCEL_REQUESTED, completed_at=lifecycle.utcnow())
+        )
 
 
 def _pending_ingests(context, tenant_id: uuid.UUID) -> int:

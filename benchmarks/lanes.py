@@ -22,10 +22,8 @@ import sys
 import time
 import uuid
 
-from sqlalchemy import text
-
 import httpx
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 
 from benchmarks.batches import bench_stack, count_status, queue_bulk, start_process
 from cli.processes import stop_process
@@ -46,7 +44,8 @@ def claim_plan(context: AppContext, limit: int = 4) -> list[str]:
                 dialect=context.engine.dialect
             )
             lines.append(f"-- {priority} lane:")
-            lines += [row[0] for row in connection.exec_driver_sql("EXPLAIN ANALYZE " + str(statement), statement.params)]
+            plan = connection.exec_driver_sql("EXPLAIN ANALYZE " + str(statement), statement.params)
+            lines += [row[0] for row in plan]
             connection.rollback()
     timings = []
     for _ in range(20):

@@ -502,7 +502,8 @@ async def benchmark(url: str, context: AppContext, api_pid: int, args) -> None:
                             slow_tenant=crowd[0], slow_uploads=args.slow, api_pid=api_pid, separate_probes=True,
                             crowd_nice=args.crowd_nice)
     total = sum(report.statuses.values())
-    print(f"  crowd answers: {total} ({total / args.duration:.0f}/s) by status {dict(sorted(report.statuses.items(), key=str))}")
+    by_status = dict(sorted(report.statuses.items(), key=str))
+    print(f"  crowd answers: {total} ({total / args.duration:.0f}/s) by status {by_status}")
     print(f"  slow uploads by outcome: {dict(report.slow_statuses)}")
     print(f"  500s (any request): {report.server_errors}; client timeouts/errors: {report.client_errors}")
     print(f"  /healthz: {len(report.health_ms)} probes, p50 {percentile(report.health_ms, 0.5):.1f} ms, "

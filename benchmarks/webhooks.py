@@ -30,8 +30,8 @@ from shared.context import AppContext
 from shared.db import session_scope
 from shared.events import record_event
 from shared.migrate import upgrade
-from shared.security import secret_box
 from shared.models import WebhookEndpoint
+from shared.security import secret_box
 from shared.stack import EmbeddedStack
 from shared.tenants import issue_key
 from shared.webhook_signing import generate_secret
@@ -164,7 +164,9 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="dermasentinel-bench-webhooks-"))
     given = Settings(_env_file=None)
-    stack = EmbeddedStack(work / "stack", postgres=not given.database_url, redis=not given.broker_url, s3=not given.s3_endpoint)
+    stack = EmbeddedStack(
+        work / "stack", postgres=not given.database_url, redis=not given.broker_url, s3=not given.s3_endpoint
+    )
     children = []
     receiver = None
     try:

@@ -17,7 +17,7 @@ import logging
 import re
 import time
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +26,7 @@ import httpx
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from tenacity import RetryError, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from cli.client import ApiError, Client
 from shared.config import get_settings
@@ -199,7 +200,9 @@ def _site(raw: str) -> str:
     value = " ".join(raw.lower().replace("_", " ").split())
     value = SITE_ALIASES.get(value, value)
     if value not in SITES:
-        raise ValueError(f"unknown site {raw!r}; use one of: {', '.join(SITES)} (or ISIC's anterior/posterior/lateral torso)")
+        raise ValueError(
+            f"unknown site {raw!r}; use one of: {', '.join(SITES)} (or ISIC's anterior/posterior/lateral torso)"
+        )
     return value
 
 
@@ -275,32 +278,131 @@ def upload(client: Client, batch_id: str, row: Row, direct: bool = False) -> Upl
     """Send one row, retrying transient failures. Raises ValueError for a row the API refuses.
     ``direct``: the bytes go to the object store through a presigned URL, not through the API."""
     fields = {**row.fields, "batch_id": batch_id}
-    delay = 0.5
-    for attempt in range(1, UPLOAD_ATTEMPTS + 1):
+    try:
+        for attempt in _upload_retrying():
+            with attempt:
+                if direct:
+                    client.submit_direct(row.path.read_bytes(), fields, idempotency_key(batch_id, row.sha256))
+                else:
+                    client.submit(row.path.read_bytes(), row.path.name, fields, idempotency_key(batch_id, row.sha256))
+    except RetryError as exc:
+        raise ConnectionError(f"gave up after {UPLOAD_ATTEMPTS} attempts: {exc.last_attempt.exception()}") from None
+    except ApiError as exc:
+        if exc.status_code in (401, 403):
+            raise Fatal(str(exc)) from None
+        if exc.status_code == 409 and "sealed" in str(exc):
+            raise Fatal(f"{exc}; the batch was sealed while uploading") from None
+        if exc.status_code == 409:
+            # The same image went in on an earlier run with other metadata: it is in the batch.
+            return Uploaded(row, warning="already in the batch with the metadata of an earlier run")
+        raise ValueError(f"the API refused it: {exc}") from None
+    return Uploaded(row)
+
+
+# Rows per bulk call of a --direct run (POST /v1/uploads/bulk, the PUTs, POST /v1/uploads/submit).
+DIRECT_CHUNK = 50
+
+
+def upload_direct_chunk(client: Client, batch_id: str, rows: list[Row]) -> list[tuple[Row, Uploaded | Exception]]:
+    """Send several rows the direct way in two API calls instead of two per row: upload ids and
+    URLs in bulk, one PUT per image to the object store, then one bulk submission (each row
+    with its idempotency key, so a retried call replays). Each row's answer is what
+    ``upload(direct=True)`` gives for it; a row the bulk calls cannot settle (a call or its
+    PUT failed) goes through ``upload(direct=True)`` itself, with its retries."""
+    settled: dict[int, Uploaded | Exception] = {}
+    puts: list[tuple[int, dict]] = []
+    for content_type in ("image/jpeg", "image/png"):
+        wanted = [n for n, row in enumerate(rows) if _content_type(row) == content_type]
+        if not wanted:
+            continue
         try:
-            if direct:
-                client.submit_direct(row.path.read_bytes(), fields, idempotency_key(batch_id, row.sha256))
-            else:
-                client.submit(row.path.read_bytes(), row.path.name, fields, idempotency_key(batch_id, row.sha256))
-            return Uploaded(row)
-        except httpx.TransportError as exc:
-            error: Exception = exc
+            body = {"count": len(wanted), "content_type": content_type}
+            made = _retry_call(
+                lambda body=body: client.request("POST", "/v1/uploads/bulk", json=body).json()["uploads"]
+            )
+        except (ConnectionError, ApiError):
+            continue  # those rows go one at a time below
+        for n, made_upload in zip(wanted, made, strict=True):
+            try:
+                put = client.storage.put(made_upload["url"], content=rows[n].path.read_bytes(),
+                                         headers=made_upload["headers"])
+            except httpx.TransportError:
+                continue
+            if put.status_code < 300:
+                puts.append((n, made_upload))
+    if puts:
+        items = [
+            {**{k: v for k, v in rows[n].fields.items() if v is not None}, "batch_id": batch_id,
+             "upload_id": made_upload["id"], "idempotency_key": idempotency_key(batch_id, rows[n].sha256)}
+            for n, made_upload in puts
+        ]
+        try:
+            answer = _retry_call(lambda: client.request("POST", "/v1/uploads/submit", json={"items": items}).json())
         except ApiError as exc:
             if exc.status_code in (401, 403):
                 raise Fatal(str(exc)) from None
-            if exc.status_code == 409 and "sealed" in str(exc):
-                raise Fatal(f"{exc}; the batch was sealed while uploading") from None
-            if exc.status_code == 409:
-                # The same image went in on an earlier run with other metadata: it is in the batch.
-                return Uploaded(row, warning="already in the batch with the metadata of an earlier run")
-            if exc.status_code not in RETRY_STATUSES:
-                raise ValueError(f"the API refused it: {exc}") from None
-            error = exc
-        if attempt == UPLOAD_ATTEMPTS:
-            raise ConnectionError(f"gave up after {attempt} attempts: {error}")
-        time.sleep(delay)
-        delay *= 2
-    raise AssertionError("unreachable")
+            answer = None
+        except ConnectionError:
+            answer = None
+        for (n, _), result in zip(puts, answer["results"] if answer else [], strict=False):
+            settled[n] = _direct_result(rows[n], result)
+    out = []
+    for n, row in enumerate(rows):
+        if n not in settled:
+            try:
+                settled[n] = upload(client, batch_id, row, direct=True)
+            except (ValueError, ConnectionError) as exc:
+                settled[n] = exc
+        out.append((row, settled[n]))
+    return out
+
+
+def _upload_one(client: Client, batch_id: str, row: Row) -> list[tuple[Row, Uploaded | Exception]]:
+    try:
+        return [(row, upload(client, batch_id, row))]
+    except (ValueError, ConnectionError) as exc:
+        return [(row, exc)]
+
+
+def _content_type(row: Row) -> str:
+    with row.path.open("rb") as image:
+        return "image/png" if image.read(4) == b"\x89PNG" else "image/jpeg"
+
+
+def _retry_call(call):
+    try:
+        for attempt in _upload_retrying():
+            with attempt:
+                return call()
+    except RetryError as exc:
+        raise ConnectionError(f"gave up after {UPLOAD_ATTEMPTS} attempts: {exc.last_attempt.exception()}") from None
+
+
+def _direct_result(row: Row, result: dict) -> Uploaded | Exception:
+    """One item of ``POST /v1/uploads/submit``, read as ``upload`` reads a single answer."""
+    status = result["status"]
+    if status < 300:
+        return Uploaded(row)
+    detail = (result.get("problem") or {}).get("detail", "")
+    if status == 409 and "sealed" in detail:
+        raise Fatal(f"HTTP 409: {detail}; the batch was sealed while uploading")
+    if status == 409:
+        return Uploaded(row, warning="already in the batch with the metadata of an earlier run")
+    return ValueError(f"the API refused it: HTTP {status}: {detail}")
+
+
+def _transient(exc: BaseException) -> bool:
+    """Worth another try: the connection failed, or the API is busy or briefly broken."""
+    return isinstance(exc, httpx.TransportError) or (isinstance(exc, ApiError) and exc.status_code in RETRY_STATUSES)
+
+
+def _upload_retrying() -> Retrying:
+    # 0.5 s, 1 s, 2 s between the attempts; anything else the API answers is final.
+    return Retrying(
+        stop=stop_after_attempt(UPLOAD_ATTEMPTS),
+        wait=wait_exponential(multiplier=0.5),
+        retry=retry_if_exception(_transient),
+    )
 
 
 # ---------------------------------------------------------------- reporting
@@ -324,8 +426,11 @@ def _report_rows(console: Console, title: str, rows: list[BadRow], style: str) -
 
 
 def _equity_table(summary: dict) -> Table:
-    table = Table(title="Equity summary (succeeded items per skin group)")
-    for column in ("skin group", "items", "high risk", "share high risk", "suspicious (>0.5)", "needs review"):
+    title = "Equity summary (succeeded items per skin group)"
+    if summary.get("weights_warning"):
+        title += " — weights not trained: the risk columns are not clinically meaningful"
+    table = Table(title=title)
+    for column in ("skin group", "items", "high risk", "share high risk", "suspicious (medium+high)", "needs review"):
         table.add_column(column, justify="right" if column != "skin group" else "left")
     for group in summary["equity"]:
         table.add_row(
@@ -441,21 +546,25 @@ def _upload_all(
     columns = (TextColumn("uploading"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=False) as bar, ThreadPoolExecutor(concurrency) as pool:
         task = bar.add_task("upload", total=len(todo))
-        futures = {pool.submit(upload, client, batch_id, row, direct): row for row in todo}
+        futures: dict[Future[list[tuple[Row, Uploaded | Exception]]], list[Row]]
+        if direct:  # a few rows per call (upload_direct_chunk), enough chunks to keep every thread busy
+            size = max(1, min(DIRECT_CHUNK, -(-len(todo) // concurrency)))
+            chunks = [todo[n:n + size] for n in range(0, len(todo), size)]
+            futures = {pool.submit(upload_direct_chunk, client, batch_id, chunk): chunk for chunk in chunks}
+        else:
+            futures = {pool.submit(_upload_one, client, batch_id, row): [row] for row in todo}
         try:
             for future in as_completed(futures):
-                row = futures[future]
-                try:
-                    result = future.result()
-                except ValueError as exc:
-                    outcome.bad.append(BadRow(row.where, str(exc)))
-                except ConnectionError as exc:
-                    outcome.failed.append(BadRow(row.where, str(exc)))
-                else:
-                    outcome.landed += 1
-                    if result.warning:
-                        outcome.warnings.append(BadRow(row.where, result.warning))
-                bar.advance(task)
+                for row, result in future.result():
+                    if isinstance(result, Uploaded):
+                        outcome.landed += 1
+                        if result.warning:
+                            outcome.warnings.append(BadRow(row.where, result.warning))
+                    elif isinstance(result, ConnectionError):
+                        outcome.failed.append(BadRow(row.where, str(result)))
+                    else:
+                        outcome.bad.append(BadRow(row.where, str(result)))
+                    bar.advance(task)
         except Fatal as exc:
             for pending in futures:
                 pending.cancel()
@@ -508,9 +617,13 @@ def _write_triage(console, client, batch_id: str, out: Path) -> None:
         "GET", f"/v1/batches/{batch_id}/results", params={"format": "json", "items": "false"}
     ).json()["summary"]
     counts = summary["counts"]
+    if summary.get("weights_warning"):
+        console.print(summary["weights_warning"], style="bold red", markup=False)
+    weights = ", ".join(f"{status} {n}" for status, n in (summary.get("weights") or {}).items())
     console.print(
-        f"triage list: {out} — {counts['succeeded']} results ({summary['needs_review']} flagged for review), "
-        f"{counts['rejected']} to retake, {counts['failed']} failed"
+        f"triage list: {out} — {counts['succeeded']} results ("
+        + (f"weights: {weights}; " if weights else "")
+        + f"{summary['needs_review']} flagged for review), {counts['rejected']} to retake, {counts['failed']} failed"
     )
     if summary["retake"]:
         console.print("retakes by reason: " + ", ".join(f"{k} {v}" for k, v in summary["retake"].items()))

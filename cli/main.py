@@ -10,14 +10,14 @@ from pathlib import Path
 import click
 
 from shared.config import get_settings
+from shared.queues import ROLE_QUEUES, queue_list
 
-GPU_QUEUES = "analyze.interactive,analyze.bulk"
 ROLES = {
     # role: (queues, pool, default concurrency, preload models)
-    "gpu": (GPU_QUEUES, "prefork", 1, True),
-    "cpu": ("ingest,reports,maintenance", "prefork", 1, False),
-    "io": ("webhooks", "threads", 16, False),
-    "all": (GPU_QUEUES + ",ingest,reports,maintenance,webhooks", "prefork", 2, False),
+    "gpu": (queue_list(ROLE_QUEUES["gpu"]), "prefork", 1, True),
+    "cpu": (queue_list(ROLE_QUEUES["cpu"]), "prefork", 1, False),
+    "io": (queue_list(ROLE_QUEUES["io"]), "threads", 16, False),
+    "all": (queue_list(ROLE_QUEUES["all"]), "prefork", 2, False),
 }
 
 
@@ -301,19 +301,102 @@ def models() -> None:
 @models.command("import")
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--kind", type=click.Choice(["scalpel", "fusion"]), required=True)
-def models_import(checkpoint: Path, kind: str) -> None:
-    """Check that CHECKPOINT loads into the model, then install it into MODEL_DIR."""
-    from cli.models import import_checkpoint
+@click.option("--card", "card_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="model card JSON (default: <checkpoint>.card.json beside it, or the one embedded by training)")
+@click.option("--version", help="version name (default: the card's, else <kind>-N)")
+@click.option("--activate", is_flag=True, help="make it the active model at once")
+def models_import(checkpoint: Path, kind: str, card_path: Path | None, version: str | None, activate: bool) -> None:
+    """Check that CHECKPOINT loads into the model, then register it (object store + database,
+    as a candidate) when the stack is configured, and install it into MODEL_DIR when that is set."""
+    from cli.models import import_checkpoint, register_checkpoint
     from worker.pipeline.errors import ModelConfigError
 
     settings = get_settings()
-    if settings.model_dir is None:
-        raise click.ClickException("set DERMASENTINEL_MODEL_DIR to the folder that holds the checkpoints")
+    registry = bool(settings.database_url and settings.s3_endpoint)
+    if settings.model_dir is None and not registry:
+        raise click.ClickException(
+            "set DERMASENTINEL_MODEL_DIR to the folder that holds the checkpoints, or run the stack "
+            "(`dermasentinel up`) so the model registry can be used"
+        )
     try:
-        target, digest = import_checkpoint(checkpoint, kind, settings.model_dir)
-    except ModelConfigError as exc:
+        if registry:
+            row, created = register_checkpoint(settings, checkpoint, kind, card_path=card_path, version=version,
+                                               activate=activate)
+            state = "active" if activate else row["status"]
+            click.echo(f"{'registered' if created else 'already registered'} {kind} {row['version']} "
+                       f"({row['id']}, sha256 {row['sha256']}, weights {row['weights']}): {state}")
+            if not activate and row["status"] != "active":
+                click.echo(f"activate it with: dermasentinel models activate {kind} {row['version']}")
+        if settings.model_dir is not None:
+            target, digest = import_checkpoint(checkpoint, kind, settings.model_dir)
+            click.echo(f"installed {target} (sha256 {digest}); restart the GPU workers to use it")
+    except (ModelConfigError, ValueError) as exc:
         raise click.ClickException(f"{checkpoint} was not installed: {exc}") from None
-    click.echo(f"installed {target} (sha256 {digest}); restart the GPU workers to use it")
+
+
+@models.command("list")
+@click.option("--kind", type=click.Choice(["scalpel", "fusion"]))
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def models_list(kind: str | None, as_json: bool) -> None:
+    """Registered models, newest first, with status, calibration and validation metrics."""
+    from cli.models import registry_session
+    from shared import model_registry
+
+    with registry_session(get_settings()) as session:
+        rows = [model_registry.describe(row) for row in model_registry.list_models(session, kind)]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no registered models; workers use MODEL_DIR or untrained weights")
+    for row in rows:
+        auc = (row["metrics"] or {}).get("validation", {}).get("auc")
+        auc_text = f"val AUC {auc:.3f}" if auc is not None else ""
+        threshold = f"threshold {row['threshold']:.3f}" if row["threshold"] is not None else "threshold default"
+        click.echo(
+            f"{row['kind']:<8} {row['version']:<28} {row['status']:<9} {row['weights']:<9} {threshold:<19} "
+            f"{auc_text:<13} {row['sha256'][:12]}  {row['id']}"
+        )
+
+
+@models.command("activate")
+@click.argument("kind", type=click.Choice(["scalpel", "fusion"]))
+@click.argument("ref")
+def models_activate(kind: str, ref: str) -> None:
+    """Make model REF (version, id or sha256 prefix) of KIND active; GPU workers switch to it
+    between passes, within MODEL_CHECK_SECONDS, without a restart."""
+    from cli.models import registry_session
+    from shared import model_registry
+
+    try:
+        with registry_session(get_settings()) as session:
+            active, previous = model_registry.activate(session, kind, ref)
+            message = f"{kind} {active.version} is active"
+            if previous is not None:
+                message += f" (retired {previous.version})"
+    except (model_registry.ModelNotFound, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(message)
+
+
+@models.command("rollback")
+@click.argument("kind", type=click.Choice(["scalpel", "fusion"]))
+def models_rollback(kind: str) -> None:
+    """Retire the active model of KIND and re-activate the one active before it (none before
+    it: workers go back to MODEL_DIR or untrained weights)."""
+    from cli.models import registry_session
+    from shared import model_registry
+
+    try:
+        with registry_session(get_settings()) as session:
+            active, rolled_back = model_registry.rollback(session, kind)
+            message = f"retired {kind} {rolled_back.version}; " + (
+                f"{active.version} is active again" if active is not None
+                else "no registered model is active (MODEL_DIR or untrained weights)"
+            )
+    except model_registry.NothingToRollBack as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(message)
 
 
 @cli.group()
@@ -339,6 +422,11 @@ def feedback_export(out: Path, tenant_name: str | None, all_tenants: bool) -> No
 from cli.batch import batch  # noqa: E402  (registered last: it builds on the group above)
 
 cli.add_command(batch)
+
+from training.cli import evaluate, train  # noqa: E402  (model lifecycle commands, docs/MODELS.md)
+
+cli.add_command(train)
+cli.add_command(evaluate)
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []})

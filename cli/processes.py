@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
+from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 if TYPE_CHECKING:
     from shared.stack import Program
@@ -41,15 +42,14 @@ class Child:
 def spawn(name: str, args: list[str], env: dict[str, str], log_dir: Path) -> Child:
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
-    log_file = open(log_path, "ab")
-    process = subprocess.Popen(
-        [sys.executable, "-m", *args],
-        env=env,
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    log_file.close()
+    with open(log_path, "ab") as log_file:  # the child keeps its own copy of the descriptor
+        process = subprocess.Popen(
+            [sys.executable, "-m", *args],
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     return Child(name, process, log_path)
 
 
@@ -99,16 +99,23 @@ def stop_process(process: subprocess.Popen, grace: float = STOP_GRACE_SECONDS) -
             process.wait()
 
 
+def _is_false(value: bool) -> bool:
+    return not value
+
+
 def wait_http(url: str, process: subprocess.Popen, log: Path, timeout: float = 60.0) -> None:
     """Wait until ``url`` answers below 500, failing early (with the log) if ``process`` dies."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def answered() -> bool:
         if process.poll() is not None:
             raise RuntimeError(f"process exited early:\n{tail(log, 60)}")
         try:
-            if httpx.get(url, timeout=1.0).status_code < 500:
-                return
+            return httpx.get(url, timeout=1.0).status_code < 500
         except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} did not answer in {timeout:.0f}s:\n{tail(log, 60)}")
+            return False
+
+    until_answered = Retrying(stop=stop_after_delay(timeout), wait=wait_fixed(0.2), retry=retry_if_result(_is_false))
+    try:
+        until_answered(answered)
+    except RetryError:
+        raise RuntimeError(f"{url} did not answer in {timeout:.0f}s:\n{tail(log, 60)}") from None

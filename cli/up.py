@@ -8,9 +8,11 @@ import socket
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 import httpx
+from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from cli.processes import STOP_GRACE_SECONDS, free_port, program_launcher, tail
 from shared.config import ENV_PREFIX, Settings
@@ -87,20 +89,21 @@ def run_stack(host: str, port: int, demo: bool, exit_after_demo: bool) -> int:
         if port == 0 or not _port_free(host, port):
             port = free_port(host)
         api_url = f"http://{host}:{port}"
-        values = {
+        values: dict[str, str] = {
             "DATA_DIR": str(data_dir),
-            "DATABASE_URL": explicit.database_url or endpoints.database_url,
-            "BROKER_URL": explicit.broker_url or endpoints.broker_url,
-            "S3_ENDPOINT": explicit.s3_endpoint or endpoints.s3_endpoint,
-            "S3_ACCESS_KEY": explicit.s3_access_key or endpoints.s3_access_key,
-            "S3_SECRET_KEY": explicit.s3_secret_key.get_secret_value() or endpoints.s3_secret_key,
+            "DATABASE_URL": explicit.database_url or endpoints.database_url or "",
+            "BROKER_URL": explicit.broker_url or endpoints.broker_url or "",
+            "S3_ENDPOINT": explicit.s3_endpoint or endpoints.s3_endpoint or "",
+            "S3_ACCESS_KEY": explicit.s3_access_key or endpoints.s3_access_key or "",
+            "S3_SECRET_KEY": explicit.s3_secret_key.get_secret_value() or endpoints.s3_secret_key or "",
             "S3_SECURE": str(explicit.s3_secure if explicit.s3_endpoint else endpoints.s3_secure).lower(),
             "API_URL": api_url,
             # A person reads these logs: readable lines unless the operator chose a format.
             "LOG_FORMAT": explicit.log_format if explicit.log_format != "auto" else "console",
         }
         upgrade(values["DATABASE_URL"])
-        settings = Settings(**{k.lower(): v for k, v in values.items()}, _env_file=None)
+        fields: dict[str, Any] = {k.lower(): v for k, v in values.items()}
+        settings = Settings(**fields, _env_file=None)
         context = AppContext(settings)
         context.store.ensure_buckets()
         with session_scope(context.session_factory) as session:
@@ -160,20 +163,24 @@ def app_programs(host: str, port: int) -> list[tuple[str, list[str]]]:
 
 def _wait_ready(api_url: str, supervisor: Supervisor, timeout: float = 120.0) -> None:
     """Until the API says ready; a process that exits before then is a start-up failure, not a crash."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def ready() -> bool:
         for name, status in supervisor.exited().items():
             handle = supervisor.get(name)
-            raise click.ClickException(
-                f"{name} failed to start ({describe_exit(status)}):\n{tail(handle.process.log_path)}"
-            )
+            log = tail(handle.process.log_path) if handle else "(its log is in DATA_DIR/logs)"
+            raise click.ClickException(f"{name} failed to start ({describe_exit(status)}):\n{log}")
         try:
-            if httpx.get(f"{api_url}/readyz", timeout=2.0).status_code == 200:
-                return
+            return httpx.get(f"{api_url}/readyz", timeout=2.0).status_code == 200
         except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise click.ClickException(f"the API did not become ready within {timeout:.0f}s")
+            return False
+
+    until_ready = Retrying(
+        stop=stop_after_delay(timeout), wait=wait_fixed(0.5), retry=retry_if_result(lambda ok: not ok)
+    )
+    try:
+        until_ready(ready)
+    except RetryError:
+        raise click.ClickException(f"the API did not become ready within {timeout:.0f}s") from None
 
 
 class _DemoRun:

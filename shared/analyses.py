@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from celery import Celery
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, func, literal_column, or_, select, update
 from sqlalchemy.orm import Session
 
+from shared import clinical
 from shared.config import Settings, get_settings
 from shared.db import after_commit
 from shared.events import record_event
@@ -81,13 +82,38 @@ def analysis_record(analysis: Analysis) -> dict:
             "height": analysis.image_height,
             "sha256": analysis.image_sha256,
         },
-        "result": analysis.result,
-        "rejection": analysis.rejection,
-        "error": analysis.error,
-        "model": analysis.model,
+        "result": _result_view(analysis.result),
+        "rejection": _with_advice(analysis.rejection, clinical.retake_advice(_code(analysis.rejection))),
+        "error": _with_advice(analysis.error, clinical.FAILED_ADVICE),
+        "model": _model_view(analysis.model),
+        # Beside the result, so that views without the provenance (lists) still say it.
+        "weights": clinical.weights_status(analysis.model),
         "deadline_at": iso(analysis.deadline_at),
         "cancel_reason": analysis.cancel_reason,
     }
+
+
+def _code(outcome: dict | None) -> str | None:
+    return (outcome or {}).get("code")
+
+
+def _with_advice(outcome: dict | None, advice: str) -> dict | None:
+    """A rejection or error with ``advice``: what to do about it (shared.clinical's wording)."""
+    return {**outcome, "advice": advice} if outcome else outcome
+
+
+def _result_view(result: dict | None) -> dict | None:
+    if not result or "uncertainty" not in result:
+        return result
+    return {**result, "uncertainty_level": clinical.uncertainty_level(result["uncertainty"])}
+
+
+def _model_view(model: dict | None) -> dict | None:
+    """Provenance plus ``banner``: what to show above output from weights that are not
+    trained (None for trained weights)."""
+    if not model:
+        return model
+    return {**model, "banner": clinical.weights_banner(model.get("weights") or clinical.UNKNOWN_WEIGHTS)}
 
 
 def image_stored(analysis: Analysis) -> bool:
@@ -127,7 +153,8 @@ def event_data(settings: Settings, analysis: Analysis) -> dict:
     if analysis.model:
         data["weights"] = analysis.model.get("weights")
     if analysis.rejection:
-        data["rejection"] = {"code": analysis.rejection["code"]}
+        code = analysis.rejection["code"]
+        data["rejection"] = {"code": code, "advice": clinical.retake_advice(code)}
     if analysis.error:
         data["error"] = {"code": analysis.error["code"]}
     if analysis.cancel_reason:
@@ -587,6 +614,15 @@ def complete_batch_if_done(
         return False
     batch.completed_at = utcnow()
     counts = batch_counts(session, batch_id)
+    # Succeeded results per weights status: the payload says when they are not meaningful.
+    status = Analysis.model["weights"].as_string().label("weights_status")
+    weights: dict[str | None, int] = dict(
+        session.execute(
+            select(status, func.count())
+            .where(Analysis.batch_id == batch_id, Analysis.status == AnalysisStatus.succeeded.value)
+            .group_by(literal_column(status.name))  # by the output column: one copy of the expression
+        ).all()
+    )
     record_event(
         session,
         celery,
@@ -597,6 +633,7 @@ def complete_batch_if_done(
             "name": batch.name,
             "external_id": batch.external_id,
             "counts": counts,
+            **clinical.weights_summary(weights),
             "links": {
                 "self": f"{api_base(settings)}/v1/batches/{batch.id}",
                 "results": f"{api_base(settings)}/v1/batches/{batch.id}/results?order=risk",

@@ -7,14 +7,18 @@ read as a lower-priority source, so client commands reach that stack without exp
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 import limits
 from cryptography.fernet import Fernet
-from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from limits import RateLimitItem
+from pydantic import Field, InstanceOf, NonNegativeInt, SecretStr, field_serializer, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from shared.ssrf import AllowRule, parse_allow_cidrs
 
 ENV_PREFIX = "DERMASENTINEL_"
 DEV_S3_KEYS = {"minioadmin", "dermasentinel-dev"}
@@ -22,6 +26,32 @@ DEV_S3_KEYS = {"minioadmin", "dermasentinel-dev"}
 
 # Encrypts webhook secrets outside production only; production refuses it.
 DEV_SECRET_KEY = "ZGVybWFzZW50aW5lbC1kZXZlbG9wbWVudC1rZXktMDE="
+
+
+# Delay before each webhook retry, after an immediate first attempt: 5 s, 5 min, 30 min, 2 h,
+# 5 h, 10 h, 10 h, 14 h, 20 h, 24 h -- 11 attempts over about 3.6 days.
+DEFAULT_RETRY_SCHEDULE: tuple[int, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000, 50400, 72000, 86400)
+DEFAULT_RETRY_SCHEDULE_SETTING = ",".join(str(s) for s in DEFAULT_RETRY_SCHEDULE)
+_SECONDS = re.compile(r"[0-9]+")
+
+
+def parse_retry_schedule(value: str) -> list[int]:
+    """Parse `WEBHOOK_RETRY_SCHEDULE`: seconds to wait before each retry, comma-separated.
+
+    An empty value means a single attempt and no retries.
+    """
+    if not value.strip():
+        return []
+    schedule: list[int] = []
+    for item in value.split(","):
+        item = item.strip()
+        if not _SECONDS.fullmatch(item):
+            raise ValueError(
+                f"WEBHOOK_RETRY_SCHEDULE entry {item!r} is not a whole number of seconds; "
+                f"write it like {DEFAULT_RETRY_SCHEDULE_SETTING!r}"
+            )
+        schedule.append(int(item))
+    return schedule
 
 
 def _split_keys(value: str) -> list[str]:
@@ -57,6 +87,7 @@ class Settings(BaseSettings):
 
     model_dir: Path | None = None
     segmenter: Literal["auto", "unet", "classical"] = "auto"
+    vqa_model_dir: Path | None = None  # issue 15: local BLIP VQA/captioning files only (docs/CLINICIANS.md)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     fusion_seed: int = 0
     seg_size: int = Field(default=512, ge=64, le=2048)
@@ -78,6 +109,8 @@ class Settings(BaseSettings):
     batch_fill_ms: float | None = Field(default=None, ge=0, le=1000)  # unset: 5 on CUDA, 0 on CPU
     decode_reduced: bool = False  # JPEG DCT-scaled decode when the photo dwarfs every working size
     host_threads: int = Field(default=2, ge=1, le=32)  # fetch/decode and post-process/write pools
+    # GPU workers read the active model version at most this often (docs/MODELS.md).
+    model_check_seconds: float = Field(default=5.0, ge=0)
 
     max_attempts: int = Field(default=3, ge=1, le=20)
     stuck_after_seconds: int = Field(default=300, ge=5)
@@ -85,8 +118,10 @@ class Settings(BaseSettings):
     idempotency_ttl_hours: int = Field(default=48, ge=24)
     retention_days: int = Field(default=0, ge=0)
 
-    webhook_retry_schedule: str = "5,300,1800,7200,18000,36000,36000,50400,72000,86400"
-    webhook_allow_cidrs: str = ""
+    # Parsed once, here: the environment spells them as text (comma-separated, "10/minute"),
+    # the code reads typed values (docs/LAYOUT.md).
+    webhook_retry_schedule: Annotated[tuple[NonNegativeInt, ...], NoDecode] = DEFAULT_RETRY_SCHEDULE
+    webhook_allow_cidrs: Annotated[tuple[AllowRule, ...], NoDecode] = ()
     webhook_timeout_seconds: float = 10.0
     webhook_disable_after_days: int = 5
     webhook_dispatch_interval_seconds: float = 5.0
@@ -109,7 +144,7 @@ class Settings(BaseSettings):
     secret_key: SecretStr = SecretStr("")
     webhook_connect_timeout_seconds: float = Field(default=3.0, gt=0, le=60)
     webhook_tenant_concurrency: int = Field(default=4, ge=1, le=256)
-    webhook_test_rate: str = "10/minute"
+    webhook_test_rate: Annotated[InstanceOf[RateLimitItem], NoDecode] = limits.parse("10/minute")
     webhook_endpoints_per_tenant: int = Field(default=20, ge=1)
     webhook_secret_grace_hours: float = Field(default=24.0, ge=0, le=24 * 7)
     api_keys_per_tenant: int = Field(default=20, ge=1)
@@ -176,23 +211,23 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _refuse_open_transport(self) -> "Settings":
+    def _refuse_open_transport(self) -> Settings:
         # Issue 10: links carrying PHI only over https, and no allow list that opens everything.
         if self.environment != "production":
             return self
         for name, url in (("PUBLIC_URL", self.public_url), ("API_URL", self.api_url)):
             if url.lower().startswith("http://"):
                 raise ValueError(f"production refuses an http {ENV_PREFIX}{name}; serve it over https")
-        for entry in self.webhook_allow_cidrs.replace(";", ",").split(","):
-            if entry.strip().split("@")[-1].startswith(("0.0.0.0/0", "::/0", "[::]/0")):
+        for rule in self.webhook_allow_cidrs:
+            if rule.network.prefixlen == 0:
                 raise ValueError(
-                    f"production refuses {entry.strip()!r} in {ENV_PREFIX}WEBHOOK_ALLOW_CIDRS: "
+                    f"production refuses {str(rule)!r} in {ENV_PREFIX}WEBHOOK_ALLOW_CIDRS: "
                     "it lets webhooks reach every internal address; list the EHR hosts instead"
                 )
         return self
 
     @model_validator(mode="after")
-    def _refuse_default_secrets(self) -> "Settings":
+    def _refuse_default_secrets(self) -> Settings:
         if self.environment != "production":
             return self
         missing = [
@@ -232,14 +267,32 @@ class Settings(BaseSettings):
                 ) from None
         return value
 
-    @field_validator("webhook_test_rate")
+    @field_validator("webhook_test_rate", mode="before")
     @classmethod
-    def _rate(cls, value: str) -> str:
+    def _rate(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
         try:
-            limits.parse(value)
+            return limits.parse(value)
         except ValueError:
             raise ValueError(f"{value!r} is not a rate like '10/minute' or '100 per hour'") from None
-        return value
+
+    @field_validator("webhook_retry_schedule", mode="before")
+    @classmethod
+    def _retry_schedule(cls, value: Any) -> Any:
+        return tuple(parse_retry_schedule(value)) if isinstance(value, str) else value
+
+    @field_validator("webhook_allow_cidrs", mode="before")
+    @classmethod
+    def _allow_cidrs(cls, value: Any) -> Any:
+        return tuple(parse_allow_cidrs(value)) if isinstance(value, str) else value
+
+    @field_serializer("webhook_retry_schedule", "webhook_allow_cidrs", "webhook_test_rate")
+    def _as_setting_text(self, value: tuple[int, ...] | tuple[AllowRule, ...] | RateLimitItem) -> str:
+        # The spelling the environment uses, so `as_env` hands child processes the same values.
+        if isinstance(value, RateLimitItem):
+            return str(value)
+        return ",".join(str(item) for item in value)
 
     @property
     def secret_keys(self) -> list[str]:
@@ -256,6 +309,11 @@ class Settings(BaseSettings):
 
     def bucket(self, purpose: str) -> str:
         return f"{self.s3_bucket_prefix}-{purpose}"
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with ``changes`` parsed and checked like values from the environment
+        (``model_copy(update=...)`` skips validation: a retry schedule given as text would stay text)."""
+        return type(self)(**{**self.model_dump(), **changes}, _env_file=None)
 
     def as_env(self) -> dict[str, str]:
         """These settings as the DERMASENTINEL_* environment of a child process."""

@@ -10,12 +10,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import kombu.exceptions
 import redis.exceptions
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 
 from shared.config import Settings
 
@@ -32,7 +33,7 @@ def make_engine(settings: Settings, **kwargs) -> Engine:
         raise RuntimeError(
             "DERMASENTINEL_DATABASE_URL is not set; run `dermasentinel up` or point it at Postgres"
         )
-    options = {
+    options: dict[str, Any] = {
         "pool_pre_ping": True,
         "pool_size": settings.db_pool_size,
         "max_overflow": settings.db_max_overflow,
@@ -69,18 +70,24 @@ def postgres_connect_args(settings: Settings) -> dict:
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     factory = sessionmaker(bind=engine, expire_on_commit=False, autoflush=False)
     event.listen(factory, "after_commit", _run_after_commit)
-    event.listen(factory, "after_rollback", _drop_after_commit)
+    event.listen(factory, "after_soft_rollback", _drop_after_commit)
     return factory
 
 
 def after_commit(session: Session, callback: Callable[[], None]) -> None:
-    """Run ``callback`` once the session's current transaction commits; drop it on rollback."""
-    session.info.setdefault(_AFTER_COMMIT, []).append(callback)
+    """Run ``callback`` once the session's current transaction commits; drop it on rollback.
+
+    Inside a savepoint (``begin_nested``) the callback belongs to that savepoint: rolling the
+    savepoint back drops it and nothing registered outside it."""
+    owner = session.get_nested_transaction() or session.get_transaction()
+    session.info.setdefault(_AFTER_COMMIT, []).append((owner, callback))
 
 
 def _run_after_commit(session: Session) -> None:
+    if session.in_nested_transaction():
+        return  # a savepoint was released; its hand-offs wait for the real commit
     callbacks = session.info.pop(_AFTER_COMMIT, [])
-    for callback in callbacks:
+    for _owner, callback in callbacks:
         try:
             callback()
         except BROKER_DOWN as exc:
@@ -94,8 +101,21 @@ def _run_after_commit(session: Session) -> None:
             log.exception("post-commit hand-off failed; the sweeper will retry it")
 
 
-def _drop_after_commit(session: Session) -> None:
-    session.info.pop(_AFTER_COMMIT, None)
+def _drop_after_commit(session: Session, previous_transaction: SessionTransaction) -> None:
+    if not previous_transaction.nested:
+        session.info.pop(_AFTER_COMMIT, None)
+        return
+    # A savepoint rolled back: drop what was registered inside it (or inside savepoints
+    # nested in it), keep the rest for the enclosing transaction's commit.
+    def inside(owner: SessionTransaction | None) -> bool:
+        while owner is not None:
+            if owner is previous_transaction:
+                return True
+            owner = owner.parent
+        return False
+
+    kept = [(owner, cb) for owner, cb in session.info.get(_AFTER_COMMIT, []) if not inside(owner)]
+    session.info[_AFTER_COMMIT] = kept
 
 
 @contextmanager

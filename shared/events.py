@@ -7,7 +7,7 @@ transaction commits; the periodic dispatcher picks up any whose wake-up was lost
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from celery import Celery
 from sqlalchemy import select
@@ -47,7 +47,7 @@ def record_event(
     event_id = new_event_id()
     payload = {
         "type": type,
-        "timestamp": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
+        "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
         "data": data,
     }
     statement = (

@@ -1,8 +1,11 @@
-"""Turning uploaded bytes into a clean image: type from content, pixel limits, metadata gone.
+"""The one image decoder, and turning uploaded bytes into a clean image.
 
-Shared by the API (multipart uploads) and the ingest worker (direct uploads), so both accept
-and refuse exactly the same files. No FastAPI here: refusals are ``ImageRejected`` with the
-problem code and HTTP status the API answers for them (api.uploads maps them to problems).
+``decode`` (type from content, pixel limits, optional DCT-scaled JPEG decode, EXIF
+orientation) is used by the API and the ingest worker through ``clean_image`` (metadata
+gone, sRGB, re-encoded), and by the pipeline (``worker.pipeline.decode``), so every path
+accepts and refuses the same files for the same reasons. No FastAPI here: refusals are
+``ImageRejected`` with the problem code and HTTP status the API answers for them
+(api.uploads maps them to problems; the pipeline to an ``unreadable_image`` rejection).
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+CONTENT_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png"}
+EXTENSIONS = {"JPEG": "jpg", "PNG": "png"}
 
 
 class ImageRejected(Exception):
@@ -58,23 +63,49 @@ class CleanImage:
     original_sha256: str
 
 
-def clean_image(raw: bytes, max_pixels: int, max_side: int = 4096) -> CleanImage:
-    """Decide the type from the bytes, decode within pixel limits, and re-encode the pixels
-    alone: EXIF (GPS, dates, serials), JPEG comments, XMP, ICC profiles (whose text can name
-    a patient) and PNG text chunks never reach storage. A photo with an ICC profile is
-    converted to sRGB first, so its colours (and the ITA measured from them) stay right.
+ACCEPTED = "JPEG or PNG"
+# Everything Pillow raises for data it cannot parse (including malformed EXIF read while
+# turning the image upright): an unreadable image, never a 500.
+_UNREADABLE = (UnidentifiedImageError, OSError, EOFError, SyntaxError, ValueError, TypeError, KeyError, IndexError,
+               struct.error)
 
-    One full-size copy at a time: orientation is applied in place, the colour conversion
-    replaces the decoded image, and JPEGs much larger than ``max_side`` decode DCT-scaled."""
+
+@dataclass
+class DecodedImage:
+    image: Image.Image
+    """Loaded and upright (EXIF orientation applied), in the mode it was stored in; the caller closes it."""
+    format: str
+    """``JPEG`` or ``PNG``, judged from the content."""
+    icc_profile: bytes | None
+    source_size: tuple[int, int]
+    """(height, width) of the upload as sent, upright, whatever DCT scaling decoded."""
+
+
+def decode(
+    raw: bytes,
+    max_pixels: int,
+    *,
+    max_side: int | None = None,
+    keep: tuple[int, int] | None = None,
+    min_side: int = 1,
+) -> DecodedImage:
+    """Decide the type from the bytes, check the pixel count from the header before any pixel
+    data is decompressed (a small file claiming a huge canvas is refused cheaply), decode, and
+    turn the image upright.
+
+    A JPEG can decode DCT-scaled (Pillow's ``draft``: 1/2, 1/4 or 1/8, never below the size
+    asked for): with ``max_side``, one whose long side is over it keeps at least ``max_side``
+    on its long side; with ``keep`` = (short side, long side), the smallest scale whose sides
+    still reach ``keep``. PNGs always decode at full size. Raises ``ImageRejected``."""
     if not raw:
         raise UnreadableImageError("the image file is empty")
     if raw.startswith(JPEG_MAGIC):
-        fmt, content_type, extension = "JPEG", "image/jpeg", "jpg"
+        fmt = "JPEG"
     elif raw.startswith(PNG_MAGIC):
-        fmt, content_type, extension = "PNG", "image/png", "png"
+        fmt = "PNG"
     else:
         raise UnsupportedImageError(
-            "the file is not a JPEG or PNG image (judged from its content, not its name or declared type)"
+            f"the file is not a readable {ACCEPTED} image (judged from its content, not its name or declared type)"
         )
     try:
         with warnings.catch_warnings():
@@ -83,25 +114,58 @@ def clean_image(raw: bytes, max_pixels: int, max_side: int = 4096) -> CleanImage
             width, height = image.size
             if width * height > max_pixels:
                 raise ImageTooLargeError(
-                    f"the image is {width}x{height} pixels, over the {max_pixels:,}-pixel limit; downscale it"
+                    f"the image is {width}x{height} = {width * height} pixels, above the limit of {max_pixels}; "
+                    "downscale it or send a smaller image"
                 )
-            if fmt == "JPEG" and max(width, height) > max_side:
-                scale = max_side / max(width, height)
-                image.draft(image.mode, (math.ceil(width * scale), math.ceil(height * scale)))
+            if min(width, height) < min_side:
+                raise UnreadableImageError(f"the image is {width}x{height} pixels, too small to analyse")
+            if fmt == "JPEG":
+                draft_size = _draft_size(width, height, max_side, keep)
+                if draft_size is not None:
+                    image.draft(image.mode, draft_size)
             image.load()
             icc_profile = image.info.get("icc_profile")
-            # Reads EXIF (PNG eXIf too): malformed metadata is an unreadable image, not a 500.
+            stored_wide = image.width > image.height
             ImageOps.exif_transpose(image, in_place=True)
-    except ImageTooLargeError:
+    except ImageRejected:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageTooLargeError(f"the image exceeds the {max_pixels:,}-pixel limit") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, TypeError, KeyError, IndexError,
-            struct.error) as exc:
-        raise UnreadableImageError(
-            f"the {fmt} data could not be decoded ({type(exc).__name__}); the file may be truncated or corrupt"
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLargeError(
+            f"the image is above the limit of {max_pixels} pixels ({exc}); downscale it or send a smaller image"
         ) from None
-    pixels = _to_srgb(image, icc_profile)
+    except _UNREADABLE as exc:
+        raise UnreadableImageError(
+            f"the {fmt} data could not be decoded ({type(exc).__name__}); the file may be corrupt or truncated"
+        ) from None
+    # A quarter turn in the EXIF tag swaps the sides (square images are unaffected).
+    turned = (image.width > image.height) != stored_wide
+    return DecodedImage(image, fmt, icc_profile, (width, height) if turned else (height, width))
+
+
+def _draft_size(
+    width: int, height: int, max_side: int | None, keep: tuple[int, int] | None
+) -> tuple[int, int] | None:
+    """The smallest (width, height) a DCT-scaled decode must still reach, or None for full size."""
+    if keep is not None:
+        short, long = keep
+        return (long, short) if width >= height else (short, long)
+    if max_side is not None and max(width, height) > max_side:
+        scale = max_side / max(width, height)
+        return math.ceil(width * scale), math.ceil(height * scale)
+    return None
+
+
+def clean_image(raw: bytes, max_pixels: int, max_side: int = 4096) -> CleanImage:
+    """Decode (``decode``: type from content, pixel limits, upright) and re-encode the pixels
+    alone: EXIF (GPS, dates, serials), JPEG comments, XMP, ICC profiles (whose text can name
+    a patient) and PNG text chunks never reach storage. A photo with an ICC profile is
+    converted to sRGB first, so its colours (and the ITA measured from them) stay right.
+
+    One full-size copy at a time: orientation is applied in place, the colour conversion
+    replaces the decoded image, and JPEGs much larger than ``max_side`` decode DCT-scaled."""
+    decoded = decode(raw, max_pixels, max_side=max_side)
+    image, fmt = decoded.image, decoded.format
+    pixels = _to_srgb(image, decoded.icc_profile)
     if pixels is not image:
         image.close()
     pixels.info = {}  # what the encoder would copy: comment, icc_profile, exif, xmp, dpi, text
@@ -112,8 +176,8 @@ def clean_image(raw: bytes, max_pixels: int, max_side: int = 4096) -> CleanImage
         pixels.save(out, format="PNG", optimize=False)
     clean = CleanImage(
         data=out.getvalue(),
-        content_type=content_type,
-        extension=extension,
+        content_type=CONTENT_TYPES[fmt],
+        extension=EXTENSIONS[fmt],
         width=pixels.width,
         height=pixels.height,
         original_sha256=hashlib.sha256(raw).hexdigest(),
@@ -134,9 +198,9 @@ def _to_srgb(image: Image.Image, icc_profile: bytes | None) -> Image.Image:
             source = ImageCms.ImageCmsProfile(io.BytesIO(icc_profile))
             if image.mode not in ("RGB", "CMYK", "L"):
                 image = image.convert("RGB")
-            return ImageCms.profileToProfile(
-                image, source, _srgb(), outputMode="RGB", inPlace=False
-            )
+            converted = ImageCms.profileToProfile(image, source, _srgb(), outputMode="RGB", inPlace=False)
+            if converted is not None:
+                return converted
         except (ImageCms.PyCMSError, OSError, ValueError):
             pass  # an unusable profile: treat the pixels as sRGB, as browsers do
     return image if image.mode == "RGB" else image.convert("RGB")

@@ -24,7 +24,6 @@ from shared.config import Settings
 from shared.logs import REQUEST_ID_HEADER, current_request_id
 from shared.queues import Queue, TaskName, analysis_queue
 
-
 # Where each task goes unless the sender names a queue (analyses name their lane).
 TASK_ROUTES = {
     TaskName.analyze.value: {"queue": Queue.analyze_interactive.value},

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any
 
 import structlog
 from structlog.contextvars import bind_contextvars, bound_contextvars, get_contextvars
@@ -43,7 +44,7 @@ def drop_patient_metadata(_: WrappedLogger, __: str, event_dict: EventDict) -> E
     return _without_patient_keys(event_dict)
 
 
-def _without_patient_keys(mapping: dict) -> dict:
+def _without_patient_keys(mapping: Mapping[str, Any]) -> dict[str, Any]:
     cleaned = {}
     for key, value in mapping.items():
         if isinstance(key, str) and key.lower() in PATIENT_KEYS:

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from prometheus_client import Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import text
+from sqlalchemy.engine import Engine
 
 from shared.queues import Queue
 
@@ -135,7 +136,7 @@ class BacklogCollector:
 
     def __init__(self, settings, *, timeout: float = 0.5, cache_seconds: float = 2.0):
         self.settings = settings
-        self._engine = None
+        self._engine: Engine | None = None
         self.timeout = timeout
         self.cache_seconds = cache_seconds
         self._lock = threading.Lock()
@@ -187,7 +188,7 @@ class BacklogCollector:
             return False
         finally:
             client.close()
-        for queue, length in zip(Queue, lengths):
+        for queue, length in zip(Queue, lengths, strict=True):
             family.add_metric([queue.value], float(length))
         return True
 
@@ -208,11 +209,10 @@ class BacklogCollector:
 
     def _read_jobs(self, jobs: GaugeMetricFamily, oldest: GaugeMetricFamily) -> bool:
         try:
-            with self.engine().connect() as connection:
-                with connection.begin():
-                    connection.execute(text(f"SET LOCAL statement_timeout = {int(self.timeout * 1000)}"))
-                    connection.execute(text(f"SET LOCAL lock_timeout = {int(self.timeout * 1000)}"))
-                    rows = connection.execute(_BACKLOG_SQL).all()
+            with self.engine().connect() as connection, connection.begin():
+                connection.execute(text(f"SET LOCAL statement_timeout = {int(self.timeout * 1000)}"))
+                connection.execute(text(f"SET LOCAL lock_timeout = {int(self.timeout * 1000)}"))
+                rows = connection.execute(_BACKLOG_SQL).all()
         except Exception as exc:
             log.warning("job counts unavailable (%s)", type(exc).__name__)
             return False

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import secrets
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,6 +12,7 @@ from alembic.config import Config
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -26,17 +26,13 @@ def alembic_config(database_url: str) -> Config:
 
 def wait_for_database(database_url: str, timeout: float = 60.0) -> None:
     engine = create_engine(database_url, pool_pre_ping=True)
-    deadline = time.monotonic() + timeout
     try:
-        while True:
-            try:
-                with engine.connect() as connection:
-                    connection.execute(text("SELECT 1"))
-                return
-            except OperationalError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
+        for attempt in Retrying(
+            stop=stop_after_delay(timeout), wait=wait_fixed(0.5), retry=retry_if_exception_type(OperationalError),
+            reraise=True,
+        ):
+            with attempt, engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
     finally:
         engine.dispose()
 

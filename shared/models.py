@@ -37,7 +37,7 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
 
 
-class AnalysisStatus(str, enum.Enum):
+class AnalysisStatus(enum.StrEnum):
     queued = "queued"
     processing = "processing"
     succeeded = "succeeded"
@@ -49,7 +49,7 @@ class AnalysisStatus(str, enum.Enum):
 ACTIVE_STATUSES = frozenset({AnalysisStatus.queued, AnalysisStatus.processing})
 
 
-class Priority(str, enum.Enum):
+class Priority(enum.StrEnum):
     interactive = "interactive"
     bulk = "bulk"
 
@@ -117,15 +117,25 @@ class Analysis(Base):
             postgresql_where=text("status IN ('queued', 'processing')"),
         ),
         # Fault tolerance (docs/FAULTS.md): the sweeper's two small work lists.
-        Index("ix_analyses_retry_due", "not_before", postgresql_where=text("status = 'queued' AND not_before IS NOT NULL")),
-        Index("ix_analyses_report_pending", "report_requested_at", postgresql_where=text("report_requested_at IS NOT NULL")),
+        Index(
+            "ix_analyses_retry_due", "not_before", postgresql_where=text("status = 'queued' AND not_before IS NOT NULL")
+        ),
+        Index(
+            "ix_analyses_report_pending",
+            "report_requested_at",
+            postgresql_where=text("report_requested_at IS NOT NULL"),
+        ),
         # Direct uploads and expiry (docs/UPLOADS_AND_EXPIRY.md): the sweeper's lists.
         Index(
             "ix_analyses_deadline",
             "deadline_at",
             postgresql_where=text("status IN ('queued', 'processing') AND deadline_at IS NOT NULL"),
         ),
-        Index("ix_analyses_ingest_pending", "ingest_requested_at", postgresql_where=text("ingest_requested_at IS NOT NULL")),
+        Index(
+            "ix_analyses_ingest_pending",
+            "ingest_requested_at",
+            postgresql_where=text("ingest_requested_at IS NOT NULL"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=_uuid)
@@ -188,6 +198,11 @@ class Analysis(Base):
     # has not happened, when it was last asked for; the job is not claimable until then.
     upload_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
     ingest_requested_at: Mapped[datetime | None] = mapped_column(TZ)
+    # Model lifecycle (docs/MODELS.md): a re-run of another analysis on a newer model keeps
+    # both results; this row is the re-run and names the analysis it repeats.
+    reprocessed_from: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("analyses.id", ondelete="SET NULL"), index=True
+    )
 
 
 class Upload(Base):
@@ -236,6 +251,23 @@ class Feedback(Base):
     created_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
 
 
+class AnalysisQuestion(Base):
+    """A clinician's question about one analysis and the answers given (issue 15; audit)."""
+
+    __tablename__ = "analysis_questions"
+    __table_args__ = (Index("ix_analysis_questions_analysis_created", "analysis_id", "created_at"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=_uuid)
+    analysis_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("analyses.id", ondelete="CASCADE"))
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    question: Mapped[str] = mapped_column(Text)
+    # shared.questions.GroundedAnswer.as_dict(): text, cited, intents, outside_scope.
+    answer: Mapped[dict] = mapped_column(JSONB)
+    # Only with VQA_MODEL_DIR: {status: pending|done|failed, text, model, label}.
+    model_answer: Mapped[dict | None] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
+
+
 class Event(Base):
     """Outbox: written in the same transaction as the state change it reports."""
 
@@ -256,6 +288,10 @@ class Event(Base):
 
 class WebhookEndpoint(Base):
     __tablename__ = "webhook_endpoints"
+    __table_args__ = (
+        # The tenant-wide endpoints (fan-out, list, quota) without the per-request ones.
+        Index("ix_webhook_endpoints_tenant_shared", "tenant_id", postgresql_where=text("analysis_id IS NULL")),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=_uuid)
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
@@ -272,6 +308,20 @@ class WebhookEndpoint(Base):
     disabled_reason: Mapped[str | None] = mapped_column(String(300))
     failing_since: Mapped[datetime | None] = mapped_column(TZ)
     created_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
+    # A per-request webhook (`webhook_url` on POST /v1/analyses): this analysis' events only;
+    # deleted with the analysis. NULL for the tenant-wide endpoints.
+    analysis_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("analyses.id", ondelete="CASCADE"), unique=True, index=True
+    )
+
+
+class DeliveryStatus(enum.StrEnum):
+    """A webhook delivery's state: stored in ``webhook_deliveries.status`` and shown in the deliveries log."""
+
+    pending = "pending"
+    delivered = "delivered"
+    failed = "failed"  # the schedule ran out, or the endpoint was disabled while retrying
+    skipped = "skipped"  # the endpoint was disabled before this delivery's turn
 
 
 class WebhookDelivery(Base):
@@ -286,7 +336,7 @@ class WebhookDelivery(Base):
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
     endpoint_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("webhook_endpoints.id", ondelete="CASCADE"))
     event_id: Mapped[str] = mapped_column(ForeignKey("events.id", ondelete="CASCADE"))
-    status: Mapped[str] = mapped_column(String(16), default="pending")
+    status: Mapped[str] = mapped_column(String(16), default=DeliveryStatus.pending.value)
     attempt_count: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime | None] = mapped_column(TZ, server_default=func.now())
     last_status_code: Mapped[int | None] = mapped_column(Integer)
@@ -308,3 +358,34 @@ class WebhookAttempt(Base):
     latency_ms: Mapped[float | None] = mapped_column(Float)
     error: Mapped[str | None] = mapped_column(String(500))
     response_excerpt: Mapped[str | None] = mapped_column(Text)
+
+
+class ModelStatus(enum.StrEnum):
+    candidate = "candidate"
+    active = "active"
+    retired = "retired"
+
+
+class ModelVersion(Base):
+    """A checkpoint in the object store and what is known about it (docs/MODELS.md). At most
+    one row per kind is ``active``: the GPU workers run it, switching between passes."""
+
+    __tablename__ = "models"
+    __table_args__ = (
+        UniqueConstraint("kind", "version", name="uq_models_kind_version"),
+        UniqueConstraint("kind", "sha256", name="uq_models_kind_sha256"),
+        Index("uq_models_active_kind", "kind", unique=True, postgresql_where=text("status = 'active'")),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=_uuid)
+    kind: Mapped[str] = mapped_column(String(16))  # scalpel | fusion
+    version: Mapped[str] = mapped_column(String(100))
+    sha256: Mapped[str] = mapped_column(String(64))
+    object_key: Mapped[str] = mapped_column(String(300))
+    card: Mapped[dict] = mapped_column(JSONB, default=dict)
+    metrics: Mapped[dict] = mapped_column(JSONB, default=dict)
+    threshold: Mapped[float | None] = mapped_column(Float)
+    temperature: Mapped[float | None] = mapped_column(Float)
+    status: Mapped[str] = mapped_column(String(16), default=ModelStatus.candidate.value)
+    created_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
+    activated_at: Mapped[datetime | None] = mapped_column(TZ)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import enum
 
 
-class Queue(str, enum.Enum):
+class Queue(enum.StrEnum):
     analyze_interactive = "analyze.interactive"
     analyze_bulk = "analyze.bulk"
     reports = "reports"
@@ -15,7 +15,7 @@ class Queue(str, enum.Enum):
     ingest = "ingest"
 
 
-class TaskName(str, enum.Enum):
+class TaskName(enum.StrEnum):
     analyze = "dermasentinel.analysis.run"
     build_report = "dermasentinel.reports.build"
     dispatch_event = "dermasentinel.webhooks.dispatch_event"
@@ -24,6 +24,23 @@ class TaskName(str, enum.Enum):
     sweep = "dermasentinel.maintenance.sweep"
     purge = "dermasentinel.maintenance.purge"
     ingest_upload = "dermasentinel.uploads.ingest"
+
+
+ANALYSIS_QUEUES: tuple[Queue, ...] = (Queue.analyze_interactive, Queue.analyze_bulk)
+
+# The queues each worker role consumes (`dermasentinel worker --role`): gpu runs the models,
+# cpu the image ingest, reports and the sweeper, io the webhook sends; all is every queue.
+ROLE_QUEUES: dict[str, tuple[Queue, ...]] = {
+    "gpu": ANALYSIS_QUEUES,
+    "cpu": (Queue.ingest, Queue.reports, Queue.maintenance),
+    "io": (Queue.webhooks,),
+    "all": (*ANALYSIS_QUEUES, Queue.ingest, Queue.reports, Queue.maintenance, Queue.webhooks),
+}
+
+
+def queue_list(queues: tuple[Queue, ...]) -> str:
+    """Queue names as Celery's ``--queues`` option takes them."""
+    return ",".join(queue.value for queue in queues)
 
 
 def analysis_queue(priority: str) -> Queue:

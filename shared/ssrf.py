@@ -83,6 +83,13 @@ class AllowRule:
             return False
         return self.tenant_id is None or (tenant_id is not None and str(tenant_id) == self.tenant_id)
 
+    def __str__(self) -> str:
+        """The entry as `WEBHOOK_ALLOW_CIDRS` spells it (parses back to an equal rule)."""
+        text = str(self.network)
+        if self.port is not None:
+            text = f"[{text}]:{self.port}" if self.network.version == 6 else f"{text}:{self.port}"
+        return f"{self.tenant_id}@{text}" if self.tenant_id else text
+
 
 AllowList = Iterable[AllowRule | IPNetwork]
 

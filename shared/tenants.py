@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
@@ -44,7 +44,7 @@ class KeyInfo:
     revoked_at: datetime | None
 
     @classmethod
-    def of(cls, key: ApiKey) -> "KeyInfo":
+    def of(cls, key: ApiKey) -> KeyInfo:
         return cls(key.id, key.tenant_id, key.prefix, key.label, key.created_at, key.last_used_at, key.revoked_at)
 
 
@@ -155,4 +155,4 @@ def _add_key(session: Session, tenant_id: uuid.UUID, label: str | None) -> str:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)

@@ -11,7 +11,7 @@ import re
 import secrets
 import uuid
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from standardwebhooks import Webhook
 
@@ -62,10 +62,10 @@ def _as_utc(timestamp: datetime | int) -> datetime:
     if isinstance(timestamp, bool) or not isinstance(timestamp, (int, datetime)):
         raise TypeError("webhook timestamp must be Unix seconds (int) or an aware datetime")
     if isinstance(timestamp, int):
-        return datetime.fromtimestamp(timestamp, tz=timezone.utc)
+        return datetime.fromtimestamp(timestamp, tz=UTC)
     if timestamp.tzinfo is None or timestamp.utcoffset() is None:
         raise ValueError("webhook timestamp datetime must be timezone-aware")
-    return timestamp.astimezone(timezone.utc).replace(microsecond=0)
+    return timestamp.astimezone(UTC).replace(microsecond=0)
 
 
 def signing_secrets(

@@ -86,7 +86,8 @@ def _check_cli(args: list[str]) -> None:
     try:
         command.make_context(" ".join(path), list(args))
     except click.ClickException as exc:
-        raise AssertionError(f"`{' '.join(path)} {' '.join(args)}` is rejected by the CLI: {exc.format_message()}") from None
+        command_line = " ".join([*path, *args])
+        raise AssertionError(f"`{command_line}` is rejected by the CLI: {exc.format_message()}") from None
 
 
 def _commands_run(service: dict) -> list[list[str]]:
@@ -103,7 +104,7 @@ def _commands_run(service: dict) -> list[list[str]]:
 
 def test_app_services_run_real_cli_commands(compose):
     services = compose["services"]
-    assert APP_SERVICES <= set(services), f"missing services: {APP_SERVICES - set(services)}"
+    assert set(services) >= APP_SERVICES, f"missing services: {APP_SERVICES - set(services)}"
     expected = {
         "migrate": ["migrate"],
         "api": ["api", "--host", "0.0.0.0"],
@@ -116,7 +117,7 @@ def test_app_services_run_real_cli_commands(compose):
         command = _command(services[name])
         assert command[:1] == ["dermasentinel"], f"{name} runs {command}"
         assert command[1:1 + len(prefix)] == prefix, f"{name} runs {command}, expected dermasentinel {prefix}…"
-    for name, service in services.items():
+    for service in services.values():
         for args in _commands_run(service):
             _check_cli([_resolve_defaults(arg) for arg in args])
 
@@ -217,7 +218,9 @@ def test_dependencies_wait_for_healthy_services(compose):
         for dep, cond in depends.items():
             assert dep in services, f"{name} depends on unknown service {dep}"
             if cond["condition"] == "service_healthy":
-                assert services[dep].get("healthcheck"), f"{name} waits for {dep} to be healthy, but it has no healthcheck"
+                assert services[dep].get("healthcheck"), (
+                    f"{name} waits for {dep} to be healthy, but it has no healthcheck"
+                )
     for worker in ("worker-gpu", "worker-cpu", "worker-io", "beat"):
         depends = services[worker]["depends_on"]
         assert depends["migrate"]["condition"] == "service_completed_successfully", worker
@@ -250,7 +253,9 @@ def test_gpu_worker_reserves_an_nvidia_device_and_reads_models_read_only(compose
     model_dir = env[f"{ENV_PREFIX}MODEL_DIR"]
     volumes = [_resolve_defaults(v) for v in gpu.get("volumes", []) if isinstance(v, str)]
     mounts = [v for v in volumes if v.split(":")[1:2] == [model_dir]]
-    assert mounts and mounts[0].endswith(":ro"), f"MODEL_DIR {model_dir} must be mounted read-only: {gpu.get('volumes')}"
+    assert mounts and mounts[0].endswith(":ro"), (
+        f"MODEL_DIR {model_dir} must be mounted read-only: {gpu.get('volumes')}"
+    )
     for other in ("worker-cpu", "worker-io", "api"):
         assert "deploy" not in compose["services"][other], f"{other} should not hold a GPU"
 
@@ -294,14 +299,15 @@ def test_docker_compose_config_validates_offline(tmp_path):
     assert resolved.returncode == 0, resolved.stderr
     config = yaml.safe_load(resolved.stdout)
     services = config["services"]
-    assert APP_SERVICES <= set(services)
+    assert set(services) >= APP_SERVICES
     api_env = _environment(services["api"])
     assert api_env[f"{ENV_PREFIX}BROKER_URL"] == "redis://:redis-test-secret@redis:6379/0"
     assert api_env[f"{ENV_PREFIX}S3_SECRET_KEY"] == "s3-test-secret-key"
     assert services["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"
     # The settings every app container gets are ones the app accepts in production.
     for name in APP_SERVICES:
-        env = {k[len(ENV_PREFIX):].lower(): v for k, v in _environment(services[name]).items() if k.startswith(ENV_PREFIX)}
+        environment = _environment(services[name])
+        env = {k[len(ENV_PREFIX):].lower(): v for k, v in environment.items() if k.startswith(ENV_PREFIX)}
         Settings(_env_file=None, **env)
 
 

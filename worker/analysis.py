@@ -8,25 +8,36 @@ lane) and batch k-1 is post-processed (ABCD, ITA, artifacts) and written (the fi
 Each lane spreads its per-image work over a small thread pool; decoding, OpenCV, NumPy, S3
 and Postgres calls release the GIL. Claims and fencing are ``shared.analyses``'s, unchanged:
 every outcome is written with its claim's attempt, so a fenced-off job writes nothing.
+
+Models switch without a restart (docs/MODELS.md): when a batch is loaded, the process's
+``ModelSwitch`` reads the registry's active versions (at most every ``MODEL_CHECK_SECONDS``)
+and, if they changed, builds a pipeline on the new checkpoints; each batch runs start to
+finish on the pipeline it was loaded with, and its results record that pipeline's models.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+import threading
 import time
 import uuid
+import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 from minio.error import S3Error
 
 from shared import analyses as lifecycle
+from shared import model_registry
 from shared.analyses import Claim
 from shared.context import AppContext
 from shared.db import session_scope
+from shared.jobs import JobNotRun
 from shared.logs import current_request_id, log_context
 from shared.metrics import ANALYSES_FINISHED, StageClock, observe_pass, observe_stage
-from shared.jobs import JobNotRun
 from shared.models import AnalysisStatus
 from shared.storage import ARTIFACTS, IMAGES, artifact_key
 from worker.reporting.scribe import build_scribe_note
@@ -46,6 +57,7 @@ OVERLAY_NAME, OVERLAY_TYPE = "overlay.jpg", "image/jpeg"
 class _Batch:
     claims: list[Claim]
     prepared: object | None = None  # the pipeline's PreparedBatch
+    pipeline: object | None = None  # the pipeline that prepared it, and runs and records it
     error: Exception | None = None
     finished_early: int = 0  # jobs recorded while loading (their image was gone)
     load_s: float = 0.0  # seconds: fetch + prepare, networks, post-process + write
@@ -74,13 +86,118 @@ def run_analysis(context: AppContext, pipeline, analysis_id: uuid.UUID) -> int:
         return engine.drain(claims, prefetch_lane, finish_lane)
 
 
+class ModelSwitch:
+    """Keeps one process's pipeline on the model registry's active versions.
+
+    ``base`` is the pipeline the process started with (``MODEL_DIR`` checkpoints, or seeded
+    untrained weights): it serves whenever no model is active, and lends its options, device
+    and backend to the pipelines built for active models. Checkpoints are fetched from the
+    object store once and cached under ``DATA_DIR/models`` by sha256.
+    """
+
+    def __init__(self, context: AppContext, base) -> None:
+        self.context = context
+        self._base = weakref.ref(base)  # kept alive by its owner (the runtime, a test)
+        self.current = base
+        self.active_key: tuple = ()
+        self.checked_at = float("-inf")
+        self.last_switch_seconds: float | None = None
+        self._lock = threading.Lock()
+
+    def pipeline(self):
+        """The pipeline for the next pass (switched first, if the active models changed)."""
+        with self._lock:
+            interval = self.context.settings.model_check_seconds
+            if time.monotonic() - self.checked_at < interval:
+                return self.current
+            self.checked_at = time.monotonic()
+            try:
+                with session_scope(self.context.session_factory) as session:
+                    active = model_registry.active_models(session)
+            except Exception as exc:  # the database is away: keep serving the models held
+                log.warning("models: could not read the active versions (%s); keeping the current ones",
+                            type(exc).__name__)
+                return self.current
+            key = tuple(sorted((kind, str(model.id)) for kind, model in active.items()))
+            if key == self.active_key:
+                return self.current
+            started = time.perf_counter()
+            try:
+                pipeline = self._build(active) if active else self._base()
+            except Exception:  # a broken checkpoint must not stop the worker: keep the old models
+                log.exception("models: could not switch to %s; keeping the current ones", _names(active))
+                return self.current
+            self.current, self.active_key = pipeline, key
+            self.last_switch_seconds = time.perf_counter() - started
+            log.info("models: switched to %s in %.2f s (download, load, backend build)",
+                     _names(active) or "the built-in models", self.last_switch_seconds)
+            return pipeline
+
+    def _build(self, active: dict):
+        from worker.pipeline.pipeline import Pipeline
+        from worker.pipeline.registry import ModelRegistry, ModelSource
+
+        base = self._base()
+        settings = self.context.settings
+        sources = {
+            kind: ModelSource(
+                path=self._cached_checkpoint(model), registry_id=str(model.id), version=model.version,
+                card=model.card, threshold=model.threshold, temperature=model.temperature,
+            )
+            for kind, model in active.items()
+        }
+        registry = ModelRegistry.load(
+            settings.model_dir,
+            device=str(base.registry.device),
+            segmenter=settings.segmenter,
+            seed=base.registry.fusion_seed if base.registry.fusion_seed is not None else settings.fusion_seed,
+            backend=base.registry.backend,
+            scalpel_source=sources.get("scalpel"),
+            fusion_source=sources.get("fusion"),
+        )
+        pipeline = Pipeline(registry, base.options)
+        release_freed_memory()
+        return pipeline
+
+    def _cached_checkpoint(self, model) -> Path:
+        folder = self.context.settings.data_dir / "models"
+        path = folder / f"{model.kind}-{model.sha256}.pth"
+        if path.is_file():
+            return path
+        data = model_registry.read_checkpoint(self.context.store, model)
+        if hashlib.sha256(data).hexdigest() != model.sha256:
+            raise ValueError(f"{model.kind} {model.version}: the stored checkpoint does not match its sha256")
+        folder.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+        partial.write_bytes(data)
+        os.replace(partial, path)
+        return path
+
+
+_switches: weakref.WeakKeyDictionary[object, ModelSwitch] = weakref.WeakKeyDictionary()
+_switches_lock = threading.Lock()
+
+
+def model_switch(context: AppContext, base) -> ModelSwitch:
+    """The process's switch for the pipeline it started with (one per base pipeline)."""
+    with _switches_lock:
+        switch = _switches.get(base)
+        if switch is None:
+            switch = _switches[base] = ModelSwitch(context, base)
+        return switch
+
+
+def _names(active: dict) -> str:
+    return ", ".join(f"{kind} {model.version}" for kind, model in sorted(active.items()))
+
+
 class _Engine:
     def __init__(self, context: AppContext, pipeline, analysis_id: uuid.UUID, host: ThreadPoolExecutor) -> None:
         self.context = context
         self.pipeline = pipeline
         self.analysis_id = analysis_id
         self.host = host
-        self.provenance = pipeline.registry.provenance()
+        self.switch = model_switch(context, pipeline)
         self.fill_seconds = (_fill_ms(context.settings, pipeline)) / 1000.0
         self.request_id = current_request_id()  # the task's own; pool threads do not inherit it
 
@@ -114,7 +231,7 @@ class _Engine:
                 self._stage(finish_lane, c, stage)
 
             try:
-                self.pipeline.infer(batch.prepared, on_stage=on_stage)
+                batch.pipeline.infer(batch.prepared, on_stage=on_stage)
                 clock.stop()
                 observe_pass(len(batch.claims), self.context.settings.gpu_batch_size)
             except Exception as exc:
@@ -169,12 +286,15 @@ class _Engine:
             return batch
         started = time.perf_counter()
         try:
+            # Between passes: the models this batch runs on, switched first if the active
+            # versions changed.
+            batch.pipeline = self.switch.pipeline()
             images = list(self.host.map(self._fetch, batch.claims))
             # A job whose stored image is gone fails on its own; it must not take the rest
             # of the pass (and their attempts) down with it.
             missing = [c for c, data in zip(batch.claims, images) if data is None]
             for claim in missing:
-                self._record_outcome(claim, _MissingImage())
+                self._record_outcome(claim, _MissingImage(), batch.pipeline)
             if missing:
                 kept = [(c, data) for c, data in zip(batch.claims, images) if data is not None]
                 batch.claims = [c for c, _ in kept]
@@ -188,7 +308,7 @@ class _Engine:
                 LesionInput(image=data, age=c.age, sex=c.sex, site=c.site, pixel_spacing_mm=c.pixel_spacing_mm)
                 for c, data in zip(batch.claims, images)
             ]
-            batch.prepared = self.pipeline.prepare(items, map=self.host.map)
+            batch.prepared = batch.pipeline.prepare(items, map=self.host.map)
             batch.load_s = time.perf_counter() - started
             observe_stage("decode", time.perf_counter() - fetched)
         except Exception as exc:  # handed to the network thread, which releases and re-raises
@@ -215,10 +335,12 @@ class _Engine:
 
     def _finish(self, batch: _Batch) -> int:
         started = time.perf_counter()
-        outcomes = self.pipeline.complete(batch.prepared, map=self.host.map)
+        outcomes = batch.pipeline.complete(batch.prepared, map=self.host.map)
         written = time.perf_counter()
         observe_stage("artifacts", written - started)
-        finished = sum(self.host.map(lambda pair: self._record_outcome(*pair), zip(batch.claims, outcomes)))
+        finished = sum(self.host.map(
+            lambda pair: self._record_outcome(*pair, batch.pipeline), zip(batch.claims, outcomes)
+        ))
         observe_stage("write", time.perf_counter() - written)
         batch.prepared = None
         release_freed_memory()  # the batch's images and tensors, back to the OS (off the network thread)
@@ -228,17 +350,16 @@ class _Engine:
         )
         return finished
 
-    def _record_outcome(self, claim: Claim, outcome) -> int:
+    def _record_outcome(self, claim: Claim, outcome, pipeline) -> int:
         # Each outcome under its own ids; the request id only for the task's own analysis.
         own = claim.analysis_id == self.analysis_id
         with log_context(analysis_id=claim.analysis_id, tenant_id=claim.tenant_id,
                          request_id=self.request_id if own else None):
-            return self._record_outcome_in_context(claim, outcome)
+            return self._record_outcome_in_context(claim, outcome, pipeline.registry.provenance())
 
-    def _record_outcome_in_context(self, claim: Claim, outcome) -> int:
+    def _record_outcome_in_context(self, claim: Claim, outcome, provenance: dict) -> int:
         from worker.pipeline.pipeline import Finding, Rejection
 
-        provenance = self.provenance
         if isinstance(outcome, Finding):
             return _record_finding(self.context, claim, outcome, provenance)
         if isinstance(outcome, Rejection):

@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 import uuid
+from typing import Any
 
 import redis.exceptions
 from celery import Celery
@@ -36,13 +37,14 @@ from shared.jobs import (
     report_gpu_worker,
     set_worker_identity,
 )
-from shared.queues import Queue, TaskName
+from shared.queues import ANALYSIS_QUEUES, Queue, TaskName
 from worker import runtime as runtime_module
 
 log = logging.getLogger(__name__)
 TRANSIENT = (*INFRASTRUCTURE_ERRORS, MinioException)
-RETRY = {"autoretry_for": TRANSIENT, "retry_backoff": 2, "retry_backoff_max": 60, "retry_jitter": True, "max_retries": 5}
-ANALYSIS_QUEUES = (Queue.analyze_interactive.value, Queue.analyze_bulk.value)
+RETRY: dict[str, Any] = {
+    "autoretry_for": TRANSIENT, "retry_backoff": 2, "retry_backoff_max": 60, "retry_jitter": True, "max_retries": 5,
+}
 # A pool process whose models cannot load hands each message it already took back after
 # this pause, so a worker that cannot stop consuming never spins.
 STEP_ASIDE_PAUSE_SECONDS = 5.0
@@ -95,9 +97,9 @@ class GpuMembership:
         self.beat()
         for queue in ANALYSIS_QUEUES:
             try:
-                app.control.cancel_consumer(queue, destination=[self.hostname], reply=False)
+                app.control.cancel_consumer(queue.value, destination=[self.hostname], reply=False)
             except Exception as control_exc:  # the pause in the task still prevents a hot loop
-                log.warning("could not stop consuming %s (%s)", queue, type(control_exc).__name__)
+                log.warning("could not stop consuming %s (%s)", queue.value, type(control_exc).__name__)
 
 
 _membership: GpuMembership | None = None
@@ -157,7 +159,7 @@ def serve_metrics(settings: Settings) -> int | None:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         multiprocess.MultiProcessCollector(registry)
     else:  # a worker started without prepare_metrics_dir: only this process's figures
-        from prometheus_client import REGISTRY as registry  # noqa: N811
+        from prometheus_client import REGISTRY as registry
     server, _ = start_http_server(settings.metrics_port, registry=registry)
     port = server.server_port
     log.info("worker metrics on port %d", port)
@@ -226,7 +228,7 @@ def gpu_membership() -> GpuMembership | None:
 
 
 def _serves_analyses(app: Celery) -> bool:
-    return any(q in app.amqp.queues.consume_from for q in ANALYSIS_QUEUES)
+    return any(queue.value in app.amqp.queues.consume_from for queue in ANALYSIS_QUEUES)
 
 
 def create_celery(settings: Settings | None = None, *, preload_models: bool = False) -> Celery:

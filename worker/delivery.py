@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextvars
 import functools
 import random
-import re
 import ssl
 import time
 import typing
@@ -27,6 +26,7 @@ from dataclasses import dataclass, replace
 import httpcore
 import httpx
 
+from shared.config import DEFAULT_RETRY_SCHEDULE, parse_retry_schedule  # noqa: F401 (re-exported)
 from shared.ssrf import AllowList, IPAddress, UnsafeURLError, is_internal, resolve_and_check
 from shared.webhook_signing import sign
 
@@ -36,13 +36,6 @@ DEFAULT_CONNECT_TIMEOUT_S = 3.0
 NO_RESPONSE = "no_response"
 RESPONSE_EXCERPT_BYTES = 1024
 RETRY_JITTER = 0.2
-# Delay before each retry, after an immediate first attempt: 5 s, 5 min, 30 min, 2 h, 5 h,
-# 10 h, 10 h, 14 h, 20 h, 24 h -- 11 attempts over about 3.6 days.
-DEFAULT_RETRY_SCHEDULE: tuple[int, ...] = (
-    5, 300, 1800, 7200, 18000, 36000, 36000, 50400, 72000, 86400,
-)
-DEFAULT_RETRY_SCHEDULE_SETTING = ",".join(str(s) for s in DEFAULT_RETRY_SCHEDULE)
-_SECONDS = re.compile(r"[0-9]+")
 
 
 @dataclass(frozen=True)
@@ -62,7 +55,7 @@ class AttemptResult:
     internal: bool = False
     """The target is a non-public address admitted by the allow list."""
 
-    def as_logged(self) -> "AttemptResult":
+    def as_logged(self) -> AttemptResult:
         """What the delivery log may keep: everything for public targets; for internal ones
         the status code and error class only (connection failures all read `no_response`)."""
         if not self.internal:
@@ -175,25 +168,6 @@ def deliver(
 def _timeouts(remaining: float, connect_timeout: float) -> httpx.Timeout:
     remaining = max(remaining, 0.001)
     return httpx.Timeout(remaining, connect=min(connect_timeout, remaining))
-
-
-def parse_retry_schedule(value: str) -> list[int]:
-    """Parse `WEBHOOK_RETRY_SCHEDULE`: seconds to wait before each retry, comma-separated.
-
-    An empty value means a single attempt and no retries.
-    """
-    if not value.strip():
-        return []
-    schedule: list[int] = []
-    for item in value.split(","):
-        item = item.strip()
-        if not _SECONDS.fullmatch(item):
-            raise ValueError(
-                f"WEBHOOK_RETRY_SCHEDULE entry {item!r} is not a whole number of seconds; "
-                f"write it like {DEFAULT_RETRY_SCHEDULE_SETTING!r}"
-            )
-        schedule.append(int(item))
-    return schedule
 
 
 class _Uniform(typing.Protocol):

@@ -32,7 +32,8 @@ RESEND_LIMIT = 200
 
 def broker_queue_length(context: AppContext, queue: str) -> int:
     with context.celery.connection_for_read() as connection:
-        return int(connection.default_channel.client.llen(queue))
+        # Redis transport: the channel holds a redis-py client (kombu's generic type does not say so).
+        return int(connection.default_channel.client.llen(queue))  # type: ignore[attr-defined]
 
 
 def live_gpu_workers(context: AppContext) -> list[str] | None:

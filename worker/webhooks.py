@@ -16,12 +16,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from functools import lru_cache
+from functools import lru_cache, partial
 
 import redis
 from redis.exceptions import LockError
 from redis.lock import Lock
-from sqlalchemy import or_, select, update
+from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert
 
 from shared.analyses import utcnow
@@ -31,11 +31,10 @@ from shared.events import undispatched_event_ids
 from shared.jobs import enqueue_delivery, enqueue_event_dispatch
 from shared.logs import log_context
 from shared.metrics import WEBHOOK_DELIVERIES, WEBHOOK_DELIVERY_SECONDS
-from shared.models import Event, WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from shared.models import DeliveryStatus, Event, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from shared.security import secret_box
-from shared.ssrf import parse_allow_cidrs
 from shared.webhook_signing import signing_secrets
-from worker.delivery import AttemptResult, deliver, next_attempt_delay, parse_retry_schedule
+from worker.delivery import AttemptResult, deliver, next_attempt_delay
 
 log = logging.getLogger(__name__)
 WAKE_LEASE = timedelta(minutes=2)
@@ -50,6 +49,47 @@ def _subscribed(endpoint: WebhookEndpoint, event: Event) -> bool:
     return not endpoint.events or event.type in endpoint.events
 
 
+def _analysis_of(event: Event) -> uuid.UUID | None:
+    """The analysis an ``analysis.*`` event reports on (its ``data.id``); None for others."""
+    if not event.type.startswith("analysis."):
+        return None
+    try:
+        return uuid.UUID(str(event.payload["data"]["id"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _candidates(session, event: Event) -> list[WebhookEndpoint]:
+    """The endpoints that may get this event: the one a test event names; else the tenant's
+    enabled tenant-wide endpoints, plus the per-request webhook of the event's analysis (a
+    per-request endpoint never sees another analysis' events, nor batch events)."""
+    if event.only_endpoint_id is not None:
+        return list(session.execute(
+            select(WebhookEndpoint).where(
+                WebhookEndpoint.id == event.only_endpoint_id, WebhookEndpoint.tenant_id == event.tenant_id
+            )
+        ).scalars())
+    # Two indexed lookups rather than one OR: the tenant-wide rows have their own partial index.
+    shared = list(session.execute(
+        select(WebhookEndpoint).where(
+            WebhookEndpoint.tenant_id == event.tenant_id,
+            WebhookEndpoint.analysis_id.is_(None),
+            WebhookEndpoint.enabled.is_(True),
+        )
+    ).scalars())
+    analysis_id = _analysis_of(event)
+    if analysis_id is None:
+        return shared
+    own = session.execute(
+        select(WebhookEndpoint).where(
+            WebhookEndpoint.analysis_id == analysis_id,
+            WebhookEndpoint.tenant_id == event.tenant_id,
+            WebhookEndpoint.enabled.is_(True),
+        )
+    ).scalars()
+    return shared + list(own)
+
+
 def dispatch_event(context: AppContext, event_id: str) -> int:
     """Create one delivery per subscribed endpoint (once), then wake their senders."""
     with session_scope(context.session_factory) as session:
@@ -58,12 +98,7 @@ def dispatch_event(context: AppContext, event_id: str) -> int:
         ).scalar_one_or_none()
         if event is None or event.dispatched_at is not None:
             return 0
-        endpoints = session.execute(
-            select(WebhookEndpoint).where(
-                WebhookEndpoint.tenant_id == event.tenant_id,
-                or_(WebhookEndpoint.enabled.is_(True), WebhookEndpoint.id == event.only_endpoint_id),
-            )
-        ).scalars()
+        endpoints = _candidates(session, event)
         created: list[uuid.UUID] = []
         for endpoint in endpoints:
             if not _subscribed(endpoint, event):
@@ -84,7 +119,7 @@ def dispatch_event(context: AppContext, event_id: str) -> int:
                 created.append(delivery_id)
         event.dispatched_at = utcnow()
         for delivery_id in created:
-            after_commit(session, lambda d=delivery_id: enqueue_delivery(context.celery, d))
+            after_commit(session, partial(enqueue_delivery, context.celery, delivery_id))
     return len(created)
 
 
@@ -121,7 +156,7 @@ def deliver_one(context: AppContext, delivery_id: uuid.UUID, client=None) -> str
             claim.secrets,
             claim.msg_id,
             claim.body,
-            allow_cidrs=parse_allow_cidrs(settings.webhook_allow_cidrs),
+            allow_cidrs=settings.webhook_allow_cidrs,
             timeout=settings.webhook_timeout_seconds,
             connect_timeout=settings.webhook_connect_timeout_seconds,
             client=client,
@@ -136,7 +171,7 @@ def _observe_attempt(claim: _Claim, outcome: AttemptResult, status: str | None) 
     """One line and the metrics per attempt; the receiver's URL stays out (it may be internal)."""
     if outcome.ok:
         result = "delivered"
-    elif status == "failed":
+    elif status == DeliveryStatus.failed:
         result = "failed"  # the last attempt of the schedule, or the endpoint was disabled
     else:
         result = "retry"
@@ -158,7 +193,7 @@ def _claim(context: AppContext, delivery_id: uuid.UUID, slot_free: Callable[[uui
             select(WebhookDelivery).where(WebhookDelivery.id == delivery_id).with_for_update(skip_locked=True)
         ).scalar_one_or_none()
         now = utcnow()
-        if delivery is None or delivery.status != "pending":
+        if delivery is None or delivery.status != DeliveryStatus.pending:
             return None
         if delivery.next_attempt_at and delivery.next_attempt_at > now + WAKE_LEASE + timedelta(seconds=1):
             return None  # a duplicate wake-up for an attempt scheduled later, or one in flight
@@ -170,7 +205,7 @@ def _claim(context: AppContext, delivery_id: uuid.UUID, slot_free: Callable[[uui
         # tenant asked for goes out (to check a receiver before re-enabling it), never retries.
         explicit_test = event.only_endpoint_id == endpoint.id and delivery.attempt_count == 0
         if not endpoint.enabled and not explicit_test:
-            delivery.status = "skipped"
+            delivery.status = DeliveryStatus.skipped
             delivery.last_error = f"endpoint disabled: {endpoint.disabled_reason or 'by the tenant'}"
             delivery.next_attempt_at = None
             return delivery.status
@@ -200,12 +235,13 @@ def _claim(context: AppContext, delivery_id: uuid.UUID, slot_free: Callable[[uui
 
 def _record(context: AppContext, claim: _Claim, outcome: AttemptResult) -> str | None:
     settings = context.settings
-    schedule = parse_retry_schedule(settings.webhook_retry_schedule)
+    schedule = settings.webhook_retry_schedule
     with session_scope(context.session_factory) as session:
         delivery = session.execute(
             select(WebhookDelivery).where(WebhookDelivery.id == claim.delivery_id).with_for_update()
         ).scalar_one_or_none()
-        if delivery is None or delivery.status != "pending" or delivery.attempt_count != claim.attempt_count:
+        taken_over = delivery is not None and delivery.attempt_count != claim.attempt_count
+        if delivery is None or delivery.status != DeliveryStatus.pending or taken_over:
             return None  # deleted, resent by hand or taken over while we were sending
         endpoint = session.get(WebhookEndpoint, delivery.endpoint_id)
         if endpoint is None:
@@ -224,7 +260,7 @@ def _record(context: AppContext, claim: _Claim, outcome: AttemptResult) -> str |
             )
         )
         if outcome.ok:
-            delivery.status = "delivered"
+            delivery.status = DeliveryStatus.delivered
             delivery.delivered_at = now
             delivery.next_attempt_at = None
             endpoint.failing_since = None
@@ -237,7 +273,7 @@ def _record(context: AppContext, claim: _Claim, outcome: AttemptResult) -> str |
             _disable(endpoint, f"failing continuously for over {settings.webhook_disable_after_days} days")
         delay = next_attempt_delay(delivery.attempt_count, schedule) if endpoint.enabled else None
         if delay is None:
-            delivery.status = "failed"
+            delivery.status = DeliveryStatus.failed
             delivery.next_attempt_at = None
         else:
             delivery.next_attempt_at = now + timedelta(seconds=delay)
@@ -300,7 +336,7 @@ def dispatch_due(context: AppContext, limit: int = 500) -> dict[str, int]:
     with session_scope(context.session_factory) as session:
         due = session.execute(
             select(WebhookDelivery.id)
-            .where(WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= now)
+            .where(WebhookDelivery.status == DeliveryStatus.pending, WebhookDelivery.next_attempt_at <= now)
             .order_by(WebhookDelivery.next_attempt_at)
             .limit(limit)
             .with_for_update(skip_locked=True)
@@ -313,8 +349,8 @@ def dispatch_due(context: AppContext, limit: int = 500) -> dict[str, int]:
                 .execution_options(synchronize_session=False)
             )
         for delivery_id in due:
-            after_commit(session, lambda d=delivery_id: enqueue_delivery(context.celery, d))
+            after_commit(session, partial(enqueue_delivery, context.celery, delivery_id))
         stale_events = undispatched_event_ids(session, now - timedelta(seconds=30), limit)
         for event_id in stale_events:
-            after_commit(session, lambda e=event_id: enqueue_event_dispatch(context.celery, e))
+            after_commit(session, partial(enqueue_event_dispatch, context.celery, event_id))
     return {"deliveries": len(due), "events": len(stale_events)}

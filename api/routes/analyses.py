@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from typing import Annotated, Literal
 
@@ -12,16 +13,43 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from pydantic import ValidationError
 
 from api.deps import CapacityDep, ContextDep, CurrentTenant, SessionDep, in_session, parse_id
-from api.problems import BadRequest, NotReady, PayloadTooLarge, Unprocessable
+from api.middleware import DEADLINE_EXTENSION
+from api.problems import BadRequest, NotReady, PayloadTooLarge, Unprocessable, problems
 from api.services import analyses as service
+from api.services import webhook_endpoints
 from api.uploads import clean_image, read_multipart
 from shared import analyses as lifecycle
 from shared.models import Analysis
-from shared.schemas import AnalysisInputs, FeedbackIn, parse_duration
+from shared.schemas import (
+    CANCEL_AFTER_SCHEMA,
+    AnalysisInputs,
+    AnalysisOut,
+    AnalysisPage,
+    FeedbackIn,
+    FeedbackOut,
+    RequestWebhookIn,
+    parse_duration,
+)
 from shared.storage import ARTIFACTS
 
 router = APIRouter(prefix="/v1/analyses", tags=["analyses"])
 
+def _input_properties() -> dict:
+    """The form fields' schemas from ``AnalysisInputs`` itself (one source for what is
+    checked and what is documented); optional fields are simply left out, never null."""
+    properties = {}
+    schemas = {**AnalysisInputs.model_json_schema()["properties"], **RequestWebhookIn.model_json_schema()["properties"]}
+    for name, schema in schemas.items():
+        options = [option for option in schema.get("anyOf", [schema]) if option.get("type") != "null"]
+        documented = {k: v for k, v in options[0].items() if k != "title"}
+        if schema.get("description"):
+            documented["description"] = schema["description"]
+        properties[name] = documented
+    properties["cancel_after"] = CANCEL_AFTER_SCHEMA
+    return properties
+
+
+UPLOAD_ID = {"type": "string", "format": "uuid", "description": "the id of a direct upload (POST /v1/uploads)"}
 SUBMIT_SCHEMA = {
     "requestBody": {
         "required": True,
@@ -29,29 +57,11 @@ SUBMIT_SCHEMA = {
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
+                    "description": "The photo as `image`, or the `upload_id` of a direct upload instead (not both)",
                     "properties": {
                         "image": {"type": "string", "format": "binary", "description": "JPEG or PNG"},
-                        "upload_id": {
-                            "type": "string", "format": "uuid",
-                            "description": "instead of image: the id of a direct upload (POST /v1/uploads)",
-                        },
-                        "cancel_after": {
-                            "type": "string",
-                            "description": "deadline, as the Cancel-After header: 90s, 5m, 1h30m or seconds",
-                        },
-                        "age": {"type": "integer", "minimum": 0, "maximum": 120},
-                        "sex": {"type": "string", "enum": ["male", "female", "unknown"]},
-                        "site": {
-                            "type": "string",
-                            "enum": [
-                                "head/neck", "upper extremity", "lower extremity", "torso",
-                                "palms/soles", "oral/genital", "unknown",
-                            ],
-                        },
-                        "pixel_spacing_mm": {"type": "number", "exclusiveMinimum": 0},
-                        "external_id": {"type": "string", "maxLength": 200},
-                        "batch_id": {"type": "string", "format": "uuid"},
-                        "priority": {"type": "string", "enum": ["interactive", "bulk"]},
+                        "upload_id": UPLOAD_ID,
+                        **_input_properties(),
                     },
                 }
             },
@@ -59,17 +69,7 @@ SUBMIT_SCHEMA = {
                 "schema": {
                     "type": "object",
                     "required": ["upload_id"],
-                    "properties": {
-                        "upload_id": {"type": "string", "format": "uuid"},
-                        "cancel_after": {"type": ["string", "number"]},
-                        "age": {"type": "integer", "minimum": 0, "maximum": 120},
-                        "sex": {"type": "string", "enum": ["male", "female", "unknown"]},
-                        "site": {"type": "string"},
-                        "pixel_spacing_mm": {"type": "number", "exclusiveMinimum": 0},
-                        "external_id": {"type": "string", "maxLength": 200},
-                        "batch_id": {"type": "string", "format": "uuid"},
-                        "priority": {"type": "string", "enum": ["interactive", "bulk"]},
-                    },
+                    "properties": {"upload_id": UPLOAD_ID, **_input_properties()},
                 }
             },
         },
@@ -115,6 +115,33 @@ def _parse_inputs(fields: dict) -> AnalysisInputs:
         raise Unprocessable(
             "; ".join(f"{e['field']}: {e['message']}" for e in errors), errors=errors
         ) from None
+
+
+WEBHOOK_FIELDS = tuple(RequestWebhookIn.model_fields)
+
+
+async def _request_webhook(context, tenant, fields: dict) -> service.RequestWebhook | None:
+    """``webhook_url`` and ``webhook_events_filter`` taken out of ``fields``: the URL goes
+    through the same SSRF check as a registered endpoint (DNS resolution, in a thread, with
+    no database connection held), 422 when refused."""
+    values = {name: fields.pop(name) for name in WEBHOOK_FIELDS if name in fields}
+    values = {k: v for k, v in values.items() if v != "" and v is not None}
+    if not values:
+        return None
+    try:
+        hook = RequestWebhookIn.model_validate(values)
+    except ValidationError as exc:
+        errors = [
+            {"field": ".".join(str(p) for p in err["loc"]) or "form", "message": err["msg"]}
+            for err in exc.errors()
+        ]
+        raise Unprocessable(
+            "; ".join(f"{e['field']}: {e['message']}" for e in errors), errors=errors
+        ) from None
+    if hook.webhook_url is None:
+        raise _field_error("webhook_events_filter", "needs a webhook_url")
+    url = await run_in_threadpool(webhook_endpoints.checked_url, context, str(hook.webhook_url), tenant)
+    return service.RequestWebhook(url, tuple(sorted(set(hook.webhook_events_filter or ()))))
 
 
 def _field_error(field: str, message: str) -> Unprocessable:
@@ -163,7 +190,40 @@ def _is_json(request: Request) -> bool:
     return request.headers.get("content-type", "").split(";")[0].strip().lower() == "application/json"
 
 
-@router.post("", status_code=202, openapi_extra=SUBMIT_SCHEMA, summary="Submit an image for analysis")
+SUBMIT_ERRORS = problems(
+    (400, "No image and no upload_id, both, or a body that is not JSON"),
+    (409, "`type` …/batch_sealed: the batch takes no new items (create a new batch); …/conflict: the "
+     "Idempotency-Key was used for another request, or the direct upload was used, expired or never arrived"),
+    (404, "No upload with that `upload_id`"),
+    413,
+    415,
+)
+
+
+@router.post(
+    "",
+    status_code=202,
+    openapi_extra=SUBMIT_SCHEMA,
+    summary="Submit an image for analysis",
+    response_model=AnalysisOut,
+    response_model_exclude_unset=True,
+    response_description="Accepted: the analysis, `queued`; poll `Location` or wait for a webhook",
+    description="The photo (JPEG or PNG, multipart `image`) or a direct upload's `upload_id`, with optional "
+    "patient context. Answers 202 with the queued analysis and `Location`; with `Prefer: wait=N` it answers "
+    "201 with the final analysis if it finishes within N seconds. `Idempotency-Key` makes a retry safe; "
+    "`Cancel-After` (or `cancel_after`) sets a deadline. `webhook_url` (with `webhook_events_filter`) sends this "
+    "analysis' events there, signed with the answer's `webhook.secret`. Research use only, not a certified "
+    "medical device.",
+    responses={
+        201: {
+            "description": "`Prefer: wait=N` and the analysis finished in time: the final analysis",
+            "model": AnalysisOut,
+            "headers": {"Preference-Applied": {"schema": {"type": "string"}, "description": "wait=N"}},
+        },
+        200: {"description": "As 201, for an idempotent replay of a finished analysis", "model": AnalysisOut},
+        **SUBMIT_ERRORS,
+    },
+)
 async def submit_analysis(
     request: Request,
     context: ContextDep,
@@ -171,16 +231,20 @@ async def submit_analysis(
     tenant: CurrentTenant,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
     cancel_after: Annotated[str | None, Header(alias="Cancel-After", max_length=32)] = None,
+    prefer: Annotated[str | None, Header(max_length=200, description=PREFER_DESCRIPTION)] = None,
 ):
     """Read, check and clean the upload holding no database connection; then one short
     transaction stores the row. With an ``upload_id`` (a multipart field, or a JSON body)
-    instead of the image, the ingest worker checks and cleans the direct upload."""
+    instead of the image, the ingest worker checks and cleans the direct upload. With
+    ``Prefer: wait=N`` the answer waits up to N seconds for the outcome (``_answer``)."""
     settings = context.settings
+    wait = preferred_wait(prefer)
     if idempotency_key is not None and "\x00" in idempotency_key:
         raise Unprocessable("Idempotency-Key: must not contain NUL bytes")
     if _is_json(request):
         fields = await _read_json_fields(request, settings.api_max_json_bytes)
     else:
+        submitted = None
         async with request.app.state.limiter.upload_slot(tenant.id):
             form = await read_multipart(request, settings.max_upload_bytes, settings.max_upload_mb)
             raw = form.files.get("image")
@@ -189,15 +253,24 @@ async def submit_analysis(
             if raw is not None:
                 if fields.get("upload_id"):
                     raise BadRequest("send either an 'image' file or an 'upload_id', not both")
-                deadline = _cancel_after(cancel_after, fields.pop("cancel_after", None), settings.max_cancel_after_seconds)
+                deadline = _cancel_after(
+                    cancel_after, fields.pop("cancel_after", None), settings.max_cancel_after_seconds
+                )
+                webhook = await _request_webhook(context, tenant, fields)
                 inputs = _parse_inputs(fields)
                 async with capacity.decode(tenant.id):
-                    image = await run_in_threadpool(clean_image, raw, settings.max_image_pixels, settings.max_decode_side)
+                    image = await run_in_threadpool(
+                        clean_image, raw, settings.max_image_pixels, settings.max_decode_side
+                    )
                 del raw
                 submitted, body = await in_session(
-                    capacity, context, tenant.id, _submit, context, tenant, image, inputs, idempotency_key, deadline
+                    capacity, context, tenant.id, _submit, context, tenant, image, inputs, idempotency_key, deadline,
+                    webhook,
                 )
-                return _accepted(submitted, body)
+        if submitted is not None:
+            # Outside the upload slot: a client waiting for its result does not hold the
+            # tenant's concurrent-upload quota.
+            return await _answer(request, capacity, context, tenant, submitted, body, wait)
     if not fields.get("upload_id"):
         raise BadRequest(
             "the request has no image: send the photo as a multipart 'image' file field (image=@lesion.jpg), "
@@ -205,35 +278,92 @@ async def submit_analysis(
         )
     upload_id = _upload_id(fields.pop("upload_id"))
     deadline = _cancel_after(cancel_after, fields.pop("cancel_after", None), settings.max_cancel_after_seconds)
+    webhook = await _request_webhook(context, tenant, fields)
     inputs = _parse_inputs(fields)
-    submitted, body = await in_session(
-        capacity, context, tenant.id, _submit_upload, context, tenant, upload_id, inputs, idempotency_key, deadline
+    queued, body = await in_session(
+        capacity, context, tenant.id, _submit_upload, context, tenant, upload_id, inputs, idempotency_key, deadline,
+        webhook,
     )
-    return _accepted(submitted, body)
+    return await _answer(request, capacity, context, tenant, queued, body, wait)
 
 
-def _accepted(submitted: service.Submitted, body: dict) -> JSONResponse:
+PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*\"?(\d{1,6})\"?", re.IGNORECASE)
+MAX_PREFER_WAIT = 60
+PREFER_DESCRIPTION = (
+    "`wait=N` (RFC 7240; N at most 60, larger values count as 60): answer once the analysis is final, if "
+    "that happens within N seconds (201 with the final analysis, 200 for an idempotent replay); else 202 as "
+    "without it. `Preference-Applied: wait=N` says the wait was honoured."
+)
+
+
+def preferred_wait(prefer: str | None) -> int | None:
+    """Seconds asked for by ``Prefer: wait=N``; None without a usable one (preferences are
+    hints: one we cannot read is ignored, never an error)."""
+    match = PREFER_WAIT.search(prefer or "")
+    return min(int(match.group(1)), MAX_PREFER_WAIT) if match else None
+
+
+async def _answer(request: Request, capacity, context, tenant, submitted: service.Submitted, body: dict,
+                  wait: int | None) -> JSONResponse:
     headers = {"Location": f"/v1/analyses/{submitted.analysis.id}"}
     if submitted.replayed:
         headers["Idempotent-Replayed"] = "true"
-    return JSONResponse(body, status_code=202, headers=headers)
+    if wait is None:
+        return JSONResponse(body, status_code=202, headers=headers)
+    headers["Preference-Applied"] = f"wait={wait}"
+    # The deadline that guards against stalled dependencies starts after the wait asked for.
+    setattr(request.state, DEADLINE_EXTENSION, float(wait))
+    final = body["status"] in service.FINAL_STATUSES or await service.wait_until_final(
+        capacity, context, tenant.id, submitted.analysis.id, wait, gone=request.is_disconnected
+    )
+    if not final:
+        return JSONResponse(body, status_code=202, headers=headers)
+    webhook = body.get("webhook")
+    body = await in_session(capacity, context, tenant.id, _final_view, context, tenant, submitted.analysis.id)
+    if webhook is not None:
+        body["webhook"] = webhook
+    return JSONResponse(body, status_code=200 if submitted.replayed else 201, headers=headers)
 
 
-def _submit(session, context, tenant, image, inputs, idempotency_key, cancel_after) -> tuple[service.Submitted, dict]:
-    submitted = service.submit(context, session, tenant, image, inputs, idempotency_key, cancel_after=cancel_after)
-    return submitted, view(context, session, submitted.analysis)
+def _final_view(session, context, tenant, analysis_id) -> dict:
+    return view(context, session, service.get(session, tenant, analysis_id))
+
+
+def _submitted_view(session, context, submitted: service.Submitted) -> dict:
+    body = view(context, session, submitted.analysis)
+    if submitted.webhook is not None:
+        body["webhook"] = webhook_endpoints.request_webhook_view(context, submitted.webhook)
+    return body
+
+
+def _submit(
+    session, context, tenant, image, inputs, idempotency_key, cancel_after, webhook
+) -> tuple[service.Submitted, dict]:
+    submitted = service.submit(
+        context, session, tenant, image, inputs, idempotency_key, cancel_after=cancel_after, webhook=webhook
+    )
+    return submitted, _submitted_view(session, context, submitted)
 
 
 def _submit_upload(
-    session, context, tenant, upload_id, inputs, idempotency_key, cancel_after
+    session, context, tenant, upload_id, inputs, idempotency_key, cancel_after, webhook
 ) -> tuple[service.Submitted, dict]:
     submitted = service.submit_upload(
-        context, session, tenant, upload_id, inputs, idempotency_key, cancel_after=cancel_after
+        context, session, tenant, upload_id, inputs, idempotency_key, cancel_after=cancel_after, webhook=webhook
     )
-    return submitted, view(context, session, submitted.analysis)
+    return submitted, _submitted_view(session, context, submitted)
 
 
-@router.get("", summary="List analyses, newest first")
+@router.get(
+    "",
+    summary="List analyses, newest first",
+    description="The tenant's analyses, newest first, in pages of `limit`; pass `next_cursor` back as `cursor` "
+    "for the next page. Filters: `status`, `batch_id`, `external_id`. List items carry no model provenance, "
+    "links or artifacts: fetch one analysis for those.",
+    response_model=AnalysisPage,
+    response_model_exclude_unset=True,
+    responses=problems((400, "The cursor is not one this API issued"), (404, "No batch with that `batch_id`")),
+)
 def list_analyses(
     tenant: CurrentTenant,
     session: SessionDep,
@@ -255,18 +385,45 @@ def list_analyses(
     return {"data": [summary(a) for a in rows], "next_cursor": next_cursor}
 
 
-@router.get("/{analysis_id}", summary="Status, result and short-lived artifact links")
+@router.get(
+    "/{analysis_id}",
+    summary="Status, result and short-lived artifact links",
+    description="Status and stage, timestamps, inputs, `result` (succeeded), `rejection` (a clinical gate "
+    "refused the image) or `error` (failed), `model` provenance with `weights` (`untrained` output carries no "
+    "meaning), presigned `artifacts` (valid until `artifacts.expires_at`), report readiness and feedback. "
+    "Research use only, not a certified medical device.",
+    response_model=AnalysisOut,
+    response_model_exclude_unset=True,
+    responses=problems(404),
+)
 def get_analysis(analysis_id: str, context: ContextDep, tenant: CurrentTenant, session: SessionDep):
     return view(context, session, service.get(session, tenant, parse_id(analysis_id)))
 
 
-@router.post("/{analysis_id}/cancel", summary="Cancel a queued or processing analysis")
+@router.post(
+    "/{analysis_id}/cancel",
+    summary="Cancel a queued or processing analysis",
+    description="The analysis ends `canceled` (`cancel_reason` `requested`) and one `analysis.canceled` event is "
+    "sent. A final analysis answers 409.",
+    response_model=AnalysisOut,
+    response_model_exclude_unset=True,
+    responses=problems(404, (409, "The analysis is already final")),
+)
 def cancel_analysis(analysis_id: str, context: ContextDep, tenant: CurrentTenant, session: SessionDep):
     analysis = service.cancel(context, session, tenant, parse_id(analysis_id))
     return view(context, session, analysis)
 
 
-@router.post("/{analysis_id}/feedback", status_code=201, summary="Clinician feedback on a result")
+@router.post(
+    "/{analysis_id}/feedback",
+    status_code=201,
+    summary="Clinician feedback on a result",
+    description="Whether the clinician agrees, the final diagnosis and histopathology when known, and notes. "
+    "Only for succeeded analyses; each call adds one entry (shown under `feedback` on the analysis).",
+    response_model=FeedbackOut,
+    response_model_exclude_unset=True,
+    responses=problems(404, (409, "The analysis did not succeed")),
+)
 def post_feedback(analysis_id: str, body: FeedbackIn, tenant: CurrentTenant, session: SessionDep):
     feedback = service.add_feedback(session, tenant, parse_id(analysis_id), body)
     return {
@@ -298,6 +455,12 @@ def _report_or_409(session, tenant, analysis_id: str):
     status_code=307,
     response_class=RedirectResponse,
     summary="Stable link to the image, mask or overlay: redirects to a fresh short-lived URL",
+    description="Answers 307 to a presigned URL valid for a few minutes, so a page can keep this link. 409 while "
+    "the artifact does not exist (not yet, or never for this outcome).",
+    responses={
+        307: {"description": "Redirect to the artifact", "headers": {"Location": {"schema": {"type": "string"}}}},
+        **problems(404, (409, "The artifact does not exist for this analysis (yet)")),
+    },
 )
 def get_artifact(
     analysis_id: str,
@@ -313,7 +476,23 @@ def get_artifact(
     return RedirectResponse(links[name], status_code=307, headers={"Cache-Control": "private, no-store"})
 
 
-@router.get("/{analysis_id}/report.pdf", response_class=Response, summary="The PDF report")
+REPORT_ERRORS = problems(
+    404,
+    (409, "`type` …/not_ready: no report yet (`Retry-After`), or none will come (canceled, refused upload)"),
+)
+
+
+@router.get(
+    "/{analysis_id}/report.pdf",
+    response_class=Response,
+    summary="The PDF report",
+    description="The clinician-facing PDF: findings, ABCD, equity, quality, the scribe note and model provenance, "
+    "marked research use only. 409 until the report worker has written it.",
+    responses={
+        200: {"content": {"application/pdf": {"schema": {"type": "string", "format": "binary"}}}},
+        **REPORT_ERRORS,
+    },
+)
 def get_report(analysis_id: str, context: ContextDep, tenant: CurrentTenant, session: SessionDep):
     analysis, report = _report_or_409(session, tenant, analysis_id)
     pdf = context.store.get(ARTIFACTS, report.pdf_key)
@@ -327,7 +506,20 @@ def get_report(analysis_id: str, context: ContextDep, tenant: CurrentTenant, ses
     )
 
 
-@router.get("/{analysis_id}/fhir", summary="FHIR R4 Bundle for EHRs")
+@router.get(
+    "/{analysis_id}/fhir",
+    summary="FHIR R4 Bundle for EHRs",
+    description="A FHIR R4 `Bundle` (DiagnosticReport, Observations, the PDF as a Binary) for an EHR, "
+    "`application/fhir+json`. 409 until the report is ready.",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "A FHIR R4 Bundle",
+            "content": {"application/fhir+json": {"schema": {"type": "object", "additionalProperties": True}}},
+        },
+        **REPORT_ERRORS,
+    },
+)
 def get_fhir(analysis_id: str, tenant: CurrentTenant, session: SessionDep):
     _, report = _report_or_409(session, tenant, analysis_id)
     return JSONResponse(report.fhir, media_type="application/fhir+json")

@@ -10,10 +10,11 @@ from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
 from api.deps import ContextDep, CurrentTenant, SessionDep, parse_id
+from api.problems import problems
 from api.services import batches as service
 from shared import analyses as lifecycle
 from shared.models import Batch
-from shared.schemas import BatchIn
+from shared.schemas import BatchCanceled, BatchIn, BatchOut, BatchPage, BatchResults
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 
@@ -58,13 +59,28 @@ def view(context: ContextDep, batch: Batch, progress: service.Progress) -> dict:
     }
 
 
-@router.post("", status_code=201, summary="Create a batch for bulk screening")
+@router.post(
+    "",
+    status_code=201,
+    summary="Create a batch for bulk screening",
+    description="An `open` batch: submit items with `batch_id`, then seal it. `cancel_after` (90s, 5m, 1h30m or "
+    "seconds) sets a deadline for every item: unfinished ones then end `canceled` (`expired`).",
+    response_model=BatchOut,
+    response_model_exclude_unset=True,
+)
 def create_batch(body: BatchIn, context: ContextDep, tenant: CurrentTenant, session: SessionDep):
     batch = service.create(session, tenant, body, context.settings.max_cancel_after_seconds)
     return view(context, batch, service.progress(session, batch))
 
 
-@router.get("", summary="List batches, newest first")
+@router.get(
+    "",
+    summary="List batches, newest first",
+    description="The tenant's batches with counts per status, newest first, cursor-paginated; `name` filters.",
+    response_model=BatchPage,
+    response_model_exclude_unset=True,
+    responses=problems((400, "The cursor is not one this API issued")),
+)
 def list_batches(
     context: ContextDep,
     tenant: CurrentTenant,
@@ -88,13 +104,24 @@ def list_batches(
         "younger); null while nothing finished in that window. `eta_seconds` / `eta_at`: the "
         "queued and processing items at that rate. Answered from indexes, never a scan of the batch."
     ),
+    response_model=BatchOut,
+    response_model_exclude_unset=True,
+    responses=problems(404),
 )
 def get_batch(batch_id: str, context: ContextDep, tenant: CurrentTenant, session: SessionDep):
     batch = service.get(session, tenant, parse_id(batch_id, "batch"))
     return view(context, batch, service.progress(session, batch))
 
 
-@router.post("/{batch_id}/seal", summary="Close the batch for new items (idempotent)")
+@router.post(
+    "/{batch_id}/seal",
+    summary="Close the batch for new items (idempotent)",
+    description="A sealed batch refuses new items (409, problem type …/batch_sealed) and completes, with one "
+    "`batch.completed` event, once every item is final.",
+    response_model=BatchOut,
+    response_model_exclude_unset=True,
+    responses=problems(404),
+)
 def seal_batch(batch_id: str, context: ContextDep, tenant: CurrentTenant, session: SessionDep):
     batch = service.seal(context, session, tenant, parse_id(batch_id, "batch"))
     return view(context, batch, service.progress(session, batch))
@@ -108,6 +135,9 @@ def seal_batch(batch_id: str, context: ContextDep, tenant: CurrentTenant, sessio
         "one `analysis.canceled` event; the batch is sealed and completes (`batch.completed`). "
         "`canceled_now` is how many items this call canceled: a repeat changes nothing and emits nothing."
     ),
+    response_model=BatchCanceled,
+    response_model_exclude_unset=True,
+    responses=problems(404),
 )
 def cancel_batch(batch_id: str, context: ContextDep, tenant: CurrentTenant, session: SessionDep):
     batch, canceled_now = service.cancel(context, session, tenant, parse_id(batch_id, "batch"))
@@ -126,14 +156,32 @@ Review rule: {service.REVIEW_RULE}. `review_reason` lists the codes, `;`-separat
 one entry per skin group (succeeded items): `items`, `high_risk` (risk band high, p > 0.8),
 `high_risk_share`, `suspicious` (p > 0.5) and its share, `needs_review`, `bias_warning`.
 `format=csv`: a header row and one row per item, columns
-`{", ".join(service.CSV_COLUMNS)}`; empty cells for what does not apply."""
+`{", ".join(service.CSV_COLUMNS)}`; empty cells for what does not apply.
+
+`format=isic`: the same items as ISIC challenge-style CSV, columns
+`{", ".join(service.ISIC_COLUMNS)}`: `image_name` is the item's `external_id` when it has one,
+else its analysis id; `target` the melanoma probability (empty without a result); `age_approx`
+to 5 years and `anatom_site_general_challenge` as ISIC names them (empty when unknown). Read
+`weights` first: anything but `trained` is not clinically meaningful. Research use only, not a
+certified medical device."""
 
 
 @router.get(
     "/{batch_id}/results",
     summary="Triage list: highest risk first, review flags, retakes, equity summary",
     description=RESULTS_DESCRIPTION,
-    responses={200: {"content": {"application/json": {}, "text/csv": {}}}},
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "The triage list, as JSON or CSV (`format`)",
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/BatchResults"}},
+                "text/csv": {"schema": {"type": "string"}, "description": "`format=csv` or `format=isic`"},
+            },
+            "model": BatchResults,
+        },
+        **problems(404),
+    },
 )
 def batch_results(
     batch_id: str,
@@ -141,17 +189,20 @@ def batch_results(
     tenant: CurrentTenant,
     session: SessionDep,
     order: Literal["risk", "submitted"] = "risk",
-    format: Literal["json", "csv"] = "json",
+    format: Annotated[
+        Literal["json", "csv", "isic"], Query(description="`json`, the triage `csv`, or ISIC-style CSV (`isic`)")
+    ] = "json",
     items: bool = True,
 ):
     batch = service.get(session, tenant, parse_id(batch_id, "batch"))
     header = view(context, batch, service.progress(session, batch))
     rows = service.iter_triage(context.session_factory, batch.id, order)
-    if format == "csv":
+    if format in ("csv", "isic"):
+        name = "isic" if format == "isic" else "triage"
         return StreamingResponse(
-            service.triage_csv(rows),
+            service.triage_csv(rows, isic=format == "isic"),
             media_type="text/csv; charset=utf-8",
-            headers={"Content-Disposition": f'attachment; filename="triage-{batch.id}.csv"'},
+            headers={"Content-Disposition": f'attachment; filename="{name}-{batch.id}.csv"'},
         )
     return StreamingResponse(_json_stream(header, rows, items), media_type="application/json")
 

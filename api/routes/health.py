@@ -24,6 +24,7 @@ from sqlalchemy import text
 from shared.context import AppContext
 from shared.jobs import broker_redis, gpu_worker_census, heartbeat_window
 from shared.metrics import BacklogCollector
+from shared.schemas import Liveness, Readiness
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["health"])
@@ -41,7 +42,13 @@ class NotReady(Exception):
     """A check's own verdict; its message is ours and safe to show."""
 
 
-@router.get("/healthz", summary="Liveness")
+@router.get(
+    "/healthz",
+    summary="Liveness",
+    description="Touches no dependency: answers while the database, broker or object store stall.",
+    response_model=Liveness,
+    response_model_exclude_unset=True,
+)
 async def healthz():
     return {"status": "ok"}
 
@@ -51,7 +58,7 @@ async def _probe(check) -> dict:
     loop = asyncio.get_running_loop()
     try:
         detail = await asyncio.wait_for(loop.run_in_executor(_probe_pool(), check), PROBE_TIMEOUT)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return {"ok": False, "error": f"did not answer within {PROBE_TIMEOUT:g} s"}
     except NotReady as exc:
         return {"ok": False, "error": str(exc)}
@@ -100,7 +107,7 @@ async def check_readiness(context: AppContext, optional: frozenset[str] = frozen
     """Every check runs and is reported; those named in ``optional`` do not make it unready."""
     checks = _checks(context)
     results = await asyncio.gather(*(_probe(check) for check in checks.values()))
-    body = dict(zip(checks, results))
+    body = dict(zip(checks, results, strict=True))
     ready = all(c["ok"] for name, c in body.items() if name not in optional)
     return {"status": "ready" if ready else "unavailable", "checks": body}
 
@@ -110,7 +117,13 @@ def readiness(context: AppContext) -> dict:
     return asyncio.run(check_readiness(context))
 
 
-@router.get("/readyz", summary="Readiness of the database, broker, object store and GPU workers")
+@router.get(
+    "/readyz",
+    summary="Readiness of the database, broker, object store and GPU workers",
+    response_model=Readiness,
+    response_model_exclude_unset=True,
+    responses={503: {"description": "Not ready: the same body, with the failing checks", "model": Readiness}},
+)
 async def readyz(request: Request, optional: str = ""):
     """503 unless every check passes. `?optional=gpu_workers` still reports that check but
     does not fail on it: an API pod that should keep accepting (queued) submissions and

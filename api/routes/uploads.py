@@ -1,21 +1,74 @@
-"""/v1/uploads: a presigned PUT for one image, for backlogs too big to send through the API."""
+"""/v1/uploads: presigned PUTs for images, for backlogs too big to send through the API.
+
+One at a time (``POST /v1/uploads``, then ``POST /v1/analyses {"upload_id"}``), or in bulk for
+a backlog (``POST /v1/uploads/bulk``, then ``POST /v1/uploads/submit``): the same checks, the
+fixed cost of a request paid once per call instead of once per image."""
 
 from __future__ import annotations
 
+import uuid
+from typing import Annotated
+
 from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from api.deps import ContextDep, CurrentTenant, SessionDep
+from api.problems import TYPE_BASE, problems
 from api.services import uploads as service
 from shared import analyses as lifecycle
-from shared.schemas import UploadIn
+from shared.schemas import (
+    AnalysisInputs,
+    AnalysisSummary,
+    CancelAfter,
+    ProblemDetails,
+    ResponseModel,
+    UploadIn,
+    UploadOut,
+)
 
 router = APIRouter(prefix="/v1/uploads", tags=["uploads"])
 
 
-@router.post("", status_code=201, summary="A short-lived URL to PUT one image to, and its upload id")
-def create_upload(context: ContextDep, tenant: CurrentTenant, session: SessionDep, body: UploadIn | None = None):
-    upload, url = service.create(context, session, tenant, body or UploadIn())
-    settings = context.settings
+class UploadsIn(UploadIn):
+    """``POST /v1/uploads/bulk``: how many upload ids, for images of one type."""
+
+    count: int = Field(ge=1, le=service.MAX_BULK, description=f"How many (1–{service.MAX_BULK})")
+
+
+class UploadsOut(ResponseModel):
+    uploads: list[UploadOut]
+
+
+class UploadSubmission(AnalysisInputs):
+    """One image of ``POST /v1/uploads/submit``: the fields of ``POST /v1/analyses`` (JSON body),
+    with the request's ``Idempotency-Key`` and ``Cancel-After`` as fields of the item."""
+
+    upload_id: uuid.UUID
+    idempotency_key: Annotated[str, StringConstraints(max_length=255, pattern=r"^[^\x00]*$")] | None = None
+    cancel_after: CancelAfter | None = None
+
+
+class UploadSubmissionsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[UploadSubmission] = Field(min_length=1, max_length=service.MAX_BULK)
+
+
+class UploadSubmissionResult(ResponseModel):
+    upload_id: uuid.UUID
+    status: int = Field(description="What `POST /v1/analyses` would have answered for this item: 202 or 4xx")
+    replayed: bool = Field(default=False, description="An idempotent replay of an earlier submission")
+    analysis: AnalysisSummary | None = Field(default=None, description="When accepted")
+    problem: ProblemDetails | None = Field(default=None, description="When refused: why, as problem+json")
+
+
+class UploadSubmissionsOut(ResponseModel):
+    accepted: int
+    refused: int
+    results: list[UploadSubmissionResult] = Field(description="One per item, in the order sent")
+
+
+def _upload_body(settings, upload, url: str) -> dict:
     return {
         "id": str(upload.id),
         "url": url,
@@ -27,3 +80,89 @@ def create_upload(context: ContextDep, tenant: CurrentTenant, session: SessionDe
         "content_type": upload.content_type,
         "next": {"method": "POST", "path": "/v1/analyses", "body": {"upload_id": str(upload.id)}},
     }
+
+
+@router.post(
+    "",
+    status_code=201,
+    summary="A short-lived URL to PUT one image to, and its upload id",
+    description="PUT the image to `url` with the given `headers` before `expires_at`, then submit it with "
+    "`POST /v1/analyses` and `{\"upload_id\": …}` before `submit_before`; the ingest worker checks and cleans it "
+    "as the API would have.",
+    response_model=UploadOut,
+    response_model_exclude_unset=True,
+)
+def create_upload(context: ContextDep, tenant: CurrentTenant, session: SessionDep, body: UploadIn | None = None):
+    upload, url = service.create(context, session, tenant, body or UploadIn())
+    return _upload_body(context.settings, upload, url)
+
+
+@router.post(
+    "/bulk",
+    status_code=201,
+    summary=f"Up to {service.MAX_BULK} upload ids and URLs in one call, for a backlog",
+    description="The same as `count` calls of `POST /v1/uploads` (each URL is for one image, short-lived, "
+    "its own key), in one request and one transaction.",
+    response_model=UploadsOut,
+    response_model_exclude_unset=True,
+    responses=problems(422),
+)
+def create_uploads(context: ContextDep, tenant: CurrentTenant, session: SessionDep, body: UploadsIn):
+    made = service.create_many(context, session, tenant, body, body.count)
+    return {"uploads": [_upload_body(context.settings, upload, url) for upload, url in made]}
+
+
+@router.post(
+    "/submit",
+    status_code=200,
+    summary=f"Submit up to {service.MAX_BULK} direct uploads for analysis in one call",
+    description="Each item is what `POST /v1/analyses` takes as a JSON body (`upload_id` and the analysis "
+    "fields), plus its own `idempotency_key` and `cancel_after`. Each item is checked as that route checks it "
+    "and answered on its own: `status` 202 with the queued `analysis`, or the 4xx that route would have given, "
+    "with its `problem` (an item refused leaves the others alone). A body that does not parse is a 422 for the "
+    "whole call; nothing is stored then.",
+    response_model=UploadSubmissionsOut,
+    response_model_exclude_unset=True,
+    responses=problems(
+        (409, "A concurrent request used one of the idempotency keys at the same moment: nothing was stored, retry"),
+        422,
+    ),
+)
+def submit_uploads(context: ContextDep, tenant: CurrentTenant, session: SessionDep, body: UploadSubmissionsIn):
+    limit = context.settings.max_cancel_after_seconds
+    results: list[dict | None] = []
+    work = []
+    for item in body.items:
+        if item.cancel_after is not None and item.cancel_after > limit:
+            message = f"must be at most {limit} seconds"
+            results.append(_refused(item.upload_id, 422, "unprocessable", "Invalid input", f"cancel_after: {message}",
+                                    [{"field": "cancel_after", "message": message}]))
+            continue
+        inputs = AnalysisInputs.model_validate(item.model_dump(include=set(AnalysisInputs.model_fields)))
+        work.append((item.upload_id, inputs, item.idempotency_key, item.cancel_after))
+        results.append(None)
+    outcomes = iter(service.submit_many(context, session, tenant, work))
+    for n, done in enumerate(results):
+        if done is not None:
+            continue
+        outcome = next(outcomes)
+        if outcome.analysis is None:
+            p = outcome.problem
+            assert p is not None
+            results[n] = _refused(outcome.upload_id, p.status, p.code, p.title, p.detail, p.errors)
+        else:
+            record = lifecycle.analysis_record(outcome.analysis)
+            record.pop("model", None)
+            results[n] = {"upload_id": str(outcome.upload_id), "status": 202, "replayed": outcome.replayed,
+                          "analysis": record}
+    answered = [r for r in results if r is not None]
+    accepted = sum(1 for r in answered if r["status"] == 202)
+    return {"accepted": accepted, "refused": len(answered) - accepted, "results": answered}
+
+
+def _refused(upload_id: uuid.UUID, status: int, code: str, title: str, detail: str, errors=None) -> dict:
+    problem = {"type": TYPE_BASE + code, "title": title, "status": status, "detail": detail,
+               "instance": "/v1/uploads/submit"}
+    if errors:
+        problem["errors"] = errors
+    return {"upload_id": str(upload_id), "status": status, "problem": problem}

@@ -8,10 +8,20 @@ from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import ContextDep, CurrentTenant, SessionDep, parse_id
+from api.problems import problems
 from api.services import webhook_endpoints as service
 from shared.analyses import iso
-from shared.models import WebhookEndpoint
-from shared.schemas import WebhookEndpointIn, WebhookEndpointPatch
+from shared.models import DeliveryStatus, WebhookEndpoint
+from shared.schemas import (
+    DeliveryList,
+    ResendAccepted,
+    WebhookEndpointIn,
+    WebhookEndpointList,
+    WebhookEndpointOut,
+    WebhookEndpointPatch,
+    WebhookEndpointWithSecret,
+    WebhookTestSent,
+)
 
 router = APIRouter(prefix="/v1/webhook-endpoints", tags=["webhooks"])
 
@@ -23,7 +33,9 @@ class RotateSecretIn(BaseModel):
         default=None,
         ge=0,
         le=24 * 7,
-        description="How long the replaced secret keeps signing too (default WEBHOOK_SECRET_GRACE_HOURS, 24); 0 ends it now",
+        strict=True,  # JSON numbers only: `false` is not 0 hours
+        description="How long the replaced secret keeps signing too (default WEBHOOK_SECRET_GRACE_HOURS, 24); "
+        "0 ends it now",
     )
 
 
@@ -40,31 +52,70 @@ def view(endpoint: WebhookEndpoint) -> dict:
         "previous_secret_expires_at": iso(endpoint.previous_secret_expires_at)
         if endpoint.previous_secret_encrypted
         else None,
+        **({"analysis_id": str(endpoint.analysis_id)} if endpoint.analysis_id else {}),  # per-request webhook
     }
 
 
-@router.post("", status_code=201, summary="Register an endpoint; the signing secret is shown only here")
+@router.post(
+    "",
+    status_code=201,
+    summary="Register an endpoint; the signing secret is shown only here",
+    description="`url` must resolve to a public address (loopback, private, link-local and metadata addresses are "
+    "refused, 422, unless inside WEBHOOK_ALLOW_CIDRS); `events` filters the event types (all when omitted). "
+    "Deliveries are signed with the returned `secret` (`whsec_…`, Standard Webhooks); store it now.",
+    response_model=WebhookEndpointWithSecret,
+    response_model_exclude_unset=True,
+    responses=problems((409, "`type` …/quota_exceeded: too many endpoints")),
+)
 def create_endpoint(body: WebhookEndpointIn, context: ContextDep, session: SessionDep, tenant: CurrentTenant):
     endpoint, secret = service.create(context, session, tenant, body)
     return {**view(endpoint), "secret": secret}
 
 
-@router.get("", summary="List endpoints")
+@router.get(
+    "",
+    summary="List endpoints",
+    description="The tenant's webhook endpoints (never their secrets).",
+    response_model=WebhookEndpointList,
+    response_model_exclude_unset=True,
+)
 def list_endpoints(session: SessionDep, tenant: CurrentTenant):
     return {"data": [view(e) for e in service.list_all(session, tenant)]}
 
 
-@router.get("/{endpoint_id}", summary="One endpoint")
+@router.get(
+    "/{endpoint_id}",
+    summary="One endpoint",
+    description="An endpoint, whether it is enabled, and since when it has been failing.",
+    response_model=WebhookEndpointOut,
+    response_model_exclude_unset=True,
+    responses=problems(404),
+)
 def get_endpoint(endpoint_id: str, session: SessionDep, tenant: CurrentTenant):
     return view(service.get(session, tenant, parse_id(endpoint_id, "webhook endpoint")))
 
 
-@router.patch("/{endpoint_id}", summary="Enable, disable, or change the event filter")
+@router.patch(
+    "/{endpoint_id}",
+    summary="Enable, disable, or change the event filter",
+    description="Fields left out stay as they are. Enabling an endpoint that was disabled (410, or failing for "
+    "days) clears its `disabled_reason`.",
+    response_model=WebhookEndpointOut,
+    response_model_exclude_unset=True,
+    responses=problems(404),
+)
 def patch_endpoint(endpoint_id: str, body: WebhookEndpointPatch, session: SessionDep, tenant: CurrentTenant):
     return view(service.update(session, tenant, parse_id(endpoint_id, "webhook endpoint"), body))
 
 
-@router.delete("/{endpoint_id}", status_code=204, summary="Delete an endpoint")
+@router.delete(
+    "/{endpoint_id}",
+    status_code=204,
+    summary="Delete an endpoint",
+    description="No further deliveries are made to it; its delivery log goes with it.",
+    response_class=Response,
+    responses=problems(404),
+)
 def delete_endpoint(endpoint_id: str, session: SessionDep, tenant: CurrentTenant):
     service.delete(session, tenant, parse_id(endpoint_id, "webhook endpoint"))
     return Response(status_code=204)
@@ -75,9 +126,16 @@ def delete_endpoint(endpoint_id: str, session: SessionDep, tenant: CurrentTenant
     summary="Replace the signing secret; the new one is shown only here",
     description="During the grace period every message carries two `v1,` signatures, one per secret "
     "(Standard Webhooks), so receivers can switch to the new secret without rejecting anything.",
+    response_model=WebhookEndpointWithSecret,
+    response_model_exclude_unset=True,
+    responses=problems(404),
 )
 def rotate_secret(
-    endpoint_id: str, context: ContextDep, session: SessionDep, tenant: CurrentTenant, body: RotateSecretIn | None = None
+    endpoint_id: str,
+    context: ContextDep,
+    session: SessionDep,
+    tenant: CurrentTenant,
+    body: RotateSecretIn | None = None,
 ):
     endpoint, secret = service.rotate_secret(
         context, session, tenant, parse_id(endpoint_id, "webhook endpoint"), body.grace_period_hours if body else None
@@ -89,13 +147,25 @@ def rotate_secret(
     "/{endpoint_id}/test",
     status_code=202,
     summary="Send a signed test event (rate-limited per tenant: 429 with Retry-After)",
+    description="A `webhook.test` event to this endpoint only, signed and logged like any other delivery.",
+    response_model=WebhookTestSent,
+    response_model_exclude_unset=True,
+    responses=problems(404),
 )
 def test_endpoint(endpoint_id: str, context: ContextDep, session: SessionDep, tenant: CurrentTenant):
     event_id = service.send_test(context, session, tenant, parse_id(endpoint_id, "webhook endpoint"))
     return {"event_id": event_id}
 
 
-@router.get("/{endpoint_id}/deliveries", summary="Delivery log, newest first, with every attempt")
+@router.get(
+    "/{endpoint_id}/deliveries",
+    summary="Delivery log, newest first, with every attempt",
+    description="The last `limit` deliveries to this endpoint: status (`pending`, `delivered`, `failed`, "
+    "`skipped`), when the next attempt is due, and every attempt with its status code, latency and error.",
+    response_model=DeliveryList,
+    response_model_exclude_unset=True,
+    responses=problems(404),
+)
 def list_deliveries(
     endpoint_id: str,
     session: SessionDep,
@@ -110,7 +180,7 @@ def list_deliveries(
                 "event_id": d.event_id,
                 "status": d.status,
                 "attempt_count": d.attempt_count,
-                "next_attempt_at": iso(d.next_attempt_at) if d.status == "pending" else None,
+                "next_attempt_at": iso(d.next_attempt_at) if d.status == DeliveryStatus.pending else None,
                 "last_status_code": d.last_status_code,
                 "last_error": d.last_error,
                 "created_at": iso(d.created_at),
@@ -131,8 +201,18 @@ def list_deliveries(
     }
 
 
-@router.post("/{endpoint_id}/deliveries/{delivery_id}/resend", status_code=202, summary="Re-send a delivery now")
-def resend_delivery(endpoint_id: str, delivery_id: str, context: ContextDep, session: SessionDep, tenant: CurrentTenant):
+@router.post(
+    "/{endpoint_id}/deliveries/{delivery_id}/resend",
+    status_code=202,
+    summary="Re-send a delivery now",
+    description="The delivery goes back to `pending` and is attempted at once, with the same `webhook-id`.",
+    response_model=ResendAccepted,
+    response_model_exclude_unset=True,
+    responses=problems(404),
+)
+def resend_delivery(
+    endpoint_id: str, delivery_id: str, context: ContextDep, session: SessionDep, tenant: CurrentTenant
+):
     delivery = service.resend(
         context, session, tenant, parse_id(endpoint_id, "webhook endpoint"), parse_id(delivery_id, "delivery")
     )

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -12,35 +15,71 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api.deps import UNCOMMITTED_IMAGES
+from api.deps import UNCOMMITTED_IMAGES, AuthenticatedTenant, Capacity, TenantRef, in_session
 from api.pagination import newest_first
-from api.services import uploads
+from api.problems import BadRequest, BatchSealed, Conflict
+from api.services import uploads, webhook_endpoints
 from api.services.owned import get_owned
-from api.problems import BadRequest, Conflict
 from api.uploads import CleanImage
 from shared import analyses as lifecycle
 from shared.context import AppContext
 from shared.db import after_commit
 from shared.jobs import enqueue_analysis
-from shared.models import Analysis, Batch, Feedback, Report, Tenant
+from shared.models import (
+    ACTIVE_STATUSES,
+    Analysis,
+    AnalysisStatus,
+    Batch,
+    Feedback,
+    Report,
+    WebhookEndpoint,
+)
 from shared.schemas import AnalysisInputs, FeedbackIn
 from shared.storage import IMAGES, image_key
+
+
+@dataclass(frozen=True)
+class RequestWebhook:
+    """A per-request webhook: ``url`` already passed the SSRF check (``checked_url``)."""
+
+    url: str
+    events: tuple[str, ...] = ()
+
+    def fingerprint_fields(self) -> dict:
+        return {"webhook_url": self.url, "webhook_events_filter": sorted(set(self.events))}
 
 
 @dataclass
 class Submitted:
     analysis: Analysis
     replayed: bool
+    webhook: WebhookEndpoint | None = None
 
 
-def fingerprint(image: CleanImage, inputs: AnalysisInputs) -> str:
+def fingerprint(image: CleanImage, inputs: AnalysisInputs, webhook: RequestWebhook | None = None) -> str:
+    # Without a webhook the text is what it always was, so keys stored before still replay.
     canonical = json.dumps(
-        {"image": image.original_sha256, **inputs.model_dump(mode="json")}, sort_keys=True
+        {"image": image.original_sha256, **inputs.model_dump(mode="json"),
+         **(webhook.fingerprint_fields() if webhook else {})},
+        sort_keys=True,
     )
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _find_by_idempotency_key(session: Session, tenant: Tenant, key: str) -> Analysis | None:
+def _with_webhook(
+    context: AppContext, session: Session, tenant: TenantRef, submitted: Submitted, webhook: RequestWebhook | None
+) -> Submitted:
+    """A new submission gets its webhook endpoint; a replay finds the one it made (never a second)."""
+    if submitted.replayed:
+        submitted.webhook = webhook_endpoints.for_analysis(session, submitted.analysis.id)
+    elif webhook is not None:
+        submitted.webhook = webhook_endpoints.create_for_analysis(
+            context, session, tenant, submitted.analysis.id, webhook.url, list(webhook.events)
+        )
+    return submitted
+
+
+def _find_by_idempotency_key(session: Session, tenant: TenantRef, key: str) -> Analysis | None:
     return session.execute(
         select(Analysis).where(Analysis.tenant_id == tenant.id, Analysis.idempotency_key == key)
     ).scalar_one_or_none()
@@ -54,7 +93,7 @@ def _replay_or_conflict(existing: Analysis, request_fingerprint: str) -> Submitt
     return Submitted(existing, replayed=True)
 
 
-def _check_batch(session: Session, tenant: Tenant, batch_id: uuid.UUID | None) -> Batch | None:
+def _check_batch(session: Session, tenant: TenantRef, batch_id: uuid.UUID | None) -> Batch | None:
     if batch_id is None:
         return None
     batch = session.execute(
@@ -63,7 +102,7 @@ def _check_batch(session: Session, tenant: Tenant, batch_id: uuid.UUID | None) -
     if batch is None:
         raise BadRequest(f"no batch with id {batch_id}")
     if batch.sealed_at is not None:
-        raise Conflict(f"batch {batch_id} is sealed and takes no new items; create a new batch")
+        raise BatchSealed(f"batch {batch_id} is sealed and takes no new items; create a new batch")
     return batch
 
 
@@ -75,7 +114,7 @@ def deadline_for(now: datetime, cancel_after: float | None, batch: Batch | None)
     return min(deadlines) if deadlines else None
 
 
-def _idempotent_replay(session: Session, tenant: Tenant, key: str | None, request_fingerprint: str, now: datetime):
+def _idempotent_replay(session: Session, tenant: TenantRef, key: str | None, request_fingerprint: str, now: datetime):
     if not key:
         return None
     existing = _find_by_idempotency_key(session, tenant, key)
@@ -90,7 +129,7 @@ def _idempotent_replay(session: Session, tenant: Tenant, key: str | None, reques
 
 def _new_analysis(
     context: AppContext,
-    tenant: Tenant,
+    tenant: TenantRef,
     inputs: AnalysisInputs,
     analysis_id: uuid.UUID,
     priority: str,
@@ -126,7 +165,7 @@ def _new_analysis(
 
 
 def _race_winner(
-    session: Session, tenant: Tenant, idempotency_key: str | None, request_fingerprint: str
+    session: Session, tenant: TenantRef, idempotency_key: str | None, request_fingerprint: str
 ) -> Submitted:
     """After an IntegrityError (rolled back): a concurrent request with the same
     Idempotency-Key won the race; replay its row. Call it inside the ``except`` block: with no
@@ -140,19 +179,20 @@ def _race_winner(
 def submit(
     context: AppContext,
     session: Session,
-    tenant: Tenant,
+    tenant: TenantRef,
     image: CleanImage,
     inputs: AnalysisInputs,
     idempotency_key: str | None,
     *,
     cancel_after: float | None = None,
+    webhook: RequestWebhook | None = None,
 ) -> Submitted:
     """Store the image, commit the row, and enqueue the job only after the commit."""
-    request_fingerprint = fingerprint(image, inputs)
+    request_fingerprint = fingerprint(image, inputs, webhook)
     now = lifecycle.utcnow()
     replay = _idempotent_replay(session, tenant, idempotency_key, request_fingerprint, now)
     if replay is not None:
-        return replay
+        return _with_webhook(context, session, tenant, replay, webhook)
     batch = _check_batch(session, tenant, inputs.batch_id)
     priority = "bulk" if inputs.batch_id is not None else inputs.priority
 
@@ -176,34 +216,42 @@ def submit(
         # A concurrent request with the same Idempotency-Key won the race.
         session.rollback()
         context.store.delete(IMAGES, key)
-        return _race_winner(session, tenant, idempotency_key, request_fingerprint)
+        return _with_webhook(
+            context, session, tenant, _race_winner(session, tenant, idempotency_key, request_fingerprint), webhook
+        )
     except BaseException:
         context.store.delete(IMAGES, key)
         raise
     session.info.setdefault(UNCOMMITTED_IMAGES, []).append(key)
+    submitted = _with_webhook(context, session, tenant, Submitted(analysis, replayed=False), webhook)
     after_commit(session, lambda: enqueue_analysis(context.celery, analysis_id, priority))
-    return Submitted(analysis, replayed=False)
+    return submitted
 
 
 def submit_upload(
     context: AppContext,
     session: Session,
-    tenant: Tenant,
+    tenant: TenantRef,
     upload_id: uuid.UUID,
     inputs: AnalysisInputs,
     idempotency_key: str | None,
     *,
     cancel_after: float | None = None,
+    webhook: RequestWebhook | None = None,
 ) -> Submitted:
     """Take a direct upload in place of the file: the row is ``queued`` but not claimable
     until the ingest worker has checked, cleaned and stored the image exactly as the API
     would have (shared.images); ingest is woken after the commit, and re-sent by the sweeper."""
-    canonical = json.dumps({"upload_id": str(upload_id), **inputs.model_dump(mode="json")}, sort_keys=True)
+    canonical = json.dumps(
+        {"upload_id": str(upload_id), **inputs.model_dump(mode="json"),
+         **(webhook.fingerprint_fields() if webhook else {})},
+        sort_keys=True,
+    )
     request_fingerprint = hashlib.sha256(canonical.encode()).hexdigest()
     now = lifecycle.utcnow()
     replay = _idempotent_replay(session, tenant, idempotency_key, request_fingerprint, now)
     if replay is not None:
-        return replay
+        return _with_webhook(context, session, tenant, replay, webhook)
     batch = _check_batch(session, tenant, inputs.batch_id)
     priority = "bulk" if inputs.batch_id is not None else inputs.priority
     analysis_id = uuid.uuid4()
@@ -225,18 +273,21 @@ def submit_upload(
         session.flush()
     except IntegrityError:
         session.rollback()
-        return _race_winner(session, tenant, idempotency_key, request_fingerprint)
+        return _with_webhook(
+            context, session, tenant, _race_winner(session, tenant, idempotency_key, request_fingerprint), webhook
+        )
+    submitted = _with_webhook(context, session, tenant, Submitted(analysis, replayed=False), webhook)
     lifecycle.request_ingest(session, context.celery, analysis_id)
-    return Submitted(analysis, replayed=False)
+    return submitted
 
 
-def get(session: Session, tenant: Tenant, analysis_id: uuid.UUID) -> Analysis:
+def get(session: Session, tenant: TenantRef, analysis_id: uuid.UUID) -> Analysis:
     return get_owned(session, Analysis, analysis_id, tenant, "analysis")
 
 
 def list_page(
     session: Session,
-    tenant: Tenant,
+    tenant: TenantRef,
     *,
     limit: int,
     cursor: str | None,
@@ -254,7 +305,7 @@ def list_page(
     return newest_first(session, query, Analysis, limit=limit, cursor=cursor)
 
 
-def cancel(context: AppContext, session: Session, tenant: Tenant, analysis_id: uuid.UUID) -> Analysis:
+def cancel(context: AppContext, session: Session, tenant: TenantRef, analysis_id: uuid.UUID) -> Analysis:
     analysis = get(session, tenant, analysis_id)
     canceled = lifecycle.cancel(session, context.celery, context.settings, analysis.id)
     if canceled is None:
@@ -263,7 +314,7 @@ def cancel(context: AppContext, session: Session, tenant: Tenant, analysis_id: u
     return canceled
 
 
-def add_feedback(session: Session, tenant: Tenant, analysis_id: uuid.UUID, body: FeedbackIn) -> Feedback:
+def add_feedback(session: Session, tenant: TenantRef, analysis_id: uuid.UUID, body: FeedbackIn) -> Feedback:
     analysis = get(session, tenant, analysis_id)
     if analysis.status != "succeeded":
         raise Conflict(f"feedback is for succeeded analyses; this one is {analysis.status}")
@@ -283,3 +334,42 @@ def feedback_for(session: Session, analysis_id: uuid.UUID) -> list[Feedback]:
 
 def report_for(session: Session, analysis_id: uuid.UUID) -> Report | None:
     return session.get(Report, analysis_id)
+
+
+# ---------------------------------------------------------------- Prefer: wait=N
+
+FINAL_STATUSES = frozenset(s.value for s in AnalysisStatus) - frozenset(s.value for s in ACTIVE_STATUSES)
+FIRST_POLL_S, MAX_POLL_S = 0.1, 1.0
+
+
+def status_of(session: Session, tenant: AuthenticatedTenant, analysis_id: uuid.UUID) -> str | None:
+    return session.execute(
+        select(Analysis.status).where(Analysis.id == analysis_id, Analysis.tenant_id == tenant.id)
+    ).scalar_one_or_none()
+
+
+async def wait_until_final(
+    capacity: Capacity,
+    context: AppContext,
+    tenant_id: uuid.UUID,
+    analysis_id: uuid.UUID,
+    seconds: float,
+    gone: Callable[[], Awaitable[bool]] | None = None,
+) -> bool:
+    """Whether the analysis became final within ``seconds``. Postgres is the truth, so it is
+    asked: one primary-key read per poll, each in its own short session through the tenant's
+    fair database slots (no connection, request place or upload slot is held in between),
+    polling at 0.1 s, then doubling to at most once a second. Stops early when the client
+    has gone (``gone``)."""
+    deadline = time.monotonic() + seconds
+    delay = FIRST_POLL_S
+    tenant = AuthenticatedTenant(tenant_id)
+    while True:
+        status = await in_session(capacity, context, tenant_id, status_of, tenant, analysis_id)
+        if status in FINAL_STATUSES:
+            return True
+        left = deadline - time.monotonic()
+        if left <= 0 or (gone is not None and await gone()):
+            return False
+        await asyncio.sleep(min(delay, left))
+        delay = min(delay * 2, MAX_POLL_S)

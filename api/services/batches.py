@@ -16,39 +16,23 @@ from datetime import datetime, timedelta
 from sqlalchemy import case, func, nulls_last, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.deps import TenantRef
 from api.pagination import newest_first
 from api.problems import Unprocessable
 from api.services.owned import get_owned
 from shared import analyses as lifecycle
+from shared import clinical
 from shared.context import AppContext
 from shared.csv_export import SafeDictWriter
-from shared.models import Analysis, AnalysisStatus, Batch, Tenant
+from shared.models import Analysis, AnalysisStatus, Batch
 from shared.schemas import BatchIn
 
 THROUGHPUT_WINDOW = timedelta(minutes=5)
 # A rate measured over a few seconds swings wildly; never divide by less than this.
 MIN_RATE_SPAN = timedelta(seconds=15)
 
-# Review rule: a succeeded result is flagged for a clinician's review when the model is
-# unsure of it (TTA spread), when it sits near the 0.5 melanoma threshold, or when the skin
-# tone is one the training data under-represents (the Equity Engine's bias warning).
-REVIEW_UNCERTAINTY = 0.15
-DECISION_THRESHOLD = 0.5
-REVIEW_MARGIN = 0.1
-REVIEW_RULE = (
-    f"needs_review when uncertainty >= {REVIEW_UNCERTAINTY} (high_uncertainty), or "
-    f"|probability - {DECISION_THRESHOLD}| < {REVIEW_MARGIN} (near_threshold), or the skin tone "
-    "carries a bias warning, ITA <= 10 degrees (bias_warning)"
-)
-
-RETAKE_ADVICE = {
-    "blurry": "retake in focus: hold the camera still, dermatoscope in contact with the skin, tap to focus",
-    "no_lesion": "retake with the lesion centred and filling most of the frame; check the right spot was photographed",
-    "unreadable_image": "re-export the photo as JPEG or PNG and submit it again",
-}
-FAILED_ADVICE = "a system error survived all retries; submit the image again"
-
-SKIN_GROUPS = ("very light", "light", "intermediate", "tan", "brown", "dark")
+# The review rule, retake advice and skin groups are shared.clinical's (docs/CLINICAL_RULES.md).
+REVIEW_RULE = clinical.review_rule_text()
 
 # Triage order: results first (highest risk first), then what staff must act on
 # (retakes, failures), then what is still in flight.
@@ -69,6 +53,7 @@ CSV_COLUMNS = (
     "analysis_id",
     "external_id",
     "status",
+    "weights",
     "risk_band",
     "probability",
     "uncertainty",
@@ -89,11 +74,41 @@ CSV_COLUMNS = (
     "completed_at",
 )
 
+# `format=isic`: the ISIC challenge layout (`image_name`, `target` = melanoma probability; the
+# metadata under ISIC's names, `age_approx` in 5-year steps as ISIC publishes it), then ours.
+ISIC_COLUMNS = (
+    "image_name",
+    "target",
+    "weights",
+    "analysis_id",
+    "external_id",
+    "status",
+    "risk_band",
+    "uncertainty",
+    "needs_review",
+    "review_reason",
+    "predicted_diagnosis",
+    "sex",
+    "age_approx",
+    "anatom_site_general_challenge",
+    "skin_group",
+    "ita_degrees",
+    "bias_warning",
+    "rejection_code",
+    "error_code",
+    "completed_at",
+)
+
+
+def age_approx(age: int | None) -> int | None:
+    """ISIC's ``age_approx``: the age to the nearest multiple of 5 (halves round up)."""
+    return None if age is None else 5 * ((age + 2) // 5)
+
 
 # ---------------------------------------------------------------- batches
 
 
-def create(session: Session, tenant: Tenant, body: BatchIn, max_cancel_after_seconds: int | None = None) -> Batch:
+def create(session: Session, tenant: TenantRef, body: BatchIn, max_cancel_after_seconds: int | None = None) -> Batch:
     now = lifecycle.utcnow()
     if body.cancel_after is not None and max_cancel_after_seconds and body.cancel_after > max_cancel_after_seconds:
         raise Unprocessable(
@@ -112,12 +127,12 @@ def create(session: Session, tenant: Tenant, body: BatchIn, max_cancel_after_sec
     return batch
 
 
-def get(session: Session, tenant: Tenant, batch_id: uuid.UUID, *, for_update: bool = False) -> Batch:
+def get(session: Session, tenant: TenantRef, batch_id: uuid.UUID, *, for_update: bool = False) -> Batch:
     return get_owned(session, Batch, batch_id, tenant, "batch", for_update=for_update)
 
 
 def list_page(
-    session: Session, tenant: Tenant, *, limit: int, cursor: str | None, name: str | None
+    session: Session, tenant: TenantRef, *, limit: int, cursor: str | None, name: str | None
 ) -> tuple[list[Batch], str | None]:
     query = select(Batch).where(Batch.tenant_id == tenant.id)
     if name is not None:
@@ -140,7 +155,7 @@ def counts_for(session: Session, batch_ids: list[uuid.UUID]) -> dict[uuid.UUID, 
     return counts
 
 
-def seal(context: AppContext, session: Session, tenant: Tenant, batch_id: uuid.UUID) -> Batch:
+def seal(context: AppContext, session: Session, tenant: TenantRef, batch_id: uuid.UUID) -> Batch:
     """Close the batch for new items (idempotent). A batch whose items are all final
     completes right here and emits ``batch.completed`` (once: the lifecycle guards it)."""
     batch = get(session, tenant, batch_id, for_update=True)
@@ -151,7 +166,7 @@ def seal(context: AppContext, session: Session, tenant: Tenant, batch_id: uuid.U
     return batch
 
 
-def cancel(context: AppContext, session: Session, tenant: Tenant, batch_id: uuid.UUID) -> tuple[Batch, int]:
+def cancel(context: AppContext, session: Session, tenant: TenantRef, batch_id: uuid.UUID) -> tuple[Batch, int]:
     """Cancel every unfinished item once and close the batch; returns the batch and how many
     items this call canceled (0 on a repeat: nothing changes, nothing is emitted)."""
     batch = get(session, tenant, batch_id, for_update=True)
@@ -227,31 +242,30 @@ class TriageRow:
     sex: str
     site: str
     completed_at: datetime | None
+    weights: str | None = None  # the model's weights status; None when no model ran
+    threshold: float | None = None  # the model's operating threshold, when it has its own
 
     def review_reasons(self) -> list[str]:
         if self.status != AnalysisStatus.succeeded.value:
             return []
-        reasons = []
-        if self.uncertainty is not None and self.uncertainty >= REVIEW_UNCERTAINTY:
-            reasons.append("high_uncertainty")
-        if self.probability is not None and abs(self.probability - DECISION_THRESHOLD) < REVIEW_MARGIN:
-            reasons.append("near_threshold")
-        if self.bias_warning:
-            reasons.append("bias_warning")
-        return reasons
+        return clinical.review_reasons(
+            self.probability, self.uncertainty, self.bias_warning,
+            weights=self.weights or clinical.UNKNOWN_WEIGHTS, threshold=self.threshold,
+        )
 
     def as_item(self, rank: int) -> dict:
         reasons = self.review_reasons()
         advice = None
         if self.status == AnalysisStatus.rejected.value:
-            advice = RETAKE_ADVICE.get(self.rejection_code or "", "retake the photo")
+            advice = clinical.retake_advice(self.rejection_code)
         elif self.status == AnalysisStatus.failed.value:
-            advice = FAILED_ADVICE
+            advice = clinical.FAILED_ADVICE
         return {
             "rank": rank,
             "analysis_id": str(self.analysis_id),
             "external_id": self.external_id,
             "status": self.status,
+            "weights": self.weights,
             "risk_band": self.risk_band,
             "probability": self.probability,
             "uncertainty": self.uncertainty,
@@ -270,6 +284,36 @@ class TriageRow:
             "sex": self.sex,
             "site": self.site,
             "completed_at": lifecycle.iso(self.completed_at),
+        }
+
+
+    def as_isic(self, rank: int) -> dict:
+        """One ISIC-style row: ``image_name`` is the client's ``external_id`` when set, else
+        the analysis id; ``target`` the melanoma probability (empty without a result; read
+        ``weights``: anything but ``trained`` is not clinically meaningful). ISIC leaves
+        unknown metadata empty, so ``unknown`` sex and site are empty cells."""
+        item = self.as_item(rank)
+        return {
+            "image_name": self.external_id or str(self.analysis_id),
+            "target": self.probability if self.status == AnalysisStatus.succeeded.value else None,
+            "weights": self.weights,
+            "analysis_id": item["analysis_id"],
+            "external_id": self.external_id,
+            "status": self.status,
+            "risk_band": self.risk_band,
+            "uncertainty": self.uncertainty,
+            "needs_review": item["needs_review"],
+            "review_reason": item["review_reason"],
+            "predicted_diagnosis": self.diagnosis,
+            "sex": None if self.sex in (None, "unknown") else self.sex,
+            "age_approx": age_approx(self.age),
+            "anatom_site_general_challenge": None if self.site in (None, "unknown") else self.site,
+            "skin_group": self.skin_group,
+            "ita_degrees": item["ita_degrees"],
+            "bias_warning": self.bias_warning,
+            "rejection_code": self.rejection_code,
+            "error_code": self.error_code,
+            "completed_at": item["completed_at"],
         }
 
 
@@ -294,6 +338,8 @@ def _triage_query(batch_id: uuid.UUID, order: str):
         Analysis.sex,
         Analysis.site,
         Analysis.completed_at,
+        Analysis.model["weights"].as_string(),
+        Analysis.model[clinical.THRESHOLD_KEY].as_float(),
     ).where(Analysis.batch_id == batch_id)
     if order == "risk":
         section = case(*((Analysis.status == s, rank) for s, rank in _SECTION.items()), else_=9)
@@ -312,14 +358,15 @@ def iter_triage(
             yield TriageRow(*row)
 
 
-def triage_csv(rows: Iterable[TriageRow], flush_every: int = 500) -> Iterator[str]:
+def triage_csv(rows: Iterable[TriageRow], flush_every: int = 500, *, isic: bool = False) -> Iterator[str]:
     """The triage list as CSV text chunks: a header, then one row per item, every cell made
-    formula-safe (external ids, gate details and advice are client- or model-supplied text)."""
+    formula-safe (external ids, gate details and advice are client- or model-supplied text).
+    ``isic``: the ISIC-style columns (``ISIC_COLUMNS``) instead of the triage ones."""
     buffer = io.StringIO()
-    writer = SafeDictWriter(buffer, CSV_COLUMNS, lineterminator="\n")
+    writer = SafeDictWriter(buffer, ISIC_COLUMNS if isic else CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for rank, row in enumerate(rows, start=1):
-        writer.writerow(row.as_item(rank))
+        writer.writerow(row.as_isic(rank) if isic else row.as_item(rank))
         if rank % flush_every == 0:
             yield buffer.getvalue()
             buffer.seek(0)
@@ -343,6 +390,7 @@ class TriageSummary:
     needs_review: int = 0
     retake: dict[str, int] = field(default_factory=dict)
     groups: dict[str, GroupTally] = field(default_factory=dict)
+    weights: dict[str | None, int] = field(default_factory=dict)  # results per weights status
 
     def add(self, row: TriageRow, item: dict) -> None:
         self.counts[row.status] = self.counts.get(row.status, 0) + 1
@@ -352,6 +400,7 @@ class TriageSummary:
         if row.status != AnalysisStatus.succeeded.value:
             return
         self.needs_review += item["needs_review"]
+        self.weights[row.weights] = self.weights.get(row.weights, 0) + 1
         tally = self.groups.setdefault(row.skin_group or "unknown", GroupTally())
         tally.items += 1
         tally.high_risk += row.risk_band == "high"
@@ -359,7 +408,7 @@ class TriageSummary:
         tally.needs_review += item["needs_review"]
 
     def as_dict(self) -> dict:
-        order = list(SKIN_GROUPS) + sorted(set(self.groups) - set(SKIN_GROUPS))
+        order = list(clinical.SKIN_GROUPS) + sorted(set(self.groups) - set(clinical.SKIN_GROUPS))
         equity = []
         for group in order:
             tally = self.groups.get(group)
@@ -374,7 +423,7 @@ class TriageSummary:
                     "suspicious": tally.suspicious,
                     "suspicious_share": round(tally.suspicious / tally.items, 4),
                     "needs_review": tally.needs_review,
-                    "bias_warning": group in ("brown", "dark"),
+                    "bias_warning": clinical.group_bias_warning(group),
                 }
             )
         return {
@@ -382,6 +431,7 @@ class TriageSummary:
             "total": sum(self.counts.values()),
             "needs_review": self.needs_review,
             "retake": self.retake,
+            **clinical.weights_summary(self.weights),
             "review_rule": REVIEW_RULE,
             "equity": equity,
         }

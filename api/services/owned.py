@@ -8,16 +8,18 @@ from typing import TypeVar
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from api.deps import TenantRef
 from api.problems import NotFound
-from shared.models import Tenant
+from shared.models import Base
 
-Model = TypeVar("Model")
+Model = TypeVar("Model", bound=Base)
 
 
 def get_owned(
-    session: Session, model: type[Model], ident: uuid.UUID, tenant: Tenant, what: str, *, for_update: bool = False
+    session: Session, model: type[Model], ident: uuid.UUID, tenant: TenantRef, what: str, *, for_update: bool = False
 ) -> Model:
-    query = select(model).where(model.id == ident, model.tenant_id == tenant.id)
+    columns = model.__table__.c  # every tenant-owned table has `id` and `tenant_id`
+    query = select(model).where(columns.id == ident, columns.tenant_id == tenant.id)
     if for_update:
         query = query.with_for_update()
     found = session.execute(query).scalar_one_or_none()

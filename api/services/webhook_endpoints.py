@@ -9,14 +9,15 @@ import time
 import uuid
 from datetime import timedelta
 from functools import lru_cache
+from typing import get_args
 
-from limits import parse as parse_rate
 from limits.errors import StorageError
 from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from api.deps import TenantRef
 from api.problems import Conflict, NotFound, Problem, Unprocessable
 from api.services.owned import get_owned
 from shared.analyses import utcnow
@@ -24,15 +25,15 @@ from shared.context import AppContext
 from shared.db import after_commit
 from shared.events import EVENT_TYPES, TEST_EVENT, record_event
 from shared.jobs import enqueue_delivery
-from shared.models import Tenant, WebhookAttempt, WebhookDelivery, WebhookEndpoint
-from shared.schemas import WebhookEndpointIn, WebhookEndpointPatch
+from shared.models import DeliveryStatus, Tenant, WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from shared.schemas import AnalysisEventType, WebhookEndpointIn, WebhookEndpointPatch
 from shared.security import secret_box
-from shared.ssrf import UnsafeURLError, parse_allow_cidrs, resolve_and_check
+from shared.ssrf import UnsafeURLError, resolve_and_check
 from shared.webhook_signing import generate_secret
-
 
 log = logging.getLogger(__name__)
 REDIS_TIMEOUT_S = 0.5
+ANALYSIS_EVENT_TYPES: tuple[str, ...] = get_args(AnalysisEventType)
 
 
 class EndpointQuotaExceeded(Conflict):
@@ -52,10 +53,13 @@ def _checked_events(events: list[str] | None) -> list[str]:
     return sorted(set(events))
 
 
-def _checked_url(context: AppContext, url: str, tenant: Tenant) -> str:
+def checked_url(context: AppContext, url: str, tenant: TenantRef) -> str:
+    """The URL as it will be called, if its host resolves only to addresses a webhook may
+    reach (shared.ssrf, with WEBHOOK_ALLOW_CIDRS and the tenant); else 422. Resolves DNS: call
+    it with no database session open."""
     try:
         parsed, _ = resolve_and_check(
-            url, parse_allow_cidrs(context.settings.webhook_allow_cidrs), tenant_id=tenant.id
+            url, context.settings.webhook_allow_cidrs, tenant_id=tenant.id
         )
     except UnsafeURLError as exc:
         raise Unprocessable(f"the webhook URL is refused: {exc}") from None
@@ -63,14 +67,16 @@ def _checked_url(context: AppContext, url: str, tenant: Tenant) -> str:
 
 
 def create(
-    context: AppContext, session: Session, tenant: Tenant, body: WebhookEndpointIn
+    context: AppContext, session: Session, tenant: TenantRef, body: WebhookEndpointIn
 ) -> tuple[WebhookEndpoint, str]:
     """The new endpoint and its signing secret (stored only encrypted; shown once)."""
     quota = context.settings.webhook_endpoints_per_tenant
     # Serialise concurrent registrations of one tenant so the count below stays true.
     session.execute(select(Tenant.id).where(Tenant.id == tenant.id).with_for_update())
     existing = session.execute(
-        select(func.count()).select_from(WebhookEndpoint).where(WebhookEndpoint.tenant_id == tenant.id)
+        select(func.count())
+        .select_from(WebhookEndpoint)
+        .where(WebhookEndpoint.tenant_id == tenant.id, WebhookEndpoint.analysis_id.is_(None))
     ).scalar_one()
     if existing >= quota:
         raise EndpointQuotaExceeded(
@@ -80,7 +86,7 @@ def create(
     secret = generate_secret()
     endpoint = WebhookEndpoint(
         tenant_id=tenant.id,
-        url=_checked_url(context, str(body.url), tenant),
+        url=checked_url(context, str(body.url), tenant),
         events=_checked_events(body.events),
         description=body.description,
         secret_encrypted=secret_box(context.settings).seal(secret),
@@ -91,8 +97,45 @@ def create(
     return endpoint, secret
 
 
+def create_for_analysis(
+    context: AppContext, session: Session, tenant: TenantRef, analysis_id: uuid.UUID, url: str, events: list[str] | None
+) -> WebhookEndpoint:
+    """A per-request webhook: an endpoint that receives only ``analysis_id``'s events (the
+    fan-out in worker/webhooks.py), signed like any other. ``url`` went through
+    ``checked_url`` already (before the transaction); every send checks it again. Outside the
+    endpoint quota and the endpoint list; deleted with its analysis."""
+    endpoint = WebhookEndpoint(
+        tenant_id=tenant.id,
+        analysis_id=analysis_id,
+        url=url,
+        events=_checked_events(events),
+        description=f"per-request webhook of analysis {analysis_id}",
+        secret_encrypted=secret_box(context.settings).seal(generate_secret()),
+        enabled=True,
+    )
+    session.add(endpoint)
+    session.flush()
+    return endpoint
+
+
+def for_analysis(session: Session, analysis_id: uuid.UUID) -> WebhookEndpoint | None:
+    return session.execute(
+        select(WebhookEndpoint).where(WebhookEndpoint.analysis_id == analysis_id)
+    ).scalar_one_or_none()
+
+
+def request_webhook_view(context: AppContext, endpoint: WebhookEndpoint) -> dict:
+    """The ``webhook`` of a submission's answer, with its current signing secret."""
+    return {
+        "id": str(endpoint.id),
+        "url": endpoint.url,
+        "events": endpoint.events or [],
+        "secret": secret_box(context.settings).open(endpoint.secret_encrypted),
+    }
+
+
 def rotate_secret(
-    context: AppContext, session: Session, tenant: Tenant, endpoint_id: uuid.UUID, grace_hours: float | None
+    context: AppContext, session: Session, tenant: TenantRef, endpoint_id: uuid.UUID, grace_hours: float | None
 ) -> tuple[WebhookEndpoint, str]:
     """A new signing secret, returned once. For `grace_hours` (default
     WEBHOOK_SECRET_GRACE_HOURS) every message is signed with both the new and the replaced
@@ -112,19 +155,21 @@ def rotate_secret(
     return endpoint, secret
 
 
-def get(session: Session, tenant: Tenant, endpoint_id: uuid.UUID) -> WebhookEndpoint:
+def get(session: Session, tenant: TenantRef, endpoint_id: uuid.UUID) -> WebhookEndpoint:
     return get_owned(session, WebhookEndpoint, endpoint_id, tenant, "webhook endpoint")
 
 
-def list_all(session: Session, tenant: Tenant) -> list[WebhookEndpoint]:
+def list_all(session: Session, tenant: TenantRef) -> list[WebhookEndpoint]:
     return list(
         session.execute(
-            select(WebhookEndpoint).where(WebhookEndpoint.tenant_id == tenant.id).order_by(WebhookEndpoint.created_at)
+            select(WebhookEndpoint)
+            .where(WebhookEndpoint.tenant_id == tenant.id, WebhookEndpoint.analysis_id.is_(None))
+            .order_by(WebhookEndpoint.created_at)
         ).scalars()
     )
 
 
-def update(session: Session, tenant: Tenant, endpoint_id: uuid.UUID, body: WebhookEndpointPatch) -> WebhookEndpoint:
+def update(session: Session, tenant: TenantRef, endpoint_id: uuid.UUID, body: WebhookEndpointPatch) -> WebhookEndpoint:
     endpoint = get(session, tenant, endpoint_id)
     if body.enabled is not None:
         endpoint.enabled = body.enabled
@@ -133,17 +178,21 @@ def update(session: Session, tenant: Tenant, endpoint_id: uuid.UUID, body: Webho
             endpoint.failing_since = None
     if body.events is not None:
         endpoint.events = _checked_events(body.events)
+        if endpoint.analysis_id is not None and not set(endpoint.events) <= set(ANALYSIS_EVENT_TYPES):
+            raise Unprocessable(
+                f"a per-request webhook receives only its analysis' events; choose from {list(ANALYSIS_EVENT_TYPES)}"
+            )
     if body.description is not None:
         endpoint.description = body.description
     session.flush()
     return endpoint
 
 
-def delete(session: Session, tenant: Tenant, endpoint_id: uuid.UUID) -> None:
+def delete(session: Session, tenant: TenantRef, endpoint_id: uuid.UUID) -> None:
     session.delete(get(session, tenant, endpoint_id))
 
 
-def send_test(context: AppContext, session: Session, tenant: Tenant, endpoint_id: uuid.UUID) -> str:
+def send_test(context: AppContext, session: Session, tenant: TenantRef, endpoint_id: uuid.UUID) -> str | None:
     endpoint = get(session, tenant, endpoint_id)
     _limit_test_events(context, tenant)
     return record_event(
@@ -156,7 +205,7 @@ def send_test(context: AppContext, session: Session, tenant: Tenant, endpoint_id
     )
 
 
-def deliveries(session: Session, tenant: Tenant, endpoint_id: uuid.UUID, limit: int) -> list[tuple]:
+def deliveries(session: Session, tenant: TenantRef, endpoint_id: uuid.UUID, limit: int) -> list[tuple]:
     endpoint = get(session, tenant, endpoint_id)
     rows = session.execute(
         select(WebhookDelivery)
@@ -175,7 +224,7 @@ def deliveries(session: Session, tenant: Tenant, endpoint_id: uuid.UUID, limit: 
     return [(d, attempts[d.id]) for d in rows]
 
 
-def resend(context: AppContext, session: Session, tenant: Tenant, endpoint_id: uuid.UUID, delivery_id: uuid.UUID):
+def resend(context: AppContext, session: Session, tenant: TenantRef, endpoint_id: uuid.UUID, delivery_id: uuid.UUID):
     endpoint = get(session, tenant, endpoint_id)
     delivery = session.execute(
         select(WebhookDelivery)
@@ -184,14 +233,14 @@ def resend(context: AppContext, session: Session, tenant: Tenant, endpoint_id: u
     ).scalar_one_or_none()
     if delivery is None:
         raise NotFound(f"no delivery with id {delivery_id} for this endpoint")
-    delivery.status = "pending"
+    delivery.status = DeliveryStatus.pending
     delivery.next_attempt_at = utcnow()
     after_commit(session, lambda: enqueue_delivery(context.celery, delivery.id))
     return delivery
 
 
-def _limit_test_events(context: AppContext, tenant: Tenant) -> None:
-    rate = parse_rate(context.settings.webhook_test_rate)
+def _limit_test_events(context: AppContext, tenant: TenantRef) -> None:
+    rate = context.settings.webhook_test_rate
     limiter = _limiter(context.settings.broker_url)
     try:
         if limiter.hit(rate, "webhook-test", str(tenant.id)):

@@ -1,16 +1,19 @@
 """The three backing services together, for `dermasentinel up` and the tests."""
 
 import atexit
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from shared.stack.postgres import PostgresHandle, start_postgres
 from shared.stack.redis import RedisHandle, start_redis
 from shared.stack.s3 import S3Handle, start_s3
-from shared.stack.supervisor import Supervisor
+from shared.stack.supervisor import Supervised, Supervisor
 
 # Supervisor layers: services stop last, after whatever the owner runs on top of them.
 SERVICES_LAYER = 0
+Handle = TypeVar("Handle", PostgresHandle, RedisHandle, S3Handle)
 
 
 @dataclass(frozen=True)
@@ -55,15 +58,19 @@ class EmbeddedStack:
 
     @property
     def postgres(self) -> PostgresHandle | None:
-        return self.supervisor.get("postgres")
+        return self._running("postgres", PostgresHandle)
 
     @property
     def redis(self) -> RedisHandle | None:
-        return self.supervisor.get("redis")
+        return self._running("redis", RedisHandle)
 
     @property
     def s3(self) -> S3Handle | None:
-        return self.supervisor.get("s3")
+        return self._running("s3", S3Handle)
+
+    def _running(self, name: str, kind: type[Handle]) -> Handle | None:
+        handle = self.supervisor.get(name)
+        return handle if isinstance(handle, kind) else None
 
     @property
     def endpoints(self) -> StackEndpoints:
@@ -78,7 +85,7 @@ class EmbeddedStack:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         atexit.register(self.stop)
         data_dir, persistent = self.data_dir, self._redis_persistent
-        launchers = {
+        launchers: dict[str, tuple[Callable[[bool], Supervised], float]] = {
             "postgres": (lambda restart: start_postgres(data_dir, same_ports=restart), 15.0),
             "redis": (lambda restart: start_redis(data_dir, persistent=persistent, same_ports=restart), 10.0),
             # `weed` may take long to exit on SIGTERM; nothing is lost by killing it after a short grace.

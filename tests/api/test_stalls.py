@@ -95,7 +95,6 @@ def _submit(url: str, key: str, seed: int):
 def _busy_backends(database_url: str) -> int:
     """The API's Postgres sessions still in a statement or a transaction."""
     from sqlalchemy import create_engine, text
-
     from sqlalchemy.pool import NullPool
 
     engine = create_engine(database_url, poolclass=NullPool)

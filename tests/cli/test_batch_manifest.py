@@ -64,7 +64,8 @@ def test_isic_columns_names_without_extension_and_sites(tmp_path):
         "ISIC_0000004,IP_4,male,47.5,palms/soles,unknown\n"
     ))
     plan = plan_batch(tmp_path, manifest)
-    assert [(r.path.name, r.fields["age"], r.fields["sex"], r.fields["site"], r.fields["external_id"]) for r in plan.rows] == [
+    rows = [(r.path.name, *(r.fields[k] for k in ("age", "sex", "site", "external_id"))) for r in plan.rows]
+    assert rows == [
         ("ISIC_0000001.jpg", 45, "male", "torso", "ISIC_0000001"),
         ("ISIC_0000002.JPG", 70, "female", "upper extremity", "ISIC_0000002"),
         ("ISIC_0000003.png", None, "unknown", "unknown", "ISIC_0000003"),

@@ -140,12 +140,14 @@ def test_every_keda_resource_validates_against_its_schema(documents):
         jsonschema.validate(doc, SCHEMAS[doc["kind"]])
         for trigger in doc["spec"].get("triggers", []):
             allowed, _, required = SCALERS[trigger["type"]]
-            assert set(trigger["metadata"]) <= allowed, f"{doc['metadata']['name']}: unknown metadata {set(trigger['metadata']) - allowed}"
-            assert required <= set(trigger["metadata"]), f"{doc['metadata']['name']}: missing {required - set(trigger['metadata'])}"
+            name, given = doc["metadata"]["name"], set(trigger["metadata"])
+            assert given <= allowed, f"{name}: unknown metadata {given - allowed}"
+            assert required <= given, f"{name}: missing {required - given}"
         behavior = doc["spec"].get("advanced", {}).get("horizontalPodAutoscalerConfig", {}).get("behavior")
         if behavior:  # the HPA KEDA creates gets it verbatim: check it as Kubernetes would
             hpa = {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": "x"},
-                   "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "x"}, "maxReplicas": 1, "behavior": behavior}}
+                   "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "x"}, "maxReplicas": 1,
+                            "behavior": behavior}}
             kubernetes_validate.validate(hpa, K8S_VERSION, strict=True)
 
 
@@ -247,7 +249,8 @@ def test_beat_is_exactly_one_and_never_two(documents):
     beat = _by(documents, "Deployment")["dermasentinel-beat"]
     assert beat["spec"]["replicas"] == 1
     assert beat["spec"]["strategy"]["type"] == "Recreate"
-    autoscaled = {s["spec"]["scaleTargetRef"]["name"] for s in documents if s["kind"] in {"ScaledObject", "HorizontalPodAutoscaler"}}
+    scalers = {"ScaledObject", "HorizontalPodAutoscaler"}
+    autoscaled = {s["spec"]["scaleTargetRef"]["name"] for s in documents if s["kind"] in scalers}
     assert "dermasentinel-beat" not in autoscaled
 
 
@@ -412,5 +415,7 @@ def test_pod_settings_are_accepted_in_production(documents):
         for container in _containers(doc):
             env = dict(config)
             for entry in container.get("env", []):
-                env[entry["name"]] = entry["value"] if "value" in entry else secret[entry["valueFrom"]["secretKeyRef"]["key"]]
-            Settings(_env_file=None, **{k[len(ENV_PREFIX):].lower(): v for k, v in env.items() if k.startswith(ENV_PREFIX)})
+                value = entry["value"] if "value" in entry else secret[entry["valueFrom"]["secretKeyRef"]["key"]]
+                env[entry["name"]] = value
+            Settings(_env_file=None, **{k[len(ENV_PREFIX):].lower(): v for k, v in env.items()
+                                        if k.startswith(ENV_PREFIX)})

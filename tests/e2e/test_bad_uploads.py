@@ -86,7 +86,10 @@ def test_oversized_upload_is_413_while_streaming(api, context, tenant_key):
 
 @pytest.mark.parametrize(
     "fields, field",
-    [({"age": "130"}, "age"), ({"sex": "robot"}, "sex"), ({"site": "elbow"}, "site"), ({"priority": "vip"}, "priority")],
+    [
+        ({"age": "130"}, "age"), ({"sex": "robot"}, "sex"), ({"site": "elbow"}, "site"),
+        ({"priority": "vip"}, "priority"),
+    ],
 )
 def test_invalid_metadata_is_422_naming_the_field(api, context, tenant_key, fields, field):
     response = api.post("/v1/analyses", files={"image": ("a.jpg", GOOD, "image/jpeg")}, data=fields)
@@ -246,5 +249,5 @@ def test_a_wide_gamut_photo_is_stored_in_srgb(api, context):
         image, ImageCms.ImageCmsProfile(io.BytesIO(profile)), ImageCms.createProfile("sRGB"), outputMode="RGB"
     ).getpixel((10, 10))
     got = stored.getpixel((10, 10))
-    assert all(abs(a - b) <= 1 for a, b in zip(got, expected)), (got, expected)
-    assert max(abs(a - b) for a, b in zip(got, (40, 160, 60))) > 10  # really converted
+    assert all(abs(a - b) <= 1 for a, b in zip(got, expected, strict=True)), (got, expected)
+    assert max(abs(a - b) for a, b in zip(got, (40, 160, 60), strict=True)) > 10  # really converted

@@ -18,7 +18,7 @@ from shared.storage import IMAGES, image_key
 from worker.pipeline.synthetic import encode_jpeg, make_lesion
 
 CSV_HEADER = [
-    "rank", "analysis_id", "external_id", "status", "risk_band", "probability", "uncertainty",
+    "rank", "analysis_id", "external_id", "status", "weights", "risk_band", "probability", "uncertainty",
     "needs_review", "review_reason", "diagnosis", "skin_group", "ita_degrees", "bias_warning",
     "rejection_code", "rejection_detail", "retake_advice", "error_code", "error_detail",
     "age", "sex", "site", "completed_at",
@@ -139,6 +139,8 @@ def test_triage_is_risk_ordered_with_review_flags_retakes_and_equity(api, worker
             expected.add("near_threshold")
         if item["bias_warning"]:
             expected.add("bias_warning")
+        if item["weights"] != "trained":
+            expected.add("weights_not_trained")
         assert reasons == expected and item["needs_review"] == bool(expected), item
     dark = [i for i in items[:5] if i["external_id"] in ("ok-3", "ok-4")]
     assert all(i["bias_warning"] and i["needs_review"] for i in dark), "dark skin is always flagged"
@@ -220,7 +222,9 @@ def _queue_bulk(context, tenant_id, count: int, image: bytes) -> list[uuid.UUID]
     return ids
 
 
-def test_interactive_job_starts_ahead_of_waiting_bulk_jobs(api, worker, wait, wait_final, context, tenant_key, settings):
+def test_interactive_job_starts_ahead_of_waiting_bulk_jobs(
+    api, worker, wait, wait_final, context, tenant_key, settings
+):
     bulk_ids = _queue_bulk(context, tenant_key[0], 120, lesion(60))
     wait(lambda: _started(context, bulk_ids), 60, message="the worker to start on the bulk lane")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 import uuid
 from datetime import timedelta
 
@@ -198,3 +199,83 @@ def test_a_direct_upload_canceled_before_ingest_is_never_ingested_and_its_bytes_
 def _row_key(context, analysis_id) -> str:
     with context.session_factory() as session:
         return session.get(Analysis, analysis_id).image_key
+
+
+# ---------------------------------------------------------------- in bulk (POST /v1/uploads/bulk, /submit)
+
+
+def test_bulk_uploads_are_submitted_in_one_call_each_checked_as_one_at_a_time(api, worker, context):
+    made = api.post("/v1/uploads/bulk", json={"count": 4, "content_type": "image/jpeg"})
+    assert made.status_code == 201, made.text
+    uploads = made.json()["uploads"]
+    assert len(uploads) == 4 and len({u["id"] for u in uploads}) == 4 and len({u["url"] for u in uploads}) == 4
+    assert all(u["method"] == "PUT" and u["max_bytes"] == context.settings.max_upload_bytes for u in uploads)
+    good, never_put, too_big, raw_gps = uploads
+    put(good, encode_jpeg(make_lesion(seed=11, size=(120, 160), radius_frac=0.22).image))
+    put(too_big, b"\xff\xd8\xff" + b"\0" * (too_big["max_bytes"] + 10))
+    put(raw_gps, lesion_with_gps(12))
+
+    items = [
+        {"upload_id": good["id"], "age": 50, "site": "torso", "external_id": "bulk-1", "idempotency_key": "k-1"},
+        {"upload_id": never_put["id"]},
+        {"upload_id": too_big["id"]},
+        {"upload_id": str(uuid.uuid4())},
+        {"upload_id": raw_gps["id"], "cancel_after": "10m"},
+        {"upload_id": good["id"], "cancel_after": "99999h"},
+    ]
+    response = api.post("/v1/uploads/submit", json={"items": items})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    statuses = [r["status"] for r in body["results"]]
+    # The answers POST /v1/analyses gives one at a time: accepted, PUT first, too large, unknown, accepted,
+    # and an invalid deadline; one refused item leaves the others stored.
+    assert statuses == [202, 409, 413, 404, 202, 422]
+    assert (body["accepted"], body["refused"]) == (2, 4)
+    assert "PUT the image" in body["results"][1]["problem"]["detail"]
+    assert body["results"][5]["problem"]["errors"][0]["field"] == "cancel_after"
+    first = body["results"][0]["analysis"]
+    assert first["status"] == "queued" and first["inputs"]["age"] == 50 and first["external_id"] == "bulk-1"
+
+    # Each accepted item is woken for ingest and cleaned like a single direct upload (a refused
+    # item in between must not lose the wake-ups of those before it).
+    for accepted in (body["results"][0], body["results"][4]):
+        cleaned = _wait_ingested(api, accepted["analysis"]["id"])
+        assert cleaned["image"]["width"] == 160
+        stored = httpx.get(cleaned["artifacts"]["image"], timeout=30).content
+        assert b"PatientCam" not in stored and b"Jane Doe" not in stored
+
+    # Per-item idempotency keys replay; a used upload id without one is a 409, as one at a time.
+    again = api.post("/v1/uploads/submit", json={"items": [items[0], {"upload_id": raw_gps["id"]}]}).json()
+    assert again["results"][0]["status"] == 202 and again["results"][0]["replayed"] is True
+    assert again["results"][0]["analysis"]["id"] == first["id"]
+    assert again["results"][1]["status"] == 409
+
+
+def _wait_ingested(api: httpx.Client, analysis_id: str, timeout: float = 60.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        body = api.get(f"/v1/analyses/{analysis_id}").json()
+        if body["image"]["sha256"]:
+            return body
+        assert time.monotonic() < deadline, f"analysis {analysis_id} not ingested after {timeout}s"
+        time.sleep(0.2)
+
+
+def test_bulk_calls_are_bounded_and_tenant_owned(api, api_url, context):
+    assert api.post("/v1/uploads/bulk", json={"count": 101}).status_code == 422
+    assert api.post("/v1/uploads/bulk", json={"count": 0}).status_code == 422
+    assert api.post("/v1/uploads/bulk", json={"count": 2, "content_type": "application/pdf"}).status_code == 422
+    too_many = [{"upload_id": str(uuid.uuid4())} for _ in range(101)]
+    refused = api.post("/v1/uploads/submit", json={"items": too_many})
+    assert refused.status_code == 422 and refused.headers["content-type"].startswith("application/problem+json")
+    assert api.post("/v1/uploads/submit", json={"items": [{"upload_id": "nope"}]}).status_code == 422
+
+    upload = api.post("/v1/uploads/bulk", json={"count": 1}).json()["uploads"][0]
+    put(upload, encode_jpeg(make_lesion(seed=13, size=(120, 160)).image))
+    with session_scope(context.session_factory) as session:
+        from shared.tenants import issue_key
+
+        _, other_key = issue_key(session, f"other-{uuid.uuid4().hex[:8]}")
+    with httpx.Client(base_url=api_url, headers={"Authorization": f"Bearer {other_key}"}) as other:
+        answer = other.post("/v1/uploads/submit", json={"items": [{"upload_id": upload["id"]}]}).json()
+    assert answer["results"][0]["status"] == 404

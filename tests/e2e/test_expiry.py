@@ -109,7 +109,9 @@ def test_batch_deadline_applies_to_items_unless_theirs_is_sooner(api):
     image = {"image": ("x.jpg", IMAGE, "image/jpeg")}
     inherits = api.post("/v1/analyses", files=image, data={"batch_id": batch["id"]}).json()
     assert inherits["deadline_at"] == batch["deadline_at"]
-    sooner = api.post("/v1/analyses", files=image, data={"batch_id": batch["id"]}, headers={"Cancel-After": "10m"}).json()
+    sooner = api.post(
+        "/v1/analyses", files=image, data={"batch_id": batch["id"]}, headers={"Cancel-After": "10m"}
+    ).json()
     assert _when(sooner["deadline_at"]) < _when(batch["deadline_at"])
     assert api.post("/v1/batches", json={"name": "x", "cancel_after": "forever"}).status_code == 422
 

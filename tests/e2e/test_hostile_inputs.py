@@ -77,7 +77,9 @@ def client(url: str, key: str | None = None) -> httpx.Client:
     return httpx.Client(base_url=url, headers=headers, timeout=30)
 
 
-def raw_exchange(url: str, head: bytes, body_parts=(), pause: float = 0.0, timeout: float = 20.0) -> tuple[int, dict, bytes]:
+def raw_exchange(
+    url: str, head: bytes, body_parts=(), pause: float = 0.0, timeout: float = 20.0
+) -> tuple[int, dict, bytes]:
     """Send ``head`` and then ``body_parts`` over a plain socket (pausing between parts) while
     reading the answer; returns status, headers and whatever body arrived. The server may
     answer (and close) before the body is sent: that is the point of several tests."""
@@ -364,14 +366,16 @@ def test_a_tenants_concurrent_uploads_are_capped(settings, context, tmp_path_fac
                 assert api.get("/v1/analyses").status_code == 200  # other calls still work
             _, other_key = new_tenant(context)
             with client(url, other_key) as other:
-                assert other.post("/v1/analyses", files={"image": ("a.jpg", GOOD_JPEG, "image/jpeg")}).status_code == 202
+                upload = {"image": ("a.jpg", GOOD_JPEG, "image/jpeg")}
+                assert other.post("/v1/analyses", files=upload).status_code == 202
         finally:
             for sock in slow:
                 sock.close()
         with client(url, key) as api:
             # The slots come back when the slow clients go away.
             deadline = time.monotonic() + 10
-            while (status := api.post("/v1/analyses", files={"image": ("a.jpg", GOOD_JPEG, "image/jpeg")}).status_code) == 429:
+            upload = {"image": ("a.jpg", GOOD_JPEG, "image/jpeg")}
+            while (status := api.post("/v1/analyses", files=upload).status_code) == 429:
                 assert time.monotonic() < deadline, "upload slots were never released"
                 time.sleep(0.2)
             assert status == 202
@@ -425,7 +429,7 @@ def hostile_requests(seed: int, own_ids: dict[str, str], foreign_ids: dict[str, 
         body = rng.choice([b"", b"--x\r\n", b"--x--", b"\r\n\r\n", bytes(rng.randrange(256) for _ in range(200)),
                            b"--x\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a\"\r\n\r\n"
                            + GOOD_JPEG[:500]])
-        content_type = f"multipart/form-data; boundary={boundary}".encode("utf-8")
+        content_type = f"multipart/form-data; boundary={boundary}".encode()
         yield "POST", "/v1/analyses", {"content": body, "headers": {"Content-Type": content_type}}
     json_bodies = [None, [], 1, "x", {"name": None}, {"name": ""}, {"name": "x" * 201}, {"name": {"$gt": ""}},
                    {"name": "x", "extra": 1}, {"agrees": "maybe"}, {"agrees": True, "notes": "n" * 5000},
@@ -433,9 +437,10 @@ def hostile_requests(seed: int, own_ids: dict[str, str], foreign_ids: dict[str, 
                    {"events": ["nope"] * 100, "url": "https://example.org"}, {"enabled": "yes"},
                    {"name": [[[[[[[[[[[]]]]]]]]]]]}]
     for _ in range(60):
-        path = rng.choice(["/v1/batches", "/v1/webhook-endpoints",
-                           f"/v1/analyses/{own_ids['analysis']}/feedback", f"/v1/analyses/{foreign_ids['analysis']}/feedback"])
-        kwargs = rng.choice([{"json": rng.choice(json_bodies)}, {"content": b"{\"name\": \"x\"", "headers": {"Content-Type": "application/json"}},
+        path = rng.choice(["/v1/batches", "/v1/webhook-endpoints", f"/v1/analyses/{own_ids['analysis']}/feedback",
+                           f"/v1/analyses/{foreign_ids['analysis']}/feedback"])
+        kwargs = rng.choice([{"json": rng.choice(json_bodies)},
+                             {"content": b"{\"name\": \"x\"", "headers": {"Content-Type": "application/json"}},
                              {"content": b"\xff\xfe\x00", "headers": {"Content-Type": "application/json"}},
                              {"content": b"name=x", "headers": {"Content-Type": "application/x-www-form-urlencoded"}}])
         yield "POST", path, kwargs
@@ -446,8 +451,9 @@ def hostile_requests(seed: int, own_ids: dict[str, str], foreign_ids: dict[str, 
         path = rng.choice(["/v1/analyses", "/v1/batches", f"/v1/batches/{own_ids['batch']}/results"])
         yield "GET", path, {"params": rng.choice(queries)}
     ids = ["0", "-1", "%00", "..%2f..%2f", "x" * 300, str(uuid.uuid4()), "00000000-0000-0000-0000-000000000000"]
-    templates = ["/v1/analyses/{}", "/v1/analyses/{}/report.pdf", "/v1/analyses/{}/fhir", "/v1/analyses/{}/artifacts/image",
-                 "/v1/batches/{}", "/v1/batches/{}/results", "/v1/webhook-endpoints/{}", "/v1/webhook-endpoints/{}/deliveries"]
+    templates = ["/v1/analyses/{}", "/v1/analyses/{}/report.pdf", "/v1/analyses/{}/fhir",
+                 "/v1/analyses/{}/artifacts/image", "/v1/batches/{}", "/v1/batches/{}/results",
+                 "/v1/webhook-endpoints/{}", "/v1/webhook-endpoints/{}/deliveries"]
     for _ in range(20):
         yield "GET", rng.choice(templates).format(rng.choice(ids)), {}
     for template in templates:

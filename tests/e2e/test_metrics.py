@@ -49,7 +49,7 @@ def stack(settings, context, tmp_path_factory):
             workers[role] = (WorkerProcess(own.model_copy(update={"metrics_port": metrics_port}),
                                            logs / f"worker-{role}.log", role=role, concurrency=1), metrics_port)
             workers[role][0].start()
-        for role, (process, metrics_port) in workers.items():
+        for process, metrics_port in workers.values():
             wait_http(f"http://127.0.0.1:{metrics_port}/metrics", process.process, process.log, timeout=120)
         wait_for(lambda: httpx.get(f"{own.api_url}/readyz", timeout=5).status_code == 200, 120,
                  message="the metrics stack to be ready")

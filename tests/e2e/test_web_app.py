@@ -1,73 +1,32 @@
 """The web app at ``GET /`` in a real browser, against the real API and worker.
 
-Drives the system Chromium through Playwright (the pip package brings only the driver; no
-browser download). Skipped only when /usr/bin/chromium is absent.
+Drives the system Chromium through Playwright (tests/e2e/browser.py; the pip package brings
+only the driver, no browser download). Skipped only when /usr/bin/chromium is absent.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from urllib.parse import urlsplit
-
 import httpx
 import pytest
 
+from tests.e2e.browser import (
+    DISCLAIMER,
+    browser_page_fixture,  # noqa: F401 (the browser_page fixture)
+    screenshot,
+    wait_until,
+)
 from worker.pipeline.synthetic import encode_jpeg, make_lesion
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-DISCLAIMER = "Research use only — not a certified medical device"
-UNTRAINED = "UNTRAINED MODEL — NOT FOR CLINICAL USE"
-
-
-@pytest.fixture
-def browser_page(api_url, settings):
-    if not CHROMIUM.exists():
-        pytest.skip("system Chromium not installed at /usr/bin/chromium (apt-get install -y chromium)")
-    from playwright.sync_api import sync_playwright
-
-    allowed_origins = {_origin(api_url), _origin(settings.s3_endpoint)}
-    foreign_requests: list[str] = []
-    page_errors: list[str] = []
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        context = browser.new_context(viewport={"width": 1360, "height": 1000})
-        page = context.new_page()
-        context.on(
-            "request",
-            lambda request: foreign_requests.append(request.url)
-            if _origin(request.url) not in allowed_origins and not request.url.startswith(("blob:", "data:", "about:", "chrome-extension:"))
-            else None,
-        )
-        page.on("pageerror", lambda error: page_errors.append(str(error)))
-        page.set_default_timeout(30_000)
-        yield page
-        context.close()
-        browser.close()
-    assert not page_errors, f"JavaScript errors on the page: {page_errors}"
-    assert not foreign_requests, f"the page loaded something from elsewhere: {foreign_requests}"
-
-
-def _origin(url: str) -> str:
-    # The S3 endpoint setting is host:port (MinIO style); presigned URLs carry the scheme.
-    parts = urlsplit(url if "://" in url else f"http://{url}")
-    return f"{parts.scheme}://{parts.netloc}"
+UNTRAINED = "UNTRAINED MODEL"
+NOT_FOR_CLINICAL_USE = "NOT FOR CLINICAL USE"
 
 
 def test_upload_shows_result_matching_the_api(browser_page, api_url, worker, tenant_key, tmp_path):
     page = browser_page
     _, key = tenant_key
     photo = tmp_path / "lesion.jpg"
-    photo.write_bytes(encode_jpeg(make_lesion(seed=11, size=(300, 400), radius_frac=0.22, irregularity=0.5, variegation=0.4).image))
+    lesion = make_lesion(seed=11, size=(300, 400), radius_frac=0.22, irregularity=0.5, variegation=0.4)
+    photo.write_bytes(encode_jpeg(lesion.image))
 
     page.goto(api_url + "/")
     banner = page.locator("#disclaimer")
@@ -76,7 +35,7 @@ def test_upload_shows_result_matching_the_api(browser_page, api_url, worker, ten
 
     page.fill("#api-key", key)
     page.click("#save-key")
-    page.wait_for_function("document.getElementById('key-state').textContent.startsWith('Key set')")
+    wait_until(page, "document.getElementById('key-state').textContent.startsWith('Key set')")
     assert page.evaluate("sessionStorage.getItem('dermasentinel.apiKey')") == key
 
     page.set_input_files("#image", str(photo))
@@ -124,18 +83,23 @@ def test_upload_shows_result_matching_the_api(browser_page, api_url, worker, ten
     assert analysis["model"]["weights"] == "untrained"
     badge = page.locator("#untrained-badge")
     assert badge.is_visible()
-    assert UNTRAINED in badge.inner_text()
+    assert UNTRAINED in badge.inner_text() and NOT_FOR_CLINICAL_USE in badge.inner_text()
+    assert page.get_attribute("#diagnosis", "data-neutral") == "true"
+    assert page.get_attribute("#risk-band", "data-neutral") == "true"
     assert banner.is_visible()
 
-    page.wait_for_function(
-        "(() => { const img = document.getElementById('overlay');"
-        " return !img.hidden && img.complete && img.naturalWidth > 0; })()"
+    wait_until(
+        page,
+        "(() => { const mask = document.getElementById('mask-layer'), photo = document.getElementById('original');"
+        " return !mask.hidden && mask.complete && mask.naturalWidth > 0"
+        " && photo.complete && photo.naturalWidth > 0; })()",
     )
+    assert page.get_attribute("#viewer-stage", "data-mode") == "outline"
 
     page.wait_for_selector("#open-report:not([disabled])", timeout=120_000)
-    with page.expect_response(lambda r: r.url.endswith(f"/v1/analyses/{analysis_id}/report.pdf")) as report:
-        with page.context.expect_page() as popup:
-            page.click("#open-report")
+    is_report = lambda r: r.url.endswith(f"/v1/analyses/{analysis_id}/report.pdf")  # noqa: E731
+    with page.expect_response(is_report) as report, page.context.expect_page() as popup:
+        page.click("#open-report")
     assert report.value.status == 200
     assert report.value.headers["content-type"] == "application/pdf"
     popup.value.close()
@@ -144,10 +108,7 @@ def test_upload_shows_result_matching_the_api(browser_page, api_url, worker, ten
     recent.wait_for()
     assert "succeeded" in recent.inner_text().lower()
 
-    screenshot = tmp_path / "web-app.png"
-    page.screenshot(path=str(screenshot), full_page=True)
-    print(f"screenshot: {screenshot}")
-    assert screenshot.stat().st_size > 10_000
+    assert screenshot(page, "web-app").stat().st_size > 10_000
 
 
 def test_api_problem_detail_is_shown(browser_page, api_url, tenant_key, tmp_path):
@@ -193,6 +154,10 @@ def test_rejection_shows_reason_and_what_to_do(browser_page, api_url, worker, te
     outcome = page.locator("#outcome")
     assert outcome.is_visible()
     assert page.inner_text("#outcome-detail").strip() == rejection["detail"]
-    assert "Retake the photo in focus" in page.inner_text("#outcome-advice")
+    # The advice is the API's own wording (the page keeps no copy of it).
+    if rejection.get("advice"):
+        assert page.inner_text("#outcome-advice").strip() == rejection["advice"]
+    else:
+        assert page.locator("#outcome-advice").is_hidden()
     assert page.locator("#result").is_hidden()
-    page.screenshot(path=str(tmp_path / "web-app-rejected.png"), full_page=True)
+    screenshot(page, "web-app-rejected")

@@ -43,3 +43,14 @@ def test_analysis_task_survives_worker_loss(app):
     assert task.acks_late and task.reject_on_worker_lost
     assert app.conf.worker_prefetch_multiplier == 1
     assert app.conf.broker_transport_options["queue_order_strategy"] == "priority"
+
+
+def test_worker_roles_consume_every_queue_and_only_known_ones():
+    from cli.main import ROLES
+    from shared.queues import ROLE_QUEUES
+
+    consumed = {role: set(ROLES[role][0].split(",")) for role in ROLES}
+    assert consumed["all"] == {q.value for q in Queue}
+    assert set().union(*(consumed[role] for role in ("gpu", "cpu", "io"))) == consumed["all"]
+    assert consumed["gpu"] == {"analyze.interactive", "analyze.bulk"}
+    assert set(ROLE_QUEUES) == set(ROLES)

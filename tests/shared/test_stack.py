@@ -176,9 +176,8 @@ def test_services_do_not_outlive_a_killed_parent(stack_dir: Path) -> None:
         parent.stdout.close()
 
     # An immediate shutdown is recoverable: the same data dir starts again.
-    with EmbeddedStack(stack_dir, redis=False, s3=False) as stack:
-        with psycopg.connect(libpq_url(stack.endpoints)) as conn:
-            assert conn.execute("SELECT 1").fetchone() == (1,)
+    with EmbeddedStack(stack_dir, redis=False, s3=False) as stack, psycopg.connect(libpq_url(stack.endpoints)) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
 def test_a_second_server_on_the_same_data_dir_is_refused(stack_dir: Path) -> None:
@@ -233,7 +232,12 @@ def test_a_killed_service_comes_back_on_its_port_with_its_data(stack_dir: Path) 
         for name in ("postgres", "redis", "s3"):
             killed = supervisor.get(name)
             os.kill(killed.pid, 9)
-            supervise_until(supervisor, lambda: supervisor.get(name) is not None and supervisor.get(name).pid != killed.pid, said)
+            supervise_until(
+                supervisor,
+                lambda name=name, killed=killed: supervisor.get(name) is not None
+                and supervisor.get(name).pid != killed.pid,
+                said,
+            )
             assert supervisor.get(name).port == killed.port
             assert not process_group_alive(killed.pid)
         assert said[0] == "postgres exited (killed by SIGKILL); restarting in 0.1s"

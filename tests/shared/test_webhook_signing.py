@@ -3,7 +3,7 @@ import hashlib
 import hmac
 import json
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
@@ -60,7 +60,7 @@ def test_tampered_body_wrong_secret_or_other_id_fail_verification():
 
 def test_non_utc_datetime_is_signed_for_the_same_instant():
     secret = generate_secret()
-    now = datetime.now(timezone.utc).replace(microsecond=0)
+    now = datetime.now(UTC).replace(microsecond=0)
     in_paris = now.astimezone(timezone(timedelta(hours=2)))
     utc_headers = sign(secret, "msg_tz", now, BODY)
     paris_headers = sign(secret, "msg_tz", in_paris, BODY)

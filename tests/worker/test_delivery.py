@@ -244,7 +244,9 @@ def test_connection_refused_is_returned_not_raised(client):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    result = deliver(f"http://127.0.0.1:{port}/", generate_secret(), new_message_id(), BODY, allow_cidrs=LOOPBACK, client=client)
+    result = deliver(
+        f"http://127.0.0.1:{port}/", generate_secret(), new_message_id(), BODY, allow_cidrs=LOOPBACK, client=client
+    )
     assert (result.ok, result.status_code) == (False, None)
     assert result.error.startswith("ConnectError")
 
@@ -318,9 +320,8 @@ def test_dns_rebinding_after_the_check_cannot_reach_an_internal_address(receiver
 
 def test_delivery_client_cannot_connect_outside_deliver(receivers):
     receiver = receivers(Reply(200))
-    with DeliveryClient() as unpinned:
-        with pytest.raises(httpx.ConnectError, match="not the address checked"):
-            unpinned.post(receiver.url, content=b"{}")
+    with DeliveryClient() as unpinned, pytest.raises(httpx.ConnectError, match="not the address checked"):
+        unpinned.post(receiver.url, content=b"{}")
     assert receiver.requests == []
 
 
@@ -429,8 +430,11 @@ def test_internal_targets_are_logged_blind_status_and_class_only(receivers, clie
     first = deliver(leaky.url, generate_secret(), new_message_id(), BODY, allow_cidrs=LOOPBACK, client=client)
     assert first.internal and first.response_excerpt, "the transport saw the body"
     logged = first.as_logged()
-    assert (logged.status_code, logged.error, logged.error_class, logged.response_excerpt) == (500, "http_5xx", "http_5xx", None)
-    redirect = deliver(leaky.url, generate_secret(), new_message_id(), BODY, allow_cidrs=LOOPBACK, client=client).as_logged()
+    shown = (logged.status_code, logged.error, logged.error_class, logged.response_excerpt)
+    assert shown == (500, "http_5xx", "http_5xx", None)
+    redirect = deliver(
+        leaky.url, generate_secret(), new_message_id(), BODY, allow_cidrs=LOOPBACK, client=client
+    ).as_logged()
     assert redirect.error == "http_3xx" and "10.0.0.9" not in str(redirect)
 
 

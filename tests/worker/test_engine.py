@@ -41,7 +41,8 @@ def _queue(context, tenant_id, image: bytes | None, *, blur: float = 0.0) -> uui
     analysis_id = uuid.uuid4()
     key = image_key(tenant_id, analysis_id, "jpg")
     if image is None:
-        image = encode_jpeg(make_lesion(seed=analysis_id.int % 1000, size=(180, 240), radius_frac=0.22, blur=blur).image)
+        lesion = make_lesion(seed=analysis_id.int % 1000, size=(180, 240), radius_frac=0.22, blur=blur)
+        image = encode_jpeg(lesion.image)
     if image:
         context.store.put(IMAGES, key, image, "image/jpeg")
     with session_scope(context.session_factory) as session:

@@ -90,7 +90,7 @@ def test_an_object_store_outage_spends_no_attempts_and_backs_off(context, tenant
         # Twice as many failed passes as the job has attempts: none of them may count.
         for n in range(1, 2 * settings.max_attempts + 1):
             claim = _claim_now(context, analysis_id)
-            exc = _error_from(lambda: outage.store.get(IMAGES, claim.image_key))
+            exc = _error_from(lambda claim=claim: outage.store.get(IMAGES, claim.image_key))
             release(context, [claim], exc)
             row = _row(context, analysis_id)
             assert (row.status, row.attempt, row.transient_retries) == ("queued", n, n)
@@ -142,7 +142,7 @@ def test_a_job_that_outlived_an_outage_finishes_after_it(context, tenant_key, wo
     try:
         for _ in range(context.settings.max_attempts + 1):
             claim = _claim_now(context, analysis_id)
-            release(context, [claim], _error_from(lambda: outage.store.get(IMAGES, claim.image_key)))
+            release(context, [claim], _error_from(lambda claim=claim: outage.store.get(IMAGES, claim.image_key)))
     finally:
         outage.close()
     # The outage is over and the backoff has run out: the sweeper wakes the job.
@@ -168,9 +168,11 @@ def test_a_report_lost_between_commit_and_enqueue_is_resent_once_with_its_event(
     try:
         # The outcome commits; the report's wake-up (and the event's) go to a broker that is not there.
         with session_scope(context.session_factory) as session:
-            assert lifecycle.finish(session, dead.celery, context.settings, claim, status=lifecycle.AnalysisStatus.rejected,
-                                    rejection={"code": "blurry", "detail": "blur score 3.1 below 100"},
-                                    model={"weights": "untrained", "segmenter": "classical"})
+            assert lifecycle.finish(
+                session, dead.celery, context.settings, claim, status=lifecycle.AnalysisStatus.rejected,
+                rejection={"code": "blurry", "detail": "blur score 3.1 below 100"},
+                model={"weights": "untrained", "segmenter": "classical"},
+            )
     finally:
         dead.close()
     assert time.monotonic() - started < 30, "a publish to a dead broker must fail fast, not hang"
@@ -255,7 +257,8 @@ def test_a_stalled_broker_or_store_fails_a_call_in_seconds_not_minutes(settings)
     assert is_infrastructure_error(publish) and is_infrastructure_error(read)
     budget = settings.broker_connect_timeout_seconds + 2 * settings.broker_socket_timeout_seconds + 5
     assert publish_s < budget
-    assert read_s < (settings.s3_retries + 1) * (settings.s3_connect_timeout_seconds + settings.s3_read_timeout_seconds) + 5
+    per_try = settings.s3_connect_timeout_seconds + settings.s3_read_timeout_seconds
+    assert read_s < (settings.s3_retries + 1) * per_try + 5
 
 
 # ---------------------------------------------------------------- a real GPU worker
@@ -322,8 +325,8 @@ def test_a_gpu_worker_whose_pool_process_is_killed_runs_jobs_again(isolated, tmp
         held = _queued_row(ctx, tenant_id)
         _claim_now(ctx, held)
         with session_scope(ctx.session_factory) as session:
-            session.execute(update(Analysis).where(Analysis.id == held).values(
-                claimed_by=first, heartbeat_at=lifecycle.utcnow() - timedelta(seconds=2 * heartbeat_window(ctx.settings))))
+            long_ago = lifecycle.utcnow() - timedelta(seconds=2 * heartbeat_window(ctx.settings))
+            session.execute(update(Analysis).where(Analysis.id == held).values(claimed_by=first, heartbeat_at=long_ago))
 
         os.kill(_pid(first), signal.SIGKILL)
         killed_at = time.monotonic()
@@ -338,7 +341,7 @@ def test_a_gpu_worker_whose_pool_process_is_killed_runs_jobs_again(isolated, tmp
         wait_for(lambda: first not in _census(ctx.settings)[0], timeout=30, message="the dead process to age out")
         assert sweep(ctx)["requeued"] == 1
         for analysis_id in (fresh, held):
-            row = wait_for(lambda: (r := _row(ctx, analysis_id)).status not in ("queued", "processing") and r,
+            row = wait_for(lambda a=analysis_id: (r := _row(ctx, a)).status not in ("queued", "processing") and r,
                            timeout=120, message="the job to finish on the restarted pool process")
             assert row.status == "succeeded", row.error
             assert row.claimed_by == second

@@ -47,7 +47,7 @@ def test_a_stale_worker_cannot_overwrite_a_newer_attempt(context, tenant_key):
     analysis_id = _queued_row(context, tenant_key[0])
     settings = context.settings
     with session_scope(context.session_factory) as session:
-        (old,) = [c for c in lifecycle.claim_batch(session, analysis_id, 1)]
+        (old,) = list(lifecycle.claim_batch(session, analysis_id, 1))
     assert old.attempt == 1
     _age_heartbeat(context, analysis_id)
     with session_scope(context.session_factory) as session:
@@ -93,7 +93,8 @@ def test_sweeper_fails_a_job_after_max_attempts_instead_of_looping(context, tena
             # What the sweeper does to a vanished worker's job, minus the wake-up message
             # (a live worker in this session would otherwise race the test for the claim).
             with session_scope(context.session_factory) as session:
-                (stale,) = [c for c in lifecycle.stale_claims(session, lifecycle.utcnow()) if c.analysis_id == analysis_id]
+                stale_claims = lifecycle.stale_claims(session, lifecycle.utcnow())
+                (stale,) = [c for c in stale_claims if c.analysis_id == analysis_id]
                 assert lifecycle.release_claim(session, None, settings, stale, reason="gone") == "queued"
     assert sweep(context)["failed"] >= 1
     row = _row(context, analysis_id)

@@ -95,7 +95,7 @@ def test_retries_stop_when_the_schedule_is_exhausted(quiet, tenant_key, failing_
     event_id = _event(quiet, tenant_key[0])
     dispatch_event(quiet, event_id)
     (delivery,) = _deliveries(quiet, event_id)
-    schedule_length = len(quiet.settings.webhook_retry_schedule.split(","))
+    schedule_length = len(quiet.settings.webhook_retry_schedule)
     for _ in range(schedule_length + 1):
         _make_due(quiet, delivery.id)
         deliver_one(quiet, delivery.id)

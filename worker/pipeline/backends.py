@@ -158,7 +158,7 @@ class OpenVinoBackend:
         cls_size: int,
         keys: dict[str, str | None],
         options: EngineOptions,
-    ) -> "OpenVinoBackend":
+    ) -> OpenVinoBackend:
         """Compile both networks, converting from the torch modules only on a cache miss.
 
         ``keys`` names what the weights came from: ``scalpel``/``fusion`` checkpoint sha256,
@@ -205,8 +205,9 @@ class OpenVinoBackend:
         for index in range(len(batch)):
             # One image's views at a time (one copy, NCHW), so memory does not grow with N.
             expanded = expand_views_numpy(batch[index : index + 1].transpose(0, 3, 1, 2), views)
+            metadata = repeated[index * views :]
             logits += [
-                self.fusion([expanded[start : start + self.PASS], repeated[index * views + start :][: self.PASS]])[0][:, 0]
+                self.fusion([expanded[start : start + self.PASS], metadata[start : start + self.PASS]])[0][:, 0]
                 for start in range(0, views, self.PASS)
             ]
         logits = np.concatenate(logits).astype(np.float64)

@@ -94,9 +94,11 @@ def _benchmark(model_dir: Path, args: argparse.Namespace) -> None:
             batch, images = items[:batch_size], decoded[:batch_size]
             timings = np.array(
                 [
-                    _timed(lambda: pipeline.segmenter.segment([pipeline.segmenter.network_input(i) for i in images])),
-                    _timed(lambda: _our_gate2(pipeline, images, batch)),
-                    _timed(lambda: pipeline.run(batch)),
+                    _timed(lambda images=images: pipeline.segmenter.segment(
+                        [pipeline.segmenter.network_input(i) for i in images]
+                    )),
+                    _timed(lambda images=images, batch=batch: _our_gate2(pipeline, images, batch)),
+                    _timed(lambda batch=batch: pipeline.run(batch)),
                 ]
             ) / batch_size
             key = ("ours", batch_size)
@@ -109,7 +111,7 @@ def _benchmark(model_dir: Path, args: argparse.Namespace) -> None:
     for way, batch_size, gate1, gate2, whole in rows:
         print(f"{way:<10}{batch_size:>6}{gate1:>14.3f}{gate2:>14.3f}{whole:>16.3f}")
     baseline = rows[-1][4]
-    for way, batch_size, _, _, whole in rows[:-1]:
+    for _way, batch_size, _, _, whole in rows[:-1]:
         print(f"speed-up of ours at batch {batch_size} over the original, whole pipeline: {baseline / whole:.2f}x")
     print("note: ours gives the same probability on every call; the original's random views do not")
 
@@ -130,7 +132,10 @@ def _benchmark(model_dir: Path, args: argparse.Namespace) -> None:
 
 def _our_gate2(pipeline: Pipeline, images: list[np.ndarray], batch: list[LesionInput]):
     """Gate 2 exactly as the pipeline runs it: preprocess the batch, N x views on the device."""
-    work = [_Item(i, image, encode_metadata(item.age, item.sex, item.site), None, 0.0) for i, (image, item) in enumerate(zip(images, batch))]
+    work = [
+        _Item(i, image, encode_metadata(item.age, item.sex, item.site), None, 0.0)
+        for i, (image, item) in enumerate(zip(images, batch, strict=True))
+    ]
     for item in work:
         item.cls_input = network_transform(pipeline.options.cls_size)(image=item.image)["image"]
     return pipeline._classify(work)

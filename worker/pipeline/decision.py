@@ -1,16 +1,8 @@
-"""Diagnosis and risk band from the mean melanoma probability (DESIGN.md thresholds)."""
+"""Diagnosis and risk band from the mean melanoma probability: the rules of shared.clinical.
 
-MELANOMA_THRESHOLD = 0.5
-HIGH_RISK_THRESHOLD = 0.8
+Kept as the pipeline's entry point so that its callers need not know where the rules live.
+"""
 
+from shared.clinical import HIGH_RISK_THRESHOLD, MELANOMA_THRESHOLD, diagnosis, risk_band
 
-def diagnosis(probability: float) -> str:
-    return "melanoma" if probability > MELANOMA_THRESHOLD else "benign"
-
-
-def risk_band(probability: float) -> str:
-    if probability > HIGH_RISK_THRESHOLD:
-        return "high"
-    if probability > MELANOMA_THRESHOLD:
-        return "medium"
-    return "low"
+__all__ = ["HIGH_RISK_THRESHOLD", "MELANOMA_THRESHOLD", "diagnosis", "risk_band"]

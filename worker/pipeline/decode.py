@@ -1,13 +1,12 @@
-"""Image decoding with Pillow: format allow-list, pixel limit, EXIF orientation, RGB output."""
-
-import io
+"""Uploaded bytes to the pipeline's (H, W, 3) uint8 RGB array, through the one decoder
+(``shared.images.decode``) the API uses too: same formats, limits and orientation."""
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
+from shared import images
 from worker.pipeline.errors import ImageDecodeError
 
-ACCEPTED_FORMATS = ("JPEG", "PNG")
 _MIN_SIDE = 8
 
 
@@ -20,7 +19,9 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
     return decode_upright(data, max_pixels)[0]
 
 
-def decode_upright(data: bytes, max_pixels: int, keep: tuple[int, int] | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+def decode_upright(
+    data: bytes, max_pixels: int, keep: tuple[int, int] | None = None
+) -> tuple[np.ndarray, tuple[int, int]]:
     """``decode_image``, plus the upright (height, width) of the upload as sent.
 
     With ``keep`` = (short side, long side), a JPEG is decoded with DCT scaling (Pillow's
@@ -28,38 +29,17 @@ def decode_upright(data: bytes, max_pixels: int, keep: tuple[int, int] | None = 
     ``keep``: a 4000 x 3000 photo for 512-pixel networks and 1024-pixel artifacts decodes at
     1/2 for a fraction of the time. The returned size is always the upload's own.
     """
-    if not data:
-        raise ImageDecodeError("the upload is empty")
     try:
-        with Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS) as image:
-            width, height = image.size
-            if width * height > max_pixels:
-                raise ImageDecodeError(
-                    f"image is {width}x{height} = {width * height} pixels, above the limit of "
-                    f"{max_pixels}; send a smaller image"
-                )
-            if min(width, height) < _MIN_SIDE:
-                raise ImageDecodeError(f"image is {width}x{height} pixels, too small to analyse")
-            if keep is not None and image.format == "JPEG":
-                short, long = keep
-                image.draft("RGB", (long, short) if width >= height else (short, long))
-            image.load()
-            stored_wide = image.size[0] > image.size[1]
-            rgb = _to_rgb(ImageOps.exif_transpose(image))
-            # A quarter turn in the EXIF tag swaps the sides (square images are unaffected).
-            turned = (rgb.size[0] > rgb.size[1]) != stored_wide
-            upright = (width, height) if turned else (height, width)
-    except ImageDecodeError:
-        raise
-    except UnidentifiedImageError as exc:
-        raise ImageDecodeError(f"not a readable {' or '.join(ACCEPTED_FORMATS)} image") from exc
-    except Image.DecompressionBombError as exc:  # Pillow's own guard, for absurd sizes
-        raise ImageDecodeError(
-            f"image is above the limit of {max_pixels} pixels ({exc}); send a smaller image"
-        ) from exc
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageDecodeError(f"image data is corrupt or truncated: {exc}") from exc
-    return np.asarray(rgb, dtype=np.uint8).copy(), upright
+        decoded = images.decode(data, max_pixels, keep=keep, min_side=_MIN_SIDE)
+    except images.ImageRejected as exc:
+        raise ImageDecodeError(exc.detail) from exc
+    with decoded.image as image:
+        try:
+            rgb = _to_rgb(image)
+        except (OSError, ValueError) as exc:
+            raise ImageDecodeError(f"the {decoded.format} pixels could not be converted to RGB: {exc}") from exc
+        pixels = np.asarray(rgb, dtype=np.uint8).copy()
+    return pixels, decoded.source_size
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

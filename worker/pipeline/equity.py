@@ -3,8 +3,9 @@
 ITA = atan((L* - 50) / b*) in degrees, from the mean CIELAB L* and b* of skin pixels. Skin
 pixels are those outside the lesion *and* outside a margin around it, so the lesion's blurred
 rim and surrounding halo do not darken the estimate (the original averaged every non-lesion
-pixel). Groups and the bias warning follow the original: darker skin (ITA <= 10 degrees) is
-under-represented in ISIC training data, so predictions there deserve extra scrutiny.
+pixel). Groups and the bias warning follow the original (rules in shared.clinical): darker
+skin (ITA <= 10 degrees) is under-represented in ISIC training data, so predictions there
+deserve extra scrutiny.
 """
 
 import math
@@ -13,11 +14,11 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from shared.clinical import BIAS_WARNING_MAX_ITA, bias_warning, skin_group
 from worker.pipeline.colour import lightness_and_b_star
 
-BIAS_WARNING_MAX_ITA = 10.0
-# Upper bounds (exclusive of the group above) from darkest to lightest; the original's cut-offs.
-_GROUPS = ((-30.0, "dark"), (10.0, "brown"), (28.0, "tan"), (41.0, "intermediate"), (55.0, "light"))
+__all__ = ["BIAS_WARNING_MAX_ITA", "SkinTone", "estimate_skin_tone", "ita_from_lab", "skin_group", "skin_pixels"]
+
 _MARGIN_FRACTION = 0.03  # of the frame's longer side
 _MIN_SKIN_PIXELS = 64
 
@@ -30,13 +31,6 @@ class SkinTone:
 
     def as_dict(self) -> dict:
         return {"ita_degrees": self.ita_degrees, "skin_group": self.skin_group, "bias_warning": self.bias_warning}
-
-
-def skin_group(ita: float) -> str:
-    for upper, name in _GROUPS:
-        if ita <= upper:
-            return name
-    return "very light"
 
 
 def ita_from_lab(lightness: float, b_star: float) -> float:
@@ -68,4 +62,4 @@ def estimate_skin_tone(image: np.ndarray, mask: np.ndarray, margin_px: int | Non
     skin = skin_pixels(mask, margin_px)
     lightness, b_star = lightness_and_b_star(image[skin])
     ita = ita_from_lab(float(lightness.mean()), float(b_star.mean()))
-    return SkinTone(ita_degrees=ita, skin_group=skin_group(ita), bias_warning=ita <= BIAS_WARNING_MAX_ITA)
+    return SkinTone(ita_degrees=ita, skin_group=skin_group(ita), bias_warning=bias_warning(ita))

@@ -16,20 +16,18 @@
 
 The original server filled only index 0 and left sex and site at zero although its model has
 these inputs; here every input is filled. Values are matched case-insensitively; ISIC's finer
-torso labels (anterior/posterior/lateral torso) map to ``torso``.
+torso labels (anterior/posterior/lateral torso) map to ``torso``. The vocabularies and their
+order are shared.clinical's, the one list the API validates against.
 """
 
 import numpy as np
 
+from shared.clinical import AGE_RANGE, SEXES, SITE_ALIASES, SITES
 from worker.pipeline.errors import MetadataError
 
-METADATA_SIZE = 11
-SEXES = ("male", "female", "unknown")
-SITES = ("head/neck", "upper extremity", "lower extremity", "torso", "palms/soles", "oral/genital", "unknown")
-AGE_RANGE = (0, 120)
+METADATA_SIZE = 11  # the Fusion model's input width: 1 age + one-hot sex + one-hot site
 _AGE_CENTRE = 50.0
 _AGE_SCALE = 20.0
-_SITE_ALIASES = {"anterior torso": "torso", "posterior torso": "torso", "lateral torso": "torso"}
 
 
 def encode_metadata(age: int | float | None, sex: str | None = "unknown", site: str | None = "unknown") -> np.ndarray:
@@ -42,7 +40,7 @@ def encode_metadata(age: int | float | None, sex: str | None = "unknown", site: 
     if sex_key not in SEXES:
         raise MetadataError(f"sex {sex!r} is not one of {', '.join(SEXES)}")
     site_key = (site or "unknown").strip().lower()
-    site_key = _SITE_ALIASES.get(site_key, site_key)
+    site_key = SITE_ALIASES.get(site_key, site_key)
     if site_key not in SITES:
         raise MetadataError(f"site {site!r} is not one of {', '.join(SITES)}")
     vector[1 + SEXES.index(sex_key)] = 1.0

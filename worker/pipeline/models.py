@@ -61,6 +61,7 @@ class CheckpointInfo:
     path: Path
     sha256: str
     version: str
+    card: dict | None = None  # the model card a training run embedded (``model_card``), if any
 
 
 def file_sha256(path: Path) -> str:
@@ -97,7 +98,24 @@ def load_checkpoint(module: nn.Module, path: Path) -> CheckpointInfo:
         raise CheckpointMismatchError(str(path), missing, unexpected, mismatched)
     module.load_state_dict(state_dict, strict=True)
     version = payload.get("version") if isinstance(payload, dict) else None
-    return CheckpointInfo(path=path, sha256=sha256, version=str(version) if version else f"sha256-{sha256[:12]}")
+    card = payload.get("model_card") if isinstance(payload, dict) else None
+    return CheckpointInfo(
+        path=path, sha256=sha256, version=str(version) if version else f"sha256-{sha256[:12]}",
+        card=card if isinstance(card, dict) else None,
+    )
+
+
+def apply_temperature(fusion: nn.Module, temperature: float) -> None:
+    """Fold temperature scaling into the last layer: logits / T with no extra work per image.
+    Every backend (and a converted OpenVINO graph) then gives calibrated probabilities."""
+    if temperature <= 0:
+        raise ModelConfigError(f"temperature must be positive, not {temperature}")
+    if temperature == 1.0:
+        return
+    last = fusion.head[-1]
+    with torch.no_grad():
+        last.weight.div_(temperature)
+        last.bias.div_(temperature)
 
 
 def _unwrap(payload: object, path: Path) -> dict[str, torch.Tensor]:

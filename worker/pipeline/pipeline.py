@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from shared.clinical import threshold_of
 from worker.pipeline import abcd, decision, equity, overlay, quality
 from worker.pipeline.backends import EngineOptions, NetworkBackend, OpenVinoBackend, TorchBackend
 from worker.pipeline.decode import decode_upright
@@ -87,6 +88,9 @@ class Finding:
 
 @dataclass(frozen=True)
 class Rejection:
+    """A clinical gate refused the image: ``detail`` says why, with the score; what to do
+    about it is ``shared.clinical.retake_advice(code)``, never restated here."""
+
     code: str  # blurry | no_lesion | unreadable_image
     detail: str
     scores: dict = field(default_factory=dict)
@@ -118,7 +122,13 @@ class _Item:
 
     @property
     def size(self) -> tuple[int, int]:
-        return self.source_size or self.image.shape[:2]
+        return self.source_size or (self.image.shape[0], self.image.shape[1])
+
+    def stepped(self, value: np.ndarray | None, step: str) -> np.ndarray:
+        """``value`` once the step that sets it has run (a bug in the step order otherwise)."""
+        if value is None:
+            raise RuntimeError(f"item {self.index} reached a later step before {step}")
+        return value
 
 
 @dataclass
@@ -165,9 +175,7 @@ class Pipeline:
         outcomes = batch.outcomes
         _notify(on_stage, STAGE_SEGMENTATION)
         segmented = []
-        for item, mask in self._batched(
-            batch.items, lambda part: self.segmenter.segment([it.seg_input for it in part]), "segmentation_failed", outcomes
-        ):
+        for item, mask in self._batched(batch.items, self._segment, "segmentation_failed", outcomes):
             item.mask, item.seg_input = mask, None
             rejection = self._coverage_gate(item)
             if rejection is None:
@@ -184,10 +192,10 @@ class Pipeline:
     def complete(self, batch: PreparedBatch, map: Callable = map) -> list[Outcome]:
         """Host work after the networks: ABCD, ITA, artifacts and the result of each item."""
         findings = map(lambda item: _isolated(lambda: self._finding(item), "internal_error"), batch.items)
-        for item, outcome in zip(batch.items, list(findings)):
+        for item, outcome in zip(batch.items, list(findings), strict=True):
             batch.outcomes[item.index] = outcome
         batch.items = []
-        return batch.outcomes  # type: ignore[return-value]
+        return batch.outcomes
 
     def _admit(self, index: int, item: LesionInput) -> _Item | Rejection | ItemError:
         """Metadata check, decode, quality gate and network inputs for one upload."""
@@ -210,8 +218,7 @@ class Pipeline:
         if quality.is_blurry(score, options.blur_threshold):
             return Rejection(
                 "blurry",
-                f"image too blurry: sharpness score {score:.1f} is below the threshold "
-                f"{options.blur_threshold:g}; retake the photo in focus",
+                f"image too blurry: sharpness score {score:.1f} is below the threshold {options.blur_threshold:g}",
                 {"blur_score": score, "blur_threshold": options.blur_threshold},
             )
         accepted = _Item(index, image, metadata, item.pixel_spacing_mm, score, source_size)
@@ -223,18 +230,21 @@ class Pipeline:
         return accepted
 
     def _coverage_gate(self, item: _Item) -> Rejection | None:
-        coverage = float(item.mask.mean())
+        coverage = float(item.stepped(item.mask, "segmentation").mean())
         if coverage < self.options.min_coverage:
             return Rejection(
                 "no_lesion",
                 f"no lesion detected: the lesion mask covers {coverage:.2%} of the image, below the "
-                f"minimum {self.options.min_coverage:.2%}; centre the lesion and fill more of the frame",
+                f"minimum {self.options.min_coverage:.2%}",
                 {"coverage": coverage, "min_coverage": self.options.min_coverage, "blur_score": item.blur_score},
             )
         return None
 
+    def _segment(self, batch: list[_Item]) -> list[np.ndarray]:
+        return self.segmenter.segment([item.stepped(item.seg_input, "admission") for item in batch])
+
     def _classify(self, batch: list[_Item]) -> list[np.ndarray]:
-        images = np.stack([item.cls_input for item in batch])
+        images = np.stack([item.stepped(item.cls_input, "admission") for item in batch])
         metadata = np.stack([item.metadata for item in batch])
         probabilities = self.backend.classify(images, metadata, self.options.tta_views, self.options.max_forward_batch)
         return list(probabilities)
@@ -242,34 +252,38 @@ class Pipeline:
     def _finding(self, item: _Item) -> Finding:
         """ABCD, ITA and artifacts for one classified image, and its result."""
         height, width = item.size
+        mask = item.stepped(item.mask, "segmentation")
+        view_probabilities = item.stepped(item.probabilities, "classification")
         # ABCD and ITA run on an aspect-preserving frame at the mask's resolution (longer side
         # SEG_SIZE), so shapes are not squashed and the diameter maps back to the upload's pixels.
         frame_h, frame_w = overlay.artifact_size(height, width, self.options.seg_size)
         frame_image = overlay.resize_image(item.image, frame_h, frame_w)
-        frame_mask = overlay.resize_mask(item.mask, frame_h, frame_w)
+        frame_mask = overlay.resize_mask(mask, frame_h, frame_w)
         concepts = abcd.compute_concepts(frame_image, frame_mask, frame_w / width, item.pixel_spacing_mm)
         skin = equity.estimate_skin_tone(frame_image, frame_mask)
 
         art_h, art_w = overlay.artifact_size(height, width, self.options.artifact_max_side)
-        art_mask = overlay.resize_mask(item.mask, art_h, art_w)
+        art_mask = overlay.resize_mask(mask, art_h, art_w)
         mask_png = overlay.mask_png(art_mask)
         overlay_jpeg = overlay.overlay_jpeg(overlay.resize_image(item.image, art_h, art_w), art_mask)
 
-        view_probabilities = item.probabilities
         probability = float(np.mean(view_probabilities))
+        provenance = self.registry.provenance()
+        # A model with a validated operating point records it in its provenance.
+        threshold = threshold_of(provenance)
         result = {
-            "diagnosis": decision.diagnosis(probability),
+            "diagnosis": decision.diagnosis(probability, threshold),
             "probability": probability,
             # Population std: the views are the whole fixed set, not a sample of random views.
             "uncertainty": float(np.std(view_probabilities)),
             "tta_probabilities": [float(p) for p in view_probabilities],
-            "risk_band": decision.risk_band(probability),
-            "segmentation": {"coverage": float(item.mask.mean())},
+            "risk_band": decision.risk_band(probability, threshold),
+            "segmentation": {"coverage": float(mask.mean())},
             "concepts": concepts.as_dict(),
             "equity": skin.as_dict(),
             "quality": {"blur_score": item.blur_score},
         }
-        return Finding(result=result, mask_png=mask_png, overlay_jpeg=overlay_jpeg, model=self.registry.provenance())
+        return Finding(result=result, mask_png=mask_png, overlay_jpeg=overlay_jpeg, model=provenance)
 
     def _batched(self, batch: list[_Item], step: Callable[[list[_Item]], list], error_code: str, outcomes: list):
         """Run ``step`` on the whole batch; if it fails, retry per item to isolate the culprit."""
@@ -295,8 +309,11 @@ def make_backend(registry: ModelRegistry, options: PipelineOptions) -> NetworkBa
         if registry.fusion is None:
             raise ValueError("this registry's torch modules were released; load it again to build a backend")
         return OpenVinoBackend.build(
-            registry.scalpel, registry.fusion, options.seg_size, options.cls_size, registry.weight_keys(), options.engine
+            registry.scalpel, registry.fusion, options.seg_size, options.cls_size, registry.weight_keys(),
+            options.engine,
         )
+    if registry.fusion is None:
+        raise ValueError("this registry's torch modules were released; load it again to build a backend")
     return TorchBackend(registry.scalpel, registry.fusion, registry.device, options.seg_size, options.engine)
 
 

@@ -6,13 +6,67 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from shared.clinical import MELANOMA_THRESHOLD, SYNTHETIC, TRAINED, UNTRAINED
 from worker.pipeline.backends import resolve_backend
 from worker.pipeline.errors import ModelConfigError
-from worker.pipeline.models import FUSION_NAME, SCALPEL_NAME, CheckpointInfo, FusionNet, build_scalpel, load_checkpoint
+from worker.pipeline.models import (
+    FUSION_NAME,
+    SCALPEL_NAME,
+    CheckpointInfo,
+    FusionNet,
+    apply_temperature,
+    build_scalpel,
+    load_checkpoint,
+)
 
 SCALPEL_FILES = ("scalpel.pth", "best_scalpel.pth")
 FUSION_FILES = ("fusion.pth", "best_fusion.pth")
 SEGMENTER_CHOICES = ("auto", "unet", "classical")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A checkpoint file chosen by the model registry (docs/MODELS.md), with what the registry
+    knows about it: its row id, version, model card and calibration."""
+
+    path: Path
+    registry_id: str | None = None
+    version: str | None = None
+    card: dict | None = None
+    threshold: float | None = None
+    temperature: float | None = None
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """How Gate 2's probability becomes a decision: temperature scaling, then the threshold."""
+
+    threshold: float = MELANOMA_THRESHOLD
+    temperature: float = 1.0
+    target_sensitivity: float | None = None
+    chosen_on: str = "default"  # "validation" when chosen by training, "default" otherwise
+
+    @classmethod
+    def from_card(cls, card: dict | None, threshold: float | None = None, temperature: float | None = None):
+        calibration = (card or {}).get("calibration") or {}
+        threshold = threshold if threshold is not None else calibration.get("threshold")
+        temperature = temperature if temperature is not None else calibration.get("temperature")
+        if threshold is None and temperature is None:
+            return cls()
+        return cls(
+            threshold=float(threshold) if threshold is not None else MELANOMA_THRESHOLD,
+            temperature=float(temperature) if temperature is not None else 1.0,
+            target_sensitivity=calibration.get("target_sensitivity"),
+            chosen_on=str(calibration.get("chosen_on") or "validation"),
+        )
+
+    def as_dict(self) -> dict:
+        return {
+            "threshold": self.threshold,
+            "temperature": self.temperature,
+            "target_sensitivity": self.target_sensitivity,
+            "chosen_on": self.chosen_on,
+        }
 
 
 @dataclass(frozen=True)
@@ -28,6 +82,9 @@ class ModelRegistry:
     fusion_seed: int | None
     backend: str = "torch"  # "torch" or "openvino": which engine runs the networks
     precision: str = "fp32"  # "fp16"/"bf16" when the pipeline runs CUDA autocast
+    scalpel_source: ModelSource | None = None  # set when the model registry chose the checkpoint
+    fusion_source: ModelSource | None = None
+    operating_point: OperatingPoint = OperatingPoint()
 
     @classmethod
     def load(
@@ -37,14 +94,19 @@ class ModelRegistry:
         segmenter: str = "auto",
         seed: int = 0,
         backend: str = "auto",
+        scalpel_source: ModelSource | None = None,
+        fusion_source: ModelSource | None = None,
     ) -> "ModelRegistry":
+        """Checkpoints from ``MODEL_DIR``, unless the model registry chose one for a kind
+        (``*_source``); a Fusion card's calibration is applied (temperature folded into the
+        weights, threshold recorded as the operating point)."""
         if segmenter not in SEGMENTER_CHOICES:
             raise ModelConfigError(f"segmenter must be one of {', '.join(SEGMENTER_CHOICES)}, not {segmenter!r}")
         target = resolve_device(device)
         engine = resolve_backend(backend, target)
         model_dir = Path(model_dir) if model_dir is not None else None
-        scalpel_path = _first_existing(model_dir, SCALPEL_FILES)
-        fusion_path = _first_existing(model_dir, FUSION_FILES)
+        scalpel_path = scalpel_source.path if scalpel_source else _first_existing(model_dir, SCALPEL_FILES)
+        fusion_path = fusion_source.path if fusion_source else _first_existing(model_dir, FUSION_FILES)
 
         if segmenter == "unet" and scalpel_path is None:
             raise ModelConfigError(
@@ -58,10 +120,19 @@ class ModelRegistry:
             scalpel_checkpoint = load_checkpoint(scalpel, scalpel_path)
             scalpel = _prepare(scalpel, target)
 
+        operating_point = OperatingPoint()
         if fusion_path is not None:
             fusion = FusionNet()
             fusion_checkpoint = load_checkpoint(fusion, fusion_path)
             fusion_seed = None
+            # The registry's row wins; a file given alone is described by the card it embeds.
+            card = fusion_source.card if fusion_source is not None and fusion_source.card else fusion_checkpoint.card
+            operating_point = OperatingPoint.from_card(
+                card,
+                fusion_source.threshold if fusion_source is not None else None,
+                fusion_source.temperature if fusion_source is not None else None,
+            )
+            apply_temperature(fusion, operating_point.temperature)
         else:
             # Seeded so that untrained results are at least reproducible across processes,
             # without touching the caller's global RNG state.
@@ -79,6 +150,9 @@ class ModelRegistry:
             fusion_checkpoint=fusion_checkpoint,
             fusion_seed=fusion_seed,
             backend=engine,
+            scalpel_source=scalpel_source if scalpel is not None else None,
+            fusion_source=fusion_source,
+            operating_point=operating_point,
         )
 
     @property
@@ -88,44 +162,64 @@ class ModelRegistry:
 
     def weight_keys(self) -> dict[str, str | None]:
         """What each network's weights came from, for caches of converted models."""
-        return {
-            "scalpel": self.scalpel_checkpoint.sha256 if self.scalpel_checkpoint else None,
-            "fusion": self.fusion_checkpoint.sha256 if self.fusion_checkpoint else f"untrained-seed-{self.fusion_seed}",
-        }
+        fusion = self.fusion_checkpoint.sha256 if self.fusion_checkpoint else f"untrained-seed-{self.fusion_seed}"
+        if self.operating_point.temperature != 1.0:  # folded into the weights: another graph
+            fusion = f"{fusion}-t{self.operating_point.temperature!r}"
+        return {"scalpel": self.scalpel_checkpoint.sha256 if self.scalpel_checkpoint else None, "fusion": fusion}
 
     def without_modules(self) -> "ModelRegistry":
         """The same provenance without the torch modules (for engines that hold their own copy)."""
         return replace(self, scalpel=None, fusion=None)
 
     @property
+    def fusion_card(self) -> dict | None:
+        if self.fusion_source is not None and self.fusion_source.card:
+            return self.fusion_source.card
+        return self.fusion_checkpoint.card if self.fusion_checkpoint is not None else None
+
+    @property
     def weights(self) -> str:
-        return "trained" if self.fusion_checkpoint is not None else "untrained"
+        """``untrained`` (seeded), ``synthetic`` (its card says it learnt from generated
+        images) or ``trained``."""
+        if self.fusion_checkpoint is None:
+            return UNTRAINED
+        training = (self.fusion_card or {}).get("training_data") or {}
+        return SYNTHETIC if training.get("synthetic") else TRAINED
 
     def provenance(self) -> dict:
         scalpel = None
         if self.scalpel_checkpoint is not None:
-            scalpel = {
-                "name": SCALPEL_NAME,
-                "version": self.scalpel_checkpoint.version,
-                "sha256": self.scalpel_checkpoint.sha256,
-            }
+            scalpel = _checkpoint_provenance(SCALPEL_NAME, self.scalpel_checkpoint, self.scalpel_source)
         if self.fusion_checkpoint is not None:
-            fusion = {
-                "name": FUSION_NAME,
-                "version": self.fusion_checkpoint.version,
-                "sha256": self.fusion_checkpoint.sha256,
-                "seed": None,
-            }
+            fusion = {**_checkpoint_provenance(FUSION_NAME, self.fusion_checkpoint, self.fusion_source), "seed": None}
         else:
-            fusion = {"name": FUSION_NAME, "version": f"untrained-seed-{self.fusion_seed}", "sha256": None, "seed": self.fusion_seed}
-        return {
+            fusion = {"name": FUSION_NAME, "version": f"untrained-seed-{self.fusion_seed}", "sha256": None,
+                      "seed": self.fusion_seed}
+        provenance = {
             "segmenter": self.segmenter,
             "weights": self.weights,
             "backend": self.backend_name,
             "precision": self.precision,
             "scalpel": scalpel,
             "fusion": fusion,
+            "version": fusion["version"],  # the classifier's: it makes the diagnosis
+            "operating_point": self.operating_point.as_dict(),
         }
+        if self.operating_point.chosen_on != "default":
+            # shared.clinical reads it here; absent means the design's default threshold.
+            provenance["threshold"] = self.operating_point.threshold
+        training = (self.fusion_card or {}).get("training_data") if self.fusion_checkpoint is not None else None
+        if training:
+            provenance["training_data"] = training.get("description")
+        return provenance
+
+
+def _checkpoint_provenance(name: str, checkpoint: CheckpointInfo, source: ModelSource | None) -> dict:
+    described = {"name": name, "version": checkpoint.version, "sha256": checkpoint.sha256}
+    if source is not None:
+        described["version"] = source.version or checkpoint.version
+        described["registry_id"] = source.registry_id
+    return described
 
 
 def resolve_device(device: str) -> torch.device:

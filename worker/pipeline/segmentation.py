@@ -117,5 +117,4 @@ def _remove_hair(image: np.ndarray) -> np.ndarray:
     hair = (blackhat > 20).astype(np.uint8)
     if not hair.any():
         return image
-    hair = cv2.dilate(hair, np.ones((3, 3), np.uint8))
-    return cv2.inpaint(image, hair, 3, cv2.INPAINT_TELEA)
+    return cv2.inpaint(image, cv2.dilate(hair, np.ones((3, 3), np.uint8)), 3, cv2.INPAINT_TELEA)

@@ -142,8 +142,9 @@ def _radial_profile(rng: np.random.Generator, theta: np.ndarray) -> np.ndarray:
     amplitudes = rng.uniform(0.5, 1.0, size=harmonics.size) / harmonics**0.6
     phases = rng.uniform(0, 2 * math.pi, size=harmonics.size)
     dense = np.linspace(-math.pi, math.pi, 4096)
-    peak = np.abs(sum(a * np.cos(k * dense + p) for k, a, p in zip(harmonics, amplitudes, phases))).max()
-    profile = sum(a * np.cos(k * theta + p) for k, a, p in zip(harmonics, amplitudes, phases))
+    terms = list(zip(harmonics, amplitudes, phases, strict=True))
+    peak = np.abs(sum(a * np.cos(k * dense + p) for k, a, p in terms)).max()
+    profile = sum(a * np.cos(k * theta + p) for k, a, p in terms)
     return 0.5 * profile / peak
 
 

@@ -23,7 +23,8 @@ Failed (system error) → "cancelled": the analysis was started and not complete
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import urlparse
 
 from fhir.resources.R4B.bundle import Bundle
@@ -39,6 +40,8 @@ MODEL_WEIGHTS_EXTENSION = f"{FHIR_BASE}/StructureDefinition/model-weights"
 UCUM = "http://unitsofmeasure.org"
 LOINC = "http://loinc.org"
 SNOMED = "http://snomed.info/sct"
+OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
+MEDIA_TYPE = "http://terminology.hl7.org/CodeSystem/media-type"
 
 AI_ASSISTED = {
     "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
@@ -72,7 +75,8 @@ class _BundleBuilder:
 
     def add(self, role: str, resource: dict) -> str:
         full_url = self.ref(role)
-        resource = {"resourceType": resource.pop("resourceType"), "id": full_url.removeprefix("urn:uuid:"), **resource}
+        resource_type = resource.pop("resourceType")
+        resource = {"resourceType": resource_type, "id": full_url.removeprefix("urn:uuid:"), **resource}
         self.entries.append({"fullUrl": full_url, "resource": resource})
         return full_url
 
@@ -80,10 +84,14 @@ class _BundleBuilder:
         return {"security": [dict(AI_ASSISTED)]}
 
     def weights_extension(self) -> list[dict]:
-        return [{"url": MODEL_WEIGHTS_EXTENSION, "valueCode": (self.analysis.get("model") or {}).get("weights", "unknown")}]
+        weights = (self.analysis.get("model") or {}).get("weights", "unknown")
+        return [{"url": MODEL_WEIGHTS_EXTENSION, "valueCode": weights}]
 
     def untrained_note(self) -> list[dict]:
-        return [{"text": f"weights: untrained — {wording.UNTRAINED_BANNER}."}] if self.untrained else []
+        if not self.untrained:
+            return []
+        status = (self.analysis.get("model") or {}).get("weights") or "unknown"
+        return [{"text": f"weights: {status} — {wording.banner(self.analysis)}."}]
 
     def build(self) -> dict:
         segmenter_ref, classifier_ref = self.add_devices()
@@ -108,7 +116,9 @@ class _BundleBuilder:
         model = self.analysis.get("model") or {}
         scalpel = model.get("scalpel")
         if scalpel:
-            segmenter = _device(scalpel["name"], scalpel["version"], scalpel.get("sha256"), "AI lesion segmentation model")
+            segmenter = _device(
+                scalpel["name"], scalpel["version"], scalpel.get("sha256"), "AI lesion segmentation model"
+            )
         else:
             segmenter = _device(
                 "classical colour-threshold segmenter", None, None, "Rule-based lesion segmentation (no checkpoint)"
@@ -118,7 +128,9 @@ class _BundleBuilder:
         fusion = model.get("fusion")
         if not fusion:
             return segmenter_ref, None
-        classifier = _device(fusion["name"], fusion["version"], fusion.get("sha256"), "AI melanoma classification model")
+        classifier = _device(
+            fusion["name"], fusion["version"], fusion.get("sha256"), "AI melanoma classification model"
+        )
         classifier["extension"] = self.weights_extension()
         classifier["note"] = self.untrained_note() or [{"text": "weights: trained."}]
         if fusion.get("seed") is not None:
@@ -146,7 +158,8 @@ class _BundleBuilder:
             "type": _media_type(),
             "device": {"reference": segmenter_ref},
             "content": _attachment(self.links["overlay"], "image/jpeg", "Lesion segmentation overlay"),
-            "note": [{"text": "Lesion segmentation overlay computed from the submitted image."}] + self.untrained_note(),
+            "note": [{"text": "Lesion segmentation overlay computed from the submitted image."}]
+            + self.untrained_note(),
         }
         self.common_context(media)
         return self.add("media/overlay", media)
@@ -168,15 +181,22 @@ class _BundleBuilder:
         probability = self.observation(
             "malignancy-probability", "Melanoma malignancy probability (model)", image_ref, classifier_ref,
             valueQuantity={"value": _dec(result["probability"]), **UNITLESS},
-            interpretation=[{"coding": [{"system": LOCAL_CODES, "code": f"risk-{band}", "display": f"{band.capitalize()} risk"}], "text": f"Risk band {band}"}],
+            interpretation=[
+                {"coding": [_local(f"risk-{band}", f"{band.capitalize()} risk")], "text": f"Risk band {band}"}
+            ],
         )
         refs.append(self.add("observation/malignancy-probability", probability))
         uncertainty = self.observation(
             "prediction-uncertainty", "Prediction uncertainty (SD over test-time views)", image_ref, classifier_ref,
             valueQuantity={"value": _dec(result["uncertainty"]), **UNITLESS},
             component=[
-                {"code": {"coding": [{"system": LOCAL_CODES, "code": "tta-probability", "display": "Test-time view probability"}], "text": f"View {i + 1}"},
-                 "valueQuantity": {"value": _dec(p), **UNITLESS}}
+                {
+                    "code": {
+                        "coding": [_local("tta-probability", "Test-time view probability")],
+                        "text": f"View {i + 1}",
+                    },
+                    "valueQuantity": {"value": _dec(p), **UNITLESS},
+                }
                 for i, p in enumerate(result.get("tta_probabilities") or [])
             ] or None,
         )
@@ -205,8 +225,13 @@ class _BundleBuilder:
             group = equity["skin_group"]
             skin = self.observation(
                 "skin-group", "Skin tone group from ITA", image_ref, segmenter_ref,
-                valueCodeableConcept={"coding": [{"system": LOCAL_CODES, "code": f"skin-{group.replace(' ', '-')}", "display": group}], "text": group},
-                component=[{"code": {"coding": [{"system": LOCAL_CODES, "code": "bias-warning", "display": "Skin tone bias warning"}]}, "valueBoolean": bool(equity.get("bias_warning"))}],
+                valueCodeableConcept={"coding": [_local(f"skin-{group.replace(' ', '-')}", group)], "text": group},
+                component=[
+                    {
+                        "code": {"coding": [_local("bias-warning", "Skin tone bias warning")]},
+                        "valueBoolean": bool(equity.get("bias_warning")),
+                    }
+                ],
             )
             if equity.get("bias_warning"):
                 skin["note"] = [{"text": wording.equity_text(equity)}] + skin.get("note", [])
@@ -220,7 +245,9 @@ class _BundleBuilder:
         return self.observation(
             "lesion-diameter", "Lesion diameter", image_ref, segmenter_ref,
             valueQuantity={"value": _dec(concepts["diameter_mm"]), "unit": "mm", "system": UCUM, "code": "mm"},
-            component=[{"code": {"coding": [{"system": LOCAL_CODES, "code": "lesion-diameter-px", "display": "Lesion diameter in pixels"}]}, "valueQuantity": px}],
+            component=[
+                {"code": {"coding": [_local("lesion-diameter-px", "Lesion diameter in pixels")]}, "valueQuantity": px}
+            ],
         )
 
     def observation(self, code: str, display: str, image_ref: str, device_ref: str | None, **value) -> dict:
@@ -229,7 +256,7 @@ class _BundleBuilder:
             "meta": self.ai_meta(),
             "extension": self.weights_extension(),
             "status": "final",
-            "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "imaging", "display": "Imaging"}]}],
+            "category": [{"coding": [{"system": OBSERVATION_CATEGORY, "code": "imaging", "display": "Imaging"}]}],
             "code": {"coding": [{"system": LOCAL_CODES, "code": code, "display": display}], "text": display},
             "effectiveDateTime": _instant(self.analysis["created_at"]),
             "issued": _instant(self.analysis.get("completed_at") or self.analysis["created_at"]),
@@ -247,7 +274,7 @@ class _BundleBuilder:
     def report_resource(self, image_ref: str, overlay_ref: str | None, observations: list[str]) -> dict:
         status = self.analysis.get("status")
         conclusion, conclusion_codes = self.conclusion()
-        report = {
+        report: dict[str, Any] = {
             "resourceType": "DiagnosticReport",
             "id": self.ref("report").removeprefix("urn:uuid:"),
             "meta": self.ai_meta(),
@@ -258,7 +285,7 @@ class _BundleBuilder:
             "code": {
                 "coding": [
                     {"system": LOINC, "code": "18748-4", "display": "Diagnostic imaging study"},
-                    {"system": LOCAL_CODES, "code": "dermoscopic-lesion-analysis", "display": "AI dermoscopic lesion analysis (melanoma screening)"},
+                    _local("dermoscopic-lesion-analysis", "AI dermoscopic lesion analysis (melanoma screening)"),
                 ],
                 "text": "AI dermoscopic lesion analysis (melanoma screening)",
             },
@@ -266,7 +293,11 @@ class _BundleBuilder:
             "issued": _instant(self.analysis.get("completed_at") or self.analysis["created_at"]),
             "conclusion": conclusion,
             "presentedForm": [
-                {"contentType": "application/pdf", "url": self.links["report"], "title": f"DermaSentinel report {self.analysis['id']}"}
+                {
+                    "contentType": "application/pdf",
+                    "url": self.links["report"],
+                    "title": f"DermaSentinel report {self.analysis['id']}",
+                }
             ],
             "media": [{"comment": "Submitted dermoscopic image", "link": {"reference": image_ref}}],
         }
@@ -280,9 +311,9 @@ class _BundleBuilder:
             report["result"] = [{"reference": ref} for ref in observations]
         return report
 
-    def conclusion(self) -> tuple[str, list[dict]]:
+    def conclusion(self) -> tuple[str, list[dict[str, Any]]]:
         analysis = self.analysis
-        prefix = f"{wording.UNTRAINED_BANNER}. " if self.untrained else ""
+        prefix = f"{wording.banner(analysis)}. " if self.untrained else ""
         status = analysis.get("status")
         if status == "succeeded" and analysis.get("result"):
             result = analysis["result"]
@@ -292,23 +323,29 @@ class _BundleBuilder:
                 f"{wording.fmt_prob(result['probability'])} ± {wording.fmt_prob(result['uncertainty'])}, "
                 f"risk band {band}. Recommended: {' '.join(wording.recommended_actions(analysis))}"
             )
-            codes = [{"coding": [{"system": LOCAL_CODES, "code": f"screen-{result['diagnosis']}-{band}", "display": f"AI screening {result['diagnosis']}, {band} risk"}]}]
-            if result["diagnosis"] == "melanoma":
-                codes[0]["coding"].append({"system": SNOMED, "code": "372244006", "display": "Malignant melanoma (disorder)"})
+            diagnosis = result["diagnosis"]
+            screening = _local(f"screen-{diagnosis}-{band}", f"AI screening {diagnosis}, {band} risk")
+            codes: list[dict[str, Any]] = [{"coding": [screening]}]
+            if diagnosis == "melanoma":
+                codes[0]["coding"].append(
+                    {"system": SNOMED, "code": "372244006", "display": "Malignant melanoma (disorder)"}
+                )
             codes[0]["text"] = f"AI screening result: {result['diagnosis']} ({band} risk) — not a diagnosis"
             return text, codes
         if status == "rejected":
             rejection = analysis.get("rejection") or {}
             code = rejection.get("code", "unknown")
             text = (
-                f"{prefix}Image rejected ({code}): {wording.REJECTION_REASONS.get(code, '')} "
+                f"{prefix}Image rejected ({code}): {wording.rejection_reason(code)} "
                 f"{rejection.get('detail', '')}. No lesion assessment was made. "
-                f"{wording.REJECTION_ACTIONS.get(code, '')}"
+                f"{wording.rejection_action(code)}"
             )
-            codes = [{"coding": [{"system": LOCAL_CODES, "code": f"image-rejected-{code}", "display": f"Image rejected: {code}"}], "text": f"Image rejected: {code}"}]
+            label = f"Image rejected: {code}"
+            codes = [{"coding": [_local(f"image-rejected-{code}", label)], "text": label}]
             return text, codes
         error = analysis.get("error") or {}
-        return f"{prefix}Analysis failed with a system error ({error.get('code', 'unknown')}). {wording.FAILED_ACTION}", []
+        error_code = error.get("code", "unknown")
+        return f"{prefix}Analysis failed with a system error ({error_code}). {wording.FAILED_ACTION}", []
 
 
 def _device(name: str, version: str | None, sha256: str | None, kind: str) -> dict:
@@ -321,7 +358,9 @@ def _device(name: str, version: str | None, sha256: str | None, kind: str) -> di
     if version:
         device["version"] = [{"value": version}]
     if sha256:
-        device["identifier"] = [{"system": MODEL_SHA256_SYSTEM, "value": sha256, "type": {"text": "sha256 of model checkpoint"}}]
+        device["identifier"] = [
+            {"system": MODEL_SHA256_SYSTEM, "value": sha256, "type": {"text": "sha256 of model checkpoint"}}
+        ]
     return device
 
 
@@ -333,7 +372,12 @@ def _subject(external_id: str | None) -> dict | None:
 
 
 def _media_type() -> dict:
-    return {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/media-type", "code": "image", "display": "Image"}]}
+    return {"coding": [{"system": MEDIA_TYPE, "code": "image", "display": "Image"}]}
+
+
+def _local(code: str, display: str) -> dict:
+    """A Coding in DermaSentinel's own code system (LOCAL_CODES)."""
+    return {"system": LOCAL_CODES, "code": code, "display": display}
 
 
 def _attachment(url: str, content_type: str | None, title: str) -> dict:
@@ -356,7 +400,7 @@ def _instant(value: str) -> str:
     """ISO-8601 with an explicit offset, as FHIR instant requires (naive times are UTC)."""
     parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
+        parsed = parsed.replace(tzinfo=UTC)
     return parsed.isoformat()
 
 

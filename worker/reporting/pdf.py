@@ -7,6 +7,7 @@ Pure function of its inputs: the same analysis and image bytes give the same PDF
 from __future__ import annotations
 
 import io
+from typing import cast
 from xml.sax.saxutils import escape
 
 from PIL import Image as PILImage
@@ -27,6 +28,7 @@ from reportlab.platypus import (
     TableStyle,
 )
 
+from shared import clinical
 from worker.reporting import wording
 from worker.reporting.scribe import build_scribe_note
 
@@ -42,6 +44,10 @@ BAND_COLOURS = {
     "medium": colors.HexColor("#ef8f00"),
     "low": colors.HexColor("#2e7d32"),
 }
+ZONE_COLOURS = {"low": "#e8f5e9", "medium": "#fff3e0", "high": "#ffebee"}
+# Output from weights that are not trained is drawn in grey: no green "safe", no red "alarm".
+NEUTRAL = colors.HexColor("#757575")
+NEUTRAL_ZONE = "#eeeeee"
 INK = colors.HexColor("#1a1a1a")
 MUTED = colors.HexColor("#5f6368")
 RULE = colors.HexColor("#d0d4d9")
@@ -53,17 +59,43 @@ _base = getSampleStyleSheet()
 STYLES = {
     "title": ParagraphStyle("title", parent=_base["Title"], fontSize=16, leading=19, spaceAfter=1, alignment=0),
     "subtitle": ParagraphStyle("subtitle", parent=_base["Normal"], fontSize=8.5, textColor=MUTED, leading=11),
-    "h2": ParagraphStyle("h2", parent=_base["Heading2"], fontSize=11, leading=14, spaceBefore=7, spaceAfter=3, textColor=INK),
+    "h2": ParagraphStyle(
+        "h2", parent=_base["Heading2"], fontSize=11, leading=14, spaceBefore=7, spaceAfter=3, textColor=INK
+    ),
     "body": ParagraphStyle("body", parent=_base["Normal"], fontSize=9, leading=12, textColor=INK),
     "small": ParagraphStyle("small", parent=_base["Normal"], fontSize=7.5, leading=9.5, textColor=MUTED),
     "cell": ParagraphStyle("cell", parent=_base["Normal"], fontSize=8.5, leading=10.5, textColor=INK),
     "cellkey": ParagraphStyle("cellkey", parent=_base["Normal"], fontSize=8, leading=10.5, textColor=MUTED),
-    "hash": ParagraphStyle("hash", parent=_base["Normal"], fontName="Courier", fontSize=6.8, leading=9, textColor=INK),
-    "note": ParagraphStyle("note", parent=_base["Normal"], fontSize=8.5, leading=11, textColor=INK, leftIndent=8, firstLineIndent=-8),
-    "notehead": ParagraphStyle("notehead", parent=_base["Normal"], fontName="Helvetica-Bold", fontSize=8.5, leading=12, spaceBefore=3, textColor=INK),
-    "banner": ParagraphStyle("banner", parent=_base["Normal"], fontName="Helvetica-Bold", fontSize=11, leading=14, textColor=colors.white, alignment=TA_CENTER),
-    "headline": ParagraphStyle("headline", parent=_base["Normal"], fontName="Helvetica-Bold", fontSize=12, leading=15, textColor=INK),
-    "caption": ParagraphStyle("caption", parent=_base["Normal"], fontSize=7.5, leading=9, textColor=MUTED, alignment=TA_CENTER),
+    "hash": ParagraphStyle(
+        "hash", parent=_base["Normal"], fontName="Courier", fontSize=6.8, leading=9, textColor=INK
+    ),
+    "note": ParagraphStyle(
+        "note", parent=_base["Normal"], fontSize=8.5, leading=11, textColor=INK, leftIndent=8, firstLineIndent=-8
+    ),
+    "notehead": ParagraphStyle(
+        "notehead",
+        parent=_base["Normal"],
+        fontName="Helvetica-Bold",
+        fontSize=8.5,
+        leading=12,
+        spaceBefore=3,
+        textColor=INK,
+    ),
+    "banner": ParagraphStyle(
+        "banner",
+        parent=_base["Normal"],
+        fontName="Helvetica-Bold",
+        fontSize=11,
+        leading=14,
+        textColor=colors.white,
+        alignment=TA_CENTER,
+    ),
+    "headline": ParagraphStyle(
+        "headline", parent=_base["Normal"], fontName="Helvetica-Bold", fontSize=12, leading=15, textColor=INK
+    ),
+    "caption": ParagraphStyle(
+        "caption", parent=_base["Normal"], fontSize=7.5, leading=9, textColor=MUTED, alignment=TA_CENTER
+    ),
 }
 
 
@@ -98,7 +130,7 @@ def render_report(analysis: dict, image: bytes | None, overlay_png: bytes | None
 
 
 def _page_decorator(analysis: dict):
-    untrained = wording.is_untrained(analysis)
+    watermark = wording.watermark(analysis)
     analysis_id = analysis["id"]
 
     def decorate(canvas, doc):
@@ -112,16 +144,16 @@ def _page_decorator(analysis: dict):
         canvas.setFillColor(MUTED)
         canvas.drawRightString(PAGE_WIDTH - MARGIN, MARGIN + 5 * mm, f"Page {doc.page}")
         canvas.drawRightString(PAGE_WIDTH - MARGIN, MARGIN + 1.5 * mm, analysis_id[:8])
-        if untrained:
+        if watermark:
             # Drawn last on the page so no picture or panel can cover it.
             canvas.translate(PAGE_WIDTH / 2, PAGE_HEIGHT / 2)
             canvas.rotate(54.7)
             canvas.setFillColor(colors.HexColor("#d32f2f"))
             canvas.setFillAlpha(0.16)
             diagonal = (PAGE_WIDTH**2 + PAGE_HEIGHT**2) ** 0.5
-            size = 0.8 * diagonal / canvas.stringWidth(wording.UNTRAINED_WATERMARK, "Helvetica-Bold", 1)
+            size = 0.8 * diagonal / canvas.stringWidth(watermark, "Helvetica-Bold", 1)
             canvas.setFont("Helvetica-Bold", size)
-            canvas.drawCentredString(0, -size / 3, wording.UNTRAINED_WATERMARK)
+            canvas.drawCentredString(0, -size / 3, watermark)
         canvas.restoreState()
 
     return decorate
@@ -136,8 +168,9 @@ def _header(analysis: dict) -> list:
         ),
         Spacer(1, 4),
     ]
-    if wording.is_untrained(analysis):
-        story += [_banner(wording.UNTRAINED_BANNER, colors.HexColor("#c62828")), Spacer(1, 4)]
+    banner = wording.banner(analysis)
+    if banner:
+        story += [_banner(banner, colors.HexColor("#c62828")), Spacer(1, 4)]
     story.append(_metadata_table(analysis))
     return story
 
@@ -198,18 +231,26 @@ def _succeeded_body(analysis: dict, image: bytes | None, overlay_png: bytes | No
     result = analysis["result"]
     band = result["risk_band"]
     prob, unc = result["probability"], result["uncertainty"]
+    banner = wording.banner(analysis)
+    colour = NEUTRAL if banner else BAND_COLOURS[band]
     headline = (
-        f'Risk band: <font color="{BAND_COLOURS[band].hexval().replace("0x", "#")}">{band.upper()}</font>'
+        f'Risk band: <font color="{colour.hexval().replace("0x", "#")}">{band.upper()}</font>'
         f" — malignancy probability {wording.fmt_prob(prob)} ± {wording.fmt_prob(unc)}"
         f" (model output: {escape(result['diagnosis'])})"
     )
     story: list = [Spacer(1, 6), Paragraph(headline, STYLES["headline"]), Spacer(1, 3)]
-    story.append(ProbabilityBar(prob, unc, band))
+    if banner:
+        weights = (analysis.get("model") or {}).get("weights") or "unknown"
+        story.append(Paragraph(f"<b>Model weights: {escape(weights)}.</b> {escape(banner)}.", STYLES["body"]))
+        story.append(Spacer(1, 2))
+    threshold = wording.threshold(analysis)
+    story.append(ProbabilityBar(prob, unc, band, threshold, neutral=bool(banner)))
+    ranges = clinical.risk_band_ranges(threshold)
     story.append(
         Paragraph(
             f"Bar: probability with ± 1 SD whisker over {len(result.get('tta_probabilities') or [])} "
-            f"test-time views; uncertainty {wording.uncertainty_level(unc)}. Zones: low 0–0.50, "
-            "medium 0.50–0.80, high above 0.80.",
+            f"test-time views; uncertainty {wording.uncertainty_level(unc)}. Zones: low {ranges['low']}, "
+            f"medium {ranges['medium']}, high {ranges['high']}.",
             STYLES["small"],
         )
     )
@@ -218,7 +259,7 @@ def _succeeded_body(analysis: dict, image: bytes | None, overlay_png: bytes | No
     story.append(_image_row(image, overlay_png))
 
     concepts = result.get("concepts") or {}
-    abcd = [Paragraph("ABCD features", STYLES["h2"])]
+    abcd: list[Flowable] = [Paragraph("ABCD features", STYLES["h2"])]
     abcd.append(ScoreBars([(label, concepts[key]) for key, label in wording.CONCEPT_LABELS.items()]))
     abcd.append(Spacer(1, 3))
     abcd.append(Paragraph(f"<b>Diameter:</b> {escape(wording.diameter_text(concepts))}.", STYLES["body"]))
@@ -245,10 +286,10 @@ def _rejected_body(analysis: dict, image: bytes | None) -> list:
     code = rejection.get("code", "unknown")
     story: list = [Spacer(1, 8), _banner(f"IMAGE REJECTED — {code}: no lesion assessment was made", WARN_EDGE)]
     story.append(Paragraph("Why", STYLES["h2"]))
-    story.append(Paragraph(escape(wording.REJECTION_REASONS.get(code, "The image did not pass a quality gate.")), STYLES["body"]))
+    story.append(Paragraph(escape(wording.rejection_reason(code)), STYLES["body"]))
     story.append(Paragraph(f"Detail: {escape(rejection.get('detail', 'none'))}", STYLES["body"]))
     story.append(Paragraph("What to do", STYLES["h2"]))
-    story.append(Paragraph(escape(wording.REJECTION_ACTIONS.get(code, "Retake the image and submit it again.")), STYLES["body"]))
+    story.append(Paragraph(escape(wording.rejection_action(code)), STYLES["body"]))
     picture = _flowable_image(image, 60 * mm) if image else None
     if picture is not None:
         story += [Paragraph("Submitted image", STYLES["h2"]), picture]
@@ -257,11 +298,13 @@ def _rejected_body(analysis: dict, image: bytes | None) -> list:
 
 def _failed_body(analysis: dict) -> list:
     error = analysis.get("error") or {}
-    story: list = [Spacer(1, 8), _banner("SYSTEM ERROR — the analysis could not be completed", colors.HexColor("#455a64"))]
+    story: list = [
+        Spacer(1, 8),
+        _banner("SYSTEM ERROR — the analysis could not be completed", colors.HexColor("#455a64")),
+    ]
     story.append(Paragraph("What happened", STYLES["h2"]))
-    story.append(
-        Paragraph(f"Error {escape(error.get('code', 'unknown'))}: {escape(error.get('detail', 'no detail'))}", STYLES["body"])
-    )
+    code, detail = escape(error.get("code", "unknown")), escape(error.get("detail", "no detail"))
+    story.append(Paragraph(f"Error {code}: {detail}", STYLES["body"]))
     story.append(Paragraph("What to do", STYLES["h2"]))
     story.append(Paragraph(escape(wording.FAILED_ACTION), STYLES["body"]))
     return story
@@ -272,13 +315,16 @@ def _provenance(analysis: dict) -> list:
     rows = [[Paragraph(h, STYLES["cellkey"]) for h in ("Model", "Name", "Version", "sha256")]]
     scalpel = model.get("scalpel")
     if scalpel:
-        rows.append(_model_row(f"Segmenter ({model.get('segmenter', 'unet')})", scalpel["name"], scalpel["version"], scalpel["sha256"]))
+        segmenter = f"Segmenter ({model.get('segmenter', 'unet')})"
+        rows.append(_model_row(segmenter, scalpel["name"], scalpel["version"], scalpel["sha256"]))
     else:
-        rows.append(_model_row(f"Segmenter ({model.get('segmenter', 'classical')})", "colour-threshold", "—", "no checkpoint"))
+        segmenter = f"Segmenter ({model.get('segmenter', 'classical')})"
+        rows.append(_model_row(segmenter, "colour-threshold", "—", "no checkpoint"))
     fusion = model.get("fusion")
     if fusion:
         seed = f" (seed {fusion['seed']})" if fusion.get("seed") is not None else ""
-        rows.append(_model_row("Classifier", fusion["name"], f"{fusion['version']}{seed}", fusion.get("sha256") or "none — untrained"))
+        sha256 = fusion.get("sha256") or "none — untrained"
+        rows.append(_model_row("Classifier", fusion["name"], f"{fusion['version']}{seed}", sha256))
     table = Table(rows, colWidths=[26 * mm, 30 * mm, 25 * mm, CONTENT_WIDTH - 81 * mm])
     table.setStyle(
         TableStyle(
@@ -380,7 +426,8 @@ def _open_image(data: bytes | None, keep_alpha: bool = False) -> PILImage.Image 
 def _has_transparency(picture: PILImage.Image) -> bool:
     if picture.mode == "P":
         return "transparency" in picture.info
-    return picture.getchannel("A").getextrema()[0] < 255
+    lowest, _ = cast(tuple[float, float], picture.getchannel("A").getextrema())  # one band: (min, max)
+    return lowest < 255
 
 
 def _image_flowable(picture: PILImage.Image, max_width: float, max_height: float) -> Image:
@@ -444,11 +491,14 @@ def _grade_colour(score: float):
 class ProbabilityBar(Flowable):
     """0..1 scale with the risk-band zones, a marker at the probability and a ± SD whisker."""
 
-    def __init__(self, probability: float, uncertainty: float, band: str):
+    def __init__(self, probability: float, uncertainty: float, band: str, threshold: float | None = None,
+                 neutral: bool = False):
         super().__init__()
         self.probability = probability
         self.uncertainty = uncertainty
         self.band = band
+        self.threshold = threshold
+        self.neutral = neutral
 
     def wrap(self, avail_width, avail_height):
         self.width = min(avail_width, CONTENT_WIDTH)
@@ -458,13 +508,13 @@ class ProbabilityBar(Flowable):
     def draw(self):
         c = self.canv
         x0, bar_w, y, h = 2 * mm, self.width - 4 * mm, 6 * mm, 4 * mm
-        zones = [(0.0, 0.5, "#e8f5e9"), (0.5, 0.8, "#fff3e0"), (0.8, 1.0, "#ffebee")]
-        for lo, hi, colour in zones:
-            c.setFillColor(colors.HexColor(colour))
+        zones = clinical.risk_zones(self.threshold)
+        for lo, hi, zone in zones:
+            c.setFillColor(colors.HexColor(NEUTRAL_ZONE if self.neutral else ZONE_COLOURS[zone]))
             c.rect(x0 + bar_w * lo, y, bar_w * (hi - lo), h, fill=1, stroke=0)
         c.setStrokeColor(RULE)
         c.rect(x0, y, bar_w, h, fill=0, stroke=1)
-        c.setFillColor(BAND_COLOURS[self.band])
+        c.setFillColor(NEUTRAL if self.neutral else BAND_COLOURS[self.band])
         c.rect(x0, y + h * 0.3, bar_w * self.probability, h * 0.4, fill=1, stroke=0)
 
         lo = max(0.0, self.probability - self.uncertainty)
@@ -486,7 +536,8 @@ class ProbabilityBar(Flowable):
 
         c.setFont("Helvetica", 7)
         c.setFillColor(MUTED)
-        for tick in (0.0, 0.25, 0.5, 0.75, 0.8, 1.0):
-            if tick == 0.75:
-                continue
+        ticks = sorted({0.0, 1.0} | {lo for lo, _, _ in zones})
+        # Quarter marks too, where they do not crowd a zone edge's label.
+        ticks += [q for q in (0.25, 0.5, 0.75) if all(abs(q - t) > 0.1 for t in ticks)]
+        for tick in ticks:
             c.drawCentredString(x0 + bar_w * tick, y - 3.5 * mm, f"{tick:.2f}")

@@ -11,8 +11,9 @@ from worker.reporting import wording
 
 def build_scribe_note(analysis: dict) -> str:
     lines: list[str] = []
-    if wording.is_untrained(analysis):
-        lines += [wording.UNTRAINED_BANNER, ""]
+    banner = wording.banner(analysis)
+    if banner:
+        lines += [banner, ""]
     lines.append("DERMASENTINEL AI SCRIBE NOTE (rule-based, automated)")
     lines.append(f"Analysis {analysis['id']}; external reference {analysis.get('external_id') or 'none'}")
     lines.append(f"Inputs: {wording.inputs_text(analysis.get('inputs') or {})}")
@@ -26,6 +27,9 @@ def build_scribe_note(analysis: dict) -> str:
     else:
         lines += _failed_sections(analysis)
 
+    caption = analysis.get("model_caption")  # issue 15: {text, model, label} from a local vision-language model
+    if caption:
+        lines += ["", f"MODEL CAPTION ({caption['label']}; {caption['model']}): {caption['text']}"]
     lines.append("")
     lines.append("Provenance: " + "; ".join(wording.model_provenance(analysis)) + ".")
     lines.append("Disclaimer: " + wording.DISCLAIMER)
@@ -60,7 +64,7 @@ def _succeeded_sections(analysis: dict) -> list[str]:
         f"± {wording.fmt_prob(unc)} (mean ± SD over {views} test-time views)."
     )
     assessment.append(
-        f"- Risk band: {band.upper()} (probability {wording.RISK_BAND_RANGE[band]})."
+        f"- Risk band: {band.upper()} (probability {wording.risk_band_range(analysis, band)})."
     )
     assessment.append(f"- Uncertainty: {wording.uncertainty_level(unc)}.")
     if equity.get("bias_warning"):
@@ -76,14 +80,14 @@ def _rejected_sections(analysis: dict) -> list[str]:
     code = rejection.get("code", "unknown")
     return [
         "FINDINGS",
-        f"- Image rejected by the quality gate ({code}): {wording.REJECTION_REASONS.get(code, 'reason not given.')}",
+        f"- Image rejected by the quality gate ({code}): {wording.rejection_reason(code)}",
         f"- Detail: {rejection.get('detail', 'none')}",
         "",
         "ASSESSMENT",
         "- No lesion assessment was made; no risk estimate is available.",
         "",
         "PLAN",
-        f"- {wording.REJECTION_ACTIONS.get(code, 'Retake the image and submit it again.')}",
+        f"- {wording.rejection_action(code)}",
     ]
 
 

@@ -4,7 +4,13 @@ import cv2
 import numpy as np
 import pytest
 
-from worker.pipeline.abcd import asymmetry, border_irregularity, colour_variegation, compute_concepts, max_feret_diameter
+from worker.pipeline.abcd import (
+    asymmetry,
+    border_irregularity,
+    colour_variegation,
+    compute_concepts,
+    max_feret_diameter,
+)
 
 SHAPE = (400, 500)
 
@@ -39,7 +45,10 @@ def original_asymmetry(mask):
 
 @pytest.mark.parametrize(
     "mask",
-    [disk((250, 200), 90), disk((70, 60), 45), disk((440, 330), 50), ellipse((300, 120), (110, 45), 30), ellipse((120, 280), (60, 25), -70)],
+    [
+        disk((250, 200), 90), disk((70, 60), 45), disk((440, 330), 50),
+        ellipse((300, 120), (110, 45), 30), ellipse((120, 280), (60, 25), -70),
+    ],
     ids=["centred-disk", "corner-disk", "other-corner-disk", "tilted-ellipse", "small-ellipse"],
 )
 def test_disks_and_ellipses_anywhere_are_symmetric_and_smooth(mask):

@@ -18,7 +18,9 @@ PROBABILITY_FIELDS = {"probability", "uncertainty", "tta_probabilities", "diagno
 def _lesions(count: int) -> list[LesionInput]:
     return [
         LesionInput(
-            encode_jpeg(make_lesion(i, (240, 320), radius_frac=0.2 + 0.02 * i, irregularity=0.15 * i, variegation=0.2).image),
+            encode_jpeg(
+                make_lesion(i, (240, 320), radius_frac=0.2 + 0.02 * i, irregularity=0.15 * i, variegation=0.2).image
+            ),
             age=40 + 7 * i,
             sex=("male", "female", "unknown")[i % 3],
             site="torso",
@@ -52,11 +54,11 @@ def test_openvino_matches_torch_probabilities_and_masks(both):
     inputs = np.stack([item.seg_input for item in prepared["torch"].items])
     masks = {name: pipeline.backend.segment(inputs) for name, pipeline in both.items()}
     assert masks["torch"].shape == (4, 128, 128) and masks["torch"].any()
-    for torch_mask, ov_mask in zip(masks["torch"], masks["openvino"]):
+    for torch_mask, ov_mask in zip(masks["torch"], masks["openvino"], strict=True):
         assert _iou(torch_mask, ov_mask) >= 0.99
 
     results = {name: pipeline.run(items) for name, pipeline in both.items()}
-    for torch_outcome, ov_outcome in zip(results["torch"], results["openvino"]):
+    for torch_outcome, ov_outcome in zip(results["torch"], results["openvino"], strict=True):
         assert isinstance(torch_outcome, Finding) and isinstance(ov_outcome, Finding)
         np.testing.assert_allclose(
             ov_outcome.result["tta_probabilities"], torch_outcome.result["tta_probabilities"], atol=1e-4
@@ -66,7 +68,7 @@ def test_openvino_matches_torch_probabilities_and_masks(both):
 
 def test_switching_backend_changes_only_the_backend_name_and_network_bits(both):
     results = {name: pipeline.run(_lesions(3)) for name, pipeline in both.items()}
-    for torch_outcome, ov_outcome in zip(results["torch"], results["openvino"]):
+    for torch_outcome, ov_outcome in zip(results["torch"], results["openvino"], strict=True):
         assert torch_outcome.model["backend"] == "torch-cpu" and ov_outcome.model["backend"] == "openvino-cpu"
         assert {**torch_outcome.model, "backend": None} == {**ov_outcome.model, "backend": None}
         same = {k: v for k, v in torch_outcome.result.items() if k not in PROBABILITY_FIELDS}
@@ -82,7 +84,7 @@ def test_classical_gate1_results_are_identical_across_backends(tmp_path):
         name: Pipeline(ModelRegistry.load(None, device="cpu", backend=name), options).run(items)
         for name in ("torch", "openvino")
     }
-    for torch_outcome, ov_outcome in zip(outcomes["torch"], outcomes["openvino"]):
+    for torch_outcome, ov_outcome in zip(outcomes["torch"], outcomes["openvino"], strict=True):
         for field in ("segmentation", "concepts", "equity", "quality"):
             assert torch_outcome.result[field] == ov_outcome.result[field]
         assert torch_outcome.overlay_jpeg == ov_outcome.overlay_jpeg
@@ -138,7 +140,9 @@ def test_numpy_views_are_the_torch_views():
     np.testing.assert_array_equal(expand_views_numpy(images, len(DIHEDRAL_VIEWS)), expected)
     # From an NHWC buffer seen as NCHW (how the OpenVINO backend calls it).
     nhwc = np.ascontiguousarray(images.transpose(0, 2, 3, 1))
-    np.testing.assert_array_equal(expand_views_numpy(nhwc.transpose(0, 3, 1, 2), 5), expected.reshape(2, 8, 3, 6, 6)[:, :5].reshape(10, 3, 6, 6))
+    np.testing.assert_array_equal(
+        expand_views_numpy(nhwc.transpose(0, 3, 1, 2), 5), expected.reshape(2, 8, 3, 6, 6)[:, :5].reshape(10, 3, 6, 6)
+    )
 
 
 def test_gate1_is_chunked_to_the_memory_budget_with_the_same_masks(unet_registry, forward_calls):
@@ -157,7 +161,9 @@ def test_gate1_is_chunked_to_the_memory_budget_with_the_same_masks(unet_registry
 
 
 def test_autocast_applies_on_cuda_only(unet_registry):
-    cpu = TorchBackend(unet_registry.scalpel, unet_registry.fusion, torch.device("cpu"), 128, EngineOptions(autocast="fp16"))
+    cpu = TorchBackend(
+        unet_registry.scalpel, unet_registry.fusion, torch.device("cpu"), 128, EngineOptions(autocast="fp16")
+    )
     assert cpu.autocast == "off" and cpu.name == "torch-cpu"
     pipeline = Pipeline(unet_registry, PipelineOptions(seg_size=128, cls_size=128, autocast="fp16"), backend=cpu)
     assert pipeline.registry.provenance()["precision"] == "fp32"  # provenance says what ran

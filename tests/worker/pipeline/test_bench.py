@@ -4,7 +4,9 @@ from worker.pipeline import bench
 
 
 def test_bench_prints_ours_beside_the_original(capsys):
-    bench.main(["--seg-size", "64", "--cls-size", "64", "--batch-sizes", "1", "2", "--original-images", "1", "--no-memory"])
+    bench.main(
+        ["--seg-size", "64", "--cls-size", "64", "--batch-sizes", "1", "2", "--original-images", "1", "--no-memory"]
+    )
     out = capsys.readouterr().out
     lines = out.splitlines()
     assert any(line.split()[:2] == ["ours", "1"] for line in lines)

@@ -32,7 +32,9 @@ def test_every_site_has_its_own_input_and_labels_are_case_insensitive():
     assert encode_metadata(40, "male", "posterior torso")[7] == 1.0
 
 
-@pytest.mark.parametrize("age, sex, site", [(-1, "male", "torso"), (121, "male", "torso"), (30, "other", "torso"), (30, "male", "scalp")])
+@pytest.mark.parametrize(
+    "age, sex, site", [(-1, "male", "torso"), (121, "male", "torso"), (30, "other", "torso"), (30, "male", "scalp")]
+)
 def test_out_of_range_values_are_refused(age, sex, site):
     with pytest.raises(MetadataError):
         encode_metadata(age, sex, site)
@@ -41,12 +43,15 @@ def test_out_of_range_values_are_refused(age, sex, site):
 def test_metadata_reaches_the_fusion_model_for_every_view(classical_registry, small_options, forward_calls):
     calls = forward_calls(classical_registry.fusion.brain)
     image = encode_png(make_lesion(1, (160, 160)).image)
-    items = [LesionInput(image, age=30, sex="male", site="head/neck"), LesionInput(image, age=80, sex="female", site="torso")]
+    items = [
+        LesionInput(image, age=30, sex="male", site="head/neck"), LesionInput(image, age=80, sex="female", site="torso")
+    ]
     outcomes = Pipeline(classical_registry, small_options).run(items)
     assert all(isinstance(o, Finding) for o in outcomes)
     fed = np.concatenate([c["inputs"][0].numpy() for c in calls])
     views = small_options.tta_views
-    expected = np.repeat(np.stack([encode_metadata(30, "male", "head/neck"), encode_metadata(80, "female", "torso")]), views, axis=0)
+    encoded = np.stack([encode_metadata(30, "male", "head/neck"), encode_metadata(80, "female", "torso")])
+    expected = np.repeat(encoded, views, axis=0)
     np.testing.assert_array_equal(fed, expected)
 
 

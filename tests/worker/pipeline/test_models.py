@@ -128,13 +128,15 @@ def test_missing_and_unexpected_keys_are_named_and_nothing_is_loaded(tmp_path):
 def test_shape_mismatch_is_named(tmp_path):
     other = nn.Sequential(nn.Linear(3, 5), nn.BatchNorm1d(5), nn.Linear(5, 1))
     torch.save(other.state_dict(), tmp_path / "bad.pth")
-    with pytest.raises(CheckpointMismatchError, match=r"shape mismatches .*0\.weight \(checkpoint \(5, 3\), model \(4, 3\)\)"):
+    mismatch = r"shape mismatches .*0\.weight \(checkpoint \(5, 3\), model \(4, 3\)\)"
+    with pytest.raises(CheckpointMismatchError, match=mismatch):
         load_checkpoint(_tiny(), tmp_path / "bad.pth")
 
 
 def test_registry_refuses_a_checkpoint_for_another_architecture(tmp_path):
     torch.save(smp.Unet("resnet18", encoder_weights=None, classes=1).state_dict(), tmp_path / "scalpel.pth")
-    with pytest.raises(CheckpointMismatchError, match=r"scalpel\.pth does not fit the model: missing keys \(96\)") as caught:
+    missing = r"scalpel\.pth does not fit the model: missing keys \(96\)"
+    with pytest.raises(CheckpointMismatchError, match=missing) as caught:
         ModelRegistry.load(tmp_path, device="cpu")
     assert "encoder.layer1.2.conv1.weight" in caught.value.missing
 

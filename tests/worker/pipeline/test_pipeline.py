@@ -51,7 +51,8 @@ def test_mixed_batch_returns_one_outcome_per_item_in_order(classical_pipeline):
 
 def test_result_has_exactly_the_contract_fields_and_is_json(classical_pipeline):
     lesion = make_lesion(4, (240, 320), irregularity=0.4, variegation=0.5)
-    finding = classical_pipeline.run([LesionInput(encode_jpeg(lesion.image), age=52, sex="female", site="torso", pixel_spacing_mm=0.05)])[0]
+    item = LesionInput(encode_jpeg(lesion.image), age=52, sex="female", site="torso", pixel_spacing_mm=0.05)
+    finding = classical_pipeline.run([item])[0]
     result = json.loads(json.dumps(finding.result))
     assert result == finding.result
     assert set(result) == {
@@ -78,7 +79,9 @@ def test_asymmetry_is_low_for_a_round_lesion_off_centre(classical_pipeline):
     assert concepts["asymmetry"] < 0.08 and concepts["border"] < 0.08
 
 
-@pytest.mark.parametrize("size, expected", [((300, 480), (300, 480)), ((1200, 2000), (614, 1024)), ((900, 500), (900, 500))])
+@pytest.mark.parametrize(
+    "size, expected", [((300, 480), (300, 480)), ((1200, 2000), (614, 1024)), ((900, 500), (900, 500))]
+)
 def test_mask_and_overlay_keep_the_image_aspect_ratio(classical_pipeline, size, expected):
     lesion = make_lesion(6, size, radius_frac=0.2)
     finding = classical_pipeline.run([LesionInput(encode_jpeg(lesion.image))])[0]
@@ -151,6 +154,8 @@ def test_invalid_options_are_refused(bad):
 
 
 def test_rejections_and_errors_carry_readable_details(classical_pipeline):
-    outcomes = classical_pipeline.run([LesionInput(b""), LesionInput(encode_png(make_lesion(1, (100, 100)).image), pixel_spacing_mm=-1)])
+    outcomes = classical_pipeline.run(
+        [LesionInput(b""), LesionInput(encode_png(make_lesion(1, (100, 100)).image), pixel_spacing_mm=-1)]
+    )
     assert isinstance(outcomes[0], Rejection) and "empty" in outcomes[0].detail
     assert isinstance(outcomes[1], ItemError) and "pixel_spacing_mm" in outcomes[1].detail

@@ -43,7 +43,8 @@ def test_reduced_decode_keeps_artifact_sizes_diameter_coverage_and_ita(classical
     item = LesionInput(encode_jpeg(lesion.image), pixel_spacing_mm=0.01)
     base = PipelineOptions(seg_size=128, cls_size=128)
     full = Pipeline(classical_registry, base).run([item])[0]
-    reduced = Pipeline(classical_registry, PipelineOptions(seg_size=128, cls_size=128, decode_reduced=True)).run([item])[0]
+    reduced_options = PipelineOptions(seg_size=128, cls_size=128, decode_reduced=True)
+    reduced = Pipeline(classical_registry, reduced_options).run([item])[0]
     assert isinstance(full, Finding) and isinstance(reduced, Finding)
     for artifact in ("mask_png", "overlay_jpeg"):
         with Image.open(io.BytesIO(getattr(reduced, artifact))) as picture:
@@ -51,7 +52,8 @@ def test_reduced_decode_keeps_artifact_sizes_diameter_coverage_and_ita(classical
     assert reduced.result["concepts"]["diameter_px"] == pytest.approx(lesion.params["diameter_px"], rel=0.05)
     assert reduced.result["concepts"]["diameter_px"] == pytest.approx(full.result["concepts"]["diameter_px"], rel=0.02)
     assert reduced.result["concepts"]["diameter_mm"] == pytest.approx(reduced.result["concepts"]["diameter_px"] * 0.01)
-    assert reduced.result["segmentation"]["coverage"] == pytest.approx(full.result["segmentation"]["coverage"], abs=0.01)
+    coverage = full.result["segmentation"]["coverage"]
+    assert reduced.result["segmentation"]["coverage"] == pytest.approx(coverage, abs=0.01)
     assert reduced.result["equity"]["ita_degrees"] == pytest.approx(full.result["equity"]["ita_degrees"], abs=1.0)
 
 

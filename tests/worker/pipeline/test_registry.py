@@ -22,6 +22,8 @@ def test_without_checkpoints_provenance_says_classical_and_untrained(classical_r
         "precision": "fp32",
         "scalpel": None,
         "fusion": {"name": "fusion-efficientnet-b3-meta", "version": "untrained-seed-0", "sha256": None, "seed": 0},
+        "version": "untrained-seed-0",
+        "operating_point": {"threshold": 0.5, "temperature": 1.0, "target_sensitivity": None, "chosen_on": "default"},
     }
     assert json.loads(json.dumps(provenance)) == provenance
     assert classical_registry.device == torch.device("cpu")
@@ -39,7 +41,8 @@ def test_with_checkpoints_provenance_records_hashes_and_versions(unet_registry, 
 
 
 def test_unet_requested_without_scalpel_checkpoint_fails_clearly(tmp_path):
-    with pytest.raises(ModelConfigError, match=r"segmenter 'unet' needs a Scalpel checkpoint \(scalpel\.pth or best_scalpel\.pth\)"):
+    expected = r"segmenter 'unet' needs a Scalpel checkpoint \(scalpel\.pth or best_scalpel\.pth\)"
+    with pytest.raises(ModelConfigError, match=expected):
         ModelRegistry.load(tmp_path, device="cpu", segmenter="unet")
     with pytest.raises(ModelConfigError, match="MODEL_DIR"):
         ModelRegistry.load(None, device="cpu", segmenter="unet")

@@ -20,9 +20,8 @@ def by_code(bundle: dict, code: str) -> dict:
 
 
 def has_ai_label(resource: dict) -> bool:
-    return any(
-        s["system"] == AIAST["system"] and s["code"] == AIAST["code"] for s in resource.get("meta", {}).get("security", [])
-    )
+    security = resource.get("meta", {}).get("security", [])
+    return any(s["system"] == AIAST["system"] and s["code"] == AIAST["code"] for s in security)
 
 
 def test_succeeded_bundle_validates_and_links_everything(high_risk_trained, links):
@@ -39,9 +38,8 @@ def test_succeeded_bundle_validates_and_links_everything(high_risk_trained, link
         "title": f"DermaSentinel report {high_risk_trained['id']}",
     }
     assert "malignancy probability 0.91 ± 0.04" in report["conclusion"]
-    assert {"system": "http://snomed.info/sct", "code": "372244006", "display": "Malignant melanoma (disorder)"} in report[
-        "conclusionCode"
-    ][0]["coding"]
+    melanoma = {"system": "http://snomed.info/sct", "code": "372244006", "display": "Malignant melanoma (disorder)"}
+    assert melanoma in report["conclusionCode"][0]["coding"]
     full_urls = {e["fullUrl"] for e in bundle["entry"]}
     assert all(url.startswith("urn:uuid:") for url in full_urls)
     assert {r["reference"] for r in report["result"]} <= full_urls
@@ -126,7 +124,7 @@ def test_rejected_bundle_is_final_with_reason_and_no_observations(rejected_blurr
     (report,) = resources(bundle, "DiagnosticReport")
     assert report["status"] == "final"
     assert "Image rejected (blurry)" in report["conclusion"]
-    assert "Retake the image in focus" in report["conclusion"]
+    assert "Retake the photo in focus" in report["conclusion"]
     assert report["conclusionCode"][0]["coding"][0]["code"] == "image-rejected-blurry"
     assert not resources(bundle, "Observation")
     assert "result" not in report
@@ -152,3 +150,14 @@ def test_validation_rejects_a_broken_bundle(high_risk_trained, links):
     misspelt["entry"][0]["resource"]["presentedFrom"] = misspelt["entry"][0]["resource"].pop("presentedForm")
     with pytest.raises(ValidationError):
         Bundle.model_validate(misspelt)
+
+
+def test_synthetic_weights_are_flagged_like_untrained(high_risk_trained, links):
+    synthetic = copy.deepcopy(high_risk_trained)
+    synthetic["model"]["weights"] = "synthetic"
+    bundle = build_fhir_bundle(synthetic, links)
+    for resource in resources(bundle, "Observation"):
+        assert any(n["text"].startswith("weights: synthetic — ") for n in resource["note"])
+        assert resource["extension"][0]["valueCode"] == "synthetic"
+    (report,) = resources(bundle, "DiagnosticReport")
+    assert report["conclusion"].startswith("MODEL TRAINED ON SYNTHETIC IMAGES ONLY")

@@ -69,7 +69,7 @@ def test_report_without_images_still_renders(high_risk_trained):
 @pytest.mark.parametrize(
     ("code", "advice"),
     [
-        ("blurry", "Retake the image in focus"),
+        ("blurry", "Retake the photo in focus"),
         ("no_lesion", "lesion centred in the frame"),
         ("unreadable_image", "as a JPEG or PNG file"),
     ],
@@ -92,10 +92,55 @@ def test_failed_report_is_a_short_system_error_report(failed_analysis):
     assert len(pages) == 1
     assert "SYSTEM ERROR" in text
     assert "storage_unavailable" in text
-    assert "not a problem with the image" in text
+    assert "not a problem with the photo" in text
     assert failed_analysis["id"] in text
 
 
 def test_untrained_rejected_report_still_carries_the_watermark(rejected_blurry):
     rejected_blurry["model"] = {**rejected_blurry["model"], "weights": "untrained"}
     assert WATERMARK in flat(pdf_pages(render_report(rejected_blurry, None, None))[0])
+
+
+def _page_colours(data: bytes, page: int = 0) -> bytes:
+    return PdfReader(io.BytesIO(data)).pages[page].get_contents().get_data()
+
+
+def _fill(hex_colour: str) -> bytes:
+    from reportlab.lib import colors
+    from reportlab.lib.rl_accel import fp_str
+
+    colour = colors.HexColor(hex_colour)
+    return f"{fp_str(colour.red, colour.green, colour.blue)} rg".encode()
+
+
+def test_untrained_band_is_grey_where_a_trained_one_is_green(low_risk_untrained, lesion_images):
+    image, overlay = lesion_images
+    trained = {**low_risk_untrained, "model": {**low_risk_untrained["model"], "weights": "trained"}}
+    green, pale_green = _fill("#2e7d32"), _fill("#e8f5e9")
+    assert green in _page_colours(render_report(trained, image, overlay))
+    assert pale_green in _page_colours(render_report(trained, image, overlay))
+    untrained = _page_colours(render_report(low_risk_untrained, image, overlay))
+    assert green not in untrained and pale_green not in untrained
+    assert _fill("#757575") in untrained
+    text = flat(" ".join(pdf_pages(render_report(low_risk_untrained, image, overlay))))
+    assert "Model weights: untrained. UNTRAINED MODEL — output is not clinically meaningful" in text
+
+
+def test_synthetic_weights_are_not_clinically_meaningful_either(high_risk_trained, lesion_images):
+    image, overlay = lesion_images
+    synthetic = {**high_risk_trained, "model": {**high_risk_trained["model"], "weights": "synthetic"}}
+    pages = pdf_pages(render_report(synthetic, image, overlay))
+    for page in pages:
+        assert "SYNTHETIC-DATA MODEL — NOT FOR CLINICAL USE" in flat(page)
+    text = flat(" ".join(pages))
+    assert "MODEL TRAINED ON SYNTHETIC IMAGES ONLY — output is not clinically meaningful" in text
+    assert "Do not act on this output" in text
+    assert _fill("#ffebee") in _page_colours(render_report(high_risk_trained, image, overlay))
+    assert _fill("#ffebee") not in _page_colours(render_report(synthetic, image, overlay))
+
+
+def test_a_model_threshold_moves_the_printed_zones(high_risk_trained, lesion_images):
+    image, overlay = lesion_images
+    tuned = {**high_risk_trained, "model": {**high_risk_trained["model"], "threshold": 0.3}}
+    text = flat(" ".join(pdf_pages(render_report(tuned, image, overlay))))
+    assert "Zones: low 0.30 or below, medium 0.30–0.80, high > 0.80." in text

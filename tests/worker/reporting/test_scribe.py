@@ -58,5 +58,22 @@ def test_rejected_note_says_why_and_what_to_do(rejected_blurry):
     note = build_scribe_note(rejected_blurry)
     assert "Image rejected by the quality gate (blurry)" in note
     assert "blur score 12.3 is below the minimum 40.0" in note
-    assert "Retake the image in focus" in note
+    assert "Retake the photo in focus" in note
     assert "Risk band" not in note
+
+
+def test_synthetic_weights_note_says_so_first_and_forbids_action(high_risk_trained):
+    synthetic = copy.deepcopy(high_risk_trained)
+    synthetic["model"]["weights"] = "synthetic"
+    note = build_scribe_note(synthetic)
+    assert note.splitlines()[0] == "MODEL TRAINED ON SYNTHETIC IMAGES ONLY — output is not clinically meaningful"
+    plan = note.split("\nPLAN\n")[1]
+    assert plan.index("Do not act on this output") < plan.index("Refer urgently")
+    assert "trained on generated images only" in plan
+
+
+def test_risk_band_range_follows_the_model_threshold(high_risk_trained):
+    tuned = copy.deepcopy(high_risk_trained)
+    tuned["model"]["threshold"] = 0.3
+    tuned["result"].update(probability=0.42, risk_band="medium", diagnosis="melanoma")
+    assert "Risk band: MEDIUM (probability 0.30–0.80)." in build_scribe_note(tuned)

@@ -1,0 +1,116 @@
+"""The OpenAPI document: what routes declare, plus what applies to many operations at once.
+
+Routes declare their own ``response_model`` and the problems only they answer
+(``api.problems.problems(404, 409)``). This module adds, to every operation it applies to:
+the Bearer security requirement (operations that depend on ``api.deps.get_tenant``), and the
+problem+json responses the edge can give any of them: 401 and 429 (authenticated); 400, 408
+and 413 (requests with a body: unparseable, too slow, too large); 422 (NUL bytes and
+validation, wherever there are parameters or a body); 503 (overload, a stalled or unreachable
+dependency). The Problem schema is registered once in ``components``.
+tests/api/test_openapi.py holds every operation to this.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute, iter_route_contexts
+
+from api.deps import get_tenant
+from api.problems import PROBLEM_JSON, STATUS_MEANING, problem_content
+from shared.schemas import ProblemDetails
+
+SECURITY_SCHEME = "ApiKey"
+BODY_METHODS = {"post", "put", "patch", "delete"}
+BEARER = {
+    "type": "http",
+    "scheme": "bearer",
+    "bearerFormat": "dsk_…",
+    "description": "`Authorization: Bearer dsk_…`: an API key of the tenant "
+    "(`dermasentinel tenants create`, or `POST /v1/api-keys`). Only its hash is stored.",
+}
+
+
+def _depends_on(dependant: Dependant, target) -> bool:
+    return any(d.call is target or _depends_on(d, target) for d in dependant.dependencies)
+
+
+def authenticated_operations(app: FastAPI) -> set[tuple[str, str]]:
+    """(method, path) of every operation that requires an API key."""
+    operations: set[tuple[str, str]] = set()
+    for context in iter_route_contexts(app.routes):
+        route = context if isinstance(context.original_route, APIRoute) else None
+        if route is not None and route.include_in_schema and _depends_on(route.dependant, get_tenant):
+            operations.update((method.lower(), str(route.path_format)) for method in route.methods or ())
+    return operations
+
+
+def _problem_components() -> dict[str, Any]:
+    schema = ProblemDetails.model_json_schema(ref_template="#/components/schemas/{model}", mode="serialization")
+    components = schema.pop("$defs", {})
+    components["ProblemDetails"] = schema
+    return components
+
+
+def _add_problem(responses: dict, status: int) -> None:
+    entry = responses.get(str(status))
+    if entry is None or "HTTPValidationError" in str(entry):
+        entry = responses[str(status)] = {"description": STATUS_MEANING[status]}
+    entry.setdefault("content", {}).update(problem_content())
+
+
+def _errors_as_problems(responses: dict) -> None:
+    """Every error answer is problem+json with the one Problem schema. A response declared in
+    FastAPI's ``{"model": M, "content": {"application/problem+json": {}}}`` style carries M
+    under application/json too: that copy is dropped."""
+    for code, response in responses.items():
+        if code[0] not in "45":
+            continue
+        content = response.setdefault("content", {})
+        if PROBLEM_JSON in content and not content[PROBLEM_JSON].get("schema"):
+            content.pop("application/json", None)
+        content.update(problem_content())
+
+
+def complete(app: FastAPI, schema: dict[str, Any]) -> dict[str, Any]:
+    """FastAPI's generated document, completed as the module docstring says."""
+    components = schema.setdefault("components", {})
+    components.setdefault("schemas", {}).update(_problem_components())
+    components.setdefault("securitySchemes", {})[SECURITY_SCHEME] = BEARER
+    for name in ("HTTPValidationError", "ValidationError"):
+        components["schemas"].pop(name, None)  # errors are problem+json, never FastAPI's shape
+    for operations in schema.get("webhooks", {}).values():
+        for operation in operations.values():
+            # What a receiver answers is the receiver's: only the 2xx acknowledgement is ours to state.
+            responses = operation.get("responses", {})
+            operation["responses"] = {code: r for code, r in responses.items() if "HTTPValidationError" not in str(r)}
+    authenticated = authenticated_operations(app)
+    for path, operations in schema.get("paths", {}).items():
+        for method, operation in operations.items():
+            responses = operation.setdefault("responses", {})
+            statuses = [503]
+            if operation.get("parameters") or operation.get("requestBody"):
+                statuses.append(422)
+            if method in BODY_METHODS:
+                statuses += [400, 408, 413]
+            if (method, path) in authenticated:
+                operation["security"] = [{SECURITY_SCHEME: []}]
+                statuses += [401, 429]
+            for status in statuses:
+                _add_problem(responses, status)
+            _errors_as_problems(responses)
+            operation["responses"] = dict(sorted(responses.items()))
+    return schema
+
+
+def install(app: FastAPI) -> None:
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = complete(app, generate())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -1,0 +1,272 @@
+"""The model registry: checkpoints in the object store, one Postgres row each (docs/MODELS.md).
+
+All registry SQL lives here; the CLI, the API and the GPU workers call these functions. At
+most one model per kind is ``active`` (a partial unique index guarantees it); activating
+another retires it, and rollback re-activates the one active before. With no active row for
+a kind, workers use what ``MODEL_DIR`` holds (or, for Fusion, seeded untrained weights).
+No torch here: callers prove a checkpoint loads before registering it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from shared.models import Analysis, ModelStatus, ModelVersion
+from shared.storage import ARTIFACTS, IMAGES, ObjectStore, image_key
+
+MODEL_KINDS = ("scalpel", "fusion")
+MODELS_PURPOSE = ARTIFACTS  # checkpoints share the artifacts bucket, under models/ (no tenant)
+CHECKPOINT_TYPE = "application/octet-stream"
+
+
+class ModelNotFound(LookupError):
+    pass
+
+
+class NothingToRollBack(LookupError):
+    pass
+
+
+def model_object_key(kind: str, sha256: str) -> str:
+    return f"models/{kind}/{sha256}.pth"
+
+
+@dataclass(frozen=True)
+class ActiveModel:
+    """What a worker needs to run a registered model (plain values, safe across threads)."""
+
+    id: uuid.UUID
+    kind: str
+    version: str
+    sha256: str
+    object_key: str
+    card: dict
+    threshold: float | None
+    temperature: float | None
+
+    @classmethod
+    def of(cls, row: ModelVersion) -> ActiveModel:
+        return cls(row.id, row.kind, row.version, row.sha256, row.object_key, dict(row.card or {}),
+                   row.threshold, row.temperature)
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(MODEL_KINDS)}, not {kind!r}")
+
+
+def register(
+    session: Session,
+    store: ObjectStore,
+    *,
+    kind: str,
+    data: bytes,
+    sha256: str,
+    version: str | None = None,
+    card: dict | None = None,
+) -> tuple[ModelVersion, bool]:
+    """Store the checkpoint and add it as a candidate; the same file again returns its row.
+    Returns (row, created)."""
+    _check_kind(kind)
+    existing = session.scalar(select(ModelVersion).where(ModelVersion.kind == kind, ModelVersion.sha256 == sha256))
+    if existing is not None:
+        return existing, False
+    card = dict(card or {})
+    calibration = card.get("calibration") or {}
+    version = version or card.get("version") or _next_version(session, kind)
+    if session.scalar(select(ModelVersion.id).where(ModelVersion.kind == kind, ModelVersion.version == version)):
+        raise ValueError(f"{kind} version {version!r} already exists with other weights; pass another --version")
+    key = model_object_key(kind, sha256)
+    store.put(MODELS_PURPOSE, key, data, CHECKPOINT_TYPE)
+    row = ModelVersion(
+        kind=kind,
+        version=str(version),
+        sha256=sha256,
+        object_key=key,
+        card=card,
+        metrics=dict(card.get("metrics") or {}),
+        threshold=_float_or_none(calibration.get("threshold")),
+        temperature=_float_or_none(calibration.get("temperature")),
+        status=ModelStatus.candidate.value,
+    )
+    session.add(row)
+    session.flush()
+    return row, True
+
+
+def _next_version(session: Session, kind: str) -> str:
+    count = len(session.scalars(select(ModelVersion.id).where(ModelVersion.kind == kind)).all())
+    return f"{kind}-{count + 1}"
+
+
+def _float_or_none(value) -> float | None:
+    return None if value is None else float(value)
+
+
+def list_models(session: Session, kind: str | None = None) -> list[ModelVersion]:
+    query = select(ModelVersion).order_by(ModelVersion.kind, ModelVersion.created_at.desc())
+    if kind is not None:
+        query = query.where(ModelVersion.kind == kind)
+    return list(session.scalars(query))
+
+
+def find_model(session: Session, kind: str, ref: str) -> ModelVersion:
+    """A model of ``kind`` by version name, id, or sha256 prefix (at least 8 characters)."""
+    _check_kind(kind)
+    rows = session.scalars(select(ModelVersion).where(ModelVersion.kind == kind)).all()
+    matches = [r for r in rows if r.version == ref or str(r.id) == ref]
+    if not matches and len(ref) >= 8:
+        matches = [r for r in rows if r.sha256.startswith(ref)]
+    if len(matches) != 1:
+        raise ModelNotFound(
+            f"no single {kind} model {ref!r}; `dermasentinel models list` shows versions and ids"
+        )
+    return matches[0]
+
+
+def activate(session: Session, kind: str, ref: str) -> tuple[ModelVersion, ModelVersion | None]:
+    """Make ``ref`` the active model of its kind; the previous active one is retired.
+    Returns (now active, previously active)."""
+    _lock_kind(session, kind)
+    target = find_model(session, kind, ref)
+    previous = _active_row(session, kind)
+    if previous is not None and previous.id == target.id:
+        return target, None
+    if previous is not None:
+        previous.status = ModelStatus.retired.value
+        session.flush()  # the partial unique index allows one active row per kind
+    target.status = ModelStatus.active.value
+    target.activated_at = datetime.now(UTC)
+    session.flush()
+    return target, previous
+
+
+def rollback(session: Session, kind: str) -> tuple[ModelVersion | None, ModelVersion]:
+    """Retire the active model of ``kind`` and re-activate the one active before it; with
+    none before it, no model of that kind is active (workers fall back to MODEL_DIR /
+    untrained). Returns (now active or None, rolled back)."""
+    _lock_kind(session, kind)
+    current = _active_row(session, kind)
+    if current is None:
+        raise NothingToRollBack(f"no {kind} model is active; nothing to roll back")
+    earlier = session.scalar(
+        select(ModelVersion)
+        .where(
+            ModelVersion.kind == kind,
+            ModelVersion.id != current.id,
+            ModelVersion.activated_at.is_not(None),
+            ModelVersion.activated_at < current.activated_at,
+        )
+        .order_by(ModelVersion.activated_at.desc())
+        .limit(1)
+    )
+    current.status = ModelStatus.retired.value
+    session.flush()
+    if earlier is not None:
+        earlier.status = ModelStatus.active.value
+        # Not re-stamped: its place in the activation history stays where it was, so a second
+        # rollback goes one further back.
+        session.flush()
+    # The rolled-back model leaves the history, so the next rollback does not bring it back.
+    current.activated_at = None
+    session.flush()
+    return earlier, current
+
+
+def active_models(session: Session) -> dict[str, ActiveModel]:
+    rows = session.scalars(select(ModelVersion).where(ModelVersion.status == ModelStatus.active.value))
+    return {row.kind: ActiveModel.of(row) for row in rows}
+
+
+def _active_row(session: Session, kind: str) -> ModelVersion | None:
+    return session.scalar(
+        select(ModelVersion).where(ModelVersion.kind == kind, ModelVersion.status == ModelStatus.active.value)
+    )
+
+
+def _lock_kind(session: Session, kind: str) -> None:
+    """Serialise activations of one kind (two operators activating at once)."""
+    _check_kind(kind)
+    session.execute(select(ModelVersion.id).where(ModelVersion.kind == kind).with_for_update())
+
+
+def read_checkpoint(store: ObjectStore, model: ActiveModel) -> bytes:
+    return store.get(MODELS_PURPOSE, model.object_key)
+
+
+def describe(row: ModelVersion) -> dict:
+    """The row as plain JSON (CLI and API)."""
+    calibration = (row.card or {}).get("calibration") or {}
+    return {
+        "id": str(row.id),
+        "kind": row.kind,
+        "version": row.version,
+        "sha256": row.sha256,
+        "status": row.status,
+        "weights": weights_label(row.card),
+        "threshold": row.threshold,
+        "temperature": row.temperature,
+        "target_sensitivity": calibration.get("target_sensitivity"),
+        "metrics": row.metrics,
+        "training_data": (row.card or {}).get("training_data"),
+        "created_at": _iso(row.created_at),
+        "activated_at": _iso(row.activated_at),
+    }
+
+
+def weights_label(card: dict | None) -> str:
+    """``synthetic`` when the card says the model was trained on generated images, else ``trained``."""
+    training = (card or {}).get("training_data") or {}
+    return "synthetic" if training.get("synthetic") else "trained"
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z") if moment else None
+
+
+# ------------------------------------------------------------------------------ reprocessing
+
+
+class NotReprocessable(ValueError):
+    pass
+
+
+REPROCESSABLE = frozenset({"succeeded", "rejected", "failed"})
+
+
+def reprocess(session: Session, store: ObjectStore, celery, original) -> Analysis:
+    """A new queued analysis of ``original``'s image and inputs, linked by ``reprocessed_from``;
+    it runs on the models active when a worker picks it up. The original and its result stay
+    as they were, so both results are kept. The image is copied under the new analysis, so
+    purging one never takes the other's image. Enqueued after the commit."""
+    from shared.analyses import utcnow
+    from shared.db import after_commit
+    from shared.jobs import enqueue_analysis
+
+    if original.status not in REPROCESSABLE or not original.image_sha256:
+        raise NotReprocessable(
+            f"analysis {original.id} is {original.status}; only a finished analysis (succeeded, rejected "
+            "or failed) whose image was stored can be reprocessed"
+        )
+    analysis_id = uuid.uuid4()
+    extension = original.image_key.rsplit(".", 1)[-1] if "." in original.image_key.rsplit("/", 1)[-1] else "jpg"
+    key = image_key(original.tenant_id, analysis_id, extension)
+    store.put(IMAGES, key, store.get(IMAGES, original.image_key), original.image_content_type)
+    now = utcnow()
+    analysis = Analysis(
+        id=analysis_id, tenant_id=original.tenant_id, batch_id=None, external_id=original.external_id,
+        priority="bulk", status="queued", attempt=0, age=original.age, sex=original.sex, site=original.site,
+        pixel_spacing_mm=original.pixel_spacing_mm, image_key=key, image_sha256=original.image_sha256,
+        image_content_type=original.image_content_type, image_width=original.image_width,
+        image_height=original.image_height, created_at=now, updated_at=now, enqueued_at=now,
+        reprocessed_from=original.id,
+    )
+    session.add(analysis)
+    session.flush()
+    after_commit(session, lambda: enqueue_analysis(celery, analysis_id, "bulk"))
+    return analysis

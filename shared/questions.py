@@ -1,0 +1,389 @@
+"""Grounded answers to a clinician's free-text question about one analysis.
+
+No generative model: a question is matched against a fixed table of intents (regular
+expressions, below) and each matched intent answers from the analysis' own fields, naming
+every field it used in ``cited``. The same question about the same analysis always gets the
+same answer. Whatever the analysis did not measure (symptoms, history, change over time,
+other lesions) is said to be outside what it measured; no finding is ever invented, and the
+only course of action ever quoted is the PLAN of the analysis' own scribe note.
+
+Intent table (first column is the intent name stored with each answer):
+
+============  ==================================================================
+status        any question about an analysis that has no findings (queued,
+              processing, rejected, failed, canceled): says why there are none
+diagnosis     melanoma, cancer, malignant, benign, diagnosis, "what is it"
+probability   probability, likelihood, chance, confidence, certainty, sure
+risk          risk, risk band, urgent, worried, dangerous, serious
+abcd          "ABCD": all four concept scores at once
+asymmetry     asymmetry, symmetric, shape
+border        border, edge, margin, outline, irregular
+color         colour/color, pigment, variegation
+diameter      diameter, size, big, large, small, width, mm
+coverage      coverage, segmentation, mask, area
+skin_tone     skin tone/type/colour, ITA, Fitzpatrick, bias, equity
+quality       quality, blur, sharp, focus
+model         model, weights, trained, checkpoint, version
+plan          treatment, what to do, next step, biopsy, refer, follow-up:
+              quotes the scribe note's PLAN and nothing else
+not_measured  symptoms (itch, bleeding, pain), evolution or growth, history,
+              spread, prognosis, other lesions: said plainly to be unmeasured
+outside       nothing matched: the question is outside what was measured
+============  ==================================================================
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from shared import clinical
+
+MAX_QUESTION_CHARS = 500
+
+MEASURED = (
+    "This analysis measured, from one photo: lesion segmentation and coverage, the ABCD concept "
+    "scores (asymmetry, border, colour, diameter), the skin tone (ITA angle, skin group, bias "
+    "warning), image sharpness, and a melanoma probability with its uncertainty and risk band."
+)
+NOT_MEASURED = (
+    "The analysis saw one photo only: it has no information about symptoms (itching, bleeding, "
+    "pain), change over time or growth, the patient's history, spread, prognosis, or other lesions. "
+    "Those are outside what it measured."
+)
+NO_ADVICE = "DermaSentinel gives no treatment advice of its own."
+
+
+@dataclass(frozen=True)
+class GroundedAnswer:
+    text: str
+    cited: list[str]
+    intents: list[str]
+    outside_scope: bool
+
+    def as_dict(self) -> dict:
+        return {
+            "text": self.text,
+            "cited": self.cited,
+            "intents": self.intents,
+            "grounded": True,
+            "outside_scope": self.outside_scope,
+        }
+
+
+@dataclass
+class _Parts:
+    sentences: list[str] = field(default_factory=list)
+    cited: list[str] = field(default_factory=list)
+
+    def say(self, sentence: str, *fields: str) -> None:
+        self.sentences.append(sentence)
+        for name in fields:
+            if name not in self.cited:
+                self.cited.append(name)
+
+
+def _pct(value: float) -> str:
+    return f"{value * 100:.1f}%"
+
+
+def _score(value) -> str:
+    return "not measured" if value is None else f"{float(value):.2f} on a 0-1 scale (0 = none, 1 = most marked)"
+
+
+def _weights_caveat(record: dict, parts: _Parts) -> None:
+    """Output from weights that are not trained is said to be meaningless, every time."""
+    weights = clinical.weights_status(record.get("model"))
+    banner = clinical.weights_banner(weights)
+    if banner is not None:
+        parts.say(f"{banner} (model.weights = {weights or clinical.UNKNOWN_WEIGHTS}).", "model.weights")
+
+
+# ---------------------------------------------------------------- intent handlers
+
+
+def _diagnosis(record: dict, result: dict, parts: _Parts) -> None:
+    _weights_caveat(record, parts)
+    threshold = clinical.operating_threshold(clinical.threshold_of(record.get("model")))
+    parts.say(
+        f"The model's output is '{result['diagnosis']}' (melanoma probability {_pct(result['probability'])}, "
+        f"operating threshold {_pct(threshold)}). This is decision support, not a diagnosis.",
+        "result.diagnosis",
+        "result.probability",
+    )
+
+
+def _probability(record: dict, result: dict, parts: _Parts) -> None:
+    _weights_caveat(record, parts)
+    views = len(result.get("tta_probabilities") or [])
+    parts.say(
+        f"Melanoma probability {_pct(result['probability'])} ± {_pct(result['uncertainty'])} "
+        f"(mean ± standard deviation over {views} test-time views of the photo); "
+        f"{clinical.uncertainty_level(result['uncertainty'])} uncertainty.",
+        "result.probability",
+        "result.uncertainty",
+        "result.tta_probabilities",
+    )
+
+
+def _risk(record: dict, result: dict, parts: _Parts) -> None:
+    _weights_caveat(record, parts)
+    band = result["risk_band"]
+    ranges = clinical.risk_band_ranges(clinical.threshold_of(record.get("model")))
+    parts.say(
+        f"Risk band: {band} (probability {ranges.get(band, 'range unknown')}; this one "
+        f"{result['probability']:.2f}).",
+        "result.risk_band",
+        "result.probability",
+    )
+
+
+def _concept(name: str, label: str) -> Callable[[dict, dict, _Parts], None]:
+    def answer(record: dict, result: dict, parts: _Parts) -> None:
+        value = (result.get("concepts") or {}).get(name)
+        parts.say(f"{label}: {_score(value)}.", f"result.concepts.{name}")
+
+    return answer
+
+
+def _abcd(record: dict, result: dict, parts: _Parts) -> None:
+    for name, label in (("asymmetry", "Asymmetry"), ("border", "Border irregularity"), ("color", "Colour variegation")):
+        _concept(name, label)(record, result, parts)
+    _diameter(record, result, parts)
+
+
+def _diameter(record: dict, result: dict, parts: _Parts) -> None:
+    concepts = result.get("concepts") or {}
+    px, mm = concepts.get("diameter_px"), concepts.get("diameter_mm")
+    if px is None:
+        parts.say("Diameter: not measured.", "result.concepts.diameter_px")
+    elif mm is None:
+        parts.say(
+            f"Diameter: {px:.0f} pixels across. No pixel spacing was supplied with the photo, so the "
+            "size in millimetres is not known.",
+            "result.concepts.diameter_px",
+            "inputs.pixel_spacing_mm",
+        )
+    else:
+        parts.say(
+            f"Diameter: {px:.0f} pixels = {mm:.1f} mm (with the pixel spacing supplied).",
+            "result.concepts.diameter_px",
+            "result.concepts.diameter_mm",
+        )
+
+
+def _coverage(record: dict, result: dict, parts: _Parts) -> None:
+    coverage = (result.get("segmentation") or {}).get("coverage")
+    segmenter = (record.get("model") or {}).get("segmenter")
+    how = f" by the {segmenter} segmenter" if segmenter else ""
+    if coverage is None:
+        parts.say("Lesion coverage: not measured.", "result.segmentation.coverage")
+        return
+    fields = ["result.segmentation.coverage"] + (["model.segmenter"] if segmenter else [])
+    parts.say(f"The segmented lesion{how} covers {_pct(coverage)} of the photo.", *fields)
+
+
+def _skin_tone(record: dict, result: dict, parts: _Parts) -> None:
+    equity = result.get("equity") or {}
+    if not equity:
+        parts.say("Skin tone: not measured.", "result.equity")
+        return
+    parts.say(
+        f"Skin tone by individual typology angle (ITA): {equity['ita_degrees']:.1f}°, skin group "
+        f"'{equity['skin_group']}'.",
+        "result.equity.ita_degrees",
+        "result.equity.skin_group",
+    )
+    if equity.get("bias_warning"):
+        parts.say(
+            "Bias warning: this skin tone is under-represented in the model's training data; accuracy "
+            "for this group is not established.",
+            "result.equity.bias_warning",
+        )
+    else:
+        parts.say("No bias warning for this skin group.", "result.equity.bias_warning")
+
+
+def _quality(record: dict, result: dict, parts: _Parts) -> None:
+    blur = (result.get("quality") or {}).get("blur_score")
+    if blur is None:
+        parts.say("Image quality: not measured.", "result.quality")
+        return
+    parts.say(
+        f"Image sharpness (blur score, higher is sharper): {blur:.1f}; the photo passed the quality gate.",
+        "result.quality.blur_score",
+        "status",
+    )
+
+
+def _model(record: dict, result: dict, parts: _Parts) -> None:
+    model = record.get("model") or {}
+    weights = model.get("weights") or "unknown"
+    pieces = [f"weights: {weights}"]
+    fields = ["model.weights"]
+    for key in ("segmenter", "backend", "version"):
+        if model.get(key):
+            pieces.append(f"{key}: {model[key]}")
+            fields.append(f"model.{key}")
+    parts.say("Model: " + "; ".join(pieces) + ".", *fields)
+    _weights_caveat(record, parts)
+
+
+def _plan_lines(result: dict) -> list[str]:
+    note = result.get("scribe_note") or ""
+    lines = note.splitlines()
+    if "PLAN" not in lines:
+        return []
+    plan: list[str] = []
+    for line in lines[lines.index("PLAN") + 1 :]:
+        if not line.strip():
+            break
+        plan.append(line.lstrip("- ").strip())
+    return plan
+
+
+def _plan(record: dict, result: dict, parts: _Parts) -> None:
+    plan = _plan_lines(result)
+    if not plan:
+        parts.say(f"{NO_ADVICE} The report has no PLAN section to quote.", "result.scribe_note")
+        return
+    parts.say(
+        f"{NO_ADVICE} The report's PLAN says: " + " ".join(plan) + " The treating clinician decides.",
+        "result.scribe_note",
+    )
+
+
+def _not_measured(record: dict, result: dict, parts: _Parts) -> None:
+    parts.say(NOT_MEASURED)
+
+
+@dataclass(frozen=True)
+class Intent:
+    name: str
+    pattern: re.Pattern
+    answer: Callable[[dict, dict, _Parts], None]
+
+
+def _rx(*alternatives: str) -> re.Pattern:
+    return re.compile(r"\b(?:" + "|".join(alternatives) + r")", re.IGNORECASE)
+
+
+# Order is the order of the sentences in a combined answer.
+INTENTS: tuple[Intent, ...] = (
+    Intent(
+        "diagnosis",
+        _rx("melanoma", "cancer", "malignan", "benign", "diagnos", r"what is (?:it|this)", "mole"),
+        _diagnosis,
+    ),
+    Intent(
+        "probability",
+        _rx("probab", "likel", "chance", "confiden", "certain", "uncertain", "sure", "percent", "odds"),
+        _probability,
+    ),
+    Intent("risk", _rx("risk", "band", "urgent", "worr", "dangerous", "serious", "concern"), _risk),
+    Intent("abcd", _rx(r"abcd?\b", "concepts?", "features?", "findings?"), _abcd),
+    Intent("asymmetry", _rx("asymmetr", "symmetr", "shape"), _concept("asymmetry", "Asymmetry")),
+    Intent(
+        "border",
+        _rx("border", "edges?", "margins?", "outline", "irregular"),
+        _concept("border", "Border irregularity"),
+    ),
+    Intent(
+        "color",
+        _rx("(?<!skin )colou?r", "pigment", "variegat", "shades?"),
+        _concept("color", "Colour variegation"),
+    ),
+    Intent(
+        "diameter",
+        _rx("diameter", "size", "big", "large", "small", "wide", "width", r"mm\b", "millimet", "how long is"),
+        _diameter,
+    ),
+    Intent("coverage", _rx("coverage", "segment", "mask", "area", "overlay"), _coverage),
+    Intent(
+        "skin_tone",
+        _rx(r"skin (?:tone|type|colou?r|group)", r"ita\b", "fitzpatrick", "bias", "equity", "dark skin", "ethnic"),
+        _skin_tone,
+    ),
+    Intent("quality", _rx("quality", "blur", "sharp", "focus", "clear"), _quality),
+    Intent("model", _rx("model", "weights", "untrained", "trained", "checkpoint", "version"), _model),
+    Intent(
+        "plan",
+        _rx("treat", "cure", "remov", "excis", "surgery", "biops", "medic", "cream", "drug", "therap",
+            r"what (?:should|do|can) (?:i|we)", "next step", "refer", "follow.?up", "manage", "plan", "recommend"),
+        _plan,
+    ),
+    Intent(
+        "not_measured",
+        _rx("itch", "bleed", "pain", "hurt", "sore", "grow", "chang", "evolv", "history", "family", "sun",
+            "spread", "metasta", "prognos", "surviv", "stage", "other (?:lesion|mole|spot)s?", "contagious",
+            "how long ha"),
+        _not_measured,
+    ),
+)
+SINGLE_CONCEPTS = frozenset({"asymmetry", "border", "color", "diameter"})
+INTENT_NAMES = tuple(i.name for i in INTENTS) + ("status", "outside")
+
+
+def normalise_question(question: str) -> str:
+    """One line, single spaces, control characters shown as U+FFFD: what is stored and answered."""
+    text = " ".join(question.split())
+    return "".join(ch if ch.isprintable() or ch == " " else "\ufffd" for ch in text)
+
+
+def answer_question(question: str, record: dict) -> GroundedAnswer:
+    """Answer ``question`` from ``record`` (shared.analyses.analysis_record of one analysis)."""
+    question = normalise_question(question)
+    status = record.get("status")
+    result = record.get("result")
+    if status != "succeeded" or not result:
+        return _status_answer(record)
+
+    matched = [intent for intent in INTENTS if intent.pattern.search(question)]
+    if any(i.name == "abcd" for i in matched):
+        # The combined ABCD answer already covers the single concepts.
+        matched = [i for i in matched if i.name not in SINGLE_CONCEPTS]
+    parts = _Parts()
+    if not matched:
+        parts.say("That question is outside what this analysis measured.")
+        parts.say(MEASURED)
+        parts.say("Ask about one of these, or consult the full report.")
+        return GroundedAnswer(" ".join(parts.sentences), parts.cited, ["outside"], True)
+    for intent in matched:
+        intent.answer(record, result, parts)
+    # The weights caveat is said once however many intents asked for it.
+    sentences = list(dict.fromkeys(parts.sentences))
+    outside = all(i.name == "not_measured" for i in matched)
+    return GroundedAnswer(" ".join(sentences), parts.cited, [i.name for i in matched], outside)
+
+
+def _status_answer(record: dict) -> GroundedAnswer:
+    status = record.get("status") or "unknown"
+    parts = _Parts()
+    if status in ("queued", "processing"):
+        parts.say(
+            f"The analysis has not finished yet (status: {status}); there are no findings to answer from.", "status"
+        )
+    elif status == "rejected":
+        rejection = record.get("rejection") or {}
+        parts.say(
+            f"There are no findings: the photo was rejected by a quality gate ({rejection.get('code', 'unknown')}): "
+            f"{rejection.get('detail') or 'no detail given'}.",
+            "status",
+            "rejection.code",
+            "rejection.detail",
+        )
+        if rejection.get("advice"):
+            parts.say(str(rejection["advice"]), "rejection.advice")
+    elif status == "failed":
+        error = record.get("error") or {}
+        parts.say(
+            f"There are no findings: the analysis failed with a system error ({error.get('code', 'unknown')}).",
+            "status",
+            "error.code",
+        )
+    elif status == "canceled":
+        parts.say("There are no findings: the analysis was canceled before it finished.", "status", "cancel_reason")
+    else:
+        parts.say(f"There are no findings for an analysis with status {status}.", "status")
+    return GroundedAnswer(" ".join(parts.sentences), parts.cited, ["status"], True)

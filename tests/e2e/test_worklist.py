@@ -1,0 +1,300 @@
+"""The web app's batch worklist, case view (overlay, feedback, questions) and mobile layout,
+in Chromium against the real API, Postgres and S3. Cases are finished analyses written to
+the database and object store as the worker writes them (tests/e2e/seeding.py), so their
+risk order is chosen, not left to an untrained model."""
+
+from __future__ import annotations
+
+import io
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.e2e.browser import (
+    DISCLAIMER,
+    browser_page_fixture,  # noqa: F401 (the browser_page fixture)
+    screenshot,
+    sign_in,
+    wait_until,
+)
+from tests.e2e.seeding import result_for, seed_analysis, seed_batch
+
+GREEN_OR_RED = {"rgb(30, 107, 52)", "rgb(166, 27, 27)"}  # --low and --high in app.css
+COLOURS = "(e => [getComputedStyle(e).color, getComputedStyle(e).backgroundColor])"
+
+
+def _client(api_url: str, key: str) -> httpx.Client:
+    return httpx.Client(base_url=api_url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+
+
+@pytest.fixture
+def trained_batch(context, tenant_key):
+    """Five cases: four results with trained weights in a known risk order, one rejected."""
+    tenant_id, _ = tenant_key
+    batch_id = seed_batch(context, tenant_id, "Tuesday clinic")
+    cases = {
+        "case-low": result_for(0.22),
+        "case-high": result_for(0.93, skin_group="brown", ita=4.0),
+        "case-near": result_for(0.55),
+        "case-medium": result_for(0.71, uncertainty=0.2),
+    }
+    for seed, (ref, result) in enumerate(cases.items()):
+        seed_analysis(
+            context, tenant_id, result=result, weights="trained", batch_id=batch_id, external_id=ref, seed=seed
+        )
+    seed_analysis(
+        context, tenant_id, status="rejected", batch_id=batch_id, external_id="case-blurry",
+        rejection={"code": "blurry", "detail": "blur score 14.0 below 100.0"},
+    )
+    return batch_id
+
+
+def _rows(page) -> list[dict]:
+    return page.eval_on_selector_all(
+        "#worklist > li",
+        "rows => rows.map(r => ({id: r.dataset.id, status: r.dataset.status, selected: r.getAttribute('aria-selected'),"
+        " text: r.innerText}))",
+    )
+
+
+def test_batch_worklist_sorted_by_risk_and_keyboard_opens_cases(browser_page, api_url, tenant_key, trained_batch):
+    page = browser_page
+    _, key = tenant_key
+    with _client(api_url, key) as client:
+        triage = client.get(f"/v1/batches/{trained_batch}/results", params={"format": "json"}).json()
+
+    sign_in(page, api_url, key, "/#/batches")
+    page.click(f"#batches a[data-id='{trained_batch}']")
+    page.wait_for_selector("#worklist > li")
+    assert page.inner_text("#batch-heading") == "Tuesday clinic"
+    assert "5 of 5 done (100%)" in page.inner_text("#batch-progress-text")
+    assert page.locator("#batch-weights").is_hidden()
+    assert DISCLAIMER in page.inner_text("#disclaimer")
+
+    rows = _rows(page)
+    assert [r["id"] for r in rows] == [item["analysis_id"] for item in triage["items"]]
+    refs = [r["text"].split("\n")[1] for r in rows]
+    assert refs == ["case-high", "case-medium", "case-near", "case-low", "case-blurry"], refs
+    assert rows[0]["selected"] == "true"
+    review_text = [r["text"] for r in rows if "Review:" in r["text"]]
+    assert len(review_text) == sum(1 for item in triage["items"] if item["needs_review"]) >= 3
+    blurry = next(item for item in triage["items"] if item["status"] == "rejected")
+    if blurry.get("retake_advice"):
+        assert blurry["retake_advice"] in rows[-1]["text"]
+
+    groups = page.eval_on_selector_all("#equity-table tbody tr", "rows => rows.map(r => r.dataset.group)")
+    assert groups == [g["skin_group"] for g in triage["summary"]["equity"]]
+    screenshot(page, "worklist")
+
+    page.click("#filter-review")
+    assert {r["id"] for r in _rows(page)} == {i["analysis_id"] for i in triage["items"] if i["needs_review"]}
+    page.click("#filter-rejected")
+    assert [r["status"] for r in _rows(page)] == ["rejected"]
+    page.click("#filter-all")
+
+    page.focus("#worklist")
+    page.keyboard.press("j")
+    page.keyboard.press("ArrowDown")
+    page.keyboard.press("k")
+    page.keyboard.press("j")
+    assert [r["selected"] for r in _rows(page)][:3] == ["false", "false", "true"]
+    page.keyboard.press("Enter")
+    third = triage["items"][2]["analysis_id"]
+    page.wait_for_selector("#analysis-body[data-status='succeeded']")
+    wait_until(page, f"document.getElementById('analysis-id').textContent === '{third}'")
+    assert page.url.endswith(f"#/analyses/{third}")
+    assert page.inner_text("#case-position") == "Case 3 of 5"
+    assert page.inner_text("#analysis-ref") == "Ref case-near"
+
+    page.keyboard.press("j")
+    fourth = triage["items"][3]["analysis_id"]
+    wait_until(page, f"document.getElementById('analysis-id').textContent === '{fourth}'")
+    assert page.inner_text("#case-position") == "Case 4 of 5"
+    # Trained weights: the colours mean something.
+    assert "risk-low" in page.get_attribute("#risk-band", "class")
+
+    page.keyboard.press("Escape")
+    page.wait_for_selector("#view-batch:not([hidden]) #worklist > li")
+    assert page.url.endswith(f"#/batches/{trained_batch}")
+
+
+def test_untrained_results_are_neutral_in_worklist_and_case(browser_page, api_url, context, tenant_key):
+    page = browser_page
+    tenant_id, key = tenant_key
+    batch_id = seed_batch(context, tenant_id, "untrained backlog")
+    high = seed_analysis(
+        context, tenant_id, result=result_for(0.95), weights="untrained", batch_id=batch_id, external_id="u-high"
+    )
+    seed_analysis(
+        context, tenant_id, result=result_for(0.1), weights="untrained", batch_id=batch_id, external_id="u-low", seed=2
+    )
+
+    sign_in(page, api_url, key, f"/#/batches/{batch_id}")
+    page.wait_for_selector("#worklist > li")
+    assert page.locator("#batch-weights").is_visible()
+    assert "NOT FOR CLINICAL USE" in page.inner_text("#batch-weights")
+    pills = page.eval_on_selector_all(".risk-pill", f"els => els.map(e => [e.className, ...{COLOURS}(e)])")
+    assert len(pills) == 2
+    for class_name, color, background in pills:
+        assert "risk-neutral" in class_name
+        assert color not in GREEN_OR_RED and background not in GREEN_OR_RED
+    screenshot(page, "worklist-untrained")
+
+    page.keyboard.press("Enter")
+    wait_until(page, f"document.getElementById('analysis-id').textContent === '{high}'")
+    page.wait_for_selector("#result:not([hidden])")
+    with _client(api_url, key) as client:
+        analysis = client.get(f"/v1/analyses/{high}").json()
+    badge = page.locator("#untrained-badge")
+    assert badge.is_visible()
+    assert "UNTRAINED MODEL" in badge.inner_text() and "NOT FOR CLINICAL USE" in badge.inner_text()
+    if analysis["model"].get("banner"):
+        assert analysis["model"]["banner"] in badge.inner_text()
+    for selector in ("#diagnosis", "#risk-band"):
+        assert page.get_attribute(selector, "data-neutral") == "true"
+        color, background = page.eval_on_selector(selector, f"e => {COLOURS}(e)")
+        assert color not in GREEN_OR_RED and background not in GREEN_OR_RED, (selector, color, background)
+    screenshot(page, "case-untrained")
+
+
+@pytest.fixture
+def one_case(context, tenant_key):
+    result = result_for(0.64, skin_group="tan", ita=20.0)
+    return seed_analysis(context, tenant_key[0], result=result, weights="untrained", external_id="solo")
+
+
+def test_feedback_is_saved_and_shown_after_reload(browser_page, api_url, tenant_key, one_case):
+    page = browser_page
+    _, key = tenant_key
+    sign_in(page, api_url, key, f"/#/analyses/{one_case}")
+    page.wait_for_selector("#feedback:not([hidden])")
+    page.click("#feedback-submit")
+    page.wait_for_selector("#problem:not([hidden])")
+    assert "Agree or Disagree" in page.inner_text("#problem-detail")
+
+    page.check("#agrees-no")
+    page.fill("#final-diagnosis", "dysplastic naevus")
+    page.fill("#histopathology", "compound naevus with mild atypia")
+    page.fill("#feedback-notes", "excised 2026-11-20")
+    page.click("#feedback-submit")
+    page.wait_for_selector("#feedback-list li")
+    assert page.inner_text("#feedback-state") == "Feedback saved."
+
+    page.reload()
+    page.wait_for_selector("#feedback-list li")
+    shown = page.inner_text("#feedback-list")
+    assert "Disagrees with the AI assessment" in shown
+    assert "Final diagnosis: dysplastic naevus" in shown
+    assert "Histopathology: compound naevus with mild atypia" in shown
+    assert "Notes: excised 2026-11-20" in shown
+    with _client(api_url, key) as client:
+        feedback = client.get(f"/v1/analyses/{one_case}").json()["feedback"]
+    assert len(feedback) == 1 and feedback[0]["agrees"] is False
+    screenshot(page, "case-feedback")
+
+
+def test_question_answer_is_shown_with_citations(browser_page, api_url, tenant_key, one_case):
+    page = browser_page
+    _, key = tenant_key
+    sign_in(page, api_url, key, f"/#/analyses/{one_case}")
+    page.wait_for_selector("#result:not([hidden])")
+    page.fill("#question", "How irregular is the border, and is it melanoma?")
+    page.click("#ask")
+    page.wait_for_selector("#qa-list .qa")
+    with _client(api_url, key) as client:
+        stored = client.get(f"/v1/analyses/{one_case}/questions").json()["data"]
+    assert len(stored) == 1
+    answer = stored[0]["answer"]
+    assert page.inner_text("#qa-list .qa-question") == "How irregular is the border, and is it melanoma?"
+    assert page.inner_text("#qa-list .qa-answer .qa-text") == answer["text"]
+    assert "UNTRAINED" in answer["text"]
+    cited = page.eval_on_selector_all("#qa-list .qa-cited code", "els => els.map(e => e.textContent)")
+    assert cited == answer["cited"] and "result.concepts.border" in cited
+
+    page.fill("#question", "Does it itch?")
+    page.keyboard.press("Enter")
+    wait_until(page, "document.querySelectorAll('#qa-list .qa').length === 2")
+    assert page.text_content("#qa-list .qa:first-child .qa-source") == "Outside what was measured"
+
+    page.reload()
+    wait_until(page, "document.querySelectorAll('#qa-list .qa').length === 2")
+    screenshot(page, "case-questions")
+
+
+def _cyan_pixels(png: bytes) -> int:
+    pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+    r, g, b = pixels[..., 0], pixels[..., 1], pixels[..., 2]
+    return int(((r < 90) & (g > 150) & (b > 170)).sum())
+
+
+def test_overlay_outline_by_default_toggles_to_fill_with_opacity(browser_page, api_url, tenant_key, one_case):
+    page = browser_page
+    _, key = tenant_key
+    sign_in(page, api_url, key, f"/#/analyses/{one_case}")
+    wait_until(
+        page,
+        "(() => { const m = document.getElementById('mask-layer'), p = document.getElementById('original');"
+        " return !m.hidden && m.complete && m.naturalWidth > 0 && p.complete && p.naturalWidth > 0; })()"
+    )
+    stage = page.locator("#viewer-stage")
+    assert stage.get_attribute("data-mode") == "outline"
+    assert page.get_attribute("#overlay-outline", "aria-checked") == "true"
+    assert "mask-outline" in page.eval_on_selector("#mask-layer", "e => getComputedStyle(e).filter")
+    outline = _cyan_pixels(stage.screenshot())
+
+    page.click("#overlay-fill")
+    assert stage.get_attribute("data-mode") == "fill"
+    assert "mask-fill" in page.eval_on_selector("#mask-layer", "e => getComputedStyle(e).filter")
+    fill = _cyan_pixels(stage.screenshot())
+    # The outline is a thin ring; the fill covers the whole lesion.
+    assert outline > 50, outline
+    assert fill > 4 * outline, (outline, fill)
+    screenshot(page, "overlay-fill")
+
+    page.fill("#overlay-opacity", "0")
+    assert page.eval_on_selector("#mask-layer", "e => getComputedStyle(e).opacity") == "0"
+    assert _cyan_pixels(stage.screenshot()) < outline / 5
+    assert page.inner_text("#overlay-opacity-value") == "0%"
+    page.fill("#overlay-opacity", "40")
+    assert page.eval_on_selector("#mask-layer", "e => getComputedStyle(e).opacity") == "0.4"
+    page.click("#overlay-outline")
+    assert stage.get_attribute("data-mode") == "outline"
+    screenshot(page, "overlay-outline")
+
+
+@pytest.mark.parametrize("width", [360, 390, 414])
+def test_mobile_layout_has_no_horizontal_overflow(browser_page, api_url, context, tenant_key, width):
+    page = browser_page
+    tenant_id, key = tenant_key
+    batch_id = seed_batch(context, tenant_id, "a batch with a rather long name for a narrow phone screen")
+    case = seed_analysis(
+        context, tenant_id, result=result_for(0.82, skin_group="dark", ita=-40.0), weights="untrained",
+        batch_id=batch_id, external_id="a-long-client-reference-0123456789",
+    )
+    seed_analysis(
+        context, tenant_id, status="rejected", batch_id=batch_id, external_id="rejected-one",
+        rejection={"code": "no_lesion", "detail": "lesion covers 0.2% of the image, below 1.0%"}, seed=3,
+    )
+    page.set_viewport_size({"width": width, "height": 800})
+    overflow = "document.documentElement.scrollWidth - window.innerWidth"
+
+    sign_in(page, api_url, key, f"/#/analyses/{case}")
+    page.wait_for_selector("#result:not([hidden])")
+    page.fill("#question", "What is the skin tone and how big is the lesion in millimetres?")
+    page.click("#ask")
+    page.wait_for_selector("#qa-list .qa")
+    assert page.evaluate(overflow) <= 0, f"analysis view overflows by {page.evaluate(overflow)} px at {width}"
+    screenshot(page, f"mobile-{width}-case")
+
+    page.goto(f"{api_url}/#/batches/{batch_id}")
+    page.wait_for_selector("#worklist > li")
+    # The case text keeps most of the row: the tags wrap below it rather than squeeze it.
+    assert page.evaluate("document.querySelector('#worklist .case-main').getBoundingClientRect().width") > width * 0.6
+    assert page.evaluate(overflow) <= 0, f"batch page overflows by {page.evaluate(overflow)} px at {width}"
+    screenshot(page, f"mobile-{width}-batch")
+
+    page.goto(f"{api_url}/#/batches")
+    page.wait_for_selector("#batches li")
+    assert page.evaluate(overflow) <= 0, f"batches list overflows by {page.evaluate(overflow)} px at {width}"

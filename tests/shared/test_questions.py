@@ -1,0 +1,164 @@
+"""Grounded answers: deterministic, cite the fields they use, never invent a finding."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from shared.questions import INTENT_NAMES, answer_question, normalise_question
+
+PLAN = [
+    "UNTRAINED MODEL: do not act on this output; use clinical judgement alone.",
+    "Risk band MEDIUM: consider dermatology referral.",
+]
+RECORD = {
+    "id": "00000000-0000-0000-0000-000000000001",
+    "status": "succeeded",
+    "inputs": {"age": 58, "sex": "female", "site": "torso", "pixel_spacing_mm": None},
+    "result": {
+        "diagnosis": "melanoma",
+        "probability": 0.6234,
+        "uncertainty": 0.0412,
+        "tta_probabilities": [0.6, 0.61, 0.62, 0.65, 0.64],
+        "risk_band": "medium",
+        "segmentation": {"coverage": 0.183},
+        "concepts": {"asymmetry": 0.42, "border": 0.77, "color": 0.31, "diameter_px": 141.6, "diameter_mm": None},
+        "equity": {"ita_degrees": 4.2, "skin_group": "brown", "bias_warning": True},
+        "quality": {"blur_score": 312.4},
+        "scribe_note": "FINDINGS\n- x\n\nPLAN\n" + "\n".join(f"- {line}" for line in PLAN) + "\n\nProvenance: y",
+    },
+    "model": {"weights": "untrained", "segmenter": "classical", "backend": "torch-cpu"},
+    "rejection": None,
+    "error": None,
+}
+TRAINED = {**RECORD, "model": {"weights": "trained", "segmenter": "unet"}}
+
+
+def test_same_question_same_answer():
+    first = answer_question("Is this melanoma?", RECORD)
+    assert first == answer_question("Is this melanoma?", copy.deepcopy(RECORD))
+    assert first.intents == ["diagnosis"]
+
+
+def test_untrained_diagnosis_says_so_and_cites_weights():
+    answer = answer_question("Is this melanoma?", RECORD)
+    assert "UNTRAINED" in answer.text
+    assert "model.weights" in answer.cited
+    assert "result.diagnosis" in answer.cited
+    assert "62.3%" in answer.text
+
+
+@pytest.mark.parametrize("question", ["What is the risk?", "How likely is it cancer?", "how confident are you"])
+def test_untrained_risk_and_probability_say_so(question):
+    assert "UNTRAINED" in answer_question(question, RECORD).text
+
+
+def test_trained_answer_has_no_untrained_caveat():
+    answer = answer_question("What is the risk band?", TRAINED)
+    assert "UNTRAINED" not in answer.text
+    assert "medium" in answer.text
+    assert answer.cited == ["result.risk_band", "result.probability"]
+
+
+def test_asymmetry_cites_its_field_and_value():
+    answer = answer_question("Is it asymmetric?", TRAINED)
+    assert answer.cited == ["result.concepts.asymmetry"]
+    assert "0.42" in answer.text
+
+
+def test_probability_gives_uncertainty_and_views():
+    answer = answer_question("What is the probability?", TRAINED)
+    assert "62.3% ± 4.1%" in answer.text
+    assert "5 test-time views" in answer.text
+    assert {"result.probability", "result.uncertainty"} <= set(answer.cited)
+
+
+def test_diameter_without_pixel_spacing_says_mm_unknown():
+    answer = answer_question("How big is it in mm?", TRAINED)
+    assert "142 pixels" in answer.text
+    assert "millimetres is not known" in answer.text
+    assert "inputs.pixel_spacing_mm" in answer.cited
+
+
+def test_diameter_in_mm_when_measured():
+    record = copy.deepcopy(TRAINED)
+    record["result"]["concepts"]["diameter_mm"] = 7.08
+    assert "7.1 mm" in answer_question("what size is the lesion", record).text
+
+
+def test_skin_tone_carries_bias_warning():
+    answer = answer_question("Does skin tone matter here?", TRAINED)
+    assert "4.2°" in answer.text and "brown" in answer.text
+    assert "Bias warning" in answer.text
+    assert "result.equity.bias_warning" in answer.cited
+
+
+def test_abcd_covers_all_four_without_repeats():
+    answer = answer_question("Summarise the ABCD border and asymmetry", TRAINED)
+    assert answer.intents == ["abcd"]
+    for field in ("asymmetry", "border", "color", "diameter_px"):
+        assert f"result.concepts.{field}" in answer.cited
+    assert answer.text.count("Asymmetry:") == 1
+
+
+def test_several_intents_combine_and_untrained_caveat_is_said_once():
+    answer = answer_question("What is the probability and the risk band, and is it melanoma?", RECORD)
+    assert answer.intents == ["diagnosis", "probability", "risk"]
+    assert answer.text.count("UNTRAINED") == 1
+
+
+def test_treatment_question_quotes_only_the_plan():
+    answer = answer_question("Should we treat it with cream or do a biopsy?", RECORD)
+    assert answer.intents == ["plan"]
+    assert "no treatment advice of its own" in answer.text
+    for line in PLAN:
+        assert line in answer.text
+    assert answer.cited == ["result.scribe_note"]
+    assert "cream" not in answer.text.lower()
+
+
+def test_unmeasured_topic_is_said_plainly():
+    answer = answer_question("Does it itch or bleed?", TRAINED)
+    assert answer.outside_scope
+    assert "outside what it measured" in answer.text
+    assert answer.cited == []
+
+
+def test_growth_question_answers_size_and_says_change_unmeasured():
+    answer = answer_question("Has it grown in size?", TRAINED)
+    assert answer.intents == ["diameter", "not_measured"]
+    assert "142 pixels" in answer.text and "change over time" in answer.text
+    assert not answer.outside_scope
+
+
+def test_unrelated_question_is_outside_scope():
+    answer = answer_question("What's the weather tomorrow?", TRAINED)
+    assert answer.outside_scope and answer.intents == ["outside"]
+    assert "outside what this analysis measured" in answer.text
+    assert answer.cited == []
+
+
+def test_rejected_analysis_has_no_findings_and_relays_advice():
+    record = {
+        **RECORD,
+        "status": "rejected",
+        "result": None,
+        "rejection": {"code": "blurry", "detail": "blur score 12.0 below 60.0", "advice": "Retake it in focus."},
+    }
+    answer = answer_question("Is it melanoma?", record)
+    assert answer.intents == ["status"]
+    assert "no findings" in answer.text and "blur score 12.0" in answer.text
+    assert "Retake it in focus." in answer.text
+    assert "rejection.code" in answer.cited
+    assert "melanoma" not in answer.text.lower()
+
+
+def test_unfinished_analysis_has_nothing_to_answer_from():
+    answer = answer_question("risk?", {**RECORD, "status": "processing", "result": None})
+    assert "not finished" in answer.text and answer.cited == ["status"]
+
+
+def test_every_intent_is_named_and_question_is_normalised():
+    assert len(set(INTENT_NAMES)) == len(INTENT_NAMES)
+    assert normalise_question("  is it\n\tbad?\x00 ") == "is it bad?\ufffd"

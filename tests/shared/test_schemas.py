@@ -1,0 +1,8 @@
+from typing import get_args
+
+from shared.models import DeliveryStatus
+from shared.schemas import DeliveryStatusName
+
+
+def test_delivery_status_names_in_the_api_are_the_stored_statuses():
+    assert set(get_args(DeliveryStatusName)) == {status.value for status in DeliveryStatus}

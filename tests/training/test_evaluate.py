@@ -1,0 +1,112 @@
+"""`evaluate`: the same numbers as the official ISIC scorer, and one row per skin group present."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from isic_challenge_scoring import metrics as isic
+
+from training.evaluate import GROUP_ORDER, Prediction, summarise
+
+
+def _predictions(seed: int, n: int = 300, groups=GROUP_ORDER) -> list[Prediction]:
+    rng = np.random.default_rng(seed)
+    targets = rng.random(n) < 0.3
+    # Informative but imperfect scores, with ties (rounded), as real models give.
+    scores = np.clip(np.round(0.35 * targets + rng.normal(0.35, 0.2, n), 3), 0.0, 1.0)
+    return [Prediction(f"img{i}", int(t), float(p), skin_group=groups[i % len(groups)])
+            for i, (t, p) in enumerate(zip(targets, scores, strict=True))]
+
+
+def _isic(predictions: list[Prediction], threshold: float) -> tuple[float, float]:
+    """The ISIC scorer on the same predictions: AUC on the melanoma probability, balanced
+    accuracy from the categories called at the operating threshold."""
+    truth = pd.Series([float(p.target) for p in predictions])
+    scores = pd.Series([p.probability for p in predictions])
+    weights = pd.Series(np.ones(len(predictions)))
+    auc = isic.auc(truth, scores, weights)
+    called = (scores > threshold).astype(float)
+    truth_frame = pd.DataFrame({"MEL": truth, "other": 1.0 - truth})
+    called_frame = pd.DataFrame({"MEL": called, "other": 1.0 - called})
+    balanced = isic.balanced_multiclass_accuracy(truth_frame, called_frame, weights)
+    return float(auc), float(balanced)
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.31, 0.62])
+def test_auc_and_balanced_accuracy_agree_with_the_isic_scorer(threshold):
+    predictions = _predictions(seed=7)
+    report = summarise(predictions, threshold, resamples=100)
+    auc, balanced = _isic(predictions, threshold)
+    assert report["overall"]["metrics"]["auc"]["value"] == pytest.approx(auc, abs=1e-6)
+    assert report["overall"]["metrics"]["balanced_accuracy"]["value"] == pytest.approx(balanced, abs=1e-6)
+    for row in report["per_skin_group"]:  # the same agreement inside every skin group
+        members = [p for p in predictions if p.skin_group == row["skin_group"]]
+        group_auc, group_balanced = _isic(members, threshold)
+        assert row["metrics"]["auc"]["value"] == pytest.approx(group_auc, abs=1e-6)
+        assert row["metrics"]["balanced_accuracy"]["value"] == pytest.approx(group_balanced, abs=1e-6)
+
+
+def test_one_row_per_skin_group_present_with_counts_and_intervals():
+    present = ("light", "tan", "dark")
+    predictions = _predictions(seed=3, n=90, groups=present)
+    predictions.append(Prediction("blurred", 1, None, rejection="blurry"))
+    report = summarise(predictions, 0.4, resamples=100)
+    rows = report["per_skin_group"]
+    assert [r["skin_group"] for r in rows] == ["light", "tan", "dark"]  # lightest first, absent groups absent
+    assert [r["count"] for r in rows] == [30, 30, 30]
+    assert sum(r["positives"] for r in rows) == report["overall"]["positives"]
+    assert report["evaluated"] == 90 and report["rejected"] == [{"image_name": "blurred", "reason": "blurry"}]
+    for row in rows:
+        for name in ("auc", "sensitivity", "specificity", "balanced_accuracy", "ece"):
+            low, high = row["metrics"][name]["ci95"]
+            assert low <= row["metrics"][name]["value"] <= high
+
+
+def test_evaluate_command_writes_the_report_for_a_trained_model(trained_fusion, synthetic_data, tmp_path, monkeypatch):
+    import csv
+
+    from click.testing import CliRunner
+
+    from cli.main import cli
+    from shared.config import get_settings
+
+    folder, csv_path = synthetic_data
+    with open(csv_path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    subset = tmp_path / "labels.csv"
+    with subset.open("w", newline="") as handle:  # one image per patient: 24 images, every skin group
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows[::4])
+    for name in [n for n in list(__import__("os").environ) if n.startswith("DERMASENTINEL_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("DERMASENTINEL_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("DERMASENTINEL_BACKEND", "torch")
+    monkeypatch.setenv("DERMASENTINEL_DEVICE", "cpu")
+    monkeypatch.setenv("DERMASENTINEL_TTA_VIEWS", "2")
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(cli, [
+            "evaluate", "--images", str(folder / "images"), "--csv", str(subset), "--masks", str(folder / "masks"),
+            "--fusion", str(trained_fusion.checkpoint), "--size", "64", "--bootstrap", "100",
+            "--out", str(tmp_path / "eval"),
+        ])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert report["model"]["weights"] == "synthetic" and report["operating_point"]["chosen_on"] == "validation"
+    assert report["threshold"] == trained_fusion.card["calibration"]["threshold"]
+    assert report["evaluated"] + len(report["rejected"]) == 24
+    with open(tmp_path / "eval" / "predictions.csv", newline="") as handle:
+        groups = {row["skin_group"] for row in csv.DictReader(handle) if row["skin_group"]}
+    assert {row["skin_group"] for row in report["per_skin_group"]} == groups
+    assert sum(row["count"] for row in report["per_skin_group"]) == report["evaluated"]
+    assert report["overall"]["metrics"]["dice"]["value"] > 0.5  # the classical Gate 1 finds these lesions
+    for name in ("reliability.png", "roc.png"):
+        assert (tmp_path / "eval" / name).read_bytes().startswith(b"\x89PNG")
+    page = (tmp_path / "eval" / "report.html").read_text()
+    assert "not a certified medical device" in page and "synthetic" in page and "chosen for sensitivity 0.95" in page

@@ -1,0 +1,150 @@
+"""The model registry on real Postgres and S3: import, list, activate, rollback; a running
+worker switches to the active model between passes and every result names its version."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import update
+
+from cli.main import cli
+from shared import model_registry
+from shared.config import get_settings
+from shared.db import session_scope
+from shared.models import ModelVersion
+from worker.pipeline.synthetic import encode_jpeg, make_lesion
+
+
+def _retire_all(context) -> None:
+    with session_scope(context.session_factory) as session:
+        session.execute(update(ModelVersion).values(status="retired", activated_at=None))
+
+
+@pytest.fixture
+def registry(context):
+    """No model active before or after (the session's worker goes back to its built-in models)."""
+    _retire_all(context)
+    yield context
+    _retire_all(context)
+
+
+@pytest.fixture
+def run_cli(settings, monkeypatch):
+    for name, value in settings.as_env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("DERMASENTINEL_MODEL_DIR", raising=False)
+    get_settings.cache_clear()
+
+    def run(*args: str):
+        result = CliRunner().invoke(cli, list(args))
+        return result
+
+    yield run
+    get_settings.cache_clear()
+
+
+def _register(context, kind: str, payload: bytes, version: str | None = None):
+    with session_scope(context.session_factory) as session:
+        row, created = model_registry.register(
+            session, context.store, kind=kind, data=payload, sha256=hashlib.sha256(payload).hexdigest(),
+            version=version,
+        )
+        return row.id, row.version, created
+
+
+def _active(context, kind):
+    with context.session_factory() as session:
+        model = model_registry.active_models(session).get(kind)
+        return model.version if model else None
+
+
+def test_activate_retires_the_previous_and_rollback_walks_back(registry):
+    context = registry
+    tag = uuid.uuid4().hex[:8]
+    _, first, created = _register(context, "scalpel", f"a-{tag}".encode(), f"a-{tag}")
+    _, again, created_again = _register(context, "scalpel", f"a-{tag}".encode())
+    assert created and not created_again and again == first  # the same file is one model
+    _, second, _ = _register(context, "scalpel", f"b-{tag}".encode(), f"b-{tag}")
+    with session_scope(context.session_factory) as session:
+        model_registry.activate(session, "scalpel", first)
+    with session_scope(context.session_factory) as session:
+        active, previous = model_registry.activate(session, "scalpel", second)
+        assert (active.version, previous.version, previous.status) == (second, first, "retired")
+    assert _active(context, "scalpel") == second
+    with session_scope(context.session_factory) as session:
+        model_registry.rollback(session, "scalpel")
+    assert _active(context, "scalpel") == first
+    with session_scope(context.session_factory) as session:
+        now, rolled_back = model_registry.rollback(session, "scalpel")
+        assert now is None and rolled_back.version == first
+    assert _active(context, "scalpel") is None
+    with session_scope(context.session_factory) as session, pytest.raises(model_registry.NothingToRollBack):
+        model_registry.rollback(session, "scalpel")
+    stored = context.store.get(model_registry.MODELS_PURPOSE, model_registry.model_object_key(
+        "scalpel", hashlib.sha256(f"b-{tag}".encode()).hexdigest()))
+    assert stored == f"b-{tag}".encode()
+
+
+def test_cli_refuses_unknown_versions_and_bad_checkpoints(registry, run_cli, tmp_path):
+    result = run_cli("models", "activate", "fusion", "no-such-version")
+    assert result.exit_code != 0 and "no single fusion model 'no-such-version'" in result.output
+    bad = tmp_path / "fusion.pth"
+    bad.write_bytes(b"not a checkpoint")
+    result = run_cli("models", "import", str(bad), "--kind", "fusion")
+    assert result.exit_code != 0 and "was not installed" in result.output
+    assert "not a checkpoint" not in run_cli("models", "list").output
+
+
+def _submit(api, seed: int) -> str:
+    image = encode_jpeg(make_lesion(seed=seed, size=(180, 240), radius_frac=0.25).image)
+    response = api.post("/v1/analyses", files={"image": ("lesion.jpg", image, "image/jpeg")},
+                        data={"age": "61", "sex": "female", "site": "torso"})
+    assert response.status_code == 202, response.text
+    return response.json()["id"]
+
+
+def test_a_running_worker_switches_on_activation_and_results_name_the_version(
+    registry, run_cli, trained_fusion, api, worker, wait_final, settings
+):
+    before = wait_final(_submit(api, 1))
+    assert before["status"] == "succeeded" and before["model"]["weights"] == "untrained"
+
+    imported = run_cli("models", "import", str(trained_fusion.checkpoint), "--kind", "fusion")
+    assert imported.exit_code == 0, imported.output
+    listed = json.loads(run_cli("models", "list", "--kind", "fusion", "--json").output)
+    row = next(r for r in listed if r["version"] == "synthetic-test-1")
+    assert row["status"] == "candidate" and row["weights"] == "synthetic"
+    assert row["threshold"] == trained_fusion.card["calibration"]["threshold"]
+
+    activated = run_cli("models", "activate", "fusion", "synthetic-test-1")
+    assert activated.exit_code == 0 and "synthetic-test-1 is active" in activated.output
+    time.sleep(settings.model_check_seconds + 0.5)  # the worker reads the active version this often
+    after = wait_final(_submit(api, 2))
+    assert after["status"] == "succeeded"
+    model = after["model"]
+    assert model["fusion"]["version"] == "synthetic-test-1" and model["fusion"]["registry_id"] == row["id"]
+    assert model["fusion"]["sha256"] == row["sha256"]
+    assert model["weights"] == "synthetic" and model["version"] == "synthetic-test-1"
+    assert model["operating_point"]["chosen_on"] == "validation"
+    threshold = model["operating_point"]["threshold"]
+    probability = after["result"]["probability"]
+    assert after["result"]["diagnosis"] == ("melanoma" if probability > threshold else "benign")
+
+    # Reprocessing the earlier analysis keeps both results, each with its own model.
+    reprocessed = api.post(f"/v1/analyses/{before['id']}/reprocess")
+    assert reprocessed.status_code == 202, reprocessed.text
+    assert reprocessed.json()["reprocessed_from"] == before["id"]
+    rerun = wait_final(reprocessed.json()["id"])
+    assert rerun["model"]["fusion"]["version"] == "synthetic-test-1"
+    assert api.get(f"/v1/analyses/{before['id']}").json()["model"]["weights"] == "untrained"
+    assert api.post(f"/v1/analyses/{uuid.uuid4()}/reprocess").status_code == 404
+
+    rolled_back = run_cli("models", "rollback", "fusion")
+    assert rolled_back.exit_code == 0 and "no registered model is active" in rolled_back.output
+    time.sleep(settings.model_check_seconds + 0.5)
+    assert wait_final(_submit(api, 3))["model"]["weights"] == "untrained"

@@ -1,0 +1,107 @@
+"""`train fusion` on synthetic lesions: the protocol, the original checkpoint format, the card."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import shutil
+
+import torch
+
+from training.train import TrainConfig, train_fusion
+from worker.pipeline.models import FusionNet, load_checkpoint
+from worker.pipeline.registry import ModelRegistry, ModelSource
+
+from .conftest import TINY
+
+
+def _patients(csv_path, names):
+    with open(csv_path, newline="") as handle:
+        rows = {row["image_name"]: row["patient_id"] for row in csv.DictReader(handle)}
+    return {rows[name] for name in names}
+
+
+def test_no_patient_is_on_both_sides_and_the_split_is_recorded(trained_fusion, synthetic_data):
+    split = trained_fusion.card["split"]
+    assert set(split["train_patients"]).isdisjoint(split["validation_patients"])
+    assert split["train_images"] + split["validation_images"] == 96
+    assert split["method"].startswith("StratifiedGroupKFold") and split["seed"] == 42
+    # Both classes on the validation side (stratified), so AUC is defined.
+    assert trained_fusion.card["metrics"]["validation"]["auc"] is not None
+
+
+def test_loss_falls_and_held_out_patients_are_separated(trained_fusion):
+    history = trained_fusion.history
+    assert [h["epoch"] for h in history] == list(range(1, 11))
+    losses = [h["train_loss"] for h in history]
+    assert sum(losses[-3:]) / 3 < 0.8 * losses[0]
+    assert all(h["images_per_second"] > 0 for h in history)
+    # Validation patients never seen in training: the issue's target.
+    assert trained_fusion.card["metrics"]["validation"]["auc"] >= 0.9
+
+
+def test_checkpoint_is_in_the_original_format_with_card_and_calibration(trained_fusion):
+    payload = torch.load(trained_fusion.checkpoint, map_location="cpu", weights_only=True)
+    assert set(payload["model_state_dict"]) == set(FusionNet().state_dict())  # what the original loads
+    info = load_checkpoint(FusionNet(), trained_fusion.checkpoint)
+    assert info.version == "synthetic-test-1"
+    card = json.loads(trained_fusion.card_path.read_text())
+    assert card == info.card  # embedded and beside it: the same card
+    assert card["training_data"]["synthetic"] is True and len(card["training_data"]["fingerprint"]) == 64
+    assert card["hyperparameters"]["pretrained"] is False and card["hyperparameters"]["seed"] == 42
+    calibration = card["calibration"]
+    assert calibration["chosen_on"] == "validation" and calibration["target_sensitivity"] == 0.95
+    assert 0 < calibration["threshold"] < 1 and calibration["temperature"] > 0
+    assert calibration["sensitivity"] >= 0.95  # the threshold reaches the target on validation
+
+
+def test_the_pipeline_loads_it_as_synthetic_with_its_operating_point(trained_fusion):
+    registry = ModelRegistry.load(None, device="cpu", backend="torch",
+                                  fusion_source=ModelSource(trained_fusion.checkpoint))
+    provenance = registry.provenance()
+    calibration = trained_fusion.card["calibration"]
+    assert provenance["weights"] == "synthetic"
+    assert provenance["fusion"]["version"] == "synthetic-test-1"
+    assert provenance["threshold"] == calibration["threshold"]
+    assert provenance["operating_point"] == {
+        "threshold": calibration["threshold"], "temperature": calibration["temperature"],
+        "target_sensitivity": 0.95, "chosen_on": "validation",
+    }
+    assert "synthetic" in provenance["training_data"]
+    # Temperature folded into the last layer: logits are the trained ones divided by T.
+    plain = FusionNet().eval()
+    load_checkpoint(plain, trained_fusion.checkpoint)
+    image, meta = torch.zeros(2, 3, 32, 32), torch.zeros(2, 11)
+    with torch.inference_mode():
+        expected = plain(image, meta) / calibration["temperature"]
+        calibrated = registry.fusion(image.contiguous(memory_format=torch.channels_last), meta)
+        assert torch.allclose(calibrated, expected, atol=1e-5)
+
+
+def test_training_resumes_after_the_last_finished_epoch(trained_fusion, synthetic_data, tmp_path):
+    folder, csv_path = synthetic_data
+    out = tmp_path / "resumed"
+    shutil.copytree(trained_fusion.checkpoint.parent, out)
+    config = TrainConfig(out_dir=out, version="synthetic-test-1", **{**TINY, "epochs": 11})
+    resumed = train_fusion(folder / "images", csv_path, dataclasses.replace(config, resume=True))
+    assert [h["epoch"] for h in resumed.history] == list(range(1, 12))
+    assert resumed.history[:10] == trained_fusion.history  # the first ten epochs are not redone
+
+
+def test_scalpel_trains_with_dice_and_its_checkpoint_loads_in_the_pipeline(tmp_path):
+    from training.synthetic import write_synthetic_dataset
+    from training.train import train_scalpel
+    from worker.pipeline.models import build_scalpel
+
+    write_synthetic_dataset(tmp_path / "data", patients=4, images_per_patient=4, size=64, seed=1)
+    config = TrainConfig(out_dir=tmp_path / "out", version="scalpel-test", **{**TINY, "epochs": 1})
+    result = train_scalpel(tmp_path / "data" / "images", tmp_path / "data" / "masks", config)
+    validation = result.card["metrics"]["validation"]
+    assert 0.0 <= validation["dice"] <= 1.0 and 0.0 <= validation["jaccard"] <= validation["dice"] + 1e-9
+    assert "calibration" not in result.card and result.card["kind"] == "scalpel"
+    assert load_checkpoint(build_scalpel(), result.checkpoint).version == "scalpel-test"
+    registry = ModelRegistry.load(None, device="cpu", backend="torch",
+                                  scalpel_source=ModelSource(result.checkpoint, version="scalpel-test"))
+    assert registry.segmenter == "unet" and registry.provenance()["scalpel"]["version"] == "scalpel-test"
+    assert registry.provenance()["weights"] == "untrained"  # Fusion is still untrained: say so

@@ -1,0 +1,146 @@
+"""``dermasentinel train scalpel|fusion`` and ``dermasentinel evaluate``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from shared.config import get_settings
+
+_PATH = click.Path(exists=True, path_type=Path)
+
+
+def _common(func):
+    options = [
+        click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+                     help="folder for best_<kind>.pth, its model card and the resumable state"),
+        click.option("--size", "image_size", type=click.IntRange(32, 2048), default=512, show_default=True,
+                     help="network input size (multiple of 32; the pipeline's SEG_SIZE/CLS_SIZE)"),
+        click.option("--epochs", type=click.IntRange(1), default=20, show_default=True),
+        click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True),
+        click.option("--lr", "learning_rate", type=float, default=3e-4, show_default=True),
+        click.option("--weight-decay", type=float, default=1e-2, show_default=True),
+        click.option("--folds", type=click.IntRange(2), default=5, show_default=True),
+        click.option("--fold", type=click.IntRange(0), default=0, show_default=True, help="which fold validates"),
+        click.option("--seed", type=int, default=42, show_default=True),
+        click.option("--patience", type=click.IntRange(1), default=4, show_default=True,
+                     help="early stopping: epochs without a better validation score"),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N"),
+        click.option("--no-amp", is_flag=True, help="full precision on CUDA too"),
+        click.option("--workers", type=click.IntRange(0), default=0, show_default=True, help="data loader processes"),
+        click.option("--resume", is_flag=True, help="continue after the last finished epoch in --out"),
+        click.option("--version", help="version name recorded in the checkpoint and card"),
+        click.option("--data-description", help="what the data is (default: dataset.json's description)"),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _config(kwargs: dict, **extra):
+    from training.train import TrainConfig
+
+    no_amp = kwargs.pop("no_amp")
+    return TrainConfig(amp=not no_amp, **kwargs, **extra)
+
+
+def _report(result) -> None:
+    card = result.card
+    validation = card["metrics"]["validation"]
+    click.echo(f"wrote {result.checkpoint} and {result.card_path}")
+    click.echo("validation: " + ", ".join(f"{k} {v:.4f}" for k, v in validation.items() if isinstance(v, float)))
+    if "calibration" in card:
+        c = card["calibration"]
+        click.echo(f"calibration: temperature {c['temperature']:.3f}; threshold {c['threshold']:.3f} chosen for "
+                   f"sensitivity {c['target_sensitivity']} on validation (sensitivity {c['sensitivity']:.3f}, "
+                   f"specificity {c['specificity']:.3f})")
+    if card["training_data"]["synthetic"]:
+        click.echo("trained on SYNTHETIC images: results will say weights 'synthetic' (not for clinical use)")
+    click.echo(f"register it with: dermasentinel models import {result.checkpoint} --kind {card['kind']}")
+
+
+@click.group("train")
+def train() -> None:
+    """Train Scalpel (segmentation) or Fusion (classification) on local data; nothing is downloaded."""
+
+
+@train.command("fusion")
+@click.option("--images", type=_PATH, required=True, help="folder of <image_name>.jpg/.png")
+@click.option("--csv", "csv_path", type=_PATH, required=True,
+              help="ISIC 2020 columns: image_name, patient_id, sex, age_approx, anatom_site_general_challenge, target")
+@click.option("--target-sensitivity", type=click.FloatRange(0.5, 1.0), default=0.95, show_default=True,
+              help="the operating threshold is chosen on validation to reach this sensitivity")
+@_common
+def train_fusion_command(images: Path, csv_path: Path, target_sensitivity: float, **kwargs) -> None:
+    """EfficientNet-B3 + metadata Fusion, then temperature scaling and the operating threshold."""
+    from training.data import DataError
+    from training.train import train_fusion
+
+    try:
+        result = train_fusion(images, csv_path, _config(kwargs, target_sensitivity=target_sensitivity))
+    except (DataError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    _report(result)
+
+
+@train.command("scalpel")
+@click.option("--images", type=_PATH, required=True, help="folder of ISIC_x.jpg (ISIC 2018 Task 1 layout)")
+@click.option("--masks", type=_PATH, required=True, help="folder of ISIC_x_segmentation.png")
+@_common
+def train_scalpel_command(images: Path, masks: Path, **kwargs) -> None:
+    """U-Net ResNet-34 Scalpel with Dice + BCE, early stopping on validation Dice."""
+    from training.data import DataError
+    from training.train import train_scalpel
+
+    try:
+        result = train_scalpel(images, masks, _config(kwargs))
+    except (DataError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    _report(result)
+
+
+@click.command("evaluate")
+@click.option("--images", type=_PATH, required=True, help="folder of <image_name>.jpg/.png")
+@click.option("--csv", "csv_path", type=_PATH, required=True,
+              help="image_name, target (and ISIC 2020 metadata columns)")
+@click.option("--masks", type=_PATH, help="folder of <image_name>_segmentation.png for Dice/Jaccard")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--fusion", "fusion_path", type=_PATH, help="Fusion checkpoint (default: MODEL_DIR's)")
+@click.option("--scalpel", "scalpel_path", type=_PATH, help="Scalpel checkpoint (default: MODEL_DIR's)")
+@click.option("--size", type=click.IntRange(32, 2048), help="SEG_SIZE and CLS_SIZE (default: the settings')")
+@click.option("--bootstrap", type=click.IntRange(100), default=1000, show_default=True, help="bootstrap resamples")
+def evaluate(images, csv_path, masks, out_dir, fusion_path, scalpel_path, size, bootstrap) -> None:
+    """Evaluate a model on a labelled folder: metrics with 95% CIs, per ITA skin group, and a report."""
+    from training.data import DataError
+    from training.evaluate import evaluate_folder
+    from worker.pipeline.errors import ModelConfigError
+    from worker.pipeline.pipeline import Pipeline, PipelineOptions
+    from worker.pipeline.registry import ModelRegistry, ModelSource
+
+    settings = get_settings()
+    try:
+        registry = ModelRegistry.load(
+            settings.model_dir, device=settings.device, segmenter=settings.segmenter, seed=settings.fusion_seed,
+            backend=settings.backend,
+            scalpel_source=ModelSource(scalpel_path) if scalpel_path else None,
+            fusion_source=ModelSource(fusion_path) if fusion_path else None,
+        )
+        options = PipelineOptions(seg_size=size or settings.seg_size, cls_size=size or settings.cls_size,
+                                  tta_views=settings.tta_views, blur_threshold=settings.blur_threshold,
+                                  min_coverage=settings.min_coverage, ir_cache_dir=settings.data_dir / "engine")
+        report = evaluate_folder(Pipeline(registry, options), images, csv_path, out_dir, masks, resamples=bootstrap)
+    except (DataError, ModelConfigError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    overall = report["overall"]["metrics"]
+    click.echo(json.dumps({k: v["value"] for k, v in overall.items()}, indent=2))
+    for row in report["per_skin_group"]:
+        click.echo(f"{row['skin_group']:<13} n={row['count']:<5} AUC {_value(row['metrics'].get('auc'))}  "
+                   f"sensitivity {_value(row['metrics'].get('sensitivity'))}  "
+                   f"specificity {_value(row['metrics'].get('specificity'))}")
+    click.echo(f"report: {out_dir / 'report.html'} (weights: {report['model']['weights']}; research use only)")
+
+
+def _value(metric: dict | None) -> str:
+    return "n/a" if not metric or metric["value"] is None else f"{metric['value']:.3f}"
