@@ -38,15 +38,15 @@ import httpx
 from sqlalchemy import delete, insert, select, text, update
 
 from cli.processes import free_port, stop_process, wait_http
-from shared import analyses as lifecycle
+from devstack import EmbeddedStack
 from shared import clinical
+from shared.clock import utcnow
 from shared.config import Settings
 from shared.context import AppContext
 from shared.db import session_scope
 from shared.jobs import enqueue_analysis
 from shared.migrate import scratch_database
 from shared.models import Analysis, Batch
-from shared.stack import EmbeddedStack
 from shared.storage import IMAGES, image_key
 from shared.tenants import issue_key
 from worker.pipeline.synthetic import encode_jpeg, make_lesion
@@ -161,7 +161,7 @@ def insert_batch(
     """One batch of ``items`` rows: 60% succeeded, 5% rejected, 1% failed over the last ten
     minutes, 4% processing, the rest queued. ``finished_long_ago``: every row final, an hour old."""
     rng = random.Random(seed)
-    now = lifecycle.utcnow() - (timedelta(hours=1) if finished_long_ago else timedelta(0))
+    now = utcnow() - (timedelta(hours=1) if finished_long_ago else timedelta(0))
     with session_scope(context.session_factory) as session:
         batch = Batch(tenant_id=tenant_id, name="bench", created_at=now - timedelta(minutes=15))
         session.add(batch)
@@ -227,7 +227,7 @@ def drop_batch_rows(context: AppContext, batch_id: uuid.UUID) -> None:
 
 def plans(context: AppContext, batch_id: uuid.UUID) -> list[str]:
     """The indexes Postgres uses for the two progress queries."""
-    since = lifecycle.utcnow() - timedelta(minutes=5)
+    since = utcnow() - timedelta(minutes=5)
     queries = {
         "counts": ("SELECT status, count(*) FROM analyses WHERE batch_id = :b GROUP BY status", {"b": batch_id}),
         "throughput": (
@@ -276,7 +276,7 @@ def queue_bulk(context: AppContext, tenant_id: uuid.UUID, count: int) -> list[uu
     key = image_key(tenant_id, ids[0], "jpg")
     image = encode_jpeg(make_lesion(seed=1, size=(240, 320), radius_frac=0.22).image)
     context.store.put(IMAGES, key, image, "image/jpeg")
-    now = lifecycle.utcnow()
+    now = utcnow()
     rows = [
         dict(
             id=analysis_id, tenant_id=tenant_id, priority="bulk", status="queued", attempt=0, image_key=key,
@@ -312,7 +312,7 @@ def measure_lane(context: AppContext, api_url: str, key: str, tenant_id, bulk: i
         for n, image in enumerate(images):
             time.sleep(random.Random(n).uniform(0.5, 2.5))  # land at a random point of a GPU pass
             waiting = count_status(context, bulk_ids, "queued")
-            posted = lifecycle.utcnow()
+            posted = utcnow()
             response = client.post("/v1/analyses", files={"image": ("probe.jpg", image, "image/jpeg")})
             response.raise_for_status()
             analysis_id = response.json()["id"]
@@ -342,7 +342,7 @@ def measure_lane(context: AppContext, api_url: str, key: str, tenant_id, bulk: i
         session.execute(
             update(Analysis)
             .where(Analysis.id.in_(bulk_ids), Analysis.status == "queued")
-            .values(status="canceled", completed_at=lifecycle.utcnow())
+            .values(status="canceled", completed_at=utcnow())
         )
     return results
 

@@ -51,7 +51,8 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 from benchmarks.batches import start_process
 from benchmarks.lanes import bench_stack
 from cli.processes import stop_process
-from shared import analyses as lifecycle
+from shared import lifecycle
+from shared.clock import utcnow
 from shared.db import session_scope
 from shared.models import Analysis
 
@@ -304,7 +305,7 @@ def _cancel_queued(context, tenant_id: uuid.UUID) -> None:
         session.execute(
             update(Analysis)
             .where(Analysis.tenant_id == tenant_id, Analysis.status == "queued")
-            .values(status="canceled", cancel_reason=lifecycle.CANCEL_REQUESTED, completed_at=lifecycle.utcnow())
+            .values(status="canceled", cancel_reason=lifecycle.CANCEL_REQUESTED, completed_at=utcnow())
         )
 
 

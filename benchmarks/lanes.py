@@ -27,7 +27,8 @@ from sqlalchemy import func, select, text, update
 
 from benchmarks.batches import bench_stack, count_status, queue_bulk, start_process
 from cli.processes import stop_process
-from shared import analyses as lifecycle
+from shared import lifecycle
+from shared.clock import utcnow
 from shared.context import AppContext
 from shared.db import session_scope
 from shared.models import Analysis
@@ -40,7 +41,7 @@ def claim_plan(context: AppContext, limit: int = 4) -> list[str]:
     lines = []
     with context.engine.connect() as connection:
         for priority in ("interactive", "bulk"):
-            statement = lifecycle.lane_candidates(priority, limit, lifecycle.utcnow()).compile(
+            statement = lifecycle.lane_candidates(priority, limit, utcnow()).compile(
                 dialect=context.engine.dialect
             )
             lines.append(f"-- {priority} lane:")
@@ -83,7 +84,7 @@ def measure(context: AppContext, key: str, tenant_id: uuid.UUID, bulk: int, prob
                     select(func.count()).select_from(Analysis)
                     .where(Analysis.tenant_id == tenant_id, Analysis.status == "queued", Analysis.priority == "bulk")
                 ).scalar_one()
-            posted = lifecycle.utcnow()
+            posted = utcnow()
             response = client.post("/v1/analyses", files={"image": ("probe.jpg", image, "image/jpeg")})
             response.raise_for_status()
             analysis_id = uuid.UUID(response.json()["id"])
@@ -99,7 +100,7 @@ def measure(context: AppContext, key: str, tenant_id: uuid.UUID, bulk: int, prob
         session.execute(
             update(Analysis)
             .where(Analysis.id.in_(bulk_ids), Analysis.status == "queued")
-            .values(status="canceled", completed_at=lifecycle.utcnow())
+            .values(status="canceled", completed_at=utcnow())
         )
     return results
 

@@ -25,6 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from cli.processes import spawn, stop_all
+from devstack import EmbeddedStack
 from shared.config import Settings
 from shared.context import AppContext
 from shared.db import session_scope
@@ -32,7 +33,6 @@ from shared.events import record_event
 from shared.migrate import upgrade
 from shared.models import WebhookEndpoint
 from shared.security import secret_box
-from shared.stack import EmbeddedStack
 from shared.tenants import issue_key
 from shared.webhook_signing import generate_secret
 

@@ -17,14 +17,14 @@ import httpx
 from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 if TYPE_CHECKING:
-    from shared.stack import Program
+    from devstack import Program
 
 STOP_GRACE_SECONDS = 15.0
 
 
 def program_launcher(name: str, args: list[str], env: dict[str, str], log_dir: Path) -> Callable[[bool], Program]:
     """A supervisor launcher for `python -m <args>`, logging to `log_dir/<name>.log`."""
-    from shared.stack import start_program
+    from devstack import start_program
 
     def launch(restart: bool) -> Program:
         return start_program(name, [sys.executable, "-m", *args], log_dir / f"{name}.log", env)

@@ -15,8 +15,8 @@ import httpx
 from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from cli.processes import STOP_GRACE_SECONDS, free_port, program_launcher, tail
+from devstack.supervisor import Backoff, Supervisor, describe_exit
 from shared.config import ENV_PREFIX, Settings
-from shared.stack.supervisor import Backoff, Supervisor, describe_exit
 
 DEV_TENANT = "development"
 APP_LAYER = 1
@@ -59,10 +59,10 @@ def _announce(message: str) -> None:
 
 
 def run_stack(host: str, port: int, demo: bool, exit_after_demo: bool) -> int:
+    from devstack import EmbeddedStack
     from shared.context import AppContext
     from shared.db import session_scope
     from shared.migrate import upgrade
-    from shared.stack import EmbeddedStack
     from shared.tenants import issue_key
 
     # Only what the operator set explicitly: a stale stack.env from an earlier run must not

@@ -108,7 +108,7 @@ class JobNotRun(Exception):
 
 
 # Errors of the infrastructure, not of the job: a pass that meets one gives its jobs back
-# without spending their attempts (shared.analyses.release_claim, docs/FAULTS.md).
+# without spending their attempts (shared.lifecycle.release_claim, docs/FAULTS.md).
 INFRASTRUCTURE_ERRORS = (
     JobNotRun,
     sqlalchemy.exc.OperationalError,

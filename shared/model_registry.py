@@ -244,7 +244,7 @@ def reprocess(session: Session, store: ObjectStore, celery, original) -> Analysi
     it runs on the models active when a worker picks it up. The original and its result stay
     as they were, so both results are kept. The image is copied under the new analysis, so
     purging one never takes the other's image. Enqueued after the commit."""
-    from shared.analyses import utcnow
+    from shared.clock import utcnow
     from shared.db import after_commit
     from shared.jobs import enqueue_analysis
 

@@ -332,7 +332,7 @@ def normalise_question(question: str) -> str:
 
 
 def answer_question(question: str, record: dict) -> GroundedAnswer:
-    """Answer ``question`` from ``record`` (shared.analyses.analysis_record of one analysis)."""
+    """Answer ``question`` from ``record`` (shared.lifecycle.analysis_record of one analysis)."""
     question = normalise_question(question)
     status = record.get("status")
     result = record.get("result")

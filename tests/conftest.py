@@ -39,7 +39,7 @@ def services(tmp_path_factory):
         "s3_access_key": env.get("DERMASENTINEL_TEST_S3_ACCESS_KEY"),
         "s3_secret_key": env.get("DERMASENTINEL_TEST_S3_SECRET_KEY"),
     }
-    from shared.stack import EmbeddedStack
+    from devstack import EmbeddedStack
 
     # Not under pytest's tmp_path: a concurrent pytest run prunes old basetemp folders,
     # which would pull the data directory out from under a running Postgres.

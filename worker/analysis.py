@@ -6,7 +6,7 @@ The worker is an engine with three overlapping lanes (docs/ENGINE.md): while bat
 the networks (this thread), batch k+1 is claimed, fetched from S3 and decoded (the prefetch
 lane) and batch k-1 is post-processed (ABCD, ITA, artifacts) and written (the finish lane).
 Each lane spreads its per-image work over a small thread pool; decoding, OpenCV, NumPy, S3
-and Postgres calls release the GIL. Claims and fencing are ``shared.analyses``'s, unchanged:
+and Postgres calls release the GIL. Claims and fencing are ``shared.lifecycle``'s, unchanged:
 every outcome is written with its claim's attempt, so a fenced-off job writes nothing.
 
 Models switch without a restart (docs/MODELS.md): when a batch is loaded, the process's
@@ -30,12 +30,11 @@ from pathlib import Path
 
 from minio.error import S3Error
 
-from shared import analyses as lifecycle
-from shared import model_registry
-from shared.analyses import Claim
+from shared import lifecycle, model_registry
 from shared.context import AppContext
 from shared.db import session_scope
 from shared.jobs import JobNotRun
+from shared.lifecycle import Claim
 from shared.logs import current_request_id, log_context
 from shared.metrics import ANALYSES_FINISHED, StageClock, observe_pass, observe_stage
 from shared.models import AnalysisStatus

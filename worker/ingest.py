@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import uuid
 
-from shared import analyses as lifecycle
+from shared import lifecycle
 from shared.context import AppContext
 from shared.db import after_commit, session_scope
 from shared.images import ImageRejected, UploadTooLargeError, clean_image

@@ -13,7 +13,8 @@ from datetime import timedelta
 
 import redis.exceptions
 
-from shared import analyses as lifecycle
+from shared import lifecycle
+from shared.clock import utcnow
 from shared.context import AppContext
 from shared.db import session_scope
 from shared.jobs import (
@@ -57,7 +58,7 @@ def sweep(context: AppContext) -> dict[str, int]:
     that were lost (analyses and reports), wake jobs whose backoff ended, and finish
     batches whose last item ended without closing them."""
     settings = context.settings
-    now = lifecycle.utcnow()
+    now = utcnow()
     cutoff = now - timedelta(seconds=settings.stuck_after_seconds)
     resend_cutoff = now - timedelta(seconds=settings.resend_after_seconds)
     counts = {"requeued": 0, "failed": 0, "resent": 0, "retried": 0, "reports_resent": 0, "batches_completed": 0,
@@ -146,7 +147,7 @@ def purge_expired(context: AppContext) -> int:
     from shared.storage import ARTIFACTS, IMAGES
 
     settings = context.settings
-    now = lifecycle.utcnow()
+    now = utcnow()
     with session_scope(context.session_factory) as session:
         unused = list(
             session.execute(

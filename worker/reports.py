@@ -10,7 +10,7 @@ import uuid
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 
-from shared import analyses as lifecycle
+from shared import lifecycle
 from shared.context import AppContext
 from shared.db import session_scope
 from shared.events import record_event

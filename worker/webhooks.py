@@ -24,7 +24,7 @@ from redis.lock import Lock
 from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert
 
-from shared.analyses import utcnow
+from shared.clock import utcnow
 from shared.context import AppContext
 from shared.db import after_commit, session_scope
 from shared.events import undispatched_event_ids

@@ -18,7 +18,8 @@ from api.problems import BadRequest, NotReady, PayloadTooLarge, Unprocessable, p
 from api.services import analyses as service
 from api.services import webhook_endpoints
 from api.uploads import clean_image, read_multipart
-from shared import analyses as lifecycle
+from shared import lifecycle
+from shared.clock import iso
 from shared.models import Analysis
 from shared.schemas import (
     CANCEL_AFTER_SCHEMA,
@@ -79,18 +80,18 @@ SUBMIT_SCHEMA = {
 
 def view(context: ContextDep, session, analysis: Analysis) -> dict:
     body = lifecycle.analysis_record(analysis)
-    body["updated_at"] = lifecycle.iso(analysis.updated_at)
+    body["updated_at"] = iso(analysis.updated_at)
     body["links"] = lifecycle.links(context.settings, analysis.id)
     body["artifacts"] = lifecycle.artifact_links(context.store, analysis)
     report = service.report_for(session, analysis.id)
-    body["report"] = {"ready": report is not None, "created_at": lifecycle.iso(report.created_at) if report else None}
+    body["report"] = {"ready": report is not None, "created_at": iso(report.created_at) if report else None}
     body["feedback"] = [
         {
             "agrees": f.agrees,
             "final_diagnosis": f.final_diagnosis,
             "histopathology": f.histopathology,
             "notes": f.notes,
-            "created_at": lifecycle.iso(f.created_at),
+            "created_at": iso(f.created_at),
         }
         for f in service.feedback_for(session, analysis.id)
     ]

@@ -12,7 +12,8 @@ from fastapi.responses import StreamingResponse
 from api.deps import ContextDep, CurrentTenant, SessionDep, parse_id
 from api.problems import problems
 from api.services import batches as service
-from shared import analyses as lifecycle
+from shared import lifecycle
+from shared.clock import iso
 from shared.models import Batch
 from shared.schemas import BatchCanceled, BatchIn, BatchOut, BatchPage, BatchResults
 
@@ -36,11 +37,11 @@ def summary(context: ContextDep, batch: Batch, counts: dict[str, int]) -> dict:
         "name": batch.name,
         "external_id": batch.external_id,
         "state": _state(batch),
-        "created_at": lifecycle.iso(batch.created_at),
-        "sealed_at": lifecycle.iso(batch.sealed_at),
-        "completed_at": lifecycle.iso(batch.completed_at),
-        "deadline_at": lifecycle.iso(batch.deadline_at),
-        "canceled_at": lifecycle.iso(batch.canceled_at),
+        "created_at": iso(batch.created_at),
+        "sealed_at": iso(batch.sealed_at),
+        "completed_at": iso(batch.completed_at),
+        "deadline_at": iso(batch.deadline_at),
+        "canceled_at": iso(batch.canceled_at),
         "counts": counts,
         "total": sum(counts.values()),
         "links": _links(context, batch),
@@ -55,7 +56,7 @@ def view(context: ContextDep, batch: Batch, progress: service.Progress) -> dict:
         "percent_done": progress.percent_done,
         "throughput_per_minute": progress.throughput_per_minute,
         "eta_seconds": progress.eta_seconds,
-        "eta_at": lifecycle.iso(progress.eta_at),
+        "eta_at": iso(progress.eta_at),
     }
 
 

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from api.deps import ContextDep, CurrentTenant, SessionDep, parse_id
 from api.problems import problems
 from api.services import keys as service
-from shared.analyses import iso
+from shared.clock import iso
 from shared.schemas import ApiKeyCreated, ApiKeyList, ApiKeyOut
 from shared.tenants import KeyInfo
 

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from api.deps import ContextDep, CurrentTenant, SessionDep, parse_id
 from api.problems import problems
 from api.services import questions as service
-from shared import analyses as lifecycle
+from shared.clock import iso
 from shared.models import AnalysisQuestion
 from shared.questions import MAX_QUESTION_CHARS
 
@@ -71,7 +71,7 @@ def _out(row: AnalysisQuestion) -> QuestionOut:
         question=row.question,
         answer=GroundedAnswerOut(**row.answer),
         model_answer=ModelAnswerOut(**row.model_answer) if row.model_answer else None,
-        created_at=lifecycle.iso(row.created_at),
+        created_at=iso(row.created_at),
     )
 
 

@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from api.deps import ContextDep, CurrentTenant, SessionDep
 from api.problems import TYPE_BASE, problems
 from api.services import uploads as service
-from shared import analyses as lifecycle
+from shared import lifecycle
+from shared.clock import iso
 from shared.schemas import (
     AnalysisInputs,
     AnalysisSummary,
@@ -74,8 +75,8 @@ def _upload_body(settings, upload, url: str) -> dict:
         "url": url,
         "method": "PUT",
         "headers": {"Content-Type": upload.content_type},
-        "expires_at": lifecycle.iso(upload.url_expires_at),
-        "submit_before": lifecycle.iso(upload.usable_until),
+        "expires_at": iso(upload.url_expires_at),
+        "submit_before": iso(upload.usable_until),
         "max_bytes": settings.max_upload_bytes,
         "content_type": upload.content_type,
         "next": {"method": "POST", "path": "/v1/analyses", "body": {"upload_id": str(upload.id)}},

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from api.deps import ContextDep, CurrentTenant, SessionDep, parse_id
 from api.problems import problems
 from api.services import webhook_endpoints as service
-from shared.analyses import iso
+from shared.clock import iso
 from shared.models import DeliveryStatus, WebhookEndpoint
 from shared.schemas import (
     DeliveryList,

@@ -21,7 +21,8 @@ from api.problems import BadRequest, BatchSealed, Conflict
 from api.services import uploads, webhook_endpoints
 from api.services.owned import get_owned
 from api.uploads import CleanImage
-from shared import analyses as lifecycle
+from shared import lifecycle
+from shared.clock import utcnow
 from shared.context import AppContext
 from shared.db import after_commit
 from shared.jobs import enqueue_analysis
@@ -189,7 +190,7 @@ def submit(
 ) -> Submitted:
     """Store the image, commit the row, and enqueue the job only after the commit."""
     request_fingerprint = fingerprint(image, inputs, webhook)
-    now = lifecycle.utcnow()
+    now = utcnow()
     replay = _idempotent_replay(session, tenant, idempotency_key, request_fingerprint, now)
     if replay is not None:
         return _with_webhook(context, session, tenant, replay, webhook)
@@ -248,7 +249,7 @@ def submit_upload(
         sort_keys=True,
     )
     request_fingerprint = hashlib.sha256(canonical.encode()).hexdigest()
-    now = lifecycle.utcnow()
+    now = utcnow()
     replay = _idempotent_replay(session, tenant, idempotency_key, request_fingerprint, now)
     if replay is not None:
         return _with_webhook(context, session, tenant, replay, webhook)

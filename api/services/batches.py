@@ -20,8 +20,8 @@ from api.deps import TenantRef
 from api.pagination import newest_first
 from api.problems import Unprocessable
 from api.services.owned import get_owned
-from shared import analyses as lifecycle
-from shared import clinical
+from shared import clinical, lifecycle
+from shared.clock import iso, utcnow
 from shared.context import AppContext
 from shared.csv_export import SafeDictWriter
 from shared.models import Analysis, AnalysisStatus, Batch
@@ -109,7 +109,7 @@ def age_approx(age: int | None) -> int | None:
 
 
 def create(session: Session, tenant: TenantRef, body: BatchIn, max_cancel_after_seconds: int | None = None) -> Batch:
-    now = lifecycle.utcnow()
+    now = utcnow()
     if body.cancel_after is not None and max_cancel_after_seconds and body.cancel_after > max_cancel_after_seconds:
         raise Unprocessable(
             f"cancel_after: must be at most {max_cancel_after_seconds} seconds",
@@ -160,7 +160,7 @@ def seal(context: AppContext, session: Session, tenant: TenantRef, batch_id: uui
     completes right here and emits ``batch.completed`` (once: the lifecycle guards it)."""
     batch = get(session, tenant, batch_id, for_update=True)
     if batch.sealed_at is None:
-        batch.sealed_at = lifecycle.utcnow()
+        batch.sealed_at = utcnow()
         session.flush()
     lifecycle.complete_batch_if_done(session, context.celery, context.settings, batch.id)
     return batch
@@ -193,7 +193,7 @@ def progress(session: Session, batch: Batch, counts: dict[str, int] | None = Non
     total = sum(counts.values())
     done = sum(n for status, n in counts.items() if status in FINAL)
     remaining = total - done
-    now = lifecycle.utcnow()
+    now = utcnow()
     since = now - THROUGHPUT_WINDOW
     finished_recently = session.execute(
         select(func.count()).where(Analysis.batch_id == batch.id, Analysis.completed_at >= since)
@@ -283,7 +283,7 @@ class TriageRow:
             "age": self.age,
             "sex": self.sex,
             "site": self.site,
-            "completed_at": lifecycle.iso(self.completed_at),
+            "completed_at": iso(self.completed_at),
         }
 
 

@@ -21,7 +21,8 @@ from sqlalchemy.orm import Session
 
 from api.deps import TenantRef
 from api.services.owned import get_owned
-from shared import analyses as lifecycle
+from shared import lifecycle
+from shared.clock import utcnow
 from shared.context import AppContext
 from shared.db import after_commit, session_scope
 from shared.models import Analysis, AnalysisQuestion
@@ -49,7 +50,7 @@ def ask(
         question=question,
         answer=grounded.as_dict(),
         model_answer={"status": "pending", "label": MODEL_LABEL} if vqa else None,
-        created_at=lifecycle.utcnow(),
+        created_at=utcnow(),
     )
     session.add(row)
     session.flush()

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from api.deps import TenantRef
 from api.problems import Conflict, NotFound, PayloadTooLarge, Problem
-from shared import analyses as lifecycle
+from shared.clock import iso, utcnow
 from shared.context import AppContext
 from shared.models import Analysis, Upload
 from shared.schemas import AnalysisInputs, UploadIn
@@ -38,7 +38,7 @@ def create_many(
     """``count`` upload ids in one INSERT, each with its own presigned PUT (each URL names its
     own key, so one URL can never overwrite another upload)."""
     settings = context.settings
-    now = lifecycle.utcnow()
+    now = utcnow()
     uploads = []
     for _ in range(count):
         upload_id = uuid.uuid4()
@@ -123,7 +123,7 @@ def claim_for_analysis(
 ) -> Upload:
     """Mark the upload used by ``analysis_id``: once, by its own tenant, before it expires,
     and only when an image of an acceptable size was PUT."""
-    now = lifecycle.utcnow()
+    now = utcnow()
     upload = session.execute(
         select(Upload).where(Upload.id == upload_id, Upload.tenant_id == tenant.id).with_for_update()
     ).scalar_one_or_none()
@@ -135,7 +135,7 @@ def claim_for_analysis(
             "each upload id is used once: create a new upload for a new image"
         )
     if upload.usable_until <= now:
-        raise Conflict(f"upload {upload_id} expired at {lifecycle.iso(upload.usable_until)}; create a new upload")
+        raise Conflict(f"upload {upload_id} expired at {iso(upload.usable_until)}; create a new upload")
     known = session.info.get(_KNOWN_SIZES, {})
     size = known[upload.object_key] if upload.object_key in known else context.store.size(IMAGES, upload.object_key)
     if size is None:

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from api.deps import TenantRef
 from api.problems import Conflict, NotFound, Problem, Unprocessable
 from api.services.owned import get_owned
-from shared.analyses import utcnow
+from shared.clock import utcnow
 from shared.context import AppContext
 from shared.db import after_commit
 from shared.events import EVENT_TYPES, TEST_EVENT, record_event

@@ -15,7 +15,7 @@ from api.main import create_app
 from api.problems import BatchSealed, Conflict
 from api.routes import analyses as analysis_routes
 from api.routes import batches as batch_routes
-from shared import analyses as lifecycle
+from shared import lifecycle
 from shared.config import Settings
 from shared.events import EVENT_TYPES
 from shared.models import Analysis, Batch

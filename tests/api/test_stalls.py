@@ -34,10 +34,10 @@ STALL = 10.0
 @pytest.fixture(scope="module")
 def private(services, settings, tmp_path_factory):
     """Our own Postgres and Redis (the session's S3), a migrated database and an API on them."""
+    from devstack import EmbeddedStack
     from shared.context import AppContext
     from shared.db import session_scope
     from shared.migrate import scratch_database
-    from shared.stack import EmbeddedStack
     from shared.tenants import issue_key
 
     folder = Path(tempfile.mkdtemp(prefix="dermasentinel-stall-stack-"))

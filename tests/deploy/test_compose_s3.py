@@ -21,8 +21,8 @@ import yaml
 from minio import Minio
 from minio.error import S3Error
 
+from devstack._ports import allocate_ports
 from shared.config import Settings
-from shared.stack._ports import allocate_ports
 from shared.storage import PURPOSES, make_object_store
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import uuid
 from datetime import timedelta
 
-from shared import analyses as lifecycle
+from shared.clock import utcnow
 from shared.db import session_scope
 from shared.models import Analysis, Batch
 from shared.storage import ARTIFACTS, IMAGES, artifact_key, image_key
@@ -39,7 +39,7 @@ def result_for(probability: float, *, uncertainty: float = 0.03, skin_group: str
 
 def seed_batch(context, tenant_id: uuid.UUID, name: str = "clinic backlog") -> uuid.UUID:
     with session_scope(context.session_factory) as session:
-        batch = Batch(tenant_id=tenant_id, name=name, created_at=lifecycle.utcnow())
+        batch = Batch(tenant_id=tenant_id, name=name, created_at=utcnow())
         session.add(batch)
         session.flush()
         return batch.id
@@ -69,7 +69,7 @@ def seed_analysis(
         overlay_key = artifact_key(tenant_id, analysis_id, "overlay.jpg")
         context.store.put(ARTIFACTS, mask_key, overlay.mask_png(lesion.mask), "image/png")
         context.store.put(ARTIFACTS, overlay_key, overlay.overlay_jpeg(lesion.image, lesion.mask), "image/jpeg")
-    now = lifecycle.utcnow()
+    now = utcnow()
     with session_scope(context.session_factory) as session:
         session.add(
             Analysis(

@@ -128,7 +128,7 @@ def test_list_is_newest_first_with_cursor_and_filters(api):
 def test_cancel_a_queued_job_then_cancel_again_is_409(api, context, tenant_key):
     from datetime import timedelta
 
-    from shared import analyses as lifecycle
+    from shared.clock import utcnow
     from shared.db import session_scope
 
     analysis_id = __import__("uuid").uuid4()
@@ -139,7 +139,7 @@ def test_cancel_a_queued_job_then_cancel_again_is_409(api, context, tenant_key):
             id=analysis_id, tenant_id=tenant_key[0], status="queued", priority="bulk", attempt=0,
             image_key=f"tenants/{tenant_key[0]}/analyses/{analysis_id}/image.jpg", image_sha256="0" * 64,
             image_content_type="image/jpeg", image_width=10, image_height=10,
-            created_at=lifecycle.utcnow() + timedelta(days=365), enqueued_at=lifecycle.utcnow(),
+            created_at=utcnow() + timedelta(days=365), enqueued_at=utcnow(),
         ))
     canceled = api.post(f"/v1/analyses/{analysis_id}/cancel")
     assert canceled.status_code == 200, canceled.text

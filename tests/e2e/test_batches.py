@@ -10,7 +10,8 @@ from datetime import datetime, timedelta
 import httpx
 from sqlalchemy import select
 
-from shared import analyses as lifecycle
+from shared import lifecycle
+from shared.clock import utcnow
 from shared.db import session_scope
 from shared.jobs import enqueue_analysis
 from shared.models import Analysis, Event
@@ -102,7 +103,7 @@ def test_batch_sealed_while_busy_completes_when_the_last_item_finishes(api, work
 def _failed_row(context, tenant_id, batch_id: str) -> str:
     """A job that failed for good: the pipeline never fails on demand, so write the row."""
     analysis_id = uuid.uuid4()
-    now = lifecycle.utcnow()
+    now = utcnow()
     with session_scope(context.session_factory) as session:
         session.add(Analysis(
             id=analysis_id, tenant_id=tenant_id, batch_id=uuid.UUID(batch_id), priority="bulk",
@@ -208,7 +209,7 @@ def _queue_bulk(context, tenant_id, count: int, image: bytes) -> list[uuid.UUID]
     ids = [uuid.uuid4() for _ in range(count)]
     key = image_key(tenant_id, ids[0], "jpg")
     context.store.put(IMAGES, key, image, "image/jpeg")
-    base = lifecycle.utcnow()
+    base = utcnow()
     with session_scope(context.session_factory) as session:
         for n, analysis_id in enumerate(ids):
             created = base + timedelta(microseconds=n)

@@ -11,7 +11,7 @@ import httpx
 from PIL import Image
 from sqlalchemy import select, update
 
-from shared import analyses as lifecycle
+from shared.clock import utcnow
 from shared.context import AppContext
 from shared.db import session_scope
 from shared.models import Analysis, Event, Upload
@@ -128,7 +128,7 @@ def test_an_expired_upload_id_is_refused(api, context):
     with session_scope(context.session_factory) as session:
         session.execute(
             update(Upload).where(Upload.id == uuid.UUID(upload["id"]))
-            .values(usable_until=lifecycle.utcnow() - timedelta(seconds=1))
+            .values(usable_until=utcnow() - timedelta(seconds=1))
         )
     response = submit(api, upload["id"])
     assert response.status_code == 409 and "expired" in response.json()["detail"]
@@ -147,7 +147,7 @@ def _pending_row(context, tenant_id, data: bytes, *, asked_ago: float = 0.0) -> 
     analysis_id, upload_id = uuid.uuid4(), uuid.uuid4()
     key = upload_key(tenant_id, upload_id)
     context.store.put(IMAGES, key, data, "image/jpeg")
-    now = lifecycle.utcnow()
+    now = utcnow()
     with session_scope(context.session_factory) as session:
         session.add(Analysis(
             id=analysis_id, tenant_id=tenant_id, priority="interactive", status="queued", image_key=key,

@@ -8,9 +8,10 @@ from datetime import datetime, timedelta
 import httpx
 from sqlalchemy import func, select
 
-from shared import analyses as lifecycle
+from shared import lifecycle
+from shared.clock import utcnow
 from shared.db import session_scope
-from shared.models import Analysis, Event
+from shared.models import Analysis, AnalysisStatus, Event
 from shared.storage import IMAGES, image_key
 from worker.maintenance import sweep
 from worker.pipeline.synthetic import encode_jpeg, make_lesion
@@ -23,7 +24,7 @@ def _row(context, tenant_id, *, status="queued", deadline=None, batch_id=None, *
     analysis_id = uuid.uuid4()
     key = image_key(tenant_id, analysis_id, "jpg")
     context.store.put(IMAGES, key, IMAGE, "image/jpeg")
-    now = lifecycle.utcnow()
+    now = utcnow()
     values = dict(
         id=analysis_id, tenant_id=tenant_id, status=status, attempt=0, image_key=key, batch_id=batch_id,
         priority="bulk" if batch_id else "interactive",
@@ -71,7 +72,7 @@ def test_cancel_after_sets_a_deadline_and_bad_values_are_refused(api):
 
 
 def test_a_job_past_its_deadline_is_canceled_when_claimed_instead_of_running(context, tenant_key):
-    analysis_id = _row(context, tenant_key[0], deadline=lifecycle.utcnow() - timedelta(seconds=1), not_before=None)
+    analysis_id = _row(context, tenant_key[0], deadline=utcnow() - timedelta(seconds=1), not_before=None)
     with session_scope(context.session_factory) as session:
         claims = lifecycle.claim_batch(session, analysis_id, 1, settings=context.settings)
     assert [c.analysis_id for c in claims if c.analysis_id == analysis_id] == []
@@ -82,11 +83,11 @@ def test_a_job_past_its_deadline_is_canceled_when_claimed_instead_of_running(con
 
 
 def test_the_sweeper_expires_queued_and_running_jobs_once(context, tenant_key):
-    past = lifecycle.utcnow() - timedelta(seconds=1)
+    past = utcnow() - timedelta(seconds=1)
     queued = _row(context, tenant_key[0], deadline=past)
     running = _row(context, tenant_key[0], status="processing", deadline=past, attempt=1,
-                   claimed_by="gpu@elsewhere:1", started_at=past, heartbeat_at=lifecycle.utcnow())
-    later = _row(context, tenant_key[0], deadline=lifecycle.utcnow() + timedelta(hours=1))
+                   claimed_by="gpu@elsewhere:1", started_at=past, heartbeat_at=utcnow())
+    later = _row(context, tenant_key[0], deadline=utcnow() + timedelta(hours=1))
     sweep(context)
     for analysis_id in (queued, running):
         row = _get(context, analysis_id)
@@ -96,7 +97,7 @@ def test_the_sweeper_expires_queued_and_running_jobs_once(context, tenant_key):
     # The worker that held the running job can no longer record anything for it.
     claim = lifecycle.Claim(running, 1, tenant_key[0], "", None, "unknown", "unknown", None, None)
     with session_scope(context.session_factory) as session:
-        assert not lifecycle.finish(session, None, context.settings, claim, status=lifecycle.AnalysisStatus.failed)
+        assert not lifecycle.finish(session, None, context.settings, claim, status=AnalysisStatus.failed)
 
     sweep(context)
     for analysis_id in (queued, running):
@@ -120,7 +121,7 @@ def test_batch_cancel_cancels_unfinished_items_once(api, api_url, context, tenan
     batch = api.post("/v1/batches", json={"name": "to cancel"}).json()
     batch_uuid = uuid.UUID(batch["id"])
     waiting = [_row(context, tenant_key[0], batch_id=batch_uuid) for _ in range(2)]
-    done = _row(context, tenant_key[0], batch_id=batch_uuid, status="succeeded", completed_at=lifecycle.utcnow())
+    done = _row(context, tenant_key[0], batch_id=batch_uuid, status="succeeded", completed_at=utcnow())
 
     first = api.post(f"/v1/batches/{batch['id']}/cancel")
     assert first.status_code == 200, first.text

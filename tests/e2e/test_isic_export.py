@@ -10,7 +10,7 @@ import itertools
 import uuid
 from datetime import timedelta
 
-from shared.analyses import utcnow
+from shared.clock import utcnow
 from shared.db import session_scope
 from shared.models import Analysis
 from tests.e2e.seeding import result_for

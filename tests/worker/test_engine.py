@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from sqlalchemy import select
 
-from shared import analyses as lifecycle
+from shared.clock import utcnow
 from shared.context import AppContext
 from shared.db import session_scope
 from shared.models import Analysis
@@ -49,7 +49,7 @@ def _queue(context, tenant_id, image: bytes | None, *, blur: float = 0.0) -> uui
         session.add(Analysis(
             id=analysis_id, tenant_id=tenant_id, status="queued", attempt=0, image_key=key, age=50, sex="female",
             site="torso", image_sha256="0" * 64, image_content_type="image/jpeg", image_width=240, image_height=180,
-            enqueued_at=lifecycle.utcnow(), created_at=lifecycle.utcnow(),
+            enqueued_at=utcnow(), created_at=utcnow(),
         ))
     return analysis_id
 

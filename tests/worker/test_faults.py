@@ -18,7 +18,8 @@ import pytest
 from sqlalchemy import func, select, update
 
 from cli.processes import free_port, stop_process
-from shared import analyses as lifecycle
+from shared import lifecycle
+from shared.clock import utcnow
 from shared.context import AppContext
 from shared.db import session_scope
 from shared.jobs import (
@@ -32,7 +33,7 @@ from shared.jobs import (
     is_infrastructure_error,
     report_gpu_worker,
 )
-from shared.models import Analysis, Event, Report
+from shared.models import Analysis, AnalysisStatus, Event, Report
 from shared.storage import IMAGES, image_key
 from tests.conftest import ROOT, settings_env, wait_for
 from worker.analysis import release
@@ -51,7 +52,7 @@ def _queued_row(context, tenant_id) -> uuid.UUID:
         session.add(Analysis(
             id=analysis_id, tenant_id=tenant_id, status="queued", attempt=0, image_key=key,
             image_sha256="0" * 64, image_content_type="image/jpeg", image_width=160, image_height=120,
-            enqueued_at=lifecycle.utcnow(), created_at=lifecycle.utcnow() + timedelta(days=3650),
+            enqueued_at=utcnow(), created_at=utcnow() + timedelta(days=3650),
         ))
     return analysis_id
 
@@ -148,8 +149,8 @@ def test_a_job_that_outlived_an_outage_finishes_after_it(context, tenant_key, wo
     # The outage is over and the backoff has run out: the sweeper wakes the job.
     with session_scope(context.session_factory) as session:
         session.execute(update(Analysis).where(Analysis.id == analysis_id)
-                        .values(enqueued_at=lifecycle.utcnow() - timedelta(seconds=10),
-                                not_before=lifecycle.utcnow() - timedelta(seconds=1)))
+                        .values(enqueued_at=utcnow() - timedelta(seconds=10),
+                                not_before=utcnow() - timedelta(seconds=1)))
     assert sweep(context)["retried"] >= 1
     row = wait(lambda: (r := _row(context, analysis_id)).status not in ("queued", "processing") and r,
                timeout=120, message="the job to finish after the outage")
@@ -169,7 +170,7 @@ def test_a_report_lost_between_commit_and_enqueue_is_resent_once_with_its_event(
         # The outcome commits; the report's wake-up (and the event's) go to a broker that is not there.
         with session_scope(context.session_factory) as session:
             assert lifecycle.finish(
-                session, dead.celery, context.settings, claim, status=lifecycle.AnalysisStatus.rejected,
+                session, dead.celery, context.settings, claim, status=AnalysisStatus.rejected,
                 rejection={"code": "blurry", "detail": "blur score 3.1 below 100"},
                 model={"weights": "untrained", "segmenter": "classical"},
             )
@@ -181,7 +182,7 @@ def test_a_report_lost_between_commit_and_enqueue_is_resent_once_with_its_event(
     # Nothing will ever render it unless the sweeper notices.
     with session_scope(context.session_factory) as session:
         session.execute(update(Analysis).where(Analysis.id == analysis_id).values(
-            report_requested_at=lifecycle.utcnow() - timedelta(seconds=context.settings.resend_after_seconds + 1)))
+            report_requested_at=utcnow() - timedelta(seconds=context.settings.resend_after_seconds + 1)))
     wait(lambda: broker_queue_length(context, "reports") == 0, timeout=60, message="the reports lane to drain")
     assert sweep(context)["reports_resent"] >= 1
     wait(lambda: _count(context, Report, Report.analysis_id == analysis_id) == 1, timeout=120,
@@ -209,7 +210,7 @@ def test_jobs_of_a_worker_that_stopped_reporting_are_released_without_waiting_fo
     client = broker_redis(settings)
     report_gpu_worker(client, live_id, ready=True)
     client.close()
-    long_ago = lifecycle.utcnow() - timedelta(seconds=2 * heartbeat_window(settings) + 5)
+    long_ago = utcnow() - timedelta(seconds=2 * heartbeat_window(settings) + 5)
     ids = {}
     try:
         for owner in (dead_id, live_id):
@@ -325,7 +326,7 @@ def test_a_gpu_worker_whose_pool_process_is_killed_runs_jobs_again(isolated, tmp
         held = _queued_row(ctx, tenant_id)
         _claim_now(ctx, held)
         with session_scope(ctx.session_factory) as session:
-            long_ago = lifecycle.utcnow() - timedelta(seconds=2 * heartbeat_window(ctx.settings))
+            long_ago = utcnow() - timedelta(seconds=2 * heartbeat_window(ctx.settings))
             session.execute(update(Analysis).where(Analysis.id == held).values(claimed_by=first, heartbeat_at=long_ago))
 
         os.kill(_pid(first), signal.SIGKILL)

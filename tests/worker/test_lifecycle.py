@@ -8,9 +8,10 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select, update
 
-from shared import analyses as lifecycle
+from shared import lifecycle
+from shared.clock import utcnow
 from shared.db import session_scope
-from shared.models import Analysis, Event
+from shared.models import Analysis, AnalysisStatus, Event
 from shared.storage import IMAGES, image_key
 from worker.maintenance import broker_queue_length, sweep
 from worker.pipeline.synthetic import encode_jpeg, make_lesion
@@ -27,7 +28,7 @@ def _queued_row(context, tenant_id, *, enqueue: bool = False) -> uuid.UUID:
         session.add(Analysis(
             id=analysis_id, tenant_id=tenant_id, status="queued", attempt=0, image_key=key,
             image_sha256="0" * 64, image_content_type="image/jpeg", image_width=160, image_height=120,
-            enqueued_at=lifecycle.utcnow() - timedelta(hours=1), created_at=lifecycle.utcnow() - timedelta(hours=1),
+            enqueued_at=utcnow() - timedelta(hours=1), created_at=utcnow() - timedelta(hours=1),
         ))
     return analysis_id
 
@@ -40,7 +41,7 @@ def _row(context, analysis_id) -> Analysis:
 def _age_heartbeat(context, analysis_id, seconds=3600):
     with session_scope(context.session_factory) as session:
         session.execute(update(Analysis).where(Analysis.id == analysis_id)
-                        .values(heartbeat_at=lifecycle.utcnow() - timedelta(seconds=seconds)))
+                        .values(heartbeat_at=utcnow() - timedelta(seconds=seconds)))
 
 
 def test_a_stale_worker_cannot_overwrite_a_newer_attempt(context, tenant_key):
@@ -57,13 +58,13 @@ def test_a_stale_worker_cannot_overwrite_a_newer_attempt(context, tenant_key):
     assert new.attempt == 2
 
     with session_scope(context.session_factory) as session:
-        stale = lifecycle.finish(session, None, settings, old, status=lifecycle.AnalysisStatus.failed,
+        stale = lifecycle.finish(session, None, settings, old, status=AnalysisStatus.failed,
                                  error={"code": "x", "detail": "stale"})
     assert stale is False
     assert _row(context, analysis_id).status == "processing"
 
     with session_scope(context.session_factory) as session:
-        assert lifecycle.finish(session, None, settings, new, status=lifecycle.AnalysisStatus.rejected,
+        assert lifecycle.finish(session, None, settings, new, status=AnalysisStatus.rejected,
                                 rejection={"code": "blurry", "detail": "d"})
     row = _row(context, analysis_id)
     assert (row.status, row.attempt, row.rejection["code"]) == ("rejected", 2, "blurry")
@@ -77,7 +78,7 @@ def test_canceled_job_is_not_overwritten_by_its_worker(context, tenant_key):
         assert lifecycle.cancel(session, None, context.settings, analysis_id) is not None
     with session_scope(context.session_factory) as session:
         assert not lifecycle.finish(session, None, context.settings, claim,
-                                    status=lifecycle.AnalysisStatus.succeeded, result={"probability": 0.1})
+                                    status=AnalysisStatus.succeeded, result={"probability": 0.1})
     assert _row(context, analysis_id).status == "canceled"
 
 
@@ -93,7 +94,7 @@ def test_sweeper_fails_a_job_after_max_attempts_instead_of_looping(context, tena
             # What the sweeper does to a vanished worker's job, minus the wake-up message
             # (a live worker in this session would otherwise race the test for the claim).
             with session_scope(context.session_factory) as session:
-                stale_claims = lifecycle.stale_claims(session, lifecycle.utcnow())
+                stale_claims = lifecycle.stale_claims(session, utcnow())
                 (stale,) = [c for c in stale_claims if c.analysis_id == analysis_id]
                 assert lifecycle.release_claim(session, None, settings, stale, reason="gone") == "queued"
     assert sweep(context)["failed"] >= 1
@@ -135,7 +136,7 @@ def test_job_of_a_vanished_worker_is_recovered(context, tenant_key, worker, wait
 
 def test_claims_take_interactive_before_bulk(context, tenant_key):
     # Uncommitted rows: invisible to the live worker, so nothing else can claim them.
-    now = lifecycle.utcnow()
+    now = utcnow()
     with context.session_factory() as session:
         def row(priority, age_minutes):
             analysis = Analysis(
@@ -159,5 +160,5 @@ def _no_leftover_queued(context):
     yield
     with session_scope(context.session_factory) as session:
         session.execute(update(Analysis).where(Analysis.status.in_(["queued", "processing"]),
-                                               Analysis.created_at < lifecycle.utcnow() - timedelta(minutes=30))
+                                               Analysis.created_at < utcnow() - timedelta(minutes=30))
                         .values(status="canceled"))

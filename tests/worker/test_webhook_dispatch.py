@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from sqlalchemy import select, update
 
-from shared.analyses import utcnow
+from shared.clock import utcnow
 from shared.db import session_scope
 from shared.events import record_event
 from shared.models import WebhookDelivery, WebhookEndpoint

@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from api.problems import NotFound, Unprocessable
 from api.services import webhook_endpoints as endpoints
-from shared.analyses import utcnow
+from shared.clock import utcnow
 from shared.models import DeliveryStatus, Event, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from shared.schemas import WebhookEndpointIn, WebhookEndpointPatch
 from shared.security import secret_box

@@ -9,7 +9,7 @@ import socket
 from contextlib import ExitStack
 from pathlib import Path
 
-from shared.stack.errors import PortsTakenError
+from devstack.errors import PortsTakenError
 
 LOOPBACK = "127.0.0.1"
 

@@ -6,12 +6,12 @@ Each service is a child process on free loopback ports with its data under one f
         settings = stack.endpoints.database_url, stack.endpoints.broker_url, ...
 """
 
-from shared.stack.errors import DataDirInUseError, PortsTakenError, ServiceStartError, StackError
-from shared.stack.postgres import PostgresHandle, start_postgres
-from shared.stack.redis import RedisHandle, start_redis
-from shared.stack.s3 import S3Handle, start_s3
-from shared.stack.stack import SERVICES_LAYER, EmbeddedStack, StackEndpoints
-from shared.stack.supervisor import Backoff, Program, Supervisor, start_program
+from devstack.errors import DataDirInUseError, PortsTakenError, ServiceStartError, StackError
+from devstack.postgres import PostgresHandle, start_postgres
+from devstack.redis import RedisHandle, start_redis
+from devstack.s3 import S3Handle, start_s3
+from devstack.stack import SERVICES_LAYER, EmbeddedStack, StackEndpoints
+from devstack.supervisor import Backoff, Program, Supervisor, start_program
 
 __all__ = [
     "SERVICES_LAYER",

@@ -6,10 +6,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from shared.stack.postgres import PostgresHandle, start_postgres
-from shared.stack.redis import RedisHandle, start_redis
-from shared.stack.s3 import S3Handle, start_s3
-from shared.stack.supervisor import Supervised, Supervisor
+from devstack.postgres import PostgresHandle, start_postgres
+from devstack.redis import RedisHandle, start_redis
+from devstack.s3 import S3Handle, start_s3
+from devstack.supervisor import Supervised, Supervisor
 
 # Supervisor layers: services stop last, after whatever the owner runs on top of them.
 SERVICES_LAYER = 0

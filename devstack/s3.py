@@ -17,10 +17,10 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shared.stack._ports import LOOPBACK, allocate_ports
-from shared.stack._process import DataDirLock, ServiceProcess
-from shared.stack._secrets import stack_secret
-from shared.stack.errors import ServiceStartError
+from devstack._ports import LOOPBACK, allocate_ports
+from devstack._process import DataDirLock, ServiceProcess
+from devstack._secrets import stack_secret
+from devstack.errors import ServiceStartError
 
 SERVICE = "s3"
 # Every listener gets an explicit free port. gRPC ports are still HTTP port + 10000, weed's own

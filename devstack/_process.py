@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from shared.stack.errors import DataDirInUseError, ServiceStartError
+from devstack.errors import DataDirInUseError, ServiceStartError
 
 _PR_SET_PDEATHSIG = 1
 _LOG_TAIL_LINES = 40

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from shared.stack._process import ServiceProcess
+from devstack._process import ServiceProcess
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import pytest
 import redis
 from minio import Minio
 
-from shared.stack import (
+from devstack import (
     Backoff,
     DataDirInUseError,
     EmbeddedStack,
@@ -152,7 +152,7 @@ def test_services_do_not_outlive_a_killed_parent(stack_dir: Path) -> None:
     script = (
         "import json, sys, time\n"
         "from pathlib import Path\n"
-        "from shared.stack import EmbeddedStack\n"
+        "from devstack import EmbeddedStack\n"
         "stack = EmbeddedStack(Path(sys.argv[1]))\n"
         "stack.start()\n"
         "print(json.dumps([stack.postgres.pid, stack.redis.pid, stack.s3.pid]), flush=True)\n"

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import psycopg
 
-from shared.stack._ports import LOOPBACK, allocate_ports
-from shared.stack._process import DataDirLock, ServiceProcess, log_tail
-from shared.stack._secrets import stack_secret
-from shared.stack.errors import ServiceStartError
+from devstack._ports import LOOPBACK, allocate_ports
+from devstack._process import DataDirLock, ServiceProcess, log_tail
+from devstack._secrets import stack_secret
+from devstack.errors import ServiceStartError
 
 SERVICE = "postgres"
 DATABASE = "dermasentinel"

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import redis
 
-from shared.stack._ports import LOOPBACK, allocate_ports
-from shared.stack._process import DataDirLock, ServiceProcess
-from shared.stack.errors import ServiceStartError
+from devstack._ports import LOOPBACK, allocate_ports
+from devstack._process import DataDirLock, ServiceProcess
+from devstack.errors import ServiceStartError
 
 SERVICE = "redis"
 

@@ -1,0 +1,52 @@
+"""The life of an analysis: every status change goes through this package.
+
+``claims`` (claim, finish, release), ``cancel`` (requests, batches, deadlines), ``ingest``
+(direct uploads), ``batches`` (progress, completion), ``sweeps`` (what the sweeper looks for),
+``views`` (records, links, event payloads). Import the package as ``lifecycle``; its names are
+re-exported here.
+"""
+
+from shared.lifecycle.batches import batch_counts, complete_batch_if_done, unfinished_sealed_batches  # noqa: F401
+from shared.lifecycle.cancel import cancel, cancel_batch, expire_due  # noqa: F401
+from shared.lifecycle.claims import (  # noqa: F401
+    CLAIM_COLUMNS,
+    Claim,
+    claim_batch,
+    claimable,
+    finish,
+    lane_candidates,
+    release_claim,
+    requeue,
+    set_stage,
+    transient_delay,
+)
+from shared.lifecycle.ingest import (  # noqa: F401
+    PendingIngest,
+    abandoned_upload_key,
+    enqueue_ingest,
+    ingest_rejected,
+    ingested,
+    missing_ingests,
+    pending_ingest,
+    request_ingest,
+)
+from shared.lifecycle.outcomes import on_final  # noqa: F401
+from shared.lifecycle.states import ACTIVE, CANCEL_BATCH, CANCEL_EXPIRED, CANCEL_REQUESTED  # noqa: F401
+from shared.lifecycle.sweeps import (  # noqa: F401
+    ask_again,
+    due_retries,
+    missing_reports,
+    orphaned_claims,
+    report_settled,
+    stale_claims,
+    waiting_since,
+)
+from shared.lifecycle.views import (  # noqa: F401
+    analysis_record,
+    api_base,
+    artifact_links,
+    event_data,
+    image_stored,
+    inputs_view,
+    links,
+)

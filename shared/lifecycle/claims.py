@@ -1,0 +1,261 @@
+"""Claiming jobs for a GPU pass and recording outcomes, fenced by the attempt counter.
+
+An attempt counter fences workers: a worker claims a job by moving it to ``processing``
+and bumping ``attempt``; it may only record an outcome while the row still has that
+attempt and status. A worker that lost its job (swept, canceled, re-claimed) writes nothing.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from celery import Celery
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session
+
+from shared.clock import utcnow
+from shared.config import Settings
+from shared.db import after_commit
+from shared.jobs import enqueue_analysis, worker_identity
+from shared.lifecycle.cancel import expire_due
+from shared.lifecycle.outcomes import on_final
+from shared.models import Analysis, AnalysisStatus
+
+
+@dataclass(frozen=True)
+class Claim:
+    analysis_id: uuid.UUID
+    attempt: int
+    tenant_id: uuid.UUID
+    image_key: str
+    age: int | None
+    sex: str
+    site: str
+    pixel_spacing_mm: float | None
+    external_id: str | None
+
+
+CLAIM_COLUMNS = (
+    Analysis.id,
+    Analysis.attempt,
+    Analysis.tenant_id,
+    Analysis.image_key,
+    Analysis.age,
+    Analysis.sex,
+    Analysis.site,
+    Analysis.pixel_spacing_mm,
+    Analysis.external_id,
+)
+
+
+def claimable(now: datetime):
+    """Queued, due, ingested, and not past its deadline."""
+    return and_(
+        Analysis.status == AnalysisStatus.queued.value,
+        # Jobs given back after an infrastructure error wait out their backoff.
+        or_(Analysis.not_before.is_(None), Analysis.not_before <= now),
+        # A direct upload is claimable once ingest has checked and stored its image.
+        Analysis.ingest_requested_at.is_(None),
+        or_(Analysis.deadline_at.is_(None), Analysis.deadline_at > now),
+    )
+
+
+def lane_candidates(priority: str, limit: int, now: datetime):
+    """The oldest claimable jobs of one lane, rows another worker is claiming skipped: an
+    ordered range scan of ``ix_analyses_active`` (status, priority, created_at) that stops
+    after ``limit`` rows, however long the backlog (benchmarks/lanes.py prints the plan)."""
+    return (
+        select(Analysis.id)
+        .where(claimable(now), Analysis.priority == priority)
+        .order_by(Analysis.created_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+
+
+def claim_batch(
+    session: Session,
+    own_id: uuid.UUID,
+    limit: int,
+    *,
+    celery: Celery | None = None,
+    settings: Settings | None = None,
+) -> list[Claim]:
+    """Claim the message's own job (if still queued) plus the most urgent other queued
+    jobs, so one GPU pass serves several: interactive before bulk, oldest first. The own
+    job, if past its deadline, ends ``canceled`` (``expired``) here instead of running;
+    other expired jobs are skipped and left to the sweeper."""
+    now = utcnow()
+    expire_due(session, celery, settings, now, only=own_id)
+    picked = list(
+        session.execute(
+            select(Analysis.id).where(Analysis.id == own_id, claimable(now)).with_for_update(skip_locked=True)
+        ).scalars()
+    )
+    # One ordered query per lane instead of one sort of every queued row: with 10,000 bulk
+    # jobs waiting the single sort took 12 ms per claim and grew with the backlog.
+    for priority in ("interactive", "bulk"):
+        if len(picked) >= limit:
+            break
+        picked += session.execute(
+            lane_candidates(priority, limit - len(picked), now).where(Analysis.id != own_id)
+        ).scalars()
+    if not picked:
+        return []
+    rows = session.execute(
+        update(Analysis)
+        .where(Analysis.id.in_(picked))
+        .values(
+            status=AnalysisStatus.processing.value,
+            stage="segmentation",
+            attempt=Analysis.attempt + 1,
+            not_before=None,
+            claimed_by=worker_identity(),
+            started_at=now,
+            heartbeat_at=now,
+            updated_at=now,
+        )
+        .returning(*CLAIM_COLUMNS)
+        .execution_options(synchronize_session=False)
+    ).all()
+    return [Claim(*row) for row in rows]
+
+
+def _fenced(claim: Claim):
+    return and_(
+        Analysis.id == claim.analysis_id,
+        Analysis.attempt == claim.attempt,
+        Analysis.status == AnalysisStatus.processing.value,
+    )
+
+
+def set_stage(session: Session, claims: list[Claim], stage: str) -> None:
+    now = utcnow()
+    for claim in claims:
+        session.execute(
+            update(Analysis)
+            .where(_fenced(claim))
+            .values(stage=stage, heartbeat_at=now, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+
+
+def finish(
+    session: Session,
+    celery: Celery | None,
+    settings: Settings,
+    claim: Claim,
+    *,
+    status: AnalysisStatus,
+    model: dict | None = None,
+    result: dict | None = None,
+    rejection: dict | None = None,
+    error: dict | None = None,
+    mask_key: str | None = None,
+    overlay_key: str | None = None,
+) -> bool:
+    """Record a final outcome for a claimed job; False when the claim was fenced off."""
+    now = utcnow()
+    analysis = session.execute(
+        update(Analysis)
+        .where(_fenced(claim))
+        .values(
+            status=status.value,
+            stage=None,
+            model=model,
+            result=result,
+            rejection=rejection,
+            error=error,
+            probability=result["probability"] if result else None,
+            mask_key=mask_key,
+            overlay_key=overlay_key,
+            completed_at=now,
+            heartbeat_at=None,
+            updated_at=now,
+            # The sweeper asks again for a report that has not appeared by then.
+            report_requested_at=now,
+        )
+        .returning(Analysis)
+        .execution_options(synchronize_session=False, populate_existing=True)
+    ).scalar_one_or_none()
+    if analysis is None:
+        return False
+    on_final(session, celery, settings, analysis)
+    return True
+
+
+def requeue(session: Session, celery: Celery | None, analysis: Analysis) -> None:
+    analysis.enqueued_at = utcnow()
+    if celery is not None:
+        after_commit(session, lambda: enqueue_analysis(celery, analysis.id, analysis.priority))
+
+
+def transient_delay(settings: Settings, retries: int) -> float:
+    """Backoff before the ``retries``-th try after infrastructure errors: doubling from
+    ``TRANSIENT_BACKOFF_SECONDS`` up to ``TRANSIENT_BACKOFF_MAX_SECONDS``, +-20% jitter so
+    a released batch does not come back as one herd."""
+    base = min(settings.transient_backoff_seconds * 2 ** max(retries - 1, 0), settings.transient_backoff_max_seconds)
+    return base * random.uniform(0.8, 1.2)
+
+
+def release_claim(
+    session: Session,
+    celery: Celery | None,
+    settings: Settings,
+    claim: Claim,
+    *,
+    reason: str,
+    transient: bool = False,
+) -> str | None:
+    """Give a claimed job back after an error. An infrastructure error (``transient``) does
+    not spend the job's attempt: the job waits out a backoff and the sweeper wakes it. An
+    error the job may have caused re-queues it at once, or fails it once it has used
+    ``MAX_ATTEMPTS``. Returns the new status, or None when the claim was fenced off."""
+    retries = session.execute(
+        select(Analysis.transient_retries).where(_fenced(claim)).with_for_update()
+    ).scalar_one_or_none()
+    if retries is None:
+        return None
+    now = utcnow()
+    if transient and retries < settings.max_transient_retries:
+        session.execute(
+            update(Analysis)
+            .where(_fenced(claim))
+            .values(
+                status=AnalysisStatus.queued.value,
+                stage=None,
+                heartbeat_at=None,
+                transient_retries=retries + 1,
+                not_before=now + timedelta(seconds=transient_delay(settings, retries + 1)),
+                enqueued_at=now,
+                updated_at=now,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        return AnalysisStatus.queued.value
+    spent = claim.attempt - retries
+    if transient or spent >= settings.max_attempts:
+        detail = (
+            f"gave up after {retries} retries over infrastructure errors; last error: {reason}"
+            if transient
+            else f"gave up after {spent} attempts; last error: {reason}"
+        )
+        failed = finish(
+            session, celery, settings, claim, status=AnalysisStatus.failed,
+            error={"code": "attempts_exhausted", "detail": detail},
+        )
+        return AnalysisStatus.failed.value if failed else None
+    analysis = session.execute(
+        update(Analysis)
+        .where(_fenced(claim))
+        .values(status=AnalysisStatus.queued.value, stage=None, heartbeat_at=None, updated_at=now)
+        .returning(Analysis)
+        .execution_options(synchronize_session=False, populate_existing=True)
+    ).scalar_one_or_none()
+    if analysis is None:
+        return None
+    requeue(session, celery, analysis)
+    return AnalysisStatus.queued.value
