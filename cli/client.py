@@ -76,6 +76,11 @@ class Client:
             "POST", "/v1/analyses", json={**body, "upload_id": upload["id"]}, headers=headers
         ).json()
 
+    def reprocess(self, analysis_id: str) -> dict:
+        """``POST /v1/analyses/{id}/reprocess``: a new queued analysis of the same image and inputs,
+        on the models active when a worker takes it; its ``reprocessed_from`` names the original."""
+        return self.request("POST", f"/v1/analyses/{analysis_id}/reprocess").json()
+
     def get_analysis(self, analysis_id: str) -> dict:
         return self.request("GET", f"/v1/analyses/{analysis_id}").json()
 

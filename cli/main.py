@@ -285,6 +285,52 @@ def submit(image: Path, age, sex, site, external_id, wait: bool, timeout: float,
         click.echo("\n" + analysis["result"]["scribe_note"])
 
 
+@cli.command()
+@click.argument("analysis_ids", metavar="ID [ID...]", nargs=-1, required=True)
+@click.option("--wait/--no-wait", default=False, show_default=True,
+              help="wait for each new analysis and print its status and model version")
+@click.option("--timeout", default=600.0, show_default=True, help="seconds to wait for each (with --wait)")
+@_client_options
+def reprocess(analysis_ids: tuple[str, ...], wait: bool, timeout: float, api_url, api_key) -> None:
+    """Run finished analyses ID... again on the active models: one new analysis each, the
+    original kept. Prints "ID -> NEW_ID" per input; a refused ID is reported on stderr and
+    the others still go ahead (exit status 1 if any was refused)."""
+    from cli.client import ApiError
+
+    client = _client(api_url, api_key)
+    refused = 0
+    try:
+        for analysis_id in analysis_ids:
+            try:
+                new = client.reprocess(analysis_id)
+            except ApiError as exc:
+                refused += 1
+                click.echo(f"{analysis_id}: not reprocessed: {exc}", err=True)
+                continue
+            line = f"{analysis_id} -> {new['id']}"
+            if wait:
+                try:
+                    done = client.wait(new["id"], timeout=timeout)
+                except (ApiError, TimeoutError) as exc:
+                    line += f"  (not finished: {exc})"
+                else:
+                    line += f"  {done['status']}, model {_model_version(done)}"
+            click.echo(line)
+    finally:
+        client.close()
+    if refused:
+        raise click.ClickException(f"{refused} of {len(analysis_ids)} analyses were not reprocessed")
+
+
+def _model_version(analysis: dict) -> str:
+    """"fusion <version> (<weights>)", as the result records it; "none" when no model ran (a rejection)."""
+    model = analysis.get("model") or {}
+    if not model:
+        return "none"
+    fusion = (model.get("fusion") or {}).get("version") or "built-in"
+    return f"fusion {fusion} ({model.get('weights')})"
+
+
 def _printable(analysis: dict) -> dict:
     keep = ("id", "status", "external_id", "result", "rejection", "error", "model", "links")
     body = {k: analysis.get(k) for k in keep}

@@ -7,7 +7,16 @@ import re
 import uuid
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, HttpUrl, UrlConstraints, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    UrlConstraints,
+    WithJsonSchema,
+)
 
 Sex = Literal["male", "female", "unknown"]
 Site = Literal[
@@ -61,7 +70,16 @@ CANCEL_AFTER_SCHEMA = {
     "a duration string like 90s, 5m or 1h30m is accepted too",
 }
 # Documented as seconds; ``Cancel-After`` syntax is accepted as well (parse_duration).
-CancelAfter = Annotated[float, BeforeValidator(parse_duration), WithJsonSchema(CANCEL_AFTER_SCHEMA)]
+def _within_documented_max(seconds: float) -> float:
+    # The schema's bound; a lower MAX_CANCEL_AFTER_SECONDS is the route's to enforce.
+    if seconds > DOCUMENTED_MAX_CANCEL_AFTER:
+        raise ValueError(f"must be at most {DOCUMENTED_MAX_CANCEL_AFTER} seconds")
+    return seconds
+
+
+CancelAfter = Annotated[
+    float, BeforeValidator(parse_duration), AfterValidator(_within_documented_max), WithJsonSchema(CANCEL_AFTER_SCHEMA)
+]
 
 
 class AnalysisInputs(BaseModel):
@@ -362,6 +380,16 @@ class Checkpoint(ResponseModel):
     version: str
     sha256: str | None
     seed: int | None = None
+    registry_id: str | None = Field(default=None, description="The model registry row it came from, if any")
+
+
+class OperatingPoint(ResponseModel):
+    """How the probability became a decision: temperature scaling, then the threshold."""
+
+    threshold: float = Field(description="Melanoma when the (calibrated) probability is above it")
+    temperature: float = Field(description="Temperature scaling fitted on the validation fold (1.0: none)")
+    target_sensitivity: float | None = Field(description="The sensitivity the threshold was chosen for")
+    chosen_on: str = Field(description="`validation` when chosen by training, `default` for the design's 0.5")
 
 
 class ModelInfo(ResponseModel):
@@ -373,6 +401,12 @@ class ModelInfo(ResponseModel):
     precision: str | None = None
     scalpel: Checkpoint | None = None
     fusion: Checkpoint | None = None
+    version: str | None = Field(default=None, description="The classifier's version: it makes the diagnosis")
+    operating_point: OperatingPoint | None = None
+    threshold: float | None = Field(
+        default=None, description="Present when a validated operating point replaced the default threshold"
+    )
+    training_data: str | None = Field(default=None, description="The training data named in the model card")
     banner: str | None = Field(
         default=None, description="Shown above any output of weights that are not `trained`; null for trained weights"
     )
@@ -398,6 +432,9 @@ class AnalysisSummary(ResponseModel):
     error: ErrorInfo | None
     deadline_at: Timestamp | None
     cancel_reason: CancelReason | None
+    reprocessed_from: uuid.UUID | None = Field(
+        default=None, description="The analysis this one re-ran on a newer model (both results are kept)"
+    )
     weights: WeightsStatus | None = Field(
         default=None,
         description="The weights status of the model that ran (as `model.weights`), beside the result so lists "
@@ -514,6 +551,7 @@ class TriageItem(ResponseModel):
     analysis_id: uuid.UUID
     external_id: str | None
     status: AnalysisStatusName
+    weights: WeightsStatus | None = Field(description="Anything but `trained`: the risk and diagnosis mean nothing")
     risk_band: RiskBand | None
     probability: float | None
     uncertainty: float | None
@@ -552,6 +590,8 @@ class TriageSummaryOut(ResponseModel):
     retake: dict[str, int] = Field(description="Rejections per code")
     review_rule: str
     equity: list[EquityRow]
+    weights: dict[str, int] = Field(description="Results per weights status")
+    weights_warning: str | None = Field(description="Set when any result came from weights that are not `trained`")
 
 
 class BatchResults(ResponseModel):
@@ -703,6 +743,10 @@ class CodeOnly(ResponseModel):
     code: str
 
 
+class EventRejection(CodeOnly):
+    advice: str = Field(description="What to do about it (retake advice), in the report's wording")
+
+
 class AnalysisEventData(ResponseModel):
     id: uuid.UUID
     status: AnalysisStatusName
@@ -711,7 +755,7 @@ class AnalysisEventData(ResponseModel):
     links: AnalysisLinks
     result: EventResultSummary | None = Field(default=None, description="analysis.succeeded and its report_ready")
     weights: WeightsStatus | None = Field(default=None, description="Present with a result: read it before the result")
-    rejection: CodeOnly | None = None
+    rejection: EventRejection | None = None
     error: CodeOnly | None = None
     reason: CancelReason | None = Field(default=None, description="analysis.canceled: why")
 
@@ -726,6 +770,8 @@ class BatchCompletedData(ResponseModel):
     name: str
     external_id: str | None
     counts: StatusCounts
+    weights: dict[str, int] = Field(description="Results per weights status")
+    weights_warning: str | None = Field(description="Set when any result came from weights that are not `trained`")
     links: BatchEventLinks
 
 

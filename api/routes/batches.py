@@ -12,7 +12,7 @@ from fastapi.responses import StreamingResponse
 from api.deps import ContextDep, CurrentTenant, SessionDep, parse_id
 from api.problems import problems
 from api.services import batches as service
-from shared import lifecycle
+from shared import clinical, lifecycle
 from shared.clock import iso
 from shared.models import Batch
 from shared.schemas import BatchCanceled, BatchIn, BatchOut, BatchPage, BatchResults
@@ -152,10 +152,16 @@ any still queued or processing. `order=submitted`: in submission order.
 
 Review rule: {service.REVIEW_RULE}. `review_reason` lists the codes, `;`-separated.
 
+Every item carries `weights` (`trained`, `synthetic` or `untrained`): results from weights that are
+not `trained` are flagged `weights_not_trained` for review, and the summary's `weights_warning` says
+the ranking is not meaningful.
+
 `format=json`: `{{"batch": …progress…, "items": […], "summary": {{counts, needs_review, retake
-(rejections per code), review_rule, equity}}}}`; `items=false` leaves the items out. `equity` has
-one entry per skin group (succeeded items): `items`, `high_risk` (risk band high, p > 0.8),
-`high_risk_share`, `suspicious` (p > 0.5) and its share, `needs_review`, `bias_warning`.
+(rejections per code), review_rule, equity, weights (results per weights status),
+weights_warning}}}}`; `items=false` leaves the items out. `equity` has one entry per skin group
+(succeeded items): `items`, `high_risk` (risk band high, p > {clinical.HIGH_RISK_THRESHOLD:g} with the default
+operating point), `high_risk_share`, `suspicious` (diagnosis melanoma: p > the model's threshold,
+{clinical.MELANOMA_THRESHOLD:g} by default) and its share, `needs_review`, `bias_warning`.
 `format=csv`: a header row and one row per item, columns
 `{", ".join(service.CSV_COLUMNS)}`; empty cells for what does not apply.
 

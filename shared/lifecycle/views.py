@@ -59,6 +59,7 @@ def analysis_record(analysis: Analysis) -> dict:
         "weights": clinical.weights_status(analysis.model),
         "deadline_at": iso(analysis.deadline_at),
         "cancel_reason": analysis.cancel_reason,
+        "reprocessed_from": str(analysis.reprocessed_from) if analysis.reprocessed_from else None,
     }
 
 

@@ -250,7 +250,8 @@ def _succeeded_body(analysis: dict, image: bytes | None, overlay_png: bytes | No
         Paragraph(
             f"Bar: probability with ± 1 SD whisker over {len(result.get('tta_probabilities') or [])} "
             f"test-time views; uncertainty {wording.uncertainty_level(unc)}. Zones: low {ranges['low']}, "
-            f"medium {ranges['medium']}, high {ranges['high']}.",
+            f"medium {ranges['medium']}, high {ranges['high']}; "
+            f"{escape(wording.operating_point_text(analysis))}.",
             STYLES["small"],
         )
     )
@@ -336,7 +337,10 @@ def _provenance(analysis: dict) -> list:
             ]
         )
     )
-    return [KeepTogether([Paragraph("Model provenance", STYLES["h2"]), table])]
+    story: list = [Paragraph("Model provenance", STYLES["h2"]), table]
+    if model.get("training_data"):
+        story.append(Paragraph(f"Training data (model card): {escape(str(model['training_data']))}", STYLES["small"]))
+    return [KeepTogether(story)]
 
 
 def _model_row(role: str, name: str, version: str, sha: str) -> list:

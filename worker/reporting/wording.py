@@ -163,7 +163,27 @@ def model_provenance(analysis: dict) -> list[str]:
         seed = f", seed {fusion['seed']}" if fusion.get("seed") is not None else ""
         lines.append(f"Classifier: {fusion['name']} {fusion['version']}, sha256 {sha}{seed}")
     lines.append(f"Weights: {model.get('weights', 'unknown')}")
+    if model.get("training_data"):
+        lines.append(f"Training data (model card): {model['training_data']}")
+    lines.append(f"Operating point: {operating_point_text(analysis)}")
     return lines
+
+
+def operating_point_text(analysis: dict) -> str:
+    """How the threshold was chosen, e.g. "threshold 0.31 chosen for sensitivity 0.95 on validation"."""
+    point = (analysis.get("model") or {}).get("operating_point") or {}
+    chosen = threshold(analysis)
+    if chosen is None:
+        return f"default threshold {clinical.MELANOMA_THRESHOLD:g} (no validated operating point)"
+    if point.get("chosen_on", "default") == "default":
+        return f"threshold {chosen:.2f} set with the model"
+    text = f"threshold {chosen:.2f} chosen"
+    if point.get("target_sensitivity") is not None:
+        text += f" for sensitivity {point['target_sensitivity']:.2f}"
+    text += f" on {point.get('chosen_on', 'validation')}"
+    if point.get("temperature") not in (None, 1.0):
+        text += f", temperature {point['temperature']:.2f}"
+    return text
 
 
 def inputs_text(inputs: dict) -> str:

@@ -143,4 +143,14 @@ def test_a_model_threshold_moves_the_printed_zones(high_risk_trained, lesion_ima
     image, overlay = lesion_images
     tuned = {**high_risk_trained, "model": {**high_risk_trained["model"], "threshold": 0.3}}
     text = flat(" ".join(pdf_pages(render_report(tuned, image, overlay))))
-    assert "Zones: low 0.30 or below, medium 0.30–0.80, high > 0.80." in text
+    assert "Zones: low 0.30 or below, medium 0.30–0.80, high > 0.80; threshold 0.30 set with the model." in text
+
+
+def test_the_report_says_how_the_operating_point_was_chosen(high_risk_trained, lesion_images):
+    image, overlay = lesion_images
+    point = {"threshold": 0.31, "temperature": 1.0, "target_sensitivity": 0.95, "chosen_on": "validation"}
+    model = {**high_risk_trained["model"], "threshold": 0.31, "operating_point": point,
+             "training_data": "ISIC 2020 training set, 5 folds grouped by patient"}
+    text = flat(" ".join(pdf_pages(render_report({**high_risk_trained, "model": model}, image, overlay))))
+    assert "threshold 0.31 chosen for sensitivity 0.95 on validation" in text
+    assert "ISIC 2020 training set, 5 folds grouped by patient" in text
