@@ -221,7 +221,9 @@ def tenants_keys_revoke(tenant: str, key_id: str, allow_last: bool) -> None:
     try:
         ident = uuid.UUID(key_id)
     except ValueError:
-        raise click.ClickException(f"{key_id!r} is not a key id; `dermasentinel tenants keys list {tenant}` shows them") from None
+        raise click.ClickException(
+            f"{key_id!r} is not a key id; `dermasentinel tenants keys list {tenant}` shows them"
+        ) from None
     with _key_session() as session:
         try:
             found = service.find_tenant(session, tenant)

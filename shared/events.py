@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from typing import get_args
 
 from celery import Celery
 from sqlalchemy import select
@@ -17,15 +18,10 @@ from sqlalchemy.orm import Session
 from shared.db import after_commit
 from shared.jobs import enqueue_event_dispatch
 from shared.models import Event
+from shared.schemas import EventType
 
-EVENT_TYPES = (
-    "analysis.succeeded",
-    "analysis.rejected",
-    "analysis.failed",
-    "analysis.canceled",
-    "analysis.report_ready",
-    "batch.completed",
-)
+# The event types as the OpenAPI document declares them (one list, in shared/schemas.py).
+EVENT_TYPES: tuple[str, ...] = get_args(EventType)
 TEST_EVENT = "webhook.test"
 
 

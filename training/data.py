@@ -7,6 +7,7 @@ import csv
 import hashlib
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,7 +131,7 @@ def describe_dataset(folder: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def fingerprint(samples: list[Sample], extra: list[Path] = ()) -> str:
+def fingerprint(samples: list[Sample], extra: Sequence[Path] = ()) -> str:
     """sha256 over every file's name and content (images, masks, CSV): the exact data."""
     digest = hashlib.sha256()
     paths = sorted({p for s in samples for p in (s.image, s.mask) if p is not None} | set(extra))
@@ -201,6 +202,8 @@ class LesionDataset(Dataset):
         image = load_rgb(sample.image)
         item = {}
         if self.with_masks:
+            if sample.mask is None:
+                raise DataError(f"{sample.image.name} has no mask")
             mask = load_mask(sample.mask)
             out = self.transform(image=image, mask=mask)
             item["mask"] = torch.from_numpy(np.ascontiguousarray(out["mask"], dtype=np.float32))[None]

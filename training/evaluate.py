@@ -56,19 +56,20 @@ def _metric_functions(threshold: float) -> dict[str, Callable]:
 def summarise(predictions: list[Prediction], threshold: float, resamples: int = 1000, seed: int = 0) -> dict:
     """Every metric with its bootstrap CI, overall and per skin group (one row per group present)."""
     scored = [p for p in predictions if p.probability is not None]
-    report = {
+    per_skin_group: list[dict] = []
+    report: dict = {
         "threshold": threshold,
         "images": len(predictions),
         "evaluated": len(scored),
         "rejected": [{"image_name": p.name, "reason": p.rejection} for p in predictions if p.probability is None],
         "overall": _block(scored, threshold, resamples, seed),
-        "per_skin_group": [],
+        "per_skin_group": per_skin_group,
     }
     groups = sorted({p.skin_group for p in scored if p.skin_group},
                     key=lambda g: GROUP_ORDER.index(g) if g in GROUP_ORDER else len(GROUP_ORDER))
     for group in groups:
         members = [p for p in scored if p.skin_group == group]
-        report["per_skin_group"].append({"skin_group": group, **_block(members, threshold, resamples, seed)})
+        per_skin_group.append({"skin_group": group, **_block(members, threshold, resamples, seed)})
     targets = np.array([p.target for p in scored])
     probabilities = np.array([p.probability for p in scored])
     report["reliability"] = metrics.expected_calibration_error(targets, probabilities)[1] if scored else []
@@ -78,18 +79,19 @@ def summarise(predictions: list[Prediction], threshold: float, resamples: int = 
 def _block(members: list[Prediction], threshold: float, resamples: int, seed: int) -> dict:
     targets = np.array([p.target for p in members], dtype=int)
     probabilities = np.array([p.probability for p in members], dtype=float)
-    block = {"count": len(members), "positives": int(targets.sum()), "metrics": {}}
+    scores: dict[str, dict] = {}
+    block = {"count": len(members), "positives": int(targets.sum()), "metrics": scores}
     if not members:
         return block
     for name, function in _metric_functions(threshold).items():
         value = function(targets, probabilities)
         low, high = metrics.bootstrap_ci(function, (targets, probabilities), resamples, seed)
-        block["metrics"][name] = {"value": value, "ci95": [low, high]}
+        scores[name] = {"value": value, "ci95": [low, high]}
     masked = [p for p in members if p.dice is not None]
     for name in SEGMENTATION_METRICS if masked else ():
         values = np.array([getattr(p, name) for p in masked])
         low, high = metrics.bootstrap_ci(lambda v: float(v.mean()), (values,), resamples, seed)
-        block["metrics"][name] = {"value": float(values.mean()), "ci95": [low, high], "count": len(masked)}
+        scores[name] = {"value": float(values.mean()), "ci95": [low, high], "count": len(masked)}
     return block
 
 
@@ -104,16 +106,19 @@ def predict(pipeline, samples: list[Sample], progress: bool = True) -> list[Pred
 
     predictions = []
     for sample in tqdm(samples, desc="evaluate", disable=not progress, unit="image"):
+        target = sample.target
+        if target is None:
+            raise ValueError(f"{sample.name}: no target (0 or 1) to evaluate against")
         outcome = pipeline.run([LesionInput(
             image=sample.image.read_bytes(), age=int(sample.age) if sample.age is not None else None,
             sex=sample.sex, site=sample.site,
         )])[0]
         if not isinstance(outcome, Finding):
-            predictions.append(Prediction(sample.name, int(sample.target), None, rejection=outcome.code))
+            predictions.append(Prediction(sample.name, target, None, rejection=outcome.code))
             continue
         result = outcome.result
         prediction = Prediction(
-            sample.name, int(sample.target), float(result["probability"]),
+            sample.name, target, float(result["probability"]),
             skin_group=result["equity"]["skin_group"], ita_degrees=float(result["equity"]["ita_degrees"]),
         )
         if sample.mask is not None:
@@ -129,7 +134,7 @@ def _mask_at(mask_png: bytes, truth_path: Path) -> np.ndarray:
     with Image.open(truth_path) as truth:
         size = truth.size
     with Image.open(io.BytesIO(mask_png)) as mask:
-        return np.asarray(mask.convert("L").resize(size, Image.NEAREST)) > 127
+        return np.asarray(mask.convert("L").resize(size, Image.Resampling.NEAREST)) > 127
 
 
 def evaluate_folder(pipeline, images: Path, csv_path: Path, out_dir: Path, masks: Path | None = None,
@@ -208,6 +213,7 @@ def _roc_png(targets: np.ndarray, probabilities: np.ndarray, threshold: float) -
         fpr, tpr, _ = roc_curve(targets, probabilities)
         ax.plot(fpr, tpr, label="ROC")
         sensitivity, specificity = metrics.sensitivity_specificity(targets, probabilities, threshold)
+        assert sensitivity is not None and specificity is not None  # both classes are present
         ax.plot([1 - specificity], [sensitivity], "o", color="red", label=f"threshold {threshold:.3f}")
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey")
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="1 - specificity", ylabel="sensitivity", title="ROC")

@@ -74,9 +74,11 @@ def expected_calibration_error(targets, probabilities, bins: int = 10) -> tuple[
     for b in range(bins):
         members = which == b
         count = int(members.sum())
-        confidence = float(probabilities[members].mean()) if count else None
-        observed = float(targets[members].mean()) if count else None
+        confidence: float | None = None
+        observed: float | None = None
         if count:
+            confidence = float(probabilities[members].mean())
+            observed = float(targets[members].mean())
             ece += count / len(targets) * abs(observed - confidence)
         table.append({"from": float(edges[b]), "to": float(edges[b + 1]), "count": count,
                       "mean_probability": confidence, "observed_rate": observed})

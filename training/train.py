@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from training import checkpoints, metrics
 from training.data import (
+    DataError,
     LesionDataset,
     Sample,
     describe_dataset,
@@ -97,13 +98,17 @@ def resolve_training_device(choice: str) -> torch.device:
 
 def train_fusion(images: Path, csv_path: Path, config: TrainConfig) -> TrainResult:
     samples = read_labelled_csv(csv_path, images)
+    unlabelled = [s.name for s in samples if s.target is None]
+    if unlabelled:
+        raise DataError(f"{csv_path}: {len(unlabelled)} of {len(samples)} rows have no target "
+                        f"(first: {unlabelled[0]}); Fusion trains on labelled rows only")
     dataset_info = describe_dataset(csv_path.parent) or describe_dataset(images.parent)
     train_idx, val_idx = patient_split(samples, config.folds, config.fold, config.seed)
     train_samples = [samples[i] for i in train_idx]
     val_samples = [samples[i] for i in val_idx]
     if len({s.target for s in val_samples}) < 2:
         raise ValueError("the validation fold holds one class only; use more data or fewer --folds")
-    positives = sum(s.target for s in train_samples)
+    positives = sum(s.target == 1 for s in train_samples)
     negatives = len(train_samples) - positives
     # Class imbalance (melanoma is ~2% of ISIC 2020): weight positives by the negative/positive ratio.
     pos_weight = negatives / max(positives, 1)
@@ -270,7 +275,8 @@ def _fit(*, kind: str, model: Callable[[], nn.Module], name: str, config: TrainC
     version = config.version or f"{kind}-{checkpoints.utc_stamp().replace(':', '').replace('-', '')}"
 
     history: list[dict] = []
-    best, stale, start_epoch, throughput = None, 0, 0, []
+    best, stale, start_epoch = None, 0, 0
+    throughput: list[float] = []
     if config.resume and (state := checkpoints.load_state(out_dir)) is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -300,11 +306,12 @@ def _fit(*, kind: str, model: Callable[[], nn.Module], name: str, config: TrainC
         train_seconds = time.perf_counter() - started
         scheduler.step()
         scores = validate(model, val_loader, device)
-        record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "images_per_second": seen / train_seconds,
+        images_per_second = seen / train_seconds
+        record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "images_per_second": images_per_second,
                   **{f"val_{k}": (float(v) if v is not None else None)
                      for k, v in scores.items() if not k.startswith("_")}}
         history.append(record)
-        throughput.append(record["images_per_second"])
+        throughput.append(images_per_second)
         value = scores[monitor]
         improved = value is not None and (best is None or value > best)
         message = (f"{kind} epoch {epoch + 1}/{config.epochs}: train loss {record['train_loss']:.4f}, "

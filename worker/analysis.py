@@ -27,6 +27,7 @@ import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from minio.error import S3Error
 
@@ -42,6 +43,9 @@ from shared.storage import ARTIFACTS, IMAGES, artifact_key
 from worker.reporting.scribe import build_scribe_note
 from worker.runtime import release_freed_memory
 
+if TYPE_CHECKING:  # the pipeline imports torch: loaded only where it runs
+    from worker.pipeline.pipeline import Outcome, Pipeline, PreparedBatch
+
 log = logging.getLogger(__name__)
 
 # One task keeps claiming follow-up batches for at most this long, well inside the task's
@@ -55,8 +59,8 @@ OVERLAY_NAME, OVERLAY_TYPE = "overlay.jpg", "image/jpeg"
 @dataclass
 class _Batch:
     claims: list[Claim]
-    prepared: object | None = None  # the pipeline's PreparedBatch
-    pipeline: object | None = None  # the pipeline that prepared it, and runs and records it
+    prepared: PreparedBatch | None = None  # the pipeline's prepared inputs
+    pipeline: Pipeline | None = None  # the pipeline that prepared it, and runs and records it
     error: Exception | None = None
     finished_early: int = 0  # jobs recorded while loading (their image was gone)
     load_s: float = 0.0  # seconds: fetch + prepare, networks, post-process + write
@@ -94,7 +98,7 @@ class ModelSwitch:
     object store once and cached under ``DATA_DIR/models`` by sha256.
     """
 
-    def __init__(self, context: AppContext, base) -> None:
+    def __init__(self, context: AppContext, base: Pipeline) -> None:
         self.context = context
         self._base = weakref.ref(base)  # kept alive by its owner (the runtime, a test)
         self.current = base
@@ -103,7 +107,7 @@ class ModelSwitch:
         self.last_switch_seconds: float | None = None
         self._lock = threading.Lock()
 
-    def pipeline(self):
+    def pipeline(self) -> Pipeline:
         """The pipeline for the next pass (switched first, if the active models changed)."""
         with self._lock:
             interval = self.context.settings.model_check_seconds
@@ -122,7 +126,7 @@ class ModelSwitch:
                 return self.current
             started = time.perf_counter()
             try:
-                pipeline = self._build(active) if active else self._base()
+                pipeline = self._build(active) if active else self._base_pipeline()
             except Exception:  # a broken checkpoint must not stop the worker: keep the old models
                 log.exception("models: could not switch to %s; keeping the current ones", _names(active))
                 return self.current
@@ -132,11 +136,17 @@ class ModelSwitch:
                      _names(active) or "the built-in models", self.last_switch_seconds)
             return pipeline
 
-    def _build(self, active: dict):
+    def _base_pipeline(self) -> Pipeline:
+        base = self._base()
+        if base is None:  # its owner let it go: this switch serves a pipeline no longer in use
+            raise RuntimeError("the base pipeline of this model switch is gone")
+        return base
+
+    def _build(self, active: dict) -> Pipeline:
         from worker.pipeline.pipeline import Pipeline
         from worker.pipeline.registry import ModelRegistry, ModelSource
 
-        base = self._base()
+        base = self._base_pipeline()
         settings = self.context.settings
         sources = {
             kind: ModelSource(
@@ -173,11 +183,11 @@ class ModelSwitch:
         return path
 
 
-_switches: weakref.WeakKeyDictionary[object, ModelSwitch] = weakref.WeakKeyDictionary()
+_switches: weakref.WeakKeyDictionary[Pipeline, ModelSwitch] = weakref.WeakKeyDictionary()
 _switches_lock = threading.Lock()
 
 
-def model_switch(context: AppContext, base) -> ModelSwitch:
+def model_switch(context: AppContext, base: Pipeline) -> ModelSwitch:
     """The process's switch for the pipeline it started with (one per base pipeline)."""
     with _switches_lock:
         switch = _switches.get(base)
@@ -191,7 +201,9 @@ def _names(active: dict) -> str:
 
 
 class _Engine:
-    def __init__(self, context: AppContext, pipeline, analysis_id: uuid.UUID, host: ThreadPoolExecutor) -> None:
+    def __init__(
+        self, context: AppContext, pipeline: Pipeline, analysis_id: uuid.UUID, host: ThreadPoolExecutor
+    ) -> None:
         self.context = context
         self.pipeline = pipeline
         self.analysis_id = analysis_id
@@ -202,8 +214,8 @@ class _Engine:
 
     def drain(self, first: list[Claim], prefetch_lane: ThreadPoolExecutor, finish_lane: ThreadPoolExecutor) -> int:
         deadline = time.monotonic() + DRAIN_SECONDS
-        upcoming: Future = prefetch_lane.submit(self._load, _Batch(first))
-        writes: list[tuple[list[Claim], Future]] = []
+        upcoming: Future[_Batch] = prefetch_lane.submit(self._load, _Batch(first))
+        writes: list[tuple[list[Claim], Future[int]]] = []
         failure: Exception | None = None
         finished = 0
         while failure is None:
@@ -225,11 +237,12 @@ class _Engine:
             started = time.perf_counter()
             clock = StageClock({"segmentation": "gate1", "classification": "gate2"})  # metrics
 
-            def on_stage(stage: str, c: list[Claim] = batch.claims) -> None:
-                clock(stage)
+            def on_stage(stage: str, c: list[Claim] = batch.claims, stage_clock: StageClock = clock) -> None:
+                stage_clock(stage)
                 self._stage(finish_lane, c, stage)
 
             try:
+                assert batch.pipeline is not None and batch.prepared is not None  # a loaded batch with claims
                 batch.pipeline.infer(batch.prepared, on_stage=on_stage)
                 clock.stop()
                 observe_pass(len(batch.claims), self.context.settings.gpu_batch_size)
@@ -250,7 +263,7 @@ class _Engine:
             raise failure
         return finished
 
-    def _give_back(self, upcoming: Future, exc: Exception) -> None:
+    def _give_back(self, upcoming: Future[_Batch], exc: Exception) -> None:
         """The batch claimed ahead goes back to the queue after a failure of the one before."""
         try:
             ahead = upcoming.result()
@@ -287,17 +300,17 @@ class _Engine:
         try:
             # Between passes: the models this batch runs on, switched first if the active
             # versions changed.
-            batch.pipeline = self.switch.pipeline()
+            pipeline = batch.pipeline = self.switch.pipeline()
+            # One image (or None) per claim, in order.
             images = list(self.host.map(self._fetch, batch.claims))
             # A job whose stored image is gone fails on its own; it must not take the rest
             # of the pass (and their attempts) down with it.
-            missing = [c for c, data in zip(batch.claims, images) if data is None]
+            missing = [c for c, data in zip(batch.claims, images, strict=True) if data is None]
             for claim in missing:
-                self._record_outcome(claim, _MissingImage(), batch.pipeline)
+                self._record_outcome(claim, _MissingImage(), pipeline)
+            kept = [(c, data) for c, data in zip(batch.claims, images, strict=True) if data is not None]
             if missing:
-                kept = [(c, data) for c, data in zip(batch.claims, images) if data is not None]
                 batch.claims = [c for c, _ in kept]
-                images = [data for _, data in kept]
                 batch.finished_early += len(missing)
                 if not batch.claims:
                     return batch
@@ -305,9 +318,9 @@ class _Engine:
             observe_stage("fetch", fetched - started)
             items = [
                 LesionInput(image=data, age=c.age, sex=c.sex, site=c.site, pixel_spacing_mm=c.pixel_spacing_mm)
-                for c, data in zip(batch.claims, images)
+                for c, data in kept
             ]
-            batch.prepared = batch.pipeline.prepare(items, map=self.host.map)
+            batch.prepared = pipeline.prepare(items, map=self.host.map)
             batch.load_s = time.perf_counter() - started
             observe_stage("decode", time.perf_counter() - fetched)
         except Exception as exc:  # handed to the network thread, which releases and re-raises
@@ -333,13 +346,19 @@ class _Engine:
         finish_lane.submit(write)
 
     def _finish(self, batch: _Batch) -> int:
+        pipeline, prepared = batch.pipeline, batch.prepared
+        assert pipeline is not None and prepared is not None  # only batches that ran get here
         started = time.perf_counter()
-        outcomes = batch.pipeline.complete(batch.prepared, map=self.host.map)
+        outcomes = pipeline.complete(prepared, map=self.host.map)
         written = time.perf_counter()
         observe_stage("artifacts", written - started)
-        finished = sum(self.host.map(
-            lambda pair: self._record_outcome(*pair, batch.pipeline), zip(batch.claims, outcomes)
-        ))
+
+        def record(pair: tuple[Claim, Outcome]) -> int:
+            return self._record_outcome(*pair, pipeline)
+
+        # One outcome per claim, in order: a count mismatch is a pipeline bug, and recording
+        # outcomes against the wrong claims would be worse than failing the pass.
+        finished = sum(self.host.map(record, zip(batch.claims, outcomes, strict=True)))
         observe_stage("write", time.perf_counter() - written)
         batch.prepared = None
         release_freed_memory()  # the batch's images and tensors, back to the OS (off the network thread)
@@ -349,7 +368,7 @@ class _Engine:
         )
         return finished
 
-    def _record_outcome(self, claim: Claim, outcome, pipeline) -> int:
+    def _record_outcome(self, claim: Claim, outcome: Outcome | _MissingImage, pipeline: Pipeline) -> int:
         # Each outcome under its own ids; the request id only for the task's own analysis.
         own = claim.analysis_id == self.analysis_id
         with log_context(analysis_id=claim.analysis_id, tenant_id=claim.tenant_id,

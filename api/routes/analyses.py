@@ -109,13 +109,15 @@ def _parse_inputs(fields: dict) -> AnalysisInputs:
     try:
         return AnalysisInputs.model_validate(values)
     except ValidationError as exc:
-        errors = [
-            {"field": ".".join(str(p) for p in err["loc"]) or "form", "message": err["msg"]}
-            for err in exc.errors()
-        ]
-        raise Unprocessable(
-            "; ".join(f"{e['field']}: {e['message']}" for e in errors), errors=errors
-        ) from None
+        raise _invalid_fields(exc) from None
+
+
+def _invalid_fields(exc: ValidationError) -> Unprocessable:
+    """A 422 naming each form field pydantic refused, and why."""
+    errors = [
+        {"field": ".".join(str(p) for p in err["loc"]) or "form", "message": err["msg"]} for err in exc.errors()
+    ]
+    return Unprocessable("; ".join(f"{e['field']}: {e['message']}" for e in errors), errors=errors)
 
 
 WEBHOOK_FIELDS = tuple(RequestWebhookIn.model_fields)
@@ -132,13 +134,7 @@ async def _request_webhook(context, tenant, fields: dict) -> service.RequestWebh
     try:
         hook = RequestWebhookIn.model_validate(values)
     except ValidationError as exc:
-        errors = [
-            {"field": ".".join(str(p) for p in err["loc"]) or "form", "message": err["msg"]}
-            for err in exc.errors()
-        ]
-        raise Unprocessable(
-            "; ".join(f"{e['field']}: {e['message']}" for e in errors), errors=errors
-        ) from None
+        raise _invalid_fields(exc) from None
     if hook.webhook_url is None:
         raise _field_error("webhook_events_filter", "needs a webhook_url")
     url = await run_in_threadpool(webhook_endpoints.checked_url, context, str(hook.webhook_url), tenant)

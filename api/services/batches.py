@@ -151,6 +151,7 @@ def counts_for(session: Session, batch_ids: list[uuid.UUID]) -> dict[uuid.UUID, 
             .group_by(Analysis.batch_id, Analysis.status)
         ).all()
         for batch_id, status, n in rows:
+            assert batch_id is not None  # IN (...) never matches a NULL batch_id
             counts[batch_id][status] = n
     return counts
 

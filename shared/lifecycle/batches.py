@@ -26,7 +26,7 @@ def batch_counts(session: Session, batch_id: uuid.UUID) -> dict[str, int]:
         .group_by(Analysis.status)
     ).all()
     counts = {s.value: 0 for s in AnalysisStatus}
-    counts.update({status: n for status, n in rows})
+    counts.update(dict(rows))
     return counts
 
 

@@ -54,10 +54,10 @@ def _cancel_where(session: Session, celery: Celery | None, settings: Settings | 
     ``analysis.canceled`` event each (deduplicated, so a second run emits nothing), and
     each affected batch checked for completion once."""
     now = utcnow()
-    picked = select(Analysis.id).where(Analysis.status.in_(ACTIVE), *conditions)
+    query = select(Analysis.id).where(Analysis.status.in_(ACTIVE), *conditions)
     if limit is not None:
-        picked = picked.limit(limit)
-    picked = picked.with_for_update(skip_locked=True).cte("picked")
+        query = query.limit(limit)
+    picked = query.with_for_update(skip_locked=True).cte("picked")
     rows = list(
         session.execute(
             update(Analysis)
@@ -67,7 +67,9 @@ def _cancel_where(session: Session, celery: Celery | None, settings: Settings | 
             .execution_options(synchronize_session=False, populate_existing=True)
         ).scalars()
     )
-    if rows and settings is None:
+    if not rows:
+        return rows
+    if settings is None:
         settings = get_settings()
     for analysis in rows:
         record_event(

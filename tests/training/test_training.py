@@ -7,8 +7,10 @@ import dataclasses
 import json
 import shutil
 
+import pytest
 import torch
 
+from training.data import DataError
 from training.train import TrainConfig, train_fusion
 from worker.pipeline.models import FusionNet, load_checkpoint
 from worker.pipeline.registry import ModelRegistry, ModelSource
@@ -105,3 +107,19 @@ def test_scalpel_trains_with_dice_and_its_checkpoint_loads_in_the_pipeline(tmp_p
                                   scalpel_source=ModelSource(result.checkpoint, version="scalpel-test"))
     assert registry.segmenter == "unet" and registry.provenance()["scalpel"]["version"] == "scalpel-test"
     assert registry.provenance()["weights"] == "untrained"  # Fusion is still untrained: say so
+
+
+def test_unlabelled_rows_are_refused_before_training(synthetic_data, tmp_path):
+    folder, csv_path = synthetic_data
+    with open(csv_path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    rows[5]["target"] = ""
+    partly_labelled = tmp_path / "partly.csv"
+    with open(partly_labelled, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    out = tmp_path / "run"
+    with pytest.raises(DataError, match=f"1 of {len(rows)} rows have no target \\(first: {rows[5]['image_name']}\\)"):
+        train_fusion(folder / "images", partly_labelled, TrainConfig(out_dir=out, **TINY))
+    assert not (out / "best_fusion.pth").exists()

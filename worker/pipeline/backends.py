@@ -178,10 +178,10 @@ class OpenVinoBackend:
             )
             model.reshape([cls.PASS, 3, seg_size, seg_size])
             compiled_scalpel = core.compile_model(model, "CPU", config)
-        example = (torch.zeros(2, 3, cls_size, cls_size), torch.zeros(2, METADATA_SIZE))
+        fusion_example = (torch.zeros(2, 3, cls_size, cls_size), torch.zeros(2, METADATA_SIZE))
         model = _cached_ir(
             "fusion", ir_cache_key("fusion", keys["fusion"], (cls_size,)), options.cache_dir,
-            lambda: ov.convert_model(fusion, example_input=example,
+            lambda: ov.convert_model(fusion, example_input=fusion_example,
                                      input=[ov.PartialShape([-1, 3, cls_size, cls_size]),
                                             ov.PartialShape([-1, METADATA_SIZE])]),
         )
@@ -201,16 +201,16 @@ class OpenVinoBackend:
     def classify(self, batch: np.ndarray, metadata: np.ndarray, views: int, max_batch: int) -> np.ndarray:
         """``max_batch`` is the torch knob; the compiled shape decides here (see the class)."""
         repeated = np.repeat(np.ascontiguousarray(metadata, dtype=np.float32), views, axis=0)
-        logits = []
+        parts: list[np.ndarray] = []
         for index in range(len(batch)):
             # One image's views at a time (one copy, NCHW), so memory does not grow with N.
             expanded = expand_views_numpy(batch[index : index + 1].transpose(0, 3, 1, 2), views)
             metadata = repeated[index * views :]
-            logits += [
+            parts += [
                 self.fusion([expanded[start : start + self.PASS], metadata[start : start + self.PASS]])[0][:, 0]
                 for start in range(0, views, self.PASS)
             ]
-        logits = np.concatenate(logits).astype(np.float64)
+        logits = np.concatenate(parts).astype(np.float64)
         # Same float32 sigmoid as the torch path, then float64 for the statistics.
         probabilities = torch.sigmoid(torch.from_numpy(logits.astype(np.float32))).double().numpy()
         return probabilities.reshape(len(batch), views)

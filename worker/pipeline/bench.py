@@ -145,6 +145,8 @@ class _OriginalWay:
     """The original server's per-request path, rebuilt for timing (NCHW, no batching, random TTA)."""
 
     def __init__(self, registry: ModelRegistry, seg_size: int, cls_size: int, views: int) -> None:
+        if registry.scalpel is None or registry.fusion is None:
+            raise ValueError("timing the original way needs both networks in the registry (segmenter unet)")
         self.device = registry.device
         self.scalpel = copy.deepcopy(registry.scalpel).to(memory_format=torch.contiguous_format)
         self.fusion = copy.deepcopy(registry.fusion).to(memory_format=torch.contiguous_format)

@@ -105,7 +105,7 @@ def load_checkpoint(module: nn.Module, path: Path) -> CheckpointInfo:
     )
 
 
-def apply_temperature(fusion: nn.Module, temperature: float) -> None:
+def apply_temperature(fusion: FusionNet, temperature: float) -> None:
     """Fold temperature scaling into the last layer: logits / T with no extra work per image.
     Every backend (and a converted OpenVINO graph) then gives calibrated probabilities."""
     if temperature <= 0:
@@ -113,6 +113,8 @@ def apply_temperature(fusion: nn.Module, temperature: float) -> None:
     if temperature == 1.0:
         return
     last = fusion.head[-1]
+    if not isinstance(last, nn.Linear):
+        raise ModelConfigError(f"Fusion's last layer is {type(last).__name__}, not Linear: no temperature to fold in")
     with torch.no_grad():
         last.weight.div_(temperature)
         last.bias.div_(temperature)

@@ -215,7 +215,7 @@ class ModelRegistry:
 
 
 def _checkpoint_provenance(name: str, checkpoint: CheckpointInfo, source: ModelSource | None) -> dict:
-    described = {"name": name, "version": checkpoint.version, "sha256": checkpoint.sha256}
+    described: dict[str, str | None] = {"name": name, "version": checkpoint.version, "sha256": checkpoint.sha256}
     if source is not None:
         described["version"] = source.version or checkpoint.version
         described["registry_id"] = source.registry_id
@@ -246,7 +246,8 @@ def _first_existing(model_dir: Path | None, names: tuple[str, ...]) -> Path | No
 
 
 def _prepare(module: nn.Module, device: torch.device) -> nn.Module:
-    module = module.to(device=device, memory_format=torch.channels_last).eval()
+    # Two steps: torch's signatures have no single form with both (the result is the same).
+    module = module.to(device=device).to(memory_format=torch.channels_last).eval()
     for parameter in module.parameters():
         parameter.requires_grad_(False)
     return module
