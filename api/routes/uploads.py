@@ -10,7 +10,7 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, WithJsonSchema
 
 from api.deps import ContextDep, CurrentTenant, SessionDep
 from api.problems import TYPE_BASE, problems
@@ -18,13 +18,14 @@ from api.services import uploads as service
 from shared import lifecycle
 from shared.clock import iso
 from shared.schemas import (
+    CANCEL_AFTER_SCHEMA,
     AnalysisInputs,
     AnalysisSummary,
-    CancelAfter,
     ProblemDetails,
     ResponseModel,
     UploadIn,
     UploadOut,
+    parse_duration,
 )
 
 router = APIRouter(prefix="/v1/uploads", tags=["uploads"])
@@ -40,13 +41,32 @@ class UploadsOut(ResponseModel):
     uploads: list[UploadOut]
 
 
+def _json_number(value: object) -> object:
+    if isinstance(value, bool | str):
+        raise ValueError("must be a JSON number")
+    return value
+
+
+ItemCancelAfter = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    WithJsonSchema({key: value for key, value in CANCEL_AFTER_SCHEMA.items() if key != "maximum"}),
+]
+
+
 class UploadSubmission(AnalysisInputs):
     """One image of ``POST /v1/uploads/submit``: the fields of ``POST /v1/analyses`` (JSON body),
     with the request's ``Idempotency-Key`` and ``Cancel-After`` as fields of the item."""
 
     upload_id: uuid.UUID
+    # A JSON body: numbers must be JSON numbers (the form route's text-to-number parsing would
+    # read `false` as 0).
+    age: Annotated[int | None, BeforeValidator(_json_number)] = Field(default=None, ge=0, le=120)
+    pixel_spacing_mm: Annotated[float | None, BeforeValidator(_json_number)] = Field(default=None, gt=0, le=10)
     idempotency_key: Annotated[str, StringConstraints(max_length=255, pattern=r"^[^\x00]*$")] | None = None
-    cancel_after: CancelAfter | None = None
+    # Unbounded in the schema: a deadline past MAX_CANCEL_AFTER_SECONDS refuses that item alone
+    # (its own 422 in the answer), not the whole call.
+    cancel_after: ItemCancelAfter | None = None
 
 
 class UploadSubmissionsIn(BaseModel):

@@ -221,7 +221,9 @@ def test_jobs_of_a_worker_that_stopped_reporting_are_released_without_waiting_fo
                                 .values(claimed_by=owner, heartbeat_at=long_ago))
             ids[owner] = analysis_id
 
-        assert sweep(context)["requeued"] >= 1
+        sweep(context)
+        # Released by this sweep, or already by the session stack's own sweeper (beat) if it
+        # ran in between: what counts is the row, not which sweep got there first.
         released = _row(context, ids[dead_id])
         # Re-queued (a live worker of this session may already have claimed it again).
         assert released.status != "processing" or released.claimed_by != dead_id
