@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 from minio.error import S3Error
 
-from shared import lifecycle, model_registry
+from shared import lifecycle, model_registry, vlm
 from shared.context import AppContext
 from shared.db import session_scope
 from shared.jobs import JobNotRun
@@ -433,6 +433,7 @@ def _record_finding(context: AppContext, claim: Claim, finding, provenance: dict
             "rejection": None,
             "error": None,
             "model": provenance,
+            "model_caption": _model_caption(context, claim),
         }
     )
     return _record(
@@ -444,6 +445,22 @@ def _record_finding(context: AppContext, claim: Claim, finding, provenance: dict
         mask_key=mask_key,
         overlay_key=overlay_key,
     )
+
+
+def _model_caption(context: AppContext, claim: Claim) -> dict | None:
+    """With ``VQA_MODEL_DIR``, a local vision-language model's caption for the scribe note,
+    labelled as the model's (issue 15). Nothing when none is configured or it fails: the
+    note never depends on it."""
+    directory = context.settings.vqa_model_dir
+    if directory is None:
+        return None
+    try:
+        model = vlm.load(Path(directory))
+        text = model.caption(context.store.get(IMAGES, claim.image_key))
+    except Exception as exc:  # a broken model directory must not fail the analysis
+        log.warning("vision-language caption failed: %s", type(exc).__name__)
+        return None
+    return {"text": text, "model": model.name, "label": vlm.MODEL_LABEL}
 
 
 def _record(context: AppContext, claim: Claim, **outcome) -> int:
