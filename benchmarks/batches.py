@@ -338,13 +338,18 @@ def measure_lane(context: AppContext, api_url: str, key: str, tenant_id, bulk: i
     if passes:
         seconds = statistics.median((done - start).total_seconds() for start, done in passes)
         print(f"  {len(passes)} bulk jobs finished meanwhile; median GPU pass (claim -> result) {seconds:.2f} s")
+    cancel_queued(context, bulk_ids)
+    return results
+
+
+def cancel_queued(context, ids) -> None:
+    """Leave no benchmark job behind: whatever of ``ids`` is still queued ends canceled."""
     with session_scope(context.session_factory) as session:
         session.execute(
             update(Analysis)
-            .where(Analysis.id.in_(bulk_ids), Analysis.status == "queued")
+            .where(Analysis.id.in_(ids), Analysis.status == "queued")
             .values(status="canceled", completed_at=utcnow())
         )
-    return results
 
 
 # ---------------------------------------------------------------- main

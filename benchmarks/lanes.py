@@ -23,14 +23,13 @@ import time
 import uuid
 
 import httpx
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, select, text
 
-from benchmarks.batches import bench_stack, count_status, queue_bulk, start_process
+from benchmarks.batches import bench_stack, cancel_queued, count_status, queue_bulk, start_process
 from cli.processes import stop_process
 from shared import lifecycle
 from shared.clock import utcnow
 from shared.context import AppContext
-from shared.db import session_scope
 from shared.models import Analysis
 from worker.pipeline.synthetic import encode_jpeg, make_lesion
 
@@ -96,12 +95,7 @@ def measure(context: AppContext, key: str, tenant_id: uuid.UUID, bulk: int, prob
                 time.sleep(0.02)
             results.append((waiting, (row.started_at - row.created_at).total_seconds(),
                             (row.started_at - posted).total_seconds()))
-    with session_scope(context.session_factory) as session:
-        session.execute(
-            update(Analysis)
-            .where(Analysis.id.in_(bulk_ids), Analysis.status == "queued")
-            .values(status="canceled", completed_at=utcnow())
-        )
+    cancel_queued(context, bulk_ids)
     return results
 
 

@@ -147,17 +147,18 @@ def test_test_event_and_manual_resend(api, worker, beat, receiver, wait):
     assert hook.requests[1]["headers"]["webhook-id"] == first["headers"]["webhook-id"]
 
 
-@pytest.mark.parametrize(
-    "url",
-    [
-        "http://169.254.169.254/latest/meta-data",
-        "http://10.0.0.5/hook",
-        "http://[::ffff:192.168.1.1]/hook",
-        "http://0x0a000001/hook",
-        "ftp://example.com/hook",
-        "http://user:pw@example.com/hook",
-    ],
-)
+# Metadata, private (also IPv4-mapped and hex-spelled), a non-HTTP scheme, credentials in the URL.
+UNSAFE_URLS = [
+    "http://169.254.169.254/latest/meta-data",
+    "http://10.0.0.5/hook",
+    "http://[::ffff:192.168.1.1]/hook",
+    "http://0x0a000001/hook",
+    "ftp://example.com/hook",
+    "http://user:pw@example.com/hook",
+]
+
+
+@pytest.mark.parametrize("url", UNSAFE_URLS)
 def test_unsafe_urls_are_refused_at_registration(api, url):
     response = api.post("/v1/webhook-endpoints", json={"url": url})
     assert response.status_code == 422, url
