@@ -1,6 +1,7 @@
 """Benchmark: submissions/s of 1 MB JPEGs, through the API (multipart) and direct (presigned PUT).
 
-    python -m benchmarks.ingest [--count 300] [--concurrency 16] [--bulk 50] [--skip-ingest]
+    python -m benchmarks.ingest [--count 600] [--concurrency 16] [--bulk 50] [--rounds 3]
+                                [--paths multipart,direct,bulk,cli] [--skip-ingest]
                                 [--api-url URL --api-key KEY]
 
 Every path submits the same ~1 MB JPEGs (noise-textured photos, 1300x1300, quality 95):
@@ -8,15 +9,20 @@ Every path submits the same ~1 MB JPEGs (noise-textured photos, 1300x1300, quali
 - direct: ``POST /v1/uploads``, ``PUT`` the bytes to the presigned URL (the object store, not
   the API), ``POST /v1/analyses {"upload_id"}``; the ingest worker checks and re-encodes later;
 - direct, bulk: ``POST /v1/uploads/bulk {"count": --bulk}``, the PUTs, ``POST /v1/uploads/submit``
-  with the upload ids: the same checks, the API's fixed cost per request paid once per --bulk images.
+  with the upload ids: the same checks, the API's fixed cost per request paid once per --bulk
+  images. Several chunks are in flight, so that while some wait on their two API calls the
+  others' PUTs keep every connection busy (with two in flight the PUT threads idled ~40 %);
+- cli: ``dermasentinel batch submit FOLDER --direct --concurrency C`` on a folder of --count
+  distinct photos (our own client, timed from start to exit: Python start-up, hashing every
+  file, creating and sealing the batch included).
 
 A submission counts once the API has accepted it (202, queued); the ingest worker's later
 check and re-encode is asynchronous and not counted in submissions/s (it is timed apart).
 The client is threads over urllib3 keep-alive connections (an asyncio httpx client cost
 ~5 ms of CPU per 1 MB PUT here, ~1.5 ms for urllib3: on a 2-core machine the client's CPU is
 the server's loss). On the embedded stack it also prints the CPU time each process spent per
-submission (client, API, object store, Postgres, Redis) and the rate that CPU would allow
-on this machine's cores if nothing else ran.
+submission (client, CLI included; API, object store, Postgres, Redis) and the rate that CPU
+would allow on this machine's cores if nothing else ran.
 
 Also prints the direct path's steps measured one at a time (which of the API and the object
 store limits it), and how long one CPU-role worker (the ``ingest`` queue) took to ingest every
@@ -31,14 +37,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
 import json
 import os
+import resource
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -66,6 +77,13 @@ def photo(seed: int, side: int = 1300) -> bytes:
     out = io.BytesIO()
     Image.fromarray(pixels).save(out, format="JPEG", quality=95)
     return out.getvalue()
+
+
+def distinct(data: bytes, n: int) -> bytes:
+    """The same JPEG with a comment segment naming ``n``: other bytes (another SHA-256, so the
+    CLI and the idempotency keys see another photo), the same pixels and about the same size."""
+    text = f"copy {n}".encode()
+    return data[:2] + b"\xff\xfe" + (len(text) + 2).to_bytes(2, "big") + text + data[2:]
 
 
 class Busy(RuntimeError):
@@ -147,14 +165,27 @@ def run(api_url: str, key: str, images: list[bytes], count: int, concurrency: in
     with ThreadPoolExecutor(concurrency) as pool:
         if path == "bulk":
             chunks = [(first, min(bulk, count - first)) for first in range(0, count, bulk)]
-            # A few chunks in flight, so that one chunk's API calls overlap others' PUTs.
-            with ThreadPoolExecutor(max(2, concurrency // max(1, bulk // 4))) as chunk_pool:
+            # Chunks in flight: a third of the PUT threads' number (5 for 16; measured here, 2
+            # in flight gave 110/s, 4 gave 138/s, 6 with 24 threads 150/s).
+            with ThreadPoolExecutor(max(2, concurrency // 3)) as chunk_pool:
                 list(chunk_pool.map(lambda c: _direct_bulk(api, pool, images, *c), chunks))
         else:
             one = _direct if path == "direct" else _multipart
             list(pool.map(lambda n: one(api, images[n % len(images)]), range(count)))
     RETRIES[path] = RETRIES.get(path, 0) + api.retries
     return time.perf_counter() - started
+
+
+def run_cli(api_url: str, key: str, folder: Path, concurrency: int, name: str) -> float:
+    """Seconds ``dermasentinel batch submit FOLDER --direct`` takes, start to exit."""
+    command = [sys.executable, "-m", "cli.main", "batch", "submit", str(folder), "--name", name, "--direct",
+               "--concurrency", str(concurrency), "--api-url", api_url, "--api-key", key]
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    took = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"batch submit --direct exited {done.returncode}: {done.stderr[-600:]}")
+    return took
 
 
 RETRIES: dict[str, int] = {}
@@ -179,9 +210,11 @@ def _process_groups() -> dict[str, list[psutil.Process]]:
 
 
 def _cpu_seconds(groups: dict[str, list[psutil.Process]]) -> dict[str, float]:
-    totals = {}
+    # Children that have exited (the CLI) count as the client's.
+    exited = resource.getrusage(resource.RUSAGE_CHILDREN)
+    totals = {"client": exited.ru_utime + exited.ru_stime}
     for role, members in groups.items():
-        total = 0.0
+        total = totals.get(role, 0.0)
         for member in members:
             try:
                 times = member.cpu_times()
@@ -205,9 +238,9 @@ def measured(label: str, count: int, call) -> None:
     total = sum(spent.values())
     cores = os.cpu_count() or 1
     parts = ", ".join(f"{role} {ms:.1f}" for role, ms in spent.items() if ms >= 0.05)
-    print(f"  {label:<20} {count / seconds:6.1f} submissions/s ({seconds:.1f} s for {count}; "
+    print(f"  {label:<22} {count / seconds:6.1f} submissions/s ({seconds:.1f} s for {count}; "
           f"{retried} busy answers retried; load average {load:.1f})")
-    print(f"  {'':<20} CPU ms per submission: {parts}; total {total:.1f} "
+    print(f"  {'':<22} CPU ms per submission: {parts}; total {total:.1f} "
           f"-> at most {1000 * cores / total:.0f}/s on {cores} idle cores")
 
 
@@ -246,7 +279,8 @@ async def steps(api_url: str, key: str, images: list[bytes], count: int, concurr
     return rates
 
 
-PATHS = (("multipart", "multipart"), ("direct", "direct, 1 by 1"), ("bulk", "direct, bulk"))
+PATHS = {"multipart": "multipart", "direct": "direct, 1 by 1", "bulk": "direct, bulk",
+         "cli": "batch submit --direct"}
 
 
 def main() -> None:
@@ -255,49 +289,69 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--bulk", type=int, default=50, help="images per bulk call (at most 100)")
     parser.add_argument("--rounds", type=int, default=1, help="measure every path this many times, interleaved")
+    parser.add_argument("--paths", default=",".join(PATHS), help=f"comma-separated, of {', '.join(PATHS)}")
     parser.add_argument("--skip-ingest", action="store_true", help="do not time the ingest worker")
     parser.add_argument("--api-url")
     parser.add_argument("--api-key")
     args = parser.parse_args()
+    paths = [path.strip() for path in args.paths.split(",") if path.strip()]
+    if unknown := set(paths) - set(PATHS):
+        parser.error(f"unknown --paths {', '.join(sorted(unknown))}; known: {', '.join(PATHS)}")
 
     images = [photo(seed) for seed in range(8)]
     size = statistics.mean(len(i) for i in images) / 1e6
     print(f"{args.count} submissions per path, {args.concurrency} in flight, bulk calls of {args.bulk}, "
           f"JPEGs of {size:.2f} MB on average; {os.cpu_count()} cores")
-    if args.api_url:
-        for _ in range(args.rounds):
-            for path, label in PATHS:
-                seconds = run(args.api_url, args.api_key, images, args.count, args.concurrency, path, args.bulk)
-                print(f"  {label:<20} {args.count / seconds:6.1f} submissions/s")
-        return
+    with contextlib.ExitStack() as stack:
+        folder = None
+        if "cli" in paths:
+            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ingest-bench-"))) / "backlog"
+            folder.mkdir()
+            for n in range(args.count):
+                (folder / f"photo-{n:05d}.jpg").write_bytes(distinct(images[n % len(images)], n))
 
-    with bench_stack(rate_limit="100000/second", concurrent_uploads=1000) as (context, key, tenant_id, workdir):
-        url = context.settings.api_url
-        for _ in range(args.rounds):
-            for path, label in PATHS:
-                measured(label, args.count,
-                         lambda path=path: run(url, key, images, args.count, args.concurrency, path, args.bulk))
-        rates = asyncio.run(steps(url, key, images, args.count, args.concurrency))
-        print("  direct, one step at a time: " + ", ".join(f"{name} {rate:.0f}/s" for name, rate in rates.items()))
-        if args.skip_ingest:
-            _cancel_queued(context, tenant_id)
+        def one_path(url: str, key: str, path: str) -> float:
+            if path == "cli":
+                assert folder is not None
+                return run_cli(url, key, folder, args.concurrency, f"ingest-bench-{uuid.uuid4().hex[:8]}")
+            return run(url, key, images, args.count, args.concurrency, path, args.bulk)
+
+        if args.api_url:
+            for _ in range(args.rounds):
+                for path in paths:
+                    seconds = one_path(args.api_url, args.api_key, path)
+                    print(f"  {PATHS[path]:<22} {args.count / seconds:6.1f} submissions/s")
             return
 
-        worker = start_process([sys.executable, "-m", "cli.main", "worker", "--role", "cpu"], context.settings,
-                               workdir / "worker.log")
-        started = time.perf_counter()
-        try:
-            while _pending_ingests(context, tenant_id):
-                if time.perf_counter() - started > 900:
-                    raise RuntimeError("ingest did not finish within 15 minutes")
-                time.sleep(0.5)
-        finally:
-            stop_process(worker)
-        took = time.perf_counter() - started
-        ingested = 2 * args.count * args.rounds + args.count
-        print(f"  ingest of the {ingested} direct uploads by one cpu worker (start-up included): "
-              f"{took:.1f} s, {ingested / took:.1f}/s")
+        context, key, tenant_id, workdir = stack.enter_context(
+            bench_stack(rate_limit="100000/second", concurrent_uploads=1000))
+        url = context.settings.api_url
+        for _ in range(args.rounds):
+            for path in paths:
+                measured(PATHS[path], args.count, lambda path=path: one_path(url, key, path))
+        rates = asyncio.run(steps(url, key, images, args.count, args.concurrency))
+        print("  direct, one step at a time: " + ", ".join(f"{name} {rate:.0f}/s" for name, rate in rates.items()))
+        if not args.skip_ingest:
+            _time_ingest(context, tenant_id, workdir)
         _cancel_queued(context, tenant_id)
+
+
+def _time_ingest(context, tenant_id: uuid.UUID, workdir: Path) -> None:
+    """One CPU-role worker ingests every direct upload submitted above."""
+    waiting = _pending_ingests(context, tenant_id)
+    worker = start_process([sys.executable, "-m", "cli.main", "worker", "--role", "cpu"], context.settings,
+                           workdir / "worker.log")
+    started = time.perf_counter()
+    try:
+        while _pending_ingests(context, tenant_id):
+            if time.perf_counter() - started > 900:
+                raise RuntimeError("ingest did not finish within 15 minutes")
+            time.sleep(0.5)
+    finally:
+        stop_process(worker)
+    took = time.perf_counter() - started
+    print(f"  ingest of the {waiting} direct uploads by one cpu worker (start-up included): "
+          f"{took:.1f} s, {waiting / took:.1f}/s")
 
 
 def _cancel_queued(context, tenant_id: uuid.UUID) -> None:

@@ -279,3 +279,30 @@ def test_bulk_calls_are_bounded_and_tenant_owned(api, api_url, context):
     with httpx.Client(base_url=api_url, headers={"Authorization": f"Bearer {other_key}"}) as other:
         answer = other.post("/v1/uploads/submit", json={"items": [{"upload_id": upload["id"]}]}).json()
     assert answer["results"][0]["status"] == 404
+
+
+def test_the_ingest_benchmark_clients_submit_each_image_exactly_once(api_url, tenant_key, context):
+    """benchmarks/ingest.py's load clients (a CI-sized run): chunks in flight at once, each
+    image accepted once, nothing lost or doubled; its clean-up cancels what it left queued."""
+    from benchmarks.ingest import _cancel_queued, distinct, run
+
+    tenant_id, key = tenant_key
+    images = [distinct(encode_jpeg(make_lesion(seed=20, size=(96, 96)).image), n) for n in range(3)]
+    assert len(set(images)) == 3  # distinct bytes of the same decodable photo
+    assert Image.open(io.BytesIO(images[2])).convert("RGB").size == (96, 96)
+    assert run(api_url, key, images, 13, 4, "bulk", bulk=4) > 0
+    assert run(api_url, key, images, 5, 4, "direct") > 0
+
+    with context.session_factory() as session:
+        rows = session.execute(
+            select(Analysis.upload_id, Analysis.status, Analysis.ingest_requested_at).where(
+                Analysis.tenant_id == tenant_id)
+        ).all()
+    assert len(rows) == 18 and len({row.upload_id for row in rows}) == 18
+    assert all(row.upload_id is not None for row in rows)
+    _cancel_queued(context, tenant_id)
+    with context.session_factory() as session:
+        left = session.execute(
+            select(Analysis.id).where(Analysis.tenant_id == tenant_id, Analysis.status == "queued")
+        ).all()
+    assert left == []
