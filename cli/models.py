@@ -72,6 +72,25 @@ def register_checkpoint(settings, checkpoint: Path, kind: str, *, card_path: Pat
         context.close()
 
 
+def registered_source(settings, kind: str, ref: str):
+    """A registered model (``active``, a version, an id or a sha256 prefix) as the
+    ``ModelSource`` workers build from it: its checkpoint fetched into DATA_DIR/models and
+    checked against its sha256, with its version, card and operating point."""
+    from shared import model_registry
+    from shared.context import AppContext
+    from worker.pipeline.registry import ModelSource
+
+    context = AppContext(settings)
+    try:
+        with context.session_factory() as session:
+            model = model_registry.resolve(session, kind, ref)
+        path = model_registry.cached_checkpoint(context.store, model, settings.data_dir / "models")
+    finally:
+        context.close()
+    return ModelSource(path=path, registry_id=str(model.id), version=model.version, card=model.card,
+                       threshold=model.threshold, temperature=model.temperature)
+
+
 def registry_session(settings):
     """A unit of work on the registry (commits on success)."""
     import contextlib

@@ -9,9 +9,12 @@ No torch here: callers prove a checkpoint loads before registering it.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -197,6 +200,36 @@ def _lock_kind(session: Session, kind: str) -> None:
 
 def read_checkpoint(store: ObjectStore, model: ActiveModel) -> bytes:
     return store.get(MODELS_PURPOSE, model.object_key)
+
+
+def resolve(session: Session, kind: str, ref: str) -> ActiveModel:
+    """A registered model of ``kind``: ``active`` (the one workers run now), or a version
+    name, id or sha256 prefix as ``find_model`` takes them."""
+    if ref == "active":
+        _check_kind(kind)
+        row = _active_row(session, kind)
+        if row is None:
+            raise ModelNotFound(
+                f"no {kind} model is active; `dermasentinel models list` shows the registered versions"
+            )
+        return ActiveModel.of(row)
+    return ActiveModel.of(find_model(session, kind, ref))
+
+
+def cached_checkpoint(store: ObjectStore, model: ActiveModel, folder: Path) -> Path:
+    """The model's checkpoint as a local file, ``folder/{kind}-{sha256}.pth``: downloaded once,
+    checked against the registered sha256, written atomically (workers and ``evaluate``)."""
+    path = folder / f"{model.kind}-{model.sha256}.pth"
+    if path.is_file():
+        return path
+    data = read_checkpoint(store, model)
+    if hashlib.sha256(data).hexdigest() != model.sha256:
+        raise ValueError(f"{model.kind} {model.version}: the stored checkpoint does not match its sha256")
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    partial.write_bytes(data)
+    os.replace(partial, path)
+    return path
 
 
 def describe(row: ModelVersion) -> dict:

@@ -107,31 +107,46 @@ def train_scalpel_command(images: Path, masks: Path, **kwargs) -> None:
               help="image_name, target (and ISIC 2020 metadata columns)")
 @click.option("--masks", type=_PATH, help="folder of <image_name>_segmentation.png for Dice/Jaccard")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
-@click.option("--fusion", "fusion_path", type=_PATH, help="Fusion checkpoint (default: MODEL_DIR's)")
-@click.option("--scalpel", "scalpel_path", type=_PATH, help="Scalpel checkpoint (default: MODEL_DIR's)")
+@click.option("--fusion", "fusion_path", type=_PATH, help="Fusion checkpoint file (default: MODEL_DIR's)")
+@click.option("--scalpel", "scalpel_path", type=_PATH, help="Scalpel checkpoint file (default: MODEL_DIR's)")
+@click.option("--fusion-model", "fusion_ref", metavar="REF",
+              help="a registered Fusion model instead of a file: `active`, a version, an id or a sha256 prefix")
+@click.option("--scalpel-model", "scalpel_ref", metavar="REF",
+              help="a registered Scalpel model instead of a file: `active`, a version, an id or a sha256 prefix")
 @click.option("--size", type=click.IntRange(32, 2048), help="SEG_SIZE and CLS_SIZE (default: the settings')")
 @click.option("--bootstrap", type=click.IntRange(100), default=1000, show_default=True, help="bootstrap resamples")
-def evaluate(images, csv_path, masks, out_dir, fusion_path, scalpel_path, size, bootstrap) -> None:
-    """Evaluate a model on a labelled folder: metrics with 95% CIs, per ITA skin group, and a report."""
+def evaluate(images, csv_path, masks, out_dir, fusion_path, scalpel_path, fusion_ref, scalpel_ref, size,
+             bootstrap) -> None:
+    """Evaluate a model on a labelled folder: metrics with 95% CIs, per ITA skin group, and a report.
+
+    The model is a checkpoint file (--fusion, --scalpel), a registered model (--fusion-model,
+    --scalpel-model: the same weights and operating point the workers run), or MODEL_DIR's."""
+    from cli.models import registered_source
+    from shared.model_registry import ModelNotFound
     from training.data import DataError
     from training.evaluate import evaluate_folder
     from worker.pipeline.errors import ModelConfigError
     from worker.pipeline.pipeline import Pipeline, PipelineOptions
     from worker.pipeline.registry import ModelRegistry, ModelSource
 
+    for kind, path, ref in (("fusion", fusion_path, fusion_ref), ("scalpel", scalpel_path, scalpel_ref)):
+        if path and ref:
+            raise click.UsageError(f"give --{kind} (a file) or --{kind}-model (a registered model), not both")
     settings = get_settings()
     try:
+        sources = {kind: registered_source(settings, kind, ref)
+                   for kind, ref in (("fusion", fusion_ref), ("scalpel", scalpel_ref)) if ref}
         registry = ModelRegistry.load(
             settings.model_dir, device=settings.device, segmenter=settings.segmenter, seed=settings.fusion_seed,
             backend=settings.backend,
-            scalpel_source=ModelSource(scalpel_path) if scalpel_path else None,
-            fusion_source=ModelSource(fusion_path) if fusion_path else None,
+            scalpel_source=ModelSource(scalpel_path) if scalpel_path else sources.get("scalpel"),
+            fusion_source=ModelSource(fusion_path) if fusion_path else sources.get("fusion"),
         )
         options = PipelineOptions(seg_size=size or settings.seg_size, cls_size=size or settings.cls_size,
                                   tta_views=settings.tta_views, blur_threshold=settings.blur_threshold,
                                   min_coverage=settings.min_coverage, ir_cache_dir=settings.data_dir / "engine")
         report = evaluate_folder(Pipeline(registry, options), images, csv_path, out_dir, masks, resamples=bootstrap)
-    except (DataError, ModelConfigError, ValueError) as exc:
+    except (DataError, ModelConfigError, ModelNotFound, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     overall = report["overall"]["metrics"]
     click.echo(json.dumps({k: v["value"] for k, v in overall.items()}, indent=2))

@@ -17,9 +17,7 @@ finish on the pipeline it was loaded with, and its results record that pipeline'
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import threading
 import time
 import uuid
@@ -169,18 +167,7 @@ class ModelSwitch:
         return pipeline
 
     def _cached_checkpoint(self, model) -> Path:
-        folder = self.context.settings.data_dir / "models"
-        path = folder / f"{model.kind}-{model.sha256}.pth"
-        if path.is_file():
-            return path
-        data = model_registry.read_checkpoint(self.context.store, model)
-        if hashlib.sha256(data).hexdigest() != model.sha256:
-            raise ValueError(f"{model.kind} {model.version}: the stored checkpoint does not match its sha256")
-        folder.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-        partial.write_bytes(data)
-        os.replace(partial, path)
-        return path
+        return model_registry.cached_checkpoint(self.context.store, model, self.context.settings.data_dir / "models")
 
 
 _switches: weakref.WeakKeyDictionary[Pipeline, ModelSwitch] = weakref.WeakKeyDictionary()

@@ -148,3 +148,39 @@ def test_a_running_worker_switches_on_activation_and_results_name_the_version(
     assert rolled_back.exit_code == 0 and "no registered model is active" in rolled_back.output
     time.sleep(settings.model_check_seconds + 0.5)
     assert wait_final(_submit(api, 3))["model"]["weights"] == "untrained"
+
+
+def test_evaluate_runs_a_registered_model_as_the_workers_would(registry, run_cli, trained_fusion, synthetic_data,
+                                                               settings, tmp_path):
+    import csv
+
+    folder, csv_path = synthetic_data
+    with open(csv_path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    labels = tmp_path / "labels.csv"
+    with labels.open("w", newline="") as handle:  # 12 images of 12 patients, both classes
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows[::8])
+    evaluate = ("evaluate", "--images", str(folder / "images"), "--csv", str(labels), "--size", "64",
+                "--bootstrap", "100")
+
+    nothing_active = run_cli(*evaluate, "--fusion-model", "active", "--out", str(tmp_path / "none"))
+    assert nothing_active.exit_code != 0 and "no fusion model is active" in nothing_active.output
+    both = run_cli(*evaluate, "--fusion", str(trained_fusion.checkpoint), "--fusion-model", "active",
+                   "--out", str(tmp_path / "both"))
+    assert both.exit_code != 0 and "not both" in both.output
+    assert not (tmp_path / "none").exists() and not (tmp_path / "both").exists()
+
+    imported = run_cli("models", "import", str(trained_fusion.checkpoint), "--kind", "fusion")
+    assert imported.exit_code == 0, imported.output
+    row = next(r for r in json.loads(run_cli("models", "list", "--kind", "fusion", "--json").output)
+               if r["version"] == "synthetic-test-1")
+    result = run_cli(*evaluate, "--fusion-model", row["sha256"][:12], "--out", str(tmp_path / "eval"))
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    fusion = report["model"]["fusion"]
+    assert (fusion["version"], fusion["registry_id"], fusion["sha256"]) == ("synthetic-test-1", row["id"], row["sha256"])
+    assert report["model"]["weights"] == "synthetic" and report["threshold"] == row["threshold"]
+    assert report["evaluated"] + len(report["rejected"]) == 12
+    assert (settings.data_dir / "models" / f"fusion-{row['sha256']}.pth").is_file()
