@@ -180,7 +180,8 @@ def test_evaluate_runs_a_registered_model_as_the_workers_would(registry, run_cli
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     fusion = report["model"]["fusion"]
-    assert (fusion["version"], fusion["registry_id"], fusion["sha256"]) == ("synthetic-test-1", row["id"], row["sha256"])
+    assert fusion["version"] == "synthetic-test-1"
+    assert (fusion["registry_id"], fusion["sha256"]) == (row["id"], row["sha256"])
     assert report["model"]["weights"] == "synthetic" and report["threshold"] == row["threshold"]
     assert report["evaluated"] + len(report["rejected"]) == 12
     assert (settings.data_dir / "models" / f"fusion-{row['sha256']}.pth").is_file()
