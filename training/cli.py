@@ -115,8 +115,10 @@ def train_scalpel_command(images: Path, masks: Path, **kwargs) -> None:
               help="a registered Scalpel model instead of a file: `active`, a version, an id or a sha256 prefix")
 @click.option("--size", type=click.IntRange(32, 2048), help="SEG_SIZE and CLS_SIZE (default: the settings')")
 @click.option("--bootstrap", type=click.IntRange(100), default=1000, show_default=True, help="bootstrap resamples")
+@click.option("--predictions-only", is_flag=True,
+              help="no labels needed (e.g. a challenge test set): write predictions.csv, no metrics")
 def evaluate(images, csv_path, masks, out_dir, fusion_path, scalpel_path, fusion_ref, scalpel_ref, size,
-             bootstrap) -> None:
+             bootstrap, predictions_only) -> None:
     """Evaluate a model on a labelled folder: metrics with 95% CIs, per ITA skin group, and a report.
 
     The model is a checkpoint file (--fusion, --scalpel), a registered model (--fusion-model,
@@ -145,9 +147,15 @@ def evaluate(images, csv_path, masks, out_dir, fusion_path, scalpel_path, fusion
         options = PipelineOptions(seg_size=size or settings.seg_size, cls_size=size or settings.cls_size,
                                   tta_views=settings.tta_views, blur_threshold=settings.blur_threshold,
                                   min_coverage=settings.min_coverage, ir_cache_dir=settings.data_dir / "engine")
-        report = evaluate_folder(Pipeline(registry, options), images, csv_path, out_dir, masks, resamples=bootstrap)
+        report = evaluate_folder(Pipeline(registry, options), images, csv_path, out_dir, masks, resamples=bootstrap,
+                                 predictions_only=predictions_only)
     except (DataError, ModelConfigError, ModelNotFound, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
+    if predictions_only:
+        click.echo(f"{report['evaluated']} of {report['images']} images scored, {len(report['rejected'])} rejected "
+                   f"by a gate: {out_dir / 'predictions.csv'} (weights: {report['model']['weights']}; "
+                   "research use only)")
+        return
     overall = report["overall"]["metrics"]
     click.echo(json.dumps({k: v["value"] for k, v in overall.items()}, indent=2))
     for row in report["per_skin_group"]:

@@ -79,16 +79,17 @@ def _site(value: str | None) -> str:
 
 
 def read_labelled_csv(
-    csv_path: Path, images: Path, masks: Path | None = None, need_target: bool = True
+    csv_path: Path, images: Path, masks: Path | None = None, need_target: bool = True, hint: str = ""
 ) -> list[Sample]:
-    """Rows of an ISIC 2020 style CSV whose images exist (a missing image is an error)."""
+    """Rows of an ISIC 2020 style CSV whose images exist (a missing image is an error);
+    ``hint`` ends the message when a needed column is missing."""
     with Path(csv_path).open(newline="") as handle:
         reader = csv.DictReader(handle)
         columns = set(reader.fieldnames or ())
         needed = {"image_name"} | ({"target"} if need_target else set())
         if not needed <= columns:
             raise DataError(f"{csv_path} needs the columns {', '.join(sorted(needed))} (ISIC 2020 layout); "
-                            f"it has {', '.join(sorted(columns))}")
+                            f"it has {', '.join(sorted(columns))}{hint}")
         rows = list(reader)
     if not rows:
         raise DataError(f"{csv_path} has no rows")

@@ -7,7 +7,8 @@ threshold, balanced accuracy, ECE (with a reliability diagram), Dice/Jaccard whe
 given; each with a percentile bootstrap 95% CI, overall and for every ITA skin group present
 (with its count). Images a clinical gate rejects are listed and left out of the metrics.
 Writes ``report.json``, ``predictions.csv``, ``reliability.png``, ``roc.png`` and a one-page
-``report.html``.
+``report.html``. With ``predictions_only`` (a folder without labels, e.g. a challenge's test
+set): ``predictions.csv`` and a ``report.json`` with the model and the rejections, no metrics.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ SEGMENTATION_METRICS = ("dice", "jaccard")
 @dataclass
 class Prediction:
     name: str
-    target: int
+    target: int | None  # None: an unlabelled image (predictions only)
     probability: float | None  # None: rejected by a gate
     skin_group: str | None = None
     ita_degrees: float | None = None
@@ -98,8 +99,8 @@ def _block(members: list[Prediction], threshold: float, resamples: int, seed: in
 # --------------------------------------------------------------------------- running the model
 
 
-def predict(pipeline, samples: list[Sample], progress: bool = True) -> list[Prediction]:
-    """Run each labelled image through the pipeline (one at a time: bounded memory)."""
+def predict(pipeline, samples: list[Sample], progress: bool = True, need_target: bool = True) -> list[Prediction]:
+    """Run each image through the pipeline (one at a time: bounded memory)."""
     from tqdm import tqdm
 
     from worker.pipeline.pipeline import Finding, LesionInput
@@ -107,7 +108,7 @@ def predict(pipeline, samples: list[Sample], progress: bool = True) -> list[Pred
     predictions = []
     for sample in tqdm(samples, desc="evaluate", disable=not progress, unit="image"):
         target = sample.target
-        if target is None:
+        if target is None and need_target:
             raise ValueError(f"{sample.name}: no target (0 or 1) to evaluate against")
         outcome = pipeline.run([LesionInput(
             image=sample.image.read_bytes(), age=int(sample.age) if sample.age is not None else None,
@@ -138,15 +139,26 @@ def _mask_at(mask_png: bytes, truth_path: Path) -> np.ndarray:
 
 
 def evaluate_folder(pipeline, images: Path, csv_path: Path, out_dir: Path, masks: Path | None = None,
-                    resamples: int = 1000, seed: int = 0, progress: bool = True) -> dict:
-    samples = read_labelled_csv(csv_path, images, masks)
-    if any(s.target is None for s in samples):
-        raise ValueError(f"{csv_path}: every row needs a target (0 or 1) to be evaluated")
-    predictions = predict(pipeline, samples, progress)
+                    resamples: int = 1000, seed: int = 0, progress: bool = True,
+                    predictions_only: bool = False) -> dict:
+    without_labels = "; --predictions-only runs the model without labels"
+    samples = read_labelled_csv(csv_path, images, masks, need_target=not predictions_only, hint=without_labels)
+    if not predictions_only and any(s.target is None for s in samples):
+        raise ValueError(f"{csv_path}: every row needs a target (0 or 1) to be evaluated{without_labels}")
+    predictions = predict(pipeline, samples, progress, need_target=not predictions_only)
     provenance = pipeline.registry.provenance()
     operating_point = provenance.get("operating_point") or {}
     threshold = float(operating_point.get("threshold", 0.5))
-    report = summarise(predictions, threshold, resamples, seed)
+    if predictions_only:
+        report = {
+            "predictions_only": True,
+            "threshold": threshold,
+            "images": len(predictions),
+            "evaluated": sum(p.probability is not None for p in predictions),
+            "rejected": [{"image_name": p.name, "reason": p.rejection} for p in predictions if p.probability is None],
+        }
+    else:
+        report = summarise(predictions, threshold, resamples, seed)
     report["operating_point"] = operating_point
     report["model"] = provenance
     report["data"] = {"images": str(images), "labels": str(csv_path), "masks": str(masks) if masks else None}
@@ -167,6 +179,8 @@ def write_outputs(report: dict, predictions: list[Prediction], out_dir: Path) ->
         for p in predictions:
             writer.writerow([p.name, p.target, p.probability, p.skin_group, p.ita_degrees, p.dice, p.jaccard,
                              p.rejection])
+    if report.get("predictions_only"):
+        return
     scored = [p for p in predictions if p.probability is not None]
     reliability = _reliability_png(report["reliability"], report["overall"]["metrics"].get("ece", {}).get("value"))
     roc = _roc_png(np.array([p.target for p in scored]), np.array([p.probability for p in scored]), report["threshold"])

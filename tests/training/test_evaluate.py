@@ -110,3 +110,47 @@ def test_evaluate_command_writes_the_report_for_a_trained_model(trained_fusion, 
         assert (tmp_path / "eval" / name).read_bytes().startswith(b"\x89PNG")
     page = (tmp_path / "eval" / "report.html").read_text()
     assert "not a certified medical device" in page and "synthetic" in page and "chosen for sensitivity 0.95" in page
+
+
+def test_predictions_only_scores_an_unlabelled_folder(trained_fusion, synthetic_data, tmp_path, monkeypatch):
+    import csv
+
+    from click.testing import CliRunner
+
+    from cli.main import cli
+    from shared.config import get_settings
+
+    folder, csv_path = synthetic_data
+    with open(csv_path, newline="") as handle:
+        rows = list(csv.DictReader(handle))[::12]  # 8 images
+    unlabelled = tmp_path / "test.csv"
+    with unlabelled.open("w", newline="") as handle:  # a challenge test set: no target column
+        columns = [name for name in rows[0] if name != "target"]
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    for name in [n for n in list(__import__("os").environ) if n.startswith("DERMASENTINEL_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("DERMASENTINEL_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("DERMASENTINEL_BACKEND", "torch")
+    monkeypatch.setenv("DERMASENTINEL_TTA_VIEWS", "2")
+    get_settings.cache_clear()
+    command = ["evaluate", "--images", str(folder / "images"), "--csv", str(unlabelled),
+               "--fusion", str(trained_fusion.checkpoint), "--size", "64"]
+    try:
+        refused = CliRunner().invoke(cli, [*command, "--out", str(tmp_path / "refused")])
+        result = CliRunner().invoke(cli, [*command, "--predictions-only", "--out", str(tmp_path / "out")])
+    finally:
+        get_settings.cache_clear()
+    assert refused.exit_code != 0 and "--predictions-only" in refused.output
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["predictions_only"] and "overall" not in report and report["images"] == 8
+    assert report["model"]["weights"] == "synthetic"
+    with open(tmp_path / "out" / "predictions.csv", newline="") as handle:
+        written = list(csv.DictReader(handle))
+    assert [row["image_name"] for row in written] == [row["image_name"] for row in rows]
+    scored = [row for row in written if row["probability"]]
+    assert len(scored) == report["evaluated"] and all(0.0 <= float(row["probability"]) <= 1.0 for row in scored)
+    assert all(row["target"] == "" for row in written)
+    assert not (tmp_path / "out" / "roc.png").exists()
