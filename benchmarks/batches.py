@@ -24,6 +24,7 @@ import contextlib
 import os
 import random
 import secrets
+import shutil
 import statistics
 import subprocess
 import sys
@@ -87,6 +88,7 @@ def bench_context(**overrides) -> Iterator[tuple[AppContext, Path, int]]:
     )
     endpoints = stack.start()
     cleanup = contextlib.ExitStack()
+    finished = False
     try:
         database_url = cleanup.enter_context(scratch_database(given.database_url or endpoints.database_url, "dsbench"))
         port = free_port()
@@ -108,9 +110,15 @@ def bench_context(**overrides) -> Iterator[tuple[AppContext, Path, int]]:
         cleanup.callback(context.close)
         context.store.ensure_buckets()
         yield context, workdir, port
+        finished = True
+    except BaseException:
+        print(f"benchmark failed: its logs and data stay in {workdir}", file=sys.stderr)
+        raise
     finally:
         cleanup.close()
         stack.stop()
+        if finished:  # each run's object store holds gigabytes: a finished run leaves nothing behind
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 @contextlib.contextmanager
