@@ -23,7 +23,8 @@ class QuestionIn(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
     question: str = Field(
-        min_length=1, max_length=MAX_QUESTION_CHARS, pattern=r"\S", description="free text, one question"
+        min_length=1, max_length=MAX_QUESTION_CHARS, description="free text, one question",
+        pattern=r"^[^\x00]*[^\s\x00][^\x00]*$",  # something besides spaces, and no NUL byte
     )
 
 

@@ -31,10 +31,6 @@ from shared.schemas import (
 router = APIRouter(prefix="/v1/uploads", tags=["uploads"])
 
 
-class UploadsIn(UploadIn):
-    """``POST /v1/uploads/bulk``: how many upload ids, for images of one type."""
-
-    count: int = Field(ge=1, le=service.MAX_BULK, description=f"How many (1–{service.MAX_BULK})")
 
 
 class UploadsOut(ResponseModel):
@@ -45,6 +41,15 @@ def _json_number(value: object) -> object:
     if isinstance(value, bool | str):
         raise ValueError("must be a JSON number")
     return value
+
+
+class UploadsIn(UploadIn):
+    """``POST /v1/uploads/bulk``: how many upload ids, for images of one type."""
+
+    # A JSON number: `true` is not 1.
+    count: Annotated[int, BeforeValidator(_json_number)] = Field(
+        ge=1, le=service.MAX_BULK, description=f"How many (1–{service.MAX_BULK})"
+    )
 
 
 ItemCancelAfter = Annotated[

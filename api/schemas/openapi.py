@@ -6,7 +6,9 @@ the Bearer security requirement (operations that depend on ``api.deps.get_tenant
 problem+json responses the edge can give any of them: 401 and 429 (authenticated); 400, 408
 and 413 (requests with a body: unparseable, too slow, too large); 422 (NUL bytes and
 validation, wherever there are parameters or a body); 503 (overload, a stalled or unreachable
-dependency). The Problem schema is registered once in ``components``.
+dependency). The Problem schema is registered once in ``components``. Every free-text string
+an operation takes (parameters and request bodies) declares that it holds no NUL byte, which
+the edge refuses with a 422 (``api.middleware.BodyGuard``).
 tests/api/test_openapi.py holds every operation to this.
 """
 
@@ -74,6 +76,36 @@ def _errors_as_problems(responses: dict) -> None:
         content.update(problem_content())
 
 
+# What the edge accepts in a string: anything but NUL (api.middleware refuses it with a 422).
+# A model's own pattern is left as it is, so it must exclude NUL itself (tests/api/test_openapi.py).
+NO_NUL_PATTERN = r"^[^\x00]*$"
+_CONSTRAINED = {"pattern", "enum", "const", "format"}
+
+
+def _forbid_nul(node: Any, schemas: dict[str, Any], seen: set[str]) -> None:
+    """Give every unconstrained string under ``node`` the NUL-free pattern (following $refs
+    into ``components.schemas``, each once)."""
+    if isinstance(node, list):
+        for item in node:
+            _forbid_nul(item, schemas, seen)
+        return
+    if not isinstance(node, dict):
+        return
+    ref = node.get("$ref")
+    if isinstance(ref, str):
+        name = ref.rsplit("/", 1)[-1]
+        if name not in seen:
+            seen.add(name)
+            _forbid_nul(schemas.get(name), schemas, seen)
+        return
+    if node.get("type") == "string" and not _CONSTRAINED & node.keys():
+        node["pattern"] = NO_NUL_PATTERN
+    for child in (node.get("properties") or {}).values():
+        _forbid_nul(child, schemas, seen)
+    for key in ("items", "additionalProperties", "anyOf", "oneOf", "allOf"):
+        _forbid_nul(node.get(key), schemas, seen)
+
+
 def complete(app: FastAPI, schema: dict[str, Any]) -> dict[str, Any]:
     """FastAPI's generated document, completed as the module docstring says."""
     components = schema.setdefault("components", {})
@@ -87,8 +119,13 @@ def complete(app: FastAPI, schema: dict[str, Any]) -> dict[str, Any]:
             responses = operation.get("responses", {})
             operation["responses"] = {code: r for code, r in responses.items() if "HTTPValidationError" not in str(r)}
     authenticated = authenticated_operations(app)
+    seen: set[str] = set()
     for path, operations in schema.get("paths", {}).items():
         for method, operation in operations.items():
+            for parameter in operation.get("parameters", []):
+                _forbid_nul(parameter.get("schema"), components["schemas"], seen)
+            for content in (operation.get("requestBody") or {}).get("content", {}).values():
+                _forbid_nul(content.get("schema"), components["schemas"], seen)
             responses = operation.setdefault("responses", {})
             statuses = [503]
             if operation.get("parameters") or operation.get("requestBody"):

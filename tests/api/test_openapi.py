@@ -254,3 +254,48 @@ def test_problem_bodies_match_the_declared_schema():
     body = json.loads(answer.body)
     assert ProblemDetails.model_validate(body).type.endswith("/batch_sealed")
     assert _undeclared(ProblemDetails, body) == []
+
+
+def test_every_free_text_input_says_it_takes_no_nul_byte(spec):
+    """The edge refuses NUL in any JSON string or query value (422); the document says so, so a
+    client generated from it (or a fuzzer) never sends a 'valid' request that is refused."""
+    import re
+
+    from api.schemas.openapi import NO_NUL_PATTERN
+
+    schemas = spec["components"]["schemas"]
+    assert schemas["FeedbackIn"]["properties"]["notes"]["anyOf"][0]["pattern"] == NO_NUL_PATTERN
+    listed = next(p for p in spec["paths"]["/v1/analyses"]["get"]["parameters"] if p["name"] == "external_id")
+    assert listed["schema"]["anyOf"][0]["pattern"] == NO_NUL_PATTERN
+    assert re.fullmatch(NO_NUL_PATTERN, "Is it growing? ünïcode ✓") and not re.fullmatch(NO_NUL_PATTERN, "a\x00b")
+
+    strings: list[tuple[str, dict]] = []
+
+    def walk(node, where: str, seen: set[str]) -> None:
+        if isinstance(node, list):
+            for item in node:
+                walk(item, where, seen)
+        elif isinstance(node, dict):
+            ref = node.get("$ref")
+            if ref and ref not in seen:
+                seen.add(ref)
+                walk(schemas[ref.rsplit("/", 1)[-1]], ref, seen)
+            if node.get("type") == "string":
+                strings.append((where, node))
+            for key, child in node.items():
+                if key in ("properties", "items", "anyOf", "oneOf", "allOf", "additionalProperties"):
+                    walk(list(child.values()) if key == "properties" else child, where, seen)
+
+    for method, path, op in _operations(spec):
+        inputs = [p.get("schema") for p in op.get("parameters", [])]
+        inputs += [c.get("schema") for c in (op.get("requestBody") or {}).get("content", {}).values()]
+        walk(inputs, f"{method.upper()} {path}", set())
+    assert len(strings) > 20
+    open_ended = [
+        where for where, node in strings
+        if not ({"enum", "const", "format"} & node.keys())
+        and ("pattern" not in node or re.search(node["pattern"], "ok\x00ok") is not None)
+    ]
+    assert open_ended == []
+    question = schemas["QuestionIn"]["properties"]["question"]["pattern"]
+    assert re.search(question, "Is it growing?") and not re.search(question, "   ")

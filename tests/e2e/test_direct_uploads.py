@@ -264,6 +264,8 @@ def _wait_ingested(api: httpx.Client, analysis_id: str, timeout: float = 60.0) -
 def test_bulk_calls_are_bounded_and_tenant_owned(api, api_url, context):
     assert api.post("/v1/uploads/bulk", json={"count": 101}).status_code == 422
     assert api.post("/v1/uploads/bulk", json={"count": 0}).status_code == 422
+    assert api.post("/v1/uploads/bulk", json={"count": True}).status_code == 422  # not 1
+    assert api.post("/v1/uploads/bulk", json={"count": "2"}).status_code == 422
     assert api.post("/v1/uploads/bulk", json={"count": 2, "content_type": "application/pdf"}).status_code == 422
     too_many = [{"upload_id": str(uuid.uuid4())} for _ in range(101)]
     refused = api.post("/v1/uploads/submit", json={"items": too_many})
