@@ -84,11 +84,10 @@ def registered_source(settings, kind: str, ref: str):
     try:
         with context.session_factory() as session:
             model = model_registry.resolve(session, kind, ref)
-        path = model_registry.cached_checkpoint(context.store, model, settings.data_dir / "models")
+        path = model_registry.cached_checkpoint(context.store, model, settings.data_dir)
     finally:
         context.close()
-    return ModelSource(path=path, registry_id=str(model.id), version=model.version, card=model.card,
-                       threshold=model.threshold, temperature=model.temperature)
+    return ModelSource.registered(model, path)
 
 
 def registry_session(settings):

@@ -216,9 +216,10 @@ def resolve(session: Session, kind: str, ref: str) -> ActiveModel:
     return ActiveModel.of(find_model(session, kind, ref))
 
 
-def cached_checkpoint(store: ObjectStore, model: ActiveModel, folder: Path) -> Path:
-    """The model's checkpoint as a local file, ``folder/{kind}-{sha256}.pth``: downloaded once,
-    checked against the registered sha256, written atomically (workers and ``evaluate``)."""
+def cached_checkpoint(store: ObjectStore, model: ActiveModel, data_dir: Path) -> Path:
+    """The model's checkpoint as a local file, ``DATA_DIR/models/{kind}-{sha256}.pth``: downloaded
+    once, checked against the registered sha256, written atomically (workers and ``evaluate``)."""
+    folder = data_dir / "models"
     path = folder / f"{model.kind}-{model.sha256}.pth"
     if path.is_file():
         return path

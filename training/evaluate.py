@@ -99,8 +99,9 @@ def _block(members: list[Prediction], threshold: float, resamples: int, seed: in
 # --------------------------------------------------------------------------- running the model
 
 
-def predict(pipeline, samples: list[Sample], progress: bool = True, need_target: bool = True) -> list[Prediction]:
-    """Run each image through the pipeline (one at a time: bounded memory)."""
+def predict(pipeline, samples: list[Sample], progress: bool = True) -> list[Prediction]:
+    """Run each image through the pipeline (one at a time: bounded memory); an unlabelled
+    sample keeps ``target`` None (``evaluate_folder`` decides whether labels are needed)."""
     from tqdm import tqdm
 
     from worker.pipeline.pipeline import Finding, LesionInput
@@ -108,8 +109,6 @@ def predict(pipeline, samples: list[Sample], progress: bool = True, need_target:
     predictions = []
     for sample in tqdm(samples, desc="evaluate", disable=not progress, unit="image"):
         target = sample.target
-        if target is None and need_target:
-            raise ValueError(f"{sample.name}: no target (0 or 1) to evaluate against")
         outcome = pipeline.run([LesionInput(
             image=sample.image.read_bytes(), age=int(sample.age) if sample.age is not None else None,
             sex=sample.sex, site=sample.site,
@@ -145,7 +144,7 @@ def evaluate_folder(pipeline, images: Path, csv_path: Path, out_dir: Path, masks
     samples = read_labelled_csv(csv_path, images, masks, need_target=not predictions_only, hint=without_labels)
     if not predictions_only and any(s.target is None for s in samples):
         raise ValueError(f"{csv_path}: every row needs a target (0 or 1) to be evaluated{without_labels}")
-    predictions = predict(pipeline, samples, progress, need_target=not predictions_only)
+    predictions = predict(pipeline, samples, progress)
     provenance = pipeline.registry.provenance()
     operating_point = provenance.get("operating_point") or {}
     threshold = float(operating_point.get("threshold", 0.5))

@@ -147,9 +147,8 @@ class ModelSwitch:
         base = self._base_pipeline()
         settings = self.context.settings
         sources = {
-            kind: ModelSource(
-                path=self._cached_checkpoint(model), registry_id=str(model.id), version=model.version,
-                card=model.card, threshold=model.threshold, temperature=model.temperature,
+            kind: ModelSource.registered(
+                model, model_registry.cached_checkpoint(self.context.store, model, settings.data_dir)
             )
             for kind, model in active.items()
         }
@@ -165,9 +164,6 @@ class ModelSwitch:
         pipeline = Pipeline(registry, base.options)
         release_freed_memory()
         return pipeline
-
-    def _cached_checkpoint(self, model) -> Path:
-        return model_registry.cached_checkpoint(self.context.store, model, self.context.settings.data_dir / "models")
 
 
 _switches: weakref.WeakKeyDictionary[Pipeline, ModelSwitch] = weakref.WeakKeyDictionary()

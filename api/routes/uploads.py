@@ -31,8 +31,6 @@ from shared.schemas import (
 router = APIRouter(prefix="/v1/uploads", tags=["uploads"])
 
 
-
-
 class UploadsOut(ResponseModel):
     uploads: list[UploadOut]
 

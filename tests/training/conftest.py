@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from training.synthetic import write_synthetic_dataset
@@ -26,3 +28,23 @@ def trained_fusion(synthetic_data, tmp_path_factory):
     folder, csv_path = synthetic_data
     out = tmp_path_factory.mktemp("fusion-run")
     return train_fusion(folder / "images", csv_path, TrainConfig(out_dir=out, version="synthetic-test-1", **TINY))
+
+
+@pytest.fixture
+def run_evaluate(tmp_path, monkeypatch):
+    """``dermasentinel ARGS`` in-process with only what an evaluation needs: torch on the CPU,
+    2 TTA views, a scratch DATA_DIR, no other DERMASENTINEL_ setting."""
+    from click.testing import CliRunner
+
+    from cli.main import cli
+    from shared.config import get_settings
+
+    for name in [n for n in os.environ if n.startswith("DERMASENTINEL_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("DERMASENTINEL_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("DERMASENTINEL_BACKEND", "torch")
+    monkeypatch.setenv("DERMASENTINEL_DEVICE", "cpu")
+    monkeypatch.setenv("DERMASENTINEL_TTA_VIEWS", "2")
+    get_settings.cache_clear()
+    yield lambda *args: CliRunner().invoke(cli, list(args))
+    get_settings.cache_clear()

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from isic_challenge_scoring import metrics as isic
 
+from tests.training.subsets import write_subset
 from training.evaluate import GROUP_ORDER, Prediction, summarise
 
 
@@ -65,37 +66,18 @@ def test_one_row_per_skin_group_present_with_counts_and_intervals():
             assert low <= row["metrics"][name]["value"] <= high
 
 
-def test_evaluate_command_writes_the_report_for_a_trained_model(trained_fusion, synthetic_data, tmp_path, monkeypatch):
+def test_evaluate_command_writes_the_report_for_a_trained_model(trained_fusion, synthetic_data, tmp_path,
+                                                                run_evaluate):
     import csv
 
-    from click.testing import CliRunner
-
-    from cli.main import cli
-    from shared.config import get_settings
-
     folder, csv_path = synthetic_data
-    with open(csv_path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
     subset = tmp_path / "labels.csv"
-    with subset.open("w", newline="") as handle:  # one image per patient: 24 images, every skin group
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows[::4])
-    for name in [n for n in list(__import__("os").environ) if n.startswith("DERMASENTINEL_")]:
-        monkeypatch.delenv(name)
-    monkeypatch.setenv("DERMASENTINEL_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("DERMASENTINEL_BACKEND", "torch")
-    monkeypatch.setenv("DERMASENTINEL_DEVICE", "cpu")
-    monkeypatch.setenv("DERMASENTINEL_TTA_VIEWS", "2")
-    get_settings.cache_clear()
-    try:
-        result = CliRunner().invoke(cli, [
-            "evaluate", "--images", str(folder / "images"), "--csv", str(subset), "--masks", str(folder / "masks"),
-            "--fusion", str(trained_fusion.checkpoint), "--size", "64", "--bootstrap", "100",
-            "--out", str(tmp_path / "eval"),
-        ])
-    finally:
-        get_settings.cache_clear()
+    write_subset(csv_path, subset, 4)  # one image per patient: 24 images, every skin group
+    result = run_evaluate(
+        "evaluate", "--images", str(folder / "images"), "--csv", str(subset), "--masks", str(folder / "masks"),
+        "--fusion", str(trained_fusion.checkpoint), "--size", "64", "--bootstrap", "100",
+        "--out", str(tmp_path / "eval"),
+    )
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert report["model"]["weights"] == "synthetic" and report["operating_point"]["chosen_on"] == "validation"
@@ -112,36 +94,16 @@ def test_evaluate_command_writes_the_report_for_a_trained_model(trained_fusion, 
     assert "not a certified medical device" in page and "synthetic" in page and "chosen for sensitivity 0.95" in page
 
 
-def test_predictions_only_scores_an_unlabelled_folder(trained_fusion, synthetic_data, tmp_path, monkeypatch):
+def test_predictions_only_scores_an_unlabelled_folder(trained_fusion, synthetic_data, tmp_path, run_evaluate):
     import csv
 
-    from click.testing import CliRunner
-
-    from cli.main import cli
-    from shared.config import get_settings
-
     folder, csv_path = synthetic_data
-    with open(csv_path, newline="") as handle:
-        rows = list(csv.DictReader(handle))[::12]  # 8 images
     unlabelled = tmp_path / "test.csv"
-    with unlabelled.open("w", newline="") as handle:  # a challenge test set: no target column
-        columns = [name for name in rows[0] if name != "target"]
-        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    for name in [n for n in list(__import__("os").environ) if n.startswith("DERMASENTINEL_")]:
-        monkeypatch.delenv(name)
-    monkeypatch.setenv("DERMASENTINEL_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("DERMASENTINEL_BACKEND", "torch")
-    monkeypatch.setenv("DERMASENTINEL_TTA_VIEWS", "2")
-    get_settings.cache_clear()
+    rows = write_subset(csv_path, unlabelled, 12, drop=("target",))  # 8 images, a challenge test set: no labels
     command = ["evaluate", "--images", str(folder / "images"), "--csv", str(unlabelled),
                "--fusion", str(trained_fusion.checkpoint), "--size", "64"]
-    try:
-        refused = CliRunner().invoke(cli, [*command, "--out", str(tmp_path / "refused")])
-        result = CliRunner().invoke(cli, [*command, "--predictions-only", "--out", str(tmp_path / "out")])
-    finally:
-        get_settings.cache_clear()
+    refused = run_evaluate(*command, "--out", str(tmp_path / "refused"))
+    result = run_evaluate(*command, "--predictions-only", "--out", str(tmp_path / "out"))
     assert refused.exit_code != 0 and "--predictions-only" in refused.output
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "out" / "report.json").read_text())

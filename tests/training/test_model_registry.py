@@ -17,6 +17,7 @@ from shared import model_registry
 from shared.config import get_settings
 from shared.db import session_scope
 from shared.models import ModelVersion
+from tests.training.subsets import write_subset
 from worker.pipeline.synthetic import encode_jpeg, make_lesion
 
 
@@ -152,16 +153,9 @@ def test_a_running_worker_switches_on_activation_and_results_name_the_version(
 
 def test_evaluate_runs_a_registered_model_as_the_workers_would(registry, run_cli, trained_fusion, synthetic_data,
                                                                settings, tmp_path):
-    import csv
-
     folder, csv_path = synthetic_data
-    with open(csv_path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
     labels = tmp_path / "labels.csv"
-    with labels.open("w", newline="") as handle:  # 12 images of 12 patients, both classes
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows[::8])
+    write_subset(csv_path, labels, 8)  # 12 images of 12 patients, both classes
     evaluate = ("evaluate", "--images", str(folder / "images"), "--csv", str(labels), "--size", "64",
                 "--bootstrap", "100")
 

@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -19,6 +20,9 @@ from worker.pipeline.models import (
     load_checkpoint,
 )
 
+if TYPE_CHECKING:
+    from shared.model_registry import ActiveModel
+
 SCALPEL_FILES = ("scalpel.pth", "best_scalpel.pth")
 FUSION_FILES = ("fusion.pth", "best_fusion.pth")
 SEGMENTER_CHOICES = ("auto", "unet", "classical")
@@ -35,6 +39,12 @@ class ModelSource:
     card: dict | None = None
     threshold: float | None = None
     temperature: float | None = None
+
+    @classmethod
+    def registered(cls, model: "ActiveModel", path: Path) -> "ModelSource":
+        """A registered model whose checkpoint is at ``path`` (``model_registry.cached_checkpoint``)."""
+        return cls(path=path, registry_id=str(model.id), version=model.version, card=model.card,
+                   threshold=model.threshold, temperature=model.temperature)
 
 
 @dataclass(frozen=True)
