@@ -329,6 +329,10 @@ class WebhookDelivery(Base):
     __table_args__ = (
         UniqueConstraint("endpoint_id", "event_id", name="uq_webhook_deliveries_endpoint_event"),
         Index("ix_webhook_deliveries_due", "next_attempt_at", postgresql_where=text("status = 'pending'")),
+        Index(
+            "ix_webhook_deliveries_leased", "leased_at",
+            postgresql_where=text("status = 'pending' AND leased_at IS NOT NULL"),
+        ),
         Index("ix_webhook_deliveries_endpoint_created", "endpoint_id", "created_at"),
     )
 
@@ -339,6 +343,9 @@ class WebhookDelivery(Base):
     status: Mapped[str] = mapped_column(String(16), default=DeliveryStatus.pending.value)
     attempt_count: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime | None] = mapped_column(TZ, server_default=func.now())
+    # When the current wake-up was sent or the current attempt claimed; None while the
+    # delivery waits for next_attempt_at (worker.webhooks.dispatch_due finds lost ones by it).
+    leased_at: Mapped[datetime | None] = mapped_column(TZ)
     last_status_code: Mapped[int | None] = mapped_column(Integer)
     last_error: Mapped[str | None] = mapped_column(String(500))
     created_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())

@@ -4,6 +4,13 @@ Each delivery is its own task on the ``webhooks`` queue, so one dead receiver ne
 holds up another endpoint, and never the GPU queue. Retries are scheduled in Postgres
 (``next_attempt_at``) and woken by the periodic dispatcher, so a three-day schedule
 survives restarts.
+
+A delivery whose wake-up has been sent, or whose attempt is in flight, holds a lease:
+``next_attempt_at`` moves past it (so duplicate wake-ups find nothing to do) and
+``leased_at`` says when it was taken. A wake-up lost with the broker, or a worker killed
+mid-send, is found by ``dispatch_due`` once the ``webhooks`` lane is empty and the lease is
+``RESEND_AFTER_SECONDS`` old (and older than a send can last), or at the latest when the
+2-minute lease runs out with the lane still busy.
 """
 
 from __future__ import annotations
@@ -19,9 +26,10 @@ from datetime import timedelta
 from functools import lru_cache, partial
 
 import redis
+from kombu.exceptions import OperationalError
 from redis.exceptions import LockError
 from redis.lock import Lock
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 
 from shared.clock import utcnow
@@ -32,9 +40,11 @@ from shared.jobs import enqueue_delivery, enqueue_event_dispatch
 from shared.logs import log_context
 from shared.metrics import WEBHOOK_DELIVERIES, WEBHOOK_DELIVERY_SECONDS
 from shared.models import DeliveryStatus, Event, WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from shared.queues import Queue
 from shared.security import secret_box
 from shared.webhook_signing import signing_secrets
 from worker.delivery import AttemptResult, deliver, next_attempt_delay
+from worker.maintenance import broker_queue_length
 
 log = logging.getLogger(__name__)
 WAKE_LEASE = timedelta(minutes=2)
@@ -111,6 +121,7 @@ def dispatch_event(context: AppContext, event_id: str) -> int:
                     endpoint_id=endpoint.id,
                     event_id=event.id,
                     next_attempt_at=utcnow() + WAKE_LEASE,
+                    leased_at=utcnow(),
                 )
                 .on_conflict_do_nothing(constraint="uq_webhook_deliveries_endpoint_event")
                 .returning(WebhookDelivery.id)
@@ -207,10 +218,11 @@ def _claim(context: AppContext, delivery_id: uuid.UUID, slot_free: Callable[[uui
         if not endpoint.enabled and not explicit_test:
             delivery.status = DeliveryStatus.skipped
             delivery.last_error = f"endpoint disabled: {endpoint.disabled_reason or 'by the tenant'}"
-            delivery.next_attempt_at = None
+            delivery.next_attempt_at = delivery.leased_at = None
             return delivery.status
         if not slot_free(delivery.tenant_id):
             delivery.next_attempt_at = now + timedelta(seconds=TENANT_BUSY_DELAY_S * random.uniform(0.5, 1.5))
+            delivery.leased_at = None  # no wake-up is out: dispatch_due sends one when it is due
             return "deferred"
         box = secret_box(settings)
         secrets = signing_secrets(
@@ -222,6 +234,7 @@ def _claim(context: AppContext, delivery_id: uuid.UUID, slot_free: Callable[[uui
         # In flight: past the duplicate-wake-up horizon until the send is over; if this
         # worker dies, the dispatcher wakes the delivery again once this passes.
         delivery.next_attempt_at = now + WAKE_LEASE + timedelta(seconds=settings.webhook_timeout_seconds + 5)
+        delivery.leased_at = now
         return _Claim(
             delivery_id=delivery.id,
             attempt_count=delivery.attempt_count,
@@ -248,6 +261,7 @@ def _record(context: AppContext, claim: _Claim, outcome: AttemptResult) -> str |
             return None
         now = utcnow()
         delivery.attempt_count += 1
+        delivery.leased_at = None
         delivery.last_status_code = outcome.status_code
         delivery.last_error = outcome.error[:500] if outcome.error else None
         session.add(
@@ -330,22 +344,44 @@ def _disable(endpoint: WebhookEndpoint, reason: str) -> None:
     log.warning("webhook endpoint %s disabled: %s", endpoint.id, reason)
 
 
+def lost_after(settings) -> timedelta:
+    """How old a lease must be, with the ``webhooks`` lane empty, before its wake-up or its
+    sender counts as lost: the resend threshold, and never less than a send can last."""
+    return timedelta(seconds=max(settings.resend_after_seconds, settings.webhook_timeout_seconds + 5))
+
+
+def _lane_empty(context: AppContext) -> bool:
+    """Nothing waits in the ``webhooks`` lane (False when the broker cannot say)."""
+    try:
+        return broker_queue_length(context, Queue.webhooks.value) == 0
+    except (redis.RedisError, OperationalError, OSError):  # broker away: the 2-minute lease still covers it
+        return False
+
+
 def dispatch_due(context: AppContext, limit: int = 500) -> dict[str, int]:
-    """Wake deliveries whose retry time has come, and events whose first wake-up was lost."""
+    """Wake deliveries whose retry time has come or whose lease was lost, and events whose
+    first wake-up was lost."""
     now = utcnow()
+    due_now = WebhookDelivery.next_attempt_at <= now
+    if _lane_empty(context):
+        # No wake-up can be waiting, and a send leased this long ago is over: the wake-up
+        # went down with the broker, or the worker died holding it.
+        due_now = or_(due_now, WebhookDelivery.leased_at < now - lost_after(context.settings))
     with session_scope(context.session_factory) as session:
-        due = session.execute(
-            select(WebhookDelivery.id)
-            .where(WebhookDelivery.status == DeliveryStatus.pending, WebhookDelivery.next_attempt_at <= now)
+        rows = session.execute(
+            select(WebhookDelivery.id, WebhookDelivery.next_attempt_at)
+            .where(WebhookDelivery.status == DeliveryStatus.pending, due_now)
             .order_by(WebhookDelivery.next_attempt_at)
             .limit(limit)
             .with_for_update(skip_locked=True)
-        ).scalars().all()
+        ).all()
+        due = [delivery_id for delivery_id, _ in rows]
+        lost = sum(1 for _, next_attempt_at in rows if next_attempt_at is not None and next_attempt_at > now)
         if due:
             session.execute(
                 update(WebhookDelivery)
                 .where(WebhookDelivery.id.in_(due))
-                .values(next_attempt_at=now + WAKE_LEASE)
+                .values(next_attempt_at=now + WAKE_LEASE, leased_at=now)
                 .execution_options(synchronize_session=False)
             )
         for delivery_id in due:
@@ -353,4 +389,7 @@ def dispatch_due(context: AppContext, limit: int = 500) -> dict[str, int]:
         stale_events = undispatched_event_ids(session, now - timedelta(seconds=30), limit)
         for event_id in stale_events:
             after_commit(session, partial(enqueue_event_dispatch, context.celery, event_id))
-    return {"deliveries": len(due), "events": len(stale_events)}
+    if lost or stale_events:
+        log.info("webhooks: woke %d deliveries whose wake-up or sender was lost, re-sent %d event dispatches",
+                 lost, len(stale_events))
+    return {"deliveries": len(due), "lost": lost, "events": len(stale_events)}

@@ -234,7 +234,7 @@ def resend(context: AppContext, session: Session, tenant: TenantRef, endpoint_id
     if delivery is None:
         raise NotFound(f"no delivery with id {delivery_id} for this endpoint")
     delivery.status = DeliveryStatus.pending
-    delivery.next_attempt_at = utcnow()
+    delivery.next_attempt_at = delivery.leased_at = utcnow()
     after_commit(session, lambda: enqueue_delivery(context.celery, delivery.id))
     return delivery
 

@@ -213,3 +213,57 @@ def test_no_database_connection_is_held_while_the_receiver_thinks(quiet, tenant_
     finally:
         silent.close()
         ctx.close()
+
+
+def test_a_delivery_whose_wake_up_or_sender_was_lost_goes_out_once_the_lane_is_empty(quiet, tenant_key, ok_receiver):
+    """A worker killed mid-send (or a wake-up lost with the broker) leaves a lease that
+    would hold the delivery for two minutes; the dispatcher takes it back as soon as no
+    wake-up can be waiting and no send can still be running."""
+    import redis
+
+    from worker.webhooks import _claim, dispatch_due, lost_after
+
+    url, hits = ok_receiver
+    lane = redis.Redis.from_url(quiet.settings.broker_url)
+
+    def lease_of(delivery_id):
+        with quiet.session_factory() as session:
+            return session.get(WebhookDelivery, delivery_id).leased_at
+
+    def backdate(delivery_id, seconds):
+        with session_scope(quiet.session_factory) as session:
+            session.execute(update(WebhookDelivery).where(WebhookDelivery.id == delivery_id)
+                            .values(leased_at=utcnow() - timedelta(seconds=seconds)))
+
+    try:
+        _endpoint(quiet, tenant_key[0], url)
+        event_id = _event(quiet, tenant_key[0])
+        dispatch_event(quiet, event_id)
+        (delivery,) = _deliveries(quiet, event_id)
+        assert delivery.leased_at is not None, "a sent wake-up is a lease"
+
+        # A worker takes the wake-up off the lane, claims the delivery and dies before sending.
+        lane.delete("webhooks")
+        claim = _claim(quiet, delivery.id, lambda tenant_id: True)
+        assert claim is not None and not isinstance(claim, str)
+        claimed_at = lease_of(delivery.id)
+        dispatch_due(quiet)
+        assert lease_of(delivery.id) == claimed_at, "a send that may still be running is left alone"
+
+        too_old = lost_after(quiet.settings).total_seconds() + 1
+        backdate(delivery.id, too_old)
+        lane.rpush("webhooks", "someone else's wake-up")
+        dispatch_due(quiet)
+        assert utcnow() - lease_of(delivery.id) > timedelta(seconds=too_old - 1), \
+            "with wake-ups waiting in the lane, this one may be among them"
+
+        lane.delete("webhooks")
+        assert dispatch_due(quiet)["lost"] >= 1
+        assert utcnow() - lease_of(delivery.id) < timedelta(seconds=5), "woken again with a fresh lease"
+        assert lane.llen("webhooks") >= 1, "and its wake-up is on the lane"
+        assert deliver_one(quiet, delivery.id) == "delivered"
+        assert hits == [event_id], "sent once, under the event's webhook-id"
+        assert lease_of(delivery.id) is None, "a recorded attempt holds no lease"
+    finally:
+        lane.delete("webhooks")
+        lane.close()
