@@ -180,7 +180,10 @@ def list_deliveries(
                 "event_id": d.event_id,
                 "status": d.status,
                 "attempt_count": d.attempt_count,
-                "next_attempt_at": iso(d.next_attempt_at) if d.status == DeliveryStatus.pending else None,
+                # Woken or being sent (a lease): due since it was woken, not at the lease's end.
+                "next_attempt_at": (
+                    iso(d.leased_at or d.next_attempt_at) if d.status == DeliveryStatus.pending else None
+                ),
                 "last_status_code": d.last_status_code,
                 "last_error": d.last_error,
                 "created_at": iso(d.created_at),

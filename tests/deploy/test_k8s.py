@@ -349,7 +349,7 @@ def _due_query(documents) -> str:
 def test_due_delivery_query_names_real_columns(documents):
     query = _due_query(documents)
     assert WebhookDelivery.__tablename__ in query
-    for column in re.findall(r"\b([a-z_]+)\s*(?:=|<=|>=|<|>)", query):
+    for column in re.findall(r"\b([a-z_]+)\s*(?:=|<=|>=|<|>|IS\b)", query):
         assert column in WebhookDelivery.__table__.columns, f"{column} is not a webhook_deliveries column"
 
 
@@ -359,12 +359,13 @@ def test_due_delivery_query_counts_due_and_leased_not_later_retries(documents, t
     import uuid
 
     engine = create_engine(test_database_url)
-    rows = [  # (status, next_attempt_at relative to now) -> counted?
-        ("pending", "-1 minute", True),        # due, waiting for the dispatcher
-        ("pending", "+2 minutes", True),       # just created or queued: inside the wake lease
-        ("pending", "+1 hour", False),         # a retry scheduled for later
-        ("delivered", "-1 minute", False),
-        ("failed", "-1 minute", False),
+    rows = [  # (status, next_attempt_at relative to now, leased) -> counted?
+        ("pending", "-1 minute", False, True),     # due, waiting for the dispatcher
+        ("pending", "+2 minutes", True, True),     # woken (queued) or being sent: a lease
+        ("pending", "+1 minute", False, False),    # a retry scheduled for later, however soon
+        ("pending", "+1 hour", False, False),
+        ("delivered", "-1 minute", False, False),
+        ("failed", "-1 minute", False, False),
     ]
     try:
         with engine.connect() as conn:
@@ -373,13 +374,13 @@ def test_due_delivery_query_counts_due_and_leased_not_later_retries(documents, t
                 # Rows without parents: skip the foreign-key triggers in this transaction only.
                 conn.execute(text("SET LOCAL session_replication_role = replica"))
                 before = conn.execute(text(_due_query(documents))).scalar_one()
-                for status, offset, _ in rows:
+                for status, offset, leased, _ in rows:
                     conn.execute(
                         text("INSERT INTO webhook_deliveries (id, tenant_id, endpoint_id, event_id, status, "
-                             "attempt_count, next_attempt_at, created_at) VALUES (:id, :t, :e, :ev, :s, 0, "
-                             "now() + CAST(:offset AS interval), now())"),
+                             "attempt_count, next_attempt_at, leased_at, created_at) VALUES (:id, :t, :e, :ev, :s, "
+                             "0, now() + CAST(:offset AS interval), CASE WHEN :leased THEN now() END, now())"),
                         {"id": uuid.uuid4(), "t": uuid.uuid4(), "e": uuid.uuid4(), "ev": f"evt_{uuid.uuid4().hex}",
-                         "s": status, "offset": offset},
+                         "s": status, "offset": offset, "leased": leased},
                     )
                 after = conn.execute(text(_due_query(documents))).scalar_one()
             finally:
