@@ -200,6 +200,10 @@ class Receiver:
         self.lock = threading.Lock()
         self.acknowledged: Counter[str] = Counter()  # webhook-id -> 2xx answers given
         self.ids_by_event: dict[tuple[str, str], set[str]] = defaultdict(set)  # (analysis id, type) -> webhook-ids
+        # While `holding` is set, a request is read and then kept waiting with no answer
+        # until `release` is set; it counts as not delivered (the connection is dropped).
+        self.holding, self.release = threading.Event(), threading.Event()
+        self.held = 0
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}/hooks"
         self._server: ThreadingHTTPServer | None = None
@@ -211,6 +215,12 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
+                if receiver.holding.is_set():
+                    with receiver.lock:
+                        receiver.held += 1
+                    receiver.release.wait(120)
+                    self.close_connection = True
+                    return  # no answer: the sender never learns whether it arrived
                 data = body.get("data") or {}
                 with receiver.lock:
                     receiver.acknowledged[self.headers.get("webhook-id", "")] += 1
@@ -555,6 +565,24 @@ def kill_io_worker(run: Run) -> float:
     return _kill(run, [run.stack.child("--role io")], "the webhooks (io) worker")
 
 
+def kill_io_mid_send(run: Run) -> float:
+    """kill -9 of the webhooks (io) worker while it waits on the receiver's answer: those
+    deliveries are claimed and never recorded, and must still arrive (sent again once the
+    claim has aged past a send's timeout), not after the 2-minute lease."""
+    receiver = run.receiver
+    receiver.holding.set()
+    try:
+        run.wait_for(lambda: receiver.held > 0, 90, "webhook held at the receiver")
+        time.sleep(0.5)  # let the worker's other sends reach the receiver too
+        held = receiver.held
+        killed = _kill(run, [run.stack.child("--role io")], "the webhooks (io) worker")
+    finally:
+        receiver.holding.clear()
+        receiver.release.set()
+    run.result.notes.append(f"{held} sends in flight")
+    return killed
+
+
 def kill_api(run: Run) -> float:
     return _kill(run, [run.stack.child("uvicorn")], "the API")
 
@@ -655,6 +683,7 @@ FAULTS: dict[str, Callable[[Run], float]] = {
     "gpu-main-kill": kill_gpu_main,
     "cpu-worker-kill": kill_cpu_worker,
     "io-worker-kill": kill_io_worker,
+    "io-kill-mid-send": kill_io_mid_send,
     "api-kill": kill_api,
     "redis-down": redis_down,
     "s3-down": s3_down,
