@@ -115,31 +115,16 @@ def running_up(data_dir):
         up.kill()
 
 
-def test_up_stops_everything_on_sigterm(running_up):
+def test_up_restarts_what_dies_serves_jobs_and_stops_everything_on_sigterm(running_up):
+    """One `up` through its life: ready, a killed worker and a killed Redis come back on the
+    same address, a job still succeeds, a client command finds the stack through stack.env,
+    and SIGTERM stops every process it started. (kill -9 of `up` itself, and the orphans it
+    must not leave, is the chaos fault `up-kill` in tests/chaos.)"""
     up = running_up()
     ready = httpx.get(up.api_url + "/readyz").json()
     assert ready["status"] == "ready"
     assert {"database", "broker", "object_store"} <= set(ready["checks"])
 
-    # A client command reaches this stack through stack.env, with no exports.
-    tenants = subprocess.run(
-        [sys.executable, "-m", "cli.main", "tenants", "create", "clinic-a"],
-        env=_env(up.data_dir), cwd=ROOT, capture_output=True, text=True, timeout=60,
-    )
-    assert tenants.returncode == 0, tenants.stderr
-    assert "dsk_" in tenants.stdout
-
-    everything = psutil.Process(up.process.pid).children(recursive=True)
-    up.process.send_signal(signal.SIGTERM)
-    assert up.process.wait(timeout=60) == 0, up.console()[-3000:]
-    assert "stopped." in up.console()
-    with pytest.raises(httpx.HTTPError):
-        httpx.get(up.api_url + "/healthz", timeout=1)
-    assert [p.pid for p in everything if _alive(p)] == []
-
-
-def test_up_restarts_what_dies_and_jobs_still_succeed(running_up):
-    up = running_up()
     gpu_worker, redis_server = up.child("--role gpu"), up.child("redis-server")
     redis_port = urlsplit(up.stack_env()["DERMASENTINEL_BROKER_URL"]).port
 
@@ -170,23 +155,22 @@ def test_up_restarts_what_dies_and_jobs_still_succeed(running_up):
     assert analysis["status"] == "succeeded", analysis
     assert up.process.poll() is None
 
+    # A client command reaches this stack through stack.env, with no exports.
+    tenants = subprocess.run(
+        [sys.executable, "-m", "cli.main", "tenants", "create", "clinic-a"],
+        env=_env(up.data_dir), cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert tenants.returncode == 0, tenants.stderr
+    assert "dsk_" in tenants.stdout
 
-def test_killing_up_leaves_no_process_behind(running_up):
-    up = running_up()
     everything = psutil.Process(up.process.pid).children(recursive=True)
-    names = {" ".join(p.cmdline()) for p in everything}
-    assert any("--role gpu" in name for name in names) and any("postgres" in name for name in names)
     assert any(p.ppid() != up.process.pid for p in everything), "expected grandchildren (pool, backends)"
-
-    os.kill(up.process.pid, signal.SIGKILL)
-    up.process.wait()
-
-    deadline = time.monotonic() + 20
-    while (left := [p for p in everything if _alive(p)]) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert [(p.pid, " ".join(p.cmdline())[:80]) for p in left] == []
+    up.process.send_signal(signal.SIGTERM)
+    assert up.process.wait(timeout=60) == 0, up.console()[-3000:]
+    assert "stopped." in up.console()
     with pytest.raises(httpx.HTTPError):
         httpx.get(up.api_url + "/healthz", timeout=1)
+    assert [(p.pid, " ".join(p.cmdline())[:80]) for p in everything if _alive(p)] == []
 
 
 def _alive(process: psutil.Process) -> bool:
