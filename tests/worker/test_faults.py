@@ -205,12 +205,13 @@ def _count(context, model, *where) -> int:
 def test_jobs_of_a_worker_that_stopped_reporting_are_released_without_waiting_for_the_stuck_threshold(
     settings, tenant_key
 ):
-    context = AppContext(settings.model_copy(update={"stuck_after_seconds": 3600}))
+    # A short heartbeat (window 6 s, silent workers' jobs released after 12 s) so that both
+    # rows' heartbeats can be older than that and still younger than what the session's own
+    # sweeper (beat: stuck after 20 s, window 15 s) would release them for.
+    context = AppContext(settings.model_copy(update={"stuck_after_seconds": 3600, "gpu_heartbeat_seconds": 2.0}))
+    assert 2 * heartbeat_window(context.settings) + 1 < settings.stuck_after_seconds - 5
     dead_id, live_id = f"gpu@gone:{os.getpid()}0", f"gpu@here:{os.getpid()}1"
-    client = broker_redis(settings)
-    report_gpu_worker(client, live_id, ready=True)
-    client.close()
-    long_ago = utcnow() - timedelta(seconds=2 * heartbeat_window(settings) + 5)
+    long_ago = utcnow() - timedelta(seconds=2 * heartbeat_window(context.settings) + 1)
     ids = {}
     try:
         for owner in (dead_id, live_id):
@@ -221,9 +222,10 @@ def test_jobs_of_a_worker_that_stopped_reporting_are_released_without_waiting_fo
                                 .values(claimed_by=owner, heartbeat_at=long_ago))
             ids[owner] = analysis_id
 
+        client = broker_redis(settings)
+        report_gpu_worker(client, live_id, ready=True)
+        client.close()
         sweep(context)
-        # Released by this sweep, or already by the session stack's own sweeper (beat) if it
-        # ran in between: what counts is the row, not which sweep got there first.
         released = _row(context, ids[dead_id])
         # Re-queued (a live worker of this session may already have claimed it again).
         assert released.status != "processing" or released.claimed_by != dead_id

@@ -221,8 +221,13 @@ def test_a_delivery_whose_wake_up_or_sender_was_lost_goes_out_once_the_lane_is_e
     wake-up can be waiting and no send can still be running."""
     import redis
 
+    from shared.context import AppContext
     from worker.webhooks import _claim, dispatch_due, lost_after
 
+    # Leases count as lost after 6 s here; the session's own dispatcher (beat, every 0.5 s)
+    # waits 30 s, so it never takes this test's delivery while the test backdates it.
+    short = AppContext(quiet.settings.model_copy(update={"resend_after_seconds": 5, "webhook_timeout_seconds": 1.0}))
+    assert lost_after(short.settings).total_seconds() + 5 < lost_after(quiet.settings).total_seconds()
     url, hits = ok_receiver
     lane = redis.Redis.from_url(quiet.settings.broker_url)
 
@@ -247,18 +252,18 @@ def test_a_delivery_whose_wake_up_or_sender_was_lost_goes_out_once_the_lane_is_e
         claim = _claim(quiet, delivery.id, lambda tenant_id: True)
         assert claim is not None and not isinstance(claim, str)
         claimed_at = lease_of(delivery.id)
-        dispatch_due(quiet)
+        dispatch_due(short)
         assert lease_of(delivery.id) == claimed_at, "a send that may still be running is left alone"
 
-        too_old = lost_after(quiet.settings).total_seconds() + 1
+        too_old = lost_after(short.settings).total_seconds() + 1
         backdate(delivery.id, too_old)
         lane.rpush("webhooks", "someone else's wake-up")
-        dispatch_due(quiet)
+        dispatch_due(short)
         assert utcnow() - lease_of(delivery.id) > timedelta(seconds=too_old - 1), \
             "with wake-ups waiting in the lane, this one may be among them"
 
         lane.delete("webhooks")
-        assert dispatch_due(quiet)["lost"] >= 1
+        assert dispatch_due(short)["lost"] >= 1
         assert utcnow() - lease_of(delivery.id) < timedelta(seconds=5), "woken again with a fresh lease"
         assert lane.llen("webhooks") >= 1, "and its wake-up is on the lane"
         assert deliver_one(quiet, delivery.id) == "delivered"
@@ -267,3 +272,4 @@ def test_a_delivery_whose_wake_up_or_sender_was_lost_goes_out_once_the_lane_is_e
     finally:
         lane.delete("webhooks")
         lane.close()
+        short.close()
