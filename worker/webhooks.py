@@ -100,6 +100,11 @@ def _candidates(session, event: Event) -> list[WebhookEndpoint]:
     return shared + list(own)
 
 
+def _wake_lease(now) -> dict:
+    """The columns of a delivery whose wake-up is being sent now."""
+    return {"next_attempt_at": now + WAKE_LEASE, "leased_at": now}
+
+
 def dispatch_event(context: AppContext, event_id: str) -> int:
     """Create one delivery per subscribed endpoint (once), then wake their senders."""
     with session_scope(context.session_factory) as session:
@@ -109,6 +114,7 @@ def dispatch_event(context: AppContext, event_id: str) -> int:
         if event is None or event.dispatched_at is not None:
             return 0
         endpoints = _candidates(session, event)
+        now = utcnow()
         created: list[uuid.UUID] = []
         for endpoint in endpoints:
             if not _subscribed(endpoint, event):
@@ -120,15 +126,14 @@ def dispatch_event(context: AppContext, event_id: str) -> int:
                     tenant_id=event.tenant_id,
                     endpoint_id=endpoint.id,
                     event_id=event.id,
-                    next_attempt_at=utcnow() + WAKE_LEASE,
-                    leased_at=utcnow(),
+                    **_wake_lease(now),
                 )
                 .on_conflict_do_nothing(constraint="uq_webhook_deliveries_endpoint_event")
                 .returning(WebhookDelivery.id)
             ).scalar_one_or_none()
             if delivery_id is not None:
                 created.append(delivery_id)
-        event.dispatched_at = utcnow()
+        event.dispatched_at = now
         for delivery_id in created:
             after_commit(session, partial(enqueue_delivery, context.celery, delivery_id))
     return len(created)
@@ -381,7 +386,7 @@ def dispatch_due(context: AppContext, limit: int = 500) -> dict[str, int]:
             session.execute(
                 update(WebhookDelivery)
                 .where(WebhookDelivery.id.in_(due))
-                .values(next_attempt_at=now + WAKE_LEASE, leased_at=now)
+                .values(**_wake_lease(now))
                 .execution_options(synchronize_session=False)
             )
         for delivery_id in due:
