@@ -176,8 +176,7 @@ def test_ingest_enforces_the_size_limit_the_presigned_put_cannot(context, tenant
 def test_the_sweeper_resends_a_lost_ingest_wake_up(api, worker, wait_final, context, tenant_key, settings):
     data = encode_jpeg(make_lesion(seed=9, size=(120, 160), radius_frac=0.22).image)
     analysis_id = _pending_row(context, tenant_key[0], data, asked_ago=settings.resend_after_seconds + 5)
-    counts = sweep(context)
-    assert counts["ingests_resent"] >= 1
+    sweep(context)  # (or the session's beat, a moment earlier: the same sweeper)
     final = wait_final(str(analysis_id))
     assert final["status"] == "succeeded"
     with context.session_factory() as session:

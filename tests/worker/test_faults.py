@@ -151,7 +151,7 @@ def test_a_job_that_outlived_an_outage_finishes_after_it(context, tenant_key, wo
         session.execute(update(Analysis).where(Analysis.id == analysis_id)
                         .values(enqueued_at=utcnow() - timedelta(seconds=10),
                                 not_before=utcnow() - timedelta(seconds=1)))
-    assert sweep(context)["retried"] >= 1
+    sweep(context)  # (or the session's beat, a moment earlier: the same sweeper)
     row = wait(lambda: (r := _row(context, analysis_id)).status not in ("queued", "processing") and r,
                timeout=120, message="the job to finish after the outage")
     assert row.status == "succeeded", row.error
@@ -184,7 +184,7 @@ def test_a_report_lost_between_commit_and_enqueue_is_resent_once_with_its_event(
         session.execute(update(Analysis).where(Analysis.id == analysis_id).values(
             report_requested_at=utcnow() - timedelta(seconds=context.settings.resend_after_seconds + 1)))
     wait(lambda: broker_queue_length(context, "reports") == 0, timeout=60, message="the reports lane to drain")
-    assert sweep(context)["reports_resent"] >= 1
+    sweep(context)  # (or the session's beat, a moment earlier: the same sweeper)
     wait(lambda: _count(context, Report, Report.analysis_id == analysis_id) == 1, timeout=120,
          message="the swept report")
     wait(lambda: _row(context, analysis_id).report_requested_at is None, timeout=10, message="the report to settle")
