@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 TRANSIENT_DRIVER_ERRORS = (
     pg_errors.IdleInTransactionSessionTimeout, pg_errors.AdminShutdown, pg_errors.OperationalError
 )
+# Postgres ended this transaction so that a concurrent one could go on: retrying succeeds.
+CONFLICTING_CHANGE = (pg_errors.DeadlockDetected, pg_errors.SerializationFailure)
 
 PROBLEM_JSON = "application/problem+json"
 TYPE_BASE = "https://dermasentinel.dev/problems/"
@@ -142,13 +144,13 @@ def problem_response(
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
-def _unavailable(request: Request, dependency: str) -> JSONResponse:
+def _unavailable(request: Request, dependency: str, why: str = "is not reachable right now") -> JSONResponse:
     # Nothing was accepted: the upload is stored and the row committed, or neither.
     return problem_response(
         503,
         "unavailable",
         "Service unavailable",
-        f"{dependency} is not reachable right now; nothing was saved, retry in a few seconds",
+        f"{dependency} {why}; nothing was saved, retry in a few seconds",
         request.url.path,
         headers={"Retry-After": "5"},
     )
@@ -178,7 +180,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(PoolTimeout)
     async def _database_down(request: Request, exc: Exception):
         # Connection refused, statement or idle timeout, pool exhausted: all transient.
-        log.warning("database unavailable: %s", type(getattr(exc, "orig", exc) or exc).__name__)
+        cause = getattr(exc, "orig", exc) or exc
+        log.warning("database unavailable: %s", type(cause).__name__)
+        if isinstance(cause, CONFLICTING_CHANGE):
+            return _unavailable(request, "the database", "gave way to a concurrent change of the same records")
         return _unavailable(request, "the database")
 
     @app.exception_handler(DBAPIError)

@@ -189,7 +189,17 @@ def update(session: Session, tenant: TenantRef, endpoint_id: uuid.UUID, body: We
 
 
 def delete(session: Session, tenant: TenantRef, endpoint_id: uuid.UUID) -> None:
-    session.delete(get(session, tenant, endpoint_id))
+    endpoint = get(session, tenant, endpoint_id)
+    # Deliveries first, then the endpoint: the order an io worker takes when it records an
+    # attempt (the delivery, then the endpoint's failing_since). The other way round (the
+    # endpoint row, then the cascade to its deliveries) deadlocks with a send being recorded.
+    session.execute(
+        select(WebhookDelivery.id)
+        .where(WebhookDelivery.endpoint_id == endpoint.id)
+        .order_by(WebhookDelivery.id)
+        .with_for_update()
+    )
+    session.delete(endpoint)
 
 
 def send_test(context: AppContext, session: Session, tenant: TenantRef, endpoint_id: uuid.UUID) -> str | None:

@@ -82,3 +82,20 @@ def test_requests_past_the_edge_are_bounded_and_the_rest_wait_then_get_503(setti
     assert refused.headers["content-type"].startswith("application/problem+json")
     assert health.status_code == 200
     assert held.status_code == 200 and waited.status_code == 200
+
+
+def test_a_transaction_postgres_ended_for_a_concurrent_one_is_a_503_that_says_so(settings):
+    from psycopg import errors as pg_errors
+    from sqlalchemy.exc import OperationalError
+
+    app = _app(settings)
+
+    def deadlocked():
+        raise OperationalError("DELETE FROM webhook_endpoints …", {}, pg_errors.DeadlockDetected("deadlock detected"))
+
+    app.add_api_route("/v1/deadlocked", deadlocked)
+    response = TestClient(app, raise_server_exceptions=False).get("/v1/deadlocked")
+    assert response.status_code == 503 and response.headers["retry-after"] == "5"
+    assert response.json()["detail"] == (
+        "the database gave way to a concurrent change of the same records; nothing was saved, retry in a few seconds"
+    )

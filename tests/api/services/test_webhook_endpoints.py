@@ -4,14 +4,16 @@ changes, secret rotation, test events (rate-limited on Redis), deliveries and re
 from __future__ import annotations
 
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text, update
 
 from api.problems import NotFound, Unprocessable
 from api.services import webhook_endpoints as endpoints
 from shared.clock import utcnow
+from shared.events import record_event
 from shared.models import DeliveryStatus, Event, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from shared.schemas import WebhookEndpointIn, WebhookEndpointPatch
 from shared.security import secret_box
@@ -116,6 +118,35 @@ def test_a_deleted_endpoint_is_gone(context, unit, tenant):
         endpoints.delete(session, tenant, endpoint.id)
     with pytest.raises(NotFound), unit() as session:
         endpoints.get(session, tenant, endpoint.id)
+
+
+def test_deleting_an_endpoint_while_an_attempt_is_being_recorded_waits_for_it_instead_of_deadlocking(
+    context, unit, tenant, wait
+):
+    endpoint, _ = _register(context, unit, tenant)
+    with unit() as session:
+        event_id = record_event(session, None, tenant_id=tenant.id, type="analysis.succeeded", data={"id": "x"})
+        delivery = WebhookDelivery(tenant_id=tenant.id, endpoint_id=endpoint.id, event_id=event_id,
+                                   next_attempt_at=utcnow() + timedelta(hours=1))
+        session.add(delivery)
+    with context.session_factory() as recorder, context.session_factory() as request:
+        # An io worker recording a failed attempt (worker.webhooks._record) holds the delivery
+        # row first and writes its endpoint's failing_since after.
+        recorder.execute(select(WebhookDelivery).where(WebhookDelivery.id == delivery.id).with_for_update())
+        request_pid = request.execute(text("select pg_backend_pid()")).scalar_one()
+        with ThreadPoolExecutor(1) as pool:
+            deleting = pool.submit(lambda: (endpoints.delete(request, tenant, endpoint.id), request.commit()))
+            with context.session_factory() as probe:
+                wait(lambda: probe.execute(text("select wait_event_type = 'Lock' from pg_stat_activity where pid = :p"),
+                                           {"p": request_pid}).scalar_one(),
+                     timeout=10, message="the delete to wait for the delivery being recorded")
+            recorder.execute(update(WebhookEndpoint).where(WebhookEndpoint.id == endpoint.id)
+                             .values(failing_since=utcnow()))
+            recorder.commit()  # a deadlock would abort one of the two here
+            deleting.result(timeout=30)
+    with unit() as session:
+        assert session.get(WebhookEndpoint, endpoint.id) is None
+        assert session.get(WebhookDelivery, delivery.id) is None, "its delivery log goes with it"
 
 
 def test_a_test_event_is_addressed_to_that_endpoint_alone_and_rate_limited(with_settings, unit, tenant):
