@@ -14,6 +14,7 @@ from typing import get_args
 from limits.errors import StorageError
 from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
+from sqlalchemy import delete as delete_rows
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -190,14 +191,13 @@ def update(session: Session, tenant: TenantRef, endpoint_id: uuid.UUID, body: We
 
 def delete(session: Session, tenant: TenantRef, endpoint_id: uuid.UUID) -> None:
     endpoint = get(session, tenant, endpoint_id)
-    # Deliveries first, then the endpoint: the order an io worker takes when it records an
-    # attempt (the delivery, then the endpoint's failing_since). The other way round (the
-    # endpoint row, then the cascade to its deliveries) deadlocks with a send being recorded.
+    # The delivery log first, then the endpoint: the order an io worker locks them in when
+    # it records an attempt (the delivery, then the endpoint's failing_since). Left to the
+    # cascade (the endpoint row, then its deliveries) it deadlocks with a send being recorded.
     session.execute(
-        select(WebhookDelivery.id)
+        delete_rows(WebhookDelivery)
         .where(WebhookDelivery.endpoint_id == endpoint.id)
-        .order_by(WebhookDelivery.id)
-        .with_for_update()
+        .execution_options(synchronize_session=False)
     )
     session.delete(endpoint)
 
