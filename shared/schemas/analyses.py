@@ -1,0 +1,269 @@
+"""Analyses: the submit form, feedback, and the typed analysis record clients, reports and exports read."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    UrlConstraints,
+    WithJsonSchema,
+)
+from shared.schemas.common import Sex, Site, EXTERNAL_ID_PATTERN, AnalysisStatusName, Stage, Priority, Diagnosis, RiskBand, WeightsStatus, CancelReason, Timestamp, Url, ResponseModel
+from shared.schemas.webhooks import AnalysisWebhook
+
+class AnalysisInputs(BaseModel):
+    """The form fields of ``POST /v1/analyses`` (the image travels beside them)."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    age: int | None = Field(default=None, ge=0, le=120)
+    sex: Sex = "unknown"
+    site: Site = "unknown"
+    pixel_spacing_mm: float | None = Field(default=None, gt=0, le=10)
+    external_id: str | None = Field(default=None, pattern=EXTERNAL_ID_PATTERN)
+    batch_id: uuid.UUID | None = None
+    priority: Literal["interactive", "bulk"] = "interactive"
+
+
+class FeedbackIn(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        str_strip_whitespace=True,
+        json_schema_extra={
+            "examples": [
+                {"agrees": False, "final_diagnosis": "dysplastic naevus", "histopathology": "mild atypia",
+                 "notes": "excised 2026-11-20"}
+            ]
+        },
+    )
+
+    agrees: bool = Field(strict=True)  # JSON true/false only, never "yes" or 1
+    final_diagnosis: str | None = Field(default=None, max_length=200)
+    histopathology: str | None = Field(default=None, max_length=500)
+    notes: str | None = Field(default=None, max_length=4000)
+
+
+# ---------------------------------------------------------------- analyses
+
+
+class AnalysisLinks(ResponseModel):
+    self: Url
+    report: Url
+    fhir: Url
+
+
+class AnalysisInputsOut(ResponseModel):
+    age: int | None
+    sex: Sex
+    site: Site
+    pixel_spacing_mm: float | None
+
+
+class ImageInfo(ResponseModel):
+    """The stored (cleaned) image; empty until a direct upload has been ingested."""
+
+    content_type: str | None
+    width: int | None
+    height: int | None
+    sha256: str | None
+
+
+class Segmentation(ResponseModel):
+    coverage: float = Field(ge=0, le=1, description="Share of the image the lesion mask covers")
+
+
+class Concepts(ResponseModel):
+    """ABCD concepts measured on the lesion mask."""
+
+    asymmetry: float
+    border: float
+    color: float
+    diameter_px: float
+    diameter_mm: float | None = Field(default=None, description="Only when `pixel_spacing_mm` was given")
+
+
+class Equity(ResponseModel):
+    ita_degrees: float = Field(description="Individual Typology Angle of the skin around the lesion")
+    skin_group: str = Field(examples=["intermediate"])
+    bias_warning: bool = Field(description="ITA <= 10 degrees: skin tones under-represented in training data")
+
+
+class Quality(ResponseModel):
+    blur_score: float
+
+
+class AnalysisResult(ResponseModel):
+    """A succeeded analysis' findings. Research use only, not a certified medical device:
+    read `model.weights` first; `untrained` output carries no meaning."""
+
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "examples": [
+                {
+                    "diagnosis": "benign", "probability": 0.31, "uncertainty": 0.02,
+                    "tta_probabilities": [0.3, 0.31, 0.32, 0.3, 0.32], "risk_band": "low",
+                    "segmentation": {"coverage": 0.2},
+                    "concepts": {"asymmetry": 0.12, "border": 0.2, "color": 0.31, "diameter_px": 120.0,
+                                 "diameter_mm": None},
+                    "equity": {"ita_degrees": 35.2, "skin_group": "intermediate", "bias_warning": False},
+                    "quality": {"blur_score": 210.4}, "uncertainty_level": "low",
+                }
+            ]
+        },
+    )
+
+    diagnosis: Diagnosis
+    probability: float = Field(ge=0, le=1, description="Melanoma probability, mean of the TTA views")
+    uncertainty: float = Field(ge=0, description="Population std of the TTA views")
+    tta_probabilities: list[float]
+    risk_band: RiskBand = Field(description="high > 0.8, medium > 0.5, else low")
+    segmentation: Segmentation
+    concepts: Concepts
+    equity: Equity
+    quality: Quality
+    uncertainty_level: Literal["low", "moderate", "high"] | None = Field(
+        default=None, description="`uncertainty` in words, from the one set of clinical rules"
+    )
+    scribe_note: str | None = Field(default=None, description="Draft clinical note (research use only)")
+
+
+class Rejection(ResponseModel):
+    code: str = Field(
+        description="`blurry`, `no_lesion` or `unreadable_image` (or the API's code for a refused upload)"
+    )
+    detail: str
+    scores: dict[str, Any] | None = Field(default=None, description="The gate's scores, when a gate refused")
+    at: str | None = Field(default=None, description="`ingest` when a direct upload was refused before analysis")
+    advice: str | None = Field(default=None, description="What to do: how to retake the photo")
+
+
+class ErrorInfo(ResponseModel):
+    code: str
+    detail: str
+    advice: str | None = Field(default=None, description="What to do about it")
+
+
+class Checkpoint(ResponseModel):
+    name: str
+    version: str
+    sha256: str | None
+    seed: int | None = None
+    registry_id: str | None = Field(default=None, description="The model registry row it came from, if any")
+
+
+class OperatingPoint(ResponseModel):
+    """How the probability became a decision: temperature scaling, then the threshold."""
+
+    threshold: float = Field(description="Melanoma when the (calibrated) probability is above it")
+    temperature: float = Field(description="Temperature scaling fitted on the validation fold (1.0: none)")
+    target_sensitivity: float | None = Field(description="The sensitivity the threshold was chosen for")
+    chosen_on: str = Field(description="`validation` when chosen by training, `default` for the design's 0.5")
+
+
+class ModelInfo(ResponseModel):
+    """Provenance of the networks that produced the result."""
+
+    segmenter: str = Field(description="`unet` or `classical`")
+    weights: WeightsStatus
+    backend: str | None = Field(default=None, description="`torch-cpu`, `torch-cuda`, `openvino-cpu`, …")
+    precision: str | None = None
+    scalpel: Checkpoint | None = None
+    fusion: Checkpoint | None = None
+    version: str | None = Field(default=None, description="The classifier's version: it makes the diagnosis")
+    operating_point: OperatingPoint | None = None
+    threshold: float | None = Field(
+        default=None, description="Present when a validated operating point replaced the default threshold"
+    )
+    training_data: str | None = Field(default=None, description="The training data named in the model card")
+    banner: str | None = Field(
+        default=None, description="Shown above any output of weights that are not `trained`; null for trained weights"
+    )
+
+
+class AnalysisSummary(ResponseModel):
+    """An analysis in a list (no model provenance, links or artifacts)."""
+
+    id: uuid.UUID
+    external_id: str | None
+    batch_id: uuid.UUID | None
+    status: AnalysisStatusName
+    stage: Stage | None
+    priority: Priority
+    attempt: int
+    created_at: Timestamp
+    started_at: Timestamp | None
+    completed_at: Timestamp | None
+    inputs: AnalysisInputsOut
+    image: ImageInfo
+    result: AnalysisResult | None
+    rejection: Rejection | None
+    error: ErrorInfo | None
+    deadline_at: Timestamp | None
+    cancel_reason: CancelReason | None
+    reprocessed_from: uuid.UUID | None = Field(
+        default=None, description="The analysis this one re-ran on a newer model (both results are kept)"
+    )
+    weights: WeightsStatus | None = Field(
+        default=None,
+        description="The weights status of the model that ran (as `model.weights`), beside the result so lists "
+        "show it too; null when no model ran. Anything but `trained` means the output is not clinically meaningful",
+    )
+
+
+class Artifacts(ResponseModel):
+    """Presigned links, valid until `expires_at` (at most 15 minutes)."""
+
+    image: Url | None = None
+    mask: Url | None = None
+    overlay: Url | None = None
+    expires_at: Timestamp
+
+
+class ReportState(ResponseModel):
+    ready: bool
+    created_at: Timestamp | None
+
+
+class FeedbackRecord(ResponseModel):
+    agrees: bool = Field(strict=True)  # JSON true/false only, never "yes" or 1
+    final_diagnosis: str | None
+    histopathology: str | None
+    notes: str | None
+    created_at: Timestamp
+
+
+class AnalysisOut(AnalysisSummary):
+    """One analysis: status, result, provenance, links and short-lived artifact URLs."""
+
+    model: ModelInfo | None
+    updated_at: Timestamp
+    links: AnalysisLinks
+    artifacts: Artifacts
+    report: ReportState
+    feedback: list[FeedbackRecord]
+    webhook: AnalysisWebhook | None = Field(
+        default=None, description="Only in the answer to a submission with `webhook_url`"
+    )
+
+
+class AnalysisPage(ResponseModel):
+    data: list[AnalysisSummary]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last")
+
+
+class FeedbackOut(ResponseModel):
+    analysis_id: uuid.UUID
+    agrees: bool = Field(strict=True)  # JSON true/false only, never "yes" or 1
+    final_diagnosis: str | None
+    histopathology: str | None
+    notes: str | None

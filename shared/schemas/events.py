@@ -1,0 +1,93 @@
+"""The event payloads DermaSentinel POSTs to webhook endpoints."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    UrlConstraints,
+    WithJsonSchema,
+)
+from shared.schemas.common import AnalysisStatusName, Diagnosis, RiskBand, WeightsStatus, CancelReason, Timestamp, Url, ResponseModel
+from shared.schemas.analyses import AnalysisLinks
+from shared.schemas.batches import StatusCounts
+
+# ---------------------------------------------------------------- webhook events
+# Bodies the API POSTs to registered endpoints (Standard Webhooks): ``{type, timestamp, data}``.
+
+
+class EventResultSummary(ResponseModel):
+    diagnosis: Diagnosis
+    probability: float
+    uncertainty: float
+    risk_band: RiskBand
+
+
+class CodeOnly(ResponseModel):
+    code: str
+
+
+class EventRejection(CodeOnly):
+    advice: str = Field(description="What to do about it (retake advice), in the report's wording")
+
+
+class AnalysisEventData(ResponseModel):
+    id: uuid.UUID
+    status: AnalysisStatusName
+    external_id: str | None
+    batch_id: uuid.UUID | None
+    links: AnalysisLinks
+    result: EventResultSummary | None = Field(default=None, description="analysis.succeeded and its report_ready")
+    weights: WeightsStatus | None = Field(default=None, description="Present with a result: read it before the result")
+    rejection: EventRejection | None = None
+    error: CodeOnly | None = None
+    reason: CancelReason | None = Field(default=None, description="analysis.canceled: why")
+
+
+class BatchEventLinks(ResponseModel):
+    self: Url
+    results: Url
+
+
+class BatchCompletedData(ResponseModel):
+    id: uuid.UUID
+    name: str
+    external_id: str | None
+    counts: StatusCounts
+    weights: dict[str, int] = Field(description="Results per weights status")
+    weights_warning: str | None = Field(description="Set when any result came from weights that are not `trained`")
+    links: BatchEventLinks
+
+
+class AnalysisEvent(ResponseModel):
+    type: Literal[
+        "analysis.succeeded", "analysis.rejected", "analysis.failed", "analysis.canceled", "analysis.report_ready"
+    ]
+    timestamp: Timestamp
+    data: AnalysisEventData
+
+
+class BatchCompletedEvent(ResponseModel):
+    type: Literal["batch.completed"]
+    timestamp: Timestamp
+    data: BatchCompletedData
+
+
+class WebhookTestData(ResponseModel):
+    endpoint_id: uuid.UUID
+    message: str
+
+
+class WebhookTestEvent(ResponseModel):
+    type: Literal["webhook.test"]
+    timestamp: Timestamp
+    data: WebhookTestData

@@ -1,0 +1,66 @@
+"""Direct uploads and API keys."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    UrlConstraints,
+    WithJsonSchema,
+)
+from shared.schemas.common import Timestamp, Url, ResponseModel
+
+class UploadIn(BaseModel):
+    """``POST /v1/uploads``: the type of the image that will be PUT."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    content_type: Literal["image/jpeg", "image/png"] = "image/jpeg"
+
+
+# ---------------------------------------------------------------- keys, uploads
+
+
+class ApiKeyOut(ResponseModel):
+    id: uuid.UUID
+    prefix: str
+    label: str | None
+    created_at: Timestamp
+    last_used_at: Timestamp | None
+    revoked_at: Timestamp | None
+    active: bool
+
+
+class ApiKeyCreated(ApiKeyOut):
+    key: str = Field(description="The API key itself (`dsk_…`), shown only in this answer")
+
+
+class ApiKeyList(ResponseModel):
+    data: list[ApiKeyOut]
+
+
+class UploadNext(ResponseModel):
+    method: Literal["POST"]
+    path: str
+    body: dict[str, str]
+
+
+class UploadOut(ResponseModel):
+    id: uuid.UUID
+    url: Url = Field(description="PUT the image here, with the `headers` given")
+    method: Literal["PUT"]
+    headers: dict[str, str]
+    expires_at: Timestamp
+    submit_before: Timestamp
+    max_bytes: int
+    content_type: Literal["image/jpeg", "image/png"]
+    next: UploadNext
