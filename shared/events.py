@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from shared.db import after_commit
 from shared.jobs import enqueue_event_dispatch
-from shared.models import Event
+from shared.tables import Event
 from shared.schemas import EventType
 
 # The event types as the OpenAPI document declares them (one list, in shared/schemas.py).

@@ -5,7 +5,7 @@ orientation) is used by the API and the ingest worker through ``clean_image`` (m
 gone, sRGB, re-encoded), and by the pipeline (``worker.pipeline.decode``), so every path
 accepts and refuses the same files for the same reasons. No FastAPI here: refusals are
 ``ImageRejected`` with the problem code and HTTP status the API answers for them
-(api.uploads maps them to problems; the pipeline to an ``unreadable_image`` rejection).
+(api.multipart maps them to problems; the pipeline to an ``unreadable_image`` rejection).
 """
 
 from __future__ import annotations

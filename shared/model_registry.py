@@ -19,7 +19,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from shared.models import Analysis, ModelStatus, ModelVersion
+from shared.tables import Analysis, ModelStatus, ModelVersion
 from shared.storage import ARTIFACTS, IMAGES, ObjectStore, image_key
 
 MODEL_KINDS = ("scalpel", "fusion")

@@ -77,7 +77,7 @@ def _box(keys: tuple[str, ...]) -> SecretBox:
 def reencrypt_webhook_secrets(session: Session, box: SecretBox) -> int:
     """Re-encrypt every stored webhook secret under the box's first key, so older keys can
     leave SECRET_KEY. Returns how many endpoints were rewritten."""
-    from shared.models import WebhookEndpoint
+    from shared.tables import WebhookEndpoint
 
     count = 0
     for endpoint in session.execute(select(WebhookEndpoint).with_for_update()).scalars():

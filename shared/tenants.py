@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
-from shared.models import ApiKey, Tenant
+from shared.tables import ApiKey, Tenant
 from shared.security import KEY_PREFIX, display_prefix, generate_api_key, hash_api_key
 
 # last_used_at is for humans deciding what to revoke; minute precision is plenty and

@@ -29,20 +29,29 @@ from typing import TYPE_CHECKING
 
 from minio.error import S3Error
 
-from shared import lifecycle, model_registry, vlm
+from shared import clinical, lifecycle, model_registry, vlm
+from shared.clock import iso, utcnow
 from shared.context import AppContext
 from shared.db import session_scope
 from shared.jobs import JobNotRun
 from shared.lifecycle import Claim
 from shared.logs import current_request_id, log_context
 from shared.metrics import ANALYSES_FINISHED, StageClock, observe_pass, observe_stage
-from shared.models import AnalysisStatus
+from shared.schemas.analyses import (
+    AnalysisInputsOut,
+    AnalysisRecord,
+    AnalysisResult,
+    ImageInfo,
+    ModelCaption,
+    ModelInfo,
+)
 from shared.storage import ARTIFACTS, IMAGES, artifact_key
+from shared.tables import AnalysisStatus
 from worker.reporting.scribe import build_scribe_note
 from worker.runtime import release_freed_memory
 
 if TYPE_CHECKING:  # the pipeline imports torch: loaded only where it runs
-    from worker.pipeline.pipeline import Outcome, Pipeline, PreparedBatch
+    from worker.pipeline.pipeline import Finding, Outcome, Pipeline, PreparedBatch
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +150,8 @@ class ModelSwitch:
         return base
 
     def _build(self, active: dict) -> Pipeline:
+        from worker.pipeline.model_set import ModelSet, ModelSource
         from worker.pipeline.pipeline import Pipeline
-        from worker.pipeline.registry import ModelRegistry, ModelSource
 
         base = self._base_pipeline()
         settings = self.context.settings
@@ -152,7 +161,7 @@ class ModelSwitch:
             )
             for kind, model in active.items()
         }
-        registry = ModelRegistry.load(
+        registry = ModelSet.load(
             settings.model_dir,
             device=str(base.registry.device),
             segmenter=settings.segmenter,
@@ -358,7 +367,7 @@ class _Engine:
                          request_id=self.request_id if own else None):
             return self._record_outcome_in_context(claim, outcome, pipeline.registry.provenance())
 
-    def _record_outcome_in_context(self, claim: Claim, outcome, provenance: dict) -> int:
+    def _record_outcome_in_context(self, claim: Claim, outcome: Outcome | _MissingImage, provenance: ModelInfo) -> int:
         from worker.pipeline.pipeline import Finding, Rejection
 
         if isinstance(outcome, Finding):
@@ -368,14 +377,14 @@ class _Engine:
                 self.context,
                 claim,
                 status=AnalysisStatus.rejected,
-                model=provenance,
+                model=provenance.model_dump(mode="json", exclude_none=True),
                 rejection={"code": outcome.code, "detail": outcome.detail, "scores": outcome.scores},
             )
         return _record(
             self.context,
             claim,
             status=AnalysisStatus.failed,
-            model=provenance,
+            model=provenance.model_dump(mode="json", exclude_none=True),
             error={"code": outcome.code, "detail": outcome.detail},
         )
 
@@ -395,42 +404,54 @@ def _fill_ms(settings, pipeline) -> float:
     return 5.0 if pipeline.registry.device.type == "cuda" else 0.0
 
 
-def _record_finding(context: AppContext, claim: Claim, finding, provenance: dict) -> int:
+def _record_finding(context: AppContext, claim: Claim, finding: Finding, provenance: ModelInfo) -> int:
     mask_key = artifact_key(claim.tenant_id, claim.analysis_id, MASK_NAME)
     overlay_key = artifact_key(claim.tenant_id, claim.analysis_id, OVERLAY_NAME)
     context.store.put(ARTIFACTS, mask_key, finding.mask_png, MASK_TYPE)
     context.store.put(ARTIFACTS, overlay_key, finding.overlay_jpeg, OVERLAY_TYPE)
-    result = dict(finding.result)
-    result["scribe_note"] = build_scribe_note(
-        {
-            "id": str(claim.analysis_id),
-            "external_id": claim.external_id,
-            "status": AnalysisStatus.succeeded.value,
-            "inputs": {
-                "age": claim.age,
-                "sex": claim.sex,
-                "site": claim.site,
-                "pixel_spacing_mm": claim.pixel_spacing_mm,
-            },
-            "result": result,
-            "rejection": None,
-            "error": None,
-            "model": provenance,
-            "model_caption": _model_caption(context, claim),
-        }
-    )
+    record = _finished_record(claim, finding.result, provenance)
+    note = build_scribe_note(record, caption=_model_caption(context, claim))
+    result = finding.result.model_copy(update={"scribe_note": note})
     return _record(
         context,
         claim,
         status=AnalysisStatus.succeeded,
-        model=provenance,
-        result=result,
+        model=provenance.model_dump(mode="json", exclude_none=True),
+        result=result.model_dump(mode="json", exclude={"uncertainty_level"}),
         mask_key=mask_key,
         overlay_key=overlay_key,
     )
 
 
-def _model_caption(context: AppContext, claim: Claim) -> dict | None:
+def _finished_record(claim: Claim, result: AnalysisResult, provenance: ModelInfo) -> AnalysisRecord:
+    """The record the scribe note is written from, before the row is: the claim's inputs and
+    this pass' result and provenance (the same types the stored row is read back as)."""
+    return AnalysisRecord(
+        id=claim.analysis_id,
+        external_id=claim.external_id,
+        batch_id=None,
+        status=AnalysisStatus.succeeded.value,
+        stage=None,
+        priority="interactive",
+        attempt=claim.attempt,
+        created_at=iso(utcnow()),
+        started_at=None,
+        completed_at=None,
+        inputs=AnalysisInputsOut(
+            age=claim.age, sex=claim.sex, site=claim.site, pixel_spacing_mm=claim.pixel_spacing_mm
+        ),
+        image=ImageInfo(content_type=None, width=None, height=None, sha256=None),
+        result=result.model_copy(update={"uncertainty_level": clinical.uncertainty_level(result.uncertainty)}),
+        rejection=None,
+        error=None,
+        deadline_at=None,
+        cancel_reason=None,
+        weights=provenance.weights,
+        model=provenance.model_copy(update={"banner": clinical.weights_banner(provenance.weights)}),
+    )
+
+
+def _model_caption(context: AppContext, claim: Claim) -> ModelCaption | None:
     """With ``VQA_MODEL_DIR``, a local vision-language model's caption for the scribe note,
     labelled as the model's (issue 15). Nothing when none is configured or it fails: the
     note never depends on it."""
@@ -443,7 +464,7 @@ def _model_caption(context: AppContext, claim: Claim) -> dict | None:
     except Exception as exc:  # a broken model directory must not fail the analysis
         log.warning("vision-language caption failed: %s", type(exc).__name__)
         return None
-    return {"text": text, "model": model.name, "label": vlm.MODEL_LABEL}
+    return ModelCaption(text=text, model=model.name, label=vlm.MODEL_LABEL)
 
 
 def _record(context: AppContext, claim: Claim, **outcome) -> int:

@@ -15,7 +15,7 @@ from shared.config import Settings
 from shared.events import record_event
 from shared.lifecycle.states import ACTIVE
 from shared.lifecycle.views import api_base
-from shared.models import Analysis, AnalysisStatus, Batch
+from shared.tables import Analysis, AnalysisStatus, Batch
 
 
 def batch_counts(session: Session, batch_id: uuid.UUID) -> dict[str, int]:

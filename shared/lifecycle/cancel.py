@@ -17,7 +17,7 @@ from shared.lifecycle.batches import complete_batch_if_done
 from shared.lifecycle.outcomes import on_final
 from shared.lifecycle.states import ACTIVE, CANCEL_BATCH, CANCEL_EXPIRED, CANCEL_REQUESTED
 from shared.lifecycle.views import event_data
-from shared.models import Analysis, AnalysisStatus, Batch
+from shared.tables import Analysis, AnalysisStatus, Batch
 
 
 def _canceled_values(now: datetime, reason: str) -> dict:

@@ -22,7 +22,7 @@ from shared.db import after_commit
 from shared.jobs import enqueue_analysis, worker_identity
 from shared.lifecycle.cancel import expire_due
 from shared.lifecycle.outcomes import on_final
-from shared.models import Analysis, AnalysisStatus
+from shared.tables import Analysis, AnalysisStatus
 
 
 @dataclass(frozen=True)

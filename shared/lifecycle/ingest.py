@@ -19,7 +19,7 @@ from shared.jobs import enqueue_analysis, send
 from shared.lifecycle.batches import complete_batch_if_done
 from shared.lifecycle.sweeps import ask_again
 from shared.lifecycle.views import event_data
-from shared.models import Analysis, AnalysisStatus
+from shared.tables import Analysis, AnalysisStatus
 from shared.queues import Queue, TaskName
 
 

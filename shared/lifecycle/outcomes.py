@@ -12,7 +12,7 @@ from shared.events import record_event
 from shared.jobs import enqueue_report
 from shared.lifecycle.batches import complete_batch_if_done
 from shared.lifecycle.views import event_data
-from shared.models import Analysis, AnalysisStatus
+from shared.tables import Analysis, AnalysisStatus
 
 
 def on_final(session: Session, celery: Celery | None, settings: Settings, analysis: Analysis) -> None:

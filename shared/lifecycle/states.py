@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from shared.models import ACTIVE_STATUSES
+from shared.tables import ACTIVE_STATUSES
 
 ACTIVE = [s.value for s in ACTIVE_STATUSES]
 

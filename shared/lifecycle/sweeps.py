@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from shared.clock import utcnow
 from shared.lifecycle.claims import CLAIM_COLUMNS, Claim, claimable
-from shared.models import Analysis, AnalysisStatus
+from shared.tables import Analysis, AnalysisStatus
 
 
 def ask_again(session: Session, column: str, requested_before: datetime, limit: int) -> list[uuid.UUID]:

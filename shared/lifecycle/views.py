@@ -9,8 +9,17 @@ from datetime import timedelta
 from shared import clinical
 from shared.clock import iso, utcnow
 from shared.config import Settings
-from shared.models import Analysis
+from shared.schemas.analyses import (
+    AnalysisInputsOut,
+    AnalysisRecord,
+    AnalysisResult,
+    ErrorInfo,
+    ImageInfo,
+    ModelInfo,
+    Rejection,
+)
 from shared.storage import ARTIFACTS, IMAGES, ObjectStore
+from shared.tables import Analysis
 
 
 def api_base(settings: Settings) -> str:
@@ -22,68 +31,66 @@ def links(settings: Settings, analysis_id: uuid.UUID) -> dict:
     return {"self": base, "report": f"{base}/report.pdf", "fhir": f"{base}/fhir"}
 
 
-def inputs_view(analysis: Analysis) -> dict:
-    return {
-        "age": analysis.age,
-        "sex": analysis.sex,
-        "site": analysis.site,
-        "pixel_spacing_mm": analysis.pixel_spacing_mm,
-    }
+def inputs_view(analysis: Analysis) -> AnalysisInputsOut:
+    return AnalysisInputsOut(
+        age=analysis.age,
+        sex=analysis.sex,
+        site=analysis.site,
+        pixel_spacing_mm=analysis.pixel_spacing_mm,
+    )
 
 
-def analysis_record(analysis: Analysis) -> dict:
-    """The analysis as plain data: what reports, FHIR and exports are built from."""
-    return {
-        "id": str(analysis.id),
-        "external_id": analysis.external_id,
-        "batch_id": str(analysis.batch_id) if analysis.batch_id else None,
-        "status": analysis.status,
-        "stage": analysis.stage,
-        "priority": analysis.priority,
-        "attempt": analysis.attempt,
-        "created_at": iso(analysis.created_at),
-        "started_at": iso(analysis.started_at),
-        "completed_at": iso(analysis.completed_at),
-        "inputs": inputs_view(analysis),
-        "image": {
-            "content_type": analysis.image_content_type,
-            "width": analysis.image_width,
-            "height": analysis.image_height,
-            "sha256": analysis.image_sha256,
-        },
-        "result": _result_view(analysis.result),
-        "rejection": _with_advice(analysis.rejection, clinical.retake_advice(_code(analysis.rejection))),
-        "error": _with_advice(analysis.error, clinical.FAILED_ADVICE),
-        "model": _model_view(analysis.model),
+def result_of(analysis: Analysis) -> AnalysisResult | None:
+    """The stored result, typed, with ``uncertainty_level`` in words (shared.clinical)."""
+    if not analysis.result:
+        return None
+    result = AnalysisResult.model_validate(analysis.result)
+    return result.model_copy(update={"uncertainty_level": clinical.uncertainty_level(result.uncertainty)})
+
+
+def model_of(analysis: Analysis) -> ModelInfo | None:
+    """The stored provenance, typed, with ``banner``: what to show above output from weights
+    that are not trained (None for trained weights)."""
+    if not analysis.model:
+        return None
+    model = ModelInfo.model_validate(analysis.model)
+    return model.model_copy(update={"banner": clinical.weights_banner(model.weights or clinical.UNKNOWN_WEIGHTS)})
+
+
+def analysis_record(analysis: Analysis) -> AnalysisRecord:
+    """The analysis as typed data: what the API, reports, FHIR, questions and exports are built from."""
+    rejection = analysis.rejection
+    error = analysis.error
+    return AnalysisRecord(
+        id=analysis.id,
+        external_id=analysis.external_id,
+        batch_id=analysis.batch_id,
+        status=analysis.status,
+        stage=analysis.stage,
+        priority=analysis.priority,
+        attempt=analysis.attempt,
+        created_at=iso(analysis.created_at),
+        started_at=iso(analysis.started_at),
+        completed_at=iso(analysis.completed_at),
+        inputs=inputs_view(analysis),
+        image=ImageInfo(
+            content_type=analysis.image_content_type,
+            width=analysis.image_width,
+            height=analysis.image_height,
+            sha256=analysis.image_sha256,
+        ),
+        result=result_of(analysis),
+        # Rejections and errors with ``advice``: what to do about it (shared.clinical's wording).
+        rejection=Rejection.model_validate({**rejection, "advice": clinical.retake_advice(rejection.get("code"))})
+        if rejection else None,
+        error=ErrorInfo.model_validate({**error, "advice": clinical.FAILED_ADVICE}) if error else None,
+        model=model_of(analysis),
         # Beside the result, so that views without the provenance (lists) still say it.
-        "weights": clinical.weights_status(analysis.model),
-        "deadline_at": iso(analysis.deadline_at),
-        "cancel_reason": analysis.cancel_reason,
-        "reprocessed_from": str(analysis.reprocessed_from) if analysis.reprocessed_from else None,
-    }
-
-
-def _code(outcome: dict | None) -> str | None:
-    return (outcome or {}).get("code")
-
-
-def _with_advice(outcome: dict | None, advice: str) -> dict | None:
-    """A rejection or error with ``advice``: what to do about it (shared.clinical's wording)."""
-    return {**outcome, "advice": advice} if outcome else outcome
-
-
-def _result_view(result: dict | None) -> dict | None:
-    if not result or "uncertainty" not in result:
-        return result
-    return {**result, "uncertainty_level": clinical.uncertainty_level(result["uncertainty"])}
-
-
-def _model_view(model: dict | None) -> dict | None:
-    """Provenance plus ``banner``: what to show above output from weights that are not
-    trained (None for trained weights)."""
-    if not model:
-        return model
-    return {**model, "banner": clinical.weights_banner(model.get("weights") or clinical.UNKNOWN_WEIGHTS)}
+        weights=clinical.weights_status(analysis.model),
+        deadline_at=iso(analysis.deadline_at),
+        cancel_reason=analysis.cancel_reason,
+        reprocessed_from=analysis.reprocessed_from,
+    )
 
 
 def image_stored(analysis: Analysis) -> bool:
@@ -113,20 +120,17 @@ def event_data(settings: Settings, analysis: Analysis) -> dict:
         "batch_id": str(analysis.batch_id) if analysis.batch_id else None,
         "links": links(settings, analysis.id),
     }
-    if analysis.result:
-        data["result"] = {
-            "diagnosis": analysis.result["diagnosis"],
-            "probability": analysis.result["probability"],
-            "uncertainty": analysis.result["uncertainty"],
-            "risk_band": analysis.result["risk_band"],
-        }
+    result = result_of(analysis)
+    if result is not None:
+        data["result"] = result.model_dump(include={"diagnosis", "probability", "uncertainty", "risk_band"})
+    weights = clinical.weights_status(analysis.model)
     if analysis.model:
-        data["weights"] = analysis.model.get("weights")
+        data["weights"] = weights
     if analysis.rejection:
-        code = analysis.rejection["code"]
+        code = analysis.rejection.get("code")
         data["rejection"] = {"code": code, "advice": clinical.retake_advice(code)}
     if analysis.error:
-        data["error"] = {"code": analysis.error["code"]}
+        data["error"] = {"code": analysis.error.get("code")}
     if analysis.cancel_reason:
         data["reason"] = analysis.cancel_reason
     return data

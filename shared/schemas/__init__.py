@@ -1,11 +1,130 @@
 """The typed schemas of the API, its events and the analysis record, one module per domain.
 
-from shared.schemas.common import Sex, Site, SEXES, SITES, EXTERNAL_ID_PATTERN, MIN_CANCEL_AFTER_SECONDS, parse_duration, DOCUMENTED_MAX_CANCEL_AFTER, CANCEL_AFTER_SCHEMA, CancelAfter, AnalysisStatusName, Stage, Priority, Diagnosis, RiskBand, WeightsStatus, CancelReason, DeliveryStatusName, Timestamp, Url, ResponseModel, FieldError, ProblemDetails
-from shared.schemas.webhooks import EventType, EventFilter, AnalysisEventType, RequestWebhookIn, WebhookEndpointIn, WebhookEndpointPatch, WebhookEndpointOut, AnalysisWebhook, WebhookEndpointWithSecret, WebhookEndpointList, WebhookTestSent, DeliveryAttempt, DeliveryOut, DeliveryList, ResendAccepted
-from shared.schemas.analyses import AnalysisInputs, FeedbackIn, AnalysisLinks, AnalysisInputsOut, ImageInfo, Segmentation, Concepts, Equity, Quality, AnalysisResult, Rejection, ErrorInfo, Checkpoint, OperatingPoint, ModelInfo, AnalysisSummary, Artifacts, ReportState, FeedbackRecord, AnalysisOut, AnalysisPage, FeedbackOut
-from shared.schemas.batches import BatchIn, BatchState, StatusCounts, BatchLinks, BatchSummary, BatchOut, BatchCanceled, BatchPage, TriageItem, EquityRow, TriageSummaryOut, BatchResults
-from shared.schemas.uploads import UploadIn, ApiKeyOut, ApiKeyCreated, ApiKeyList, UploadNext, UploadOut
-from shared.schemas.health import Liveness, Check, Readiness
-from shared.schemas.events import EventResultSummary, CodeOnly, EventRejection, AnalysisEventData, BatchEventLinks, BatchCompletedData, AnalysisEvent, BatchCompletedEvent, WebhookTestData, WebhookTestEvent
+Import from the domain module (``shared.schemas.analyses``); this package re-exports every
+name so that ``from shared.schemas import X`` keeps working."""
 
-__all__ = ['Sex', 'Site', 'SEXES', 'SITES', 'EXTERNAL_ID_PATTERN', 'MIN_CANCEL_AFTER_SECONDS', 'parse_duration', 'DOCUMENTED_MAX_CANCEL_AFTER', 'CANCEL_AFTER_SCHEMA', 'CancelAfter', 'AnalysisStatusName', 'Stage', 'Priority', 'Diagnosis', 'RiskBand', 'WeightsStatus', 'CancelReason', 'DeliveryStatusName', 'Timestamp', 'Url', 'ResponseModel', 'FieldError', 'ProblemDetails', 'EventType', 'EventFilter', 'AnalysisEventType', 'RequestWebhookIn', 'WebhookEndpointIn', 'WebhookEndpointPatch', 'WebhookEndpointOut', 'AnalysisWebhook', 'WebhookEndpointWithSecret', 'WebhookEndpointList', 'WebhookTestSent', 'DeliveryAttempt', 'DeliveryOut', 'DeliveryList', 'ResendAccepted', 'AnalysisInputs', 'FeedbackIn', 'AnalysisLinks', 'AnalysisInputsOut', 'ImageInfo', 'Segmentation', 'Concepts', 'Equity', 'Quality', 'AnalysisResult', 'Rejection', 'ErrorInfo', 'Checkpoint', 'OperatingPoint', 'ModelInfo', 'AnalysisSummary', 'Artifacts', 'ReportState', 'FeedbackRecord', 'AnalysisOut', 'AnalysisPage', 'FeedbackOut', 'BatchIn', 'BatchState', 'StatusCounts', 'BatchLinks', 'BatchSummary', 'BatchOut', 'BatchCanceled', 'BatchPage', 'TriageItem', 'EquityRow', 'TriageSummaryOut', 'BatchResults', 'UploadIn', 'ApiKeyOut', 'ApiKeyCreated', 'ApiKeyList', 'UploadNext', 'UploadOut', 'Liveness', 'Check', 'Readiness', 'EventResultSummary', 'CodeOnly', 'EventRejection', 'AnalysisEventData', 'BatchEventLinks', 'BatchCompletedData', 'AnalysisEvent', 'BatchCompletedEvent', 'WebhookTestData', 'WebhookTestEvent']
+from shared.schemas.analyses import (
+    AnalysisInputs,
+    AnalysisInputsOut,
+    AnalysisLinks,
+    AnalysisOut,
+    AnalysisPage,
+    AnalysisRecord,
+    AnalysisResult,
+    AnalysisSummary,
+    Artifacts,
+    Checkpoint,
+    Concepts,
+    Equity,
+    ErrorInfo,
+    FeedbackIn,
+    FeedbackOut,
+    FeedbackRecord,
+    ImageInfo,
+    ModelCaption,
+    ModelInfo,
+    OperatingPoint,
+    Quality,
+    Rejection,
+    ReportState,
+    Segmentation,
+)
+from shared.schemas.batches import (
+    BatchCanceled,
+    BatchIn,
+    BatchLinks,
+    BatchOut,
+    BatchPage,
+    BatchResults,
+    BatchState,
+    BatchSummary,
+    EquityRow,
+    StatusCounts,
+    TriageItem,
+    TriageSummaryOut,
+)
+from shared.schemas.common import (
+    CANCEL_AFTER_SCHEMA,
+    DOCUMENTED_MAX_CANCEL_AFTER,
+    EXTERNAL_ID_PATTERN,
+    MIN_CANCEL_AFTER_SECONDS,
+    SEXES,
+    SITES,
+    AnalysisStatusName,
+    CancelAfter,
+    CancelReason,
+    DeliveryStatusName,
+    Diagnosis,
+    FieldError,
+    Priority,
+    ProblemDetails,
+    ResponseModel,
+    RiskBand,
+    Sex,
+    Site,
+    Stage,
+    Timestamp,
+    Url,
+    WeightsStatus,
+    parse_duration,
+)
+from shared.schemas.events import (
+    AnalysisEvent,
+    AnalysisEventData,
+    BatchCompletedData,
+    BatchCompletedEvent,
+    BatchEventLinks,
+    CodeOnly,
+    EventRejection,
+    EventResultSummary,
+    WebhookTestData,
+    WebhookTestEvent,
+)
+from shared.schemas.health import (
+    Check,
+    Liveness,
+    Readiness,
+)
+from shared.schemas.uploads import (
+    ApiKeyCreated,
+    ApiKeyList,
+    ApiKeyOut,
+    UploadIn,
+    UploadNext,
+    UploadOut,
+)
+from shared.schemas.webhooks import (
+    AnalysisEventType,
+    AnalysisWebhook,
+    DeliveryAttempt,
+    DeliveryList,
+    DeliveryOut,
+    EventFilter,
+    EventType,
+    RequestWebhookIn,
+    ResendAccepted,
+    WebhookEndpointIn,
+    WebhookEndpointList,
+    WebhookEndpointOut,
+    WebhookEndpointPatch,
+    WebhookEndpointWithSecret,
+    WebhookTestSent,
+)
+
+__all__ = [
+    'Sex', 'Site', 'SEXES', 'SITES', 'EXTERNAL_ID_PATTERN', 'MIN_CANCEL_AFTER_SECONDS', 'parse_duration',
+    'DOCUMENTED_MAX_CANCEL_AFTER', 'CANCEL_AFTER_SCHEMA', 'CancelAfter', 'AnalysisStatusName', 'Stage',
+    'Priority', 'Diagnosis', 'RiskBand', 'WeightsStatus', 'CancelReason', 'DeliveryStatusName', 'Timestamp',
+    'Url', 'ResponseModel', 'FieldError', 'ProblemDetails', 'EventType', 'EventFilter', 'AnalysisEventType',
+    'RequestWebhookIn', 'WebhookEndpointIn', 'WebhookEndpointPatch', 'WebhookEndpointOut', 'AnalysisWebhook',
+    'WebhookEndpointWithSecret', 'WebhookEndpointList', 'WebhookTestSent', 'DeliveryAttempt', 'DeliveryOut',
+    'DeliveryList', 'ResendAccepted', 'AnalysisInputs', 'FeedbackIn', 'AnalysisLinks', 'AnalysisInputsOut',
+    'ImageInfo', 'Segmentation', 'Concepts', 'Equity', 'Quality', 'AnalysisResult', 'Rejection', 'ErrorInfo',
+    'Checkpoint', 'OperatingPoint', 'ModelInfo', 'AnalysisSummary', 'Artifacts', 'ReportState',
+    'FeedbackRecord', 'AnalysisRecord', 'ModelCaption', 'AnalysisOut', 'AnalysisPage', 'FeedbackOut', 'BatchIn',
+    'BatchState', 'StatusCounts', 'BatchLinks', 'BatchSummary', 'BatchOut', 'BatchCanceled', 'BatchPage',
+    'TriageItem', 'EquityRow', 'TriageSummaryOut', 'BatchResults', 'UploadIn', 'ApiKeyOut', 'ApiKeyCreated',
+    'ApiKeyList', 'UploadNext', 'UploadOut', 'Liveness', 'Check', 'Readiness', 'EventResultSummary', 'CodeOnly',
+    'EventRejection', 'AnalysisEventData', 'BatchEventLinks', 'BatchCompletedData', 'AnalysisEvent',
+    'BatchCompletedEvent', 'WebhookTestData', 'WebhookTestEvent',
+]

@@ -2,23 +2,32 @@
 
 from __future__ import annotations
 
-import json
-import re
 import uuid
-from typing import Annotated, Any, Literal, get_args
+from typing import Any, Literal
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
-    HttpUrl,
-    UrlConstraints,
-    WithJsonSchema,
 )
-from shared.schemas.common import Sex, Site, EXTERNAL_ID_PATTERN, AnalysisStatusName, Stage, Priority, Diagnosis, RiskBand, WeightsStatus, CancelReason, Timestamp, Url, ResponseModel
+
+from shared.schemas.common import (
+    EXTERNAL_ID_PATTERN,
+    AnalysisStatusName,
+    CancelReason,
+    Diagnosis,
+    Priority,
+    ResponseModel,
+    RiskBand,
+    Sex,
+    Site,
+    Stage,
+    Timestamp,
+    Url,
+    WeightsStatus,
+)
 from shared.schemas.webhooks import AnalysisWebhook
+
 
 class AnalysisInputs(BaseModel):
     """The form fields of ``POST /v1/analyses`` (the image travels beside them)."""
@@ -242,10 +251,25 @@ class FeedbackRecord(ResponseModel):
     created_at: Timestamp
 
 
-class AnalysisOut(AnalysisSummary):
-    """One analysis: status, result, provenance, links and short-lived artifact URLs."""
+class AnalysisRecord(AnalysisSummary):
+    """The analysis as typed data, with its model's provenance: what reports, FHIR, questions,
+    webhook payloads and exports are built from (``shared.lifecycle.analysis_record``)."""
 
     model: ModelInfo | None
+
+
+class ModelCaption(BaseModel):
+    """A local vision-language model's caption for the scribe note (``VQA_MODEL_DIR``),
+    always labelled as the model's."""
+
+    text: str
+    model: str
+    label: str
+
+
+class AnalysisOut(AnalysisRecord):
+    """One analysis: status, result, provenance, links and short-lived artifact URLs."""
+
     updated_at: Timestamp
     links: AnalysisLinks
     artifacts: Artifacts

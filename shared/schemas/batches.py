@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
-import json
-import re
 import uuid
-from typing import Annotated, Any, Literal, get_args
+from typing import Literal
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
-    HttpUrl,
-    UrlConstraints,
-    WithJsonSchema,
 )
-from shared.schemas.common import EXTERNAL_ID_PATTERN, CancelAfter, AnalysisStatusName, Diagnosis, RiskBand, WeightsStatus, Timestamp, Url, ResponseModel
+
+from shared.schemas.common import (
+    EXTERNAL_ID_PATTERN,
+    AnalysisStatusName,
+    CancelAfter,
+    Diagnosis,
+    ResponseModel,
+    RiskBand,
+    Timestamp,
+    Url,
+    WeightsStatus,
+)
+
 
 class BatchIn(BaseModel):
     model_config = ConfigDict(

@@ -1,11 +1,10 @@
-"""Names and types every domain's schemas use: the clinical vocabularies of the inputs, durations, timestamps, and the problem document."""
+"""Names and types every domain's schemas use: the input vocabularies, durations, timestamps
+and the problem document."""
 
 from __future__ import annotations
 
-import json
 import re
-import uuid
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Literal, get_args
 
 from pydantic import (
     AfterValidator,
@@ -13,8 +12,6 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
-    HttpUrl,
-    UrlConstraints,
     WithJsonSchema,
 )
 

@@ -2,24 +2,25 @@
 
 from __future__ import annotations
 
-import json
-import re
 import uuid
-from typing import Annotated, Any, Literal, get_args
+from typing import Literal
 
 from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
     Field,
-    HttpUrl,
-    UrlConstraints,
-    WithJsonSchema,
 )
-from shared.schemas.common import AnalysisStatusName, Diagnosis, RiskBand, WeightsStatus, CancelReason, Timestamp, Url, ResponseModel
+
 from shared.schemas.analyses import AnalysisLinks
 from shared.schemas.batches import StatusCounts
+from shared.schemas.common import (
+    AnalysisStatusName,
+    CancelReason,
+    Diagnosis,
+    ResponseModel,
+    RiskBand,
+    Timestamp,
+    Url,
+    WeightsStatus,
+)
 
 # ---------------------------------------------------------------- webhook events
 # Bodies the API POSTs to registered endpoints (Standard Webhooks): ``{type, timestamp, data}``.

@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import re
-import uuid
-from typing import Annotated, Any, Literal, get_args
+from typing import Literal
 
 from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
     Field,
-    HttpUrl,
-    UrlConstraints,
-    WithJsonSchema,
 )
+
 from shared.schemas.common import ResponseModel
 
 # ---------------------------------------------------------------- health

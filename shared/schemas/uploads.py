@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import json
-import re
 import uuid
-from typing import Annotated, Any, Literal, get_args
+from typing import Literal
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
-    HttpUrl,
-    UrlConstraints,
-    WithJsonSchema,
 )
-from shared.schemas.common import Timestamp, Url, ResponseModel
+
+from shared.schemas.common import ResponseModel, Timestamp, Url
+
 
 class UploadIn(BaseModel):
     """``POST /v1/uploads``: the type of the image that will be PUT."""

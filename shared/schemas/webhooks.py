@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import re
 import uuid
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Literal, get_args
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -17,7 +15,8 @@ from pydantic import (
     UrlConstraints,
     WithJsonSchema,
 )
-from shared.schemas.common import DeliveryStatusName, Timestamp, Url, ResponseModel
+
+from shared.schemas.common import DeliveryStatusName, ResponseModel, Timestamp, Url
 
 EventType = Literal[
     "analysis.succeeded",

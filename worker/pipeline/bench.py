@@ -31,10 +31,10 @@ from PIL import Image
 from worker.pipeline import abcd, equity, quality
 from worker.pipeline.decode import decode_image
 from worker.pipeline.metadata import encode_metadata
-from worker.pipeline.models import build_scalpel
+from worker.pipeline.model_set import ModelSet
+from worker.pipeline.networks import build_scalpel
 from worker.pipeline.pipeline import LesionInput, Pipeline, PipelineOptions, _Item
 from worker.pipeline.preprocess import network_transform
-from worker.pipeline.registry import ModelRegistry
 from worker.pipeline.synthetic import encode_jpeg, make_lesion
 
 IMAGE_SIZE = (768, 1024)  # a typical dermatoscope frame
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _benchmark(model_dir: Path, args: argparse.Namespace) -> None:
-    registry = ModelRegistry.load(model_dir, device=args.device, segmenter="unet", seed=0, backend=args.backend)
+    registry = ModelSet.load(model_dir, device=args.device, segmenter="unet", seed=0, backend=args.backend)
     options = PipelineOptions(
         seg_size=args.seg_size, cls_size=args.cls_size, tta_views=args.views, max_forward_batch=args.max_forward_batch
     )
@@ -144,7 +144,7 @@ def _our_gate2(pipeline: Pipeline, images: list[np.ndarray], batch: list[LesionI
 class _OriginalWay:
     """The original server's per-request path, rebuilt for timing (NCHW, no batching, random TTA)."""
 
-    def __init__(self, registry: ModelRegistry, seg_size: int, cls_size: int, views: int) -> None:
+    def __init__(self, registry: ModelSet, seg_size: int, cls_size: int, views: int) -> None:
         if registry.scalpel is None or registry.fusion is None:
             raise ValueError("timing the original way needs both networks in the registry (segmenter unet)")
         self.device = registry.device
@@ -193,7 +193,7 @@ class _OriginalWay:
 
 
 def _memory_probe(model_dir: Path, args: argparse.Namespace) -> None:
-    registry = ModelRegistry.load(model_dir, device=args.device, segmenter="unet", seed=0, backend=args.backend)
+    registry = ModelSet.load(model_dir, device=args.device, segmenter="unet", seed=0, backend=args.backend)
     after_load = _peak_rss_mib()
     pipeline = Pipeline(registry, PipelineOptions(seg_size=args.seg_size, cls_size=args.cls_size, tta_views=args.views))
     pipeline.run([LesionInput(encode_jpeg(make_lesion(0, IMAGE_SIZE).image))])

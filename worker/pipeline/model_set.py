@@ -8,9 +8,10 @@ import torch
 from torch import nn
 
 from shared.clinical import MELANOMA_THRESHOLD, SYNTHETIC, TRAINED, UNTRAINED
+from shared.schemas.analyses import ModelInfo
 from worker.pipeline.backends import resolve_backend
 from worker.pipeline.errors import ModelConfigError
-from worker.pipeline.models import (
+from worker.pipeline.networks import (
     FUSION_NAME,
     SCALPEL_NAME,
     CheckpointInfo,
@@ -80,7 +81,7 @@ class OperatingPoint:
 
 
 @dataclass(frozen=True)
-class ModelRegistry:
+class ModelSet:
     """Both models in eval mode, channels_last, on one device; immutable after ``load``."""
 
     device: torch.device
@@ -106,7 +107,7 @@ class ModelRegistry:
         backend: str = "auto",
         scalpel_source: ModelSource | None = None,
         fusion_source: ModelSource | None = None,
-    ) -> "ModelRegistry":
+    ) -> "ModelSet":
         """Checkpoints from ``MODEL_DIR``, unless the model registry chose one for a kind
         (``*_source``); a Fusion card's calibration is applied (temperature folded into the
         weights, threshold recorded as the operating point)."""
@@ -177,7 +178,7 @@ class ModelRegistry:
             fusion = f"{fusion}-t{self.operating_point.temperature!r}"
         return {"scalpel": self.scalpel_checkpoint.sha256 if self.scalpel_checkpoint else None, "fusion": fusion}
 
-    def without_modules(self) -> "ModelRegistry":
+    def without_modules(self) -> "ModelSet":
         """The same provenance without the torch modules (for engines that hold their own copy)."""
         return replace(self, scalpel=None, fusion=None)
 
@@ -196,7 +197,7 @@ class ModelRegistry:
         training = (self.fusion_card or {}).get("training_data") or {}
         return SYNTHETIC if training.get("synthetic") else TRAINED
 
-    def provenance(self) -> dict:
+    def provenance(self) -> ModelInfo:
         scalpel = None
         if self.scalpel_checkpoint is not None:
             scalpel = _checkpoint_provenance(SCALPEL_NAME, self.scalpel_checkpoint, self.scalpel_source)
@@ -205,7 +206,8 @@ class ModelRegistry:
         else:
             fusion = {"name": FUSION_NAME, "version": f"untrained-seed-{self.fusion_seed}", "sha256": None,
                       "seed": self.fusion_seed}
-        provenance = {
+        training = (self.fusion_card or {}).get("training_data") if self.fusion_checkpoint is not None else None
+        return ModelInfo.model_validate({
             "segmenter": self.segmenter,
             "weights": self.weights,
             "backend": self.backend_name,
@@ -214,14 +216,10 @@ class ModelRegistry:
             "fusion": fusion,
             "version": fusion["version"],  # the classifier's: it makes the diagnosis
             "operating_point": self.operating_point.as_dict(),
-        }
-        if self.operating_point.chosen_on != "default":
-            # shared.clinical reads it here; absent means the design's default threshold.
-            provenance["threshold"] = self.operating_point.threshold
-        training = (self.fusion_card or {}).get("training_data") if self.fusion_checkpoint is not None else None
-        if training:
-            provenance["training_data"] = training.get("description")
-        return provenance
+            # shared.clinical reads it here; None means the design's default threshold.
+            "threshold": self.operating_point.threshold if self.operating_point.chosen_on != "default" else None,
+            "training_data": training.get("description") if training else None,
+        })
 
 
 def _checkpoint_provenance(name: str, checkpoint: CheckpointInfo, source: ModelSource | None) -> dict:

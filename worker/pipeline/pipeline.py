@@ -21,13 +21,14 @@ from pathlib import Path
 import numpy as np
 
 from shared.clinical import threshold_of
+from shared.schemas.analyses import AnalysisResult, Concepts, Equity, ModelInfo, Quality, Segmentation
 from worker.pipeline import abcd, decision, equity, overlay, quality
 from worker.pipeline.backends import EngineOptions, NetworkBackend, OpenVinoBackend, TorchBackend
 from worker.pipeline.decode import decode_upright
 from worker.pipeline.errors import ImageDecodeError, MetadataError
 from worker.pipeline.metadata import encode_metadata
+from worker.pipeline.model_set import ModelSet
 from worker.pipeline.preprocess import network_input
-from worker.pipeline.registry import ModelRegistry
 from worker.pipeline.segmentation import make_segmenter
 from worker.pipeline.tta import MAX_VIEWS
 
@@ -80,10 +81,10 @@ class LesionInput:
 
 @dataclass(frozen=True)
 class Finding:
-    result: dict
+    result: AnalysisResult
     mask_png: bytes
     overlay_jpeg: bytes
-    model: dict = field(default_factory=dict)  # the registry's provenance, for convenience
+    model: ModelInfo  # the registry's provenance, for convenience
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,7 @@ class PreparedBatch:
 
 class Pipeline:
     def __init__(
-        self, registry: ModelRegistry, options: PipelineOptions | None = None, backend: NetworkBackend | None = None
+        self, registry: ModelSet, options: PipelineOptions | None = None, backend: NetworkBackend | None = None
     ) -> None:
         self.options = options or PipelineOptions()
         self.backend = backend or make_backend(registry, self.options)
@@ -271,18 +272,18 @@ class Pipeline:
         provenance = self.registry.provenance()
         # A model with a validated operating point records it in its provenance.
         threshold = threshold_of(provenance)
-        result = {
-            "diagnosis": decision.diagnosis(probability, threshold),
-            "probability": probability,
+        result = AnalysisResult(
+            diagnosis=decision.diagnosis(probability, threshold),
+            probability=probability,
             # Population std: the views are the whole fixed set, not a sample of random views.
-            "uncertainty": float(np.std(view_probabilities)),
-            "tta_probabilities": [float(p) for p in view_probabilities],
-            "risk_band": decision.risk_band(probability, threshold),
-            "segmentation": {"coverage": float(mask.mean())},
-            "concepts": concepts.as_dict(),
-            "equity": skin.as_dict(),
-            "quality": {"blur_score": item.blur_score},
-        }
+            uncertainty=float(np.std(view_probabilities)),
+            tta_probabilities=[float(p) for p in view_probabilities],
+            risk_band=decision.risk_band(probability, threshold),
+            segmentation=Segmentation(coverage=float(mask.mean())),
+            concepts=Concepts(**concepts.as_dict()),
+            equity=Equity(**skin.as_dict()),
+            quality=Quality(blur_score=item.blur_score),
+        )
         return Finding(result=result, mask_png=mask_png, overlay_jpeg=overlay_jpeg, model=provenance)
 
     def _batched(self, batch: list[_Item], step: Callable[[list[_Item]], list], error_code: str, outcomes: list):
@@ -303,7 +304,7 @@ class Pipeline:
         return survivors
 
 
-def make_backend(registry: ModelRegistry, options: PipelineOptions) -> NetworkBackend:
+def make_backend(registry: ModelSet, options: PipelineOptions) -> NetworkBackend:
     """The registry's networks on its engine: torch modules as loaded, or compiled OpenVINO."""
     if registry.backend == "openvino":
         if registry.fusion is None:

@@ -17,6 +17,10 @@ above "low" is a melanoma call and "low" is always benign).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from shared.schemas.analyses import ModelInfo
 
 # ---------------------------------------------------------------- decision and risk bands
 
@@ -43,9 +47,10 @@ def high_risk_threshold(threshold: float | None = None) -> float:
     return max(HIGH_RISK_THRESHOLD, operating_threshold(threshold))
 
 
-def threshold_of(model: Mapping | None) -> float | None:
-    """The operating threshold recorded in an analysis' model provenance, if any."""
-    value = (model or {}).get(THRESHOLD_KEY)
+def threshold_of(model: ModelInfo | Mapping | None) -> float | None:
+    """The operating threshold recorded in an analysis' model provenance, if any (a stored
+    row's provenance is read as ``ModelInfo``; old rows' dicts are still accepted)."""
+    value = (model or {}).get(THRESHOLD_KEY) if isinstance(model, Mapping | None) else model.threshold
     return float(value) if value is not None else None
 
 
@@ -223,9 +228,9 @@ DISCLAIMER = (
 )
 
 
-def weights_status(model: Mapping | None) -> str | None:
+def weights_status(model: ModelInfo | Mapping | None) -> str | None:
     """The weights status recorded with an analysis; None when no model ran for it."""
-    return (model or {}).get("weights")
+    return (model or {}).get("weights") if isinstance(model, Mapping | None) else model.weights
 
 
 def is_clinically_meaningful(weights: str | None) -> bool:
@@ -295,10 +300,5 @@ def weights_summary(values: Mapping[str | None, int]) -> dict:
 
 
 # ---------------------------------------------------------------- patient metadata vocabularies
-
-# The order is the Fusion model's one-hot layout (worker/pipeline/metadata.py): never reorder.
-SEXES = ("male", "female", "unknown")
-SITES = ("head/neck", "upper extremity", "lower extremity", "torso", "palms/soles", "oral/genital", "unknown")
-# ISIC's finer labels that mean one of ours.
-SITE_ALIASES = {"anterior torso": "torso", "posterior torso": "torso", "lateral torso": "torso"}
-AGE_RANGE = (0, 120)
+# One vocabulary, in shared.clinical.vocabulary; re-exported here for the rules' callers.
+from shared.clinical.vocabulary import AGE_RANGE, SEXES, SITE_ALIASES, SITES  # noqa: E402, F401
