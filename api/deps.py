@@ -222,7 +222,7 @@ async def in_session(
 
 class TenantRef(Protocol):
     """What the services need of a tenant: its id. The request's ``AuthenticatedTenant`` and a
-    ``shared.models.Tenant`` row (the CLI, the tests) both are one."""
+    ``shared.tables.Tenant`` row (the CLI, the tests) both are one."""
 
     @property
     def id(self) -> uuid.UUID: ...

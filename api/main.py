@@ -15,10 +15,10 @@ from fastapi_offline import FastAPIOffline
 from api import problems
 from api.deps import Capacity, KeyCache, api_database_settings
 from api.middleware import BodyGuard, Edge, RequestDeadline, TenantGate
+from api.multipart import return_image_memory_promptly
+from api.openapi import docs, openapi, webhooks
 from api.ratelimit import Limiter
 from api.routes import analyses, health
-from api.schemas import docs, openapi, webhooks
-from api.uploads import return_image_memory_promptly
 from shared.config import Settings, get_settings
 from shared.context import AppContext
 from shared.logs import configure_logging

@@ -125,7 +125,7 @@ def problem_content() -> dict:
 def problems(*statuses: int | tuple[int, str]) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` for error statuses a route answers as problem+json; a status
     may come with its own description, as ``(409, "why")``. The generic ones (401, 413,
-    422, 429, 503, …) are added to every operation they apply to by ``api.schemas.openapi``."""
+    422, 429, 503, …) are added to every operation they apply to by ``api.openapi.contract``."""
     declared: dict[int | str, dict[str, Any]] = {}
     for entry in statuses:
         status, description = entry if isinstance(entry, tuple) else (entry, STATUS_MEANING.get(entry, "Error"))

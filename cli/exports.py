@@ -10,7 +10,7 @@ from shared.config import Settings
 from shared.context import AppContext
 from shared.csv_export import SafeDictWriter
 from shared.db import session_scope
-from shared.models import Analysis, Feedback, Tenant
+from shared.tables import Analysis, Feedback, Tenant
 
 COLUMNS = [
     "tenant", "analysis_id", "external_id", "image_key", "image_sha256", "age", "sex", "site",

@@ -356,7 +356,7 @@ def models() -> None:
 def models_import(checkpoint: Path, kind: str, card_path: Path | None, version: str | None, activate: bool) -> None:
     """Check that CHECKPOINT loads into the model, then register it (object store + database,
     as a candidate) when the stack is configured, and install it into MODEL_DIR when that is set."""
-    from cli.models import import_checkpoint, register_checkpoint
+    from training.model_store import import_checkpoint, register_checkpoint
     from worker.pipeline.errors import ModelConfigError
 
     settings = get_settings()
@@ -387,8 +387,8 @@ def models_import(checkpoint: Path, kind: str, card_path: Path | None, version: 
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def models_list(kind: str | None, as_json: bool) -> None:
     """Registered models, newest first, with status, calibration and validation metrics."""
-    from cli.models import registry_session
     from shared import model_registry
+    from training.model_store import registry_session
 
     with registry_session(get_settings()) as session:
         rows = [model_registry.describe(row) for row in model_registry.list_models(session, kind)]
@@ -413,8 +413,8 @@ def models_list(kind: str | None, as_json: bool) -> None:
 def models_activate(kind: str, ref: str) -> None:
     """Make model REF (version, id or sha256 prefix) of KIND active; GPU workers switch to it
     between passes, within MODEL_CHECK_SECONDS, without a restart."""
-    from cli.models import registry_session
     from shared import model_registry
+    from training.model_store import registry_session
 
     try:
         with registry_session(get_settings()) as session:
@@ -432,8 +432,8 @@ def models_activate(kind: str, ref: str) -> None:
 def models_rollback(kind: str) -> None:
     """Retire the active model of KIND and re-activate the one active before it (none before
     it: workers go back to MODEL_DIR or untrained weights)."""
-    from cli.models import registry_session
     from shared import model_registry
+    from training.model_store import registry_session
 
     try:
         with registry_session(get_settings()) as session:

@@ -6,7 +6,7 @@ from alembic import context
 from sqlalchemy import engine_from_config, pool
 
 from shared.config import get_settings
-from shared.models import Base
+from shared.tables import Base
 
 config = context.config
 target_metadata = Base.metadata

@@ -17,8 +17,8 @@ from sqlalchemy.orm import Session
 
 from shared.db import after_commit
 from shared.jobs import enqueue_event_dispatch
-from shared.tables import Event
 from shared.schemas import EventType
+from shared.tables import Event
 
 # The event types as the OpenAPI document declares them (one list, in shared/schemas.py).
 EVENT_TYPES: tuple[str, ...] = get_args(EventType)

@@ -19,8 +19,8 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from shared.tables import Analysis, ModelStatus, ModelVersion
 from shared.storage import ARTIFACTS, IMAGES, ObjectStore, image_key
+from shared.tables import Analysis, ModelStatus, ModelVersion
 
 MODEL_KINDS = ("scalpel", "fusion")
 MODELS_PURPOSE = ARTIFACTS  # checkpoints share the artifacts bucket, under models/ (no tenant)

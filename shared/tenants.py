@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
-from shared.tables import ApiKey, Tenant
 from shared.security import KEY_PREFIX, display_prefix, generate_api_key, hash_api_key
+from shared.tables import ApiKey, Tenant
 
 # last_used_at is for humans deciding what to revoke; minute precision is plenty and
 # spares a write on every request.

@@ -123,13 +123,13 @@ def evaluate(images, csv_path, masks, out_dir, fusion_path, scalpel_path, fusion
 
     The model is a checkpoint file (--fusion, --scalpel), a registered model (--fusion-model,
     --scalpel-model: the same weights and operating point the workers run), or MODEL_DIR's."""
-    from cli.models import registered_source
     from shared.model_registry import ModelNotFound
     from training.data import DataError
     from training.evaluate import evaluate_folder
+    from training.model_store import registered_source
     from worker.pipeline.errors import ModelConfigError
+    from worker.pipeline.model_set import ModelSet, ModelSource
     from worker.pipeline.pipeline import Pipeline, PipelineOptions
-    from worker.pipeline.registry import ModelRegistry, ModelSource
 
     for kind, path, ref in (("fusion", fusion_path, fusion_ref), ("scalpel", scalpel_path, scalpel_ref)):
         if path and ref:
@@ -138,7 +138,7 @@ def evaluate(images, csv_path, masks, out_dir, fusion_path, scalpel_path, fusion
     try:
         sources = {kind: registered_source(settings, kind, ref)
                    for kind, ref in (("fusion", fusion_ref), ("scalpel", scalpel_ref)) if ref}
-        registry = ModelRegistry.load(
+        registry = ModelSet.load(
             settings.model_dir, device=settings.device, segmenter=settings.segmenter, seed=settings.fusion_seed,
             backend=settings.backend,
             scalpel_source=ModelSource(scalpel_path) if scalpel_path else sources.get("scalpel"),

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training import metrics
+from training import scores as metrics
 from training.data import Sample, load_mask, read_labelled_csv
 
 GROUP_ORDER = ("very light", "light", "intermediate", "tan", "brown", "dark")

@@ -13,7 +13,7 @@ CARD_SUFFIX = ".card.json"
 def check_checkpoint(checkpoint: Path, kind: str):
     """Load CHECKPOINT into a fresh model, raising (with the keys named) if it does not fit.
     Returns its ``CheckpointInfo`` (sha256, version, embedded card)."""
-    from worker.pipeline.models import FusionNet, build_scalpel, load_checkpoint
+    from worker.pipeline.networks import FusionNet, build_scalpel, load_checkpoint
 
     model = build_scalpel() if kind == "scalpel" else FusionNet()
     return load_checkpoint(model, checkpoint)
@@ -78,7 +78,7 @@ def registered_source(settings, kind: str, ref: str):
     checked against its sha256, with its version, card and operating point."""
     from shared import model_registry
     from shared.context import AppContext
-    from worker.pipeline.registry import ModelSource
+    from worker.pipeline.model_set import ModelSource
 
     context = AppContext(settings)
     try:

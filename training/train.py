@@ -24,7 +24,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from training import checkpoints, metrics
+from training import checkpoints
+from training import scores as metrics
 from training.data import (
     DataError,
     LesionDataset,
@@ -35,7 +36,7 @@ from training.data import (
     read_labelled_csv,
     read_segmentation_folder,
 )
-from worker.pipeline.models import FUSION_NAME, SCALPEL_NAME, FusionNet, build_scalpel
+from worker.pipeline.networks import FUSION_NAME, SCALPEL_NAME, FusionNet, build_scalpel
 
 log = logging.getLogger(__name__)
 

@@ -143,8 +143,8 @@ def purge_expired(context: AppContext) -> int:
     images and artifacts first, then their rows."""
     from sqlalchemy import delete, select, update
 
-    from shared.models import Analysis, Report, Upload
     from shared.storage import ARTIFACTS, IMAGES
+    from shared.tables import Analysis, Report, Upload
 
     settings = context.settings
     now = utcnow()

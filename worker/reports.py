@@ -16,8 +16,8 @@ from shared.db import session_scope
 from shared.events import record_event
 from shared.logs import bind
 from shared.metrics import REPORT_RENDER_SECONDS
-from shared.models import Analysis, AnalysisStatus, Report
 from shared.storage import ARTIFACTS, IMAGES, artifact_key
+from shared.tables import Analysis, AnalysisStatus, Report
 from worker.reporting.fhir import build_fhir_bundle
 from worker.reporting.pdf import render_report
 

@@ -29,12 +29,12 @@ class WorkerRuntime:
     @cached_property
     def pipeline(self):
         # torch is imported here, never at module import, so CPU/IO workers stay light.
+        from worker.pipeline.model_set import ModelSet
         from worker.pipeline.pipeline import Pipeline, PipelineOptions
-        from worker.pipeline.registry import ModelRegistry
 
         with self._lock:
             settings = self.settings
-            registry = ModelRegistry.load(
+            registry = ModelSet.load(
                 settings.model_dir,
                 device=settings.device,
                 segmenter=settings.segmenter,

@@ -39,9 +39,9 @@ from shared.events import undispatched_event_ids
 from shared.jobs import enqueue_delivery, enqueue_event_dispatch
 from shared.logs import log_context
 from shared.metrics import WEBHOOK_DELIVERIES, WEBHOOK_DELIVERY_SECONDS
-from shared.models import DeliveryStatus, Event, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from shared.queues import Queue
 from shared.security import secret_box
+from shared.tables import DeliveryStatus, Event, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from shared.webhook_signing import signing_secrets
 from worker.delivery import AttemptResult, deliver, next_attempt_delay
 from worker.maintenance import broker_queue_length

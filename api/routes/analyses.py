@@ -14,13 +14,12 @@ from pydantic import ValidationError
 
 from api.deps import CapacityDep, ContextDep, CurrentTenant, SessionDep, in_session, parse_id
 from api.middleware import DEADLINE_EXTENSION
+from api.multipart import clean_image, read_multipart
 from api.problems import BadRequest, NotReady, PayloadTooLarge, Unprocessable, problems
 from api.services import analyses as service
 from api.services import webhook_endpoints
-from api.uploads import clean_image, read_multipart
 from shared import lifecycle
 from shared.clock import iso
-from shared.models import Analysis
 from shared.schemas import (
     CANCEL_AFTER_SCHEMA,
     AnalysisInputs,
@@ -32,6 +31,7 @@ from shared.schemas import (
     parse_duration,
 )
 from shared.storage import ARTIFACTS
+from shared.tables import Analysis
 
 router = APIRouter(prefix="/v1/analyses", tags=["analyses"])
 

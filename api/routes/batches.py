@@ -14,8 +14,8 @@ from api.problems import problems
 from api.services import batches as service
 from shared import clinical, lifecycle
 from shared.clock import iso
-from shared.models import Batch
 from shared.schemas import BatchCanceled, BatchIn, BatchOut, BatchPage, BatchResults
+from shared.tables import Batch
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 

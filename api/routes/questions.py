@@ -11,8 +11,8 @@ from api.deps import ContextDep, CurrentTenant, SessionDep, parse_id
 from api.problems import problems
 from api.services import questions as service
 from shared.clock import iso
-from shared.models import AnalysisQuestion
 from shared.questions import MAX_QUESTION_CHARS
+from shared.tables import AnalysisQuestion
 
 router = APIRouter(prefix="/v1/analyses", tags=["questions"])
 

@@ -11,7 +11,6 @@ from api.deps import ContextDep, CurrentTenant, SessionDep, parse_id
 from api.problems import problems
 from api.services import webhook_endpoints as service
 from shared.clock import iso
-from shared.models import DeliveryStatus, WebhookEndpoint
 from shared.schemas import (
     DeliveryList,
     ResendAccepted,
@@ -22,6 +21,7 @@ from shared.schemas import (
     WebhookEndpointWithSecret,
     WebhookTestSent,
 )
+from shared.tables import DeliveryStatus, WebhookEndpoint
 
 router = APIRouter(prefix="/v1/webhook-endpoints", tags=["webhooks"])
 

@@ -16,17 +16,19 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.deps import UNCOMMITTED_IMAGES, AuthenticatedTenant, Capacity, TenantRef, in_session
+from api.multipart import CleanImage
 from api.pagination import newest_first
 from api.problems import BadRequest, BatchSealed, Conflict
 from api.services import uploads, webhook_endpoints
 from api.services.owned import get_owned
-from api.uploads import CleanImage
 from shared import lifecycle
 from shared.clock import utcnow
 from shared.context import AppContext
 from shared.db import after_commit
 from shared.jobs import enqueue_analysis
-from shared.models import (
+from shared.schemas import AnalysisInputs, FeedbackIn
+from shared.storage import IMAGES, image_key
+from shared.tables import (
     ACTIVE_STATUSES,
     Analysis,
     AnalysisStatus,
@@ -35,8 +37,6 @@ from shared.models import (
     Report,
     WebhookEndpoint,
 )
-from shared.schemas import AnalysisInputs, FeedbackIn
-from shared.storage import IMAGES, image_key
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,8 @@ from shared import clinical, lifecycle
 from shared.clock import iso, utcnow
 from shared.context import AppContext
 from shared.csv_export import SafeDictWriter
-from shared.models import Analysis, AnalysisStatus, Batch
 from shared.schemas import BatchIn
+from shared.tables import Analysis, AnalysisStatus, Batch
 
 THROUGHPUT_WINDOW = timedelta(minutes=5)
 # A rate measured over a few seconds swings wildly; never divide by less than this.

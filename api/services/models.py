@@ -11,7 +11,7 @@ from api.problems import Conflict
 from api.services.owned import get_owned
 from shared import model_registry
 from shared.context import AppContext
-from shared.models import Analysis
+from shared.tables import Analysis
 
 
 def reprocess(context: AppContext, session: Session, tenant: TenantRef, analysis_id: uuid.UUID) -> Analysis:

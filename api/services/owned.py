@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from api.deps import TenantRef
 from api.problems import NotFound
-from shared.models import Base
+from shared.tables import Base
 
 Model = TypeVar("Model", bound=Base)
 

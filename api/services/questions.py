@@ -24,9 +24,9 @@ from shared import lifecycle, vlm
 from shared.clock import utcnow
 from shared.context import AppContext
 from shared.db import after_commit, session_scope
-from shared.models import Analysis, AnalysisQuestion
 from shared.questions import answer_question, normalise_question
 from shared.storage import IMAGES
+from shared.tables import Analysis, AnalysisQuestion
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ from api.deps import TenantRef
 from api.problems import Conflict, NotFound, PayloadTooLarge, Problem
 from shared.clock import iso, utcnow
 from shared.context import AppContext
-from shared.models import Analysis, Upload
 from shared.schemas import AnalysisInputs, UploadIn
 from shared.storage import IMAGES, upload_key
+from shared.tables import Analysis, Upload
 
 # One bulk call hands out or submits at most this many: big enough to amortise a request's
 # fixed cost (auth, rate limit, transaction, commit) to a few per cent, small enough that one

@@ -26,10 +26,10 @@ from shared.context import AppContext
 from shared.db import after_commit
 from shared.events import EVENT_TYPES, TEST_EVENT, record_event
 from shared.jobs import enqueue_delivery
-from shared.models import DeliveryStatus, Tenant, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from shared.schemas import AnalysisEventType, WebhookEndpointIn, WebhookEndpointPatch
 from shared.security import secret_box
 from shared.ssrf import UnsafeURLError, resolve_and_check
+from shared.tables import DeliveryStatus, Tenant, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from shared.webhook_signing import generate_secret
 
 log = logging.getLogger(__name__)

@@ -19,8 +19,8 @@ from shared.jobs import enqueue_analysis, send
 from shared.lifecycle.batches import complete_batch_if_done
 from shared.lifecycle.sweeps import ask_again
 from shared.lifecycle.views import event_data
-from shared.tables import Analysis, AnalysisStatus
 from shared.queues import Queue, TaskName
+from shared.tables import Analysis, AnalysisStatus
 
 
 def enqueue_ingest(celery: Celery, analysis_id: uuid.UUID) -> None:
