@@ -47,8 +47,8 @@ from shared.context import AppContext
 from shared.db import session_scope
 from shared.jobs import enqueue_analysis
 from shared.migrate import scratch_database
-from shared.models import Analysis, Batch
 from shared.storage import IMAGES, image_key
+from shared.tables import Analysis, Batch
 from shared.tenants import issue_key
 from worker.pipeline.synthetic import encode_jpeg, make_lesion
 

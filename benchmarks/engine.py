@@ -158,11 +158,11 @@ def _run(args: argparse.Namespace, model_dir: Path, cache: Path, scratch: Path) 
 
 
 def _pipeline(backend: str, model_dir: Path, cache: Path, args: argparse.Namespace):
+    from worker.pipeline.model_set import ModelSet
     from worker.pipeline.pipeline import Pipeline, PipelineOptions
-    from worker.pipeline.registry import ModelRegistry
 
     started = time.perf_counter()
-    registry = ModelRegistry.load(model_dir, device=args.device, segmenter="unet", seed=0, backend=backend)
+    registry = ModelSet.load(model_dir, device=args.device, segmenter="unet", seed=0, backend=backend)
     cpu = args.device == "cpu"
     # The worker's own defaults (worker/runtime.py): Gate 2 forward batch and Gate 1 budget.
     options = PipelineOptions(seg_size=args.seg_size, cls_size=args.cls_size, tta_views=args.views,
@@ -453,10 +453,10 @@ def _memory_probe(model_dir: Path, cache: Path, args: argparse.Namespace) -> Non
 
 
 def _pipeline_quiet(backend: str, model_dir: Path, cache: Path, args: argparse.Namespace):
+    from worker.pipeline.model_set import ModelSet
     from worker.pipeline.pipeline import Pipeline, PipelineOptions
-    from worker.pipeline.registry import ModelRegistry
 
-    registry = ModelRegistry.load(model_dir, device="cpu", segmenter="unet", seed=0, backend=backend)
+    registry = ModelSet.load(model_dir, device="cpu", segmenter="unet", seed=0, backend=backend)
     options = PipelineOptions(seg_size=args.seg_size, cls_size=args.cls_size, tta_views=args.views,
                               max_forward_batch=1, gate1_memory_mb=16, ir_cache_dir=cache)
     return Pipeline(registry, options)
@@ -467,7 +467,7 @@ def _random_checkpoints(model_dir: Path) -> Path:
     the weights' values); Fusion stays the seeded untrained network."""
     import torch
 
-    from worker.pipeline.models import build_scalpel
+    from worker.pipeline.networks import build_scalpel
 
     model_dir.mkdir(parents=True, exist_ok=True)
     with torch.random.fork_rng(devices=[]):

@@ -65,7 +65,7 @@ from cli.processes import stop_process
 from shared import lifecycle
 from shared.clock import utcnow
 from shared.db import session_scope
-from shared.models import Analysis
+from shared.tables import Analysis
 
 
 def photo(seed: int, side: int = 1300) -> bytes:

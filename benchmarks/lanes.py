@@ -30,7 +30,7 @@ from cli.processes import stop_process
 from shared import lifecycle
 from shared.clock import utcnow
 from shared.context import AppContext
-from shared.models import Analysis
+from shared.tables import Analysis
 from worker.pipeline.synthetic import encode_jpeg, make_lesion
 
 

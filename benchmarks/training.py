@@ -68,12 +68,12 @@ def main() -> None:
 
 def _switch_seconds(checkpoint: Path, args, root: Path) -> float:
     """What ``ModelSwitch`` does after the download: load the registry and build the pipeline."""
+    from worker.pipeline.model_set import ModelSet, ModelSource
     from worker.pipeline.pipeline import Pipeline, PipelineOptions
-    from worker.pipeline.registry import ModelRegistry, ModelSource
 
     options = PipelineOptions(seg_size=max(args.size, 64), cls_size=max(args.size, 64), ir_cache_dir=root / "engine")
     started = time.perf_counter()
-    registry = ModelRegistry.load(None, device=args.device, backend=args.backend,
+    registry = ModelSet.load(None, device=args.device, backend=args.backend,
                                   fusion_source=ModelSource(checkpoint, version="bench"))
     Pipeline(registry, options)
     return time.perf_counter() - started

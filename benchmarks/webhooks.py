@@ -31,8 +31,8 @@ from shared.context import AppContext
 from shared.db import session_scope
 from shared.events import record_event
 from shared.migrate import upgrade
-from shared.models import WebhookEndpoint
 from shared.security import secret_box
+from shared.tables import WebhookEndpoint
 from shared.tenants import issue_key
 from shared.webhook_signing import generate_secret
 

@@ -4,7 +4,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine
 
-from shared.models import Base
+from shared.tables import Base
 
 
 def test_models_and_migrations_agree(test_database_url):

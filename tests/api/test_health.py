@@ -113,7 +113,7 @@ def test_upload_while_the_object_store_is_down_is_503_and_saves_nothing(settings
     from sqlalchemy import func, select
 
     from api.main import create_app
-    from shared.models import Analysis
+    from shared.tables import Analysis
     from worker.pipeline.synthetic import encode_jpeg, make_lesion
 
     down = settings.model_copy(update={"s3_endpoint": f"127.0.0.1:{_closed_port()}"})

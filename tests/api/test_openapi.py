@@ -18,7 +18,6 @@ from api.routes import batches as batch_routes
 from shared import lifecycle
 from shared.config import Settings
 from shared.events import EVENT_TYPES
-from shared.models import Analysis, Batch
 from shared.schemas import (
     AnalysisEventData,
     AnalysisOut,
@@ -26,6 +25,7 @@ from shared.schemas import (
     BatchOut,
     ProblemDetails,
 )
+from shared.tables import Analysis, Batch
 
 PUBLIC = {("get", "/healthz"), ("get", "/readyz")}
 PROBLEM_REF = "#/components/schemas/ProblemDetails"
@@ -261,7 +261,7 @@ def test_every_free_text_input_says_it_takes_no_nul_byte(spec):
     client generated from it (or a fuzzer) never sends a 'valid' request that is refused."""
     import re
 
-    from api.schemas.openapi import NO_NUL_PATTERN
+    from api.openapi.contract import NO_NUL_PATTERN
 
     schemas = spec["components"]["schemas"]
     assert schemas["FeedbackIn"]["properties"]["notes"]["anyOf"][0]["pattern"] == NO_NUL_PATTERN

@@ -9,8 +9,8 @@ import zlib
 import pytest
 from PIL import Image
 
+from api.multipart import clean_image
 from api.problems import ImageTooLarge, UnreadableImage
-from api.uploads import clean_image
 
 
 def _encode(image: Image.Image, fmt: str, **options) -> bytes:

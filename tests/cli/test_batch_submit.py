@@ -13,7 +13,7 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from shared.models import Analysis, Batch
+from shared.tables import Analysis, Batch
 from worker.pipeline.synthetic import encode_jpeg, make_lesion
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from cli.main import cli
 from shared.config import get_settings
-from worker.pipeline.models import build_scalpel
+from worker.pipeline.networks import build_scalpel
 
 
 @pytest.fixture

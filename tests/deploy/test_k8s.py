@@ -17,8 +17,8 @@ import yaml
 from sqlalchemy import create_engine, text
 
 from cli.main import ROLES
-from shared.models import WebhookDelivery
 from shared.queues import Queue
+from shared.tables import WebhookDelivery
 from tests.deploy.images import image_problems
 from tests.deploy.keda_schema import SCALERS, SCHEMAS
 from tests.test_compose import _check_cli

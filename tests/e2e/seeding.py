@@ -9,8 +9,8 @@ from datetime import timedelta
 
 from shared.clock import utcnow
 from shared.db import session_scope
-from shared.models import Analysis, Batch
 from shared.storage import ARTIFACTS, IMAGES, artifact_key, image_key
+from shared.tables import Analysis, Batch
 from worker.pipeline import overlay
 from worker.pipeline.synthetic import encode_jpeg, make_lesion
 

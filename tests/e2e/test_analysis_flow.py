@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 from sqlalchemy import func, select
 
-from shared.models import Analysis
+from shared.tables import Analysis
 from worker.pipeline.synthetic import encode_jpeg, encode_png, make_lesion
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 
 from shared.db import session_scope
-from shared.models import ApiKey
+from shared.tables import ApiKey
 from shared.tenants import authenticate, issue_key
 
 ROOT = Path(__file__).resolve().parents[2]

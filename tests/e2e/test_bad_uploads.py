@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from sqlalchemy import func, select
 
-from shared.models import Analysis
+from shared.tables import Analysis
 from worker.pipeline.synthetic import encode_jpeg, make_lesion
 
 

@@ -14,8 +14,8 @@ from shared import lifecycle
 from shared.clock import utcnow
 from shared.db import session_scope
 from shared.jobs import enqueue_analysis
-from shared.models import Analysis, Event
 from shared.storage import IMAGES, image_key
+from shared.tables import Analysis, Event
 from worker.pipeline.synthetic import encode_jpeg, make_lesion
 
 CSV_HEADER = [

@@ -12,7 +12,7 @@ import pytest
 
 from cli.exports import ExportScopeError, export_feedback
 from shared.db import session_scope
-from shared.models import Analysis, Feedback
+from shared.tables import Analysis, Feedback
 from shared.tenants import issue_key
 
 ROOT = Path(__file__).resolve().parents[2]

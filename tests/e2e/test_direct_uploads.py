@@ -14,8 +14,8 @@ from sqlalchemy import select, update
 from shared.clock import utcnow
 from shared.context import AppContext
 from shared.db import session_scope
-from shared.models import Analysis, Event, Upload
 from shared.storage import IMAGES, upload_key
+from shared.tables import Analysis, Event, Upload
 from worker.ingest import ingest_upload
 from worker.maintenance import sweep
 from worker.pipeline.synthetic import encode_jpeg, make_lesion

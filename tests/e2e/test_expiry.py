@@ -11,8 +11,8 @@ from sqlalchemy import func, select
 from shared import lifecycle
 from shared.clock import utcnow
 from shared.db import session_scope
-from shared.models import Analysis, AnalysisStatus, Event
 from shared.storage import IMAGES, image_key
+from shared.tables import Analysis, AnalysisStatus, Event
 from worker.maintenance import sweep
 from worker.pipeline.synthetic import encode_jpeg, make_lesion
 

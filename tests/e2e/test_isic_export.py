@@ -12,7 +12,7 @@ from datetime import timedelta
 
 from shared.clock import utcnow
 from shared.db import session_scope
-from shared.models import Analysis
+from shared.tables import Analysis
 from tests.e2e.seeding import result_for
 
 HEADER = [

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from shared.db import session_scope
-from shared.models import WebhookEndpoint
+from shared.tables import WebhookEndpoint
 from tests.e2e.test_webhooks import UNSAFE_URLS, Receiver, register
 from worker.pipeline.synthetic import encode_jpeg, make_lesion
 

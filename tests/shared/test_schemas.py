@@ -1,7 +1,7 @@
 from typing import get_args
 
-from shared.models import DeliveryStatus
 from shared.schemas import DeliveryStatusName
+from shared.tables import DeliveryStatus
 
 
 def test_delivery_status_names_in_the_api_are_the_stored_statuses():

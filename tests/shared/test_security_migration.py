@@ -42,8 +42,8 @@ def test_reencrypt_moves_every_secret_to_the_first_key(context, tenant_key):
     from cryptography.fernet import Fernet
 
     from shared.db import session_scope
-    from shared.models import WebhookEndpoint
     from shared.security import SecretBox, reencrypt_webhook_secrets
+    from shared.tables import WebhookEndpoint
 
     old_key = Fernet.generate_key().decode()
     with session_scope(context.session_factory) as session:

@@ -16,7 +16,7 @@ from cli.main import cli
 from shared import model_registry
 from shared.config import get_settings
 from shared.db import session_scope
-from shared.models import ModelVersion
+from shared.tables import ModelVersion
 from tests.training.subsets import write_subset
 from worker.pipeline.synthetic import encode_jpeg, make_lesion
 

@@ -12,8 +12,8 @@ import torch
 
 from training.data import DataError
 from training.train import TrainConfig, train_fusion
-from worker.pipeline.models import FusionNet, load_checkpoint
-from worker.pipeline.registry import ModelRegistry, ModelSource
+from worker.pipeline.model_set import ModelSet, ModelSource
+from worker.pipeline.networks import FusionNet, load_checkpoint
 
 from .conftest import TINY
 
@@ -59,7 +59,7 @@ def test_checkpoint_is_in_the_original_format_with_card_and_calibration(trained_
 
 
 def test_the_pipeline_loads_it_as_synthetic_with_its_operating_point(trained_fusion):
-    registry = ModelRegistry.load(None, device="cpu", backend="torch",
+    registry = ModelSet.load(None, device="cpu", backend="torch",
                                   fusion_source=ModelSource(trained_fusion.checkpoint))
     provenance = registry.provenance()
     calibration = trained_fusion.card["calibration"]
@@ -94,7 +94,7 @@ def test_training_resumes_after_the_last_finished_epoch(trained_fusion, syntheti
 def test_scalpel_trains_with_dice_and_its_checkpoint_loads_in_the_pipeline(tmp_path):
     from training.synthetic import write_synthetic_dataset
     from training.train import train_scalpel
-    from worker.pipeline.models import build_scalpel
+    from worker.pipeline.networks import build_scalpel
 
     write_synthetic_dataset(tmp_path / "data", patients=4, images_per_patient=4, size=64, seed=1)
     config = TrainConfig(out_dir=tmp_path / "out", version="scalpel-test", **{**TINY, "epochs": 1})
@@ -103,7 +103,7 @@ def test_scalpel_trains_with_dice_and_its_checkpoint_loads_in_the_pipeline(tmp_p
     assert 0.0 <= validation["dice"] <= 1.0 and 0.0 <= validation["jaccard"] <= validation["dice"] + 1e-9
     assert "calibration" not in result.card and result.card["kind"] == "scalpel"
     assert load_checkpoint(build_scalpel(), result.checkpoint).version == "scalpel-test"
-    registry = ModelRegistry.load(None, device="cpu", backend="torch",
+    registry = ModelSet.load(None, device="cpu", backend="torch",
                                   scalpel_source=ModelSource(result.checkpoint, version="scalpel-test"))
     assert registry.segmenter == "unet" and registry.provenance()["scalpel"]["version"] == "scalpel-test"
     assert registry.provenance()["weights"] == "untrained"  # Fusion is still untrained: say so

@@ -13,11 +13,11 @@ from sqlalchemy import select
 from shared.clock import utcnow
 from shared.context import AppContext
 from shared.db import session_scope
-from shared.models import Analysis
 from shared.storage import ARTIFACTS, IMAGES, image_key
+from shared.tables import Analysis
 from worker.analysis import run_analysis
+from worker.pipeline.model_set import ModelSet
 from worker.pipeline.pipeline import Pipeline, PipelineOptions
-from worker.pipeline.registry import ModelRegistry
 from worker.pipeline.synthetic import encode_jpeg, make_lesion
 
 
@@ -31,7 +31,7 @@ def engine_context(settings):
 
 @pytest.fixture(scope="module")
 def pipeline(settings, tmp_path_factory):
-    registry = ModelRegistry.load(None, device="cpu", backend="auto")
+    registry = ModelSet.load(None, device="cpu", backend="auto")
     options = PipelineOptions(seg_size=settings.seg_size, cls_size=settings.cls_size, tta_views=settings.tta_views,
                               ir_cache_dir=tmp_path_factory.mktemp("engine"))
     return Pipeline(registry, options)

@@ -33,8 +33,8 @@ from shared.jobs import (
     is_infrastructure_error,
     report_gpu_worker,
 )
-from shared.models import Analysis, AnalysisStatus, Event, Report
 from shared.storage import IMAGES, image_key
+from shared.tables import Analysis, AnalysisStatus, Event, Report
 from tests.conftest import ROOT, settings_env, wait_for
 from worker.analysis import release
 from worker.maintenance import broker_queue_length, sweep

@@ -11,8 +11,8 @@ from sqlalchemy import select, update
 from shared import lifecycle
 from shared.clock import utcnow
 from shared.db import session_scope
-from shared.models import Analysis, AnalysisStatus, Event
 from shared.storage import IMAGES, image_key
+from shared.tables import Analysis, AnalysisStatus, Event
 from worker.maintenance import broker_queue_length, sweep
 from worker.pipeline.synthetic import encode_jpeg, make_lesion
 

@@ -14,8 +14,8 @@ from sqlalchemy import select, update
 from shared.clock import utcnow
 from shared.db import session_scope
 from shared.events import record_event
-from shared.models import WebhookDelivery, WebhookEndpoint
 from shared.security import secret_box
+from shared.tables import WebhookDelivery, WebhookEndpoint
 from shared.webhook_signing import generate_secret
 from worker.webhooks import deliver_one, dispatch_event
 

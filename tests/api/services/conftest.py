@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from shared.context import AppContext
 from shared.db import session_scope
-from shared.models import Tenant
+from shared.tables import Tenant
 from shared.tenants import issue_key
 
 

@@ -11,9 +11,9 @@ from sqlalchemy import func, select
 from api.problems import BadRequest, BatchSealed, Conflict, NotFound
 from api.services import analyses, batches
 from shared.images import clean_image
-from shared.models import Analysis, Event
 from shared.schemas import AnalysisInputs, BatchIn
 from shared.storage import IMAGES
+from shared.tables import Analysis, Event
 from worker.pipeline.synthetic import encode_jpeg, make_lesion
 
 

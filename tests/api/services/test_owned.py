@@ -10,7 +10,7 @@ from sqlalchemy.exc import OperationalError
 
 from api.problems import NotFound
 from api.services.owned import get_owned
-from shared.models import Batch
+from shared.tables import Batch
 
 
 @pytest.fixture

@@ -14,9 +14,9 @@ from api.problems import NotFound, Unprocessable
 from api.services import webhook_endpoints as endpoints
 from shared.clock import utcnow
 from shared.events import record_event
-from shared.models import DeliveryStatus, Event, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from shared.schemas import WebhookEndpointIn, WebhookEndpointPatch
 from shared.security import secret_box
+from shared.tables import DeliveryStatus, Event, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 
 RECEIVER = "http://127.0.0.1:9/hooks"  # loopback is allowed in the test settings; nothing listens
 

@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from worker.pipeline.models import FusionNet, build_scalpel
+from worker.pipeline.model_set import ModelSet
+from worker.pipeline.networks import FusionNet, build_scalpel
 from worker.pipeline.pipeline import Pipeline, PipelineOptions
-from worker.pipeline.registry import ModelRegistry
 
 SMALL = PipelineOptions(seg_size=128, cls_size=128)
 
@@ -24,9 +24,9 @@ def small_options() -> PipelineOptions:
 
 
 @pytest.fixture(scope="session")
-def classical_registry() -> ModelRegistry:
+def classical_registry() -> ModelSet:
     """No checkpoints: classical Gate 1, seeded untrained Fusion, on torch (hooks see the calls)."""
-    return ModelRegistry.load(None, device="cpu", backend="torch")
+    return ModelSet.load(None, device="cpu", backend="torch")
 
 
 @pytest.fixture(scope="session")
@@ -39,8 +39,8 @@ def checkpoint_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def unet_registry(checkpoint_dir) -> ModelRegistry:
-    return ModelRegistry.load(checkpoint_dir, device="cpu", backend="torch")
+def unet_registry(checkpoint_dir) -> ModelSet:
+    return ModelSet.load(checkpoint_dir, device="cpu", backend="torch")
 
 
 @pytest.fixture(scope="session")

@@ -7,8 +7,8 @@ import torch
 
 from worker.pipeline.backends import EngineOptions, TorchBackend, gate1_chunk, resolve_backend
 from worker.pipeline.errors import ModelConfigError
+from worker.pipeline.model_set import ModelSet
 from worker.pipeline.pipeline import Finding, LesionInput, Pipeline, PipelineOptions
-from worker.pipeline.registry import ModelRegistry
 from worker.pipeline.synthetic import encode_jpeg, make_lesion
 from worker.pipeline.tta import DIHEDRAL_VIEWS, NUMPY_VIEWS, expand_views, expand_views_numpy
 
@@ -43,7 +43,7 @@ def both(checkpoint_dir, ir_cache):
     """The same checkpoints on torch and on OpenVINO, at the test sizes."""
     options = PipelineOptions(seg_size=128, cls_size=128, ir_cache_dir=ir_cache)
     return {
-        name: Pipeline(ModelRegistry.load(checkpoint_dir, device="cpu", backend=name), options)
+        name: Pipeline(ModelSet.load(checkpoint_dir, device="cpu", backend=name), options)
         for name in ("torch", "openvino")
     }
 
@@ -81,7 +81,7 @@ def test_classical_gate1_results_are_identical_across_backends(tmp_path):
     options = PipelineOptions(seg_size=128, cls_size=128, ir_cache_dir=tmp_path)
     items = _lesions(2)
     outcomes = {
-        name: Pipeline(ModelRegistry.load(None, device="cpu", backend=name), options).run(items)
+        name: Pipeline(ModelSet.load(None, device="cpu", backend=name), options).run(items)
         for name in ("torch", "openvino")
     }
     for torch_outcome, ov_outcome in zip(outcomes["torch"], outcomes["openvino"], strict=True):
@@ -110,7 +110,7 @@ def test_a_restart_compiles_the_cached_ir_without_converting(both, checkpoint_di
 
     monkeypatch.setattr(openvino, "convert_model", no_conversion)
     restarted = Pipeline(
-        ModelRegistry.load(checkpoint_dir, device="cpu", backend="openvino"),
+        ModelSet.load(checkpoint_dir, device="cpu", backend="openvino"),
         PipelineOptions(seg_size=128, cls_size=128, ir_cache_dir=ir_cache),
     )
     items = _lesions(1)

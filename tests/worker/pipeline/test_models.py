@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from worker.pipeline.errors import CheckpointMismatchError, ModelConfigError
-from worker.pipeline.models import load_checkpoint
-from worker.pipeline.registry import ModelRegistry
+from worker.pipeline.model_set import ModelSet
+from worker.pipeline.networks import load_checkpoint
 
 
 class OriginalFusion(nn.Module):
@@ -63,7 +63,7 @@ def original_models(tmp_path_factory):
 
 def test_original_checkpoints_load_and_match_original_outputs(original_models):
     scalpel, fusion, directory = original_models
-    registry = ModelRegistry.load(directory, device="cpu", segmenter="auto")
+    registry = ModelSet.load(directory, device="cpu", segmenter="auto")
 
     image = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(0))
     meta = torch.zeros(2, 11)
@@ -76,7 +76,7 @@ def test_original_checkpoints_load_and_match_original_outputs(original_models):
     torch.testing.assert_close(ours_mask_logits, expected_mask_logits, rtol=1e-3, atol=1e-3)
     torch.testing.assert_close(ours_logits, expected_logits, rtol=1e-4, atol=1e-4)
     assert float((expected_logits[0] - expected_logits[1]).abs()) > 1e-2
-    untrained = ModelRegistry.load(None, device="cpu")
+    untrained = ModelSet.load(None, device="cpu")
     with torch.inference_mode():
         assert float((untrained.fusion(image, meta) - expected_logits).abs().max()) > 1e-2
 
@@ -137,11 +137,11 @@ def test_registry_refuses_a_checkpoint_for_another_architecture(tmp_path):
     torch.save(smp.Unet("resnet18", encoder_weights=None, classes=1).state_dict(), tmp_path / "scalpel.pth")
     missing = r"scalpel\.pth does not fit the model: missing keys \(96\)"
     with pytest.raises(CheckpointMismatchError, match=missing) as caught:
-        ModelRegistry.load(tmp_path, device="cpu")
+        ModelSet.load(tmp_path, device="cpu")
     assert "encoder.layer1.2.conv1.weight" in caught.value.missing
 
 
 def test_unreadable_checkpoint_is_a_config_error(tmp_path):
     (tmp_path / "fusion.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(ModelConfigError, match="cannot read checkpoint"):
-        ModelRegistry.load(tmp_path, device="cpu")
+        ModelSet.load(tmp_path, device="cpu")

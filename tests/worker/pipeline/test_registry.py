@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from worker.pipeline.errors import ModelConfigError
+from worker.pipeline.model_set import ModelSet
 from worker.pipeline.pipeline import Finding, LesionInput, Pipeline
-from worker.pipeline.registry import ModelRegistry
 from worker.pipeline.synthetic import encode_png, make_lesion
 
 
@@ -43,13 +43,13 @@ def test_with_checkpoints_provenance_records_hashes_and_versions(unet_registry, 
 def test_unet_requested_without_scalpel_checkpoint_fails_clearly(tmp_path):
     expected = r"segmenter 'unet' needs a Scalpel checkpoint \(scalpel\.pth or best_scalpel\.pth\)"
     with pytest.raises(ModelConfigError, match=expected):
-        ModelRegistry.load(tmp_path, device="cpu", segmenter="unet")
+        ModelSet.load(tmp_path, device="cpu", segmenter="unet")
     with pytest.raises(ModelConfigError, match="MODEL_DIR"):
-        ModelRegistry.load(None, device="cpu", segmenter="unet")
+        ModelSet.load(None, device="cpu", segmenter="unet")
 
 
 def test_classical_can_be_forced_even_with_a_scalpel_checkpoint(checkpoint_dir):
-    registry = ModelRegistry.load(checkpoint_dir, device="cpu", segmenter="classical")
+    registry = ModelSet.load(checkpoint_dir, device="cpu", segmenter="classical")
     assert registry.segmenter == "classical" and registry.scalpel is None
     assert registry.provenance()["scalpel"] is None and registry.provenance()["weights"] == "trained"
 
@@ -57,22 +57,22 @@ def test_classical_can_be_forced_even_with_a_scalpel_checkpoint(checkpoint_dir):
 @pytest.mark.parametrize("kwargs", [{"segmenter": "otsu"}, {"device": "tpu"}, {"device": "not a device"}])
 def test_bad_settings_are_config_errors(kwargs):
     with pytest.raises(ModelConfigError):
-        ModelRegistry.load(None, **kwargs)
+        ModelSet.load(None, **kwargs)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
 def test_cuda_requested_without_gpu_is_a_config_error():
     with pytest.raises(ModelConfigError, match="no CUDA GPU"):
-        ModelRegistry.load(None, device="cuda")
+        ModelSet.load(None, device="cuda")
 
 
 def test_untrained_fusion_is_seeded_and_leaves_global_rng_alone(classical_registry):
     torch.manual_seed(123)
     expected_next = torch.rand(3)
     torch.manual_seed(123)
-    again = ModelRegistry.load(None, device="cpu", seed=0)
+    again = ModelSet.load(None, device="cpu", seed=0)
     assert torch.equal(torch.rand(3), expected_next)
-    other = ModelRegistry.load(None, device="cpu", seed=1)
+    other = ModelSet.load(None, device="cpu", seed=1)
     weight = "head.0.weight"
     assert torch.equal(again.fusion.state_dict()[weight], classical_registry.fusion.state_dict()[weight])
     assert not torch.equal(other.fusion.state_dict()[weight], classical_registry.fusion.state_dict()[weight])
@@ -104,7 +104,7 @@ def test_both_gates_run_in_inference_mode_on_channels_last_batches(
 
 def test_same_seed_same_untrained_probability_across_registries(small_options):
     image = encode_png(make_lesion(3, (160, 160)).image)
-    first = Pipeline(ModelRegistry.load(None, device="cpu", seed=7), small_options).run([LesionInput(image)])[0]
-    second = Pipeline(ModelRegistry.load(None, device="cpu", seed=7), small_options).run([LesionInput(image)])[0]
+    first = Pipeline(ModelSet.load(None, device="cpu", seed=7), small_options).run([LesionInput(image)])[0]
+    second = Pipeline(ModelSet.load(None, device="cpu", seed=7), small_options).run([LesionInput(image)])[0]
     assert first.result["tta_probabilities"] == second.result["tta_probabilities"]
     assert np.isfinite(first.result["probability"])
