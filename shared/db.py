@@ -28,7 +28,7 @@ BROKER_DOWN = (kombu.exceptions.OperationalError, redis.exceptions.ConnectionErr
                redis.exceptions.TimeoutError, OSError)
 
 
-def make_engine(settings: Settings, **kwargs) -> Engine:
+def make_engine(settings: Settings, **kwargs: Any) -> Engine:
     if not settings.database_url:
         raise RuntimeError(
             "DERMASENTINEL_DATABASE_URL is not set; run `dermasentinel up` or point it at Postgres"

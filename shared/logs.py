@@ -15,7 +15,7 @@ import logging
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import IO, Any
 
 import structlog
 from structlog.contextvars import bind_contextvars, bound_contextvars, get_contextvars
@@ -63,7 +63,7 @@ def _stringify_ids(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDic
     return event_dict
 
 
-def wants_console(setting: str, stream=None) -> bool:
+def wants_console(setting: str, stream: IO[str] | None = None) -> bool:
     if setting == "auto":
         stream = stream or sys.stderr
         return bool(getattr(stream, "isatty", lambda: False)())
@@ -95,7 +95,7 @@ def make_formatter(console: bool) -> structlog.stdlib.ProcessorFormatter:
     )
 
 
-def configure_logging(settings: Settings, *, level: str | None = None, stream=None) -> None:
+def configure_logging(settings: Settings, *, level: str | None = None, stream: IO[str] | None = None) -> None:
     """Route every logger of this process through one handler in the chosen format.
     Safe to call again (the API factory and the Celery worker both do)."""
     stream = stream or sys.stderr
@@ -127,12 +127,12 @@ def configure_logging(settings: Settings, *, level: str | None = None, stream=No
     )
 
 
-def get_logger(name: str):
+def get_logger(name: str) -> Any:
     return structlog.stdlib.get_logger(name)
 
 
 @contextmanager
-def log_context(**ids) -> Iterator[None]:
+def log_context(**ids: object) -> Iterator[None]:
     """Bind ids (None values are skipped) to every line logged inside the block, in this
     thread or task. Worker threads of a pool do not inherit it: bind there again."""
     values = {k: str(v) for k, v in ids.items() if v is not None}
@@ -140,7 +140,7 @@ def log_context(**ids) -> Iterator[None]:
         yield
 
 
-def bind(**ids) -> None:
+def bind(**ids: object) -> None:
     bind_contextvars(**{k: str(v) for k, v in ids.items() if v is not None})
 
 

@@ -18,13 +18,18 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from prometheus_client import Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from shared.queues import Queue
+
+if TYPE_CHECKING:
+    from shared.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +139,7 @@ class BacklogCollector:
     per priority (Postgres), read at scrape time under ``timeout`` seconds each and cached
     for ``cache_seconds``, so many scrapes at once cost one read."""
 
-    def __init__(self, settings, *, timeout: float = 0.5, cache_seconds: float = 2.0):
+    def __init__(self, settings: Settings, *, timeout: float = 0.5, cache_seconds: float = 2.0) -> None:
         self.settings = settings
         self._engine: Engine | None = None
         self.timeout = timeout
@@ -142,10 +147,10 @@ class BacklogCollector:
         self._lock = threading.Lock()
         self._cached: tuple[float, list] | None = None
 
-    def describe(self):
+    def describe(self) -> list[Metric]:
         return []
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         # One reader at a time; the others take the last answer rather than queue up more reads.
         acquired = self._lock.acquire(timeout=self.timeout * 4) if self._cached is None else self._lock.acquire(False)
         if not acquired:
@@ -192,7 +197,7 @@ class BacklogCollector:
             family.add_metric([queue.value], float(length))
         return True
 
-    def engine(self):
+    def engine(self) -> Engine:
         # Its own single connection: a scrape never waits behind requests for the API's pool.
         if self._engine is None:
             from sqlalchemy import create_engine

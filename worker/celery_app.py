@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis.exceptions
 from celery import Celery
@@ -39,6 +39,9 @@ from shared.jobs import (
 )
 from shared.queues import ANALYSIS_QUEUES, Queue, TaskName
 from worker import runtime as runtime_module
+
+if TYPE_CHECKING:
+    from worker.pipeline.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 TRANSIENT = (*INFRASTRUCTURE_ERRORS, MinioException)
@@ -181,7 +184,7 @@ def _connect_observability(settings: Settings) -> None:
     """Logging, task context and task metrics for worker and beat processes (docs/OBSERVABILITY.md)."""
 
     @setup_logging.connect(weak=False, dispatch_uid="dermasentinel-logging")
-    def _logging(loglevel=None, **_):
+    def _logging(loglevel: object = None, **_: object) -> None:
         from shared.logs import configure_logging
 
         configure_logging(settings, level=loglevel if isinstance(loglevel, str) else None)
@@ -190,11 +193,14 @@ def _connect_observability(settings: Settings) -> None:
             logging.getLogger(name).addFilter(quiet)
 
     @worker_init.connect(weak=False, dispatch_uid="dermasentinel-metrics-server")
-    def _metrics_server(**_):
+    def _metrics_server(**_: object) -> None:
         serve_metrics(settings)
 
     @task_prerun.connect(weak=False, dispatch_uid="dermasentinel-task-context")
-    def _task_started(task_id=None, task=None, args=None, kwargs=None, **_):
+    def _task_started(
+        task_id: str | None = None, task: Any = None, args: Any = None, kwargs: object = None, **_: object
+    ) -> None:
+        # Celery's signal passes the Task and its positional arguments (typed loosely by celery-types).
         from structlog.contextvars import bind_contextvars, clear_contextvars
 
         from shared.logs import REQUEST_ID_HEADER
@@ -210,7 +216,7 @@ def _connect_observability(settings: Settings) -> None:
         request.dermasentinel_started = time.perf_counter()
 
     @task_postrun.connect(weak=False, dispatch_uid="dermasentinel-task-done")
-    def _task_done(task=None, state=None, **_):
+    def _task_done(task: Any = None, state: str | None = None, **_: object) -> None:
         from structlog.contextvars import clear_contextvars
 
         from shared.metrics import TASK_SECONDS, TASKS
@@ -253,7 +259,7 @@ def create_celery(settings: Settings | None = None, *, preload_models: bool = Fa
     _connect_observability(settings)
 
     @worker_process_init.connect(weak=False)
-    def _init_process(sender=None, **_):
+    def _init_process(sender: object = None, **_: object) -> None:
         global _membership
         runtime_module.reset_after_fork()
         _membership = None
@@ -272,7 +278,7 @@ def create_celery(settings: Settings | None = None, *, preload_models: bool = Fa
         membership.start()
 
     @worker_process_shutdown.connect(weak=False)
-    def _shutdown_process(**_):
+    def _shutdown_process(**_: object) -> None:
         if _membership is not None:
             _membership.stop()
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -284,7 +290,7 @@ def create_celery(settings: Settings | None = None, *, preload_models: bool = Fa
     return app
 
 
-def pipeline_or_step_aside(app: Celery):
+def pipeline_or_step_aside(app: Celery) -> Pipeline:
     """The process's pipeline; when its models cannot load, hand the message back for a
     worker that has them (and say so in the census) rather than fail the job."""
     membership = gpu_membership()

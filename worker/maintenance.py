@@ -9,9 +9,13 @@ webhook deliveries by ``worker.webhooks.dispatch_due``.
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timedelta
 
 import redis.exceptions
+from celery import Celery
+from sqlalchemy.orm import Session
 
 from shared import lifecycle
 from shared.clock import utcnow
@@ -119,7 +123,14 @@ def sweep(context: AppContext) -> dict[str, int]:
     return counts
 
 
-def _resend_missing(context: AppContext, queue: Queue, find_missing, enqueue, cutoff, what: str) -> int:
+def _resend_missing(
+    context: AppContext,
+    queue: Queue,
+    find_missing: Callable[[Session, datetime, int], list[uuid.UUID]],
+    enqueue: Callable[[Celery, uuid.UUID], None],
+    cutoff: datetime,
+    what: str,
+) -> int:
     """Re-send the wake-ups of work whose request is older than ``cutoff`` and still not
     done, when its lane in the broker is empty. Returns how many were re-sent."""
     if broker_queue_length(context, queue.value) > 0:

@@ -22,17 +22,20 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import lru_cache, partial
 
+import httpx
 import redis
 from kombu.exceptions import OperationalError
 from redis.exceptions import LockError
 from redis.lock import Lock
 from sqlalchemy import or_, select, update
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
 
 from shared.clock import utcnow
+from shared.config import Settings
 from shared.context import AppContext
 from shared.db import after_commit, session_scope
 from shared.events import undispatched_event_ids
@@ -69,7 +72,7 @@ def _analysis_of(event: Event) -> uuid.UUID | None:
         return None
 
 
-def _candidates(session, event: Event) -> list[WebhookEndpoint]:
+def _candidates(session: Session, event: Event) -> list[WebhookEndpoint]:
     """The endpoints that may get this event: the one a test event names; else the tenant's
     enabled tenant-wide endpoints, plus the per-request webhook of the event's analysis (a
     per-request endpoint never sees another analysis' events, nor batch events)."""
@@ -100,7 +103,7 @@ def _candidates(session, event: Event) -> list[WebhookEndpoint]:
     return shared + list(own)
 
 
-def _wake_lease(now) -> dict:
+def _wake_lease(now: datetime) -> dict:
     """The columns of a delivery whose wake-up is being sent now."""
     return {"next_attempt_at": now + WAKE_LEASE, "leased_at": now}
 
@@ -150,7 +153,7 @@ class _Claim:
     body: str
 
 
-def deliver_one(context: AppContext, delivery_id: uuid.UUID, client=None) -> str | None:
+def deliver_one(context: AppContext, delivery_id: uuid.UUID, client: httpx.Client | None = None) -> str | None:
     """One signed attempt, fair between tenants and holding no database connection while
     it waits on the receiver.
 
@@ -330,7 +333,7 @@ class TenantSlots:
                     pass  # expired already: the TTL freed it
 
 
-def _tenant_slots(settings) -> TenantSlots:
+def _tenant_slots(settings: Settings) -> TenantSlots:
     return TenantSlots(
         _redis(settings.broker_url),
         settings.webhook_tenant_concurrency,
@@ -349,7 +352,7 @@ def _disable(endpoint: WebhookEndpoint, reason: str) -> None:
     log.warning("webhook endpoint %s disabled: %s", endpoint.id, reason)
 
 
-def lost_after(settings) -> timedelta:
+def lost_after(settings: Settings) -> timedelta:
     """How old a lease must be, with the ``webhooks`` lane empty, before its wake-up or its
     sender counts as lost: the resend threshold, and never less than a send can last."""
     return timedelta(seconds=max(settings.resend_after_seconds, settings.webhook_timeout_seconds + 5))
