@@ -178,10 +178,14 @@ def decide(inputs: DispositionInputs) -> DispositionDecision:
 
 
 def _borderline_quality(inputs: DispositionInputs) -> bool:
-    if inputs.blur_score is not None and inputs.blur_threshold is not None:
-        if inputs.blur_score < inputs.blur_threshold * BORDERLINE_BLUR_FACTOR:
-            return True
-    if inputs.coverage is not None and inputs.min_coverage is not None:
-        if inputs.coverage < inputs.min_coverage * BORDERLINE_COVERAGE_FACTOR:
-            return True
-    return False
+    blurry = (
+        inputs.blur_score is not None
+        and inputs.blur_threshold is not None
+        and inputs.blur_score < inputs.blur_threshold * BORDERLINE_BLUR_FACTOR
+    )
+    small = (
+        inputs.coverage is not None
+        and inputs.min_coverage is not None
+        and inputs.coverage < inputs.min_coverage * BORDERLINE_COVERAGE_FACTOR
+    )
+    return blurry or small
