@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import mimetypes
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -13,10 +14,11 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
 from api import problems
-from api.deps import Capacity, KeyCache, api_database_settings
+from api.auth import KeyCache
+from api.capacity import Capacity, api_database_settings
 from api.middleware import BodyGuard, Edge, RequestDeadline, TenantGate
 from api.multipart import return_image_memory_promptly
-from api.openapi import docs, openapi, webhooks
+from api.openapi import contract, docs, webhooks
 from api.ratelimit import Limiter
 from api.routes import analyses, health
 from shared.config import Settings, get_settings
@@ -80,7 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.limiter = Limiter(settings)
     problems.install(app)
     webhooks.install(app)
-    openapi.install(app)
+    contract.install(app)
     docs.install(app)
     for module in (health, analyses):
         app.include_router(module.router)
@@ -92,6 +94,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyGuard, settings=settings)
     app.add_middleware(Edge, settings=settings)
 
+    # The web app is ES modules (api/static/js/), which browsers run only when served with a
+    # JavaScript type; some hosts' MIME tables map .js to text/plain (and nosniff is on).
+    mimetypes.add_type("text/javascript", ".js")
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.get("/", include_in_schema=False)

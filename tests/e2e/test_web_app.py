@@ -6,6 +6,10 @@ only the driver, no browser download). Skipped only when /usr/bin/chromium is ab
 
 from __future__ import annotations
 
+import posixpath
+import re
+from pathlib import Path
+
 import httpx
 import pytest
 
@@ -19,6 +23,35 @@ from worker.pipeline.synthetic import encode_jpeg, make_lesion
 
 UNTRAINED = "UNTRAINED MODEL"
 NOT_FOR_CLINICAL_USE = "NOT FOR CLINICAL USE"
+MODULES = Path(__file__).resolve().parents[2] / "api" / "static" / "js"
+JAVASCRIPT = {"text/javascript", "application/javascript"}
+
+
+def test_page_loads_same_origin_es_modules(api_url):
+    """One <script type="module"> from /static/js/ and no inline script (the
+    Content-Security-Policy allows neither inline nor foreign scripts); every module it
+    imports, and every module in api/static/js/, is served with a JavaScript type, which
+    browsers require of module scripts."""
+    with httpx.Client(base_url=api_url, timeout=30) as client:
+        page = client.get("/")
+        assert page.status_code == 200
+        assert "script-src 'self'" in page.headers["content-security-policy"]
+        scripts = re.findall(r"<script\b([^>]*)>(.*?)</script>", page.text, re.S)
+        assert scripts == [(' type="module" src="/static/js/main.js"', "")], scripts
+        seen: set[str] = set()
+        queue = ["/static/js/main.js"]
+        while queue:
+            path = queue.pop()
+            if path in seen:
+                continue
+            seen.add(path)
+            response = client.get(path)
+            assert response.status_code == 200, path
+            assert response.headers["content-type"].split(";")[0] in JAVASCRIPT, (path, response.headers)
+            for spec in re.findall(r'^import .* from "([^"]+)";$', response.text, re.M):
+                assert spec.startswith("./"), f"{path} imports {spec}: modules import each other only"
+                queue.append(posixpath.normpath(posixpath.join(posixpath.dirname(path), spec)))
+    assert seen == {f"/static/js/{module.name}" for module in MODULES.glob("*.js")}, "a module nothing imports"
 
 
 def test_upload_shows_result_matching_the_api(browser_page, api_url, worker, tenant_key, tmp_path):

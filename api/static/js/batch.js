@@ -1,0 +1,104 @@
+/* One batch's page: progress, ETA, counts, weights warning and equity summary, polled until
+   the batch completes. The worklist below it is worklist.js's. */
+
+import { getJson } from "./api.js";
+import { $, el } from "./dom.js";
+import { duration, num, pct, when } from "./format.js";
+import { showProblem } from "./problem.js";
+import { state } from "./state.js";
+import { meaningful } from "./weights.js";
+import { clearWorklist, renderWorklist } from "./worklist.js";
+
+const BATCH_POLL_MS = 3000;
+
+let batchTimer = null;
+
+export function stopBatchPolling() {
+  clearTimeout(batchTimer);
+  batchTimer = null;
+}
+
+export async function openBatch(id) {
+  stopBatchPolling();
+  if (!state.batch || state.batch.id !== id) {
+    state.batch = { id, header: null, items: [], summary: null };
+    state.cursor = 0;
+    state.filter = "all";
+    clearWorklist();
+    $("batch-heading").textContent = "Batch";
+  }
+  await refreshBatch(id, true);
+}
+
+/** No batch open (the key was forgotten). */
+export function closeBatch() {
+  stopBatchPolling();
+  state.batch = null;
+  clearWorklist();
+}
+
+async function refreshBatch(id, focus = false) {
+  let body;
+  try {
+    body = await getJson(`/v1/batches/${encodeURIComponent(id)}/results?format=json&order=risk`);
+  } catch (error) {
+    showProblem(error);
+    return;
+  }
+  if (!state.batch || state.batch.id !== id || $("view-batch").hidden) return;
+  state.batch.header = body.batch;
+  state.batch.items = body.items;
+  state.batch.summary = body.summary;
+  renderBatch();
+  if (focus) $("worklist").focus({ preventScroll: true });
+  if (body.batch.state !== "completed") {
+    batchTimer = setTimeout(() => refreshBatch(id), BATCH_POLL_MS);
+  }
+}
+
+function batchNeutral() {
+  // Any item whose weights are not "trained" makes the ranking not meaningful for it.
+  return (state.batch.items || []).some((item) => item.status === "succeeded" && !meaningful(item.weights));
+}
+
+function renderBatch() {
+  const { header, summary } = state.batch;
+  $("batch-heading").textContent = header.name || `Batch ${header.id.slice(0, 8)}`;
+  const percent = Math.round(header.percent_done || 0);
+  $("batch-progress-fill").style.width = `${percent}%`;
+  $("batch-progressbar").setAttribute("aria-valuenow", String(percent));
+  $("batch-progress-text").textContent = `${header.done} of ${header.total} done (${percent}%) · ${header.state}`;
+  const eta = duration(header.eta_seconds);
+  const rate = header.throughput_per_minute ? ` · ${num(header.throughput_per_minute, 1)} per minute` : "";
+  $("batch-eta").textContent = header.state === "completed" || header.eta_seconds === 0
+    ? `All items finished${header.completed_at ? ` ${when(header.completed_at)}` : ""}.`
+    : eta ? `About ${eta} left (ETA ${when(header.eta_at)})${rate}.` : "ETA not known yet: nothing has finished in the last minutes.";
+  const counts = $("batch-counts");
+  counts.replaceChildren();
+  for (const [status, n] of Object.entries(header.counts || {})) {
+    if (!n) continue;
+    counts.append(el("dt", { class: `pill pill-${status}` }, status));
+    counts.append(el("dd", {}, String(n)));
+  }
+
+  const banner = $("batch-weights");
+  const warning = summary.weights_warning || (batchNeutral() ? "Results in this batch come from weights that are not trained: the risk order is not clinically meaningful." : null);
+  banner.hidden = !warning;
+  banner.textContent = warning ? `${warning} · NOT FOR CLINICAL USE` : "";
+
+  const tbody = $("equity-table").querySelector("tbody");
+  tbody.replaceChildren();
+  for (const group of summary.equity || []) {
+    const tr = el("tr", { "data-group": group.skin_group });
+    tr.append(el("th", { scope: "row" }, group.skin_group));
+    tr.append(el("td", {}, String(group.items)));
+    tr.append(el("td", {}, `${group.high_risk} (${pct(group.high_risk_share)})`));
+    tr.append(el("td", {}, `${group.suspicious} (${pct(group.suspicious_share)})`));
+    tr.append(el("td", {}, String(group.needs_review)));
+    tr.append(el("td", {}, group.bias_warning ? "Yes" : "No"));
+    tbody.append(tr);
+  }
+  $("equity-empty").hidden = (summary.equity || []).length > 0;
+  $("review-rule").textContent = summary.review_rule ? `Review rule: ${summary.review_rule}.` : "";
+  renderWorklist();
+}
