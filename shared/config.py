@@ -18,6 +18,7 @@ from limits import RateLimitItem
 from pydantic import Field, InstanceOf, NonNegativeInt, SecretStr, field_serializer, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from shared import clinical
 from shared.ssrf import AllowRule, parse_allow_cidrs
 
 ENV_PREFIX = "DERMASENTINEL_"
@@ -93,8 +94,8 @@ class Settings(BaseSettings):
     seg_size: int = Field(default=512, ge=64, le=2048)
     cls_size: int = Field(default=512, ge=64, le=2048)
     tta_views: int = Field(default=5, ge=1, le=8)
-    blur_threshold: float = 100.0
-    min_coverage: float = 0.01
+    blur_threshold: float = clinical.BLUR_THRESHOLD
+    min_coverage: float = clinical.MIN_COVERAGE
     max_upload_mb: int = Field(default=20, ge=1, le=200)
     max_image_pixels: int = 40_000_000
     gpu_batch_size: int = Field(default=8, ge=1, le=64)

@@ -5,7 +5,8 @@ expressions, below) and each matched intent answers from the analysis' own field
 every field it used in ``cited``. The same question about the same analysis always gets the
 same answer. Whatever the analysis did not measure (symptoms, history, change over time,
 other lesions) is said to be outside what it measured; no finding is ever invented, and the
-only course of action ever quoted is the PLAN of the analysis' own scribe note.
+only course of action ever quoted is the analysis' PLAN, taken from shared.clinical (the rule
+its scribe note's PLAN is written by), never parsed out of the rendered note.
 
 Intent table (first column is the intent name stored with each answer):
 
@@ -25,7 +26,7 @@ skin_tone     skin tone/type/colour, ITA, Fitzpatrick, bias, equity
 quality       quality, blur, sharp, focus
 model         model, weights, trained, checkpoint, version
 plan          treatment, what to do, next step, biopsy, refer, follow-up:
-              quotes the scribe note's PLAN and nothing else
+              quotes the analysis' PLAN (shared.clinical) and nothing else
 not_measured  symptoms (itch, bleeding, pain), evolution or growth, history,
               spread, prognosis, other lesions: said plainly to be unmeasured
 outside       nothing matched: the question is outside what was measured
@@ -39,6 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from shared import clinical
+from shared.schemas.analyses import AnalysisRecord, AnalysisResult
 
 MAX_QUESTION_CHARS = 500
 
@@ -62,7 +64,7 @@ class GroundedAnswer:
     intents: list[str]
     outside_scope: bool
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, object]:
         return {
             "text": self.text,
             "cited": self.cited,
@@ -88,13 +90,13 @@ def _pct(value: float) -> str:
     return f"{value * 100:.1f}%"
 
 
-def _score(value) -> str:
-    return "not measured" if value is None else f"{float(value):.2f} on a 0-1 scale (0 = none, 1 = most marked)"
+def _score(value: float) -> str:
+    return f"{value:.2f} on a 0-1 scale (0 = none, 1 = most marked)"
 
 
-def _weights_caveat(record: dict, parts: _Parts) -> None:
+def _weights_caveat(record: AnalysisRecord, parts: _Parts) -> None:
     """Output from weights that are not trained is said to be meaningless, every time."""
-    weights = clinical.weights_status(record.get("model"))
+    weights = clinical.weights_status(record.model)
     banner = clinical.weights_banner(weights)
     if banner is not None:
         parts.say(f"{banner} (model.weights = {weights or clinical.UNKNOWN_WEIGHTS}).", "model.weights")
@@ -102,63 +104,64 @@ def _weights_caveat(record: dict, parts: _Parts) -> None:
 
 # ---------------------------------------------------------------- intent handlers
 
+Answer = Callable[[AnalysisRecord, AnalysisResult, _Parts], None]
+# Answers have always spelt the colour concept the British way; the reports use CONCEPT_LABELS as is.
+ANSWER_CONCEPT_LABELS = {**clinical.CONCEPT_LABELS, "color": "Colour variegation"}
 
-def _diagnosis(record: dict, result: dict, parts: _Parts) -> None:
+
+def _diagnosis(record: AnalysisRecord, result: AnalysisResult, parts: _Parts) -> None:
     _weights_caveat(record, parts)
-    threshold = clinical.operating_threshold(clinical.threshold_of(record.get("model")))
+    threshold = clinical.operating_threshold(clinical.threshold_of(record.model))
     parts.say(
-        f"The model's output is '{result['diagnosis']}' (melanoma probability {_pct(result['probability'])}, "
+        f"The model's output is '{result.diagnosis}' (melanoma probability {_pct(result.probability)}, "
         f"operating threshold {_pct(threshold)}). This is decision support, not a diagnosis.",
         "result.diagnosis",
         "result.probability",
     )
 
 
-def _probability(record: dict, result: dict, parts: _Parts) -> None:
+def _probability(record: AnalysisRecord, result: AnalysisResult, parts: _Parts) -> None:
     _weights_caveat(record, parts)
-    views = len(result.get("tta_probabilities") or [])
     parts.say(
-        f"Melanoma probability {_pct(result['probability'])} ± {_pct(result['uncertainty'])} "
-        f"(mean ± standard deviation over {views} test-time views of the photo); "
-        f"{clinical.uncertainty_level(result['uncertainty'])} uncertainty.",
+        f"Melanoma probability {_pct(result.probability)} ± {_pct(result.uncertainty)} "
+        f"(mean ± standard deviation over {len(result.tta_probabilities)} test-time views of the photo); "
+        f"{clinical.uncertainty_level(result.uncertainty)} uncertainty.",
         "result.probability",
         "result.uncertainty",
         "result.tta_probabilities",
     )
 
 
-def _risk(record: dict, result: dict, parts: _Parts) -> None:
+def _risk(record: AnalysisRecord, result: AnalysisResult, parts: _Parts) -> None:
     _weights_caveat(record, parts)
-    band = result["risk_band"]
-    ranges = clinical.risk_band_ranges(clinical.threshold_of(record.get("model")))
+    band = result.risk_band
+    ranges = clinical.risk_band_ranges(clinical.threshold_of(record.model))
     parts.say(
-        f"Risk band: {band} (probability {ranges.get(band, 'range unknown')}; this one "
-        f"{result['probability']:.2f}).",
+        f"Risk band: {band} (probability {ranges[band]}; this one {result.probability:.2f}).",
         "result.risk_band",
         "result.probability",
     )
 
 
-def _concept(name: str, label: str) -> Callable[[dict, dict, _Parts], None]:
-    def answer(record: dict, result: dict, parts: _Parts) -> None:
-        value = (result.get("concepts") or {}).get(name)
-        parts.say(f"{label}: {_score(value)}.", f"result.concepts.{name}")
+def _concept(name: str) -> Answer:
+    label = ANSWER_CONCEPT_LABELS[name]
+
+    def answer(record: AnalysisRecord, result: AnalysisResult, parts: _Parts) -> None:
+        score: float = getattr(result.concepts, name)
+        parts.say(f"{label}: {_score(score)}.", f"result.concepts.{name}")
 
     return answer
 
 
-def _abcd(record: dict, result: dict, parts: _Parts) -> None:
-    for name, label in (("asymmetry", "Asymmetry"), ("border", "Border irregularity"), ("color", "Colour variegation")):
-        _concept(name, label)(record, result, parts)
+def _abcd(record: AnalysisRecord, result: AnalysisResult, parts: _Parts) -> None:
+    for name in ANSWER_CONCEPT_LABELS:
+        _concept(name)(record, result, parts)
     _diameter(record, result, parts)
 
 
-def _diameter(record: dict, result: dict, parts: _Parts) -> None:
-    concepts = result.get("concepts") or {}
-    px, mm = concepts.get("diameter_px"), concepts.get("diameter_mm")
-    if px is None:
-        parts.say("Diameter: not measured.", "result.concepts.diameter_px")
-    elif mm is None:
+def _diameter(record: AnalysisRecord, result: AnalysisResult, parts: _Parts) -> None:
+    px, mm = result.concepts.diameter_px, result.concepts.diameter_mm
+    if mm is None:
         parts.say(
             f"Diameter: {px:.0f} pixels across. No pixel spacing was supplied with the photo, so the "
             "size in millimetres is not known.",
@@ -173,88 +176,58 @@ def _diameter(record: dict, result: dict, parts: _Parts) -> None:
         )
 
 
-def _coverage(record: dict, result: dict, parts: _Parts) -> None:
-    coverage = (result.get("segmentation") or {}).get("coverage")
-    segmenter = (record.get("model") or {}).get("segmenter")
+def _coverage(record: AnalysisRecord, result: AnalysisResult, parts: _Parts) -> None:
+    segmenter = record.model.segmenter if record.model is not None else None
     how = f" by the {segmenter} segmenter" if segmenter else ""
-    if coverage is None:
-        parts.say("Lesion coverage: not measured.", "result.segmentation.coverage")
-        return
     fields = ["result.segmentation.coverage"] + (["model.segmenter"] if segmenter else [])
-    parts.say(f"The segmented lesion{how} covers {_pct(coverage)} of the photo.", *fields)
+    parts.say(f"The segmented lesion{how} covers {_pct(result.segmentation.coverage)} of the photo.", *fields)
 
 
-def _skin_tone(record: dict, result: dict, parts: _Parts) -> None:
-    equity = result.get("equity") or {}
-    if not equity:
-        parts.say("Skin tone: not measured.", "result.equity")
-        return
+def _skin_tone(record: AnalysisRecord, result: AnalysisResult, parts: _Parts) -> None:
+    equity = result.equity
     parts.say(
-        f"Skin tone by individual typology angle (ITA): {equity['ita_degrees']:.1f}°, skin group "
-        f"'{equity['skin_group']}'.",
+        f"Skin tone by individual typology angle (ITA): {equity.ita_degrees:.1f}°, skin group "
+        f"'{equity.skin_group}'.",
         "result.equity.ita_degrees",
         "result.equity.skin_group",
     )
-    if equity.get("bias_warning"):
-        parts.say(
-            "Bias warning: this skin tone is under-represented in the model's training data; accuracy "
-            "for this group is not established.",
-            "result.equity.bias_warning",
-        )
+    if equity.bias_warning:
+        parts.say(f"Bias warning: {clinical.BIAS_WARNING_TEXT}", "result.equity.bias_warning")
     else:
         parts.say("No bias warning for this skin group.", "result.equity.bias_warning")
 
 
-def _quality(record: dict, result: dict, parts: _Parts) -> None:
-    blur = (result.get("quality") or {}).get("blur_score")
-    if blur is None:
-        parts.say("Image quality: not measured.", "result.quality")
-        return
+def _quality(record: AnalysisRecord, result: AnalysisResult, parts: _Parts) -> None:
     parts.say(
-        f"Image sharpness (blur score, higher is sharper): {blur:.1f}; the photo passed the quality gate.",
+        f"Image sharpness (blur score, higher is sharper): {result.quality.blur_score:.1f}; the photo passed "
+        "the quality gate.",
         "result.quality.blur_score",
         "status",
     )
 
 
-def _model(record: dict, result: dict, parts: _Parts) -> None:
-    model = record.get("model") or {}
-    weights = model.get("weights") or "unknown"
-    pieces = [f"weights: {weights}"]
+def _model(record: AnalysisRecord, result: AnalysisResult, parts: _Parts) -> None:
+    model = record.model
+    pieces = [f"weights: {model.weights if model is not None else clinical.UNKNOWN_WEIGHTS}"]
     fields = ["model.weights"]
-    for key in ("segmenter", "backend", "version"):
-        if model.get(key):
-            pieces.append(f"{key}: {model[key]}")
-            fields.append(f"model.{key}")
+    if model is not None:
+        for key, value in (("segmenter", model.segmenter), ("backend", model.backend), ("version", model.version)):
+            if value:
+                pieces.append(f"{key}: {value}")
+                fields.append(f"model.{key}")
     parts.say("Model: " + "; ".join(pieces) + ".", *fields)
     _weights_caveat(record, parts)
 
 
-def _plan_lines(result: dict) -> list[str]:
-    note = result.get("scribe_note") or ""
-    lines = note.splitlines()
-    if "PLAN" not in lines:
-        return []
-    plan: list[str] = []
-    for line in lines[lines.index("PLAN") + 1 :]:
-        if not line.strip():
-            break
-        plan.append(line.lstrip("- ").strip())
-    return plan
-
-
-def _plan(record: dict, result: dict, parts: _Parts) -> None:
-    plan = _plan_lines(result)
-    if not plan:
-        parts.say(f"{NO_ADVICE} The report has no PLAN section to quote.", "result.scribe_note")
-        return
+def _plan(record: AnalysisRecord, result: AnalysisResult, parts: _Parts) -> None:
+    plan = clinical.plan_for(result, record.model)
     parts.say(
         f"{NO_ADVICE} The report's PLAN says: " + " ".join(plan) + " The treating clinician decides.",
-        "result.scribe_note",
+        *clinical.PLAN_FIELDS,
     )
 
 
-def _not_measured(record: dict, result: dict, parts: _Parts) -> None:
+def _not_measured(record: AnalysisRecord, result: AnalysisResult, parts: _Parts) -> None:
     parts.say(NOT_MEASURED)
 
 
@@ -262,7 +235,7 @@ def _not_measured(record: dict, result: dict, parts: _Parts) -> None:
 class Intent:
     name: str
     pattern: re.Pattern
-    answer: Callable[[dict, dict, _Parts], None]
+    answer: Answer
 
 
 def _rx(*alternatives: str) -> re.Pattern:
@@ -283,16 +256,16 @@ INTENTS: tuple[Intent, ...] = (
     ),
     Intent("risk", _rx("risk", "band", "urgent", "worr", "dangerous", "serious", "concern"), _risk),
     Intent("abcd", _rx(r"abcd?\b", "concepts?", "features?", "findings?"), _abcd),
-    Intent("asymmetry", _rx("asymmetr", "symmetr", "shape"), _concept("asymmetry", "Asymmetry")),
+    Intent("asymmetry", _rx("asymmetr", "symmetr", "shape"), _concept("asymmetry")),
     Intent(
         "border",
         _rx("border", "edges?", "margins?", "outline", "irregular"),
-        _concept("border", "Border irregularity"),
+        _concept("border"),
     ),
     Intent(
         "color",
         _rx("(?<!skin )colou?r", "pigment", "variegat", "shades?"),
-        _concept("color", "Colour variegation"),
+        _concept("color"),
     ),
     Intent(
         "diameter",
@@ -331,12 +304,11 @@ def normalise_question(question: str) -> str:
     return "".join(ch if ch.isprintable() or ch == " " else "\ufffd" for ch in text)
 
 
-def answer_question(question: str, record: dict) -> GroundedAnswer:
+def answer_question(question: str, record: AnalysisRecord) -> GroundedAnswer:
     """Answer ``question`` from ``record`` (shared.lifecycle.analysis_record of one analysis)."""
     question = normalise_question(question)
-    status = record.get("status")
-    result = record.get("result")
-    if status != "succeeded" or not result:
+    result = record.result
+    if record.status != "succeeded" or result is None:
         return _status_answer(record)
 
     matched = [intent for intent in INTENTS if intent.pattern.search(question)]
@@ -357,31 +329,29 @@ def answer_question(question: str, record: dict) -> GroundedAnswer:
     return GroundedAnswer(" ".join(sentences), parts.cited, [i.name for i in matched], outside)
 
 
-def _status_answer(record: dict) -> GroundedAnswer:
-    status = record.get("status") or "unknown"
+def _status_answer(record: AnalysisRecord) -> GroundedAnswer:
+    status = record.status
     parts = _Parts()
     if status in ("queued", "processing"):
         parts.say(
             f"The analysis has not finished yet (status: {status}); there are no findings to answer from.", "status"
         )
     elif status == "rejected":
-        rejection = record.get("rejection") or {}
+        rejection = record.rejection
+        code = rejection.code if rejection is not None else "unknown"
+        detail = rejection.detail if rejection is not None else ""
         parts.say(
-            f"There are no findings: the photo was rejected by a quality gate ({rejection.get('code', 'unknown')}): "
-            f"{rejection.get('detail') or 'no detail given'}.",
+            f"There are no findings: the photo was rejected by a quality gate ({code}): "
+            f"{detail or 'no detail given'}.",
             "status",
             "rejection.code",
             "rejection.detail",
         )
-        if rejection.get("advice"):
-            parts.say(str(rejection["advice"]), "rejection.advice")
+        if rejection is not None and rejection.advice:
+            parts.say(rejection.advice, "rejection.advice")
     elif status == "failed":
-        error = record.get("error") or {}
-        parts.say(
-            f"There are no findings: the analysis failed with a system error ({error.get('code', 'unknown')}).",
-            "status",
-            "error.code",
-        )
+        code = record.error.code if record.error is not None else "unknown"
+        parts.say(f"There are no findings: the analysis failed with a system error ({code}).", "status", "error.code")
     elif status == "canceled":
         parts.say("There are no findings: the analysis was canceled before it finished.", "status", "cancel_reason")
     else:

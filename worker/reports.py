@@ -18,7 +18,7 @@ from shared.logs import bind
 from shared.metrics import REPORT_RENDER_SECONDS
 from shared.storage import ARTIFACTS, IMAGES, artifact_key
 from shared.tables import Analysis, AnalysisStatus, Report
-from worker.reporting.fhir import build_fhir_bundle
+from worker.reporting.fhir import BundleLinks, build_fhir_bundle
 from worker.reporting.pdf import render_report
 
 log = logging.getLogger(__name__)
@@ -45,12 +45,11 @@ def build_report(context: AppContext, analysis_id: uuid.UUID) -> bool:
     links = lifecycle.links(context.settings, analysis_id)
     fhir = build_fhir_bundle(
         record,
-        {
-            "report": links["report"],
-            "self": links["self"],
-            "image": f"{links['self']}/artifacts/image",
-            "overlay": f"{links['self']}/artifacts/overlay" if overlay_key else None,
-        },
+        BundleLinks(
+            report=links.report,
+            image=f"{links.self}/artifacts/image",
+            overlay=f"{links.self}/artifacts/overlay" if overlay_key else None,
+        ),
     )
     render_ms = (time.perf_counter() - started) * 1000
     REPORT_RENDER_SECONDS.observe(render_ms / 1000)

@@ -10,14 +10,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from api.deps import ContextDep, CurrentTenant, SessionDep, parse_id
 from api.problems import problems
 from api.services import questions as service
+from shared import clinical
 from shared.clock import iso
 from shared.questions import MAX_QUESTION_CHARS
 from shared.tables import AnalysisQuestion
 
 router = APIRouter(prefix="/v1/analyses", tags=["questions"])
-
-DISCLAIMER = "Research use only, not a certified medical device; answers support, never replace, clinical judgement."
-
 
 class QuestionIn(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
@@ -55,7 +53,7 @@ class QuestionOut(BaseModel):
         default=None, description="only when the operator configured a local vision-language model (VQA_MODEL_DIR)"
     )
     created_at: str | None
-    disclaimer: str = DISCLAIMER
+    disclaimer: str = clinical.ANSWER_DISCLAIMER
 
 
 class QuestionList(BaseModel):
@@ -91,7 +89,9 @@ def _out(row: AnalysisQuestion) -> QuestionOut:
         "labelled as the model's and unverified. Questions and answers are stored (GET lists them)."
     ),
 )
-def ask_question(analysis_id: str, body: QuestionIn, context: ContextDep, tenant: CurrentTenant, session: SessionDep):
+def ask_question(
+    analysis_id: str, body: QuestionIn, context: ContextDep, tenant: CurrentTenant, session: SessionDep
+) -> QuestionOut:
     return _out(service.ask(context, session, tenant, parse_id(analysis_id), body.question))
 
 
@@ -106,5 +106,5 @@ def ask_question(analysis_id: str, body: QuestionIn, context: ContextDep, tenant
         f"{service.MAX_QUESTIONS_LISTED}."
     ),
 )
-def list_questions(analysis_id: str, tenant: CurrentTenant, session: SessionDep):
+def list_questions(analysis_id: str, tenant: CurrentTenant, session: SessionDep) -> QuestionList:
     return QuestionList(data=[_out(row) for row in service.list_for(session, tenant, parse_id(analysis_id))])

@@ -11,6 +11,7 @@ from pydantic import (
     Field,
 )
 
+from shared.clinical.vocabulary import AGE_MAX, AGE_MIN
 from shared.schemas.common import (
     EXTERNAL_ID_PATTERN,
     AnalysisStatusName,
@@ -34,7 +35,7 @@ class AnalysisInputs(BaseModel):
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
-    age: int | None = Field(default=None, ge=0, le=120)
+    age: int | None = Field(default=None, ge=AGE_MIN, le=AGE_MAX)
     sex: Sex = "unknown"
     site: Site = "unknown"
     pixel_spacing_mm: float | None = Field(default=None, gt=0, le=10)

@@ -15,6 +15,10 @@ from pydantic import (
     WithJsonSchema,
 )
 
+from shared.clinical.vocabulary import SEXES, SITES
+
+# The vocabulary is shared.clinical.vocabulary's; pydantic and mypy need it spelt out as a
+# Literal, so it is spelt here once more and checked against the vocabulary on import.
 Sex = Literal["male", "female", "unknown"]
 Site = Literal[
     "head/neck",
@@ -25,8 +29,8 @@ Site = Literal[
     "oral/genital",
     "unknown",
 ]
-SEXES: tuple[str, ...] = get_args(Sex)
-SITES: tuple[str, ...] = get_args(Site)
+if get_args(Sex) != SEXES or get_args(Site) != SITES:
+    raise ImportError("shared.schemas' Sex/Site differ from shared.clinical.vocabulary's SEXES/SITES")
 # Not starting with "-": a spreadsheet would read "-2+3" as a formula (CSV injection).
 EXTERNAL_ID_PATTERN = r"^[A-Za-z0-9._:/][A-Za-z0-9._:/\-]{0,199}$"
 

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from typing import get_args
 
 import pytest
 from pydantic import ValidationError
@@ -13,7 +14,8 @@ from pydantic import ValidationError
 from shared import clinical
 from shared.schemas import SEXES as API_SEXES
 from shared.schemas import SITES as API_SITES
-from shared.schemas import AnalysisInputs
+from shared.schemas import AnalysisInputs, Diagnosis, RiskBand, Sex, Site, WeightsStatus
+from tests.factories import model, result
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -62,8 +64,19 @@ def test_an_impossible_threshold_is_refused(bad):
 
 
 def test_threshold_comes_from_the_model_provenance():
-    assert clinical.threshold_of(None) is None and clinical.threshold_of({"weights": "trained"}) is None
-    assert clinical.threshold_of({"weights": "trained", clinical.THRESHOLD_KEY: 0.35}) == 0.35
+    assert clinical.threshold_of(None) is None and clinical.threshold_of(model()) is None
+    assert clinical.threshold_of(model(threshold=0.35)) == 0.35
+    assert clinical.THRESHOLD_KEY in model(threshold=0.35).model_dump(exclude_none=True), "triage reads it by this key"
+
+
+def test_weights_status_of_typed_and_stored_provenance():
+    assert clinical.weights_status(None) is None
+    assert clinical.weights_status(model(weights="synthetic")) == "synthetic"
+    assert clinical.weights_status(model(weights="synthetic").model_dump(mode="json")) == "synthetic"
+    assert clinical.shows_weights_warning(None, has_result=True)
+    assert not clinical.shows_weights_warning(None, has_result=False)
+    assert not clinical.shows_weights_warning("trained", has_result=True)
+    assert clinical.shows_weights_warning("synthetic", has_result=False)
 
 
 def test_review_rule():
@@ -137,6 +150,13 @@ def test_weights_summary_counts_results_and_warns_unless_all_trained():
 # ---------------------------------------------------------------- vocabularies
 
 
+def test_the_api_literals_are_the_clinical_lists():
+    assert get_args(Sex) == clinical.SEXES and get_args(Site) == clinical.SITES
+    assert set(get_args(Diagnosis)) == set(clinical.DIAGNOSES)
+    assert set(get_args(RiskBand)) == set(clinical.RISK_BANDS)
+    assert set(get_args(WeightsStatus)) == set(clinical.WEIGHTS_STATUSES)
+
+
 def test_api_vocabularies_equal_the_pipeline_metadata_encoding():
     from worker.pipeline import metadata
 
@@ -194,27 +214,31 @@ def test_openapi_enumerations_of_sex_and_site_are_the_vocabularies():
 
 
 def test_triage_rows_take_the_rules_from_the_one_home():
-    from api.services.batches import CSV_COLUMNS, TriageRow, TriageSummary
+    from api.services.triage import CSV_COLUMNS, TriageRow, TriageSummary
 
     def row(status="succeeded", probability=0.3, weights="untrained", code=None, group="tan"):
-        return TriageRow(
-            uuid.uuid4(), None, status, probability, 0.01, probability and clinical.risk_band(probability),
-            probability and clinical.diagnosis(probability), group, 20.0, clinical.group_bias_warning(group),
-            code, None, None, None, 50, "unknown", "unknown", None, weights,
-        )
+        found = None
+        if probability is not None:
+            found = result(
+                probability=probability, uncertainty=0.01, risk_band=clinical.risk_band(probability),
+                diagnosis=clinical.diagnosis(probability),
+                equity={"skin_group": group, "ita_degrees": 20.0, "bias_warning": clinical.group_bias_warning(group)},
+            )
+        return TriageRow(uuid.uuid4(), None, status, found, model(weights=weights), code, None, None, None, 50,
+                         "unknown", "unknown", None)
 
     rows = [row(), row(probability=0.9, weights="trained"), row(weights="synthetic", group="dark"),
             row("rejected", None, "untrained", "no_lesion", None)]
     items = [r.as_item(rank) for rank, r in enumerate(rows, 1)]
     assert CSV_COLUMNS.index("weights") == CSV_COLUMNS.index("status") + 1
-    assert [i["weights"] for i in items] == ["untrained", "trained", "synthetic", "untrained"]
-    assert items[0]["review_reason"] == "weights_not_trained" and items[1]["needs_review"] is False
-    assert items[2]["review_reason"] == "bias_warning;weights_not_trained"
-    assert items[3]["retake_advice"] == clinical.retake_advice("no_lesion")
+    assert [i.weights for i in items] == ["untrained", "trained", "synthetic", "untrained"]
+    assert items[0].review_reason == "weights_not_trained" and items[1].needs_review is False
+    assert items[2].review_reason == "bias_warning;weights_not_trained"
+    assert items[3].retake_advice == clinical.retake_advice("no_lesion")
     summary = TriageSummary()
     for r, item in zip(rows, items, strict=True):
         summary.add(r, item)
-    body = summary.as_dict()
-    assert body["weights"] == {"untrained": 1, "synthetic": 1, "trained": 1}
-    assert body["weights_warning"].startswith("UNTRAINED MODEL — ranking by probability is not meaningful")
-    assert {g["skin_group"]: g["bias_warning"] for g in body["equity"]} == {"tan": False, "dark": True}
+    body = summary.out()
+    assert body.weights == {"untrained": 1, "synthetic": 1, "trained": 1}
+    assert body.weights_warning.startswith("UNTRAINED MODEL — ranking by probability is not meaningful")
+    assert {g.skin_group: g.bias_warning for g in body.equity} == {"tan": False, "dark": True}

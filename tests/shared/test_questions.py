@@ -2,42 +2,35 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 
+from shared import clinical
 from shared.questions import INTENT_NAMES, answer_question, normalise_question
+from tests.factories import record
+from worker.reporting.scribe import build_scribe_note
 
-PLAN = [
-    "UNTRAINED MODEL: do not act on this output; use clinical judgement alone.",
-    "Risk band MEDIUM: consider dermatology referral.",
-]
-RECORD = {
-    "id": "00000000-0000-0000-0000-000000000001",
-    "status": "succeeded",
-    "inputs": {"age": 58, "sex": "female", "site": "torso", "pixel_spacing_mm": None},
-    "result": {
-        "diagnosis": "melanoma",
-        "probability": 0.6234,
-        "uncertainty": 0.0412,
-        "tta_probabilities": [0.6, 0.61, 0.62, 0.65, 0.64],
-        "risk_band": "medium",
-        "segmentation": {"coverage": 0.183},
-        "concepts": {"asymmetry": 0.42, "border": 0.77, "color": 0.31, "diameter_px": 141.6, "diameter_mm": None},
-        "equity": {"ita_degrees": 4.2, "skin_group": "brown", "bias_warning": True},
-        "quality": {"blur_score": 312.4},
-        "scribe_note": "FINDINGS\n- x\n\nPLAN\n" + "\n".join(f"- {line}" for line in PLAN) + "\n\nProvenance: y",
-    },
-    "model": {"weights": "untrained", "segmenter": "classical", "backend": "torch-cpu"},
-    "rejection": None,
-    "error": None,
+RESULT = {
+    "diagnosis": "melanoma",
+    "probability": 0.6234,
+    "uncertainty": 0.0412,
+    "tta_probabilities": [0.6, 0.61, 0.62, 0.65, 0.64],
+    "risk_band": "medium",
+    "segmentation": {"coverage": 0.183},
+    "concepts": {"asymmetry": 0.42, "border": 0.77, "color": 0.31, "diameter_px": 141.6, "diameter_mm": None},
+    "equity": {"ita_degrees": 4.2, "skin_group": "brown", "bias_warning": True},
+    "quality": {"blur_score": 312.4},
 }
-TRAINED = {**RECORD, "model": {"weights": "trained", "segmenter": "unet"}}
+RECORD = record(
+    inputs={"age": 58, "sex": "female", "site": "torso", "pixel_spacing_mm": None},
+    result=RESULT,
+    model={"weights": "untrained", "segmenter": "classical", "backend": "torch-cpu"},
+)
+TRAINED = record(result=RESULT, model={"weights": "trained", "segmenter": "unet"})
 
 
 def test_same_question_same_answer():
     first = answer_question("Is this melanoma?", RECORD)
-    assert first == answer_question("Is this melanoma?", copy.deepcopy(RECORD))
+    assert first == answer_question("Is this melanoma?", RECORD.model_copy(deep=True))
     assert first.intents == ["diagnosis"]
 
 
@@ -82,9 +75,8 @@ def test_diameter_without_pixel_spacing_says_mm_unknown():
 
 
 def test_diameter_in_mm_when_measured():
-    record = copy.deepcopy(TRAINED)
-    record["result"]["concepts"]["diameter_mm"] = 7.08
-    assert "7.1 mm" in answer_question("what size is the lesion", record).text
+    measured = record(result={**RESULT, "concepts": {**RESULT["concepts"], "diameter_mm": 7.08}})
+    assert "7.1 mm" in answer_question("what size is the lesion", measured).text
 
 
 def test_skin_tone_carries_bias_warning():
@@ -112,10 +104,23 @@ def test_treatment_question_quotes_only_the_plan():
     answer = answer_question("Should we treat it with cream or do a biopsy?", RECORD)
     assert answer.intents == ["plan"]
     assert "no treatment advice of its own" in answer.text
-    for line in PLAN:
+    assert RECORD.result is not None
+    plan = clinical.plan_for(RECORD.result, RECORD.model)
+    assert plan[0].startswith("Do not act on this output") and clinical.BIAS_ADVICE in plan
+    for line in plan:
         assert line in answer.text
-    assert answer.cited == ["result.scribe_note"]
+    assert answer.cited == list(clinical.PLAN_FIELDS)
     assert "cream" not in answer.text.lower()
+
+
+def test_the_plan_quoted_is_the_scribe_notes_plan_without_reading_the_note():
+    note = build_scribe_note(TRAINED)
+    plan = [line.removeprefix("- ") for line in note.split("\nPLAN\n")[1].split("\n\n")[0].splitlines()]
+    answer = answer_question("What should we do next?", TRAINED)
+    assert "The report's PLAN says: " + " ".join(plan) + " The treating clinician decides." in answer.text
+    assert answer.text == answer_question("What should we do next?", TRAINED).text
+    unrelated = TRAINED.model_copy(update={"result": TRAINED.result.model_copy(update={"scribe_note": "PLAN\n- x"})})
+    assert answer_question("What should we do next?", unrelated).text == answer.text
 
 
 def test_unmeasured_topic_is_said_plainly():
@@ -140,13 +145,9 @@ def test_unrelated_question_is_outside_scope():
 
 
 def test_rejected_analysis_has_no_findings_and_relays_advice():
-    record = {
-        **RECORD,
-        "status": "rejected",
-        "result": None,
-        "rejection": {"code": "blurry", "detail": "blur score 12.0 below 60.0", "advice": "Retake it in focus."},
-    }
-    answer = answer_question("Is it melanoma?", record)
+    rejection = {"code": "blurry", "detail": "blur score 12.0 below 60.0", "advice": "Retake it in focus."}
+    rejected = record(status="rejected", result=None, rejection=rejection)
+    answer = answer_question("Is it melanoma?", rejected)
     assert answer.intents == ["status"]
     assert "no findings" in answer.text and "blur score 12.0" in answer.text
     assert "Retake it in focus." in answer.text
@@ -155,7 +156,7 @@ def test_rejected_analysis_has_no_findings_and_relays_advice():
 
 
 def test_unfinished_analysis_has_nothing_to_answer_from():
-    answer = answer_question("risk?", {**RECORD, "status": "processing", "result": None})
+    answer = answer_question("risk?", RECORD.model_copy(update={"status": "processing", "result": None}))
     assert "not finished" in answer.text and answer.cited == ["status"]
 
 

@@ -15,14 +15,15 @@
     10     site = unknown                 one-hot (also used when site is not given)
 
 The original server filled only index 0 and left sex and site at zero although its model has
-these inputs; here every input is filled. Values are matched case-insensitively; ISIC's finer
-torso labels (anterior/posterior/lateral torso) map to ``torso``. The vocabularies and their
-order are shared.clinical's, the one list the API validates against.
+these inputs; here every input is filled. Sex and site are read with the one vocabulary
+(shared.clinical.vocabulary: its aliases, e.g. ISIC's anterior/posterior/lateral torso, and its
+order, the one list the API validates against), so the API, CLI manifests, training data and
+this encoder accept the same values.
 """
 
 import numpy as np
 
-from shared.clinical import AGE_RANGE, SEXES, SITE_ALIASES, SITES
+from shared.clinical.vocabulary import AGE_MAX, AGE_MIN, SEXES, SITES, VocabularyError, normalise_sex, normalise_site
 from worker.pipeline.errors import MetadataError
 
 METADATA_SIZE = 11  # the Fusion model's input width: 1 age + one-hot sex + one-hot site
@@ -31,18 +32,17 @@ _AGE_SCALE = 20.0
 
 
 def encode_metadata(age: int | float | None, sex: str | None = "unknown", site: str | None = "unknown") -> np.ndarray:
+    """The 11 inputs for one lesion; MetadataError for a value outside the vocabulary."""
     vector = np.zeros(METADATA_SIZE, dtype=np.float32)
     if age is not None:
-        if not AGE_RANGE[0] <= age <= AGE_RANGE[1]:
-            raise MetadataError(f"age {age} is outside {AGE_RANGE[0]}..{AGE_RANGE[1]}")
+        # Any number within the range: training data may carry fractional ages.
+        if not AGE_MIN <= age <= AGE_MAX:
+            raise MetadataError(f"age {age} is outside {AGE_MIN}..{AGE_MAX}")
         vector[0] = (float(age) - _AGE_CENTRE) / _AGE_SCALE
-    sex_key = (sex or "unknown").strip().lower()
-    if sex_key not in SEXES:
-        raise MetadataError(f"sex {sex!r} is not one of {', '.join(SEXES)}")
-    site_key = (site or "unknown").strip().lower()
-    site_key = SITE_ALIASES.get(site_key, site_key)
-    if site_key not in SITES:
-        raise MetadataError(f"site {site!r} is not one of {', '.join(SITES)}")
+    try:
+        sex_key, site_key = normalise_sex(sex), normalise_site(site)
+    except VocabularyError as exc:
+        raise MetadataError(str(exc)) from exc
     vector[1 + SEXES.index(sex_key)] = 1.0
     vector[1 + len(SEXES) + SITES.index(site_key)] = 1.0
     return vector

@@ -1,9 +1,17 @@
-"""Quality gate: Laplacian-variance blur score of the full image (the original's measure)."""
+"""Quality gate: Laplacian-variance blur score of the full image (the original's measure).
+
+The gates' default thresholds are shared.clinical's (BLUR_THRESHOLD, MIN_COVERAGE), the one
+place Settings and PipelineOptions take them from too.
+"""
 
 import cv2
 import numpy as np
 
-DEFAULT_BLUR_THRESHOLD = 100.0
+from shared.clinical import BLUR_THRESHOLD, MIN_COVERAGE
+
+# The names PipelineOptions reads its defaults by.
+DEFAULT_BLUR_THRESHOLD = BLUR_THRESHOLD
+DEFAULT_MIN_COVERAGE = MIN_COVERAGE
 
 
 def blur_score(image: np.ndarray) -> float:
@@ -12,5 +20,5 @@ def blur_score(image: np.ndarray) -> float:
     return float(cv2.Laplacian(gray, cv2.CV_64F).var())
 
 
-def is_blurry(score: float, threshold: float = DEFAULT_BLUR_THRESHOLD) -> bool:
+def is_blurry(score: float, threshold: float = BLUR_THRESHOLD) -> bool:
     return score < threshold

@@ -23,12 +23,15 @@ Failed (system error) → "cancelled": the analysis was started and not complete
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlparse
 
 from fhir.resources.R4B.bundle import Bundle
 
+from shared import clinical
+from shared.schemas.analyses import AnalysisRecord, AnalysisResult, Concepts
 from worker.reporting import wording
 
 FHIR_BASE = "https://dermasentinel.org/fhir"
@@ -54,52 +57,62 @@ FULL_URL_NAMESPACE = uuid.UUID("4f6b7c3e-8f0e-5d7a-9b1c-2e3d4f5a6b7c")
 UNITLESS = {"unit": "1", "system": UCUM, "code": "1"}
 
 
-def build_fhir_bundle(analysis: dict, links: dict) -> dict:
-    builder = _BundleBuilder(analysis, links)
+@dataclass(frozen=True)
+class BundleLinks:
+    """Where the bundle's attachments are: the PDF report, the submitted image and the
+    segmentation overlay (None: there is none, e.g. for a rejected image)."""
+
+    report: str
+    image: str
+    overlay: str | None = None
+
+
+def build_fhir_bundle(record: AnalysisRecord, links: BundleLinks) -> dict[str, Any]:
+    builder = _BundleBuilder(record, links)
     bundle = builder.build()
     Bundle.model_validate(bundle)
     return bundle
 
 
 class _BundleBuilder:
-    def __init__(self, analysis: dict, links: dict):
-        self.analysis = analysis
+    def __init__(self, record: AnalysisRecord, links: BundleLinks):
+        self.record = record
         self.links = links
-        self.untrained = wording.is_untrained(analysis)
-        self.entries: list[dict] = []
-        self.subject = _subject(analysis.get("external_id"))
+        self.untrained = wording.is_untrained(record)
+        self.weights = wording.weights(record) or clinical.UNKNOWN_WEIGHTS
+        self.entries: list[dict[str, Any]] = []
+        self.subject = _subject(record.external_id)
+        self.created = _instant(record.created_at)
+        self.issued = _instant(record.completed_at or record.created_at)
 
     def ref(self, role: str) -> str:
-        analysis_id = self.analysis["id"]
-        return f"urn:uuid:{uuid.uuid5(FULL_URL_NAMESPACE, f'{analysis_id}/{role}')}"
+        return f"urn:uuid:{uuid.uuid5(FULL_URL_NAMESPACE, f'{self.record.id}/{role}')}"
 
-    def add(self, role: str, resource: dict) -> str:
+    def add(self, role: str, resource: dict[str, Any]) -> str:
         full_url = self.ref(role)
         resource_type = resource.pop("resourceType")
         resource = {"resourceType": resource_type, "id": full_url.removeprefix("urn:uuid:"), **resource}
         self.entries.append({"fullUrl": full_url, "resource": resource})
         return full_url
 
-    def ai_meta(self) -> dict:
+    def ai_meta(self) -> dict[str, Any]:
         return {"security": [dict(AI_ASSISTED)]}
 
-    def weights_extension(self) -> list[dict]:
-        weights = (self.analysis.get("model") or {}).get("weights", "unknown")
-        return [{"url": MODEL_WEIGHTS_EXTENSION, "valueCode": weights}]
+    def weights_extension(self) -> list[dict[str, Any]]:
+        return [{"url": MODEL_WEIGHTS_EXTENSION, "valueCode": self.weights}]
 
-    def untrained_note(self) -> list[dict]:
+    def untrained_note(self) -> list[dict[str, Any]]:
         if not self.untrained:
             return []
-        status = (self.analysis.get("model") or {}).get("weights") or "unknown"
-        return [{"text": f"weights: {status} — {wording.banner(self.analysis)}."}]
+        return [{"text": f"weights: {self.weights} — {wording.banner(self.record)}."}]
 
-    def build(self) -> dict:
+    def build(self) -> dict[str, Any]:
         segmenter_ref, classifier_ref = self.add_devices()
         image_ref = self.add_image_media()
-        overlay_ref = self.add_overlay_media(segmenter_ref) if self.links.get("overlay") else None
+        overlay_ref = self.add_overlay_media(segmenter_ref, self.links.overlay) if self.links.overlay else None
         observations: list[str] = []
-        if self.analysis.get("status") == "succeeded" and self.analysis.get("result"):
-            observations = self.add_observations(image_ref, segmenter_ref, classifier_ref)
+        if self.record.status == "succeeded" and self.record.result is not None:
+            observations = self.add_observations(self.record.result, image_ref, segmenter_ref, classifier_ref)
         report = self.report_resource(image_ref, overlay_ref, observations)
         # The report leads the bundle: it is what an EHR files; the rest supports it.
         self.entries.insert(0, {"fullUrl": self.ref("report"), "resource": report})
@@ -108,48 +121,44 @@ class _BundleBuilder:
             "id": self.ref("bundle").removeprefix("urn:uuid:"),
             "identifier": {"system": "urn:ietf:rfc:3986", "value": self.ref("bundle")},
             "type": "collection",
-            "timestamp": _instant(self.analysis.get("completed_at") or self.analysis["created_at"]),
+            "timestamp": self.issued,
             "entry": self.entries,
         }
 
     def add_devices(self) -> tuple[str, str | None]:
-        model = self.analysis.get("model") or {}
-        scalpel = model.get("scalpel")
-        if scalpel:
-            segmenter = _device(
-                scalpel["name"], scalpel["version"], scalpel.get("sha256"), "AI lesion segmentation model"
-            )
+        model = self.record.model
+        if model is not None and model.scalpel is not None:
+            scalpel = model.scalpel
+            segmenter = _device(scalpel.name, scalpel.version, scalpel.sha256, "AI lesion segmentation model")
         else:
             segmenter = _device(
                 "classical colour-threshold segmenter", None, None, "Rule-based lesion segmentation (no checkpoint)"
             )
-        segmenter["note"] = [{"text": f"Gate 1 segmenter: {model.get('segmenter', 'unknown')}."}]
+        segmenter["note"] = [{"text": f"Gate 1 segmenter: {model.segmenter if model is not None else 'unknown'}."}]
         segmenter_ref = self.add("device/segmenter", segmenter)
-        fusion = model.get("fusion")
-        if not fusion:
+        if model is None or model.fusion is None:
             return segmenter_ref, None
-        classifier = _device(
-            fusion["name"], fusion["version"], fusion.get("sha256"), "AI melanoma classification model"
-        )
+        fusion = model.fusion
+        classifier = _device(fusion.name, fusion.version, fusion.sha256, "AI melanoma classification model")
         classifier["extension"] = self.weights_extension()
         classifier["note"] = self.untrained_note() or [{"text": "weights: trained."}]
-        if fusion.get("seed") is not None:
-            classifier["property"] = [{"type": {"text": "seed"}, "valueQuantity": [{"value": fusion["seed"]}]}]
+        if fusion.seed is not None:
+            classifier["property"] = [{"type": {"text": "seed"}, "valueQuantity": [{"value": fusion.seed}]}]
         return segmenter_ref, self.add("device/classifier", classifier)
 
     def add_image_media(self) -> str:
-        url = self.links["image"]
+        url = self.links.image
         media = {
             "resourceType": "Media",
             "status": "completed",
             "type": _media_type(),
             "content": _attachment(url, _content_type(url), "Submitted dermoscopic image"),
-            "createdDateTime": _instant(self.analysis["created_at"]),
+            "createdDateTime": self.created,
         }
         self.common_context(media)
         return self.add("media/image", media)
 
-    def add_overlay_media(self, segmenter_ref: str) -> str:
+    def add_overlay_media(self, segmenter_ref: str, url: str) -> str:
         media = {
             "resourceType": "Media",
             "meta": self.ai_meta(),
@@ -157,30 +166,29 @@ class _BundleBuilder:
             "status": "completed",
             "type": _media_type(),
             "device": {"reference": segmenter_ref},
-            "content": _attachment(self.links["overlay"], "image/jpeg", "Lesion segmentation overlay"),
+            "content": _attachment(url, "image/jpeg", "Lesion segmentation overlay"),
             "note": [{"text": "Lesion segmentation overlay computed from the submitted image."}]
             + self.untrained_note(),
         }
         self.common_context(media)
         return self.add("media/overlay", media)
 
-    def common_context(self, resource: dict) -> None:
-        site = (self.analysis.get("inputs") or {}).get("site")
+    def common_context(self, resource: dict[str, Any]) -> None:
+        site = self.record.inputs.site
         if self.subject:
             resource["subject"] = self.subject
-        if site and site != "unknown":
+        if site != "unknown":
             resource["bodySite"] = {"text": site}
 
-    def add_observations(self, image_ref: str, segmenter_ref: str, classifier_ref: str | None) -> list[str]:
-        result = self.analysis["result"]
-        concepts = result.get("concepts") or {}
-        equity = result.get("equity") or {}
-        band = result["risk_band"]
+    def add_observations(
+        self, result: AnalysisResult, image_ref: str, segmenter_ref: str, classifier_ref: str | None
+    ) -> list[str]:
+        concepts, equity, band = result.concepts, result.equity, result.risk_band
         refs = []
 
         probability = self.observation(
             "malignancy-probability", "Melanoma malignancy probability (model)", image_ref, classifier_ref,
-            valueQuantity={"value": _dec(result["probability"]), **UNITLESS},
+            valueQuantity={"value": _dec(result.probability), **UNITLESS},
             interpretation=[
                 {"coding": [_local(f"risk-{band}", f"{band.capitalize()} risk")], "text": f"Risk band {band}"}
             ],
@@ -188,7 +196,7 @@ class _BundleBuilder:
         refs.append(self.add("observation/malignancy-probability", probability))
         uncertainty = self.observation(
             "prediction-uncertainty", "Prediction uncertainty (SD over test-time views)", image_ref, classifier_ref,
-            valueQuantity={"value": _dec(result["uncertainty"]), **UNITLESS},
+            valueQuantity={"value": _dec(result.uncertainty), **UNITLESS},
             component=[
                 {
                     "code": {
@@ -197,69 +205,68 @@ class _BundleBuilder:
                     },
                     "valueQuantity": {"value": _dec(p), **UNITLESS},
                 }
-                for i, p in enumerate(result.get("tta_probabilities") or [])
+                for i, p in enumerate(result.tta_probabilities)
             ] or None,
         )
         refs.append(self.add("observation/prediction-uncertainty", uncertainty))
         coverage = self.observation(
             "lesion-coverage", "Lesion area fraction of image", image_ref, segmenter_ref,
-            valueQuantity={"value": _dec(result["segmentation"]["coverage"]), **UNITLESS},
+            valueQuantity={"value": _dec(result.segmentation.coverage), **UNITLESS},
         )
         refs.append(self.add("observation/lesion-coverage", coverage))
-        for key, label in wording.CONCEPT_LABELS.items():
-            score = concepts[key]
+        for key, label, score in wording.concept_scores(concepts):
             concept = self.observation(
                 f"abcd-{key}", f"{label} score (0..1)", image_ref, segmenter_ref,
                 valueQuantity={"value": _dec(score), **UNITLESS},
-                interpretation=[{"text": wording.concept_grade(score)}],
+                interpretation=[{"text": clinical.concept_grade(score)}],
             )
             refs.append(self.add(f"observation/abcd-{key}", concept))
-        if concepts.get("diameter_px") is not None:
-            refs.append(self.add("observation/lesion-diameter", self.diameter(concepts, image_ref, segmenter_ref)))
-        if equity:
-            ita = self.observation(
-                "ita", "Individual typology angle (skin tone)", image_ref, segmenter_ref,
-                valueQuantity={"value": _dec(equity["ita_degrees"]), "unit": "degree", "system": UCUM, "code": "deg"},
-            )
-            refs.append(self.add("observation/ita", ita))
-            group = equity["skin_group"]
-            skin = self.observation(
-                "skin-group", "Skin tone group from ITA", image_ref, segmenter_ref,
-                valueCodeableConcept={"coding": [_local(f"skin-{group.replace(' ', '-')}", group)], "text": group},
-                component=[
-                    {
-                        "code": {"coding": [_local("bias-warning", "Skin tone bias warning")]},
-                        "valueBoolean": bool(equity.get("bias_warning")),
-                    }
-                ],
-            )
-            if equity.get("bias_warning"):
-                skin["note"] = [{"text": wording.equity_text(equity)}] + skin.get("note", [])
-            refs.append(self.add("observation/skin-group", skin))
+        refs.append(self.add("observation/lesion-diameter", self.diameter(concepts, image_ref, segmenter_ref)))
+        ita = self.observation(
+            "ita", "Individual typology angle (skin tone)", image_ref, segmenter_ref,
+            valueQuantity={"value": _dec(equity.ita_degrees), "unit": "degree", "system": UCUM, "code": "deg"},
+        )
+        refs.append(self.add("observation/ita", ita))
+        group = equity.skin_group
+        skin = self.observation(
+            "skin-group", "Skin tone group from ITA", image_ref, segmenter_ref,
+            valueCodeableConcept={"coding": [_local(f"skin-{group.replace(' ', '-')}", group)], "text": group},
+            component=[
+                {
+                    "code": {"coding": [_local("bias-warning", "Skin tone bias warning")]},
+                    "valueBoolean": equity.bias_warning,
+                }
+            ],
+        )
+        if equity.bias_warning:
+            skin["note"] = [{"text": wording.equity_text(equity)}] + skin.get("note", [])
+        refs.append(self.add("observation/skin-group", skin))
         return refs
 
-    def diameter(self, concepts: dict, image_ref: str, segmenter_ref: str) -> dict:
-        px = {"value": _dec(concepts["diameter_px"]), "unit": "pixel", "system": UCUM, "code": "{pixel}"}
-        if concepts.get("diameter_mm") is None:
+    def diameter(self, concepts: Concepts, image_ref: str, segmenter_ref: str) -> dict[str, Any]:
+        px = {"value": _dec(concepts.diameter_px), "unit": "pixel", "system": UCUM, "code": "{pixel}"}
+        if concepts.diameter_mm is None:
             return self.observation("lesion-diameter", "Lesion diameter", image_ref, segmenter_ref, valueQuantity=px)
         return self.observation(
             "lesion-diameter", "Lesion diameter", image_ref, segmenter_ref,
-            valueQuantity={"value": _dec(concepts["diameter_mm"]), "unit": "mm", "system": UCUM, "code": "mm"},
+            valueQuantity={"value": _dec(concepts.diameter_mm), "unit": "mm", "system": UCUM, "code": "mm"},
             component=[
                 {"code": {"coding": [_local("lesion-diameter-px", "Lesion diameter in pixels")]}, "valueQuantity": px}
             ],
         )
 
-    def observation(self, code: str, display: str, image_ref: str, device_ref: str | None, **value) -> dict:
-        resource = {
+    def observation(
+        self, code: str, display: str, image_ref: str, device_ref: str | None, **value: Any
+    ) -> dict[str, Any]:
+        resource: dict[str, Any] = {
             "resourceType": "Observation",
             "meta": self.ai_meta(),
             "extension": self.weights_extension(),
             "status": "final",
             "category": [{"coding": [{"system": OBSERVATION_CATEGORY, "code": "imaging", "display": "Imaging"}]}],
             "code": {"coding": [{"system": LOCAL_CODES, "code": code, "display": display}], "text": display},
-            "effectiveDateTime": _instant(self.analysis["created_at"]),
-            "issued": _instant(self.analysis.get("completed_at") or self.analysis["created_at"]),
+            "effectiveDateTime": self.created,
+            "issued": self.issued,
             "derivedFrom": [{"reference": image_ref}],
         }
         if self.subject:
@@ -271,16 +278,15 @@ class _BundleBuilder:
             resource["note"] = self.untrained_note()
         return resource
 
-    def report_resource(self, image_ref: str, overlay_ref: str | None, observations: list[str]) -> dict:
-        status = self.analysis.get("status")
+    def report_resource(self, image_ref: str, overlay_ref: str | None, observations: list[str]) -> dict[str, Any]:
         conclusion, conclusion_codes = self.conclusion()
         report: dict[str, Any] = {
             "resourceType": "DiagnosticReport",
             "id": self.ref("report").removeprefix("urn:uuid:"),
             "meta": self.ai_meta(),
             "extension": self.weights_extension(),
-            "identifier": [{"system": ANALYSIS_ID_SYSTEM, "value": self.analysis["id"]}],
-            "status": "cancelled" if status == "failed" else "final",
+            "identifier": [{"system": ANALYSIS_ID_SYSTEM, "value": str(self.record.id)}],
+            "status": "cancelled" if self.record.status == "failed" else "final",
             "category": [{"text": "Dermatology imaging (AI screening)"}],
             "code": {
                 "coding": [
@@ -289,14 +295,14 @@ class _BundleBuilder:
                 ],
                 "text": "AI dermoscopic lesion analysis (melanoma screening)",
             },
-            "effectiveDateTime": _instant(self.analysis["created_at"]),
-            "issued": _instant(self.analysis.get("completed_at") or self.analysis["created_at"]),
+            "effectiveDateTime": self.created,
+            "issued": self.issued,
             "conclusion": conclusion,
             "presentedForm": [
                 {
                     "contentType": "application/pdf",
-                    "url": self.links["report"],
-                    "title": f"DermaSentinel report {self.analysis['id']}",
+                    "url": self.links.report,
+                    "title": f"DermaSentinel report {self.record.id}",
                 }
             ],
             "media": [{"comment": "Submitted dermoscopic image", "link": {"reference": image_ref}}],
@@ -312,44 +318,42 @@ class _BundleBuilder:
         return report
 
     def conclusion(self) -> tuple[str, list[dict[str, Any]]]:
-        analysis = self.analysis
-        prefix = f"{wording.banner(analysis)}. " if self.untrained else ""
-        status = analysis.get("status")
-        if status == "succeeded" and analysis.get("result"):
-            result = analysis["result"]
-            band = result["risk_band"]
+        record = self.record
+        prefix = f"{wording.banner(record)}. " if self.untrained else ""
+        if record.status == "succeeded" and record.result is not None:
+            result = record.result
+            band, diagnosis = result.risk_band, result.diagnosis
             text = (
-                f"{prefix}AI screening: {result['diagnosis']}, malignancy probability "
-                f"{wording.fmt_prob(result['probability'])} ± {wording.fmt_prob(result['uncertainty'])}, "
-                f"risk band {band}. Recommended: {' '.join(wording.recommended_actions(analysis))}"
+                f"{prefix}AI screening: {diagnosis}, malignancy probability "
+                f"{wording.fmt_prob(result.probability)} ± {wording.fmt_prob(result.uncertainty)}, "
+                f"risk band {band}. Recommended: {' '.join(clinical.plan_for(result, record.model))}"
             )
-            diagnosis = result["diagnosis"]
             screening = _local(f"screen-{diagnosis}-{band}", f"AI screening {diagnosis}, {band} risk")
             codes: list[dict[str, Any]] = [{"coding": [screening]}]
             if diagnosis == "melanoma":
                 codes[0]["coding"].append(
                     {"system": SNOMED, "code": "372244006", "display": "Malignant melanoma (disorder)"}
                 )
-            codes[0]["text"] = f"AI screening result: {result['diagnosis']} ({band} risk) — not a diagnosis"
+            codes[0]["text"] = f"AI screening result: {diagnosis} ({band} risk) — not a diagnosis"
             return text, codes
-        if status == "rejected":
-            rejection = analysis.get("rejection") or {}
-            code = rejection.get("code", "unknown")
+        if record.status == "rejected":
+            rejection = record.rejection
+            code = rejection.code if rejection is not None else "unknown"
+            detail = rejection.detail if rejection is not None else ""
             text = (
-                f"{prefix}Image rejected ({code}): {wording.rejection_reason(code)} "
-                f"{rejection.get('detail', '')}. No lesion assessment was made. "
-                f"{wording.rejection_action(code)}"
+                f"{prefix}Image rejected ({code}): {clinical.rejection_reason(code)} "
+                f"{detail}. No lesion assessment was made. "
+                f"{clinical.retake_advice(code)}"
             )
             label = f"Image rejected: {code}"
             codes = [{"coding": [_local(f"image-rejected-{code}", label)], "text": label}]
             return text, codes
-        error = analysis.get("error") or {}
-        error_code = error.get("code", "unknown")
-        return f"{prefix}Analysis failed with a system error ({error_code}). {wording.FAILED_ACTION}", []
+        error_code = record.error.code if record.error is not None else "unknown"
+        return f"{prefix}Analysis failed with a system error ({error_code}). {clinical.FAILED_ADVICE}", []
 
 
-def _device(name: str, version: str | None, sha256: str | None, kind: str) -> dict:
-    device = {
+def _device(name: str, version: str | None, sha256: str | None, kind: str) -> dict[str, Any]:
+    device: dict[str, Any] = {
         "resourceType": "Device",
         "status": "active",
         "deviceName": [{"name": name, "type": "model-name"}],
@@ -364,23 +368,23 @@ def _device(name: str, version: str | None, sha256: str | None, kind: str) -> di
     return device
 
 
-def _subject(external_id: str | None) -> dict | None:
+def _subject(external_id: str | None) -> dict[str, Any] | None:
     """A logical Patient reference by the client's own id; no names or demographics."""
     if not external_id:
         return None
     return {"type": "Patient", "identifier": {"system": EXTERNAL_ID_SYSTEM, "value": external_id}}
 
 
-def _media_type() -> dict:
+def _media_type() -> dict[str, Any]:
     return {"coding": [{"system": MEDIA_TYPE, "code": "image", "display": "Image"}]}
 
 
-def _local(code: str, display: str) -> dict:
+def _local(code: str, display: str) -> dict[str, str]:
     """A Coding in DermaSentinel's own code system (LOCAL_CODES)."""
     return {"system": LOCAL_CODES, "code": code, "display": display}
 
 
-def _attachment(url: str, content_type: str | None, title: str) -> dict:
+def _attachment(url: str, content_type: str | None, title: str) -> dict[str, str]:
     attachment = {"url": url, "title": title}
     if content_type:
         attachment["contentType"] = content_type

@@ -7,6 +7,7 @@ Pure function of its inputs: the same analysis and image bytes give the same PDF
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from typing import cast
 from xml.sax.saxutils import escape
 
@@ -17,6 +18,7 @@ from reportlab.lib.enums import TA_CENTER
 from reportlab.lib.pagesizes import A4
 from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
 from reportlab.lib.units import mm
+from reportlab.pdfgen.canvas import Canvas
 from reportlab.platypus import (
     Flowable,
     Image,
@@ -29,6 +31,7 @@ from reportlab.platypus import (
 )
 
 from shared import clinical
+from shared.schemas.analyses import AnalysisRecord, AnalysisResult, Equity
 from worker.reporting import wording
 from worker.reporting.scribe import build_scribe_note
 
@@ -99,16 +102,15 @@ STYLES = {
 }
 
 
-def render_report(analysis: dict, image: bytes | None, overlay_png: bytes | None) -> bytes:
-    story = _header(analysis)
-    status = analysis.get("status")
-    if status == "succeeded" and analysis.get("result"):
-        story += _succeeded_body(analysis, image, overlay_png)
-    elif status == "rejected":
-        story += _rejected_body(analysis, image)
+def render_report(record: AnalysisRecord, image: bytes | None, overlay_png: bytes | None) -> bytes:
+    story = _header(record)
+    if record.status == "succeeded" and record.result is not None:
+        story += _succeeded_body(record, record.result, image, overlay_png)
+    elif record.status == "rejected":
+        story += _rejected_body(record, image)
     else:
-        story += _failed_body(analysis)
-    story += _provenance(analysis)
+        story += _failed_body(record)
+    story += _provenance(record)
 
     buffer = io.BytesIO()
     doc = SimpleDocTemplate(
@@ -118,26 +120,26 @@ def render_report(analysis: dict, image: bytes | None, overlay_png: bytes | None
         rightMargin=MARGIN,
         topMargin=MARGIN,
         bottomMargin=MARGIN + 12 * mm,
-        title=f"DermaSentinel report {analysis['id']}",
+        title=f"DermaSentinel report {record.id}",
         author="DermaSentinel (automated)",
         subject="Melanoma screening report — research use, not a medical device",
         creator="DermaSentinel",
         invariant=1,
     )
-    decorate = _page_decorator(analysis)
+    decorate = _page_decorator(record)
     doc.build(story, onFirstPage=decorate, onLaterPages=decorate)
     return buffer.getvalue()
 
 
-def _page_decorator(analysis: dict):
-    watermark = wording.watermark(analysis)
-    analysis_id = analysis["id"]
+def _page_decorator(record: AnalysisRecord) -> Callable[[Canvas, SimpleDocTemplate], None]:
+    watermark = wording.watermark(record)
+    analysis_id = str(record.id)
 
-    def decorate(canvas, doc):
+    def decorate(canvas: Canvas, doc: SimpleDocTemplate) -> None:
         canvas.saveState()
         canvas.setStrokeColor(RULE)
         canvas.line(MARGIN, MARGIN + 9 * mm, PAGE_WIDTH - MARGIN, MARGIN + 9 * mm)
-        footer = Paragraph(escape(wording.DISCLAIMER), STYLES["small"])
+        footer = Paragraph(escape(clinical.DISCLAIMER), STYLES["small"])
         _, h = footer.wrap(CONTENT_WIDTH - 30 * mm, 10 * mm)
         footer.drawOn(canvas, MARGIN, MARGIN + 8 * mm - h)
         canvas.setFont("Helvetica", 7)
@@ -159,7 +161,7 @@ def _page_decorator(analysis: dict):
     return decorate
 
 
-def _header(analysis: dict) -> list:
+def _header(record: AnalysisRecord) -> list:
     story: list = [
         Paragraph("DermaSentinel — Melanoma Screening Report", STYLES["title"]),
         Paragraph(
@@ -168,14 +170,14 @@ def _header(analysis: dict) -> list:
         ),
         Spacer(1, 4),
     ]
-    banner = wording.banner(analysis)
+    banner = wording.banner(record)
     if banner:
         story += [_banner(banner, colors.HexColor("#c62828")), Spacer(1, 4)]
-    story.append(_metadata_table(analysis))
+    story.append(_metadata_table(record))
     return story
 
 
-def _banner(text: str, colour) -> Table:
+def _banner(text: str, colour: colors.Color) -> Table:
     table = Table([[Paragraph(escape(text), STYLES["banner"])]], colWidths=[CONTENT_WIDTH])
     table.setStyle(
         TableStyle(
@@ -189,21 +191,20 @@ def _banner(text: str, colour) -> Table:
     return table
 
 
-def _metadata_table(analysis: dict) -> Table:
-    inputs = analysis.get("inputs") or {}
-    spacing = inputs.get("pixel_spacing_mm")
-    age = inputs.get("age")
+def _metadata_table(record: AnalysisRecord) -> Table:
+    inputs = record.inputs
+    spacing, age = inputs.pixel_spacing_mm, inputs.age
     pairs = [
-        ("Analysis id", analysis["id"]),
-        ("Status", analysis.get("status", "unknown")),
-        ("External reference", analysis.get("external_id") or "none given"),
-        ("Created", analysis.get("created_at") or "—"),
+        ("Analysis id", str(record.id)),
+        ("Status", record.status),
+        ("External reference", record.external_id or "none given"),
+        ("Created", record.created_at or "—"),
         ("Age", str(age) if age is not None else "not given"),
-        ("Completed", analysis.get("completed_at") or "—"),
-        ("Sex", inputs.get("sex", "unknown")),
-        ("Body site", inputs.get("site", "unknown")),
+        ("Completed", record.completed_at or "—"),
+        ("Sex", inputs.sex),
+        ("Body site", inputs.site),
         ("Pixel spacing", f"{spacing:g} mm/px" if spacing is not None else "not given"),
-        ("Model weights", (analysis.get("model") or {}).get("weights", "unknown")),
+        ("Model weights", record.model.weights if record.model is not None else clinical.UNKNOWN_WEIGHTS),
     ]
     rows = []
     for i in range(0, len(pairs), 2):
@@ -227,31 +228,31 @@ def _metadata_table(analysis: dict) -> Table:
     return table
 
 
-def _succeeded_body(analysis: dict, image: bytes | None, overlay_png: bytes | None) -> list:
-    result = analysis["result"]
-    band = result["risk_band"]
-    prob, unc = result["probability"], result["uncertainty"]
-    banner = wording.banner(analysis)
+def _succeeded_body(
+    record: AnalysisRecord, result: AnalysisResult, image: bytes | None, overlay_png: bytes | None
+) -> list:
+    band, prob, unc = result.risk_band, result.probability, result.uncertainty
+    banner = wording.banner(record)
     colour = NEUTRAL if banner else BAND_COLOURS[band]
     headline = (
         f'Risk band: <font color="{colour.hexval().replace("0x", "#")}">{band.upper()}</font>'
         f" — malignancy probability {wording.fmt_prob(prob)} ± {wording.fmt_prob(unc)}"
-        f" (model output: {escape(result['diagnosis'])})"
+        f" (model output: {escape(result.diagnosis)})"
     )
     story: list = [Spacer(1, 6), Paragraph(headline, STYLES["headline"]), Spacer(1, 3)]
     if banner:
-        weights = (analysis.get("model") or {}).get("weights") or "unknown"
+        weights = wording.weights(record) or clinical.UNKNOWN_WEIGHTS
         story.append(Paragraph(f"<b>Model weights: {escape(weights)}.</b> {escape(banner)}.", STYLES["body"]))
         story.append(Spacer(1, 2))
-    threshold = wording.threshold(analysis)
+    threshold = wording.threshold(record)
     story.append(ProbabilityBar(prob, unc, band, threshold, neutral=bool(banner)))
     ranges = clinical.risk_band_ranges(threshold)
     story.append(
         Paragraph(
-            f"Bar: probability with ± 1 SD whisker over {len(result.get('tta_probabilities') or [])} "
-            f"test-time views; uncertainty {wording.uncertainty_level(unc)}. Zones: low {ranges['low']}, "
+            f"Bar: probability with ± 1 SD whisker over {len(result.tta_probabilities)} "
+            f"test-time views; uncertainty {clinical.uncertainty_level(unc)}. Zones: low {ranges['low']}, "
             f"medium {ranges['medium']}, high {ranges['high']}; "
-            f"{escape(wording.operating_point_text(analysis))}.",
+            f"{escape(wording.operating_point_text(record.model))}.",
             STYLES["small"],
         )
     )
@@ -259,73 +260,74 @@ def _succeeded_body(analysis: dict, image: bytes | None, overlay_png: bytes | No
     story.append(Paragraph("Image and lesion overlay", STYLES["h2"]))
     story.append(_image_row(image, overlay_png))
 
-    concepts = result.get("concepts") or {}
+    segmenter = record.model.segmenter if record.model is not None else "unknown"
     abcd: list[Flowable] = [Paragraph("ABCD features", STYLES["h2"])]
-    abcd.append(ScoreBars([(label, concepts[key]) for key, label in wording.CONCEPT_LABELS.items()]))
+    abcd.append(ScoreBars([(label, score) for _, label, score in wording.concept_scores(result.concepts)]))
     abcd.append(Spacer(1, 3))
-    abcd.append(Paragraph(f"<b>Diameter:</b> {escape(wording.diameter_text(concepts))}.", STYLES["body"]))
+    abcd.append(Paragraph(f"<b>Diameter:</b> {escape(wording.diameter_text(result.concepts))}.", STYLES["body"]))
     abcd.append(
         Paragraph(
-            f"<b>Lesion coverage:</b> {wording.fmt_percent(result['segmentation']['coverage'])} of the image"
-            f" ({escape((analysis.get('model') or {}).get('segmenter', 'unknown'))} segmenter).",
+            f"<b>Lesion coverage:</b> {wording.fmt_percent(result.segmentation.coverage)} of the image"
+            f" ({escape(segmenter)} segmenter).",
             STYLES["body"],
         )
     )
     story.append(KeepTogether(abcd))
 
-    equity = result.get("equity")
-    if equity:
-        story.append(Paragraph("Equity note", STYLES["h2"]))
-        story.append(_equity_panel(equity))
+    story.append(Paragraph("Equity note", STYLES["h2"]))
+    story.append(_equity_panel(result.equity))
 
-    story += _scribe_section(result.get("scribe_note") or build_scribe_note(analysis))
+    story += _scribe_section(result.scribe_note or build_scribe_note(record))
     return story
 
 
-def _rejected_body(analysis: dict, image: bytes | None) -> list:
-    rejection = analysis.get("rejection") or {}
-    code = rejection.get("code", "unknown")
+def _rejected_body(record: AnalysisRecord, image: bytes | None) -> list:
+    rejection = record.rejection
+    code = rejection.code if rejection is not None else "unknown"
+    detail = rejection.detail if rejection is not None else "none"
     story: list = [Spacer(1, 8), _banner(f"IMAGE REJECTED — {code}: no lesion assessment was made", WARN_EDGE)]
     story.append(Paragraph("Why", STYLES["h2"]))
-    story.append(Paragraph(escape(wording.rejection_reason(code)), STYLES["body"]))
-    story.append(Paragraph(f"Detail: {escape(rejection.get('detail', 'none'))}", STYLES["body"]))
+    story.append(Paragraph(escape(clinical.rejection_reason(code)), STYLES["body"]))
+    story.append(Paragraph(f"Detail: {escape(detail)}", STYLES["body"]))
     story.append(Paragraph("What to do", STYLES["h2"]))
-    story.append(Paragraph(escape(wording.rejection_action(code)), STYLES["body"]))
+    story.append(Paragraph(escape(clinical.retake_advice(code)), STYLES["body"]))
     picture = _flowable_image(image, 60 * mm) if image else None
     if picture is not None:
         story += [Paragraph("Submitted image", STYLES["h2"]), picture]
     return story
 
 
-def _failed_body(analysis: dict) -> list:
-    error = analysis.get("error") or {}
+def _failed_body(record: AnalysisRecord) -> list:
+    """A failed analysis, and any other without findings (canceled, unfinished)."""
+    error = record.error
     story: list = [
         Spacer(1, 8),
         _banner("SYSTEM ERROR — the analysis could not be completed", colors.HexColor("#455a64")),
     ]
     story.append(Paragraph("What happened", STYLES["h2"]))
-    code, detail = escape(error.get("code", "unknown")), escape(error.get("detail", "no detail"))
+    code = escape(error.code if error is not None else "unknown")
+    detail = escape(error.detail if error is not None else "no detail")
     story.append(Paragraph(f"Error {code}: {detail}", STYLES["body"]))
     story.append(Paragraph("What to do", STYLES["h2"]))
-    story.append(Paragraph(escape(wording.FAILED_ACTION), STYLES["body"]))
+    story.append(Paragraph(escape(clinical.FAILED_ADVICE), STYLES["body"]))
     return story
 
 
-def _provenance(analysis: dict) -> list:
-    model = analysis.get("model") or {}
+def _provenance(record: AnalysisRecord) -> list:
+    model = record.model
     rows = [[Paragraph(h, STYLES["cellkey"]) for h in ("Model", "Name", "Version", "sha256")]]
-    scalpel = model.get("scalpel")
-    if scalpel:
-        segmenter = f"Segmenter ({model.get('segmenter', 'unet')})"
-        rows.append(_model_row(segmenter, scalpel["name"], scalpel["version"], scalpel["sha256"]))
+    if model is not None and model.scalpel is not None:
+        scalpel = model.scalpel
+        sha256 = scalpel.sha256 or "none"
+        rows.append(_model_row(f"Segmenter ({model.segmenter})", scalpel.name, scalpel.version, sha256))
     else:
-        segmenter = f"Segmenter ({model.get('segmenter', 'classical')})"
+        segmenter = f"Segmenter ({model.segmenter if model is not None else 'classical'})"
         rows.append(_model_row(segmenter, "colour-threshold", "—", "no checkpoint"))
-    fusion = model.get("fusion")
-    if fusion:
-        seed = f" (seed {fusion['seed']})" if fusion.get("seed") is not None else ""
-        sha256 = fusion.get("sha256") or "none — untrained"
-        rows.append(_model_row("Classifier", fusion["name"], f"{fusion['version']}{seed}", sha256))
+    if model is not None and model.fusion is not None:
+        fusion = model.fusion
+        seed = f" (seed {fusion.seed})" if fusion.seed is not None else ""
+        sha256 = fusion.sha256 or "none — untrained"
+        rows.append(_model_row("Classifier", fusion.name, f"{fusion.version}{seed}", sha256))
     table = Table(rows, colWidths=[26 * mm, 30 * mm, 25 * mm, CONTENT_WIDTH - 81 * mm])
     table.setStyle(
         TableStyle(
@@ -338,8 +340,8 @@ def _provenance(analysis: dict) -> list:
         )
     )
     story: list = [Paragraph("Model provenance", STYLES["h2"]), table]
-    if model.get("training_data"):
-        story.append(Paragraph(f"Training data (model card): {escape(str(model['training_data']))}", STYLES["small"]))
+    if model is not None and model.training_data:
+        story.append(Paragraph(f"Training data (model card): {escape(model.training_data)}", STYLES["small"]))
     return [KeepTogether(story)]
 
 
@@ -370,8 +372,8 @@ def _scribe_section(note: str) -> list:
     return story
 
 
-def _equity_panel(equity: dict) -> Table:
-    warn = bool(equity.get("bias_warning"))
+def _equity_panel(equity: Equity) -> Table:
+    warn = equity.bias_warning
     table = Table([[Paragraph(escape(wording.equity_text(equity)), STYLES["body"])]], colWidths=[CONTENT_WIDTH])
     table.setStyle(
         TableStyle(
@@ -449,16 +451,16 @@ class ScoreBars(Flowable):
 
     row_height = 6 * mm
 
-    def __init__(self, rows: list[tuple[str, float]]):
+    def __init__(self, rows: list[tuple[str, float]]) -> None:
         super().__init__()
         self.rows = rows
 
-    def wrap(self, avail_width, avail_height):
+    def wrap(self, avail_width: float, avail_height: float) -> tuple[float, float]:
         self.width = min(avail_width, CONTENT_WIDTH)
         self.height = self.row_height * len(self.rows)
         return self.width, self.height
 
-    def draw(self):
+    def draw(self) -> None:
         c = self.canv
         label_w, value_w = 38 * mm, 32 * mm
         bar_w = self.width - label_w - value_w
@@ -477,7 +479,7 @@ class ScoreBars(Flowable):
                 x = label_w + bar_w * quarter
                 c.line(x, y, x, y + 3.2 * mm)
             c.setFillColor(INK)
-            c.drawString(label_w + bar_w + 3 * mm, y + 0.6 * mm, f"{score:.2f}  {wording.concept_grade(score)}")
+            c.drawString(label_w + bar_w + 3 * mm, y + 0.6 * mm, f"{score:.2f}  {clinical.concept_grade(score)}")
 
 
 GRADE_COLOURS = {
@@ -488,15 +490,15 @@ GRADE_COLOURS = {
 }
 
 
-def _grade_colour(score: float):
-    return GRADE_COLOURS[wording.concept_grade(score)]
+def _grade_colour(score: float) -> colors.Color:
+    return GRADE_COLOURS[clinical.concept_grade(score)]
 
 
 class ProbabilityBar(Flowable):
     """0..1 scale with the risk-band zones, a marker at the probability and a ± SD whisker."""
 
     def __init__(self, probability: float, uncertainty: float, band: str, threshold: float | None = None,
-                 neutral: bool = False):
+                 neutral: bool = False) -> None:
         super().__init__()
         self.probability = probability
         self.uncertainty = uncertainty
@@ -504,12 +506,12 @@ class ProbabilityBar(Flowable):
         self.threshold = threshold
         self.neutral = neutral
 
-    def wrap(self, avail_width, avail_height):
+    def wrap(self, avail_width: float, avail_height: float) -> tuple[float, float]:
         self.width = min(avail_width, CONTENT_WIDTH)
         self.height = 15 * mm
         return self.width, self.height
 
-    def draw(self):
+    def draw(self) -> None:
         c = self.canv
         x0, bar_w, y, h = 2 * mm, self.width - 4 * mm, 6 * mm, 4 * mm
         zones = clinical.risk_zones(self.threshold)

@@ -1,105 +1,101 @@
-"""The AI Scribe note: a rule-based, auditable clinical note built from one analysis.
+"""The AI Scribe note: a rule-based, auditable clinical note built from one analysis record.
 
-No generative model: every sentence is a template filled with the analysis' own values, so
-the same analysis always gives the same note and each claim can be traced to a field.
+No generative model: every sentence is a template filled with the record's own values, so
+the same record always gives the same note and each claim can be traced to a field. The one
+exception is an optional caption from a local vision-language model, which is labelled as the
+model's and never feeds the findings or the PLAN.
 """
 
 from __future__ import annotations
 
+from shared import clinical
+from shared.schemas.analyses import AnalysisRecord, AnalysisResult, ModelCaption
 from worker.reporting import wording
 
 
-def build_scribe_note(analysis: dict) -> str:
+def build_scribe_note(record: AnalysisRecord, caption: ModelCaption | None = None) -> str:
     lines: list[str] = []
-    banner = wording.banner(analysis)
+    banner = wording.banner(record)
     if banner:
         lines += [banner, ""]
     lines.append("DERMASENTINEL AI SCRIBE NOTE (rule-based, automated)")
-    lines.append(f"Analysis {analysis['id']}; external reference {analysis.get('external_id') or 'none'}")
-    lines.append(f"Inputs: {wording.inputs_text(analysis.get('inputs') or {})}")
+    lines.append(f"Analysis {record.id}; external reference {record.external_id or 'none'}")
+    lines.append(f"Inputs: {wording.inputs_text(record.inputs)}")
     lines.append("")
 
-    status = analysis.get("status")
-    if status == "succeeded" and analysis.get("result"):
-        lines += _succeeded_sections(analysis)
-    elif status == "rejected":
-        lines += _rejected_sections(analysis)
+    if record.status == "succeeded" and record.result is not None:
+        lines += _succeeded_sections(record, record.result)
+    elif record.status == "rejected":
+        lines += _rejected_sections(record)
     else:
-        lines += _failed_sections(analysis)
+        lines += _failed_sections(record)
 
-    caption = analysis.get("model_caption")  # issue 15: {text, model, label} from a local vision-language model
-    if caption:
-        lines += ["", f"MODEL CAPTION ({caption['label']}; {caption['model']}): {caption['text']}"]
+    if caption is not None:  # issue 15: from a local vision-language model, labelled as its
+        lines += ["", f"MODEL CAPTION ({caption.label}; {caption.model}): {caption.text}"]
     lines.append("")
-    lines.append("Provenance: " + "; ".join(wording.model_provenance(analysis)) + ".")
-    lines.append("Disclaimer: " + wording.DISCLAIMER)
+    lines.append("Provenance: " + "; ".join(wording.model_provenance(record)) + ".")
+    lines.append("Disclaimer: " + clinical.DISCLAIMER)
     return "\n".join(lines)
 
 
-def _succeeded_sections(analysis: dict) -> list[str]:
-    result = analysis["result"]
-    concepts = result.get("concepts") or {}
-    equity = result.get("equity") or {}
+def _succeeded_sections(record: AnalysisRecord, result: AnalysisResult) -> list[str]:
     findings = ["FINDINGS"]
     findings.append(
-        f"- Lesion segmentation: lesion covers {wording.fmt_percent(result['segmentation']['coverage'])} of the image."
+        f"- Lesion segmentation: lesion covers {wording.fmt_percent(result.segmentation.coverage)} of the image."
     )
-    for key, label in wording.CONCEPT_LABELS.items():
-        score = concepts[key]
-        findings.append(f"- {label}: {score:.2f} ({wording.concept_grade(score)}).")
-    findings.append(f"- Diameter: {wording.diameter_text(concepts)}.")
-    if equity:
-        findings.append(f"- {wording.equity_text(equity)}")
-    blur = (result.get("quality") or {}).get("blur_score")
-    if blur is not None:
-        findings.append(f"- Image sharpness (blur score): {blur:.1f}; passed the quality gate.")
+    for _, label, score in wording.concept_scores(result.concepts):
+        findings.append(f"- {label}: {score:.2f} ({clinical.concept_grade(score)}).")
+    findings.append(f"- Diameter: {wording.diameter_text(result.concepts)}.")
+    findings.append(f"- {wording.equity_text(result.equity)}")
+    findings.append(
+        f"- Image sharpness (blur score): {result.quality.blur_score:.1f}; passed the quality gate."
+    )
 
-    prob = result["probability"]
-    unc = result["uncertainty"]
-    band = result["risk_band"]
-    views = len(result.get("tta_probabilities") or [])
+    prob, unc, band = result.probability, result.uncertainty, result.risk_band
     assessment = ["", "ASSESSMENT"]
     assessment.append(
-        f"- Model output: {result['diagnosis']}, malignancy probability {wording.fmt_prob(prob)} "
-        f"± {wording.fmt_prob(unc)} (mean ± SD over {views} test-time views)."
+        f"- Model output: {result.diagnosis}, malignancy probability {wording.fmt_prob(prob)} "
+        f"± {wording.fmt_prob(unc)} (mean ± SD over {len(result.tta_probabilities)} test-time views)."
     )
-    assessment.append(
-        f"- Risk band: {band.upper()} (probability {wording.risk_band_range(analysis, band)})."
-    )
-    assessment.append(f"- Uncertainty: {wording.uncertainty_level(unc)}.")
-    if equity.get("bias_warning"):
+    assessment.append(f"- Risk band: {band.upper()} (probability {wording.risk_band_range(record, band)}).")
+    assessment.append(f"- Uncertainty: {clinical.uncertainty_level(unc)}.")
+    if result.equity.bias_warning:
         assessment.append("- Reliability reduced: skin tone bias warning applies.")
 
     plan = ["", "PLAN"]
-    plan += [f"- {action}" for action in wording.recommended_actions(analysis)]
+    plan += [f"- {line}" for line in clinical.plan_for(result, record.model)]
     return findings + assessment + plan
 
 
-def _rejected_sections(analysis: dict) -> list[str]:
-    rejection = analysis.get("rejection") or {}
-    code = rejection.get("code", "unknown")
+def _rejected_sections(record: AnalysisRecord) -> list[str]:
+    rejection = record.rejection
+    code = rejection.code if rejection is not None else "unknown"
+    detail = rejection.detail if rejection is not None else "none"
     return [
         "FINDINGS",
-        f"- Image rejected by the quality gate ({code}): {wording.rejection_reason(code)}",
-        f"- Detail: {rejection.get('detail', 'none')}",
+        f"- Image rejected by the quality gate ({code}): {clinical.rejection_reason(code)}",
+        f"- Detail: {detail}",
         "",
         "ASSESSMENT",
         "- No lesion assessment was made; no risk estimate is available.",
         "",
         "PLAN",
-        f"- {wording.rejection_action(code)}",
+        f"- {clinical.retake_advice(code)}",
     ]
 
 
-def _failed_sections(analysis: dict) -> list[str]:
-    error = analysis.get("error") or {}
+def _failed_sections(record: AnalysisRecord) -> list[str]:
+    """A failed analysis, and any other without findings (canceled, unfinished)."""
+    error = record.error
+    code = error.code if error is not None else "unknown"
+    detail = error.detail if error is not None else "no detail"
     return [
         "FINDINGS",
-        f"- Analysis failed with a system error ({error.get('code', 'unknown')}): {error.get('detail', 'no detail')}",
+        f"- Analysis failed with a system error ({code}): {detail}",
         "",
         "ASSESSMENT",
         "- No lesion assessment was made; no risk estimate is available.",
         "",
         "PLAN",
-        f"- {wording.FAILED_ACTION}",
+        f"- {clinical.FAILED_ADVICE}",
     ]

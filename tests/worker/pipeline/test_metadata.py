@@ -32,6 +32,12 @@ def test_every_site_has_its_own_input_and_labels_are_case_insensitive():
     assert encode_metadata(40, "male", "posterior torso")[7] == 1.0
 
 
+def test_the_encoder_reads_the_one_vocabulary_and_its_aliases():
+    for raw_sex, sex in (("m", "male"), ("F", "female"), ("n/a", "unknown")):
+        for raw_site, site in (("head_neck", "head/neck"), ("Lateral Torso", "torso"), ("", "unknown")):
+            np.testing.assert_array_equal(encode_metadata(40, raw_sex, raw_site), encode_metadata(40, sex, site))
+
+
 @pytest.mark.parametrize(
     "age, sex, site", [(-1, "male", "torso"), (121, "male", "torso"), (30, "other", "torso"), (30, "male", "scalp")]
 )

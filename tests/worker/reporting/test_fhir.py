@@ -1,10 +1,22 @@
 import copy
+import dataclasses
 import json
 
 import pytest
 from fhir.resources.R4B.bundle import Bundle
 from pydantic import ValidationError
 
+from shared import clinical
+from tests.factories import (
+    FUSION_SHA,
+    SCALPEL_SHA,
+    bias_warning_dark,
+    failed,
+    high_risk_trained,
+    low_risk_untrained,
+    record,
+    rejected_blurry,
+)
 from worker.reporting.fhir import build_fhir_bundle
 
 AIAST = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "AIAST"}
@@ -24,8 +36,9 @@ def has_ai_label(resource: dict) -> bool:
     return any(s["system"] == AIAST["system"] and s["code"] == AIAST["code"] for s in security)
 
 
-def test_succeeded_bundle_validates_and_links_everything(high_risk_trained, links):
-    bundle = build_fhir_bundle(high_risk_trained, links)
+def test_succeeded_bundle_validates_and_links_everything(links):
+    analysis = high_risk_trained()
+    bundle = build_fhir_bundle(analysis, links)
     parsed = Bundle.model_validate(bundle)
     assert parsed.type == "collection"
     json.dumps(bundle)
@@ -34,8 +47,8 @@ def test_succeeded_bundle_validates_and_links_everything(high_risk_trained, link
     assert report["status"] == "final"
     assert report["presentedForm"][0] == {
         "contentType": "application/pdf",
-        "url": links["report"],
-        "title": f"DermaSentinel report {high_risk_trained['id']}",
+        "url": links.report,
+        "title": f"DermaSentinel report {analysis.id}",
     }
     assert "malignancy probability 0.91 ± 0.04" in report["conclusion"]
     melanoma = {"system": "http://snomed.info/sct", "code": "372244006", "display": "Malignant melanoma (disorder)"}
@@ -46,9 +59,9 @@ def test_succeeded_bundle_validates_and_links_everything(high_risk_trained, link
     assert len(report["result"]) == len(resources(bundle, "Observation")) == 9
 
     image_media, overlay_media = resources(bundle, "Media")
-    assert image_media["content"]["url"] == links["image"]
+    assert image_media["content"]["url"] == links.image
     assert image_media["content"]["contentType"] == "image/jpeg"
-    assert overlay_media["content"]["url"] == links["overlay"]
+    assert overlay_media["content"]["url"] == links.overlay
     image_url = next(e["fullUrl"] for e in bundle["entry"] if e["resource"] is image_media)
     for observation in resources(bundle, "Observation"):
         assert observation["derivedFrom"] == [{"reference": image_url}]
@@ -58,8 +71,8 @@ def test_succeeded_bundle_validates_and_links_everything(high_risk_trained, link
     assert not has_ai_label(image_media)
 
 
-def test_units_are_ucum(high_risk_trained, links):
-    bundle = build_fhir_bundle(high_risk_trained, links)
+def test_units_are_ucum(links):
+    bundle = build_fhir_bundle(high_risk_trained(), links)
     ita = by_code(bundle, "ita")["valueQuantity"]
     assert (ita["value"], ita["system"], ita["code"]) == (38.6, "http://unitsofmeasure.org", "deg")
     diameter = by_code(bundle, "lesion-diameter")
@@ -72,16 +85,16 @@ def test_units_are_ucum(high_risk_trained, links):
     assert skin["component"][0]["valueBoolean"] is False
 
 
-def test_devices_carry_version_and_sha256(high_risk_trained, links):
-    devices = resources(build_fhir_bundle(high_risk_trained, links), "Device")
+def test_devices_carry_version_and_sha256(links):
+    devices = resources(build_fhir_bundle(high_risk_trained(), links), "Device")
     versions = {d["deviceName"][0]["name"]: d["version"][0]["value"] for d in devices}
     assert versions == {"scalpel-unet-r34": "1.2.0", "fusion-effnet-b3": "2.0.1"}
     hashes = {d["identifier"][0]["value"] for d in devices}
-    assert hashes == {high_risk_trained["model"]["scalpel"]["sha256"], high_risk_trained["model"]["fusion"]["sha256"]}
+    assert hashes == {SCALPEL_SHA, FUSION_SHA}
 
 
-def test_untrained_weights_are_visible_on_every_ai_resource(low_risk_untrained, links):
-    bundle = build_fhir_bundle(low_risk_untrained, links)
+def test_untrained_weights_are_visible_on_every_ai_resource(links):
+    bundle = build_fhir_bundle(low_risk_untrained(), links)
     Bundle.model_validate(bundle)
     for resource in resources(bundle, "Observation"):
         assert any("weights: untrained" in n["text"] for n in resource["note"])
@@ -96,8 +109,8 @@ def test_untrained_weights_are_visible_on_every_ai_resource(low_risk_untrained, 
     assert by_code(bundle, "lesion-diameter")["valueQuantity"]["code"] == "{pixel}"
 
 
-def test_no_patient_details_leave_the_service(bias_warning_dark, links):
-    bundle = build_fhir_bundle(bias_warning_dark, links)
+def test_no_patient_details_leave_the_service(links):
+    bundle = build_fhir_bundle(bias_warning_dark(), links)
     assert not resources(bundle, "Patient")
     (report,) = resources(bundle, "DiagnosticReport")
     assert report["subject"] == {
@@ -109,17 +122,16 @@ def test_no_patient_details_leave_the_service(bias_warning_dark, links):
     assert "BIAS WARNING" in by_code(bundle, "skin-group")["note"][0]["text"]
 
 
-def test_same_analysis_gives_the_same_bundle(high_risk_trained, links):
-    assert build_fhir_bundle(high_risk_trained, links) == build_fhir_bundle(copy.deepcopy(high_risk_trained), links)
-    other = copy.deepcopy(high_risk_trained)
-    other["id"] = "00000000-0000-4000-8000-000000000000"
-    first = {e["fullUrl"] for e in build_fhir_bundle(high_risk_trained, links)["entry"]}
+def test_same_analysis_gives_the_same_bundle(links):
+    assert build_fhir_bundle(high_risk_trained(), links) == build_fhir_bundle(high_risk_trained(), links)
+    other = record(id="00000000-0000-4000-8000-000000000000")
+    first = {e["fullUrl"] for e in build_fhir_bundle(high_risk_trained(), links)["entry"]}
     second = {e["fullUrl"] for e in build_fhir_bundle(other, links)["entry"]}
     assert not first & second
 
 
-def test_rejected_bundle_is_final_with_reason_and_no_observations(rejected_blurry, links):
-    bundle = build_fhir_bundle(rejected_blurry, {**links, "overlay": None})
+def test_rejected_bundle_is_final_with_reason_and_no_observations(links):
+    bundle = build_fhir_bundle(rejected_blurry(), dataclasses.replace(links, overlay=None))
     Bundle.model_validate(bundle)
     (report,) = resources(bundle, "DiagnosticReport")
     assert report["status"] == "final"
@@ -131,17 +143,17 @@ def test_rejected_bundle_is_final_with_reason_and_no_observations(rejected_blurr
     assert len(resources(bundle, "Media")) == 1
 
 
-def test_failed_bundle_is_cancelled(failed_analysis, links):
-    bundle = build_fhir_bundle(failed_analysis, {**links, "overlay": None})
+def test_failed_bundle_is_cancelled(links):
+    bundle = build_fhir_bundle(failed(), dataclasses.replace(links, overlay=None))
     (report,) = resources(bundle, "DiagnosticReport")
     assert report["status"] == "cancelled"
     assert "storage_unavailable" in report["conclusion"]
 
 
-def test_validation_rejects_a_broken_bundle(high_risk_trained, links):
+def test_validation_rejects_a_broken_bundle(links):
     # The R4B models check structure and required elements (not code bindings), so the
     # validation inside build_fhir_bundle catches a missing status or a misspelt element.
-    bundle = build_fhir_bundle(high_risk_trained, links)
+    bundle = build_fhir_bundle(high_risk_trained(), links)
     missing_status = copy.deepcopy(bundle)
     del by_code(missing_status, "ita")["status"]
     with pytest.raises(ValidationError):
@@ -152,12 +164,18 @@ def test_validation_rejects_a_broken_bundle(high_risk_trained, links):
         Bundle.model_validate(misspelt)
 
 
-def test_synthetic_weights_are_flagged_like_untrained(high_risk_trained, links):
-    synthetic = copy.deepcopy(high_risk_trained)
-    synthetic["model"]["weights"] = "synthetic"
-    bundle = build_fhir_bundle(synthetic, links)
+def test_synthetic_weights_are_flagged_like_untrained(links):
+    bundle = build_fhir_bundle(record(model={"weights": "synthetic"}), links)
     for resource in resources(bundle, "Observation"):
         assert any(n["text"].startswith("weights: synthetic — ") for n in resource["note"])
         assert resource["extension"][0]["valueCode"] == "synthetic"
     (report,) = resources(bundle, "DiagnosticReport")
     assert report["conclusion"].startswith("MODEL TRAINED ON SYNTHETIC IMAGES ONLY")
+
+
+def test_the_conclusion_recommends_the_clinical_plan(links):
+    for analysis in (high_risk_trained(), low_risk_untrained(), bias_warning_dark()):
+        assert analysis.result is not None
+        (report,) = resources(build_fhir_bundle(analysis, links), "DiagnosticReport")
+        plan = " ".join(clinical.plan_for(analysis.result, analysis.model))
+        assert report["conclusion"].endswith(f"Recommended: {plan}")

@@ -4,6 +4,17 @@ import re
 import pytest
 from pypdf import PdfReader
 
+from shared.schemas.analyses import AnalysisRecord
+from tests.factories import (
+    FUSION_SHA,
+    SCALPEL_SHA,
+    bias_warning_dark,
+    failed,
+    high_risk_trained,
+    low_risk_untrained,
+    record,
+    rejected_blurry,
+)
 from worker.reporting.pdf import render_report
 
 WATERMARK = "UNTRAINED MODEL — NOT FOR CLINICAL USE"
@@ -18,18 +29,24 @@ def flat(text: str) -> str:
     return re.sub(r"\s+", " ", text)
 
 
-def test_trained_report_shows_key_values_and_no_watermark(high_risk_trained, lesion_images):
+def with_weights(analysis: AnalysisRecord, weights: str) -> AnalysisRecord:
+    assert analysis.model is not None
+    return analysis.model_copy(update={"model": analysis.model.model_copy(update={"weights": weights})})
+
+
+def test_trained_report_shows_key_values_and_no_watermark(lesion_images):
+    analysis = high_risk_trained()
     image, overlay = lesion_images
-    pages = pdf_pages(render_report(high_risk_trained, image, overlay))
+    pages = pdf_pages(render_report(analysis, image, overlay))
     text = flat(" ".join(pages))
     assert "malignancy probability 0.91 ± 0.04" in text
     assert "Risk band: HIGH" in text
     assert "(light)" in text
-    assert high_risk_trained["id"] in text
+    assert str(analysis.id) in text
     assert "CLINIC-A-000187" in text
     assert "2025-03-14T09:26:53Z" in text
-    assert high_risk_trained["model"]["scalpel"]["sha256"] in text
-    assert high_risk_trained["model"]["fusion"]["sha256"] in text
+    assert SCALPEL_SHA in text
+    assert FUSION_SHA in text
     assert "scalpel-unet-r34" in text and "1.2.0" in text
     assert "Asymmetry" in text and "0.81 marked" in text
     assert "Refer urgently to dermatology" in text
@@ -38,9 +55,9 @@ def test_trained_report_shows_key_values_and_no_watermark(high_risk_trained, les
         assert "not a certified medical device" in flat(page)
 
 
-def test_untrained_report_has_watermark_on_every_page(low_risk_untrained, lesion_images):
+def test_untrained_report_has_watermark_on_every_page(lesion_images):
     image, overlay = lesion_images
-    pages = pdf_pages(render_report(low_risk_untrained, image, overlay))
+    pages = pdf_pages(render_report(low_risk_untrained(), image, overlay))
     assert len(pages) >= 2
     for page in pages:
         assert WATERMARK in flat(page)
@@ -48,20 +65,20 @@ def test_untrained_report_has_watermark_on_every_page(low_risk_untrained, lesion
     assert "Risk band: LOW" in flat(pages[0])
 
 
-def test_bias_warning_is_in_the_equity_note(bias_warning_dark, lesion_images):
+def test_bias_warning_is_in_the_equity_note(lesion_images):
     image, overlay = lesion_images
-    text = flat(" ".join(pdf_pages(render_report(bias_warning_dark, image, overlay))))
+    text = flat(" ".join(pdf_pages(render_report(bias_warning_dark(), image, overlay))))
     assert "Skin tone by ITA: -41.7° (dark). BIAS WARNING" in text
     assert "Risk band: MEDIUM" in text
 
 
-def test_identical_input_gives_identical_bytes(high_risk_trained, lesion_images):
+def test_identical_input_gives_identical_bytes(lesion_images):
     image, overlay = lesion_images
-    assert render_report(high_risk_trained, image, overlay) == render_report(high_risk_trained, image, overlay)
+    assert render_report(high_risk_trained(), image, overlay) == render_report(high_risk_trained(), image, overlay)
 
 
-def test_report_without_images_still_renders(high_risk_trained):
-    text = flat(" ".join(pdf_pages(render_report(high_risk_trained, None, None))))
+def test_report_without_images_still_renders():
+    text = flat(" ".join(pdf_pages(render_report(high_risk_trained(), None, None))))
     assert "(not available)" in text
     assert "Risk band: HIGH" in text
 
@@ -74,9 +91,9 @@ def test_report_without_images_still_renders(high_risk_trained):
         ("unreadable_image", "as a JPEG or PNG file"),
     ],
 )
-def test_rejected_report_says_why_and_what_to_do(rejected_blurry, code, advice):
-    rejected_blurry["rejection"] = {"code": code, "detail": f"gate said {code}"}
-    pages = pdf_pages(render_report(rejected_blurry, b"not an image", None))
+def test_rejected_report_says_why_and_what_to_do(code, advice):
+    rejected = record(status="rejected", result=None, rejection={"code": code, "detail": f"gate said {code}"})
+    pages = pdf_pages(render_report(rejected, b"not an image", None))
     text = flat(" ".join(pages))
     assert len(pages) == 1
     assert f"IMAGE REJECTED — {code}" in text
@@ -86,19 +103,20 @@ def test_rejected_report_says_why_and_what_to_do(rejected_blurry, code, advice):
     assert "not a certified medical device" in text
 
 
-def test_failed_report_is_a_short_system_error_report(failed_analysis):
+def test_failed_report_is_a_short_system_error_report():
+    failed_analysis = failed()
     pages = pdf_pages(render_report(failed_analysis, None, None))
     text = flat(" ".join(pages))
     assert len(pages) == 1
     assert "SYSTEM ERROR" in text
     assert "storage_unavailable" in text
     assert "not a problem with the photo" in text
-    assert failed_analysis["id"] in text
+    assert str(failed_analysis.id) in text
 
 
-def test_untrained_rejected_report_still_carries_the_watermark(rejected_blurry):
-    rejected_blurry["model"] = {**rejected_blurry["model"], "weights": "untrained"}
-    assert WATERMARK in flat(pdf_pages(render_report(rejected_blurry, None, None))[0])
+def test_untrained_rejected_report_still_carries_the_watermark():
+    rejected = with_weights(rejected_blurry(), "untrained")
+    assert WATERMARK in flat(pdf_pages(render_report(rejected, None, None))[0])
 
 
 def _page_colours(data: bytes, page: int = 0) -> bytes:
@@ -113,44 +131,45 @@ def _fill(hex_colour: str) -> bytes:
     return f"{fp_str(colour.red, colour.green, colour.blue)} rg".encode()
 
 
-def test_untrained_band_is_grey_where_a_trained_one_is_green(low_risk_untrained, lesion_images):
+def test_untrained_band_is_grey_where_a_trained_one_is_green(lesion_images):
     image, overlay = lesion_images
-    trained = {**low_risk_untrained, "model": {**low_risk_untrained["model"], "weights": "trained"}}
+    untrained_analysis = low_risk_untrained()
+    trained = with_weights(untrained_analysis, "trained")
     green, pale_green = _fill("#2e7d32"), _fill("#e8f5e9")
     assert green in _page_colours(render_report(trained, image, overlay))
     assert pale_green in _page_colours(render_report(trained, image, overlay))
-    untrained = _page_colours(render_report(low_risk_untrained, image, overlay))
+    untrained = _page_colours(render_report(untrained_analysis, image, overlay))
     assert green not in untrained and pale_green not in untrained
     assert _fill("#757575") in untrained
-    text = flat(" ".join(pdf_pages(render_report(low_risk_untrained, image, overlay))))
+    text = flat(" ".join(pdf_pages(render_report(untrained_analysis, image, overlay))))
     assert "Model weights: untrained. UNTRAINED MODEL — output is not clinically meaningful" in text
 
 
-def test_synthetic_weights_are_not_clinically_meaningful_either(high_risk_trained, lesion_images):
+def test_synthetic_weights_are_not_clinically_meaningful_either(lesion_images):
     image, overlay = lesion_images
-    synthetic = {**high_risk_trained, "model": {**high_risk_trained["model"], "weights": "synthetic"}}
+    synthetic = record(model={"weights": "synthetic"})
     pages = pdf_pages(render_report(synthetic, image, overlay))
     for page in pages:
         assert "SYNTHETIC-DATA MODEL — NOT FOR CLINICAL USE" in flat(page)
     text = flat(" ".join(pages))
     assert "MODEL TRAINED ON SYNTHETIC IMAGES ONLY — output is not clinically meaningful" in text
     assert "Do not act on this output" in text
-    assert _fill("#ffebee") in _page_colours(render_report(high_risk_trained, image, overlay))
+    assert _fill("#ffebee") in _page_colours(render_report(high_risk_trained(), image, overlay))
     assert _fill("#ffebee") not in _page_colours(render_report(synthetic, image, overlay))
 
 
-def test_a_model_threshold_moves_the_printed_zones(high_risk_trained, lesion_images):
+def test_a_model_threshold_moves_the_printed_zones(lesion_images):
     image, overlay = lesion_images
-    tuned = {**high_risk_trained, "model": {**high_risk_trained["model"], "threshold": 0.3}}
+    tuned = record(model={"threshold": 0.3})
     text = flat(" ".join(pdf_pages(render_report(tuned, image, overlay))))
     assert "Zones: low 0.30 or below, medium 0.30–0.80, high > 0.80; threshold 0.30 set with the model." in text
 
 
-def test_the_report_says_how_the_operating_point_was_chosen(high_risk_trained, lesion_images):
+def test_the_report_says_how_the_operating_point_was_chosen(lesion_images):
     image, overlay = lesion_images
     point = {"threshold": 0.31, "temperature": 1.0, "target_sensitivity": 0.95, "chosen_on": "validation"}
-    model = {**high_risk_trained["model"], "threshold": 0.31, "operating_point": point,
-             "training_data": "ISIC 2020 training set, 5 folds grouped by patient"}
-    text = flat(" ".join(pdf_pages(render_report({**high_risk_trained, "model": model}, image, overlay))))
+    chosen = record(model={"threshold": 0.31, "operating_point": point,
+                           "training_data": "ISIC 2020 training set, 5 folds grouped by patient"})
+    text = flat(" ".join(pdf_pages(render_report(chosen, image, overlay))))
     assert "threshold 0.31 chosen for sensitivity 0.95 on validation" in text
     assert "ISIC 2020 training set, 5 folds grouped by patient" in text

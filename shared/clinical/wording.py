@@ -1,0 +1,215 @@
+"""The clinical sentences: PLAN and referral advice, retake advice, the weights banners, the
+bias warning, concept labels and disclaimers. The scribe note, the PDF, the FHIR bundle, the
+grounded answers, triage and the API quote them from here, so no two surfaces can word the
+same advice differently; the numbers they are about are in ``rules``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from shared.clinical.rules import (
+    DIAMETER_THRESHOLD_MM,
+    SYNTHETIC,
+    UNKNOWN_WEIGHTS,
+    UNTRAINED,
+    above_diameter_threshold,
+    is_clinically_meaningful,
+    uncertainty_level,
+    weights_counts,
+    weights_status,
+)
+
+if TYPE_CHECKING:
+    from shared.schemas.analyses import AnalysisResult, ModelInfo
+
+# ---------------------------------------------------------------- rejections and advice
+
+REJECTION_REASONS = {
+    "blurry": "The image is too blurred to assess the lesion.",
+    "no_lesion": "No skin lesion could be found in the image.",
+    "unreadable_image": "The file could not be read as an image.",
+    "unsupported_media_type": "The file is not a JPEG or PNG image.",
+    "image_too_large": "The image has more pixels than the service accepts.",
+    "payload_too_large": "The file is larger than the upload size limit.",
+}
+DEFAULT_REJECTION_REASON = "The image did not pass a quality gate."
+# What to do about each rejection: the one wording of the API (``rejection.advice``, triage
+# ``retake_advice``), the web app, the scribe note, the PDF and the FHIR conclusion.
+RETAKE_ADVICE = {
+    "blurry": (
+        "Retake the photo in focus: hold the camera or dermatoscope steady, let it focus on the "
+        "lesion, and check the picture is sharp before sending it."
+    ),
+    "no_lesion": (
+        "Retake the photo with the lesion centred in the frame and filling about a third of it; "
+        "keep hair, glare and ruler markings off the lesion, and check the right spot was photographed."
+    ),
+    "unreadable_image": (
+        "Send the photo again as a JPEG or PNG file exported directly from the camera or "
+        "dermatoscope software (not a screenshot or a PDF)."
+    ),
+    "unsupported_media_type": "Send the photo again as a JPEG or PNG file.",
+    "image_too_large": "Send the photo again at a lower resolution, as a JPEG or PNG file.",
+    "payload_too_large": "Send a smaller file: export the photo again as a JPEG at a lower resolution.",
+}
+DEFAULT_RETAKE_ADVICE = "Retake the photo and submit it again."
+FAILED_ADVICE = (
+    "This was a system error, not a problem with the photo. Submit the photo again later; if it "
+    "fails again, contact the service operator and quote the analysis id."
+)
+
+
+def rejection_reason(code: str | None) -> str:
+    return REJECTION_REASONS.get(code or "", DEFAULT_REJECTION_REASON)
+
+
+def retake_advice(code: str | None) -> str:
+    return RETAKE_ADVICE.get(code or "", DEFAULT_RETAKE_ADVICE)
+
+
+# ---------------------------------------------------------------- PLAN: referral and follow-up
+
+# The referral line of a PLAN, by risk band.
+REFERRAL = {
+    "high": (
+        "Refer urgently to dermatology (suspected-melanoma pathway) for dermoscopic "
+        "examination and consideration of excision biopsy."
+    ),
+    "medium": "Refer for routine dermatology review; if not excised, re-image in 3 months and compare for change.",
+    "low": (
+        "No AI-flagged concern. Advise skin self-examination and re-image if the lesion "
+        "changes in size, shape or color, bleeds or itches."
+    ),
+}
+HIGH_UNCERTAINTY_ADVICE = (
+    "Model views disagree (high uncertainty): specialist review is required whatever "
+    "the risk band; this result cannot rule melanoma out."
+)
+MODERATE_UNCERTAINTY_ADVICE = "Moderate uncertainty: consider clinician dermoscopy before discharge."
+BIAS_ADVICE = (
+    "Skin tone outside the model's well-represented range: interpret with caution and prefer specialist review."
+)
+DIAMETER_ADVICE = f"Diameter above {DIAMETER_THRESHOLD_MM:.0f} mm despite a low score: clinical review advised."
+# The record fields a PLAN is decided by, as a grounded answer cites them.
+PLAN_FIELDS = (
+    "result.risk_band",
+    "result.uncertainty",
+    "result.equity.bias_warning",
+    "result.concepts.diameter_mm",
+    "model.weights",
+)
+
+
+def plan(
+    *, risk_band: str, uncertainty: float, bias_warning: bool, diameter_mm: float | None, weights: str | None
+) -> list[str]:
+    """The PLAN lines for a result, in a fixed order: weights not trained, risk band,
+    uncertainty, skin tone, diameter. ``weights`` None (not recorded) counts as unknown."""
+    lines: list[str] = []
+    caution = do_not_act(weights)
+    if caution:
+        lines.append(caution)
+    lines.append(REFERRAL.get(risk_band, REFERRAL["low"]))
+    level = uncertainty_level(uncertainty)
+    if level == "high":
+        lines.append(HIGH_UNCERTAINTY_ADVICE)
+    elif level == "moderate" and risk_band == "low":
+        lines.append(MODERATE_UNCERTAINTY_ADVICE)
+    if bias_warning:
+        lines.append(BIAS_ADVICE)
+    if diameter_mm is not None and above_diameter_threshold(diameter_mm) and risk_band == "low":
+        lines.append(DIAMETER_ADVICE)
+    return lines
+
+
+def plan_for(result: AnalysisResult, model: ModelInfo | None) -> list[str]:
+    """The PLAN of an analysis' result: what its scribe note says and a grounded answer quotes."""
+    return plan(
+        risk_band=result.risk_band,
+        uncertainty=result.uncertainty,
+        bias_warning=result.equity.bias_warning,
+        diameter_mm=result.concepts.diameter_mm,
+        weights=weights_status(model),
+    )
+
+
+# ---------------------------------------------------------------- findings in words
+
+CONCEPT_LABELS = {"asymmetry": "Asymmetry", "border": "Border irregularity", "color": "Color variegation"}
+# What a bias warning means, after "BIAS WARNING: " in reports and "Bias warning: " in answers.
+BIAS_WARNING_TEXT = (
+    "this skin tone is under-represented in the model's training data; accuracy for this group is not established."
+)
+
+# ---------------------------------------------------------------- weights status and disclaimers
+
+UNTRAINED_BANNER = "UNTRAINED MODEL — output is not clinically meaningful"
+UNTRAINED_WATERMARK = "UNTRAINED MODEL — NOT FOR CLINICAL USE"
+WEIGHTS_HEADLINES = {UNTRAINED: "UNTRAINED MODEL", SYNTHETIC: "MODEL TRAINED ON SYNTHETIC IMAGES ONLY"}
+# Why output from these weights must not be acted on (the do-not-act PLAN line).
+NOT_MEANINGFUL_BECAUSE = {
+    UNTRAINED: "the classifier has no trained weights",
+    SYNTHETIC: "the classifier was trained on generated images only and is not clinically validated",
+}
+DISCLAIMER = (
+    "Research use only. DermaSentinel is not a certified medical device. This output is "
+    "generated by fixed rules from model scores and does not replace clinical examination, "
+    "dermoscopy by a trained clinician, or histopathology."
+)
+# Beside every grounded answer (POST/GET /v1/analyses/{id}/questions).
+ANSWER_DISCLAIMER = (
+    "Research use only, not a certified medical device; answers support, never replace, clinical judgement."
+)
+
+
+def weights_headline(weights: str | None) -> str:
+    return WEIGHTS_HEADLINES.get(weights or "", f"MODEL WEIGHTS {(weights or UNKNOWN_WEIGHTS).upper()}")
+
+
+def weights_banner(weights: str | None) -> str | None:
+    """The banner every surface shows above output from these weights (None: trained)."""
+    if is_clinically_meaningful(weights):
+        return None
+    return f"{weights_headline(weights)} — output is not clinically meaningful"
+
+
+def weights_watermark(weights: str | None) -> str | None:
+    if is_clinically_meaningful(weights):
+        return None
+    headline = "SYNTHETIC-DATA MODEL" if weights == SYNTHETIC else weights_headline(weights)
+    return f"{headline} — NOT FOR CLINICAL USE"
+
+
+def do_not_act(weights: str | None) -> str | None:
+    """The first line of every PLAN from weights that are not trained."""
+    if is_clinically_meaningful(weights):
+        return None
+    why = NOT_MEANINGFUL_BECAUSE.get(
+        weights or "", f"the classifier's weights are {weights or UNKNOWN_WEIGHTS}, not trained"
+    )
+    return f"Do not act on this output: {why}. Manage the lesion on clinical grounds alone."
+
+
+def ranking_warning(counts: Mapping[str, int]) -> str | None:
+    """What a batch's summary says when some of its results come from weights that are not
+    trained (None when every result is meaningful, or there are none)."""
+    total = sum(counts.values())
+    not_meaningful = {status: n for status, n in counts.items() if n and not is_clinically_meaningful(status)}
+    if not not_meaningful:
+        return None
+    worst = next((s for s in (UNTRAINED, SYNTHETIC) if s in not_meaningful), next(iter(not_meaningful)))
+    n = sum(not_meaningful.values())
+    breakdown = ", ".join(f"{status} {count}" for status, count in not_meaningful.items())
+    return (
+        f"{weights_headline(worst)} — ranking by probability is not meaningful: {n} of {total} results "
+        f"come from weights that are not trained ({breakdown}); their diagnosis, probability and risk "
+        "band carry no clinical meaning. Review every item on clinical grounds."
+    )
+
+
+def weights_summary(values: Mapping[str | None, int]) -> dict:
+    """``weights`` (counts per status over results) and ``weights_warning`` for a batch."""
+    counts = weights_counts(values)
+    return {"weights": counts, "weights_warning": ranking_warning(counts)}
