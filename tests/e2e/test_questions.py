@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import uuid
 
 import httpx
 import pytest
 
-from cli.processes import free_port, stop_process, wait_http
-from tests.conftest import ROOT, settings_env
+from devstack import child_env, start_api
+from shared import clinical
 from tests.e2e.seeding import result_for, seed_analysis
 from worker.pipeline.synthetic import encode_jpeg, make_lesion
 
@@ -62,8 +60,11 @@ def test_outside_scope_and_treatment_questions(api, context, tenant_key):
     assert itch["outside_scope"] is True
     treat = _ask(api, analysis_id, "Which cream should I prescribe?").json()["answer"]
     assert "no treatment advice of its own" in treat["text"]
-    assert "Seeded plan line for the test." in treat["text"]
-    assert treat["cited"] == ["result.scribe_note"]
+    # The PLAN comes from the clinical rules (the same rule the scribe note's PLAN is written by),
+    # never from parsing the note's text: a line planted in the note is not quoted.
+    assert "Seeded plan line for the test." not in treat["text"]
+    assert clinical.REFERRAL["low"] in treat["text"]
+    assert treat["cited"] == list(clinical.PLAN_FIELDS)
 
 
 def test_rejected_analysis_has_no_findings(api, context, tenant_key):
@@ -156,20 +157,12 @@ def _tiny_blip(directory):
 @pytest.fixture
 def vqa_api_url(settings, context, tmp_path):
     model_dir = _tiny_blip(tmp_path / "blip-vqa-tiny")
-    port = free_port()
-    log = tmp_path / "api-vqa.log"
-    env = settings_env(settings.model_copy(update={"api_url": f"http://127.0.0.1:{port}", "vqa_model_dir": model_dir}))
+    env = child_env(settings, vqa_model_dir=model_dir)
     # Never reach a model hub: the model must load from the directory alone.
     env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "api.main:create_app", "--factory", "--port", str(port)],
-            env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    wait_http(f"{url}/healthz", process, log)
-    yield url
-    stop_process(process)
+    api = start_api(env, tmp_path / "api-vqa.log")
+    yield api.url
+    api.stop()
 
 
 def test_local_vision_language_model_answers_beside_grounded_one(vqa_api_url, context, tenant_key, wait):
