@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from shared.clinical import BLUR_THRESHOLD, MIN_COVERAGE, disposition
 from shared.schemas.analyses import AnalysisRecord, AnalysisResult, ModelInfo
 
 SCALPEL_SHA = "a3f1c2d4e5b60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9"
@@ -78,11 +79,44 @@ def _merge(base: Any, changes: Any) -> Any:
 
 
 def record_data(**changes: Any) -> dict[str, Any]:
-    """The record as JSON-shaped data (what the API answers), with ``changes`` merged in."""
+    """The record as JSON-shaped data (what the API answers), with ``changes`` merged in. A
+    result's disposition follows from its values by the clinical rules, as the pipeline's
+    does, unless ``changes`` give one."""
     data = _merge(copy.deepcopy(_BASE), changes)
     if "weights" not in changes:
         data["weights"] = (data.get("model") or {}).get("weights")
+    result_changes = changes.get("result")
+    if data.get("result") and not (isinstance(result_changes, dict) and "disposition" in result_changes):
+        data["result"].update(disposition_of(data))
     return data
+
+
+def disposition_of(data: dict[str, Any]) -> dict[str, Any]:
+    """``disposition``, ``disposition_reasons`` and ``safety_netting`` of a record given as data."""
+    result, inputs, model_data = data["result"], data["inputs"], data.get("model") or {}
+    operating_point = model_data.get("operating_point") or {}
+    decision = disposition.decide(
+        disposition.DispositionInputs(
+            probability=result["probability"],
+            uncertainty=result["uncertainty"],
+            ita_degrees=result["equity"]["ita_degrees"],
+            blur_score=result["quality"]["blur_score"],
+            coverage=result["segmentation"]["coverage"],
+            age=inputs["age"],
+            sex=inputs["sex"],
+            site=inputs["site"],
+            weights=model_data.get("weights"),
+            threshold=model_data.get("threshold"),
+            rule_out_threshold=operating_point.get("rule_out_threshold"),
+            blur_threshold=BLUR_THRESHOLD,
+            min_coverage=MIN_COVERAGE,
+        )
+    )
+    return {
+        "disposition": decision.disposition,
+        "disposition_reasons": decision.reasons,
+        "safety_netting": decision.safety_netting,
+    }
 
 
 def record(**changes: Any) -> AnalysisRecord:

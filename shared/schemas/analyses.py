@@ -11,6 +11,7 @@ from pydantic import (
     Field,
 )
 
+from shared.clinical.disposition import Disposition
 from shared.clinical.vocabulary import AGE_MAX, AGE_MIN
 from shared.schemas.common import (
     EXTERNAL_ID_PATTERN,
@@ -145,6 +146,28 @@ class AnalysisResult(ResponseModel):
         default=None, description="`uncertainty` in words, from the one set of clinical rules"
     )
     scribe_note: str | None = Field(default=None, description="Draft clinical note (research use only)")
+    disposition: Disposition | None = Field(
+        default=None,
+        description="What should happen next: `urgent_referral` (the probability reaches the model's high-risk "
+        "operating point, trained weights only), `routine` (below the model's rule-out threshold and no review "
+        "reason; comes with `safety_netting`), else `clinician_review`. Weights that are not `trained` never give "
+        "`routine` or `urgent_referral`. Null only on results stored before dispositions existed",
+    )
+    disposition_reasons: list[str] = Field(
+        default_factory=list,
+        description="Stable codes for why (docs/CLINICAL_RULES.md): `high_probability`, `below_rule_out`, "
+        "`weights_not_trained`, `brown_or_dark_skin`, `high_uncertainty`, `near_threshold`, `borderline_quality`, "
+        "`weakly_evidenced_site`, `age_under_18`, `missing_metadata`, `above_rule_out`",
+    )
+    safety_netting: str | None = Field(
+        default=None, description="For `routine` only: what change should bring the patient back, and when to "
+        "re-photograph",
+    )
+    notice: str | None = Field(
+        default=None,
+        description="Beside `diagnosis` whenever the model's weights are not `trained`: the diagnosis, probability, "
+        "band and disposition carry no clinical meaning. Null for trained weights",
+    )
 
 
 class Rejection(ResponseModel):
@@ -178,6 +201,14 @@ class OperatingPoint(ResponseModel):
     temperature: float = Field(description="Temperature scaling fitted on the validation fold (1.0: none)")
     target_sensitivity: float | None = Field(description="The sensitivity the threshold was chosen for")
     chosen_on: str = Field(description="`validation` when chosen by training, `default` for the design's 0.5")
+    rule_out_threshold: float | None = Field(
+        default=None,
+        description="Below it (and with no review reason) a result is `routine`; chosen on the validation fold for "
+        "`rule_out_sensitivity`. Null: not calibrated, the conservative default applies (docs/CLINICAL_RULES.md)",
+    )
+    rule_out_sensitivity: float | None = Field(
+        default=None, description="The sensitivity the rule-out threshold was chosen for (default 0.95)"
+    )
 
 
 class ModelInfo(ResponseModel):
