@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import mimetypes
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -52,7 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     configure_logging(settings)  # uvicorn's own loggers too, in LOG_FORMAT (docs/OBSERVABILITY.md)
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI):
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # More threads than the work allowed to hold a connection, so a request that holds
         # one always finds a thread for its next step (docs/API_HARDENING.md).
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
@@ -100,7 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.get("/", include_in_schema=False)
-    def web_app():
+    def web_app() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html")
 
     return app

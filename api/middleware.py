@@ -22,7 +22,8 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.deps import HOLDS_PLACE
+from api.auth import KeyCache
+from api.capacity import HOLDS_PLACE, Capacity
 from api.problems import Overloaded, PayloadTooLarge, Problem, RequestTimeout, Unprocessable, problem_response
 from api.ratelimit import STATE_HEADERS
 from shared.config import Settings
@@ -131,18 +132,18 @@ def _route(scope: Scope) -> str:
 class TenantGate:
     """At most ``API_CONCURRENCY`` requests past the edge at once (per API process), shared
     fairly: a freed place goes to the waiting tenant that holds the fewest, then to the one
-    served longest ago (``api.deps.FairSlots``). A request waits here, costing a future, for up
+    served longest ago (``api.capacity.FairSlots``). A request waits here, costing a future, for up
     to ``API_DB_WAIT_SECONDS``, then 503 with Retry-After. However many requests one tenant
     sends, the process then works on only a few at a time (its event loop, its threads and
     the GIL are not shared N ways), and a tenant with one request waits for the next free place
     only. The place is given back when the answer starts, so a client reading a long streamed
     body does not keep it. Uploads are not held here while their body streams (they have their
     own per-tenant quota, ``CONCURRENT_UPLOADS``, and may trickle for minutes); they take a
-    place for each step after it has arrived (``api.deps.Capacity.request``). The tenant is
+    place for each step after it has arrived (``api.capacity.Capacity.request``). The tenant is
     the cached owner of the presented key, else the key itself (its hash); requests without a
     bearer key pass to the route, which answers 401."""
 
-    def __init__(self, app: ASGIApp, key_cache, capacity):
+    def __init__(self, app: ASGIApp, key_cache: KeyCache, capacity: Capacity) -> None:
         self.app = app
         self.key_cache = key_cache
         self.capacity = capacity
@@ -420,7 +421,7 @@ def _refuse_nul_in_json(scope: Scope, body: bytes) -> None:
         raise _nul_problem(".".join(path) or "body")
 
 
-def _nul_path(value, path: list[str]) -> list[str] | None:
+def _nul_path(value: object, path: list[str]) -> list[str] | None:
     if isinstance(value, str):
         return path if "\x00" in value else None
     if isinstance(value, dict):

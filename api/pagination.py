@@ -5,11 +5,13 @@ from __future__ import annotations
 import base64
 import uuid
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Select, tuple_
 from sqlalchemy.orm import Session
 
 from api.problems import BadRequest
+from shared.tables import Analysis, Batch
 
 
 def encode_cursor(created_at: datetime, ident: uuid.UUID) -> str:
@@ -26,7 +28,9 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         raise BadRequest("the cursor is not valid; use the next_cursor of a previous page") from None
 
 
-def newest_first(session: Session, query: Select, model, *, limit: int, cursor: str | None) -> tuple[list, str | None]:
+def newest_first(
+    session: Session, query: Select[Any], model: type[Analysis | Batch], *, limit: int, cursor: str | None
+) -> tuple[list[Any], str | None]:
     """One page of ``query`` (which selects ``model``) and the cursor of the next page."""
     if cursor:
         created, ident = decode_cursor(cursor)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import urllib3
@@ -134,7 +135,14 @@ def problems(*statuses: int | tuple[int, str]) -> dict[int | str, dict[str, Any]
 
 
 def problem_response(
-    status: int, code: str, title: str, detail: str, instance: str, errors=None, headers=None, extra=None
+    status: int,
+    code: str,
+    title: str,
+    detail: str,
+    instance: str,
+    errors: list[dict] | None = None,
+    headers: Mapping[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> JSONResponse:
     body = {"type": TYPE_BASE + code, "title": title, "status": status, "detail": detail, "instance": instance}
     if errors:
@@ -158,13 +166,13 @@ def _unavailable(request: Request, dependency: str, why: str = "is not reachable
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(Problem)
-    async def _problem(request: Request, exc: Problem):
+    async def _problem(request: Request, exc: Problem) -> JSONResponse:
         return problem_response(
             exc.status, exc.code, exc.title, exc.detail, request.url.path, exc.errors, exc.headers
         )
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(request: Request, exc: RequestValidationError):
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [
             {"field": ".".join(str(p) for p in err["loc"] if p not in ("body", "query", "path")), "message": err["msg"]}
             for err in exc.errors()
@@ -173,12 +181,12 @@ def install(app: FastAPI) -> None:
         return problem_response(422, "validation_error", "Invalid input", detail, request.url.path, errors)
 
     @app.exception_handler(urllib3.exceptions.HTTPError)
-    async def _object_store_down(request: Request, exc: Exception):
+    async def _object_store_down(request: Request, exc: Exception) -> JSONResponse:
         return _unavailable(request, "the object store")
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(PoolTimeout)
-    async def _database_down(request: Request, exc: Exception):
+    async def _database_down(request: Request, exc: Exception) -> JSONResponse:
         # Connection refused, statement or idle timeout, pool exhausted: all transient.
         cause = getattr(exc, "orig", exc) or exc
         log.warning("database unavailable: %s", type(cause).__name__)
@@ -187,7 +195,7 @@ def install(app: FastAPI) -> None:
         return _unavailable(request, "the database")
 
     @app.exception_handler(DBAPIError)
-    async def _database_error(request: Request, exc: DBAPIError):
+    async def _database_error(request: Request, exc: DBAPIError) -> JSONResponse:
         # The server ended the session (idle-in-transaction timeout, admin shutdown): as
         # transient as a refused connection. Anything else is a bug and stays a 500.
         if exc.connection_invalidated or isinstance(exc.orig, TRANSIENT_DRIVER_ERRORS):
@@ -195,7 +203,7 @@ def install(app: FastAPI) -> None:
         raise exc
 
     @app.exception_handler(DataError)
-    async def _data_rejected(request: Request, exc: Exception):
+    async def _data_rejected(request: Request, exc: Exception) -> JSONResponse:
         # Inputs are validated before they reach SQL; this is the backstop, not the plan.
         return problem_response(
             422, "unprocessable", "Invalid input",
@@ -204,7 +212,7 @@ def install(app: FastAPI) -> None:
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException):
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {
             400: "bad_request", 404: "not_found", 405: "method_not_allowed", 408: "request_timeout",
             413: "payload_too_large",

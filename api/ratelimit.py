@@ -17,7 +17,7 @@ import math
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +29,7 @@ from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.errors import StorageError
 
+from api.auth import AuthenticatedTenant
 from api.deps import CurrentTenant
 from api.problems import RateLimited
 from shared.config import Settings
@@ -220,7 +221,9 @@ def get_limiter(request: Request) -> Limiter:
     return request.app.state.limiter
 
 
-def rate_limit(name: str, limit: Callable[[Settings], str]):
+def rate_limit(
+    name: str, limit: Callable[[Settings], str]
+) -> Callable[[Request, AuthenticatedTenant], Awaitable[None]]:
     """A route dependency: count a call named ``name`` for the request's tenant against the
     rate ``limit(settings)`` returns, e.g.
     ``dependencies=[Depends(rate_limit("webhook-test", lambda s: str(s.webhook_test_rate)))]``."""

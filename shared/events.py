@@ -17,12 +17,14 @@ from sqlalchemy.orm import Session
 
 from shared.db import after_commit
 from shared.jobs import enqueue_event_dispatch
-from shared.schemas import EventType
+from shared.schemas import AnalysisEventData, BatchCompletedData, EventType, WebhookTestData
 from shared.tables import Event
 
-# The event types as the OpenAPI document declares them (one list, in shared/schemas.py).
+# The event types as the OpenAPI document declares them (one list, in shared/schemas/webhooks.py).
 EVENT_TYPES: tuple[str, ...] = get_args(EventType)
 TEST_EVENT = "webhook.test"
+# The ``data`` of each event the API sends, as the OpenAPI document's webhooks declare it.
+EventData = AnalysisEventData | BatchCompletedData | WebhookTestData
 
 
 def new_event_id() -> str:
@@ -35,16 +37,18 @@ def record_event(
     *,
     tenant_id: uuid.UUID,
     type: str,
-    data: dict,
+    data: EventData,
     dedupe_key: str | None = None,
     only_endpoint_id: uuid.UUID | None = None,
 ) -> str | None:
-    """Add an event to the outbox; returns its id, or None if ``dedupe_key`` was already used."""
+    """Add an event to the outbox; returns its id, or None if ``dedupe_key`` was already used.
+    ``data`` is typed so that what is sent is what the document declares; its unset optional
+    parts (an analysis' ``result`` before there is one) are left out of the payload."""
     event_id = new_event_id()
     payload = {
         "type": type,
         "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-        "data": data,
+        "data": data.model_dump(mode="json", exclude_unset=True),
     }
     statement = (
         insert(Event)

@@ -14,6 +14,7 @@ tests/api/test_openapi.py holds every operation to this.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI
@@ -35,7 +36,7 @@ BEARER = {
 }
 
 
-def _depends_on(dependant: Dependant, target) -> bool:
+def _depends_on(dependant: Dependant, target: Callable[..., Any]) -> bool:
     return any(d.call is target or _depends_on(d, target) for d in dependant.dependencies)
 
 

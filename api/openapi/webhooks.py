@@ -53,7 +53,8 @@ def install(app: FastAPI) -> None:
     )
 
 
-def _document(app: FastAPI, event: str, what: str, body_model) -> None:
+def _document(app: FastAPI, event: str, what: str, body_model: Any) -> None:
+    # ``body_model`` (the event's model class) is read by FastAPI from the annotation at run time.
     async def receive(
         body: body_model,
         webhook_id: WebhookId,

@@ -1,190 +1,77 @@
-"""/v1/analyses: parse input, call the service, shape the answer."""
+"""/v1/analyses: HTTP only: call the service, shape the answer. What the submission's fields
+mean and how they are refused is ``api.forms``."""
 
 from __future__ import annotations
 
-import json
-import re
 import uuid
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, RedirectResponse
-from pydantic import ValidationError
+from sqlalchemy.orm import Session
 
+from api import forms
+from api.auth import TenantRef
+from api.capacity import Capacity
 from api.deps import CapacityDep, ContextDep, CurrentTenant, SessionDep, in_session, parse_id
+from api.forms import PREFER_DESCRIPTION
 from api.middleware import DEADLINE_EXTENSION
-from api.multipart import clean_image, read_multipart
-from api.problems import BadRequest, NotReady, PayloadTooLarge, Unprocessable, problems
+from api.multipart import CleanImage, clean_image, read_multipart
+from api.problems import BadRequest, NotReady, Unprocessable, problems
 from api.services import analyses as service
 from api.services import webhook_endpoints
 from shared import lifecycle
 from shared.clock import iso
+from shared.context import AppContext
 from shared.schemas import (
-    CANCEL_AFTER_SCHEMA,
     AnalysisInputs,
     AnalysisOut,
     AnalysisPage,
+    AnalysisSummary,
     FeedbackIn,
     FeedbackOut,
-    RequestWebhookIn,
-    parse_duration,
+    FeedbackRecord,
+    ReportState,
 )
 from shared.storage import ARTIFACTS
-from shared.tables import Analysis
+from shared.tables import Analysis, Report
 
 router = APIRouter(prefix="/v1/analyses", tags=["analyses"])
 
-def _input_properties() -> dict:
-    """The form fields' schemas from ``AnalysisInputs`` itself (one source for what is
-    checked and what is documented); optional fields are simply left out, never null."""
-    properties = {}
-    schemas = {**AnalysisInputs.model_json_schema()["properties"], **RequestWebhookIn.model_json_schema()["properties"]}
-    for name, schema in schemas.items():
-        options = [option for option in schema.get("anyOf", [schema]) if option.get("type") != "null"]
-        documented = {k: v for k, v in options[0].items() if k != "title"}
-        if schema.get("description"):
-            documented["description"] = schema["description"]
-        properties[name] = documented
-    properties["cancel_after"] = CANCEL_AFTER_SCHEMA
-    return properties
 
-
-UPLOAD_ID = {"type": "string", "format": "uuid", "description": "the id of a direct upload (POST /v1/uploads)"}
-SUBMIT_SCHEMA = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "description": "The photo as `image`, or the `upload_id` of a direct upload instead (not both)",
-                    "properties": {
-                        "image": {"type": "string", "format": "binary", "description": "JPEG or PNG"},
-                        "upload_id": UPLOAD_ID,
-                        **_input_properties(),
-                    },
-                }
-            },
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "required": ["upload_id"],
-                    "properties": {"upload_id": UPLOAD_ID, **_input_properties()},
-                }
-            },
-        },
-    }
-}
-
-
-def view(context: ContextDep, session, analysis: Analysis) -> dict:
-    body = lifecycle.analysis_record(analysis)
-    body["updated_at"] = iso(analysis.updated_at)
-    body["links"] = lifecycle.links(context.settings, analysis.id)
-    body["artifacts"] = lifecycle.artifact_links(context.store, analysis)
+def view(context: AppContext, session: Session, analysis: Analysis) -> AnalysisOut:
+    """One analysis as the API shows it: the record, with links, presigned artifacts, report
+    readiness and feedback."""
+    record = lifecycle.analysis_record(analysis)
     report = service.report_for(session, analysis.id)
-    body["report"] = {"ready": report is not None, "created_at": iso(report.created_at) if report else None}
-    body["feedback"] = [
-        {
-            "agrees": f.agrees,
-            "final_diagnosis": f.final_diagnosis,
-            "histopathology": f.histopathology,
-            "notes": f.notes,
-            "created_at": iso(f.created_at),
-        }
-        for f in service.feedback_for(session, analysis.id)
-    ]
-    return body
+    return AnalysisOut(
+        **lifecycle.fields_for(AnalysisOut, record),
+        updated_at=iso(analysis.updated_at),
+        links=lifecycle.links(context.settings, analysis.id),
+        artifacts=lifecycle.artifact_links(context.store, analysis),
+        report=ReportState(ready=report is not None, created_at=iso(report.created_at) if report else None),
+        feedback=[
+            FeedbackRecord(
+                agrees=f.agrees,
+                final_diagnosis=f.final_diagnosis,
+                histopathology=f.histopathology,
+                notes=f.notes,
+                created_at=iso(f.created_at),
+            )
+            for f in service.feedback_for(session, analysis.id)
+        ],
+    )
 
 
-def summary(analysis: Analysis) -> dict:
-    body = lifecycle.analysis_record(analysis)
-    body.pop("model", None)
-    return body
+def summary(analysis: Analysis) -> AnalysisSummary:
+    return lifecycle.analysis_summary(analysis)
 
 
-def _parse_inputs(fields: dict) -> AnalysisInputs:
-    values = {k: v for k, v in fields.items() if v != "" and v is not None}
-    try:
-        return AnalysisInputs.model_validate(values)
-    except ValidationError as exc:
-        raise _invalid_fields(exc) from None
-
-
-def _invalid_fields(exc: ValidationError) -> Unprocessable:
-    """A 422 naming each form field pydantic refused, and why."""
-    errors = [
-        {"field": ".".join(str(p) for p in err["loc"]) or "form", "message": err["msg"]} for err in exc.errors()
-    ]
-    return Unprocessable("; ".join(f"{e['field']}: {e['message']}" for e in errors), errors=errors)
-
-
-WEBHOOK_FIELDS = tuple(RequestWebhookIn.model_fields)
-
-
-async def _request_webhook(context, tenant, fields: dict) -> service.RequestWebhook | None:
-    """``webhook_url`` and ``webhook_events_filter`` taken out of ``fields``: the URL goes
-    through the same SSRF check as a registered endpoint (DNS resolution, in a thread, with
-    no database connection held), 422 when refused."""
-    values = {name: fields.pop(name) for name in WEBHOOK_FIELDS if name in fields}
-    values = {k: v for k, v in values.items() if v != "" and v is not None}
-    if not values:
-        return None
-    try:
-        hook = RequestWebhookIn.model_validate(values)
-    except ValidationError as exc:
-        raise _invalid_fields(exc) from None
-    if hook.webhook_url is None:
-        raise _field_error("webhook_events_filter", "needs a webhook_url")
-    url = await run_in_threadpool(webhook_endpoints.checked_url, context, str(hook.webhook_url), tenant)
-    return service.RequestWebhook(url, tuple(sorted(set(hook.webhook_events_filter or ()))))
-
-
-def _field_error(field: str, message: str) -> Unprocessable:
-    return Unprocessable(f"{field}: {message}", errors=[{"field": field, "message": message}])
-
-
-def _cancel_after(header: str | None, field: object, limit: int) -> float | None:
-    """Seconds from the ``Cancel-After`` header or the ``cancel_after`` field (one of them)."""
-    if header is not None and field not in (None, ""):
-        raise _field_error("cancel_after", "send the deadline as the Cancel-After header or the field, not both")
-    name, value = ("Cancel-After", header) if header is not None else ("cancel_after", field)
-    if value in (None, ""):
-        return None
-    try:
-        seconds = parse_duration(value)
-    except ValueError as exc:
-        raise _field_error(name, str(exc)) from None
-    if seconds > limit:
-        raise _field_error(name, f"must be at most {limit} seconds")
-    return seconds
-
-
-def _upload_id(value: object) -> uuid.UUID:
-    try:
-        return uuid.UUID(str(value))
-    except ValueError:
-        raise _field_error("upload_id", "is not an upload id (a UUID from POST /v1/uploads)") from None
-
-
-async def _read_json_fields(request: Request, max_bytes: int) -> dict:
-    body = bytearray()
-    async for chunk in request.stream():
-        body.extend(chunk)
-        if len(body) > max_bytes:
-            raise PayloadTooLarge(f"the request body is larger than {max_bytes // 1024} KiB")
-    try:
-        fields = json.loads(body)
-    except ValueError:
-        raise BadRequest("the body is not valid JSON") from None
-    if not isinstance(fields, dict):
-        raise BadRequest("the body must be a JSON object with an upload_id")
-    return fields
-
-
-def _is_json(request: Request) -> bool:
-    return request.headers.get("content-type", "").split(";")[0].strip().lower() == "application/json"
+def json_body(analysis: AnalysisOut) -> dict[str, Any]:
+    """The JSON of an answer sent as a ``JSONResponse`` (a status or header of its own): the
+    fields that were set, as the routes' ``response_model_exclude_unset`` sends them."""
+    return analysis.model_dump(mode="json", exclude_unset=True)
 
 
 SUBMIT_ERRORS = problems(
@@ -200,7 +87,7 @@ SUBMIT_ERRORS = problems(
 @router.post(
     "",
     status_code=202,
-    openapi_extra=SUBMIT_SCHEMA,
+    openapi_extra=forms.SUBMIT_SCHEMA,
     summary="Submit an image for analysis",
     response_model=AnalysisOut,
     response_model_exclude_unset=True,
@@ -229,17 +116,17 @@ async def submit_analysis(
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
     cancel_after: Annotated[str | None, Header(alias="Cancel-After", max_length=32)] = None,
     prefer: Annotated[str | None, Header(max_length=200, description=PREFER_DESCRIPTION)] = None,
-):
+) -> JSONResponse:
     """Read, check and clean the upload holding no database connection; then one short
     transaction stores the row. With an ``upload_id`` (a multipart field, or a JSON body)
     instead of the image, the ingest worker checks and cleans the direct upload. With
     ``Prefer: wait=N`` the answer waits up to N seconds for the outcome (``_answer``)."""
     settings = context.settings
-    wait = preferred_wait(prefer)
+    wait = forms.preferred_wait(prefer)
     if idempotency_key is not None and "\x00" in idempotency_key:
         raise Unprocessable("Idempotency-Key: must not contain NUL bytes")
-    if _is_json(request):
-        fields = await _read_json_fields(request, settings.api_max_json_bytes)
+    if forms.is_json(request):
+        fields = await forms.read_json_fields(request, settings.api_max_json_bytes)
     else:
         submitted = None
         async with request.app.state.limiter.upload_slot(tenant.id):
@@ -250,11 +137,11 @@ async def submit_analysis(
             if raw is not None:
                 if fields.get("upload_id"):
                     raise BadRequest("send either an 'image' file or an 'upload_id', not both")
-                deadline = _cancel_after(
+                deadline = forms.cancel_after(
                     cancel_after, fields.pop("cancel_after", None), settings.max_cancel_after_seconds
                 )
-                webhook = await _request_webhook(context, tenant, fields)
-                inputs = _parse_inputs(fields)
+                webhook = await forms.request_webhook(context, tenant, fields)
+                inputs = forms.parse_inputs(fields)
                 async with capacity.decode(tenant.id):
                     image = await run_in_threadpool(
                         clean_image, raw, settings.max_image_pixels, settings.max_decode_side
@@ -273,10 +160,10 @@ async def submit_analysis(
             "the request has no image: send the photo as a multipart 'image' file field (image=@lesion.jpg), "
             "or the 'upload_id' of a direct upload (POST /v1/uploads)"
         )
-    upload_id = _upload_id(fields.pop("upload_id"))
-    deadline = _cancel_after(cancel_after, fields.pop("cancel_after", None), settings.max_cancel_after_seconds)
-    webhook = await _request_webhook(context, tenant, fields)
-    inputs = _parse_inputs(fields)
+    upload_id = forms.upload_id(fields.pop("upload_id"))
+    deadline = forms.cancel_after(cancel_after, fields.pop("cancel_after", None), settings.max_cancel_after_seconds)
+    webhook = await forms.request_webhook(context, tenant, fields)
+    inputs = forms.parse_inputs(fields)
     queued, body = await in_session(
         capacity, context, tenant.id, _submit_upload, context, tenant, upload_id, inputs, idempotency_key, deadline,
         webhook,
@@ -284,58 +171,58 @@ async def submit_analysis(
     return await _answer(request, capacity, context, tenant, queued, body, wait)
 
 
-PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*\"?(\d{1,6})\"?", re.IGNORECASE)
-MAX_PREFER_WAIT = 60
-PREFER_DESCRIPTION = (
-    "`wait=N` (RFC 7240; N at most 60, larger values count as 60): answer once the analysis is final, if "
-    "that happens within N seconds (201 with the final analysis, 200 for an idempotent replay); else 202 as "
-    "without it. `Preference-Applied: wait=N` says the wait was honoured."
-)
-
-
-def preferred_wait(prefer: str | None) -> int | None:
-    """Seconds asked for by ``Prefer: wait=N``; None without a usable one (preferences are
-    hints: one we cannot read is ignored, never an error)."""
-    match = PREFER_WAIT.search(prefer or "")
-    return min(int(match.group(1)), MAX_PREFER_WAIT) if match else None
-
-
-async def _answer(request: Request, capacity, context, tenant, submitted: service.Submitted, body: dict,
-                  wait: int | None) -> JSONResponse:
+async def _answer(
+    request: Request,
+    capacity: Capacity,
+    context: AppContext,
+    tenant: TenantRef,
+    submitted: service.Submitted,
+    body: AnalysisOut,
+    wait: int | None,
+) -> JSONResponse:
     headers = {"Location": f"/v1/analyses/{submitted.analysis.id}"}
     if submitted.replayed:
         headers["Idempotent-Replayed"] = "true"
     if wait is None:
-        return JSONResponse(body, status_code=202, headers=headers)
+        return JSONResponse(json_body(body), status_code=202, headers=headers)
     headers["Preference-Applied"] = f"wait={wait}"
     # The deadline that guards against stalled dependencies starts after the wait asked for.
     setattr(request.state, DEADLINE_EXTENSION, float(wait))
-    final = body["status"] in service.FINAL_STATUSES or await service.wait_until_final(
+    final = body.status in service.FINAL_STATUSES or await service.wait_until_final(
         capacity, context, tenant.id, submitted.analysis.id, wait, gone=request.is_disconnected
     )
     if not final:
-        return JSONResponse(body, status_code=202, headers=headers)
-    webhook = body.get("webhook")
+        return JSONResponse(json_body(body), status_code=202, headers=headers)
+    webhook = body.webhook
     body = await in_session(capacity, context, tenant.id, _final_view, context, tenant, submitted.analysis.id)
     if webhook is not None:
-        body["webhook"] = webhook
-    return JSONResponse(body, status_code=200 if submitted.replayed else 201, headers=headers)
+        body = body.model_copy(update={"webhook": webhook})
+    return JSONResponse(json_body(body), status_code=200 if submitted.replayed else 201, headers=headers)
 
 
-def _final_view(session, context, tenant, analysis_id) -> dict:
+def _final_view(session: Session, context: AppContext, tenant: TenantRef, analysis_id: uuid.UUID) -> AnalysisOut:
     return view(context, session, service.get(session, tenant, analysis_id))
 
 
-def _submitted_view(session, context, submitted: service.Submitted) -> dict:
+def _submitted_view(session: Session, context: AppContext, submitted: service.Submitted) -> AnalysisOut:
     body = view(context, session, submitted.analysis)
     if submitted.webhook is not None:
-        body["webhook"] = webhook_endpoints.request_webhook_view(context, submitted.webhook)
+        body = body.model_copy(
+            update={"webhook": webhook_endpoints.request_webhook_view(context, submitted.webhook)}
+        )
     return body
 
 
 def _submit(
-    session, context, tenant, image, inputs, idempotency_key, cancel_after, webhook
-) -> tuple[service.Submitted, dict]:
+    session: Session,
+    context: AppContext,
+    tenant: TenantRef,
+    image: CleanImage,
+    inputs: AnalysisInputs,
+    idempotency_key: str | None,
+    cancel_after: float | None,
+    webhook: service.RequestWebhook | None,
+) -> tuple[service.Submitted, AnalysisOut]:
     submitted = service.submit(
         context, session, tenant, image, inputs, idempotency_key, cancel_after=cancel_after, webhook=webhook
     )
@@ -343,8 +230,15 @@ def _submit(
 
 
 def _submit_upload(
-    session, context, tenant, upload_id, inputs, idempotency_key, cancel_after, webhook
-) -> tuple[service.Submitted, dict]:
+    session: Session,
+    context: AppContext,
+    tenant: TenantRef,
+    upload_id: uuid.UUID,
+    inputs: AnalysisInputs,
+    idempotency_key: str | None,
+    cancel_after: float | None,
+    webhook: service.RequestWebhook | None,
+) -> tuple[service.Submitted, AnalysisOut]:
     submitted = service.submit_upload(
         context, session, tenant, upload_id, inputs, idempotency_key, cancel_after=cancel_after, webhook=webhook
     )
@@ -369,7 +263,7 @@ def list_analyses(
     status: Literal["queued", "processing", "succeeded", "rejected", "failed", "canceled"] | None = None,
     batch_id: str | None = None,
     external_id: str | None = None,
-):
+) -> AnalysisPage:
     rows, next_cursor = service.list_page(
         session,
         tenant,
@@ -379,7 +273,7 @@ def list_analyses(
         batch_id=parse_id(batch_id, "batch") if batch_id else None,
         external_id=external_id,
     )
-    return {"data": [summary(a) for a in rows], "next_cursor": next_cursor}
+    return AnalysisPage(data=[summary(a) for a in rows], next_cursor=next_cursor)
 
 
 @router.get(
@@ -393,7 +287,7 @@ def list_analyses(
     response_model_exclude_unset=True,
     responses=problems(404),
 )
-def get_analysis(analysis_id: str, context: ContextDep, tenant: CurrentTenant, session: SessionDep):
+def get_analysis(analysis_id: str, context: ContextDep, tenant: CurrentTenant, session: SessionDep) -> AnalysisOut:
     return view(context, session, service.get(session, tenant, parse_id(analysis_id)))
 
 
@@ -406,7 +300,9 @@ def get_analysis(analysis_id: str, context: ContextDep, tenant: CurrentTenant, s
     response_model_exclude_unset=True,
     responses=problems(404, (409, "The analysis is already final")),
 )
-def cancel_analysis(analysis_id: str, context: ContextDep, tenant: CurrentTenant, session: SessionDep):
+def cancel_analysis(
+    analysis_id: str, context: ContextDep, tenant: CurrentTenant, session: SessionDep
+) -> AnalysisOut:
     analysis = service.cancel(context, session, tenant, parse_id(analysis_id))
     return view(context, session, analysis)
 
@@ -421,18 +317,18 @@ def cancel_analysis(analysis_id: str, context: ContextDep, tenant: CurrentTenant
     response_model_exclude_unset=True,
     responses=problems(404, (409, "The analysis did not succeed")),
 )
-def post_feedback(analysis_id: str, body: FeedbackIn, tenant: CurrentTenant, session: SessionDep):
+def post_feedback(analysis_id: str, body: FeedbackIn, tenant: CurrentTenant, session: SessionDep) -> FeedbackOut:
     feedback = service.add_feedback(session, tenant, parse_id(analysis_id), body)
-    return {
-        "analysis_id": str(feedback.analysis_id),
-        "agrees": feedback.agrees,
-        "final_diagnosis": feedback.final_diagnosis,
-        "histopathology": feedback.histopathology,
-        "notes": feedback.notes,
-    }
+    return FeedbackOut(
+        analysis_id=feedback.analysis_id,
+        agrees=feedback.agrees,
+        final_diagnosis=feedback.final_diagnosis,
+        histopathology=feedback.histopathology,
+        notes=feedback.notes,
+    )
 
 
-def _report_or_409(session, tenant, analysis_id: str):
+def _report_or_409(session: Session, tenant: TenantRef, analysis_id: str) -> tuple[Analysis, Report]:
     analysis = service.get(session, tenant, parse_id(analysis_id))
     report = service.report_for(session, analysis.id)
     if report is None:
@@ -465,12 +361,12 @@ def get_artifact(
     context: ContextDep,
     tenant: CurrentTenant,
     session: SessionDep,
-):
+) -> RedirectResponse:
     analysis = service.get(session, tenant, parse_id(analysis_id))
-    links = lifecycle.artifact_links(context.store, analysis)
-    if name not in links:
+    url = getattr(lifecycle.artifact_links(context.store, analysis), name)
+    if url is None:
         raise NotReady(f"the {name} is not available for an analysis that is {analysis.status}")
-    return RedirectResponse(links[name], status_code=307, headers={"Cache-Control": "private, no-store"})
+    return RedirectResponse(url, status_code=307, headers={"Cache-Control": "private, no-store"})
 
 
 REPORT_ERRORS = problems(
@@ -490,7 +386,7 @@ REPORT_ERRORS = problems(
         **REPORT_ERRORS,
     },
 )
-def get_report(analysis_id: str, context: ContextDep, tenant: CurrentTenant, session: SessionDep):
+def get_report(analysis_id: str, context: ContextDep, tenant: CurrentTenant, session: SessionDep) -> Response:
     analysis, report = _report_or_409(session, tenant, analysis_id)
     pdf = context.store.get(ARTIFACTS, report.pdf_key)
     return Response(
@@ -517,6 +413,6 @@ def get_report(analysis_id: str, context: ContextDep, tenant: CurrentTenant, ses
         **REPORT_ERRORS,
     },
 )
-def get_fhir(analysis_id: str, tenant: CurrentTenant, session: SessionDep):
+def get_fhir(analysis_id: str, tenant: CurrentTenant, session: SessionDep) -> JSONResponse:
     _, report = _report_or_409(session, tenant, analysis_id)
     return JSONResponse(report.fhir, media_type="application/fhir+json")

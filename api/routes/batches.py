@@ -12,52 +12,63 @@ from fastapi.responses import StreamingResponse
 from api.deps import ContextDep, CurrentTenant, SessionDep, parse_id
 from api.problems import problems
 from api.services import batches as service
+from api.services import triage
 from shared import clinical, lifecycle
 from shared.clock import iso
-from shared.schemas import BatchCanceled, BatchIn, BatchOut, BatchPage, BatchResults
+from shared.context import AppContext
+from shared.schemas import (
+    BatchCanceled,
+    BatchIn,
+    BatchLinks,
+    BatchOut,
+    BatchPage,
+    BatchResults,
+    BatchState,
+    BatchSummary,
+    StatusCounts,
+)
 from shared.tables import Batch
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 
 
-def _links(context: ContextDep, batch: Batch) -> dict:
+def _links(context: AppContext, batch: Batch) -> BatchLinks:
     base = f"{lifecycle.api_base(context.settings)}/v1/batches/{batch.id}"
-    return {"self": base, "seal": f"{base}/seal", "cancel": f"{base}/cancel", "results": f"{base}/results?order=risk"}
+    return BatchLinks(self=base, seal=f"{base}/seal", cancel=f"{base}/cancel", results=f"{base}/results?order=risk")
 
 
-def _state(batch: Batch) -> str:
+def _state(batch: Batch) -> BatchState:
     if batch.completed_at is not None:
         return "completed"
     return "sealed" if batch.sealed_at is not None else "open"
 
 
-def summary(context: ContextDep, batch: Batch, counts: dict[str, int]) -> dict:
-    return {
-        "id": str(batch.id),
-        "name": batch.name,
-        "external_id": batch.external_id,
-        "state": _state(batch),
-        "created_at": iso(batch.created_at),
-        "sealed_at": iso(batch.sealed_at),
-        "completed_at": iso(batch.completed_at),
-        "deadline_at": iso(batch.deadline_at),
-        "canceled_at": iso(batch.canceled_at),
-        "counts": counts,
-        "total": sum(counts.values()),
-        "links": _links(context, batch),
-    }
+def summary(context: AppContext, batch: Batch, counts: dict[str, int]) -> BatchSummary:
+    return BatchSummary(
+        id=batch.id,
+        name=batch.name,
+        external_id=batch.external_id,
+        state=_state(batch),
+        created_at=iso(batch.created_at),
+        sealed_at=iso(batch.sealed_at),
+        completed_at=iso(batch.completed_at),
+        deadline_at=iso(batch.deadline_at),
+        canceled_at=iso(batch.canceled_at),
+        counts=StatusCounts(**counts),
+        total=sum(counts.values()),
+        links=_links(context, batch),
+    )
 
 
-def view(context: ContextDep, batch: Batch, progress: service.Progress) -> dict:
-    return {
-        **summary(context, batch, progress.counts),
-        "total": progress.total,
-        "done": progress.done,
-        "percent_done": progress.percent_done,
-        "throughput_per_minute": progress.throughput_per_minute,
-        "eta_seconds": progress.eta_seconds,
-        "eta_at": iso(progress.eta_at),
-    }
+def view(context: AppContext, batch: Batch, progress: service.Progress) -> BatchOut:
+    return BatchOut(
+        **lifecycle.fields_for(BatchOut, summary(context, batch, progress.counts)),
+        done=progress.done,
+        percent_done=progress.percent_done,
+        throughput_per_minute=progress.throughput_per_minute,
+        eta_seconds=progress.eta_seconds,
+        eta_at=iso(progress.eta_at),
+    )
 
 
 @router.post(
@@ -69,7 +80,7 @@ def view(context: ContextDep, batch: Batch, progress: service.Progress) -> dict:
     response_model=BatchOut,
     response_model_exclude_unset=True,
 )
-def create_batch(body: BatchIn, context: ContextDep, tenant: CurrentTenant, session: SessionDep):
+def create_batch(body: BatchIn, context: ContextDep, tenant: CurrentTenant, session: SessionDep) -> BatchOut:
     batch = service.create(session, tenant, body, context.settings.max_cancel_after_seconds)
     return view(context, batch, service.progress(session, batch))
 
@@ -89,10 +100,10 @@ def list_batches(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: str | None = None,
     name: Annotated[str | None, Query(max_length=200)] = None,
-):
+) -> BatchPage:
     rows, next_cursor = service.list_page(session, tenant, limit=limit, cursor=cursor, name=name)
     counts = service.counts_for(session, [b.id for b in rows])
-    return {"data": [summary(context, b, counts[b.id]) for b in rows], "next_cursor": next_cursor}
+    return BatchPage(data=[summary(context, b, counts[b.id]) for b in rows], next_cursor=next_cursor)
 
 
 @router.get(
@@ -109,7 +120,7 @@ def list_batches(
     response_model_exclude_unset=True,
     responses=problems(404),
 )
-def get_batch(batch_id: str, context: ContextDep, tenant: CurrentTenant, session: SessionDep):
+def get_batch(batch_id: str, context: ContextDep, tenant: CurrentTenant, session: SessionDep) -> BatchOut:
     batch = service.get(session, tenant, parse_id(batch_id, "batch"))
     return view(context, batch, service.progress(session, batch))
 
@@ -123,7 +134,7 @@ def get_batch(batch_id: str, context: ContextDep, tenant: CurrentTenant, session
     response_model_exclude_unset=True,
     responses=problems(404),
 )
-def seal_batch(batch_id: str, context: ContextDep, tenant: CurrentTenant, session: SessionDep):
+def seal_batch(batch_id: str, context: ContextDep, tenant: CurrentTenant, session: SessionDep) -> BatchOut:
     batch = service.seal(context, session, tenant, parse_id(batch_id, "batch"))
     return view(context, batch, service.progress(session, batch))
 
@@ -140,9 +151,10 @@ def seal_batch(batch_id: str, context: ContextDep, tenant: CurrentTenant, sessio
     response_model_exclude_unset=True,
     responses=problems(404),
 )
-def cancel_batch(batch_id: str, context: ContextDep, tenant: CurrentTenant, session: SessionDep):
+def cancel_batch(batch_id: str, context: ContextDep, tenant: CurrentTenant, session: SessionDep) -> BatchCanceled:
     batch, canceled_now = service.cancel(context, session, tenant, parse_id(batch_id, "batch"))
-    return {**view(context, batch, service.progress(session, batch)), "canceled_now": canceled_now}
+    progress = view(context, batch, service.progress(session, batch))
+    return BatchCanceled(**lifecycle.fields_for(BatchCanceled, progress), canceled_now=canceled_now)
 
 
 RESULTS_DESCRIPTION = f"""Every item of the batch, streamed. `order=risk`: succeeded results by
@@ -150,7 +162,7 @@ melanoma probability, highest first; then rejected images (with `rejection_code`
 `rejection_detail` and `retake_advice`), failed ones (`error_code`), canceled ones, and last
 any still queued or processing. `order=submitted`: in submission order.
 
-Review rule: {service.REVIEW_RULE}. `review_reason` lists the codes, `;`-separated.
+Review rule: {triage.REVIEW_RULE}. `review_reason` lists the codes, `;`-separated.
 
 Every item carries `weights` (`trained`, `synthetic` or `untrained`): results from weights that are
 not `trained` are flagged `weights_not_trained` for review, and the summary's `weights_warning` says
@@ -163,10 +175,10 @@ weights_warning}}}}`; `items=false` leaves the items out. `equity` has one entry
 operating point), `high_risk_share`, `suspicious` (diagnosis melanoma: p > the model's threshold,
 {clinical.MELANOMA_THRESHOLD:g} by default) and its share, `needs_review`, `bias_warning`.
 `format=csv`: a header row and one row per item, columns
-`{", ".join(service.CSV_COLUMNS)}`; empty cells for what does not apply.
+`{", ".join(triage.CSV_COLUMNS)}`; empty cells for what does not apply.
 
 `format=isic`: the same items as ISIC challenge-style CSV, columns
-`{", ".join(service.ISIC_COLUMNS)}`: `image_name` is the item's `external_id` when it has one,
+`{", ".join(triage.ISIC_COLUMNS)}`: `image_name` is the item's `external_id` when it has one,
 else its analysis id; `target` the melanoma probability (empty without a result); `age_approx`
 to 5 years and `anatom_site_general_challenge` as ISIC names them (empty when unknown). Read
 `weights` first: anything but `trained` is not clinically meaningful. Research use only, not a
@@ -200,14 +212,14 @@ def batch_results(
         Literal["json", "csv", "isic"], Query(description="`json`, the triage `csv`, or ISIC-style CSV (`isic`)")
     ] = "json",
     items: bool = True,
-):
+) -> StreamingResponse:
     batch = service.get(session, tenant, parse_id(batch_id, "batch"))
     header = view(context, batch, service.progress(session, batch))
-    rows = service.iter_triage(context.session_factory, batch.id, order)
+    rows = triage.iter_triage(context.session_factory, batch.id, order)
     if format in ("csv", "isic"):
         name = "isic" if format == "isic" else "triage"
         return StreamingResponse(
-            service.triage_csv(rows, isic=format == "isic"),
+            triage.triage_csv(rows, isic=format == "isic"),
             media_type="text/csv; charset=utf-8",
             headers={"Content-Disposition": f'attachment; filename="{name}-{batch.id}.csv"'},
         )
@@ -215,17 +227,18 @@ def batch_results(
 
 
 def _json_stream(
-    header: dict, rows: Iterator[service.TriageRow], include_items: bool, flush_every: int = 500
+    header: BatchOut, rows: Iterator[triage.TriageRow], include_items: bool, flush_every: int = 500
 ) -> Iterator[str]:
-    tally = service.TriageSummary()
-    parts = ['{"batch": ' + json.dumps(header) + ', "items": [']
+    """``BatchResults`` as JSON text chunks, written as the rows stream (never held whole)."""
+    tally = triage.TriageSummary()
+    parts = ['{"batch": ' + json.dumps(header.model_dump(mode="json")) + ', "items": [']
     for rank, row in enumerate(rows, start=1):
         item = row.as_item(rank)
         tally.add(row, item)
         if include_items:
-            parts.append(("" if rank == 1 else ", ") + json.dumps(item))
+            parts.append(("" if rank == 1 else ", ") + json.dumps(item.model_dump(mode="json")))
         if len(parts) >= flush_every:
             yield "".join(parts)
             parts.clear()
-    parts.append('], "summary": ' + json.dumps(tally.as_dict()) + "}")
+    parts.append('], "summary": ' + json.dumps(tally.out().model_dump(mode="json")) + "}")
     yield "".join(parts)

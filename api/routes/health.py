@@ -13,8 +13,10 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
+from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
@@ -49,11 +51,11 @@ class NotReady(Exception):
     response_model=Liveness,
     response_model_exclude_unset=True,
 )
-async def healthz():
+async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-async def _probe(check) -> dict:
+async def _probe(check: Callable[[], dict[str, Any] | None]) -> dict[str, Any]:
     started = time.perf_counter()
     loop = asyncio.get_running_loop()
     try:
@@ -70,24 +72,24 @@ async def _probe(check) -> dict:
     return result
 
 
-def _checks(context: AppContext) -> dict:
+def _checks(context: AppContext) -> dict[str, Callable[[], dict[str, Any] | None]]:
     settings = context.settings
 
-    def database():
+    def database() -> None:
         with context.engine.connect() as connection:
             connection.execute(text("SELECT 1"))
 
-    def broker():
+    def broker() -> None:
         client = broker_redis(settings, timeout=PROBE_TIMEOUT)
         try:
             client.ping()
         finally:
             client.close()
 
-    def object_store():
+    def object_store() -> None:
         context.probe_store.ping()
 
-    def gpu_workers():
+    def gpu_workers() -> dict[str, Any]:
         # GPU pool processes write a heartbeat to the broker's Redis every few seconds
         # once their models are loaded (worker.celery_app.GpuMembership): one small read.
         client = broker_redis(settings, timeout=PROBE_TIMEOUT)
@@ -103,7 +105,7 @@ def _checks(context: AppContext) -> dict:
     return {"database": database, "broker": broker, "object_store": object_store, "gpu_workers": gpu_workers}
 
 
-async def check_readiness(context: AppContext, optional: frozenset[str] = frozenset()) -> dict:
+async def check_readiness(context: AppContext, optional: frozenset[str] = frozenset()) -> dict[str, Any]:
     """Every check runs and is reported; those named in ``optional`` do not make it unready."""
     checks = _checks(context)
     results = await asyncio.gather(*(_probe(check) for check in checks.values()))
@@ -112,7 +114,7 @@ async def check_readiness(context: AppContext, optional: frozenset[str] = frozen
     return {"status": "ready" if ready else "unavailable", "checks": body}
 
 
-def readiness(context: AppContext) -> dict:
+def readiness(context: AppContext) -> dict[str, Any]:
     """The same checks from synchronous code (commands, tests)."""
     return asyncio.run(check_readiness(context))
 
@@ -124,7 +126,7 @@ def readiness(context: AppContext) -> dict:
     response_model_exclude_unset=True,
     responses={503: {"description": "Not ready: the same body, with the failing checks", "model": Readiness}},
 )
-async def readyz(request: Request, optional: str = ""):
+async def readyz(request: Request, optional: str = "") -> JSONResponse:
     """503 unless every check passes. `?optional=gpu_workers` still reports that check but
     does not fail on it: an API pod that should keep accepting (queued) submissions and
     serving results while no GPU worker is up uses it as its readiness probe."""
@@ -147,7 +149,7 @@ def _backlog_registry(request: Request) -> CollectorRegistry:
 
 
 @router.get("/metrics", include_in_schema=False)
-def metrics(request: Request):
+def metrics(request: Request) -> Response:
     """This API process's HTTP figures, then the whole system's backlog (queue depth per lane,
     jobs by state, oldest queued job) read from Redis and Postgres. The workers' own figures
     are on their METRICS_PORT (docs/OBSERVABILITY.md)."""

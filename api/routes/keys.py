@@ -9,6 +9,7 @@ from api.deps import ContextDep, CurrentTenant, SessionDep, parse_id
 from api.problems import problems
 from api.services import keys as service
 from shared.clock import iso
+from shared.lifecycle import fields_for
 from shared.schemas import ApiKeyCreated, ApiKeyList, ApiKeyOut
 from shared.tenants import KeyInfo
 
@@ -21,16 +22,16 @@ class ApiKeyIn(BaseModel):
     label: str | None = Field(default=None, max_length=200)
 
 
-def view(key: KeyInfo) -> dict:
-    return {
-        "id": str(key.id),
-        "prefix": key.prefix,
-        "label": key.label,
-        "created_at": iso(key.created_at),
-        "last_used_at": iso(key.last_used_at),
-        "revoked_at": iso(key.revoked_at),
-        "active": key.revoked_at is None,
-    }
+def view(key: KeyInfo) -> ApiKeyOut:
+    return ApiKeyOut(
+        id=key.id,
+        prefix=key.prefix,
+        label=key.label,
+        created_at=iso(key.created_at),
+        last_used_at=iso(key.last_used_at),
+        revoked_at=iso(key.revoked_at),
+        active=key.revoked_at is None,
+    )
 
 
 @router.get(
@@ -41,8 +42,8 @@ def view(key: KeyInfo) -> dict:
     response_model=ApiKeyList,
     response_model_exclude_unset=True,
 )
-def list_keys(session: SessionDep, tenant: CurrentTenant):
-    return {"data": [view(k) for k in service.list_all(session, tenant)]}
+def list_keys(session: SessionDep, tenant: CurrentTenant) -> ApiKeyList:
+    return ApiKeyList(data=[view(k) for k in service.list_all(session, tenant)])
 
 
 @router.post(
@@ -55,9 +56,11 @@ def list_keys(session: SessionDep, tenant: CurrentTenant):
     response_model_exclude_unset=True,
     responses=problems((409, "`type` …/quota_exceeded: too many active keys; revoke one first")),
 )
-def create_key(context: ContextDep, session: SessionDep, tenant: CurrentTenant, body: ApiKeyIn | None = None):
+def create_key(
+    context: ContextDep, session: SessionDep, tenant: CurrentTenant, body: ApiKeyIn | None = None
+) -> ApiKeyCreated:
     info, key = service.create(context, session, tenant, body.label if body else None)
-    return {**view(info), "key": key}
+    return ApiKeyCreated(**fields_for(ApiKeyCreated, view(info)), key=key)
 
 
 @router.delete(
@@ -69,5 +72,5 @@ def create_key(context: ContextDep, session: SessionDep, tenant: CurrentTenant, 
     response_model_exclude_unset=True,
     responses=problems(404, (409, "It is the tenant's last active key")),
 )
-def revoke_key(key_id: str, session: SessionDep, tenant: CurrentTenant):
+def revoke_key(key_id: str, session: SessionDep, tenant: CurrentTenant) -> ApiKeyOut:
     return view(service.revoke(session, tenant, parse_id(key_id, "API key")))

@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse
 
 from api.deps import ContextDep, CurrentTenant, SessionDep, parse_id
 from api.problems import problems
-from api.routes.analyses import view
+from api.routes.analyses import json_body, view
 from api.services import models as service
 from shared.schemas import AnalysisOut
 
@@ -26,8 +26,9 @@ router = APIRouter(prefix="/v1/analyses", tags=["analyses"])
     response_model_exclude_unset=True,
     responses=problems(404, (409, "The analysis is not finished, or its image was never stored")),
 )
-def reprocess_analysis(analysis_id: str, context: ContextDep, tenant: CurrentTenant, session: SessionDep):
+def reprocess_analysis(
+    analysis_id: str, context: ContextDep, tenant: CurrentTenant, session: SessionDep
+) -> JSONResponse:
     analysis = service.reprocess(context, session, tenant, parse_id(analysis_id))
-    body = view(context, session, analysis)
-    body["reprocessed_from"] = str(analysis.reprocessed_from)
+    body = json_body(view(context, session, analysis))  # names the original in reprocessed_from
     return JSONResponse(body, status_code=202, headers={"Location": f"/v1/analyses/{analysis.id}"})

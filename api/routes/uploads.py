@@ -13,10 +13,13 @@ from fastapi import APIRouter
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, WithJsonSchema
 
 from api.deps import ContextDep, CurrentTenant, SessionDep
-from api.problems import TYPE_BASE, problems
+from api.problems import TYPE_BASE, Problem, Unprocessable, problems
+from api.services import bulk
 from api.services import uploads as service
 from shared import lifecycle
+from shared.clinical.vocabulary import AGE_MAX, AGE_MIN
 from shared.clock import iso
+from shared.config import Settings
 from shared.schemas import (
     CANCEL_AFTER_SCHEMA,
     AnalysisInputs,
@@ -24,9 +27,11 @@ from shared.schemas import (
     ProblemDetails,
     ResponseModel,
     UploadIn,
+    UploadNext,
     UploadOut,
     parse_duration,
 )
+from shared.tables import Upload
 
 router = APIRouter(prefix="/v1/uploads", tags=["uploads"])
 
@@ -64,7 +69,7 @@ class UploadSubmission(AnalysisInputs):
     upload_id: uuid.UUID
     # A JSON body: numbers must be JSON numbers (the form route's text-to-number parsing would
     # read `false` as 0).
-    age: Annotated[int | None, BeforeValidator(_json_number)] = Field(default=None, ge=0, le=120)
+    age: Annotated[int | None, BeforeValidator(_json_number)] = Field(default=None, ge=AGE_MIN, le=AGE_MAX)
     pixel_spacing_mm: Annotated[float | None, BeforeValidator(_json_number)] = Field(default=None, gt=0, le=10)
     idempotency_key: Annotated[str, StringConstraints(max_length=255, pattern=r"^[^\x00]*$")] | None = None
     # Unbounded in the schema: a deadline past MAX_CANCEL_AFTER_SECONDS refuses that item alone
@@ -92,18 +97,18 @@ class UploadSubmissionsOut(ResponseModel):
     results: list[UploadSubmissionResult] = Field(description="One per item, in the order sent")
 
 
-def _upload_body(settings, upload, url: str) -> dict:
-    return {
-        "id": str(upload.id),
-        "url": url,
-        "method": "PUT",
-        "headers": {"Content-Type": upload.content_type},
-        "expires_at": iso(upload.url_expires_at),
-        "submit_before": iso(upload.usable_until),
-        "max_bytes": settings.max_upload_bytes,
-        "content_type": upload.content_type,
-        "next": {"method": "POST", "path": "/v1/analyses", "body": {"upload_id": str(upload.id)}},
-    }
+def _upload_body(settings: Settings, upload: Upload, url: str) -> UploadOut:
+    return UploadOut(
+        id=upload.id,
+        url=url,
+        method="PUT",
+        headers={"Content-Type": upload.content_type},
+        expires_at=iso(upload.url_expires_at),
+        submit_before=iso(upload.usable_until),
+        max_bytes=settings.max_upload_bytes,
+        content_type=upload.content_type,
+        next=UploadNext(method="POST", path="/v1/analyses", body={"upload_id": str(upload.id)}),
+    )
 
 
 @router.post(
@@ -116,7 +121,9 @@ def _upload_body(settings, upload, url: str) -> dict:
     response_model=UploadOut,
     response_model_exclude_unset=True,
 )
-def create_upload(context: ContextDep, tenant: CurrentTenant, session: SessionDep, body: UploadIn | None = None):
+def create_upload(
+    context: ContextDep, tenant: CurrentTenant, session: SessionDep, body: UploadIn | None = None
+) -> UploadOut:
     upload, url = service.create(context, session, tenant, body or UploadIn())
     return _upload_body(context.settings, upload, url)
 
@@ -131,9 +138,9 @@ def create_upload(context: ContextDep, tenant: CurrentTenant, session: SessionDe
     response_model_exclude_unset=True,
     responses=problems(422),
 )
-def create_uploads(context: ContextDep, tenant: CurrentTenant, session: SessionDep, body: UploadsIn):
+def create_uploads(context: ContextDep, tenant: CurrentTenant, session: SessionDep, body: UploadsIn) -> UploadsOut:
     made = service.create_many(context, session, tenant, body, body.count)
-    return {"uploads": [_upload_body(context.settings, upload, url) for upload, url in made]}
+    return UploadsOut(uploads=[_upload_body(context.settings, upload, url) for upload, url in made])
 
 
 @router.post(
@@ -152,41 +159,53 @@ def create_uploads(context: ContextDep, tenant: CurrentTenant, session: SessionD
         422,
     ),
 )
-def submit_uploads(context: ContextDep, tenant: CurrentTenant, session: SessionDep, body: UploadSubmissionsIn):
+def submit_uploads(
+    context: ContextDep, tenant: CurrentTenant, session: SessionDep, body: UploadSubmissionsIn
+) -> UploadSubmissionsOut:
     limit = context.settings.max_cancel_after_seconds
-    results: list[dict | None] = []
+    results: list[UploadSubmissionResult | None] = []
     work = []
     for item in body.items:
         if item.cancel_after is not None and item.cancel_after > limit:
             message = f"must be at most {limit} seconds"
-            results.append(_refused(item.upload_id, 422, "unprocessable", "Invalid input", f"cancel_after: {message}",
-                                    [{"field": "cancel_after", "message": message}]))
+            problem = Unprocessable(f"cancel_after: {message}", errors=[{"field": "cancel_after", "message": message}])
+            results.append(_refused(item.upload_id, problem))
             continue
         inputs = AnalysisInputs.model_validate(item.model_dump(include=set(AnalysisInputs.model_fields)))
         work.append((item.upload_id, inputs, item.idempotency_key, item.cancel_after))
         results.append(None)
-    outcomes = iter(service.submit_many(context, session, tenant, work))
+    outcomes = iter(bulk.submit_many(context, session, tenant, work))
     for n, done in enumerate(results):
         if done is not None:
             continue
         outcome = next(outcomes)
         if outcome.analysis is None:
-            p = outcome.problem
-            assert p is not None
-            results[n] = _refused(outcome.upload_id, p.status, p.code, p.title, p.detail, p.errors)
+            assert outcome.problem is not None
+            results[n] = _refused(outcome.upload_id, outcome.problem)
         else:
-            record = lifecycle.analysis_record(outcome.analysis)
-            record.pop("model", None)
-            results[n] = {"upload_id": str(outcome.upload_id), "status": 202, "replayed": outcome.replayed,
-                          "analysis": record}
+            results[n] = UploadSubmissionResult(
+                upload_id=outcome.upload_id,
+                status=202,
+                replayed=outcome.replayed,
+                analysis=lifecycle.analysis_summary(outcome.analysis),
+            )
     answered = [r for r in results if r is not None]
-    accepted = sum(1 for r in answered if r["status"] == 202)
-    return {"accepted": accepted, "refused": len(answered) - accepted, "results": answered}
+    accepted = sum(1 for r in answered if r.status == 202)
+    return UploadSubmissionsOut(accepted=accepted, refused=len(answered) - accepted, results=answered)
 
 
-def _refused(upload_id: uuid.UUID, status: int, code: str, title: str, detail: str, errors=None) -> dict:
-    problem = {"type": TYPE_BASE + code, "title": title, "status": status, "detail": detail,
-               "instance": "/v1/uploads/submit"}
-    if errors:
-        problem["errors"] = errors
-    return {"upload_id": str(upload_id), "status": status, "problem": problem}
+def _refused(upload_id: uuid.UUID, problem: Problem) -> UploadSubmissionResult:
+    """An item answered with the problem ``POST /v1/analyses`` would have sent for it."""
+    errors = {"errors": problem.errors} if problem.errors else {}
+    return UploadSubmissionResult(
+        upload_id=upload_id,
+        status=problem.status,
+        problem=ProblemDetails(
+            type=TYPE_BASE + problem.code,
+            title=problem.title,
+            status=problem.status,
+            detail=problem.detail,
+            instance="/v1/uploads/submit",
+            **errors,
+        ),
+    )

@@ -11,8 +11,11 @@ from api.deps import ContextDep, CurrentTenant, SessionDep, parse_id
 from api.problems import problems
 from api.services import webhook_endpoints as service
 from shared.clock import iso
+from shared.lifecycle import fields_for
 from shared.schemas import (
+    DeliveryAttempt,
     DeliveryList,
+    DeliveryOut,
     ResendAccepted,
     WebhookEndpointIn,
     WebhookEndpointList,
@@ -39,21 +42,26 @@ class RotateSecretIn(BaseModel):
     )
 
 
-def view(endpoint: WebhookEndpoint) -> dict:
-    return {
-        "id": str(endpoint.id),
-        "url": endpoint.url,
-        "events": endpoint.events or [],
-        "description": endpoint.description,
-        "enabled": endpoint.enabled,
-        "disabled_reason": endpoint.disabled_reason,
-        "failing_since": iso(endpoint.failing_since),
-        "created_at": iso(endpoint.created_at),
-        "previous_secret_expires_at": iso(endpoint.previous_secret_expires_at)
+def view(endpoint: WebhookEndpoint) -> WebhookEndpointOut:
+    return WebhookEndpointOut(
+        id=endpoint.id,
+        url=endpoint.url,
+        events=endpoint.events or [],
+        description=endpoint.description,
+        enabled=endpoint.enabled,
+        disabled_reason=endpoint.disabled_reason,
+        failing_since=iso(endpoint.failing_since),
+        created_at=iso(endpoint.created_at),
+        previous_secret_expires_at=iso(endpoint.previous_secret_expires_at)
         if endpoint.previous_secret_encrypted
         else None,
-        **({"analysis_id": str(endpoint.analysis_id)} if endpoint.analysis_id else {}),  # per-request webhook
-    }
+        # Set (and so sent) only on a per-request webhook.
+        **({"analysis_id": endpoint.analysis_id} if endpoint.analysis_id else {}),
+    )
+
+
+def _with_secret(endpoint: WebhookEndpoint, secret: str) -> WebhookEndpointWithSecret:
+    return WebhookEndpointWithSecret(**fields_for(WebhookEndpointWithSecret, view(endpoint)), secret=secret)
 
 
 @router.post(
@@ -67,9 +75,11 @@ def view(endpoint: WebhookEndpoint) -> dict:
     response_model_exclude_unset=True,
     responses=problems((409, "`type` …/quota_exceeded: too many endpoints")),
 )
-def create_endpoint(body: WebhookEndpointIn, context: ContextDep, session: SessionDep, tenant: CurrentTenant):
+def create_endpoint(
+    body: WebhookEndpointIn, context: ContextDep, session: SessionDep, tenant: CurrentTenant
+) -> WebhookEndpointWithSecret:
     endpoint, secret = service.create(context, session, tenant, body)
-    return {**view(endpoint), "secret": secret}
+    return _with_secret(endpoint, secret)
 
 
 @router.get(
@@ -79,8 +89,8 @@ def create_endpoint(body: WebhookEndpointIn, context: ContextDep, session: Sessi
     response_model=WebhookEndpointList,
     response_model_exclude_unset=True,
 )
-def list_endpoints(session: SessionDep, tenant: CurrentTenant):
-    return {"data": [view(e) for e in service.list_all(session, tenant)]}
+def list_endpoints(session: SessionDep, tenant: CurrentTenant) -> WebhookEndpointList:
+    return WebhookEndpointList(data=[view(e) for e in service.list_all(session, tenant)])
 
 
 @router.get(
@@ -91,7 +101,7 @@ def list_endpoints(session: SessionDep, tenant: CurrentTenant):
     response_model_exclude_unset=True,
     responses=problems(404),
 )
-def get_endpoint(endpoint_id: str, session: SessionDep, tenant: CurrentTenant):
+def get_endpoint(endpoint_id: str, session: SessionDep, tenant: CurrentTenant) -> WebhookEndpointOut:
     return view(service.get(session, tenant, parse_id(endpoint_id, "webhook endpoint")))
 
 
@@ -104,7 +114,9 @@ def get_endpoint(endpoint_id: str, session: SessionDep, tenant: CurrentTenant):
     response_model_exclude_unset=True,
     responses=problems(404),
 )
-def patch_endpoint(endpoint_id: str, body: WebhookEndpointPatch, session: SessionDep, tenant: CurrentTenant):
+def patch_endpoint(
+    endpoint_id: str, body: WebhookEndpointPatch, session: SessionDep, tenant: CurrentTenant
+) -> WebhookEndpointOut:
     return view(service.update(session, tenant, parse_id(endpoint_id, "webhook endpoint"), body))
 
 
@@ -116,7 +128,7 @@ def patch_endpoint(endpoint_id: str, body: WebhookEndpointPatch, session: Sessio
     response_class=Response,
     responses=problems(404),
 )
-def delete_endpoint(endpoint_id: str, session: SessionDep, tenant: CurrentTenant):
+def delete_endpoint(endpoint_id: str, session: SessionDep, tenant: CurrentTenant) -> Response:
     service.delete(session, tenant, parse_id(endpoint_id, "webhook endpoint"))
     return Response(status_code=204)
 
@@ -136,11 +148,11 @@ def rotate_secret(
     session: SessionDep,
     tenant: CurrentTenant,
     body: RotateSecretIn | None = None,
-):
+) -> WebhookEndpointWithSecret:
     endpoint, secret = service.rotate_secret(
         context, session, tenant, parse_id(endpoint_id, "webhook endpoint"), body.grace_period_hours if body else None
     )
-    return {**view(endpoint), "secret": secret}
+    return _with_secret(endpoint, secret)
 
 
 @router.post(
@@ -152,9 +164,9 @@ def rotate_secret(
     response_model_exclude_unset=True,
     responses=problems(404),
 )
-def test_endpoint(endpoint_id: str, context: ContextDep, session: SessionDep, tenant: CurrentTenant):
+def test_endpoint(endpoint_id: str, context: ContextDep, session: SessionDep, tenant: CurrentTenant) -> WebhookTestSent:
     event_id = service.send_test(context, session, tenant, parse_id(endpoint_id, "webhook endpoint"))
-    return {"event_id": event_id}
+    return WebhookTestSent(event_id=event_id)
 
 
 @router.get(
@@ -171,37 +183,37 @@ def list_deliveries(
     session: SessionDep,
     tenant: CurrentTenant,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-):
+) -> DeliveryList:
     rows = service.deliveries(session, tenant, parse_id(endpoint_id, "webhook endpoint"), limit)
-    return {
-        "data": [
-            {
-                "id": str(d.id),
-                "event_id": d.event_id,
-                "status": d.status,
-                "attempt_count": d.attempt_count,
+    return DeliveryList(
+        data=[
+            DeliveryOut(
+                id=d.id,
+                event_id=d.event_id,
+                status=d.status,
+                attempt_count=d.attempt_count,
                 # Woken or being sent (a lease): due since it was woken, not at the lease's end.
-                "next_attempt_at": (
+                next_attempt_at=(
                     iso(d.leased_at or d.next_attempt_at) if d.status == DeliveryStatus.pending else None
                 ),
-                "last_status_code": d.last_status_code,
-                "last_error": d.last_error,
-                "created_at": iso(d.created_at),
-                "delivered_at": iso(d.delivered_at),
-                "attempts": [
-                    {
-                        "attempted_at": iso(a.attempted_at),
-                        "status_code": a.status_code,
-                        "latency_ms": None if a.latency_ms is None else round(a.latency_ms, 1),
-                        "error": a.error,
-                        "response_excerpt": a.response_excerpt,
-                    }
+                last_status_code=d.last_status_code,
+                last_error=d.last_error,
+                created_at=iso(d.created_at),
+                delivered_at=iso(d.delivered_at),
+                attempts=[
+                    DeliveryAttempt(
+                        attempted_at=iso(a.attempted_at),
+                        status_code=a.status_code,
+                        latency_ms=None if a.latency_ms is None else round(a.latency_ms, 1),
+                        error=a.error,
+                        response_excerpt=a.response_excerpt,
+                    )
                     for a in attempts
                 ],
-            }
+            )
             for d, attempts in rows
         ]
-    }
+    )
 
 
 @router.post(
@@ -215,8 +227,8 @@ def list_deliveries(
 )
 def resend_delivery(
     endpoint_id: str, delivery_id: str, context: ContextDep, session: SessionDep, tenant: CurrentTenant
-):
+) -> ResendAccepted:
     delivery = service.resend(
         context, session, tenant, parse_id(endpoint_id, "webhook endpoint"), parse_id(delivery_id, "delivery")
     )
-    return {"id": str(delivery.id), "status": delivery.status}
+    return ResendAccepted(id=delivery.id, status=delivery.status)

@@ -7,15 +7,18 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api.deps import UNCOMMITTED_IMAGES, AuthenticatedTenant, Capacity, TenantRef, in_session
+from api.auth import AuthenticatedTenant, TenantRef
+from api.capacity import Capacity
+from api.deps import UNCOMMITTED_IMAGES, in_session
 from api.multipart import CleanImage
 from api.pagination import newest_first
 from api.problems import BadRequest, BatchSealed, Conflict
@@ -46,7 +49,7 @@ class RequestWebhook:
     url: str
     events: tuple[str, ...] = ()
 
-    def fingerprint_fields(self) -> dict:
+    def fingerprint_fields(self) -> dict[str, Any]:
         return {"webhook_url": self.url, "webhook_events_filter": sorted(set(self.events))}
 
 
@@ -115,7 +118,9 @@ def deadline_for(now: datetime, cancel_after: float | None, batch: Batch | None)
     return min(deadlines) if deadlines else None
 
 
-def _idempotent_replay(session: Session, tenant: TenantRef, key: str | None, request_fingerprint: str, now: datetime):
+def _idempotent_replay(
+    session: Session, tenant: TenantRef, key: str | None, request_fingerprint: str, now: datetime
+) -> Submitted | None:
     if not key:
         return None
     existing = _find_by_idempotency_key(session, tenant, key)
@@ -138,7 +143,7 @@ def _new_analysis(
     request_fingerprint: str,
     now: datetime,
     deadline_at: datetime | None,
-    **image_fields,
+    **image_fields: Any,
 ) -> Analysis:
     """A new ``queued`` row from the request's inputs; ``image_fields`` say where its image is."""
     return Analysis(
@@ -239,10 +244,12 @@ def submit_upload(
     *,
     cancel_after: float | None = None,
     webhook: RequestWebhook | None = None,
+    known_sizes: Mapping[str, int | None] | None = None,
 ) -> Submitted:
     """Take a direct upload in place of the file: the row is ``queued`` but not claimable
     until the ingest worker has checked, cleaned and stored the image exactly as the API
-    would have (shared.images); ingest is woken after the commit, and re-sent by the sweeper."""
+    would have (shared.images); ingest is woken after the commit, and re-sent by the sweeper.
+    ``known_sizes``: the store's object sizes when already asked (``uploads.claim_for_analysis``)."""
     canonical = json.dumps(
         {"upload_id": str(upload_id), **inputs.model_dump(mode="json"),
          **(webhook.fingerprint_fields() if webhook else {})},
@@ -256,7 +263,7 @@ def submit_upload(
     batch = _check_batch(session, tenant, inputs.batch_id)
     priority = "bulk" if inputs.batch_id is not None else inputs.priority
     analysis_id = uuid.uuid4()
-    upload = uploads.claim_for_analysis(context, session, tenant, upload_id, analysis_id)
+    upload = uploads.claim_for_analysis(context, session, tenant, upload_id, analysis_id, known_sizes)
     analysis = _new_analysis(
         context, tenant, inputs, analysis_id, priority, idempotency_key, request_fingerprint, now,
         deadline_for(now, cancel_after, batch),

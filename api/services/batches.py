@@ -1,29 +1,27 @@
-"""Batches: create, list, progress, seal and the triage list. All SQL for the route lives here.
+"""Batches: create, list, progress, seal, cancel. All SQL for the route lives here but the
+triage list's (``api.services.triage``).
 
 Progress never scans a batch: counts per status come from the (batch_id, status) index and
 throughput from the (batch_id, completed_at) index, so a 100,000-item batch answers as fast as
-a ten-item one. The triage list is an export and reads every item once, streamed.
+a ten-item one.
 """
 
 from __future__ import annotations
 
-import io
 import uuid
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import case, func, nulls_last, select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
-from api.deps import TenantRef
+from api.auth import TenantRef
 from api.pagination import newest_first
 from api.problems import Unprocessable
 from api.services.owned import get_owned
-from shared import clinical, lifecycle
-from shared.clock import iso, utcnow
+from shared import lifecycle
+from shared.clock import utcnow
 from shared.context import AppContext
-from shared.csv_export import SafeDictWriter
 from shared.schemas import BatchIn
 from shared.tables import Analysis, AnalysisStatus, Batch
 
@@ -31,78 +29,9 @@ THROUGHPUT_WINDOW = timedelta(minutes=5)
 # A rate measured over a few seconds swings wildly; never divide by less than this.
 MIN_RATE_SPAN = timedelta(seconds=15)
 
-# The review rule, retake advice and skin groups are shared.clinical's (docs/CLINICAL_RULES.md).
-REVIEW_RULE = clinical.review_rule_text()
-
-# Triage order: results first (highest risk first), then what staff must act on
-# (retakes, failures), then what is still in flight.
-_SECTION = {
-    AnalysisStatus.succeeded.value: 0,
-    AnalysisStatus.rejected.value: 1,
-    AnalysisStatus.failed.value: 2,
-    AnalysisStatus.canceled.value: 3,
-    AnalysisStatus.processing.value: 4,
-    AnalysisStatus.queued.value: 4,
-}
 FINAL = frozenset(
     s.value for s in (AnalysisStatus.succeeded, AnalysisStatus.rejected, AnalysisStatus.failed, AnalysisStatus.canceled)
 )
-
-CSV_COLUMNS = (
-    "rank",
-    "analysis_id",
-    "external_id",
-    "status",
-    "weights",
-    "risk_band",
-    "probability",
-    "uncertainty",
-    "needs_review",
-    "review_reason",
-    "diagnosis",
-    "skin_group",
-    "ita_degrees",
-    "bias_warning",
-    "rejection_code",
-    "rejection_detail",
-    "retake_advice",
-    "error_code",
-    "error_detail",
-    "age",
-    "sex",
-    "site",
-    "completed_at",
-)
-
-# `format=isic`: the ISIC challenge layout (`image_name`, `target` = melanoma probability; the
-# metadata under ISIC's names, `age_approx` in 5-year steps as ISIC publishes it), then ours.
-ISIC_COLUMNS = (
-    "image_name",
-    "target",
-    "weights",
-    "analysis_id",
-    "external_id",
-    "status",
-    "risk_band",
-    "uncertainty",
-    "needs_review",
-    "review_reason",
-    "predicted_diagnosis",
-    "sex",
-    "age_approx",
-    "anatom_site_general_challenge",
-    "skin_group",
-    "ita_degrees",
-    "bias_warning",
-    "rejection_code",
-    "error_code",
-    "completed_at",
-)
-
-
-def age_approx(age: int | None) -> int | None:
-    """ISIC's ``age_approx``: the age to the nearest multiple of 5 (halves round up)."""
-    return None if age is None else 5 * ((age + 2) // 5)
 
 
 # ---------------------------------------------------------------- batches
@@ -218,221 +147,3 @@ def progress(session: Session, batch: Batch, counts: dict[str, int] | None = Non
         eta_seconds=round(eta_seconds, 1) if eta_seconds is not None else None,
         eta_at=now + timedelta(seconds=eta_seconds) if eta_seconds else None,
     )
-
-
-# ---------------------------------------------------------------- triage
-
-
-@dataclass
-class TriageRow:
-    analysis_id: uuid.UUID
-    external_id: str | None
-    status: str
-    probability: float | None
-    uncertainty: float | None
-    risk_band: str | None
-    diagnosis: str | None
-    skin_group: str | None
-    ita_degrees: float | None
-    bias_warning: bool | None
-    rejection_code: str | None
-    rejection_detail: str | None
-    error_code: str | None
-    error_detail: str | None
-    age: int | None
-    sex: str
-    site: str
-    completed_at: datetime | None
-    weights: str | None = None  # the model's weights status; None when no model ran
-    threshold: float | None = None  # the model's operating threshold, when it has its own
-
-    def review_reasons(self) -> list[str]:
-        if self.status != AnalysisStatus.succeeded.value:
-            return []
-        return clinical.review_reasons(
-            self.probability, self.uncertainty, self.bias_warning,
-            weights=self.weights or clinical.UNKNOWN_WEIGHTS, threshold=self.threshold,
-        )
-
-    def as_item(self, rank: int) -> dict:
-        reasons = self.review_reasons()
-        advice = None
-        if self.status == AnalysisStatus.rejected.value:
-            advice = clinical.retake_advice(self.rejection_code)
-        elif self.status == AnalysisStatus.failed.value:
-            advice = clinical.FAILED_ADVICE
-        return {
-            "rank": rank,
-            "analysis_id": str(self.analysis_id),
-            "external_id": self.external_id,
-            "status": self.status,
-            "weights": self.weights,
-            "risk_band": self.risk_band,
-            "probability": self.probability,
-            "uncertainty": self.uncertainty,
-            "needs_review": bool(reasons),
-            "review_reason": ";".join(reasons) or None,
-            "diagnosis": self.diagnosis,
-            "skin_group": self.skin_group,
-            "ita_degrees": round(self.ita_degrees, 2) if self.ita_degrees is not None else None,
-            "bias_warning": self.bias_warning,
-            "rejection_code": self.rejection_code,
-            "rejection_detail": self.rejection_detail,
-            "retake_advice": advice,
-            "error_code": self.error_code,
-            "error_detail": self.error_detail,
-            "age": self.age,
-            "sex": self.sex,
-            "site": self.site,
-            "completed_at": iso(self.completed_at),
-        }
-
-
-    def as_isic(self, rank: int) -> dict:
-        """One ISIC-style row: ``image_name`` is the client's ``external_id`` when set, else
-        the analysis id; ``target`` the melanoma probability (empty without a result; read
-        ``weights``: anything but ``trained`` is not clinically meaningful). ISIC leaves
-        unknown metadata empty, so ``unknown`` sex and site are empty cells."""
-        item = self.as_item(rank)
-        return {
-            "image_name": self.external_id or str(self.analysis_id),
-            "target": self.probability if self.status == AnalysisStatus.succeeded.value else None,
-            "weights": self.weights,
-            "analysis_id": item["analysis_id"],
-            "external_id": self.external_id,
-            "status": self.status,
-            "risk_band": self.risk_band,
-            "uncertainty": self.uncertainty,
-            "needs_review": item["needs_review"],
-            "review_reason": item["review_reason"],
-            "predicted_diagnosis": self.diagnosis,
-            "sex": None if self.sex in (None, "unknown") else self.sex,
-            "age_approx": age_approx(self.age),
-            "anatom_site_general_challenge": None if self.site in (None, "unknown") else self.site,
-            "skin_group": self.skin_group,
-            "ita_degrees": item["ita_degrees"],
-            "bias_warning": self.bias_warning,
-            "rejection_code": self.rejection_code,
-            "error_code": self.error_code,
-            "completed_at": item["completed_at"],
-        }
-
-
-def _triage_query(batch_id: uuid.UUID, order: str):
-    result = Analysis.result
-    query = select(
-        Analysis.id,
-        Analysis.external_id,
-        Analysis.status,
-        Analysis.probability,
-        result["uncertainty"].as_float(),
-        result["risk_band"].as_string(),
-        result["diagnosis"].as_string(),
-        result[("equity", "skin_group")].as_string(),
-        result[("equity", "ita_degrees")].as_float(),
-        result[("equity", "bias_warning")].as_boolean(),
-        Analysis.rejection["code"].as_string(),
-        Analysis.rejection["detail"].as_string(),
-        Analysis.error["code"].as_string(),
-        Analysis.error["detail"].as_string(),
-        Analysis.age,
-        Analysis.sex,
-        Analysis.site,
-        Analysis.completed_at,
-        Analysis.model["weights"].as_string(),
-        Analysis.model[clinical.THRESHOLD_KEY].as_float(),
-    ).where(Analysis.batch_id == batch_id)
-    if order == "risk":
-        section = case(*((Analysis.status == s, rank) for s, rank in _SECTION.items()), else_=9)
-        return query.order_by(section, nulls_last(Analysis.probability.desc()), Analysis.created_at, Analysis.id)
-    return query.order_by(Analysis.created_at, Analysis.id)
-
-
-def iter_triage(
-    session_factory: sessionmaker[Session], batch_id: uuid.UUID, order: str, chunk: int = 1000
-) -> Iterator[TriageRow]:
-    """Every item of the batch in triage order, read through a server-side cursor so a large
-    batch streams in constant memory. Opens its own session: it outlives the request's."""
-    with session_factory() as session:
-        rows = session.execute(_triage_query(batch_id, order).execution_options(yield_per=chunk))
-        for row in rows:
-            yield TriageRow(*row)
-
-
-def triage_csv(rows: Iterable[TriageRow], flush_every: int = 500, *, isic: bool = False) -> Iterator[str]:
-    """The triage list as CSV text chunks: a header, then one row per item, every cell made
-    formula-safe (external ids, gate details and advice are client- or model-supplied text).
-    ``isic``: the ISIC-style columns (``ISIC_COLUMNS``) instead of the triage ones."""
-    buffer = io.StringIO()
-    writer = SafeDictWriter(buffer, ISIC_COLUMNS if isic else CSV_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for rank, row in enumerate(rows, start=1):
-        writer.writerow(row.as_isic(rank) if isic else row.as_item(rank))
-        if rank % flush_every == 0:
-            yield buffer.getvalue()
-            buffer.seek(0)
-            buffer.truncate()
-    yield buffer.getvalue()
-
-
-@dataclass
-class GroupTally:
-    items: int = 0
-    high_risk: int = 0
-    suspicious: int = 0
-    needs_review: int = 0
-
-
-@dataclass
-class TriageSummary:
-    """Counts for the end of the triage list, gathered while it streams (one pass)."""
-
-    counts: dict[str, int] = field(default_factory=lambda: {s.value: 0 for s in AnalysisStatus})
-    needs_review: int = 0
-    retake: dict[str, int] = field(default_factory=dict)
-    groups: dict[str, GroupTally] = field(default_factory=dict)
-    weights: dict[str | None, int] = field(default_factory=dict)  # results per weights status
-
-    def add(self, row: TriageRow, item: dict) -> None:
-        self.counts[row.status] = self.counts.get(row.status, 0) + 1
-        if row.status == AnalysisStatus.rejected.value:
-            code = row.rejection_code or "unknown"
-            self.retake[code] = self.retake.get(code, 0) + 1
-        if row.status != AnalysisStatus.succeeded.value:
-            return
-        self.needs_review += item["needs_review"]
-        self.weights[row.weights] = self.weights.get(row.weights, 0) + 1
-        tally = self.groups.setdefault(row.skin_group or "unknown", GroupTally())
-        tally.items += 1
-        tally.high_risk += row.risk_band == "high"
-        tally.suspicious += row.risk_band in ("high", "medium")
-        tally.needs_review += item["needs_review"]
-
-    def as_dict(self) -> dict:
-        order = list(clinical.SKIN_GROUPS) + sorted(set(self.groups) - set(clinical.SKIN_GROUPS))
-        equity = []
-        for group in order:
-            tally = self.groups.get(group)
-            if tally is None:
-                continue
-            equity.append(
-                {
-                    "skin_group": group,
-                    "items": tally.items,
-                    "high_risk": tally.high_risk,
-                    "high_risk_share": round(tally.high_risk / tally.items, 4),
-                    "suspicious": tally.suspicious,
-                    "suspicious_share": round(tally.suspicious / tally.items, 4),
-                    "needs_review": tally.needs_review,
-                    "bias_warning": clinical.group_bias_warning(group),
-                }
-            )
-        return {
-            "counts": self.counts,
-            "total": sum(self.counts.values()),
-            "needs_review": self.needs_review,
-            "retake": self.retake,
-            **clinical.weights_summary(self.weights),
-            "review_rule": REVIEW_RULE,
-            "equity": equity,
-        }

@@ -7,7 +7,7 @@ import uuid
 
 from sqlalchemy.orm import Session
 
-from api.deps import TenantRef
+from api.auth import TenantRef
 from api.problems import Conflict, NotFound
 from shared import tenants
 from shared.context import AppContext

@@ -6,7 +6,7 @@ import uuid
 
 from sqlalchemy.orm import Session
 
-from api.deps import TenantRef
+from api.auth import TenantRef
 from api.problems import Conflict
 from api.services.owned import get_owned
 from shared import model_registry

@@ -8,7 +8,7 @@ from typing import TypeVar
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.deps import TenantRef
+from api.auth import TenantRef
 from api.problems import NotFound
 from shared.tables import Base
 

@@ -1,30 +1,29 @@
-"""Direct uploads: hand out a presigned PUT, and take an upload id in place of the file."""
+"""Direct uploads: hand out a presigned PUT, and take an upload id in place of the file.
+
+Submitting one is ``api.services.analyses.submit_upload`` (which claims it here); several at
+once, ``api.services.bulk``."""
 
 from __future__ import annotations
 
 import uuid
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Mapping
 from datetime import timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from api.deps import TenantRef
-from api.problems import Conflict, NotFound, PayloadTooLarge, Problem
+from api.auth import TenantRef
+from api.problems import Conflict, NotFound, PayloadTooLarge
 from shared.clock import iso, utcnow
 from shared.context import AppContext
-from shared.schemas import AnalysisInputs, UploadIn
+from shared.schemas import UploadIn
 from shared.storage import IMAGES, upload_key
-from shared.tables import Analysis, Upload
+from shared.tables import Upload
 
 # One bulk call hands out or submits at most this many: big enough to amortise a request's
 # fixed cost (auth, rate limit, transaction, commit) to a few per cent, small enough that one
 # call holds a database slot for well under a second (docs/UPLOADS_AND_EXPIRY.md, Decisions).
 MAX_BULK = 100
-# HEADs in flight at once for a bulk submission (the store client's pool holds 10 connections).
-_HEAD_THREADS = 8
-_KNOWN_SIZES = "dermasentinel_known_upload_sizes"
 
 
 def create(context: AppContext, session: Session, tenant: TenantRef, body: UploadIn) -> tuple[Upload, str]:
@@ -57,72 +56,18 @@ def create_many(
     return [(upload, context.store.presigned_put(IMAGES, upload.object_key, ttl)) for upload in uploads]
 
 
-@dataclass
-class BulkItem:
-    """One entry of a bulk submission, parsed; ``problem`` when it was refused."""
-
-    upload_id: uuid.UUID
-    analysis: Analysis | None = None
-    replayed: bool = False
-    problem: Problem | None = None
-
-
-def submit_many(
+def claim_for_analysis(
     context: AppContext,
     session: Session,
     tenant: TenantRef,
-    items: list[tuple[uuid.UUID, AnalysisInputs, str | None, float | None]],
-) -> list[BulkItem]:
-    """Submit several direct uploads in one transaction, each exactly as ``POST /v1/analyses
-    {upload_id}`` would (``api.services.analyses.submit_upload``: tenant, single use, expiry,
-    size, idempotency, batch): an item refused (404, 409, 413) is reported with its problem
-    and leaves the others alone. Items are (upload id, inputs,
-    idempotency key, cancel_after seconds)."""
-    from api.services import analyses as submissions  # it imports this module
-
-    # The object store's answers first, all at once (each key follows from tenant and id): the
-    # HEADs overlap instead of taking turns inside the transaction. Checked as one at a time.
-    keys = [upload_key(tenant.id, upload_id) for upload_id, *_ in items]
-    with ThreadPoolExecutor(min(_HEAD_THREADS, len(keys) or 1)) as pool:
-        session.info[_KNOWN_SIZES] = dict(zip(keys, pool.map(lambda key: context.store.size(IMAGES, key), keys),
-                                              strict=True))
-    session.connection()  # begin: a rollback inside submit_upload shows as another transaction
-    transaction = session.get_transaction()
-    outcomes = []
-    for upload_id, inputs, idempotency_key, cancel_after in items:
-        # No savepoint per item: every refusal of submit_upload (idempotency mismatch, batch,
-        # and each check of claim_for_analysis) is raised before that item writes anything,
-        # so a refused item leaves nothing behind and the others' writes stand.
-        try:
-            submitted = submissions.submit_upload(
-                context, session, tenant, upload_id, inputs, idempotency_key, cancel_after=cancel_after
-            )
-        except Problem as problem:
-            if session.get_transaction() is not transaction:
-                _lost_race()
-            outcomes.append(BulkItem(upload_id, problem=problem))
-            continue
-        if session.get_transaction() is not transaction:
-            _lost_race()
-        outcomes.append(BulkItem(upload_id, analysis=submitted.analysis, replayed=submitted.replayed))
-    session.info.pop(_KNOWN_SIZES, None)
-    return outcomes
-
-
-def _lost_race() -> None:
-    # submit_upload lost an Idempotency-Key race to a concurrent request and rolled the whole
-    # transaction back: nothing of this call is stored, and the whole call can be retried.
-    raise Conflict(
-        "another request used one of these idempotency keys at the same moment; "
-        "nothing was submitted: retry the same request"
-    )
-
-
-def claim_for_analysis(
-    context: AppContext, session: Session, tenant: TenantRef, upload_id: uuid.UUID, analysis_id: uuid.UUID
+    upload_id: uuid.UUID,
+    analysis_id: uuid.UUID,
+    known_sizes: Mapping[str, int | None] | None = None,
 ) -> Upload:
     """Mark the upload used by ``analysis_id``: once, by its own tenant, before it expires,
-    and only when an image of an acceptable size was PUT."""
+    and only when an image of an acceptable size was PUT. ``known_sizes``: object sizes by key
+    already asked of the store (a bulk submission asks for all its items at once); an object
+    not in it is asked for here (None: nothing was PUT)."""
     now = utcnow()
     upload = session.execute(
         select(Upload).where(Upload.id == upload_id, Upload.tenant_id == tenant.id).with_for_update()
@@ -136,7 +81,7 @@ def claim_for_analysis(
         )
     if upload.usable_until <= now:
         raise Conflict(f"upload {upload_id} expired at {iso(upload.usable_until)}; create a new upload")
-    known = session.info.get(_KNOWN_SIZES, {})
+    known = known_sizes or {}
     size = known[upload.object_key] if upload.object_key in known else context.store.size(IMAGES, upload.object_key)
     if size is None:
         raise Conflict(

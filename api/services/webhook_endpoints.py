@@ -18,7 +18,7 @@ from sqlalchemy import delete as delete_rows
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from api.deps import TenantRef
+from api.auth import TenantRef
 from api.problems import Conflict, NotFound, Problem, Unprocessable
 from api.services.owned import get_owned
 from shared.clock import utcnow
@@ -26,7 +26,13 @@ from shared.context import AppContext
 from shared.db import after_commit
 from shared.events import EVENT_TYPES, TEST_EVENT, record_event
 from shared.jobs import enqueue_delivery
-from shared.schemas import AnalysisEventType, WebhookEndpointIn, WebhookEndpointPatch
+from shared.schemas import (
+    AnalysisEventType,
+    AnalysisWebhook,
+    WebhookEndpointIn,
+    WebhookEndpointPatch,
+    WebhookTestData,
+)
 from shared.security import secret_box
 from shared.ssrf import UnsafeURLError, resolve_and_check
 from shared.tables import DeliveryStatus, Tenant, WebhookAttempt, WebhookDelivery, WebhookEndpoint
@@ -125,14 +131,14 @@ def for_analysis(session: Session, analysis_id: uuid.UUID) -> WebhookEndpoint | 
     ).scalar_one_or_none()
 
 
-def request_webhook_view(context: AppContext, endpoint: WebhookEndpoint) -> dict:
+def request_webhook_view(context: AppContext, endpoint: WebhookEndpoint) -> AnalysisWebhook:
     """The ``webhook`` of a submission's answer, with its current signing secret."""
-    return {
-        "id": str(endpoint.id),
-        "url": endpoint.url,
-        "events": endpoint.events or [],
-        "secret": secret_box(context.settings).open(endpoint.secret_encrypted),
-    }
+    return AnalysisWebhook(
+        id=endpoint.id,
+        url=endpoint.url,
+        events=endpoint.events or [],
+        secret=secret_box(context.settings).open(endpoint.secret_encrypted),
+    )
 
 
 def rotate_secret(
@@ -210,7 +216,7 @@ def send_test(context: AppContext, session: Session, tenant: TenantRef, endpoint
         context.celery,
         tenant_id=tenant.id,
         type=TEST_EVENT,
-        data={"endpoint_id": str(endpoint.id), "message": "DermaSentinel test event"},
+        data=WebhookTestData(endpoint_id=endpoint.id, message="DermaSentinel test event"),
         only_endpoint_id=endpoint.id,
     )
 
@@ -234,7 +240,9 @@ def deliveries(session: Session, tenant: TenantRef, endpoint_id: uuid.UUID, limi
     return [(d, attempts[d.id]) for d in rows]
 
 
-def resend(context: AppContext, session: Session, tenant: TenantRef, endpoint_id: uuid.UUID, delivery_id: uuid.UUID):
+def resend(
+    context: AppContext, session: Session, tenant: TenantRef, endpoint_id: uuid.UUID, delivery_id: uuid.UUID
+) -> WebhookDelivery:
     endpoint = get(session, tenant, endpoint_id)
     delivery = session.execute(
         select(WebhookDelivery)

@@ -43,10 +43,17 @@ from shared.lifecycle.sweeps import (  # noqa: F401
 )
 from shared.lifecycle.views import (  # noqa: F401
     analysis_record,
+    analysis_summary,
     api_base,
     artifact_links,
     event_data,
+    fields_for,
     image_stored,
     inputs_view,
     links,
+    model_of,
+    narrowed,
+    read_model,
+    read_result,
+    result_of,
 )

@@ -15,6 +15,8 @@ from shared.config import Settings
 from shared.events import record_event
 from shared.lifecycle.states import ACTIVE
 from shared.lifecycle.views import api_base
+from shared.schemas.batches import StatusCounts
+from shared.schemas.events import BatchCompletedData, BatchEventLinks
 from shared.tables import Analysis, AnalysisStatus, Batch
 
 
@@ -49,6 +51,8 @@ def complete_batch_if_done(
     batch.completed_at = utcnow()
     counts = batch_counts(session, batch_id)
     # Succeeded results per weights status: the payload says when they are not meaningful.
+    # Grouped in SQL (a batch may hold 100,000 results), so the stored provenance is read by
+    # its JSON key here rather than as ModelInfo.
     status = Analysis.model["weights"].as_string().label("weights_status")
     weights: dict[str | None, int] = dict(
         session.execute(
@@ -57,22 +61,20 @@ def complete_batch_if_done(
             .group_by(literal_column(status.name))  # by the output column: one copy of the expression
         ).all()
     )
+    base = f"{api_base(settings)}/v1/batches/{batch.id}"
     record_event(
         session,
         celery,
         tenant_id=batch.tenant_id,
         type="batch.completed",
-        data={
-            "id": str(batch.id),
-            "name": batch.name,
-            "external_id": batch.external_id,
-            "counts": counts,
+        data=BatchCompletedData(
+            id=batch.id,
+            name=batch.name,
+            external_id=batch.external_id,
+            counts=StatusCounts(**counts),
             **clinical.weights_summary(weights),
-            "links": {
-                "self": f"{api_base(settings)}/v1/batches/{batch.id}",
-                "results": f"{api_base(settings)}/v1/batches/{batch.id}/results?order=risk",
-            },
-        },
+            links=BatchEventLinks(self=base, results=f"{base}/results?order=risk"),
+        ),
         dedupe_key=f"batch.completed:{batch.id}",
     )
     return True

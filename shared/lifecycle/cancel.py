@@ -7,7 +7,7 @@ import uuid
 from datetime import datetime
 
 from celery import Celery
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.orm import Session
 
 from shared.clock import utcnow
@@ -48,8 +48,8 @@ def cancel(
     return analysis
 
 
-def _cancel_where(session: Session, celery: Celery | None, settings: Settings | None, reason: str, *conditions,
-                  limit: int | None = None) -> list[Analysis]:
+def _cancel_where(session: Session, celery: Celery | None, settings: Settings | None, reason: str,
+                  *conditions: ColumnElement[bool], limit: int | None = None) -> list[Analysis]:
     """Cancel every unfinished job matching ``conditions`` in one statement; one
     ``analysis.canceled`` event each (deduplicated, so a second run emits nothing), and
     each affected batch checked for completion once."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from celery import Celery
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import ColumnElement, Select, and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from shared.clock import utcnow
@@ -51,7 +51,7 @@ CLAIM_COLUMNS = (
 )
 
 
-def claimable(now: datetime):
+def claimable(now: datetime) -> ColumnElement[bool]:
     """Queued, due, ingested, and not past its deadline."""
     return and_(
         Analysis.status == AnalysisStatus.queued.value,
@@ -63,7 +63,7 @@ def claimable(now: datetime):
     )
 
 
-def lane_candidates(priority: str, limit: int, now: datetime):
+def lane_candidates(priority: str, limit: int, now: datetime) -> Select[uuid.UUID]:
     """The oldest claimable jobs of one lane, rows another worker is claiming skipped: an
     ordered range scan of ``ix_analyses_active`` (status, priority, created_at) that stops
     after ``limit`` rows, however long the backlog (benchmarks/lanes.py prints the plan)."""
@@ -124,7 +124,7 @@ def claim_batch(
     return [Claim(*row) for row in rows]
 
 
-def _fenced(claim: Claim):
+def _fenced(claim: Claim) -> ColumnElement[bool]:
     return and_(
         Analysis.id == claim.analysis_id,
         Analysis.attempt == claim.attempt,
@@ -169,6 +169,8 @@ def finish(
             result=result,
             rejection=rejection,
             error=error,
+            # ``result`` is the stored JSON form (the worker serialises its typed AnalysisResult);
+            # its probability is copied into the indexed column the triage list is ordered by.
             probability=result["probability"] if result else None,
             mask_key=mask_key,
             overlay_key=overlay_key,

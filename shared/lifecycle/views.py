@@ -1,34 +1,46 @@
-"""What clients see of an analysis: the record, its links, artifact URLs and event payloads.
+"""What clients see of an analysis: the record, its links, artifact URLs and event payloads,
+each as the typed model the API documents (shared.schemas).
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from datetime import timedelta
+from typing import Any, TypeVar, cast
+
+from pydantic import BaseModel
 
 from shared import clinical
 from shared.clock import iso, utcnow
 from shared.config import Settings
 from shared.schemas.analyses import (
     AnalysisInputsOut,
+    AnalysisLinks,
     AnalysisRecord,
     AnalysisResult,
+    AnalysisSummary,
+    Artifacts,
     ErrorInfo,
     ImageInfo,
     ModelInfo,
     Rejection,
 )
+from shared.schemas.common import CancelReason
+from shared.schemas.events import AnalysisEventData, CodeOnly, EventRejection, EventResultSummary
 from shared.storage import ARTIFACTS, IMAGES, ObjectStore
 from shared.tables import Analysis
+
+View = TypeVar("View", bound=BaseModel)
 
 
 def api_base(settings: Settings) -> str:
     return (settings.public_url or settings.api_url).rstrip("/")
 
 
-def links(settings: Settings, analysis_id: uuid.UUID) -> dict:
+def links(settings: Settings, analysis_id: uuid.UUID) -> AnalysisLinks:
     base = f"{api_base(settings)}/v1/analyses/{analysis_id}"
-    return {"self": base, "report": f"{base}/report.pdf", "fhir": f"{base}/fhir"}
+    return AnalysisLinks(self=base, report=f"{base}/report.pdf", fhir=f"{base}/fhir")
 
 
 def inputs_view(analysis: Analysis) -> AnalysisInputsOut:
@@ -40,27 +52,52 @@ def inputs_view(analysis: Analysis) -> AnalysisInputsOut:
     )
 
 
-def result_of(analysis: Analysis) -> AnalysisResult | None:
-    """The stored result, typed, with ``uncertainty_level`` in words (shared.clinical)."""
-    if not analysis.result:
+def read_result(stored: Mapping[str, Any] | None) -> AnalysisResult | None:
+    """A stored result (``analyses.result``) as typed data, with ``uncertainty_level`` in words
+    (shared.clinical): for readers that select the column rather than the row (exports)."""
+    if not stored:
         return None
-    result = AnalysisResult.model_validate(analysis.result)
+    result = AnalysisResult.model_validate(stored)
     return result.model_copy(update={"uncertainty_level": clinical.uncertainty_level(result.uncertainty)})
 
 
-def model_of(analysis: Analysis) -> ModelInfo | None:
-    """The stored provenance, typed, with ``banner``: what to show above output from weights
-    that are not trained (None for trained weights)."""
-    if not analysis.model:
+def read_model(stored: Mapping[str, Any] | None) -> ModelInfo | None:
+    """A stored provenance (``analyses.model``) as typed data, with ``banner``: what to show
+    above output from weights that are not trained (None for trained weights)."""
+    if not stored:
         return None
-    model = ModelInfo.model_validate(analysis.model)
+    model = ModelInfo.model_validate(stored)
     return model.model_copy(update={"banner": clinical.weights_banner(model.weights or clinical.UNKNOWN_WEIGHTS)})
+
+
+def result_of(analysis: Analysis) -> AnalysisResult | None:
+    """The analysis' result, typed (``read_result``)."""
+    return read_result(analysis.result)
+
+
+def model_of(analysis: Analysis) -> ModelInfo | None:
+    """The provenance of the networks that ran for the analysis, typed (``read_model``)."""
+    return read_model(analysis.model)
+
+
+def rejection_of(analysis: Analysis) -> Rejection | None:
+    """The gate's (or ingest's) refusal with ``advice``: how to retake the photo (shared.clinical)."""
+    if not analysis.rejection:
+        return None
+    rejection = Rejection.model_validate(analysis.rejection)
+    return rejection.model_copy(update={"advice": clinical.retake_advice(rejection.code)})
+
+
+def error_of(analysis: Analysis) -> ErrorInfo | None:
+    """The failure with ``advice``: what to do about a system error (shared.clinical)."""
+    if not analysis.error:
+        return None
+    return ErrorInfo.model_validate(analysis.error).model_copy(update={"advice": clinical.FAILED_ADVICE})
 
 
 def analysis_record(analysis: Analysis) -> AnalysisRecord:
     """The analysis as typed data: what the API, reports, FHIR, questions and exports are built from."""
-    rejection = analysis.rejection
-    error = analysis.error
+    model = model_of(analysis)
     return AnalysisRecord(
         id=analysis.id,
         external_id=analysis.external_id,
@@ -80,17 +117,34 @@ def analysis_record(analysis: Analysis) -> AnalysisRecord:
             sha256=analysis.image_sha256,
         ),
         result=result_of(analysis),
-        # Rejections and errors with ``advice``: what to do about it (shared.clinical's wording).
-        rejection=Rejection.model_validate({**rejection, "advice": clinical.retake_advice(rejection.get("code"))})
-        if rejection else None,
-        error=ErrorInfo.model_validate({**error, "advice": clinical.FAILED_ADVICE}) if error else None,
-        model=model_of(analysis),
+        rejection=rejection_of(analysis),
+        error=error_of(analysis),
+        model=model,
         # Beside the result, so that views without the provenance (lists) still say it.
-        weights=clinical.weights_status(analysis.model),
+        weights=clinical.weights_status(model),
         deadline_at=iso(analysis.deadline_at),
         cancel_reason=analysis.cancel_reason,
         reprocessed_from=analysis.reprocessed_from,
     )
+
+
+def fields_for(view: type[BaseModel], source: BaseModel) -> dict[str, Any]:
+    """The fields of ``source`` that ``view`` declares and ``source`` was given, to build one
+    view from another (``view(**fields_for(view, record), ...)``). A field left unset stays
+    unset, so it stays off the wire (the routes answer with ``response_model_exclude_unset``)
+    exactly as in ``source``."""
+    return {name: getattr(source, name) for name in source.model_fields_set if name in view.model_fields}
+
+
+def narrowed(view: type[View], source: BaseModel) -> View:
+    """``source`` as the smaller ``view`` (a record as a list's summary): the fields ``view``
+    does not declare are dropped, not carried along as extras."""
+    return view(**fields_for(view, source))
+
+
+def analysis_summary(analysis: Analysis) -> AnalysisSummary:
+    """The analysis as lists show it: the record without its model's provenance."""
+    return narrowed(AnalysisSummary, analysis_record(analysis))
 
 
 def image_stored(analysis: Analysis) -> bool:
@@ -99,38 +153,46 @@ def image_stored(analysis: Analysis) -> bool:
     return bool(analysis.image_sha256)
 
 
-def artifact_links(store: ObjectStore, analysis: Analysis) -> dict:
-    """Presigned links that expire within the configured TTL (at most 15 minutes)."""
-    artifacts = {"image": store.presigned_get(IMAGES, analysis.image_key)} if image_stored(analysis) else {}
+def artifact_links(store: ObjectStore, analysis: Analysis) -> Artifacts:
+    """Presigned links that expire within the configured TTL (at most 15 minutes); only the
+    artifacts that exist are set."""
+    found = {"image": store.presigned_get(IMAGES, analysis.image_key)} if image_stored(analysis) else {}
     if analysis.mask_key:
-        artifacts["mask"] = store.presigned_get(ARTIFACTS, analysis.mask_key)
+        found["mask"] = store.presigned_get(ARTIFACTS, analysis.mask_key)
     if analysis.overlay_key:
-        artifacts["overlay"] = store.presigned_get(ARTIFACTS, analysis.overlay_key)
-    artifacts["expires_at"] = iso(utcnow() + timedelta(seconds=store.settings.presign_ttl_seconds))
-    return artifacts
+        found["overlay"] = store.presigned_get(ARTIFACTS, analysis.overlay_key)
+    return Artifacts(**found, expires_at=iso(utcnow() + timedelta(seconds=store.settings.presign_ttl_seconds)))
 
 
-def event_data(settings: Settings, analysis: Analysis) -> dict:
-    """Webhook payload: ids, status, the client's reference, a summary and links.
-    Never image bytes, never free text about the patient."""
-    data = {
-        "id": str(analysis.id),
-        "status": analysis.status,
-        "external_id": analysis.external_id,
-        "batch_id": str(analysis.batch_id) if analysis.batch_id else None,
-        "links": links(settings, analysis.id),
-    }
+def event_data(settings: Settings, analysis: Analysis) -> AnalysisEventData:
+    """Webhook payload: ids, status, the client's reference, a summary and links; the
+    optional parts are set only when they apply (and so sent only then: ``record_event``
+    leaves unset fields out). Never image bytes, never free text about the patient."""
+    data = AnalysisEventData(
+        id=analysis.id,
+        status=analysis.status,
+        external_id=analysis.external_id,
+        batch_id=analysis.batch_id,
+        links=links(settings, analysis.id),
+    )
     result = result_of(analysis)
     if result is not None:
-        data["result"] = result.model_dump(include={"diagnosis", "probability", "uncertainty", "risk_band"})
-    weights = clinical.weights_status(analysis.model)
-    if analysis.model:
-        data["weights"] = weights
-    if analysis.rejection:
-        code = analysis.rejection.get("code")
-        data["rejection"] = {"code": code, "advice": clinical.retake_advice(code)}
-    if analysis.error:
-        data["error"] = {"code": analysis.error.get("code")}
+        data.result = EventResultSummary(
+            diagnosis=result.diagnosis,
+            probability=result.probability,
+            uncertainty=result.uncertainty,
+            risk_band=result.risk_band,
+        )
+    model = model_of(analysis)
+    if model is not None:
+        data.weights = model.weights
+    rejection = rejection_of(analysis)
+    if rejection is not None:
+        data.rejection = EventRejection(code=rejection.code, advice=rejection.advice)
+    error = error_of(analysis)
+    if error is not None:
+        data.error = CodeOnly(code=error.code)
     if analysis.cancel_reason:
-        data["reason"] = analysis.cancel_reason
+        # The column holds only the reasons shared.lifecycle.states names.
+        data.reason = cast(CancelReason, analysis.cancel_reason)
     return data

@@ -11,7 +11,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from api.deps import AUTH_SLOTS, Capacity, FairSlots, KeyCache, api_database_settings
+from api.auth import KeyCache
+from api.capacity import AUTH_SLOTS, Capacity, FairSlots, api_database_settings
 from api.problems import Overloaded
 from shared.db import make_engine
 

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from api.routes.health import PROBE_TIMEOUT, check_readiness, readiness
-from cli.processes import free_port
+from devstack import free_port
 from shared.context import AppContext
 from shared.jobs import broker_redis, forget_gpu_worker, report_gpu_worker
 

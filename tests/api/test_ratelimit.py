@@ -10,7 +10,7 @@ import pytest
 
 from api.problems import RateLimited
 from api.ratelimit import Limiter, parse_overrides
-from cli.processes import free_port
+from devstack import free_port
 
 
 def _limiter(settings, **update) -> Limiter:

@@ -9,8 +9,6 @@ API must serve normally once the dependency is back."""
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -21,8 +19,7 @@ import httpx
 import psutil
 import pytest
 
-from cli.processes import free_port, stop_process, wait_http
-from tests.conftest import ROOT, settings_env
+from devstack import child_env, free_port, start_api
 from tests.e2e.test_analysis_flow import lesion_jpeg
 
 DEADLINE = 3.0  # REQUEST_DEADLINE_SECONDS for this API, short so that the test is short
@@ -34,14 +31,14 @@ STALL = 10.0
 @pytest.fixture(scope="module")
 def private(services, settings, tmp_path_factory):
     """Our own Postgres and Redis (the session's S3), a migrated database and an API on them."""
-    from devstack import EmbeddedStack
+    from devstack import Stack
     from shared.context import AppContext
     from shared.db import session_scope
     from shared.migrate import scratch_database
     from shared.tenants import issue_key
 
     folder = Path(tempfile.mkdtemp(prefix="dermasentinel-stall-stack-"))
-    stack = EmbeddedStack(folder, postgres=True, redis=True, s3=False)
+    stack = Stack(folder, s3=False)
     endpoints = stack.start()
     try:
         with scratch_database(endpoints.database_url, "dsstall") as database_url:
@@ -59,18 +56,11 @@ def private(services, settings, tmp_path_factory):
                 _, cold_key = issue_key(session, f"stall-cold-{uuid.uuid4().hex[:8]}")
             context.close()
             log = tmp_path_factory.mktemp("logs") / "api-stall.log"
-            with log.open("wb") as out:
-                process = subprocess.Popen(
-                    [sys.executable, "-m", "uvicorn", "api.main:create_app", "--factory", "--port", str(port)],
-                    env=settings_env(ours), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            url = f"http://127.0.0.1:{port}"
-            wait_http(f"{url}/healthz", process, log)
+            api = start_api(child_env(ours), log, port=port)
             try:
-                yield stack, url, key, cold_key, database_url
+                yield stack, api.url, key, cold_key, database_url
             finally:
-                stop_process(process)
+                api.stop()
     finally:
         stack.stop()
         shutil.rmtree(folder, ignore_errors=True)

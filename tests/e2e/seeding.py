@@ -9,8 +9,10 @@ from datetime import timedelta
 
 from shared.clock import utcnow
 from shared.db import session_scope
+from shared.schemas import AnalysisResult, ModelInfo
 from shared.storage import ARTIFACTS, IMAGES, artifact_key, image_key
 from shared.tables import Analysis, Batch
+from tests import factories
 from worker.pipeline import overlay
 from worker.pipeline.synthetic import encode_jpeg, make_lesion
 
@@ -22,19 +24,26 @@ SCRIBE_NOTE = (
 
 
 def result_for(probability: float, *, uncertainty: float = 0.03, skin_group: str = "light", ita: float = 35.0) -> dict:
-    band = "high" if probability > 0.8 else "medium" if probability > 0.5 else "low"
-    return {
-        "diagnosis": "melanoma" if probability > 0.5 else "benign",
-        "probability": probability,
-        "uncertainty": uncertainty,
-        "tta_probabilities": [probability] * 5,
-        "risk_band": band,
-        "segmentation": {"coverage": 0.21},
-        "concepts": {"asymmetry": 0.42, "border": 0.61, "color": 0.33, "diameter_px": 120.0, "diameter_mm": None},
-        "equity": {"ita_degrees": ita, "skin_group": skin_group, "bias_warning": skin_group in ("brown", "dark")},
-        "quality": {"blur_score": 250.0},
-        "scribe_note": SCRIBE_NOTE,
-    }
+    """A result (tests/factories.py) with this probability, as the worker stores it."""
+    return factories.result(
+        diagnosis="melanoma" if probability > 0.5 else "benign",
+        probability=probability,
+        uncertainty=uncertainty,
+        tta_probabilities=[probability] * 5,
+        risk_band="high" if probability > 0.8 else "medium" if probability > 0.5 else "low",
+        segmentation={"coverage": 0.21},
+        concepts={"asymmetry": 0.42, "border": 0.61, "color": 0.33, "diameter_px": 120.0, "diameter_mm": None},
+        equity={"ita_degrees": ita, "skin_group": skin_group, "bias_warning": skin_group in ("brown", "dark")},
+        quality={"blur_score": 250.0},
+        scribe_note=SCRIBE_NOTE,
+    ).model_dump(mode="json", exclude={"uncertainty_level"})
+
+
+def model_for(weights: str) -> dict:
+    """The provenance of a seeded result, as the worker stores it."""
+    return ModelInfo(weights=weights, segmenter="classical", backend="torch-cpu").model_dump(
+        mode="json", exclude_unset=True
+    )
 
 
 def seed_batch(context, tenant_id: uuid.UUID, name: str = "clinic backlog") -> uuid.UUID:
@@ -69,6 +78,7 @@ def seed_analysis(
         overlay_key = artifact_key(tenant_id, analysis_id, "overlay.jpg")
         context.store.put(ARTIFACTS, mask_key, overlay.mask_png(lesion.mask), "image/png")
         context.store.put(ARTIFACTS, overlay_key, overlay.overlay_jpeg(lesion.image, lesion.mask), "image/jpeg")
+    stored = result if status == "succeeded" else None
     now = utcnow()
     with session_scope(context.session_factory) as session:
         session.add(
@@ -85,10 +95,10 @@ def seed_analysis(
                 image_height=240,
                 mask_key=mask_key,
                 overlay_key=overlay_key,
-                result=result if status == "succeeded" else None,
-                probability=result["probability"] if status == "succeeded" and result else None,
+                result=stored,
+                probability=AnalysisResult.model_validate(stored).probability if stored else None,
                 rejection=rejection,
-                model={"weights": weights, "segmenter": "classical", "backend": "torch-cpu"},
+                model=model_for(weights),
                 created_at=now - timedelta(seconds=30),
                 started_at=now - timedelta(seconds=20),
                 completed_at=now,

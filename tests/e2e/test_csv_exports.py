@@ -14,6 +14,7 @@ from cli.exports import ExportScopeError, export_feedback
 from shared.db import session_scope
 from shared.tables import Analysis, Feedback
 from shared.tenants import issue_key
+from tests.e2e.seeding import result_for
 
 ROOT = Path(__file__).resolve().parents[2]
 PAYLOADS = ['=HYPERLINK("http://evil.example","x")', "+SUM(1)", "@cmd", "\t=1+1", "-1+1"]
@@ -52,7 +53,7 @@ def two_tenants_with_feedback(context):
         for name in names:
             tenant, _ = issue_key(session, name)
             analysis = _analysis(session, tenant.id, f"{name}-visit", status="succeeded",
-                                 result={"diagnosis": "benign", "probability": 0.2})
+                                 result=result_for(0.2), probability=0.2)
             session.add(Feedback(analysis_id=analysis.id, tenant_id=tenant.id, agrees=False,
                                  final_diagnosis="+melanoma", notes='=HYPERLINK("http://evil.example","x")'))
     return names

@@ -13,7 +13,7 @@ from datetime import timedelta
 from shared.clock import utcnow
 from shared.db import session_scope
 from shared.tables import Analysis
-from tests.e2e.seeding import result_for
+from tests.e2e.seeding import model_for, result_for
 
 HEADER = [
     "image_name", "target", "weights", "analysis_id", "external_id", "status", "risk_band", "uncertainty",
@@ -28,8 +28,7 @@ _CLOCK = itertools.count()
 def _item(session, tenant_id, batch_id, external_id, status, probability=None, **fields) -> str:
     now_fields = {}
     if status == "succeeded":
-        now_fields = {"result": result_for(probability), "probability": probability,
-                      "model": {"weights": "untrained", "segmenter": "classical"}}
+        now_fields = {"result": result_for(probability), "probability": probability, "model": model_for("untrained")}
     analysis = Analysis(
         tenant_id=tenant_id, batch_id=batch_id, external_id=external_id, priority="bulk", status=status,
         image_key=f"tenants/{tenant_id}/{uuid.uuid4()}.jpg", image_sha256="0" * 64, image_content_type="image/jpeg",

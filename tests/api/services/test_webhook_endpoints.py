@@ -13,8 +13,8 @@ from sqlalchemy import select, text, update
 from api.problems import NotFound, Unprocessable
 from api.services import webhook_endpoints as endpoints
 from shared.clock import utcnow
-from shared.events import record_event
-from shared.schemas import WebhookEndpointIn, WebhookEndpointPatch
+from shared.events import TEST_EVENT, record_event
+from shared.schemas import WebhookEndpointIn, WebhookEndpointPatch, WebhookTestData
 from shared.security import secret_box
 from shared.tables import DeliveryStatus, Event, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 
@@ -125,7 +125,8 @@ def test_deleting_an_endpoint_while_an_attempt_is_being_recorded_waits_for_it_in
 ):
     endpoint, _ = _register(context, unit, tenant)
     with unit() as session:
-        event_id = record_event(session, None, tenant_id=tenant.id, type="analysis.succeeded", data={"id": "x"})
+        event_id = record_event(session, None, tenant_id=tenant.id, type=TEST_EVENT,
+                                data=WebhookTestData(endpoint_id=endpoint.id, message="a delivery to hold"))
         delivery = WebhookDelivery(tenant_id=tenant.id, endpoint_id=endpoint.id, event_id=event_id,
                                    next_attempt_at=utcnow() + timedelta(hours=1))
         session.add(delivery)

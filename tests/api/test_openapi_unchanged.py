@@ -1,0 +1,78 @@
+"""The public contract does not drift by accident: today's OpenAPI document equals the one of
+bd5f676 (the commit before issue 20's refactoring, saved in ``openapi_baseline.json``) except
+where an issue says it may differ. A change to the contract adds its JSON pointer to
+``ALLOWED`` with the issue that allows it; when the baseline is re-taken, ``ALLOWED`` empties.
+
+To re-take the baseline at a commit: ``git worktree add /tmp/base COMMIT``, then in it
+``PYTHONPATH=/tmp/base python -c 'import json; from api.main import create_app; from
+shared.config import Settings; print(json.dumps(create_app(Settings(_env_file=None)).openapi(),
+indent=1, sort_keys=True))' > tests/api/openapi_baseline.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from api.main import create_app
+from shared.config import Settings
+
+BASELINE = Path(__file__).with_name("openapi_baseline.json")
+
+# JSON pointer (RFC 6901) of a part of the document that may differ from the baseline → the
+# issue that allows it. Issue 20 changes no part of the contract.
+ALLOWED: dict[str, str] = {
+    "/components/schemas/AnalysisResult/properties/disposition": "issue 21: result.disposition",
+    "/components/schemas/AnalysisResult/properties/disposition_reasons": "issue 21: result.disposition_reasons",
+    "/components/schemas/AnalysisResult/properties/safety_netting": "issue 21: result.safety_netting (routine)",
+    "/components/schemas/AnalysisResult/properties/notice": "issue 21: a notice beside the untrained diagnosis",
+    "/components/schemas/OperatingPoint/properties/rule_out_threshold": "issue 21: the rule-out threshold",
+    "/components/schemas/OperatingPoint/properties/rule_out_sensitivity": "issue 21: its target sensitivity",
+}
+
+
+def _pointer(parts: tuple[str, ...]) -> str:
+    return "".join("/" + part.replace("~", "~0").replace("/", "~1") for part in parts)
+
+
+def _differences(before: object, after: object, at: tuple[str, ...] = ()) -> list[str]:
+    """The JSON pointers where the two documents differ, as deep as both are objects."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        found = []
+        for key in sorted(set(before) | set(after)):
+            if key not in after:
+                found.append(f"{_pointer((*at, key))}: removed")
+            elif key not in before:
+                found.append(f"{_pointer((*at, key))}: added")
+            else:
+                found += _differences(before[key], after[key], (*at, key))
+        return found
+    return [] if before == after else [f"{_pointer(at) or '/'}: changed"]
+
+
+def _under(difference: str, allowed: str) -> bool:
+    """Whether ``difference`` lies at or inside the part of the document ``allowed`` points to."""
+    pointer = difference.rsplit(": ", 1)[0]
+    return pointer == allowed or pointer.startswith(allowed + "/")
+
+
+def test_the_openapi_document_equals_the_baseline_but_for_allowed_changes():
+    # Through JSON, as a client reads it (tuples become lists, keys strings).
+    today = json.loads(json.dumps(create_app(Settings(_env_file=None)).openapi()))
+    baseline = json.loads(BASELINE.read_text())
+    differences = _differences(baseline, today)
+    unexplained = [d for d in differences if not any(_under(d, allowed) for allowed in ALLOWED)]
+    assert not unexplained, "the OpenAPI document changed where no issue allows it:\n" + "\n".join(unexplained)
+    stale = [allowed for allowed in ALLOWED if not any(_under(d, allowed) for d in differences)]
+    assert not stale, f"allowed differences that no longer differ (drop them from ALLOWED): {stale}"
+
+
+def test_the_diff_names_where_documents_differ():
+    before = {"paths": {"/v1/a": {"get": {"summary": "A"}}, "/v1/b": {}}}
+    after = {"paths": {"/v1/a": {"get": {"summary": "B"}}, "/v1/c": {}}}
+    assert _differences(before, after) == [
+        "/paths/~1v1~1a/get/summary: changed",
+        "/paths/~1v1~1b: removed",
+        "/paths/~1v1~1c: added",
+    ]
+    assert _differences(before, before) == []

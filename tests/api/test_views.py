@@ -1,0 +1,115 @@
+"""The API's views are typed models (shared.lifecycle, api.routes): what was not set stays off
+the wire, exactly as when they were dicts. Pure unit tests on unsaved rows."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+from api.routes import analyses as routes
+from shared import lifecycle
+from shared.config import Settings
+from shared.events import EVENT_TYPES
+from shared.schemas import AnalysisOut, AnalysisRecord, AnalysisSummary, AnalysisWebhook
+from shared.tables import Analysis
+from tests.factories import UNTRAINED_MODEL, model, result
+
+NOW = datetime(2026, 11, 28, 3, 12, tzinfo=UTC)
+SETTINGS = Settings(_env_file=None)
+STORED_RESULT = result().model_dump(mode="json", exclude={"uncertainty_level"})
+STORED_MODEL = model(**UNTRAINED_MODEL).model_dump(mode="json")
+
+
+class _Store:
+    settings = SETTINGS
+
+    def presigned_get(self, bucket: str, key: str) -> str:
+        return f"http://s3.local/{bucket}/{key}?sig"
+
+
+class _Context:
+    settings = SETTINGS
+    store = _Store()
+
+
+def _row(**fields) -> Analysis:
+    base = dict(
+        id=uuid.uuid4(), tenant_id=uuid.uuid4(), batch_id=None, external_id=None, priority="interactive",
+        status="queued", stage=None, attempt=0, age=None, sex="unknown", site="unknown", pixel_spacing_mm=None,
+        created_at=NOW, started_at=None, completed_at=None, updated_at=NOW, image_key="i", image_sha256="ab" * 32,
+        image_content_type="image/jpeg", image_width=400, image_height=300, mask_key=None, overlay_key=None,
+        result=None, rejection=None, error=None, model=None, deadline_at=None, cancel_reason=None,
+        reprocessed_from=None,
+    )
+    return Analysis(**{**base, **fields})
+
+
+def _view(monkeypatch, analysis: Analysis) -> dict:
+    monkeypatch.setattr(routes.service, "report_for", lambda session, ident: None)
+    monkeypatch.setattr(routes.service, "feedback_for", lambda session, ident: [])
+    return routes.json_body(routes.view(_Context(), None, analysis))
+
+
+def test_a_succeeded_analysis_shows_its_typed_result_provenance_and_links(monkeypatch):
+    analysis = _row(status="succeeded", result=STORED_RESULT, model=STORED_MODEL, mask_key="m", overlay_key="o")
+    body = _view(monkeypatch, analysis)
+    assert body["result"] == {**STORED_RESULT, "uncertainty_level": "low"}
+    assert body["model"]["banner"] and body["weights"] == "untrained"
+    assert set(body["artifacts"]) == {"image", "mask", "overlay", "expires_at"}
+    assert body["links"]["report"].endswith(f"/v1/analyses/{analysis.id}/report.pdf")
+    assert body["report"] == {"ready": False, "created_at": None} and body["feedback"] == []
+    assert "webhook" not in body, "only a submission's answer names its webhook"
+
+
+def test_what_does_not_apply_is_left_out_not_null(monkeypatch):
+    """A rejection names where it happened only when ingest refused it; a direct upload not
+    yet ingested has no image link; artifacts that do not exist are not listed."""
+    gate = _view(monkeypatch, _row(status="rejected", rejection={"code": "blurry", "detail": "d", "scores": None}))
+    assert set(gate["rejection"]) == {"code", "detail", "scores", "advice"}
+    ingest = _view(monkeypatch, _row(status="rejected", image_sha256="",
+                                     rejection={"code": "unreadable_image", "detail": "d", "at": "ingest"}))
+    assert ingest["rejection"]["at"] == "ingest" and set(ingest["artifacts"]) == {"expires_at"}
+
+
+def test_a_submissions_answer_carries_its_webhook(monkeypatch):
+    monkeypatch.setattr(routes.service, "report_for", lambda session, ident: None)
+    monkeypatch.setattr(routes.service, "feedback_for", lambda session, ident: [])
+    hook = AnalysisWebhook(id=uuid.uuid4(), url="https://hooks.example/x", events=[], secret="whsec_x")
+    answer = routes.view(_Context(), None, _row()).model_copy(update={"webhook": hook})
+    assert routes.json_body(answer)["webhook"] == {"id": str(hook.id), "url": hook.url, "events": [],
+                                                   "secret": "whsec_x"}
+
+
+def test_the_summary_is_the_record_without_its_provenance():
+    analysis = _row(status="succeeded", result=STORED_RESULT, model=STORED_MODEL)
+    record = lifecycle.analysis_record(analysis)
+    summary = lifecycle.analysis_summary(analysis)
+    assert type(record) is AnalysisRecord and type(summary) is AnalysisSummary
+    sent = summary.model_dump(mode="json", exclude_unset=True)
+    assert "model" not in sent and sent["weights"] == "untrained"
+    assert sent == {k: v for k, v in record.model_dump(mode="json", exclude_unset=True).items() if k != "model"}
+
+
+def test_narrowing_keeps_unset_fields_unset():
+    record = lifecycle.analysis_record(_row(status="succeeded", result=STORED_RESULT, model=STORED_MODEL))
+    out = AnalysisOut(**lifecycle.fields_for(AnalysisOut, record), updated_at="2026-11-28T03:12:00Z",
+                      links=lifecycle.links(SETTINGS, record.id),
+                      artifacts={"expires_at": "2026-11-28T03:17:00Z"}, report={"ready": False, "created_at": None},
+                      feedback=[])
+    assert "webhook" not in out.model_fields_set
+    assert out.result == record.result and out.model == record.model
+
+
+def test_event_payloads_set_only_what_applies():
+    succeeded = lifecycle.event_data(SETTINGS, _row(status="succeeded", result=STORED_RESULT, model=STORED_MODEL))
+    sent = succeeded.model_dump(mode="json", exclude_unset=True)
+    assert set(sent) == {"id", "status", "external_id", "batch_id", "links", "result", "weights"}
+    assert set(sent["result"]) == {"diagnosis", "probability", "uncertainty", "risk_band"}
+    canceled = lifecycle.event_data(SETTINGS, _row(status="canceled", cancel_reason="expired"))
+    assert canceled.model_dump(mode="json", exclude_unset=True)["reason"] == "expired"
+    assert {"result", "weights", "rejection", "error"}.isdisjoint(canceled.model_fields_set)
+    rejected = lifecycle.event_data(SETTINGS, _row(status="rejected", rejection={"code": "blurry", "detail": "d"}))
+    assert rejected.rejection is not None and rejected.rejection.advice
+    failed = lifecycle.event_data(SETTINGS, _row(status="failed", error={"code": "internal", "detail": "d"}))
+    assert failed.model_dump(mode="json", exclude_unset=True)["error"] == {"code": "internal"}
+    assert f"analysis.{failed.status}" in EVENT_TYPES
