@@ -18,7 +18,6 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
 from api.auth import AuthenticatedTenant, authenticate
-from api.auth import TenantRef as TenantRef  # for api.services.questions until it imports api.auth
 from api.capacity import Capacity
 from api.problems import NotFound
 from shared.context import AppContext

@@ -18,7 +18,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.deps import TenantRef
+from api.auth import TenantRef
 from api.services.owned import get_owned
 from shared import lifecycle, vlm
 from shared.clock import utcnow

@@ -6,14 +6,15 @@ from __future__ import annotations
 import threading
 import uuid
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from sqlalchemy import select, update
 
+from devstack import Receiver
 from shared.clock import utcnow
 from shared.db import session_scope
 from shared.events import record_event
+from shared.schemas import WebhookTestData
 from shared.security import secret_box
 from shared.tables import WebhookDelivery, WebhookEndpoint
 from shared.webhook_signing import generate_secret
@@ -34,24 +35,9 @@ def quiet(context):
 
 @pytest.fixture
 def failing_receiver():
-    hits = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            self.rfile.read(int(self.headers.get("content-length", 0)))
-            hits.append(self.headers["webhook-id"])
-            self.send_response(503)
-            self.send_header("content-length", "0")
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/hook", hits
-    server.shutdown()
-    server.server_close()
+    """A receiver answering 503 to everything: its URL, and the webhook-id of each request."""
+    with Receiver(503) as receiver:
+        yield receiver.url, receiver.webhook_ids
 
 
 def _endpoint(context, tenant_id, url, events=()) -> WebhookEndpoint:
@@ -64,7 +50,8 @@ def _endpoint(context, tenant_id, url, events=()) -> WebhookEndpoint:
 
 def _event(context, tenant_id, type_="analysis.succeeded") -> str:
     with session_scope(context.session_factory) as session:
-        return record_event(session, None, tenant_id=tenant_id, type=type_, data={"id": "x"})
+        data = WebhookTestData(endpoint_id=uuid.uuid4(), message="x")
+        return record_event(session, None, tenant_id=tenant_id, type=type_, data=data)
 
 
 def _deliveries(context, event_id):
@@ -127,24 +114,9 @@ def test_an_endpoint_failing_for_days_is_disabled(quiet, tenant_key, failing_rec
 
 @pytest.fixture
 def ok_receiver():
-    hits = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            self.rfile.read(int(self.headers.get("content-length", 0)))
-            hits.append(self.headers["webhook-id"])
-            self.send_response(204)
-            self.send_header("content-length", "0")
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/hook", hits
-    server.shutdown()
-    server.server_close()
+    """A receiver answering 204 to everything: its URL, and the webhook-id of each request."""
+    with Receiver(204) as receiver:
+        yield receiver.url, receiver.webhook_ids
 
 
 def test_a_tenant_at_its_concurrency_limit_waits_and_other_tenants_do_not(quiet, context, ok_receiver):
