@@ -5,8 +5,10 @@ expressions, below) and each matched intent answers from the analysis' own field
 every field it used in ``cited``. The same question about the same analysis always gets the
 same answer. Whatever the analysis did not measure (symptoms, history, change over time,
 other lesions) is said to be outside what it measured; no finding is ever invented, and the
-only course of action ever quoted is the analysis' PLAN, taken from shared.clinical (the rule
-its scribe note's PLAN is written by), never parsed out of the rendered note.
+only courses of action ever quoted are the analysis' disposition (``clinical.disposition_of``:
+clinician review, never routine or urgent, from weights that are not trained) and its PLAN,
+taken from shared.clinical (the rule its scribe note's PLAN is written by), never parsed out of
+the rendered note.
 
 Intent table (first column is the intent name stored with each answer):
 
@@ -15,7 +17,7 @@ status        any question about an analysis that has no findings (queued,
               processing, rejected, failed, canceled): says why there are none
 diagnosis     melanoma, cancer, malignant, benign, diagnosis, "what is it"
 probability   probability, likelihood, chance, confidence, certainty, sure
-risk          risk, risk band, urgent, worried, dangerous, serious
+risk          risk, risk band, worried, dangerous, serious
 abcd          "ABCD": all four concept scores at once
 asymmetry     asymmetry, symmetric, shape
 border        border, edge, margin, outline, irregular
@@ -25,8 +27,11 @@ coverage      coverage, segmentation, mask, area
 skin_tone     skin tone/type/colour, ITA, Fitzpatrick, bias, equity
 quality       quality, blur, sharp, focus
 model         model, weights, trained, checkpoint, version
-plan          treatment, what to do, next step, biopsy, refer, follow-up:
-              quotes the analysis' PLAN (shared.clinical) and nothing else
+disposition   what should happen next, next step, refer, a dermatologist or
+              specialist, urgent, follow-up, discharge, safety netting: the
+              disposition, its reasons and (routine) the safety netting
+plan          treatment, what to do, biopsy, excision, manage, recommend: quotes
+              the analysis' PLAN (shared.clinical, decided by the disposition)
 not_measured  symptoms (itch, bleeding, pain), evolution or growth, history,
               spread, prognosis, other lesions: said plainly to be unmeasured
 outside       nothing matched: the question is outside what was measured
@@ -125,11 +130,19 @@ def _probability(record: AnalysisRecord, result: AnalysisResult, parts: _Parts) 
     parts.say(
         f"Melanoma probability {_pct(result.probability)} ± {_pct(result.uncertainty)} "
         f"(mean ± standard deviation over {len(result.tta_probabilities)} test-time views of the photo); "
-        f"{clinical.uncertainty_level(result.uncertainty)} uncertainty.",
+        f"{_uncertainty_words(record, result)}.",
         "result.probability",
         "result.uncertainty",
         "result.tta_probabilities",
     )
+
+
+def _uncertainty_words(record: AnalysisRecord, result: AnalysisResult) -> str:
+    """The uncertainty level in words; from weights that are not trained no level (not even
+    "low") is given: it would read as reassurance about meaningless output."""
+    if not clinical.is_clinically_meaningful(clinical.weights_status(record.model)):
+        return "its uncertainty cannot be assessed from weights that are not trained"
+    return f"{clinical.uncertainty_level(result.uncertainty)} uncertainty"
 
 
 def _risk(record: AnalysisRecord, result: AnalysisResult, parts: _Parts) -> None:
@@ -219,6 +232,25 @@ def _model(record: AnalysisRecord, result: AnalysisResult, parts: _Parts) -> Non
     _weights_caveat(record, parts)
 
 
+def _disposition(record: AnalysisRecord, result: AnalysisResult, parts: _Parts) -> None:
+    _weights_caveat(record, parts)
+    decision = clinical.disposition_of(result, record.model)
+    parts.say(
+        f"What should happen next: {clinical.disposition_text(decision)} — the disposition "
+        f"'{decision.disposition}'.",
+        "result.disposition",
+    )
+    if not clinical.is_clinically_meaningful(clinical.weights_status(record.model)):
+        parts.say(clinical.NOT_ASSESSABLE, "model.weights")
+    sentences = clinical.reason_sentences(decision)
+    if sentences:
+        parts.say("Why: " + "; ".join(sentences) + ".", "result.disposition_reasons")
+    if result.disposition is None:
+        parts.say(clinical.DISPOSITION_NOT_RECORDED, "result.disposition")
+    if decision.safety_netting:
+        parts.say(f"Safety netting: {decision.safety_netting}", "result.safety_netting")
+
+
 def _plan(record: AnalysisRecord, result: AnalysisResult, parts: _Parts) -> None:
     plan = clinical.plan_for(result, record.model)
     parts.say(
@@ -254,7 +286,7 @@ INTENTS: tuple[Intent, ...] = (
         _rx("probab", "likel", "chance", "confiden", "certain", "uncertain", "sure", "percent", "odds"),
         _probability,
     ),
-    Intent("risk", _rx("risk", "band", "urgent", "worr", "dangerous", "serious", "concern"), _risk),
+    Intent("risk", _rx("risk", "band", "worr", "dangerous", "serious", "concern"), _risk),
     Intent("abcd", _rx(r"abcd?\b", "concepts?", "features?", "findings?"), _abcd),
     Intent("asymmetry", _rx("asymmetr", "symmetr", "shape"), _concept("asymmetry")),
     Intent(
@@ -281,9 +313,16 @@ INTENTS: tuple[Intent, ...] = (
     Intent("quality", _rx("quality", "blur", "sharp", "focus", "clear"), _quality),
     Intent("model", _rx("model", "weights", "untrained", "trained", "checkpoint", "version"), _model),
     Intent(
+        "disposition",
+        _rx(r"what (?:should|will|must|needs? to) (?:happen|be done)", "next", "refer", "dermatolog", "specialist",
+            "urgent", "disposition", "follow.?up", "discharge", "safety.?net", r"see (?:a|the) (?:doctor|clinician|gp)",
+            "triage", "routine", "review"),
+        _disposition,
+    ),
+    Intent(
         "plan",
         _rx("treat", "cure", "remov", "excis", "surgery", "biops", "medic", "cream", "drug", "therap",
-            r"what (?:should|do|can) (?:i|we)", "next step", "refer", "follow.?up", "manage", "plan", "recommend"),
+            r"what (?:should|do|can) (?:i|we)", "manage", "plan", "recommend"),
         _plan,
     ),
     Intent(

@@ -5,13 +5,16 @@ here, so no two surfaces can disagree.
 
 - ``rules``: the numbers (threshold, bands, uncertainty, review and bias rules, skin groups,
   concept grades, the 6 mm rule, image-quality gates, weights statuses);
-- ``wording``: the sentences (PLAN and referral advice, retake advice, banners, the bias
+- ``wording``: the sentences (the PLAN of each disposition, retake advice, banners, the bias
   warning, concept labels, disclaimers);
 - ``vocabulary``: sex, site and age, with every alias accepted.
 
 Pure Python (no torch, numpy, FastAPI or database): importable by every process. Import the
 package (``from shared import clinical``); its modules' names are re-exported here.
 docs/CLINICAL_RULES.md lists each rule with its value and where it lives (a test keeps it true).
+
+The disposition rules (``disposition``) are not re-exported name by name (their
+``review_reasons`` is not ``rules.review_reasons``): ``from shared.clinical import disposition``.
 """
 
 from shared.clinical.rules import (
@@ -87,21 +90,27 @@ from shared.clinical.wording import (
     DEFAULT_RETAKE_ADVICE,
     DIAMETER_ADVICE,
     DISCLAIMER,
+    DISPOSITION_NOT_RECORDED,
+    DISPOSITION_PLAN,
     FAILED_ADVICE,
     HIGH_UNCERTAINTY_ADVICE,
+    MODEL_OUTPUT_REASONS,
     MODERATE_UNCERTAINTY_ADVICE,
+    NOT_ASSESSABLE,
     NOT_MEANINGFUL_BECAUSE,
     PLAN_FIELDS,
-    REFERRAL,
     REJECTION_REASONS,
     RETAKE_ADVICE,
     UNTRAINED_BANNER,
     UNTRAINED_WATERMARK,
     WEIGHTS_HEADLINES,
+    disposition_of,
+    disposition_text,
     do_not_act,
     plan,
     plan_for,
     ranking_warning,
+    reason_sentences,
     rejection_reason,
     retake_advice,
     weights_banner,
@@ -127,6 +136,8 @@ __all__ = [
     "DIAGNOSES",
     "DIAMETER_ADVICE",
     "DIAMETER_THRESHOLD_MM",
+    "DISPOSITION_NOT_RECORDED",
+    "DISPOSITION_PLAN",
     "DISCLAIMER",
     "FAILED_ADVICE",
     "HIGH_RISK_THRESHOLD",
@@ -136,11 +147,12 @@ __all__ = [
     "MELANOMA_THRESHOLD",
     "MIN_COVERAGE",
     "MISSING",
+    "MODEL_OUTPUT_REASONS",
     "MODERATE_UNCERTAINTY",
     "MODERATE_UNCERTAINTY_ADVICE",
+    "NOT_ASSESSABLE",
     "NOT_MEANINGFUL_BECAUSE",
     "PLAN_FIELDS",
-    "REFERRAL",
     "REJECTION_REASONS",
     "RETAKE_ADVICE",
     "REVIEW_BIAS_WARNING",
@@ -171,6 +183,8 @@ __all__ = [
     "bias_warning",
     "concept_grade",
     "diagnosis",
+    "disposition_of",
+    "disposition_text",
     "do_not_act",
     "group_bias_warning",
     "high_risk_threshold",
@@ -183,6 +197,7 @@ __all__ = [
     "plan",
     "plan_for",
     "ranking_warning",
+    "reason_sentences",
     "rejection_reason",
     "retake_advice",
     "review_reasons",

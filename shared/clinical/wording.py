@@ -1,4 +1,4 @@
-"""The clinical sentences: PLAN and referral advice, retake advice, the weights banners, the
+"""The clinical sentences: the PLAN of each disposition, retake advice, the weights banners, the
 bias warning, concept labels and disclaimers. The scribe note, the PDF, the FHIR bundle, the
 grounded answers, triage and the API quote them from here, so no two surfaces can word the
 same advice differently; the numbers they are about are in ``rules``.
@@ -9,6 +9,23 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from shared.clinical.disposition import (
+    CLINICIAN_REVIEW,
+    DISPOSITION_TEXT,
+    REASON_ABOVE_RULE_OUT,
+    REASON_BELOW_RULE_OUT,
+    REASON_HIGH_PROBABILITY,
+    REASON_HIGH_UNCERTAINTY,
+    REASON_NEAR_THRESHOLD,
+    REASON_TEXT,
+    REASON_WEIGHTS_NOT_TRAINED,
+    ROUTINE,
+    SAFETY_NETTING,
+    URGENT_REFERRAL,
+    Disposition,
+    DispositionDecision,
+    urgent_threshold,
+)
 from shared.clinical.rules import (
     DIAMETER_THRESHOLD_MM,
     SYNTHETIC,
@@ -16,6 +33,7 @@ from shared.clinical.rules import (
     UNTRAINED,
     above_diameter_threshold,
     is_clinically_meaningful,
+    threshold_of,
     uncertainty_level,
     weights_counts,
     weights_status,
@@ -69,20 +87,34 @@ def retake_advice(code: str | None) -> str:
     return RETAKE_ADVICE.get(code or "", DEFAULT_RETAKE_ADVICE)
 
 
-# ---------------------------------------------------------------- PLAN: referral and follow-up
+# ---------------------------------------------------------------- PLAN: the disposition in words
 
-# The referral line of a PLAN, by risk band.
-REFERRAL = {
-    "high": (
+# The PLAN's first line from trained weights, by disposition (shared.clinical.disposition decides it).
+DISPOSITION_PLAN = {
+    URGENT_REFERRAL: (
         "Refer urgently to dermatology (suspected-melanoma pathway) for dermoscopic "
         "examination and consideration of excision biopsy."
     ),
-    "medium": "Refer for routine dermatology review; if not excised, re-image in 3 months and compare for change.",
-    "low": (
-        "No AI-flagged concern. Advise skin self-examination and re-image if the lesion "
-        "changes in size, shape or color, bleeds or itches."
+    CLINICIAN_REVIEW: (
+        "Clinician review: a clinician examines the lesion, with dermoscopy, and decides whether to "
+        "refer or discharge; this result alone cannot rule melanoma out."
     ),
+    ROUTINE: "Routine care: no referral or review rule applies. Give the patient the safety-netting advice.",
 }
+# The PLAN line, the disposition's explanation and the PDF's box from weights that are not trained:
+# the one disposition they ever get, and why.
+NOT_ASSESSABLE = (
+    "Clinician review because the model's weights are not trained: the findings cannot be assessed. A "
+    "clinician examines the lesion and decides on clinical grounds."
+)
+# Said of a result stored before dispositions existed (its disposition is derived, never routine).
+DISPOSITION_NOT_RECORDED = (
+    "No disposition was recorded with this result (it predates dispositions): without its review reasons "
+    "it cannot be ruled out."
+)
+# Reasons read off the model's own output: from weights that are not trained they mean as little
+# as the output, so no surface gives them as reasons (weights_not_trained says it all).
+MODEL_OUTPUT_REASONS = (REASON_HIGH_UNCERTAINTY, REASON_NEAR_THRESHOLD, REASON_ABOVE_RULE_OUT)
 HIGH_UNCERTAINTY_ADVICE = (
     "Model views disagree (high uncertainty): specialist review is required whatever "
     "the risk band; this result cannot rule melanoma out."
@@ -94,6 +126,8 @@ BIAS_ADVICE = (
 DIAMETER_ADVICE = f"Diameter above {DIAMETER_THRESHOLD_MM:.0f} mm despite a low score: clinical review advised."
 # The record fields a PLAN is decided by, as a grounded answer cites them.
 PLAN_FIELDS = (
+    "result.disposition",
+    "result.safety_netting",
     "result.risk_band",
     "result.uncertainty",
     "result.equity.bias_warning",
@@ -103,35 +137,80 @@ PLAN_FIELDS = (
 
 
 def plan(
-    *, risk_band: str, uncertainty: float, bias_warning: bool, diameter_mm: float | None, weights: str | None
+    *,
+    disposition: Disposition,
+    risk_band: str,
+    uncertainty: float,
+    bias_warning: bool,
+    diameter_mm: float | None,
+    weights: str | None,
+    safety_netting: str | None = None,
 ) -> list[str]:
-    """The PLAN lines for a result, in a fixed order: weights not trained, risk band,
-    uncertainty, skin tone, diameter. ``weights`` None (not recorded) counts as unknown."""
-    lines: list[str] = []
+    """The PLAN lines of a disposition. Weights that are not trained (``None``, not recorded,
+    counts as unknown): ``do_not_act`` and ``NOT_ASSESSABLE``, nothing read off the output.
+    Trained: the ``DISPOSITION_PLAN`` line; for ``routine`` the safety netting and nothing else;
+    otherwise the advice that applies, in this order: high uncertainty, moderate uncertainty
+    (clinician review, low band), skin tone, diameter (clinician review, low band)."""
     caution = do_not_act(weights)
     if caution:
-        lines.append(caution)
-    lines.append(REFERRAL.get(risk_band, REFERRAL["low"]))
+        return [caution, NOT_ASSESSABLE]
+    lines = [DISPOSITION_PLAN[disposition]]
+    if disposition == ROUTINE:
+        return lines + [safety_netting or SAFETY_NETTING]
+    review = disposition == CLINICIAN_REVIEW
     level = uncertainty_level(uncertainty)
     if level == "high":
         lines.append(HIGH_UNCERTAINTY_ADVICE)
-    elif level == "moderate" and risk_band == "low":
+    elif level == "moderate" and review and risk_band == "low":
         lines.append(MODERATE_UNCERTAINTY_ADVICE)
     if bias_warning:
         lines.append(BIAS_ADVICE)
-    if diameter_mm is not None and above_diameter_threshold(diameter_mm) and risk_band == "low":
+    if review and diameter_mm is not None and above_diameter_threshold(diameter_mm) and risk_band == "low":
         lines.append(DIAMETER_ADVICE)
     return lines
 
 
+def disposition_of(result: AnalysisResult, model: ModelInfo | None) -> DispositionDecision:
+    """The disposition every surface shows for a result: the recorded one, except that weights
+    that are not trained always give ``clinician_review`` with ``weights_not_trained`` first and
+    without ``MODEL_OUTPUT_REASONS``; a result stored before dispositions existed gets
+    ``urgent_referral`` when trained and above the high-risk operating point, else
+    ``clinician_review`` (never ``routine``: its review reasons were not recorded)."""
+    weights = weights_status(model)
+    if not is_clinically_meaningful(weights):
+        dropped = {REASON_WEIGHTS_NOT_TRAINED, REASON_HIGH_PROBABILITY, REASON_BELOW_RULE_OUT, *MODEL_OUTPUT_REASONS}
+        kept = [code for code in result.disposition_reasons if code not in dropped]
+        return DispositionDecision(CLINICIAN_REVIEW, [REASON_WEIGHTS_NOT_TRAINED, *kept])
+    if result.disposition is None:
+        if result.probability > urgent_threshold(threshold_of(model)):
+            return DispositionDecision(URGENT_REFERRAL, [REASON_HIGH_PROBABILITY])
+        return DispositionDecision(CLINICIAN_REVIEW, [])
+    safety_netting = (result.safety_netting or SAFETY_NETTING) if result.disposition == ROUTINE else None
+    return DispositionDecision(result.disposition, list(result.disposition_reasons), safety_netting)
+
+
+def disposition_text(decision: DispositionDecision) -> str:
+    """The disposition in words, e.g. "Urgent referral"."""
+    return DISPOSITION_TEXT[decision.disposition]
+
+
+def reason_sentences(decision: DispositionDecision) -> list[str]:
+    """Each reason's sentence (``REASON_TEXT``), in the decision's order."""
+    return [REASON_TEXT.get(code, code) for code in decision.reasons]
+
+
 def plan_for(result: AnalysisResult, model: ModelInfo | None) -> list[str]:
-    """The PLAN of an analysis' result: what its scribe note says and a grounded answer quotes."""
+    """The PLAN of an analysis' result, from its disposition (``disposition_of``): what its
+    scribe note says, FHIR recommends, the PDF prints and a grounded answer quotes."""
+    decision = disposition_of(result, model)
     return plan(
+        disposition=decision.disposition,
         risk_band=result.risk_band,
         uncertainty=result.uncertainty,
         bias_warning=result.equity.bias_warning,
         diameter_mm=result.concepts.diameter_mm,
         weights=weights_status(model),
+        safety_netting=decision.safety_netting,
     )
 
 

@@ -242,3 +242,73 @@ def test_triage_rows_take_the_rules_from_the_one_home():
     assert body.weights == {"untrained": 1, "synthetic": 1, "trained": 1}
     assert body.weights_warning.startswith("UNTRAINED MODEL — ranking by probability is not meaningful")
     assert {g.skin_group: g.bias_warning for g in body.equity} == {"tan": False, "dark": True}
+
+
+# ---------------------------------------------------------------- the PLAN of a disposition (issue 21)
+
+
+def test_any_import_order_of_the_disposition_rules_works():
+    # wording imports the disposition module, which imports the package: no order may break it.
+    modules = ("shared.clinical.disposition", "shared.clinical.wording", "shared.schemas.analyses", "shared.clinical")
+    for first in modules:
+        code = f"import {first}; from shared.clinical import disposition, plan_for; print(disposition.ROUTINE)"
+        done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+        assert done.returncode == 0 and done.stdout.strip() == "routine", done.stderr
+
+
+def test_the_review_lists_name_known_sites_and_groups():
+    assert clinical.disposition.WEAKLY_EVIDENCED_SITES.issubset(clinical.SITES)
+    assert clinical.disposition.REVIEW_SKIN_GROUPS.issubset(clinical.SKIN_GROUPS)
+    assert set(clinical.MODEL_OUTPUT_REASONS) <= set(clinical.disposition.REVIEW_REASON_CODES)
+
+
+def _plan(disposition: str, weights: str | None = "trained", **changes) -> list[str]:
+    values = {"risk_band": "low", "uncertainty": 0.01, "bias_warning": False, "diameter_mm": None}
+    return clinical.plan(disposition=disposition, weights=weights, **{**values, **changes})
+
+
+def test_the_plan_is_a_function_of_the_disposition():
+    assert _plan("urgent_referral", risk_band="high") == [clinical.DISPOSITION_PLAN["urgent_referral"]]
+    assert _plan("clinician_review") == [clinical.DISPOSITION_PLAN["clinician_review"]]
+    assert _plan("routine") == [clinical.DISPOSITION_PLAN["routine"], clinical.disposition.SAFETY_NETTING]
+    assert _plan("routine", safety_netting="Come back in 6 weeks.")[1] == "Come back in 6 weeks."
+    # Advice that would contradict a routine disposition never joins it.
+    assert _plan("routine", diameter_mm=7.0, uncertainty=0.1) == _plan("routine")
+    review = _plan("clinician_review", diameter_mm=7.0, uncertainty=0.1, bias_warning=True)
+    assert review[1:] == [clinical.MODERATE_UNCERTAINTY_ADVICE, clinical.BIAS_ADVICE, clinical.DIAMETER_ADVICE]
+
+
+@pytest.mark.parametrize("weights", ["untrained", "synthetic", None, "something-new"])
+@pytest.mark.parametrize("disposition", ["urgent_referral", "clinician_review", "routine"])
+def test_weights_not_trained_plan_only_clinical_review(weights, disposition):
+    plan = _plan(disposition, weights, risk_band="high", uncertainty=0.3, bias_warning=True, diameter_mm=9.0)
+    assert plan == [clinical.do_not_act(weights), clinical.NOT_ASSESSABLE]
+    assert not any(word in " ".join(plan).lower() for word in ("routine", "urgent", "no concern"))
+
+
+def test_disposition_of_never_trusts_untrained_output():
+    # Even a stored result that claims an urgent referral from untrained weights is shown as review.
+    claimed = result(disposition="urgent_referral", disposition_reasons=["high_probability", "near_threshold",
+                                                                         "missing_metadata"])
+    decision = clinical.disposition_of(claimed, model(weights="untrained"))
+    assert decision.disposition == "clinician_review"
+    assert decision.reasons == ["weights_not_trained", "missing_metadata"]
+    assert decision.safety_netting is None
+
+
+def test_disposition_of_a_result_stored_before_dispositions():
+    assert result().disposition is None  # tests.factories.result() records none
+    high = clinical.disposition_of(result(), model())
+    assert (high.disposition, high.reasons) == ("urgent_referral", ["high_probability"])
+    low = clinical.disposition_of(result(probability=0.01), model())
+    assert (low.disposition, low.reasons) == ("clinician_review", [])
+    tuned = clinical.disposition_of(result(probability=0.85), model(threshold=0.9))
+    assert tuned.disposition == "clinician_review"  # below the model's own high-risk point
+
+
+def test_a_recorded_routine_always_carries_safety_netting():
+    stored = result(probability=0.02, disposition="routine", disposition_reasons=["below_rule_out"])
+    decision = clinical.disposition_of(stored, model())
+    assert decision.safety_netting == clinical.disposition.SAFETY_NETTING
+    assert clinical.disposition_text(decision) == "Routine (safety-netting advice)"
+    assert clinical.reason_sentences(decision) == [clinical.disposition.REASON_TEXT["below_rule_out"]]

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from shared import clinical
+from shared.clinical import disposition
 from shared.questions import INTENT_NAMES, answer_question, normalise_question
-from tests.factories import record
+from tests.factories import high_risk_trained, low_risk_untrained, record
 from worker.reporting.scribe import build_scribe_note
 
 RESULT = {
@@ -106,7 +107,8 @@ def test_treatment_question_quotes_only_the_plan():
     assert "no treatment advice of its own" in answer.text
     assert RECORD.result is not None
     plan = clinical.plan_for(RECORD.result, RECORD.model)
-    assert plan[0].startswith("Do not act on this output") and clinical.BIAS_ADVICE in plan
+    # Untrained: the PLAN says do not act and clinician review, and nothing read off the output.
+    assert plan == [clinical.do_not_act("untrained"), clinical.NOT_ASSESSABLE]
     for line in plan:
         assert line in answer.text
     assert answer.cited == list(clinical.PLAN_FIELDS)
@@ -121,6 +123,63 @@ def test_the_plan_quoted_is_the_scribe_notes_plan_without_reading_the_note():
     assert answer.text == answer_question("What should we do next?", TRAINED).text
     unrelated = TRAINED.model_copy(update={"result": TRAINED.result.model_copy(update={"scribe_note": "PLAN\n- x"})})
     assert answer_question("What should we do next?", unrelated).text == answer.text
+
+
+ROUTINE = record(result={"probability": 0.03, "uncertainty": 0.01, "diagnosis": "benign", "risk_band": "low"})
+NEXT_QUESTIONS = [
+    "What should happen next?",
+    "Should I refer?",
+    "What's the next step?",
+    "Does this need a dermatologist?",
+    "Is it urgent?",
+]
+
+
+@pytest.mark.parametrize("question", NEXT_QUESTIONS)
+def test_what_should_happen_next_is_answered_from_the_disposition(question):
+    urgent = answer_question(question, high_risk_trained())
+    assert "disposition" in urgent.intents
+    assert "What should happen next: Urgent referral" in urgent.text
+    assert f"Why: {disposition.REASON_TEXT['high_probability']}." in urgent.text
+    assert urgent.cited[:2] == ["result.disposition", "result.disposition_reasons"]
+
+    routine = answer_question(question, ROUTINE)
+    assert "What should happen next: Routine (safety-netting advice)" in routine.text
+    assert f"Safety netting: {disposition.SAFETY_NETTING}" in routine.text
+    assert "result.safety_netting" in routine.cited
+
+    untrained = answer_question(question, low_risk_untrained())
+    assert untrained.text.startswith("UNTRAINED MODEL")
+    assert "What should happen next: Clinician review" in untrained.text
+    assert clinical.NOT_ASSESSABLE in untrained.text
+    assert {"model.weights", "result.disposition", "result.disposition_reasons"} <= set(untrained.cited)
+    for phrase in ("routine", "urgent", "no concern", "low uncertainty"):
+        assert phrase not in untrained.text.lower(), phrase
+
+
+def test_a_review_answer_gives_every_reason():
+    answer = answer_question("Should this be referred?", TRAINED)
+    assert answer.intents == ["disposition"]
+    assert TRAINED.result is not None and TRAINED.result.disposition == "clinician_review"
+    for code in TRAINED.result.disposition_reasons:
+        assert disposition.REASON_TEXT[code] in answer.text
+
+
+def test_untrained_answers_give_no_uncertainty_level():
+    for question in ("How certain is it?", "What is the probability?", "what should happen next"):
+        text = answer_question(question, low_risk_untrained()).text.lower()
+        assert "low uncertainty" not in text and "no concern" not in text
+    assert "low uncertainty" in answer_question("How certain is it?", ROUTINE).text
+
+
+def test_treatment_question_quotes_the_dispositions_plan():
+    answer = answer_question("Which cream should I prescribe?", ROUTINE)
+    assert answer.intents == ["plan"]
+    assert "no treatment advice of its own" in answer.text
+    assert clinical.DISPOSITION_PLAN["routine"] in answer.text and disposition.SAFETY_NETTING in answer.text
+    urgent = answer_question("Should we do a biopsy?", high_risk_trained())
+    assert clinical.DISPOSITION_PLAN["urgent_referral"] in urgent.text
+    assert "result.disposition" in urgent.cited
 
 
 def test_unmeasured_topic_is_said_plainly():

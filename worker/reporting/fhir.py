@@ -6,15 +6,24 @@ Code systems:
   `dermoscopic-lesion-analysis` in LOCAL_CODES, which carries the exact meaning.
 - Observation codes: local codes in LOCAL_CODES (no standard codes exist for ITA, TTA
   uncertainty or the ABCD concept scores); category `imaging` from observation-category.
+- The disposition (issue 21) is its own coded Observation, `disposition` in LOCAL_CODES: the
+  value codes it in DISPOSITION_CODES (`urgent_referral`, `clinician_review`, `routine`, the
+  API's values), each reason is a component coded in DISPOSITION_REASON_CODES (the API's
+  `disposition_reasons`), and a routine one's safety netting is its note. An Observation rather
+  than `conclusionCode`: a CodeableConcept has no room for the reasons, and an Observation is
+  what an EHR's worklist can query; the conclusion text says the same in words.
 - conclusionCode: SNOMED CT 372244006 "Malignant melanoma (disorder)" when the model says
-  melanoma, always alongside a local code for the AI screening result; benign has no
-  matching SNOMED concept ("not melanoma" is not a nevus diagnosis), so local code only.
+  melanoma and its weights are trained (never from weights that are not), always alongside a
+  local code for the AI screening result; benign has no matching SNOMED concept ("not
+  melanoma" is not a nevus diagnosis), so local code only.
 - Units: UCUM — "1" for unitless scores and probabilities, "mm", "{pixel}", "deg" for ITA.
 - AI label: meta.security v3-ObservationValue#AIAST on the report, every Observation and the
   overlay Media (the only AI-produced resources; the source image and Devices are not).
 
-Statuses: succeeded → DiagnosticReport "final". Rejected → "final" with a conclusion that says
-why the image was refused and what to do, and no Observations: the analysis did finish and
+Statuses: succeeded → DiagnosticReport "final", but "preliminary" (never "final") whenever the
+weights are not `trained`, rejected analyses included, and so are its Observations: output of
+such weights is never a finished result. Rejected (otherwise) → "final" with a conclusion that
+says why the image was refused and what to do, and no Observations: the analysis did finish and
 its answer ("no assessment possible from this image") is definitive, which is what "final"
 means; "cancelled" and "entered-in-error" would claim it was aborted or recorded by mistake.
 Failed (system error) → "cancelled": the analysis was started and not completed.
@@ -36,6 +45,8 @@ from worker.reporting import wording
 
 FHIR_BASE = "https://dermasentinel.org/fhir"
 LOCAL_CODES = f"{FHIR_BASE}/CodeSystem/lesion-analysis"
+DISPOSITION_CODES = f"{FHIR_BASE}/CodeSystem/disposition"
+DISPOSITION_REASON_CODES = f"{FHIR_BASE}/CodeSystem/disposition-reason"
 EXTERNAL_ID_SYSTEM = f"{FHIR_BASE}/NamingSystem/external-id"
 ANALYSIS_ID_SYSTEM = f"{FHIR_BASE}/NamingSystem/analysis-id"
 MODEL_SHA256_SYSTEM = f"{FHIR_BASE}/NamingSystem/model-sha256"
@@ -79,6 +90,8 @@ class _BundleBuilder:
         self.record = record
         self.links = links
         self.untrained = wording.is_untrained(record)
+        # Output of weights that are not trained is never final (FHIR: "preliminary").
+        self.status = "preliminary" if self.untrained else "final"
         self.weights = wording.weights(record) or clinical.UNKNOWN_WEIGHTS
         self.entries: list[dict[str, Any]] = []
         self.subject = _subject(record.external_id)
@@ -184,7 +197,8 @@ class _BundleBuilder:
         self, result: AnalysisResult, image_ref: str, segmenter_ref: str, classifier_ref: str | None
     ) -> list[str]:
         concepts, equity, band = result.concepts, result.equity, result.risk_band
-        refs = []
+        # The disposition leads the report's results: it is what a clinic acts on.
+        refs = [self.add("observation/disposition", self.disposition(result, image_ref, classifier_ref))]
 
         probability = self.observation(
             "malignancy-probability", "Melanoma malignancy probability (model)", image_ref, classifier_ref,
@@ -243,6 +257,37 @@ class _BundleBuilder:
         refs.append(self.add("observation/skin-group", skin))
         return refs
 
+    def disposition(self, result: AnalysisResult, image_ref: str, classifier_ref: str | None) -> dict[str, Any]:
+        """What should happen next, coded, with every reason as a component."""
+        decision = clinical.disposition_of(result, self.record.model)
+        text = clinical.disposition_text(decision)
+        components = [
+            {
+                "code": {"coding": [_local("disposition-reason", "Disposition reason")], "text": "Reason"},
+                "valueCodeableConcept": {
+                    "coding": [{"system": DISPOSITION_REASON_CODES, "code": code, "display": sentence}],
+                    "text": sentence,
+                },
+            }
+            for code, sentence in zip(decision.reasons, clinical.reason_sentences(decision), strict=True)
+        ]
+        observation = self.observation(
+            "disposition", "Disposition: what should happen next", image_ref, classifier_ref,
+            valueCodeableConcept={
+                "coding": [{"system": DISPOSITION_CODES, "code": decision.disposition, "display": text}],
+                "text": text,
+            },
+            component=components or None,
+        )
+        notes = [{"text": clinical.NOT_ASSESSABLE}] if self.untrained else []
+        if result.disposition is None:
+            notes.append({"text": clinical.DISPOSITION_NOT_RECORDED})
+        if decision.safety_netting:
+            notes.append({"text": f"Safety netting: {decision.safety_netting}"})
+        if notes or "note" in observation:
+            observation["note"] = observation.get("note", []) + notes
+        return observation
+
     def diameter(self, concepts: Concepts, image_ref: str, segmenter_ref: str) -> dict[str, Any]:
         px = {"value": _dec(concepts.diameter_px), "unit": "pixel", "system": UCUM, "code": "{pixel}"}
         if concepts.diameter_mm is None:
@@ -262,7 +307,7 @@ class _BundleBuilder:
             "resourceType": "Observation",
             "meta": self.ai_meta(),
             "extension": self.weights_extension(),
-            "status": "final",
+            "status": self.status,
             "category": [{"coding": [{"system": OBSERVATION_CATEGORY, "code": "imaging", "display": "Imaging"}]}],
             "code": {"coding": [{"system": LOCAL_CODES, "code": code, "display": display}], "text": display},
             "effectiveDateTime": self.created,
@@ -286,7 +331,7 @@ class _BundleBuilder:
             "meta": self.ai_meta(),
             "extension": self.weights_extension(),
             "identifier": [{"system": ANALYSIS_ID_SYSTEM, "value": str(self.record.id)}],
-            "status": "cancelled" if self.record.status == "failed" else "final",
+            "status": "cancelled" if self.record.status == "failed" else self.status,
             "category": [{"text": "Dermatology imaging (AI screening)"}],
             "code": {
                 "coding": [
@@ -323,18 +368,27 @@ class _BundleBuilder:
         if record.status == "succeeded" and record.result is not None:
             result = record.result
             band, diagnosis = result.risk_band, result.diagnosis
+            decision = clinical.disposition_of(result, record.model)
+            why = "; ".join(clinical.reason_sentences(decision))
+            disposition = f"Disposition: {clinical.disposition_text(decision)}" + (f", because {why}." if why else ".")
+            if result.disposition is None:
+                disposition += f" {clinical.DISPOSITION_NOT_RECORDED}"
+            # Nothing read off untrained output may sound like an answer: it is said to be meaningless.
+            screening_text = "Model output (not clinically meaningful)" if self.untrained else "AI screening"
             text = (
-                f"{prefix}AI screening: {diagnosis}, malignancy probability "
+                f"{prefix}{disposition} {screening_text}: {diagnosis}, malignancy probability "
                 f"{wording.fmt_prob(result.probability)} ± {wording.fmt_prob(result.uncertainty)}, "
                 f"risk band {band}. Recommended: {' '.join(clinical.plan_for(result, record.model))}"
             )
             screening = _local(f"screen-{diagnosis}-{band}", f"AI screening {diagnosis}, {band} risk")
             codes: list[dict[str, Any]] = [{"coding": [screening]}]
-            if diagnosis == "melanoma":
+            if diagnosis == "melanoma" and not self.untrained:
+                # No SNOMED melanoma code from weights that are not trained: an EHR would file it as one.
                 codes[0]["coding"].append(
                     {"system": SNOMED, "code": "372244006", "display": "Malignant melanoma (disorder)"}
                 )
-            codes[0]["text"] = f"AI screening result: {diagnosis} ({band} risk) — not a diagnosis"
+            meaning = " from weights that are not trained: not clinically meaningful" if self.untrained else ""
+            codes[0]["text"] = f"AI screening result: {diagnosis} ({band} risk) — not a diagnosis{meaning}"
             return text, codes
         if record.status == "rejected":
             rejection = record.rejection

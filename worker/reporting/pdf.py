@@ -31,6 +31,7 @@ from reportlab.platypus import (
 )
 
 from shared import clinical
+from shared.clinical import disposition
 from shared.schemas.analyses import AnalysisRecord, AnalysisResult, Equity
 from worker.reporting import wording
 from worker.reporting.scribe import build_scribe_note
@@ -57,6 +58,12 @@ RULE = colors.HexColor("#d0d4d9")
 PANEL = colors.HexColor("#f3f5f7")
 WARN_FILL = colors.HexColor("#fff4e0")
 WARN_EDGE = colors.HexColor("#ef8f00")
+# The disposition box: (edge, fill) by disposition; from weights that are not trained it is grey.
+DISPOSITION_COLOURS = {
+    disposition.URGENT_REFERRAL: (BAND_COLOURS["high"], colors.HexColor(ZONE_COLOURS["high"])),
+    disposition.CLINICIAN_REVIEW: (WARN_EDGE, WARN_FILL),
+    disposition.ROUTINE: (BAND_COLOURS["low"], colors.HexColor(ZONE_COLOURS["low"])),
+}
 
 _base = getSampleStyleSheet()
 STYLES = {
@@ -98,6 +105,9 @@ STYLES = {
     ),
     "caption": ParagraphStyle(
         "caption", parent=_base["Normal"], fontSize=7.5, leading=9, textColor=MUTED, alignment=TA_CENTER
+    ),
+    "disposition": ParagraphStyle(
+        "disposition", parent=_base["Normal"], fontName="Helvetica-Bold", fontSize=13, leading=16, textColor=INK
     ),
 }
 
@@ -239,7 +249,8 @@ def _succeeded_body(
         f" — malignancy probability {wording.fmt_prob(prob)} ± {wording.fmt_prob(unc)}"
         f" (model output: {escape(result.diagnosis)})"
     )
-    story: list = [Spacer(1, 6), Paragraph(headline, STYLES["headline"]), Spacer(1, 3)]
+    story: list = [Spacer(1, 6), _disposition_box(record, result), Spacer(1, 6)]
+    story += [Paragraph(headline, STYLES["headline"]), Spacer(1, 3)]
     if banner:
         weights = wording.weights(record) or clinical.UNKNOWN_WEIGHTS
         story.append(Paragraph(f"<b>Model weights: {escape(weights)}.</b> {escape(banner)}.", STYLES["body"]))
@@ -250,7 +261,7 @@ def _succeeded_body(
     story.append(
         Paragraph(
             f"Bar: probability with ± 1 SD whisker over {len(result.tta_probabilities)} "
-            f"test-time views; uncertainty {clinical.uncertainty_level(unc)}. Zones: low {ranges['low']}, "
+            f"test-time views; uncertainty {_uncertainty_words(record, unc)}. Zones: low {ranges['low']}, "
             f"medium {ranges['medium']}, high {ranges['high']}; "
             f"{escape(wording.operating_point_text(record.model))}.",
             STYLES["small"],
@@ -279,6 +290,41 @@ def _succeeded_body(
 
     story += _scribe_section(result.scribe_note or build_scribe_note(record))
     return story
+
+
+def _uncertainty_words(record: AnalysisRecord, uncertainty: float) -> str:
+    """The uncertainty level, never "low" (or any level) from weights that are not trained."""
+    if wording.is_untrained(record):
+        return "not assessable (weights not trained)"
+    return clinical.uncertainty_level(uncertainty)
+
+
+def _disposition_box(record: AnalysisRecord, result: AnalysisResult) -> Table:
+    """What should happen next, first after the header: the disposition, why, and for routine
+    the safety netting; grey, saying the findings cannot be assessed, from weights not trained."""
+    headline, lines = wording.disposition_lines(record, result)
+    untrained = wording.is_untrained(record)
+    rows: list[list[Flowable]] = [[Paragraph(f"Disposition: {escape(headline)}", STYLES["disposition"])]]
+    if untrained:
+        rows.append([Paragraph(f"<b>{escape(clinical.NOT_ASSESSABLE)}</b>", STYLES["body"])])
+    rows += [[Paragraph(escape(line), STYLES["body"])] for line in lines]
+    decision = clinical.disposition_of(result, record.model)
+    edge, fill = (NEUTRAL, PANEL) if untrained else DISPOSITION_COLOURS[decision.disposition]
+    table = Table(rows, colWidths=[CONTENT_WIDTH])
+    table.setStyle(
+        TableStyle(
+            [
+                ("BACKGROUND", (0, 0), (-1, -1), fill),
+                ("BOX", (0, 0), (-1, -1), 1.5, edge),
+                ("LEFTPADDING", (0, 0), (-1, -1), 6),
+                ("TOPPADDING", (0, 0), (-1, -1), 2),
+                ("BOTTOMPADDING", (0, 0), (-1, -1), 2),
+                ("TOPPADDING", (0, 0), (-1, 0), 5),
+                ("BOTTOMPADDING", (0, -1), (-1, -1), 6),
+            ]
+        )
+    )
+    return table
 
 
 def _rejected_body(record: AnalysisRecord, image: bytes | None) -> list:
@@ -340,6 +386,13 @@ def _provenance(record: AnalysisRecord) -> list:
         )
     )
     story: list = [Paragraph("Model provenance", STYLES["h2"]), table]
+    story.append(
+        Paragraph(
+            f"Operating points: {escape(wording.operating_point_text(model))}; "
+            f"{escape(wording.thresholds_text(model))}.",
+            STYLES["small"],
+        )
+    )
     if model is not None and model.training_data:
         story.append(Paragraph(f"Training data (model card): {escape(model.training_data)}", STYLES["small"]))
     return [KeepTogether(story)]
@@ -354,16 +407,24 @@ def _model_row(role: str, name: str, version: str, sha: str) -> list:
     ]
 
 
+NOTE_SECTIONS = ("FINDINGS", "ASSESSMENT", "DISPOSITION", "PLAN")
+
+
 def _scribe_section(note: str) -> list:
     story: list = [Paragraph("AI Scribe note", STYLES["h2"])]
     lines = note.splitlines()
     # The banner, ids and inputs above the first section are already in the report header.
     body = lines[lines.index("FINDINGS") :] if "FINDINGS" in lines else lines
+    section = None
     for line in body:
+        if line in NOTE_SECTIONS:
+            section = line
+        if section == "DISPOSITION":
+            continue  # the disposition box at the top says it
         if not line.strip() or line.startswith(("Provenance:", "Disclaimer:")):
             # Provenance and disclaimer have their own table and footer on every page.
             continue
-        if line in ("FINDINGS", "ASSESSMENT", "PLAN"):
+        if line in NOTE_SECTIONS:
             story.append(Paragraph(line, STYLES["notehead"]))
         elif line.startswith("- "):
             story.append(Paragraph("• " + escape(line[2:]), STYLES["note"]))

@@ -52,19 +52,34 @@ def _succeeded_sections(record: AnalysisRecord, result: AnalysisResult) -> list[
     )
 
     prob, unc, band = result.probability, result.uncertainty, result.risk_band
+    untrained = wording.is_untrained(record)
     assessment = ["", "ASSESSMENT"]
+    if untrained:
+        # Nothing below may read as reassurance (or alarm): it is the output of weights that are not trained.
+        assessment.append(
+            f"- The findings cannot be assessed: the model's weights are {wording.weights(record) or 'unknown'}, "
+            "so its output below carries no clinical meaning."
+        )
+    output = "Model output (not clinically meaningful)" if untrained else "Model output"
     assessment.append(
-        f"- Model output: {result.diagnosis}, malignancy probability {wording.fmt_prob(prob)} "
+        f"- {output}: {result.diagnosis}, malignancy probability {wording.fmt_prob(prob)} "
         f"± {wording.fmt_prob(unc)} (mean ± SD over {len(result.tta_probabilities)} test-time views)."
     )
-    assessment.append(f"- Risk band: {band.upper()} (probability {wording.risk_band_range(record, band)}).")
-    assessment.append(f"- Uncertainty: {clinical.uncertainty_level(unc)}.")
+    meaning = "; not clinically meaningful" if untrained else ""
+    assessment.append(f"- Risk band: {band.upper()} (probability {wording.risk_band_range(record, band)}){meaning}.")
+    if untrained:
+        assessment.append("- Uncertainty: cannot be assessed from weights that are not trained.")
+    else:
+        assessment.append(f"- Uncertainty: {clinical.uncertainty_level(unc)}.")
     if result.equity.bias_warning:
         assessment.append("- Reliability reduced: skin tone bias warning applies.")
 
+    headline, reasons = wording.disposition_lines(record, result)
+    section = ["", "DISPOSITION", f"- {headline}."] + [f"- {line}" for line in reasons]
+
     plan = ["", "PLAN"]
     plan += [f"- {line}" for line in clinical.plan_for(result, record.model)]
-    return findings + assessment + plan
+    return findings + assessment + section + plan
 
 
 def _rejected_sections(record: AnalysisRecord) -> list[str]:

@@ -9,7 +9,8 @@ formats its values, so the three outputs never disagree.
 from __future__ import annotations
 
 from shared import clinical
-from shared.schemas.analyses import AnalysisInputsOut, AnalysisRecord, Concepts, Equity, ModelInfo
+from shared.clinical import disposition
+from shared.schemas.analyses import AnalysisInputsOut, AnalysisRecord, AnalysisResult, Concepts, Equity, ModelInfo
 
 
 def weights(record: AnalysisRecord) -> str | None:
@@ -86,7 +87,43 @@ def model_provenance(record: AnalysisRecord) -> list[str]:
     if model is not None and model.training_data:
         lines.append(f"Training data (model card): {model.training_data}")
     lines.append(f"Operating point: {operating_point_text(model)}")
+    lines.append(f"Disposition thresholds: {thresholds_text(model)}")
     return lines
+
+
+def thresholds_text(model: ModelInfo | None) -> str:
+    """Both operating points a disposition is decided by: the high-risk one (referral above it)
+    and the rule-out one, each the model's or the default. Worded without the dispositions'
+    names: the untrained report prints it too."""
+    high = disposition.urgent_threshold(clinical.threshold_of(model))
+    return f"high-risk operating point {high:.2f} (referral above it); {rule_out_text(model)}"
+
+
+def rule_out_text(model: ModelInfo | None) -> str:
+    """The rule-out threshold and how it was chosen, e.g. "rule-out threshold 0.04 chosen for
+    sensitivity 0.95 on validation"."""
+    point = model.operating_point if model is not None else None
+    chosen = point.rule_out_threshold if point is not None else None
+    if point is None or chosen is None:
+        default = disposition.DEFAULT_RULE_OUT_THRESHOLD
+        return f"rule-out threshold {default:.2f} (default: the model has no calibrated rule-out threshold)"
+    text = f"rule-out threshold {chosen:.2f} chosen"
+    if point.rule_out_sensitivity is not None:
+        text += f" for sensitivity {point.rule_out_sensitivity:.2f}"
+    return text + f" on {point.chosen_on}"
+
+
+def disposition_lines(record: AnalysisRecord, result: AnalysisResult) -> tuple[str, list[str]]:
+    """(the disposition in words, the lines under it) as the note's DISPOSITION section and the
+    PDF's box give them: why (each reason's sentence), and for ``routine`` the safety netting.
+    From weights that are not trained: clinician review, ``weights_not_trained`` first."""
+    decision = clinical.disposition_of(result, record.model)
+    lines = [f"Reason: {sentence}." for sentence in clinical.reason_sentences(decision)]
+    if result.disposition is None:
+        lines.append(clinical.DISPOSITION_NOT_RECORDED)
+    if decision.safety_netting:
+        lines.append(f"Safety netting: {decision.safety_netting}")
+    return clinical.disposition_text(decision), lines
 
 
 def operating_point_text(model: ModelInfo | None) -> str:

@@ -7,6 +7,7 @@ from fhir.resources.R4B.bundle import Bundle
 from pydantic import ValidationError
 
 from shared import clinical
+from shared.clinical import disposition
 from tests.factories import (
     FUSION_SHA,
     SCALPEL_SHA,
@@ -56,7 +57,10 @@ def test_succeeded_bundle_validates_and_links_everything(links):
     full_urls = {e["fullUrl"] for e in bundle["entry"]}
     assert all(url.startswith("urn:uuid:") for url in full_urls)
     assert {r["reference"] for r in report["result"]} <= full_urls
-    assert len(report["result"]) == len(resources(bundle, "Observation")) == 9
+    assert len(report["result"]) == len(resources(bundle, "Observation")) == 10
+    assert report["result"][0]["reference"] == next(
+        e["fullUrl"] for e in bundle["entry"] if e["resource"] is by_code(bundle, "disposition")
+    ), "the disposition leads the report's results"
 
     image_media, overlay_media = resources(bundle, "Media")
     assert image_media["content"]["url"] == links.image
@@ -101,6 +105,8 @@ def test_untrained_weights_are_visible_on_every_ai_resource(links):
         assert resource["extension"][0]["valueCode"] == "untrained"
     (report,) = resources(bundle, "DiagnosticReport")
     assert report["conclusion"].startswith("UNTRAINED MODEL")
+    assert report["status"] == "preliminary"
+    assert all(o["status"] == "preliminary" for o in resources(bundle, "Observation"))
     classifier = next(d for d in resources(bundle, "Device") if d["deviceName"][0]["name"] == "fusion-effnet-b3")
     assert "identifier" not in classifier
     assert "weights: untrained" in classifier["note"][0]["text"]
@@ -171,6 +177,10 @@ def test_synthetic_weights_are_flagged_like_untrained(links):
         assert resource["extension"][0]["valueCode"] == "synthetic"
     (report,) = resources(bundle, "DiagnosticReport")
     assert report["conclusion"].startswith("MODEL TRAINED ON SYNTHETIC IMAGES ONLY")
+    assert report["status"] == "preliminary"
+    # A melanoma output of weights that are not trained is not filed under the SNOMED melanoma code.
+    assert all(c["system"] != "http://snomed.info/sct" for c in report["conclusionCode"][0]["coding"])
+    assert "not clinically meaningful" in report["conclusionCode"][0]["text"]
 
 
 def test_the_conclusion_recommends_the_clinical_plan(links):
@@ -179,3 +189,61 @@ def test_the_conclusion_recommends_the_clinical_plan(links):
         (report,) = resources(build_fhir_bundle(analysis, links), "DiagnosticReport")
         plan = " ".join(clinical.plan_for(analysis.result, analysis.model))
         assert report["conclusion"].endswith(f"Recommended: {plan}")
+
+
+def test_rejected_bundle_from_untrained_weights_is_preliminary(links):
+    rejected = rejected_blurry()
+    assert rejected.model is not None
+    untrained = rejected.model_copy(update={"model": rejected.model.model_copy(update={"weights": "untrained"})})
+    (report,) = resources(build_fhir_bundle(untrained, dataclasses.replace(links, overlay=None)), "DiagnosticReport")
+    assert report["status"] == "preliminary"
+
+
+DISPOSITIONS = "https://dermasentinel.org/fhir/CodeSystem/disposition"
+REASONS = "https://dermasentinel.org/fhir/CodeSystem/disposition-reason"
+
+
+def disposition_of(bundle: dict) -> tuple[str, list[str], list[str]]:
+    """(disposition code, reason codes, note texts) of the bundle's disposition Observation."""
+    observation = by_code(bundle, "disposition")
+    (coding,) = observation["valueCodeableConcept"]["coding"]
+    assert coding["system"] == DISPOSITIONS
+    reasons = []
+    for component in observation.get("component", []):
+        assert component["code"]["coding"][0]["code"] == "disposition-reason"
+        (reason,) = component["valueCodeableConcept"]["coding"]
+        assert reason["system"] == REASONS and reason["display"] == disposition.REASON_TEXT[reason["code"]]
+        reasons.append(reason["code"])
+    return coding["code"], reasons, [n["text"] for n in observation.get("note", [])]
+
+
+def test_the_disposition_is_a_coded_observation_with_its_reasons(links):
+    urgent = build_fhir_bundle(high_risk_trained(), links)
+    assert disposition_of(urgent) == ("urgent_referral", ["high_probability"], [])
+    (report,) = resources(urgent, "DiagnosticReport")
+    assert report["conclusion"].startswith("Disposition: Urgent referral, because the melanoma probability reaches")
+
+    dark = build_fhir_bundle(bias_warning_dark(), links)
+    analysis = bias_warning_dark()
+    assert analysis.result is not None
+    assert disposition_of(dark)[:2] == ("clinician_review", analysis.result.disposition_reasons)
+
+
+def test_a_routine_disposition_carries_the_safety_netting(links):
+    routine = record(result={"probability": 0.03, "uncertainty": 0.01, "diagnosis": "benign", "risk_band": "low"})
+    code, reasons, notes = disposition_of(build_fhir_bundle(routine, links))
+    assert (code, reasons) == ("routine", ["below_rule_out"])
+    assert notes == [f"Safety netting: {disposition.SAFETY_NETTING}"]
+
+
+def test_untrained_disposition_is_review_and_never_reassures(links):
+    bundle = build_fhir_bundle(low_risk_untrained(), links)
+    code, reasons, notes = disposition_of(bundle)
+    assert code == "clinician_review" and reasons[0] == "weights_not_trained"
+    assert not set(reasons) & set(clinical.MODEL_OUTPUT_REASONS)
+    assert clinical.NOT_ASSESSABLE in notes
+    (report,) = resources(bundle, "DiagnosticReport")
+    assert "Disposition: Clinician review, because the model's weights are not trained" in report["conclusion"]
+    text = json.dumps(bundle, ensure_ascii=False).lower()
+    for phrase in ("no concern", "no ai-flagged concern", "low uncertainty", "routine", "urgent"):
+        assert phrase not in text, phrase

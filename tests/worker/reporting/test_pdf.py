@@ -4,6 +4,8 @@ import re
 import pytest
 from pypdf import PdfReader
 
+from shared import clinical
+from shared.clinical import disposition
 from shared.schemas.analyses import AnalysisRecord
 from tests.factories import (
     FUSION_SHA,
@@ -50,6 +52,10 @@ def test_trained_report_shows_key_values_and_no_watermark(lesion_images):
     assert "scalpel-unet-r34" in text and "1.2.0" in text
     assert "Asymmetry" in text and "0.81 marked" in text
     assert "Refer urgently to dermatology" in text
+    first = flat(pages[0])
+    box = "Disposition: Urgent referral Reason: the melanoma probability reaches the model's high-risk operating point."
+    assert box in first
+    assert first.index("Disposition: Urgent referral") < first.index("Risk band: HIGH"), "the box comes first"
     assert "UNTRAINED" not in text
     for page in pages:
         assert "not a certified medical device" in flat(page)
@@ -62,7 +68,15 @@ def test_untrained_report_has_watermark_on_every_page(lesion_images):
     for page in pages:
         assert WATERMARK in flat(page)
         assert "not a certified medical device" in flat(page)
-    assert "Risk band: LOW" in flat(pages[0])
+    first = flat(pages[0])
+    assert "Risk band: LOW" in first
+    assert f"Disposition: Clinician review {clinical.NOT_ASSESSABLE}" in first
+    assert "Reason: the model's weights are not trained on clinical images: nothing can be assessed." in first
+    assert "uncertainty not assessable (weights not trained)" in first
+    text = flat(" ".join(pages)).lower()
+    for phrase in ("no concern", "no ai-flagged concern", "uncertainty low", "uncertainty: low", "low uncertainty",
+                   "routine", "urgent"):
+        assert phrase not in text, phrase
 
 
 def test_bias_warning_is_in_the_equity_note(lesion_images):
@@ -173,3 +187,28 @@ def test_the_report_says_how_the_operating_point_was_chosen(lesion_images):
     text = flat(" ".join(pdf_pages(render_report(chosen, image, overlay))))
     assert "threshold 0.31 chosen for sensitivity 0.95 on validation" in text
     assert "ISIC 2020 training set, 5 folds grouped by patient" in text
+
+
+def test_a_routine_report_boxes_the_safety_netting(lesion_images):
+    image, overlay = lesion_images
+    routine = record(result={"probability": 0.03, "uncertainty": 0.01, "diagnosis": "benign", "risk_band": "low"})
+    data = render_report(routine, image, overlay)
+    first = flat(pdf_pages(data)[0])
+    assert "Disposition: Routine (safety-netting advice)" in first
+    assert f"Safety netting: {disposition.SAFETY_NETTING}" in first
+    assert _fill("#e8f5e9") in _page_colours(data)
+
+
+def test_the_provenance_shows_both_operating_points(lesion_images):
+    image, overlay = lesion_images
+    default = flat(" ".join(pdf_pages(render_report(high_risk_trained(), image, overlay))))
+    assert (
+        "high-risk operating point 0.80 (referral above it); rule-out threshold 0.10 (default: the model has no "
+        "calibrated rule-out threshold)"
+    ) in default
+    point = {"threshold": 0.86, "temperature": 1.0, "target_sensitivity": 0.95, "chosen_on": "validation",
+             "rule_out_threshold": 0.04, "rule_out_sensitivity": 0.97}
+    chosen = record(model={"threshold": 0.86, "operating_point": point})
+    text = flat(" ".join(pdf_pages(render_report(chosen, image, overlay))))
+    assert "high-risk operating point 0.86 (referral above it); rule-out threshold 0.04 chosen for sensitivity 0.97 " \
+        "on validation" in text
