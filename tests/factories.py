@@ -108,6 +108,7 @@ def disposition_of(data: dict[str, Any]) -> dict[str, Any]:
             weights=model_data.get("weights"),
             threshold=model_data.get("threshold"),
             rule_out_threshold=operating_point.get("rule_out_threshold"),
+            diameter_mm=result["concepts"].get("diameter_mm"),
             blur_threshold=BLUR_THRESHOLD,
             min_coverage=MIN_COVERAGE,
         )

@@ -20,7 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from shared.clinical import (
+from shared.clinical.rules import (
+    DIAMETER_THRESHOLD_MM,
     HIGH_UNCERTAINTY,
     REVIEW_MARGIN,
     TRAINED,
@@ -67,6 +68,7 @@ REASON_BORDERLINE_QUALITY = "borderline_quality"
 REASON_WEAKLY_EVIDENCED_SITE = "weakly_evidenced_site"
 REASON_UNDER_18 = "age_under_18"
 REASON_MISSING_METADATA = "missing_metadata"
+REASON_LARGE_DIAMETER = "diameter_over_6mm"
 REASON_ABOVE_RULE_OUT = "above_rule_out"  # neither low enough to rule out nor high enough to refer
 REVIEW_REASON_CODES = (
     REASON_WEIGHTS_NOT_TRAINED,
@@ -77,6 +79,7 @@ REVIEW_REASON_CODES = (
     REASON_WEAKLY_EVIDENCED_SITE,
     REASON_UNDER_18,
     REASON_MISSING_METADATA,
+    REASON_LARGE_DIAMETER,
     REASON_ABOVE_RULE_OUT,
 )
 REASON_TEXT = {
@@ -90,7 +93,8 @@ REASON_TEXT = {
     REASON_WEAKLY_EVIDENCED_SITE: "a site the model is weakly evidenced on (palms/soles, oral/genital)",
     REASON_UNDER_18: "the patient is under 18, an age the model is weakly evidenced on",
     REASON_MISSING_METADATA: "age, sex or site was not given, and the model uses them",
-    REASON_ABOVE_RULE_OUT: "the probability is above the rule-out threshold but below the urgent one",
+    REASON_LARGE_DIAMETER: "the lesion is wider than 6 mm (the ABCD rule's D)",
+    REASON_ABOVE_RULE_OUT: "the probability is above the rule-out threshold but below the referral one",
 }
 DISPOSITION_TEXT = {
     URGENT_REFERRAL: "Urgent referral",
@@ -121,6 +125,7 @@ class DispositionInputs:
     threshold: float | None = None  # the model's operating (decision) threshold; None: the default
     rule_out_threshold: float | None = None  # the model's; None: DEFAULT_RULE_OUT_THRESHOLD
     blur_threshold: float | None = None  # the quality gate's minimum, when known
+    diameter_mm: float | None = None  # only when the photo's pixel spacing was given
     min_coverage: float | None = None  # the coverage gate's minimum, when known
 
 
@@ -160,6 +165,8 @@ def review_reasons(inputs: DispositionInputs) -> list[str]:
         reasons.append(REASON_UNDER_18)
     if inputs.age is None or inputs.sex in (None, "unknown") or inputs.site in (None, "unknown"):
         reasons.append(REASON_MISSING_METADATA)
+    if inputs.diameter_mm is not None and inputs.diameter_mm > DIAMETER_THRESHOLD_MM:
+        reasons.append(REASON_LARGE_DIAMETER)
     return reasons
 
 

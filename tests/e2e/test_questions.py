@@ -63,7 +63,7 @@ def test_outside_scope_and_treatment_questions(api, context, tenant_key):
     # The PLAN comes from the clinical rules (the same rule the scribe note's PLAN is written by),
     # never from parsing the note's text: a line planted in the note is not quoted.
     assert "Seeded plan line for the test." not in treat["text"]
-    assert clinical.REFERRAL["low"] in treat["text"]
+    assert clinical.DISPOSITION_PLAN["clinician_review"] in treat["text"]
     assert treat["cited"] == list(clinical.PLAN_FIELDS)
 
 

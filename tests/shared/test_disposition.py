@@ -52,6 +52,7 @@ def test_weights_that_are_not_trained_always_get_a_clinician(weights: str | None
         ({"age": None}, "missing_metadata"),
         ({"sex": "unknown"}, "missing_metadata"),
         ({"site": "unknown"}, "missing_metadata"),
+        ({"diameter_mm": 7.4}, "diameter_over_6mm"),
     ],
 )
 def test_any_review_reason_keeps_a_low_probability_from_being_routine(change: dict, reason: str) -> None:

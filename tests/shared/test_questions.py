@@ -125,7 +125,8 @@ def test_the_plan_quoted_is_the_scribe_notes_plan_without_reading_the_note():
     assert answer_question("What should we do next?", unrelated).text == answer.text
 
 
-ROUTINE = record(result={"probability": 0.03, "uncertainty": 0.01, "diagnosis": "benign", "risk_band": "low"})
+ROUTINE = record(result={"probability": 0.03, "uncertainty": 0.01, "diagnosis": "benign", "risk_band": "low",
+                          "concepts": {"diameter_mm": 4.1}})
 NEXT_QUESTIONS = [
     "What should happen next?",
     "Should I refer?",
@@ -140,7 +141,8 @@ def test_what_should_happen_next_is_answered_from_the_disposition(question):
     urgent = answer_question(question, high_risk_trained())
     assert "disposition" in urgent.intents
     assert "What should happen next: Urgent referral" in urgent.text
-    assert f"Why: {disposition.REASON_TEXT['high_probability']}." in urgent.text
+    why = f"Why: {disposition.REASON_TEXT['high_probability']}; {disposition.REASON_TEXT['diameter_over_6mm']}."
+    assert why in urgent.text
     assert urgent.cited[:2] == ["result.disposition", "result.disposition_reasons"]
 
     routine = answer_question(question, ROUTINE)

@@ -32,7 +32,8 @@ NOT_SAID_UNTRAINED = (
 
 
 def routine_trained() -> AnalysisRecord:
-    return record(result={"probability": 0.03, "uncertainty": 0.01, "diagnosis": "benign", "risk_band": "low"})
+    return record(result={"probability": 0.03, "uncertainty": 0.01, "diagnosis": "benign", "risk_band": "low",
+                          "concepts": {"diameter_mm": 4.1}})
 
 
 def untrained_high() -> AnalysisRecord:

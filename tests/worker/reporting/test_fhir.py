@@ -219,7 +219,7 @@ def disposition_of(bundle: dict) -> tuple[str, list[str], list[str]]:
 
 def test_the_disposition_is_a_coded_observation_with_its_reasons(links):
     urgent = build_fhir_bundle(high_risk_trained(), links)
-    assert disposition_of(urgent) == ("urgent_referral", ["high_probability"], [])
+    assert disposition_of(urgent) == ("urgent_referral", ["high_probability", "diameter_over_6mm"], [])
     (report,) = resources(urgent, "DiagnosticReport")
     assert report["conclusion"].startswith("Disposition: Urgent referral, because the melanoma probability reaches")
 
@@ -230,7 +230,8 @@ def test_the_disposition_is_a_coded_observation_with_its_reasons(links):
 
 
 def test_a_routine_disposition_carries_the_safety_netting(links):
-    routine = record(result={"probability": 0.03, "uncertainty": 0.01, "diagnosis": "benign", "risk_band": "low"})
+    routine = record(result={"probability": 0.03, "uncertainty": 0.01, "diagnosis": "benign", "risk_band": "low",
+                          "concepts": {"diameter_mm": 4.1}})
     code, reasons, notes = disposition_of(build_fhir_bundle(routine, links))
     assert (code, reasons) == ("routine", ["below_rule_out"])
     assert notes == [f"Safety netting: {disposition.SAFETY_NETTING}"]

@@ -191,7 +191,8 @@ def test_the_report_says_how_the_operating_point_was_chosen(lesion_images):
 
 def test_a_routine_report_boxes_the_safety_netting(lesion_images):
     image, overlay = lesion_images
-    routine = record(result={"probability": 0.03, "uncertainty": 0.01, "diagnosis": "benign", "risk_band": "low"})
+    routine = record(result={"probability": 0.03, "uncertainty": 0.01, "diagnosis": "benign", "risk_band": "low",
+                          "concepts": {"diameter_mm": 4.1}})
     data = render_report(routine, image, overlay)
     first = flat(pdf_pages(data)[0])
     assert "Disposition: Routine (safety-netting advice)" in first

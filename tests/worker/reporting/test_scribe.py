@@ -22,7 +22,8 @@ def plan_section(note: str) -> list[str]:
     return section(note, "PLAN")
 
 
-ROUTINE = {"probability": 0.03, "uncertainty": 0.01, "diagnosis": "benign", "risk_band": "low"}
+ROUTINE = {"probability": 0.03, "uncertainty": 0.01, "diagnosis": "benign", "risk_band": "low",
+                          "concepts": {"diameter_mm": 4.1}}
 
 
 def test_same_analysis_gives_the_same_note():
@@ -45,6 +46,7 @@ def test_high_risk_trained_note_has_sections_values_and_urgent_referral():
     assert section(note, "DISPOSITION") == [
         "Urgent referral.",
         "Reason: the melanoma probability reaches the model's high-risk operating point.",
+        "Reason: the lesion is wider than 6 mm (the ABCD rule's D).",
     ]
     assert plan_section(note)[0].startswith("Refer urgently to dermatology")
     assert "specialist review is required" not in note
