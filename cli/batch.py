@@ -1,261 +1,72 @@
 """``dermasentinel batch submit``: a folder of photos (and a spreadsheet) as one batch.
 
-The run is resumable: it continues the newest open batch of the same name, skips images the
-batch already holds (by content hash), and sends each upload with an Idempotency-Key derived
-from the batch id and the content hash, so an upload whose answer was lost is replayed by the
-API rather than duplicated. Bad rows are reported with their manifest line and never stop the
-others. Exit status: 0 when every valid row is in the batch (and, with --wait, the batch has
+The rows come from ``cli.manifest`` (the folder and its spreadsheet, checked against the API's
+vocabulary); this module puts them in a batch on the server, waits for it and writes the
+triage list. The run is resumable: it continues the newest open batch of the same name, skips
+images the batch already holds (by content hash), and sends each upload with an
+Idempotency-Key derived from the batch id and the content hash, so an upload whose answer was
+lost is replayed by the API rather than duplicated. Bad rows are reported with their manifest
+line and never stop the others. Exit status: 0 when every valid row is in the batch (and, with --wait, the batch has
 finished); bad rows are reported but do not change it. 1 when a valid row could not be
 uploaded or the wait timed out; rerun the same command to continue.
 """
 
 from __future__ import annotations
 
-import csv
-import hashlib
+import functools
 import logging
-import re
 import time
-from collections.abc import Iterable
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 import httpx
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
 from tenacity import RetryError, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from cli.client import ApiError, Client
+from cli.manifest import BadRow, Row, external_id_from, plan_batch
+from cli.render import equity_table, triage_summary
 from shared.config import get_settings
-from shared.schemas import EXTERNAL_ID_PATTERN, SEXES, SITES
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-JPEG_MAGIC = b"\xff\xd8\xff"
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-# Column names accepted for each field, ours first, then ISIC's.
-COLUMNS = {
-    "filename": ("filename", "file", "image", "image_name", "isic_id"),
-    "age": ("age", "age_approx"),
-    "sex": ("sex",),
-    "site": ("site", "anatom_site_general_challenge", "anatom_site_general"),
-    "external_id": ("external_id",),
-}
-SITE_ALIASES = {
-    "": "unknown",
-    "na": "unknown",
-    "nan": "unknown",
-    "anterior torso": "torso",
-    "posterior torso": "torso",
-    "lateral torso": "torso",
-    "head neck": "head/neck",
-    "palms soles": "palms/soles",
-    "oral genital": "oral/genital",
-}
-SEX_ALIASES = {"": "unknown", "m": "male", "f": "female", "na": "unknown", "nan": "unknown"}
-MISSING = {"", "na", "nan", "none", "null"}
+from shared.schemas.analyses import AnalysisPage
+from shared.schemas.batches import BatchOut, BatchPage, BatchResults
+from shared.schemas.uploads import UploadOut
 
 UPLOAD_ATTEMPTS = 4
 RETRY_STATUSES = {429, 500, 502, 503, 504}
 FINAL_STATES = {"completed"}
-
-
-# ---------------------------------------------------------------- planning
-
-
-@dataclass(frozen=True)
-class Row:
-    """One image to put in the batch, with its validated form fields."""
-
-    where: str  # "line 7 (IMG_1.jpg)" or the file name when there is no manifest
-    path: Path
-    sha256: str
-    fields: dict
-
-
-@dataclass(frozen=True)
-class BadRow:
-    where: str
-    reason: str
-
-
-@dataclass
-class Plan:
-    rows: list[Row] = field(default_factory=list)
-    bad: list[BadRow] = field(default_factory=list)
-    unlisted: int = 0  # images in the folder that the manifest does not name
-
-
-def plan_batch(folder: Path, manifest: Path | None) -> Plan:
-    if manifest is None:
-        plan = Plan()
-        for path in _images_in(folder):
-            _add_row(plan, path.name, path, {"external_id": _external_id_from(path.stem)}, seen={})
-        return plan
-    return _plan_from_manifest(folder, manifest)
-
-
-def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def _plan_from_manifest(folder: Path, manifest: Path) -> Plan:
-    plan = Plan()
-    seen_content: dict[str, str] = {}
-    seen_files: dict[Path, str] = {}
-    with manifest.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        columns = _column_map(reader.fieldnames or [], manifest)
-        for record in reader:
-            line = reader.line_num
-            values = {name: (record.get(column) or "").strip() for name, column in columns.items()}
-            if not any(values.values()):
-                continue
-            where = f"line {line} ({values['filename'] or 'no filename'})"
-            try:
-                path = _resolve(folder, values["filename"])
-            except ValueError as exc:
-                plan.bad.append(BadRow(where, str(exc)))
-                continue
-            if path in seen_files:
-                plan.bad.append(BadRow(where, f"the same file is listed on {seen_files[path]}"))
-                continue
-            seen_files[path] = f"line {line}"
-            try:
-                fields = _fields(values, path)
-            except ValueError as exc:
-                plan.bad.append(BadRow(where, str(exc)))
-                continue
-            _add_row(plan, where, path, fields, seen_content)
-    listed = set(seen_files)
-    plan.unlisted = sum(1 for p in _images_in(folder) if p not in listed)
-    return plan
-
-
-def _column_map(header: Iterable[str], manifest: Path) -> dict[str, str]:
-    present = {h.strip().lower(): h for h in header if h}
-    columns = {}
-    for name, candidates in COLUMNS.items():
-        for candidate in candidates:
-            if candidate in present:
-                columns[name] = present[candidate]
-                break
-    if "filename" not in columns:
-        raise click.UsageError(
-            f"{manifest} has no file column; name it 'filename' (or ISIC's 'image_name'). "
-            f"Columns found: {', '.join(present) or 'none'}"
-        )
-    return columns
-
-
-def _resolve(folder: Path, filename: str) -> Path:
-    if not filename:
-        raise ValueError("no filename")
-    path = folder / filename
-    if path.suffix.lower() in IMAGE_SUFFIXES:
-        if path.is_file():
-            return path
-        raise ValueError(f"missing file: {filename} is not in {folder}")
-    # ISIC writes image names without their extension.
-    for suffix in IMAGE_SUFFIXES + tuple(s.upper() for s in IMAGE_SUFFIXES):
-        candidate = path.with_name(path.name + suffix)
-        if candidate.is_file():
-            return candidate
-    raise ValueError(f"missing file: no {filename}.jpg, .jpeg or .png in {folder}")
-
-
-def _fields(values: dict, path: Path) -> dict:
-    return {
-        "age": _age(values.get("age", "")),
-        "sex": _sex(values.get("sex", "")),
-        "site": _site(values.get("site", "")),
-        "external_id": _external_id(values.get("external_id", ""), path),
-    }
-
-
-def _age(raw: str) -> int | None:
-    if raw.lower() in MISSING:
-        return None
-    try:
-        age = float(raw)
-    except ValueError:
-        raise ValueError(f"age {raw!r} is not a number; give whole years 0..120 or leave it empty") from None
-    if not 0 <= age <= 120 or age != int(age):
-        raise ValueError(f"impossible age {raw}; ages are whole years 0..120 (leave it empty when unknown)")
-    return int(age)
-
-
-def _sex(raw: str) -> str:
-    value = raw.lower()
-    value = SEX_ALIASES.get(value, value)
-    if value not in SEXES:
-        raise ValueError(f"unknown sex {raw!r}; use male, female or unknown")
-    return value
-
-
-def _site(raw: str) -> str:
-    value = " ".join(raw.lower().replace("_", " ").split())
-    value = SITE_ALIASES.get(value, value)
-    if value not in SITES:
-        raise ValueError(
-            f"unknown site {raw!r}; use one of: {', '.join(SITES)} (or ISIC's anterior/posterior/lateral torso)"
-        )
-    return value
-
-
-def _external_id(raw: str, path: Path) -> str:
-    if not raw:
-        return _external_id_from(path.stem)
-    if not re.fullmatch(EXTERNAL_ID_PATTERN, raw):
-        raise ValueError(f"external_id {raw!r} may only hold letters, digits and . _ : / - (at most 200)")
-    return raw
-
-
-def _external_id_from(stem: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._:/\-]", "_", stem)[:200] or "image"
-
-
-def _add_row(plan: Plan, where: str, path: Path, fields: dict, seen: dict[str, str]) -> None:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        plan.bad.append(BadRow(where, f"cannot read the file: {exc.strerror}"))
-        return
-    if not (data.startswith(JPEG_MAGIC) or data.startswith(PNG_MAGIC)):
-        plan.bad.append(BadRow(where, "not a JPEG or PNG image"))
-        return
-    digest = hashlib.sha256(data).hexdigest()
-    if digest in seen:
-        plan.bad.append(BadRow(where, f"the same image as {seen[digest]}; submitted once"))
-        return
-    seen[digest] = where
-    plan.rows.append(Row(where, path, digest, fields))
+T = TypeVar("T")
 
 
 # ---------------------------------------------------------------- the batch on the server
 
 
-def find_or_create_batch(client: Client, name: str, external_id: str | None) -> tuple[dict, bool]:
+def find_or_create_batch(client: Client, name: str, external_id: str | None) -> tuple[BatchOut, bool]:
     """The newest batch called ``name`` if there is one (to resume or report), else a new one.
     Returns the batch and whether it was created now."""
-    listed = client.request("GET", "/v1/batches", params={"name": name, "limit": 1}).json()["data"]
+    listed = BatchPage.model_validate(
+        client.request("GET", "/v1/batches", params={"name": name, "limit": 1}).json()
+    ).data
     if listed:
-        return client.request("GET", f"/v1/batches/{listed[0]['id']}").json(), False
+        return BatchOut.model_validate(client.request("GET", f"/v1/batches/{listed[0].id}").json()), False
     body = {"name": name, "external_id": external_id}
-    return client.request("POST", "/v1/batches", json={k: v for k, v in body.items() if v}).json(), True
+    created = client.request("POST", "/v1/batches", json={k: v for k, v in body.items() if v}).json()
+    return BatchOut.model_validate(created), True
 
 
 def hashes_in_batch(client: Client, batch_id: str) -> set[str]:
+    """The content hashes of the images the batch already holds (a resumed run skips them)."""
     hashes: set[str] = set()
     cursor = None
     while True:
         params = {"batch_id": batch_id, "limit": 200, **({"cursor": cursor} if cursor else {})}
-        page = client.request("GET", "/v1/analyses", params=params).json()
-        hashes.update(a["image"]["sha256"] for a in page["data"])
-        cursor = page["next_cursor"]
+        page = AnalysisPage.model_validate(client.request("GET", "/v1/analyses", params=params).json())
+        hashes.update(a.image.sha256 for a in page.data if a.image.sha256)
+        cursor = page.next_cursor
         if not cursor:
             return hashes
 
@@ -310,22 +121,19 @@ def upload_direct_chunk(client: Client, batch_id: str, rows: list[Row]) -> list[
     ``upload(direct=True)`` gives for it; a row the bulk calls cannot settle (a call or its
     PUT failed) goes through ``upload(direct=True)`` itself, with its retries."""
     settled: dict[int, Uploaded | Exception] = {}
-    puts: list[tuple[int, dict]] = []
+    puts: list[tuple[int, UploadOut]] = []
     for content_type in ("image/jpeg", "image/png"):
         wanted = [n for n, row in enumerate(rows) if _content_type(row) == content_type]
         if not wanted:
             continue
         try:
-            body = {"count": len(wanted), "content_type": content_type}
-            made = _retry_call(
-                lambda body=body: client.request("POST", "/v1/uploads/bulk", json=body).json()["uploads"]
-            )
+            uploads = _retry_call(functools.partial(_create_uploads, client, len(wanted), content_type))
         except (ConnectionError, ApiError):
             continue  # those rows go one at a time below
-        for n, made_upload in zip(wanted, made, strict=True):
+        for n, made_upload in zip(wanted, uploads, strict=True):
             try:
-                put = client.storage.put(made_upload["url"], content=rows[n].path.read_bytes(),
-                                         headers=made_upload["headers"])
+                put = client.storage.put(made_upload.url, content=rows[n].path.read_bytes(),
+                                         headers=made_upload.headers)
             except httpx.TransportError:
                 continue
             if put.status_code < 300:
@@ -333,7 +141,7 @@ def upload_direct_chunk(client: Client, batch_id: str, rows: list[Row]) -> list[
     if puts:
         items = [
             {**{k: v for k, v in rows[n].fields.items() if v is not None}, "batch_id": batch_id,
-             "upload_id": made_upload["id"], "idempotency_key": idempotency_key(batch_id, rows[n].sha256)}
+             "upload_id": str(made_upload.id), "idempotency_key": idempotency_key(batch_id, rows[n].sha256)}
             for n, made_upload in puts
         ]
         try:
@@ -357,6 +165,12 @@ def upload_direct_chunk(client: Client, batch_id: str, rows: list[Row]) -> list[
     return out
 
 
+def _create_uploads(client: Client, count: int, content_type: str) -> list[UploadOut]:
+    """``POST /v1/uploads/bulk``: ``count`` upload ids and URLs for images of ``content_type``."""
+    answer = client.request("POST", "/v1/uploads/bulk", json={"count": count, "content_type": content_type}).json()
+    return [UploadOut.model_validate(made) for made in answer["uploads"]]
+
+
 def _upload_one(client: Client, batch_id: str, row: Row) -> list[tuple[Row, Uploaded | Exception]]:
     try:
         return [(row, upload(client, batch_id, row))]
@@ -369,16 +183,15 @@ def _content_type(row: Row) -> str:
         return "image/png" if image.read(4) == b"\x89PNG" else "image/jpeg"
 
 
-def _retry_call(call):
+def _retry_call(call: Callable[[], T]) -> T:
+    """``call``'s answer, retried as an upload is; ConnectionError once the attempts are spent."""
     try:
-        for attempt in _upload_retrying():
-            with attempt:
-                return call()
+        return _upload_retrying()(call)
     except RetryError as exc:
         raise ConnectionError(f"gave up after {UPLOAD_ATTEMPTS} attempts: {exc.last_attempt.exception()}") from None
 
 
-def _direct_result(row: Row, result: dict) -> Uploaded | Exception:
+def _direct_result(row: Row, result: dict[str, Any]) -> Uploaded | Exception:
     """One item of ``POST /v1/uploads/submit``, read as ``upload`` reads a single answer."""
     status = result["status"]
     if status < 300:
@@ -425,25 +238,6 @@ def _report_rows(console: Console, title: str, rows: list[BadRow], style: str) -
         console.print(f"  {bad.where}: {bad.reason}", markup=False, highlight=False)
 
 
-def _equity_table(summary: dict) -> Table:
-    title = "Equity summary (succeeded items per skin group)"
-    if summary.get("weights_warning"):
-        title += " — weights not trained: the risk columns are not clinically meaningful"
-    table = Table(title=title)
-    for column in ("skin group", "items", "high risk", "share high risk", "suspicious (medium+high)", "needs review"):
-        table.add_column(column, justify="right" if column != "skin group" else "left")
-    for group in summary["equity"]:
-        table.add_row(
-            group["skin_group"] + (" (bias warning)" if group["bias_warning"] else ""),
-            str(group["items"]),
-            str(group["high_risk"]),
-            f"{group['high_risk_share']:.0%}",
-            f"{group['suspicious_share']:.0%}",
-            str(group["needs_review"]),
-        )
-    return table
-
-
 # ---------------------------------------------------------------- the command
 
 
@@ -468,15 +262,16 @@ def batch() -> None:
               help="send each photo straight to the object store (presigned upload), not through the API")
 @click.option("--api-key", envvar="DERMASENTINEL_API_KEY", help="API key (dsk_…)")
 @click.option("--api-url", envvar="DERMASENTINEL_API_URL", help="API base URL")
-def submit(folder: Path, manifest, name, batch_external_id, wait, out, concurrency, timeout, direct, api_url,
-           api_key) -> None:
+def submit(folder: Path, manifest: Path | None, name: str | None, batch_external_id: str | None, wait: bool,
+           out: Path | None, concurrency: int, timeout: float, direct: bool, api_url: str | None,
+           api_key: str | None) -> None:
     """Upload FOLDER's images as one batch, seal it, and (with --wait) write the triage list."""
     # One line per upload would bury the progress bar and the bad-row report.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     settings = get_settings()
     name = name or folder.resolve().name
     wait = wait or out is not None
-    out = out or Path(f"triage-{_external_id_from(name)}.csv")
+    out = out or Path(f"triage-{external_id_from(name)}.csv")
     console = Console(stderr=True, highlight=False)
     client = Client(api_url or settings.api_url, api_key or settings.api_key.get_secret_value())
     try:
@@ -491,7 +286,8 @@ def submit(folder: Path, manifest, name, batch_external_id, wait, out, concurren
     click.get_current_context().exit(code)
 
 
-def _run(console, client, folder, manifest, name, batch_external_id, wait, out, concurrency, timeout,
+def _run(console: Console, client: Client, folder: Path, manifest: Path | None, name: str,
+         batch_external_id: str | None, wait: bool, out: Path, concurrency: int, timeout: float,
          direct: bool = False) -> int:
     plan = plan_batch(folder, manifest)
     console.print(f"{len(plan.rows)} valid rows, {len(plan.bad)} bad rows")
@@ -501,15 +297,15 @@ def _run(console, client, folder, manifest, name, batch_external_id, wait, out, 
         _report_rows(console, "bad rows, not submitted", plan.bad, "yellow")
         raise click.ClickException(f"no valid JPEG or PNG rows to submit from {folder}; nothing was created")
     batch_body, created = find_or_create_batch(client, name, batch_external_id)
-    batch_id = batch_body["id"]
+    batch_id = str(batch_body.id)
     outcome = Outcome(bad=list(plan.bad))
-    if batch_body["state"] == "open":
-        verb = "created" if created else f"resuming ({batch_body['total']} items already in it)"
+    if batch_body.state == "open":
+        verb = "created" if created else f"resuming ({batch_body.total} items already in it)"
         console.print(f"batch {name!r} {batch_id}: {verb}")
         _upload_all(console, client, batch_id, plan.rows, concurrency, outcome, direct)
     else:
         console.print(
-            f"batch {name!r} {batch_id} is already {batch_body['state']} with {batch_body['total']} items; "
+            f"batch {name!r} {batch_id} is already {batch_body.state} with {batch_body.total} items; "
             "nothing uploaded (use a new --name to submit these images again)"
         )
     _report_rows(console, "bad rows, not submitted", outcome.bad, "yellow")
@@ -518,10 +314,10 @@ def _run(console, client, folder, manifest, name, batch_external_id, wait, out, 
     if outcome.failed:
         console.print("[red]some valid rows are not in the batch; it stays open. Rerun the same command to resume.[/]")
         return 1
-    if batch_body["state"] == "open":
-        batch_body = client.request("POST", f"/v1/batches/{batch_id}/seal").json()
+    if batch_body.state == "open":
+        batch_body = BatchOut.model_validate(client.request("POST", f"/v1/batches/{batch_id}/seal").json())
         console.print(
-            f"sealed batch {batch_id}: {batch_body['total']} items "
+            f"sealed batch {batch_id}: {batch_body.total} items "
             f"({outcome.landed} uploaded now, {outcome.skipped} already there)"
         )
     click.echo(batch_id)
@@ -534,7 +330,8 @@ def _run(console, client, folder, manifest, name, batch_external_id, wait, out, 
 
 
 def _upload_all(
-    console, client, batch_id: str, rows: list[Row], concurrency: int, outcome: Outcome, direct: bool = False
+    console: Console, client: Client, batch_id: str, rows: list[Row], concurrency: int, outcome: Outcome,
+    direct: bool = False,
 ) -> None:
     present = hashes_in_batch(client, batch_id)
     todo = [row for row in rows if row.sha256 not in present]
@@ -578,25 +375,24 @@ def _upload_all(
             raise SystemExit(130) from None
 
 
-def _wait_for(console, client, batch_id: str, timeout: float, interval: float = 1.0) -> bool:
+def _wait_for(console: Console, client: Client, batch_id: str, timeout: float, interval: float = 1.0) -> bool:
+    """Show the batch's progress until it is complete (True) or ``timeout`` passes (False)."""
     deadline = time.monotonic() + timeout
     columns = (TextColumn("processing"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"))
     with Progress(*columns, console=console) as bar:
         task = None
         while True:
-            body = client.request("GET", f"/v1/batches/{batch_id}").json()
-            counts = body["counts"]
-            rate = body["throughput_per_minute"]
-            eta = body["eta_seconds"]
+            body = BatchOut.model_validate(client.request("GET", f"/v1/batches/{batch_id}").json())
+            counts, rate, eta = body.counts, body.throughput_per_minute, body.eta_seconds
             description = (
-                f"ok {counts['succeeded']} · rejected {counts['rejected']} · failed {counts['failed']}"
+                f"ok {counts.succeeded} · rejected {counts.rejected} · failed {counts.failed}"
                 + (f" · {rate:.1f}/min" if rate else "")
                 + (f" · ETA {eta:.0f}s" if eta else "")
             )
             if task is None:
-                task = bar.add_task(description, total=body["total"])
-            bar.update(task, completed=body["done"], total=body["total"], description=description)
-            if body["state"] in FINAL_STATES:
+                task = bar.add_task(description, total=body.total)
+            bar.update(task, completed=body.done, total=body.total, description=description)
+            if body.state in FINAL_STATES:
                 return True
             if time.monotonic() > deadline:
                 console.print(f"[red]batch {batch_id} still processing after {timeout:.0f}s; rerun with --wait[/]")
@@ -604,7 +400,8 @@ def _wait_for(console, client, batch_id: str, timeout: float, interval: float = 
             time.sleep(interval)
 
 
-def _write_triage(console, client, batch_id: str, out: Path) -> None:
+def _write_triage(console: Console, client: Client, batch_id: str, out: Path) -> None:
+    """Stream the triage CSV to ``out`` (whole or not at all), then print the batch's summary."""
     partial = out.with_name(out.name + ".part")
     params = {"order": "risk", "format": "csv"}
     with client.http.stream("GET", f"/v1/batches/{batch_id}/results", params=params) as response:
@@ -615,19 +412,13 @@ def _write_triage(console, client, batch_id: str, out: Path) -> None:
             for chunk in response.iter_bytes():
                 handle.write(chunk)
     partial.replace(out)
-    summary = client.request(
+    summary = BatchResults.model_validate(client.request(
         "GET", f"/v1/batches/{batch_id}/results", params={"format": "json", "items": "false"}
-    ).json()["summary"]
-    counts = summary["counts"]
-    if summary.get("weights_warning"):
-        console.print(summary["weights_warning"], style="bold red", markup=False)
-    weights = ", ".join(f"{status} {n}" for status, n in (summary.get("weights") or {}).items())
-    console.print(
-        f"triage list: {out} — {counts['succeeded']} results ("
-        + (f"weights: {weights}; " if weights else "")
-        + f"{summary['needs_review']} flagged for review), {counts['rejected']} to retake, {counts['failed']} failed"
-    )
-    if summary["retake"]:
-        console.print("retakes by reason: " + ", ".join(f"{k} {v}" for k, v in summary["retake"].items()))
-    if summary["equity"]:
-        console.print(_equity_table(summary))
+    ).json()).summary
+    if summary.weights_warning:
+        console.print(summary.weights_warning, style="bold red", markup=False)
+    console.print(triage_summary(summary, str(out)))
+    if summary.retake:
+        console.print("retakes by reason: " + ", ".join(f"{k} {v}" for k, v in summary.retake.items()))
+    if summary.equity:
+        console.print(equity_table(summary))

@@ -1,17 +1,24 @@
-"""A small HTTP client for the public API, used by the client commands."""
+"""A small HTTP client for the public API, used by the client commands.
+
+Analyses come back as ``AnalysisOut``, the API's own schema, so a command reads fields by
+name and a renamed field fails at the first parse, not in the middle of printing."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
+
+from shared.schemas.analyses import AnalysisOut
+from shared.schemas.uploads import UploadOut
 
 FINAL = {"succeeded", "rejected", "failed", "canceled"}
 
 
 class ApiError(RuntimeError):
-    def __init__(self, response: httpx.Response):
+    def __init__(self, response: httpx.Response) -> None:
         try:
             body = response.json()
             message = body.get("detail") or body.get("title") or response.text
@@ -22,7 +29,7 @@ class ApiError(RuntimeError):
 
 
 class Client:
-    def __init__(self, api_url: str, api_key: str, timeout: float = 60.0):
+    def __init__(self, api_url: str, api_key: str, timeout: float = 60.0) -> None:
         if not api_url:
             raise SystemExit("no API URL: run `dermasentinel up`, or pass --api-url / set DERMASENTINEL_API_URL")
         if not api_key:
@@ -39,7 +46,7 @@ class Client:
         self.http.close()
         self.storage.close()
 
-    def request(self, method: str, path: str, **kwargs) -> httpx.Response:
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         response = self.http.request(method, path, **kwargs)
         if response.status_code >= 400:
             raise ApiError(response)
@@ -49,47 +56,52 @@ class Client:
         self,
         image: bytes,
         filename: str,
-        fields: dict,
+        fields: dict[str, Any],
         idempotency_key: str | None = None,
-    ) -> dict:
+    ) -> AnalysisOut:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         data = {k: str(v) for k, v in fields.items() if v is not None}
         files = {"image": (Path(filename).name, image, "application/octet-stream")}
-        return self.request("POST", "/v1/analyses", data=data, files=files, headers=headers).json()
+        response = self.request("POST", "/v1/analyses", data=data, files=files, headers=headers)
+        return AnalysisOut.model_validate(response.json())
 
     def submit_direct(
         self,
         image: bytes,
-        fields: dict,
+        fields: dict[str, Any],
         idempotency_key: str | None = None,
-    ) -> dict:
+    ) -> AnalysisOut:
         """Send the image straight to the object store (``POST /v1/uploads``, then a PUT to its
         presigned URL) and submit the analysis by upload id: the API never carries the bytes."""
         content_type = "image/png" if image.startswith(b"\x89PNG") else "image/jpeg"
-        upload = self.request("POST", "/v1/uploads", json={"content_type": content_type}).json()
-        put = self.storage.put(upload["url"], content=image, headers=upload["headers"])
+        upload = UploadOut.model_validate(
+            self.request("POST", "/v1/uploads", json={"content_type": content_type}).json()
+        )
+        put = self.storage.put(upload.url, content=image, headers=upload.headers)
         if put.status_code >= 300:
             raise ApiError(put)
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         body = {k: v for k, v in fields.items() if v is not None}
-        return self.request(
-            "POST", "/v1/analyses", json={**body, "upload_id": upload["id"]}, headers=headers
-        ).json()
+        response = self.request(
+            "POST", "/v1/analyses", json={**body, "upload_id": str(upload.id)}, headers=headers
+        )
+        return AnalysisOut.model_validate(response.json())
 
-    def reprocess(self, analysis_id: str) -> dict:
+    def reprocess(self, analysis_id: str) -> AnalysisOut:
         """``POST /v1/analyses/{id}/reprocess``: a new queued analysis of the same image and inputs,
         on the models active when a worker takes it; its ``reprocessed_from`` names the original."""
-        return self.request("POST", f"/v1/analyses/{analysis_id}/reprocess").json()
+        return AnalysisOut.model_validate(self.request("POST", f"/v1/analyses/{analysis_id}/reprocess").json())
 
-    def get_analysis(self, analysis_id: str) -> dict:
-        return self.request("GET", f"/v1/analyses/{analysis_id}").json()
+    def get_analysis(self, analysis_id: str) -> AnalysisOut:
+        return AnalysisOut.model_validate(self.request("GET", f"/v1/analyses/{analysis_id}").json())
 
-    def wait(self, analysis_id: str, timeout: float = 600.0, interval: float = 0.5) -> dict:
+    def wait(self, analysis_id: str, timeout: float = 600.0, interval: float = 0.5) -> AnalysisOut:
+        """The analysis once it is final (succeeded, rejected, failed or canceled); TimeoutError after ``timeout``."""
         deadline = time.monotonic() + timeout
         while True:
             analysis = self.get_analysis(analysis_id)
-            if analysis["status"] in FINAL:
+            if analysis.status in FINAL:
                 return analysis
             if time.monotonic() > deadline:
-                raise TimeoutError(f"analysis {analysis_id} still {analysis['status']} after {timeout:.0f}s")
+                raise TimeoutError(f"analysis {analysis_id} still {analysis.status} after {timeout:.0f}s")
             time.sleep(interval)

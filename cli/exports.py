@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from shared.config import Settings
 from shared.context import AppContext
 from shared.csv_export import SafeDictWriter
 from shared.db import session_scope
+from shared.lifecycle.views import model_of, result_of
 from shared.tables import Analysis, Feedback, Tenant
 
 COLUMNS = [
@@ -57,9 +59,6 @@ def _write(context: AppContext, out: Path, tenant_name: str | None, all_tenants:
         writer = SafeDictWriter(handle, COLUMNS)
         writer.writeheader()
         for feedback, analysis, tenant in session.execute(query):
-            result = analysis.result or {}
-            model = analysis.model or {}
-            fusion = model.get("fusion") or {}
             writer.writerow(
                 {
                     "tenant": tenant,
@@ -70,14 +69,7 @@ def _write(context: AppContext, out: Path, tenant_name: str | None, all_tenants:
                     "age": analysis.age,
                     "sex": analysis.sex,
                     "site": analysis.site,
-                    "predicted_diagnosis": result.get("diagnosis"),
-                    "probability": result.get("probability"),
-                    "uncertainty": result.get("uncertainty"),
-                    "risk_band": result.get("risk_band"),
-                    "segmenter": model.get("segmenter"),
-                    "weights": model.get("weights"),
-                    "fusion_version": fusion.get("version"),
-                    "fusion_sha256": fusion.get("sha256"),
+                    **_prediction(analysis),
                     "agrees": feedback.agrees,
                     "final_diagnosis": feedback.final_diagnosis,
                     "histopathology": feedback.histopathology,
@@ -90,7 +82,24 @@ def _write(context: AppContext, out: Path, tenant_name: str | None, all_tenants:
     return count
 
 
-def _only_tenant(session) -> str:
+def _prediction(analysis: Analysis) -> dict[str, object]:
+    """The prediction the feedback judges, and the model that made it (read as the API reads
+    them); empty cells where the analysis has no result or no model ran."""
+    result, model = result_of(analysis), model_of(analysis)
+    fusion = model and model.fusion
+    return {
+        "predicted_diagnosis": result and result.diagnosis,
+        "probability": result and result.probability,
+        "uncertainty": result and result.uncertainty,
+        "risk_band": result and result.risk_band,
+        "segmenter": model and model.segmenter,
+        "weights": model and model.weights,
+        "fusion_version": fusion and fusion.version,
+        "fusion_sha256": fusion and fusion.sha256,
+    }
+
+
+def _only_tenant(session: Session) -> str:
     names = session.execute(select(Tenant.name).order_by(Tenant.name).limit(2)).scalars().all()
     if len(names) != 1:
         raise ExportScopeError(

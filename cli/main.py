@@ -6,11 +6,16 @@ import contextlib
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
+from shared.clinical.vocabulary import AGE_MAX, AGE_MIN, SEXES
 from shared.config import get_settings
 from shared.queues import ROLE_QUEUES, queue_list
+
+if TYPE_CHECKING:
+    from cli.client import Client
 
 ROLES = {
     # role: (queues, pool, default concurrency, preload models)
@@ -19,6 +24,9 @@ ROLES = {
     "io": (queue_list(ROLE_QUEUES["io"]), "threads", 16, False),
     "all": (queue_list(ROLE_QUEUES["all"]), "prefork", 2, False),
 }
+# shared.model_registry.MODEL_KINDS (a test holds them equal), named here so that starting the
+# command does not load the registry's database code.
+MODEL_KINDS = ("scalpel", "fusion")
 
 
 def _client_options(func):
@@ -27,7 +35,7 @@ def _client_options(func):
     return func
 
 
-def _client(api_url: str | None, api_key: str | None):
+def _client(api_url: str | None, api_key: str | None) -> Client:
     from cli.client import Client
 
     settings = get_settings()
@@ -260,8 +268,8 @@ def _when(moment) -> str | None:
 
 @cli.command()
 @click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--age", type=click.IntRange(0, 120))
-@click.option("--sex", type=click.Choice(["male", "female", "unknown"]), default="unknown")
+@click.option("--age", type=click.IntRange(AGE_MIN, AGE_MAX))
+@click.option("--sex", type=click.Choice(SEXES), default="unknown")
 @click.option("--site", default="unknown")
 @click.option("--external-id")
 @click.option("--wait/--no-wait", default=True, show_default=True)
@@ -270,6 +278,7 @@ def _when(moment) -> str | None:
 def submit(image: Path, age, sex, site, external_id, wait: bool, timeout: float, api_url, api_key) -> None:
     """Submit IMAGE, wait for the result and print it."""
     from cli.client import ApiError
+    from cli.render import printable
 
     client = _client(api_url, api_key)
     try:
@@ -277,14 +286,15 @@ def submit(image: Path, age, sex, site, external_id, wait: bool, timeout: float,
             image.read_bytes(), image.name, {"age": age, "sex": sex, "site": site, "external_id": external_id}
         )
         if wait:
-            analysis = client.wait(analysis["id"], timeout=timeout)
+            analysis = client.wait(str(analysis.id), timeout=timeout)
     except ApiError as exc:
         raise click.ClickException(str(exc)) from None
     finally:
         client.close()
-    click.echo(json.dumps(_printable(analysis), indent=2))
-    if wait and analysis["status"] == "succeeded" and analysis["result"].get("scribe_note"):
-        click.echo("\n" + analysis["result"]["scribe_note"])
+    click.echo(json.dumps(printable(analysis), indent=2))
+    note = analysis.result.scribe_note if analysis.result is not None else None
+    if wait and analysis.status == "succeeded" and note:
+        click.echo("\n" + note)
 
 
 @cli.command()
@@ -298,6 +308,7 @@ def reprocess(analysis_ids: tuple[str, ...], wait: bool, timeout: float, api_url
     original kept. Prints "ID -> NEW_ID" per input; a refused ID is reported on stderr and
     the others still go ahead (exit status 1 if any was refused)."""
     from cli.client import ApiError
+    from cli.render import model_version
 
     client = _client(api_url, api_key)
     refused = 0
@@ -309,36 +320,19 @@ def reprocess(analysis_ids: tuple[str, ...], wait: bool, timeout: float, api_url
                 refused += 1
                 click.echo(f"{analysis_id}: not reprocessed: {exc}", err=True)
                 continue
-            line = f"{analysis_id} -> {new['id']}"
+            line = f"{analysis_id} -> {new.id}"
             if wait:
                 try:
-                    done = client.wait(new["id"], timeout=timeout)
+                    done = client.wait(str(new.id), timeout=timeout)
                 except (ApiError, TimeoutError) as exc:
                     line += f"  (not finished: {exc})"
                 else:
-                    line += f"  {done['status']}, model {_model_version(done)}"
+                    line += f"  {done.status}, model {model_version(done)}"
             click.echo(line)
     finally:
         client.close()
     if refused:
         raise click.ClickException(f"{refused} of {len(analysis_ids)} analyses were not reprocessed")
-
-
-def _model_version(analysis: dict) -> str:
-    """"fusion <version> (<weights>)", as the result records it; "none" when no model ran (a rejection)."""
-    model = analysis.get("model") or {}
-    if not model:
-        return "none"
-    fusion = (model.get("fusion") or {}).get("version") or "built-in"
-    return f"fusion {fusion} ({model.get('weights')})"
-
-
-def _printable(analysis: dict) -> dict:
-    keep = ("id", "status", "external_id", "result", "rejection", "error", "model", "links")
-    body = {k: analysis.get(k) for k in keep}
-    if body["result"]:
-        body["result"] = {k: v for k, v in body["result"].items() if k != "scribe_note"}
-    return body
 
 
 @cli.group()
@@ -348,7 +342,7 @@ def models() -> None:
 
 @models.command("import")
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--kind", type=click.Choice(["scalpel", "fusion"]), required=True)
+@click.option("--kind", type=click.Choice(MODEL_KINDS), required=True)
 @click.option("--card", "card_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="model card JSON (default: <checkpoint>.card.json beside it, or the one embedded by training)")
 @click.option("--version", help="version name (default: the card's, else <kind>-N)")
@@ -370,11 +364,11 @@ def models_import(checkpoint: Path, kind: str, card_path: Path | None, version: 
         if registry:
             row, created = register_checkpoint(settings, checkpoint, kind, card_path=card_path, version=version,
                                                activate=activate)
-            state = "active" if activate else row["status"]
-            click.echo(f"{'registered' if created else 'already registered'} {kind} {row['version']} "
-                       f"({row['id']}, sha256 {row['sha256']}, weights {row['weights']}): {state}")
-            if not activate and row["status"] != "active":
-                click.echo(f"activate it with: dermasentinel models activate {kind} {row['version']}")
+            state = "active" if activate else row.status
+            click.echo(f"{'registered' if created else 'already registered'} {kind} {row.version} "
+                       f"({row.id}, sha256 {row.sha256}, weights {row.weights}): {state}")
+            if not activate and row.status != "active":
+                click.echo(f"activate it with: dermasentinel models activate {kind} {row.version}")
         if settings.model_dir is not None:
             target, digest = import_checkpoint(checkpoint, kind, settings.model_dir)
             click.echo(f"installed {target} (sha256 {digest}); restart the GPU workers to use it")
@@ -383,7 +377,7 @@ def models_import(checkpoint: Path, kind: str, card_path: Path | None, version: 
 
 
 @models.command("list")
-@click.option("--kind", type=click.Choice(["scalpel", "fusion"]))
+@click.option("--kind", type=click.Choice(MODEL_KINDS))
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def models_list(kind: str | None, as_json: bool) -> None:
     """Registered models, newest first, with status, calibration and validation metrics."""
@@ -393,22 +387,22 @@ def models_list(kind: str | None, as_json: bool) -> None:
     with registry_session(get_settings()) as session:
         rows = [model_registry.describe(row) for row in model_registry.list_models(session, kind)]
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        click.echo(json.dumps([row.as_json() for row in rows], indent=2))
         return
     if not rows:
         click.echo("no registered models; workers use MODEL_DIR or untrained weights")
     for row in rows:
-        auc = (row["metrics"] or {}).get("validation", {}).get("auc")
+        auc = (row.metrics or {}).get("validation", {}).get("auc")
         auc_text = f"val AUC {auc:.3f}" if auc is not None else ""
-        threshold = f"threshold {row['threshold']:.3f}" if row["threshold"] is not None else "threshold default"
+        threshold = f"threshold {row.threshold:.3f}" if row.threshold is not None else "threshold default"
         click.echo(
-            f"{row['kind']:<8} {row['version']:<28} {row['status']:<9} {row['weights']:<9} {threshold:<19} "
-            f"{auc_text:<13} {row['sha256'][:12]}  {row['id']}"
+            f"{row.kind:<8} {row.version:<28} {row.status:<9} {row.weights:<9} {threshold:<19} "
+            f"{auc_text:<13} {row.sha256[:12]}  {row.id}"
         )
 
 
 @models.command("activate")
-@click.argument("kind", type=click.Choice(["scalpel", "fusion"]))
+@click.argument("kind", type=click.Choice(MODEL_KINDS))
 @click.argument("ref")
 def models_activate(kind: str, ref: str) -> None:
     """Make model REF (version, id or sha256 prefix) of KIND active; GPU workers switch to it
@@ -428,7 +422,7 @@ def models_activate(kind: str, ref: str) -> None:
 
 
 @models.command("rollback")
-@click.argument("kind", type=click.Choice(["scalpel", "fusion"]))
+@click.argument("kind", type=click.Choice(MODEL_KINDS))
 def models_rollback(kind: str) -> None:
     """Retire the active model of KIND and re-activate the one active before it (none before
     it: workers go back to MODEL_DIR or untrained weights)."""

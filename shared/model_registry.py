@@ -12,19 +12,93 @@ from __future__ import annotations
 import hashlib
 import os
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from pydantic import BaseModel, ConfigDict
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from shared.clinical import SYNTHETIC, TRAINED
 from shared.storage import ARTIFACTS, IMAGES, ObjectStore, image_key
 from shared.tables import Analysis, ModelStatus, ModelVersion
+
+if TYPE_CHECKING:
+    from celery import Celery
 
 MODEL_KINDS = ("scalpel", "fusion")
 MODELS_PURPOSE = ARTIFACTS  # checkpoints share the artifacts bucket, under models/ (no tenant)
 CHECKPOINT_TYPE = "application/octet-stream"
+
+
+class Calibration(BaseModel):
+    """A Fusion card's operating point, fitted on the validation fold by training: temperature
+    scaling, then the threshold that reaches ``target_sensitivity``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    temperature: float | None = None
+    threshold: float | None = None
+    target_sensitivity: float | None = None
+    chosen_on: str | None = None
+    sensitivity: float | None = None  # reached on validation at the threshold
+    specificity: float | None = None
+
+
+class TrainingData(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    description: str | None = None
+    synthetic: bool = False  # learnt from generated images: results say weights "synthetic"
+
+
+class ModelCard(BaseModel):
+    """What the registry, the workers and the CLI read of a model card (training writes it,
+    training/checkpoints.py; an operator may write one by hand). Every other field of the card
+    rides along untouched: it is stored and shown as given."""
+
+    model_config = ConfigDict(extra="allow", coerce_numbers_to_str=True)
+
+    kind: str | None = None
+    version: str | None = None
+    training_data: TrainingData | None = None
+    calibration: Calibration | None = None
+    metrics: dict[str, Any] | None = None
+
+    @classmethod
+    def of(cls, card: Mapping[str, Any] | None) -> ModelCard:
+        """The card as typed data (an empty card when there is none)."""
+        return cls.model_validate(card or {})
+
+    @property
+    def weights(self) -> str:
+        """``synthetic`` when the card says the model learnt from generated images, else ``trained``."""
+        return SYNTHETIC if self.training_data is not None and self.training_data.synthetic else TRAINED
+
+
+class RegisteredModel(BaseModel):
+    """A registry row as the CLI shows it (``models list --json`` prints these fields, in this order)."""
+
+    id: str
+    kind: str
+    version: str
+    sha256: str
+    status: str
+    weights: str
+    threshold: float | None
+    temperature: float | None
+    target_sensitivity: float | None
+    metrics: dict[str, Any] | None
+    training_data: TrainingData | None
+    created_at: str | None
+    activated_at: str | None
+
+    def as_json(self) -> dict[str, Any]:
+        """Plain JSON values; the card's training data exactly as the card gave it."""
+        return self.model_dump(mode="json", exclude_unset=True)
 
 
 class ModelNotFound(LookupError):
@@ -80,8 +154,9 @@ def register(
     if existing is not None:
         return existing, False
     card = dict(card or {})
-    calibration = card.get("calibration") or {}
-    version = version or card.get("version") or _next_version(session, kind)
+    described = ModelCard.of(card)
+    calibration = described.calibration or Calibration()
+    version = version or described.version or _next_version(session, kind)
     if session.scalar(select(ModelVersion.id).where(ModelVersion.kind == kind, ModelVersion.version == version)):
         raise ValueError(f"{kind} version {version!r} already exists with other weights; pass another --version")
     key = model_object_key(kind, sha256)
@@ -92,9 +167,9 @@ def register(
         sha256=sha256,
         object_key=key,
         card=card,
-        metrics=dict(card.get("metrics") or {}),
-        threshold=_float_or_none(calibration.get("threshold")),
-        temperature=_float_or_none(calibration.get("temperature")),
+        metrics=dict(described.metrics or {}),
+        threshold=calibration.threshold,
+        temperature=calibration.temperature,
         status=ModelStatus.candidate.value,
     )
     session.add(row)
@@ -105,10 +180,6 @@ def register(
 def _next_version(session: Session, kind: str) -> str:
     count = len(session.scalars(select(ModelVersion.id).where(ModelVersion.kind == kind)).all())
     return f"{kind}-{count + 1}"
-
-
-def _float_or_none(value) -> float | None:
-    return None if value is None else float(value)
 
 
 def list_models(session: Session, kind: str | None = None) -> list[ModelVersion]:
@@ -233,30 +304,24 @@ def cached_checkpoint(store: ObjectStore, model: ActiveModel, data_dir: Path) ->
     return path
 
 
-def describe(row: ModelVersion) -> dict:
-    """The row as plain JSON (CLI and API)."""
-    calibration = (row.card or {}).get("calibration") or {}
-    return {
-        "id": str(row.id),
-        "kind": row.kind,
-        "version": row.version,
-        "sha256": row.sha256,
-        "status": row.status,
-        "weights": weights_label(row.card),
-        "threshold": row.threshold,
-        "temperature": row.temperature,
-        "target_sensitivity": calibration.get("target_sensitivity"),
-        "metrics": row.metrics,
-        "training_data": (row.card or {}).get("training_data"),
-        "created_at": _iso(row.created_at),
-        "activated_at": _iso(row.activated_at),
-    }
-
-
-def weights_label(card: dict | None) -> str:
-    """``synthetic`` when the card says the model was trained on generated images, else ``trained``."""
-    training = (card or {}).get("training_data") or {}
-    return "synthetic" if training.get("synthetic") else "trained"
+def describe(row: ModelVersion) -> RegisteredModel:
+    """The row as the CLI shows it."""
+    card = ModelCard.of(row.card)
+    return RegisteredModel(
+        id=str(row.id),
+        kind=row.kind,
+        version=row.version,
+        sha256=row.sha256,
+        status=row.status,
+        weights=card.weights,
+        threshold=row.threshold,
+        temperature=row.temperature,
+        target_sensitivity=card.calibration.target_sensitivity if card.calibration is not None else None,
+        metrics=row.metrics,
+        training_data=card.training_data,
+        created_at=_iso(row.created_at),
+        activated_at=_iso(row.activated_at),
+    )
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -273,7 +338,7 @@ class NotReprocessable(ValueError):
 REPROCESSABLE = frozenset({"succeeded", "rejected", "failed"})
 
 
-def reprocess(session: Session, store: ObjectStore, celery, original) -> Analysis:
+def reprocess(session: Session, store: ObjectStore, celery: Celery, original: Analysis) -> Analysis:
     """A new queued analysis of ``original``'s image and inputs, linked by ``reprocessed_from``;
     it runs on the models active when a worker picks it up. The original and its result stay
     as they were, so both results are kept. The image is copied under the new analysis, so

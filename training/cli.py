@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from shared.clinical import SYNTHETIC
 from shared.config import get_settings
 
+if TYPE_CHECKING:
+    from training.evaluate import Score
+    from training.train import TrainConfig, TrainResult
+
 _PATH = click.Path(exists=True, path_type=Path)
+Command = TypeVar("Command", bound=Callable[..., Any])
 
 
-def _common(func):
+def _common(func: Command) -> Command:
+    """The options ``train fusion`` and ``train scalpel`` share."""
     options = [
         click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
                      help="folder for best_<kind>.pth, its model card and the resumable state"),
@@ -39,26 +48,28 @@ def _common(func):
     return func
 
 
-def _config(kwargs: dict, **extra):
+def _config(kwargs: dict[str, Any], **extra: Any) -> TrainConfig:
     from training.train import TrainConfig
 
     no_amp = kwargs.pop("no_amp")
     return TrainConfig(amp=not no_amp, **kwargs, **extra)
 
 
-def _report(result) -> None:
-    card = result.card
-    validation = card["metrics"]["validation"]
+def _report(result: TrainResult) -> None:
+    """What a finished training run made, its validation scores, and how to register it."""
+    from shared.model_registry import ModelCard
+
+    card = ModelCard.of(result.card)
+    validation = (card.metrics or {})["validation"]
     click.echo(f"wrote {result.checkpoint} and {result.card_path}")
     click.echo("validation: " + ", ".join(f"{k} {v:.4f}" for k, v in validation.items() if isinstance(v, float)))
-    if "calibration" in card:
-        c = card["calibration"]
-        click.echo(f"calibration: temperature {c['temperature']:.3f}; threshold {c['threshold']:.3f} chosen for "
-                   f"sensitivity {c['target_sensitivity']} on validation (sensitivity {c['sensitivity']:.3f}, "
-                   f"specificity {c['specificity']:.3f})")
-    if card["training_data"]["synthetic"]:
+    if (c := card.calibration) is not None:
+        click.echo(f"calibration: temperature {c.temperature:.3f}; threshold {c.threshold:.3f} chosen for "
+                   f"sensitivity {c.target_sensitivity} on validation (sensitivity {c.sensitivity:.3f}, "
+                   f"specificity {c.specificity:.3f})")
+    if card.weights == SYNTHETIC:
         click.echo("trained on SYNTHETIC images: results will say weights 'synthetic' (not for clinical use)")
-    click.echo(f"register it with: dermasentinel models import {result.checkpoint} --kind {card['kind']}")
+    click.echo(f"register it with: dermasentinel models import {result.checkpoint} --kind {card.kind}")
 
 
 @click.group("train")
@@ -73,7 +84,7 @@ def train() -> None:
 @click.option("--target-sensitivity", type=click.FloatRange(0.5, 1.0), default=0.95, show_default=True,
               help="the operating threshold is chosen on validation to reach this sensitivity")
 @_common
-def train_fusion_command(images: Path, csv_path: Path, target_sensitivity: float, **kwargs) -> None:
+def train_fusion_command(images: Path, csv_path: Path, target_sensitivity: float, **kwargs: Any) -> None:
     """EfficientNet-B3 + metadata Fusion, then temperature scaling and the operating threshold."""
     from training.data import DataError
     from training.train import train_fusion
@@ -89,7 +100,7 @@ def train_fusion_command(images: Path, csv_path: Path, target_sensitivity: float
 @click.option("--images", type=_PATH, required=True, help="folder of ISIC_x.jpg (ISIC 2018 Task 1 layout)")
 @click.option("--masks", type=_PATH, required=True, help="folder of ISIC_x_segmentation.png")
 @_common
-def train_scalpel_command(images: Path, masks: Path, **kwargs) -> None:
+def train_scalpel_command(images: Path, masks: Path, **kwargs: Any) -> None:
     """U-Net ResNet-34 Scalpel with Dice + BCE, early stopping on validation Dice."""
     from training.data import DataError
     from training.train import train_scalpel
@@ -117,8 +128,9 @@ def train_scalpel_command(images: Path, masks: Path, **kwargs) -> None:
 @click.option("--bootstrap", type=click.IntRange(100), default=1000, show_default=True, help="bootstrap resamples")
 @click.option("--predictions-only", is_flag=True,
               help="no labels needed (e.g. a challenge test set): write predictions.csv, no metrics")
-def evaluate(images, csv_path, masks, out_dir, fusion_path, scalpel_path, fusion_ref, scalpel_ref, size,
-             bootstrap, predictions_only) -> None:
+def evaluate(images: Path, csv_path: Path, masks: Path | None, out_dir: Path, fusion_path: Path | None,
+             scalpel_path: Path | None, fusion_ref: str | None, scalpel_ref: str | None, size: int | None,
+             bootstrap: int, predictions_only: bool) -> None:
     """Evaluate a model on a labelled folder: metrics with 95% CIs, per ITA skin group, and a report.
 
     The model is a checkpoint file (--fusion, --scalpel), a registered model (--fusion-model,
@@ -135,35 +147,39 @@ def evaluate(images, csv_path, masks, out_dir, fusion_path, scalpel_path, fusion
         if path and ref:
             raise click.UsageError(f"give --{kind} (a file) or --{kind}-model (a registered model), not both")
     settings = get_settings()
+
+    def source(kind: str, path: Path | None, ref: str | None) -> ModelSource | None:
+        """The checkpoint file given, else the registered model named, else None (MODEL_DIR's)."""
+        if path:
+            return ModelSource(path)
+        return registered_source(settings, kind, ref) if ref else None
+
     try:
-        sources = {kind: registered_source(settings, kind, ref)
-                   for kind, ref in (("fusion", fusion_ref), ("scalpel", scalpel_ref)) if ref}
+        fusion = source("fusion", fusion_path, fusion_ref)
+        scalpel = source("scalpel", scalpel_path, scalpel_ref)
         registry = ModelSet.load(
             settings.model_dir, device=settings.device, segmenter=settings.segmenter, seed=settings.fusion_seed,
-            backend=settings.backend,
-            scalpel_source=ModelSource(scalpel_path) if scalpel_path else sources.get("scalpel"),
-            fusion_source=ModelSource(fusion_path) if fusion_path else sources.get("fusion"),
+            backend=settings.backend, scalpel_source=scalpel, fusion_source=fusion,
         )
-        options = PipelineOptions(seg_size=size or settings.seg_size, cls_size=size or settings.cls_size,
-                                  tta_views=settings.tta_views, blur_threshold=settings.blur_threshold,
-                                  min_coverage=settings.min_coverage, ir_cache_dir=settings.data_dir / "engine")
+        # The workers' options (the same gates, TTA views and engine settings), at --size if given.
+        sizes = {"seg_size": size, "cls_size": size} if size else {}
+        options = PipelineOptions.from_settings(settings, registry.device.type, **sizes)
         report = evaluate_folder(Pipeline(registry, options), images, csv_path, out_dir, masks, resamples=bootstrap,
                                  predictions_only=predictions_only)
     except (DataError, ModelConfigError, ModelNotFound, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
-    if predictions_only:
-        click.echo(f"{report['evaluated']} of {report['images']} images scored, {len(report['rejected'])} rejected "
-                   f"by a gate: {out_dir / 'predictions.csv'} (weights: {report['model']['weights']}; "
-                   "research use only)")
+    weights = report.model.weights if report.model is not None else None
+    if report.overall is None:  # --predictions-only
+        click.echo(f"{report.evaluated} of {report.images} images scored, {len(report.rejected)} rejected "
+                   f"by a gate: {out_dir / 'predictions.csv'} (weights: {weights}; research use only)")
         return
-    overall = report["overall"]["metrics"]
-    click.echo(json.dumps({k: v["value"] for k, v in overall.items()}, indent=2))
-    for row in report["per_skin_group"]:
-        click.echo(f"{row['skin_group']:<13} n={row['count']:<5} AUC {_value(row['metrics'].get('auc'))}  "
-                   f"sensitivity {_value(row['metrics'].get('sensitivity'))}  "
-                   f"specificity {_value(row['metrics'].get('specificity'))}")
-    click.echo(f"report: {out_dir / 'report.html'} (weights: {report['model']['weights']}; research use only)")
+    click.echo(json.dumps({name: score.value for name, score in report.overall.metrics.items()}, indent=2))
+    for row in report.per_skin_group:
+        click.echo(f"{row.skin_group:<13} n={row.count:<5} AUC {_value(row.metrics.get('auc'))}  "
+                   f"sensitivity {_value(row.metrics.get('sensitivity'))}  "
+                   f"specificity {_value(row.metrics.get('specificity'))}")
+    click.echo(f"report: {out_dir / 'report.html'} (weights: {weights}; research use only)")
 
 
-def _value(metric: dict | None) -> str:
-    return "n/a" if not metric or metric["value"] is None else f"{metric['value']:.3f}"
+def _value(metric: Score | None) -> str:
+    return "n/a" if metric is None or metric.value is None else f"{metric.value:.3f}"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +16,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from worker.pipeline.errors import MetadataError
-from worker.pipeline.metadata import SEXES, encode_metadata
+from shared.clinical.vocabulary import VocabularyError, normalise_age, normalise_sex, normalise_site
+from worker.pipeline.metadata import encode_metadata
 from worker.pipeline.preprocess import IMAGENET_MEAN, IMAGENET_STD, network_transform
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -37,7 +36,7 @@ class Sample:
     image: Path
     patient_id: str
     target: int | None = None
-    age: float | None = None
+    age: int | None = None  # whole years, as the API takes them
     sex: str = "unknown"
     site: str = "unknown"
     mask: Path | None = None
@@ -55,27 +54,30 @@ def find_image(images: Path, name: str) -> Path:
     raise DataError(f"no image {name}.jpg/.jpeg/.png in {images}")
 
 
-def _age(value: str | None) -> float | None:
+# Training reads the metadata as the API would accept it (shared.clinical.vocabulary), so the
+# model learns from the values it will be given; what the API would refuse (ISIC's NaN, a site
+# outside the vocabulary, an impossible or fractional age) counts as not given.
+
+
+def _age(value: str | None) -> int | None:
     try:
-        age = float(value) if value not in (None, "") else None
-    except ValueError:
+        return normalise_age(value)
+    except VocabularyError:
         return None
-    return None if age is None or math.isnan(age) or not 0 <= age <= 120 else age
 
 
 def _sex(value: str | None) -> str:
-    key = (value or "unknown").strip().lower()
-    return key if key in SEXES else "unknown"
+    try:
+        return normalise_sex(value)
+    except VocabularyError:
+        return "unknown"
 
 
 def _site(value: str | None) -> str:
-    """ISIC's NaN and sites outside our vocabulary (after its torso aliases) count as unknown."""
-    key = (value or "unknown").strip().lower()
     try:
-        encode_metadata(None, "unknown", key)
-    except MetadataError:
+        return normalise_site(value)
+    except VocabularyError:
         return "unknown"
-    return key
 
 
 def read_labelled_csv(

@@ -9,6 +9,9 @@ given; each with a percentile bootstrap 95% CI, overall and for every ITA skin g
 Writes ``report.json``, ``predictions.csv``, ``reliability.png``, ``roc.png`` and a one-page
 ``report.html``. With ``predictions_only`` (a folder without labels, e.g. a challenge's test
 set): ``predictions.csv`` and a ``report.json`` with the model and the rejections, no metrics.
+The pipeline's outcomes are read as the service's own types (``Finding.result`` is an
+``AnalysisResult``, the provenance a ``ModelInfo``), and the report is typed
+(``EvaluationReport``) down to the file it is written to.
 """
 
 from __future__ import annotations
@@ -21,11 +24,21 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from pydantic import BaseModel, Field
 
-from training import scores as metrics
+from shared.clinical import MELANOMA_THRESHOLD
+from shared.schemas.analyses import ModelInfo, OperatingPoint
+from training import scores
 from training.data import Sample, load_mask, read_labelled_csv
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    from worker.pipeline.pipeline import Pipeline
 
 GROUP_ORDER = ("very light", "light", "intermediate", "tan", "brown", "dark")
 CLASSIFICATION_METRICS = ("auc", "sensitivity", "specificity", "balanced_accuracy", "ece")
@@ -44,62 +57,115 @@ class Prediction:
     rejection: str | None = None
 
 
-def _metric_functions(threshold: float) -> dict[str, Callable]:
+class Score(BaseModel):
+    """One metric with its percentile bootstrap 95% interval (None where undefined, e.g. AUC of one class)."""
+
+    value: float | None
+    ci95: tuple[float | None, float | None]
+    count: int | None = None  # segmentation metrics only: the images that had a reference mask
+
+
+class Block(BaseModel):
+    """The metrics over one set of images: every scored image, or one skin group's."""
+
+    skin_group: str | None = None  # set for a skin group's row only
+    count: int
+    positives: int
+    metrics: dict[str, Score]
+
+
+class RejectedImage(BaseModel):
+    image_name: str
+    reason: str | None
+
+
+class DataSource(BaseModel):
+    images: str
+    labels: str
+    masks: str | None
+
+
+class EvaluationReport(BaseModel):
+    """``report.json``. A field never set is left out of the file: ``predictions_only`` in a
+    full report; the metrics (``overall``, ``per_skin_group``, ``reliability``) in a
+    predictions-only one; the model and data in what ``summarise`` alone returns."""
+
+    predictions_only: bool = False
+    threshold: float
+    images: int
+    evaluated: int
+    rejected: list[RejectedImage]
+    overall: Block | None = None
+    per_skin_group: list[Block] = Field(default_factory=list)
+    reliability: list[dict[str, Any]] = Field(default_factory=list)  # ``scores.expected_calibration_error``'s bins
+    operating_point: OperatingPoint | None = None
+    model: ModelInfo | None = None
+    data: DataSource | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_unset=True)
+
+
+Statistic = Callable[[np.ndarray, np.ndarray], float | None]
+
+
+def _metric_functions(threshold: float) -> dict[str, Statistic]:
     return {
-        "auc": lambda t, p: metrics.auc(t, p),
-        "sensitivity": lambda t, p: metrics.sensitivity_specificity(t, p, threshold)[0],
-        "specificity": lambda t, p: metrics.sensitivity_specificity(t, p, threshold)[1],
-        "balanced_accuracy": lambda t, p: metrics.balanced_accuracy(t, p, threshold),
-        "ece": lambda t, p: metrics.expected_calibration_error(t, p)[0],
+        "auc": lambda t, p: scores.auc(t, p),
+        "sensitivity": lambda t, p: scores.sensitivity_specificity(t, p, threshold)[0],
+        "specificity": lambda t, p: scores.sensitivity_specificity(t, p, threshold)[1],
+        "balanced_accuracy": lambda t, p: scores.balanced_accuracy(t, p, threshold),
+        "ece": lambda t, p: scores.expected_calibration_error(t, p)[0],
     }
 
 
-def summarise(predictions: list[Prediction], threshold: float, resamples: int = 1000, seed: int = 0) -> dict:
+def summarise(predictions: list[Prediction], threshold: float, resamples: int = 1000,
+              seed: int = 0) -> EvaluationReport:
     """Every metric with its bootstrap CI, overall and per skin group (one row per group present)."""
     scored = [p for p in predictions if p.probability is not None]
-    per_skin_group: list[dict] = []
-    report: dict = {
-        "threshold": threshold,
-        "images": len(predictions),
-        "evaluated": len(scored),
-        "rejected": [{"image_name": p.name, "reason": p.rejection} for p in predictions if p.probability is None],
-        "overall": _block(scored, threshold, resamples, seed),
-        "per_skin_group": per_skin_group,
-    }
     groups = sorted({p.skin_group for p in scored if p.skin_group},
                     key=lambda g: GROUP_ORDER.index(g) if g in GROUP_ORDER else len(GROUP_ORDER))
-    for group in groups:
-        members = [p for p in scored if p.skin_group == group]
-        per_skin_group.append({"skin_group": group, **_block(members, threshold, resamples, seed)})
     targets = np.array([p.target for p in scored])
     probabilities = np.array([p.probability for p in scored])
-    report["reliability"] = metrics.expected_calibration_error(targets, probabilities)[1] if scored else []
-    return report
+    return EvaluationReport(
+        threshold=threshold,
+        images=len(predictions),
+        evaluated=len(scored),
+        rejected=_rejected(predictions),
+        overall=_block(scored, threshold, resamples, seed),
+        per_skin_group=[
+            _block([p for p in scored if p.skin_group == group], threshold, resamples, seed).model_copy(
+                update={"skin_group": group}
+            )
+            for group in groups
+        ],
+        reliability=scores.expected_calibration_error(targets, probabilities)[1] if scored else [],
+    )
 
 
-def _block(members: list[Prediction], threshold: float, resamples: int, seed: int) -> dict:
+def _rejected(predictions: list[Prediction]) -> list[RejectedImage]:
+    return [RejectedImage(image_name=p.name, reason=p.rejection) for p in predictions if p.probability is None]
+
+
+def _block(members: list[Prediction], threshold: float, resamples: int, seed: int) -> Block:
     targets = np.array([p.target for p in members], dtype=int)
     probabilities = np.array([p.probability for p in members], dtype=float)
-    scores: dict[str, dict] = {}
-    block = {"count": len(members), "positives": int(targets.sum()), "metrics": scores}
-    if not members:
-        return block
-    for name, function in _metric_functions(threshold).items():
+    found: dict[str, Score] = {}
+    for name, function in _metric_functions(threshold).items() if members else ():
         value = function(targets, probabilities)
-        low, high = metrics.bootstrap_ci(function, (targets, probabilities), resamples, seed)
-        scores[name] = {"value": value, "ci95": [low, high]}
+        found[name] = Score(value=value, ci95=scores.bootstrap_ci(function, (targets, probabilities), resamples, seed))
     masked = [p for p in members if p.dice is not None]
     for name in SEGMENTATION_METRICS if masked else ():
         values = np.array([getattr(p, name) for p in masked])
-        low, high = metrics.bootstrap_ci(lambda v: float(v.mean()), (values,), resamples, seed)
-        scores[name] = {"value": float(values.mean()), "ci95": [low, high], "count": len(masked)}
-    return block
+        interval = scores.bootstrap_ci(lambda v: float(v.mean()), (values,), resamples, seed)
+        found[name] = Score(value=float(values.mean()), ci95=interval, count=len(masked))
+    return Block(count=len(members), positives=int(targets.sum()), metrics=found)
 
 
 # --------------------------------------------------------------------------- running the model
 
 
-def predict(pipeline, samples: list[Sample], progress: bool = True) -> list[Prediction]:
+def predict(pipeline: Pipeline, samples: list[Sample], progress: bool = True) -> list[Prediction]:
     """Run each image through the pipeline (one at a time: bounded memory); an unlabelled
     sample keeps ``target`` None (``evaluate_folder`` decides whether labels are needed)."""
     from tqdm import tqdm
@@ -110,20 +176,19 @@ def predict(pipeline, samples: list[Sample], progress: bool = True) -> list[Pred
     for sample in tqdm(samples, desc="evaluate", disable=not progress, unit="image"):
         target = sample.target
         outcome = pipeline.run([LesionInput(
-            image=sample.image.read_bytes(), age=int(sample.age) if sample.age is not None else None,
-            sex=sample.sex, site=sample.site,
+            image=sample.image.read_bytes(), age=sample.age, sex=sample.sex, site=sample.site,
         )])[0]
         if not isinstance(outcome, Finding):
             predictions.append(Prediction(sample.name, target, None, rejection=outcome.code))
             continue
         result = outcome.result
         prediction = Prediction(
-            sample.name, target, float(result["probability"]),
-            skin_group=result["equity"]["skin_group"], ita_degrees=float(result["equity"]["ita_degrees"]),
+            sample.name, target, result.probability,
+            skin_group=result.equity.skin_group, ita_degrees=result.equity.ita_degrees,
         )
         if sample.mask is not None:
-            prediction.dice, prediction.jaccard = metrics.dice_jaccard(load_mask(sample.mask) > 0.5,
-                                                                       _mask_at(outcome.mask_png, sample.mask))
+            prediction.dice, prediction.jaccard = scores.dice_jaccard(load_mask(sample.mask) > 0.5,
+                                                                      _mask_at(outcome.mask_png, sample.mask))
         predictions.append(prediction)
     return predictions
 
@@ -137,30 +202,34 @@ def _mask_at(mask_png: bytes, truth_path: Path) -> np.ndarray:
         return np.asarray(mask.convert("L").resize(size, Image.Resampling.NEAREST)) > 127
 
 
-def evaluate_folder(pipeline, images: Path, csv_path: Path, out_dir: Path, masks: Path | None = None,
+def evaluate_folder(pipeline: Pipeline, images: Path, csv_path: Path, out_dir: Path, masks: Path | None = None,
                     resamples: int = 1000, seed: int = 0, progress: bool = True,
-                    predictions_only: bool = False) -> dict:
+                    predictions_only: bool = False) -> EvaluationReport:
+    """Score every image of the folder with ``pipeline`` and write the outputs to ``out_dir``;
+    the metrics use the model's own operating threshold, as the service's diagnosis does."""
     without_labels = "; --predictions-only runs the model without labels"
     samples = read_labelled_csv(csv_path, images, masks, need_target=not predictions_only, hint=without_labels)
     if not predictions_only and any(s.target is None for s in samples):
         raise ValueError(f"{csv_path}: every row needs a target (0 or 1) to be evaluated{without_labels}")
     predictions = predict(pipeline, samples, progress)
     provenance = pipeline.registry.provenance()
-    operating_point = provenance.get("operating_point") or {}
-    threshold = float(operating_point.get("threshold", 0.5))
+    operating_point = provenance.operating_point
+    threshold = operating_point.threshold if operating_point is not None else MELANOMA_THRESHOLD
     if predictions_only:
-        report = {
-            "predictions_only": True,
-            "threshold": threshold,
-            "images": len(predictions),
-            "evaluated": sum(p.probability is not None for p in predictions),
-            "rejected": [{"image_name": p.name, "reason": p.rejection} for p in predictions if p.probability is None],
-        }
+        report = EvaluationReport(
+            predictions_only=True,
+            threshold=threshold,
+            images=len(predictions),
+            evaluated=sum(p.probability is not None for p in predictions),
+            rejected=_rejected(predictions),
+        )
     else:
         report = summarise(predictions, threshold, resamples, seed)
-    report["operating_point"] = operating_point
-    report["model"] = provenance
-    report["data"] = {"images": str(images), "labels": str(csv_path), "masks": str(masks) if masks else None}
+    report = report.model_copy(update={
+        "operating_point": operating_point,
+        "model": provenance,
+        "data": DataSource(images=str(images), labels=str(csv_path), masks=str(masks) if masks else None),
+    })
     write_outputs(report, predictions, Path(out_dir))
     return report
 
@@ -168,9 +237,9 @@ def evaluate_folder(pipeline, images: Path, csv_path: Path, out_dir: Path, masks
 # ------------------------------------------------------------------------------------- outputs
 
 
-def write_outputs(report: dict, predictions: list[Prediction], out_dir: Path) -> None:
+def write_outputs(report: EvaluationReport, predictions: list[Prediction], out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2))
+    (out_dir / "report.json").write_text(json.dumps(report.as_json(), indent=2))
     with (out_dir / "predictions.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
         columns = ["image_name", "target", "probability", "skin_group", "ita_degrees", "dice", "jaccard", "rejection"]
@@ -178,26 +247,29 @@ def write_outputs(report: dict, predictions: list[Prediction], out_dir: Path) ->
         for p in predictions:
             writer.writerow([p.name, p.target, p.probability, p.skin_group, p.ita_degrees, p.dice, p.jaccard,
                              p.rejection])
-    if report.get("predictions_only"):
+    if report.overall is None:  # predictions only: no metrics to draw
         return
     scored = [p for p in predictions if p.probability is not None]
-    reliability = _reliability_png(report["reliability"], report["overall"]["metrics"].get("ece", {}).get("value"))
-    roc = _roc_png(np.array([p.target for p in scored]), np.array([p.probability for p in scored]), report["threshold"])
+    ece = report.overall.metrics.get("ece")
+    reliability = _reliability_png(report.reliability, ece.value if ece is not None else None)
+    roc = _roc_png(np.array([p.target for p in scored]), np.array([p.probability for p in scored]), report.threshold)
     (out_dir / "reliability.png").write_bytes(reliability)
     (out_dir / "roc.png").write_bytes(roc)
     (out_dir / "report.html").write_text(_html(report, reliability, roc))
 
 
-def _figure():
+def _figure() -> tuple[Figure, Axes]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    return plt, plt.subplots(figsize=(4, 4), dpi=100)
+    return plt.subplots(figsize=(4, 4), dpi=100)
 
 
-def _png(plt, fig) -> bytes:
+def _png(fig: Figure) -> bytes:
+    import matplotlib.pyplot as plt
+
     buffer = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buffer, format="png")
@@ -205,8 +277,8 @@ def _png(plt, fig) -> bytes:
     return buffer.getvalue()
 
 
-def _reliability_png(bins: list[dict], ece: float | None) -> bytes:
-    plt, (fig, ax) = _figure()
+def _reliability_png(bins: list[dict[str, Any]], ece: float | None) -> bytes:
+    fig, ax = _figure()
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
     filled = [b for b in bins if b["count"]]
     ax.bar([(b["from"] + b["to"]) / 2 for b in filled], [b["observed_rate"] for b in filled],
@@ -215,64 +287,71 @@ def _reliability_png(bins: list[dict], ece: float | None) -> bytes:
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="predicted probability", ylabel="observed rate",
            title=f"Reliability (ECE {ece:.3f})" if ece is not None else "Reliability")
     ax.legend(loc="upper left", fontsize=7)
-    return _png(plt, fig)
+    return _png(fig)
 
 
 def _roc_png(targets: np.ndarray, probabilities: np.ndarray, threshold: float) -> bytes:
     from sklearn.metrics import roc_curve
 
-    plt, (fig, ax) = _figure()
+    fig, ax = _figure()
     if len(np.unique(targets)) == 2:
         fpr, tpr, _ = roc_curve(targets, probabilities)
         ax.plot(fpr, tpr, label="ROC")
-        sensitivity, specificity = metrics.sensitivity_specificity(targets, probabilities, threshold)
+        sensitivity, specificity = scores.sensitivity_specificity(targets, probabilities, threshold)
         assert sensitivity is not None and specificity is not None  # both classes are present
         ax.plot([1 - specificity], [sensitivity], "o", color="red", label=f"threshold {threshold:.3f}")
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey")
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="1 - specificity", ylabel="sensitivity", title="ROC")
     ax.legend(loc="lower right", fontsize=7)
-    return _png(plt, fig)
+    return _png(fig)
 
 
-def _fmt(metric: dict | None) -> str:
-    if not metric or metric.get("value") is None:
+def _fmt(metric: Score | None) -> str:
+    if metric is None or metric.value is None:
         return "n/a"
-    low, high = metric.get("ci95") or (None, None)
+    low, high = metric.ci95
     ci = f" ({low:.3f}–{high:.3f})" if low is not None and high is not None else ""
-    return f"{metric['value']:.3f}{ci}"
+    return f"{metric.value:.3f}{ci}"
 
 
-def _html(report: dict, reliability: bytes, roc: bytes) -> str:
-    model = report.get("model") or {}
-    fusion = model.get("fusion") or {}
-    point = report.get("operating_point") or {}
-    names = list(CLASSIFICATION_METRICS) + [m for m in SEGMENTATION_METRICS if m in report["overall"]["metrics"]]
+def _html(report: EvaluationReport, reliability: bytes, roc: bytes) -> str:
+    model = report.model
+    fusion = model.fusion if model is not None else None
+    point = report.operating_point
+    blocks = ([("all", report.overall)] if report.overall is not None else []) + [
+        (str(block.skin_group), block) for block in report.per_skin_group
+    ]
+    measured = report.overall.metrics if report.overall is not None else {}
+    names = list(CLASSIFICATION_METRICS) + [m for m in SEGMENTATION_METRICS if m in measured]
     header = "".join(f"<th>{html.escape(n)}</th>" for n in ["group", "count", "positives", *names])
     rows = []
-    for label, block in [("all", report["overall"])] + [(r["skin_group"], r) for r in report["per_skin_group"]]:
-        cells = [label, str(block["count"]), str(block["positives"])] + [_fmt(block["metrics"].get(n)) for n in names]
+    for label, block in blocks:
+        cells = [label, str(block.count), str(block.positives)] + [_fmt(block.metrics.get(n)) for n in names]
         rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
 
     def image(data: bytes, alt: str) -> str:
         return f'<img alt="{alt}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
 
-    if point.get("chosen_on") == "validation":
-        chosen = (f"threshold {point.get('threshold', report['threshold']):.3f} chosen for sensitivity "
-                  f"{point.get('target_sensitivity')} on validation")
+    def text(value: object) -> str:
+        return html.escape(str(value))
+
+    if point is not None and point.chosen_on == "validation":
+        chosen = (f"threshold {point.threshold:.3f} chosen for sensitivity "
+                  f"{point.target_sensitivity} on validation")
     else:
-        chosen = f"threshold {report['threshold']:.3f} (default; the model has no validated operating point)"
+        chosen = f"threshold {report.threshold:.3f} (default; the model has no validated operating point)"
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>DermaSentinel evaluation</title>
 <style>body{{font-family:sans-serif;margin:1.5em;max-width:60em}}table{{border-collapse:collapse;font-size:.85em}}
 td,th{{border:1px solid #bbb;padding:.25em .5em;text-align:right}}td:first-child{{text-align:left}}
 .warn{{background:#fee;border:1px solid #c00;padding:.5em}}</style></head><body>
 <h1>Model evaluation</h1>
 <p class="warn">Research use only; DermaSentinel is not a certified medical device. These figures
-describe this model on this data set only. Weights: <b>{html.escape(str(model.get('weights')))}</b>.</p>
-<p>Fusion {html.escape(str(fusion.get('version')))} (sha256 {html.escape(str(fusion.get('sha256'))[:12])}),
-segmenter {html.escape(str(model.get('segmenter')))}, backend {html.escape(str(model.get('backend')))};
-training data: {html.escape(str(model.get('training_data') or 'not stated'))}.<br>
-{html.escape(chosen)}; {report['evaluated']} of {report['images']} images evaluated
-({len(report['rejected'])} rejected by a quality or lesion gate). 95% bootstrap intervals in brackets.</p>
+describe this model on this data set only. Weights: <b>{text(model.weights if model else None)}</b>.</p>
+<p>Fusion {text(fusion.version if fusion else None)} (sha256 {text(fusion.sha256 if fusion else None)[:12]}),
+segmenter {text(model.segmenter if model else None)}, backend {text(model.backend if model else None)};
+training data: {text((model.training_data if model else None) or 'not stated')}.<br>
+{html.escape(chosen)}; {report.evaluated} of {report.images} images evaluated
+({len(report.rejected)} rejected by a quality or lesion gate). 95% bootstrap intervals in brackets.</p>
 <table><tr>{header}</tr>{''.join(rows)}</table>
 <p>Skin groups from the Equity Engine's ITA of each image.</p>
 {image(roc, "ROC curve")} {image(reliability, "reliability diagram")}

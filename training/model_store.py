@@ -1,18 +1,39 @@
-"""Installing operator-provided checkpoints, after proving they load, and the model registry's
-commands (docs/MODELS.md)."""
+"""Checkpoints into service: install one into ``MODEL_DIR``, register one in the model registry
+(docs/MODELS.md), or fetch a registered one for ``evaluate``, each only after proving the file
+loads into the network it claims to be.
+
+``dermasentinel models`` (cli/main.py) and ``evaluate`` (training/cli.py) call these; the
+registry's SQL is ``shared.model_registry``'s. Torch is imported only where a checkpoint is
+loaded, so listing or activating models stays light.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from shared import model_registry
+from shared.config import Settings
+from shared.context import AppContext
+from shared.db import session_scope
+from shared.model_registry import ModelCard, RegisteredModel
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from worker.pipeline.model_set import ModelSource
+    from worker.pipeline.networks import CheckpointInfo
 
 CARD_SUFFIX = ".card.json"
 
 
-def check_checkpoint(checkpoint: Path, kind: str):
-    """Load CHECKPOINT into a fresh model, raising (with the keys named) if it does not fit.
-    Returns its ``CheckpointInfo`` (sha256, version, embedded card)."""
+def check_checkpoint(checkpoint: Path, kind: str) -> CheckpointInfo:
+    """Load CHECKPOINT into a fresh model of ``kind``, raising (with the keys named) if it does
+    not fit; its sha256, version and embedded card come back."""
     from worker.pipeline.networks import FusionNet, build_scalpel, load_checkpoint
 
     model = build_scalpel() if kind == "scalpel" else FusionNet()
@@ -31,7 +52,7 @@ def import_checkpoint(checkpoint: Path, kind: str, model_dir: Path) -> tuple[Pat
     return target, info.sha256
 
 
-def find_card(checkpoint: Path, card_path: Path | None, embedded: dict | None) -> dict | None:
+def find_card(checkpoint: Path, card_path: Path | None, embedded: dict[str, Any] | None) -> dict[str, Any] | None:
     """The model card: the file given, else ``<checkpoint>.card.json`` beside it, else the
     one a training run embedded in the checkpoint."""
     if card_path is None:
@@ -45,25 +66,22 @@ def find_card(checkpoint: Path, card_path: Path | None, embedded: dict | None) -
     return embedded
 
 
-def register_checkpoint(settings, checkpoint: Path, kind: str, *, card_path: Path | None = None,
-                        version: str | None = None, activate: bool = False) -> tuple[dict, bool]:
+def register_checkpoint(settings: Settings, checkpoint: Path, kind: str, *, card_path: Path | None = None,
+                        version: str | None = None, activate: bool = False) -> tuple[RegisteredModel, bool]:
     """Prove CHECKPOINT loads, store it in the object store and add it to the registry as a
-    candidate (or the active model with ``activate``). Returns (row as JSON, created)."""
-    from shared import model_registry
-    from shared.context import AppContext
-    from shared.db import session_scope
-
+    candidate (or the active model with ``activate``). The version is ``version``, else the
+    card's, else the one training wrote into the checkpoint, else the registry's next
+    ``<kind>-N``. Returns (the registered model, whether it was new)."""
     info = check_checkpoint(checkpoint, kind)
     card = find_card(checkpoint, card_path, info.card)
+    named = version or ModelCard.of(card).version or (None if info.version.startswith("sha256-") else info.version)
     context = AppContext(settings)
     try:
         context.store.ensure_buckets()
         with session_scope(context.session_factory) as session:
             row, created = model_registry.register(
                 session, context.store, kind=kind, data=checkpoint.read_bytes(), sha256=info.sha256,
-                version=version or (card or {}).get("version")
-                or (None if info.version.startswith("sha256-") else info.version),
-                card=card,
+                version=named, card=card,
             )
             if activate:
                 model_registry.activate(session, kind, str(row.id))
@@ -72,12 +90,10 @@ def register_checkpoint(settings, checkpoint: Path, kind: str, *, card_path: Pat
         context.close()
 
 
-def registered_source(settings, kind: str, ref: str):
+def registered_source(settings: Settings, kind: str, ref: str) -> ModelSource:
     """A registered model (``active``, a version, an id or a sha256 prefix) as the
     ``ModelSource`` workers build from it: its checkpoint fetched into DATA_DIR/models and
     checked against its sha256, with its version, card and operating point."""
-    from shared import model_registry
-    from shared.context import AppContext
     from worker.pipeline.model_set import ModelSource
 
     context = AppContext(settings)
@@ -90,20 +106,12 @@ def registered_source(settings, kind: str, ref: str):
     return ModelSource.registered(model, path)
 
 
-def registry_session(settings):
-    """A unit of work on the registry (commits on success)."""
-    import contextlib
-
-    from shared.context import AppContext
-    from shared.db import session_scope
-
-    @contextlib.contextmanager
-    def scope():
-        context = AppContext(settings)
-        try:
-            with session_scope(context.session_factory) as session:
-                yield session
-        finally:
-            context.close()
-
-    return scope()
+@contextlib.contextmanager
+def registry_session(settings: Settings) -> Iterator[Session]:
+    """A unit of work on the registry: committed when the block ends without an error."""
+    context = AppContext(settings)
+    try:
+        with session_scope(context.session_factory) as session:
+            yield session
+    finally:
+        context.close()

@@ -8,6 +8,8 @@ specificity at the operating threshold (a probability above it is a melanoma cal
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from scipy.optimize import minimize_scalar
@@ -38,7 +40,9 @@ def confusion(targets: np.ndarray, probabilities: np.ndarray, threshold: float) 
     }
 
 
-def sensitivity_specificity(targets, probabilities, threshold: float) -> tuple[float | None, float | None]:
+def sensitivity_specificity(
+    targets: np.ndarray, probabilities: np.ndarray, threshold: float
+) -> tuple[float | None, float | None]:
     counts = confusion(targets, probabilities, threshold)
     positives, negatives = counts["tp"] + counts["fn"], counts["tn"] + counts["fp"]
     sensitivity = counts["tp"] / positives if positives else None
@@ -46,7 +50,7 @@ def sensitivity_specificity(targets, probabilities, threshold: float) -> tuple[f
     return sensitivity, specificity
 
 
-def balanced_accuracy(targets, probabilities, threshold: float) -> float | None:
+def balanced_accuracy(targets: np.ndarray, probabilities: np.ndarray, threshold: float) -> float | None:
     sensitivity, specificity = sensitivity_specificity(targets, probabilities, threshold)
     if sensitivity is None or specificity is None:
         return None
@@ -64,7 +68,9 @@ def dice_jaccard(truth: np.ndarray, predicted: np.ndarray) -> tuple[float, float
     return float(2 * intersection / total), float(intersection / union)
 
 
-def expected_calibration_error(targets, probabilities, bins: int = 10) -> tuple[float, list[dict]]:
+def expected_calibration_error(
+    targets: np.ndarray, probabilities: np.ndarray, bins: int = 10
+) -> tuple[float, list[dict[str, Any]]]:
     """ECE over equal-width bins, and the bins (for the reliability diagram)."""
     targets = np.asarray(targets, dtype=float)
     probabilities = np.asarray(probabilities, dtype=float)
@@ -85,8 +91,8 @@ def expected_calibration_error(targets, probabilities, bins: int = 10) -> tuple[
     return float(ece), table
 
 
-def bootstrap_ci(statistic, arrays: tuple[np.ndarray, ...], resamples: int = 1000, seed: int = 0,
-                 level: float = 0.95) -> tuple[float | None, float | None]:
+def bootstrap_ci(statistic: Callable[..., float | None], arrays: tuple[np.ndarray, ...], resamples: int = 1000,
+                 seed: int = 0, level: float = 0.95) -> tuple[float | None, float | None]:
     """Percentile bootstrap interval of ``statistic(*arrays)`` over resampled rows."""
     rng = np.random.default_rng(seed)
     n = len(arrays[0])
@@ -118,7 +124,7 @@ def fit_temperature(logits: np.ndarray, targets: np.ndarray) -> float:
     return float(math.exp(found.x))
 
 
-def threshold_for_sensitivity(targets, probabilities, target_sensitivity: float) -> float:
+def threshold_for_sensitivity(targets: np.ndarray, probabilities: np.ndarray, target_sensitivity: float) -> float:
     """The highest threshold whose sensitivity (probability > threshold) reaches the target:
     midway between the last positive that must be caught and the next lower score."""
     targets = np.asarray(targets).astype(bool)

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,8 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from training import checkpoints
-from training import scores as metrics
+from training import checkpoints, scores
 from training.data import (
     DataError,
     LesionDataset,
@@ -39,6 +39,10 @@ from training.data import (
 from worker.pipeline.networks import FUSION_NAME, SCALPEL_NAME, FusionNet, build_scalpel
 
 log = logging.getLogger(__name__)
+
+Batch = dict[str, torch.Tensor]  # what LesionDataset yields, collated
+Step = Callable[[nn.Module, Batch, torch.device], tuple[torch.Tensor, torch.Tensor]]  # (loss, outputs)
+Validate = Callable[[nn.Module, DataLoader, torch.device], dict[str, Any]]  # keys with "_": not scores
 
 
 @dataclass
@@ -115,14 +119,14 @@ def train_fusion(images: Path, csv_path: Path, config: TrainConfig) -> TrainResu
     pos_weight = negatives / max(positives, 1)
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([pos_weight]))
 
-    def step(model, batch, device):
+    def step(model: nn.Module, batch: Batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         logits = model(batch["image"].to(device), batch["metadata"].to(device))[:, 0]
         return loss_fn.to(device)(logits.float(), batch["target"].to(device)), logits
 
-    def validate(model, loader, device) -> dict:
+    def validate(model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, Any]:
         logits, targets, losses = _predict_logits(model, loader, device, loss_fn)
         probabilities = 1 / (1 + np.exp(-logits))
-        return {"loss": float(np.mean(losses)), "auc": metrics.auc(targets, probabilities),
+        return {"loss": float(np.mean(losses)), "auc": scores.auc(targets, probabilities),
                 "_logits": logits, "_targets": targets}
 
     result = _fit(
@@ -132,19 +136,21 @@ def train_fusion(images: Path, csv_path: Path, config: TrainConfig) -> TrainResu
         step=step, validate=validate, monitor="auc",
         data=_data_section(samples, train_samples, val_samples, [csv_path], dataset_info, config),
         extra_hyperparameters={"pos_weight": pos_weight, "loss": "BCEWithLogits(pos_weight)"},
-        calibrate=lambda scores: _calibration(scores, config.target_sensitivity),
+        calibrate=lambda validation: _calibration(validation, config.target_sensitivity),
     )
     return result
 
 
-def _calibration(scores: dict, target_sensitivity: float) -> dict:
-    logits, targets = scores["_logits"], scores["_targets"]
-    temperature = metrics.fit_temperature(logits, targets)
+def _calibration(validation: dict[str, Any], target_sensitivity: float) -> dict[str, Any]:
+    """The card's ``calibration``: temperature scaling and the threshold for the target
+    sensitivity, both fitted on the validation fold's logits."""
+    logits, targets = validation["_logits"], validation["_targets"]
+    temperature = scores.fit_temperature(logits, targets)
     calibrated = 1 / (1 + np.exp(-logits / temperature))
-    threshold = metrics.threshold_for_sensitivity(targets, calibrated, target_sensitivity)
-    sensitivity, specificity = metrics.sensitivity_specificity(targets, calibrated, threshold)
-    ece_before, _ = metrics.expected_calibration_error(targets, 1 / (1 + np.exp(-logits)))
-    ece_after, _ = metrics.expected_calibration_error(targets, calibrated)
+    threshold = scores.threshold_for_sensitivity(targets, calibrated, target_sensitivity)
+    sensitivity, specificity = scores.sensitivity_specificity(targets, calibrated, threshold)
+    ece_before, _ = scores.expected_calibration_error(targets, 1 / (1 + np.exp(-logits)))
+    ece_after, _ = scores.expected_calibration_error(targets, calibrated)
     return {
         "method": "temperature scaling on the validation fold; threshold for the target sensitivity",
         "chosen_on": "validation",
@@ -159,7 +165,10 @@ def _calibration(scores: dict, target_sensitivity: float) -> dict:
     }
 
 
-def _predict_logits(model, loader, device, loss_fn=None):
+def _predict_logits(
+    model: nn.Module, loader: DataLoader, device: torch.device, loss_fn: nn.Module | None = None
+) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    """Fusion's logits, the targets and (with ``loss_fn``) each batch's loss, in loader order."""
     model.eval()
     logits, targets, losses = [], [], []
     with torch.inference_mode():
@@ -192,11 +201,11 @@ def train_scalpel(images: Path, masks: Path, config: TrainConfig) -> TrainResult
     train_samples = [samples[i] for i in train_idx]
     val_samples = [samples[i] for i in val_idx]
 
-    def step(model, batch, device):
+    def step(model: nn.Module, batch: Batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         logits = model(batch["image"].to(device)).float()
         return dice_bce_loss(logits, batch["mask"].to(device)), logits
 
-    def validate(model, loader, device) -> dict:
+    def validate(model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, Any]:
         model.eval()
         dices, jaccards, losses = [], [], []
         with torch.inference_mode():
@@ -206,7 +215,7 @@ def train_scalpel(images: Path, masks: Path, config: TrainConfig) -> TrainResult
                 losses.append(float(dice_bce_loss(logits, masks)))
                 predicted = (torch.sigmoid(logits) > 0.5).cpu().numpy()
                 for truth, guess in zip(masks.cpu().numpy() > 0.5, predicted, strict=True):
-                    dice, jaccard = metrics.dice_jaccard(truth, guess)
+                    dice, jaccard = scores.dice_jaccard(truth, guess)
                     dices.append(dice)
                     jaccards.append(jaccard)
         return {"loss": float(np.mean(losses)), "dice": float(np.mean(dices)), "jaccard": float(np.mean(jaccards))}
@@ -254,9 +263,12 @@ def _data_section(samples: list[Sample], train: list[Sample], val: list[Sample],
     }
 
 
-def _fit(*, kind: str, model: Callable[[], nn.Module], name: str, config: TrainConfig, train_set, val_set,
-         step: Callable, validate: Callable, monitor: str, data: dict, extra_hyperparameters: dict,
-         calibrate: Callable | None) -> TrainResult:
+def _fit(*, kind: str, model: Callable[[], nn.Module], name: str, config: TrainConfig, train_set: LesionDataset,
+         val_set: LesionDataset, step: Step, validate: Validate, monitor: str, data: dict[str, Any],
+         extra_hyperparameters: dict[str, Any],
+         calibrate: Callable[[dict[str, Any]], dict[str, Any]] | None) -> TrainResult:
+    """The loop both networks share: train, validate each epoch, keep the best by ``monitor``,
+    stop early, save a resumable state, then write the released checkpoint and its card."""
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_training_device(config.device)
@@ -306,14 +318,14 @@ def _fit(*, kind: str, model: Callable[[], nn.Module], name: str, config: TrainC
             bar.set_postfix(loss=f"{np.mean(losses):.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
         train_seconds = time.perf_counter() - started
         scheduler.step()
-        scores = validate(model, val_loader, device)
+        measured = validate(model, val_loader, device)
         images_per_second = seen / train_seconds
         record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "images_per_second": images_per_second,
                   **{f"val_{k}": (float(v) if v is not None else None)
-                     for k, v in scores.items() if not k.startswith("_")}}
+                     for k, v in measured.items() if not k.startswith("_")}}
         history.append(record)
         throughput.append(images_per_second)
-        value = scores[monitor]
+        value = measured[monitor]
         improved = value is not None and (best is None or value > best)
         message = (f"{kind} epoch {epoch + 1}/{config.epochs}: train loss {record['train_loss']:.4f}, "
                    f"val loss {record['val_loss']:.4f}, val {monitor} "

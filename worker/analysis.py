@@ -9,28 +9,26 @@ Each lane spreads its per-image work over a small thread pool; decoding, OpenCV,
 and Postgres calls release the GIL. Claims and fencing are ``shared.lifecycle``'s, unchanged:
 every outcome is written with its claim's attempt, so a fenced-off job writes nothing.
 
-Models switch without a restart (docs/MODELS.md): when a batch is loaded, the process's
-``ModelSwitch`` reads the registry's active versions (at most every ``MODEL_CHECK_SECONDS``)
-and, if they changed, builds a pipeline on the new checkpoints; each batch runs start to
-finish on the pipeline it was loaded with, and its results record that pipeline's models.
+Each batch is loaded on the pipeline the process's ``ModelSwitch`` hands out
+(``worker/model_switch.py``: the registry's active models, switched without a restart), runs
+start to finish on it, and its results record that pipeline's models.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import uuid
-import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from minio.error import S3Error
 
-from shared import clinical, lifecycle, model_registry, vlm
+from shared import clinical, lifecycle, vlm
 from shared.clock import iso, utcnow
+from shared.config import Settings
 from shared.context import AppContext
 from shared.db import session_scope
 from shared.jobs import JobNotRun
@@ -47,6 +45,7 @@ from shared.schemas.analyses import (
 )
 from shared.storage import ARTIFACTS, IMAGES, artifact_key
 from shared.tables import AnalysisStatus
+from worker.model_switch import model_switch
 from worker.reporting.scribe import build_scribe_note
 from worker.runtime import release_freed_memory
 
@@ -74,7 +73,7 @@ class _Batch:
     infer_s: float = 0.0
 
 
-def run_analysis(context: AppContext, pipeline, analysis_id: uuid.UUID) -> int:
+def run_analysis(context: AppContext, pipeline: Pipeline, analysis_id: uuid.UUID) -> int:
     """Claim this job (and the most urgent others, up to the batch size), run them, and while
     batches come full (a backlog) keep claiming and running the next ones (up to
     DRAIN_SECONDS), with fetch/decode and post-process/write overlapped with the networks.
@@ -94,102 +93,6 @@ def run_analysis(context: AppContext, pipeline, analysis_id: uuid.UUID) -> int:
     ):
         engine = _Engine(context, pipeline, analysis_id, host)
         return engine.drain(claims, prefetch_lane, finish_lane)
-
-
-class ModelSwitch:
-    """Keeps one process's pipeline on the model registry's active versions.
-
-    ``base`` is the pipeline the process started with (``MODEL_DIR`` checkpoints, or seeded
-    untrained weights): it serves whenever no model is active, and lends its options, device
-    and backend to the pipelines built for active models. Checkpoints are fetched from the
-    object store once and cached under ``DATA_DIR/models`` by sha256.
-    """
-
-    def __init__(self, context: AppContext, base: Pipeline) -> None:
-        self.context = context
-        self._base = weakref.ref(base)  # kept alive by its owner (the runtime, a test)
-        self.current = base
-        self.active_key: tuple = ()
-        self.checked_at = float("-inf")
-        self.last_switch_seconds: float | None = None
-        self._lock = threading.Lock()
-
-    def pipeline(self) -> Pipeline:
-        """The pipeline for the next pass (switched first, if the active models changed)."""
-        with self._lock:
-            interval = self.context.settings.model_check_seconds
-            if time.monotonic() - self.checked_at < interval:
-                return self.current
-            self.checked_at = time.monotonic()
-            try:
-                with session_scope(self.context.session_factory) as session:
-                    active = model_registry.active_models(session)
-            except Exception as exc:  # the database is away: keep serving the models held
-                log.warning("models: could not read the active versions (%s); keeping the current ones",
-                            type(exc).__name__)
-                return self.current
-            key = tuple(sorted((kind, str(model.id)) for kind, model in active.items()))
-            if key == self.active_key:
-                return self.current
-            started = time.perf_counter()
-            try:
-                pipeline = self._build(active) if active else self._base_pipeline()
-            except Exception:  # a broken checkpoint must not stop the worker: keep the old models
-                log.exception("models: could not switch to %s; keeping the current ones", _names(active))
-                return self.current
-            self.current, self.active_key = pipeline, key
-            self.last_switch_seconds = time.perf_counter() - started
-            log.info("models: switched to %s in %.2f s (download, load, backend build)",
-                     _names(active) or "the built-in models", self.last_switch_seconds)
-            return pipeline
-
-    def _base_pipeline(self) -> Pipeline:
-        base = self._base()
-        if base is None:  # its owner let it go: this switch serves a pipeline no longer in use
-            raise RuntimeError("the base pipeline of this model switch is gone")
-        return base
-
-    def _build(self, active: dict) -> Pipeline:
-        from worker.pipeline.model_set import ModelSet, ModelSource
-        from worker.pipeline.pipeline import Pipeline
-
-        base = self._base_pipeline()
-        settings = self.context.settings
-        sources = {
-            kind: ModelSource.registered(
-                model, model_registry.cached_checkpoint(self.context.store, model, settings.data_dir)
-            )
-            for kind, model in active.items()
-        }
-        registry = ModelSet.load(
-            settings.model_dir,
-            device=str(base.registry.device),
-            segmenter=settings.segmenter,
-            seed=base.registry.fusion_seed if base.registry.fusion_seed is not None else settings.fusion_seed,
-            backend=base.registry.backend,
-            scalpel_source=sources.get("scalpel"),
-            fusion_source=sources.get("fusion"),
-        )
-        pipeline = Pipeline(registry, base.options)
-        release_freed_memory()
-        return pipeline
-
-
-_switches: weakref.WeakKeyDictionary[Pipeline, ModelSwitch] = weakref.WeakKeyDictionary()
-_switches_lock = threading.Lock()
-
-
-def model_switch(context: AppContext, base: Pipeline) -> ModelSwitch:
-    """The process's switch for the pipeline it started with (one per base pipeline)."""
-    with _switches_lock:
-        switch = _switches.get(base)
-        if switch is None:
-            switch = _switches[base] = ModelSwitch(context, base)
-        return switch
-
-
-def _names(active: dict) -> str:
-    return ", ".join(f"{kind} {model.version}" for kind, model in sorted(active.items()))
 
 
 class _Engine:
@@ -377,14 +280,14 @@ class _Engine:
                 self.context,
                 claim,
                 status=AnalysisStatus.rejected,
-                model=provenance.model_dump(mode="json", exclude_none=True),
+                model=_stored(provenance),
                 rejection={"code": outcome.code, "detail": outcome.detail, "scores": outcome.scores},
             )
         return _record(
             self.context,
             claim,
             status=AnalysisStatus.failed,
-            model=provenance.model_dump(mode="json", exclude_none=True),
+            model=_stored(provenance),
             error={"code": outcome.code, "detail": outcome.detail},
         )
 
@@ -398,7 +301,7 @@ class _MissingImage:
     detail: str = "the stored image no longer exists (deleted or purged); submit the image again"
 
 
-def _fill_ms(settings, pipeline) -> float:
+def _fill_ms(settings: Settings, pipeline: Pipeline) -> float:
     if settings.batch_fill_ms is not None:
         return settings.batch_fill_ms
     return 5.0 if pipeline.registry.device.type == "cuda" else 0.0
@@ -416,11 +319,17 @@ def _record_finding(context: AppContext, claim: Claim, finding: Finding, provena
         context,
         claim,
         status=AnalysisStatus.succeeded,
-        model=provenance.model_dump(mode="json", exclude_none=True),
+        model=_stored(provenance),
         result=result.model_dump(mode="json", exclude={"uncertainty_level"}),
         mask_key=mask_key,
         overlay_key=overlay_key,
     )
+
+
+def _stored(provenance: ModelInfo) -> dict[str, Any]:
+    """The provenance as the row keeps it: what the model set recorded, nulls included (the API
+    answers with these keys), without what readers derive (``banner``, ``shared.lifecycle``)."""
+    return provenance.model_dump(mode="json", exclude_unset=True)
 
 
 def _finished_record(claim: Claim, result: AnalysisResult, provenance: ModelInfo) -> AnalysisRecord:
@@ -467,14 +376,15 @@ def _model_caption(context: AppContext, claim: Claim) -> ModelCaption | None:
     return ModelCaption(text=text, model=model.name, label=vlm.MODEL_LABEL)
 
 
-def _record(context: AppContext, claim: Claim, **outcome) -> int:
+def _record(context: AppContext, claim: Claim, status: AnalysisStatus, **outcome: Any) -> int:
+    """Write the outcome (``lifecycle.finish``'s columns) under the claim's fence; 1 if it was written."""
     with session_scope(context.session_factory) as session:
-        recorded = lifecycle.finish(session, context.celery, context.settings, claim, **outcome)
+        recorded = lifecycle.finish(session, context.celery, context.settings, claim, status=status, **outcome)
     if not recorded:
         log.info("analysis %s attempt %s was fenced off; outcome dropped", claim.analysis_id, claim.attempt)
     else:
-        ANALYSES_FINISHED.labels(outcome["status"].value).inc()
-        log.info("analysis %s: %s", claim.analysis_id, outcome["status"].value)
+        ANALYSES_FINISHED.labels(status.value).inc()
+        log.info("analysis %s: %s", claim.analysis_id, status.value)
     return int(recorded)
 
 

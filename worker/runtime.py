@@ -6,28 +6,33 @@ import ctypes
 import logging
 import threading
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 from shared.config import Settings, get_settings
 from shared.context import AppContext
+
+if TYPE_CHECKING:  # imported where used: the pipeline brings torch, which CPU and IO workers never load
+    from worker.delivery import DeliveryClient
+    from worker.pipeline.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 
 
 class WorkerRuntime:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.context = AppContext(settings)
         self._lock = threading.Lock()
 
     @cached_property
-    def delivery_client(self):
+    def delivery_client(self) -> DeliveryClient:
         from worker.delivery import DeliveryClient
 
         # One pinned client per process keeps connections to busy receivers open.
         return DeliveryClient()
 
     @cached_property
-    def pipeline(self):
+    def pipeline(self) -> Pipeline:
         # torch is imported here, never at module import, so CPU/IO workers stay light.
         from worker.pipeline.model_set import ModelSet
         from worker.pipeline.pipeline import Pipeline, PipelineOptions
@@ -41,29 +46,11 @@ class WorkerRuntime:
                 seed=settings.fusion_seed,
                 backend=settings.backend,
             )
-            forward_batch = settings.max_forward_batch or (
-                # CPU: one input per pass keeps a torch worker under 1.5 GB at 512 (five views per
-                # pass peaked at ~1.6 GB) and is no slower per image.
-                64 if registry.device.type == "cuda" else 1
-            )
-            options = PipelineOptions(
-                seg_size=settings.seg_size,
-                cls_size=settings.cls_size,
-                tta_views=settings.tta_views,
-                blur_threshold=settings.blur_threshold,
-                min_coverage=settings.min_coverage,
-                max_image_pixels=settings.max_image_pixels,
-                max_forward_batch=forward_batch,
-                autocast=settings.autocast,
-                gate1_memory_mb=settings.gate1_memory_mb or (2048 if registry.device.type == "cuda" else 16),
-                # Converted models are cached per DATA_DIR: a restarted worker skips conversion.
-                ir_cache_dir=settings.data_dir / "engine",
-                decode_reduced=settings.decode_reduced,
-            )
+            options = PipelineOptions.from_settings(settings, registry.device.type)
             pipeline = Pipeline(registry, options)
             del registry  # with OpenVINO the torch copies of the weights are now garbage
             release_freed_memory()
-            log.info("models loaded: %s", pipeline.registry.provenance())
+            log.info("models loaded: %s", pipeline.registry.provenance().model_dump(mode="json", exclude_unset=True))
             return pipeline
 
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from cli.batch import idempotency_key, plan_batch
+from cli.batch import idempotency_key
+from cli.manifest import plan_batch
 from worker.pipeline.synthetic import encode_jpeg, encode_png, make_lesion
 
 
@@ -96,3 +97,18 @@ def test_idempotency_key_depends_on_batch_and_content_only():
     assert idempotency_key("b1", "ab" * 32) == idempotency_key("b1", "ab" * 32)
     assert idempotency_key("b1", "ab" * 32) != idempotency_key("b2", "ab" * 32)
     assert len(idempotency_key("00000000-0000-0000-0000-000000000000", "f" * 64)) <= 255
+
+
+def test_rows_use_the_one_vocabulary_and_its_aliases(tmp_path):
+    _image(tmp_path, "a.jpg", 1)
+    _image(tmp_path, "b.jpg", 2)
+    manifest = _manifest(tmp_path, (
+        "filename,age,sex,site\n"
+        "a.jpg,N/A,M,Head_Neck\n"
+        "b.jpg,forty,f,torso\n"
+    ))
+    plan = plan_batch(tmp_path, manifest)
+    assert [r.fields for r in plan.rows] == [{"age": None, "sex": "male", "site": "head/neck", "external_id": "a"}]
+    assert [(b.where, b.reason) for b in plan.bad] == [
+        ("line 3 (b.jpg)", "age 'forty' is not a number; give whole years 0..120 (leave it empty when unknown)"),
+    ]

@@ -44,3 +44,10 @@ def test_checkpoint_that_does_not_fit_is_refused_and_not_installed(tmp_path, mod
     assert "was not installed" in result.output
     assert "encoder.conv1.weight" in result.output  # the unexpected key is named
     assert not (model_dir / "fusion.pth").exists()
+
+
+def test_the_command_names_the_registry_s_model_kinds():
+    from cli.main import MODEL_KINDS
+    from shared.model_registry import MODEL_KINDS as REGISTRY_KINDS
+
+    assert MODEL_KINDS == REGISTRY_KINDS

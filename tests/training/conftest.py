@@ -1,9 +1,22 @@
 """A small Fusion model trained once per session on synthetic lesions: CPU, 64 px, 10 epochs,
-72 training images of 18 patients (about a minute on 2 cores; deterministic for a seed)."""
+72 training images of 18 patients (about a minute on 2 cores; deterministic for a seed).
+
+When the selected tests need it, the training starts as soon as collection ends, in a
+process of its own (`python -c`, one torch thread, the same code, data and seed), so that it
+runs on the second core while the other tests run; `trained_fusion` waits for it and returns
+the same `TrainResult`. Without that head start it trains in this process, as before.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import pickle
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -14,20 +27,82 @@ from training.train import TrainConfig, train_fusion
 # patients are separated well (see test_training.py for the targets).
 TINY = {"image_size": 64, "epochs": 10, "batch_size": 16, "learning_rate": 1e-3, "folds": 4, "patience": 10,
         "threads": 1, "progress": False}
+DATA = {"patients": 24, "images_per_patient": 4, "size": 64, "seed": 0}
+VERSION = "synthetic-test-1"
+
+_TRAIN = """
+import json, pickle, sys
+from pathlib import Path
+from training.train import TrainConfig, train_fusion
+images, csv_path, out, result = map(Path, sys.argv[1:5])
+config = TrainConfig(out_dir=out, version=sys.argv[5], **json.loads(sys.argv[6]))
+result.write_bytes(pickle.dumps(train_fusion(images, csv_path, config)))
+"""
+
+
+class _HeadStart:
+    """The session's training run, started in the background right after collection."""
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="dermasentinel-test-training-"))
+        self.data = self.root / "synthetic"
+        self.csv_path = write_synthetic_dataset(self.data, **DATA)
+        self.out = self.root / "fusion-run"
+        self.result_path = self.root / "result.pickle"
+        self.log_path = self.root / "train.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DERMASENTINEL_")}
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", _TRAIN, str(self.data / "images"), str(self.csv_path), str(self.out),
+                 str(self.result_path), VERSION, json.dumps(TINY)],
+                stdout=log, stderr=subprocess.STDOUT, env=env,
+            )
+
+    def result(self, timeout: float = 900.0):
+        try:
+            code = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise
+        assert code == 0, f"training failed ({code}):\n{self.log_path.read_text()[-4000:]}"
+        return pickle.loads(self.result_path.read_bytes())
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+_HEAD_START: list[_HeadStart] = []
+
+
+def pytest_collection_finish(session):
+    if not _HEAD_START and any("trained_fusion" in getattr(item, "fixturenames", ()) for item in session.items):
+        _HEAD_START.append(_HeadStart())
+
+
+def pytest_sessionfinish(session):
+    while _HEAD_START:
+        _HEAD_START.pop().close()
 
 
 @pytest.fixture(scope="session")
 def synthetic_data(tmp_path_factory):
+    if _HEAD_START:
+        return _HEAD_START[0].data, _HEAD_START[0].csv_path
     folder = tmp_path_factory.mktemp("synthetic")
-    csv_path = write_synthetic_dataset(folder, patients=24, images_per_patient=4, size=64, seed=0)
+    csv_path = write_synthetic_dataset(folder, **DATA)
     return folder, csv_path
 
 
 @pytest.fixture(scope="session")
 def trained_fusion(synthetic_data, tmp_path_factory):
+    if _HEAD_START:
+        return _HEAD_START[0].result()
     folder, csv_path = synthetic_data
     out = tmp_path_factory.mktemp("fusion-run")
-    return train_fusion(folder / "images", csv_path, TrainConfig(out_dir=out, version="synthetic-test-1", **TINY))
+    return train_fusion(folder / "images", csv_path, TrainConfig(out_dir=out, version=VERSION, **TINY))
 
 
 @pytest.fixture

@@ -41,29 +41,32 @@ def test_auc_and_balanced_accuracy_agree_with_the_isic_scorer(threshold):
     predictions = _predictions(seed=7)
     report = summarise(predictions, threshold, resamples=100)
     auc, balanced = _isic(predictions, threshold)
-    assert report["overall"]["metrics"]["auc"]["value"] == pytest.approx(auc, abs=1e-6)
-    assert report["overall"]["metrics"]["balanced_accuracy"]["value"] == pytest.approx(balanced, abs=1e-6)
-    for row in report["per_skin_group"]:  # the same agreement inside every skin group
-        members = [p for p in predictions if p.skin_group == row["skin_group"]]
+    assert report.overall is not None
+    assert report.overall.metrics["auc"].value == pytest.approx(auc, abs=1e-6)
+    assert report.overall.metrics["balanced_accuracy"].value == pytest.approx(balanced, abs=1e-6)
+    for row in report.per_skin_group:  # the same agreement inside every skin group
+        members = [p for p in predictions if p.skin_group == row.skin_group]
         group_auc, group_balanced = _isic(members, threshold)
-        assert row["metrics"]["auc"]["value"] == pytest.approx(group_auc, abs=1e-6)
-        assert row["metrics"]["balanced_accuracy"]["value"] == pytest.approx(group_balanced, abs=1e-6)
+        assert row.metrics["auc"].value == pytest.approx(group_auc, abs=1e-6)
+        assert row.metrics["balanced_accuracy"].value == pytest.approx(group_balanced, abs=1e-6)
 
 
 def test_one_row_per_skin_group_present_with_counts_and_intervals():
     present = ("light", "tan", "dark")
     predictions = _predictions(seed=3, n=90, groups=present)
     predictions.append(Prediction("blurred", 1, None, rejection="blurry"))
-    report = summarise(predictions, 0.4, resamples=100)
+    report = summarise(predictions, 0.4, resamples=100).as_json()  # as report.json holds it
     rows = report["per_skin_group"]
     assert [r["skin_group"] for r in rows] == ["light", "tan", "dark"]  # lightest first, absent groups absent
     assert [r["count"] for r in rows] == [30, 30, 30]
     assert sum(r["positives"] for r in rows) == report["overall"]["positives"]
+    assert "skin_group" not in report["overall"] and "model" not in report
     assert report["evaluated"] == 90 and report["rejected"] == [{"image_name": "blurred", "reason": "blurry"}]
     for row in rows:
         for name in ("auc", "sensitivity", "specificity", "balanced_accuracy", "ece"):
             low, high = row["metrics"][name]["ci95"]
             assert low <= row["metrics"][name]["value"] <= high
+            assert "count" not in row["metrics"][name]  # only segmentation metrics count their masks
 
 
 def test_evaluate_command_writes_the_report_for_a_trained_model(trained_fusion, synthetic_data, tmp_path,

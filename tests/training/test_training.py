@@ -63,14 +63,14 @@ def test_the_pipeline_loads_it_as_synthetic_with_its_operating_point(trained_fus
                                   fusion_source=ModelSource(trained_fusion.checkpoint))
     provenance = registry.provenance()
     calibration = trained_fusion.card["calibration"]
-    assert provenance["weights"] == "synthetic"
-    assert provenance["fusion"]["version"] == "synthetic-test-1"
-    assert provenance["threshold"] == calibration["threshold"]
-    assert provenance["operating_point"] == {
+    assert provenance.weights == "synthetic"
+    assert provenance.fusion is not None and provenance.fusion.version == "synthetic-test-1"
+    assert provenance.threshold == calibration["threshold"]
+    assert provenance.operating_point is not None and provenance.operating_point.model_dump(exclude_unset=True) == {
         "threshold": calibration["threshold"], "temperature": calibration["temperature"],
         "target_sensitivity": 0.95, "chosen_on": "validation",
     }
-    assert "synthetic" in provenance["training_data"]
+    assert provenance.training_data is not None and "synthetic" in provenance.training_data
     # Temperature folded into the last layer: logits are the trained ones divided by T.
     plain = FusionNet().eval()
     load_checkpoint(plain, trained_fusion.checkpoint)
@@ -105,8 +105,9 @@ def test_scalpel_trains_with_dice_and_its_checkpoint_loads_in_the_pipeline(tmp_p
     assert load_checkpoint(build_scalpel(), result.checkpoint).version == "scalpel-test"
     registry = ModelSet.load(None, device="cpu", backend="torch",
                                   scalpel_source=ModelSource(result.checkpoint, version="scalpel-test"))
-    assert registry.segmenter == "unet" and registry.provenance()["scalpel"]["version"] == "scalpel-test"
-    assert registry.provenance()["weights"] == "untrained"  # Fusion is still untrained: say so
+    scalpel = registry.provenance().scalpel
+    assert registry.segmenter == "unet" and scalpel is not None and scalpel.version == "scalpel-test"
+    assert registry.provenance().weights == "untrained"  # Fusion is still untrained: say so
 
 
 def test_unlabelled_rows_are_refused_before_training(synthetic_data, tmp_path):

@@ -13,6 +13,7 @@ from sqlalchemy import select
 from shared.clock import utcnow
 from shared.context import AppContext
 from shared.db import session_scope
+from shared.lifecycle.views import model_of, result_of
 from shared.storage import ARTIFACTS, IMAGES, image_key
 from shared.tables import Analysis
 from worker.analysis import run_analysis
@@ -32,8 +33,7 @@ def engine_context(settings):
 @pytest.fixture(scope="module")
 def pipeline(settings, tmp_path_factory):
     registry = ModelSet.load(None, device="cpu", backend="auto")
-    options = PipelineOptions(seg_size=settings.seg_size, cls_size=settings.cls_size, tta_views=settings.tta_views,
-                              ir_cache_dir=tmp_path_factory.mktemp("engine"))
+    options = PipelineOptions.from_settings(settings, "cpu", ir_cache_dir=tmp_path_factory.mktemp("engine"))
     return Pipeline(registry, options)
 
 
@@ -72,9 +72,10 @@ def test_one_call_drains_several_batches_with_outcomes_per_image(engine_context,
     assert finished >= len(ids) > context.settings.gpu_batch_size  # batches k, k+1, ... in one call
     assert {rows[i].status for i in sharp} == {"succeeded"}
     assert rows[blurry].status == "rejected" and rows[blurry].rejection["code"] == "blurry"
+    stored = pipeline.registry.provenance().model_dump(mode="json", exclude_unset=True)
     for row in rows.values():
-        assert row.attempt == 1 and row.model["backend"] == "openvino-cpu"
-        assert row.model == pipeline.registry.provenance()
+        assert row.attempt == 1 and model_of(row).backend == "openvino-cpu"
+        assert row.model == stored  # every outcome records the pipeline's provenance as it is
 
     row = rows[sharp[0]]
     assert row.mask_key.endswith("/mask.png") and row.overlay_key.endswith("/overlay.jpg")
@@ -92,14 +93,12 @@ def test_same_image_same_result_whichever_batch_it_lands_in(engine_context, pipe
     image = encode_jpeg(make_lesion(seed=77, size=(180, 240), radius_frac=0.25, irregularity=0.4).image)
     first = [_queue(context, tenant_key[0], image) for _ in range(5)]
     run_analysis(context, pipeline, first[0])
-    results = [row.result for row in _rows(context, first).values()]
+    results = [result_of(row) for row in _rows(context, first).values()]
     assert all(result is not None for result in results)
     network = {"scribe_note", "probability", "uncertainty", "tta_probabilities"}  # the note names the id
     for result in results:
-        assert {k: v for k, v in result.items() if k not in network} == {
-            k: v for k, v in results[0].items() if k not in network
-        }
-        assert result["tta_probabilities"] == pytest.approx(results[0]["tta_probabilities"], abs=1e-6)
+        assert result.model_dump(exclude=network) == results[0].model_dump(exclude=network)
+        assert result.tta_probabilities == pytest.approx(results[0].tta_probabilities, abs=1e-6)
 
 
 def test_a_missing_image_fails_only_its_own_job(engine_context, pipeline, tenant_key):

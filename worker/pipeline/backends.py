@@ -19,9 +19,10 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -52,6 +53,13 @@ class NetworkBackend(Protocol):
     def classify(self, batch: np.ndarray, metadata: np.ndarray, views: int, max_batch: int) -> np.ndarray:
         """(N, C, C, 3) float32 images, (N, M) float32 metadata -> (N, views) float64 probabilities."""
         ...
+
+
+class WeightKeys(NamedTuple):
+    """What each network's weights came from: the key of its converted-model cache entry."""
+
+    scalpel: str | None  # None: no Scalpel (classical Gate 1)
+    fusion: str
 
 
 @dataclass(frozen=True)
@@ -109,7 +117,7 @@ class TorchBackend:
             tensor = tensor.pin_memory().to(self.device, non_blocking=True)
         return tensor.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
 
-    def _autocast(self):
+    def _autocast(self) -> contextlib.AbstractContextManager[object]:
         if self.autocast == "off":
             return contextlib.nullcontext()
         dtype = torch.float16 if self.autocast == "fp16" else torch.bfloat16
@@ -145,8 +153,8 @@ class OpenVinoBackend:
     name = "openvino-cpu"
     PASS = 1  # inputs per forward pass
 
-    def __init__(self, scalpel, fusion) -> None:
-        self.scalpel = scalpel  # openvino.CompiledModel or None
+    def __init__(self, scalpel: Any, fusion: Any) -> None:
+        self.scalpel = scalpel  # openvino.CompiledModel (untyped library) or None
         self.fusion = fusion
 
     @classmethod
@@ -156,13 +164,13 @@ class OpenVinoBackend:
         fusion: nn.Module,
         seg_size: int,
         cls_size: int,
-        keys: dict[str, str | None],
+        keys: WeightKeys,
         options: EngineOptions,
     ) -> OpenVinoBackend:
         """Compile both networks, converting from the torch modules only on a cache miss.
 
-        ``keys`` names what the weights came from: ``scalpel``/``fusion`` checkpoint sha256,
-        or ``fusion_seed`` for seeded untrained weights.
+        ``keys`` names what the weights came from (``ModelSet.weight_keys``): each checkpoint's
+        sha256, or the seed of untrained Fusion weights.
         """
         import openvino as ov
 
@@ -172,7 +180,7 @@ class OpenVinoBackend:
         if scalpel is not None:
             example = torch.zeros(1, 3, seg_size, seg_size)
             model = _cached_ir(
-                "scalpel", ir_cache_key("scalpel", keys["scalpel"], (seg_size,)), options.cache_dir,
+                "scalpel", ir_cache_key("scalpel", keys.scalpel, (seg_size,)), options.cache_dir,
                 lambda: ov.convert_model(scalpel, example_input=example,
                                          input=[ov.PartialShape([-1, 3, seg_size, seg_size])]),
             )
@@ -180,7 +188,7 @@ class OpenVinoBackend:
             compiled_scalpel = core.compile_model(model, "CPU", config)
         fusion_example = (torch.zeros(2, 3, cls_size, cls_size), torch.zeros(2, METADATA_SIZE))
         model = _cached_ir(
-            "fusion", ir_cache_key("fusion", keys["fusion"], (cls_size,)), options.cache_dir,
+            "fusion", ir_cache_key("fusion", keys.fusion, (cls_size,)), options.cache_dir,
             lambda: ov.convert_model(fusion, example_input=fusion_example,
                                      input=[ov.PartialShape([-1, 3, cls_size, cls_size]),
                                             ov.PartialShape([-1, METADATA_SIZE])]),
@@ -241,7 +249,8 @@ def ir_cache_key(network: str, weights: str | None, sizes: tuple[int, ...]) -> s
     return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def _cached_ir(network: str, key: str, cache_dir: Path | None, convert):
+def _cached_ir(network: str, key: str, cache_dir: Path | None, convert: Callable[[], Any]) -> Any:
+    """The network as an OpenVINO model (an untyped library: ``Any``), read from the cache or converted."""
     import openvino as ov
 
     if cache_dir is None:

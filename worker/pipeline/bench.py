@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import albumentations as A
@@ -130,7 +131,7 @@ def _benchmark(model_dir: Path, args: argparse.Namespace) -> None:
     print(f"peak RSS of this benchmark process: {_peak_rss_mib():.0f} MiB")
 
 
-def _our_gate2(pipeline: Pipeline, images: list[np.ndarray], batch: list[LesionInput]):
+def _our_gate2(pipeline: Pipeline, images: list[np.ndarray], batch: list[LesionInput]) -> list[np.ndarray]:
     """Gate 2 exactly as the pipeline runs it: preprocess the batch, N x views on the device."""
     work = [
         _Item(i, image, encode_metadata(item.age, item.sex, item.site), None, 0.0)
@@ -206,7 +207,7 @@ def _write_random_scalpel(model_dir: Path) -> None:
         torch.save(build_scalpel().state_dict(), model_dir / "scalpel.pth")
 
 
-def _timed(work) -> float:
+def _timed(work: Callable[..., object]) -> float:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     start = time.perf_counter()

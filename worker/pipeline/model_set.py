@@ -7,9 +7,10 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from shared.clinical import MELANOMA_THRESHOLD, SYNTHETIC, TRAINED, UNTRAINED
-from shared.schemas.analyses import ModelInfo
-from worker.pipeline.backends import resolve_backend
+from shared.clinical import MELANOMA_THRESHOLD, UNTRAINED
+from shared.model_registry import Calibration, ModelCard
+from shared.schemas.analyses import Checkpoint, ModelInfo
+from worker.pipeline.backends import WeightKeys, resolve_backend
 from worker.pipeline.errors import ModelConfigError
 from worker.pipeline.networks import (
     FUSION_NAME,
@@ -58,20 +59,24 @@ class OperatingPoint:
     chosen_on: str = "default"  # "validation" when chosen by training, "default" otherwise
 
     @classmethod
-    def from_card(cls, card: dict | None, threshold: float | None = None, temperature: float | None = None):
-        calibration = (card or {}).get("calibration") or {}
-        threshold = threshold if threshold is not None else calibration.get("threshold")
-        temperature = temperature if temperature is not None else calibration.get("temperature")
+    def from_card(
+        cls, card: ModelCard | None, threshold: float | None = None, temperature: float | None = None
+    ) -> "OperatingPoint":
+        """The card's calibration, unless the registry's row gives ``threshold``/``temperature``;
+        the design's default when neither says anything."""
+        calibration = (card.calibration if card is not None else None) or Calibration()
+        threshold = threshold if threshold is not None else calibration.threshold
+        temperature = temperature if temperature is not None else calibration.temperature
         if threshold is None and temperature is None:
             return cls()
         return cls(
             threshold=float(threshold) if threshold is not None else MELANOMA_THRESHOLD,
             temperature=float(temperature) if temperature is not None else 1.0,
-            target_sensitivity=calibration.get("target_sensitivity"),
-            chosen_on=str(calibration.get("chosen_on") or "validation"),
+            target_sensitivity=calibration.target_sensitivity,
+            chosen_on=calibration.chosen_on or "validation",
         )
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, float | str | None]:
         return {
             "threshold": self.threshold,
             "temperature": self.temperature,
@@ -139,7 +144,7 @@ class ModelSet:
             # The registry's row wins; a file given alone is described by the card it embeds.
             card = fusion_source.card if fusion_source is not None and fusion_source.card else fusion_checkpoint.card
             operating_point = OperatingPoint.from_card(
-                card,
+                ModelCard.of(card),
                 fusion_source.threshold if fusion_source is not None else None,
                 fusion_source.temperature if fusion_source is not None else None,
             )
@@ -171,63 +176,70 @@ class ModelSet:
         """Provenance name of the engine: torch-cpu, torch-cuda or openvino-cpu."""
         return f"{self.backend}-{self.device.type}"
 
-    def weight_keys(self) -> dict[str, str | None]:
+    def weight_keys(self) -> WeightKeys:
         """What each network's weights came from, for caches of converted models."""
         fusion = self.fusion_checkpoint.sha256 if self.fusion_checkpoint else f"untrained-seed-{self.fusion_seed}"
         if self.operating_point.temperature != 1.0:  # folded into the weights: another graph
             fusion = f"{fusion}-t{self.operating_point.temperature!r}"
-        return {"scalpel": self.scalpel_checkpoint.sha256 if self.scalpel_checkpoint else None, "fusion": fusion}
+        return WeightKeys(scalpel=self.scalpel_checkpoint.sha256 if self.scalpel_checkpoint else None, fusion=fusion)
 
     def without_modules(self) -> "ModelSet":
         """The same provenance without the torch modules (for engines that hold their own copy)."""
         return replace(self, scalpel=None, fusion=None)
 
     @property
-    def fusion_card(self) -> dict | None:
+    def fusion_card(self) -> ModelCard | None:
+        """The Fusion checkpoint's card: the registry's row, else the one its training embedded;
+        None for seeded untrained weights."""
+        if self.fusion_checkpoint is None:
+            return None
         if self.fusion_source is not None and self.fusion_source.card:
-            return self.fusion_source.card
-        return self.fusion_checkpoint.card if self.fusion_checkpoint is not None else None
+            return ModelCard.of(self.fusion_source.card)
+        return ModelCard.of(self.fusion_checkpoint.card)
 
     @property
     def weights(self) -> str:
         """``untrained`` (seeded), ``synthetic`` (its card says it learnt from generated
         images) or ``trained``."""
-        if self.fusion_checkpoint is None:
-            return UNTRAINED
-        training = (self.fusion_card or {}).get("training_data") or {}
-        return SYNTHETIC if training.get("synthetic") else TRAINED
+        card = self.fusion_card
+        return UNTRAINED if card is None else card.weights
 
     def provenance(self) -> ModelInfo:
+        """The networks that ran, as every result records them. Only what applies is set (no
+        ``threshold`` at the design's default, no ``training_data`` without a card that says),
+        so ``model_dump(exclude_unset=True)`` is the provenance rows have always stored."""
         scalpel = None
         if self.scalpel_checkpoint is not None:
             scalpel = _checkpoint_provenance(SCALPEL_NAME, self.scalpel_checkpoint, self.scalpel_source)
         if self.fusion_checkpoint is not None:
-            fusion = {**_checkpoint_provenance(FUSION_NAME, self.fusion_checkpoint, self.fusion_source), "seed": None}
+            fusion = _checkpoint_provenance(FUSION_NAME, self.fusion_checkpoint, self.fusion_source)
+            fusion = fusion.model_copy(update={"seed": None})
         else:
-            fusion = {"name": FUSION_NAME, "version": f"untrained-seed-{self.fusion_seed}", "sha256": None,
-                      "seed": self.fusion_seed}
-        training = (self.fusion_card or {}).get("training_data") if self.fusion_checkpoint is not None else None
-        return ModelInfo.model_validate({
-            "segmenter": self.segmenter,
-            "weights": self.weights,
-            "backend": self.backend_name,
-            "precision": self.precision,
-            "scalpel": scalpel,
-            "fusion": fusion,
-            "version": fusion["version"],  # the classifier's: it makes the diagnosis
-            "operating_point": self.operating_point.as_dict(),
-            # shared.clinical reads it here; None means the design's default threshold.
-            "threshold": self.operating_point.threshold if self.operating_point.chosen_on != "default" else None,
-            "training_data": training.get("description") if training else None,
-        })
+            fusion = Checkpoint(name=FUSION_NAME, version=f"untrained-seed-{self.fusion_seed}", sha256=None,
+                                seed=self.fusion_seed)
+        provenance = ModelInfo(
+            segmenter=self.segmenter,
+            weights=self.weights,
+            backend=self.backend_name,
+            precision=self.precision,
+            scalpel=scalpel,
+            fusion=fusion,
+            version=fusion.version,  # the classifier's: it makes the diagnosis
+            operating_point=self.operating_point.as_dict(),
+        )
+        if self.operating_point.chosen_on != "default":  # shared.clinical reads the threshold here
+            provenance = provenance.model_copy(update={"threshold": self.operating_point.threshold})
+        card = self.fusion_card
+        if card is not None and card.training_data is not None:
+            provenance = provenance.model_copy(update={"training_data": card.training_data.description})
+        return provenance
 
 
-def _checkpoint_provenance(name: str, checkpoint: CheckpointInfo, source: ModelSource | None) -> dict:
-    described: dict[str, str | None] = {"name": name, "version": checkpoint.version, "sha256": checkpoint.sha256}
-    if source is not None:
-        described["version"] = source.version or checkpoint.version
-        described["registry_id"] = source.registry_id
-    return described
+def _checkpoint_provenance(name: str, checkpoint: CheckpointInfo, source: ModelSource | None) -> Checkpoint:
+    if source is None:
+        return Checkpoint(name=name, version=checkpoint.version, sha256=checkpoint.sha256)
+    return Checkpoint(name=name, version=source.version or checkpoint.version, sha256=checkpoint.sha256,
+                      registry_id=source.registry_id)
 
 
 def resolve_device(device: str) -> torch.device:

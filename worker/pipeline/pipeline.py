@@ -13,10 +13,13 @@ item by item so that one bad image never fails the others. The networks run on t
 chosen in the registry (``backends``); nothing else depends on it.
 """
 
+from __future__ import annotations
+
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,6 +34,9 @@ from worker.pipeline.model_set import ModelSet
 from worker.pipeline.preprocess import network_input
 from worker.pipeline.segmentation import make_segmenter
 from worker.pipeline.tta import MAX_VIEWS
+
+if TYPE_CHECKING:
+    from shared.config import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +70,31 @@ class PipelineOptions:
             raise ValueError("min_coverage must be within 0..1")
         if self.max_image_pixels <= 0 or self.artifact_max_side <= 0 or self.max_forward_batch <= 0:
             raise ValueError("max_image_pixels, artifact_max_side and max_forward_batch must be positive")
+
+    @classmethod
+    def from_settings(cls, settings: Settings, device_type: str, **overrides: Any) -> PipelineOptions:
+        """The options a GPU worker runs with, from ``settings``; what the settings leave unset
+        gets the default for ``device_type`` (``cuda`` or ``cpu``). ``evaluate`` and the
+        benchmarks build theirs here too, so they measure what the service answers, changing
+        only what they ``override`` (sizes, TTA views, the converted-model cache)."""
+        cuda = device_type == "cuda"
+        options: dict[str, Any] = {
+            "seg_size": settings.seg_size,
+            "cls_size": settings.cls_size,
+            "tta_views": settings.tta_views,
+            "blur_threshold": settings.blur_threshold,
+            "min_coverage": settings.min_coverage,
+            "max_image_pixels": settings.max_image_pixels,
+            # CPU: one input per pass keeps a torch worker under 1.5 GB at 512 (five views per
+            # pass peaked at ~1.6 GB) and is no slower per image.
+            "max_forward_batch": settings.max_forward_batch or (64 if cuda else 1),
+            "autocast": settings.autocast,
+            "gate1_memory_mb": settings.gate1_memory_mb or (2048 if cuda else 16),
+            # Converted models are cached per DATA_DIR: a restarted worker skips conversion.
+            "ir_cache_dir": settings.data_dir / "engine",
+            "decode_reduced": settings.decode_reduced,
+        }
+        return cls(**{**options, **overrides})
 
     @property
     def engine(self) -> EngineOptions:
@@ -286,7 +317,9 @@ class Pipeline:
         )
         return Finding(result=result, mask_png=mask_png, overlay_jpeg=overlay_jpeg, model=provenance)
 
-    def _batched(self, batch: list[_Item], step: Callable[[list[_Item]], list], error_code: str, outcomes: list):
+    def _batched(
+        self, batch: list[_Item], step: Callable[[list[_Item]], list[np.ndarray]], error_code: str, outcomes: list
+    ) -> list[tuple[_Item, np.ndarray]]:
         """Run ``step`` on the whole batch; if it fails, retry per item to isolate the culprit."""
         if not batch:
             return []

@@ -6,7 +6,9 @@ per image on the squashed SEG_SIZE x SEG_SIZE grid (``segment``); the pipeline m
 to each image's own aspect ratio.
 """
 
-from typing import Protocol
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
 
 import cv2
 import numpy as np
@@ -15,6 +17,9 @@ from scipy import ndimage
 from worker.pipeline.abcd import largest_component
 from worker.pipeline.colour import srgb_to_lab
 from worker.pipeline.preprocess import network_input
+
+if TYPE_CHECKING:
+    from worker.pipeline.backends import NetworkBackend
 
 MASK_THRESHOLD = 0.5
 # Below this colour difference (CIELAB delta E) between the candidate lesion and the skin, the
@@ -36,7 +41,7 @@ class UnetSegmenter:
 
     kind = "unet"
 
-    def __init__(self, backend, size: int) -> None:
+    def __init__(self, backend: NetworkBackend, size: int) -> None:
         self.backend = backend
         self.size = size
 
@@ -101,7 +106,7 @@ class ClassicalSegmenter:
         return lesion
 
 
-def make_segmenter(kind: str, backend, size: int) -> Segmenter:
+def make_segmenter(kind: str, backend: NetworkBackend, size: int) -> Segmenter:
     if kind == "unet":
         return UnetSegmenter(backend, size)
     return ClassicalSegmenter(size)

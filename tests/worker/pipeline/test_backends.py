@@ -61,18 +61,21 @@ def test_openvino_matches_torch_probabilities_and_masks(both):
     for torch_outcome, ov_outcome in zip(results["torch"], results["openvino"], strict=True):
         assert isinstance(torch_outcome, Finding) and isinstance(ov_outcome, Finding)
         np.testing.assert_allclose(
-            ov_outcome.result["tta_probabilities"], torch_outcome.result["tta_probabilities"], atol=1e-4
+            ov_outcome.result.tta_probabilities, torch_outcome.result.tta_probabilities, atol=1e-4
         )
-        assert ov_outcome.result["probability"] == pytest.approx(torch_outcome.result["probability"], abs=1e-4)
+        assert ov_outcome.result.probability == pytest.approx(torch_outcome.result.probability, abs=1e-4)
 
 
 def test_switching_backend_changes_only_the_backend_name_and_network_bits(both):
     results = {name: pipeline.run(_lesions(3)) for name, pipeline in both.items()}
     for torch_outcome, ov_outcome in zip(results["torch"], results["openvino"], strict=True):
-        assert torch_outcome.model["backend"] == "torch-cpu" and ov_outcome.model["backend"] == "openvino-cpu"
-        assert {**torch_outcome.model, "backend": None} == {**ov_outcome.model, "backend": None}
-        same = {k: v for k, v in torch_outcome.result.items() if k not in PROBABILITY_FIELDS}
-        assert same == {k: v for k, v in ov_outcome.result.items() if k not in PROBABILITY_FIELDS}
+        assert torch_outcome.model.backend == "torch-cpu" and ov_outcome.model.backend == "openvino-cpu"
+        assert torch_outcome.model.model_copy(update={"backend": None}) == ov_outcome.model.model_copy(
+            update={"backend": None}
+        )
+        assert torch_outcome.result.model_dump(exclude=PROBABILITY_FIELDS) == ov_outcome.result.model_dump(
+            exclude=PROBABILITY_FIELDS
+        )
         # Masks from the two engines agree (IoU >= 0.99), so the artifacts are the same pictures.
         assert torch_outcome.mask_png == ov_outcome.mask_png
 
@@ -86,7 +89,7 @@ def test_classical_gate1_results_are_identical_across_backends(tmp_path):
     }
     for torch_outcome, ov_outcome in zip(outcomes["torch"], outcomes["openvino"], strict=True):
         for field in ("segmentation", "concepts", "equity", "quality"):
-            assert torch_outcome.result[field] == ov_outcome.result[field]
+            assert getattr(torch_outcome.result, field) == getattr(ov_outcome.result, field)
         assert torch_outcome.overlay_jpeg == ov_outcome.overlay_jpeg
 
 
@@ -97,7 +100,7 @@ def test_openvino_results_are_deterministic_and_batch_independent(both):
     again = pipeline.run(items[2:])[0].result
     in_batch = pipeline.run(items)[2].result
     assert alone == again
-    np.testing.assert_allclose(in_batch["tta_probabilities"], alone["tta_probabilities"], atol=1e-6)
+    np.testing.assert_allclose(in_batch.tta_probabilities, alone.tta_probabilities, atol=1e-6)
 
 
 def test_a_restart_compiles_the_cached_ir_without_converting(both, checkpoint_dir, ir_cache, monkeypatch):
@@ -120,7 +123,8 @@ def test_a_restart_compiles_the_cached_ir_without_converting(both, checkpoint_di
 def test_openvino_pipeline_holds_no_torch_modules(both):
     registry = both["openvino"].registry
     assert registry.scalpel is None and registry.fusion is None
-    assert registry.provenance()["scalpel"]["sha256"]  # provenance is kept
+    scalpel = registry.provenance().scalpel
+    assert scalpel is not None and scalpel.sha256  # provenance is kept
 
 
 def test_auto_is_openvino_on_cpu_and_torch_on_cuda():
@@ -166,7 +170,7 @@ def test_autocast_applies_on_cuda_only(unet_registry):
     )
     assert cpu.autocast == "off" and cpu.name == "torch-cpu"
     pipeline = Pipeline(unet_registry, PipelineOptions(seg_size=128, cls_size=128, autocast="fp16"), backend=cpu)
-    assert pipeline.registry.provenance()["precision"] == "fp32"  # provenance says what ran
+    assert pipeline.registry.provenance().precision == "fp32"  # provenance says what ran
     tensor = cpu.to_device(np.zeros((2, 8, 8, 3), dtype=np.float32))
     assert tensor.shape == (2, 3, 8, 8) and tensor.is_contiguous(memory_format=torch.channels_last)
     with pytest.raises(ValueError, match="autocast"):

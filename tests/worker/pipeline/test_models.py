@@ -81,9 +81,10 @@ def test_original_checkpoints_load_and_match_original_outputs(original_models):
         assert float((untrained.fusion(image, meta) - expected_logits).abs().max()) > 1e-2
 
     provenance = registry.provenance()
-    assert provenance["segmenter"] == "unet" and provenance["weights"] == "trained"
-    assert provenance["scalpel"]["sha256"] == hashlib.sha256((directory / "best_scalpel.pth").read_bytes()).hexdigest()
-    assert provenance["fusion"]["sha256"] == hashlib.sha256((directory / "best_fusion.pth").read_bytes()).hexdigest()
+    assert provenance.scalpel is not None and provenance.fusion is not None
+    assert provenance.segmenter == "unet" and provenance.weights == "trained"
+    assert provenance.scalpel.sha256 == hashlib.sha256((directory / "best_scalpel.pth").read_bytes()).hexdigest()
+    assert provenance.fusion.sha256 == hashlib.sha256((directory / "best_fusion.pth").read_bytes()).hexdigest()
 
 
 def _tiny():

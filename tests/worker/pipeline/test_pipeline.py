@@ -53,30 +53,31 @@ def test_result_has_exactly_the_contract_fields_and_is_json(classical_pipeline):
     lesion = make_lesion(4, (240, 320), irregularity=0.4, variegation=0.5)
     item = LesionInput(encode_jpeg(lesion.image), age=52, sex="female", site="torso", pixel_spacing_mm=0.05)
     finding = classical_pipeline.run([item])[0]
-    result = json.loads(json.dumps(finding.result))
-    assert result == finding.result
-    assert set(result) == {
+    stored = finding.result.model_dump(mode="json", exclude_unset=True)  # what the pipeline fills in
+    assert json.loads(json.dumps(stored)) == stored
+    assert set(stored) == {
         "diagnosis", "probability", "uncertainty", "tta_probabilities", "risk_band",
         "segmentation", "concepts", "equity", "quality",
     }
-    assert set(result["segmentation"]) == {"coverage"}
-    assert set(result["concepts"]) == {"asymmetry", "border", "color", "diameter_px", "diameter_mm"}
-    assert set(result["equity"]) == {"ita_degrees", "skin_group", "bias_warning"}
-    assert set(result["quality"]) == {"blur_score"}
-    assert result["diagnosis"] in ("melanoma", "benign") and result["risk_band"] in ("high", "medium", "low")
-    assert len(result["tta_probabilities"]) == 5
-    assert 0 <= result["probability"] <= 1 and result["uncertainty"] >= 0
-    assert result["equity"]["ita_degrees"] == pytest.approx(lesion.params["ita"], abs=1.0)
-    assert result["concepts"]["diameter_px"] == pytest.approx(lesion.params["diameter_px"], rel=0.05)
-    assert result["concepts"]["diameter_mm"] == pytest.approx(result["concepts"]["diameter_px"] * 0.05)
-    assert result["quality"]["blur_score"] > 100
-    assert finding.model["weights"] == "untrained"
+    assert set(stored["segmentation"]) == {"coverage"}
+    assert set(stored["concepts"]) == {"asymmetry", "border", "color", "diameter_px", "diameter_mm"}
+    assert set(stored["equity"]) == {"ita_degrees", "skin_group", "bias_warning"}
+    assert set(stored["quality"]) == {"blur_score"}
+    result = finding.result
+    assert result.diagnosis in ("melanoma", "benign") and result.risk_band in ("high", "medium", "low")
+    assert len(result.tta_probabilities) == 5
+    assert 0 <= result.probability <= 1 and result.uncertainty >= 0
+    assert result.equity.ita_degrees == pytest.approx(lesion.params["ita"], abs=1.0)
+    assert result.concepts.diameter_px == pytest.approx(lesion.params["diameter_px"], rel=0.05)
+    assert result.concepts.diameter_mm == pytest.approx(result.concepts.diameter_px * 0.05)
+    assert result.quality.blur_score > 100
+    assert finding.model.weights == "untrained"
 
 
 def test_asymmetry_is_low_for_a_round_lesion_off_centre(classical_pipeline):
     lesion = make_lesion(5, (300, 400), radius_frac=0.15, center=(90.0, 110.0))
-    concepts = classical_pipeline.run([LesionInput(encode_png(lesion.image))])[0].result["concepts"]
-    assert concepts["asymmetry"] < 0.08 and concepts["border"] < 0.08
+    concepts = classical_pipeline.run([LesionInput(encode_png(lesion.image))])[0].result.concepts
+    assert concepts.asymmetry < 0.08 and concepts.border < 0.08
 
 
 @pytest.mark.parametrize(

@@ -49,12 +49,12 @@ def test_reduced_decode_keeps_artifact_sizes_diameter_coverage_and_ita(classical
     for artifact in ("mask_png", "overlay_jpeg"):
         with Image.open(io.BytesIO(getattr(reduced, artifact))) as picture:
             assert picture.size == (1024, 768)
-    assert reduced.result["concepts"]["diameter_px"] == pytest.approx(lesion.params["diameter_px"], rel=0.05)
-    assert reduced.result["concepts"]["diameter_px"] == pytest.approx(full.result["concepts"]["diameter_px"], rel=0.02)
-    assert reduced.result["concepts"]["diameter_mm"] == pytest.approx(reduced.result["concepts"]["diameter_px"] * 0.01)
-    coverage = full.result["segmentation"]["coverage"]
-    assert reduced.result["segmentation"]["coverage"] == pytest.approx(coverage, abs=0.01)
-    assert reduced.result["equity"]["ita_degrees"] == pytest.approx(full.result["equity"]["ita_degrees"], abs=1.0)
+    assert reduced.result.concepts.diameter_px == pytest.approx(lesion.params["diameter_px"], rel=0.05)
+    assert reduced.result.concepts.diameter_px == pytest.approx(full.result.concepts.diameter_px, rel=0.02)
+    assert reduced.result.concepts.diameter_mm == pytest.approx(reduced.result.concepts.diameter_px * 0.01)
+    coverage = full.result.segmentation.coverage
+    assert reduced.result.segmentation.coverage == pytest.approx(coverage, abs=0.01)
+    assert reduced.result.equity.ita_degrees == pytest.approx(full.result.equity.ita_degrees, abs=1.0)
 
 
 def test_mask_is_a_one_bit_png_with_the_exact_mask():

@@ -14,7 +14,7 @@ from worker.pipeline.synthetic import encode_png, make_lesion
 
 
 def test_without_checkpoints_provenance_says_classical_and_untrained(classical_registry):
-    provenance = classical_registry.provenance()
+    provenance = classical_registry.provenance().model_dump(mode="json", exclude_unset=True)  # as rows store it
     assert provenance == {
         "segmenter": "classical",
         "weights": "untrained",
@@ -31,13 +31,15 @@ def test_without_checkpoints_provenance_says_classical_and_untrained(classical_r
 
 def test_with_checkpoints_provenance_records_hashes_and_versions(unet_registry, checkpoint_dir):
     provenance = unet_registry.provenance()
-    assert provenance["segmenter"] == "unet" and provenance["weights"] == "trained"
-    assert provenance["scalpel"]["name"] == "scalpel-unet-resnet34"
-    assert provenance["scalpel"]["sha256"] == hashlib.sha256((checkpoint_dir / "scalpel.pth").read_bytes()).hexdigest()
-    assert provenance["scalpel"]["version"] == "sha256-" + provenance["scalpel"]["sha256"][:12]
-    assert provenance["fusion"]["version"] == "test-1"  # the checkpoint's own version entry
-    assert provenance["fusion"]["seed"] is None
-    assert provenance["fusion"]["sha256"] == hashlib.sha256((checkpoint_dir / "fusion.pth").read_bytes()).hexdigest()
+    scalpel, fusion = provenance.scalpel, provenance.fusion
+    assert scalpel is not None and fusion is not None
+    assert provenance.segmenter == "unet" and provenance.weights == "trained"
+    assert scalpel.name == "scalpel-unet-resnet34"
+    assert scalpel.sha256 == hashlib.sha256((checkpoint_dir / "scalpel.pth").read_bytes()).hexdigest()
+    assert scalpel.version == "sha256-" + scalpel.sha256[:12]
+    assert fusion.version == "test-1"  # the checkpoint's own version entry
+    assert fusion.seed is None
+    assert fusion.sha256 == hashlib.sha256((checkpoint_dir / "fusion.pth").read_bytes()).hexdigest()
 
 
 def test_unet_requested_without_scalpel_checkpoint_fails_clearly(tmp_path):
@@ -51,7 +53,7 @@ def test_unet_requested_without_scalpel_checkpoint_fails_clearly(tmp_path):
 def test_classical_can_be_forced_even_with_a_scalpel_checkpoint(checkpoint_dir):
     registry = ModelSet.load(checkpoint_dir, device="cpu", segmenter="classical")
     assert registry.segmenter == "classical" and registry.scalpel is None
-    assert registry.provenance()["scalpel"] is None and registry.provenance()["weights"] == "trained"
+    assert registry.provenance().scalpel is None and registry.provenance().weights == "trained"
 
 
 @pytest.mark.parametrize("kwargs", [{"segmenter": "otsu"}, {"device": "tpu"}, {"device": "not a device"}])
@@ -76,7 +78,7 @@ def test_untrained_fusion_is_seeded_and_leaves_global_rng_alone(classical_regist
     weight = "head.0.weight"
     assert torch.equal(again.fusion.state_dict()[weight], classical_registry.fusion.state_dict()[weight])
     assert not torch.equal(other.fusion.state_dict()[weight], classical_registry.fusion.state_dict()[weight])
-    assert other.provenance()["fusion"]["seed"] == 1
+    assert other.provenance().fusion.seed == 1
 
 
 def test_models_are_eval_frozen_channels_last(unet_registry):
@@ -106,5 +108,5 @@ def test_same_seed_same_untrained_probability_across_registries(small_options):
     image = encode_png(make_lesion(3, (160, 160)).image)
     first = Pipeline(ModelSet.load(None, device="cpu", seed=7), small_options).run([LesionInput(image)])[0]
     second = Pipeline(ModelSet.load(None, device="cpu", seed=7), small_options).run([LesionInput(image)])[0]
-    assert first.result["tta_probabilities"] == second.result["tta_probabilities"]
-    assert np.isfinite(first.result["probability"])
+    assert first.result.tta_probabilities == second.result.tta_probabilities
+    assert np.isfinite(first.result.probability)

@@ -57,7 +57,7 @@ def test_no_lesion_rejection_gives_coverage_and_is_configurable(classical_regist
 def test_coverage_matches_the_true_lesion_area(classical_pipeline):
     lesion = make_lesion(8, (300, 450), radius_frac=0.25, irregularity=0.3)
     finding = classical_pipeline.run([LesionInput(encode_jpeg(lesion.image))])[0]
-    assert finding.result["segmentation"]["coverage"] == pytest.approx(lesion.params["coverage"], rel=0.1)
+    assert finding.result.segmentation.coverage == pytest.approx(lesion.params["coverage"], rel=0.1)
 
 
 def test_unet_checkpoint_means_unet_gate1_in_one_batch(unet_registry, small_options, forward_calls, monkeypatch):

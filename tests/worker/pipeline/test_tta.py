@@ -61,10 +61,10 @@ def test_probability_is_the_mean_and_uncertainty_the_std_of_fixed_views(classica
     lesion = make_lesion(2, (200, 200), center=(60.0, 60.0), radius_frac=0.2)  # lesion top-left
     finding = pipeline.run([LesionInput(encode_jpeg(lesion.image), age=50)])[0]
     result = finding.result
-    views = np.array(result["tta_probabilities"])
+    views = np.array(result.tta_probabilities)
     assert len(views) == 8 and np.ptp(views) > 0.05  # views really differ
-    assert result["probability"] == pytest.approx(views.mean(), abs=1e-12)
-    assert result["uncertainty"] == pytest.approx(views.std(), abs=1e-12)
+    assert result.probability == pytest.approx(views.mean(), abs=1e-12)
+    assert result.uncertainty == pytest.approx(views.std(), abs=1e-12)
     # The identity view sees the dark lesion top-left; the 180-degree rotation moves it away.
     identity, rot180 = views[0], views[4]
     assert identity < rot180
@@ -75,10 +75,10 @@ def test_same_image_same_probability_every_call_and_in_any_batch(classical_pipel
     other = encode_jpeg(make_lesion(7, (200, 240)).image)
     first = classical_pipeline.run([LesionInput(image, age=60)])[0].result
     second = classical_pipeline.run([LesionInput(image, age=60)])[0].result
-    assert first["tta_probabilities"] == second["tta_probabilities"]
-    assert first["probability"] == second["probability"]
+    assert first.tta_probabilities == second.tta_probabilities
+    assert first.probability == second.probability
     in_batch = classical_pipeline.run([LesionInput(other), LesionInput(image, age=60)])[1].result
-    np.testing.assert_allclose(in_batch["tta_probabilities"], first["tta_probabilities"], atol=1e-5)
+    np.testing.assert_allclose(in_batch.tta_probabilities, first.tta_probabilities, atol=1e-5)
 
 
 def test_gate2_is_one_forward_over_n_times_views(classical_registry, forward_calls):
@@ -88,7 +88,7 @@ def test_gate2_is_one_forward_over_n_times_views(classical_registry, forward_cal
     outcomes = pipeline.run(items)
     assert all(isinstance(o, Finding) for o in outcomes)
     assert [c["batch"] for c in calls] == [12]
-    assert all(len(o.result["tta_probabilities"]) == 3 for o in outcomes)
+    assert all(len(o.result.tta_probabilities) == 3 for o in outcomes)
     # The views are the identity batch transformed on the tensor, not re-decoded images.
     fed = calls[0]["inputs"][0]
     torch.testing.assert_close(fed[1], torch.flip(fed[0], dims=(-1,)))

@@ -1,0 +1,128 @@
+"""Switching a GPU worker to newly activated models without a restart (docs/MODELS.md).
+
+When the engine (``worker/analysis.py``) loads a batch, it asks the process's ``ModelSwitch``
+for the pipeline to run it on. The switch reads the registry's active versions (at most every
+``MODEL_CHECK_SECONDS``) and, if they changed, builds a pipeline on the new checkpoints; each
+batch runs start to finish on the pipeline it was loaded with, and its results record that
+pipeline's models. Kept apart from the lanes so that how models change and how batches flow
+can each be read (and changed) alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import weakref
+from typing import TYPE_CHECKING
+
+from shared import model_registry
+from shared.context import AppContext
+from shared.db import session_scope
+from shared.model_registry import ActiveModel
+from worker.runtime import release_freed_memory
+
+if TYPE_CHECKING:  # the pipeline imports torch: loaded only where it runs
+    from worker.pipeline.pipeline import Pipeline
+
+log = logging.getLogger(__name__)
+
+
+class ModelSwitch:
+    """Keeps one process's pipeline on the model registry's active versions.
+
+    ``base`` is the pipeline the process started with (``MODEL_DIR`` checkpoints, or seeded
+    untrained weights): it serves whenever no model is active, and lends its options, device
+    and backend to the pipelines built for active models. Checkpoints are fetched from the
+    object store once and cached under ``DATA_DIR/models`` by sha256.
+    """
+
+    def __init__(self, context: AppContext, base: Pipeline) -> None:
+        self.context = context
+        self._base = weakref.ref(base)  # kept alive by its owner (the runtime, a test)
+        self.current = base
+        self.active_key: tuple[tuple[str, str], ...] = ()
+        self.checked_at = float("-inf")
+        self.last_switch_seconds: float | None = None
+        self._lock = threading.Lock()
+
+    def pipeline(self) -> Pipeline:
+        """The pipeline for the next pass (switched first, if the active models changed)."""
+        with self._lock:
+            interval = self.context.settings.model_check_seconds
+            if time.monotonic() - self.checked_at < interval:
+                return self.current
+            self.checked_at = time.monotonic()
+            try:
+                with session_scope(self.context.session_factory) as session:
+                    active = model_registry.active_models(session)
+            except Exception as exc:  # the database is away: keep serving the models held
+                log.warning("models: could not read the active versions (%s); keeping the current ones",
+                            type(exc).__name__)
+                return self.current
+            key = tuple(sorted((kind, str(model.id)) for kind, model in active.items()))
+            if key == self.active_key:
+                return self.current
+            started = time.perf_counter()
+            try:
+                pipeline = self._build(active) if active else self._base_pipeline()
+            except Exception:  # a broken checkpoint must not stop the worker: keep the old models
+                log.exception("models: could not switch to %s; keeping the current ones", _names(active))
+                return self.current
+            self.current, self.active_key = pipeline, key
+            self.last_switch_seconds = time.perf_counter() - started
+            log.info("models: switched to %s in %.2f s (download, load, backend build)",
+                     _names(active) or "the built-in models", self.last_switch_seconds)
+            return pipeline
+
+    def _base_pipeline(self) -> Pipeline:
+        base = self._base()
+        if base is None:  # its owner let it go: this switch serves a pipeline no longer in use
+            raise RuntimeError("the base pipeline of this model switch is gone")
+        return base
+
+    def _build(self, active: dict[str, ActiveModel]) -> Pipeline:
+        from worker.pipeline.model_set import ModelSet, ModelSource
+        from worker.pipeline.pipeline import Pipeline
+
+        base = self._base_pipeline()
+        settings = self.context.settings
+
+        def source(kind: str) -> ModelSource | None:
+            """The active model of ``kind``, its checkpoint fetched once into DATA_DIR/models."""
+            model = active.get(kind)
+            if model is None:
+                return None
+            return ModelSource.registered(
+                model, model_registry.cached_checkpoint(self.context.store, model, settings.data_dir)
+            )
+
+        registry = ModelSet.load(
+            settings.model_dir,
+            device=str(base.registry.device),
+            segmenter=settings.segmenter,
+            seed=base.registry.fusion_seed if base.registry.fusion_seed is not None else settings.fusion_seed,
+            backend=base.registry.backend,
+            scalpel_source=source("scalpel"),
+            fusion_source=source("fusion"),
+        )
+        pipeline = Pipeline(registry, base.options)
+        release_freed_memory()
+        return pipeline
+
+
+_switches: weakref.WeakKeyDictionary[Pipeline, ModelSwitch] = weakref.WeakKeyDictionary()
+_switches_lock = threading.Lock()
+
+
+def model_switch(context: AppContext, base: Pipeline) -> ModelSwitch:
+    """The process's switch for the pipeline it started with (one per base pipeline)."""
+    with _switches_lock:
+        switch = _switches.get(base)
+        if switch is None:
+            switch = _switches[base] = ModelSwitch(context, base)
+        return switch
+
+
+def _names(active: dict[str, ActiveModel]) -> str:
+    return ", ".join(f"{kind} {model.version}" for kind, model in sorted(active.items()))
