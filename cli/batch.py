@@ -30,7 +30,7 @@ from tenacity import RetryError, Retrying, retry_if_exception, stop_after_attemp
 
 from cli.client import ApiError, Client
 from cli.manifest import BadRow, Row, external_id_from, plan_batch
-from cli.render import equity_table, triage_summary
+from cli.render import disposition_counts, equity_table, triage_summary
 from shared.config import get_settings
 from shared.schemas.analyses import AnalysisPage
 from shared.schemas.batches import BatchOut, BatchPage, BatchResults
@@ -384,8 +384,10 @@ def _wait_for(console: Console, client: Client, batch_id: str, timeout: float, i
         while True:
             body = BatchOut.model_validate(client.request("GET", f"/v1/batches/{batch_id}").json())
             counts, rate, eta = body.counts, body.throughput_per_minute, body.eta_seconds
+            dispositions = body.dispositions
             description = (
                 f"ok {counts.succeeded} · rejected {counts.rejected} · failed {counts.failed}"
+                + (f" · urgent {dispositions.urgent_referral}" if dispositions.urgent_referral else "")
                 + (f" · {rate:.1f}/min" if rate else "")
                 + (f" · ETA {eta:.0f}s" if eta else "")
             )
@@ -418,6 +420,7 @@ def _write_triage(console: Console, client: Client, batch_id: str, out: Path) ->
     if summary.weights_warning:
         console.print(summary.weights_warning, style="bold red", markup=False)
     console.print(triage_summary(summary, str(out)))
+    console.print("dispositions: " + disposition_counts(summary.dispositions), markup=False)
     if summary.retake:
         console.print("retakes by reason: " + ", ".join(f"{k} {v}" for k, v in summary.retake.items()))
     if summary.equity:

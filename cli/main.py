@@ -16,6 +16,7 @@ from shared.queues import ROLE_QUEUES, queue_list
 
 if TYPE_CHECKING:
     from cli.client import Client
+    from shared.model_registry import RegisteredModel
 
 ROLES = {
     # role: (queues, pool, default concurrency, preload models)
@@ -308,7 +309,7 @@ def reprocess(analysis_ids: tuple[str, ...], wait: bool, timeout: float, api_url
     original kept. Prints "ID -> NEW_ID" per input; a refused ID is reported on stderr and
     the others still go ahead (exit status 1 if any was refused)."""
     from cli.client import ApiError
-    from cli.render import model_version
+    from cli.render import disposition, model_version
 
     client = _client(api_url, api_key)
     refused = 0
@@ -328,6 +329,8 @@ def reprocess(analysis_ids: tuple[str, ...], wait: bool, timeout: float, api_url
                     line += f"  (not finished: {exc})"
                 else:
                     line += f"  {done.status}, model {model_version(done)}"
+                    if done.result is not None:
+                        line += f", disposition {disposition(done)}"
             click.echo(line)
     finally:
         client.close()
@@ -394,11 +397,26 @@ def models_list(kind: str | None, as_json: bool) -> None:
     for row in rows:
         auc = (row.metrics or {}).get("validation", {}).get("auc")
         auc_text = f"val AUC {auc:.3f}" if auc is not None else ""
-        threshold = f"threshold {row.threshold:.3f}" if row.threshold is not None else "threshold default"
         click.echo(
-            f"{row.kind:<8} {row.version:<28} {row.status:<9} {row.weights:<9} {threshold:<19} "
+            f"{row.kind:<8} {row.version:<28} {row.status:<9} {row.weights:<9} {_thresholds(row):<42} "
             f"{auc_text:<13} {row.sha256[:12]}  {row.id}"
         )
+
+
+def _thresholds(row: RegisteredModel) -> str:
+    """Both operating points of a Fusion row: the high-risk (decision) threshold and the rule-out
+    one, each with the sensitivity it was chosen for; "default" where the card records none."""
+    if row.kind != "fusion":
+        return ""
+    threshold = f"threshold {row.threshold:.3f}" if row.threshold is not None else "threshold default"
+    if row.target_sensitivity is not None and row.threshold is not None:
+        threshold += f" (sens {row.target_sensitivity:g})"
+    rule_out = "rule-out default"
+    if row.rule_out_threshold is not None:
+        rule_out = f"rule-out {row.rule_out_threshold:.3f}"
+        if row.rule_out_sensitivity is not None:
+            rule_out += f" (sens {row.rule_out_sensitivity:g})"
+    return f"{threshold}; {rule_out}"
 
 
 @models.command("activate")

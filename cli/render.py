@@ -8,7 +8,7 @@ from typing import Any
 from rich.table import Table
 
 from shared.schemas.analyses import AnalysisOut
-from shared.schemas.batches import TriageSummaryOut
+from shared.schemas.batches import DispositionCounts, TriageSummaryOut
 
 # What `submit` prints of an analysis, in this order (the scribe note follows as plain text).
 PRINTED = ("id", "status", "external_id", "result", "rejection", "error", "model", "links")
@@ -30,9 +30,23 @@ def model_version(analysis: AnalysisOut) -> str:
     return f"fusion {fusion} ({model.weights})"
 
 
+def disposition(analysis: AnalysisOut) -> str:
+    """"<disposition> (<reason>, ...)" as the API sent it, e.g. "clinician_review
+    (weights_not_trained, missing_metadata)"; "none" without a result, "not recorded" for a
+    result stored before dispositions existed."""
+    result = analysis.result
+    if result is None:
+        return "none"
+    if result.disposition is None:
+        return "not recorded"
+    reasons = ", ".join(result.disposition_reasons)
+    return f"{result.disposition} ({reasons})" if reasons else result.disposition
+
+
 def demo_summary(analysis: AnalysisOut) -> list[str]:
-    """What `up --demo` prints of a succeeded analysis: the result and its provenance on one
-    line, then the scribe note after a blank line."""
+    """What `up --demo` prints of a succeeded analysis: the result, its disposition and its
+    provenance on one line, the untrained notice and the safety netting when there are, then the
+    scribe note after a blank line."""
     result, model = analysis.result, analysis.model
     if result is None or model is None:
         raise ValueError(f"analysis {analysis.id} is {analysis.status}: it has no result to show")
@@ -40,8 +54,12 @@ def demo_summary(analysis: AnalysisOut) -> list[str]:
         f"demo: {result.diagnosis} p={result.probability:.3f}±{result.uncertainty:.3f} "
         f"risk={result.risk_band} coverage={result.segmentation.coverage:.3f} "
         f"ITA={result.equity.ita_degrees:.1f}° ({result.equity.skin_group}) "
-        f"segmenter={model.segmenter} weights={model.weights}"
+        f"segmenter={model.segmenter} weights={model.weights} disposition={disposition(analysis)}"
     ]
+    if result.notice:
+        lines.append(f"demo: {result.notice}")
+    if result.safety_netting:
+        lines.append(f"demo: safety netting: {result.safety_netting}")
     if result.scribe_note:
         lines.append("\n" + result.scribe_note)
     return lines
@@ -71,6 +89,15 @@ def equity_table(summary: TriageSummaryOut) -> Table:
             str(group.needs_review),
         )
     return table
+
+
+def disposition_counts(counts: DispositionCounts, separator: str = ", ") -> str:
+    """Succeeded results per disposition, most urgent first: "urgent_referral 2, clinician_review 5, routine 3"."""
+    return separator.join(
+        f"{name} {count}"
+        for name, count in (("urgent_referral", counts.urgent_referral), ("clinician_review", counts.clinician_review),
+                            ("routine", counts.routine))
+    )
 
 
 def triage_summary(summary: TriageSummaryOut, out: str) -> str:

@@ -36,7 +36,9 @@ CHECKPOINT_TYPE = "application/octet-stream"
 
 class Calibration(BaseModel):
     """A Fusion card's operating point, fitted on the validation fold by training: temperature
-    scaling, then the threshold that reaches ``target_sensitivity``."""
+    scaling, then the threshold that reaches ``target_sensitivity``, and the rule-out threshold
+    (the highest whose sensitivity reaches ``rule_out_sensitivity``: below it a result with no
+    review reason is ``routine``)."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -46,6 +48,11 @@ class Calibration(BaseModel):
     chosen_on: str | None = None
     sensitivity: float | None = None  # reached on validation at the threshold
     specificity: float | None = None
+    rule_out_threshold: float | None = None
+    rule_out_sensitivity: float | None = None  # the target it was chosen for
+    rule_out_sensitivity_reached: float | None = None  # on validation at the rule-out threshold
+    rule_out_specificity: float | None = None
+    rule_out_npv: float | None = None  # negative predictive value on validation at it
 
 
 class TrainingData(BaseModel):
@@ -91,6 +98,8 @@ class RegisteredModel(BaseModel):
     threshold: float | None
     temperature: float | None
     target_sensitivity: float | None
+    rule_out_threshold: float | None
+    rule_out_sensitivity: float | None
     metrics: dict[str, Any] | None
     training_data: TrainingData | None
     created_at: str | None
@@ -307,6 +316,7 @@ def cached_checkpoint(store: ObjectStore, model: ActiveModel, data_dir: Path) ->
 def describe(row: ModelVersion) -> RegisteredModel:
     """The row as the CLI shows it."""
     card = ModelCard.of(row.card)
+    calibration = card.calibration or Calibration()
     return RegisteredModel(
         id=str(row.id),
         kind=row.kind,
@@ -316,7 +326,9 @@ def describe(row: ModelVersion) -> RegisteredModel:
         weights=card.weights,
         threshold=row.threshold,
         temperature=row.temperature,
-        target_sensitivity=card.calibration.target_sensitivity if card.calibration is not None else None,
+        target_sensitivity=calibration.target_sensitivity,
+        rule_out_threshold=calibration.rule_out_threshold,
+        rule_out_sensitivity=calibration.rule_out_sensitivity,
         metrics=row.metrics,
         training_data=card.training_data,
         created_at=_iso(row.created_at),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -10,6 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from shared.clinical import SYNTHETIC
+from shared.clinical.disposition import DEFAULT_RULE_OUT_SENSITIVITY
 from shared.config import get_settings
 
 if TYPE_CHECKING:
@@ -67,6 +69,11 @@ def _report(result: TrainResult) -> None:
         click.echo(f"calibration: temperature {c.temperature:.3f}; threshold {c.threshold:.3f} chosen for "
                    f"sensitivity {c.target_sensitivity} on validation (sensitivity {c.sensitivity:.3f}, "
                    f"specificity {c.specificity:.3f})")
+        if c.rule_out_threshold is not None:
+            reached, npv = _number(c.rule_out_sensitivity_reached), _number(c.rule_out_npv)
+            click.echo(f"rule-out: threshold {c.rule_out_threshold:.3f} chosen for sensitivity "
+                       f"{c.rule_out_sensitivity} on validation (sensitivity {reached}, NPV {npv}); "
+                       "below it, a result with no review reason is routine")
     if card.weights == SYNTHETIC:
         click.echo("trained on SYNTHETIC images: results will say weights 'synthetic' (not for clinical use)")
     click.echo(f"register it with: dermasentinel models import {result.checkpoint} --kind {card.kind}")
@@ -83,14 +90,26 @@ def train() -> None:
               help="ISIC 2020 columns: image_name, patient_id, sex, age_approx, anatom_site_general_challenge, target")
 @click.option("--target-sensitivity", type=click.FloatRange(0.5, 1.0), default=0.95, show_default=True,
               help="the operating threshold is chosen on validation to reach this sensitivity")
+@click.option("--rule-out-sensitivity", type=click.FloatRange(0.5, 1.0), default=DEFAULT_RULE_OUT_SENSITIVITY,
+              show_default=True,
+              help="the rule-out threshold (below it, a result with no review reason is routine) is chosen on "
+              "validation to reach this sensitivity; at least --target-sensitivity")
 @_common
-def train_fusion_command(images: Path, csv_path: Path, target_sensitivity: float, **kwargs: Any) -> None:
-    """EfficientNet-B3 + metadata Fusion, then temperature scaling and the operating threshold."""
+def train_fusion_command(images: Path, csv_path: Path, target_sensitivity: float, rule_out_sensitivity: float,
+                         **kwargs: Any) -> None:
+    """EfficientNet-B3 + metadata Fusion, then temperature scaling, the operating threshold and the
+    rule-out threshold."""
     from training.data import DataError
     from training.train import train_fusion
 
+    if rule_out_sensitivity < target_sensitivity:
+        raise click.UsageError(
+            f"--rule-out-sensitivity {rule_out_sensitivity:g} is below --target-sensitivity {target_sensitivity:g}: "
+            "the rule-out threshold must catch at least the melanomas the operating threshold catches"
+        )
     try:
-        result = train_fusion(images, csv_path, _config(kwargs, target_sensitivity=target_sensitivity))
+        config = _config(kwargs, target_sensitivity=target_sensitivity, rule_out_sensitivity=rule_out_sensitivity)
+        result = train_fusion(images, csv_path, config)
     except (DataError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     _report(result)
@@ -178,8 +197,22 @@ def evaluate(images: Path, csv_path: Path, masks: Path | None, out_dir: Path, fu
         click.echo(f"{row.skin_group:<13} n={row.count:<5} AUC {_value(row.metrics.get('auc'))}  "
                    f"sensitivity {_value(row.metrics.get('sensitivity'))}  "
                    f"specificity {_value(row.metrics.get('specificity'))}")
+    if report.rule_out is not None:
+        from training.evaluate import rule_out_table
+
+        click.echo("")
+        for line in rule_out_table(report.rule_out, weights):
+            click.echo(line)
+    if report.rejected:
+        reasons = Counter(str(image.reason) for image in report.rejected)
+        click.echo(f"{len(report.rejected)} of {report.images} images rejected by a gate and left out: "
+                   + ", ".join(f"{reason} {count}" for reason, count in reasons.most_common()))
     click.echo(f"report: {out_dir / 'report.html'} (weights: {weights}; research use only)")
 
 
 def _value(metric: Score | None) -> str:
     return "n/a" if metric is None or metric.value is None else f"{metric.value:.3f}"
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"

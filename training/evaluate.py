@@ -6,6 +6,9 @@ service would answer. Metrics: AUC-ROC, sensitivity and specificity at the opera
 threshold, balanced accuracy, ECE (with a reliability diagram), Dice/Jaccard when masks are
 given; each with a percentile bootstrap 95% CI, overall and for every ITA skin group present
 (with its count). Images a clinical gate rejects are listed and left out of the metrics.
+The rule-out evidence (``rule_out``): sensitivity, specificity, PPV and NPV at the urgent-
+referral operating point and at the rule-out threshold, with the same intervals, and the
+share of cases each disposition got, overall and per skin group (``rule_out_table`` prints it).
 Writes ``report.json``, ``predictions.csv``, ``reliability.png``, ``roc.png`` and a one-page
 ``report.html``. With ``predictions_only`` (a folder without labels, e.g. a challenge's test
 set): ``predictions.csv`` and a ``report.json`` with the model and the rejections, no metrics.
@@ -29,7 +32,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import BaseModel, Field
 
-from shared.clinical import MELANOMA_THRESHOLD
+from shared.clinical import MELANOMA_THRESHOLD, disposition
+from shared.clinical.disposition import Disposition
 from shared.schemas.analyses import ModelInfo, OperatingPoint
 from training import scores
 from training.data import Sample, load_mask, read_labelled_csv
@@ -43,6 +47,7 @@ if TYPE_CHECKING:
 GROUP_ORDER = ("very light", "light", "intermediate", "tan", "brown", "dark")
 CLASSIFICATION_METRICS = ("auc", "sensitivity", "specificity", "balanced_accuracy", "ece")
 SEGMENTATION_METRICS = ("dice", "jaccard")
+RULE_OUT_METRICS = ("sensitivity", "specificity", "ppv", "npv")
 
 
 @dataclass
@@ -55,6 +60,7 @@ class Prediction:
     dice: float | None = None
     jaccard: float | None = None
     rejection: str | None = None
+    disposition: Disposition | None = None  # what the service answered (``result.disposition``)
 
 
 class Score(BaseModel):
@@ -72,6 +78,54 @@ class Block(BaseModel):
     count: int
     positives: int
     metrics: dict[str, Score]
+
+
+class AtThreshold(BaseModel):
+    """The test one threshold makes, with each rate's percentile bootstrap 95% interval: at the
+    urgent-referral operating point a probability above it is positive; at the rule-out threshold
+    a probability below it is negative (ruled out)."""
+
+    threshold: float
+    sensitivity: Score
+    specificity: Score
+    ppv: Score
+    npv: Score
+
+
+class DispositionShare(BaseModel):
+    count: int
+    share: float | None  # of the set's scored cases; None for an empty set
+
+
+class DispositionShares(BaseModel):
+    """How many cases the service sent to each disposition (weights that are not trained send
+    every case to ``clinician_review``)."""
+
+    urgent_referral: DispositionShare
+    clinician_review: DispositionShare
+    routine: DispositionShare
+    routine_melanomas: int  # melanomas the disposition would have sent home with safety netting
+
+
+class RuleOutBlock(BaseModel):
+    """The rule-out evidence over one set of images: every scored image, or one skin group's."""
+
+    skin_group: str | None = None  # set for a skin group's row only
+    count: int
+    positives: int
+    urgent: AtThreshold
+    rule_out: AtThreshold
+    dispositions: DispositionShares
+
+
+class RuleOutEvidence(BaseModel):
+    """Both thresholds of the disposition and what they do on this data set."""
+
+    urgent_threshold: float  # the high-risk operating point: above it, urgent referral (trained weights)
+    rule_out_threshold: float  # below it (and with no review reason), routine
+    rule_out_sensitivity: float | None  # the target it was chosen for on validation; None: the default threshold
+    overall: RuleOutBlock
+    per_skin_group: list[RuleOutBlock] = Field(default_factory=list)
 
 
 class RejectedImage(BaseModel):
@@ -98,6 +152,7 @@ class EvaluationReport(BaseModel):
     overall: Block | None = None
     per_skin_group: list[Block] = Field(default_factory=list)
     reliability: list[dict[str, Any]] = Field(default_factory=list)  # ``scores.expected_calibration_error``'s bins
+    rule_out: RuleOutEvidence | None = None
     operating_point: OperatingPoint | None = None
     model: ModelInfo | None = None
     data: DataSource | None = None
@@ -119,12 +174,13 @@ def _metric_functions(threshold: float) -> dict[str, Statistic]:
     }
 
 
-def summarise(predictions: list[Prediction], threshold: float, resamples: int = 1000,
-              seed: int = 0) -> EvaluationReport:
-    """Every metric with its bootstrap CI, overall and per skin group (one row per group present)."""
+def summarise(predictions: list[Prediction], threshold: float, resamples: int = 1000, seed: int = 0,
+              rule_out_threshold: float | None = None, rule_out_sensitivity: float | None = None) -> EvaluationReport:
+    """Every metric with its bootstrap CI, overall and per skin group (one row per group present),
+    and the rule-out evidence at the model's two disposition thresholds (``rule_out_threshold``
+    None: the clinical default, as the service applies it)."""
     scored = [p for p in predictions if p.probability is not None]
-    groups = sorted({p.skin_group for p in scored if p.skin_group},
-                    key=lambda g: GROUP_ORDER.index(g) if g in GROUP_ORDER else len(GROUP_ORDER))
+    groups = _groups(scored)
     targets = np.array([p.target for p in scored])
     probabilities = np.array([p.probability for p in scored])
     return EvaluationReport(
@@ -140,6 +196,74 @@ def summarise(predictions: list[Prediction], threshold: float, resamples: int = 
             for group in groups
         ],
         reliability=scores.expected_calibration_error(targets, probabilities)[1] if scored else [],
+        rule_out=rule_out_evidence(scored, threshold, rule_out_threshold, rule_out_sensitivity, resamples, seed),
+    )
+
+
+def _groups(scored: list[Prediction]) -> list[str]:
+    """The skin groups present, lightest first."""
+    return sorted({p.skin_group for p in scored if p.skin_group},
+                  key=lambda g: GROUP_ORDER.index(g) if g in GROUP_ORDER else len(GROUP_ORDER))
+
+
+def rule_out_evidence(scored: list[Prediction], threshold: float, rule_out_threshold: float | None = None,
+                      rule_out_sensitivity: float | None = None, resamples: int = 1000,
+                      seed: int = 0) -> RuleOutEvidence:
+    """Sensitivity, specificity, PPV and NPV at the urgent-referral operating point (above the
+    high-risk threshold of the model's operating ``threshold``) and at the rule-out threshold
+    (below it is ruled out), each with its bootstrap 95% interval, and the disposition shares:
+    overall and per skin group."""
+    urgent = disposition.urgent_threshold(threshold)
+    rule_out = disposition.rule_out_threshold(rule_out_threshold)
+
+    def block(members: list[Prediction]) -> RuleOutBlock:
+        targets = np.array([p.target for p in members], dtype=int)
+        probabilities = np.array([p.probability for p in members], dtype=float)
+        return RuleOutBlock(
+            count=len(members),
+            positives=int(targets.sum()),
+            urgent=_at_threshold(targets, probabilities, urgent, False, resamples, seed),
+            rule_out=_at_threshold(targets, probabilities, rule_out, True, resamples, seed),
+            dispositions=_shares(members),
+        )
+
+    return RuleOutEvidence(
+        urgent_threshold=urgent,
+        rule_out_threshold=rule_out,
+        rule_out_sensitivity=rule_out_sensitivity if rule_out_threshold is not None else None,
+        overall=block(scored),
+        per_skin_group=[
+            block([p for p in scored if p.skin_group == group]).model_copy(update={"skin_group": group})
+            for group in _groups(scored)
+        ],
+    )
+
+
+def _at_threshold(targets: np.ndarray, probabilities: np.ndarray, threshold: float, rule_out: bool,
+                  resamples: int, seed: int) -> AtThreshold:
+    def rate(name: str) -> Statistic:
+        return lambda t, p: getattr(scores.confusion_at(t, p, threshold, positive_at_threshold=rule_out), name)
+
+    found = {}
+    for name in RULE_OUT_METRICS:
+        statistic = rate(name)
+        value = statistic(targets, probabilities) if len(targets) else None
+        # The same seed for every rate: each interval comes from the same resampled sets.
+        found[name] = Score(value=value, ci95=scores.bootstrap_ci(statistic, (targets, probabilities), resamples, seed))
+    return AtThreshold(threshold=threshold, **found)
+
+
+def _shares(members: list[Prediction]) -> DispositionShares:
+    counts = {name: sum(p.disposition == name for p in members) for name in disposition.DISPOSITIONS}
+
+    def share(name: Disposition) -> DispositionShare:
+        return DispositionShare(count=counts[name], share=counts[name] / len(members) if members else None)
+
+    return DispositionShares(
+        urgent_referral=share(disposition.URGENT_REFERRAL),
+        clinician_review=share(disposition.CLINICIAN_REVIEW),
+        routine=share(disposition.ROUTINE),
+        routine_melanomas=sum(p.disposition == disposition.ROUTINE and p.target == 1 for p in members),
     )
 
 
@@ -185,6 +309,7 @@ def predict(pipeline: Pipeline, samples: list[Sample], progress: bool = True) ->
         prediction = Prediction(
             sample.name, target, result.probability,
             skin_group=result.equity.skin_group, ita_degrees=result.equity.ita_degrees,
+            disposition=result.disposition,
         )
         if sample.mask is not None:
             prediction.dice, prediction.jaccard = scores.dice_jaccard(load_mask(sample.mask) > 0.5,
@@ -215,6 +340,8 @@ def evaluate_folder(pipeline: Pipeline, images: Path, csv_path: Path, out_dir: P
     provenance = pipeline.registry.provenance()
     operating_point = provenance.operating_point
     threshold = operating_point.threshold if operating_point is not None else MELANOMA_THRESHOLD
+    rule_out = operating_point.rule_out_threshold if operating_point is not None else None
+    rule_out_sensitivity = operating_point.rule_out_sensitivity if operating_point is not None else None
     if predictions_only:
         report = EvaluationReport(
             predictions_only=True,
@@ -224,7 +351,7 @@ def evaluate_folder(pipeline: Pipeline, images: Path, csv_path: Path, out_dir: P
             rejected=_rejected(predictions),
         )
     else:
-        report = summarise(predictions, threshold, resamples, seed)
+        report = summarise(predictions, threshold, resamples, seed, rule_out, rule_out_sensitivity)
     report = report.model_copy(update={
         "operating_point": operating_point,
         "model": provenance,
@@ -242,11 +369,12 @@ def write_outputs(report: EvaluationReport, predictions: list[Prediction], out_d
     (out_dir / "report.json").write_text(json.dumps(report.as_json(), indent=2))
     with (out_dir / "predictions.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
-        columns = ["image_name", "target", "probability", "skin_group", "ita_degrees", "dice", "jaccard", "rejection"]
+        columns = ["image_name", "target", "probability", "skin_group", "ita_degrees", "dice", "jaccard", "rejection",
+                   "disposition"]
         writer.writerow(columns)
         for p in predictions:
             writer.writerow([p.name, p.target, p.probability, p.skin_group, p.ita_degrees, p.dice, p.jaccard,
-                             p.rejection])
+                             p.rejection, p.disposition])
     if report.overall is None:  # predictions only: no metrics to draw
         return
     scored = [p for p in predictions if p.probability is not None]
@@ -314,6 +442,47 @@ def _fmt(metric: Score | None) -> str:
     return f"{metric.value:.3f}{ci}"
 
 
+def rule_out_table(evidence: RuleOutEvidence, weights: str | None = None) -> list[str]:
+    """The rule-out evidence as ``dermasentinel evaluate`` prints it: one table per threshold
+    (sensitivity, specificity, PPV, NPV with their 95% intervals), then the disposition shares;
+    a row for every case and one per skin group present."""
+    rows = [("all", evidence.overall)] + [(str(b.skin_group), b) for b in evidence.per_skin_group]
+    chosen = (f"chosen for sensitivity {evidence.rule_out_sensitivity:g} on validation"
+              if evidence.rule_out_sensitivity is not None else "the default: the model has no calibrated one")
+    lines = ["rule-out evidence (95% bootstrap intervals in brackets)"]
+    if weights is not None and weights != disposition.TRAINED:
+        lines.append(f"weights {weights}: every case is clinician_review; the figures are not clinical evidence")
+    thresholds: list[tuple[str, Callable[[RuleOutBlock], AtThreshold]]] = [
+        (f"urgent referral: p > {evidence.urgent_threshold:.3f} (the high-risk operating point)",
+         lambda block: block.urgent),
+        (f"rule-out: p < {evidence.rule_out_threshold:.3f} ({chosen})", lambda block: block.rule_out),
+    ]
+    for title, at in thresholds:
+        lines += [title, _line("group", "n", "pos", [f"{m:<22}" for m in RULE_OUT_METRICS])]
+        for label, block in rows:
+            scored = at(block)
+            cells = [_fmt(scored.sensitivity), _fmt(scored.specificity), _fmt(scored.ppv), _fmt(scored.npv)]
+            lines.append(_line(label, block.count, block.positives, [f"{c:<22}" for c in cells]))
+    lines += ["dispositions (share of cases)",
+              _line("group", "n", "pos", [f"{'urgent_referral':>16}", f"{'clinician_review':>18}", f"{'routine':>9}",
+                                          f"{'melanomas routine':>19}"])]
+    for label, block in rows:
+        shares = block.dispositions
+        lines.append(_line(label, block.count, block.positives, [
+            f"{_share(shares.urgent_referral):>16}", f"{_share(shares.clinician_review):>18}",
+            f"{_share(shares.routine):>9}", f"{shares.routine_melanomas:>19}",
+        ]))
+    return lines
+
+
+def _line(label: str, count: object, positives: object, cells: list[str]) -> str:
+    return f"  {label:<13}{count!s:>6}{positives!s:>6}  " + "".join(cells).rstrip()
+
+
+def _share(share: DispositionShare) -> str:
+    return "n/a" if share.share is None else f"{share.share:.0%}"
+
+
 def _html(report: EvaluationReport, reliability: bytes, roc: bytes) -> str:
     model = report.model
     fusion = model.fusion if model is not None else None
@@ -354,5 +523,14 @@ training data: {text((model.training_data if model else None) or 'not stated')}.
 ({len(report.rejected)} rejected by a quality or lesion gate). 95% bootstrap intervals in brackets.</p>
 <table><tr>{header}</tr>{''.join(rows)}</table>
 <p>Skin groups from the Equity Engine's ITA of each image.</p>
+{_rule_out_html(report)}
 {image(roc, "ROC curve")} {image(reliability, "reliability diagram")}
 </body></html>"""
+
+
+def _rule_out_html(report: EvaluationReport) -> str:
+    """The rule-out evidence, as the command prints it."""
+    if report.rule_out is None:
+        return ""
+    text = "\n".join(rule_out_table(report.rule_out, report.model.weights if report.model else None))
+    return f"<h2>Rule-out evidence</h2>\n<pre>{html.escape(text)}</pre>"

@@ -2,13 +2,16 @@
 
 Definitions follow the ISIC challenge scorer (``isic-challenge-scoring``) so the numbers agree:
 AUC is sklearn's ``roc_auc_score``; balanced accuracy is the mean of sensitivity and
-specificity at the operating threshold (a probability above it is a melanoma call).
+specificity at the operating threshold (a probability above it is a melanoma call). PPV and
+NPV (``Confusion``) are the rule-out evidence's: at the rule-out threshold a probability below
+it is ruled out, as ``shared.clinical.disposition`` decides.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -48,6 +51,54 @@ def sensitivity_specificity(
     sensitivity = counts["tp"] / positives if positives else None
     specificity = counts["tn"] / negatives if negatives else None
     return sensitivity, specificity
+
+
+@dataclass(frozen=True)
+class Confusion:
+    """The four counts of one test (a probability called positive or not) against the truth,
+    and the rates clinicians read off them; a rate whose denominator is empty is None."""
+
+    tp: int
+    fn: int
+    tn: int
+    fp: int
+
+    @property
+    def sensitivity(self) -> float | None:
+        return _rate(self.tp, self.tp + self.fn)
+
+    @property
+    def specificity(self) -> float | None:
+        return _rate(self.tn, self.tn + self.fp)
+
+    @property
+    def ppv(self) -> float | None:
+        """Positive predictive value: of the cases called positive, the share that are."""
+        return _rate(self.tp, self.tp + self.fp)
+
+    @property
+    def npv(self) -> float | None:
+        """Negative predictive value: of the cases called negative (ruled out), the share that are."""
+        return _rate(self.tn, self.tn + self.fn)
+
+
+def _rate(part: int, whole: int) -> float | None:
+    return part / whole if whole else None
+
+
+def confusion_at(
+    targets: np.ndarray, probabilities: np.ndarray, threshold: float, *, positive_at_threshold: bool = False
+) -> Confusion:
+    """The test "probability above ``threshold``" (the decision and urgent-referral rules), or,
+    with ``positive_at_threshold``, "not below it" (the rule-out rule: only a probability below
+    the rule-out threshold is ruled out)."""
+    targets = np.asarray(targets).astype(bool)
+    probabilities = np.asarray(probabilities, dtype=float)
+    called = probabilities >= threshold if positive_at_threshold else probabilities > threshold
+    return Confusion(
+        tp=int(np.sum(called & targets)), fn=int(np.sum(~called & targets)),
+        tn=int(np.sum(~called & ~targets)), fp=int(np.sum(called & ~targets)),
+    )
 
 
 def balanced_accuracy(targets: np.ndarray, probabilities: np.ndarray, threshold: float) -> float | None:

@@ -4,9 +4,11 @@ Patient-grouped StratifiedGroupKFold split ("Iron Curtain"), albumentations augm
 AdamW with a cosine schedule, early stopping on validation AUC (Fusion) or Dice (Scalpel),
 class-imbalance weighting for Fusion, Dice + BCE for the U-Net, fixed and recorded seeds,
 mixed precision on CUDA, a progress bar with live metrics, and a resumable state after every
-epoch. Fusion is then calibrated on the validation fold: temperature scaling, and the
-threshold that reaches the target sensitivity. Output: ``best_<kind>.pth`` in the original
-format with its model card embedded and beside it (``best_<kind>.card.json``).
+epoch. Fusion is then calibrated on the validation fold: temperature scaling, the threshold
+that reaches the target sensitivity, and the rule-out threshold (the highest that reaches the
+rule-out sensitivity: below it a result with no review reason is ``routine``). Output:
+``best_<kind>.pth`` in the original format with its model card embedded and beside it
+(``best_<kind>.card.json``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from shared.clinical.disposition import DEFAULT_RULE_OUT_SENSITIVITY
 from training import checkpoints, scores
 from training.data import (
     DataError,
@@ -62,6 +65,7 @@ class TrainConfig:
     workers: int = 0
     threads: int | None = None  # torch CPU threads (1 is fastest on a busy shared CPU); None: torch's default
     target_sensitivity: float = 0.95
+    rule_out_sensitivity: float = DEFAULT_RULE_OUT_SENSITIVITY  # at least target_sensitivity
     resume: bool = False
     version: str | None = None
     data_description: str | None = None
@@ -102,6 +106,12 @@ def resolve_training_device(choice: str) -> torch.device:
 
 
 def train_fusion(images: Path, csv_path: Path, config: TrainConfig) -> TrainResult:
+    if config.rule_out_sensitivity < config.target_sensitivity:
+        raise ValueError(
+            f"rule_out_sensitivity {config.rule_out_sensitivity:g} is below target_sensitivity "
+            f"{config.target_sensitivity:g}: the rule-out threshold must catch at least the melanomas the "
+            "operating threshold catches"
+        )
     samples = read_labelled_csv(csv_path, images)
     unlabelled = [s.name for s in samples if s.target is None]
     if unlabelled:
@@ -136,29 +146,41 @@ def train_fusion(images: Path, csv_path: Path, config: TrainConfig) -> TrainResu
         step=step, validate=validate, monitor="auc",
         data=_data_section(samples, train_samples, val_samples, [csv_path], dataset_info, config),
         extra_hyperparameters={"pos_weight": pos_weight, "loss": "BCEWithLogits(pos_weight)"},
-        calibrate=lambda validation: _calibration(validation, config.target_sensitivity),
+        calibrate=lambda validation: _calibration(validation, config.target_sensitivity, config.rule_out_sensitivity),
     )
     return result
 
 
-def _calibration(validation: dict[str, Any], target_sensitivity: float) -> dict[str, Any]:
-    """The card's ``calibration``: temperature scaling and the threshold for the target
-    sensitivity, both fitted on the validation fold's logits."""
+def _calibration(validation: dict[str, Any], target_sensitivity: float,
+                 rule_out_sensitivity: float = DEFAULT_RULE_OUT_SENSITIVITY) -> dict[str, Any]:
+    """The card's ``calibration``: temperature scaling, the threshold for the target sensitivity
+    and the rule-out threshold for the rule-out sensitivity, all fitted on the validation fold's
+    logits. The rule-out threshold is the highest whose sensitivity (a probability not below it
+    is not ruled out) reaches the target; ``shared.clinical.disposition`` reads it from the
+    model's operating point."""
     logits, targets = validation["_logits"], validation["_targets"]
     temperature = scores.fit_temperature(logits, targets)
     calibrated = 1 / (1 + np.exp(-logits / temperature))
     threshold = scores.threshold_for_sensitivity(targets, calibrated, target_sensitivity)
     sensitivity, specificity = scores.sensitivity_specificity(targets, calibrated, threshold)
+    rule_out = scores.threshold_for_sensitivity(targets, calibrated, rule_out_sensitivity)
+    at_rule_out = scores.confusion_at(targets, calibrated, rule_out, positive_at_threshold=True)
     ece_before, _ = scores.expected_calibration_error(targets, 1 / (1 + np.exp(-logits)))
     ece_after, _ = scores.expected_calibration_error(targets, calibrated)
     return {
-        "method": "temperature scaling on the validation fold; threshold for the target sensitivity",
+        "method": "temperature scaling on the validation fold; threshold and rule-out threshold for their target "
+                  "sensitivities",
         "chosen_on": "validation",
         "temperature": temperature,
         "threshold": threshold,
         "target_sensitivity": target_sensitivity,
         "sensitivity": sensitivity,
         "specificity": specificity,
+        "rule_out_threshold": rule_out,
+        "rule_out_sensitivity": rule_out_sensitivity,
+        "rule_out_sensitivity_reached": at_rule_out.sensitivity,
+        "rule_out_specificity": at_rule_out.specificity,
+        "rule_out_npv": at_rule_out.npv,
         "ece_before": ece_before,
         "ece_after": ece_after,
         "views": "single view (no TTA); the pipeline averages calibrated TTA views",

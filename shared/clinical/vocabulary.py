@@ -8,10 +8,12 @@ its order. Matching is case-insensitive; underscores and repeated spaces count a
 from __future__ import annotations
 
 import math
+from typing import Literal, get_args
 
 # The order is the Fusion model's one-hot layout (worker/pipeline/metadata.py): never reorder.
-SEXES: tuple[str, ...] = ("male", "female", "unknown")
-SITES: tuple[str, ...] = (
+# Spelt as Literals, the types the API's schemas validate against; the tuples follow from them.
+Sex = Literal["male", "female", "unknown"]
+Site = Literal[
     "head/neck",
     "upper extremity",
     "lower extremity",
@@ -19,7 +21,9 @@ SITES: tuple[str, ...] = (
     "palms/soles",
     "oral/genital",
     "unknown",
-)
+]
+SEXES: tuple[str, ...] = get_args(Sex)
+SITES: tuple[str, ...] = get_args(Site)
 AGE_MIN, AGE_MAX = 0, 120
 AGE_RANGE = (AGE_MIN, AGE_MAX)
 

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 # ---------------------------------------------------------------- rejections and advice
 
 REJECTION_REASONS = {
+    "low_resolution": "The image has too few pixels to assess the lesion.",
     "blurry": "The image is too blurred to assess the lesion.",
     "no_lesion": "No skin lesion could be found in the image.",
     "unreadable_image": "The file could not be read as an image.",
@@ -56,6 +57,11 @@ DEFAULT_REJECTION_REASON = "The image did not pass a quality gate."
 # What to do about each rejection: the one wording of the API (``rejection.advice``, triage
 # ``retake_advice``), the web app, the scribe note, the PDF and the FHIR conclusion.
 RETAKE_ADVICE = {
+    "low_resolution": (
+        "Retake the photo closer or at a higher resolution: the shorter side must be at least 256 pixels "
+        "(the default minimum; the rejection's detail gives this service's). Send the camera's original "
+        "file, not a thumbnail or a cropped screenshot."
+    ),
     "blurry": (
         "Retake the photo in focus: hold the camera or dermatoscope steady, let it focus on the "
         "lesion, and check the picture is sharp before sending it."

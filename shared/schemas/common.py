@@ -4,7 +4,7 @@ and the problem document."""
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal, get_args
+from typing import Annotated, Literal
 
 from pydantic import (
     AfterValidator,
@@ -15,22 +15,12 @@ from pydantic import (
     WithJsonSchema,
 )
 
-from shared.clinical.vocabulary import SEXES, SITES
+# The input vocabularies are shared.clinical.vocabulary's (one list for API, CLI, training, model).
+from shared.clinical.vocabulary import SEXES as SEXES
+from shared.clinical.vocabulary import SITES as SITES
+from shared.clinical.vocabulary import Sex as Sex
+from shared.clinical.vocabulary import Site as Site
 
-# The vocabulary is shared.clinical.vocabulary's; pydantic and mypy need it spelt out as a
-# Literal, so it is spelt here once more and checked against the vocabulary on import.
-Sex = Literal["male", "female", "unknown"]
-Site = Literal[
-    "head/neck",
-    "upper extremity",
-    "lower extremity",
-    "torso",
-    "palms/soles",
-    "oral/genital",
-    "unknown",
-]
-if get_args(Sex) != SEXES or get_args(Site) != SITES:
-    raise ImportError("shared.schemas' Sex/Site differ from shared.clinical.vocabulary's SEXES/SITES")
 # Not starting with "-": a spreadsheet would read "-2+3" as a formula (CSV injection).
 EXTERNAL_ID_PATTERN = r"^[A-Za-z0-9._:/][A-Za-z0-9._:/\-]{0,199}$"
 

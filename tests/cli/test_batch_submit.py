@@ -133,6 +133,9 @@ def test_interrupted_submit_resumes_without_duplicates_and_writes_triage(
     assert {"ISIC_0000004", "ISIC_0000017"} <= set(retakes)
     assert retakes["ISIC_0000004"]["rejection_code"] == "blurry" and retakes["ISIC_0000004"]["retake_advice"]
     assert "Equity summary" in log
+    # Untrained weights: every result is a clinician's review, and the summary counts them.
+    succeeded = statuses.count("succeeded")
+    assert f"dispositions: urgent_referral 0, clinician_review {succeeded}, routine 0" in log
 
     again = subprocess.run(
         _command(folder, manifest, api_url, key), cwd=ROOT, env=env, capture_output=True, text=True, timeout=60

@@ -44,8 +44,10 @@ def test_reprocess_prints_new_ids_and_names_refusals(api, api_url, tenant_key, w
     lines = result.stdout.splitlines()
     assert [line.split(" -> ")[0] for line in lines] == [first, second], result.output
     new_ids = {line.split(" -> ")[0]: line.split(" -> ")[1].split()[0] for line in lines}
-    # With --wait each line says how the rerun ended and on which model (the built-in, untrained one here).
-    assert all("  succeeded, model fusion " in line and line.endswith("(untrained)") for line in lines), result.output
+    # With --wait each line says how the rerun ended, on which model (the built-in, untrained one
+    # here) and its disposition (untrained: always a clinician's review).
+    assert all("  succeeded, model fusion " in line and "(untrained), disposition clinician_review (weights_not_trained"
+               in line for line in lines), result.output
     assert f"{missing}: not reprocessed: HTTP 404" in result.stderr
     assert f"{foreign}: not reprocessed: HTTP 404" in result.stderr
     assert "2 of 4 analyses were not reprocessed" in result.stderr

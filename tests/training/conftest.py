@@ -1,10 +1,11 @@
 """A small Fusion model trained once per session on synthetic lesions: CPU, 64 px, 10 epochs,
 72 training images of 18 patients (about a minute on 2 cores; deterministic for a seed).
 
-When the selected tests need it, the training starts as soon as collection ends, in a
-process of its own (`python -c`, one torch thread, the same code, data and seed), so that it
-runs on the second core while the other tests run; `trained_fusion` waits for it and returns
-the same `TrainResult`. Without that head start it trains in this process, as before.
+In the fast tier (a run that selects no `services` test) the training starts as soon as
+collection ends, in a process of its own (`python -c`, one torch thread, the same code, data
+and seed), so that it runs on the second core while the other tests run, and the tests that
+use it run last; `trained_fusion` waits for it and returns the same `TrainResult`. Otherwise
+it trains in this process when first asked for, as before.
 """
 
 from __future__ import annotations
@@ -77,9 +78,21 @@ class _HeadStart:
 _HEAD_START: list[_HeadStart] = []
 
 
+def _uses_model(item) -> bool:
+    return "trained_fusion" in getattr(item, "fixturenames", ())
+
+
 def pytest_collection_finish(session):
-    if not _HEAD_START and any("trained_fusion" in getattr(item, "fixturenames", ()) for item in session.items):
-        _HEAD_START.append(_HeadStart())
+    """A run of the fast tier (no `services` test selected) that needs the model trains it in
+    the background from now on, and runs the tests that use it last. A run with services
+    keeps its order and trains in-process: nothing competes with its timing-sensitive tests."""
+    items = session.items
+    if _HEAD_START or not any(_uses_model(item) for item in items):
+        return
+    if any(item.get_closest_marker("services") for item in items):
+        return
+    _HEAD_START.append(_HeadStart())
+    items.sort(key=_uses_model)
 
 
 def pytest_sessionfinish(session):
@@ -108,7 +121,8 @@ def trained_fusion(synthetic_data, tmp_path_factory):
 @pytest.fixture
 def run_evaluate(tmp_path, monkeypatch):
     """``dermasentinel ARGS`` in-process with only what an evaluation needs: torch on the CPU,
-    2 TTA views, a scratch DATA_DIR, no other DERMASENTINEL_ setting."""
+    2 TTA views, a scratch DATA_DIR, a 32 px minimum resolution (the synthetic lesions are
+    64 px), no other DERMASENTINEL_ setting."""
     from click.testing import CliRunner
 
     from cli.main import cli
@@ -120,6 +134,7 @@ def run_evaluate(tmp_path, monkeypatch):
     monkeypatch.setenv("DERMASENTINEL_BACKEND", "torch")
     monkeypatch.setenv("DERMASENTINEL_DEVICE", "cpu")
     monkeypatch.setenv("DERMASENTINEL_TTA_VIEWS", "2")
+    monkeypatch.setenv("DERMASENTINEL_MIN_IMAGE_SIDE", "32")
     get_settings.cache_clear()
     yield lambda *args: CliRunner().invoke(cli, list(args))
     get_settings.cache_clear()

@@ -10,7 +10,7 @@ import pytest
 from isic_challenge_scoring import metrics as isic
 
 from tests.training.subsets import write_subset
-from training.evaluate import GROUP_ORDER, Prediction, summarise
+from training.evaluate import GROUP_ORDER, Prediction, rule_out_evidence, rule_out_table, summarise
 
 
 def _predictions(seed: int, n: int = 300, groups=GROUP_ORDER) -> list[Prediction]:
@@ -69,6 +69,68 @@ def test_one_row_per_skin_group_present_with_counts_and_intervals():
             assert "count" not in row["metrics"][name]  # only segmentation metrics count their masks
 
 
+# Ten cases by hand: (target, probability, skin group, disposition the service gave).
+HAND = [
+    (1, 0.90, "light", "urgent_referral"),
+    (1, 0.60, "dark", "clinician_review"),
+    (1, 0.05, "light", "routine"),  # a melanoma ruled out: sent home
+    (0, 0.85, "dark", "clinician_review"),
+    (0, 0.30, "light", "clinician_review"),
+    (0, 0.08, "dark", "routine"),
+    (0, 0.02, "light", "routine"),
+    (0, 0.50, "dark", "clinician_review"),
+    (1, 0.95, "light", "urgent_referral"),
+    (0, 0.10, "dark", "clinician_review"),  # exactly at the rule-out threshold: not ruled out
+]
+
+
+def test_rule_out_evidence_agrees_with_a_hand_computation():
+    predictions = [Prediction(f"c{i}", t, p, skin_group=g, disposition=d) for i, (t, p, g, d) in enumerate(HAND)]
+    evidence = rule_out_evidence(predictions, threshold=0.5, rule_out_threshold=0.1, rule_out_sensitivity=0.95,
+                                 resamples=200)
+    assert evidence.urgent_threshold == 0.8 and evidence.rule_out_threshold == 0.1
+    overall = evidence.overall
+    assert (overall.count, overall.positives) == (10, 4)
+    # Urgent referral, p > 0.8: called 0.90, 0.85, 0.95 -> TP 2, FP 1; missed 0.60 and 0.05 -> FN 2; TN 5.
+    urgent = overall.urgent
+    assert urgent.sensitivity.value == pytest.approx(2 / 4) and urgent.specificity.value == pytest.approx(5 / 6)
+    assert urgent.ppv.value == pytest.approx(2 / 3) and urgent.npv.value == pytest.approx(5 / 7)
+    # Rule-out, p < 0.1: ruled out 0.05 (a melanoma), 0.08, 0.02 -> FN 1, TN 2; the other seven,
+    # 0.10 included, are not ruled out -> TP 3, FP 4.
+    rule_out = overall.rule_out
+    assert rule_out.sensitivity.value == pytest.approx(3 / 4) and rule_out.specificity.value == pytest.approx(2 / 6)
+    assert rule_out.npv.value == pytest.approx(2 / 3) and rule_out.ppv.value == pytest.approx(3 / 7)
+    for score in (urgent.sensitivity, urgent.specificity, urgent.ppv, urgent.npv, rule_out.sensitivity,
+                  rule_out.specificity, rule_out.ppv, rule_out.npv):
+        low, high = score.ci95
+        assert low is not None and high is not None and low <= score.value <= high
+    shares = overall.dispositions
+    assert (shares.urgent_referral.count, shares.clinician_review.count, shares.routine.count) == (2, 5, 3)
+    assert shares.routine.share == pytest.approx(0.3) and shares.routine_melanomas == 1
+    # Per skin group: the dark group has one melanoma, never ruled out, and nothing urgent.
+    assert [b.skin_group for b in evidence.per_skin_group] == ["light", "dark"]
+    dark = evidence.per_skin_group[1]
+    assert (dark.count, dark.positives) == (5, 1)
+    assert dark.rule_out.sensitivity.value == 1.0 and dark.rule_out.npv.value == 1.0
+    assert dark.urgent.sensitivity.value == 0.0 and dark.urgent.ppv.value == 0.0  # 0.85 is benign
+    assert dark.dispositions.urgent_referral.count == 0 and dark.dispositions.routine.share == pytest.approx(0.2)
+
+
+def test_the_rule_out_evidence_is_in_the_report_and_printed_as_a_table():
+    predictions = [Prediction(f"c{i}", t, p, skin_group=g, disposition=d) for i, (t, p, g, d) in enumerate(HAND)]
+    report = summarise(predictions, 0.5, resamples=100).as_json()
+    assert report["rule_out"]["rule_out_threshold"] == 0.1  # not calibrated: the clinical default
+    assert report["rule_out"]["rule_out_sensitivity"] is None
+    assert report["rule_out"]["overall"]["rule_out"]["npv"]["value"] == pytest.approx(2 / 3)
+    lines = rule_out_table(summarise(predictions, 0.5, resamples=100).rule_out, "trained")
+    assert "urgent referral: p > 0.800 (the high-risk operating point)" in lines
+    assert "rule-out: p < 0.100 (the default: the model has no calibrated one)" in lines
+    npv_rows = [line for line in lines if line.strip().startswith("all")]
+    assert len(npv_rows) == 3  # one per threshold, one of dispositions
+    assert "0.667 (" in npv_rows[1]  # NPV at rule-out with its interval
+    assert npv_rows[2].split()[-4:] == ["20%", "50%", "30%", "1"]
+
+
 def test_evaluate_command_writes_the_report_for_a_trained_model(trained_fusion, synthetic_data, tmp_path,
                                                                 run_evaluate):
     import csv
@@ -95,6 +157,28 @@ def test_evaluate_command_writes_the_report_for_a_trained_model(trained_fusion, 
         assert (tmp_path / "eval" / name).read_bytes().startswith(b"\x89PNG")
     page = (tmp_path / "eval" / "report.html").read_text()
     assert "not a certified medical device" in page and "synthetic" in page and "chosen for sensitivity 0.95" in page
+    # The rule-out evidence: both thresholds, per skin group, with intervals, and the dispositions.
+    rule_out = report["rule_out"]
+    calibration = trained_fusion.card["calibration"]
+    assert rule_out["rule_out_threshold"] == calibration["rule_out_threshold"]
+    assert rule_out["rule_out_sensitivity"] == 0.95 and rule_out["urgent_threshold"] >= 0.8
+    assert [row["skin_group"] for row in rule_out["per_skin_group"]] == [row["skin_group"]
+                                                                         for row in report["per_skin_group"]]
+    shares = rule_out["overall"]["dispositions"]
+    assert shares["clinician_review"]["count"] == report["evaluated"]  # synthetic weights: always review
+    assert shares["routine"]["count"] == shares["urgent_referral"]["count"] == 0
+    printed = result.output
+    assert "weights synthetic: every case is clinician_review" in printed
+    chosen = f"rule-out: p < {calibration['rule_out_threshold']:.3f} (chosen for sensitivity 0.95 on validation)"
+    assert chosen in printed
+    tables = printed.split("urgent referral: p > ")[1]
+    for row in rule_out["per_skin_group"]:
+        group_rows = [line for line in tables.splitlines() if line.strip().startswith(row["skin_group"] + " ")]
+        assert len(group_rows) == 3, (row["skin_group"], tables)  # urgent, rule-out, dispositions
+        assert group_rows[1].count("(") >= 1  # an interval where the group has both classes
+    assert "Rule-out evidence" in page
+    with open(tmp_path / "eval" / "predictions.csv", newline="") as handle:
+        assert {row["disposition"] for row in csv.DictReader(handle) if row["probability"]} == {"clinician_review"}
 
 
 def test_predictions_only_scores_an_unlabelled_folder(trained_fusion, synthetic_data, tmp_path, run_evaluate):

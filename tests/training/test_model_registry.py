@@ -120,7 +120,13 @@ def test_a_running_worker_switches_on_activation_and_results_name_the_version(
     listed = json.loads(run_cli("models", "list", "--kind", "fusion", "--json").output)
     row = next(r for r in listed if r["version"] == "synthetic-test-1")
     assert row["status"] == "candidate" and row["weights"] == "synthetic"
-    assert row["threshold"] == trained_fusion.card["calibration"]["threshold"]
+    calibration = trained_fusion.card["calibration"]
+    assert row["threshold"] == calibration["threshold"]
+    assert row["rule_out_threshold"] == calibration["rule_out_threshold"] and row["rule_out_sensitivity"] == 0.95
+    listed_text = run_cli("models", "list", "--kind", "fusion").output
+    line = next(line for line in listed_text.splitlines() if "synthetic-test-1" in line)
+    assert (f"threshold {calibration['threshold']:.3f} (sens 0.95); rule-out {calibration['rule_out_threshold']:.3f} "
+            "(sens 0.95)") in line
 
     activated = run_cli("models", "activate", "fusion", "synthetic-test-1")
     assert activated.exit_code == 0 and "synthetic-test-1 is active" in activated.output
@@ -132,6 +138,10 @@ def test_a_running_worker_switches_on_activation_and_results_name_the_version(
     assert model["fusion"]["sha256"] == row["sha256"]
     assert model["weights"] == "synthetic" and model["version"] == "synthetic-test-1"
     assert model["operating_point"]["chosen_on"] == "validation"
+    assert model["operating_point"]["rule_out_threshold"] == calibration["rule_out_threshold"]
+    # Synthetic weights: the result's disposition is a clinician's review, whatever the probability.
+    assert after["result"]["disposition"] == "clinician_review"
+    assert after["result"]["disposition_reasons"][0] == "weights_not_trained"
     threshold = model["operating_point"]["threshold"]
     probability = after["result"]["probability"]
     assert after["result"]["diagnosis"] == ("melanoma" if probability > threshold else "benign")

@@ -56,6 +56,11 @@ def test_checkpoint_is_in_the_original_format_with_card_and_calibration(trained_
     assert calibration["chosen_on"] == "validation" and calibration["target_sensitivity"] == 0.95
     assert 0 < calibration["threshold"] < 1 and calibration["temperature"] > 0
     assert calibration["sensitivity"] >= 0.95  # the threshold reaches the target on validation
+    # The rule-out threshold: the highest reaching the rule-out sensitivity (default 0.95), never
+    # above the operating threshold when its target is at least as high.
+    assert calibration["rule_out_sensitivity"] == 0.95 and calibration["rule_out_sensitivity_reached"] >= 0.95
+    assert 0 < calibration["rule_out_threshold"] <= calibration["threshold"]
+    assert calibration["rule_out_npv"] is None or 0 <= calibration["rule_out_npv"] <= 1
 
 
 def test_the_pipeline_loads_it_as_synthetic_with_its_operating_point(trained_fusion):
@@ -69,6 +74,7 @@ def test_the_pipeline_loads_it_as_synthetic_with_its_operating_point(trained_fus
     assert provenance.operating_point is not None and provenance.operating_point.model_dump(exclude_unset=True) == {
         "threshold": calibration["threshold"], "temperature": calibration["temperature"],
         "target_sensitivity": 0.95, "chosen_on": "validation",
+        "rule_out_threshold": calibration["rule_out_threshold"], "rule_out_sensitivity": 0.95,
     }
     assert provenance.training_data is not None and "synthetic" in provenance.training_data
     # Temperature folded into the last layer: logits are the trained ones divided by T.
@@ -124,3 +130,37 @@ def test_unlabelled_rows_are_refused_before_training(synthetic_data, tmp_path):
     with pytest.raises(DataError, match=f"1 of {len(rows)} rows have no target \\(first: {rows[5]['image_name']}\\)"):
         train_fusion(folder / "images", partly_labelled, TrainConfig(out_dir=out, **TINY))
     assert not (out / "best_fusion.pth").exists()
+
+
+def test_the_rule_out_threshold_is_the_highest_reaching_its_sensitivity():
+    import numpy as np
+
+    from training.scores import confusion_at
+    from training.train import _calibration
+
+    targets = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
+    logits = np.array([3.0, 1.0, -1.0, -2.5, 0.5, -0.5, -1.5, -3.0, -3.5, -4.0])
+    calibration = _calibration({"_logits": logits, "_targets": targets}, 0.75, 1.0)
+    probabilities = 1 / (1 + np.exp(-logits / calibration["temperature"]))
+    rule_out = calibration["rule_out_threshold"]
+    assert calibration["rule_out_sensitivity"] == 1.0 and calibration["rule_out_sensitivity_reached"] == 1.0
+    # Every melanoma is at or above it, and the next lower score (a benign one) is below it.
+    lowest_melanoma = probabilities[targets == 1].min()
+    assert probabilities[probabilities < lowest_melanoma].max() < rule_out < lowest_melanoma
+    assert rule_out < calibration["threshold"]  # 100% sensitivity needs a lower threshold than 75%
+    assert calibration["rule_out_npv"] == confusion_at(targets, probabilities, rule_out, positive_at_threshold=True).npv
+    assert calibration["rule_out_npv"] == 1.0  # nothing ruled out is a melanoma
+
+
+def test_a_rule_out_sensitivity_below_the_target_is_refused(tmp_path):
+    from click.testing import CliRunner
+
+    from cli.main import cli
+
+    result = CliRunner().invoke(cli, [
+        "train", "fusion", "--images", str(tmp_path), "--csv", __file__, "--out", str(tmp_path / "out"),
+        "--target-sensitivity", "0.95", "--rule-out-sensitivity", "0.9",
+    ])
+    assert result.exit_code == 2 and "--rule-out-sensitivity 0.9 is below --target-sensitivity 0.95" in result.output
+    with pytest.raises(ValueError, match="rule_out_sensitivity 0.9 is below"):
+        train_fusion(tmp_path, tmp_path / "x.csv", TrainConfig(out_dir=tmp_path, rule_out_sensitivity=0.9))

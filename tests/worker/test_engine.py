@@ -33,7 +33,9 @@ def engine_context(settings):
 @pytest.fixture(scope="module")
 def pipeline(settings, tmp_path_factory):
     registry = ModelSet.load(None, device="cpu", backend="auto")
-    options = PipelineOptions.from_settings(settings, "cpu", ir_cache_dir=tmp_path_factory.mktemp("engine"))
+    # The lesions here are 240 x 180: under the 256 px default minimum resolution.
+    options = PipelineOptions.from_settings(settings, "cpu", ir_cache_dir=tmp_path_factory.mktemp("engine"),
+                                            min_image_side=32)
     return Pipeline(registry, options)
 
 
@@ -64,7 +66,8 @@ def test_one_call_drains_several_batches_with_outcomes_per_image(engine_context,
     tenant_id = tenant_key[0]
     sharp = [_queue(context, tenant_id, None) for _ in range(7)]
     blurry = _queue(context, tenant_id, None, blur=8.0)
-    ids = sharp + [blurry]
+    tiny = _queue(context, tenant_id, encode_jpeg(make_lesion(seed=3, size=(24, 24)).image))
+    ids = [*sharp, blurry, tiny]
 
     finished = run_analysis(context, pipeline, sharp[0])
 
@@ -72,6 +75,12 @@ def test_one_call_drains_several_batches_with_outcomes_per_image(engine_context,
     assert finished >= len(ids) > context.settings.gpu_batch_size  # batches k, k+1, ... in one call
     assert {rows[i].status for i in sharp} == {"succeeded"}
     assert rows[blurry].status == "rejected" and rows[blurry].rejection["code"] == "blurry"
+    assert rows[tiny].status == "rejected" and rows[tiny].rejection["code"] == "low_resolution"
+    assert rows[tiny].result is None and rows[tiny].mask_key is None
+    for analysis_id in sharp:  # every finding is stored with its disposition (untrained: a clinician's review)
+        result = result_of(rows[analysis_id])
+        assert result is not None and result.disposition == "clinician_review"
+        assert result.disposition_reasons[0] == "weights_not_trained"
     stored = pipeline.registry.provenance().model_dump(mode="json", exclude_unset=True)
     for row in rows.values():
         assert row.attempt == 1 and model_of(row).backend == "openvino-cpu"

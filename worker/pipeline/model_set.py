@@ -51,29 +51,38 @@ class ModelSource:
 
 @dataclass(frozen=True)
 class OperatingPoint:
-    """How Gate 2's probability becomes a decision: temperature scaling, then the threshold."""
+    """How Gate 2's probability becomes a decision: temperature scaling, then the threshold;
+    and the rule-out threshold below which a result may be ``routine`` (None: not calibrated,
+    ``shared.clinical.disposition.DEFAULT_RULE_OUT_THRESHOLD`` applies)."""
 
     threshold: float = MELANOMA_THRESHOLD
     temperature: float = 1.0
     target_sensitivity: float | None = None
     chosen_on: str = "default"  # "validation" when chosen by training, "default" otherwise
+    rule_out_threshold: float | None = None
+    rule_out_sensitivity: float | None = None  # the sensitivity the rule-out threshold was chosen for
 
     @classmethod
     def from_card(
         cls, card: ModelCard | None, threshold: float | None = None, temperature: float | None = None
     ) -> "OperatingPoint":
         """The card's calibration, unless the registry's row gives ``threshold``/``temperature``;
-        the design's default when neither says anything."""
+        the design's default when neither says anything. The rule-out threshold is the card's
+        only (the registry's row has no column for it)."""
         calibration = (card.calibration if card is not None else None) or Calibration()
         threshold = threshold if threshold is not None else calibration.threshold
         temperature = temperature if temperature is not None else calibration.temperature
+        rule_out = calibration.rule_out_threshold
+        rule_out_sensitivity = calibration.rule_out_sensitivity if rule_out is not None else None
         if threshold is None and temperature is None:
-            return cls()
+            return cls(rule_out_threshold=rule_out, rule_out_sensitivity=rule_out_sensitivity)
         return cls(
             threshold=float(threshold) if threshold is not None else MELANOMA_THRESHOLD,
             temperature=float(temperature) if temperature is not None else 1.0,
             target_sensitivity=calibration.target_sensitivity,
             chosen_on=calibration.chosen_on or "validation",
+            rule_out_threshold=float(rule_out) if rule_out is not None else None,
+            rule_out_sensitivity=rule_out_sensitivity,
         )
 
     def as_dict(self) -> dict[str, float | str | None]:
@@ -82,6 +91,8 @@ class OperatingPoint:
             "temperature": self.temperature,
             "target_sensitivity": self.target_sensitivity,
             "chosen_on": self.chosen_on,
+            "rule_out_threshold": self.rule_out_threshold,
+            "rule_out_sensitivity": self.rule_out_sensitivity,
         }
 
 

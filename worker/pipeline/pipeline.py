@@ -4,9 +4,11 @@
 a ``Finding``, a ``Rejection`` (a clinical gate refused the image) or an ``ItemError`` (that
 item failed unexpectedly). It is three steps that an engine may overlap across batches:
 
-- ``prepare`` (host): metadata, decode, quality gate, network inputs (resize + normalise);
+- ``prepare`` (host): metadata, decode, the resolution and quality gates, network inputs
+  (resize + normalise);
 - ``infer`` (the networks): Gate 1 masks, the coverage gate, Gate 2 over N x TTA views;
-- ``complete`` (host): ABCD, ITA, mask and overlay artifacts, the result.
+- ``complete`` (host): ABCD, ITA, mask and overlay artifacts, the result and its disposition
+  (``shared.clinical.disposition``).
 
 Gate 1 and Gate 2 each run the surviving images as one batch; a failure in either is retried
 item by item so that one bad image never fails the others. The networks run on the backend
@@ -23,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from shared.clinical import threshold_of
+from shared.clinical import disposition, threshold_of
+from shared.clinical.vocabulary import normalise_sex, normalise_site
 from shared.schemas.analyses import AnalysisResult, Concepts, Equity, ModelInfo, Quality, Segmentation
 from worker.pipeline import abcd, decision, equity, overlay, quality
 from worker.pipeline.backends import EngineOptions, NetworkBackend, OpenVinoBackend, TorchBackend
@@ -50,7 +53,8 @@ class PipelineOptions:
     cls_size: int = 512
     tta_views: int = 5
     blur_threshold: float = quality.DEFAULT_BLUR_THRESHOLD
-    min_coverage: float = 0.01
+    min_coverage: float = quality.DEFAULT_MIN_COVERAGE
+    min_image_side: int = quality.DEFAULT_MIN_IMAGE_SIDE  # shorter side of the upload, else low_resolution
     max_image_pixels: int = 40_000_000
     artifact_max_side: int = 1024  # mask/overlay: input aspect ratio, longer side capped
     max_forward_batch: int = 64  # Gate 2 inputs per forward pass (device-memory bound)
@@ -68,6 +72,8 @@ class PipelineOptions:
             raise ValueError("seg_size and cls_size must be multiples of 32, at least 32")
         if not 0.0 <= self.min_coverage < 1.0:
             raise ValueError("min_coverage must be within 0..1")
+        if self.min_image_side < 1:
+            raise ValueError(f"min_image_side must be at least 1, not {self.min_image_side}")
         if self.max_image_pixels <= 0 or self.artifact_max_side <= 0 or self.max_forward_batch <= 0:
             raise ValueError("max_image_pixels, artifact_max_side and max_forward_batch must be positive")
 
@@ -84,6 +90,7 @@ class PipelineOptions:
             "tta_views": settings.tta_views,
             "blur_threshold": settings.blur_threshold,
             "min_coverage": settings.min_coverage,
+            "min_image_side": settings.min_image_side,
             "max_image_pixels": settings.max_image_pixels,
             # CPU: one input per pass keeps a torch worker under 1.5 GB at 512 (five views per
             # pass peaked at ~1.6 GB) and is no slower per image.
@@ -123,7 +130,7 @@ class Rejection:
     """A clinical gate refused the image: ``detail`` says why, with the score; what to do
     about it is ``shared.clinical.retake_advice(code)``, never restated here."""
 
-    code: str  # blurry | no_lesion | unreadable_image
+    code: str  # low_resolution | blurry | no_lesion | unreadable_image
     detail: str
     scores: dict = field(default_factory=dict)
 
@@ -147,6 +154,10 @@ class _Item:
     pixel_spacing_mm: float | None
     blur_score: float
     source_size: tuple[int, int] | None = None  # (height, width) of the upload as sent
+    # The patient's metadata in the vocabulary's words, for the disposition's rules.
+    age: int | None = None
+    sex: str = "unknown"
+    site: str = "unknown"
     seg_input: np.ndarray | None = None
     cls_input: np.ndarray | None = None
     mask: np.ndarray | None = None
@@ -235,6 +246,7 @@ class Pipeline:
             metadata = encode_metadata(item.age, item.sex, item.site)
         except MetadataError as exc:
             return ItemError("invalid_metadata", str(exc))
+        sex, site = normalise_sex(item.sex), normalise_site(item.site)  # both valid: encoded above
         if item.pixel_spacing_mm is not None and not item.pixel_spacing_mm > 0:
             return ItemError("invalid_metadata", f"pixel_spacing_mm must be positive, not {item.pixel_spacing_mm}")
         options = self.options
@@ -246,6 +258,15 @@ class Pipeline:
             image, source_size = decode_upright(item.image, options.max_image_pixels, keep)
         except ImageDecodeError as exc:
             return Rejection("unreadable_image", f"the image could not be read: {exc}", {})
+        height, width = source_size
+        if quality.too_small(height, width, options.min_image_side):
+            # Before the blur score and the networks: nothing is measured on too few pixels.
+            return Rejection(
+                "low_resolution",
+                f"image too small: {width} x {height} pixels; its shorter side must be at least "
+                f"{options.min_image_side} pixels",
+                {"width": width, "height": height, "min_image_side": options.min_image_side},
+            )
         score = quality.blur_score(image)
         if quality.is_blurry(score, options.blur_threshold):
             return Rejection(
@@ -253,7 +274,8 @@ class Pipeline:
                 f"image too blurry: sharpness score {score:.1f} is below the threshold {options.blur_threshold:g}",
                 {"blur_score": score, "blur_threshold": options.blur_threshold},
             )
-        accepted = _Item(index, image, metadata, item.pixel_spacing_mm, score, source_size)
+        accepted = _Item(index, image, metadata, item.pixel_spacing_mm, score, source_size, age=item.age, sex=sex,
+                         site=site)
         accepted.seg_input = self.segmenter.network_input(image)
         if self.segmenter.kind == "unet" and options.cls_size == options.seg_size:
             accepted.cls_input = accepted.seg_input  # the same resize + normalise: make it once
@@ -300,20 +322,45 @@ class Pipeline:
         overlay_jpeg = overlay.overlay_jpeg(overlay.resize_image(item.image, art_h, art_w), art_mask)
 
         probability = float(np.mean(view_probabilities))
+        # Population std: the views are the whole fixed set, not a sample of random views.
+        uncertainty = float(np.std(view_probabilities))
+        coverage = float(mask.mean())
         provenance = self.registry.provenance()
         # A model with a validated operating point records it in its provenance.
         threshold = threshold_of(provenance)
+        point = provenance.operating_point
+        # What should happen next: the clinical rules applied to the result, the patient's
+        # metadata, the model's weights and operating points, and the gates this image passed
+        # (a borderline pass is a review reason).
+        decided = disposition.decide(disposition.DispositionInputs(
+            probability=probability,
+            uncertainty=uncertainty,
+            ita_degrees=skin.ita_degrees,
+            blur_score=item.blur_score,
+            coverage=coverage,
+            age=item.age,
+            sex=item.sex,
+            site=item.site,
+            weights=provenance.weights,
+            threshold=threshold,
+            rule_out_threshold=point.rule_out_threshold if point is not None else None,
+            blur_threshold=self.options.blur_threshold,
+            diameter_mm=concepts.diameter_mm,
+            min_coverage=self.options.min_coverage,
+        ))
         result = AnalysisResult(
             diagnosis=decision.diagnosis(probability, threshold),
             probability=probability,
-            # Population std: the views are the whole fixed set, not a sample of random views.
-            uncertainty=float(np.std(view_probabilities)),
+            uncertainty=uncertainty,
             tta_probabilities=[float(p) for p in view_probabilities],
             risk_band=decision.risk_band(probability, threshold),
-            segmentation=Segmentation(coverage=float(mask.mean())),
+            segmentation=Segmentation(coverage=coverage),
             concepts=Concepts(**concepts.as_dict()),
             equity=Equity(**skin.as_dict()),
             quality=Quality(blur_score=item.blur_score),
+            disposition=decided.disposition,
+            disposition_reasons=decided.reasons,
+            safety_netting=decided.safety_netting,
         )
         return Finding(result=result, mask_png=mask_png, overlay_jpeg=overlay_jpeg, model=provenance)
 

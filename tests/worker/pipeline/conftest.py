@@ -9,7 +9,7 @@ from worker.pipeline.model_set import ModelSet
 from worker.pipeline.networks import FusionNet, build_scalpel
 from worker.pipeline.pipeline import Pipeline, PipelineOptions
 
-SMALL = PipelineOptions(seg_size=128, cls_size=128)
+SMALL = PipelineOptions(seg_size=128, cls_size=128, min_image_side=32)
 
 
 def _seeded(build, seed: int):

@@ -41,7 +41,7 @@ def ir_cache(tmp_path_factory):
 @pytest.fixture(scope="module")
 def both(checkpoint_dir, ir_cache):
     """The same checkpoints on torch and on OpenVINO, at the test sizes."""
-    options = PipelineOptions(seg_size=128, cls_size=128, ir_cache_dir=ir_cache)
+    options = PipelineOptions(seg_size=128, cls_size=128, min_image_side=32, ir_cache_dir=ir_cache)
     return {
         name: Pipeline(ModelSet.load(checkpoint_dir, device="cpu", backend=name), options)
         for name in ("torch", "openvino")
@@ -81,7 +81,7 @@ def test_switching_backend_changes_only_the_backend_name_and_network_bits(both):
 
 
 def test_classical_gate1_results_are_identical_across_backends(tmp_path):
-    options = PipelineOptions(seg_size=128, cls_size=128, ir_cache_dir=tmp_path)
+    options = PipelineOptions(seg_size=128, cls_size=128, min_image_side=32, ir_cache_dir=tmp_path)
     items = _lesions(2)
     outcomes = {
         name: Pipeline(ModelSet.load(None, device="cpu", backend=name), options).run(items)
@@ -114,7 +114,7 @@ def test_a_restart_compiles_the_cached_ir_without_converting(both, checkpoint_di
     monkeypatch.setattr(openvino, "convert_model", no_conversion)
     restarted = Pipeline(
         ModelSet.load(checkpoint_dir, device="cpu", backend="openvino"),
-        PipelineOptions(seg_size=128, cls_size=128, ir_cache_dir=ir_cache),
+        PipelineOptions(seg_size=128, cls_size=128, min_image_side=32, ir_cache_dir=ir_cache),
     )
     items = _lesions(1)
     assert restarted.run(items)[0].result == both["openvino"].run(items)[0].result
@@ -169,7 +169,9 @@ def test_autocast_applies_on_cuda_only(unet_registry):
         unet_registry.scalpel, unet_registry.fusion, torch.device("cpu"), 128, EngineOptions(autocast="fp16")
     )
     assert cpu.autocast == "off" and cpu.name == "torch-cpu"
-    pipeline = Pipeline(unet_registry, PipelineOptions(seg_size=128, cls_size=128, autocast="fp16"), backend=cpu)
+    pipeline = Pipeline(unet_registry, PipelineOptions(
+        seg_size=128, cls_size=128, min_image_side=32, autocast="fp16"
+    ), backend=cpu)
     assert pipeline.registry.provenance().precision == "fp32"  # provenance says what ran
     tensor = cpu.to_device(np.zeros((2, 8, 8, 3), dtype=np.float32))
     assert tensor.shape == (2, 3, 8, 8) and tensor.is_contiguous(memory_format=torch.channels_last)

@@ -109,15 +109,21 @@ def test_blurry_image_is_rejected_with_its_score(classical_pipeline):
 
 def test_blur_threshold_is_configurable(classical_registry):
     blurred = LesionInput(encode_png(make_lesion(4, (200, 200), blur=1.0).image))
-    lenient = Pipeline(classical_registry, PipelineOptions(seg_size=128, cls_size=128, blur_threshold=1.0))
-    strict = Pipeline(classical_registry, PipelineOptions(seg_size=128, cls_size=128, blur_threshold=1e6))
+    lenient = Pipeline(classical_registry, PipelineOptions(
+        seg_size=128, cls_size=128, min_image_side=32, blur_threshold=1.0
+    ))
+    strict = Pipeline(classical_registry, PipelineOptions(
+        seg_size=128, cls_size=128, min_image_side=32, blur_threshold=1e6
+    ))
     assert isinstance(lenient.run([blurred])[0], Finding)
     sharp = strict.run([LesionInput(encode_png(make_lesion(4, (200, 200)).image))])[0]
     assert isinstance(sharp, Rejection) and sharp.code == "blurry"
 
 
 def test_unreadable_and_oversized_uploads_are_rejections_not_errors(classical_registry):
-    pipeline = Pipeline(classical_registry, PipelineOptions(seg_size=128, cls_size=128, max_image_pixels=30_000))
+    pipeline = Pipeline(classical_registry, PipelineOptions(
+        seg_size=128, cls_size=128, min_image_side=32, max_image_pixels=30_000
+    ))
     outcomes = pipeline.run(
         [LesionInput(b"\xff\xd8\xff garbage"), LesionInput(encode_png(make_lesion(0, (200, 200)).image))]
     )

@@ -57,7 +57,7 @@ def test_result_has_exactly_the_contract_fields_and_is_json(classical_pipeline):
     assert json.loads(json.dumps(stored)) == stored
     assert set(stored) == {
         "diagnosis", "probability", "uncertainty", "tta_probabilities", "risk_band",
-        "segmentation", "concepts", "equity", "quality",
+        "segmentation", "concepts", "equity", "quality", "disposition", "disposition_reasons", "safety_netting",
     }
     assert set(stored["segmentation"]) == {"coverage"}
     assert set(stored["concepts"]) == {"asymmetry", "border", "color", "diameter_px", "diameter_mm"}
@@ -72,6 +72,9 @@ def test_result_has_exactly_the_contract_fields_and_is_json(classical_pipeline):
     assert result.concepts.diameter_mm == pytest.approx(result.concepts.diameter_px * 0.05)
     assert result.quality.blur_score > 100
     assert finding.model.weights == "untrained"
+    # Untrained weights: always a clinician's review, for that reason first, never routine.
+    assert result.disposition == "clinician_review" and result.disposition_reasons[0] == "weights_not_trained"
+    assert result.safety_netting is None
 
 
 def test_asymmetry_is_low_for_a_round_lesion_off_centre(classical_pipeline):
@@ -113,7 +116,8 @@ def test_one_failing_item_in_postprocessing_fails_alone(classical_pipeline, monk
 
 
 def test_a_failing_gate2_batch_is_retried_per_item(classical_registry, monkeypatch):
-    pipeline = Pipeline(classical_registry, PipelineOptions(seg_size=128, cls_size=128, tta_views=1))
+    options = PipelineOptions(seg_size=128, cls_size=128, min_image_side=32, tta_views=1)
+    pipeline = Pipeline(classical_registry, options)
     real_classify = pipeline._classify
     batches = []
 
@@ -148,7 +152,9 @@ def test_a_failing_gate1_batch_is_retried_per_item(classical_pipeline, monkeypat
     assert isinstance(outcomes[1], Finding)
 
 
-@pytest.mark.parametrize("bad", [dict(tta_views=0), dict(tta_views=9), dict(seg_size=100), dict(min_coverage=1.5)])
+@pytest.mark.parametrize(
+    "bad", [dict(tta_views=0), dict(tta_views=9), dict(seg_size=100), dict(min_coverage=1.5), dict(min_image_side=0)]
+)
 def test_invalid_options_are_refused(bad):
     with pytest.raises(ValueError):
         PipelineOptions(**bad)

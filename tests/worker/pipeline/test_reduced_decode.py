@@ -41,9 +41,9 @@ def test_draft_reports_the_upright_size_of_a_rotated_photo():
 def test_reduced_decode_keeps_artifact_sizes_diameter_coverage_and_ita(classical_registry):
     lesion = make_lesion(3, (1536, 2048), radius_frac=0.2, irregularity=0.3, variegation=0.4)
     item = LesionInput(encode_jpeg(lesion.image), pixel_spacing_mm=0.01)
-    base = PipelineOptions(seg_size=128, cls_size=128)
+    base = PipelineOptions(seg_size=128, cls_size=128, min_image_side=32)
     full = Pipeline(classical_registry, base).run([item])[0]
-    reduced_options = PipelineOptions(seg_size=128, cls_size=128, decode_reduced=True)
+    reduced_options = PipelineOptions(seg_size=128, cls_size=128, min_image_side=32, decode_reduced=True)
     reduced = Pipeline(classical_registry, reduced_options).run([item])[0]
     assert isinstance(full, Finding) and isinstance(reduced, Finding)
     for artifact in ("mask_png", "overlay_jpeg"):

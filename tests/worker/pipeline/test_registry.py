@@ -23,7 +23,9 @@ def test_without_checkpoints_provenance_says_classical_and_untrained(classical_r
         "scalpel": None,
         "fusion": {"name": "fusion-efficientnet-b3-meta", "version": "untrained-seed-0", "sha256": None, "seed": 0},
         "version": "untrained-seed-0",
-        "operating_point": {"threshold": 0.5, "temperature": 1.0, "target_sensitivity": None, "chosen_on": "default"},
+        # No rule-out threshold calibrated: null, and the clinical default applies (docs/CLINICAL_RULES.md).
+        "operating_point": {"threshold": 0.5, "temperature": 1.0, "target_sensitivity": None, "chosen_on": "default",
+                            "rule_out_threshold": None, "rule_out_sensitivity": None},
     }
     assert json.loads(json.dumps(provenance)) == provenance
     assert classical_registry.device == torch.device("cpu")

@@ -45,12 +45,14 @@ def test_plain_skin_has_no_lesion():
 def test_no_lesion_rejection_gives_coverage_and_is_configurable(classical_registry):
     skin = LesionInput(encode_png(make_lesion(3, (200, 200), radius_frac=0.0).image))
     tiny = LesionInput(encode_png(make_lesion(3, (400, 400), radius_frac=0.04).image))  # ~0.5% of the frame
-    default = Pipeline(classical_registry, PipelineOptions(seg_size=128, cls_size=128))
+    default = Pipeline(classical_registry, PipelineOptions(seg_size=128, cls_size=128, min_image_side=32))
     outcomes = default.run([skin, tiny])
     assert [o.code for o in outcomes] == ["no_lesion", "no_lesion"]
     assert outcomes[0].scores["coverage"] == 0.0 and "0.00%" in outcomes[0].detail
     assert 0.002 < outcomes[1].scores["coverage"] < 0.01 and "below the minimum 1.00%" in outcomes[1].detail
-    lenient = Pipeline(classical_registry, PipelineOptions(seg_size=128, cls_size=128, min_coverage=0.001))
+    lenient = Pipeline(classical_registry, PipelineOptions(
+        seg_size=128, cls_size=128, min_image_side=32, min_coverage=0.001
+    ))
     assert isinstance(lenient.run([tiny])[0], Finding)
 
 

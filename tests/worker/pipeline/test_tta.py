@@ -57,7 +57,7 @@ class QuadrantModel(nn.Module):
 
 def test_probability_is_the_mean_and_uncertainty_the_std_of_fixed_views(classical_registry):
     registry = dataclasses.replace(classical_registry, fusion=QuadrantModel())
-    pipeline = Pipeline(registry, PipelineOptions(seg_size=128, cls_size=128, tta_views=8))
+    pipeline = Pipeline(registry, PipelineOptions(seg_size=128, cls_size=128, min_image_side=32, tta_views=8))
     lesion = make_lesion(2, (200, 200), center=(60.0, 60.0), radius_frac=0.2)  # lesion top-left
     finding = pipeline.run([LesionInput(encode_jpeg(lesion.image), age=50)])[0]
     result = finding.result
@@ -83,7 +83,7 @@ def test_same_image_same_probability_every_call_and_in_any_batch(classical_pipel
 
 def test_gate2_is_one_forward_over_n_times_views(classical_registry, forward_calls):
     calls = forward_calls(classical_registry.fusion)
-    pipeline = Pipeline(classical_registry, PipelineOptions(seg_size=128, cls_size=128, tta_views=3))
+    pipeline = Pipeline(classical_registry, PipelineOptions(seg_size=128, cls_size=128, min_image_side=32, tta_views=3))
     items = [LesionInput(encode_jpeg(make_lesion(i, (160, 160)).image)) for i in range(4)]
     outcomes = pipeline.run(items)
     assert all(isinstance(o, Finding) for o in outcomes)
