@@ -120,3 +120,5 @@ def _install_optional_routers(app: FastAPI) -> None:
     app.include_router(questions.router)
     from api.routes import models as model_routes
     app.include_router(model_routes.router)
+    from api.routes import dispositions
+    app.include_router(dispositions.router)

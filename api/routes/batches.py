@@ -63,6 +63,7 @@ def summary(context: AppContext, batch: Batch, counts: dict[str, int]) -> BatchS
 def view(context: AppContext, batch: Batch, progress: service.Progress) -> BatchOut:
     return BatchOut(
         **lifecycle.fields_for(BatchOut, summary(context, batch, progress.counts)),
+        dispositions=progress.dispositions,
         done=progress.done,
         percent_done=progress.percent_done,
         throughput_per_minute=progress.throughput_per_minute,
@@ -111,10 +112,13 @@ def list_batches(
     summary="Progress: counts per status, percent done, throughput and ETA",
     description=(
         "`state`: open (takes items), sealed (closed, items still running) or completed (sealed "
-        "and every item final; `batch.completed` was emitted). `throughput_per_minute`: items "
+        "and every item final; `batch.completed` was emitted). `dispositions`: succeeded results per "
+        "disposition (`urgent_referral`, `clinician_review`, `routine`; weights that are not `trained` "
+        "always give `clinician_review`). `throughput_per_minute`: items "
         "finished per minute over the last 5 minutes (or since the batch was created, when "
         "younger); null while nothing finished in that window. `eta_seconds` / `eta_at`: the "
-        "queued and processing items at that rate. Answered from indexes, never a scan of the batch."
+        "queued and processing items at that rate. Counted in one pass over the batch's own rows, "
+        "never a scan of other batches."
     ),
     response_model=BatchOut,
     response_model_exclude_unset=True,
@@ -157,10 +161,15 @@ def cancel_batch(batch_id: str, context: ContextDep, tenant: CurrentTenant, sess
     return BatchCanceled(**lifecycle.fields_for(BatchCanceled, progress), canceled_now=canceled_now)
 
 
-RESULTS_DESCRIPTION = f"""Every item of the batch, streamed. `order=risk`: succeeded results by
-melanoma probability, highest first; then rejected images (with `rejection_code`, the gate's
-`rejection_detail` and `retake_advice`), failed ones (`error_code`), canceled ones, and last
-any still queued or processing. `order=submitted`: in submission order.
+RESULTS_DESCRIPTION = f"""Every item of the batch, streamed. `order=risk`: grouped by `disposition` first
+(`urgent_referral`, `clinician_review`, `routine`, then items without one); within a group,
+succeeded results by melanoma probability, highest first; then rejected images (with
+`rejection_code`, the gate's `rejection_detail` and `retake_advice`), failed ones (`error_code`),
+canceled ones, and last any still queued or processing. `order=submitted`: in submission order.
+
+Every succeeded item carries its `disposition` (what should happen next) and
+`disposition_reasons` (`;`-separated codes), as `result.disposition` gives them: weights that
+are not `trained` always give `clinician_review`; results stored before dispositions existed have none.
 
 Review rule: {triage.REVIEW_RULE}. `review_reason` lists the codes, `;`-separated.
 
@@ -170,7 +179,8 @@ the ranking is not meaningful.
 
 `format=json`: `{{"batch": …progress…, "items": […], "summary": {{counts, needs_review, retake
 (rejections per code), review_rule, equity, weights (results per weights status),
-weights_warning}}}}`; `items=false` leaves the items out. `equity` has one entry per skin group
+weights_warning, dispositions (results per disposition)}}}}`; `items=false` leaves the items out.
+`equity` has one entry per skin group
 (succeeded items): `items`, `high_risk` (risk band high, p > {clinical.HIGH_RISK_THRESHOLD:g} with the default
 operating point), `high_risk_share`, `suspicious` (diagnosis melanoma: p > the model's threshold,
 {clinical.MELANOMA_THRESHOLD:g} by default) and its share, `needs_review`, `bias_warning`.

@@ -1,9 +1,9 @@
 """Batches: create, list, progress, seal, cancel. All SQL for the route lives here but the
 triage list's (``api.services.triage``).
 
-Progress never scans a batch: counts per status come from the (batch_id, status) index and
-throughput from the (batch_id, completed_at) index, so a 100,000-item batch answers as fast as
-a ten-item one.
+Progress: counts per status and per disposition come from one grouped query over the batch's
+rows, found by the (batch_id, status) index (the disposition is read from each succeeded row's
+stored result), and throughput from the (batch_id, completed_at) index.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from shared import lifecycle
 from shared.clock import utcnow
 from shared.context import AppContext
 from shared.schemas import BatchIn
+from shared.schemas.batches import DispositionCounts
 from shared.tables import Analysis, AnalysisStatus, Batch
 
 THROUGHPUT_WINDOW = timedelta(minutes=5)
@@ -110,6 +111,7 @@ def cancel(context: AppContext, session: Session, tenant: TenantRef, batch_id: u
 @dataclass(frozen=True)
 class Progress:
     counts: dict[str, int]
+    dispositions: DispositionCounts
     total: int
     done: int
     percent_done: float
@@ -118,8 +120,9 @@ class Progress:
     eta_at: datetime | None
 
 
-def progress(session: Session, batch: Batch, counts: dict[str, int] | None = None) -> Progress:
-    counts = counts if counts is not None else lifecycle.batch_counts(session, batch.id)
+def progress(session: Session, batch: Batch) -> Progress:
+    tally = lifecycle.batch_tally(session, batch.id)
+    counts = tally.counts
     total = sum(counts.values())
     done = sum(n for status, n in counts.items() if status in FINAL)
     remaining = total - done
@@ -140,6 +143,7 @@ def progress(session: Session, batch: Batch, counts: dict[str, int] | None = Non
         eta_seconds = remaining / rate * 60.0
     return Progress(
         counts=counts,
+        dispositions=tally.dispositions,
         total=total,
         done=done,
         percent_done=round(100.0 * done / total, 1) if total else 0.0,

@@ -1,6 +1,6 @@
-"""A batch's triage list (``GET /v1/batches/{id}/results``): every item in triage order with
-its review flags and retake advice, the summary counted while it streams, and the same items
-as triage CSV or ISIC-style CSV.
+"""A batch's triage list (``GET /v1/batches/{id}/results``): every item in triage order (by
+disposition, then risk) with its disposition, review flags and retake advice, the summary
+counted while it streams, and the same items as triage CSV or ISIC-style CSV.
 
 Each item's result and provenance are read as the typed record (``shared.lifecycle``) and
 judged by the one set of clinical rules (``shared.clinical``, docs/CLINICAL_RULES.md).
@@ -19,16 +19,20 @@ from sqlalchemy import Select, case, func, nulls_last, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import clinical, lifecycle
+from shared.clinical import disposition
 from shared.clock import iso
 from shared.csv_export import SafeDictWriter
 from shared.schemas import AnalysisResult, EquityRow, ModelInfo, StatusCounts, TriageItem, TriageSummaryOut
+from shared.schemas.batches import DispositionCounts
 from shared.tables import Analysis, AnalysisStatus
 
 # The review rule, retake advice and skin groups are shared.clinical's (docs/CLINICAL_RULES.md).
 REVIEW_RULE = clinical.review_rule_text()
 
-# Triage order: results first (highest risk first), then what staff must act on
-# (retakes, failures), then what is still in flight.
+# Triage order: by disposition first (urgent referrals, then clinician review, then routine,
+# then items without one), then results before what staff must act on (retakes, failures) and
+# what is still in flight, then highest risk first.
+_DISPOSITION_RANK = {name: rank for rank, name in enumerate(disposition.DISPOSITIONS)}
 _SECTION = {
     AnalysisStatus.succeeded.value: 0,
     AnalysisStatus.rejected.value: 1,
@@ -64,6 +68,8 @@ ISIC_COLUMNS = (
     "rejection_code",
     "error_code",
     "completed_at",
+    "disposition",
+    "disposition_reasons",
 )
 
 
@@ -79,7 +85,7 @@ class TriageRow:
     analysis_id: uuid.UUID
     external_id: str | None
     status: str
-    result: AnalysisResult | None
+    result: AnalysisResult | None  # as clients see it (lifecycle.read_result: notice, disposition)
     model: ModelInfo | None  # None when no model ran
     rejection_code: str | None
     rejection_detail: str | None
@@ -138,6 +144,8 @@ class TriageRow:
             sex=self.sex,
             site=self.site,
             completed_at=iso(self.completed_at),
+            disposition=result.disposition if result else None,
+            disposition_reasons=(";".join(result.disposition_reasons) or None) if result else None,
         )
 
     def as_isic(self, rank: int) -> dict[str, Any]:
@@ -167,6 +175,8 @@ class TriageRow:
             "rejection_code": self.rejection_code,
             "error_code": self.error_code,
             "completed_at": item.completed_at,
+            "disposition": item.disposition,
+            "disposition_reasons": item.disposition_reasons,
         }
 
 
@@ -196,8 +206,11 @@ def _triage_query(batch_id: uuid.UUID, order: str) -> Select[Any]:
         Analysis.completed_at,
     ).where(Analysis.batch_id == batch_id)
     if order == "risk":
+        grouped = case(_DISPOSITION_RANK, value=lifecycle.shown_disposition(), else_=len(_DISPOSITION_RANK))
         section = case(*((Analysis.status == s, rank) for s, rank in _SECTION.items()), else_=9)
-        return query.order_by(section, nulls_last(Analysis.probability.desc()), Analysis.created_at, Analysis.id)
+        return query.order_by(
+            grouped, section, nulls_last(Analysis.probability.desc()), Analysis.created_at, Analysis.id
+        )
     return query.order_by(Analysis.created_at, Analysis.id)
 
 
@@ -210,8 +223,9 @@ def iter_triage(
         rows = session.execute(_triage_query(batch_id, order).execution_options(yield_per=chunk))
         for (analysis_id, external_id, status, result, model, rejection_code, rejection_detail, error_code,
              error_detail, age, sex, site, completed_at) in rows:
+            provenance = lifecycle.read_model(model)
             yield TriageRow(
-                analysis_id, external_id, status, lifecycle.read_result(result), lifecycle.read_model(model),
+                analysis_id, external_id, status, lifecycle.read_result(result, provenance), provenance,
                 rejection_code, rejection_detail, error_code, error_detail, age, sex, site, completed_at,
             )
 
@@ -249,6 +263,7 @@ class TriageSummary:
     retake: dict[str, int] = field(default_factory=dict)
     groups: dict[str, GroupTally] = field(default_factory=dict)
     weights: dict[str | None, int] = field(default_factory=dict)  # results per weights status
+    dispositions: dict[str, int] = field(default_factory=lambda: dict.fromkeys(disposition.DISPOSITIONS, 0))
 
     def add(self, row: TriageRow, item: TriageItem) -> None:
         self.counts[row.status] = self.counts.get(row.status, 0) + 1
@@ -259,6 +274,8 @@ class TriageSummary:
             return
         self.needs_review += item.needs_review
         self.weights[row.weights] = self.weights.get(row.weights, 0) + 1
+        if item.disposition is not None:
+            self.dispositions[item.disposition] += 1
         tally = self.groups.setdefault(item.skin_group or "unknown", GroupTally())
         tally.items += 1
         tally.high_risk += item.risk_band == "high"
@@ -292,4 +309,5 @@ class TriageSummary:
             **clinical.weights_summary(self.weights),
             review_rule=REVIEW_RULE,
             equity=equity,
+            dispositions=DispositionCounts(**self.dispositions),
         )

@@ -6,7 +6,12 @@
 re-exported here.
 """
 
-from shared.lifecycle.batches import batch_counts, complete_batch_if_done, unfinished_sealed_batches  # noqa: F401
+from shared.lifecycle.batches import (  # noqa: F401
+    BatchTally,
+    batch_tally,
+    complete_batch_if_done,
+    unfinished_sealed_batches,
+)
 from shared.lifecycle.cancel import cancel, cancel_batch, expire_due  # noqa: F401
 from shared.lifecycle.claims import (  # noqa: F401
     CLAIM_COLUMNS,
@@ -56,4 +61,6 @@ from shared.lifecycle.views import (  # noqa: F401
     read_model,
     read_result,
     result_of,
+    shown_disposition,
+    shown_result,
 )

@@ -1,35 +1,61 @@
-"""Batch progress and the single ``batch.completed`` transition.
+"""Batch progress (counts per status and disposition) and the single ``batch.completed`` transition.
 """
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 
 from celery import Celery
-from sqlalchemy import func, literal_column, select
+from sqlalchemy import case, func, literal_column, select
 from sqlalchemy.orm import Session
 
 from shared import clinical
+from shared.clinical import disposition
 from shared.clock import utcnow
 from shared.config import Settings
 from shared.events import record_event
 from shared.lifecycle.states import ACTIVE
-from shared.lifecycle.views import api_base
-from shared.schemas.batches import StatusCounts
+from shared.lifecycle.views import api_base, shown_disposition
+from shared.schemas.batches import DispositionCounts, StatusCounts
 from shared.schemas.events import BatchCompletedData, BatchEventLinks
 from shared.tables import Analysis, AnalysisStatus, Batch
 
 
-def batch_counts(session: Session, batch_id: uuid.UUID) -> dict[str, int]:
-    """Counts per status from the (batch_id, status) index: no scan of the tenant's rows."""
+@dataclass(frozen=True)
+class BatchTally:
+    """A batch's items counted in one pass: per status, and its succeeded results per
+    disposition (as each result shows it) and per weights status."""
+
+    counts: dict[str, int]
+    dispositions: DispositionCounts
+    weights: dict[str | None, int]
+
+
+def batch_tally(session: Session, batch_id: uuid.UUID) -> BatchTally:
+    """Counts per status, disposition and weights status in one grouped query over the batch's
+    rows (the (batch_id, status) index finds them). The disposition and weights are read from
+    the stored JSON (``shown_disposition``): only succeeded rows have them."""
+    succeeded = Analysis.status == AnalysisStatus.succeeded.value
+    shown = shown_disposition().label("shown_disposition")
+    weights = case((succeeded, Analysis.model["weights"].as_string())).label("weights_status")
     rows = session.execute(
-        select(Analysis.status, func.count())
+        select(Analysis.status, shown, weights, func.count())
         .where(Analysis.batch_id == batch_id)
-        .group_by(Analysis.status)
+        # By the output columns: one copy of each expression.
+        .group_by(Analysis.status, literal_column(shown.name), literal_column(weights.name))
     ).all()
     counts = {s.value: 0 for s in AnalysisStatus}
-    counts.update(dict(rows))
-    return counts
+    dispositions = dict.fromkeys(disposition.DISPOSITIONS, 0)
+    per_weights: dict[str | None, int] = {}
+    for status, shown_as, weights_status, n in rows:
+        counts[status] = counts.get(status, 0) + n
+        if status != AnalysisStatus.succeeded.value:
+            continue
+        per_weights[weights_status] = per_weights.get(weights_status, 0) + n
+        if shown_as in dispositions:
+            dispositions[shown_as] += n
+    return BatchTally(counts, DispositionCounts(**dispositions), per_weights)
 
 
 def complete_batch_if_done(
@@ -49,18 +75,9 @@ def complete_batch_if_done(
     if still_active:
         return False
     batch.completed_at = utcnow()
-    counts = batch_counts(session, batch_id)
-    # Succeeded results per weights status: the payload says when they are not meaningful.
-    # Grouped in SQL (a batch may hold 100,000 results), so the stored provenance is read by
-    # its JSON key here rather than as ModelInfo.
-    status = Analysis.model["weights"].as_string().label("weights_status")
-    weights: dict[str | None, int] = dict(
-        session.execute(
-            select(status, func.count())
-            .where(Analysis.batch_id == batch_id, Analysis.status == AnalysisStatus.succeeded.value)
-            .group_by(literal_column(status.name))  # by the output column: one copy of the expression
-        ).all()
-    )
+    # Counts per status, and the succeeded results per disposition and per weights status: the
+    # payload says when they are not meaningful.
+    tally = batch_tally(session, batch_id)
     base = f"{api_base(settings)}/v1/batches/{batch.id}"
     record_event(
         session,
@@ -71,8 +88,9 @@ def complete_batch_if_done(
             id=batch.id,
             name=batch.name,
             external_id=batch.external_id,
-            counts=StatusCounts(**counts),
-            **clinical.weights_summary(weights),
+            counts=StatusCounts(**tally.counts),
+            **clinical.weights_summary(tally.weights),
+            dispositions=tally.dispositions,
             links=BatchEventLinks(self=base, results=f"{base}/results?order=risk"),
         ),
         dedupe_key=f"batch.completed:{batch.id}",

@@ -10,8 +10,10 @@ from datetime import timedelta
 from typing import Any, TypeVar, cast
 
 from pydantic import BaseModel
+from sqlalchemy import ColumnElement, case, literal, null
 
 from shared import clinical
+from shared.clinical import disposition
 from shared.clock import iso, utcnow
 from shared.config import Settings
 from shared.schemas.analyses import (
@@ -29,7 +31,7 @@ from shared.schemas.analyses import (
 from shared.schemas.common import CancelReason
 from shared.schemas.events import AnalysisEventData, CodeOnly, EventRejection, EventResultSummary
 from shared.storage import ARTIFACTS, IMAGES, ObjectStore
-from shared.tables import Analysis
+from shared.tables import Analysis, AnalysisStatus
 
 View = TypeVar("View", bound=BaseModel)
 
@@ -52,13 +54,54 @@ def inputs_view(analysis: Analysis) -> AnalysisInputsOut:
     )
 
 
-def read_result(stored: Mapping[str, Any] | None) -> AnalysisResult | None:
-    """A stored result (``analyses.result``) as typed data, with ``uncertainty_level`` in words
-    (shared.clinical): for readers that select the column rather than the row (exports)."""
+def read_result(stored: Mapping[str, Any] | None, model: ModelInfo | None) -> AnalysisResult | None:
+    """A stored result (``analyses.result``) as every surface shows it (``shown_result``), read
+    beside the provenance of the model that made it (``read_model``): for readers that select
+    the columns rather than the row (exports)."""
     if not stored:
         return None
-    result = AnalysisResult.model_validate(stored)
-    return result.model_copy(update={"uncertainty_level": clinical.uncertainty_level(result.uncertainty)})
+    return shown_result(AnalysisResult.model_validate(stored), model)
+
+
+def shown_result(result: AnalysisResult, model: ModelInfo | None) -> AnalysisResult:
+    """The result as clients see it, judged by the one set of clinical rules (shared.clinical):
+
+    - ``uncertainty_level``: the uncertainty in words;
+    - ``notice``: the weights banner beside the diagnosis whenever the weights are not ``trained``
+      (unknown weights included), null for trained weights;
+    - ``disposition``, ``disposition_reasons`` and ``safety_netting`` as every other surface
+      (PDF, FHIR, note, questions) gives them (``clinical.disposition_of``): from weights that are
+      not trained always ``clinician_review`` with ``weights_not_trained`` first, a result stored
+      before dispositions existed included. A trained result stored before then keeps a null
+      disposition: its review reasons were not recorded, and the API does not invent them.
+    """
+    weights = clinical.weights_status(model)
+    update: dict[str, Any] = {
+        "uncertainty_level": clinical.uncertainty_level(result.uncertainty),
+        "notice": clinical.weights_banner(weights or clinical.UNKNOWN_WEIGHTS),
+    }
+    if result.disposition is not None or not clinical.is_clinically_meaningful(weights):
+        decision = clinical.disposition_of(result, model)
+        update.update(
+            disposition=decision.disposition,
+            disposition_reasons=list(decision.reasons),
+            safety_netting=decision.safety_netting,
+        )
+    return result.model_copy(update=update)
+
+
+def shown_disposition() -> ColumnElement[str | None]:
+    """``shown_result``'s disposition as SQL, for what is counted or ordered in the database
+    (batch progress, ``batch.completed``, the triage order) without reading each result: null
+    but for succeeded analyses; ``clinician_review`` from weights that are not ``trained`` (no
+    provenance included); else the stored one (null when stored before dispositions existed).
+    The stored JSON is read by its keys here: the SQL twin of ``clinical.disposition_of``."""
+    weights = Analysis.model["weights"].as_string()
+    return case(
+        (Analysis.status != AnalysisStatus.succeeded.value, null()),
+        (weights.is_distinct_from(clinical.TRAINED), literal(disposition.CLINICIAN_REVIEW)),
+        else_=Analysis.result["disposition"].as_string(),
+    )
 
 
 def read_model(stored: Mapping[str, Any] | None) -> ModelInfo | None:
@@ -71,8 +114,8 @@ def read_model(stored: Mapping[str, Any] | None) -> ModelInfo | None:
 
 
 def result_of(analysis: Analysis) -> AnalysisResult | None:
-    """The analysis' result, typed (``read_result``)."""
-    return read_result(analysis.result)
+    """The analysis' result, typed and as clients see it (``read_result``)."""
+    return read_result(analysis.result, model_of(analysis))
 
 
 def model_of(analysis: Analysis) -> ModelInfo | None:
@@ -116,7 +159,7 @@ def analysis_record(analysis: Analysis) -> AnalysisRecord:
             height=analysis.image_height,
             sha256=analysis.image_sha256,
         ),
-        result=result_of(analysis),
+        result=read_result(analysis.result, model),
         rejection=rejection_of(analysis),
         error=error_of(analysis),
         model=model,
@@ -175,15 +218,17 @@ def event_data(settings: Settings, analysis: Analysis) -> AnalysisEventData:
         batch_id=analysis.batch_id,
         links=links(settings, analysis.id),
     )
-    result = result_of(analysis)
+    model = model_of(analysis)
+    result = read_result(analysis.result, model)
     if result is not None:
         data.result = EventResultSummary(
             diagnosis=result.diagnosis,
             probability=result.probability,
             uncertainty=result.uncertainty,
             risk_band=result.risk_band,
+            disposition=result.disposition,
+            disposition_reasons=result.disposition_reasons,
         )
-    model = model_of(analysis)
     if model is not None:
         data.weights = model.weights
     rejection = rejection_of(analysis)

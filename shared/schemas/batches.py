@@ -11,6 +11,7 @@ from pydantic import (
     Field,
 )
 
+from shared.clinical.disposition import Disposition
 from shared.schemas.common import (
     EXTERNAL_ID_PATTERN,
     AnalysisStatusName,
@@ -52,6 +53,16 @@ class StatusCounts(ResponseModel):
     canceled: int = 0
 
 
+class DispositionCounts(ResponseModel):
+    """Succeeded results per disposition, as each result shows it (`result.disposition`): results
+    from weights that are not `trained` count as `clinician_review`. Results stored before
+    dispositions existed (trained weights) have none and are in no count."""
+
+    urgent_referral: int
+    clinician_review: int
+    routine: int
+
+
 class BatchLinks(ResponseModel):
     self: Url
     seal: Url
@@ -77,6 +88,7 @@ class BatchSummary(ResponseModel):
 class BatchOut(BatchSummary):
     """A batch with its progress."""
 
+    dispositions: DispositionCounts = Field(description="Succeeded results per disposition")
     done: int
     percent_done: float
     throughput_per_minute: float | None
@@ -117,6 +129,12 @@ class TriageItem(ResponseModel):
     sex: str | None
     site: str | None
     completed_at: Timestamp | None
+    disposition: Disposition | None = Field(
+        description="What should happen next (`result.disposition`); the list is grouped by it: `urgent_referral`, "
+        "`clinician_review`, `routine`, then items without one. Weights that are not `trained` always give "
+        "`clinician_review`. Null without a result, and for results stored before dispositions existed"
+    )
+    disposition_reasons: str | None = Field(description="Why (`result.disposition_reasons`), `;`-separated codes")
 
 
 class EquityRow(ResponseModel):
@@ -139,6 +157,7 @@ class TriageSummaryOut(ResponseModel):
     equity: list[EquityRow]
     weights: dict[str, int] = Field(description="Results per weights status")
     weights_warning: str | None = Field(description="Set when any result came from weights that are not `trained`")
+    dispositions: DispositionCounts = Field(description="Succeeded results per disposition")
 
 
 class BatchResults(ResponseModel):

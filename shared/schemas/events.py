@@ -9,8 +9,9 @@ from pydantic import (
     Field,
 )
 
+from shared.clinical.disposition import Disposition
 from shared.schemas.analyses import AnalysisLinks
-from shared.schemas.batches import StatusCounts
+from shared.schemas.batches import DispositionCounts, StatusCounts
 from shared.schemas.common import (
     AnalysisStatusName,
     CancelReason,
@@ -31,6 +32,11 @@ class EventResultSummary(ResponseModel):
     probability: float
     uncertainty: float
     risk_band: RiskBand
+    disposition: Disposition | None = Field(
+        description="What should happen next (`result.disposition`): never `routine` or `urgent_referral` from "
+        "weights that are not `trained`. Null only for results stored before dispositions existed"
+    )
+    disposition_reasons: list[str] = Field(description="Why: stable codes (`result.disposition_reasons`)")
 
 
 class CodeOnly(ResponseModel):
@@ -66,6 +72,7 @@ class BatchCompletedData(ResponseModel):
     counts: StatusCounts
     weights: dict[str, int] = Field(description="Results per weights status")
     weights_warning: str | None = Field(description="Set when any result came from weights that are not `trained`")
+    dispositions: DispositionCounts = Field(description="Succeeded results per disposition")
     links: BatchEventLinks
 
 

@@ -25,6 +25,7 @@ from shared.schemas import (
     BatchOut,
     ProblemDetails,
 )
+from shared.schemas.batches import DispositionCounts
 from shared.tables import Analysis, Batch
 from tests.factories import UNTRAINED_MODEL, model, result
 
@@ -231,10 +232,12 @@ def test_batch_view_declares_every_key():
     batch = Batch(id=uuid.uuid4(), tenant_id=uuid.uuid4(), name="clinic", external_id=None, created_at=NOW,
                   sealed_at=None, completed_at=None, deadline_at=None, canceled_at=None)
     counts = {"queued": 1, "processing": 0, "succeeded": 2, "rejected": 0, "failed": 0, "canceled": 0}
-    progress = batch_routes.service.Progress(counts, 3, 2, 66.7, 1.5, 40.0, NOW)
+    dispositions = DispositionCounts(urgent_referral=0, clinician_review=2, routine=0)
+    progress = batch_routes.service.Progress(counts, dispositions, 3, 2, 66.7, 1.5, 40.0, NOW)
     body = batch_routes.view(_Context(), batch, progress)
     assert isinstance(body, BatchOut)
     assert _undeclared(BatchOut, _sent(body)) == []
+    assert _sent(body)["dispositions"] == {"urgent_referral": 0, "clinician_review": 2, "routine": 0}
 
 
 def test_problem_bodies_match_the_declared_schema():

@@ -9,8 +9,10 @@ import io
 import uuid
 from datetime import UTC, datetime
 
+from sqlalchemy.dialects import postgresql
+
 from api.services import triage
-from shared import clinical
+from shared import clinical, lifecycle
 from shared.schemas import TriageItem
 from tests.factories import UNTRAINED_MODEL, model, result
 
@@ -26,6 +28,8 @@ def _row(status="succeeded", probability=0.3, weights="untrained", code=None, gr
         equity={"ita_degrees": ita, "skin_group": group, "bias_warning": clinical.group_bias_warning(group)},
     ) if succeeded else None
     provenance = model(**{**UNTRAINED_MODEL, "weights": weights}) if weights else None
+    if typed is not None:
+        typed = lifecycle.shown_result(typed, provenance)  # as iter_triage reads it (lifecycle.read_result)
     fields = dict(
         analysis_id=uuid.uuid4(), external_id=None, status=status, result=typed, model=provenance,
         rejection_code=code, rejection_detail=None, error_code=None, error_detail=None,
@@ -40,6 +44,7 @@ def test_the_csv_columns_are_the_triage_items_fields_as_published():
         "rank", "analysis_id", "external_id", "status", "weights", "risk_band", "probability", "uncertainty",
         "needs_review", "review_reason", "diagnosis", "skin_group", "ita_degrees", "bias_warning", "rejection_code",
         "rejection_detail", "retake_advice", "error_code", "error_detail", "age", "sex", "site", "completed_at",
+        "disposition", "disposition_reasons",
     )
     assert set(triage.CSV_COLUMNS) == set(TriageItem.model_fields)
 
@@ -97,3 +102,78 @@ def test_the_csv_is_formula_safe_and_numbers_stay_numbers():
     assert [r["rank"] for r in parsed] == ["1", "2"]
     assert parsed[0]["ita_degrees"] == "-41.7" and parsed[0]["probability"] == "0.9"
     assert parsed[1]["external_id"] == "'=cmd" and parsed[1]["rejection_detail"] == "'-1+1"
+
+
+# ---------------------------------------------------------------- issue 21: the disposition
+
+
+def _decided(disposition: str | None, reasons: list[str], probability: float = 0.3, weights: str = "trained"):
+    """A row whose result recorded this disposition (None: stored before dispositions existed)."""
+    row = _row(probability=probability, weights=weights)
+    assert row.result is not None
+    stored = row.result.model_copy(update={"disposition": disposition, "disposition_reasons": reasons})
+    return triage.TriageRow(**{**row.__dict__, "result": lifecycle.shown_result(stored, row.model)})
+
+
+def test_items_carry_the_disposition_and_its_reasons_in_json_csv_and_isic():
+    rows = [
+        _decided("urgent_referral", ["high_probability", "diameter_over_6mm"], 0.93),
+        _decided("routine", ["below_rule_out"], 0.02),
+        _row(probability=0.95, weights="untrained"),
+        _decided(None, [], 0.4),
+        _row("rejected", code="blurry"),
+    ]
+    items = [r.as_item(rank) for rank, r in enumerate(rows, 1)]
+    assert [(i.disposition, i.disposition_reasons) for i in items] == [
+        ("urgent_referral", "high_probability;diameter_over_6mm"),
+        ("routine", "below_rule_out"),
+        ("clinician_review", "weights_not_trained"),  # untrained: never urgent, whatever the probability
+        (None, None),  # stored before dispositions: none is invented
+        (None, None),  # a rejection has no disposition
+    ]
+    parsed = list(csv.DictReader(io.StringIO("".join(triage.triage_csv(rows)))))
+    assert [(r["disposition"], r["disposition_reasons"]) for r in parsed] == [
+        (i.disposition or "", i.disposition_reasons or "") for i in items
+    ]
+    isic = list(csv.DictReader(io.StringIO("".join(triage.triage_csv(rows, isic=True)))))
+    assert {"weights", "disposition", "disposition_reasons", "predicted_diagnosis"} <= set(isic[0])
+    assert [(r["weights"], r["disposition"]) for r in isic[:3]] == [
+        ("trained", "urgent_referral"), ("trained", "routine"), ("untrained", "clinician_review")
+    ]
+    assert all(r["weights"] for r in isic if r["predicted_diagnosis"]), "never a diagnosis without its weights"
+
+
+def test_the_summary_counts_results_per_disposition():
+    rows = [
+        _decided("urgent_referral", ["high_probability"], 0.93),
+        _decided("urgent_referral", ["high_probability"], 0.88),
+        _decided("routine", ["below_rule_out"], 0.02),
+        _row(probability=0.95, weights="untrained"),
+        _row(probability=0.05, weights="synthetic"),
+        _decided(None, [], 0.4),
+        _row("rejected", code="blurry"),
+    ]
+    summary = triage.TriageSummary()
+    for rank, row in enumerate(rows, 1):
+        summary.add(row, row.as_item(rank))
+    out = summary.out()
+    assert out.dispositions.model_dump() == {"urgent_referral": 2, "clinician_review": 2, "routine": 1}
+    assert out.model_dump(mode="json", exclude_unset=True)["dispositions"] == out.dispositions.model_dump(), (
+        "every disposition is sent, zeros included"
+    )
+
+
+def test_the_risk_order_groups_by_disposition_first():
+    """The SQL orders by the shown disposition (lifecycle.shown_disposition) before the status
+    sections and the probability; the database test (tests/api/services) runs it."""
+    dialect = postgresql.dialect()
+    query = triage._triage_query(uuid.uuid4(), "risk")
+    sql = str(query.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+    order = sql[sql.index("ORDER BY"):]
+    first, rest = order.split("ELSE 3 END", 1)
+    assert "analyses.result ->> 'disposition'" in first
+    assert first.index("'urgent_referral' THEN 0") < first.index("'clinician_review' THEN 1")
+    assert first.index("'clinician_review' THEN 1") < first.index("'routine' THEN 2")
+    assert rest.index("analyses.status = 'succeeded'") < rest.index("analyses.probability DESC")
+    submitted = str(triage._triage_query(uuid.uuid4(), "submitted").compile(dialect=dialect))
+    assert "disposition" not in submitted[submitted.index("ORDER BY"):]

@@ -7,12 +7,12 @@ import uuid
 from datetime import UTC, datetime
 
 from api.routes import analyses as routes
-from shared import lifecycle
+from shared import clinical, lifecycle
 from shared.config import Settings
 from shared.events import EVENT_TYPES
 from shared.schemas import AnalysisOut, AnalysisRecord, AnalysisSummary, AnalysisWebhook
 from shared.tables import Analysis
-from tests.factories import UNTRAINED_MODEL, model, result
+from tests.factories import UNTRAINED_MODEL, disposition_of, model, record_data, result
 
 NOW = datetime(2026, 11, 28, 3, 12, tzinfo=UTC)
 SETTINGS = Settings(_env_file=None)
@@ -53,7 +53,10 @@ def _view(monkeypatch, analysis: Analysis) -> dict:
 def test_a_succeeded_analysis_shows_its_typed_result_provenance_and_links(monkeypatch):
     analysis = _row(status="succeeded", result=STORED_RESULT, model=STORED_MODEL, mask_key="m", overlay_key="o")
     body = _view(monkeypatch, analysis)
-    assert body["result"] == {**STORED_RESULT, "uncertainty_level": "low"}
+    assert body["result"] == {
+        **STORED_RESULT, "uncertainty_level": "low", "notice": clinical.UNTRAINED_BANNER,
+        "disposition": "clinician_review", "disposition_reasons": ["weights_not_trained"],
+    }
     assert body["model"]["banner"] and body["weights"] == "untrained"
     assert set(body["artifacts"]) == {"image", "mask", "overlay", "expires_at"}
     assert body["links"]["report"].endswith(f"/v1/analyses/{analysis.id}/report.pdf")
@@ -104,7 +107,10 @@ def test_event_payloads_set_only_what_applies():
     succeeded = lifecycle.event_data(SETTINGS, _row(status="succeeded", result=STORED_RESULT, model=STORED_MODEL))
     sent = succeeded.model_dump(mode="json", exclude_unset=True)
     assert set(sent) == {"id", "status", "external_id", "batch_id", "links", "result", "weights"}
-    assert set(sent["result"]) == {"diagnosis", "probability", "uncertainty", "risk_band"}
+    assert set(sent["result"]) == {
+        "diagnosis", "probability", "uncertainty", "risk_band", "disposition", "disposition_reasons"
+    }
+    assert (sent["result"]["disposition"], sent["weights"]) == ("clinician_review", "untrained")
     canceled = lifecycle.event_data(SETTINGS, _row(status="canceled", cancel_reason="expired"))
     assert canceled.model_dump(mode="json", exclude_unset=True)["reason"] == "expired"
     assert {"result", "weights", "rejection", "error"}.isdisjoint(canceled.model_fields_set)
@@ -113,3 +119,75 @@ def test_event_payloads_set_only_what_applies():
     failed = lifecycle.event_data(SETTINGS, _row(status="failed", error={"code": "internal", "detail": "d"}))
     assert failed.model_dump(mode="json", exclude_unset=True)["error"] == {"code": "internal"}
     assert f"analysis.{failed.status}" in EVENT_TYPES
+
+
+# ---------------------------------------------------------------- issue 21: notice and disposition
+
+SYNTHETIC_MODEL = model(**{**UNTRAINED_MODEL, "weights": "synthetic"}).model_dump(mode="json")
+TRAINED_MODEL = model().model_dump(mode="json")
+
+
+def _succeeded(stored_model: dict | None, **result_changes) -> Analysis:
+    stored = result(**result_changes).model_dump(mode="json", exclude={"uncertainty_level"})
+    return _row(status="succeeded", result=stored, model=stored_model, age=63, sex="male", site="torso")
+
+
+def _decided(weights_model: dict, **result_changes) -> dict:
+    """A result's recorded disposition, decided by the clinical rules as the pipeline decides it."""
+    data = record_data(result=result_changes, model=weights_model)
+    return {**result_changes, **disposition_of(data)}
+
+
+def test_every_result_from_weights_that_are_not_trained_carries_the_notice_beside_its_diagnosis(monkeypatch):
+    cases = {
+        "untrained": (STORED_MODEL, clinical.UNTRAINED_BANNER),
+        "synthetic": (SYNTHETIC_MODEL, clinical.weights_banner("synthetic")),
+        "no provenance": (None, clinical.weights_banner(clinical.UNKNOWN_WEIGHTS)),
+    }
+    for name, (stored_model, banner) in cases.items():
+        analysis = _succeeded(stored_model)
+        assert banner and "not clinically meaningful" in banner, name
+        single = _view(monkeypatch, analysis)["result"]
+        listed = lifecycle.analysis_summary(analysis).model_dump(mode="json", exclude_unset=True)["result"]
+        event = lifecycle.event_data(SETTINGS, analysis)
+        for shown in (single, listed):
+            assert shown["notice"] == banner and shown["diagnosis"] == "melanoma", name
+            assert shown["disposition"] == "clinician_review", name
+            assert shown["disposition_reasons"][0] == "weights_not_trained", name
+            assert shown["safety_netting"] is None, name
+        assert event.result is not None and event.result.disposition == "clinician_review", name
+
+
+def test_a_trained_result_has_a_null_notice_and_its_recorded_disposition(monkeypatch):
+    urgent = _view(monkeypatch, _succeeded(TRAINED_MODEL, **_decided(TRAINED_MODEL)))["result"]
+    assert "notice" in urgent and urgent["notice"] is None, "sent, as null: the weights are trained"
+    assert urgent["disposition"] == "urgent_referral" and urgent["disposition_reasons"][0] == "high_probability"
+    low = dict(probability=0.02, risk_band="low", diagnosis="benign", uncertainty=0.01,
+               concepts={"diameter_mm": 3.1})
+    routine = _view(monkeypatch, _succeeded(TRAINED_MODEL, **_decided(TRAINED_MODEL, **low)))["result"]
+    assert (routine["disposition"], routine["notice"]) == ("routine", None)
+    assert routine["safety_netting"] == clinical.disposition.SAFETY_NETTING
+    event = lifecycle.event_data(SETTINGS, _succeeded(TRAINED_MODEL, **_decided(TRAINED_MODEL, **low)))
+    assert event.result is not None and event.result.disposition == "routine"
+    assert event.result.disposition_reasons == ["below_rule_out"] and event.weights == "trained"
+
+
+def test_a_result_stored_before_dispositions_is_never_shown_routine(monkeypatch):
+    """Trained: its review reasons were not recorded, so the API shows none (null), never a guess;
+    untrained: always clinician review, as every report says."""
+    legacy = dict(disposition=None, disposition_reasons=[], safety_netting=None)
+    trained = _view(monkeypatch, _succeeded(TRAINED_MODEL, probability=0.02, **legacy))["result"]
+    assert (trained["disposition"], trained["disposition_reasons"], trained["notice"]) == (None, [], None)
+    untrained = _view(monkeypatch, _succeeded(STORED_MODEL, probability=0.02, **legacy))["result"]
+    assert (untrained["disposition"], untrained["disposition_reasons"]) == ("clinician_review", ["weights_not_trained"])
+
+
+def test_untrained_output_is_never_shown_routine_or_urgent_whatever_was_stored(monkeypatch):
+    """A stored routine or urgent disposition beside untrained weights (a row written by hand, or
+    by a pipeline that erred) is shown as clinician review, without reasons read off the output."""
+    for claimed, reasons in (("routine", ["below_rule_out"]), ("urgent_referral", ["high_probability",
+                                                                                   "near_threshold"])):
+        shown = _view(monkeypatch, _succeeded(STORED_MODEL, disposition=claimed, disposition_reasons=reasons,
+                                              safety_netting="come back"))["result"]
+        assert shown["disposition"] == "clinician_review", claimed
+        assert shown["disposition_reasons"] == ["weights_not_trained"] and shown["safety_netting"] is None

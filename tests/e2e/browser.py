@@ -88,3 +88,37 @@ def screenshot(page, name: str, full_page: bool = True) -> Path:
     page.screenshot(path=str(path), full_page=full_page)
     print(f"screenshot: {path}")
     return path
+
+
+# The palette's greens and reds (app.css --low, --low-soft, --high, --high-soft and the red
+# tints of problem borders): what a result from weights that are not trained must never wear.
+GREEN_OR_RED = frozenset({
+    "rgb(30, 107, 52)", "rgb(231, 244, 234)",
+    "rgb(166, 27, 27)", "rgb(253, 236, 236)", "rgb(231, 166, 166)", "rgb(255, 210, 210)",
+})
+_COLOURED = """(root, palette) => {
+    const found = [];
+    const visible = (e) => e.getClientRects().length > 0 && getComputedStyle(e).visibility !== "hidden";
+    for (const e of [root, ...root.querySelectorAll("*")]) {
+        if (!visible(e)) continue;
+        const style = getComputedStyle(e);
+        const colours = [style.color, style.backgroundColor];
+        for (const side of ["Top", "Right", "Bottom", "Left"]) {
+            if (parseFloat(style[`border${side}Width`]) > 0 && style[`border${side}Style`] !== "none") {
+                colours.push(style[`border${side}Color`]);
+            }
+        }
+        const hit = colours.filter((c) => palette.includes(c));
+        if (hit.length) found.push(`${e.tagName.toLowerCase()}#${e.id}.${e.className}: ${hit.join(", ")}`);
+    }
+    return found;
+}"""
+
+
+def green_or_red(page, selector: str) -> list[str]:
+    """Every visible element at or under each match of ``selector`` whose text, background or
+    border colour is one of the palette's greens or reds (read from computed styles)."""
+    found: list[str] = []
+    for handle in page.query_selector_all(selector):
+        found += handle.evaluate(_COLOURED, sorted(GREEN_OR_RED))
+    return found

@@ -7,6 +7,7 @@ from __future__ import annotations
 import uuid
 from datetime import timedelta
 
+from shared.clinical.disposition import SAFETY_NETTING
 from shared.clock import utcnow
 from shared.db import session_scope
 from shared.schemas import AnalysisResult, ModelInfo
@@ -23,8 +24,36 @@ SCRIBE_NOTE = (
 )
 
 
-def result_for(probability: float, *, uncertainty: float = 0.03, skin_group: str = "light", ita: float = 35.0) -> dict:
-    """A result (tests/factories.py) with this probability, as the worker stores it."""
+# The reasons a seeded disposition records unless a test names them.
+REASONS = {
+    "urgent_referral": ["high_probability"],
+    "clinician_review": ["missing_metadata", "above_rule_out"],
+    "routine": ["below_rule_out"],
+}
+
+
+def result_for(
+    probability: float,
+    *,
+    uncertainty: float = 0.03,
+    skin_group: str = "light",
+    ita: float = 35.0,
+    disposition: str | None = None,
+    reasons: list[str] | None = None,
+) -> dict:
+    """A result (tests/factories.py) with this probability, as the worker stores it. With a
+    ``disposition`` it records that disposition (with ``reasons``, else typical ones, and the
+    safety netting for ``routine``), as the pipeline does; without one, none (a result stored
+    before dispositions existed). Choose dispositions the rules could give: nothing from
+    untrained weights is ever ``routine`` or ``urgent_referral`` (the API shows such a result
+    as ``clinician_review`` whatever was stored)."""
+    decided = {}
+    if disposition is not None:
+        decided = {
+            "disposition": disposition,
+            "disposition_reasons": reasons if reasons is not None else REASONS[disposition],
+            "safety_netting": SAFETY_NETTING if disposition == "routine" else None,
+        }
     return factories.result(
         diagnosis="melanoma" if probability > 0.5 else "benign",
         probability=probability,
@@ -36,7 +65,8 @@ def result_for(probability: float, *, uncertainty: float = 0.03, skin_group: str
         equity={"ita_degrees": ita, "skin_group": skin_group, "bias_warning": skin_group in ("brown", "dark")},
         quality={"blur_score": 250.0},
         scribe_note=SCRIBE_NOTE,
-    ).model_dump(mode="json", exclude={"uncertainty_level"})
+        **decided,
+    ).model_dump(mode="json", exclude={"uncertainty_level", "notice"})
 
 
 def model_for(weights: str) -> dict:
@@ -60,13 +90,14 @@ def seed_analysis(
     *,
     status: str = "succeeded",
     result: dict | None = None,
-    weights: str = "untrained",
+    weights: str | None = "untrained",
     batch_id: uuid.UUID | None = None,
     external_id: str | None = None,
     rejection: dict | None = None,
     seed: int = 5,
 ) -> uuid.UUID:
-    """One final analysis with a real photo, mask and overlay in S3 (as the worker writes them)."""
+    """One final analysis with a real photo, mask and overlay in S3 (as the worker writes them);
+    ``weights=None``: no provenance was stored with it."""
     analysis_id = uuid.uuid4()
     lesion = make_lesion(seed=seed, size=(240, 320), radius_frac=0.22, irregularity=0.5)
     photo = encode_jpeg(lesion.image)
@@ -98,7 +129,7 @@ def seed_analysis(
                 result=stored,
                 probability=AnalysisResult.model_validate(stored).probability if stored else None,
                 rejection=rejection,
-                model=model_for(weights),
+                model=model_for(weights) if weights is not None else None,
                 created_at=now - timedelta(seconds=30),
                 started_at=now - timedelta(seconds=20),
                 completed_at=now,

@@ -16,19 +16,21 @@ from shared.db import session_scope
 from shared.jobs import enqueue_analysis
 from shared.storage import IMAGES, image_key
 from shared.tables import Analysis, Event
+from tests.e2e.seeding import result_for, seed_analysis, seed_batch
 from worker.pipeline.synthetic import encode_jpeg, make_lesion
 
 CSV_HEADER = [
     "rank", "analysis_id", "external_id", "status", "weights", "risk_band", "probability", "uncertainty",
     "needs_review", "review_reason", "diagnosis", "skin_group", "ita_degrees", "bias_warning",
     "rejection_code", "rejection_detail", "retake_advice", "error_code", "error_detail",
-    "age", "sex", "site", "completed_at",
+    "age", "sex", "site", "completed_at", "disposition", "disposition_reasons",
 ]
 
 
 def lesion(seed: int, **kw) -> bytes:
+    """A photo at the minimum resolution (MIN_IMAGE_SIDE, 256 px): analysed, never refused for its size."""
     kw.setdefault("radius_frac", 0.22)
-    return encode_jpeg(make_lesion(seed=seed, size=(120, 160), **kw).image)
+    return encode_jpeg(make_lesion(seed=seed, size=(256, 320), **kw).image)
 
 
 def add_item(api: httpx.Client, batch_id: str, image: bytes, **fields) -> dict:
@@ -108,7 +110,7 @@ def _failed_row(context, tenant_id, batch_id: str) -> str:
         session.add(Analysis(
             id=analysis_id, tenant_id=tenant_id, batch_id=uuid.UUID(batch_id), priority="bulk",
             status="failed", attempt=3, external_id="broken-1", image_key=image_key(tenant_id, analysis_id, "jpg"),
-            image_sha256="0" * 64, image_content_type="image/jpeg", image_width=160, image_height=120,
+            image_sha256="0" * 64, image_content_type="image/jpeg", image_width=320, image_height=256,
             error={"code": "attempts_exhausted", "detail": "gave up after 3 attempts"},
             created_at=now, updated_at=now, completed_at=now,
         ))
@@ -129,6 +131,8 @@ def test_triage_is_risk_ordered_with_review_flags_retakes_and_equity(api, worker
     body = api.get(f"/v1/batches/{batch_id}/results", params={"order": "risk", "format": "json"}).json()
     items = body["items"]
     assert [i["status"] for i in items] == ["succeeded"] * 5 + ["rejected", "failed"]
+    # Untrained weights (the test stack's): one disposition group, clinician review, by risk within it.
+    assert [i["disposition"] for i in items] == ["clinician_review"] * 5 + [None, None]
     probabilities = [i["probability"] for i in items[:5]]
     assert probabilities == sorted(probabilities, reverse=True)
     for item in items[:5]:
@@ -152,6 +156,8 @@ def test_triage_is_risk_ordered_with_review_flags_retakes_and_equity(api, worker
 
     summary = body["summary"]
     assert summary["counts"]["succeeded"] == 5 and summary["retake"] == {"blurry": 1}
+    assert summary["dispositions"] == body["batch"]["dispositions"] == {
+        "urgent_referral": 0, "clinician_review": 5, "routine": 0}
     groups = {g["skin_group"]: g for g in summary["equity"]}
     assert sum(g["items"] for g in groups.values()) == 5
     for name, group in groups.items():
@@ -167,9 +173,45 @@ def test_triage_is_risk_ordered_with_review_flags_retakes_and_equity(api, worker
     assert rows[0] == CSV_HEADER
     assert [r[1] for r in rows[1:]] == [i["analysis_id"] for i in items]
     assert rows[6][CSV_HEADER.index("rejection_code")] == "blurry"
+    assert [r[CSV_HEADER.index("disposition")] for r in rows[1:]] == ["clinician_review"] * 5 + ["", ""]
 
     only_summary = api.get(f"/v1/batches/{batch_id}/results", params={"items": "false"}).json()
     assert only_summary["items"] == [] and only_summary["summary"] == summary
+
+
+def test_progress_and_batch_completed_count_results_per_disposition(api, context, tenant_key):
+    """Seeded results (trained weights, recorded dispositions; untrained ones; one stored before
+    dispositions existed): progress, the triage summary and batch.completed count each result
+    as it is shown, and the triage list groups by disposition before risk."""
+    tenant_id, _ = tenant_key
+    batch_id = seed_batch(context, tenant_id, "dispositions")
+    cases = [
+        ("urgent", 0.91, "trained", "urgent_referral"),
+        ("review", 0.62, "trained", "clinician_review"),
+        ("routine-1", 0.03, "trained", "routine"),
+        ("routine-2", 0.05, "trained", "routine"),
+        ("untrained-claimed-urgent", 0.99, "untrained", "urgent_referral"),
+        ("untrained-legacy", 0.2, "untrained", None),
+        ("trained-legacy", 0.95, "trained", None),
+    ]
+    for seed, (ref, probability, weights, disposition) in enumerate(cases):
+        seed_analysis(context, tenant_id, result=result_for(probability, disposition=disposition), weights=weights,
+                      batch_id=batch_id, external_id=ref, seed=seed)
+    expected = {"urgent_referral": 1, "clinician_review": 3, "routine": 2}
+
+    progress = api.get(f"/v1/batches/{batch_id}").json()
+    assert progress["dispositions"] == expected and progress["counts"]["succeeded"] == 7
+    results = api.get(f"/v1/batches/{batch_id}/results", params={"items": "false"}).json()
+    assert results["summary"]["dispositions"] == results["batch"]["dispositions"] == expected
+    items = api.get(f"/v1/batches/{batch_id}/results").json()["items"]
+    assert [i["external_id"] for i in items] == [
+        "urgent", "untrained-claimed-urgent", "review", "untrained-legacy", "routine-2", "routine-1", "trained-legacy"
+    ]
+    assert api.post(f"/v1/batches/{batch_id}/cancel").json()["dispositions"] == expected
+
+    (event,) = completed_events(context, str(batch_id))
+    assert event.payload["data"]["dispositions"] == expected
+    assert event.payload["data"]["weights"] == {"trained": 5, "untrained": 2}
 
 
 def test_other_tenants_batches_answer_404(api, api_url, context):
@@ -215,7 +257,7 @@ def _queue_bulk(context, tenant_id, count: int, image: bytes) -> list[uuid.UUID]
             created = base + timedelta(microseconds=n)
             session.add(Analysis(
                 id=analysis_id, tenant_id=tenant_id, priority="bulk", status="queued", image_key=key,
-                image_sha256="1" * 64, image_content_type="image/jpeg", image_width=160, image_height=120,
+                image_sha256="1" * 64, image_content_type="image/jpeg", image_width=320, image_height=256,
                 created_at=created, updated_at=created, enqueued_at=created,
             ))
     for analysis_id in ids:

@@ -19,6 +19,7 @@ HEADER = [
     "image_name", "target", "weights", "analysis_id", "external_id", "status", "risk_band", "uncertainty",
     "needs_review", "review_reason", "predicted_diagnosis", "sex", "age_approx", "anatom_site_general_challenge",
     "skin_group", "ita_degrees", "bias_warning", "rejection_code", "error_code", "completed_at",
+    "disposition", "disposition_reasons",
 ]
 
 
@@ -76,6 +77,11 @@ def test_isic_csv_has_the_isic_columns_and_one_row_per_item(api, tenant_key, con
         "", "35", ""), "unknown metadata is an empty cell, as in ISIC's files"
     assert by_id[blurry]["anatom_site_general_challenge"] == "palms/soles"
     assert by_id[high]["predicted_diagnosis"] == "melanoma" and by_id[low]["predicted_diagnosis"] == "benign"
+    # Issue 21: the disposition beside the weights; untrained output is clinician review, always.
+    assert {by_id[i]["disposition"] for i in (high, low, formula)} == {"clinician_review"}
+    assert by_id[high]["disposition_reasons"].split(";")[0] == "weights_not_trained"
+    assert by_id[blurry]["disposition"] == "" and by_id[blurry]["disposition_reasons"] == ""
+    assert all(r["weights"] for r in rows if r["predicted_diagnosis"]), "never a diagnosis without its weights"
 
     submitted = api.get(f"/v1/batches/{batch['id']}/results", params={"format": "isic", "order": "submitted"})
     assert [r["analysis_id"] for r in csv.DictReader(io.StringIO(submitted.text))] == [high, low, blurry, formula]

@@ -13,9 +13,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from shared import clinical
 from tests.e2e.browser import (
     DISCLAIMER,
     browser_page_fixture,  # noqa: F401 (the browser_page fixture)
+    green_or_red,
     screenshot,
     wait_until,
 )
@@ -98,6 +100,7 @@ def test_upload_shows_result_matching_the_api(browser_page, api_url, worker, ten
 
     with httpx.Client(base_url=api_url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as client:
         analysis = client.get(f"/v1/analyses/{analysis_id}").json()
+        words = client.get("/v1/dispositions").json()
     assert analysis["status"] == "succeeded", analysis
     assert analysis["external_id"] == "browser-case-1"
     result = analysis["result"]
@@ -121,6 +124,24 @@ def test_upload_shows_result_matching_the_api(browser_page, api_url, worker, ten
     assert page.get_attribute("#risk-band", "data-neutral") == "true"
     assert banner.is_visible()
 
+    # Issue 21: the notice beside the diagnosis, the disposition with its reasons in the API's
+    # words, the untrained mark, and no green or red anywhere on the result (computed styles).
+    assert result["notice"] == clinical.UNTRAINED_BANNER
+    assert result["disposition"] == "clinician_review" and result["disposition_reasons"][0] == "weights_not_trained"
+    assert page.inner_text("#result-notice") == result["notice"]
+    texts = {d["code"]: d["text"] for d in words["dispositions"]}
+    reasons = {r["code"]: r["text"] for r in words["reasons"]}
+    assert page.inner_text("#disposition-text") == texts["clinician_review"]
+    shown = page.eval_on_selector_all("#disposition-reasons li", "items => items.map(i => i.textContent)")
+    assert shown == [reasons[code] for code in result["disposition_reasons"]]
+    assert page.inner_text("#disposition-note") == words["not_assessable"]
+    assert page.locator("#safety-netting").is_hidden()
+    for mark in ("#diagnosis-mark .untrained-mark", "#disposition-mark .untrained-mark"):
+        assert page.locator(mark).is_visible() and page.get_attribute(mark, "data-weights") == "untrained"
+    assert page.get_attribute("#timeline [data-step='final']", "class") == "final-neutral"
+    for region in ("#result", "#timeline", "#untrained-badge"):
+        assert green_or_red(page, region) == [], region
+
     wait_until(
         page,
         "(() => { const mask = document.getElementById('mask-layer'), photo = document.getElementById('original');"
@@ -140,6 +161,14 @@ def test_upload_shows_result_matching_the_api(browser_page, api_url, worker, ten
     recent = page.locator(f"#recent button[data-id='{analysis_id}']")
     recent.wait_for()
     assert "succeeded" in recent.inner_text().lower()
+    # The recent row shows the diagnosis: it carries the untrained mark and the disposition,
+    # and its status badge is neutral, not a green SUCCEEDED.
+    row = f"#recent button[data-id='{analysis_id}']"
+    assert page.get_attribute(row, "data-neutral") == "true"
+    assert page.get_attribute(f"{row} .untrained-mark", "data-weights") == "untrained"
+    assert page.inner_text(f"{row} [data-disposition]") == texts["clinician_review"]
+    assert page.get_attribute(f"{row} .pill", "class") == "pill pill-neutral"
+    assert green_or_red(page, row) == []
 
     assert screenshot(page, "web-app").stat().st_size > 10_000
 
@@ -171,7 +200,8 @@ def test_rejection_shows_reason_and_what_to_do(browser_page, api_url, worker, te
     page = browser_page
     _, key = tenant_key
     photo = tmp_path / "blurry.jpg"
-    photo.write_bytes(encode_jpeg(make_lesion(seed=3, size=(240, 320), blur=8.0).image))
+    # Above the minimum resolution (MIN_IMAGE_SIDE, 256 px), so that the blur gate refuses it.
+    photo.write_bytes(encode_jpeg(make_lesion(seed=3, size=(300, 400), blur=8.0).image))
 
     page.goto(api_url + "/")
     page.fill("#api-key", key)

@@ -3,52 +3,12 @@
 from __future__ import annotations
 
 import json
-import threading
-from collections import defaultdict
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from standardwebhooks import Webhook
 
+from devstack import Receiver, Reply
 from worker.pipeline.synthetic import encode_jpeg, make_lesion
-
-
-class Receiver:
-    """A loopback HTTP receiver that answers from a script per webhook-id."""
-
-    def __init__(self, script=(200,)):
-        self.script = list(script)
-        self.requests: list[dict] = []
-        self.attempts = defaultdict(int)
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("content-length", 0))).decode()
-                headers = {k.lower(): v for k, v in self.headers.items()}
-                msg_id = headers.get("webhook-id", "")
-                n = receiver.attempts[msg_id]
-                receiver.attempts[msg_id] += 1
-                status = receiver.script[min(n, len(receiver.script) - 1)]
-                receiver.requests.append({"headers": headers, "body": body, "status": status})
-                self.send_response(status)
-                self.send_header("content-length", "2")
-                self.end_headers()
-                self.wfile.write(b"ok")
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def of_type(self, type_: str) -> list[dict]:
-        return [r for r in self.requests if json.loads(r["body"])["type"] == type_]
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
@@ -56,7 +16,8 @@ def receiver():
     receivers = []
 
     def make(script=(200,)):
-        receivers.append(Receiver(script))
+        """A receiver answering the n-th attempt of each webhook-id with script[n] (the last repeats)."""
+        receivers.append(Receiver(*script, per_message=True))
         return receivers[-1]
 
     yield make
@@ -73,7 +34,8 @@ def register(api, url, events=None):
 
 
 def submit(api, seed=11):
-    image = encode_jpeg(make_lesion(seed=seed, size=(240, 320), radius_frac=0.2).image)
+    # Above the minimum resolution (MIN_IMAGE_SIDE, 256 px): analysed, never refused for its size.
+    image = encode_jpeg(make_lesion(seed=seed, size=(300, 400), radius_frac=0.2).image)
     response = api.post("/v1/analyses", files={"image": ("l.jpg", image, "image/jpeg")},
                         data={"external_id": f"ext-{seed}", "age": "50"})
     assert response.status_code == 202
@@ -85,18 +47,22 @@ def test_fails_twice_then_accepts_every_attempt_verified(api, worker, beat, rece
     endpoint = register(api, hook.url, events=["analysis.succeeded"])
     analysis_id = submit(api)
 
-    wait(lambda: any(r["status"] == 200 for r in hook.of_type("analysis.succeeded")), timeout=180,
+    wait(lambda: any(r.status == 200 for r in hook.of_type("analysis.succeeded")), timeout=180,
          message="the third attempt to be accepted")
     attempts = hook.of_type("analysis.succeeded")
-    assert [a["status"] for a in attempts] == [500, 500, 200]
+    assert [a.status for a in attempts] == [500, 500, 200]
     verifier = Webhook(endpoint["secret"])
     for attempt in attempts:
-        payload = verifier.verify(attempt["body"], attempt["headers"])
+        payload = verifier.verify(attempt.body, attempt.headers)
         assert payload["type"] == "analysis.succeeded"
         assert payload["data"]["id"] == analysis_id
         assert payload["data"]["external_id"] == "ext-11"
         assert "image" not in json.dumps(payload["data"]).lower().replace("links", "")
-    assert len({a["headers"]["webhook-id"] for a in attempts}) == 1
+        # The result summary carries the disposition beside the weights (the test stack's are untrained).
+        assert payload["data"]["weights"] == "untrained"
+        assert payload["data"]["result"]["disposition"] == "clinician_review"
+        assert payload["data"]["result"]["disposition_reasons"][0] == "weights_not_trained"
+    assert len({a.headers["webhook-id"] for a in attempts}) == 1
     assert not hook.of_type("analysis.report_ready"), "the event filter is honoured"
 
     def delivered():
@@ -113,8 +79,8 @@ def test_every_state_change_is_delivered_once(api, worker, beat, receiver, wait)
     register(api, hook.url)
     analysis_id = submit(api, seed=12)
     wait(lambda: hook.of_type("analysis.report_ready"), timeout=180, message="report_ready")
-    types = [json.loads(r["body"])["type"] for r in hook.requests
-             if json.loads(r["body"])["data"].get("id") == analysis_id]
+    types = [json.loads(r.body)["type"] for r in hook.requests
+             if json.loads(r.body)["data"].get("id") == analysis_id]
     assert sorted(types) == ["analysis.report_ready", "analysis.succeeded"]
 
 
@@ -138,13 +104,13 @@ def test_test_event_and_manual_resend(api, worker, beat, receiver, wait):
     api.post(f"/v1/webhook-endpoints/{endpoint['id']}/test")
     wait(lambda: hook.requests, timeout=60, message="the test event")
     first = hook.requests[0]
-    Webhook(endpoint["secret"]).verify(first["body"], first["headers"])
+    Webhook(endpoint["secret"]).verify(first.body, first.headers)
     delivery = wait(lambda: api.get(f"/v1/webhook-endpoints/{endpoint['id']}/deliveries").json()["data"],
                     message="the delivery log")[0]
     resent = api.post(f"/v1/webhook-endpoints/{endpoint['id']}/deliveries/{delivery['id']}/resend")
     assert resent.status_code == 202
     wait(lambda: len(hook.requests) == 2, timeout=60, message="the manual re-send")
-    assert hook.requests[1]["headers"]["webhook-id"] == first["headers"]["webhook-id"]
+    assert hook.requests[1].headers["webhook-id"] == first.headers["webhook-id"]
 
 
 # Metadata, private (also IPv4-mapped and hex-spelled), a non-HTTP scheme, credentials in the URL.
@@ -218,17 +184,17 @@ def test_rotating_the_secret_signs_with_both_during_the_grace_period(api, worker
 
     api.post(f"/v1/webhook-endpoints/{endpoint['id']}/test")
     first = wait(lambda: hook.requests, timeout=60, message="the test event")[0]
-    Webhook(endpoint["secret"]).verify(first["body"], first["headers"])
-    Webhook(body["secret"]).verify(first["body"], first["headers"])
+    Webhook(endpoint["secret"]).verify(first.body, first.headers)
+    Webhook(body["secret"]).verify(first.body, first.headers)
 
     ended = api.post(f"/v1/webhook-endpoints/{endpoint['id']}/rotate-secret", json={"grace_period_hours": 0}).json()
     assert ended["previous_secret_expires_at"] is None
     api.post(f"/v1/webhook-endpoints/{endpoint['id']}/test")
     second = wait(lambda: len(hook.requests) > 1 and hook.requests[1], timeout=60, message="the second test")
-    Webhook(ended["secret"]).verify(second["body"], second["headers"])
+    Webhook(ended["secret"]).verify(second.body, second.headers)
     for old in (endpoint["secret"], body["secret"]):
         with pytest.raises(Exception, match="(?i)signature"):
-            Webhook(old).verify(second["body"], second["headers"])
+            Webhook(old).verify(second.body, second.headers)
 
 
 def test_test_events_are_rate_limited_per_tenant(api, api_url, receiver, context):
@@ -261,46 +227,29 @@ def test_endpoints_per_tenant_are_capped(api, settings, receiver):
     assert "limit" in refused.json()["detail"]
 
 
-def test_the_delivery_log_of_an_internal_target_shows_no_body_and_no_port_state(api, worker, beat, wait):
+def test_the_delivery_log_of_an_internal_target_shows_no_body_and_no_port_state(api, worker, beat, receiver, wait):
     import socket
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    class Leaky(BaseHTTPRequestHandler):
-        def do_POST(self):
-            self.rfile.read(int(self.headers.get("content-length", 0)))
-            self.send_response(500)
-            self.send_header("content-length", "22")
-            self.end_headers()
-            self.wfile.write(b"redis_version:7.2 role")
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Leaky)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    leaky_server = receiver(script=(Reply(500, b"redis_version:7.2 role"),))
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         closed_port = probe.getsockname()[1]
-    try:
-        leaky = register(api, f"http://127.0.0.1:{server.server_address[1]}/")
-        closed = register(api, f"http://127.0.0.1:{closed_port}/")
-        for endpoint in (leaky, closed):
-            api.post(f"/v1/webhook-endpoints/{endpoint['id']}/test")
+    leaky = register(api, leaky_server.url)
+    closed = register(api, f"http://127.0.0.1:{closed_port}/")
+    for endpoint in (leaky, closed):
+        api.post(f"/v1/webhook-endpoints/{endpoint['id']}/test")
 
-        def first_attempt(endpoint):
-            def look():
-                log = api.get(f"/v1/webhook-endpoints/{endpoint['id']}/deliveries").json()["data"]
-                return log[0]["attempts"][0] if log and log[0]["attempts"] else None
-            return wait(look, timeout=60, message="the first attempt")
+    def first_attempt(endpoint):
+        def look():
+            log = api.get(f"/v1/webhook-endpoints/{endpoint['id']}/deliveries").json()["data"]
+            return log[0]["attempts"][0] if log and log[0]["attempts"] else None
+        return wait(look, timeout=60, message="the first attempt")
 
-        leaked = first_attempt(leaky)
-        assert (leaked["status_code"], leaked["error"], leaked["response_excerpt"]) == (500, "http_5xx", None)
-        refused = first_attempt(closed)
-        assert (refused["status_code"], refused["error"], refused["latency_ms"], refused["response_excerpt"]) == (
-            None, "no_response", None, None)
-    finally:
-        server.shutdown()
-        server.server_close()
+    leaked = first_attempt(leaky)
+    assert (leaked["status_code"], leaked["error"], leaked["response_excerpt"]) == (500, "http_5xx", None)
+    refused = first_attempt(closed)
+    assert (refused["status_code"], refused["error"], refused["latency_ms"], refused["response_excerpt"]) == (
+        None, "no_response", None, None)
 
 
 def test_a_disabled_endpoint_stops_retrying_its_test_event(api, worker, beat, receiver, wait):

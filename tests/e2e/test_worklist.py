@@ -1,5 +1,6 @@
-"""The web app's batch worklist, case view (overlay, feedback, questions) and mobile layout,
-in Chromium against the real API, Postgres and S3. Cases are finished analyses written to
+"""The web app's batch worklist (grouped by disposition, then risk), case view (disposition,
+overlay, feedback, questions), the untrained mark and neutral styling on every list and card,
+and mobile layout, in Chromium against the real API, Postgres and S3. Cases are finished analyses written to
 the database and object store as the worker writes them (tests/e2e/seeding.py), so their
 risk order is chosen, not left to an untrained model."""
 
@@ -12,17 +13,21 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from shared.clinical import disposition
 from tests.e2e.browser import (
     DISCLAIMER,
+    GREEN_OR_RED,
     browser_page_fixture,  # noqa: F401 (the browser_page fixture)
+    green_or_red,
     screenshot,
     sign_in,
     wait_until,
 )
 from tests.e2e.seeding import result_for, seed_analysis, seed_batch
 
-GREEN_OR_RED = {"rgb(30, 107, 52)", "rgb(166, 27, 27)"}  # --low and --high in app.css
 COLOURS = "(e => [getComputedStyle(e).color, getComputedStyle(e).backgroundColor])"
+# What a row shows of its result: the diagnosis or band (text), the disposition, the risk pill.
+ROW_OUTPUT = ".case[data-status='succeeded']"
 
 
 def _client(api_url: str, key: str) -> httpx.Client:
@@ -31,14 +36,20 @@ def _client(api_url: str, key: str) -> httpx.Client:
 
 @pytest.fixture
 def trained_batch(context, tenant_key):
-    """Five cases: four results with trained weights in a known risk order, one rejected."""
+    """Seven cases: six results with trained weights (one urgent referral, three for clinician
+    review, one routine, one stored before dispositions existed, whose high probability must not
+    lift it above the others) and one rejected."""
     tenant_id, _ = tenant_key
     batch_id = seed_batch(context, tenant_id, "Tuesday clinic")
     cases = {
-        "case-low": result_for(0.22),
-        "case-high": result_for(0.93, skin_group="brown", ita=4.0),
-        "case-near": result_for(0.55),
-        "case-medium": result_for(0.71, uncertainty=0.2),
+        "case-low": result_for(0.22, disposition="clinician_review"),
+        "case-legacy": result_for(0.97),
+        "case-high": result_for(0.93, skin_group="brown", ita=4.0, disposition="urgent_referral",
+                                reasons=["high_probability", "brown_or_dark_skin"]),
+        "case-routine": result_for(0.04, disposition="routine"),
+        "case-near": result_for(0.55, disposition="clinician_review", reasons=["near_threshold", "above_rule_out"]),
+        "case-medium": result_for(0.71, uncertainty=0.2, disposition="clinician_review",
+                                  reasons=["high_uncertainty", "above_rule_out"]),
     }
     for seed, (ref, result) in enumerate(cases.items()):
         seed_analysis(
@@ -53,30 +64,69 @@ def trained_batch(context, tenant_key):
 
 def _rows(page) -> list[dict]:
     return page.eval_on_selector_all(
-        "#worklist > li",
+        "#worklist > li.case",
         "rows => rows.map(r => ({id: r.dataset.id, status: r.dataset.status, selected: r.getAttribute('aria-selected'),"
-        " text: r.innerText}))",
+        " disposition: r.dataset.disposition, neutral: r.dataset.neutral, text: r.innerText,"
+        " marks: [...r.querySelectorAll('.untrained-mark')].map(m => m.dataset.weights)}))",
     )
 
 
-def test_batch_worklist_sorted_by_risk_and_keyboard_opens_cases(browser_page, api_url, tenant_key, trained_batch):
+def _groups(page) -> list[list]:
+    return page.eval_on_selector_all(
+        "#worklist > li.group-head", "heads => heads.map(h => [h.dataset.group, h.textContent])"
+    )
+
+
+def _words(client: httpx.Client) -> dict[str, str]:
+    """The dispositions in the API's words (GET /v1/dispositions)."""
+    body = client.get("/v1/dispositions").json()
+    assert [d["code"] for d in body["dispositions"]] == list(disposition.DISPOSITIONS)
+    return {d["code"]: d["text"] for d in body["dispositions"]}
+
+
+def test_batch_worklist_grouped_by_disposition_then_risk_and_keyboard_opens_cases(
+    browser_page, api_url, tenant_key, trained_batch
+):
     page = browser_page
     _, key = tenant_key
     with _client(api_url, key) as client:
         triage = client.get(f"/v1/batches/{trained_batch}/results", params={"format": "json"}).json()
+        words = _words(client)
 
     sign_in(page, api_url, key, "/#/batches")
     page.click(f"#batches a[data-id='{trained_batch}']")
-    page.wait_for_selector("#worklist > li")
+    page.wait_for_selector("#worklist > li.case")
     assert page.inner_text("#batch-heading") == "Tuesday clinic"
-    assert "5 of 5 done (100%)" in page.inner_text("#batch-progress-text")
+    assert "7 of 7 done (100%)" in page.inner_text("#batch-progress-text")
     assert page.locator("#batch-weights").is_hidden()
     assert DISCLAIMER in page.inner_text("#disclaimer")
 
     rows = _rows(page)
     assert [r["id"] for r in rows] == [item["analysis_id"] for item in triage["items"]]
     refs = [r["text"].split("\n")[1] for r in rows]
-    assert refs == ["case-high", "case-medium", "case-near", "case-low", "case-blurry"], refs
+    assert refs == [
+        "case-high", "case-medium", "case-near", "case-low", "case-routine", "case-legacy", "case-blurry"
+    ], refs
+    assert [r["disposition"] for r in rows] == [item["disposition"] or "" for item in triage["items"]]
+    assert [r["disposition"] for r in rows] == ["urgent_referral"] + ["clinician_review"] * 3 + ["routine", "", ""]
+    assert _groups(page) == [
+        ["urgent_referral", f"{words['urgent_referral']} (1)"],
+        ["clinician_review", f"{words['clinician_review']} (3)"],
+        ["routine", f"{words['routine']} (1)"],
+        ["", "No disposition (2)"],
+    ]
+    for row in rows[:5]:
+        assert words[row["disposition"]] in row["text"], row
+        assert row["marks"] == [] and row["neutral"] == "false", "trained weights: no untrained mark"
+    assert (triage["summary"]["dispositions"] == triage["batch"]["dispositions"]
+            == {"urgent_referral": 1, "clinician_review": 3, "routine": 1})
+    counts = page.eval_on_selector_all("#batch-dispositions dt", "ts => ts.map(t => [t.dataset.disposition, "
+                                       "t.textContent, t.nextElementSibling.textContent, t.className])")
+    assert [c[:3] for c in counts] == [
+        ["urgent_referral", words["urgent_referral"], "1"], ["clinician_review", words["clinician_review"], "3"],
+        ["routine", words["routine"], "1"],
+    ]
+    assert all("disp-neutral" not in c[3] for c in counts), "trained weights: the dispositions keep their colours"
     assert rows[0]["selected"] == "true"
     review_text = [r["text"] for r in rows if "Review:" in r["text"]]
     assert len(review_text) == sum(1 for item in triage["items"] if item["needs_review"]) >= 3
@@ -105,48 +155,89 @@ def test_batch_worklist_sorted_by_risk_and_keyboard_opens_cases(browser_page, ap
     page.wait_for_selector("#analysis-body[data-status='succeeded']")
     wait_until(page, f"document.getElementById('analysis-id').textContent === '{third}'")
     assert page.url.endswith(f"#/analyses/{third}")
-    assert page.inner_text("#case-position") == "Case 3 of 5"
+    assert page.inner_text("#case-position") == "Case 3 of 7"
     assert page.inner_text("#analysis-ref") == "Ref case-near"
+    # The card says what should happen next, and why, in the API's words.
+    wait_until(page, f"document.getElementById('disposition-text').textContent === {words['clinician_review']!r}")
+    with _client(api_url, key) as client:
+        reasons = {r["code"]: r["text"] for r in client.get("/v1/dispositions").json()["reasons"]}
+    shown = page.eval_on_selector_all("#disposition-reasons li", "items => items.map(i => i.textContent)")
+    assert shown == [reasons["near_threshold"], reasons["above_rule_out"]]
+    assert page.locator("#safety-netting").is_hidden() and page.locator("#diagnosis-mark .untrained-mark").count() == 0
 
     page.keyboard.press("j")
     fourth = triage["items"][3]["analysis_id"]
     wait_until(page, f"document.getElementById('analysis-id').textContent === '{fourth}'")
-    assert page.inner_text("#case-position") == "Case 4 of 5"
+    assert page.inner_text("#case-position") == "Case 4 of 7"
     # Trained weights: the colours mean something.
     assert "risk-low" in page.get_attribute("#risk-band", "class")
 
+    page.keyboard.press("j")
+    fifth = triage["items"][4]["analysis_id"]
+    wait_until(page, f"document.getElementById('analysis-id').textContent === '{fifth}'")
+    wait_until(page, f"document.getElementById('disposition-text').textContent === {words['routine']!r}")
+    assert page.inner_text("#safety-netting-text") == disposition.SAFETY_NETTING
+    assert "disp-routine" in page.get_attribute("#disposition-text", "class")
+    assert page.locator("#result-notice").is_hidden(), "trained weights: no notice"
+    screenshot(page, "case-routine")
+
     page.keyboard.press("Escape")
-    page.wait_for_selector("#view-batch:not([hidden]) #worklist > li")
+    page.wait_for_selector("#view-batch:not([hidden]) #worklist > li.case")
     assert page.url.endswith(f"#/batches/{trained_batch}")
 
 
-def test_untrained_results_are_neutral_in_worklist_and_case(browser_page, api_url, context, tenant_key):
+def test_untrained_results_are_neutral_and_marked_in_every_list_and_card(browser_page, api_url, context, tenant_key):
+    """Every row and card that shows a diagnosis, band or disposition from untrained weights
+    carries the untrained mark and wears no green or red (computed styles); a disposition stored
+    as urgent or routine beside untrained weights is shown as clinician review."""
     page = browser_page
     tenant_id, key = tenant_key
     batch_id = seed_batch(context, tenant_id, "untrained backlog")
     high = seed_analysis(
-        context, tenant_id, result=result_for(0.95), weights="untrained", batch_id=batch_id, external_id="u-high"
+        context, tenant_id, result=result_for(0.95, disposition="urgent_referral"), weights="untrained",
+        batch_id=batch_id, external_id="u-high",
     )
     seed_analysis(
         context, tenant_id, result=result_for(0.1), weights="untrained", batch_id=batch_id, external_id="u-low", seed=2
     )
+    seed_analysis(
+        context, tenant_id, result=result_for(0.489, disposition="routine"), weights="synthetic", batch_id=batch_id,
+        external_id="s-mid", seed=3,
+    )
+    with _client(api_url, key) as client:
+        words = _words(client)
+        triage = client.get(f"/v1/batches/{batch_id}/results", params={"format": "json"}).json()
+    assert {item["disposition"] for item in triage["items"]} == {"clinician_review"}
+    assert triage["summary"]["dispositions"] == {"urgent_referral": 0, "clinician_review": 3, "routine": 0}
 
     sign_in(page, api_url, key, f"/#/batches/{batch_id}")
-    page.wait_for_selector("#worklist > li")
+    page.wait_for_selector("#worklist > li.case")
     assert page.locator("#batch-weights").is_visible()
     assert "NOT FOR CLINICAL USE" in page.inner_text("#batch-weights")
+    rows = _rows(page)
+    assert len(rows) == 3
+    for row in rows:
+        assert row["disposition"] == "clinician_review" and words["clinician_review"] in row["text"], row
+        assert row["neutral"] == "true" and len(row["marks"]) == 1, row
+    assert sorted(r["marks"][0] for r in rows) == ["synthetic", "untrained", "untrained"]
+    assert _groups(page) == [["clinician_review", f"{words['clinician_review']} (3)"]]
     pills = page.eval_on_selector_all(".risk-pill", f"els => els.map(e => [e.className, ...{COLOURS}(e)])")
-    assert len(pills) == 2
+    assert len(pills) == 3
     for class_name, color, background in pills:
         assert "risk-neutral" in class_name
         assert color not in GREEN_OR_RED and background not in GREEN_OR_RED
+    assert green_or_red(page, ROW_OUTPUT) == []
+    assert green_or_red(page, "#batch-counts") == [] and green_or_red(page, "#batch-dispositions") == []
+    assert page.locator("#batch-dispositions .untrained-mark").count() == 1
+    assert page.locator("#batch-dispositions dt.disp-neutral").count() == 1
     screenshot(page, "worklist-untrained")
 
     page.keyboard.press("Enter")
-    wait_until(page, f"document.getElementById('analysis-id').textContent === '{high}'")
+    wait_until(page, f"document.getElementById('analysis-id').textContent === '{rows[0]['id']}'")
     page.wait_for_selector("#result:not([hidden])")
     with _client(api_url, key) as client:
-        analysis = client.get(f"/v1/analyses/{high}").json()
+        analysis = client.get(f"/v1/analyses/{rows[0]['id']}").json()
+    assert analysis["id"] == str(high) and analysis["result"]["disposition"] == "clinician_review"
     badge = page.locator("#untrained-badge")
     assert badge.is_visible()
     assert "UNTRAINED MODEL" in badge.inner_text() and "NOT FOR CLINICAL USE" in badge.inner_text()
@@ -156,7 +247,28 @@ def test_untrained_results_are_neutral_in_worklist_and_case(browser_page, api_ur
         assert page.get_attribute(selector, "data-neutral") == "true"
         color, background = page.eval_on_selector(selector, f"e => {COLOURS}(e)")
         assert color not in GREEN_OR_RED and background not in GREEN_OR_RED, (selector, color, background)
+    assert page.inner_text("#result-notice") == analysis["result"]["notice"]
+    assert page.inner_text("#disposition-text") == words["clinician_review"]
+    assert page.get_attribute("#disposition", "data-neutral") == "true"
+    assert page.locator("#diagnosis-mark .untrained-mark").is_visible()
+    assert page.locator("#disposition-mark .untrained-mark").is_visible()
+    assert page.locator("#disposition-note").is_visible() and page.locator("#safety-netting").is_hidden()
+    assert green_or_red(page, "#result") == [] and green_or_red(page, "#timeline") == []
+    assert green_or_red(page, "#untrained-badge") == []
     screenshot(page, "case-untrained")
+
+    # The recent list: every row with a result is marked and neutral (no green SUCCEEDED badge).
+    page.goto(f"{api_url}/#/")
+    page.wait_for_selector("#recent button")
+    recent = page.eval_on_selector_all(
+        "#recent button", "bs => bs.map(b => [b.dataset.neutral, b.querySelectorAll('.untrained-mark').length,"
+        " b.querySelector('.pill').className, (b.querySelector('[data-disposition]') || {}).textContent])",
+    )
+    assert len(recent) == 3
+    for neutral, marks, pill, shown in recent:
+        assert (neutral, marks, pill, shown) == ("true", 1, "pill pill-neutral", words["clinician_review"])
+    assert green_or_red(page, "#recent") == []
+    screenshot(page, "recent-untrained")
 
 
 @pytest.fixture
@@ -289,7 +401,7 @@ def test_mobile_layout_has_no_horizontal_overflow(browser_page, api_url, context
     screenshot(page, f"mobile-{width}-case")
 
     page.goto(f"{api_url}/#/batches/{batch_id}")
-    page.wait_for_selector("#worklist > li")
+    page.wait_for_selector("#worklist > li.case")
     # The case text keeps most of the row: the tags wrap below it rather than squeeze it.
     assert page.evaluate("document.querySelector('#worklist .case-main').getBoundingClientRect().width") > width * 0.6
     assert page.evaluate(overflow) <= 0, f"batch page overflows by {page.evaluate(overflow)} px at {width}"

@@ -1,12 +1,15 @@
-/* The analysis card: renders one analysis as the API returned it (timeline, outcome, result,
-   model, documents state, feedback list). Clinical wording (advice, uncertainty levels,
-   weights banners) comes from the API's responses: the page keeps no copy of any rule. */
+/* The analysis card: renders one analysis as the API returned it (timeline, outcome, the
+   disposition, result, model, documents state, feedback list). Clinical wording (advice,
+   uncertainty levels, weights banners, the result's notice, dispositions and their reasons)
+   comes from the API's responses: the page keeps no copy of any rule. Output from weights that
+   are not trained is neutral (never green or red) and carries the untrained mark. */
 
 import { $, el, fact } from "./dom.js";
 import { label, num, pct, when } from "./format.js";
 import { state } from "./state.js";
 import { renderImages } from "./viewer.js";
-import { meaningful, weightsBanner } from "./weights.js";
+import { dispositionClass, meaningful, untrainedMark, weightsBanner } from "./weights.js";
+import { dispositionText, reasonText, sentence } from "./words.js";
 
 export const FINAL = new Set(["succeeded", "rejected", "failed", "canceled"]);
 
@@ -39,7 +42,8 @@ function renderTimeline(analysis) {
   } else {
     steps.queued.className = "done";
     steps.processing.className = analysis.started_at ? "done" : "";
-    steps.final.className = `final-${status}`;
+    // A result from weights that are not trained is not a success to colour green.
+    steps.final.className = status === "succeeded" && !meaningful(weightsOf(analysis)) ? "final-neutral" : `final-${status}`;
   }
   for (const [name, li] of Object.entries(steps)) {
     if (li.classList.contains("current")) li.setAttribute("aria-current", "step");
@@ -48,6 +52,9 @@ function renderTimeline(analysis) {
     li.dataset.name = name;
   }
 }
+
+/** The weights status of the model that ran: beside the result, or in its provenance. */
+const weightsOf = (analysis) => analysis.weights || (analysis.model || {}).weights || null;
 
 function statusSentence(analysis) {
   switch (analysis.status) {
@@ -94,12 +101,18 @@ function renderResult(analysis) {
     return;
   }
   $("result").hidden = false;
-  const neutral = !meaningful((analysis.model || {}).weights);
+  const weights = weightsOf(analysis);
+  const neutral = !meaningful(weights);
+  renderDisposition(result, weights);
 
   const diagnosis = $("diagnosis");
   diagnosis.textContent = result.diagnosis;
   diagnosis.className = neutral ? "diagnosis neutral" : `diagnosis ${result.diagnosis}`;
   diagnosis.dataset.neutral = String(neutral);
+  const mark = untrainedMark(weights, result.notice);
+  $("diagnosis-mark").replaceChildren(...(mark ? [mark] : []));
+  $("result-notice").textContent = result.notice || "";
+  $("result-notice").hidden = !result.notice;
   $("probability").textContent = pct(result.probability);
   $("probability").dataset.probability = String(result.probability);
   $("uncertainty").textContent = result.uncertainty < 0.0005 ? "<0.1%" : pct(result.uncertainty);
@@ -132,6 +145,30 @@ function renderResult(analysis) {
   $("bias-warning").hidden = !equity.bias_warning;
 
   $("scribe-note").textContent = result.scribe_note || "The scribe note is not available for this analysis.";
+}
+
+/** What should happen next: the disposition, why (each reason in the API's words), and for
+    routine the safety netting; neutral and marked from weights that are not trained. */
+function renderDisposition(result, weights) {
+  const code = result.disposition || null;
+  const box = $("disposition");
+  box.dataset.disposition = code || "";
+  box.dataset.neutral = String(!meaningful(weights));
+  box.className = meaningful(weights) && code ? `disposition disposition-${code}` : "disposition disposition-neutral";
+  const text = $("disposition-text");
+  text.textContent = dispositionText(code);
+  text.className = dispositionClass(code, weights);
+  const mark = untrainedMark(weights, result.notice);
+  $("disposition-mark").replaceChildren(...(mark ? [mark] : []));
+  const note = !meaningful(weights) ? sentence("not_assessable") : code ? "" : sentence("not_recorded");
+  $("disposition-note").textContent = note;
+  $("disposition-note").hidden = !note;
+  const reasons = $("disposition-reasons");
+  reasons.replaceChildren(...(result.disposition_reasons || []).map(
+    (reason) => el("li", { "data-reason": reason }, reasonText(reason)),
+  ));
+  $("safety-netting-text").textContent = result.safety_netting || "";
+  $("safety-netting").hidden = !result.safety_netting;
 }
 
 function renderModel(analysis) {

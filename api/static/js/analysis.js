@@ -9,6 +9,7 @@ import { clearProblem, showProblem } from "./problem.js";
 import { loadQuestions, resetQuestions, stopQuestionPolling } from "./questions.js";
 import { loadRecent } from "./recent.js";
 import { state } from "./state.js";
+import { loadWords } from "./words.js";
 
 const POLL_MS = 1000;
 const REPORT_POLL_MS = 2000;
@@ -28,6 +29,7 @@ export async function poll(id) {
   clearTimeout(pollTimer);
   let analysis;
   try {
+    await loadWords();
     analysis = await getJson(`/v1/analyses/${encodeURIComponent(id)}`);
   } catch (error) {
     if (state.current === id) showProblem(error);

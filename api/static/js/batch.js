@@ -1,12 +1,13 @@
-/* One batch's page: progress, ETA, counts, weights warning and equity summary, polled until
-   the batch completes. The worklist below it is worklist.js's. */
+/* One batch's page: progress, ETA, counts per status and per disposition, weights warning and
+   equity summary, polled until the batch completes. The worklist below it is worklist.js's. */
 
 import { getJson } from "./api.js";
 import { $, el } from "./dom.js";
 import { duration, num, pct, when } from "./format.js";
 import { showProblem } from "./problem.js";
 import { state } from "./state.js";
-import { meaningful } from "./weights.js";
+import { meaningful, untrainedMark } from "./weights.js";
+import { dispositionOrder, dispositionText, loadWords } from "./words.js";
 import { clearWorklist, renderWorklist } from "./worklist.js";
 
 const BATCH_POLL_MS = 3000;
@@ -40,6 +41,7 @@ export function closeBatch() {
 async function refreshBatch(id, focus = false) {
   let body;
   try {
+    await loadWords();
     body = await getJson(`/v1/batches/${encodeURIComponent(id)}/results?format=json&order=risk`);
   } catch (error) {
     showProblem(error);
@@ -61,6 +63,26 @@ function batchNeutral() {
   return (state.batch.items || []).some((item) => item.status === "succeeded" && !meaningful(item.weights));
 }
 
+/** Succeeded results per disposition, most urgent first; neutral and marked when any result
+    came from weights that are not trained. */
+function renderDispositionCounts(dispositions, neutral) {
+  const list = $("batch-dispositions");
+  list.replaceChildren();
+  list.dataset.neutral = String(neutral);
+  for (const code of dispositionOrder()) {
+    const n = dispositions[code] || 0;
+    if (!n) continue;
+    list.append(el("dt", { class: neutral ? "disp disp-neutral" : `disp disp-${code}`, "data-disposition": code },
+      dispositionText(code)));
+    list.append(el("dd", { "data-disposition": code }, String(n)));
+  }
+  if (neutral && list.children.length) {
+    const weights = (state.batch.items || []).find((item) => item.status === "succeeded" && !meaningful(item.weights));
+    list.append(untrainedMark(weights ? weights.weights : null));
+  }
+  list.hidden = list.children.length === 0;
+}
+
 function renderBatch() {
   const { header, summary } = state.batch;
   $("batch-heading").textContent = header.name || `Batch ${header.id.slice(0, 8)}`;
@@ -73,16 +95,20 @@ function renderBatch() {
   $("batch-eta").textContent = header.state === "completed" || header.eta_seconds === 0
     ? `All items finished${header.completed_at ? ` ${when(header.completed_at)}` : ""}.`
     : eta ? `About ${eta} left (ETA ${when(header.eta_at)})${rate}.` : "ETA not known yet: nothing has finished in the last minutes.";
+  const neutral = batchNeutral();
   const counts = $("batch-counts");
   counts.replaceChildren();
   for (const [status, n] of Object.entries(header.counts || {})) {
     if (!n) continue;
-    counts.append(el("dt", { class: `pill pill-${status}` }, status));
+    // Results from weights that are not trained are no success to colour green.
+    const pill = status === "succeeded" && neutral ? "pill pill-neutral" : `pill pill-${status}`;
+    counts.append(el("dt", { class: pill }, status));
     counts.append(el("dd", {}, String(n)));
   }
+  renderDispositionCounts(summary.dispositions || header.dispositions || {}, neutral);
 
   const banner = $("batch-weights");
-  const warning = summary.weights_warning || (batchNeutral() ? "Results in this batch come from weights that are not trained: the risk order is not clinically meaningful." : null);
+  const warning = summary.weights_warning || (neutral ? "Results in this batch come from weights that are not trained: the risk order is not clinically meaningful." : null);
   banner.hidden = !warning;
   banner.textContent = warning ? `${warning} · NOT FOR CLINICAL USE` : "";
 

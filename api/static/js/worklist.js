@@ -1,10 +1,13 @@
-/* The open batch's worklist (highest risk first): filters, a keyboard cursor, and opening a
-   case, which remembers the filtered list for case-nav.js. */
+/* The open batch's worklist, in the API's triage order: grouped by disposition (urgent
+   referral, clinician review, routine, then none), highest risk first within a group. Filters,
+   a keyboard cursor, and opening a case, which remembers the filtered list for case-nav.js.
+   Rows from weights that are not trained are neutral and carry the untrained mark. */
 
 import { $, el } from "./dom.js";
 import { label, pct } from "./format.js";
 import { state } from "./state.js";
-import { meaningful } from "./weights.js";
+import { dispositionClass, meaningful, untrainedMark } from "./weights.js";
+import { dispositionText } from "./words.js";
 
 function filtered() {
   const items = state.batch ? state.batch.items : [];
@@ -22,6 +25,8 @@ function worklistRow(item, index) {
     "data-id": item.analysis_id,
     "data-index": String(index),
     "data-status": item.status,
+    "data-disposition": item.disposition || "",
+    "data-neutral": String(neutral),
     "aria-selected": String(index === state.cursor),
   });
   li.append(el("span", { class: "rank" }, `#${item.rank}`));
@@ -42,10 +47,16 @@ function worklistRow(item, index) {
   if (item.retake_advice) main.append(el("span", { class: "case-advice" }, item.retake_advice));
   li.append(main);
   const tags = el("span", { class: "case-tags" });
+  if (item.status === "succeeded") {
+    tags.append(el("span", { class: dispositionClass(item.disposition, item.weights), "data-disposition": item.disposition || "" },
+      dispositionText(item.disposition)));
+    const mark = untrainedMark(item.weights);
+    if (mark) tags.append(mark);
+  }
   if (item.status === "succeeded" && item.risk_band) {
     tags.append(el("span", { class: neutral ? "risk-pill risk-neutral" : `risk-pill risk-${item.risk_band}`, "data-neutral": String(neutral) }, item.risk_band));
   } else {
-    tags.append(el("span", { class: `pill pill-${item.status}` }, item.status));
+    tags.append(el("span", { class: neutral ? "pill pill-neutral" : `pill pill-${item.status}` }, item.status));
   }
   if (item.needs_review) {
     tags.append(el("span", { class: "flag", title: label(item.review_reason || "") }, `Review: ${label((item.review_reason || "").replace(/;/g, ", "))}`));
@@ -68,17 +79,38 @@ export function renderWorklist() {
     button.setAttribute("aria-checked", String(button.dataset.filter === state.filter));
   }
   if (state.cursor >= items.length) state.cursor = Math.max(0, items.length - 1);
-  $("worklist").replaceChildren(...items.map(worklistRow));
+  $("worklist").replaceChildren(...grouped(items));
   $("worklist-empty").hidden = items.length > 0;
   markCursor(false);
 }
+
+/** The rows, each group of one disposition under a heading (presentational: every row names
+    its own disposition, for screen readers and filters). */
+function grouped(items) {
+  const nodes = [];
+  let group;
+  items.forEach((item, index) => {
+    const key = item.disposition || "";
+    if (index === 0 || key !== group) {
+      group = key;
+      const count = items.filter((other) => (other.disposition || "") === key).length;
+      const heading = key ? dispositionText(key) : "No disposition";
+      nodes.push(el("li", { class: "group-head", role: "presentation", "aria-hidden": "true", "data-group": key },
+        `${heading} (${count})`));
+    }
+    nodes.push(worklistRow(item, index));
+  });
+  return nodes;
+}
+
+const caseRows = () => $("worklist").querySelectorAll(".case");
 
 export function clearWorklist() {
   $("worklist").replaceChildren();
 }
 
 function markCursor(scroll = true) {
-  const rows = $("worklist").children;
+  const rows = caseRows();
   for (const row of rows) row.setAttribute("aria-selected", String(Number(row.dataset.index) === state.cursor));
   const row = rows[state.cursor];
   if (row) {
