@@ -22,8 +22,8 @@ SIGNING = (
 ANALYSIS_EVENTS = {
     "analysis.succeeded": "The pipeline produced a result. `data.result` summarises it; read `data.weights` "
     "first: `untrained` output carries no meaning. Research use only, not a certified medical device.",
-    "analysis.rejected": "A clinical gate refused the image: `data.rejection.code` is `blurry`, `no_lesion` or "
-    "`unreadable_image` (or the API's code for a refused direct upload). Retake the photo.",
+    "analysis.rejected": "A clinical gate refused the image: `data.rejection.code` is `low_resolution`, "
+    "`blurry`, `no_lesion` or `unreadable_image` (or the API's code for a refused direct upload). Retake the photo.",
     "analysis.failed": "A system error survived every retry: `data.error.code`. Submit the image again.",
     "analysis.canceled": "The analysis was canceled: `data.reason` is `requested`, `batch_canceled` or `expired`.",
     "analysis.report_ready": "The PDF report and FHIR bundle are ready at `data.links.report` and `data.links.fhir`.",

@@ -172,7 +172,8 @@ class AnalysisResult(ResponseModel):
 
 class Rejection(ResponseModel):
     code: str = Field(
-        description="`blurry`, `no_lesion` or `unreadable_image` (or the API's code for a refused upload)"
+        description="`low_resolution`, `blurry`, `no_lesion` or `unreadable_image` (or the API's code for a refused "
+        "upload)"
     )
     detail: str
     scores: dict[str, Any] | None = Field(default=None, description="The gate's scores, when a gate refused")

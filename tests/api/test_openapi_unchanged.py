@@ -28,6 +28,8 @@ ALLOWED: dict[str, str] = {
     "/components/schemas/AnalysisResult/properties/notice": "issue 21: a notice beside the untrained diagnosis",
     "/components/schemas/OperatingPoint/properties/rule_out_threshold": "issue 21: the rule-out threshold",
     "/components/schemas/OperatingPoint/properties/rule_out_sensitivity": "issue 21: its target sensitivity",
+    "/components/schemas/Rejection/properties/code/description": "issue 21: the low_resolution rejection",
+    "/webhooks/analysis.rejected/post/description": "issue 21: the low_resolution rejection",
     "/components/schemas/EventResultSummary/properties/disposition": "issue 21: the disposition in the analysis event",
     "/components/schemas/EventResultSummary/properties/disposition_reasons": "issue 21: its reasons in the event",
     "/components/schemas/EventResultSummary/required": "issue 21: the event's disposition fields are always sent",

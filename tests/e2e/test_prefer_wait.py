@@ -79,7 +79,7 @@ def test_waits_longer_than_60_seconds_are_capped(api_url, tenant_key):
             headers={"Prefer": "wait=1", "Cancel-After": "10s"},
         )
     assert response.headers["preference-applied"] == "wait=1"
-    from api.routes.analyses import MAX_PREFER_WAIT, preferred_wait
+    from api.forms import MAX_PREFER_WAIT, preferred_wait
 
     assert preferred_wait("respond-async, wait=3600") == MAX_PREFER_WAIT == 60
     assert preferred_wait("wait=abc") is None
