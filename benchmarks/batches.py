@@ -21,12 +21,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import random
 import secrets
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,8 +36,7 @@ from pathlib import Path
 import httpx
 from sqlalchemy import delete, insert, select, text, update
 
-from cli.processes import free_port, stop_process, wait_http
-from devstack import EmbeddedStack
+from devstack import Stack, StackEndpoints, child_env, free_port, start_api, start_worker
 from shared import clinical
 from shared.clock import utcnow
 from shared.config import Settings
@@ -56,11 +53,6 @@ ROOT = Path(__file__).resolve().parent.parent
 SKIN_GROUPS = clinical.SKIN_GROUPS
 
 
-def child_env(settings: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DERMASENTINEL_")}
-    return {**env, **settings.as_env()}
-
-
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -69,38 +61,24 @@ def percentile(values: list[float], q: float) -> float:
 # ---------------------------------------------------------------- set-up
 
 
-def start_process(args: list[str], settings: Settings, log: Path) -> subprocess.Popen:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            args, env=child_env(settings), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-
 @contextlib.contextmanager
 def bench_context(**overrides) -> Iterator[tuple[AppContext, Path, int]]:
     """Postgres, Redis and S3 (given or embedded), a scratch ``dsbench_*`` database, settings for
     an API on a free loopback port and ``dsbench-`` buckets. Yields the context, a work folder
     and the port; ``overrides`` are further Settings fields."""
-    given = Settings(_env_file=None)
     workdir = Path(tempfile.mkdtemp(prefix="dsbench-"))
-    stack = EmbeddedStack(
-        workdir / "stack", postgres=not given.database_url, redis=not given.broker_url, s3=not given.s3_endpoint
-    )
+    stack = Stack(workdir / "stack", given=StackEndpoints.from_settings(Settings(_env_file=None)))
     endpoints = stack.start()
     cleanup = contextlib.ExitStack()
     finished = False
     try:
-        database_url = cleanup.enter_context(scratch_database(given.database_url or endpoints.database_url, "dsbench"))
+        database_url = cleanup.enter_context(scratch_database(endpoints.database_url, "dsbench"))
         port = free_port()
         settings = Settings(
             _env_file=None,
             environment="test",
             data_dir=workdir / "data",
-            database_url=database_url,
-            broker_url=given.broker_url or endpoints.broker_url,
-            s3_endpoint=given.s3_endpoint or endpoints.s3_endpoint,
-            s3_access_key=given.s3_access_key or endpoints.s3_access_key,
-            s3_secret_key=given.s3_secret_key.get_secret_value() or endpoints.s3_secret_key,
+            **{**endpoints.settings_fields(), "database_url": database_url},
             s3_bucket_prefix=f"dsbench-{secrets.token_hex(3)}",
             api_url=f"http://127.0.0.1:{port}",
             log_level="WARNING",
@@ -132,17 +110,11 @@ def bench_stack(**overrides) -> Iterator[tuple[AppContext, str, uuid.UUID, Path]
             with session_scope(context.session_factory) as session:
                 tenant, key = issue_key(session, "bench")
                 tenant_id = tenant.id
-            api_log = workdir / "api.log"
-            api = start_process(
-                [sys.executable, "-m", "uvicorn", "api.main:create_app", "--factory", "--port", str(port),
-                 "--log-level", "warning"],
-                settings, api_log,
-            )
-            wait_http(f"{settings.api_url}/healthz", api, api_log)
+            api = start_api(child_env(settings), workdir / "api.log", port=port, args=["--log-level", "warning"])
             yield context, key, tenant_id, workdir
         finally:
             if api is not None:
-                stop_process(api)
+                api.stop()
 
 
 # ---------------------------------------------------------------- 1. progress latency
@@ -397,9 +369,7 @@ def main() -> None:
             if args.skip_lanes:
                 return
             print(f"[2] interactive submit -> start while {args.bulk} bulk jobs wait (one gpu worker, SEG/CLS 128)")
-            worker = start_process(
-                [sys.executable, "-m", "cli.main", "worker", "--role", "gpu"], settings, workdir / "worker.log"
-            )
+            worker = start_worker(child_env(settings), workdir / "worker.log", role="gpu")
             for waiting, to_start, post_to_start, to_done in measure_lane(
                 context, settings.api_url, key, tenant_id, args.bulk, args.probes
             ):
@@ -409,7 +379,7 @@ def main() -> None:
                 )
         finally:
             if worker is not None:
-                stop_process(worker)
+                worker.stop()
 
 
 if __name__ == "__main__":

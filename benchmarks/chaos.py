@@ -17,12 +17,9 @@ the faults, the counts and the timings this stack runs with.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -31,7 +28,6 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -39,6 +35,8 @@ import psutil
 import psycopg
 import redis
 
+import devstack
+from devstack import UpProcess, free_port
 from shared.queues import ANALYSIS_QUEUES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,12 +71,6 @@ class ChaosConfig:
 CI_CONFIG = ChaosConfig(jobs=5, outage=3.0, receiver_outage=4.0, clients=3, lead=1.5)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _alive(process: psutil.Process) -> bool:
     try:
         return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
@@ -96,47 +88,14 @@ def _kill9(process: psutil.Process) -> None:
 # ---------------------------------------------------------------- the stack under test
 
 
-class StackUnderTest:
-    """`dermasentinel up` in a fresh data directory, on a fixed API port so that a restarted
-    `up` is found where the clients already look."""
+class StackUnderTest(UpProcess):
+    """`dermasentinel up` (devstack.UpProcess) in a fresh data directory, on a fixed API port so
+    that a restarted `up` is found where the clients already look."""
 
     def __init__(self, work_dir: Path | None = None, extra_env: dict[str, str] | None = None):
         self.work_dir = work_dir or Path(tempfile.mkdtemp(prefix="dermasentinel-chaos-"))
-        self.data_dir = self.work_dir / "ds"
-        self.port = _free_port()
-        self.api_url = f"http://127.0.0.1:{self.port}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DERMASENTINEL_")}
-        env.update({f"DERMASENTINEL_{k}": v for k, v in {**STACK_SETTINGS, **(extra_env or {})}.items()})
-        env["DERMASENTINEL_DATA_DIR"] = str(self.data_dir)
-        self.env = env
-        self.process: subprocess.Popen | None = None
-        self.console_path = self.work_dir / "console.log"
-        self.starts = 0
-
-    def start(self, timeout: float = 240.0) -> None:
-        self.starts += 1
-        with self.console_path.open("ab") as console:
-            console.write(f"\n=== chaos: start {self.starts} of dermasentinel up\n".encode())
-            console.flush()
-            offset = console.tell()
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "cli.main", "up", "--port", str(self.port)],
-                env=self.env, cwd=ROOT, stdout=console, stderr=subprocess.STDOUT, start_new_session=True,
-            )
-        deadline = time.monotonic() + timeout
-        while "DermaSentinel is running at" not in (this_run := self.console()[offset:]):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"`dermasentinel up` did not become ready:\n{this_run[-4000:]}")
-            time.sleep(0.5)
-        if f"running at {self.api_url}" not in this_run:
-            raise RuntimeError(f"`dermasentinel up` did not get port {self.port}:\n{this_run[-4000:]}")
-
-    def console(self) -> str:
-        return self.console_path.read_text(errors="replace")
-
-    def stack_env(self) -> dict[str, str]:
-        lines = (self.data_dir / "stack.env").read_text().splitlines()
-        return dict(line.removeprefix("DERMASENTINEL_").split("=", 1) for line in lines)
+        super().__init__(self.work_dir / "ds", port=free_port(), settings={**STACK_SETTINGS, **(extra_env or {})},
+                         console_path=self.work_dir / "console.log")
 
     @property
     def dsn(self) -> str:
@@ -145,32 +104,6 @@ class StackUnderTest:
     @property
     def broker_url(self) -> str:
         return self.stack_env()["BROKER_URL"]
-
-    @property
-    def up(self) -> psutil.Process:
-        return psutil.Process(self.process.pid)
-
-    def child(self, text: str) -> psutil.Process:
-        """The direct child of `up` whose command line (or process title) contains `text`."""
-        for child in self.up.children():
-            try:
-                if text in " ".join(child.cmdline()):
-                    return child
-            except psutil.NoSuchProcess:
-                continue
-        raise LookupError(f"no child of up runs {text!r}")
-
-    def descendants(self) -> list[psutil.Process]:
-        return self.up.children(recursive=True)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
 
     def remove(self) -> None:
         shutil.rmtree(self.work_dir, ignore_errors=True)
@@ -193,64 +126,25 @@ class StackUnderTest:
 # ---------------------------------------------------------------- the webhook receiver
 
 
-class Receiver:
-    """A real loopback webhook receiver that can go down and come back on the same port."""
+class Receiver(devstack.Receiver):
+    """The loopback webhook receiver (devstack.Receiver), down and back on the same port with
+    stop()/start(); `holding` keeps requests unanswered until `release`."""
 
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.acknowledged: Counter[str] = Counter()  # webhook-id -> 2xx answers given
-        self.ids_by_event: dict[tuple[str, str], set[str]] = defaultdict(set)  # (analysis id, type) -> webhook-ids
-        # While `holding` is set, a request is read and then kept waiting with no answer
-        # until `release` is set; it counts as not delivered (the connection is dropped).
-        self.holding, self.release = threading.Event(), threading.Event()
-        self.held = 0
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}/hooks"
-        self._server: ThreadingHTTPServer | None = None
-        self.start()
-
-    def start(self) -> None:
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
-                if receiver.holding.is_set():
-                    with receiver.lock:
-                        receiver.held += 1
-                    receiver.release.wait(120)
-                    self.close_connection = True
-                    return  # no answer: the sender never learns whether it arrived
-                data = body.get("data") or {}
-                with receiver.lock:
-                    receiver.acknowledged[self.headers.get("webhook-id", "")] += 1
-                    receiver.ids_by_event[(str(data.get("id")), body.get("type"))].add(self.headers.get("webhook-id"))
-                self.send_response(204)
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+    def _answered(self) -> list:
+        return [r for r in list(self.requests) if r.status is not None and 200 <= r.status < 300]
 
     def delivered(self) -> set[tuple[str, str]]:
-        with self.lock:
-            return set(self.ids_by_event)
+        """(analysis id, event type) of every event acknowledged."""
+        return {(str((r.json().get("data") or {}).get("id")), r.type) for r in self._answered()}
 
     def duplicates(self) -> int:
         """Events acknowledged more than once, or one state change sent under several ids."""
-        with self.lock:
-            again = sum(n - 1 for n in self.acknowledged.values() if n > 1)
-            split = sum(len(ids) - 1 for ids in self.ids_by_event.values() if len(ids) > 1)
+        acknowledged = Counter(r.webhook_id for r in self._answered())
+        ids_by_event: dict[tuple[str, str | None], set[str]] = defaultdict(set)
+        for r in self._answered():
+            ids_by_event[(str((r.json().get("data") or {}).get("id")), r.type)].add(r.webhook_id)
+        again = sum(n - 1 for n in acknowledged.values() if n > 1)
+        split = sum(len(ids) - 1 for ids in ids_by_event.values() if len(ids) > 1)
         return again + split
 
 

@@ -158,16 +158,17 @@ def _run(args: argparse.Namespace, model_dir: Path, cache: Path, scratch: Path) 
 
 
 def _pipeline(backend: str, model_dir: Path, cache: Path, args: argparse.Namespace):
+    from shared.config import get_settings
     from worker.pipeline.model_set import ModelSet
     from worker.pipeline.pipeline import Pipeline, PipelineOptions
 
     started = time.perf_counter()
     registry = ModelSet.load(model_dir, device=args.device, segmenter="unet", seed=0, backend=backend)
-    cpu = args.device == "cpu"
-    # The worker's own defaults (worker/runtime.py): Gate 2 forward batch and Gate 1 budget.
-    options = PipelineOptions(seg_size=args.seg_size, cls_size=args.cls_size, tta_views=args.views,
-                              max_forward_batch=1 if cpu else 64, gate1_memory_mb=16 if cpu else 2048,
-                              autocast=args.autocast, ir_cache_dir=cache)
+    # The worker's own options (Gate 2 forward batch, Gate 1 budget, …) at the sizes measured.
+    options = PipelineOptions.from_settings(
+        get_settings(), registry.device.type, seg_size=args.seg_size, cls_size=args.cls_size, tta_views=args.views,
+        autocast=args.autocast, ir_cache_dir=cache,
+    )
     pipeline = Pipeline(registry, options)
     print(f"   built {pipeline.backend.name} in {time.perf_counter() - started:.1f} s", flush=True)
     return pipeline
@@ -269,32 +270,31 @@ def _host_cost(pipeline, jpegs: list[bytes]) -> dict[str, float]:
 
 def _end_to_end(args: argparse.Namespace, model_dir: Path, scratch: Path, jpegs: list[bytes], backend: str) -> dict:
     from cli.client import Client
-    from cli.processes import stop_process
+    from devstack import ServiceStartError, UpProcess
 
     data_dir = scratch / "data"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DERMASENTINEL_")}
-    env.update({
-        "DERMASENTINEL_DATA_DIR": str(data_dir),
-        "DERMASENTINEL_MODEL_DIR": str(model_dir),
-        "DERMASENTINEL_SEG_SIZE": str(args.seg_size),
-        "DERMASENTINEL_CLS_SIZE": str(args.cls_size),
-        "DERMASENTINEL_TTA_VIEWS": str(args.views),
-        "DERMASENTINEL_BACKEND": backend,
-        "DERMASENTINEL_DEVICE": args.device,
-        "DERMASENTINEL_AUTOCAST": args.autocast,
-        "DERMASENTINEL_GPU_BATCH_SIZE": str(args.pipeline_batch),
-        "DERMASENTINEL_HOST_THREADS": str(
+    up = UpProcess(data_dir, console_path=scratch / "up.log", settings={
+        "MODEL_DIR": str(model_dir),
+        "SEG_SIZE": str(args.seg_size),
+        "CLS_SIZE": str(args.cls_size),
+        "TTA_VIEWS": str(args.views),
+        "BACKEND": backend,
+        "DEVICE": args.device,
+        "AUTOCAST": args.autocast,
+        "GPU_BATCH_SIZE": str(args.pipeline_batch),
+        "HOST_THREADS": str(
             args.host_threads or (min(12, os.cpu_count() or 1) if args.device.startswith("cuda") else 2)
         ),
-        "DERMASENTINEL_LOG_LEVEL": "INFO",
+        "LOG_LEVEL": "INFO",
     })
-    log_path = scratch / "up.log"
     started = time.perf_counter()
-    with log_path.open("wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "cli.main", "up", "--port", "0"], env=env, cwd=ROOT,
-                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        api_url, api_key = _wait_for_stack(process, log_path, data_dir / "stack.env")
+        try:
+            up.start(timeout=600)
+        except ServiceStartError as failure:
+            raise SystemExit(str(failure)) from None
+        process, api_url, api_key = up.process, up.api_url, up.api_key
+        assert process is not None and api_url and api_key
         print(f"   stack up in {time.perf_counter() - started:.0f} s at {api_url}", flush=True)
         client = Client(api_url, api_key, timeout=120)
         fields = {"age": 55, "sex": "female", "site": "torso"}
@@ -322,7 +322,7 @@ def _end_to_end(args: argparse.Namespace, model_dir: Path, scratch: Path, jpegs:
         total = last - first_wall
         worker_rss = _gpu_worker_peak_rss(process.pid)
     finally:
-        stop_process(process)
+        up.stop()
         engine_lines = [line for line in _read_logs(data_dir / "logs") if "engine:" in line]
         for line in engine_lines[-4:]:
             print("   worker log: " + line.split("engine: ", 1)[1], flush=True)
@@ -346,21 +346,6 @@ def _read_logs(log_dir: Path) -> list[str]:
     for path in sorted(log_dir.glob("worker-gpu*.log")):
         lines += path.read_text(errors="replace").splitlines()
     return lines
-
-
-def _wait_for_stack(process: subprocess.Popen, log_path: Path, stack_env: Path, timeout: float = 600.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"`dermasentinel up` exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
-        log = log_path.read_text(errors="replace")
-        if "is running at" in log and stack_env.is_file():
-            values = dict(
-                line.split("=", 1) for line in stack_env.read_text().splitlines() if "=" in line
-            )
-            return values["DERMASENTINEL_API_URL"], values["DERMASENTINEL_API_KEY"]
-        time.sleep(0.5)
-    raise SystemExit(f"`dermasentinel up` not ready after {timeout:.0f} s:\n{log_path.read_text()[-3000:]}")
 
 
 def _gpu_worker_peak_rss(root: int) -> tuple[float, float] | None:
@@ -453,12 +438,13 @@ def _memory_probe(model_dir: Path, cache: Path, args: argparse.Namespace) -> Non
 
 
 def _pipeline_quiet(backend: str, model_dir: Path, cache: Path, args: argparse.Namespace):
+    from shared.config import get_settings
     from worker.pipeline.model_set import ModelSet
     from worker.pipeline.pipeline import Pipeline, PipelineOptions
 
     registry = ModelSet.load(model_dir, device="cpu", segmenter="unet", seed=0, backend=backend)
-    options = PipelineOptions(seg_size=args.seg_size, cls_size=args.cls_size, tta_views=args.views,
-                              max_forward_batch=1, gate1_memory_mb=16, ir_cache_dir=cache)
+    options = PipelineOptions.from_settings(get_settings(), "cpu", seg_size=args.seg_size, cls_size=args.cls_size,
+                                            tta_views=args.views, ir_cache_dir=cache)
     return Pipeline(registry, options)
 
 

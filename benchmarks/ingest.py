@@ -59,9 +59,8 @@ from PIL import Image
 from sqlalchemy import func, select, update
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from benchmarks.batches import start_process
 from benchmarks.lanes import bench_stack
-from cli.processes import stop_process
+from devstack import child_env, start_worker
 from shared import lifecycle
 from shared.clock import utcnow
 from shared.db import session_scope
@@ -339,8 +338,7 @@ def main() -> None:
 def _time_ingest(context, tenant_id: uuid.UUID, workdir: Path) -> None:
     """One CPU-role worker ingests every direct upload submitted above."""
     waiting = _pending_ingests(context, tenant_id)
-    worker = start_process([sys.executable, "-m", "cli.main", "worker", "--role", "cpu"], context.settings,
-                           workdir / "worker.log")
+    worker = start_worker(child_env(context.settings), workdir / "worker.log", role="cpu")
     started = time.perf_counter()
     try:
         while _pending_ingests(context, tenant_id):
@@ -348,7 +346,7 @@ def _time_ingest(context, tenant_id: uuid.UUID, workdir: Path) -> None:
                 raise RuntimeError("ingest did not finish within 15 minutes")
             time.sleep(0.5)
     finally:
-        stop_process(worker)
+        worker.stop()
     took = time.perf_counter() - started
     print(f"  ingest of the {waiting} direct uploads by one cpu worker (start-up included): "
           f"{took:.1f} s, {waiting / took:.1f}/s")

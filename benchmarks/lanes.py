@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 import uuid
 
 import httpx
 from sqlalchemy import func, select, text
 
-from benchmarks.batches import bench_stack, cancel_queued, count_status, queue_bulk, start_process
-from cli.processes import stop_process
+from benchmarks.batches import bench_stack, cancel_queued, count_status, queue_bulk
+from devstack import child_env, start_worker
 from shared import lifecycle
 from shared.clock import utcnow
 from shared.context import AppContext
@@ -107,12 +106,11 @@ def main() -> None:
 
     with bench_stack() as (context, key, tenant_id, workdir):
         print(f"interactive submit -> claim while {args.bulk} bulk jobs are queued (one gpu worker, SEG/CLS 128)")
-        worker = start_process([sys.executable, "-m", "cli.main", "worker", "--role", "gpu"], context.settings,
-                               workdir / "worker.log")
+        worker = start_worker(child_env(context.settings), workdir / "worker.log", role="gpu")
         try:
             results = measure(context, key, tenant_id, args.bulk, args.probes)
         finally:
-            stop_process(worker)
+            worker.stop()
     for waiting, to_claim, post_to_claim in results:
         print(f"  bulk queued {waiting:5d}: created->claimed {to_claim * 1000:6.0f} ms "
               f"(from the client's POST {post_to_claim * 1000:6.0f} ms)")

@@ -36,8 +36,6 @@ import multiprocessing
 import os
 import random
 import statistics
-import subprocess
-import sys
 import time
 import uuid
 import zlib
@@ -48,8 +46,8 @@ from pathlib import Path
 import httpx
 import psutil
 
+import devstack
 from benchmarks.batches import bench_context
-from cli.processes import stop_process, wait_http
 from shared.config import Settings
 from shared.context import AppContext
 from shared.db import session_scope
@@ -100,17 +98,10 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def start_api(settings: Settings, log_path: Path, port: int) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DERMASENTINEL_")}
-    env.update(settings.as_env())
-    with log_path.open("ab") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "api.main:create_app", "--factory", "--port", str(port),
-             "--log-level", "warning", "--backlog", "4096"],
-            env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    wait_http(f"http://127.0.0.1:{port}/healthz", process, log_path)
-    return process
+def start_api(settings: Settings, log_path: Path, port: int) -> devstack.App:
+    """The API as this benchmark runs it (devstack.start_api): warnings only, a deep accept backlog."""
+    return devstack.start_api(devstack.child_env(settings), log_path, port=port,
+                              args=["--log-level", "warning", "--backlog", "4096"])
 
 
 def rss_mb(pid: int | None) -> float:
@@ -543,7 +534,7 @@ def main() -> None:
                 asyncio.run(benchmark(context.settings.api_url, context, api.pid, args))
             finally:
                 if api is not None:
-                    stop_process(api)
+                    api.stop()
     finally:
         if workdir is not None:
             print(f"(logs in {workdir})")

@@ -68,13 +68,16 @@ def main() -> None:
 
 def _switch_seconds(checkpoint: Path, args, root: Path) -> float:
     """What ``ModelSwitch`` does after the download: load the registry and build the pipeline."""
+    from shared.config import get_settings
     from worker.pipeline.model_set import ModelSet, ModelSource
     from worker.pipeline.pipeline import Pipeline, PipelineOptions
 
-    options = PipelineOptions(seg_size=max(args.size, 64), cls_size=max(args.size, 64), ir_cache_dir=root / "engine")
     started = time.perf_counter()
     registry = ModelSet.load(None, device=args.device, backend=args.backend,
                                   fusion_source=ModelSource(checkpoint, version="bench"))
+    size = max(args.size, 64)
+    options = PipelineOptions.from_settings(get_settings(), registry.device.type, seg_size=size, cls_size=size,
+                                            ir_cache_dir=root / "engine")
     Pipeline(registry, options)
     return time.perf_counter() - started
 

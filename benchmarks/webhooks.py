@@ -15,17 +15,13 @@ Starts its own Postgres, Redis and S3 (embedded) unless DERMASENTINEL_* URLs are
 from __future__ import annotations
 
 import argparse
-import os
-import socket
 import statistics
 import tempfile
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from cli.processes import spawn, stop_all
-from devstack import EmbeddedStack
+from devstack import Receiver, Stack, StackEndpoints, child_env
+from devstack.receiver import blackhole
 from shared.config import Settings
 from shared.context import AppContext
 from shared.db import session_scope
@@ -37,83 +33,24 @@ from shared.tenants import issue_key
 from shared.webhook_signing import generate_secret
 
 
-class _Counter:
-    def __init__(self) -> None:
-        self.count = 0
-        self.lock = threading.Lock()
-
-
-def start_receiver(counter: _Counter) -> ThreadingHTTPServer:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_POST(self):
-            self.rfile.read(int(self.headers.get("content-length", 0)))
-            with counter.lock:
-                counter.count += 1
-            self.send_response(204)
-            self.send_header("content-length", "0")
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
-
-
-def start_blackhole() -> socket.socket:
-    """Accepts TCP connections (the kernel completes them) and never reads or answers."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(1024)
-    return sock
-
-
-def start_timed_receiver(arrivals: dict[str, float]) -> ThreadingHTTPServer:
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            self.rfile.read(int(self.headers.get("content-length", 0)))
-            arrivals.setdefault(self.headers.get("webhook-id", ""), time.monotonic())
-            self.send_response(204)
-            self.send_header("content-length", "0")
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
-
-
-def fairness(settings: Settings, context: AppContext, work: Path, args, children: list) -> None:
+def fairness(settings: Settings, context: AppContext, stack: Stack, args) -> None:
     import httpx
 
-    from cli.processes import free_port, wait_http
-
-    blackhole = start_blackhole()
-    arrivals: dict[str, float] = {}
-    receiver = start_timed_receiver(arrivals)
+    hole = blackhole()
+    receiver = Receiver(204)
+    arrivals = receiver.arrivals  # webhook-id -> first arrival
     keys = {}
     with session_scope(context.session_factory) as session:
         for name in ("flooder", "bystander"):
             _, keys[name] = issue_key(session, f"bench-{name}")
-    port = free_port()
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("DERMASENTINEL_")}, **settings.as_env()}
-    children.append(spawn("api", ["cli.main", "api", "--port", str(port)], env, work / "logs"))
-    children.append(spawn("worker-io", ["cli.main", "worker", "--role", "io", "--concurrency",
-                                        str(args.concurrency)], env, work / "logs"))
-    children.append(spawn("beat", ["cli.main", "beat"], env, work / "logs"))
-    base = f"http://127.0.0.1:{port}"
-    wait_http(f"{base}/healthz", children[0].process, children[0].log_path)
+    env = child_env(settings)
+    base = stack.api(env, args=["--no-access-log"]).url
+    stack.worker(env, role="io", concurrency=args.concurrency)
+    stack.beat(env)
     clients = {name: httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=30)
                for name, key in keys.items()}
-    dead_url = f"http://127.0.0.1:{blackhole.getsockname()[1]}/hook"
-    fast_url = f"http://127.0.0.1:{receiver.server_address[1]}/hook"
+    dead_url = f"http://127.0.0.1:{hole.getsockname()[1]}/hook"
+    fast_url = receiver.url
     dead = clients["flooder"].post("/v1/webhook-endpoints", json={"url": dead_url}).json()["id"]
     fast = clients["bystander"].post("/v1/webhook-endpoints", json={"url": fast_url}).json()["id"]
     time.sleep(5)  # let the worker connect before the clock starts
@@ -148,8 +85,8 @@ def fairness(settings: Settings, context: AppContext, work: Path, args, children
     print(f"bystander flooded:   {fmt(flooded)}")
     for client in clients.values():
         client.close()
-    receiver.shutdown()
-    blackhole.close()
+    receiver.stop()
+    hole.close()
 
 
 def main() -> None:
@@ -163,42 +100,31 @@ def main() -> None:
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="dermasentinel-bench-webhooks-"))
-    given = Settings(_env_file=None)
-    stack = EmbeddedStack(
-        work / "stack", postgres=not given.database_url, redis=not given.broker_url, s3=not given.s3_endpoint
-    )
-    children = []
+    stack = Stack(work / "stack", given=StackEndpoints.from_settings(Settings(_env_file=None)), log_dir=work / "logs")
     receiver = None
     try:
         endpoints = stack.start()
         settings = Settings(
             _env_file=None,
             data_dir=work,
-            database_url=given.database_url or endpoints.database_url,
-            broker_url=given.broker_url or endpoints.broker_url,
-            s3_endpoint=given.s3_endpoint or endpoints.s3_endpoint,
-            s3_access_key=given.s3_access_key or endpoints.s3_access_key,
-            s3_secret_key=given.s3_secret_key.get_secret_value() or endpoints.s3_secret_key,
+            **endpoints.settings_fields(),
             webhook_allow_cidrs="127.0.0.0/8",
             log_level="WARNING",
         )
         upgrade(settings.database_url)
         context = AppContext(settings)
         if args.fairness:
-            fairness(settings, context, work, args, children)
+            fairness(settings, context, stack, args)
             context.close()
             return
-        counter = _Counter()
-        receiver = start_receiver(counter)
+        receiver = Receiver(204, keep_alive=True)
         with session_scope(context.session_factory) as session:
             tenant, _ = issue_key(session, "bench")
-            session.add(WebhookEndpoint(tenant_id=tenant.id, url=f"http://127.0.0.1:{receiver.server_address[1]}/hook",
+            session.add(WebhookEndpoint(tenant_id=tenant.id, url=receiver.url,
                                         events=[], secret_encrypted=secret_box(settings).seal(generate_secret()),
                                         enabled=True))
 
-        env = {**{k: v for k, v in os.environ.items() if not k.startswith("DERMASENTINEL_")}, **settings.as_env()}
-        children.append(spawn("worker-io", ["cli.main", "worker", "--role", "io", "--concurrency",
-                                            str(args.concurrency)], env, work / "logs"))
+        stack.worker(child_env(settings), role="io", concurrency=args.concurrency)
         time.sleep(5)  # let the worker connect before the clock starts
 
         started = time.monotonic()
@@ -208,18 +134,17 @@ def main() -> None:
                              data={"id": f"bench-{i}", "status": "succeeded"})
         committed = time.monotonic()
         deadline = committed + 600
-        while counter.count < args.events and time.monotonic() < deadline:
+        while receiver.count < args.events and time.monotonic() < deadline:
             time.sleep(0.05)
         elapsed = time.monotonic() - started
-        print(f"events={args.events} delivered={counter.count} io-threads={args.concurrency} "
+        print(f"events={args.events} delivered={receiver.count} io-threads={args.concurrency} "
               f"outbox-commit={committed - started:.2f}s total={elapsed:.2f}s")
-        print(f"throughput: {counter.count / elapsed:.0f} deliveries/second end to end "
+        print(f"throughput: {receiver.count / elapsed:.0f} deliveries/second end to end "
               f"(fan-out task + delivery task + signed POST + attempt row per event)")
         context.close()
     finally:
-        stop_all(children)
         if receiver is not None:
-            receiver.shutdown()
+            receiver.stop()
         stack.stop()
 
 

@@ -4,23 +4,20 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import click
-import httpx
-from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
 
-from cli.processes import STOP_GRACE_SECONDS, free_port, program_launcher, tail
-from devstack.supervisor import Backoff, Supervisor, describe_exit
+from devstack import ServiceStartError, Stack, StackEndpoints, child_env, free_port, is_port_free
+from devstack.supervisor import Backoff, Supervisor
 from shared.config import ENV_PREFIX, Settings
 
 DEV_TENANT = "development"
-APP_LAYER = 1
 SUPERVISE_INTERVAL_SECONDS = 0.5
+ROLES = ("gpu", "cpu", "io")
 # First restart after 1 s, then 2, 4, 8, at most 15 s apart while a process keeps dying;
 # a process that stayed up 60 s starts again from 1 s.
 RESTART_BACKOFF = Backoff(first=1.0, cap=15.0, healthy_after=60.0)
@@ -33,17 +30,6 @@ class _Stop(BaseException):
 
 def _raise_stop(signum, frame):
     raise _Stop()
-
-
-def _port_free(host: str, port: int) -> bool:
-    with socket.socket() as sock:
-        # As uvicorn binds: a port held only by TIME_WAIT sockets of a crashed run is free to it.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
 
 
 def write_stack_env(path: Path, values: dict[str, str]) -> None:
@@ -59,7 +45,6 @@ def _announce(message: str) -> None:
 
 
 def run_stack(host: str, port: int, demo: bool, exit_after_demo: bool) -> int:
-    from devstack import EmbeddedStack
     from shared.context import AppContext
     from shared.db import session_scope
     from shared.migrate import upgrade
@@ -72,13 +57,13 @@ def run_stack(host: str, port: int, demo: bool, exit_after_demo: bool) -> int:
     # One supervisor for the embedded services and the app's processes: any of them that
     # dies is restarted (same ports, same data) with backoff, and the console says so.
     supervisor = Supervisor(announce=_announce, backoff=RESTART_BACKOFF)
-    stack = EmbeddedStack(
+    # Services the operator named are used as they are; the others are embedded.
+    stack = Stack(
         data_dir / "stack",
-        postgres=not explicit.database_url,
-        redis=not explicit.broker_url,
-        s3=not explicit.s3_endpoint,
+        given=StackEndpoints.from_settings(explicit),
         redis_persistent=True,
         supervisor=supervisor,
+        log_dir=data_dir / "logs",
     )
     signal.signal(signal.SIGTERM, _raise_stop)
     exit_code = 0
@@ -86,17 +71,18 @@ def run_stack(host: str, port: int, demo: bool, exit_after_demo: bool) -> int:
         click.echo("starting Postgres, Redis and S3 (embedded, from pip packages)…")
         started = time.monotonic()
         endpoints = stack.start()
-        if port == 0 or not _port_free(host, port):
+        # As uvicorn binds: a port held only by TIME_WAIT sockets of a crashed run is free to it.
+        if port == 0 or not is_port_free(port, host):
             port = free_port(host)
         api_url = f"http://{host}:{port}"
         values: dict[str, str] = {
             "DATA_DIR": str(data_dir),
-            "DATABASE_URL": explicit.database_url or endpoints.database_url or "",
-            "BROKER_URL": explicit.broker_url or endpoints.broker_url or "",
-            "S3_ENDPOINT": explicit.s3_endpoint or endpoints.s3_endpoint or "",
-            "S3_ACCESS_KEY": explicit.s3_access_key or endpoints.s3_access_key or "",
-            "S3_SECRET_KEY": explicit.s3_secret_key.get_secret_value() or endpoints.s3_secret_key or "",
-            "S3_SECURE": str(explicit.s3_secure if explicit.s3_endpoint else endpoints.s3_secure).lower(),
+            "DATABASE_URL": endpoints.database_url or "",
+            "BROKER_URL": endpoints.broker_url or "",
+            "S3_ENDPOINT": endpoints.s3_endpoint or "",
+            "S3_ACCESS_KEY": endpoints.s3_access_key or "",
+            "S3_SECRET_KEY": endpoints.s3_secret_key or "",
+            "S3_SECURE": str(endpoints.s3_secure).lower(),
             "API_URL": api_url,
             # A person reads these logs: readable lines unless the operator chose a format.
             "LOG_FORMAT": explicit.log_format if explicit.log_format != "auto" else "console",
@@ -113,12 +99,14 @@ def run_stack(host: str, port: int, demo: bool, exit_after_demo: bool) -> int:
         write_stack_env(settings.stack_env_path, values)
         click.echo(f"services ready in {time.monotonic() - started:.1f}s; settings in {settings.stack_env_path}")
 
-        env = {**os.environ, **{ENV_PREFIX + k: v for k, v in values.items()}}
-        logs = data_dir / "logs"
-        for name, args in app_programs(host, port):
-            launch = program_launcher(name, args, env, logs)
-            supervisor.start(name, launch, layer=APP_LAYER, stop_grace=STOP_GRACE_SECONDS)
-        _wait_ready(api_url, supervisor)
+        # The operator's own DERMASENTINEL_* settings reach every process, under this run's values.
+        env = child_env({ENV_PREFIX + k: v for k, v in values.items()}, inherit_settings=True)
+        logs = stack.log_dir
+        start_apps(stack, env, host, port)
+        try:
+            stack.wait_ready(api_url, timeout=120.0)
+        except ServiceStartError as failure:
+            raise click.ClickException(str(failure)) from None
 
         click.echo("")
         click.echo(f"DermaSentinel is running at {api_url}  (OpenAPI docs: {api_url}/docs)")
@@ -150,37 +138,13 @@ def run_stack(host: str, port: int, demo: bool, exit_after_demo: bool) -> int:
         click.echo("stopped.")
 
 
-def app_programs(host: str, port: int) -> list[tuple[str, list[str]]]:
-    """The app's own processes: name and `python -m` arguments."""
-    programs = [("api", ["uvicorn", "api.main:create_app", "--factory", "--host", host,
-                         "--port", str(port), "--no-access-log"])]
+def start_apps(stack: Stack, env: dict[str, str], host: str, port: int) -> None:
+    """The app's own processes, supervised: the API, a gpu, cpu and io worker, beat."""
+    stack.api(env, host=host, port=port, args=["--no-access-log"], supervised=True)
     # Each worker serves its own Prometheus metrics (docs/OBSERVABILITY.md), on a port of its own.
-    programs += [(f"worker-{role}", ["cli.main", "worker", "--role", role, "--metrics-port", str(free_port(host))])
-                 for role in ("gpu", "cpu", "io")]
-    programs.append(("beat", ["cli.main", "beat"]))
-    return programs
-
-
-def _wait_ready(api_url: str, supervisor: Supervisor, timeout: float = 120.0) -> None:
-    """Until the API says ready; a process that exits before then is a start-up failure, not a crash."""
-
-    def ready() -> bool:
-        for name, status in supervisor.exited().items():
-            handle = supervisor.get(name)
-            log = tail(handle.process.log_path) if handle else "(its log is in DATA_DIR/logs)"
-            raise click.ClickException(f"{name} failed to start ({describe_exit(status)}):\n{log}")
-        try:
-            return httpx.get(f"{api_url}/readyz", timeout=2.0).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    until_ready = Retrying(
-        stop=stop_after_delay(timeout), wait=wait_fixed(0.5), retry=retry_if_result(lambda ok: not ok)
-    )
-    try:
-        until_ready(ready)
-    except RetryError:
-        raise click.ClickException(f"the API did not become ready within {timeout:.0f}s") from None
+    for role in ROLES:
+        stack.worker(env, role=role, metrics_port=free_port(host), supervised=True)
+    stack.beat(env, supervised=True)
 
 
 class _DemoRun:

@@ -14,15 +14,22 @@ from devstack.errors import PortsTakenError
 LOOPBACK = "127.0.0.1"
 
 
-def is_port_free(port: int) -> bool:
+def is_port_free(port: int, host: str = LOOPBACK) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         # Servers bind with SO_REUSEADDR, so a port held only by TIME_WAIT sockets is free to them.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind((LOOPBACK, port))
+            sock.bind((host, port))
         except OSError:
             return False
     return True
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A port nothing listens on right now (the kernel's pick); also a closed port to test against."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
 
 
 def is_port_open(port: int, timeout: float = 0.2) -> bool:

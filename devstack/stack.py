@@ -4,7 +4,7 @@ import atexit
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from devstack.postgres import PostgresHandle, start_postgres
 from devstack.redis import RedisHandle, start_redis
@@ -30,6 +30,30 @@ class StackEndpoints:
     s3_secret_key: str | None = field(default=None, repr=False)
     s3_secure: bool = False
 
+    @classmethod
+    def from_settings(cls, settings: object) -> "StackEndpoints":
+        """The services a settings object (shared.config.Settings or alike) already names; the
+        empty ones are None, i.e. for the stack to start."""
+
+        def text(name: str) -> str | None:
+            value: Any = getattr(settings, name, None)
+            if hasattr(value, "get_secret_value"):
+                value = value.get_secret_value()
+            return str(value) if value else None
+
+        return cls(
+            database_url=text("database_url"),
+            broker_url=text("broker_url"),
+            s3_endpoint=text("s3_endpoint"),
+            s3_access_key=text("s3_access_key"),
+            s3_secret_key=text("s3_secret_key"),
+            s3_secure=bool(getattr(settings, "s3_secure", False)),
+        )
+
+    def settings_fields(self) -> dict[str, str | bool]:
+        """These endpoints as shared.config.Settings fields (lower-case names), the unset ones left out."""
+        return {name: value for name, value in vars(self).items() if value is not None}
+
 
 class EmbeddedStack:
     """Postgres, Redis and S3 as child processes on free loopback ports, data under `data_dir`.
@@ -47,11 +71,19 @@ class EmbeddedStack:
         redis: bool = True,
         s3: bool = True,
         *,
+        given: StackEndpoints | None = None,
         redis_persistent: bool = False,
         supervisor: Supervisor | None = None,
     ):
+        """`given`: services that already run elsewhere (their URLs); those are not started and
+        `endpoints` names them instead, each service as a whole (URL and credentials)."""
         self.data_dir = Path(data_dir).resolve()
-        self._wanted = {"postgres": postgres, "redis": redis, "s3": s3}
+        self._given = given or StackEndpoints()
+        self._wanted = {
+            "postgres": postgres and not self._given.database_url,
+            "redis": redis and not self._given.broker_url,
+            "s3": s3 and not self._given.s3_endpoint,
+        }
         self._redis_persistent = redis_persistent
         self.supervisor = supervisor or Supervisor()
         self._endpoints: StackEndpoints | None = None
@@ -98,14 +130,14 @@ class EmbeddedStack:
         except BaseException:
             self.stop()
             raise
-        postgres, redis, s3 = self.postgres, self.redis, self.s3
+        postgres, redis, s3, given = self.postgres, self.redis, self.s3, self._given
         self._endpoints = StackEndpoints(
-            database_url=postgres.url if postgres else None,
-            broker_url=redis.url if redis else None,
-            s3_endpoint=s3.endpoint if s3 else None,
-            s3_access_key=s3.access_key if s3 else None,
-            s3_secret_key=s3.secret_key if s3 else None,
-            s3_secure=s3.secure if s3 else False,
+            database_url=given.database_url or (postgres.url if postgres else None),
+            broker_url=given.broker_url or (redis.url if redis else None),
+            s3_endpoint=given.s3_endpoint or (s3.endpoint if s3 else None),
+            s3_access_key=given.s3_access_key if given.s3_endpoint else (s3.access_key if s3 else None),
+            s3_secret_key=given.s3_secret_key if given.s3_endpoint else (s3.secret_key if s3 else None),
+            s3_secure=given.s3_secure if given.s3_endpoint else (s3.secure if s3 else False),
         )
         return self._endpoints
 

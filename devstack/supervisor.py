@@ -16,8 +16,7 @@ import logging
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Protocol
 
 from devstack._process import ServiceProcess
@@ -42,23 +41,6 @@ class Backoff:
 
     def delay(self, consecutive_crashes: int) -> float:
         return min(self.cap, self.first * 2 ** max(0, consecutive_crashes - 1))
-
-
-@dataclass
-class Program:
-    """One of the app's own processes (api, a worker, beat), started without readiness checks."""
-
-    name: str
-    process: ServiceProcess = field(repr=False)
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-
-def start_program(name: str, argv: list[str], log_path: Path, env: dict[str, str], cwd: Path | None = None) -> Program:
-    """Spawn `argv` in its own process group, output appended to `log_path`, killed if we die."""
-    return Program(name, ServiceProcess(name, argv, log_path, None, env=env, cwd=cwd, death_signal=signal.SIGKILL))
 
 
 @dataclass

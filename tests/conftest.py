@@ -1,9 +1,17 @@
-"""Test fixtures on real services.
+"""Test fixtures on real services, and the fast tier.
 
 The suite starts its own Postgres, Redis and S3 server from the pip packages once per
 session (or uses DERMASENTINEL_TEST_DATABASE_URL / _BROKER_URL / _S3_* when set), builds a
 fresh database by running the migrations, and uses buckets whose names carry a random
-``dstest-`` prefix. Services are started lazily: unit tests that need none start none.
+``dstest-`` prefix. Everything is started through ``devstack`` (the harness ``dermasentinel
+up`` and the benchmarks use too), lazily: a session fixture starts its process only when a
+test asks for it, so unit tests that need none start none.
+
+Every fixture that starts a process (services, API, workers, beat, a browser, ``up``)
+depends on ``starts_services``; each test whose fixtures reach it is marked ``services``
+here, once, at collection. ``python -m pytest -m "not services"`` is the fast tier: a run
+that selects no ``services`` test arms a guard that fails any test which starts a service
+process anyway (docs/TESTING.md).
 """
 
 from __future__ import annotations
@@ -21,46 +29,130 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cli.processes import free_port, stop_process, wait_http
+from devstack import Stack, StackEndpoints, child_env
 from shared.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_SIZES = {"seg_size": 128, "cls_size": 128, "tta_views": 5}
+SERVICES_MARK = "services"
+# Programs that are services: a fast-tier test starting one of these is marked wrongly.
+SERVICE_PROGRAMS = {"uvicorn", "celery", "redis-server", "postgres", "initdb", "pg_ctl", "weed", "chromium",
+                    "chromium-browser", "chrome", "headless_shell"}
+SERVICE_SUBCOMMANDS = {"up", "api", "worker", "beat"}  # of `python -m cli.main`
+
+
+# ---------------------------------------------------------------- the `services` marker
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects anything
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "starts_services" in getattr(item, "fixturenames", ()):
+            item.add_marker(SERVICES_MARK)
+
+
+class _FastTierGuard:
+    """Armed when no selected test is marked `services`: any service process started is an error."""
+
+    def __init__(self) -> None:
+        self.armed = False
+        self.checked = 0
+        self._original = subprocess.Popen.__init__
+
+    def arm(self) -> None:
+        """Check every subprocess.Popen of this process (devstack's too, and asyncio's)."""
+        guard, original = self, self._original
+
+        def popen_init(popen, *args, **kwargs):
+            guard.check(args[0] if args else kwargs.get("args", ()))
+            original(popen, *args, **kwargs)
+
+        self.armed = True
+        subprocess.Popen.__init__ = popen_init  # type: ignore[method-assign]
+
+    def check(self, args) -> None:
+        self.checked += 1
+        argv = [args] if isinstance(args, str | bytes | os.PathLike) else list(args)
+        words = [os.path.basename(os.fsdecode(word)) for word in argv]
+        if SERVICE_PROGRAMS & set(words) or ("cli.main" in words and SERVICE_SUBCOMMANDS & set(words)):
+            raise RuntimeError(
+                f"fast tier: this test started a service process ({' '.join(map(str, argv))[:200]}) "
+                "but is not marked `services`; have the fixture that starts it depend on `starts_services` "
+                "(tests/conftest.py)"
+            )
+
+
+_GUARD = _FastTierGuard()
+_STARTED: list[str] = []  # what `starts_services` was asked for, in this session
+
+
+def pytest_collection_finish(session):
+    if session.items and not any(item.get_closest_marker(SERVICES_MARK) for item in session.items):
+        _GUARD.arm()
+    # One torch CPU thread in this process, as the training tests set it anyway (training's
+    # `threads: 1`): on a busy 2-core machine two threads per operation spin against each
+    # other, and a pipeline test that takes 10 s took 49 s. Processes the tests start keep
+    # their own settings.
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _GUARD.armed:
+        verdict = "a service fixture was instantiated" if _STARTED else "no service fixture was instantiated"
+        terminalreporter.write_sep(
+            "-", f"fast tier: no `services` test selected; {verdict}; {_GUARD.checked} subprocesses checked"
+        )
 
 
 @pytest.fixture(scope="session")
-def services(tmp_path_factory):
-    """Connection settings for Postgres, Redis and S3: from env, else embedded."""
-    env = os.environ
-    given = {
-        "database_url": env.get("DERMASENTINEL_TEST_DATABASE_URL"),
-        "broker_url": env.get("DERMASENTINEL_TEST_BROKER_URL"),
-        "s3_endpoint": env.get("DERMASENTINEL_TEST_S3_ENDPOINT"),
-        "s3_access_key": env.get("DERMASENTINEL_TEST_S3_ACCESS_KEY"),
-        "s3_secret_key": env.get("DERMASENTINEL_TEST_S3_SECRET_KEY"),
-    }
-    from devstack import EmbeddedStack
+def starts_services(request):
+    """Depended on by every fixture that starts a process; tests reaching it are marked `services`."""
+    _STARTED.append(request.node.nodeid)
+    if _GUARD.armed:
+        pytest.fail("fast tier: a service fixture was requested by a test not marked `services`")
 
-    # Not under pytest's tmp_path: a concurrent pytest run prunes old basetemp folders,
-    # which would pull the data directory out from under a running Postgres.
-    stack_dir = Path(tempfile.mkdtemp(prefix="dermasentinel-test-stack-"))
-    stack = EmbeddedStack(
-        stack_dir,
-        postgres=not given["database_url"],
-        redis=not given["broker_url"],
-        s3=not given["s3_endpoint"],
+
+# ---------------------------------------------------------------- the stack
+
+
+@pytest.fixture(scope="session")
+def dev_stack(starts_services, tmp_path_factory):
+    """The session's devstack.Stack: Postgres, Redis and S3 (embedded unless given by
+    DERMASENTINEL_TEST_*), and the app processes the fixtures below start on it."""
+    env = os.environ
+    given = StackEndpoints(
+        database_url=env.get("DERMASENTINEL_TEST_DATABASE_URL") or None,
+        broker_url=env.get("DERMASENTINEL_TEST_BROKER_URL") or None,
+        s3_endpoint=env.get("DERMASENTINEL_TEST_S3_ENDPOINT") or None,
+        s3_access_key=env.get("DERMASENTINEL_TEST_S3_ACCESS_KEY") or None,
+        s3_secret_key=env.get("DERMASENTINEL_TEST_S3_SECRET_KEY") or None,
     )
-    endpoints = stack.start()
-    values = {
-        "database_url": given["database_url"] or endpoints.database_url,
-        "broker_url": given["broker_url"] or endpoints.broker_url,
-        "s3_endpoint": given["s3_endpoint"] or endpoints.s3_endpoint,
-        "s3_access_key": given["s3_access_key"] or endpoints.s3_access_key,
-        "s3_secret_key": given["s3_secret_key"] or endpoints.s3_secret_key,
+    # Not under pytest's tmp_path: a concurrent pytest run prunes old basetemp folders,
+    # which would pull the data directory out from under a running Postgres. The app
+    # processes log under tmp_path, kept after the run.
+    stack_dir = Path(tempfile.mkdtemp(prefix="dermasentinel-test-stack-"))
+    stack = Stack(stack_dir, given=given, log_dir=tmp_path_factory.mktemp("logs"))
+    try:
+        stack.start()
+        yield stack
+    finally:
+        stack.stop()
+        shutil.rmtree(stack_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def services(dev_stack):
+    """Connection settings for Postgres, Redis and S3: from env, else embedded."""
+    endpoints = dev_stack.endpoints
+    return {
+        "database_url": endpoints.database_url,
+        "broker_url": endpoints.broker_url,
+        "s3_endpoint": endpoints.s3_endpoint,
+        "s3_access_key": endpoints.s3_access_key,
+        "s3_secret_key": endpoints.s3_secret_key,
     }
-    yield values
-    stack.stop()
-    shutil.rmtree(stack_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -95,12 +187,6 @@ def settings(services, test_database_url, tmp_path_factory) -> Settings:
     )
 
 
-def settings_env(settings: Settings) -> dict[str, str]:
-    """A child's environment: ours, minus any DERMASENTINEL_* of the caller, plus the settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DERMASENTINEL_")}
-    return {**env, **settings.as_env()}
-
-
 @pytest.fixture(scope="session")
 def context(settings):
     from shared.context import AppContext
@@ -119,70 +205,27 @@ def context(settings):
 
 
 @pytest.fixture(scope="session")
-def api_url(settings, context, tmp_path_factory):
+def api_url(dev_stack, settings, context):
     """A real uvicorn API process."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("logs") / "api.log"
-    env = settings_env(settings.model_copy(update={"api_url": f"http://127.0.0.1:{port}"}))
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "api.main:create_app", "--factory", "--port", str(port)],
-            env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    wait_http(f"{url}/healthz", process, log)
-    yield url
-    stop_process(process)
-
-
-class WorkerProcess:
-    def __init__(self, settings: Settings, log: Path, role: str = "all", concurrency: int = 2):
-        self.settings, self.log, self.role, self.concurrency = settings, log, role, concurrency
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "cli.main", "worker", "--role", self.role,
-                 "--concurrency", str(self.concurrency)],
-                env=settings_env(self.settings), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def stop(self) -> None:
-        if self.process is not None:
-            stop_process(self.process, grace=15)
-            self.process = None
-
-    def kill(self) -> None:
-        if self.process is not None:
-            os.killpg(self.process.pid, 9)
-            self.process.wait()
-            self.process = None
+    api = dev_stack.api(child_env(settings))
+    yield api.url
+    api.stop()
 
 
 @pytest.fixture(scope="session")
-def worker(settings, context, api_url, tmp_path_factory):
+def worker(dev_stack, settings, context, api_url):
     """A real Celery worker process serving every queue, running the real pipeline."""
-    log = tmp_path_factory.mktemp("logs") / "worker.log"
-    proc = WorkerProcess(settings.model_copy(update={"api_url": api_url}), log)
-    proc.start()
-    yield proc
-    proc.stop()
+    process = dev_stack.worker(child_env(settings, api_url=api_url), role="all", concurrency=2, name="worker")
+    yield process
+    process.stop()
 
 
 @pytest.fixture(scope="session")
-def beat(settings, context, api_url, tmp_path_factory):
+def beat(dev_stack, settings, context, api_url):
     """The real scheduler (sweeper, webhook retries)."""
-    log = tmp_path_factory.mktemp("logs") / "beat.log"
-    env = settings_env(settings.model_copy(update={"api_url": api_url}))
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "beat"], env=env, cwd=ROOT,
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+    process = dev_stack.beat(child_env(settings, api_url=api_url))
     yield process
-    stop_process(process)
+    process.stop()
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ RESULTS = []
 
 
 @pytest.fixture(scope="session")
-def chaos_stack():
+def chaos_stack(starts_services):
     stack = StackUnderTest()
     try:
         stack.start()

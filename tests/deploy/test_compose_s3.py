@@ -59,7 +59,7 @@ def _compose_s3_flags() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def compose_s3(tmp_path_factory):
+def compose_s3(starts_services, tmp_path_factory):
     weed = _weed()
     root = tmp_path_factory.mktemp("compose-s3")
     identities = root / "s3.json"

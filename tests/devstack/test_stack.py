@@ -34,7 +34,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def stack_dir():
+def stack_dir(starts_services):
     # Not under pytest's tmp_path: a concurrent pytest run resets its root to 0700, which
     # locks the Postgres account (when run as root) out of its data directory.
     folder = Path(tempfile.mkdtemp(prefix="dermasentinel-test-stack-"))

@@ -25,7 +25,7 @@ import redis
 from PIL import Image
 
 from benchmarks.load import start_api
-from cli.processes import free_port, stop_process
+from devstack import free_port
 from shared.db import session_scope
 from shared.tenants import issue_key
 from worker.pipeline.synthetic import encode_jpeg, make_lesion
@@ -37,11 +37,11 @@ GOOD_JPEG = encode_jpeg(make_lesion(seed=3, size=(96, 128)).image)
 def running_api(settings, log_path):
     """A uvicorn API process with ``settings``; yields its base URL."""
     port = free_port()
-    process = start_api(settings.model_copy(update={"api_url": f"http://127.0.0.1:{port}"}), log_path, port)
+    api = start_api(settings.model_copy(update={"api_url": f"http://127.0.0.1:{port}"}), log_path, port)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield api.url
     finally:
-        stop_process(process)
+        api.stop()
 
 
 def new_tenant(context) -> tuple[uuid.UUID, str]:

@@ -19,7 +19,7 @@ import redis
 from sqlalchemy import text
 
 from benchmarks.load import Tenant, run_load, seed, slow_upload, start_api
-from cli.processes import free_port, stop_process
+from devstack import free_port
 from shared.db import session_scope
 from shared.tenants import issue_key
 
@@ -97,7 +97,7 @@ def test_a_crowd_and_slow_uploads_get_no_500_and_other_tenants_are_served(settin
         with httpx.Client(base_url=url, headers=victim.headers, timeout=10) as http:
             assert http.get(f"/v1/analyses/{victim.analysis_id}").status_code == 200
     finally:
-        stop_process(api)
+        api.stop()
 
 
 def _wait_for_upload_slots(settings, tenant_id, count: int) -> None:

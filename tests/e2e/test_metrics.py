@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 import uuid
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from cli.processes import free_port, stop_process, wait_http
-from tests.conftest import ROOT, WorkerProcess, settings_env, wait_for
-from tests.e2e.test_webhooks import Receiver
+from devstack import Receiver, child_env, free_port, start_api, start_worker
+from tests.conftest import ROOT, wait_for
 from worker.pipeline.synthetic import encode_jpeg, make_lesion
 
 STAGES = ("fetch", "decode", "gate1", "gate2", "artifacts", "write")
@@ -36,29 +33,23 @@ def stack(settings, context, tmp_path_factory):
     port = free_port()
     own = settings.model_copy(update={"broker_url": _own_broker(settings.broker_url),
                                       "api_url": f"http://127.0.0.1:{port}", "log_format": "json"})
-    with (logs / "api.log").open("wb") as out:
-        api = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "api.main:create_app", "--factory", "--port", str(port)],
-            env=settings_env(own), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    workers = {}
+    started = []
     try:
-        wait_http(f"{own.api_url}/healthz", api, logs / "api.log")
+        started.append(api := start_api(child_env(own), logs / "api.log", port=port))
+        workers = {}
         for role in ("gpu", "cpu", "io"):
-            metrics_port = free_port()
-            workers[role] = (WorkerProcess(own.model_copy(update={"metrics_port": metrics_port}),
-                                           logs / f"worker-{role}.log", role=role, concurrency=1), metrics_port)
-            workers[role][0].start()
-        for process, metrics_port in workers.values():
-            wait_http(f"http://127.0.0.1:{metrics_port}/metrics", process.process, process.log, timeout=120)
-        wait_for(lambda: httpx.get(f"{own.api_url}/readyz", timeout=5).status_code == 200, 120,
+            workers[role] = start_worker(child_env(own), logs / f"worker-{role}.log", role=role, concurrency=1,
+                                         metrics_port=free_port())
+            started.append(workers[role])
+        for process in workers.values():
+            assert process.url is not None
+            process.wait_http(process.url, timeout=120)
+        wait_for(lambda: httpx.get(f"{api.url}/readyz", timeout=5).status_code == 200, 120,
                  message="the metrics stack to be ready")
-        yield {"api": own.api_url, "logs": logs,
-               **{role: f"http://127.0.0.1:{metrics_port}/metrics" for role, (_, metrics_port) in workers.items()}}
+        yield {"api": api.url, "logs": logs, **{role: process.url for role, process in workers.items()}}
     finally:
-        for process, _ in workers.values():
+        for process in reversed(started):
             process.stop()
-        stop_process(api)
 
 
 def scrape(url: str) -> dict[tuple[str, tuple], float]:

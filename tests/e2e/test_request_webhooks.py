@@ -11,9 +11,10 @@ import pytest
 from sqlalchemy import func, select
 from standardwebhooks import Webhook, WebhookVerificationError
 
+from devstack import Receiver
 from shared.db import session_scope
 from shared.tables import WebhookEndpoint
-from tests.e2e.test_webhooks import UNSAFE_URLS, Receiver, register
+from tests.e2e.test_webhooks import UNSAFE_URLS, register
 from worker.pipeline.synthetic import encode_jpeg, make_lesion
 
 FINAL = {"succeeded", "rejected", "failed", "canceled"}
@@ -24,7 +25,7 @@ def receiver():
     receivers: list[Receiver] = []
 
     def make(script=(200,)):
-        receivers.append(Receiver(script))
+        receivers.append(Receiver(*script, per_message=True))
         return receivers[-1]
 
     yield make
@@ -44,11 +45,11 @@ def submit(api, seed: int, headers=None, **fields):
 
 
 def events_for(hook: Receiver, analysis_id: str) -> list[dict]:
-    return [r for r in hook.requests if json.loads(r["body"])["data"].get("id") == analysis_id]
+    return [r for r in hook.requests if json.loads(r.body)["data"].get("id") == analysis_id]
 
 
 def types_of(requests: list[dict]) -> list[str]:
-    return sorted(json.loads(r["body"])["type"] for r in requests)
+    return sorted(json.loads(r.body)["type"] for r in requests)
 
 
 def test_each_webhook_gets_its_own_analysis_signed_and_filtered(api, worker, beat, receiver, wait):
@@ -66,7 +67,7 @@ def test_each_webhook_gets_its_own_analysis_signed_and_filtered(api, worker, bea
     assert b["webhook"]["events"] == [] and b["webhook"]["secret"] != a["webhook"]["secret"]
 
     # Every event of both analyses has reached the tenant-wide endpoint (report_ready is last).
-    wait(lambda: {a["id"], b["id"]} <= {json.loads(r["body"])["data"]["id"]
+    wait(lambda: {a["id"], b["id"]} <= {json.loads(r.body)["data"]["id"]
                                          for r in tenant_wide.of_type("analysis.report_ready")},
          timeout=240, message="both reports' events at the tenant-wide endpoint")
     wait(lambda: len(hook_b.requests) >= 2 and hook_a.requests, timeout=60, message="the per-request webhooks")
@@ -83,11 +84,11 @@ def test_each_webhook_gets_its_own_analysis_signed_and_filtered(api, worker, bea
     # Signed with the secret from the submission's answer, exactly as a registered endpoint.
     for hook, secret in ((hook_a, a["webhook"]["secret"]), (hook_b, b["webhook"]["secret"])):
         for request in hook.requests:
-            Webhook(secret).verify(request["body"], request["headers"])
+            Webhook(secret).verify(request.body, request.headers)
     with pytest.raises(WebhookVerificationError):
-        Webhook(registered["secret"]).verify(hook_a.requests[0]["body"], hook_a.requests[0]["headers"])
+        Webhook(registered["secret"]).verify(hook_a.requests[0].body, hook_a.requests[0].headers)
     # The tenant-wide endpoint still gets everything, both analyses.
-    assert {json.loads(r["body"])["data"]["id"] for r in tenant_wide.requests} == {a["id"], b["id"]}
+    assert {json.loads(r.body)["data"]["id"] for r in tenant_wide.requests} == {a["id"], b["id"]}
 
     # The per-request endpoint has a delivery log; it is not in the tenant's endpoint list.
     endpoint = api.get(f"/v1/webhook-endpoints/{a['webhook']['id']}").json()

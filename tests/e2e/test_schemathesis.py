@@ -20,7 +20,7 @@ import sys
 import uuid
 
 from benchmarks.load import start_api
-from cli.processes import free_port, stop_process
+from devstack import free_port
 from shared.db import session_scope
 from shared.tenants import issue_key
 
@@ -74,7 +74,7 @@ def test_generated_requests_keep_the_whole_contract(settings, context, tmp_path)
             capture_output=True, text=True, timeout=240,
         )
     finally:
-        stop_process(api)
+        api.stop()
     print(result.stdout[-3000:])
     (tmp_path / "schemathesis.txt").write_text(result.stdout)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess
@@ -16,19 +15,17 @@ import httpx
 import psutil
 import pytest
 
+from devstack import UpProcess
 from worker.pipeline.synthetic import encode_jpeg, make_lesion
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _env(data_dir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DERMASENTINEL_")}
-    env.update(DERMASENTINEL_DATA_DIR=str(data_dir), DERMASENTINEL_SEG_SIZE="128", DERMASENTINEL_CLS_SIZE="128")
-    return env
+SMALL = {"SEG_SIZE": "128", "CLS_SIZE": "128"}
 
 
 @pytest.fixture
-def data_dir():
+def data_dir(starts_services):
     # Not under pytest's tmp_path: a concurrent pytest run resets its root to 0700, which
     # locks the Postgres account (when run as root) out of its data directory.
     folder = Path(tempfile.mkdtemp(prefix="dermasentinel-test-up-"))
@@ -37,12 +34,10 @@ def data_dir():
 
 
 def test_up_runs_the_demo_end_to_end_and_stops_cleanly(data_dir):
-    run = subprocess.run(
-        [sys.executable, "-m", "cli.main", "up", "--port", "0", "--exit-after-demo"],
-        env=_env(data_dir), cwd=ROOT, capture_output=True, text=True, timeout=400,
-    )
-    out = run.stdout + run.stderr
-    assert run.returncode == 0, out[-4000:]
+    run = UpProcess(data_dir, settings=SMALL, args=["--exit-after-demo"])
+    returncode = run.run(timeout=400)
+    out = run.console()
+    assert returncode == 0, out[-4000:]
     assert "development API key: dsk_" in out
     assert "demo: analysis" in out and "succeeded" in out
     assert "weights=untrained" in out and "segmenter=classical" in out
@@ -55,59 +50,12 @@ def test_up_runs_the_demo_end_to_end_and_stops_cleanly(data_dir):
     assert "stopped." in out
 
 
-class RunningUp:
-    """`dermasentinel up` in the background, its console in a file, ready to be poked at."""
-
-    def __init__(self, data_dir: Path, console: Path):
-        self.data_dir, self.console_path = data_dir, console
-        with console.open("wb") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "cli.main", "up", "--port", "0"],
-                env=_env(data_dir), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            )
-        self.api_url = self._wait_ready()
-        self.api_key = self.stack_env()["DERMASENTINEL_API_KEY"]
-
-    def stack_env(self) -> dict[str, str]:
-        return dict(line.split("=", 1) for line in (self.data_dir / "stack.env").read_text().splitlines())
-
-    def console(self) -> str:
-        return self.console_path.read_text(errors="replace")
-
-    def _wait_ready(self) -> str:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, self.console()[-3000:]
-            if "DermaSentinel is running at" in self.console():
-                return self.stack_env()["DERMASENTINEL_API_URL"]
-            time.sleep(0.5)
-        raise AssertionError(f"the stack never became ready:\n{self.console()[-3000:]}")
-
-    def child(self, text: str) -> psutil.Process:
-        """The direct child of `up` whose command line (or process title) contains `text`."""
-        for child in psutil.Process(self.process.pid).children():
-            if text in " ".join(child.cmdline()):
-                return child
-        raise AssertionError(f"no child of up runs {text!r}")
-
-    def wait_console(self, text: str, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while text not in self.console():
-            assert time.monotonic() < deadline, f"{text!r} never appeared:\n{self.console()[-3000:]}"
-            time.sleep(0.2)
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-
-
 @pytest.fixture
 def running_up(data_dir):
-    started = []
+    started: list[UpProcess] = []
 
-    def start() -> RunningUp:
-        started.append(RunningUp(data_dir, data_dir.parent / "console.log"))
+    def start() -> UpProcess:
+        started.append(UpProcess(data_dir, settings=SMALL).start(timeout=180))
         return started[-1]
 
     yield start
@@ -126,7 +74,7 @@ def test_up_restarts_what_dies_serves_jobs_and_stops_everything_on_sigterm(runni
     assert {"database", "broker", "object_store"} <= set(ready["checks"])
 
     gpu_worker, redis_server = up.child("--role gpu"), up.child("redis-server")
-    redis_port = urlsplit(up.stack_env()["DERMASENTINEL_BROKER_URL"]).port
+    redis_port = urlsplit(up.stack_env()["BROKER_URL"]).port
 
     gpu_worker.kill()
     redis_server.kill()
@@ -158,7 +106,7 @@ def test_up_restarts_what_dies_serves_jobs_and_stops_everything_on_sigterm(runni
     # A client command reaches this stack through stack.env, with no exports.
     tenants = subprocess.run(
         [sys.executable, "-m", "cli.main", "tenants", "create", "clinic-a"],
-        env=_env(up.data_dir), cwd=ROOT, capture_output=True, text=True, timeout=60,
+        env=up.env, cwd=ROOT, capture_output=True, text=True, timeout=60,
     )
     assert tenants.returncode == 0, tenants.stderr
     assert "dsk_" in tenants.stdout

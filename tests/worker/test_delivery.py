@@ -5,16 +5,13 @@ import shutil
 import socket
 import ssl
 import subprocess
-import sys
-import threading
 import time
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
 from standardwebhooks import Webhook
 
+from devstack.receiver import Receiver, Reply
 from shared import ssrf
 from shared.ssrf import parse_allow_cidrs
 from shared.webhook_signing import generate_secret, new_message_id
@@ -37,114 +34,12 @@ BODY = json.dumps(
 )
 
 
-@dataclass
-class Recorded:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: str
-
-
-@dataclass
-class Reply:
-    status: int
-    body: bytes = b""
-    headers: dict[str, str] = field(default_factory=dict)
-    delay_s: float = 0.0
-    drip_headers_s: float = 0.0
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: "_ReceiverServer"
-
-    def do_POST(self) -> None:
-        self._handle()
-
-    def do_GET(self) -> None:
-        self._handle()
-
-    def _handle(self) -> None:
-        length = int(self.headers.get("content-length") or 0)
-        body = self.rfile.read(length).decode("utf-8")
-        reply = self.server.next_reply(
-            Recorded(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
-        )
-        if reply.delay_s:
-            time.sleep(reply.delay_s)
-        if reply.drip_headers_s:
-            self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Drip: ")
-            stop = time.monotonic() + reply.drip_headers_s
-            while time.monotonic() < stop:
-                self.wfile.write(b"a")
-                time.sleep(0.05)
-            return
-        self.send_response(reply.status)
-        for name, value in reply.headers.items():
-            self.send_header(name, value)
-        self.send_header("content-length", str(len(reply.body)))
-        self.end_headers()
-        self.wfile.write(reply.body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-class _ReceiverServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, address: tuple[str, int], replies: list[Reply]) -> None:
-        super().__init__(address, _Handler)
-        self.replies = list(replies)
-        self.requests: list[Recorded] = []
-        self.connections = 0
-        self._lock = threading.Lock()
-
-    def next_reply(self, request: Recorded) -> Reply:
-        with self._lock:
-            self.requests.append(request)
-            return self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
-
-    def handle_error(self, request, client_address) -> None:
-        # Clients hanging up early (timeouts, the 1 KiB excerpt) are what several tests do.
-        if not isinstance(sys.exception(), ConnectionError):
-            super().handle_error(request, client_address)
-
-    def process_request(self, request, client_address) -> None:
-        self.connections += 1
-        super().process_request(request, client_address)
-
-
-class Receiver:
-    """A real HTTP server on a loopback address, answering with scripted replies."""
-
-    def __init__(self, *replies: Reply, host: str = "127.0.0.1", port: int = 0, tls: ssl.SSLContext | None = None):
-        self.server = _ReceiverServer((host, port), list(replies) or [Reply(200)])
-        if tls is not None:
-            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
-        self.host, self.port = self.server.server_address[:2]
-        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-        self._thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}/hooks/dermasentinel"
-
-    @property
-    def requests(self) -> list[Recorded]:
-        return self.server.requests
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def receivers():
     started: list[Receiver] = []
 
     def start(*replies: Reply, **kwargs) -> Receiver:
-        receiver = Receiver(*replies, **kwargs)
+        receiver = Receiver(*replies, path="/hooks/dermasentinel", keep_alive=True, **kwargs)
         started.append(receiver)
         return receiver
 
@@ -389,7 +284,7 @@ def test_deliveries_per_second_to_a_fast_receiver_over_one_reused_client(receive
         assert result.ok
     rate = count / (time.perf_counter() - started)
     print(f"\nwebhook deliveries/s (sequential, one DeliveryClient, loopback): {rate:.0f}")
-    assert receiver.server.connections == 1, "keep-alive connection should be reused"
+    assert receiver.connections == 1, "keep-alive connection should be reused"
     assert rate > 50
 
 

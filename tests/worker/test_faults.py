@@ -7,8 +7,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 import uuid
 from datetime import timedelta
@@ -17,7 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 from sqlalchemy import func, select, update
 
-from cli.processes import free_port, stop_process
+from devstack import child_env, free_port, start_worker
 from shared import lifecycle
 from shared.clock import utcnow
 from shared.context import AppContext
@@ -35,7 +33,7 @@ from shared.jobs import (
 )
 from shared.storage import IMAGES, image_key
 from shared.tables import Analysis, AnalysisStatus, Event, Report
-from tests.conftest import ROOT, settings_env, wait_for
+from tests.conftest import wait_for
 from worker.analysis import release
 from worker.maintenance import broker_queue_length, sweep
 from worker.pipeline.synthetic import encode_jpeg, make_lesion
@@ -298,12 +296,7 @@ def isolated(services, settings, context, tmp_path):
 
 def _start_gpu_worker(settings, log_path, **env_overrides):
     """The GPU worker exactly as `dermasentinel up` starts it."""
-    env = {**settings_env(settings), **env_overrides}
-    with log_path.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "worker", "--role", "gpu"],
-            env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+    return start_worker({**child_env(settings), **env_overrides}, log_path, role="gpu")
 
 
 def _census(settings):
@@ -355,7 +348,7 @@ def test_a_gpu_worker_whose_pool_process_is_killed_runs_jobs_again(isolated, tmp
         assert _row(ctx, held).attempt == 2
         assert process.poll() is None
     finally:
-        stop_process(process, grace=15)
+        process.stop(grace=15)
 
 
 def test_a_gpu_worker_whose_models_cannot_load_says_so_and_does_not_loop(isolated, tmp_path):
@@ -383,4 +376,4 @@ def test_a_gpu_worker_whose_models_cannot_load_says_so_and_does_not_loop(isolate
         assert (row.status, row.attempt) == ("queued", 0), "the job waits for a worker that has its models"
         assert "could not be loaded" in log_path.read_text()
     finally:
-        stop_process(process, grace=15)
+        process.stop(grace=15)
