@@ -254,7 +254,7 @@ def measure_progress(api_url: str, key: str, batch_id: uuid.UUID, requests: int)
 def queue_bulk(context: AppContext, tenant_id: uuid.UUID, count: int) -> list[uuid.UUID]:
     ids = [uuid.uuid4() for _ in range(count)]
     key = image_key(tenant_id, ids[0], "jpg")
-    image = encode_jpeg(make_lesion(seed=1, size=(240, 320), radius_frac=0.22).image)
+    image = encode_jpeg(make_lesion(seed=1, size=(256, 320), radius_frac=0.22).image)
     context.store.put(IMAGES, key, image, "image/jpeg")
     now = utcnow()
     rows = [
@@ -287,7 +287,7 @@ def measure_lane(context: AppContext, api_url: str, key: str, tenant_id, bulk: i
             raise RuntimeError("the worker never picked up the bulk lane")
         time.sleep(0.2)
     results = []
-    images = [encode_jpeg(make_lesion(seed=100 + n, size=(240, 320), radius_frac=0.22).image) for n in range(probes)]
+    images = [encode_jpeg(make_lesion(seed=100 + n, size=(256, 320), radius_frac=0.22).image) for n in range(probes)]
     with httpx.Client(base_url=api_url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as client:
         for n, image in enumerate(images):
             time.sleep(random.Random(n).uniform(0.5, 2.5))  # land at a random point of a GPU pass

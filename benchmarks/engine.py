@@ -299,7 +299,7 @@ def _end_to_end(args: argparse.Namespace, model_dir: Path, scratch: Path, jpegs:
         client = Client(api_url, api_key, timeout=120)
         fields = {"age": 55, "sex": "female", "site": "torso"}
         warm = client.submit(jpegs[0], "warm-up.jpg", fields)  # the GPU worker loads its models
-        client.wait(warm["id"], timeout=1800, interval=0.5)
+        client.wait(str(warm.id), timeout=1800, interval=0.5)
         print(f"   warm-up analysis done {time.perf_counter() - started:.0f} s after start", flush=True)
 
         cpu_before = _cpu_by_process(process.pid)
@@ -310,15 +310,15 @@ def _end_to_end(args: argparse.Namespace, model_dir: Path, scratch: Path, jpegs:
         statuses: dict[str, int] = {}
         finals = []
         for analysis in created:
-            final = client.wait(analysis["id"], timeout=3600, interval=1.0)
-            statuses[final["status"]] = statuses.get(final["status"], 0) + 1
+            final = client.wait(str(analysis.id), timeout=3600, interval=1.0)
+            statuses[final.status] = statuses.get(final.status, 0) + 1
             finals.append(final)
         client.close()
         cpu_used = _cpu_delta(cpu_before, _cpu_by_process(process.pid))
         window = time.perf_counter() - first
         # From the first upload to the last completion as the server recorded it (same host
         # clock), so polling the list afterwards does not count.
-        last = max(datetime.fromisoformat(f["completed_at"].replace("Z", "+00:00")).timestamp() for f in finals)
+        last = max(datetime.fromisoformat((f.completed_at or "").replace("Z", "+00:00")).timestamp() for f in finals)
         total = last - first_wall
         worker_rss = _gpu_worker_peak_rss(process.pid)
     finally:
@@ -327,7 +327,7 @@ def _end_to_end(args: argparse.Namespace, model_dir: Path, scratch: Path, jpegs:
         for line in engine_lines[-4:]:
             print("   worker log: " + line.split("engine: ", 1)[1], flush=True)
     rate = len(jpegs) / total
-    backends = sorted({f["model"].get("backend", "?") for f in finals if f.get("model")})
+    backends = sorted({f.model.backend or "?" for f in finals if f.model})
     print(f"   {len(jpegs)} images in {total:.1f} s (uploads {uploads:.1f} s): {rate:.3f} img/s, "
           f"{total / len(jpegs):.3f} s/img; statuses {statuses}; model.backend {backends}", flush=True)
     if worker_rss:

@@ -71,7 +71,7 @@ def measure(context: AppContext, key: str, tenant_id: uuid.UUID, bulk: int, prob
         if time.monotonic() > deadline:
             raise RuntimeError("the worker never picked up the bulk lane")
         time.sleep(0.2)
-    images = [encode_jpeg(make_lesion(seed=100 + n, size=(240, 320), radius_frac=0.22).image) for n in range(probes)]
+    images = [encode_jpeg(make_lesion(seed=100 + n, size=(256, 320), radius_frac=0.22).image) for n in range(probes)]
     results = []
     with httpx.Client(base_url=context.settings.api_url, headers={"Authorization": f"Bearer {key}"},
                       timeout=60) as client:

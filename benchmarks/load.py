@@ -55,6 +55,8 @@ from shared.tenants import issue_key
 from worker.pipeline.synthetic import encode_jpeg, make_lesion
 
 ROOT = Path(__file__).resolve().parent.parent
+# Small on purpose (the API's load is measured, not the networks'): under MIN_IMAGE_SIDE, its
+# analyses end rejected low_resolution, which is all this benchmark needs of the workers.
 SMALL_JPEG = encode_jpeg(make_lesion(seed=7, size=(96, 128)).image)
 CLIENT_TIMEOUT = 30.0
 STILL_UPLOADING = "still uploading at the end"

@@ -40,7 +40,7 @@ def main() -> None:
     def submit(index: int) -> tuple[str, float]:
         created = client.submit(images[index], f"bench-{index}.jpg",
                                 {"age": 30 + index, "sex": "female", "site": "torso"})
-        return created["id"], time.monotonic()
+        return str(created.id), time.monotonic()
 
     with ThreadPoolExecutor(args.concurrency) as pool:
         submitted = list(pool.map(submit, range(args.images)))
@@ -49,7 +49,7 @@ def main() -> None:
     latencies, statuses = [], {}
     for analysis_id, submitted_at in submitted:
         analysis = client.wait(analysis_id, timeout=3600, interval=0.25)
-        statuses[analysis["status"]] = statuses.get(analysis["status"], 0) + 1
+        statuses[analysis.status] = statuses.get(analysis.status, 0) + 1
         latencies.append(time.monotonic() - submitted_at)
     total_s = time.monotonic() - started
     client.close()

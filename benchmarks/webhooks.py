@@ -18,6 +18,7 @@ import argparse
 import statistics
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 from devstack import Receiver, Stack, StackEndpoints, child_env
@@ -27,6 +28,7 @@ from shared.context import AppContext
 from shared.db import session_scope
 from shared.events import record_event
 from shared.migrate import upgrade
+from shared.schemas import WebhookTestData
 from shared.security import secret_box
 from shared.tables import WebhookEndpoint
 from shared.tenants import issue_key
@@ -131,7 +133,7 @@ def main() -> None:
         with session_scope(context.session_factory) as session:
             for i in range(args.events):
                 record_event(session, context.celery, tenant_id=tenant.id, type="analysis.succeeded",
-                             data={"id": f"bench-{i}", "status": "succeeded"})
+                             data=WebhookTestData(endpoint_id=uuid.uuid4(), message=f"bench-{i}"))
         committed = time.monotonic()
         deadline = committed + 600
         while receiver.count < args.events and time.monotonic() < deadline:

@@ -163,6 +163,7 @@ class _DemoRun:
 def run_demo(api_url: str, api_key: str) -> int:
     """Submit one synthetic lesion end to end and print what a user would see."""
     from cli.client import Client
+    from cli.render import demo_problem, demo_summary
     from worker.pipeline.synthetic import encode_jpeg, make_lesion
 
     lesion = make_lesion(seed=7, size=(600, 800), ita=35.0, radius_frac=0.22, irregularity=0.5, variegation=0.6)
@@ -174,23 +175,17 @@ def run_demo(api_url: str, api_key: str) -> int:
             encode_jpeg(lesion.image), "demo-lesion.jpg",
             {"age": 54, "sex": "female", "site": "torso", "external_id": "demo-0001"},
         )
-        analysis = client.wait(analysis["id"], timeout=900)
+        analysis = client.wait(str(analysis.id), timeout=900)
         elapsed = time.monotonic() - started
-        click.echo(f"demo: analysis {analysis['id']} {analysis['status']} in {elapsed:.1f}s")
-        if analysis["status"] != "succeeded":
-            click.echo(f"demo: {analysis.get('rejection') or analysis.get('error')}", err=True)
+        click.echo(f"demo: analysis {analysis.id} {analysis.status} in {elapsed:.1f}s")
+        if analysis.status != "succeeded":
+            click.echo(demo_problem(analysis), err=True)
             return 1
-        result, model = analysis["result"], analysis["model"]
-        click.echo(
-            f"demo: {result['diagnosis']} p={result['probability']:.3f}±{result['uncertainty']:.3f} "
-            f"risk={result['risk_band']} coverage={result['segmentation']['coverage']:.3f} "
-            f"ITA={result['equity']['ita_degrees']:.1f}° ({result['equity']['skin_group']}) "
-            f"segmenter={model['segmenter']} weights={model['weights']}"
-        )
-        click.echo("\n" + result["scribe_note"])
+        for line in demo_summary(analysis):
+            click.echo(line)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            response = client.http.get(f"/v1/analyses/{analysis['id']}/report.pdf")
+            response = client.http.get(f"/v1/analyses/{analysis.id}/report.pdf")
             if response.status_code == 200:
                 out = Path(os.environ.get("DERMASENTINEL_DATA_DIR", ".dermasentinel")) / "demo-report.pdf"
                 out.write_bytes(response.content)

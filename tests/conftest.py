@@ -33,7 +33,9 @@ from devstack import Stack, StackEndpoints, child_env
 from shared.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
-TEST_SIZES = {"seg_size": 128, "cls_size": 128, "tta_views": 5}
+# Small networks and photos keep the suite fast; the minimum photo side drops to 32 px so the
+# synthetic test images are analysed (the 256 px default is tested at the pipeline level).
+TEST_SIZES = {"seg_size": 128, "cls_size": 128, "tta_views": 5, "min_image_side": 32}
 SERVICES_MARK = "services"
 # Programs that are services: a fast-tier test starting one of these is marked wrongly.
 SERVICE_PROGRAMS = {"uvicorn", "celery", "redis-server", "postgres", "initdb", "pg_ctl", "weed", "chromium",
