@@ -18,7 +18,6 @@ and reports key on them. The rules are documented in docs/CLINICAL_RULES.md.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
 from shared.clinical.rules import (
     DIAMETER_THRESHOLD_MM,
@@ -29,8 +28,8 @@ from shared.clinical.rules import (
     operating_threshold,
     skin_group,
 )
+from shared.clinical.shapes import Disposition
 
-Disposition = Literal["urgent_referral", "clinician_review", "routine"]
 URGENT_REFERRAL: Disposition = "urgent_referral"
 CLINICIAN_REVIEW: Disposition = "clinician_review"
 ROUTINE: Disposition = "routine"

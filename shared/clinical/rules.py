@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from shared.schemas.analyses import ModelInfo
+    from shared.clinical.shapes import Provenance
 
 # ---------------------------------------------------------------- decision and risk bands
 
@@ -45,7 +45,7 @@ def high_risk_threshold(threshold: float | None = None) -> float:
     return max(HIGH_RISK_THRESHOLD, operating_threshold(threshold))
 
 
-def threshold_of(model: ModelInfo | None) -> float | None:
+def threshold_of(model: Provenance | None) -> float | None:
     """The operating threshold recorded in an analysis' model provenance, if any."""
     return model.threshold if model is not None else None
 
@@ -196,7 +196,7 @@ WEIGHTS_STATUSES = (UNTRAINED, SYNTHETIC, TRAINED)
 UNKNOWN_WEIGHTS = "unknown"
 
 
-def weights_status(model: ModelInfo | Mapping | None) -> str | None:
+def weights_status(model: Provenance | Mapping | None) -> str | None:
     """The weights status recorded with an analysis; None when no model ran for it."""
     if isinstance(model, Mapping):
         # The stored JSON column as it is (lists and event payloads read it without validating

@@ -40,7 +40,7 @@ from shared.clinical.rules import (
 )
 
 if TYPE_CHECKING:
-    from shared.schemas.analyses import AnalysisResult, ModelInfo
+    from shared.clinical.shapes import Finding, Provenance
 
 # ---------------------------------------------------------------- rejections and advice
 
@@ -176,7 +176,7 @@ def plan(
     return lines
 
 
-def disposition_of(result: AnalysisResult, model: ModelInfo | None) -> DispositionDecision:
+def disposition_of(result: Finding, model: Provenance | None) -> DispositionDecision:
     """The disposition every surface shows for a result: the recorded one, except that weights
     that are not trained always give ``clinician_review`` with ``weights_not_trained`` first and
     without ``MODEL_OUTPUT_REASONS``; a result stored before dispositions existed gets
@@ -205,7 +205,7 @@ def reason_sentences(decision: DispositionDecision) -> list[str]:
     return [REASON_TEXT.get(code, code) for code in decision.reasons]
 
 
-def plan_for(result: AnalysisResult, model: ModelInfo | None) -> list[str]:
+def plan_for(result: Finding, model: Provenance | None) -> list[str]:
     """The PLAN of an analysis' result, from its disposition (``disposition_of``): what its
     scribe note says, FHIR recommends, the PDF prints and a grounded answer quotes."""
     decision = disposition_of(result, model)

@@ -20,7 +20,8 @@ DOC = (ROOT / "docs" / "CLINICAL_RULES.md").read_text()
 # Re-exported name by name by shared/clinical/__init__.py.
 RE_EXPORTED = ("rules", "wording", "vocabulary")
 # Read as a module (``from shared.clinical import disposition``): its ``review_reasons`` is not rules'.
-MODULES = (*RE_EXPORTED, "disposition")
+# ``shapes`` holds the structural types the rules read (they name no schema type).
+MODULES = (*RE_EXPORTED, "disposition", "shapes")
 
 # | `NAME` | `value` | `module` | rule |
 CONSTANT_ROW = re.compile(r"^\| `([A-Z][A-Z0-9_]*)` \| `(.+?)` \| `(\w+)` \|", re.MULTILINE)
