@@ -38,6 +38,7 @@ from sqlalchemy import delete, insert, select, text, update
 
 from devstack import Stack, StackEndpoints, child_env, free_port, start_api, start_worker
 from shared import clinical
+from shared.clinical import disposition
 from shared.clock import utcnow
 from shared.config import Settings
 from shared.context import AppContext
@@ -121,18 +122,33 @@ def bench_stack(**overrides) -> Iterator[tuple[AppContext, str, uuid.UUID, Path]
 
 
 def _result(rng: random.Random, probability: float) -> dict:
+    """A stored result of the full shape the pipeline writes (the API reads it typed)."""
     group = rng.choice(SKIN_GROUPS)
     return {
         "diagnosis": clinical.diagnosis(probability),
         "probability": probability,
         "uncertainty": rng.uniform(0.0, 0.25),
+        "tta_probabilities": [probability] * 5,
         "risk_band": clinical.risk_band(probability),
+        "segmentation": {"coverage": rng.uniform(0.05, 0.4)},
+        "concepts": {"asymmetry": rng.random(), "border": rng.random(), "color": rng.random(),
+                     "diameter_px": rng.uniform(50, 400), "diameter_mm": None},
         "equity": {
             "ita_degrees": rng.uniform(-40, 60),
             "skin_group": group,
             "bias_warning": clinical.group_bias_warning(group),
         },
+        "quality": {"blur_score": rng.uniform(100, 400)},
+        "disposition": rng.choice(disposition.DISPOSITIONS),
+        "disposition_reasons": [],
     }
+
+
+def _model(rng: random.Random) -> dict:
+    """A stored provenance: trained or untrained weights, half each."""
+    weights = rng.choice(("trained", "untrained"))
+    fusion = {"name": "fusion-effnet-b3", "version": "bench", "sha256": None, "seed": 0}
+    return {"segmenter": "classical", "weights": weights, "scalpel": None, "fusion": fusion, "version": "bench"}
 
 
 def insert_batch(
@@ -157,7 +173,7 @@ def insert_batch(
             image_key=image_key(tenant_id, analysis_id, "jpg"), image_sha256=f"{n:064x}",
             image_content_type="image/jpeg", image_width=640, image_height=480,
             created_at=created, updated_at=created, enqueued_at=created,
-            status="queued", result=None, rejection=None, error=None, probability=None,
+            status="queued", result=None, rejection=None, error=None, probability=None, model=None,
             started_at=None, completed_at=None,
         )
         if share < 0.70:
@@ -165,7 +181,8 @@ def insert_batch(
             row.update(started_at=finished - timedelta(seconds=2), completed_at=finished)
             if share < 0.60:
                 probability = rng.random()
-                row.update(status="succeeded", result=_result(rng, probability), probability=probability)
+                row.update(status="succeeded", result=_result(rng, probability), probability=probability,
+                           model=_model(rng))
             elif share < 0.65:
                 row.update(status="rejected", rejection={"code": "blurry", "detail": "blur score 12 < 100"})
             elif share < 0.66:
@@ -209,7 +226,12 @@ def plans(context: AppContext, batch_id: uuid.UUID) -> list[str]:
     """The indexes Postgres uses for the two progress queries."""
     since = utcnow() - timedelta(minutes=5)
     queries = {
-        "counts": ("SELECT status, count(*) FROM analyses WHERE batch_id = :b GROUP BY status", {"b": batch_id}),
+        # lifecycle.batch_tally: statuses, shown dispositions and weights from the index alone.
+        "counts": (
+            "SELECT status, shown_disposition, weights_status, count(*) FROM analyses WHERE batch_id = :b "
+            "GROUP BY status, shown_disposition, weights_status",
+            {"b": batch_id},
+        ),
         "throughput": (
             "SELECT count(*), min(completed_at) FROM analyses WHERE batch_id = :b AND completed_at >= :t",
             {"b": batch_id, "t": since},

@@ -9,6 +9,7 @@ from datetime import datetime
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    Computed,
     DateTime,
     Float,
     ForeignKey,
@@ -23,6 +24,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from shared.clinical.disposition import CLINICIAN_REVIEW
+from shared.clinical.rules import TRAINED
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -100,12 +104,23 @@ class Batch(Base):
     canceled_at: Mapped[datetime | None] = mapped_column(TZ)
 
 
+# The generated columns of ``analyses`` (migration 0010 writes the same expressions).
+WEIGHTS_STATUS_SQL = "model ->> 'weights'"
+SHOWN_DISPOSITION_SQL = (
+    "CASE WHEN status = 'succeeded' THEN "
+    f"CASE WHEN (model ->> 'weights') IS DISTINCT FROM '{TRAINED}' THEN '{CLINICIAN_REVIEW}' "
+    "ELSE result ->> 'disposition' END END"
+)
+
+
 class Analysis(Base):
     __tablename__ = "analyses"
     __table_args__ = (
         UniqueConstraint("tenant_id", "idempotency_key", name="uq_analyses_tenant_idempotency_key"),
         Index("ix_analyses_tenant_created", "tenant_id", "created_at", "id"),
-        Index("ix_analyses_batch_status", "batch_id", "status"),
+        # Batch progress, the triage summary and `batch.completed` count statuses, shown
+        # dispositions and weights from this index alone (no row, no JSON is read).
+        Index("ix_analyses_batch_tally", "batch_id", "status", "shown_disposition", "weights_status"),
         # Batch throughput: items finished in the last minutes, without a scan of the batch.
         Index("ix_analyses_batch_completed", "batch_id", "completed_at"),
         Index("ix_analyses_tenant_external", "tenant_id", "external_id"),
@@ -166,6 +181,13 @@ class Analysis(Base):
     error: Mapped[dict | None] = mapped_column(JSONB)
     model: Mapped[dict | None] = mapped_column(JSONB)
     probability: Mapped[float | None] = mapped_column(Float)
+    # Kept by Postgres from the stored JSON (generated, stored columns), so whoever writes a row
+    # (the worker, a migration, a test) cannot leave them stale: the weights status, and the
+    # disposition every surface shows (the SQL twin of ``shared.clinical.disposition_of``).
+    weights_status: Mapped[str | None] = mapped_column(Text, Computed(WEIGHTS_STATUS_SQL, persisted=True))
+    shown_disposition: Mapped[str | None] = mapped_column(
+        Text, Computed(SHOWN_DISPOSITION_SQL, persisted=True)
+    )
 
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     request_fingerprint: Mapped[str | None] = mapped_column(String(64))

@@ -10,10 +10,9 @@ from datetime import timedelta
 from typing import Any, TypeVar, cast
 
 from pydantic import BaseModel
-from sqlalchemy import ColumnElement, case, literal, null
+from sqlalchemy import ColumnElement
 
 from shared import clinical
-from shared.clinical import disposition
 from shared.clock import iso, utcnow
 from shared.config import Settings
 from shared.schemas.analyses import (
@@ -31,7 +30,7 @@ from shared.schemas.analyses import (
 from shared.schemas.common import CancelReason
 from shared.schemas.events import AnalysisEventData, CodeOnly, EventRejection, EventResultSummary
 from shared.storage import ARTIFACTS, IMAGES, ObjectStore
-from shared.tables import Analysis, AnalysisStatus
+from shared.tables import Analysis
 
 View = TypeVar("View", bound=BaseModel)
 
@@ -95,13 +94,9 @@ def shown_disposition() -> ColumnElement[str | None]:
     (batch progress, ``batch.completed``, the triage order) without reading each result: null
     but for succeeded analyses; ``clinician_review`` from weights that are not ``trained`` (no
     provenance included); else the stored one (null when stored before dispositions existed).
-    The stored JSON is read by its keys here: the SQL twin of ``clinical.disposition_of``."""
-    weights = Analysis.model["weights"].as_string()
-    return case(
-        (Analysis.status != AnalysisStatus.succeeded.value, null()),
-        (weights.is_distinct_from(clinical.TRAINED), literal(disposition.CLINICIAN_REVIEW)),
-        else_=Analysis.result["disposition"].as_string(),
-    )
+    Postgres keeps it in a generated column (``shared.tables.SHOWN_DISPOSITION_SQL``), the SQL
+    twin of ``clinical.disposition_of``."""
+    return Analysis.shown_disposition.expression
 
 
 def read_model(stored: Mapping[str, Any] | None) -> ModelInfo | None:

@@ -171,7 +171,7 @@ def test_the_risk_order_groups_by_disposition_first():
     sql = str(query.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
     order = sql[sql.index("ORDER BY"):]
     first, rest = order.split("ELSE 3 END", 1)
-    assert "analyses.result ->> 'disposition'" in first
+    assert "analyses.shown_disposition" in first  # the generated column, not the JSON
     assert first.index("'urgent_referral' THEN 0") < first.index("'clinician_review' THEN 1")
     assert first.index("'clinician_review' THEN 1") < first.index("'routine' THEN 2")
     assert rest.index("analyses.status = 'succeeded'") < rest.index("analyses.probability DESC")

@@ -127,3 +127,30 @@ def test_batch_completed_carries_the_counts_per_disposition(context, unit, tenan
     assert data["dispositions"] == DISPOSITIONS
     assert data["counts"]["succeeded"] == 8 and data["counts"]["canceled"] == 1
     assert data["weights"] == {"trained": 5, "untrained": 2, "unknown": 1} and data["weights_warning"]
+
+
+def test_postgres_keeps_the_shown_disposition_and_weights_of_every_row(context, tenant_key):
+    """The generated columns follow the stored JSON on insert and on update, whoever writes it:
+    untrained weights are always clinician review; rows that did not succeed have none."""
+    from sqlalchemy import update
+
+    from shared.db import session_scope
+    from shared.tables import Analysis
+    from tests.e2e.seeding import result_for, seed_analysis
+
+    trained = seed_analysis(context, tenant_key[0], weights="trained",
+                            result=result_for(0.95, disposition="urgent_referral"))
+    untrained = seed_analysis(context, tenant_key[0], weights="untrained",
+                              result=result_for(0.95, disposition="urgent_referral"))
+    rejected = seed_analysis(context, tenant_key[0], status="rejected", weights="trained",
+                             rejection={"code": "blurry", "detail": "x"})
+    with session_scope(context.session_factory) as session:
+        shown = {row.id: (row.shown_disposition, row.weights_status)
+                 for row in session.query(Analysis).filter(Analysis.id.in_([trained, untrained, rejected]))}
+        assert shown[trained] == ("urgent_referral", "trained")
+        assert shown[untrained] == ("clinician_review", "untrained")
+        assert shown[rejected][0] is None
+        session.execute(update(Analysis).where(Analysis.id == trained).values(
+            model={**session.get(Analysis, trained).model, "weights": "synthetic"}))
+    with session_scope(context.session_factory) as session:
+        assert session.get(Analysis, trained).shown_disposition == "clinician_review"
