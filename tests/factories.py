@@ -176,8 +176,14 @@ def bias_warning_dark() -> AnalysisRecord:
     )
 
 
+def _without_result(**changes: Any) -> AnalysisRecord:
+    data = record_data(**changes)
+    data["result"] = None
+    return AnalysisRecord.model_validate(data)
+
+
 def rejected_blurry() -> AnalysisRecord:
-    data = record_data(
+    return _without_result(
         id="9c5b94b1-35ad-49bb-b118-8e8fc24abf80",
         external_id="CLINIC-A-000188",
         status="rejected",
@@ -186,12 +192,10 @@ def rejected_blurry() -> AnalysisRecord:
         inputs={"age": 50, "sex": "female", "site": "head/neck", "pixel_spacing_mm": None},
         rejection={"code": "blurry", "detail": "blur score 12.3 is below the minimum 40.0"},
     )
-    data["result"] = None
-    return AnalysisRecord.model_validate(data)
 
 
 def failed() -> AnalysisRecord:
-    data = record_data(
+    return _without_result(
         id="3d813cbb-47fb-32ba-91df-831e1593ac29",
         external_id=None,
         status="failed",
@@ -200,5 +204,3 @@ def failed() -> AnalysisRecord:
         inputs={"age": 30, "sex": "male", "site": "torso", "pixel_spacing_mm": None},
         error={"code": "storage_unavailable", "detail": "object store did not answer after 5 attempts"},
     )
-    data["result"] = None
-    return AnalysisRecord.model_validate(data)
