@@ -8,6 +8,7 @@ together); only imports under ``if TYPE_CHECKING:`` are left out, since they nev
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -155,3 +156,29 @@ def test_the_checker_sees_a_cycle_and_an_upward_import() -> None:
     assert _cycles({"a": {"b"}, "b": {"a"}, "c": set()}) == [["a", "b"]]
     tree = ast.parse("from cli.main import main\nif TYPE_CHECKING:\n    import benchmarks.engine\n")
     assert _imports(tree, "shared.x", False) == {"cli.main", "cli.main.main"}
+
+
+# Result and provenance fields (issue 20): read as typed attributes, not by string keys.
+RESULT_FIELDS = (
+    "diagnosis", "probability", "uncertainty", "tta_probabilities", "risk_band", "segmentation", "coverage",
+    "concepts", "asymmetry", "border", "color", "diameter_px", "diameter_mm", "equity", "ita_degrees",
+    "skin_group", "bias_warning", "quality", "blur_score", "uncertainty_level", "scribe_note", "result",
+    "weights", "segmenter", "backend", "precision", "scalpel", "fusion", "operating_point", "threshold",
+    "temperature", "banner", "training_data", "model", "disposition", "disposition_reasons",
+    "safety_netting", "notice",
+)
+STRING_KEYED_READ = re.compile(r"""(?:\[\s*|\.get\(\s*)["']({})["']""".format("|".join(RESULT_FIELDS)))
+# Each one left is justified where it stands (a SQL expression over the stored JSON, the JSON a
+# worker hands to ``finish``, a key of the resumable training state, a FHIR element written).
+MAX_STRING_KEYED_READS = 20
+
+
+def test_result_fields_are_read_as_attributes_outside_the_tests() -> None:
+    found = [
+        f"{path.relative_to(ROOT)}:{number}"
+        for package in LAYERS
+        for path in sorted((ROOT / package).rglob("*.py"))
+        for number, line in enumerate(path.read_text().splitlines(), start=1)
+        if STRING_KEYED_READ.search(line)
+    ]
+    assert len(found) <= MAX_STRING_KEYED_READS, "\n".join(found)
