@@ -668,6 +668,7 @@ def test_a_500_logs_no_key_and_no_clinical_field(services, settings, tmp_path, f
             error_id = response.json()["error_id"]
             text_after = _log_text(log_path, waiting_for=error_id)
     written = "\n".join(text_after.splitlines()[before:])
+    print(f"{fmt}: the 500 wrote {len(written.splitlines())} log lines")
     assert written.count("unhandled error") == 1 and error_id in written  # logged once
     # Bounded: at most MAX_CHAIN chained exceptions of MAX_FRAMES frames each (it was ~19,500
     # lines of Rich traceback with every frame's locals in console mode).
