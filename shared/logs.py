@@ -20,6 +20,7 @@ loop only puts a record on a bounded queue.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import copy
 import logging
 import queue
@@ -252,7 +253,9 @@ def stop_background_writer() -> None:
     """Write what is queued and end the writer thread (at exit, and before reconfiguring)."""
     global _listener, _records
     if _listener is not None:
-        _listener.stop()  # writes what is queued, then ends the thread
+        flush()
+        with contextlib.suppress(queue.Full):  # a queue still full: the daemon thread goes with us
+            _listener.stop()  # writes what is queued, then ends the thread
     _listener, _records = None, None
 
 
