@@ -15,16 +15,25 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from fastapi import Request
+from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from psycopg.errors import ForeignKeyViolation
+from sqlalchemy.exc import IntegrityError
+from starlette.types import Scope
 
 from api.capacity import Capacity
-from api.problems import Unauthorized
+from api.problems import Unauthorized, problem_response
 from shared import tenants
 from shared.context import AppContext
 from shared.db import session_scope
 from shared.logs import bind as bind_log_context
 from shared.security import KEY_PREFIX, hash_api_key
+
+# scope["state"] keys: the authenticated tenant's id, and that TenantGate has already checked
+# this request's address against the limit on unknown keys.
+TENANT_ID = "tenant_id"
+UNKNOWN_KEY_CHECKED = "unknown_key_checked"
 
 
 class TenantRef(Protocol):
@@ -44,11 +53,18 @@ class AuthenticatedTenant:
 
 class KeyCache:
     """Key hash → tenant id for a few seconds, so most requests need no key lookup; a revoked
-    key stops working within ``ttl`` seconds."""
+    key stops working within ``ttl`` seconds.
 
-    def __init__(self, ttl: float, max_entries: int = 10_000):
-        self.ttl, self.max_entries = ttl, max_entries
+    Apart from that, the hashes of keys that were valid within ``known_ttl`` seconds (an hour)
+    are remembered as *known*: they still need a lookup once their entry expires, but they are
+    never held back by the limit on unknown keys (``api.ratelimit.Limiter.unknown_key``), so
+    a flood of made-up keys from a shared address cannot lock out a tenant's real ones. A
+    lookup that finds no key forgets it at once."""
+
+    def __init__(self, ttl: float, max_entries: int = 10_000, known_ttl: float = 3600.0):
+        self.ttl, self.max_entries, self.known_ttl = ttl, max_entries, known_ttl
         self._entries: dict[str, tuple[float, uuid.UUID]] = {}
+        self._known: dict[str, tuple[float, uuid.UUID]] = {}
         self._loading: dict[str, asyncio.Future] = {}
 
     async def resolve(self, digest: str, load: Callable[[], Awaitable[uuid.UUID | None]]) -> uuid.UUID | None:
@@ -71,6 +87,8 @@ class KeyCache:
             self._loading.pop(digest, None)
         if tenant_id is not None:
             self.put(digest, tenant_id)
+        else:
+            self._known.pop(digest, None)
         return tenant_id
 
     def get(self, digest: str) -> uuid.UUID | None:
@@ -80,11 +98,29 @@ class KeyCache:
         return entry[1]
 
     def put(self, digest: str, tenant_id: uuid.UUID) -> None:
+        now = time.monotonic()
+        if len(self._known) >= self.max_entries:
+            self._known.clear()
+        self._known[digest] = (now + self.known_ttl, tenant_id)
         if self.ttl <= 0:
             return
         if len(self._entries) >= self.max_entries:
             self._entries.clear()
-        self._entries[digest] = (time.monotonic() + self.ttl, tenant_id)
+        self._entries[digest] = (now + self.ttl, tenant_id)
+
+    def known(self, digest: str) -> uuid.UUID | None:
+        """The tenant this key belonged to when it was last found valid (within ``known_ttl``),
+        whether or not its cache entry is still fresh: who it *probably* is, never who it is."""
+        entry = self._known.get(digest)
+        if entry is None or entry[0] < time.monotonic():
+            return None
+        return entry[1]
+
+    def forget_tenant(self, tenant_id: uuid.UUID) -> None:
+        """Drop every key of a tenant that no longer exists (or may no longer act)."""
+        for table in (self._entries, self._known):
+            for digest in [d for d, (_, owner) in table.items() if owner == tenant_id]:
+                table.pop(digest, None)
 
 
 def _tenant_of_key(context: AppContext, key: str) -> uuid.UUID | None:
@@ -104,14 +140,58 @@ async def authenticate(request: Request, context: AppContext, capacity: Capacity
             headers={"WWW-Authenticate": "Bearer"},
         )
     cache: KeyCache = request.app.state.key_cache
+    limiter = request.app.state.limiter
+    digest = hash_api_key(key)
+    address = client_address(request.scope)
+    # A key neither cached nor known is looked up only while this address is under its limit
+    # of unknown keys (issue 22): a flood of made-up keys is answered 429 before it reaches
+    # the database. TenantGate has already asked for requests it holds.
+    unknown = cache.get(digest) is None and cache.known(digest) is None
+    if unknown and not request.scope.get("state", {}).get(UNKNOWN_KEY_CHECKED):
+        await limiter.unknown_key(address)
 
     async def load() -> uuid.UUID | None:
         async with capacity.auth():
             return await run_in_threadpool(_tenant_of_key, context, key)
 
-    tenant_id = await cache.resolve(hash_api_key(key), load)
+    tenant_id = await cache.resolve(digest, load)
     if tenant_id is None:
+        await limiter.count_unknown_key(address)
         raise Unauthorized("this API key is unknown or revoked", headers={"WWW-Authenticate": "Bearer"})
-    await request.app.state.limiter.tenant_request(request, tenant_id)
+    await limiter.tenant_request(request, tenant_id)
+    request.scope.setdefault("state", {})[TENANT_ID] = tenant_id
     bind_log_context(tenant_id=tenant_id)  # on this request's log lines (docs/OBSERVABILITY.md)
     return AuthenticatedTenant(tenant_id)
+
+
+def client_address(scope: Scope) -> str:
+    """The client's address as uvicorn saw it (behind a proxy, set FORWARDED_ALLOW_IPS so it is
+    the client's, not the proxy's: docs/API_HARDENING.md)."""
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"
+
+
+def _tenant_exists(context: AppContext, tenant_id: uuid.UUID) -> bool:
+    with session_scope(context.session_factory) as session:
+        return tenants.exists(session, tenant_id)
+
+
+def install(app: FastAPI) -> None:
+    """A key whose tenant is gone is a 401, never a 500 (issue 22). Within the key cache's few
+    seconds a deleted tenant's key still authenticates, and its first write fails on the
+    tenant's foreign key: that failure is recognised here (the request's tenant no longer
+    exists), its keys are dropped from the cache, and the answer is 401."""
+
+    @app.exception_handler(IntegrityError)
+    async def _integrity(request: Request, exc: IntegrityError) -> JSONResponse:
+        tenant_id = request.scope.get("state", {}).get(TENANT_ID)
+        if isinstance(exc.orig, ForeignKeyViolation) and tenant_id is not None:
+            context: AppContext = request.app.state.context
+            if not await run_in_threadpool(_tenant_exists, context, tenant_id):
+                request.app.state.key_cache.forget_tenant(tenant_id)
+                return problem_response(
+                    401, Unauthorized.code, Unauthorized.title,
+                    "this API key's tenant no longer exists; nothing was saved",
+                    request.url.path, headers={"WWW-Authenticate": "Bearer"},
+                )
+        raise exc

@@ -8,7 +8,6 @@ it is refused is here, once, with the schema the OpenAPI document shows for the 
 
 from __future__ import annotations
 
-import json
 import re
 import uuid
 from typing import Any
@@ -21,6 +20,7 @@ from api.auth import TenantRef
 from api.problems import BadRequest, PayloadTooLarge, Unprocessable
 from api.services import webhook_endpoints
 from api.services.analyses import RequestWebhook
+from shared import json_limits
 from shared.context import AppContext
 from shared.schemas import CANCEL_AFTER_SCHEMA, AnalysisInputs, RequestWebhookIn, parse_duration
 
@@ -147,12 +147,38 @@ async def read_json_fields(request: Request, max_bytes: int) -> dict[str, Any]:
         if len(body) > max_bytes:
             raise PayloadTooLarge(f"the request body is larger than {max_bytes // 1024} KiB")
     try:
-        fields = json.loads(body)
+        fields = json_limits.loads(body, object_pairs_hook=_refuse_duplicate_names)
+    except json_limits.JsonTooDeep as exc:
+        raise BadRequest(f"the JSON body {exc}; send a flat object with an upload_id") from None
+    except DuplicateField as exc:
+        raise duplicate_field(exc.name) from None
     except ValueError:
         raise BadRequest("the body is not valid JSON") from None
     if not isinstance(fields, dict):
         raise BadRequest("the body must be a JSON object with an upload_id")
     return fields
+
+
+class DuplicateField(ValueError):
+    def __init__(self, name: str):
+        super().__init__(name)
+        self.name = name
+
+
+def _refuse_duplicate_names(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object, refusing a name given twice (``json`` would keep the last silently)."""
+    fields: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in fields:
+            raise DuplicateField(name)
+        fields[name] = value
+    return fields
+
+
+def duplicate_field(name: str) -> Unprocessable:
+    """422 naming a field sent more than once (issue 22: never "last one wins")."""
+    shown = name.replace("\x00", "")[:100]
+    return field_error(shown, "was sent more than once; send each field once")
 
 
 def is_json(request: Request) -> bool:

@@ -14,9 +14,10 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
-from api import problems
+from api import auth, problems
 from api.auth import KeyCache
 from api.capacity import Capacity, api_database_settings
+from api.metrics import ApiMetrics
 from api.middleware import BodyGuard, Edge, RequestDeadline, TenantGate
 from api.multipart import return_image_memory_promptly
 from api.openapi import contract, docs, webhooks
@@ -50,7 +51,9 @@ TAGS = [
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    configure_logging(settings)  # uvicorn's own loggers too, in LOG_FORMAT (docs/OBSERVABILITY.md)
+    # uvicorn's own loggers too, in LOG_FORMAT, written by a thread of their own so that no
+    # line (a traceback least of all) is formatted on the event loop (docs/OBSERVABILITY.md).
+    configure_logging(settings, background=True)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -61,8 +64,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         context = AppContext(api_database_settings(settings))
         context.store.ensure_buckets()
         app.state.context = context
+        app.state.metrics.start()  # on METRICS_PORT, never the public port (issue 22)
         yield
         await app.state.limiter.close()
+        app.state.metrics.close()
         context.close()
 
     # Swagger UI and ReDoc assets come from the fastapi-offline package (mounted at
@@ -81,7 +86,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.capacity = Capacity(settings)
     app.state.key_cache = KeyCache(settings.auth_cache_seconds)
     app.state.limiter = Limiter(settings)
+    app.state.metrics = ApiMetrics(settings)
     problems.install(app)
+    auth.install(app)  # issue 22: a deleted tenant's cached key is a 401, not a 500
     webhooks.install(app)
     contract.install(app)
     docs.install(app)
@@ -90,7 +97,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _install_optional_routers(app)
     # Added last, runs first: Edge wraps everything, BodyGuard runs before any route, and
     # TenantGate lets only a few requests further at once, fairly between tenants.
-    app.add_middleware(TenantGate, key_cache=app.state.key_cache, capacity=app.state.capacity)
+    app.add_middleware(
+        TenantGate, key_cache=app.state.key_cache, capacity=app.state.capacity, limiter=app.state.limiter
+    )
     app.add_middleware(RequestDeadline, settings=settings)  # issue 11: 503 when a dependency stalls
     app.add_middleware(BodyGuard, settings=settings)
     app.add_middleware(Edge, settings=settings)

@@ -15,6 +15,7 @@ import logging
 import re
 import time
 import uuid
+from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
 from prometheus_client import Counter, Histogram
@@ -22,13 +23,22 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.auth import KeyCache
+from api.auth import UNKNOWN_KEY_CHECKED, KeyCache, client_address
 from api.capacity import HOLDS_PLACE, Capacity
-from api.problems import Overloaded, PayloadTooLarge, Problem, RequestTimeout, Unprocessable, problem_response
-from api.ratelimit import STATE_HEADERS
+from api.problems import (
+    BadRequest,
+    PayloadTooLarge,
+    Problem,
+    RequestTimeout,
+    Unprocessable,
+    problem_response,
+)
+from api.ratelimit import STATE_HEADERS, Limiter
+from shared import json_limits
 from shared.config import Settings
+from shared.logs import HIDE_EXCEPTION_MESSAGE
 from shared.logs import bind as bind_log_context
-from shared.security import hash_api_key
+from shared.security import KEY_PREFIX, hash_api_key
 
 log = logging.getLogger(__name__)
 
@@ -104,11 +114,19 @@ class Edge:
             await self.app(scope, receive, send_with_headers)
         except ClientDisconnect:
             status = 499  # nobody left to answer; counted, not logged as a bug
-        except Exception:
-            # Path and method only: ids, never PHI. The traceback is for us, the id for the caller.
-            log.exception("unhandled error %s on %s %s", request_id, scope.get("method"), _route(scope))
+        except Exception as exc:
+            # Path and method only: ids, never PHI. The traceback is for us, the id for the
+            # caller: written once, here, bounded, without locals or the exception's message
+            # (which can quote SQL parameters, a form value or the key), by the log writer's
+            # thread, not this event loop (shared.logs; issue 22).
+            log.error(
+                "unhandled error %s on %s %s", request_id, scope.get("method"), _route(scope),
+                exc_info=exc, extra={HIDE_EXCEPTION_MESSAGE: True},
+            )
             if response_started:
-                raise
+                # Too late for a 500: the answer is cut short (uvicorn closes the connection).
+                # Not raised again, or the server would log it a second time, message and all.
+                return
             response = problem_response(
                 500,
                 "internal_error",
@@ -140,13 +158,16 @@ class TenantGate:
     body does not keep it. Uploads are not held here while their body streams (they have their
     own per-tenant quota, ``CONCURRENT_UPLOADS``, and may trickle for minutes); they take a
     place for each step after it has arrived (``api.capacity.Capacity.request``). The tenant is
-    the cached owner of the presented key, else the key itself (its hash); requests without a
-    bearer key pass to the route, which answers 401."""
+    the owner of the presented key (cached, or known from an earlier lookup); a key never seen
+    valid counts as its client address's, and is first checked against that address's limit
+    on unknown keys (issue 22: 429 here, holding no place, before any lookup). Requests
+    without a well-formed bearer key pass to the route, which answers 401 without a lookup."""
 
-    def __init__(self, app: ASGIApp, key_cache: KeyCache, capacity: Capacity) -> None:
+    def __init__(self, app: ASGIApp, key_cache: KeyCache, capacity: Capacity, limiter: Limiter) -> None:
         self.app = app
         self.key_cache = key_cache
         self.capacity = capacity
+        self.limiter = limiter
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         owner = self._owner(scope) if scope["type"] == "http" else None
@@ -155,8 +176,11 @@ class TenantGate:
             return
         places = self.capacity.requests
         try:
+            if isinstance(owner, UnknownKey):
+                await self.limiter.unknown_key(owner.address)
+                scope.setdefault("state", {})[UNKNOWN_KEY_CHECKED] = True
             await places.acquire(owner, self.capacity.settings.api_db_wait_seconds, "the API is busy")
-        except Overloaded as problem:
+        except Problem as problem:
             response = problem_response(
                 problem.status, problem.code, problem.title, problem.detail, scope.get("path", ""),
                 headers=problem.headers,
@@ -192,11 +216,19 @@ class TenantGate:
             if name == b"authorization":
                 scheme, _, key = value.partition(b" ")
                 key = key.strip()
-                if scheme.lower() != b"bearer" or not key or len(key) > 256:
-                    return None
+                if scheme.lower() != b"bearer" or not key.startswith(KEY_PREFIX.encode()) or len(key) > 256:
+                    return None  # refused by authentication without a lookup
                 digest = hash_api_key(key.decode("latin-1"))
-                return self.key_cache.get(digest) or digest
+                return self.key_cache.get(digest) or self.key_cache.known(digest) or UnknownKey(client_address(scope))
         return None
+
+
+@dataclass(frozen=True)
+class UnknownKey:
+    """The owner, at the gate, of keys never seen valid: one per client address, so a flood of
+    made-up keys is one crowd to the fair gate, not thousands of tenants never served."""
+
+    address: str
 
 
 class RequestDeadline:
@@ -325,7 +357,9 @@ class BodyGuard:
                 await self.app(scope, reader.receive, send)
                 return
             body = await reader.read_all()
-            _refuse_nul_in_json(scope, body)
+            if _parsed_as_json(scope):
+                _refuse_deep_json(body)
+                _refuse_nul_in_json(body)
         except Problem as problem:
             response = problem_response(
                 problem.status, problem.code, problem.title, problem.detail, scope.get("path", ""),
@@ -406,15 +440,28 @@ def _refuse_nul_in_query(scope: Scope) -> None:
             raise _nul_problem(name.replace("\x00", "") or "query")
 
 
-def _refuse_nul_in_json(scope: Scope, body: bytes) -> None:
-    if b"\\u0000" not in body:
-        return
+def _parsed_as_json(scope: Scope) -> bool:
+    """Whether a route would parse this body as JSON: FastAPI does so for a JSON media type
+    and for a body sent with no Content-Type at all."""
     content_type = Headers(scope=scope).get("content-type", "")
-    if "json" not in content_type:
+    return not content_type.strip() or "json" in content_type.lower()
+
+
+def _refuse_deep_json(body: bytes) -> None:
+    """400 for JSON nested deeper than ``MAX_JSON_DEPTH``, before any parser recurses into it
+    (issue 22: ``[[[…"\\u0000"…]]]`` a thousand deep crashed the NUL check below)."""
+    try:
+        json_limits.check_depth(body)
+    except json_limits.JsonTooDeep as exc:
+        raise BadRequest(f"the JSON body {exc}; send a flatter document") from None
+
+
+def _refuse_nul_in_json(body: bytes) -> None:
+    if b"\\u0000" not in body:
         return
     try:
         document = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return  # the route answers malformed JSON itself
     path = _nul_path(document, [])
     if path is not None:

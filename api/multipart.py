@@ -32,6 +32,10 @@ __all__ = ["CleanImage", "UploadedForm", "clean_image", "problem_for", "read_mul
 
 MAX_FIELD_BYTES = 4096
 MAX_FIELDS = 32
+# A part's headers together (Content-Disposition, Content-Type: a few hundred bytes in
+# practice); python-multipart bounds each header line (4 KiB) and their number (8) itself.
+MAX_PART_HEADER_BYTES = 8192
+FILE_FIELDS = frozenset({"image"})
 
 
 @dataclass
@@ -41,13 +45,20 @@ class UploadedForm:
 
 
 class _Collector:
-    def __init__(self, max_file_bytes: int, max_mb: int):
+    """Collects the parts of one form, refusing what the route would otherwise have to guess
+    about: a name sent twice (422 naming it; never "last one wins"), a file where a field is
+    expected or the reverse (422 naming it; never silently dropped), and parts or part headers
+    beyond their limits (400)."""
+
+    def __init__(self, max_file_bytes: int, max_mb: int, file_fields: frozenset[str] = FILE_FIELDS):
         self.form = UploadedForm()
         self.max_file_bytes = max_file_bytes
         self.max_mb = max_mb
+        self.file_fields = file_fields
         self._headers: dict[bytes, bytes] = {}
-        self._header_field = b""
-        self._header_value = b""
+        self._header_field = bytearray()
+        self._header_value = bytearray()
+        self._header_bytes = 0
         self._name: str | None = None
         self._is_file = False
         self._buffer = bytearray()
@@ -55,23 +66,27 @@ class _Collector:
     def callbacks(self) -> MultipartCallbacks:
         return {
             "on_part_begin": self._part_begin,
-            "on_header_field": lambda d, s, e: self._append("_header_field", d[s:e]),
-            "on_header_value": lambda d, s, e: self._append("_header_value", d[s:e]),
+            "on_header_field": lambda d, s, e: self._append(self._header_field, d[s:e]),
+            "on_header_value": lambda d, s, e: self._append(self._header_value, d[s:e]),
             "on_header_end": self._header_end,
             "on_headers_finished": self._headers_finished,
             "on_part_data": self._part_data,
             "on_part_end": self._part_end,
         }
 
-    def _append(self, attr: str, data: bytes) -> None:
-        setattr(self, attr, getattr(self, attr) + data)
+    def _append(self, buffer: bytearray, data: bytes) -> None:
+        self._header_bytes += len(data)
+        if self._header_bytes > MAX_PART_HEADER_BYTES:
+            raise BadRequest(f"a multipart part's headers are longer than {MAX_PART_HEADER_BYTES} bytes")
+        buffer.extend(data)
 
     def _part_begin(self) -> None:
         self._headers, self._buffer, self._name, self._is_file = {}, bytearray(), None, False
+        self._header_bytes = 0
 
     def _header_end(self) -> None:
-        self._headers[self._header_field.lower()] = self._header_value
-        self._header_field, self._header_value = b"", b""
+        self._headers[bytes(self._header_field).lower()] = bytes(self._header_value)
+        self._header_field, self._header_value = bytearray(), bytearray()
 
     def _headers_finished(self) -> None:
         _, options = parse_options_header(self._headers.get(b"content-disposition", b""))
@@ -94,8 +109,16 @@ class _Collector:
             raise BadRequest(f"form field {self._name!r} is longer than {MAX_FIELD_BYTES} bytes")
 
     def _part_end(self) -> None:
+        # Judged once the part is complete (a body cut off inside a part is a framing error, 400).
         if self._name is None:
             return
+        shown = _shown(self._name)
+        if self._name in self.form.fields or self._name in self.form.files:
+            raise _refused(shown, "was sent more than once; send each field once")
+        if self._is_file and self._name not in self.file_fields:
+            raise _refused(shown, "was sent as a file; send it as a plain form field")
+        if not self._is_file and self._name in self.file_fields:
+            raise _refused(shown, "must be sent as a file part (with a filename)")
         if self._is_file:
             self.form.files[self._name] = bytes(self._buffer)
         else:
@@ -110,14 +133,27 @@ class _Collector:
         self._buffer = bytearray()
 
 
-async def read_multipart(request: Request, max_file_bytes: int, max_mb: int) -> UploadedForm:
+def _shown(name: str) -> str:
+    """A part's name as a problem may quote it: no NUL, not unbounded."""
+    return name.replace("\x00", "")[:100] or "form"
+
+
+def _refused(field: str, message: str) -> Unprocessable:
+    return Unprocessable(f"{field}: {message}", errors=[{"field": field, "message": message}])
+
+
+async def read_multipart(
+    request: Request, max_file_bytes: int, max_mb: int, file_fields: frozenset[str] = FILE_FIELDS
+) -> UploadedForm:
+    """The form's fields and files (``file_fields`` name the parts that must be files), read
+    as a stream with every limit enforced while reading."""
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
     if content_type != b"multipart/form-data" or b"boundary" not in options:
         raise UnsupportedMediaType("send the image as multipart/form-data with an 'image' file field")
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_file_bytes + 64 * 1024:
         raise PayloadTooLarge(f"the request is larger than the {max_mb} MB upload limit")
-    collector = _Collector(max_file_bytes, max_mb)
+    collector = _Collector(max_file_bytes, max_mb, file_fields)
     try:
         parser = MultipartParser(options[b"boundary"], collector.callbacks())
         async for chunk in request.stream():

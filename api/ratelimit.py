@@ -92,6 +92,7 @@ class Limiter:
         self.settings = settings
         self.default = TenantLimits(settings.rate_limit, settings.concurrent_uploads)
         parse_many(self.default.requests)  # fail at start-up, not on the first request
+        self.unknown_key_items = parse_many(settings.unknown_key_rate)
         self.overrides = {
             tenant_id: TenantLimits(
                 str(values.get("requests", self.default.requests)),
@@ -152,6 +153,36 @@ class Limiter:
             return Verdict(True, item.amount, item.amount, 0)
         reset_after = max(0, math.ceil(stats.reset_time - time.time()))
         return Verdict(allowed, item.amount, stats.remaining, reset_after)
+
+    async def unknown_key(self, address: str) -> None:
+        """429 when ``address`` is over ``UNKNOWN_KEY_RATE`` of keys that turned out unknown
+        (issue 22). Only tests the windows: what counts is ``count_unknown_key``, after a
+        lookup found nothing, so an address sending valid keys never uses its allowance."""
+        for item in self.unknown_key_items:
+            try:
+                allowed = await self.window.test(item, "unknown-keys", address)
+                if allowed:
+                    continue
+                stats = await self.window.get_window_stats(item, "unknown-keys", address)
+            except (StorageError, OSError, aioredis.RedisError) as exc:
+                cause = getattr(exc, "storage_error", exc)
+                log.warning("rate limiter storage unavailable (%s); letting the request through", type(cause).__name__)
+                return
+            verdict = Verdict(False, item.amount, 0, max(1, math.ceil(stats.reset_time - time.time())))
+            raise RateLimited(
+                f"too many requests with unknown or revoked API keys from this address (at most {item}); "
+                f"check the key, and retry in {verdict.reset_after} s",
+                headers=verdict.headers(),
+            )
+
+    async def count_unknown_key(self, address: str) -> None:
+        """One key from ``address`` was looked up and not found."""
+        try:
+            for item in self.unknown_key_items:
+                await self.window.hit(item, "unknown-keys", address)
+        except (StorageError, OSError, aioredis.RedisError) as exc:
+            cause = getattr(exc, "storage_error", exc)
+            log.warning("rate limiter storage unavailable (%s); an unknown key went uncounted", type(cause).__name__)
 
     async def tenant_request(self, request: Request, tenant_id: uuid.UUID) -> None:
         """Count one API request for the tenant; 429 when over its rate."""

@@ -25,6 +25,15 @@ uvicorn API process with default settings, all on loopback. Then:
 
 The load generator runs on the same machine as the API: on a small machine its own CPU use
 inflates every latency it measures.
+
+    python -m benchmarks.load --unknown-key-flood 40 [--duration 20] [--idle 200] [--unknown-key-rate R]
+
+Issue 22 instead: a victim tenant's sequential GETs (polls and lists), first idle, then while
+a process of its own sends ``--unknown-key-flood`` requests per second (open loop: on time
+whatever the answers) with random well-formed keys, each on a fresh connection. Prints the
+flood's answers by status, the victim's p50/p95 idle and during the flood, and the ratio
+(target: p95 within 2x idle). ``--unknown-key-rate`` sets the API's UNKNOWN_KEY_RATE (e.g.
+``100000/second`` to see the flood without the limit).
 """
 
 from __future__ import annotations
@@ -516,6 +525,93 @@ async def benchmark(url: str, context: AppContext, api_pid: int, args) -> None:
     await memory_phase(url, big, api_pid)
 
 
+# --- issue 22: a flood of unknown keys ------------------------------------------------------
+
+
+async def _flood(url: str, rate: float, duration: float) -> Counter:
+    """``rate`` requests per second for ``duration`` seconds, open loop, each with a new random
+    well-formed key on a fresh connection; their answers by status."""
+    statuses: Counter = Counter()
+    rng = random.Random(22)
+    paths = ["/v1/analyses", "/v1/batches", f"/v1/analyses/{uuid.uuid4()}"]
+
+    async def one() -> None:
+        client = RawClient(url, timeout=10.0)
+        key = "dsk_" + "".join(rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+                               for _ in range(43))
+        statuses[await _raw_timed(client, "GET", rng.choice(paths), {"Authorization": f"Bearer {key}",
+                                                                      "Connection": "close"})] += 1
+        client.close()
+
+    tasks: list[asyncio.Task] = []
+    started = time.perf_counter()
+    sent = 0
+    while (elapsed := time.perf_counter() - started) < duration:
+        due = int(elapsed * rate) + 1
+        while sent < due:
+            tasks.append(asyncio.create_task(one()))
+            sent += 1
+        await asyncio.sleep(max(0.0, sent / rate - (time.perf_counter() - started)))
+    await asyncio.gather(*tasks)
+    return statuses
+
+
+def _flood_process(url: str, rate: float, duration: float, results) -> None:
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        uvloop.install()
+    results.put(asyncio.run(_flood(url, rate, duration)))
+
+
+async def _victim_for(url: str, victim: Tenant, *, count: int | None = None,
+                      duration: float | None = None) -> tuple[Counter, list[float]]:
+    statuses: Counter = Counter()
+    timings: list[float] = []
+    stop = asyncio.Event()
+    async with httpx.AsyncClient(base_url=url, timeout=CLIENT_TIMEOUT) as http:
+        task = asyncio.create_task(victim_requests(http, victim, statuses, timings, stop=stop, count=count))
+        if duration is not None:
+            await asyncio.sleep(duration)
+            stop.set()
+        await task
+    return statuses, timings
+
+
+async def unknown_key_flood(url: str, context: AppContext, api_pid: int, args) -> float:
+    """The victim's GET p95 idle, then during the flood, in this one run; returns the ratio."""
+    (victim,) = new_tenants(context, 1, "victim")
+    seed(url, [victim])
+    await _victim_for(url, victim, count=20)  # warm: connection, key cache, the victim's key known
+
+    print(f"[1] idle: victim tenant, {args.idle} sequential polls/lists")
+    idle_statuses, idle_ms = await _victim_for(url, victim, count=args.idle)
+    idle_p95 = percentile(idle_ms, 0.95)
+    print(f"  statuses {dict(idle_statuses)}; p50 {statistics.median(idle_ms):.1f} ms, p95 {idle_p95:.1f} ms; "
+          f"API RSS {rss_mb(api_pid):.0f} MiB")
+
+    print(f"[2] flood: {args.unknown_key_flood:g} requests/s with random well-formed unknown keys for "
+          f"{args.duration:.0f} s, the victim polling meanwhile")
+    spawn = multiprocessing.get_context("spawn")
+    results = spawn.Queue()
+    flooder = spawn.Process(target=_flood_process, args=(url, args.unknown_key_flood, args.duration, results))
+    flooder.start()
+    await asyncio.sleep(1.0)  # the flood under way before the victim measures
+    flood_statuses, flood_ms = await _victim_for(url, victim, duration=max(1.0, args.duration - 2.0))
+    answers = await asyncio.to_thread(results.get)
+    flooder.join()
+    total = sum(answers.values())
+    by_status = dict(sorted(answers.items(), key=str))
+    print(f"  flood answers: {total} ({total / args.duration:.1f}/s) by status {by_status}")
+    loaded_p95 = percentile(flood_ms, 0.95)
+    ratio = loaded_p95 / idle_p95
+    print(f"  victim: {len(flood_ms)} requests, statuses {dict(flood_statuses)}; p50 "
+          f"{statistics.median(flood_ms):.1f} ms, p95 {loaded_p95:.1f} ms")
+    print(f"  victim p95 idle {idle_p95:.1f} ms, during the flood {loaded_p95:.1f} ms: {ratio:.2f} x idle "
+          f"(target <= 2 x); API RSS {rss_mb(api_pid):.0f} MiB")
+    return ratio
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=500)
@@ -525,6 +621,11 @@ def main() -> None:
     parser.add_argument("--idle", type=int, default=200)
     parser.add_argument("--crowd-nice", type=int, default=0,
                         help="niceness of the crowd's own process (0: same priority as the API)")
+    parser.add_argument("--unknown-key-flood", type=float, default=None, metavar="RATE",
+                        help="issue 22: the victim's p95 idle and during RATE requests/s with unknown keys, "
+                        "instead of the crowd")
+    parser.add_argument("--unknown-key-rate", default=None,
+                        help="the API's UNKNOWN_KEY_RATE for this run (default: the setting's default)")
     args = parser.parse_args()
 
     workdir: Path | None = None
@@ -532,8 +633,14 @@ def main() -> None:
         with bench_context() as (context, workdir, port):
             api = None
             try:
-                api = start_api(context.settings, workdir / "api.log", port)
-                asyncio.run(benchmark(context.settings.api_url, context, api.pid, args))
+                settings = context.settings
+                if args.unknown_key_rate:
+                    settings = settings.model_copy(update={"unknown_key_rate": args.unknown_key_rate})
+                api = start_api(settings, workdir / "api.log", port)
+                if args.unknown_key_flood:
+                    asyncio.run(unknown_key_flood(settings.api_url, context, api.pid, args))
+                else:
+                    asyncio.run(benchmark(context.settings.api_url, context, api.pid, args))
             finally:
                 if api is not None:
                     api.stop()

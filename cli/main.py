@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import click
 
 from shared.clinical.vocabulary import AGE_MAX, AGE_MIN, SEXES
-from shared.config import get_settings
+from shared.config import ENV_PREFIX, get_settings
 from shared.queues import ROLE_QUEUES, queue_list
 
 if TYPE_CHECKING:
@@ -79,9 +79,18 @@ def migrate() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True)
 @click.option("--workers", default=1, show_default=True)
-def api(host: str, port: int, workers: int) -> None:
+@click.option("--metrics-port", type=int, default=None,
+              help="Serve the API's Prometheus metrics on this port, apart from the public one "
+              "(0: any free port; default METRICS_PORT; unset: not served)")
+def api(host: str, port: int, workers: int, metrics_port: int | None) -> None:
     """Serve the HTTP API."""
+    import os
+
     import uvicorn
+
+    if metrics_port is not None:
+        # Read by the app factory's settings, in this process and uvicorn's worker processes.
+        os.environ[ENV_PREFIX + "METRICS_PORT"] = str(metrics_port)
 
     # No access log: query strings can carry client references (external_id); metrics cover traffic.
     uvicorn.run(

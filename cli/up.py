@@ -102,7 +102,7 @@ def run_stack(host: str, port: int, demo: bool, exit_after_demo: bool) -> int:
         # The operator's own DERMASENTINEL_* settings reach every process, under this run's values.
         env = child_env({ENV_PREFIX + k: v for k, v in values.items()}, inherit_settings=True)
         logs = stack.log_dir
-        start_apps(stack, env, host, port)
+        metrics_port = start_apps(stack, env, host, port)
         try:
             stack.wait_ready(api_url, timeout=120.0)
         except ServiceStartError as failure:
@@ -111,7 +111,7 @@ def run_stack(host: str, port: int, demo: bool, exit_after_demo: bool) -> int:
         click.echo("")
         click.echo(f"DermaSentinel is running at {api_url}  (OpenAPI docs: {api_url}/docs)")
         click.echo(f"development API key: {api_key}")
-        click.echo(f"logs: {logs}   stop with Ctrl-C")
+        click.echo(f"logs: {logs}   API metrics: http://{host}:{metrics_port}/metrics   stop with Ctrl-C")
         click.echo("Research use only: DermaSentinel is NOT a certified medical device.")
         # The demo runs beside the supervision loop: restarts must come from the main thread,
         # where children are armed to die with this process.
@@ -138,13 +138,17 @@ def run_stack(host: str, port: int, demo: bool, exit_after_demo: bool) -> int:
         click.echo("stopped.")
 
 
-def start_apps(stack: Stack, env: dict[str, str], host: str, port: int) -> None:
-    """The app's own processes, supervised: the API, a gpu, cpu and io worker, beat."""
-    stack.api(env, host=host, port=port, args=["--no-access-log"], supervised=True)
-    # Each worker serves its own Prometheus metrics (docs/OBSERVABILITY.md), on a port of its own.
+def start_apps(stack: Stack, env: dict[str, str], host: str, port: int) -> int:
+    """The app's own processes, supervised: the API, a gpu, cpu and io worker, beat. Returns the
+    port the API serves its metrics on."""
+    # Every process serves its own Prometheus metrics on a port of its own (docs/OBSERVABILITY.md);
+    # the API never on its public port (issue 22).
+    metrics_port = free_port(host)
+    stack.api(env, host=host, port=port, args=["--no-access-log"], supervised=True, metrics_port=metrics_port)
     for role in ROLES:
         stack.worker(env, role=role, metrics_port=free_port(host), supervised=True)
     stack.beat(env, supervised=True)
+    return metrics_port
 
 
 class _DemoRun:

@@ -72,12 +72,14 @@ def beat_command() -> list[str]:
 
 @dataclass
 class App:
-    """A started app process. `url`: the API's base URL, or a worker's metrics URL if it serves one."""
+    """A started app process. `url`: the API's base URL, or a worker's metrics URL if it serves one;
+    `metrics_url`: the API's metrics URL, on a port of its own, when it serves them."""
 
     name: str
     process: ServiceProcess = field(repr=False)
     url: str | None = None
     stop_grace: float = STOP_GRACE_SECONDS
+    metrics_url: str | None = None
 
     @property
     def pid(self) -> int:
@@ -132,6 +134,17 @@ def start_app(
     return app
 
 
+def api_env(env: Mapping[str, str], url: str, metrics_port: int | None) -> dict[str, str]:
+    """The API's environment: DERMASENTINEL_API_URL where it listens unless `env` names another,
+    and DERMASENTINEL_METRICS_PORT when it serves its metrics on a port of their own."""
+    env = dict(env)
+    if not env.get(ENV_PREFIX + "API_URL"):
+        env[ENV_PREFIX + "API_URL"] = url
+    if metrics_port is not None:
+        env[ENV_PREFIX + "METRICS_PORT"] = str(metrics_port)
+    return env
+
+
 def start_api(
     env: Mapping[str, str],
     log_path: Path,
@@ -143,16 +156,18 @@ def start_api(
     wait: bool = True,
     timeout: float = 60.0,
     cwd: Path | None = None,
+    metrics_port: int | None = None,
 ) -> App:
     """`uvicorn api.main:create_app` on `port` (a free one if None); DERMASENTINEL_API_URL is set
-    to where it listens unless `env` names another. With `wait`, returns once /healthz answers."""
+    to where it listens unless `env` names another. With `metrics_port` it serves its metrics
+    there (`metrics_url`; never on `port`). With `wait`, returns once /healthz answers."""
     port = port or free_port(host)
     url = f"http://{host}:{port}"
-    env = dict(env)
-    if not env.get(ENV_PREFIX + "API_URL"):
-        env[ENV_PREFIX + "API_URL"] = url
-    return start_app(name, api_command(port, host, args), env, log_path, url=url,
-                     ready_url=f"{url}/healthz" if wait else None, timeout=timeout, cwd=cwd)
+    app = start_app(name, api_command(port, host, args), api_env(env, url, metrics_port), log_path, url=url,
+                    ready_url=f"{url}/healthz" if wait else None, timeout=timeout, cwd=cwd)
+    if metrics_port:
+        app.metrics_url = f"http://{LOOPBACK if host in ('0.0.0.0', '::') else host}:{metrics_port}/metrics"
+    return app
 
 
 def start_worker(

@@ -23,10 +23,10 @@ import httpx
 from devstack._ports import LOOPBACK, free_port
 from devstack._process import log_tail
 from devstack.apps import (
-    ENV_PREFIX,
     STOP_GRACE_SECONDS,
     App,
     api_command,
+    api_env,
     beat_command,
     start_api,
     start_app,
@@ -106,16 +106,16 @@ class Stack:
         supervised: bool = False,
         wait: bool = True,
         timeout: float = 60.0,
+        metrics_port: int | None = None,
     ) -> App:
-        """The API (uvicorn) on `port` (a free one if None or 0); see `devstack.apps.start_api`."""
+        """The API (uvicorn) on `port` (a free one if None or 0), its metrics on `metrics_port`
+        if given; see `devstack.apps.start_api`."""
         if supervised:
             port = port or free_port(host)
             url = f"http://{host}:{port}"
-            env = dict(env)
-            if not env.get(ENV_PREFIX + "API_URL"):
-                env[ENV_PREFIX + "API_URL"] = url
-            return self._supervise(name, api_command(port, host, args), env, url)
-        app = start_api(env, self._log(name), port=port, host=host, args=args, name=name, wait=wait, timeout=timeout)
+            return self._supervise(name, api_command(port, host, args), api_env(env, url, metrics_port), url)
+        app = start_api(env, self._log(name), port=port, host=host, args=args, name=name, wait=wait, timeout=timeout,
+                        metrics_port=metrics_port)
         return self._keep(app)
 
     def worker(

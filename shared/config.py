@@ -186,6 +186,9 @@ class Settings(BaseSettings):
     rate_limit: str = "50/second"
     concurrent_uploads: int = Field(default=8, ge=1, le=1000)
     rate_limits_per_tenant: str = ""  # JSON, read by api.ratelimit
+    # Issue 22: API keys that turn out unknown, per client address, counted before a lookup
+    # reaches the database ("5/second;60/minute"; over it: 429 before authentication).
+    unknown_key_rate: str = "5/second;60/minute"
 
     # Direct uploads and expiry (issue 13, docs/UPLOADS_AND_EXPIRY.md).
     upload_url_ttl_seconds: int = Field(default=300, ge=30, le=3600)  # presigned PUT lifetime
@@ -194,9 +197,12 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
     # Observability (issue 13, docs/OBSERVABILITY.md): log lines as JSON, for a person, or
-    # chosen by whether stdout is a terminal; the port a worker serves its /metrics on (None: not served).
+    # chosen by whether stdout is a terminal; the port a worker, or the API, serves its /metrics
+    # on (None: not served; the API never serves them on its public port unless METRICS_TOKEN
+    # is set, and then only to `Authorization: Bearer <token>`; issue 22).
     log_format: Literal["json", "console", "auto"] = "auto"
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    metrics_token: SecretStr = SecretStr("")
 
     @field_validator("database_url")
     @classmethod

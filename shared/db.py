@@ -40,6 +40,9 @@ def make_engine(settings: Settings, **kwargs: Any) -> Engine:
         # A caller that cannot get a connection soon gets an error it can map to 503; it
         # must never hold a thread for half a minute.
         "pool_timeout": settings.db_pool_timeout_seconds,
+        # Error messages name the statement, never its values (patient fields, key hashes):
+        # an exception's text may reach a log (issue 22).
+        "hide_parameters": True,
     }
     if settings.database_url.startswith("postgresql"):
         options["connect_args"] = postgres_connect_args(settings)

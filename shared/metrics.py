@@ -182,8 +182,9 @@ class BacklogCollector:
     def _read_queues(self, family: GaugeMetricFamily) -> bool:
         from shared.jobs import broker_redis
 
-        client = broker_redis(self.settings, timeout=self.timeout)
+        client = None
         try:
+            client = broker_redis(self.settings, timeout=self.timeout)
             with client.pipeline(transaction=False) as pipe:
                 for queue in Queue:
                     pipe.llen(queue.value)
@@ -192,7 +193,8 @@ class BacklogCollector:
             log.warning("queue depth unavailable (%s)", type(exc).__name__)
             return False
         finally:
-            client.close()
+            if client is not None:
+                client.close()
         for queue, length in zip(Queue, lengths, strict=True):
             family.add_metric([queue.value], float(length))
         return True

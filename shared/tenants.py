@@ -79,6 +79,12 @@ def authenticate(session: Session, raw_key: str) -> uuid.UUID | None:
     return row.tenant_id
 
 
+def exists(session: Session, tenant_id: uuid.UUID) -> bool:
+    """Whether the tenant is still there (a deleted tenant's keys may linger in the API's key
+    cache for a few seconds)."""
+    return session.execute(select(Tenant.id).where(Tenant.id == tenant_id)).first() is not None
+
+
 def issue_key(session: Session, tenant_name: str, label: str | None = None) -> tuple[Tenant, str]:
     """Create the tenant if needed and a new API key for it; the key is returned once and
     only its hash is stored."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -20,12 +19,14 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.metrics import ApiMetrics
+from api.problems import Unauthorized
 from shared.context import AppContext
 from shared.jobs import broker_redis, gpu_worker_census, heartbeat_window
-from shared.metrics import BacklogCollector
 from shared.schemas import Liveness, Readiness
 
 log = logging.getLogger(__name__)
@@ -135,23 +136,18 @@ async def readyz(request: Request, optional: str = "") -> JSONResponse:
     return JSONResponse(body, status_code=200 if body["status"] == "ready" else 503)
 
 
-_backlog_lock = threading.Lock()
-
-
-def _backlog_registry(request: Request) -> CollectorRegistry:
-    state = request.app.state
-    with _backlog_lock:
-        if getattr(state, "backlog_registry", None) is None:
-            registry = CollectorRegistry(auto_describe=False)
-            registry.register(BacklogCollector(state.context.settings))
-            state.backlog_registry = registry
-    return state.backlog_registry
-
-
 @router.get("/metrics", include_in_schema=False)
 def metrics(request: Request) -> Response:
     """This API process's HTTP figures, then the whole system's backlog (queue depth per lane,
-    jobs by state, oldest queued job) read from Redis and Postgres. The workers' own figures
-    are on their METRICS_PORT (docs/OBSERVABILITY.md)."""
-    body = generate_latest() + generate_latest(_backlog_registry(request))
-    return Response(body, media_type=CONTENT_TYPE_LATEST)
+    jobs by state, oldest queued job) read from Redis and Postgres: here only with
+    ``METRICS_TOKEN`` set and sent as a bearer token; else on ``METRICS_PORT`` (``api.metrics``).
+    Without a token this path is a 404 like any unknown one. The workers' own figures are on
+    their METRICS_PORT (docs/OBSERVABILITY.md)."""
+    served: ApiMetrics = request.app.state.metrics
+    if not served.token:
+        raise StarletteHTTPException(404, "Not Found")
+    if not served.allows(request.headers.get("authorization")):
+        raise Unauthorized(
+            "send the metrics token as 'Authorization: Bearer …'", headers={"WWW-Authenticate": "Bearer"}
+        )
+    return Response(generate_latest(served.registry), media_type=CONTENT_TYPE_LATEST)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from typing import Annotated, Literal, get_args
 
@@ -16,6 +15,7 @@ from pydantic import (
     WithJsonSchema,
 )
 
+from shared import json_limits
 from shared.schemas.common import DeliveryStatusName, ResponseModel, Timestamp, Url
 
 EventType = Literal[
@@ -50,7 +50,9 @@ def _event_list(value: object) -> object:
         text = value.strip()
         if text.startswith("["):
             try:
-                return json.loads(text)
+                return json_limits.loads(text)
+            except json_limits.JsonTooDeep as exc:
+                raise ValueError(f"{exc}; send a flat JSON array of event names") from None
             except ValueError:
                 raise ValueError("is not a JSON array of event names") from None
         return [part.strip() for part in text.split(",") if part.strip()]

@@ -265,6 +265,18 @@ def test_api_probes_and_service(documents):
     assert _by(documents, "HorizontalPodAutoscaler")["dermasentinel-api"]["spec"]["minReplicas"] >= 2
 
 
+def test_the_api_is_scraped_on_its_metrics_port_which_the_service_does_not_expose(documents):
+    # Issue 22: /metrics is not served on the public port by default.
+    api = _by(documents, "Deployment")["dermasentinel-api"]
+    (container,) = _containers(api)
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    command = container["command"]
+    assert int(command[command.index("--metrics-port") + 1]) == ports["metrics"] != ports["http"]
+    assert api["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == str(ports["metrics"])
+    service = _by(documents, "Service")["dermasentinel-api"]
+    assert [port["targetPort"] for port in service["spec"]["ports"]] == ["http"]
+
+
 def test_workers_have_time_to_finish_their_jobs(documents):
     from shared.config import Settings
 

@@ -35,7 +35,8 @@ def stack(settings, context, tmp_path_factory):
                                       "api_url": f"http://127.0.0.1:{port}", "log_format": "json"})
     started = []
     try:
-        started.append(api := start_api(child_env(own), logs / "api.log", port=port))
+        # Issue 22: the API's metrics are on a port of their own, never on its public port.
+        started.append(api := start_api(child_env(own), logs / "api.log", port=port, metrics_port=free_port()))
         workers = {}
         for role in ("gpu", "cpu", "io"):
             workers[role] = start_worker(child_env(own), logs / f"worker-{role}.log", role=role, concurrency=1,
@@ -46,7 +47,8 @@ def stack(settings, context, tmp_path_factory):
             process.wait_http(process.url, timeout=120)
         wait_for(lambda: httpx.get(f"{api.url}/readyz", timeout=5).status_code == 200, 120,
                  message="the metrics stack to be ready")
-        yield {"api": api.url, "logs": logs, **{role: process.url for role, process in workers.items()}}
+        yield {"api": api.url, "api_metrics": api.metrics_url, "logs": logs,
+               **{role: process.url for role, process in workers.items()}}
     finally:
         for process in reversed(started):
             process.stop()
@@ -106,7 +108,8 @@ def test_every_role_reports_its_series_after_an_analysis_report_webhook_and_uplo
         client.close()
         receiver.close()
 
-    api = scrape(f"{stack['api']}/metrics")
+    assert httpx.get(f"{stack['api']}/metrics", timeout=10).status_code == 404  # not on the public port
+    api = scrape(stack["api_metrics"])
     assert value(api, "dermasentinel_backlog_source_up", source="redis") == 1
     assert value(api, "dermasentinel_backlog_source_up", source="database") == 1
     for lane in ("analyze.interactive", "analyze.bulk", "reports", "webhooks", "ingest", "maintenance"):

@@ -5,12 +5,21 @@ from __future__ import annotations
 import io
 import json
 import logging
+import threading
 
 import pytest
 import structlog
 
 from shared.config import Settings
-from shared.logs import configure_logging, get_logger, log_context
+from shared.logs import (
+    HIDE_EXCEPTION_MESSAGE,
+    MAX_FRAMES,
+    configure_logging,
+    flush,
+    get_logger,
+    log_context,
+    stop_background_writer,
+)
 
 
 @pytest.fixture
@@ -22,6 +31,7 @@ def captured():
         return stream
 
     yield configure
+    stop_background_writer()
     structlog.reset_defaults()
     for handler in list(logging.getLogger().handlers):
         if handler.get_name() == "dermasentinel":
@@ -85,3 +95,76 @@ def test_console_format_is_for_people(captured):
     assert "report rendered" in text and "analysis_id=a-3" in text and "age" not in text
     with pytest.raises(ValueError):
         json.loads(text.splitlines()[0])
+
+
+# --- issue 22: tracebacks bounded, without locals, off the caller's thread ------------------
+
+RAW_KEY = "dsk_Zq3v9Xw8Yt7Us6Rr5Qp4On3Mm2Ll1Kk0JjIiHhGgFfE"
+
+
+def _fail_deep(depth: int, key: str, external_id: str) -> None:
+    # Locals that a traceback printing variables would show: the caller's key, a patient id.
+    if depth:
+        _fail_deep(depth - 1, key, external_id)
+    raise ValueError(f"refused the request of {key}")
+
+
+@pytest.mark.parametrize("fmt", ["console", "json"])
+def test_a_traceback_is_bounded_shows_no_locals_and_masks_keys(captured, fmt):
+    stream = captured(fmt)
+    try:
+        _fail_deep(200, RAW_KEY, "MRN-LOCAL-4711")
+    except ValueError:
+        logging.getLogger("api.middleware").exception("unhandled error")
+    text = stream.getvalue()
+    assert RAW_KEY not in text and RAW_KEY[4:] not in text
+    assert "MRN-LOCAL-4711" not in text
+    assert "dsk_[masked]" in text  # the message is kept, the key in it masked
+    rendered = json.loads(text)["exception"] if fmt == "json" else text
+    assert "earlier frames not shown" in rendered
+    assert rendered.count('  File "') == MAX_FRAMES
+    assert len(rendered.splitlines()) < 3 * MAX_FRAMES
+
+
+@pytest.mark.parametrize("fmt", ["console", "json"])
+def test_a_line_can_drop_the_exception_message(captured, fmt):
+    stream = captured(fmt)
+    message = "INSERT failed for external_id MRN-MSG-0815, age 87"
+    try:
+        raise RuntimeError(message)  # (the traceback shows this source line, not the value)
+    except RuntimeError as exc:
+        logging.getLogger("api.middleware").error("unhandled error", exc_info=exc,
+                                                  extra={HIDE_EXCEPTION_MESSAGE: True})
+    text = stream.getvalue()
+    assert "MRN-MSG-0815" not in text and "RuntimeError" in text and "Traceback" in text
+    assert HIDE_EXCEPTION_MESSAGE not in text
+
+
+def test_background_lines_are_written_by_another_thread_with_the_callers_context():
+    writers: list[str] = []
+
+    class Recording(io.StringIO):
+        def write(self, text: str) -> int:
+            writers.append(threading.current_thread().name)
+            return super().write(text)
+
+    stream = Recording()
+    configure_logging(Settings(_env_file=None, log_format="json"), stream=stream, background=True)
+    try:
+        with log_context(request_id="req-background-1"):
+            logging.getLogger("uvicorn.error").warning("slow %s", "client")
+            try:
+                raise KeyError("boom")
+            except KeyError:
+                get_logger("api.test").exception("structlog line")  # exc_info=True, resolved by the caller
+        flush()
+        first, second = lines(stream)
+    finally:
+        stop_background_writer()
+        structlog.reset_defaults()
+        for handler in list(logging.getLogger().handlers):
+            if handler.get_name() == "dermasentinel":
+                logging.getLogger().removeHandler(handler)
+    assert writers and threading.current_thread().name not in writers
+    assert first["event"] == "slow client" and first["request_id"] == "req-background-1"
+    assert second["request_id"] == "req-background-1" and "KeyError: 'boom'" in second["exception"]
