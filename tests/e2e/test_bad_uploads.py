@@ -99,9 +99,16 @@ def test_invalid_metadata_is_422_naming_the_field(api, context, tenant_key, fiel
 
 
 def test_missing_image_field_is_400(api):
-    response = api.post("/v1/analyses", data={"age": "3"}, files={"other": ("a.txt", b"x", "text/plain")})
+    # A multipart form with fields only (a part without a filename is a plain field).
+    response = api.post("/v1/analyses", files={"age": (None, "3")})
     assert response.status_code == 400
     assert "image" in response.json()["detail"]
+
+
+def test_a_file_part_under_another_name_is_refused_naming_it(api):
+    response = api.post("/v1/analyses", data={"age": "3"}, files={"other": ("a.txt", b"x", "text/plain")})
+    assert response.status_code == 422
+    assert response.json()["detail"].startswith("other: was sent as a file")
 
 
 def test_image_metadata_is_stripped_before_storage(api, context):
