@@ -98,7 +98,7 @@ class Settings(BaseSettings):
     min_coverage: float = clinical.MIN_COVERAGE
     # Images whose shorter side (as uploaded, upright) is below this are rejected `low_resolution`
     # before the networks run: a lesion in fewer pixels cannot be assessed.
-    min_image_side: int = Field(default=256, ge=1, le=4096)
+    min_image_side: int = Field(default=clinical.MIN_IMAGE_SIDE, ge=1, le=4096)
     max_upload_mb: int = Field(default=20, ge=1, le=200)
     max_image_pixels: int = 40_000_000
     gpu_batch_size: int = Field(default=8, ge=1, le=64)

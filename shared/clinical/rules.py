@@ -186,6 +186,8 @@ def above_diameter_threshold(diameter_mm: float) -> bool:
 # deployment): a photo sharper than this Laplacian variance, a mask covering at least this share.
 BLUR_THRESHOLD = 100.0
 MIN_COVERAGE = 0.01
+# Shorter side (px) below which a photo is rejected ``low_resolution`` (setting MIN_IMAGE_SIDE).
+MIN_IMAGE_SIDE = 256
 
 # ---------------------------------------------------------------- weights status: honesty
 

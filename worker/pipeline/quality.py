@@ -9,7 +9,7 @@ place Settings and PipelineOptions take them from too; the minimum resolution's 
 import cv2
 import numpy as np
 
-from shared.clinical import BLUR_THRESHOLD, MIN_COVERAGE
+from shared.clinical import BLUR_THRESHOLD, MIN_COVERAGE, MIN_IMAGE_SIDE
 
 # The names PipelineOptions reads its defaults by.
 DEFAULT_BLUR_THRESHOLD = BLUR_THRESHOLD
@@ -17,7 +17,7 @@ DEFAULT_MIN_COVERAGE = MIN_COVERAGE
 # The shorter side of an upload, in pixels, below which it is rejected ``low_resolution``: the
 # networks work at 512 px, and a lesion that fills a third of a smaller photo is a few dozen
 # pixels across, too few to read its border or colours. The same value as Settings' default.
-DEFAULT_MIN_IMAGE_SIDE = 256
+DEFAULT_MIN_IMAGE_SIDE = MIN_IMAGE_SIDE
 
 
 def too_small(height: int, width: int, min_side: int) -> bool:
