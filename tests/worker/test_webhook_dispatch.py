@@ -21,16 +21,30 @@ from shared.webhook_signing import generate_secret
 from worker.webhooks import deliver_one, dispatch_event
 
 
-@pytest.fixture
-def quiet(context):
-    """The same database, with wake-ups sent to a Redis database no worker reads, so a live
-    worker elsewhere in the session cannot race these direct calls."""
+@pytest.fixture(scope="module")
+def quiet(settings):
+    """A database of its own (built by the migrations), with wake-ups sent to a Redis
+    database no worker reads: the session's live dispatcher sweeps every pending delivery
+    of the shared database, and would otherwise lock or lease these between a test's
+    direct calls."""
     from shared.context import AppContext
+    from shared.migrate import scratch_database
 
-    base = context.settings.broker_url.rsplit("/", 1)[0]
-    ctx = AppContext(context.settings.model_copy(update={"broker_url": f"{base}/15"}))
-    yield ctx
-    ctx.close()
+    base = settings.broker_url.rsplit("/", 1)[0]
+    with scratch_database(settings.database_url, "dsquiet") as url:
+        ctx = AppContext(settings.model_copy(update={"broker_url": f"{base}/15", "database_url": url}))
+        yield ctx
+        ctx.close()
+
+
+@pytest.fixture
+def tenant_key(quiet):
+    """A fresh tenant in the quiet database."""
+    from shared.tenants import issue_key
+
+    with session_scope(quiet.session_factory) as session:
+        tenant, key = issue_key(session, f"quiet-{uuid.uuid4().hex[:10]}")
+    return tenant.id, key
 
 
 @pytest.fixture
@@ -119,7 +133,7 @@ def ok_receiver():
         yield receiver.url, receiver.webhook_ids
 
 
-def test_a_tenant_at_its_concurrency_limit_waits_and_other_tenants_do_not(quiet, context, ok_receiver):
+def test_a_tenant_at_its_concurrency_limit_waits_and_other_tenants_do_not(quiet, ok_receiver):
     from shared.tenants import issue_key
     from worker.webhooks import _tenant_slots
 
