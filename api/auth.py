@@ -46,13 +46,20 @@ class TenantRef(Protocol):
 
 @dataclass(frozen=True)
 class AuthenticatedTenant:
-    """Who the request acts for. Services only ever need the id."""
+    """Who the request acts for: the tenant (services only ever need its ``id``), the key that
+    was presented (the audit trail's actor) and what that key may do."""
 
     id: uuid.UUID
+    key_id: uuid.UUID
+    scopes: frozenset[str]
+
+    @classmethod
+    def of(cls, grant: tenants.KeyGrant) -> AuthenticatedTenant:
+        return cls(grant.tenant_id, grant.key_id, grant.scopes)
 
 
 class KeyCache:
-    """Key hash → tenant id for a few seconds, so most requests need no key lookup; a revoked
+    """Key hash → what it may act as (``tenants.KeyGrant``) for a few seconds, so most requests need no key lookup; a revoked
     key stops working within ``ttl`` seconds.
 
     Apart from that, the hashes of keys that were valid within ``known_ttl`` seconds (an hour)
@@ -63,50 +70,54 @@ class KeyCache:
 
     def __init__(self, ttl: float, max_entries: int = 10_000, known_ttl: float = 3600.0):
         self.ttl, self.max_entries, self.known_ttl = ttl, max_entries, known_ttl
-        self._entries: dict[str, tuple[float, uuid.UUID]] = {}
+        self._entries: dict[str, tuple[float, tenants.KeyGrant]] = {}
         self._known: dict[str, tuple[float, uuid.UUID]] = {}
         self._loading: dict[str, asyncio.Future] = {}
 
-    async def resolve(self, digest: str, load: Callable[[], Awaitable[uuid.UUID | None]]) -> uuid.UUID | None:
+    async def resolve(
+        self, digest: str, load: Callable[[], Awaitable[tenants.KeyGrant | None]]
+    ) -> tenants.KeyGrant | None:
         """The cached tenant, else ``load()``'s. Concurrent misses for one key share one lookup
         (a task of its own, so a caller that disconnects does not cancel it for the others):
         a tenant's crowd whose entry just expired costs one query, not one each."""
-        tenant_id = self.get(digest)
-        if tenant_id is not None:
-            return tenant_id
+        grant = self.get(digest)
+        if grant is not None:
+            return grant
         lookup = self._loading.get(digest)
         if lookup is None:
             lookup = self._loading[digest] = asyncio.ensure_future(self._load(digest, load))
             lookup.add_done_callback(lambda done: done.cancelled() or done.exception())
         return await asyncio.shield(lookup)
 
-    async def _load(self, digest: str, load: Callable[[], Awaitable[uuid.UUID | None]]) -> uuid.UUID | None:
+    async def _load(
+        self, digest: str, load: Callable[[], Awaitable[tenants.KeyGrant | None]]
+    ) -> tenants.KeyGrant | None:
         try:
-            tenant_id = await load()
+            grant = await load()
         finally:
             self._loading.pop(digest, None)
-        if tenant_id is not None:
-            self.put(digest, tenant_id)
+        if grant is not None:
+            self.put(digest, grant)
         else:
             self._known.pop(digest, None)
-        return tenant_id
+        return grant
 
-    def get(self, digest: str) -> uuid.UUID | None:
+    def get(self, digest: str) -> tenants.KeyGrant | None:
         entry = self._entries.get(digest)
         if entry is None or entry[0] < time.monotonic():
             return None
         return entry[1]
 
-    def put(self, digest: str, tenant_id: uuid.UUID) -> None:
+    def put(self, digest: str, grant: tenants.KeyGrant) -> None:
         now = time.monotonic()
         if len(self._known) >= self.max_entries:
             self._known.clear()
-        self._known[digest] = (now + self.known_ttl, tenant_id)
+        self._known[digest] = (now + self.known_ttl, grant.tenant_id)
         if self.ttl <= 0:
             return
         if len(self._entries) >= self.max_entries:
             self._entries.clear()
-        self._entries[digest] = (now + self.ttl, tenant_id)
+        self._entries[digest] = (now + self.ttl, grant)
 
     def known(self, digest: str) -> uuid.UUID | None:
         """The tenant this key belonged to when it was last found valid (within ``known_ttl``),
@@ -118,12 +129,13 @@ class KeyCache:
 
     def forget_tenant(self, tenant_id: uuid.UUID) -> None:
         """Drop every key of a tenant that no longer exists (or may no longer act)."""
-        for table in (self._entries, self._known):
-            for digest in [d for d, (_, owner) in table.items() if owner == tenant_id]:
-                table.pop(digest, None)
+        for digest in [d for d, (_, grant) in self._entries.items() if grant.tenant_id == tenant_id]:
+            self._entries.pop(digest, None)
+        for digest in [d for d, (_, owner) in self._known.items() if owner == tenant_id]:
+            self._known.pop(digest, None)
 
 
-def _tenant_of_key(context: AppContext, key: str) -> uuid.UUID | None:
+def _grant_of_key(context: AppContext, key: str) -> tenants.KeyGrant | None:
     with session_scope(context.session_factory) as session:
         return tenants.authenticate(session, key)
 
@@ -150,18 +162,20 @@ async def authenticate(request: Request, context: AppContext, capacity: Capacity
     if unknown and not request.scope.get("state", {}).get(UNKNOWN_KEY_CHECKED):
         await limiter.unknown_key(address)
 
-    async def load() -> uuid.UUID | None:
+    async def load() -> tenants.KeyGrant | None:
         async with capacity.auth():
-            return await run_in_threadpool(_tenant_of_key, context, key)
+            return await run_in_threadpool(_grant_of_key, context, key)
 
-    tenant_id = await cache.resolve(digest, load)
-    if tenant_id is None:
+    grant = await cache.resolve(digest, load)
+    if grant is None:
         await limiter.count_unknown_key(address)
-        raise Unauthorized("this API key is unknown or revoked", headers={"WWW-Authenticate": "Bearer"})
-    await limiter.tenant_request(request, tenant_id)
-    request.scope.setdefault("state", {})[TENANT_ID] = tenant_id
-    bind_log_context(tenant_id=tenant_id)  # on this request's log lines (docs/OBSERVABILITY.md)
-    return AuthenticatedTenant(tenant_id)
+        raise Unauthorized(
+            "this API key is unknown or revoked, or its tenant is disabled", headers={"WWW-Authenticate": "Bearer"}
+        )
+    await limiter.tenant_request(request, grant.tenant_id)
+    request.scope.setdefault("state", {})[TENANT_ID] = grant.tenant_id
+    bind_log_context(tenant_id=grant.tenant_id)  # on this request's log lines (docs/OBSERVABILITY.md)
+    return AuthenticatedTenant.of(grant)
 
 
 def client_address(scope: Scope) -> str:

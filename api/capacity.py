@@ -25,6 +25,9 @@ HOLDS_PLACE: ContextVar[bool] = ContextVar("holds_request_place", default=False)
 # Key lookups (one short query each) get their own few connections, so a request that holds
 # a database slot never waits on another request's authentication, nor the other way round.
 AUTH_SLOTS = 4
+# Audit-trail appends (one short transaction each, after the request's own session is closed)
+# get their own few connections too.
+AUDIT_SLOTS = 4
 # Left in the pool for /readyz and anything outside the slots.
 SPARE_CONNECTIONS = 2
 
@@ -34,7 +37,7 @@ def api_database_settings(settings: Settings) -> Settings:
     and the API's own (shorter) server-side timeouts."""
     return settings.model_copy(
         update={
-            "db_pool_size": settings.api_db_concurrency + AUTH_SLOTS + SPARE_CONNECTIONS,
+            "db_pool_size": settings.api_db_concurrency + AUTH_SLOTS + AUDIT_SLOTS + SPARE_CONNECTIONS,
             "db_max_overflow": 0,
             "db_statement_timeout_ms": settings.api_statement_timeout_ms,
             "db_idle_in_transaction_timeout_ms": settings.api_idle_in_transaction_timeout_ms,
@@ -126,6 +129,7 @@ class Capacity:
         self.settings = settings
         self._database = FairSlots(settings.api_db_concurrency)
         self._auth = FairSlots(AUTH_SLOTS)
+        self._audit = FairSlots(AUDIT_SLOTS)
         self._decode = FairSlots(settings.api_decode_concurrency)
         self.requests = FairSlots(settings.api_concurrency)  # held by api.middleware.TenantGate
 
@@ -134,6 +138,9 @@ class Capacity:
 
     def auth(self) -> AbstractAsyncContextManager[None]:
         return self._auth.hold(None, self.settings.api_db_wait_seconds, "API key checks are busy")
+
+    def audit(self, tenant_id: uuid.UUID | None = None) -> AbstractAsyncContextManager[None]:
+        return self._audit.hold(tenant_id, self.settings.api_db_wait_seconds, "the audit trail is busy")
 
     @asynccontextmanager
     async def decode(self, tenant_id: uuid.UUID | None = None) -> AsyncIterator[None]:

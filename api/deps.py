@@ -11,16 +11,21 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Annotated, Any, TypeVar
 
-from fastapi import Depends, Request
+from fastapi import Depends, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.params import Depends as DependsParam
 from sqlalchemy.orm import Session
 
-from api.auth import AuthenticatedTenant, authenticate
+from api.auth import AuthenticatedTenant, authenticate, client_address
 from api.capacity import Capacity
-from api.problems import NotFound
+from api.problems import Forbidden, NotFound, Problem
+from shared import audit
 from shared.context import AppContext
+from shared.scopes import Scope
 from shared.storage import IMAGES
 
 UNCOMMITTED_IMAGES = "uncommitted_images"
@@ -79,6 +84,94 @@ async def get_tenant(request: Request, context: ContextDep, capacity: CapacityDe
 
 
 CurrentTenant = Annotated[AuthenticatedTenant, Depends(get_tenant)]
+
+
+@dataclass
+class AuditNote:
+    """What a handler adds to its audit row: the id of what it created or touched (when the
+    path does not name it) and PHI-free detail (counts, names of artifacts)."""
+
+    resource_id: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+AUDIT_NOTE = "audit_note"
+
+
+def audit_note(request: Request) -> AuditNote:
+    """This request's audit note (``authorized`` put it there)."""
+    note = request.scope.setdefault("state", {}).get(AUDIT_NOTE)
+    if note is None:
+        note = request.scope["state"][AUDIT_NOTE] = AuditNote()
+    return note
+
+
+def status_of(exc: BaseException) -> int:
+    if isinstance(exc, Problem):
+        return exc.status
+    if isinstance(exc, HTTPException):
+        return exc.status_code
+    if isinstance(exc, RequestValidationError):
+        return 422
+    return 500
+
+
+def authorized(scope: Scope, action: str, resource_type: str, id_param: str | None = None) -> DependsParam:
+    """The dependency of an operation that needs ``scope`` (issue 22): the authenticated
+    tenant, after checking its key holds the scope (403 naming it, when not), and an audit
+    row when the operation ends (``shared.audit``): who (the key's id), ``action`` on
+    ``resource_type`` (its id from the path parameter ``id_param``, or what the handler put
+    in its ``audit_note``), the outcome and status, the request id, address and user agent.
+
+    The row is appended after the handler's own unit of work has committed and before the
+    answer is sent, so a read whose audit row cannot be written is refused (503), never
+    answered unrecorded. Declare it before any session parameter: dependencies end in
+    reverse order, and the audit row must follow the commit it records.
+    """
+
+    async def dependency(
+        request: Request, tenant: CurrentTenant, context: ContextDep, capacity: CapacityDep
+    ) -> AsyncIterator[AuthenticatedTenant]:
+        note = audit_note(request)
+        if id_param is not None:
+            note.resource_id = str(request.path_params.get(id_param))[:200]
+
+        async def record(status_code: int) -> None:
+            headers = request.headers
+            entry = audit.AuditEntry(
+                tenant_id=tenant.id,
+                actor=f"key:{tenant.key_id}",
+                action=action,
+                resource_type=resource_type,
+                resource_id=note.resource_id,
+                outcome=audit.outcome_of(status_code),
+                status_code=status_code,
+                request_id=request.scope.get("state", {}).get("request_id"),
+                client_address=client_address(request.scope),
+                user_agent=headers.get("user-agent"),
+                detail=note.detail or None,
+            )
+            async with capacity.audit(tenant.id):
+                await run_in_threadpool(audit.record, context.session_factory, entry)
+
+        if scope.value not in tenant.scopes:
+            await record(Forbidden.status)
+            raise Forbidden(
+                f"this API key lacks the scope '{scope.value}' that this operation needs; "
+                f"ask an admin of the tenant for a key that holds it (`dermasentinel keys create --scope {scope.value}`)"
+            )
+        try:
+            yield tenant
+        except Exception as exc:
+            await record(status_of(exc))
+            raise
+        route = request.scope.get("route")
+        await record(getattr(route, "status_code", None) or 200)
+
+    dependency.__name__ = f"authorized_{scope.name}"
+    dependency.required_scope = scope  # type: ignore[attr-defined]  # api.openapi.contract reads it
+    return Depends(dependency, scope="function")
+
 
 
 async def _database_slot(capacity: CapacityDep, tenant: CurrentTenant) -> AsyncIterator[None]:

@@ -47,6 +47,12 @@ class Unauthorized(Problem):
     status, code, title = 401, "unauthorized", "Missing or invalid API key"
 
 
+class Forbidden(Problem):
+    """The key is valid but lacks the scope this operation needs (issue 22)."""
+
+    status, code, title = 403, "forbidden", "This API key may not do that"
+
+
 class NotFound(Problem):
     status, code, title = 404, "not_found", "Not found"
 

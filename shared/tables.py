@@ -22,11 +22,12 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from shared.clinical.disposition import CLINICIAN_REVIEW
 from shared.clinical.rules import TRAINED
+from shared.scopes import ALL_SCOPES_SQL
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -71,6 +72,8 @@ class Tenant(Base):
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=_uuid)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     created_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
+    # `dermasentinel tenants disable`: every key answers 401 until `tenants enable` (issue 22).
+    disabled_at: Mapped[datetime | None] = mapped_column(TZ)
 
 
 class ApiKey(Base):
@@ -85,6 +88,8 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(TZ)
     # Written at most once a minute per key (shared.tenants.authenticate).
     last_used_at: Mapped[datetime | None] = mapped_column(TZ)
+    # What the key may do (shared/scopes.py); keys made before scopes existed hold them all.
+    scopes: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default=text(ALL_SCOPES_SQL))
 
 
 class Batch(Base):
@@ -418,3 +423,55 @@ class ModelVersion(Base):
     status: Mapped[str] = mapped_column(String(16), default=ModelStatus.candidate.value)
     created_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
     activated_at: Mapped[datetime | None] = mapped_column(TZ)
+
+
+# The system chain of the audit trail (actions that belong to no tenant: model activation,
+# tenant creation and deletion) is kept under this id.
+SYSTEM_CHAIN = uuid.UUID(int=0)
+
+
+class AuditEvent(Base):
+    """One access to patient data or one change, as the audit trail records it (issue 22;
+    docs/AUDIT.md). Append-only: a trigger refuses UPDATE and TRUNCATE, and DELETE of any row
+    no signed checkpoint covers. Each tenant's rows form a hash chain (``seq``, ``prev_hash``,
+    ``hash``), so `dermasentinel audit verify` finds an edited or missing row. No foreign key:
+    the trail outlives the tenant, its keys and its analyses, and it holds no PHI."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "seq", name="uq_audit_events_tenant_seq"),
+        Index("ix_audit_events_tenant_time", "tenant_id", "occurred_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    seq: Mapped[int] = mapped_column(BigInteger)
+    occurred_at: Mapped[datetime] = mapped_column(TZ)
+    actor: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(64))
+    resource_type: Mapped[str] = mapped_column(String(64))
+    resource_id: Mapped[str | None] = mapped_column(String(200))
+    outcome: Mapped[str] = mapped_column(String(32))
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    request_id: Mapped[str | None] = mapped_column(String(100))
+    client_address: Mapped[str | None] = mapped_column(String(100))
+    user_agent: Mapped[str | None] = mapped_column(String(300))
+    detail: Mapped[dict | None] = mapped_column(JSONB)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditCheckpoint(Base):
+    """Where pruning cut a tenant's chain: the last pruned row's seq and hash, signed with the
+    server's key, so the rows after it still verify (``AUDIT_RETENTION_DAYS``). Append-only
+    like the trail itself."""
+
+    __tablename__ = "audit_checkpoints"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    through_seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    through_hash: Mapped[str] = mapped_column(String(64))
+    pruned_before: Mapped[datetime] = mapped_column(TZ)
+    rows_pruned: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
+    signature: Mapped[str] = mapped_column(String(128))

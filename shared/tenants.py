@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
+from shared.scopes import ALL_SCOPES, Scope
 from shared.security import KEY_PREFIX, display_prefix, generate_api_key, hash_api_key
 from shared.tables import ApiKey, Tenant
 
@@ -42,14 +43,27 @@ class KeyInfo:
     created_at: datetime
     last_used_at: datetime | None
     revoked_at: datetime | None
+    scopes: tuple[str, ...] = tuple(ALL_SCOPES)
 
     @classmethod
     def of(cls, key: ApiKey) -> KeyInfo:
-        return cls(key.id, key.tenant_id, key.prefix, key.label, key.created_at, key.last_used_at, key.revoked_at)
+        return cls(key.id, key.tenant_id, key.prefix, key.label, key.created_at, key.last_used_at, key.revoked_at,
+                   tuple(key.scopes))
 
 
-def authenticate(session: Session, raw_key: str) -> uuid.UUID | None:
-    """The tenant id of an active API key, or None for an unknown or revoked one.
+@dataclass(frozen=True)
+class KeyGrant:
+    """What a presented key may act as: its tenant, its own id (the audit trail's actor) and
+    its scopes."""
+
+    tenant_id: uuid.UUID
+    key_id: uuid.UUID
+    scopes: frozenset[str]
+
+
+def authenticate(session: Session, raw_key: str) -> KeyGrant | None:
+    """What an active API key of an enabled tenant may do, or None for an unknown or revoked
+    key, or one whose tenant is disabled.
 
     Records `last_used_at` at most once a minute per key. Commit the session soon after:
     callers should use a short session of its own (see api.deps), never one that stays
@@ -59,9 +73,9 @@ def authenticate(session: Session, raw_key: str) -> uuid.UUID | None:
     if not raw_key.startswith(KEY_PREFIX):
         return None
     row = session.execute(
-        select(ApiKey.id, ApiKey.tenant_id, ApiKey.last_used_at).where(
-            ApiKey.key_hash == hash_api_key(raw_key), ApiKey.revoked_at.is_(None)
-        )
+        select(ApiKey.id, ApiKey.tenant_id, ApiKey.last_used_at, ApiKey.scopes)
+        .join(Tenant, Tenant.id == ApiKey.tenant_id)
+        .where(ApiKey.key_hash == hash_api_key(raw_key), ApiKey.revoked_at.is_(None), Tenant.disabled_at.is_(None))
     ).one_or_none()
     if row is None:
         return None
@@ -76,7 +90,7 @@ def authenticate(session: Session, raw_key: str) -> uuid.UUID | None:
             .values(last_used_at=now)
             .execution_options(synchronize_session=False)
         )
-    return row.tenant_id
+    return KeyGrant(row.tenant_id, row.id, frozenset(row.scopes))
 
 
 def exists(session: Session, tenant_id: uuid.UUID) -> bool:
@@ -85,19 +99,24 @@ def exists(session: Session, tenant_id: uuid.UUID) -> bool:
     return session.execute(select(Tenant.id).where(Tenant.id == tenant_id)).first() is not None
 
 
-def issue_key(session: Session, tenant_name: str, label: str | None = None) -> tuple[Tenant, str]:
-    """Create the tenant if needed and a new API key for it; the key is returned once and
-    only its hash is stored."""
+def issue_key(
+    session: Session, tenant_name: str, label: str | None = None, scopes: list[Scope] | None = None
+) -> tuple[Tenant, str]:
+    """Create the tenant if needed and a new API key for it (every scope unless ``scopes``);
+    the key is returned once and only its hash is stored."""
     tenant = session.execute(select(Tenant).where(Tenant.name == tenant_name)).scalar_one_or_none()
     if tenant is None:
         tenant = Tenant(name=tenant_name)
         session.add(tenant)
         session.flush()
-    return tenant, _add_key(session, tenant.id, label)
+    return tenant, _add_key(session, tenant.id, label, scopes)
 
 
-def create_key(session: Session, tenant_id: uuid.UUID, label: str | None, *, quota: int) -> tuple[KeyInfo, str]:
-    """A new key for an existing tenant, refused past `quota` active keys."""
+def create_key(
+    session: Session, tenant_id: uuid.UUID, label: str | None, *, quota: int, scopes: list[Scope] | None = None
+) -> tuple[KeyInfo, str]:
+    """A new key for an existing tenant (every scope unless ``scopes``), refused past `quota`
+    active keys."""
     active = session.execute(
         select(func.count()).select_from(ApiKey).where(ApiKey.tenant_id == tenant_id, ApiKey.revoked_at.is_(None))
     ).scalar_one()
@@ -105,7 +124,7 @@ def create_key(session: Session, tenant_id: uuid.UUID, label: str | None, *, quo
         raise KeyQuotaExceeded(
             f"this tenant already has {active} active API keys (the limit is {quota}); revoke unused ones first"
         )
-    key = _add_key(session, tenant_id, label)
+    key = _add_key(session, tenant_id, label, scopes)
     stored = session.execute(select(ApiKey).where(ApiKey.key_hash == hash_api_key(key))).scalar_one()
     return KeyInfo.of(stored), key
 
@@ -153,9 +172,11 @@ def find_tenant(session: Session, name_or_id: str) -> Tenant:
     return tenant
 
 
-def _add_key(session: Session, tenant_id: uuid.UUID, label: str | None) -> str:
+def _add_key(session: Session, tenant_id: uuid.UUID, label: str | None, scopes: list[Scope] | None) -> str:
     key = generate_api_key()
-    session.add(ApiKey(tenant_id=tenant_id, prefix=display_prefix(key), key_hash=hash_api_key(key), label=label))
+    chosen = [scope.value for scope in (ALL_SCOPES if scopes is None else scopes)]
+    session.add(ApiKey(tenant_id=tenant_id, prefix=display_prefix(key), key_hash=hash_api_key(key), label=label,
+                       scopes=chosen))
     session.flush()
     return key
 
