@@ -45,6 +45,14 @@ class TenantRef(Protocol):
 
 
 @dataclass(frozen=True)
+class TenantId:
+    """A ``TenantRef`` from a bare id: a service reading again on an authenticated tenant's
+    behalf, outside the request's dependencies."""
+
+    id: uuid.UUID
+
+
+@dataclass(frozen=True)
 class AuthenticatedTenant:
     """Who the request acts for: the tenant (services only ever need its ``id``), the key that
     was presented (the audit trail's actor) and what that key may do."""
@@ -59,8 +67,8 @@ class AuthenticatedTenant:
 
 
 class KeyCache:
-    """Key hash → what it may act as (``tenants.KeyGrant``) for a few seconds, so most requests need no key lookup; a revoked
-    key stops working within ``ttl`` seconds.
+    """Key hash → what it may act as (``tenants.KeyGrant``) for a few seconds, so most requests
+    need no key lookup; a revoked key stops working within ``ttl`` seconds.
 
     Apart from that, the hashes of keys that were valid within ``known_ttl`` seconds (an hour)
     are remembered as *known*: they still need a lookup once their entry expires, but they are

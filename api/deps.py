@@ -116,7 +116,9 @@ def status_of(exc: BaseException) -> int:
     return 500
 
 
-def authorized(scope: Scope, action: str, resource_type: str, id_param: str | None = None) -> DependsParam:
+def authorized(
+    scope: Scope, action: str, resource_type: str, id_param: str | None = None, *, audited: bool = True
+) -> DependsParam:
     """The dependency of an operation that needs ``scope`` (issue 22): the authenticated
     tenant, after checking its key holds the scope (403 naming it, when not), and an audit
     row when the operation ends (``shared.audit``): who (the key's id), ``action`` on
@@ -126,7 +128,8 @@ def authorized(scope: Scope, action: str, resource_type: str, id_param: str | No
     The row is appended after the handler's own unit of work has committed and before the
     answer is sent, so a read whose audit row cannot be written is refused (503), never
     answered unrecorded. Declare it before any session parameter: dependencies end in
-    reverse order, and the audit row must follow the commit it records.
+    reverse order, and the audit row must follow the commit it records. ``audited=False`` only
+    for operations that touch no patient data and change nothing (the disposition vocabulary).
     """
 
     async def dependency(
@@ -137,6 +140,8 @@ def authorized(scope: Scope, action: str, resource_type: str, id_param: str | No
             note.resource_id = str(request.path_params.get(id_param))[:200]
 
         async def record(status_code: int) -> None:
+            if not audited:
+                return
             headers = request.headers
             entry = audit.AuditEntry(
                 tenant_id=tenant.id,
@@ -157,8 +162,8 @@ def authorized(scope: Scope, action: str, resource_type: str, id_param: str | No
         if scope.value not in tenant.scopes:
             await record(Forbidden.status)
             raise Forbidden(
-                f"this API key lacks the scope '{scope.value}' that this operation needs; "
-                f"ask an admin of the tenant for a key that holds it (`dermasentinel keys create --scope {scope.value}`)"
+                f"this API key lacks the scope '{scope.value}' that this operation needs; ask an admin of the "
+                f"tenant for a key that holds it (`dermasentinel tenants keys create TENANT --scope {scope.value}`)"
             )
         try:
             yield tenant

@@ -112,6 +112,7 @@ class Overloaded(Problem):
 STATUS_MEANING = {
     400: "Bad request: the body could not be parsed, or a parameter is malformed (see `detail`)",
     401: "Missing, unknown or revoked API key",
+    403: "The API key lacks the scope this operation needs (the problem names it)",
     404: "No such object for this tenant (another tenant's id answers 404 too)",
     408: "The request body arrived too slowly",
     409: "Conflict with the object's current state (see the problem `type`)",

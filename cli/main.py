@@ -13,6 +13,7 @@ import click
 from shared.clinical.vocabulary import AGE_MAX, AGE_MIN, SEXES
 from shared.config import ENV_PREFIX, get_settings
 from shared.queues import ROLE_QUEUES, queue_list
+from shared.scopes import Scope
 
 if TYPE_CHECKING:
     from cli.client import Client
@@ -148,15 +149,25 @@ def tenants() -> None:
 @tenants.command("create")
 @click.argument("name")
 def tenants_create(name: str) -> None:
-    """Create tenant NAME (or add a key to it) and print a new API key, shown only once."""
-    from shared.context import AppContext
-    from shared.db import session_scope
-    from shared.tenants import issue_key
+    """Create tenant NAME (or add a key to it) and print a new admin API key (every scope),
+    shown only once."""
+    from shared import audit
+    from shared import tenants as service
 
-    context = AppContext(get_settings())
-    with session_scope(context.session_factory) as session:
-        tenant, key = issue_key(session, name)
-    click.echo(f"tenant {tenant.name} ({tenant.id})")
+    with _key_session() as session:
+        try:
+            service.find_tenant(session, name)
+            created = False
+        except service.TenantNotFound:
+            created = True
+        tenant, key = service.issue_key(session, name)
+        actor = audit.operator_actor()
+        if created:
+            audit.append(session, audit.AuditEntry(None, actor, "tenant.create", "tenant", str(tenant.id)))
+            audit.append(session, audit.AuditEntry(tenant.id, actor, "tenant.create", "tenant", str(tenant.id)))
+        audit.append(session, audit.AuditEntry(tenant.id, actor, "key.create", "api_key", None,
+                                               detail={"scopes": "all"}))
+    click.echo(f"tenant {tenant.name} ({tenant.id}): an admin key, with every scope")
     click.echo(f"API key (shown once): {key}")
 
 
@@ -182,7 +193,7 @@ def _key_session():
 @click.argument("tenant")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def tenants_keys_list(tenant: str, as_json: bool) -> None:
-    """TENANT's keys (name or id): id, prefix, label, created, last used, revoked."""
+    """TENANT's keys (name or id): id, prefix, label, scopes, created, last used, revoked."""
     from shared import tenants as service
 
     with _key_session() as session:
@@ -194,7 +205,7 @@ def tenants_keys_list(tenant: str, as_json: bool) -> None:
     rows = [
         {
             "id": str(k.id), "prefix": k.prefix, "label": k.label, "created_at": _when(k.created_at),
-            "last_used_at": _when(k.last_used_at), "revoked_at": _when(k.revoked_at),
+            "last_used_at": _when(k.last_used_at), "revoked_at": _when(k.revoked_at), "scopes": list(k.scopes),
         }
         for k in keys
     ]
@@ -205,24 +216,38 @@ def tenants_keys_list(tenant: str, as_json: bool) -> None:
         state = f"revoked {row['revoked_at']}" if row["revoked_at"] else "active"
         click.echo(
             f"{row['id']}  {row['prefix']}…  {state:<33} created {row['created_at']}  "
-            f"last used {row['last_used_at'] or 'never'}  {row['label'] or ''}".rstrip()
+            f"last used {row['last_used_at'] or 'never'}  {_scope_text(row['scopes'])}  {row['label'] or ''}".rstrip()
         )
+
+
+def _scope_text(scopes: list[str]) -> str:
+    from shared.scopes import ALL_SCOPES
+
+    return "all scopes" if set(scopes) >= {scope.value for scope in ALL_SCOPES} else ",".join(scopes)
 
 
 @tenants_keys.command("create")
 @click.argument("tenant")
-@click.option("--label", help="what the key is for, e.g. 'EHR bridge'")
-def tenants_keys_create(tenant: str, label: str | None) -> None:
+@click.option("--label", "--name", "label", help="what the key is for, e.g. 'EHR bridge'")
+@click.option("--scope", "scopes", multiple=True, type=click.Choice([s.value for s in Scope]),
+              help="what the key may do (repeat for several); default: every scope (an admin key)")
+def tenants_keys_create(tenant: str, label: str | None, scopes: tuple[str, ...]) -> None:
     """A new key for the existing TENANT, printed once."""
+    from shared import audit
     from shared import tenants as service
+    from shared.scopes import parse_scopes
 
+    chosen = parse_scopes(scopes) if scopes else None
     with _key_session() as session:
         try:
             found = service.find_tenant(session, tenant)
-            info, key = service.create_key(session, found.id, label, quota=get_settings().api_keys_per_tenant)
+            info, key = service.create_key(session, found.id, label, quota=get_settings().api_keys_per_tenant,
+                                           scopes=chosen)
         except (service.TenantNotFound, service.KeyQuotaExceeded) as exc:
             raise click.ClickException(str(exc)) from None
-    click.echo(f"key {info.id} for tenant {found.name}")
+        audit.append(session, audit.AuditEntry(found.id, audit.operator_actor(), "key.create", "api_key",
+                                               str(info.id), detail={"scopes": list(info.scopes)}))
+    click.echo(f"key {info.id} for tenant {found.name} ({_scope_text(list(info.scopes))})")
     click.echo(f"API key (shown once): {key}")
 
 
@@ -234,6 +259,7 @@ def tenants_keys_revoke(tenant: str, key_id: str, allow_last: bool) -> None:
     """Revoke KEY_ID (from `keys list`) of TENANT; the API refuses it within seconds."""
     import uuid
 
+    from shared import audit
     from shared import tenants as service
 
     try:
@@ -246,6 +272,8 @@ def tenants_keys_revoke(tenant: str, key_id: str, allow_last: bool) -> None:
         try:
             found = service.find_tenant(session, tenant)
             info = service.revoke_key(session, found.id, ident, allow_last=allow_last)
+            audit.append(session, audit.AuditEntry(found.id, audit.operator_actor(), "key.revoke", "api_key",
+                                                   str(info.id)))
         except (service.TenantNotFound, service.ApiKeyNotFound) as exc:
             raise click.ClickException(str(exc)) from None
         except service.LastKeyError as exc:

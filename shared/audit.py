@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -68,9 +69,20 @@ class AuditEntry:
     detail: dict[str, Any] | None = field(default=None)
 
 
+def operator_actor() -> str:
+    """The actor of an operator's command (``dermasentinel tenants …``): the OS user running it."""
+    import getpass
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"operator:{user}"
+
+
 def canonical(row: AuditEvent | dict[str, Any]) -> bytes:
     """The bytes a row's hash covers: every recorded field and the previous hash."""
-    get = row.get if isinstance(row, dict) else (lambda name: getattr(row, name))
+    get: Callable[[str], Any] = row.get if isinstance(row, dict) else (lambda name: getattr(row, name))
     occurred_at: datetime = get("occurred_at")
     body = {
         "tenant_id": str(get("tenant_id")),

@@ -154,6 +154,18 @@ def revoke_key(
         ).scalar_one()
         if not others and not allow_last:
             raise LastKeyError("this is the tenant's last active API key; create a new one before revoking it")
+        if Scope.keys_manage.value in key.scopes and not allow_last:
+            managers = session.execute(
+                select(func.count()).select_from(ApiKey).where(
+                    ApiKey.tenant_id == tenant_id, ApiKey.revoked_at.is_(None), ApiKey.id != key.id,
+                    ApiKey.scopes.contains([Scope.keys_manage.value]),
+                )
+            ).scalar_one()
+            if not managers:
+                raise LastKeyError(
+                    "this is the tenant's last active key that can manage keys (keys:manage); "
+                    "create another with that scope before revoking it"
+                )
         key.revoked_at = _now()
         session.flush()
     return KeyInfo.of(key)
@@ -174,7 +186,7 @@ def find_tenant(session: Session, name_or_id: str) -> Tenant:
 
 def _add_key(session: Session, tenant_id: uuid.UUID, label: str | None, scopes: list[Scope] | None) -> str:
     key = generate_api_key()
-    chosen = [scope.value for scope in (ALL_SCOPES if scopes is None else scopes)]
+    chosen = [scope.value for scope in ALL_SCOPES if scopes is None or scope in scopes]
     session.add(ApiKey(tenant_id=tenant_id, prefix=display_prefix(key), key_hash=hash_api_key(key), label=label,
                        scopes=chosen))
     session.flush()

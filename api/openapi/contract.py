@@ -2,7 +2,9 @@
 
 Routes declare their own ``response_model`` and the problems only they answer
 (``api.problems.problems(404, 409)``). This module adds, to every operation it applies to:
-the Bearer security requirement (operations that depend on ``api.deps.get_tenant``), and the
+the Bearer security requirement with the scope the key must hold (operations that depend on
+``api.deps.get_tenant``; the scope is the one ``api.deps.authorized`` checks), 403 where a
+scope is checked, and the
 problem+json responses the edge can give any of them: 401 and 429 (authenticated); 400, 408
 and 413 (requests with a body: unparseable, too slow, too large); 422 (NUL bytes and
 validation, wherever there are parameters or a body); 503 (overload, a stalled or unreachable
@@ -40,13 +42,26 @@ def _depends_on(dependant: Dependant, target: Callable[..., Any]) -> bool:
     return any(d.call is target or _depends_on(d, target) for d in dependant.dependencies)
 
 
-def authenticated_operations(app: FastAPI) -> set[tuple[str, str]]:
-    """(method, path) of every operation that requires an API key."""
-    operations: set[tuple[str, str]] = set()
+def _scopes(dependant: Dependant) -> list[str]:
+    """The scopes ``api.deps.authorized`` checks anywhere in this operation's dependencies."""
+    found: list[str] = []
+    for dependency in dependant.dependencies:
+        scope = getattr(dependency.call, "required_scope", None)
+        if scope is not None:
+            found.append(str(scope.value))
+        found += _scopes(dependency)
+    return sorted(set(found))
+
+
+def authenticated_operations(app: FastAPI) -> dict[tuple[str, str], list[str]]:
+    """(method, path) of every operation that requires an API key → the scopes it needs."""
+    operations: dict[tuple[str, str], list[str]] = {}
     for context in iter_route_contexts(app.routes):
         route = context if isinstance(context.original_route, APIRoute) else None
         if route is not None and route.include_in_schema and _depends_on(route.dependant, get_tenant):
-            operations.update((method.lower(), str(route.path_format)) for method in route.methods or ())
+            scopes = _scopes(route.dependant)
+            for method in route.methods or ():
+                operations[(method.lower(), str(route.path_format))] = scopes
     return operations
 
 
@@ -134,8 +149,11 @@ def complete(app: FastAPI, schema: dict[str, Any]) -> dict[str, Any]:
             if method in BODY_METHODS:
                 statuses += [400, 408, 413]
             if (method, path) in authenticated:
-                operation["security"] = [{SECURITY_SCHEME: []}]
+                scopes = authenticated[(method, path)]
+                operation["security"] = [{SECURITY_SCHEME: scopes}]
                 statuses += [401, 429]
+                if scopes:
+                    statuses.append(403)
             for status in statuses:
                 _add_problem(responses, status)
             _errors_as_problems(responses)

@@ -12,9 +12,9 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from sqlalchemy.orm import Session
 
 from api import forms
-from api.auth import TenantRef
+from api.auth import AuthenticatedTenant, TenantRef
 from api.capacity import Capacity
-from api.deps import CapacityDep, ContextDep, CurrentTenant, SessionDep, in_session, parse_id
+from api.deps import CapacityDep, ContextDep, SessionDep, audit_note, authorized, in_session, parse_id
 from api.forms import PREFER_DESCRIPTION
 from api.middleware import DEADLINE_EXTENSION
 from api.multipart import CleanImage, clean_image, read_multipart
@@ -34,10 +34,29 @@ from shared.schemas import (
     FeedbackRecord,
     ReportState,
 )
+from shared.scopes import Scope
 from shared.storage import ARTIFACTS
 from shared.tables import Analysis, Report
 
 router = APIRouter(prefix="/v1/analyses", tags=["analyses"])
+
+# Who may call each operation, and what its audit row says (api.deps.authorized; issue 22).
+Submit = Annotated[AuthenticatedTenant, authorized(Scope.analyses_write, "analysis.submit", "analysis")]
+ListAnalyses = Annotated[AuthenticatedTenant, authorized(Scope.analyses_read, "analysis.list", "analysis")]
+ReadAnalysis = Annotated[
+    AuthenticatedTenant, authorized(Scope.analyses_read, "analysis.read", "analysis", "analysis_id")
+]
+CancelAnalysis = Annotated[
+    AuthenticatedTenant, authorized(Scope.analyses_write, "analysis.cancel", "analysis", "analysis_id")
+]
+WriteFeedback = Annotated[
+    AuthenticatedTenant, authorized(Scope.feedback_write, "feedback.create", "analysis", "analysis_id")
+]
+ReadArtifact = Annotated[
+    AuthenticatedTenant, authorized(Scope.analyses_read, "artifact.read", "analysis", "analysis_id")
+]
+ReadReport = Annotated[AuthenticatedTenant, authorized(Scope.analyses_read, "report.read", "analysis", "analysis_id")]
+ReadFhir = Annotated[AuthenticatedTenant, authorized(Scope.analyses_read, "fhir.read", "analysis", "analysis_id")]
 
 
 def view(context: AppContext, session: Session, analysis: Analysis) -> AnalysisOut:
@@ -110,9 +129,9 @@ SUBMIT_ERRORS = problems(
 )
 async def submit_analysis(
     request: Request,
+    tenant: Submit,
     context: ContextDep,
     capacity: CapacityDep,
-    tenant: CurrentTenant,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
     cancel_after: Annotated[str | None, Header(alias="Cancel-After", max_length=32)] = None,
     prefer: Annotated[str | None, Header(max_length=200, description=PREFER_DESCRIPTION)] = None,
@@ -181,6 +200,7 @@ async def _answer(
     wait: int | None,
 ) -> JSONResponse:
     headers = {"Location": f"/v1/analyses/{submitted.analysis.id}"}
+    audit_note(request).resource_id = str(submitted.analysis.id)
     if submitted.replayed:
         headers["Idempotent-Replayed"] = "true"
     if wait is None:
@@ -256,7 +276,8 @@ def _submit_upload(
     responses=problems((400, "The cursor is not one this API issued"), (404, "No batch with that `batch_id`")),
 )
 def list_analyses(
-    tenant: CurrentTenant,
+    request: Request,
+    tenant: ListAnalyses,
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: str | None = None,
@@ -273,6 +294,7 @@ def list_analyses(
         batch_id=parse_id(batch_id, "batch") if batch_id else None,
         external_id=external_id,
     )
+    audit_note(request).detail["returned"] = len(rows)
     return AnalysisPage(data=[summary(a) for a in rows], next_cursor=next_cursor)
 
 
@@ -287,7 +309,7 @@ def list_analyses(
     response_model_exclude_unset=True,
     responses=problems(404),
 )
-def get_analysis(analysis_id: str, context: ContextDep, tenant: CurrentTenant, session: SessionDep) -> AnalysisOut:
+def get_analysis(analysis_id: str, tenant: ReadAnalysis, context: ContextDep, session: SessionDep) -> AnalysisOut:
     return view(context, session, service.get(session, tenant, parse_id(analysis_id)))
 
 
@@ -301,7 +323,7 @@ def get_analysis(analysis_id: str, context: ContextDep, tenant: CurrentTenant, s
     responses=problems(404, (409, "The analysis is already final")),
 )
 def cancel_analysis(
-    analysis_id: str, context: ContextDep, tenant: CurrentTenant, session: SessionDep
+    analysis_id: str, tenant: CancelAnalysis, context: ContextDep, session: SessionDep
 ) -> AnalysisOut:
     analysis = service.cancel(context, session, tenant, parse_id(analysis_id))
     return view(context, session, analysis)
@@ -317,7 +339,7 @@ def cancel_analysis(
     response_model_exclude_unset=True,
     responses=problems(404, (409, "The analysis did not succeed")),
 )
-def post_feedback(analysis_id: str, body: FeedbackIn, tenant: CurrentTenant, session: SessionDep) -> FeedbackOut:
+def post_feedback(analysis_id: str, tenant: WriteFeedback, body: FeedbackIn, session: SessionDep) -> FeedbackOut:
     feedback = service.add_feedback(session, tenant, parse_id(analysis_id), body)
     return FeedbackOut(
         analysis_id=feedback.analysis_id,
@@ -356,12 +378,14 @@ def _report_or_409(session: Session, tenant: TenantRef, analysis_id: str) -> tup
     },
 )
 def get_artifact(
+    request: Request,
     analysis_id: str,
     name: Literal["image", "mask", "overlay"],
+    tenant: ReadArtifact,
     context: ContextDep,
-    tenant: CurrentTenant,
     session: SessionDep,
 ) -> RedirectResponse:
+    audit_note(request).detail["artifact"] = name
     analysis = service.get(session, tenant, parse_id(analysis_id))
     url = getattr(lifecycle.artifact_links(context.store, analysis), name)
     if url is None:
@@ -386,7 +410,7 @@ REPORT_ERRORS = problems(
         **REPORT_ERRORS,
     },
 )
-def get_report(analysis_id: str, context: ContextDep, tenant: CurrentTenant, session: SessionDep) -> Response:
+def get_report(analysis_id: str, tenant: ReadReport, context: ContextDep, session: SessionDep) -> Response:
     analysis, report = _report_or_409(session, tenant, analysis_id)
     pdf = context.store.get(ARTIFACTS, report.pdf_key)
     return Response(
@@ -413,6 +437,6 @@ def get_report(analysis_id: str, context: ContextDep, tenant: CurrentTenant, ses
         **REPORT_ERRORS,
     },
 )
-def get_fhir(analysis_id: str, tenant: CurrentTenant, session: SessionDep) -> JSONResponse:
+def get_fhir(analysis_id: str, tenant: ReadFhir, session: SessionDep) -> JSONResponse:
     _, report = _report_or_409(session, tenant, analysis_id)
     return JSONResponse(report.fhir, media_type="application/fhir+json")

@@ -9,7 +9,8 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
-from api.deps import ContextDep, CurrentTenant, SessionDep, parse_id
+from api.auth import AuthenticatedTenant
+from api.deps import ContextDep, SessionDep, authorized, parse_id
 from api.problems import problems
 from api.services import batches as service
 from api.services import triage
@@ -27,9 +28,18 @@ from shared.schemas import (
     BatchSummary,
     StatusCounts,
 )
+from shared.scopes import Scope
 from shared.tables import Batch
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
+
+# Who may call each operation, and what its audit row says (api.deps.authorized; issue 22).
+CreateBatch = Annotated[AuthenticatedTenant, authorized(Scope.batches_write, "batch.create", "batch")]
+ListBatches = Annotated[AuthenticatedTenant, authorized(Scope.analyses_read, "batch.list", "batch")]
+GetBatch = Annotated[AuthenticatedTenant, authorized(Scope.analyses_read, "batch.read", "batch", "batch_id")]
+SealBatch = Annotated[AuthenticatedTenant, authorized(Scope.batches_write, "batch.seal", "batch", "batch_id")]
+CancelBatch = Annotated[AuthenticatedTenant, authorized(Scope.batches_write, "batch.cancel", "batch", "batch_id")]
+ReadBatchResults = Annotated[AuthenticatedTenant, authorized(Scope.analyses_read, "batch.results", "batch", "batch_id")]
 
 
 def _links(context: AppContext, batch: Batch) -> BatchLinks:
@@ -81,7 +91,7 @@ def view(context: AppContext, batch: Batch, progress: service.Progress) -> Batch
     response_model=BatchOut,
     response_model_exclude_unset=True,
 )
-def create_batch(body: BatchIn, context: ContextDep, tenant: CurrentTenant, session: SessionDep) -> BatchOut:
+def create_batch(body: BatchIn, context: ContextDep, tenant: CreateBatch, session: SessionDep) -> BatchOut:
     batch = service.create(session, tenant, body, context.settings.max_cancel_after_seconds)
     return view(context, batch, service.progress(session, batch))
 
@@ -96,7 +106,7 @@ def create_batch(body: BatchIn, context: ContextDep, tenant: CurrentTenant, sess
 )
 def list_batches(
     context: ContextDep,
-    tenant: CurrentTenant,
+    tenant: ListBatches,
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: str | None = None,
@@ -124,7 +134,7 @@ def list_batches(
     response_model_exclude_unset=True,
     responses=problems(404),
 )
-def get_batch(batch_id: str, context: ContextDep, tenant: CurrentTenant, session: SessionDep) -> BatchOut:
+def get_batch(batch_id: str, context: ContextDep, tenant: GetBatch, session: SessionDep) -> BatchOut:
     batch = service.get(session, tenant, parse_id(batch_id, "batch"))
     return view(context, batch, service.progress(session, batch))
 
@@ -138,7 +148,7 @@ def get_batch(batch_id: str, context: ContextDep, tenant: CurrentTenant, session
     response_model_exclude_unset=True,
     responses=problems(404),
 )
-def seal_batch(batch_id: str, context: ContextDep, tenant: CurrentTenant, session: SessionDep) -> BatchOut:
+def seal_batch(batch_id: str, context: ContextDep, tenant: SealBatch, session: SessionDep) -> BatchOut:
     batch = service.seal(context, session, tenant, parse_id(batch_id, "batch"))
     return view(context, batch, service.progress(session, batch))
 
@@ -155,7 +165,7 @@ def seal_batch(batch_id: str, context: ContextDep, tenant: CurrentTenant, sessio
     response_model_exclude_unset=True,
     responses=problems(404),
 )
-def cancel_batch(batch_id: str, context: ContextDep, tenant: CurrentTenant, session: SessionDep) -> BatchCanceled:
+def cancel_batch(batch_id: str, context: ContextDep, tenant: CancelBatch, session: SessionDep) -> BatchCanceled:
     batch, canceled_now = service.cancel(context, session, tenant, parse_id(batch_id, "batch"))
     progress = view(context, batch, service.progress(session, batch))
     return BatchCanceled(**lifecycle.fields_for(BatchCanceled, progress), canceled_now=canceled_now)
@@ -215,7 +225,7 @@ certified medical device."""
 def batch_results(
     batch_id: str,
     context: ContextDep,
-    tenant: CurrentTenant,
+    tenant: ReadBatchResults,
     session: SessionDep,
     order: Literal["risk", "submitted"] = "risk",
     format: Annotated[

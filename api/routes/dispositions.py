@@ -4,14 +4,15 @@ sentences; the web app keeps no copy of them."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from pydantic import Field
 
-from api.deps import get_tenant
+from api.deps import authorized
 from shared import clinical
 from shared.clinical import disposition
 from shared.clinical.disposition import Disposition
 from shared.schemas.common import ResponseModel
+from shared.scopes import Scope
 
 router = APIRouter(prefix="/v1/dispositions", tags=["analyses"])
 
@@ -53,7 +54,8 @@ def vocabulary() -> DispositionVocabulary:
     "list's `disposition_reasons`) mean, in the wording of the reports: show these, key on the codes. "
     "Research use only, not a certified medical device.",
     response_model=DispositionVocabulary,
-    dependencies=[Depends(get_tenant)],
+    # The vocabulary holds no patient data: any key that may read results may read it, unaudited.
+    dependencies=[authorized(Scope.analyses_read, "dispositions.read", "vocabulary", audited=False)],
 )
 def get_dispositions() -> DispositionVocabulary:
     return vocabulary()

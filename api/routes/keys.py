@@ -2,24 +2,46 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Annotated
 
-from api.deps import ContextDep, CurrentTenant, SessionDep, parse_id
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from api.auth import AuthenticatedTenant
+from api.deps import ContextDep, SessionDep, authorized, parse_id
 from api.problems import problems
 from api.services import keys as service
 from shared.clock import iso
 from shared.lifecycle import fields_for
 from shared.schemas import ApiKeyCreated, ApiKeyList, ApiKeyOut
+from shared.scopes import Scope
 from shared.tenants import KeyInfo
 
 router = APIRouter(prefix="/v1/api-keys", tags=["api keys"])
+
+# Who may call each operation, and what its audit row says (api.deps.authorized; issue 22).
+ListKeys = Annotated[AuthenticatedTenant, authorized(Scope.keys_manage, "key.list", "api_key")]
+CreateKey = Annotated[AuthenticatedTenant, authorized(Scope.keys_manage, "key.create", "api_key")]
+RevokeKey = Annotated[AuthenticatedTenant, authorized(Scope.keys_manage, "key.revoke", "api_key", "key_id")]
 
 
 class ApiKeyIn(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
-    label: str | None = Field(default=None, max_length=200)
+    name: str | None = Field(default=None, max_length=200, description="What the key is for, e.g. 'EHR bridge'")
+    label: str | None = Field(default=None, max_length=200, description="The same as `name` (its earlier spelling)")
+    scopes: list[Scope] | None = Field(
+        default=None,
+        min_length=1,
+        description="What the key may do; by default the scopes of the key that creates it. A key can only grant "
+        "scopes it holds itself.",
+    )
+
+    @model_validator(mode="after")
+    def _one_name(self) -> ApiKeyIn:
+        if self.name is not None and self.label is not None and self.name != self.label:
+            raise ValueError("send the key's name as either 'name' or 'label', not two different ones")
+        return self
 
 
 def view(key: KeyInfo) -> ApiKeyOut:
@@ -31,6 +53,7 @@ def view(key: KeyInfo) -> ApiKeyOut:
         last_used_at=iso(key.last_used_at),
         revoked_at=iso(key.revoked_at),
         active=key.revoked_at is None,
+        scopes=[Scope(scope) for scope in key.scopes],
     )
 
 
@@ -42,7 +65,7 @@ def view(key: KeyInfo) -> ApiKeyOut:
     response_model=ApiKeyList,
     response_model_exclude_unset=True,
 )
-def list_keys(session: SessionDep, tenant: CurrentTenant) -> ApiKeyList:
+def list_keys(tenant: ListKeys, session: SessionDep) -> ApiKeyList:
     return ApiKeyList(data=[view(k) for k in service.list_all(session, tenant)])
 
 
@@ -50,16 +73,21 @@ def list_keys(session: SessionDep, tenant: CurrentTenant) -> ApiKeyList:
     "",
     status_code=201,
     summary="Create an API key; the key is shown only here",
-    description="A new key (`dsk_…`) for this tenant with an optional `label`. Store it now: it is never shown "
+    description="A new key (`dsk_…`) for this tenant with an optional `name` and its `scopes` (by default those "
+    "of the calling key; a key cannot grant a scope it does not hold: 403). Store it now: it is never shown "
     "again. At most API_KEYS_PER_TENANT active keys (409 …/quota_exceeded).",
     response_model=ApiKeyCreated,
     response_model_exclude_unset=True,
-    responses=problems((409, "`type` …/quota_exceeded: too many active keys; revoke one first")),
+    responses=problems(
+        (403, "The calling key lacks `keys:manage`, or a scope it asks to grant"),
+        (409, "`type` …/quota_exceeded: too many active keys; revoke one first"),
+    ),
 )
 def create_key(
-    context: ContextDep, session: SessionDep, tenant: CurrentTenant, body: ApiKeyIn | None = None
+    tenant: CreateKey, context: ContextDep, session: SessionDep, body: ApiKeyIn | None = None
 ) -> ApiKeyCreated:
-    info, key = service.create(context, session, tenant, body.label if body else None)
+    body = body or ApiKeyIn()
+    info, key = service.create(context, session, tenant, body.name or body.label, body.scopes)
     return ApiKeyCreated(**fields_for(ApiKeyCreated, view(info)), key=key)
 
 
@@ -72,5 +100,5 @@ def create_key(
     response_model_exclude_unset=True,
     responses=problems(404, (409, "It is the tenant's last active key")),
 )
-def revoke_key(key_id: str, session: SessionDep, tenant: CurrentTenant) -> ApiKeyOut:
+def revoke_key(key_id: str, tenant: RevokeKey, session: SessionDep) -> ApiKeyOut:
     return view(service.revoke(session, tenant, parse_id(key_id, "API key")))

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from api.deps import ContextDep, CurrentTenant, SessionDep, parse_id
+from api.auth import AuthenticatedTenant
+from api.deps import ContextDep, SessionDep, authorized, parse_id
 from api.problems import problems
 from api.routes.analyses import json_body, view
 from api.services import models as service
 from shared.schemas import AnalysisOut
+from shared.scopes import Scope
 
 router = APIRouter(prefix="/v1/analyses", tags=["analyses"])
+
+# Who may call each operation, and what its audit row says (api.deps.authorized; issue 22).
+ReprocessAnalysis = Annotated[
+    AuthenticatedTenant, authorized(Scope.analyses_write, "analysis.reprocess", "analysis", "analysis_id")
+]
 
 
 @router.post(
@@ -27,7 +36,7 @@ router = APIRouter(prefix="/v1/analyses", tags=["analyses"])
     responses=problems(404, (409, "The analysis is not finished, or its image was never stored")),
 )
 def reprocess_analysis(
-    analysis_id: str, context: ContextDep, tenant: CurrentTenant, session: SessionDep
+    analysis_id: str, context: ContextDep, tenant: ReprocessAnalysis, session: SessionDep
 ) -> JSONResponse:
     analysis = service.reprocess(context, session, tenant, parse_id(analysis_id))
     body = json_body(view(context, session, analysis))  # names the original in reprocessed_from

@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.deps import ContextDep, CurrentTenant, SessionDep, parse_id
+from api.auth import AuthenticatedTenant
+from api.deps import ContextDep, SessionDep, authorized, parse_id
 from api.problems import problems
 from api.services import questions as service
 from shared import clinical
 from shared.clock import iso
 from shared.questions import MAX_QUESTION_CHARS
+from shared.scopes import Scope
 from shared.tables import AnalysisQuestion
 
 router = APIRouter(prefix="/v1/analyses", tags=["questions"])
+
+# Who may call each operation, and what its audit row says (api.deps.authorized; issue 22).
+AskQuestion = Annotated[AuthenticatedTenant, authorized(Scope.analyses_read, "question.ask", "analysis", "analysis_id")]
+ListQuestions = Annotated[
+    AuthenticatedTenant, authorized(Scope.analyses_read, "question.list", "analysis", "analysis_id")
+]
 
 class QuestionIn(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
@@ -90,7 +98,7 @@ def _out(row: AnalysisQuestion) -> QuestionOut:
     ),
 )
 def ask_question(
-    analysis_id: str, body: QuestionIn, context: ContextDep, tenant: CurrentTenant, session: SessionDep
+    analysis_id: str, body: QuestionIn, context: ContextDep, tenant: AskQuestion, session: SessionDep
 ) -> QuestionOut:
     return _out(service.ask(context, session, tenant, parse_id(analysis_id), body.question))
 
@@ -106,5 +114,5 @@ def ask_question(
         f"{service.MAX_QUESTIONS_LISTED}."
     ),
 )
-def list_questions(analysis_id: str, tenant: CurrentTenant, session: SessionDep) -> QuestionList:
+def list_questions(analysis_id: str, tenant: ListQuestions, session: SessionDep) -> QuestionList:
     return QuestionList(data=[_out(row) for row in service.list_for(session, tenant, parse_id(analysis_id))])

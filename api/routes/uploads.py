@@ -12,7 +12,8 @@ from typing import Annotated
 from fastapi import APIRouter
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, WithJsonSchema
 
-from api.deps import ContextDep, CurrentTenant, SessionDep
+from api.auth import AuthenticatedTenant
+from api.deps import ContextDep, SessionDep, authorized
 from api.problems import TYPE_BASE, Problem, Unprocessable, problems
 from api.services import bulk
 from api.services import uploads as service
@@ -31,9 +32,15 @@ from shared.schemas import (
     UploadOut,
     parse_duration,
 )
+from shared.scopes import Scope
 from shared.tables import Upload
 
 router = APIRouter(prefix="/v1/uploads", tags=["uploads"])
+
+# Who may call each operation, and what its audit row says (api.deps.authorized; issue 22).
+CreateUpload = Annotated[AuthenticatedTenant, authorized(Scope.analyses_write, "upload.create", "upload")]
+CreateUploads = Annotated[AuthenticatedTenant, authorized(Scope.analyses_write, "upload.create_bulk", "upload")]
+SubmitUploads = Annotated[AuthenticatedTenant, authorized(Scope.analyses_write, "upload.submit", "upload")]
 
 
 class UploadsOut(ResponseModel):
@@ -122,7 +129,7 @@ def _upload_body(settings: Settings, upload: Upload, url: str) -> UploadOut:
     response_model_exclude_unset=True,
 )
 def create_upload(
-    context: ContextDep, tenant: CurrentTenant, session: SessionDep, body: UploadIn | None = None
+    context: ContextDep, tenant: CreateUpload, session: SessionDep, body: UploadIn | None = None
 ) -> UploadOut:
     upload, url = service.create(context, session, tenant, body or UploadIn())
     return _upload_body(context.settings, upload, url)
@@ -138,7 +145,7 @@ def create_upload(
     response_model_exclude_unset=True,
     responses=problems(422),
 )
-def create_uploads(context: ContextDep, tenant: CurrentTenant, session: SessionDep, body: UploadsIn) -> UploadsOut:
+def create_uploads(context: ContextDep, tenant: CreateUploads, session: SessionDep, body: UploadsIn) -> UploadsOut:
     made = service.create_many(context, session, tenant, body, body.count)
     return UploadsOut(uploads=[_upload_body(context.settings, upload, url) for upload, url in made])
 
@@ -160,7 +167,7 @@ def create_uploads(context: ContextDep, tenant: CurrentTenant, session: SessionD
     ),
 )
 def submit_uploads(
-    context: ContextDep, tenant: CurrentTenant, session: SessionDep, body: UploadSubmissionsIn
+    context: ContextDep, tenant: SubmitUploads, session: SessionDep, body: UploadSubmissionsIn
 ) -> UploadSubmissionsOut:
     limit = context.settings.max_cancel_after_seconds
     results: list[UploadSubmissionResult | None] = []

@@ -7,7 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.deps import ContextDep, CurrentTenant, SessionDep, parse_id
+from api.auth import AuthenticatedTenant
+from api.deps import ContextDep, SessionDep, authorized, parse_id
 from api.problems import problems
 from api.services import webhook_endpoints as service
 from shared.clock import iso
@@ -24,9 +25,35 @@ from shared.schemas import (
     WebhookEndpointWithSecret,
     WebhookTestSent,
 )
+from shared.scopes import Scope
 from shared.tables import DeliveryStatus, WebhookEndpoint
 
 router = APIRouter(prefix="/v1/webhook-endpoints", tags=["webhooks"])
+
+# Who may call each operation, and what its audit row says (api.deps.authorized; issue 22).
+CreateEndpoint = Annotated[AuthenticatedTenant, authorized(Scope.webhooks_manage, "webhook.create", "webhook_endpoint")]
+ListEndpoints = Annotated[AuthenticatedTenant, authorized(Scope.webhooks_manage, "webhook.list", "webhook_endpoint")]
+GetEndpoint = Annotated[
+    AuthenticatedTenant, authorized(Scope.webhooks_manage, "webhook.read", "webhook_endpoint", "endpoint_id")
+]
+PatchEndpoint = Annotated[
+    AuthenticatedTenant, authorized(Scope.webhooks_manage, "webhook.update", "webhook_endpoint", "endpoint_id")
+]
+DeleteEndpoint = Annotated[
+    AuthenticatedTenant, authorized(Scope.webhooks_manage, "webhook.delete", "webhook_endpoint", "endpoint_id")
+]
+RotateSecret = Annotated[
+    AuthenticatedTenant, authorized(Scope.webhooks_manage, "webhook.rotate_secret", "webhook_endpoint", "endpoint_id")
+]
+TestEndpoint = Annotated[
+    AuthenticatedTenant, authorized(Scope.webhooks_manage, "webhook.test", "webhook_endpoint", "endpoint_id")
+]
+ListDeliveries = Annotated[
+    AuthenticatedTenant, authorized(Scope.webhooks_manage, "webhook.deliveries", "webhook_endpoint", "endpoint_id")
+]
+ResendDelivery = Annotated[
+    AuthenticatedTenant, authorized(Scope.webhooks_manage, "webhook.resend", "webhook_delivery", "delivery_id")
+]
 
 
 class RotateSecretIn(BaseModel):
@@ -76,7 +103,7 @@ def _with_secret(endpoint: WebhookEndpoint, secret: str) -> WebhookEndpointWithS
     responses=problems((409, "`type` …/quota_exceeded: too many endpoints")),
 )
 def create_endpoint(
-    body: WebhookEndpointIn, context: ContextDep, session: SessionDep, tenant: CurrentTenant
+    body: WebhookEndpointIn, context: ContextDep, tenant: CreateEndpoint, session: SessionDep
 ) -> WebhookEndpointWithSecret:
     endpoint, secret = service.create(context, session, tenant, body)
     return _with_secret(endpoint, secret)
@@ -89,7 +116,7 @@ def create_endpoint(
     response_model=WebhookEndpointList,
     response_model_exclude_unset=True,
 )
-def list_endpoints(session: SessionDep, tenant: CurrentTenant) -> WebhookEndpointList:
+def list_endpoints(tenant: ListEndpoints, session: SessionDep) -> WebhookEndpointList:
     return WebhookEndpointList(data=[view(e) for e in service.list_all(session, tenant)])
 
 
@@ -101,7 +128,7 @@ def list_endpoints(session: SessionDep, tenant: CurrentTenant) -> WebhookEndpoin
     response_model_exclude_unset=True,
     responses=problems(404),
 )
-def get_endpoint(endpoint_id: str, session: SessionDep, tenant: CurrentTenant) -> WebhookEndpointOut:
+def get_endpoint(endpoint_id: str, tenant: GetEndpoint, session: SessionDep) -> WebhookEndpointOut:
     return view(service.get(session, tenant, parse_id(endpoint_id, "webhook endpoint")))
 
 
@@ -115,7 +142,7 @@ def get_endpoint(endpoint_id: str, session: SessionDep, tenant: CurrentTenant) -
     responses=problems(404),
 )
 def patch_endpoint(
-    endpoint_id: str, body: WebhookEndpointPatch, session: SessionDep, tenant: CurrentTenant
+    endpoint_id: str, body: WebhookEndpointPatch, tenant: PatchEndpoint, session: SessionDep
 ) -> WebhookEndpointOut:
     return view(service.update(session, tenant, parse_id(endpoint_id, "webhook endpoint"), body))
 
@@ -128,7 +155,7 @@ def patch_endpoint(
     response_class=Response,
     responses=problems(404),
 )
-def delete_endpoint(endpoint_id: str, session: SessionDep, tenant: CurrentTenant) -> Response:
+def delete_endpoint(endpoint_id: str, tenant: DeleteEndpoint, session: SessionDep) -> Response:
     service.delete(session, tenant, parse_id(endpoint_id, "webhook endpoint"))
     return Response(status_code=204)
 
@@ -145,8 +172,8 @@ def delete_endpoint(endpoint_id: str, session: SessionDep, tenant: CurrentTenant
 def rotate_secret(
     endpoint_id: str,
     context: ContextDep,
+    tenant: RotateSecret,
     session: SessionDep,
-    tenant: CurrentTenant,
     body: RotateSecretIn | None = None,
 ) -> WebhookEndpointWithSecret:
     endpoint, secret = service.rotate_secret(
@@ -164,7 +191,7 @@ def rotate_secret(
     response_model_exclude_unset=True,
     responses=problems(404),
 )
-def test_endpoint(endpoint_id: str, context: ContextDep, session: SessionDep, tenant: CurrentTenant) -> WebhookTestSent:
+def test_endpoint(endpoint_id: str, context: ContextDep, tenant: TestEndpoint, session: SessionDep) -> WebhookTestSent:
     event_id = service.send_test(context, session, tenant, parse_id(endpoint_id, "webhook endpoint"))
     return WebhookTestSent(event_id=event_id)
 
@@ -180,8 +207,8 @@ def test_endpoint(endpoint_id: str, context: ContextDep, session: SessionDep, te
 )
 def list_deliveries(
     endpoint_id: str,
+    tenant: ListDeliveries,
     session: SessionDep,
-    tenant: CurrentTenant,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> DeliveryList:
     rows = service.deliveries(session, tenant, parse_id(endpoint_id, "webhook endpoint"), limit)
@@ -226,7 +253,7 @@ def list_deliveries(
     responses=problems(404),
 )
 def resend_delivery(
-    endpoint_id: str, delivery_id: str, context: ContextDep, session: SessionDep, tenant: CurrentTenant
+    endpoint_id: str, delivery_id: str, context: ContextDep, tenant: ResendDelivery, session: SessionDep
 ) -> ResendAccepted:
     delivery = service.resend(
         context, session, tenant, parse_id(endpoint_id, "webhook endpoint"), parse_id(delivery_id, "delivery")

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api.auth import AuthenticatedTenant, TenantRef
+from api.auth import TenantId, TenantRef
 from api.capacity import Capacity
 from api.deps import UNCOMMITTED_IMAGES, in_session
 from api.multipart import CleanImage
@@ -350,7 +350,7 @@ FINAL_STATUSES = frozenset(s.value for s in AnalysisStatus) - frozenset(s.value 
 FIRST_POLL_S, MAX_POLL_S = 0.1, 1.0
 
 
-def status_of(session: Session, tenant: AuthenticatedTenant, analysis_id: uuid.UUID) -> str | None:
+def status_of(session: Session, tenant: TenantRef, analysis_id: uuid.UUID) -> str | None:
     return session.execute(
         select(Analysis.status).where(Analysis.id == analysis_id, Analysis.tenant_id == tenant.id)
     ).scalar_one_or_none()
@@ -371,7 +371,7 @@ async def wait_until_final(
     has gone (``gone``)."""
     deadline = time.monotonic() + seconds
     delay = FIRST_POLL_S
-    tenant = AuthenticatedTenant(tenant_id)
+    tenant = TenantId(tenant_id)
     while True:
         status = await in_session(capacity, context, tenant_id, status_of, tenant, analysis_id)
         if status in FINAL_STATUSES:

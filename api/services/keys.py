@@ -7,10 +7,11 @@ import uuid
 
 from sqlalchemy.orm import Session
 
-from api.auth import TenantRef
-from api.problems import Conflict, NotFound
+from api.auth import AuthenticatedTenant, TenantRef
+from api.problems import Conflict, Forbidden, NotFound
 from shared import tenants
 from shared.context import AppContext
+from shared.scopes import Scope
 
 
 class KeyQuotaExceeded(Conflict):
@@ -21,9 +22,20 @@ def list_all(session: Session, tenant: TenantRef) -> list[tenants.KeyInfo]:
     return tenants.list_keys(session, tenant.id)
 
 
-def create(context: AppContext, session: Session, tenant: TenantRef, label: str | None) -> tuple[tenants.KeyInfo, str]:
+def create(
+    context: AppContext, session: Session, tenant: AuthenticatedTenant, label: str | None, scopes: list[Scope] | None
+) -> tuple[tenants.KeyInfo, str]:
+    """A new key holding ``scopes`` (by default the calling key's); never a scope the calling
+    key lacks, so a narrow key cannot mint a wider one."""
+    held = [Scope(scope) for scope in sorted(tenant.scopes)]
+    wanted = held if scopes is None else scopes
+    beyond = [scope.value for scope in wanted if scope.value not in tenant.scopes]
+    if beyond:
+        raise Forbidden(f"this API key cannot grant the scope '{beyond[0]}': it does not hold it itself")
     try:
-        return tenants.create_key(session, tenant.id, label, quota=context.settings.api_keys_per_tenant)
+        return tenants.create_key(
+            session, tenant.id, label, quota=context.settings.api_keys_per_tenant, scopes=list(dict.fromkeys(wanted))
+        )
     except tenants.KeyQuotaExceeded as exc:
         raise KeyQuotaExceeded(str(exc)) from None
 

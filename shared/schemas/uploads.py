@@ -12,6 +12,7 @@ from pydantic import (
 )
 
 from shared.schemas.common import ResponseModel, Timestamp, Url
+from shared.scopes import Scope
 
 
 class UploadIn(BaseModel):
@@ -33,6 +34,7 @@ class ApiKeyOut(ResponseModel):
     last_used_at: Timestamp | None
     revoked_at: Timestamp | None
     active: bool
+    scopes: list[Scope] = Field(description="What the key may do (issue 22); a 403 names a missing one")
 
 
 class ApiKeyCreated(ApiKeyOut):

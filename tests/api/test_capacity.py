@@ -12,9 +12,11 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from api.auth import KeyCache
-from api.capacity import AUTH_SLOTS, Capacity, FairSlots, api_database_settings
+from api.capacity import AUDIT_SLOTS, AUTH_SLOTS, Capacity, FairSlots, api_database_settings
 from api.problems import Overloaded
 from shared.db import make_engine
+from shared.scopes import ALL_SCOPES
+from shared.tenants import KeyGrant
 
 
 def test_a_full_database_slot_answers_503_with_retry_after(settings):
@@ -61,7 +63,7 @@ def test_a_freed_slot_goes_to_the_tenant_holding_the_fewest():
 
 def test_the_api_pool_is_sized_from_the_work_allowed_to_use_it(settings):
     api = api_database_settings(settings.model_copy(update={"api_db_concurrency": 7}))
-    assert api.db_pool_size == 7 + AUTH_SLOTS + 2
+    assert api.db_pool_size == 7 + AUTH_SLOTS + AUDIT_SLOTS + 2
     assert api.db_max_overflow == 0
     engine = make_engine(api)
     try:
@@ -106,7 +108,7 @@ def test_worker_engines_keep_long_statements(settings):
 
 def test_cached_keys_expire_so_revocation_takes_effect():
     cache = KeyCache(ttl=0.2)
-    tenant = uuid.uuid4()
+    tenant = KeyGrant(uuid.uuid4(), uuid.uuid4(), frozenset(ALL_SCOPES))
     cache.put("digest", tenant)
     assert cache.get("digest") == tenant
     time.sleep(0.3)
@@ -138,7 +140,7 @@ def test_among_tenants_holding_alike_the_one_served_longest_ago_goes_first():
 
 def test_concurrent_misses_for_one_key_share_one_lookup():
     cache = KeyCache(ttl=5)
-    tenant = uuid.uuid4()
+    tenant = KeyGrant(uuid.uuid4(), uuid.uuid4(), frozenset(ALL_SCOPES))
     lookups = []
 
     async def load():

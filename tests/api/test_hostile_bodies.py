@@ -22,7 +22,9 @@ from api.multipart import MAX_PART_HEADER_BYTES, _Collector
 from api.problems import BadRequest, RateLimited, Unprocessable
 from api.ratelimit import Limiter
 from shared.config import Settings
+from shared.scopes import ALL_SCOPES
 from shared.security import hash_api_key
+from shared.tenants import KeyGrant
 
 BOUNDARY = "b0undary"
 
@@ -90,9 +92,9 @@ def _app(**update) -> tuple[TestClient, list[str]]:
     app = create_app(settings)
     app.state.context = None
     lookups: list[str] = []
-    valid = {"dsk_valid-key-0001": uuid.uuid4()}
+    valid = {"dsk_valid-key-0001": KeyGrant(uuid.uuid4(), uuid.uuid4(), frozenset(ALL_SCOPES))}
 
-    def tenant_of_key(_context, key: str) -> uuid.UUID | None:
+    def tenant_of_key(_context, key: str) -> KeyGrant | None:
         lookups.append(key)
         return valid.get(key)
 
@@ -108,7 +110,7 @@ def _app(**update) -> tuple[TestClient, list[str]]:
 @pytest.fixture
 def gate(monkeypatch):
     client, lookups = _app()
-    monkeypatch.setattr(auth, "_tenant_of_key", lambda context, key: client.app.state.tenant_of_key(context, key))
+    monkeypatch.setattr(auth, "_grant_of_key", lambda context, key: client.app.state.tenant_of_key(context, key))
     return client, lookups
 
 
@@ -164,8 +166,8 @@ def test_the_unknown_key_limit_counts_each_address_on_its_own():
 def test_the_key_cache_remembers_valid_keys_and_forgets_a_tenants():
     cache = KeyCache(ttl=0.0)
     tenant, other = uuid.uuid4(), uuid.uuid4()
-    cache.put(hash_api_key("dsk_a"), tenant)
-    cache.put(hash_api_key("dsk_b"), other)
+    cache.put(hash_api_key("dsk_a"), KeyGrant(tenant, uuid.uuid4(), frozenset()))
+    cache.put(hash_api_key("dsk_b"), KeyGrant(other, uuid.uuid4(), frozenset()))
     assert cache.get(hash_api_key("dsk_a")) is None  # no cache entry with ttl 0
     assert cache.known(hash_api_key("dsk_a")) == tenant
     cache.forget_tenant(tenant)

@@ -26,6 +26,7 @@ from shared.schemas import (
     ProblemDetails,
 )
 from shared.schemas.batches import DispositionCounts
+from shared.scopes import Scope
 from shared.tables import Analysis, Batch
 from tests.factories import UNTRAINED_MODEL, model, result
 
@@ -95,8 +96,12 @@ def test_security_on_every_authenticated_operation_and_not_on_probes(spec):
             assert "security" not in op and "401" not in op["responses"], path
         else:
             assert path.startswith("/v1/")
-            assert op.get("security") == [{"ApiKey": []}], f"{method.upper()} {path}: no security"
-            assert {"401", "429"} <= set(op["responses"]), f"{method.upper()} {path}: 401/429 not declared"
+            security = op.get("security")
+            assert security and list(security[0]) == ["ApiKey"], f"{method.upper()} {path}: no security"
+            (scopes,) = security[0].values()
+            assert len(scopes) == 1 and scopes[0] in {s.value for s in Scope}, \
+                f"{method.upper()} {path}: names no scope (issue 22)"
+            assert {"401", "403", "429"} <= set(op["responses"]), f"{method.upper()} {path}: 401/403/429 not declared"
     assert "/docs" not in spec["paths"] and "/redoc" not in spec["paths"]
 
 

@@ -16,7 +16,7 @@ def test_a_created_key_lets_its_tenant_in_and_is_listed_by_prefix_only(context, 
         info, raw = keys.create(context, session, tenant, "ci runner")
     assert raw.startswith("dsk_") and info.label == "ci runner" and info.revoked_at is None
     with unit() as session:
-        assert authenticate(session, raw) == tenant.id
+        assert authenticate(session, raw).tenant_id == tenant.id
         listed = keys.list_all(session, tenant)
     assert info.id in [key.id for key in listed]
     assert len(listed) == 2, "the tenant's first key and the new one"
@@ -65,5 +65,5 @@ def test_another_tenants_key_is_not_found_and_stays_active(context, unit, tenant
             keys.revoke(session, tenant, key_id)
         assert missing.value.status == 404
     with unit() as session:
-        assert authenticate(session, raw) == other_tenant.id
+        assert authenticate(session, raw).tenant_id == other_tenant.id
         assert theirs.id not in [key.id for key in keys.list_all(session, tenant)]
