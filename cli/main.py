@@ -212,11 +212,11 @@ def tenants_keys_list(tenant: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    for row in rows:
+    for row, k in zip(rows, keys, strict=True):
         state = f"revoked {row['revoked_at']}" if row["revoked_at"] else "active"
         click.echo(
             f"{row['id']}  {row['prefix']}…  {state:<33} created {row['created_at']}  "
-            f"last used {row['last_used_at'] or 'never'}  {_scope_text(row['scopes'])}  {row['label'] or ''}".rstrip()
+            f"last used {row['last_used_at'] or 'never'}  {_scope_text(list(k.scopes))}  {row['label'] or ''}".rstrip()
         )
 
 

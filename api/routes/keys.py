@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from api.auth import AuthenticatedTenant
 from api.deps import ContextDep, SessionDep, authorized, parse_id
@@ -29,19 +29,15 @@ class ApiKeyIn(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
     name: str | None = Field(default=None, max_length=200, description="What the key is for, e.g. 'EHR bridge'")
-    label: str | None = Field(default=None, max_length=200, description="The same as `name` (its earlier spelling)")
+    label: str | None = Field(
+        default=None, max_length=200, description="`name`'s earlier spelling, used when `name` is absent"
+    )
     scopes: list[Scope] | None = Field(
         default=None,
         min_length=1,
         description="What the key may do; by default the scopes of the key that creates it. A key can only grant "
         "scopes it holds itself.",
     )
-
-    @model_validator(mode="after")
-    def _one_name(self) -> ApiKeyIn:
-        if self.name is not None and self.label is not None and self.name != self.label:
-            raise ValueError("send the key's name as either 'name' or 'label', not two different ones")
-        return self
 
 
 def view(key: KeyInfo) -> ApiKeyOut:
@@ -87,7 +83,7 @@ def create_key(
     tenant: CreateKey, context: ContextDep, session: SessionDep, body: ApiKeyIn | None = None
 ) -> ApiKeyCreated:
     body = body or ApiKeyIn()
-    info, key = service.create(context, session, tenant, body.name or body.label, body.scopes)
+    info, key = service.create(context, session, tenant, body.name or body.label, body.scopes, held=tenant.scopes)
     return ApiKeyCreated(**fields_for(ApiKeyCreated, view(info)), key=key)
 
 

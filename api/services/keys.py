@@ -7,11 +7,13 @@ import uuid
 
 from sqlalchemy.orm import Session
 
-from api.auth import AuthenticatedTenant, TenantRef
+from api.auth import TenantRef
 from api.problems import Conflict, Forbidden, NotFound
 from shared import tenants
 from shared.context import AppContext
-from shared.scopes import Scope
+from shared.scopes import ALL_SCOPES, Scope
+
+EVERY_SCOPE = frozenset(scope.value for scope in ALL_SCOPES)
 
 
 class KeyQuotaExceeded(Conflict):
@@ -23,13 +25,18 @@ def list_all(session: Session, tenant: TenantRef) -> list[tenants.KeyInfo]:
 
 
 def create(
-    context: AppContext, session: Session, tenant: AuthenticatedTenant, label: str | None, scopes: list[Scope] | None
+    context: AppContext,
+    session: Session,
+    tenant: TenantRef,
+    label: str | None,
+    scopes: list[Scope] | None = None,
+    *,
+    held: frozenset[str] = EVERY_SCOPE,
 ) -> tuple[tenants.KeyInfo, str]:
-    """A new key holding ``scopes`` (by default the calling key's); never a scope the calling
-    key lacks, so a narrow key cannot mint a wider one."""
-    held = [Scope(scope) for scope in sorted(tenant.scopes)]
-    wanted = held if scopes is None else scopes
-    beyond = [scope.value for scope in wanted if scope.value not in tenant.scopes]
+    """A new key holding ``scopes`` (by default all the calling key ``held``); never a scope
+    the calling key lacks, so a narrow key cannot mint a wider one."""
+    wanted = [scope for scope in ALL_SCOPES if scope.value in held] if scopes is None else scopes
+    beyond = [scope.value for scope in wanted if scope.value not in held]
     if beyond:
         raise Forbidden(f"this API key cannot grant the scope '{beyond[0]}': it does not hold it itself")
     try:

@@ -224,3 +224,35 @@ def test_rejection_shows_reason_and_what_to_do(browser_page, api_url, worker, te
         assert page.locator("#outcome-advice").is_hidden()
     assert page.locator("#result").is_hidden()
     screenshot(page, "web-app-rejected")
+
+
+def test_a_read_only_key_views_results_and_is_told_why_it_cannot_submit(
+    browser_page, api_url, worker, tenant_key, tmp_path, wait_final
+):
+    """Issue 22: the web app works with a key holding only `analyses:read` for viewing; what
+    that key may not do is refused with the API's 403, shown as it is."""
+    page = browser_page
+    _, admin_key = tenant_key
+    photo = tmp_path / "lesion.jpg"
+    photo.write_bytes(encode_jpeg(make_lesion(seed=12, size=(240, 320), radius_frac=0.2).image))
+    with httpx.Client(base_url=api_url, headers={"Authorization": f"Bearer {admin_key}"}, timeout=30) as admin:
+        analysis_id = admin.post(
+            "/v1/analyses", files={"image": ("l.jpg", photo.read_bytes(), "image/jpeg")}, data={"age": "50"}
+        ).json()["id"]
+        viewer_key = admin.post("/v1/api-keys", json={"name": "viewer", "scopes": ["analyses:read"]}).json()["key"]
+    assert wait_final(analysis_id)["status"] == "succeeded"
+
+    page.goto(f"{api_url}/#/analyses/{analysis_id}")
+    page.fill("#api-key", viewer_key)
+    page.click("#save-key")
+    page.goto(f"{api_url}/#/analyses/{analysis_id}")
+    page.reload()
+    page.wait_for_selector("#analysis-body[data-status='succeeded']", timeout=60_000)
+    page.wait_for_selector("#result:not([hidden])")
+    assert page.inner_text("#analysis-id").strip() == analysis_id
+    assert page.locator("#probability").get_attribute("data-probability")
+
+    page.set_input_files("#image", str(photo))
+    page.click("#submit")
+    page.wait_for_selector("#problem:not([hidden])")
+    assert "analyses:write" in page.inner_text("#problem-detail")
