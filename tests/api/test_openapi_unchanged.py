@@ -51,6 +51,9 @@ ALLOWED: dict[str, str] = {
     "/components/schemas/DispositionVocabulary": "issue 21: GET /v1/dispositions",
     "/components/schemas/DispositionWords": "issue 21: GET /v1/dispositions",
     "/components/schemas/ReasonWords": "issue 21: GET /v1/dispositions",
+    "/paths/~1v1~1audit-events": "issue 22: GET /v1/audit-events, the tenant's audit trail (audit:read)",
+    "/components/schemas/AuditEventOut": "issue 22: GET /v1/audit-events",
+    "/components/schemas/AuditEventPage": "issue 22: GET /v1/audit-events",
 }
 
 
