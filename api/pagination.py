@@ -40,3 +40,19 @@ def newest_first(
         return rows, None
     last = rows[limit - 1]
     return rows[:limit], encode_cursor(last.created_at, last.id)
+
+
+# Issue 22: the audit trail pages by its chain's seq, newest first (one chain per tenant).
+def encode_seq_cursor(seq: int) -> str:
+    return base64.urlsafe_b64encode(f"seq|{seq}".encode()).decode().rstrip("=")
+
+
+def decode_seq_cursor(cursor: str) -> int:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        kind, seq = base64.urlsafe_b64decode(padded).decode().split("|")
+        if kind != "seq":
+            raise ValueError(kind)
+        return int(seq)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("the cursor is not valid; use the next_cursor of a previous page") from None

@@ -538,6 +538,10 @@ def bench(args: tuple[str, ...]) -> None:
         raise click.ClickException(f"benchmarks/engine.py not found under {root}; run from a source checkout")
     sys.exit(subprocess.call([sys.executable, "-m", "benchmarks.engine", *args], cwd=root))
 
+from cli.audit import audit_group  # noqa: E402  (issue 22: verify and export the audit trail, docs/AUDIT.md)
+
+cli.add_command(audit_group)
+
 
 def main() -> None:
     cli(prog_name="dermasentinel")

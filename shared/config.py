@@ -121,6 +121,9 @@ class Settings(BaseSettings):
     sweep_interval_seconds: float = Field(default=30.0, gt=0)
     idempotency_ttl_hours: int = Field(default=48, ge=24)
     retention_days: int = Field(default=0, ge=0)
+    # Issue 22: audit rows older than this are pruned behind a signed checkpoint (docs/AUDIT.md);
+    # independent of RETENTION_DAYS. 2190 days is six years; 0 keeps the trail forever.
+    audit_retention_days: int = Field(default=2190, ge=0)
 
     # Parsed once, here: the environment spells them as text (comma-separated, "10/minute"),
     # the code reads typed values (docs/LAYOUT.md).

@@ -148,10 +148,24 @@ def _resend_missing(
     return resent
 
 
+def prune_audit_trail(context: AppContext, now: datetime | None = None) -> dict:
+    """``AUDIT_RETENTION_DAYS`` (issue 22, docs/AUDIT.md): audit rows older than that go,
+    behind a signed checkpoint per chain; independent of ``RETENTION_DAYS``. A failure is
+    logged and tried again at the next run, never in the way of the other purges."""
+    from shared import audit
+
+    try:
+        return audit.prune(context.session_factory, context.settings, now or utcnow())
+    except Exception:
+        log.exception("pruning the audit trail failed; the next purge tries again")
+        return {"chains": 0, "rows": 0, "skipped": [], "failed": True}
+
+
 def purge_expired(context: AppContext) -> int:
     """Forget expired idempotency keys and direct uploads nobody submitted in time (their
-    objects too); with ``RETENTION_DAYS`` set, delete final analyses older than that, their
-    images and artifacts first, then their rows."""
+    objects too); prune the audit trail (``AUDIT_RETENTION_DAYS``); with ``RETENTION_DAYS``
+    set, delete final analyses older than that, their images and artifacts first, then their
+    rows."""
     from sqlalchemy import delete, select, update
 
     from shared.storage import ARTIFACTS, IMAGES
@@ -176,6 +190,7 @@ def purge_expired(context: AppContext) -> int:
             .values(idempotency_key=None, idempotency_expires_at=None)
             .execution_options(synchronize_session=False)
         )
+    prune_audit_trail(context, now)
     if settings.retention_days <= 0:
         return 0
     cutoff = now - timedelta(days=settings.retention_days)

@@ -29,6 +29,11 @@ from shared.schemas.analyses import (
     ReportState,
     Segmentation,
 )
+from shared.schemas.audit import (
+    AuditEventOut,
+    AuditEventPage,
+    AuditOutcome,
+)
 from shared.schemas.batches import (
     BatchCanceled,
     BatchIn,
@@ -126,5 +131,5 @@ __all__ = [
     'TriageItem', 'EquityRow', 'TriageSummaryOut', 'BatchResults', 'UploadIn', 'ApiKeyOut', 'ApiKeyCreated',
     'ApiKeyList', 'UploadNext', 'UploadOut', 'Liveness', 'Check', 'Readiness', 'EventResultSummary', 'CodeOnly',
     'EventRejection', 'AnalysisEventData', 'BatchEventLinks', 'BatchCompletedData', 'AnalysisEvent',
-    'BatchCompletedEvent', 'WebhookTestData', 'WebhookTestEvent',
+    'BatchCompletedEvent', 'WebhookTestData', 'WebhookTestEvent', 'AuditOutcome', 'AuditEventOut', 'AuditEventPage',
 ]

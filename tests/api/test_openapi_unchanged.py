@@ -60,6 +60,9 @@ ALLOWED: dict[str, str] = {
     "/components/schemas/ApiKeyIn/properties/scopes": "issue 22: POST /v1/api-keys {name, scopes} (DESIGN.md)",
     "/components/schemas/ApiKeyIn/properties/label/description": "issue 22: label is name's earlier spelling",
     "/paths/~1v1~1api-keys/post/description": "issue 22: a new key's scopes",
+    "/paths/~1v1~1audit-events": "issue 22: GET /v1/audit-events, the tenant's audit trail (audit:read)",
+    "/components/schemas/AuditEventOut": "issue 22: GET /v1/audit-events",
+    "/components/schemas/AuditEventPage": "issue 22: GET /v1/audit-events",
 }
 
 

@@ -29,6 +29,7 @@ BUSINESS_RULES = {
     # (method, path): statuses a schema-valid request may still get, and why
     ("GET", "/v1/analyses"): ["400"],  # a cursor the API did not issue
     ("GET", "/v1/batches"): ["400"],  # a cursor the API did not issue
+    ("GET", "/v1/audit-events"): ["400"],  # a cursor the API did not issue (issue 22)
     ("POST", "/v1/analyses"): ["400", "422"],  # image and upload_id both, or neither; deadline bounds
     ("POST", "/v1/batches"): ["422"],  # cancel_after beyond MAX_CANCEL_AFTER_SECONDS
     ("POST", "/v1/webhook-endpoints"): ["422"],  # the URL must resolve to a public address
