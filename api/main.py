@@ -15,6 +15,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
 from api import auth, problems
+from api.audit_writer import AuditWriter
 from api.auth import KeyCache
 from api.capacity import Capacity, api_database_settings
 from api.metrics import ApiMetrics
@@ -64,6 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         context = AppContext(api_database_settings(settings))
         context.store.ensure_buckets()
         app.state.context = context
+        app.state.audit_writer = AuditWriter(context, app.state.capacity)  # issue 22: group-committed rows
         app.state.metrics.start()  # on METRICS_PORT, never the public port (issue 22)
         yield
         await app.state.limiter.close()

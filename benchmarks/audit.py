@@ -3,7 +3,7 @@
     python -m benchmarks.audit [--seconds 15] [--rounds 3] [--concurrency 8] [--reads]
 
 Starts one embedded stack and two API processes on it: the API as it ships, and the same API
-with ``shared.audit.record`` replaced by a no-op (``create_app_without_audit`` below: a
+with ``shared.audit.record_many`` (the API's group commit) replaced by a no-op (``create_app_without_audit`` below: a
 benchmark-only factory, so the product has no switch that turns its audit trail off). Then
 alternates the two, ``--rounds`` times each, each round ``--seconds`` of ``--concurrency``
 clients submitting a 640x480 JPEG (multipart ``POST /v1/analyses``, answered 202 once stored
@@ -40,7 +40,7 @@ def create_app_without_audit() -> Any:
     """The API with its audit trail cut out (this benchmark's baseline only)."""
     from shared import audit
 
-    audit.record = lambda session_factory, entry: None  # type: ignore[assignment]
+    audit.record_many = lambda session_factory, entries: None  # type: ignore[assignment]
     from api.main import create_app
 
     return create_app()

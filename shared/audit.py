@@ -134,50 +134,73 @@ def lock_chain(session: Session, chain: uuid.UUID) -> None:
     session.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"), {"key": f"audit:{chain}"})
 
 
-def append(session: Session, entry: AuditEntry) -> AuditEvent:
-    """Append ``entry`` to its chain in this session's transaction; commit soon (the chain's
-    lock is held until then)."""
-    chain = chain_of(entry.tenant_id)
-    lock_chain(session, chain)
+def _head(session: Session, chain: uuid.UUID) -> tuple[int, str]:
+    """The seq and hash the chain's next row follows (its last row's, else its newest
+    checkpoint's: the chain may go on after a pruned stretch, else the genesis)."""
     head = session.execute(
         select(AuditEvent.seq, AuditEvent.hash).where(AuditEvent.tenant_id == chain)
         .order_by(AuditEvent.seq.desc()).limit(1)
     ).first()
-    if head is None:
-        # The chain may go on after a pruned stretch.
-        checkpoint = session.execute(
-            select(AuditCheckpoint.through_seq, AuditCheckpoint.through_hash)
-            .where(AuditCheckpoint.tenant_id == chain).order_by(AuditCheckpoint.through_seq.desc()).limit(1)
-        ).first()
-        seq, prev_hash = (checkpoint[0] + 1, checkpoint[1]) if checkpoint else (1, GENESIS)
-    else:
-        seq, prev_hash = head[0] + 1, head[1]
-    row = AuditEvent(
-        tenant_id=chain,
-        seq=seq,
-        occurred_at=utcnow(),
-        actor=entry.actor[:200],
-        action=entry.action,
-        resource_type=entry.resource_type,
-        resource_id=entry.resource_id,
-        outcome=entry.outcome,
-        status_code=entry.status_code,
-        request_id=entry.request_id,
-        client_address=entry.client_address,
-        user_agent=(entry.user_agent or None) and entry.user_agent[:300],
-        detail=entry.detail,
-        prev_hash=prev_hash,
-    )
-    row.hash = row_hash(row)
-    session.add(row)
+    if head is not None:
+        return head[0], head[1]
+    checkpoint = session.execute(
+        select(AuditCheckpoint.through_seq, AuditCheckpoint.through_hash)
+        .where(AuditCheckpoint.tenant_id == chain).order_by(AuditCheckpoint.through_seq.desc()).limit(1)
+    ).first()
+    return (checkpoint[0], checkpoint[1]) if checkpoint else (0, GENESIS)
+
+
+def append_many(session: Session, entries: Sequence[AuditEntry]) -> list[AuditEvent]:
+    """Append ``entries`` (in their order within each chain) in this session's transaction;
+    commit soon (each chain's lock is held until then). Chains are locked in a fixed order,
+    so two processes appending to the same chains never deadlock."""
+    by_chain: dict[uuid.UUID, list[AuditEntry]] = {}
+    for entry in entries:
+        by_chain.setdefault(chain_of(entry.tenant_id), []).append(entry)
+    rows: list[AuditEvent] = []
+    now = utcnow()
+    for chain in sorted(by_chain):
+        lock_chain(session, chain)
+        seq, prev_hash = _head(session, chain)
+        for entry in by_chain[chain]:
+            seq += 1
+            row = AuditEvent(
+                tenant_id=chain,
+                seq=seq,
+                occurred_at=now,
+                actor=entry.actor[:200],
+                action=entry.action,
+                resource_type=entry.resource_type,
+                resource_id=entry.resource_id,
+                outcome=entry.outcome,
+                status_code=entry.status_code,
+                request_id=entry.request_id,
+                client_address=entry.client_address,
+                user_agent=(entry.user_agent or None) and entry.user_agent[:300],
+                detail=entry.detail,
+                prev_hash=prev_hash,
+            )
+            row.hash = prev_hash = row_hash(row)
+            rows.append(row)
+    session.add_all(rows)
     session.flush()
-    return row
+    return rows
+
+
+def append(session: Session, entry: AuditEntry) -> AuditEvent:
+    """Append one entry to its chain in this session's transaction (``append_many``)."""
+    return append_many(session, [entry])[0]
 
 
 def record(session_factory: sessionmaker[Session], entry: AuditEntry) -> None:
     """Append ``entry`` in a short transaction of its own."""
+    record_many(session_factory, [entry])
+
+
+def record_many(session_factory: sessionmaker[Session], entries: Sequence[AuditEntry]) -> None:
+    """Append ``entries`` in one short transaction of their own (the API's group commit)."""
     with session_scope(session_factory) as session:
-        append(session, entry)
+        append_many(session, entries)
 
 
 def count(session: Session, tenant_id: uuid.UUID | None) -> int:
