@@ -131,3 +131,5 @@ def _install_optional_routers(app: FastAPI) -> None:
     app.include_router(model_routes.router)
     from api.routes import dispositions
     app.include_router(dispositions.router)
+    from api.routes import erasure
+    app.include_router(erasure.router)

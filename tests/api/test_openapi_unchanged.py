@@ -51,6 +51,7 @@ ALLOWED: dict[str, str] = {
     "/components/schemas/DispositionVocabulary": "issue 21: GET /v1/dispositions",
     "/components/schemas/DispositionWords": "issue 21: GET /v1/dispositions",
     "/components/schemas/ReasonWords": "issue 21: GET /v1/dispositions",
+    "/paths/~1v1~1analyses~1{analysis_id}/delete": "issue 22: erasure of one analysis (DELETE /v1/analyses/{id})",
 }
 
 
