@@ -511,6 +511,15 @@ def bench(args: tuple[str, ...]) -> None:
     sys.exit(subprocess.call([sys.executable, "-m", "benchmarks.engine", *args], cwd=root))
 
 
+# A tenant's data rights (issue 22; docs/DATA_RIGHTS.md).
+from cli.tenant_data import tenants_delete, tenants_disable, tenants_enable, tenants_export  # noqa: E402
+
+tenants.add_command(tenants_export)
+tenants.add_command(tenants_delete)
+tenants.add_command(tenants_disable)
+tenants.add_command(tenants_enable)
+
+
 def main() -> None:
     cli(prog_name="dermasentinel")
 
