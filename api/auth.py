@@ -23,7 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from starlette.types import Scope
 
 from api.capacity import Capacity
-from api.problems import Unauthorized, problem_response
+from api.problems import NotFound, Unauthorized, problem_response
 from shared import tenants
 from shared.context import AppContext
 from shared.db import session_scope
@@ -198,11 +198,32 @@ def _tenant_exists(context: AppContext, tenant_id: uuid.UUID) -> bool:
         return tenants.exists(session, tenant_id)
 
 
+def _gone(request: Request, detail: str) -> JSONResponse:
+    return problem_response(
+        401, Unauthorized.code, Unauthorized.title, detail, request.url.path, headers={"WWW-Authenticate": "Bearer"},
+    )
+
+
 def install(app: FastAPI) -> None:
-    """A key whose tenant is gone is a 401, never a 500 (issue 22). Within the key cache's few
-    seconds a deleted tenant's key still authenticates, and its first write fails on the
-    tenant's foreign key: that failure is recognised here (the request's tenant no longer
-    exists), its keys are dropped from the cache, and the answer is 401."""
+    """A key whose tenant is gone is a 401, never a 500 nor a 404 (issue 22). Within the key
+    cache's few seconds a deleted tenant's key still authenticates: its first write fails on
+    the tenant's foreign key, and its reads find nothing (404). Either is recognised here (the
+    request's tenant no longer exists), its keys are dropped from the cache, and the answer
+    is 401. The check costs one query, and only on those failures."""
+
+    @app.exception_handler(NotFound)
+    async def _not_found(request: Request, exc: NotFound) -> JSONResponse:
+        tenant_id = request.scope.get("state", {}).get(TENANT_ID)
+        if tenant_id is not None:
+            context: AppContext = request.app.state.context
+            try:
+                exists = await run_in_threadpool(_tenant_exists, context, tenant_id)
+            except Exception:  # the database is away: the 404 stands (nothing of the tenant's was shown)
+                exists = True
+            if not exists:
+                request.app.state.key_cache.forget_tenant(tenant_id)
+                return _gone(request, "this API key's tenant no longer exists")
+        return problem_response(exc.status, exc.code, exc.title, exc.detail, request.url.path, exc.errors, exc.headers)
 
     @app.exception_handler(IntegrityError)
     async def _integrity(request: Request, exc: IntegrityError) -> JSONResponse:
@@ -211,9 +232,5 @@ def install(app: FastAPI) -> None:
             context: AppContext = request.app.state.context
             if not await run_in_threadpool(_tenant_exists, context, tenant_id):
                 request.app.state.key_cache.forget_tenant(tenant_id)
-                return problem_response(
-                    401, Unauthorized.code, Unauthorized.title,
-                    "this API key's tenant no longer exists; nothing was saved",
-                    request.url.path, headers={"WWW-Authenticate": "Bearer"},
-                )
+                return _gone(request, "this API key's tenant no longer exists; nothing was saved")
         raise exc

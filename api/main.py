@@ -135,3 +135,5 @@ def _install_optional_routers(app: FastAPI) -> None:
     app.include_router(dispositions.router)
     from api.routes import audit as audit_routes
     app.include_router(audit_routes.router)
+    from api.routes import erasure
+    app.include_router(erasure.router)

@@ -543,6 +543,15 @@ from cli.audit import audit_group  # noqa: E402  (issue 22: verify and export th
 cli.add_command(audit_group)
 
 
+# A tenant's data rights (issue 22; docs/DATA_RIGHTS.md).
+from cli.tenant_data import tenants_delete, tenants_disable, tenants_enable, tenants_export  # noqa: E402
+
+tenants.add_command(tenants_export)
+tenants.add_command(tenants_delete)
+tenants.add_command(tenants_disable)
+tenants.add_command(tenants_enable)
+
+
 def main() -> None:
     cli(prog_name="dermasentinel")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -28,6 +29,16 @@ def upload_key(tenant_id: uuid.UUID, upload_id: uuid.UUID) -> str:
 
 def artifact_key(tenant_id: uuid.UUID, analysis_id: uuid.UUID, name: str) -> str:
     return f"tenants/{tenant_id}/analyses/{analysis_id}/{name}"
+
+
+def tenant_prefix(tenant_id: uuid.UUID) -> str:
+    """Every object a tenant owns lies under this prefix, in both buckets."""
+    return f"tenants/{tenant_id}/"
+
+
+def analysis_prefix(tenant_id: uuid.UUID, analysis_id: uuid.UUID) -> str:
+    """Every object an analysis owns (image, mask, overlay, report) lies under this prefix."""
+    return f"tenants/{tenant_id}/analyses/{analysis_id}/"
 
 
 @dataclass
@@ -63,8 +74,23 @@ class ObjectStore:
             response.close()
             response.release_conn()
 
+    def stream(self, purpose: str, key: str, chunk_size: int = 1024 * 1024) -> Iterator[bytes]:
+        """The object's bytes in chunks, never whole in memory (exports)."""
+        response = self.client.get_object(self.bucket(purpose), key)
+        try:
+            yield from response.stream(chunk_size)
+        finally:
+            response.close()
+            response.release_conn()
+
     def delete(self, purpose: str, key: str) -> None:
         self.client.remove_object(self.bucket(purpose), key)
+
+    def keys_under(self, purpose: str, prefix: str) -> Iterator[str]:
+        """The keys of every object under ``prefix``."""
+        for item in self.client.list_objects(self.bucket(purpose), prefix=prefix, recursive=True):
+            if item.object_name is not None:
+                yield item.object_name
 
     def exists(self, purpose: str, key: str) -> bool:
         try:

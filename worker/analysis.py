@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from minio.error import S3Error
 
-from shared import clinical, lifecycle, vlm
+from shared import clinical, lifecycle, tenant_data, vlm
 from shared.clock import iso, utcnow
 from shared.config import Settings
 from shared.context import AppContext
@@ -315,7 +315,7 @@ def _record_finding(context: AppContext, claim: Claim, finding: Finding, provena
     record = _finished_record(claim, finding.result, provenance)
     note = build_scribe_note(record, caption=_model_caption(context, claim))
     result = finding.result.model_copy(update={"scribe_note": note})
-    return _record(
+    recorded = _record(
         context,
         claim,
         status=AnalysisStatus.succeeded,
@@ -324,6 +324,10 @@ def _record_finding(context: AppContext, claim: Claim, finding: Finding, provena
         mask_key=mask_key,
         overlay_key=overlay_key,
     )
+    if not recorded:
+        # Erased (its tenant deleted) while this pass ran: what it wrote goes too (issue 22).
+        tenant_data.discard_if_erased(context, claim.analysis_id, [(ARTIFACTS, mask_key), (ARTIFACTS, overlay_key)])
+    return recorded
 
 
 def _stored(provenance: ModelInfo) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import uuid
 
-from shared import lifecycle
+from shared import lifecycle, tenant_data
 from shared.context import AppContext
 from shared.db import after_commit, session_scope
 from shared.images import ImageRejected, UploadTooLargeError, clean_image
@@ -70,6 +70,9 @@ def ingest_upload(context: AppContext, analysis_id: uuid.UUID) -> str | None:
         )
         if done:
             after_commit(session, lambda: _forget_upload(context, pending.upload_key))
+    if not done:
+        # Erased (its tenant deleted) while this ran: the image just stored goes too (issue 22).
+        tenant_data.discard_if_erased(context, analysis_id, [(IMAGES, key)])
     INGESTS.labels("accepted" if done else "skipped").inc()
     return "ingested" if done else None
 

@@ -164,12 +164,14 @@ def prune_audit_trail(context: AppContext, now: datetime | None = None) -> dict:
 def purge_expired(context: AppContext) -> int:
     """Forget expired idempotency keys and direct uploads nobody submitted in time (their
     objects too); prune the audit trail (``AUDIT_RETENTION_DAYS``); with ``RETENTION_DAYS``
-    set, delete final analyses older than that, their images and artifacts first, then their
-    rows."""
-    from sqlalchemy import delete, select, update
+    set, erase final analyses older than that, up to 1000 a run: their rows and every row
+    holding their data first, then their images and artifacts
+    (``shared.tenant_data.erase_final_before``, the one erasure code)."""
+    from sqlalchemy import select, update
 
-    from shared.storage import ARTIFACTS, IMAGES
-    from shared.tables import Analysis, Report, Upload
+    from shared.storage import IMAGES
+    from shared.tables import Analysis, Upload
+    from shared.tenant_data import erase_final_before
 
     settings = context.settings
     now = utcnow()
@@ -193,26 +195,4 @@ def purge_expired(context: AppContext) -> int:
     prune_audit_trail(context, now)
     if settings.retention_days <= 0:
         return 0
-    cutoff = now - timedelta(days=settings.retention_days)
-    purged = 0
-    with session_scope(context.session_factory) as session:
-        rows = session.execute(
-            select(Analysis, Report.pdf_key)
-            .outerjoin(Report, Report.analysis_id == Analysis.id)
-            .where(Analysis.status.notin_(lifecycle.ACTIVE), Analysis.completed_at < cutoff)
-            .limit(1000)
-            .with_for_update(of=Analysis, skip_locked=True)
-        ).all()
-        for analysis, pdf_key in rows:
-            context.store.delete(IMAGES, analysis.image_key)
-            for key in (analysis.mask_key, analysis.overlay_key, pdf_key):
-                if key:
-                    context.store.delete(ARTIFACTS, key)
-            purged += 1
-        if rows:
-            session.execute(
-                delete(Analysis)
-                .where(Analysis.id.in_([a.id for a, _ in rows]))
-                .execution_options(synchronize_session=False)
-            )
-    return purged
+    return erase_final_before(context, now - timedelta(days=settings.retention_days), limit=1000)

@@ -7,10 +7,13 @@ import logging
 import time
 import uuid
 
+from minio.error import S3Error
+from psycopg.errors import ForeignKeyViolation
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import IntegrityError
 
-from shared import lifecycle
+from shared import lifecycle, tenant_data
 from shared.context import AppContext
 from shared.db import session_scope
 from shared.events import record_event
@@ -39,8 +42,13 @@ def build_report(context: AppContext, analysis_id: uuid.UUID) -> bool:
         bind(tenant_id=tenant_id, batch_id=analysis.batch_id)
 
     started = time.perf_counter()
-    image = context.store.get(IMAGES, image_key)
-    overlay = context.store.get(ARTIFACTS, overlay_key) if overlay_key else None
+    try:
+        image = context.store.get(IMAGES, image_key)
+        overlay = context.store.get(ARTIFACTS, overlay_key) if overlay_key else None
+    except S3Error as exc:
+        if exc.code in tenant_data.MISSING_OBJECT_CODES and tenant_data.discard_if_erased(context, analysis_id, []):
+            return False  # erased since it was read: nothing to report on
+        raise
     pdf = render_report(record, image, overlay)
     links = lifecycle.links(context.settings, analysis_id)
     fhir = build_fhir_bundle(
@@ -56,6 +64,27 @@ def build_report(context: AppContext, analysis_id: uuid.UUID) -> bool:
     pdf_key = artifact_key(tenant_id, analysis_id, "report.pdf")
     context.store.put(ARTIFACTS, pdf_key, pdf, "application/pdf")
 
+    try:
+        return _store_report(context, analysis_id, tenant_id, pdf_key, pdf, fhir, render_ms)
+    except IntegrityError as exc:
+        # The analysis was erased (or its tenant deleted) while its report was rendered: no
+        # report row can point at it, and the PDF just stored goes too (issue 22).
+        if isinstance(exc.orig, ForeignKeyViolation) and tenant_data.discard_if_erased(
+            context, analysis_id, [(ARTIFACTS, pdf_key)]
+        ):
+            return False
+        raise
+
+
+def _store_report(
+    context: AppContext,
+    analysis_id: uuid.UUID,
+    tenant_id: uuid.UUID,
+    pdf_key: str,
+    pdf: bytes,
+    fhir: dict,
+    render_ms: float,
+) -> bool:
     with session_scope(context.session_factory) as session:
         inserted = session.execute(
             insert(Report)

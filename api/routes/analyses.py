@@ -22,7 +22,6 @@ from api.problems import BadRequest, NotReady, Unprocessable, problems
 from api.services import analyses as service
 from api.services import webhook_endpoints
 from shared import lifecycle
-from shared.clock import iso
 from shared.context import AppContext
 from shared.schemas import (
     AnalysisInputs,
@@ -31,8 +30,6 @@ from shared.schemas import (
     AnalysisSummary,
     FeedbackIn,
     FeedbackOut,
-    FeedbackRecord,
-    ReportState,
 )
 from shared.scopes import Scope
 from shared.storage import ARTIFACTS
@@ -61,25 +58,13 @@ ReadFhir = Annotated[AuthenticatedTenant, authorized(Scope.analyses_read, "fhir.
 
 def view(context: AppContext, session: Session, analysis: Analysis) -> AnalysisOut:
     """One analysis as the API shows it: the record, with links, presigned artifacts, report
-    readiness and feedback."""
-    record = lifecycle.analysis_record(analysis)
-    report = service.report_for(session, analysis.id)
-    return AnalysisOut(
-        **lifecycle.fields_for(AnalysisOut, record),
-        updated_at=iso(analysis.updated_at),
-        links=lifecycle.links(context.settings, analysis.id),
-        artifacts=lifecycle.artifact_links(context.store, analysis),
-        report=ReportState(ready=report is not None, created_at=iso(report.created_at) if report else None),
-        feedback=[
-            FeedbackRecord(
-                agrees=f.agrees,
-                final_diagnosis=f.final_diagnosis,
-                histopathology=f.histopathology,
-                notes=f.notes,
-                created_at=iso(f.created_at),
-            )
-            for f in service.feedback_for(session, analysis.id)
-        ],
+    readiness and feedback (``shared.lifecycle.analysis_view``, which exports use too)."""
+    return lifecycle.analysis_view(
+        context.settings,
+        context.store,
+        analysis,
+        service.report_for(session, analysis.id),
+        service.feedback_for(session, analysis.id),
     )
 
 

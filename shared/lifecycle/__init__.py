@@ -49,6 +49,7 @@ from shared.lifecycle.sweeps import (  # noqa: F401
 from shared.lifecycle.views import (  # noqa: F401
     analysis_record,
     analysis_summary,
+    analysis_view,
     api_base,
     artifact_links,
     event_data,

@@ -5,7 +5,7 @@ each as the typed model the API documents (shared.schemas).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from typing import Any, TypeVar, cast
 
@@ -18,19 +18,22 @@ from shared.config import Settings
 from shared.schemas.analyses import (
     AnalysisInputsOut,
     AnalysisLinks,
+    AnalysisOut,
     AnalysisRecord,
     AnalysisResult,
     AnalysisSummary,
     Artifacts,
     ErrorInfo,
+    FeedbackRecord,
     ImageInfo,
     ModelInfo,
     Rejection,
+    ReportState,
 )
 from shared.schemas.common import CancelReason
 from shared.schemas.events import AnalysisEventData, CodeOnly, EventRejection, EventResultSummary
 from shared.storage import ARTIFACTS, IMAGES, ObjectStore
-from shared.tables import Analysis
+from shared.tables import Analysis, Feedback, Report
 
 View = TypeVar("View", bound=BaseModel)
 
@@ -200,6 +203,31 @@ def artifact_links(store: ObjectStore, analysis: Analysis) -> Artifacts:
     if analysis.overlay_key:
         found["overlay"] = store.presigned_get(ARTIFACTS, analysis.overlay_key)
     return Artifacts(**found, expires_at=iso(utcnow() + timedelta(seconds=store.settings.presign_ttl_seconds)))
+
+
+def analysis_view(
+    settings: Settings, store: ObjectStore, analysis: Analysis, report: Report | None, feedback: Iterable[Feedback]
+) -> AnalysisOut:
+    """One analysis as the API shows it (``GET /v1/analyses/{id}``) and a tenant's export keeps
+    it (``shared.tenant_data``): the record, with links, presigned artifacts, report readiness
+    and feedback."""
+    return AnalysisOut(
+        **fields_for(AnalysisOut, analysis_record(analysis)),
+        updated_at=iso(analysis.updated_at),
+        links=links(settings, analysis.id),
+        artifacts=artifact_links(store, analysis),
+        report=ReportState(ready=report is not None, created_at=iso(report.created_at) if report else None),
+        feedback=[
+            FeedbackRecord(
+                agrees=f.agrees,
+                final_diagnosis=f.final_diagnosis,
+                histopathology=f.histopathology,
+                notes=f.notes,
+                created_at=iso(f.created_at),
+            )
+            for f in feedback
+        ],
+    )
 
 
 def event_data(settings: Settings, analysis: Analysis) -> AnalysisEventData:

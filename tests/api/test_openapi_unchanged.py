@@ -63,6 +63,7 @@ ALLOWED: dict[str, str] = {
     "/paths/~1v1~1audit-events": "issue 22: GET /v1/audit-events, the tenant's audit trail (audit:read)",
     "/components/schemas/AuditEventOut": "issue 22: GET /v1/audit-events",
     "/components/schemas/AuditEventPage": "issue 22: GET /v1/audit-events",
+    "/paths/~1v1~1analyses~1{analysis_id}/delete": "issue 22: erasure of one analysis (DELETE /v1/analyses/{id})",
 }
 
 
