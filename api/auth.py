@@ -9,12 +9,14 @@ for authentication. ``api.deps.get_tenant`` is the dependency that calls ``authe
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+import redis.asyncio as aioredis
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
@@ -24,11 +26,14 @@ from starlette.types import Scope
 
 from api.capacity import Capacity
 from api.problems import NotFound, Unauthorized, problem_response
-from shared import tenants
+from shared import revocations, tenants
+from shared.config import Settings
 from shared.context import AppContext
 from shared.db import session_scope
 from shared.logs import bind as bind_log_context
 from shared.security import KEY_PREFIX, hash_api_key
+
+log = logging.getLogger(__name__)
 
 # scope["state"] keys: the authenticated tenant's id, and that TenantGate has already checked
 # this request's address against the limit on unknown keys.
@@ -135,6 +140,11 @@ class KeyCache:
             return None
         return entry[1]
 
+    def forget_key(self, key_id: uuid.UUID) -> None:
+        """Drop a revoked key's entry (its digest is not known here, its id is)."""
+        for digest in [d for d, (_, grant) in self._entries.items() if grant.key_id == key_id]:
+            self._entries.pop(digest, None)
+
     def forget_tenant(self, tenant_id: uuid.UUID) -> None:
         """Drop every key of a tenant that no longer exists (or may no longer act)."""
         for digest in [d for d, (_, grant) in self._entries.items() if grant.tenant_id == tenant_id]:
@@ -234,3 +244,37 @@ def install(app: FastAPI) -> None:
                 request.app.state.key_cache.forget_tenant(tenant_id)
                 return _gone(request, "this API key's tenant no longer exists; nothing was saved")
         raise exc
+
+
+async def listen_for_revocations(settings: Settings, cache: KeyCache) -> None:
+    """Drop cached keys as revocations are announced (``shared.revocations``), for as long as
+    the process runs; reconnects after a lost connection (meanwhile the cache's few seconds
+    bound the delay, as without this)."""
+    if not settings.broker_url.startswith(("redis://", "rediss://")):
+        return
+    delay = 0.5
+    while True:
+        client = aioredis.Redis.from_url(settings.broker_url, socket_connect_timeout=2)
+        try:
+            async with client.pubsub() as pubsub:
+                await pubsub.subscribe(revocations.CHANNEL)
+                delay = 0.5
+                async for message in pubsub.listen():
+                    if message.get("type") != "message":
+                        continue
+                    try:
+                        tenant_id, key_id = revocations.parse(message["data"])
+                    except ValueError:
+                        continue
+                    if tenant_id is not None:
+                        cache.forget_tenant(tenant_id)
+                    if key_id is not None:
+                        cache.forget_key(key_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # Redis away: try again soon
+            log.info("revocations: listening again in %.1f s (%s)", delay, type(exc).__name__)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+        finally:
+            await client.aclose()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import mimetypes
 from collections.abc import AsyncIterator
@@ -67,7 +69,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.context = context
         app.state.audit_writer = AuditWriter(context, app.state.capacity)  # issue 22: group-committed rows
         app.state.metrics.start()  # on METRICS_PORT, never the public port (issue 22)
+        # Revoked keys and disabled or deleted tenants are dropped from the key cache at once.
+        listener = asyncio.ensure_future(auth.listen_for_revocations(settings, app.state.key_cache))
         yield
+        listener.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listener
         await app.state.limiter.close()
         app.state.metrics.close()
         context.close()

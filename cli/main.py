@@ -278,6 +278,9 @@ def tenants_keys_revoke(tenant: str, key_id: str, allow_last: bool) -> None:
             raise click.ClickException(str(exc)) from None
         except service.LastKeyError as exc:
             raise click.ClickException(f"{exc} (or pass --allow-last)") from None
+    from shared import revocations
+
+    revocations.announce(get_settings(), key_id=info.id)  # every API process forgets it now
     click.echo(f"revoked {info.prefix}… ({info.id}) of tenant {found.name} at {_when(info.revoked_at)}")
 
 

@@ -134,12 +134,13 @@ def _set_disabled(name: str, disabled: bool) -> None:
     with _context() as context:
         tenant = _find(context, name)
         with session_scope(context.session_factory) as session:
-            changed = tenant_data.set_disabled(session, tenant, disabled, actor=tenant_data.operator_actor())
+            changed = tenant_data.set_disabled(session, tenant, disabled, actor=tenant_data.operator_actor(),
+                                               settings=context.settings)
     seconds = get_settings().auth_cache_seconds
     if disabled:
         state = "disabled" if changed else "was already disabled"
-        click.echo(f"tenant {tenant.name} ({tenant.id}) {state}: every key answers 401 within {seconds:g} s "
-                   "(AUTH_CACHE_SECONDS); its data is kept")
+        click.echo(f"tenant {tenant.name} ({tenant.id}) {state}: every key answers 401 from now on (at most "
+                   f"{seconds:g} s if the API cannot hear it through Redis); its data is kept")
     else:
         state = "enabled" if changed else "was not disabled"
         click.echo(f"tenant {tenant.name} ({tenant.id}) {state}: its active keys work again within {seconds:g} s")

@@ -16,7 +16,6 @@ foreign key, so it outlives what it records.
 
 from __future__ import annotations
 
-import getpass
 import hashlib
 import json
 import logging
@@ -35,10 +34,11 @@ from sqlalchemy import CursorResult, Delete, delete, func, or_, select, tuple_
 from sqlalchemy.orm import Session
 from tenacity import Retrying, stop_after_attempt, wait_exponential
 
-from shared import audit, lifecycle
+from shared import audit, lifecycle, revocations
 from shared.clock import iso, utcnow
+from shared.config import Settings
 from shared.context import AppContext
-from shared.db import session_scope
+from shared.db import after_commit, session_scope
 from shared.storage import ARTIFACTS, IMAGES, PURPOSES, ObjectStore, analysis_prefix, tenant_prefix
 from shared.tables import (
     Analysis,
@@ -93,13 +93,8 @@ class ExportRefused(TenantDataError):
     """The export's folder is not empty (or not a folder)."""
 
 
-def operator_actor() -> str:
-    """The audit trail's actor for a command run by an operator: ``operator:<os user>``."""
-    try:
-        user = getpass.getuser()
-    except Exception:  # no login name in a bare container
-        user = "unknown"
-    return f"operator:{user}"
+# The audit trail's actor for a command run by an operator: ``operator:<os user>``.
+operator_actor = audit.operator_actor
 
 
 # ---------------------------------------------------------------------------------- erasure
@@ -344,6 +339,7 @@ def delete_tenant(context: AppContext, tenant: Tenant, *, actor: str = "system")
             tenant_id=None, actor=actor, action=DELETE, resource_type="tenant", resource_id=str(tenant_id),
             detail={**detail, "name": name},
         ))
+    revocations.announce(context.settings, tenant_id=tenant_id)  # its keys stop at once
     deleted, left = remove_tenant_objects(context, tenant_id)
     log.info("tenant %s deleted: %s rows, %d objects (%d left)", tenant_id, sum(rows.values()), deleted, len(left))
     return TenantDeletion(tenant_id, name, rows, deleted, tuple(left))
@@ -358,9 +354,12 @@ def remove_tenant_objects(context: AppContext, tenant_id: uuid.UUID) -> tuple[in
     return remove_objects(context.store, [], [tenant_prefix(tenant_id)])
 
 
-def set_disabled(session: Session, tenant: Tenant, disabled: bool, *, actor: str = "system") -> bool:
-    """Disable the tenant (every key answers 401, within ``AUTH_CACHE_SECONDS`` in running API
-    processes) or enable it again; records ``tenant.disable`` or ``tenant.enable`` in this
+def set_disabled(
+    session: Session, tenant: Tenant, disabled: bool, *, actor: str = "system", settings: Settings | None = None
+) -> bool:
+    """Disable the tenant (every key answers 401: with ``settings``, running API processes hear
+    it once this commits, ``shared.revocations``; else within ``AUTH_CACHE_SECONDS``) or enable
+    it again; records ``tenant.disable`` or ``tenant.enable`` in this
     session's transaction. True when the state changed (doing it twice is harmless)."""
     row = session.execute(select(Tenant).where(Tenant.id == tenant.id).with_for_update()).scalar_one_or_none()
     if row is None:
@@ -369,6 +368,8 @@ def set_disabled(session: Session, tenant: Tenant, disabled: bool, *, actor: str
     if changed:
         row.disabled_at = utcnow() if disabled else None
         session.flush()
+        if disabled and settings is not None:
+            after_commit(session, partial(revocations.announce, settings, tenant_id=row.id))
     audit.append(session, audit.AuditEntry(
         tenant_id=row.id, actor=actor, action=DISABLE if disabled else ENABLE, resource_type="tenant",
         resource_id=str(row.id), detail={"changed": changed},

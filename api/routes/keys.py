@@ -96,5 +96,5 @@ def create_key(
     response_model_exclude_unset=True,
     responses=problems(404, (409, "It is the tenant's last active key")),
 )
-def revoke_key(key_id: str, tenant: RevokeKey, session: SessionDep) -> ApiKeyOut:
-    return view(service.revoke(session, tenant, parse_id(key_id, "API key")))
+def revoke_key(key_id: str, tenant: RevokeKey, context: ContextDep, session: SessionDep) -> ApiKeyOut:
+    return view(service.revoke(context, session, tenant, parse_id(key_id, "API key")))

@@ -4,13 +4,15 @@ which the `dermasentinel tenants keys` commands share."""
 from __future__ import annotations
 
 import uuid
+from functools import partial
 
 from sqlalchemy.orm import Session
 
 from api.auth import TenantRef
 from api.problems import Conflict, Forbidden, NotFound
-from shared import tenants
+from shared import revocations, tenants
 from shared.context import AppContext
+from shared.db import after_commit
 from shared.scopes import ALL_SCOPES, Scope
 
 EVERY_SCOPE = frozenset(scope.value for scope in ALL_SCOPES)
@@ -47,9 +49,12 @@ def create(
         raise KeyQuotaExceeded(str(exc)) from None
 
 
-def revoke(session: Session, tenant: TenantRef, key_id: uuid.UUID) -> tenants.KeyInfo:
+def revoke(context: AppContext, session: Session, tenant: TenantRef, key_id: uuid.UUID) -> tenants.KeyInfo:
+    """Revoke the key; once that commits, every API process forgets it (``shared.revocations``)."""
     try:
-        return tenants.revoke_key(session, tenant.id, key_id)
+        info = tenants.revoke_key(session, tenant.id, key_id)
+        after_commit(session, partial(revocations.announce, context.settings, key_id=info.id))
+        return info
     except tenants.ApiKeyNotFound as exc:
         raise NotFound(str(exc)) from None
     except tenants.LastKeyError as exc:

@@ -150,3 +150,35 @@ def test_a_key_made_by_tenants_create_holds_every_scope(context):
     from shared.scopes import ALL_SCOPES
 
     assert grant.scopes == {scope.value for scope in ALL_SCOPES}
+
+
+def test_a_revoked_key_and_a_disabled_tenant_stop_at_once_not_after_the_key_cache(api, api_url, context, settings):
+    """The API caches keys for AUTH_CACHE_SECONDS (5 s); a revocation is announced to every API
+    process (shared.revocations), so the next request after it is refused."""
+    import time
+
+    from shared import revocations, tenant_data
+    from shared.tables import Tenant as TenantRow
+
+    assert settings.auth_cache_seconds >= 5
+    created = api.post("/v1/api-keys", json={"name": "short-lived"}).json()
+    with _as(api_url, created["key"]) as client:
+        assert client.get("/v1/analyses").status_code == 200  # now cached
+        assert api.delete(f"/v1/api-keys/{created['id']}").status_code == 200
+        started = time.monotonic()
+        while client.get("/v1/analyses").status_code != 401:
+            assert time.monotonic() - started < 2.0, "the revoked key still works from the cache"
+            time.sleep(0.05)
+
+    with session_scope(context.session_factory) as session:
+        tenant, key = issue_key(session, f"disable-{uuid.uuid4().hex[:8]}")
+    with _as(api_url, key) as client:
+        assert client.get("/v1/analyses").status_code == 200
+        with session_scope(context.session_factory) as session:
+            row = session.get(TenantRow, tenant.id)
+            tenant_data.set_disabled(session, row, True, settings=settings)
+        started = time.monotonic()
+        while client.get("/v1/analyses").status_code != 401:
+            assert time.monotonic() - started < 2.0, "the disabled tenant's key still works from the cache"
+            time.sleep(0.05)
+    assert revocations.parse(revocations.message(tenant_id=tenant.id)) == (tenant.id, None)

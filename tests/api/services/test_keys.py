@@ -40,19 +40,19 @@ def test_a_revoked_key_stops_working_at_once_and_revoking_again_changes_nothing(
     with unit() as session:
         info, raw = keys.create(context, session, tenant, "to revoke")
     with unit() as session:
-        revoked = keys.revoke(session, tenant, info.id)
+        revoked = keys.revoke(context, session, tenant, info.id)
     assert revoked.revoked_at is not None
     with unit() as session:
         assert authenticate(session, raw) is None
-        again = keys.revoke(session, tenant, info.id)
+        again = keys.revoke(context, session, tenant, info.id)
     assert again.revoked_at == revoked.revoked_at
 
 
-def test_the_last_active_key_cannot_be_revoked(unit, tenant):
+def test_the_last_active_key_cannot_be_revoked(context, unit, tenant):
     with unit() as session:
         (only,) = keys.list_all(session, tenant)
     with unit() as session, pytest.raises(Conflict, match="last active API key"):
-        keys.revoke(session, tenant, only.id)
+        keys.revoke(context, session, tenant, only.id)
     with unit() as session:
         assert keys.list_all(session, tenant)[0].revoked_at is None
 
@@ -62,7 +62,7 @@ def test_another_tenants_key_is_not_found_and_stays_active(context, unit, tenant
         theirs, raw = keys.create(context, session, other_tenant, "theirs")
     for key_id in (theirs.id, uuid.uuid4()):
         with unit() as session, pytest.raises(NotFound) as missing:
-            keys.revoke(session, tenant, key_id)
+            keys.revoke(context, session, tenant, key_id)
         assert missing.value.status == 404
     with unit() as session:
         assert authenticate(session, raw).tenant_id == other_tenant.id
