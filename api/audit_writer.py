@@ -14,6 +14,7 @@ requests (503 through the usual handlers), never silently.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from fastapi.concurrency import run_in_threadpool
 
@@ -25,7 +26,8 @@ MAX_BATCH = 256
 
 
 class AuditWriter:
-    def __init__(self, context: AppContext, capacity: Capacity):
+    def __init__(self, context: Callable[[], AppContext], capacity: Capacity):
+        # The app's context is made by its lifespan, after the writer: read when flushing.
         self.context, self.capacity = context, capacity
         self._waiting: list[tuple[audit.AuditEntry, asyncio.Future[None]]] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -46,7 +48,7 @@ class AuditWriter:
             try:
                 async with self.capacity.audit():
                     await run_in_threadpool(
-                        audit.record_many, self.context.session_factory, [entry for entry, _ in batch]
+                        audit.record_many, self.context().session_factory, [entry for entry, _ in batch]
                     )
             except Exception as exc:  # each waiting request answers with it
                 for _, done in batch:

@@ -67,7 +67,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         context = AppContext(api_database_settings(settings))
         context.store.ensure_buckets()
         app.state.context = context
-        app.state.audit_writer = AuditWriter(context, app.state.capacity)  # issue 22: group-committed rows
         app.state.metrics.start()  # on METRICS_PORT, never the public port (issue 22)
         # Revoked keys and disabled or deleted tenants are dropped from the key cache at once.
         listener = asyncio.ensure_future(auth.listen_for_revocations(settings, app.state.key_cache))
@@ -93,6 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         static_url=docs.ASSETS,
     )
     app.state.capacity = Capacity(settings)
+    app.state.audit_writer = AuditWriter(lambda: app.state.context, app.state.capacity)  # issue 22
     app.state.key_cache = KeyCache(settings.auth_cache_seconds)
     app.state.limiter = Limiter(settings)
     app.state.metrics = ApiMetrics(settings)

@@ -3,10 +3,12 @@ hold the ``audit:read`` scope. Reading it is itself recorded (``audit.read``).""
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
+from pydantic import BeforeValidator
 
 from api.auth import AuthenticatedTenant
 from api.deps import SessionDep, audit_note, authorized
@@ -19,6 +21,17 @@ from shared.scopes import Scope
 router = APIRouter(prefix="/v1/audit-events", tags=["audit"])
 
 Id = Annotated[str | None, Query(max_length=200)]
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def _iso_only(value: object) -> object:
+    """Only ISO 8601 text: pydantic would also take a number of seconds since 1970 ("0.5")."""
+    if isinstance(value, str) and not _ISO_DATE.match(value):
+        raise ValueError("expected an ISO 8601 timestamp, e.g. 2026-12-06T09:30:00Z")
+    return value
+
+
+IsoTimestamp = Annotated[datetime, BeforeValidator(_iso_only)]
 
 
 def _utc(moment: datetime | None) -> datetime | None:
@@ -46,8 +59,8 @@ def list_audit_events(
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: IsoTimestamp | None = None,
+    until: IsoTimestamp | None = None,
     action: Annotated[str | None, Query(max_length=64)] = None,
     resource_type: Annotated[str | None, Query(max_length=64)] = None,
     resource_id: Id = None,

@@ -37,7 +37,7 @@ def _tenant_id(context, tenant: Tenant):
     from shared.tenants import authenticate
 
     with session_scope(context.session_factory) as session:
-        return authenticate(session, tenant.key)
+        return authenticate(session, tenant.key).tenant_id
 
 
 def _stale_open_transactions(context) -> int:
