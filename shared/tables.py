@@ -340,6 +340,13 @@ class WebhookEndpoint(Base):
     analysis_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("analyses.id", ondelete="CASCADE"), unique=True, index=True
     )
+    # What receives the events (issue 23; worker/destinations.py): a signed webhook, a FHIR
+    # Subscription's rest-hook, an EHR's FHIR server (write-back) or a PACS (DICOMweb STOW-RS).
+    # The tenant's /v1/webhook-endpoints are the `webhook` ones; each other kind has its own
+    # API. `config` holds what the kind needs besides the URL (never a secret: those are in
+    # `secret_encrypted`).
+    kind: Mapped[str] = mapped_column(String(32), server_default=text("'webhook'"))
+    config: Mapped[dict] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
 
 
 class DeliveryStatus(enum.StrEnum):

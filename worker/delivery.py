@@ -116,19 +116,46 @@ def deliver(
     (one signature each) during a secret rotation. `tenant_id` selects the allow rules
     that name a tenant. `client` must be a `DeliveryClient`.
     """
+    headers = sign(secret if isinstance(secret, str) else list(secret), msg_id, int(time.time()), body)
+    headers["content-type"] = "application/json"
+    outcome, _ = send(
+        "POST", url, content=body.encode("utf-8"), headers=headers, allow_cidrs=allow_cidrs, timeout=timeout,
+        connect_timeout=connect_timeout, client=client, tenant_id=tenant_id,
+    )
+    return outcome
+
+
+def send(
+    method: str,
+    url: str,
+    *,
+    content: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    allow_cidrs: AllowList,
+    timeout: float = DEFAULT_TIMEOUT_S,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S,
+    client: httpx.Client | None = None,
+    tenant_id: object | None = None,
+    read_limit: int = RESPONSE_EXCERPT_BYTES,
+) -> tuple[AttemptResult, bytes]:
+    """One HTTP exchange with a tenant's receiver under the same guard as a webhook: the URL
+    re-checked against the SSRF rules, the connection pinned to the approved addresses, no
+    redirects, one deadline for the whole exchange. Returns what happened and up to
+    `read_limit` bytes of the response body (a token endpoint's answer, a FHIR server's
+    transaction-response); network trouble is returned, not raised. The destinations other
+    than webhooks (worker/destinations.py) make their requests through this."""
     if client is not None and not isinstance(client, DeliveryClient):
-        raise TypeError("deliver() needs a DeliveryClient; other clients skip address pinning")
+        raise TypeError("send() needs a DeliveryClient; other clients skip address pinning")
     called = time.monotonic()
     deadline = called + timeout
     try:
         parsed, addresses = resolve_and_check(url, allow_cidrs, tenant_id=tenant_id)
     except UnsafeURLError as exc:
-        return _failure(f"refused: {exc}", "refused_url", latency_ms=_since(called))
+        return _failure(f"refused: {exc}", "refused_url", latency_ms=_since(called)), b""
     internal = any(is_internal(address) for address in addresses)
 
-    headers = sign(secret if isinstance(secret, str) else list(secret), msg_id, int(time.time()), body)
-    headers["content-type"] = "application/json"
-    # Compressed responses could expand far beyond the excerpt we keep.
+    headers = dict(headers or {})
+    # Compressed responses could expand far beyond what we read.
     headers["accept-encoding"] = "identity"
 
     owned = client is None
@@ -137,32 +164,37 @@ def deliver(
     started = time.monotonic()
     try:
         with active.stream(
-            "POST",
+            method,
             parsed.url,
-            content=body.encode("utf-8"),
+            content=content,
             headers=headers,
             timeout=_timeouts(deadline - started, connect_timeout),
         ) as response:
-            excerpt = _read_excerpt(response)
+            raw = _read_body(response, read_limit)
     except httpx.ConnectTimeout as exc:
         return _failure(
             f"timed out connecting after {min(connect_timeout, timeout):g} s ({type(exc).__name__})",
             "timeout", latency_ms=_since(started), internal=internal,
-        )
+        ), b""
     except httpx.TimeoutException as exc:
         return _failure(
             f"timed out after {timeout:g} s ({type(exc).__name__})", "timeout",
             latency_ms=_since(started), internal=internal,
-        )
+        ), b""
     except httpx.ConnectError as exc:
-        return _failure(f"{type(exc).__name__}: {exc}", "connect_error", latency_ms=_since(started), internal=internal)
+        return _failure(
+            f"{type(exc).__name__}: {exc}", "connect_error", latency_ms=_since(started), internal=internal
+        ), b""
     except httpx.HTTPError as exc:
-        return _failure(f"{type(exc).__name__}: {exc}", "protocol_error", latency_ms=_since(started), internal=internal)
+        return _failure(
+            f"{type(exc).__name__}: {exc}", "protocol_error", latency_ms=_since(started), internal=internal
+        ), b""
     finally:
         _current_pin.reset(pin)
         if owned:
             active.close()
-    return _classify(response, excerpt, latency_ms=_since(started), internal=internal)
+    excerpt = raw[:RESPONSE_EXCERPT_BYTES].decode("utf-8", errors="replace")
+    return _classify(response, excerpt, latency_ms=_since(started), internal=internal), raw
 
 
 def _timeouts(remaining: float, connect_timeout: float) -> httpx.Timeout:
@@ -211,17 +243,17 @@ def _classify(response: httpx.Response, excerpt: str, *, latency_ms: float, inte
     )
 
 
-def _read_excerpt(response: httpx.Response) -> str:
+def _read_body(response: httpx.Response, limit: int) -> bytes:
     kept = bytearray()
     try:
         for chunk in response.iter_raw():
             kept += chunk
-            if len(kept) >= RESPONSE_EXCERPT_BYTES:
+            if len(kept) >= limit:
                 break
     except httpx.HTTPError:
         # The status line already decided the outcome; a body cut short only shortens the log.
         pass
-    return bytes(kept[:RESPONSE_EXCERPT_BYTES]).decode("utf-8", errors="replace")
+    return bytes(kept[:limit])
 
 
 def _failure(error: str, error_class: str, *, latency_ms: float, internal: bool = False) -> AttemptResult:

@@ -21,7 +21,6 @@ import random
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache, partial
 
@@ -47,6 +46,7 @@ from shared.security import secret_box
 from shared.tables import DeliveryStatus, Event, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from shared.webhook_signing import signing_secrets
 from worker.delivery import AttemptResult, deliver, next_attempt_delay
+from worker.destinations import WEBHOOK, Claim, destination, register
 from worker.maintenance import broker_queue_length
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,9 @@ SLOT_KEY = "dermasentinel:webhook-slot"
 def _subscribed(endpoint: WebhookEndpoint, event: Event) -> bool:
     if event.only_endpoint_id is not None:
         return endpoint.id == event.only_endpoint_id
-    return not endpoint.events or event.type in endpoint.events
+    if endpoint.events and event.type not in endpoint.events:
+        return False
+    return endpoint.kind == WEBHOOK or destination(endpoint.kind).matches(endpoint, event)
 
 
 def _analysis_of(event: Event) -> uuid.UUID | None:
@@ -142,15 +144,30 @@ def dispatch_event(context: AppContext, event_id: str) -> int:
     return len(created)
 
 
-@dataclass(frozen=True)
-class _Claim:
-    delivery_id: uuid.UUID
-    attempt_count: int
-    tenant_id: uuid.UUID
-    url: str
-    secrets: list[str]
-    msg_id: str
-    body: str
+class SignedWebhook:
+    """The ``webhook`` kind: the event, POSTed and signed as Standard Webhooks say."""
+
+    kind = WEBHOOK
+
+    def matches(self, endpoint: WebhookEndpoint, event: Event) -> bool:
+        return True
+
+    def send(self, context: AppContext, claim: Claim, client: httpx.Client | None) -> AttemptResult:
+        settings = context.settings
+        return deliver(
+            claim.url,
+            claim.secrets,
+            claim.msg_id,
+            claim.body,
+            allow_cidrs=settings.webhook_allow_cidrs,
+            timeout=settings.webhook_timeout_seconds,
+            connect_timeout=settings.webhook_connect_timeout_seconds,
+            client=client,
+            tenant_id=claim.tenant_id,
+        )
+
+
+register(SignedWebhook())
 
 
 def deliver_one(context: AppContext, delivery_id: uuid.UUID, client: httpx.Client | None = None) -> str | None:
@@ -170,23 +187,13 @@ def deliver_one(context: AppContext, delivery_id: uuid.UUID, client: httpx.Clien
             if claim is not None:
                 WEBHOOK_DELIVERIES.labels(claim).inc()  # skipped (endpoint disabled) or deferred
             return claim
-        outcome = deliver(
-            claim.url,
-            claim.secrets,
-            claim.msg_id,
-            claim.body,
-            allow_cidrs=settings.webhook_allow_cidrs,
-            timeout=settings.webhook_timeout_seconds,
-            connect_timeout=settings.webhook_connect_timeout_seconds,
-            client=client,
-            tenant_id=claim.tenant_id,
-        )
+        outcome = destination(claim.kind).send(context, claim, client)
     status = _record(context, claim, outcome.as_logged())
     _observe_attempt(claim, outcome, status)
     return status
 
 
-def _observe_attempt(claim: _Claim, outcome: AttemptResult, status: str | None) -> None:
+def _observe_attempt(claim: Claim, outcome: AttemptResult, status: str | None) -> None:
     """One line and the metrics per attempt; the receiver's URL stays out (it may be internal)."""
     if outcome.ok:
         result = "delivered"
@@ -205,7 +212,7 @@ def _observe_attempt(claim: _Claim, outcome: AttemptResult, status: str | None) 
         )
 
 
-def _claim(context: AppContext, delivery_id: uuid.UUID, slot_free: Callable[[uuid.UUID], bool]) -> _Claim | str | None:
+def _claim(context: AppContext, delivery_id: uuid.UUID, slot_free: Callable[[uuid.UUID], bool]) -> Claim | str | None:
     settings = context.settings
     with session_scope(context.session_factory) as session:
         delivery = session.execute(
@@ -243,18 +250,23 @@ def _claim(context: AppContext, delivery_id: uuid.UUID, slot_free: Callable[[uui
         # worker dies, the dispatcher wakes the delivery again once this passes.
         delivery.next_attempt_at = now + WAKE_LEASE + timedelta(seconds=settings.webhook_timeout_seconds + 5)
         delivery.leased_at = now
-        return _Claim(
+        return Claim(
             delivery_id=delivery.id,
             attempt_count=delivery.attempt_count,
             tenant_id=delivery.tenant_id,
+            endpoint_id=endpoint.id,
+            kind=endpoint.kind,
             url=endpoint.url,
-            secrets=secrets,
             msg_id=event.id,
+            event_type=event.type,
+            payload=event.payload,
             body=json.dumps(event.payload, separators=(",", ":"), sort_keys=True),
+            config=dict(endpoint.config or {}),
+            secrets=secrets,
         )
 
 
-def _record(context: AppContext, claim: _Claim, outcome: AttemptResult) -> str | None:
+def _record(context: AppContext, claim: Claim, outcome: AttemptResult) -> str | None:
     settings = context.settings
     schedule = settings.webhook_retry_schedule
     with session_scope(context.session_factory) as session:
@@ -310,7 +322,7 @@ class TenantSlots:
         self.client, self.limit, self.ttl_s = client, limit, ttl_s
 
     @contextmanager
-    def hold_for(self, context: AppContext, delivery_id: uuid.UUID) -> Iterator[_Claim | str | None]:
+    def hold_for(self, context: AppContext, delivery_id: uuid.UUID) -> Iterator[Claim | str | None]:
         """Claim the delivery while taking one of its tenant's slots; the slot is held
         until the block ends."""
         held: list[Lock] = []

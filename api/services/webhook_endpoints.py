@@ -38,6 +38,9 @@ from shared.ssrf import UnsafeURLError, resolve_and_check
 from shared.tables import DeliveryStatus, Tenant, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from shared.webhook_signing import generate_secret
 
+# The kind of the rows this API manages (worker/destinations.py names the others).
+WEBHOOK_KIND = "webhook"
+
 log = logging.getLogger(__name__)
 REDIS_TIMEOUT_S = 0.5
 ANALYSIS_EVENT_TYPES: tuple[str, ...] = get_args(AnalysisEventType)
@@ -83,7 +86,8 @@ def create(
     existing = session.execute(
         select(func.count())
         .select_from(WebhookEndpoint)
-        .where(WebhookEndpoint.tenant_id == tenant.id, WebhookEndpoint.analysis_id.is_(None))
+        .where(WebhookEndpoint.tenant_id == tenant.id, WebhookEndpoint.analysis_id.is_(None),
+               WebhookEndpoint.kind == WEBHOOK_KIND)
     ).scalar_one()
     if existing >= quota:
         raise EndpointQuotaExceeded(
@@ -147,7 +151,7 @@ def rotate_secret(
     """A new signing secret, returned once. For `grace_hours` (default
     WEBHOOK_SECRET_GRACE_HOURS) every message is signed with both the new and the replaced
     secret, so receivers can switch without rejecting anything; 0 ends the old one now."""
-    endpoint = get_owned(session, WebhookEndpoint, endpoint_id, tenant, "webhook endpoint", for_update=True)
+    endpoint = get(session, tenant, endpoint_id, for_update=True)
     hours = context.settings.webhook_secret_grace_hours if grace_hours is None else grace_hours
     secret = generate_secret()
     box = secret_box(context.settings)
@@ -162,15 +166,20 @@ def rotate_secret(
     return endpoint, secret
 
 
-def get(session: Session, tenant: TenantRef, endpoint_id: uuid.UUID) -> WebhookEndpoint:
-    return get_owned(session, WebhookEndpoint, endpoint_id, tenant, "webhook endpoint")
+def get(session: Session, tenant: TenantRef, endpoint_id: uuid.UUID, *, for_update: bool = False) -> WebhookEndpoint:
+    """One of the tenant's webhook endpoints (the other kinds of destination have their own API)."""
+    endpoint = get_owned(session, WebhookEndpoint, endpoint_id, tenant, "webhook endpoint", for_update=for_update)
+    if endpoint.kind != WEBHOOK_KIND:
+        raise NotFound(f"no webhook endpoint with id {endpoint_id}")
+    return endpoint
 
 
 def list_all(session: Session, tenant: TenantRef) -> list[WebhookEndpoint]:
     return list(
         session.execute(
             select(WebhookEndpoint)
-            .where(WebhookEndpoint.tenant_id == tenant.id, WebhookEndpoint.analysis_id.is_(None))
+            .where(WebhookEndpoint.tenant_id == tenant.id, WebhookEndpoint.analysis_id.is_(None),
+                   WebhookEndpoint.kind == WEBHOOK_KIND)
             .order_by(WebhookEndpoint.created_at)
         ).scalars()
     )
