@@ -5,9 +5,7 @@
 from __future__ import annotations
 
 import contextlib
-import getpass
 import json
-import os
 import sys
 import uuid
 from collections.abc import Iterator
@@ -118,14 +116,6 @@ def verify(tenant: str | None) -> None:
         sys.exit(1)
 
 
-def _operator() -> str:
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = f"uid{os.getuid()}"
-    return f"operator:{user}"
-
-
 @audit_group.command("export")
 @click.option("--tenant", "tenant", metavar="NAME", required=True, help="the tenant (name or id; `system`)")
 @click.option("--since", metavar="ISO", help="rows at or after this date or datetime (UTC unless an offset is given)")
@@ -147,7 +137,7 @@ def export(tenant: str, since: str | None, until: str | None, fmt: str, out: Pat
             outcome = audit.SUCCESS
         finally:
             audit.record(context.session_factory, audit.AuditEntry(
-                tenant_id=chain, actor=_operator(), action="audit.export", resource_type="audit_event",
+                tenant_id=chain, actor=audit.operator_actor(), action="audit.export", resource_type="audit_event",
                 outcome=outcome, detail={"format": fmt, "rows": count, "since": since, "until": until,
                                          "to": "file" if out else "stdout"},
             ))

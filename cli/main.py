@@ -16,6 +16,8 @@ from shared.queues import ROLE_QUEUES, queue_list
 from shared.scopes import Scope
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
     from cli.client import Client
     from shared.model_registry import RegisteredModel
 
@@ -407,6 +409,11 @@ def models_import(checkpoint: Path, kind: str, card_path: Path | None, version: 
         if registry:
             row, created = register_checkpoint(settings, checkpoint, kind, card_path=card_path, version=version,
                                                activate=activate)
+            from training.model_store import registry_session
+
+            with registry_session(settings) as session:
+                _audit_model(session, "model.register" if created else "model.register_again", row.id, kind=kind,
+                             version=row.version, activated=activate)
             state = "active" if activate else row.status
             click.echo(f"{'registered' if created else 'already registered'} {kind} {row.version} "
                        f"({row.id}, sha256 {row.sha256}, weights {row.weights}): {state}")
@@ -459,6 +466,14 @@ def _thresholds(row: RegisteredModel) -> str:
     return f"{threshold}; {rule_out}"
 
 
+def _audit_model(session: Session, action: str, model_id: object, **detail: object) -> None:
+    """An operator's change to the model registry, on the audit trail's system chain."""
+    from shared import audit
+
+    audit.append(session, audit.AuditEntry(None, audit.operator_actor(), action, "model", str(model_id),
+                                           detail={k: v for k, v in detail.items() if v is not None}))
+
+
 @models.command("activate")
 @click.argument("kind", type=click.Choice(MODEL_KINDS))
 @click.argument("ref")
@@ -471,6 +486,8 @@ def models_activate(kind: str, ref: str) -> None:
     try:
         with registry_session(get_settings()) as session:
             active, previous = model_registry.activate(session, kind, ref)
+            _audit_model(session, "model.activate", active.id, kind=kind, version=active.version,
+                         retired=previous.version if previous is not None else None)
             message = f"{kind} {active.version} is active"
             if previous is not None:
                 message += f" (retired {previous.version})"
@@ -490,6 +507,8 @@ def models_rollback(kind: str) -> None:
     try:
         with registry_session(get_settings()) as session:
             active, rolled_back = model_registry.rollback(session, kind)
+            _audit_model(session, "model.rollback", rolled_back.id, kind=kind, retired=rolled_back.version,
+                         version=active.version if active is not None else None)
             message = f"retired {kind} {rolled_back.version}; " + (
                 f"{active.version} is active again" if active is not None
                 else "no registered model is active (MODEL_DIR or untrained weights)"

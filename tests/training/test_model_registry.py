@@ -110,7 +110,7 @@ def _submit(api, seed: int) -> str:
 
 
 def test_a_running_worker_switches_on_activation_and_results_name_the_version(
-    registry, run_cli, trained_fusion, api, worker, wait_final, settings
+    registry, run_cli, trained_fusion, api, worker, wait_final, settings, context
 ):
     before = wait_final(_submit(api, 1))
     assert before["status"] == "succeeded" and before["model"]["weights"] == "untrained"
@@ -157,6 +157,16 @@ def test_a_running_worker_switches_on_activation_and_results_name_the_version(
 
     rolled_back = run_cli("models", "rollback", "fusion")
     assert rolled_back.exit_code == 0 and "no registered model is active" in rolled_back.output
+    # Issue 22: each change to the registry is on the audit trail's system chain, by the operator.
+    from sqlalchemy import select
+
+    from shared.tables import SYSTEM_CHAIN, AuditEvent
+
+    with context.session_factory() as session:
+        changes = [(r.action, r.resource_id) for r in session.execute(
+            select(AuditEvent).where(AuditEvent.tenant_id == SYSTEM_CHAIN, AuditEvent.resource_id == row["id"])
+            .order_by(AuditEvent.seq)).scalars()]
+    assert [action for action, _ in changes][-2:] == ["model.activate", "model.rollback"], changes
     time.sleep(settings.model_check_seconds + 0.5)
     assert wait_final(_submit(api, 3))["model"]["weights"] == "untrained"
 
