@@ -249,7 +249,8 @@ def batch() -> None:
 @batch.command("submit")
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="CSV: filename, age, sex, site, external_id (ISIC names accepted)")
+              help="CSV: filename, age, sex, site, external_id, patient_reference, encounter_reference "
+                   "(ISIC names accepted)")
 @click.option("--name", help="batch name; a rerun with the same name resumes it [default: the folder's name]")
 @click.option("--external-id", "batch_external_id", help="your reference for the batch")
 @click.option("--wait", is_flag=True, help="show processing progress and write the triage CSV")

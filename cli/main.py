@@ -314,20 +314,23 @@ def _when(moment) -> str | None:
 @click.option("--age", type=click.IntRange(AGE_MIN, AGE_MAX))
 @click.option("--sex", type=click.Choice(SEXES), default="unknown")
 @click.option("--site", default="unknown")
-@click.option("--external-id")
+@click.option("--external-id", help="your reference for this analysis (the FHIR report's identifier)")
+@click.option("--patient-reference", help="Patient/<id>, an absolute URL ending in Patient/<id>, or system|value")
+@click.option("--encounter-reference", help="Encounter/<id>, an absolute URL ending in Encounter/<id>, or system|value")
 @click.option("--wait/--no-wait", default=True, show_default=True)
 @click.option("--timeout", default=600.0, show_default=True)
 @_client_options
-def submit(image: Path, age, sex, site, external_id, wait: bool, timeout: float, api_url, api_key) -> None:
+def submit(image: Path, age, sex, site, external_id, patient_reference, encounter_reference, wait: bool,
+           timeout: float, api_url, api_key) -> None:
     """Submit IMAGE, wait for the result and print it."""
     from cli.client import ApiError
     from cli.render import printable
 
     client = _client(api_url, api_key)
+    fields = {"age": age, "sex": sex, "site": site, "external_id": external_id,
+              "patient_reference": patient_reference, "encounter_reference": encounter_reference}
     try:
-        analysis = client.submit(
-            image.read_bytes(), image.name, {"age": age, "sex": sex, "site": site, "external_id": external_id}
-        )
+        analysis = client.submit(image.read_bytes(), image.name, fields)
         if wait:
             analysis = client.wait(str(analysis.id), timeout=timeout)
     except ApiError as exc:

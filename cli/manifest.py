@@ -1,7 +1,8 @@
 """A folder of photos, and the spreadsheet that describes them, read into rows to upload.
 
 Each row's age, sex and site are checked against the one patient-metadata vocabulary
-(``shared.clinical.vocabulary``: the values, aliases and age range the API accepts), so a row
+(``shared.clinical.vocabulary``: the values, aliases and age range the API accepts), and its
+patient and encounter references against the API's one parser (``shared.fhir_refs``), so a row
 the API would refuse is reported here with its manifest line instead of being uploaded. Bad
 rows never stop the others.
 """
@@ -18,6 +19,7 @@ from pathlib import Path
 import click
 
 from shared.clinical.vocabulary import VocabularyError, normalise_age, normalise_sex, normalise_site
+from shared.fhir_refs import InvalidReference, ReferenceType, parse_reference
 from shared.schemas.common import EXTERNAL_ID_PATTERN
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -31,6 +33,8 @@ COLUMNS = {
     "sex": ("sex",),
     "site": ("site", "anatom_site_general_challenge", "anatom_site_general"),
     "external_id": ("external_id",),
+    "patient_reference": ("patient_reference",),
+    "encounter_reference": ("encounter_reference",),
 }
 
 
@@ -148,12 +152,29 @@ def _fields(values: dict[str, str], path: Path) -> dict[str, str | int | None]:
     except VocabularyError as exc:
         # A spreadsheet's blank cell is "not given": say so, as the column may simply be unknown.
         raise VocabularyError(f"{exc} (leave it empty when unknown)") from None
-    return {
+    fields: dict[str, str | int | None] = {
         "age": age,
         "sex": normalise_sex(values.get("sex", "")),
         "site": normalise_site(values.get("site", "")),
         "external_id": _external_id(values.get("external_id", ""), path),
     }
+    # The patient and the visit (issue 23): sent only when the row gives them.
+    for column, expected in REFERENCE_COLUMNS.items():
+        if values.get(column):
+            fields[column] = _reference(values[column], column, expected)
+    return fields
+
+
+REFERENCE_COLUMNS: dict[str, ReferenceType] = {"patient_reference": "Patient", "encounter_reference": "Encounter"}
+
+
+def _reference(raw: str, column: str, expected: ReferenceType) -> str:
+    """The cell as the API takes it; ValueError naming the column (never quoting the cell) otherwise."""
+    try:
+        parse_reference(raw, expected)
+    except InvalidReference as exc:
+        raise ValueError(f"{column} {exc}") from None
+    return raw
 
 
 def _external_id(raw: str, path: Path) -> str:

@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     api_url: str = ""
     api_key: SecretStr = SecretStr("")
     public_url: str = ""
+    # Issue 23: who operates this service, named in every FHIR bundle's Provenance (an
+    # Organization agent beside the model's Device); empty: no Organization is named.
+    organization_name: str = Field(default="", max_length=200)
 
     model_dir: Path | None = None
     segmenter: Literal["auto", "unet", "classical"] = "auto"

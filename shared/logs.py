@@ -44,7 +44,7 @@ from shared.config import Settings
 PATIENT_KEYS = frozenset({
     "age", "sex", "site", "anatomic_site", "external_id", "patient", "patient_id", "name", "dob",
     "birth_date", "notes", "note", "comment", "comments", "free_text", "metadata", "inputs",
-    "pixel_spacing_mm", "scribe_note", "filename",
+    "pixel_spacing_mm", "scribe_note", "filename", "patient_reference", "encounter_reference",
 })
 CONTEXT_KEYS = ("request_id", "analysis_id", "batch_id", "tenant_id", "delivery_id", "event_id")
 # The Celery message header that carries the API request id into tasks.

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -278,6 +278,24 @@ def _lock_kind(session: Session, kind: str) -> None:
     session.execute(select(ModelVersion.id).where(ModelVersion.kind == kind).with_for_update())
 
 
+def cards_by_id(session: Session, ids: Iterable[str | None]) -> dict[str, dict[str, Any]]:
+    """The model cards of the registry rows ``ids`` names (an analysis' checkpoints'
+    ``registry_id``), by id: only rows that have a card; ids that are not registry ids are
+    skipped. FHIR bundles carry them as DocumentReferences (issue 23)."""
+    wanted: set[uuid.UUID] = set()
+    for ref in ids:
+        if not ref:
+            continue
+        try:
+            wanted.add(uuid.UUID(ref))
+        except ValueError:
+            continue
+    if not wanted:
+        return {}
+    rows = session.execute(select(ModelVersion.id, ModelVersion.card).where(ModelVersion.id.in_(wanted)))
+    return {str(row_id): dict(card) for row_id, card in rows if card}
+
+
 def read_checkpoint(store: ObjectStore, model: ActiveModel) -> bytes:
     return store.get(MODELS_PURPOSE, model.object_key)
 
@@ -372,7 +390,8 @@ def reprocess(session: Session, store: ObjectStore, celery: Celery, original: An
     analysis = Analysis(
         id=analysis_id, tenant_id=original.tenant_id, batch_id=None, external_id=original.external_id,
         priority="bulk", status="queued", attempt=0, age=original.age, sex=original.sex, site=original.site,
-        pixel_spacing_mm=original.pixel_spacing_mm, image_key=key, image_sha256=original.image_sha256,
+        pixel_spacing_mm=original.pixel_spacing_mm, patient_reference=original.patient_reference,
+        encounter_reference=original.encounter_reference, image_key=key, image_sha256=original.image_sha256,
         image_content_type=original.image_content_type, image_width=original.image_width,
         image_height=original.image_height, created_at=now, updated_at=now, enqueued_at=now,
         reprocessed_from=original.id,

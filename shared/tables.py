@@ -172,6 +172,9 @@ class Analysis(Base):
     sex: Mapped[str] = mapped_column(String(16), default="unknown")
     site: Mapped[str] = mapped_column(String(32), default="unknown")
     pixel_spacing_mm: Mapped[float | None] = mapped_column(Float)
+    # Issue 23: the client's patient and encounter (shared/fhir_refs.py), as submitted.
+    patient_reference: Mapped[str | None] = mapped_column(String(512))
+    encounter_reference: Mapped[str | None] = mapped_column(String(512))
 
     image_key: Mapped[str] = mapped_column(String(300))
     image_sha256: Mapped[str] = mapped_column(String(64))

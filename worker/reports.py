@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 
-from shared import lifecycle, tenant_data
+from shared import lifecycle, model_registry, tenant_data
 from shared.context import AppContext
 from shared.db import session_scope
 from shared.events import record_event
@@ -21,7 +21,7 @@ from shared.logs import bind
 from shared.metrics import REPORT_RENDER_SECONDS
 from shared.storage import ARTIFACTS, IMAGES, artifact_key
 from shared.tables import Analysis, AnalysisStatus, Report
-from worker.reporting.fhir import BundleLinks, build_fhir_bundle
+from worker.reporting.fhir import BundleContext, BundleLinks, build_fhir_bundle
 from worker.reporting.pdf import render_report
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,8 @@ def build_report(context: AppContext, analysis_id: uuid.UUID) -> bool:
             lifecycle.report_settled(session, analysis_id)
             return False
         record = lifecycle.analysis_record(analysis)
+        checkpoints = (record.model.scalpel, record.model.fusion) if record.model is not None else ()
+        cards = model_registry.cards_by_id(session, [c.registry_id for c in checkpoints if c is not None])
         image_key, overlay_key, tenant_id = analysis.image_key, analysis.overlay_key, analysis.tenant_id
         bind(tenant_id=tenant_id, batch_id=analysis.batch_id)
 
@@ -58,6 +60,7 @@ def build_report(context: AppContext, analysis_id: uuid.UUID) -> bool:
             image=f"{links.self}/artifacts/image",
             overlay=f"{links.self}/artifacts/overlay" if overlay_key else None,
         ),
+        BundleContext(organization=context.settings.organization_name or None, model_cards=cards),
     )
     render_ms = (time.perf_counter() - started) * 1000
     REPORT_RENDER_SECONDS.observe(render_ms / 1000)

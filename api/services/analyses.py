@@ -63,7 +63,7 @@ class Submitted:
 def fingerprint(image: CleanImage, inputs: AnalysisInputs, webhook: RequestWebhook | None = None) -> str:
     # Without a webhook the text is what it always was, so keys stored before still replay.
     canonical = json.dumps(
-        {"image": image.original_sha256, **inputs.model_dump(mode="json"),
+        {"image": image.original_sha256, **inputs.fingerprint_fields(),
          **(webhook.fingerprint_fields() if webhook else {})},
         sort_keys=True,
     )
@@ -158,6 +158,8 @@ def _new_analysis(
         sex=inputs.sex,
         site=inputs.site,
         pixel_spacing_mm=inputs.pixel_spacing_mm,
+        patient_reference=inputs.patient_reference,
+        encounter_reference=inputs.encounter_reference,
         idempotency_key=idempotency_key,
         request_fingerprint=request_fingerprint,
         idempotency_expires_at=now + timedelta(hours=context.settings.idempotency_ttl_hours)
@@ -251,7 +253,7 @@ def submit_upload(
     would have (shared.images); ingest is woken after the commit, and re-sent by the sweeper.
     ``known_sizes``: the store's object sizes when already asked (``uploads.claim_for_analysis``)."""
     canonical = json.dumps(
-        {"upload_id": str(upload_id), **inputs.model_dump(mode="json"),
+        {"upload_id": str(upload_id), **inputs.fingerprint_fields(),
          **(webhook.fingerprint_fields() if webhook else {})},
         sort_keys=True,
     )

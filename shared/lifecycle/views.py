@@ -53,6 +53,8 @@ def inputs_view(analysis: Analysis) -> AnalysisInputsOut:
         sex=analysis.sex,
         site=analysis.site,
         pixel_spacing_mm=analysis.pixel_spacing_mm,
+        patient_reference=analysis.patient_reference,
+        encounter_reference=analysis.encounter_reference,
     )
 
 

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
+    StringConstraints,
+    WithJsonSchema,
 )
 
+from shared import fhir_refs
 from shared.clinical.disposition import Disposition
 from shared.clinical.vocabulary import AGE_MAX, AGE_MIN
 from shared.schemas.common import (
@@ -30,6 +34,37 @@ from shared.schemas.common import (
 )
 from shared.schemas.webhooks import AnalysisWebhook
 
+# Issue 23: who and which visit the image belongs to, as the client's EHR names them
+# (shared.fhir_refs: one parser for the API, direct uploads, CLI manifests and FHIR).
+PatientReference = Annotated[
+    str,
+    StringConstraints(max_length=fhir_refs.MAX_LENGTH),
+    AfterValidator(fhir_refs.patient_reference),
+    WithJsonSchema(
+        {"type": "string", "maxLength": fhir_refs.MAX_LENGTH, "pattern": fhir_refs.reference_pattern("Patient")}
+    ),
+]
+EncounterReference = Annotated[
+    str,
+    StringConstraints(max_length=fhir_refs.MAX_LENGTH),
+    AfterValidator(fhir_refs.encounter_reference),
+    WithJsonSchema(
+        {"type": "string", "maxLength": fhir_refs.MAX_LENGTH, "pattern": fhir_refs.reference_pattern("Encounter")}
+    ),
+]
+PATIENT_REFERENCE_DESCRIPTION = (
+    "The patient, as your EHR names them: a FHIR reference `Patient/<id>`, an absolute URL ending in "
+    "`Patient/<id>`, or an identifier `system|value` (e.g. `urn:oid:1.2.36.146.595.217.0.1|12345`). It becomes the "
+    "FHIR report's `subject`; no other patient detail is needed"
+)
+ENCOUNTER_REFERENCE_DESCRIPTION = (
+    "The visit, as your EHR names it: `Encounter/<id>`, an absolute URL ending in `Encounter/<id>`, or `system|value`. "
+    "It becomes the FHIR report's `encounter`"
+)
+# The inputs issue 23 added: left out of a request's idempotency fingerprint when not given,
+# so a key stored before them still replays (``AnalysisInputs.fingerprint_fields``).
+REFERENCE_INPUTS = ("patient_reference", "encounter_reference")
+
 
 class AnalysisInputs(BaseModel):
     """The form fields of ``POST /v1/analyses`` (the image travels beside them)."""
@@ -40,9 +75,29 @@ class AnalysisInputs(BaseModel):
     sex: Sex = "unknown"
     site: Site = "unknown"
     pixel_spacing_mm: float | None = Field(default=None, gt=0, le=10)
-    external_id: str | None = Field(default=None, pattern=EXTERNAL_ID_PATTERN)
+    external_id: str | None = Field(
+        default=None, pattern=EXTERNAL_ID_PATTERN,
+        description="Your reference for this request (an order or accession number): the FHIR DiagnosticReport's "
+        "identifier, never the patient's (give the patient as `patient_reference`)",
+    )
     batch_id: uuid.UUID | None = None
     priority: Literal["interactive", "bulk"] = "interactive"
+    patient_reference: PatientReference | None = Field(
+        default=None, description=PATIENT_REFERENCE_DESCRIPTION, examples=["Patient/8812"]
+    )
+    encounter_reference: EncounterReference | None = Field(
+        default=None, description=ENCOUNTER_REFERENCE_DESCRIPTION,
+        examples=["https://ehr.example.org/fhir/Encounter/visit-8812"],
+    )
+
+    def fingerprint_fields(self) -> dict[str, Any]:
+        """The inputs as the idempotency fingerprint reads them: as before issue 23 when no
+        reference was given, so keys stored before it still replay."""
+        fields = self.model_dump(mode="json")
+        for name in REFERENCE_INPUTS:
+            if fields.get(name) is None:
+                fields.pop(name, None)
+        return fields
 
 
 class FeedbackIn(BaseModel):
@@ -77,6 +132,12 @@ class AnalysisInputsOut(ResponseModel):
     sex: Sex
     site: Site
     pixel_spacing_mm: float | None
+    patient_reference: str | None = Field(
+        default=None, description="As submitted: the FHIR report's `subject` (null: none was given)"
+    )
+    encounter_reference: str | None = Field(
+        default=None, description="As submitted: the FHIR report's `encounter` (null: none was given)"
+    )
 
 
 class ImageInfo(ResponseModel):

@@ -64,6 +64,20 @@ ALLOWED: dict[str, str] = {
     "/components/schemas/AuditEventOut": "issue 22: GET /v1/audit-events",
     "/components/schemas/AuditEventPage": "issue 22: GET /v1/audit-events",
     "/paths/~1v1~1analyses~1{analysis_id}/delete": "issue 22: erasure of one analysis (DELETE /v1/analyses/{id})",
+    "/components/schemas/AnalysisInputsOut/properties/patient_reference": "issue 23: the patient, shown in inputs",
+    "/components/schemas/AnalysisInputsOut/properties/encounter_reference": "issue 23: the encounter, shown in inputs",
+    "/components/schemas/UploadSubmission/properties/patient_reference": "issue 23: patient_reference on uploads",
+    "/components/schemas/UploadSubmission/properties/encounter_reference": "issue 23: encounter_reference on uploads",
+    "/components/schemas/UploadSubmission/properties/external_id": "issue 23: external_id is the report's identifier",
+    **{
+        f"/paths/~1v1~1analyses/post/requestBody/content/{body}/schema/properties/{name}": f"issue 23: {why}"
+        for body in ("multipart~1form-data", "application~1json")
+        for name, why in (
+            ("patient_reference", "the patient (FHIR reference or system|value) on submit"),
+            ("encounter_reference", "the encounter (FHIR reference or system|value) on submit"),
+            ("external_id", "external_id is the DiagnosticReport's identifier, not the patient's"),
+        )
+    },
 }
 
 

@@ -29,7 +29,8 @@ def test_submit_poll_succeeds_with_downloadable_artifacts(api, worker, wait_fina
     created = response.json()
     assert response.headers["location"] == f"/v1/analyses/{created['id']}"
     assert created["status"] == "queued"
-    assert created["inputs"] == {"age": 61, "sex": "male", "site": "torso", "pixel_spacing_mm": None}
+    assert created["inputs"] == {"age": 61, "sex": "male", "site": "torso", "pixel_spacing_mm": None,
+                                 "patient_reference": None, "encounter_reference": None}
 
     analysis = wait_final(created["id"])
     assert analysis["status"] == "succeeded", analysis

@@ -99,3 +99,38 @@ def test_fhir_media_links_are_stable_and_redirect_to_fresh_downloads(api, worker
         assert redirect.status_code == 307
         download = httpx.get(redirect.headers["location"])
         assert download.status_code == 200 and download.headers["content-type"].startswith("image/")
+
+
+def test_the_bundle_places_the_patient_encounter_and_external_id(api, worker, wait, wait_final):
+    """Issue 23 through the real API and worker: `external_id` is the DiagnosticReport's
+    identifier, `patient_reference` its subject, `encounter_reference` its encounter, never a
+    Patient resource; a Device for the model and a Provenance link the AI output to it."""
+    created = _submit(api, seed=35, external_id="acc-35", patient_reference="Patient/p-35",
+                      encounter_reference="urn:oid:1.2.36.1|visit-35")
+    assert created["inputs"]["patient_reference"] == "Patient/p-35"
+    assert wait_final(created["id"])["status"] == "succeeded"
+    body = wait(lambda: (r := api.get(f"/v1/analyses/{created['id']}/fhir")).status_code == 200 and r.json(),
+                timeout=120, message="the FHIR bundle")
+    Bundle.model_validate(body)
+    entries = {e["fullUrl"]: e["resource"] for e in body["entry"]}
+    by_type: dict[str, list[dict]] = {}
+    for resource in entries.values():
+        by_type.setdefault(resource["resourceType"], []).append(resource)
+    (report,) = by_type["DiagnosticReport"]
+    assert report["status"] == "preliminary"  # the test stack's weights are not trained
+    assert {"system": "https://dermasentinel.org/fhir/NamingSystem/external-id", "value": "acc-35"} in report[
+        "identifier"]
+    assert report["subject"] == {"reference": "Patient/p-35", "type": "Patient"}
+    visit = {"system": "urn:oid:1.2.36.1", "value": "visit-35"}
+    assert report["encounter"] == {"type": "Encounter", "identifier": visit}
+    assert "Patient" not in by_type
+    assert all(o["subject"] == report["subject"] for o in by_type["Observation"])
+    assert "acc-35" not in str([r for r in entries.values() if r is not report])
+    (provenance,) = by_type["Provenance"]
+    targets = {t["reference"] for t in provenance["target"]}
+    assert {r["reference"] for r in report["result"]} <= targets
+    for agent in provenance["agent"]:
+        assert entries[agent["who"]["reference"]]["resourceType"] == "Device"
+    model_device = next(d for d in by_type["Device"] if "property" in d)
+    codes = {p["type"]["coding"][0]["code"] for p in model_device["property"]}
+    assert {"weights-status", "decision-threshold", "rule-out-threshold"} <= codes

@@ -199,3 +199,22 @@ def test_evaluate_runs_a_registered_model_as_the_workers_would(registry, run_cli
     assert report["model"]["weights"] == "synthetic" and report["threshold"] == row["threshold"]
     assert report["evaluated"] + len(report["rejected"]) == 12
     assert (settings.data_dir / "models" / f"fusion-{row['sha256']}.pth").is_file()
+
+
+def test_cards_by_id_gives_the_registered_cards_for_fhir(registry):
+    """Issue 23: the report task reads the cards of an analysis' checkpoints by registry id;
+    a row without a card, an unknown id or a value that is not an id gives nothing."""
+    card = {"kind": "fusion", "version": "card-1", "training_data": {"description": "synthetic lesions"}}
+    with session_scope(registry.session_factory) as session:
+        payload = f"with-card-{uuid.uuid4()}".encode()
+        with_card, _ = model_registry.register(
+            session, registry.store, kind="fusion", data=payload, sha256=hashlib.sha256(payload).hexdigest(),
+            version=f"card-{uuid.uuid4().hex[:8]}", card=card,
+        )
+        ids = [str(with_card.id)]
+    without_card = _register(registry, "fusion", f"no-card-{uuid.uuid4()}".encode())[0]
+    with session_scope(registry.session_factory) as session:
+        found = model_registry.cards_by_id(session, [*ids, str(without_card), str(uuid.uuid4()), "not-an-id", None])
+    assert found == {ids[0]: card}
+    with session_scope(registry.session_factory) as session:
+        assert model_registry.cards_by_id(session, [None, ""]) == {}

@@ -18,7 +18,29 @@ Code systems:
   melanoma" is not a nevus diagnosis), so local code only.
 - Units: UCUM — "1" for unitless scores and probabilities, "mm", "{pixel}", "deg" for ITA.
 - AI label: meta.security v3-ObservationValue#AIAST on the report, every Observation and the
-  overlay Media (the only AI-produced resources; the source image and Devices are not).
+  overlay Media (the only AI-produced resources; the source image, Devices, the Provenance,
+  the Organization and the model cards are not).
+
+Patient and encounter (issue 23): the report's `subject` is the client's `patient_reference`
+(a literal `reference` for `Patient/<id>` or an absolute URL, a logical `identifier` for
+`system|value`; shared.fhir_refs), its `encounter` the `encounter_reference`; both are copied to
+every Observation and Media. The client's `external_id` is the DiagnosticReport's identifier
+(EXTERNAL_ID_SYSTEM) beside the analysis id: it names the request, never the patient. Without a
+patient reference the report has no subject (no Patient is ever invented).
+
+AI transparency (issue 23; HL7 "AI Transparency on FHIR" where stable, docs/DECISIONS.md):
+- The classifier's Device is the model's Device (`model.version` is the classifier's): type
+  AIdeviceTypeCS#Artificial-Intelligence, name, version, identifiers (checkpoint sha256, model
+  registry id), and properties (MODEL_PROPERTY_CODES) for the weights status and the operating
+  points (decision, high-risk and rule-out thresholds, temperature, target sensitivities, where
+  they were chosen), plus backend and seed. The segmenter keeps its own Device (AI-typed only
+  when it is the U-Net; the classical segmenter is rule-based). Both are owned by the operator's
+  Organization when ORGANIZATION_NAME names one.
+- One Provenance: target = the DiagnosticReport, every Observation and the overlay Media; agent
+  = each Device as `author` (on behalf of the Organization), and the Organization as
+  `custodian`; reason AIAST; entity = the submitted image as `source`.
+- A DocumentReference (AIinputsCS#AIModelCard) per network whose registry row has a card: the
+  card inline as JSON (`attachment.data`), its subject the network's Device.
 
 Statuses: succeeded → DiagnosticReport "final", but "preliminary" (never "final") whenever the
 weights are not `trained`, rejected analyses included, and so are its Observations: output of
@@ -31,8 +53,12 @@ Failed (system error) → "cancelled": the analysis was started and not complete
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import uuid
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlparse
@@ -40,7 +66,9 @@ from urllib.parse import urlparse
 from fhir.resources.R4B.bundle import Bundle
 
 from shared import clinical
-from shared.schemas.analyses import AnalysisRecord, AnalysisResult, Concepts
+from shared.clinical import disposition as dispositions
+from shared.fhir_refs import InvalidReference, ReferenceType, parse_reference
+from shared.schemas.analyses import AnalysisRecord, AnalysisResult, Checkpoint, Concepts, ModelInfo
 from worker.reporting import wording
 
 FHIR_BASE = "https://dermasentinel.org/fhir"
@@ -51,11 +79,28 @@ EXTERNAL_ID_SYSTEM = f"{FHIR_BASE}/NamingSystem/external-id"
 ANALYSIS_ID_SYSTEM = f"{FHIR_BASE}/NamingSystem/analysis-id"
 MODEL_SHA256_SYSTEM = f"{FHIR_BASE}/NamingSystem/model-sha256"
 MODEL_WEIGHTS_EXTENSION = f"{FHIR_BASE}/StructureDefinition/model-weights"
+MODEL_REGISTRY_SYSTEM = f"{FHIR_BASE}/NamingSystem/model-registry-id"
+MODEL_PROPERTY_CODES = f"{FHIR_BASE}/CodeSystem/model-property"
+WEIGHTS_STATUS_CODES = f"{FHIR_BASE}/CodeSystem/weights-status"
 UCUM = "http://unitsofmeasure.org"
 LOINC = "http://loinc.org"
 SNOMED = "http://snomed.info/sct"
 OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 MEDIA_TYPE = "http://terminology.hl7.org/CodeSystem/media-type"
+
+# HL7 AI Transparency on FHIR (STU1 / its ballot): the AI Device type and the model card's type.
+AI_DEVICE_TYPE = {
+    "system": "http://hl7.org/fhir/uv/aitransparency/CodeSystem/AIdeviceTypeCS",
+    "code": "Artificial-Intelligence",
+    "display": "All kinds of Artificial Intelligence",
+}
+AI_MODEL_CARD = {
+    "system": "http://terminology.hl7.org/CodeSystem/AIinputsCS",
+    "code": "AIModelCard",
+    "display": "AI Model-Card",
+}
+PARTICIPANT_TYPE = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
+DATA_OPERATION = "http://terminology.hl7.org/CodeSystem/v3-DataOperation"
 
 AI_ASSISTED = {
     "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
@@ -78,25 +123,40 @@ class BundleLinks:
     overlay: str | None = None
 
 
-def build_fhir_bundle(record: AnalysisRecord, links: BundleLinks) -> dict[str, Any]:
-    builder = _BundleBuilder(record, links)
+@dataclass(frozen=True)
+class BundleContext:
+    """What the bundle says beyond the record: the operator's organisation (ORGANIZATION_NAME;
+    None: none is named) and the model cards of the networks that ran, by model registry id
+    (``shared.model_registry.cards_by_id``; a network without one gets no DocumentReference)."""
+
+    organization: str | None = None
+    model_cards: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
+def build_fhir_bundle(
+    record: AnalysisRecord, links: BundleLinks, context: BundleContext | None = None
+) -> dict[str, Any]:
+    builder = _BundleBuilder(record, links, context or BundleContext())
     bundle = builder.build()
     Bundle.model_validate(bundle)
     return bundle
 
 
 class _BundleBuilder:
-    def __init__(self, record: AnalysisRecord, links: BundleLinks):
+    def __init__(self, record: AnalysisRecord, links: BundleLinks, context: BundleContext):
         self.record = record
         self.links = links
+        self.context = context
         self.untrained = wording.is_untrained(record)
         # Output of weights that are not trained is never final (FHIR: "preliminary").
         self.status = "preliminary" if self.untrained else "final"
         self.weights = wording.weights(record) or clinical.UNKNOWN_WEIGHTS
         self.entries: list[dict[str, Any]] = []
-        self.subject = _subject(record.external_id)
+        self.subject = _reference(record.inputs.patient_reference, "Patient")
+        self.encounter = _reference(record.inputs.encounter_reference, "Encounter")
         self.created = _instant(record.created_at)
         self.issued = _instant(record.completed_at or record.created_at)
+        self.organization_ref = self.ref("organization") if context.organization else None
 
     def ref(self, role: str) -> str:
         return f"urn:uuid:{uuid.uuid5(FULL_URL_NAMESPACE, f'{self.record.id}/{role}')}"
@@ -127,6 +187,13 @@ class _BundleBuilder:
         if self.record.status == "succeeded" and self.record.result is not None:
             observations = self.add_observations(self.record.result, image_ref, segmenter_ref, classifier_ref)
         report = self.report_resource(image_ref, overlay_ref, observations)
+        self.add_model_cards(segmenter_ref, classifier_ref)
+        if self.organization_ref is not None:
+            organization = {"resourceType": "Organization", "active": True, "name": self.context.organization}
+            self.add("organization", organization)
+        ai_output = [self.ref("report"), *observations, *([overlay_ref] if overlay_ref else [])]
+        devices = [ref for ref in (classifier_ref, segmenter_ref) if ref is not None]
+        self.add("provenance", self.provenance(ai_output, devices, image_ref))
         # The report leads the bundle: it is what an EHR files; the rest supports it.
         self.entries.insert(0, {"fullUrl": self.ref("report"), "resource": report})
         return {
@@ -139,25 +206,153 @@ class _BundleBuilder:
         }
 
     def add_devices(self) -> tuple[str, str | None]:
+        """The segmenter's Device, and the model's: the classifier, whose version is the
+        model's (``model.version``) and whose operating points decide the result."""
         model = self.record.model
         if model is not None and model.scalpel is not None:
-            scalpel = model.scalpel
-            segmenter = _device(scalpel.name, scalpel.version, scalpel.sha256, "AI lesion segmentation model")
+            segmenter = self.device(model.scalpel, "AI lesion segmentation model", ai=True)
         else:
-            segmenter = _device(
-                "classical colour-threshold segmenter", None, None, "Rule-based lesion segmentation (no checkpoint)"
-            )
+            segmenter = self.device(None, "Rule-based lesion segmentation (no checkpoint)", ai=False)
+            segmenter["deviceName"] = [{"name": "classical colour-threshold segmenter", "type": "model-name"}]
         segmenter["note"] = [{"text": f"Gate 1 segmenter: {model.segmenter if model is not None else 'unknown'}."}]
         segmenter_ref = self.add("device/segmenter", segmenter)
-        if model is None or model.fusion is None:
+        if model is None:
             return segmenter_ref, None
-        fusion = model.fusion
-        classifier = _device(fusion.name, fusion.version, fusion.sha256, "AI melanoma classification model")
+        classifier = self.device(model.fusion, "AI melanoma classification model", ai=True)
+        if model.fusion is None:
+            classifier["deviceName"] = [{"name": "melanoma classifier (checkpoint not recorded)", "type": "model-name"}]
+        if model.version and "version" not in classifier:
+            classifier["version"] = [{"value": model.version}]
         classifier["extension"] = self.weights_extension()
+        classifier["property"] = self.model_properties(model)
         classifier["note"] = self.untrained_note() or [{"text": "weights: trained."}]
-        if fusion.seed is not None:
-            classifier["property"] = [{"type": {"text": "seed"}, "valueQuantity": [{"value": fusion.seed}]}]
         return segmenter_ref, self.add("device/classifier", classifier)
+
+    def device(self, checkpoint: Checkpoint | None, kind: str, *, ai: bool) -> dict[str, Any]:
+        """A network's Device: name, version, checkpoint sha256 and model registry id; typed
+        as AI (AI Transparency's Device type) when it is a learnt model."""
+        device: dict[str, Any] = {
+            "resourceType": "Device",
+            "status": "active",
+            "type": {"coding": [dict(AI_DEVICE_TYPE)], "text": kind} if ai else {"text": kind},
+        }
+        if checkpoint is not None:
+            device["deviceName"] = [{"name": checkpoint.name, "type": "model-name"}]
+            if checkpoint.version:
+                device["version"] = [{"value": checkpoint.version}]
+            identifiers = []
+            if checkpoint.sha256:
+                identifiers.append(
+                    {"system": MODEL_SHA256_SYSTEM, "value": checkpoint.sha256,
+                     "type": {"text": "sha256 of model checkpoint"}}
+                )
+            if checkpoint.registry_id:
+                identifiers.append(
+                    {"system": MODEL_REGISTRY_SYSTEM, "value": checkpoint.registry_id,
+                     "type": {"text": "model registry id"}}
+                )
+            if identifiers:
+                device["identifier"] = identifiers
+        if self.organization_ref is not None:
+            device["owner"] = {"reference": self.organization_ref}
+        return device
+
+    def model_properties(self, model: ModelInfo) -> list[dict[str, Any]]:
+        """The weights status and the operating points as Device properties (MODEL_PROPERTY_CODES):
+        what a reader needs to judge the output without the API."""
+        point = model.operating_point
+        threshold = point.threshold if point is not None else model.threshold
+        rule_out = point.rule_out_threshold if point is not None else None
+        chosen_on = point.chosen_on if point is not None else "default"
+        properties = [
+            _property("weights-status", "Weights status", code_value=(WEIGHTS_STATUS_CODES, self.weights)),
+            _property("decision-threshold", "Melanoma decision threshold (calibrated probability above it)",
+                      quantity=clinical.operating_threshold(threshold)),
+            _property("high-risk-threshold", "High-risk threshold (lower bound of the high band)",
+                      quantity=clinical.high_risk_threshold(threshold)),
+            _property("rule-out-threshold", "Rule-out threshold",
+                      quantity=dispositions.rule_out_threshold(rule_out)),
+            _property("operating-point-source", "Where the operating point was chosen", text=chosen_on),
+        ]
+        if rule_out is None:
+            properties.append(
+                _property("rule-out-threshold-source", "Where the rule-out threshold was chosen", text="default")
+            )
+        if point is not None:
+            properties.append(_property("temperature", "Temperature scaling", quantity=point.temperature))
+            if point.target_sensitivity is not None:
+                properties.append(_property("target-sensitivity", "Sensitivity the threshold was chosen for",
+                                            quantity=point.target_sensitivity))
+            if point.rule_out_sensitivity is not None:
+                properties.append(_property("rule-out-sensitivity", "Sensitivity the rule-out threshold was chosen for",
+                                            quantity=point.rule_out_sensitivity))
+        if model.backend:
+            properties.append(_property("backend", "Inference backend", text=model.backend))
+        if model.fusion is not None and model.fusion.seed is not None:
+            properties.append(_property("seed", "Random seed of the weights", quantity=model.fusion.seed))
+        return properties
+
+    def add_model_cards(self, segmenter_ref: str, classifier_ref: str | None) -> None:
+        """A DocumentReference for each network whose model registry row has a card: the card
+        inline (``attachment.data``, JSON), its subject the network's Device."""
+        model = self.record.model
+        if model is None:
+            return
+        for kind, checkpoint, device_ref in (
+            ("scalpel", model.scalpel, segmenter_ref), ("fusion", model.fusion, classifier_ref)
+        ):
+            if checkpoint is None or device_ref is None or not checkpoint.registry_id:
+                continue
+            card = self.context.model_cards.get(checkpoint.registry_id)
+            if not card:
+                continue
+            data = json.dumps(card, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+            title = f"Model card: {checkpoint.name} {checkpoint.version}"
+            self.add(f"document/model-card-{kind}", {
+                "resourceType": "DocumentReference",
+                "status": "current",
+                "type": {"coding": [dict(AI_MODEL_CARD)], "text": "AI model card"},
+                "subject": {"reference": device_ref},
+                "date": self.issued,
+                "description": f"{title} (model registry {checkpoint.registry_id}), as registered",
+                "content": [{
+                    "attachment": {
+                        "contentType": "application/json",
+                        "data": base64.b64encode(data).decode(),
+                        "size": len(data),
+                        "hash": base64.b64encode(hashlib.sha1(data).digest()).decode(),
+                        "title": title,
+                    },
+                }],
+            })
+
+    def provenance(self, targets: list[str], devices: list[str], image_ref: str) -> dict[str, Any]:
+        """Who made the AI output: the model's Devices as authors (on behalf of the operator's
+        Organization, its custodian), from the submitted image (AI Transparency's AI Provenance)."""
+        on_behalf = {"onBehalfOf": {"reference": self.organization_ref}} if self.organization_ref else {}
+        agents = [
+            {
+                "type": {"coding": [{"system": PARTICIPANT_TYPE, "code": "author", "display": "Author"}]},
+                "who": {"reference": ref},
+                **on_behalf,
+            }
+            for ref in devices
+        ]
+        if self.organization_ref is not None:
+            agents.append({
+                "type": {"coding": [{"system": PARTICIPANT_TYPE, "code": "custodian", "display": "Custodian"}]},
+                "who": {"reference": self.organization_ref},
+            })
+        return {
+            "resourceType": "Provenance",
+            "target": [{"reference": ref} for ref in targets],
+            "occurredDateTime": self.issued,
+            "recorded": self.issued,
+            "reason": [{"coding": [dict(AI_ASSISTED)], "text": "AI-asserted output"}],
+            "activity": {"coding": [{"system": DATA_OPERATION, "code": "CREATE", "display": "create"}]},
+            "agent": agents,
+            "entity": [{"role": "source", "what": {"reference": image_ref}}],
+        }
 
     def add_image_media(self) -> str:
         url = self.links.image
@@ -190,6 +385,8 @@ class _BundleBuilder:
         site = self.record.inputs.site
         if self.subject:
             resource["subject"] = self.subject
+        if self.encounter:
+            resource["encounter"] = self.encounter
         if site != "unknown":
             resource["bodySite"] = {"text": site}
 
@@ -316,6 +513,8 @@ class _BundleBuilder:
         }
         if self.subject:
             resource["subject"] = self.subject
+        if self.encounter:
+            resource["encounter"] = self.encounter
         if device_ref:
             resource["device"] = {"reference": device_ref}
         resource.update({k: v for k, v in value.items() if v is not None})
@@ -330,7 +529,7 @@ class _BundleBuilder:
             "id": self.ref("report").removeprefix("urn:uuid:"),
             "meta": self.ai_meta(),
             "extension": self.weights_extension(),
-            "identifier": [{"system": ANALYSIS_ID_SYSTEM, "value": str(self.record.id)}],
+            "identifier": self.report_identifiers(),
             "status": "cancelled" if self.record.status == "failed" else self.status,
             "category": [{"text": "Dermatology imaging (AI screening)"}],
             "code": {
@@ -354,6 +553,8 @@ class _BundleBuilder:
         }
         if self.subject:
             report["subject"] = self.subject
+        if self.encounter:
+            report["encounter"] = self.encounter
         if conclusion_codes:
             report["conclusionCode"] = conclusion_codes
         if overlay_ref:
@@ -361,6 +562,13 @@ class _BundleBuilder:
         if observations:
             report["result"] = [{"reference": ref} for ref in observations]
         return report
+
+    def report_identifiers(self) -> list[dict[str, Any]]:
+        """The analysis id, and the client's ``external_id`` (their name for this request)."""
+        identifiers = [{"system": ANALYSIS_ID_SYSTEM, "value": str(self.record.id)}]
+        if self.record.external_id:
+            identifiers.append({"system": EXTERNAL_ID_SYSTEM, "value": self.record.external_id})
+        return identifiers
 
     def conclusion(self) -> tuple[str, list[dict[str, Any]]]:
         record = self.record
@@ -406,27 +614,36 @@ class _BundleBuilder:
         return f"{prefix}Analysis failed with a system error ({error_code}). {clinical.FAILED_ADVICE}", []
 
 
-def _device(name: str, version: str | None, sha256: str | None, kind: str) -> dict[str, Any]:
-    device: dict[str, Any] = {
-        "resourceType": "Device",
-        "status": "active",
-        "deviceName": [{"name": name, "type": "model-name"}],
-        "type": {"text": kind},
-    }
-    if version:
-        device["version"] = [{"value": version}]
-    if sha256:
-        device["identifier"] = [
-            {"system": MODEL_SHA256_SYSTEM, "value": sha256, "type": {"text": "sha256 of model checkpoint"}}
-        ]
-    return device
+def _property(
+    code: str,
+    display: str,
+    *,
+    quantity: float | None = None,
+    code_value: tuple[str, str] | None = None,
+    text: str | None = None,
+) -> dict[str, Any]:
+    """A Device property typed by MODEL_PROPERTY_CODES: a unitless quantity, or a code, or text."""
+    prop: dict[str, Any] = {"type": {"coding": [{"system": MODEL_PROPERTY_CODES, "code": code, "display": display}]}}
+    if quantity is not None:
+        prop["valueQuantity"] = [{"value": _dec(quantity), **UNITLESS}]
+    elif code_value is not None:
+        system, value = code_value
+        prop["valueCode"] = [{"coding": [{"system": system, "code": value}], "text": value}]
+    elif text is not None:
+        prop["valueCode"] = [{"text": text}]
+    return prop
 
 
-def _subject(external_id: str | None) -> dict[str, Any] | None:
-    """A logical Patient reference by the client's own id; no names or demographics."""
-    if not external_id:
+def _reference(stored: str | None, expected: ReferenceType) -> dict[str, Any] | None:
+    """The client's patient or encounter as a FHIR Reference (shared.fhir_refs); None when
+    none was given. Stored values were checked on the way in; one that no longer parses is
+    left out rather than failing the report."""
+    if not stored:
         return None
-    return {"type": "Patient", "identifier": {"system": EXTERNAL_ID_SYSTEM, "value": external_id}}
+    try:
+        return parse_reference(stored, expected).as_fhir()
+    except InvalidReference:
+        return None
 
 
 def _media_type() -> dict[str, Any]:
