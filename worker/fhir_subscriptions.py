@@ -191,26 +191,21 @@ def notification_for(session: Session, base: str, claim: Claim, config: Subscrip
 
 def due_heartbeats(session: Session, now: datetime | None = None) -> list[tuple[uuid.UUID, uuid.UUID, datetime]]:
     """(Subscription id, tenant id, last activity) of each active Subscription with a heartbeat
-    period that has had no delivery, nor a notification of its own waiting, for that long.
-    Active: enabled, not failing (a failing receiver gets its retries, not more heartbeats),
-    not past its end."""
+    period that has had no delivery (of any notification, its handshake included) for that
+    long; last activity is its last delivery's creation, or its own creation. Active: enabled,
+    not failing (a failing receiver gets its retries, not more heartbeats), not past its end.
+    A heartbeat recorded but not yet fanned out does not count: ``send_heartbeats`` keys it by
+    this last activity, so it is recorded once however often this runs meanwhile."""
     now = now or utcnow()
-    last_delivery = (
+    last_delivery = (  # ix_webhook_deliveries_endpoint_created answers it
         select(func.max(WebhookDelivery.created_at))
         .where(WebhookDelivery.endpoint_id == WebhookEndpoint.id)
         .correlate(WebhookEndpoint)
         .scalar_subquery()
     )
-    last_own = (
-        select(func.max(Event.created_at))
-        .where(Event.tenant_id == WebhookEndpoint.tenant_id, Event.only_endpoint_id == WebhookEndpoint.id,
-               Event.type.in_(list(OWN_EVENTS)))
-        .correlate(WebhookEndpoint)
-        .scalar_subquery()
-    )
     rows = session.execute(
         select(WebhookEndpoint.id, WebhookEndpoint.tenant_id, WebhookEndpoint.config, WebhookEndpoint.created_at,
-               last_delivery, last_own)
+               last_delivery)
         .where(
             WebhookEndpoint.kind == FHIR_SUBSCRIPTION,
             WebhookEndpoint.enabled.is_(True),
@@ -219,14 +214,14 @@ def due_heartbeats(session: Session, now: datetime | None = None) -> list[tuple[
         )
     ).all()
     due = []
-    for subscription_id, tenant_id, raw, created_at, delivered, own in rows:
+    for subscription_id, tenant_id, raw, created_at, delivered in rows:
         config = _config(raw)
         if config is None or not config.heartbeat_period:
             continue
         end = config.end_at
         if end is not None and end <= now:
             continue
-        last = max(moment for moment in (created_at, delivered, own) if moment is not None)
+        last = max(moment for moment in (created_at, delivered) if moment is not None)
         if now - last >= timedelta(seconds=config.heartbeat_period):
             due.append((subscription_id, tenant_id, last))
     return due
@@ -235,7 +230,7 @@ def due_heartbeats(session: Session, now: datetime | None = None) -> list[tuple[
 def send_heartbeats(context: AppContext, now: datetime | None = None) -> int:
     """A heartbeat notification event for each Subscription whose heartbeat is due (beat runs
     this every ``HEARTBEAT_CHECK_SECONDS``); returns how many were recorded. Keyed by the
-    Subscription's last activity, so two runs at once record one."""
+    Subscription's last activity, so runs before its fan-out (or two at once) record one."""
     created = 0
     with session_scope(context.session_factory) as session:
         for subscription_id, tenant_id, last in due_heartbeats(session, now):

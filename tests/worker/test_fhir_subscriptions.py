@@ -152,8 +152,8 @@ def test_heartbeats_are_due_after_the_period_of_silence(quiet, tenant_id):
             return {row[0] for row in due_heartbeats(session, at) if row[1] == tenant_id}
 
     assert due_now(now) == {due}
-    assert send_heartbeats(quiet, now) >= 1
-    assert due_now(now) == set(), "the heartbeat waiting in the outbox counts as activity"
+    send_heartbeats(quiet, now)
+    send_heartbeats(quiet, now + timedelta(seconds=5))  # again before its fan-out: no second one
     with quiet.session_factory() as session:
         (heartbeat,) = session.execute(select(Event).where(Event.only_endpoint_id == due,
                                                            Event.type == fs.HEARTBEAT_EVENT)).scalars().all()
