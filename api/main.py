@@ -41,13 +41,16 @@ use only: DermaSentinel is NOT a certified medical device, and output of `untrai
 Submit an image (`POST /v1/analyses`), then poll `GET /v1/analyses/{id}` or receive the events
 under **Webhooks**. Every request but `/healthz`, `/readyz` and these docs needs
 `Authorization: Bearer dsk_…`. Errors are RFC 7807 `application/problem+json`; the `type`
-ends in a stable code. Every response carries `X-Request-ID`."""
+ends in a stable code (under `/fhir`, the same problem as a FHIR `OperationOutcome`). Every
+response carries `X-Request-ID`."""
 TAGS = [
     {"name": "analyses", "description": "Submit images, read results, reports and FHIR bundles, give feedback"},
     {"name": "batches", "description": "Bulk screening: progress, ETA and the triage list"},
     {"name": "uploads", "description": "Direct uploads to the object store for large backlogs"},
     {"name": "webhooks", "description": "Endpoints that receive signed events, and their delivery log"},
     {"name": "api keys", "description": "The tenant's own API keys"},
+    {"name": "fhir", "description": "The `/fhir` base (FHIR R4B): CapabilityStatement, SubscriptionTopics, and "
+     "Subscriptions (R5 Backport IG) with `$status` and `$events`; errors are OperationOutcomes"},
     {"name": "health", "description": "Liveness and readiness probes (no API key)"},
 ]
 
@@ -144,3 +147,5 @@ def _install_optional_routers(app: FastAPI) -> None:
     app.include_router(audit_routes.router)
     from api.routes import erasure
     app.include_router(erasure.router)
+    from api.routes import fhir
+    app.include_router(fhir.router)

@@ -31,6 +31,9 @@ class Problem(Exception):
     status = 400
     code = "bad_request"
     title = "Bad request"
+    # Under /fhir the problem is an OperationOutcome; its issue code, when the status alone
+    # does not say it (ISSUE_CODES).
+    issue_code: str | None = None
 
     def __init__(self, detail: str, *, errors: list[dict] | None = None, headers: dict | None = None):
         super().__init__(detail)
@@ -150,13 +153,58 @@ def problem_response(
     errors: list[dict] | None = None,
     headers: Mapping[str, str] | None = None,
     extra: dict[str, Any] | None = None,
+    issue_code: str | None = None,
 ) -> JSONResponse:
+    if is_fhir_path(instance):
+        return operation_outcome_response(status, code, title, detail, headers, issue_code)
     body = {"type": TYPE_BASE + code, "title": title, "status": status, "detail": detail, "instance": instance}
     if errors:
         body["errors"] = errors
     if extra:
         body.update(extra)
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+# ---------------------------------------------------------------- FHIR (issue 23)
+# Under the /fhir base, FHIR clients expect an OperationOutcome: every problem answered there
+# (by a route, a dependency or the edge) is the same problem as an OperationOutcome, with the
+# same status and headers, its stable code kept as a coding of details.
+FHIR_BASE_PATH = "/fhir"
+FHIR_JSON = "application/fhir+json"
+# HTTP status → OperationOutcome.issue.code (the IssueType value set).
+ISSUE_CODES = {
+    400: "structure", 401: "login", 403: "forbidden", 404: "not-found", 405: "not-supported", 408: "timeout",
+    409: "conflict", 413: "too-long", 415: "not-supported", 422: "invalid", 429: "throttled", 500: "exception",
+    503: "transient", 504: "timeout",
+}
+
+
+def is_fhir_path(path: str) -> bool:
+    return path == FHIR_BASE_PATH or path.startswith(FHIR_BASE_PATH + "/")
+
+
+def operation_outcome(status: int, code: str, title: str, detail: str, issue_code: str | None = None) -> dict[str, Any]:
+    return {
+        "resourceType": "OperationOutcome",
+        "issue": [
+            {
+                "severity": "error" if status < 500 else "fatal",
+                "code": issue_code or ISSUE_CODES.get(status, "processing"),
+                "details": {"coding": [{"system": TYPE_BASE.rstrip("/"), "code": code}], "text": title},
+                "diagnostics": detail,
+            }
+        ],
+    }
+
+
+def operation_outcome_response(
+    status: int, code: str, title: str, detail: str, headers: Mapping[str, str] | None = None,
+    issue_code: str | None = None,
+) -> JSONResponse:
+    return JSONResponse(
+        operation_outcome(status, code, title, detail, issue_code), status_code=status, media_type=FHIR_JSON,
+        headers=headers,
+    )
 
 
 def _unavailable(request: Request, dependency: str, why: str = "is not reachable right now") -> JSONResponse:
@@ -175,7 +223,8 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem) -> JSONResponse:
         return problem_response(
-            exc.status, exc.code, exc.title, exc.detail, request.url.path, exc.errors, exc.headers
+            exc.status, exc.code, exc.title, exc.detail, request.url.path, exc.errors, exc.headers,
+            issue_code=exc.issue_code,
         )
 
     @app.exception_handler(RequestValidationError)

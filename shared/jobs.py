@@ -34,6 +34,7 @@ TASK_ROUTES = {
     TaskName.sweep.value: {"queue": Queue.maintenance.value},
     TaskName.purge.value: {"queue": Queue.maintenance.value},
     TaskName.ingest_upload.value: {"queue": Queue.ingest.value},
+    TaskName.fhir_heartbeats.value: {"queue": Queue.webhooks.value},
 }
 
 

@@ -24,6 +24,7 @@ class TaskName(enum.StrEnum):
     sweep = "dermasentinel.maintenance.sweep"
     purge = "dermasentinel.maintenance.purge"
     ingest_upload = "dermasentinel.uploads.ingest"
+    fhir_heartbeats = "dermasentinel.fhir.heartbeats"  # issue 23: FHIR Subscriptions' heartbeats
 
 
 ANALYSIS_QUEUES: tuple[Queue, ...] = (Queue.analyze_interactive, Queue.analyze_bulk)

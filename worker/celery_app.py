@@ -29,6 +29,7 @@ from celery.signals import (
 from minio.error import MinioException
 
 from shared.config import Settings, get_settings
+from shared.fhir_subscriptions import HEARTBEAT_CHECK_SECONDS
 from shared.jobs import (
     INFRASTRUCTURE_ERRORS,
     broker_redis,
@@ -117,7 +118,7 @@ _TASK_ARGUMENT = {
 }
 # Periodic wake-ups: their "received"/"succeeded" lines would flood the log every few
 # seconds; they log themselves when they did something.
-PERIODIC_TASKS = frozenset({TaskName.dispatch_due.value, TaskName.sweep.value})
+PERIODIC_TASKS = frozenset({TaskName.dispatch_due.value, TaskName.sweep.value, TaskName.fhir_heartbeats.value})
 _ROUTINE_LINES = ("Scheduler: Sending due task", "Task %(name)s[%(id)s] received",
                   "Task %(name)s[%(id)s] succeeded")
 
@@ -254,6 +255,8 @@ def create_celery(settings: Settings | None = None, *, preload_models: bool = Fa
                                   "schedule": settings.webhook_dispatch_interval_seconds,
                                   "options": {"queue": Queue.webhooks.value}},
         "purge": {"task": TaskName.purge.value, "schedule": 3600.0, "options": {"queue": Queue.maintenance.value}},
+        "fhir-heartbeats": {"task": TaskName.fhir_heartbeats.value, "schedule": HEARTBEAT_CHECK_SECONDS,
+                            "options": {"queue": Queue.webhooks.value}},
     }
     register_tasks(app)
     _connect_observability(settings)
@@ -360,6 +363,12 @@ def register_tasks(app: Celery) -> None:
         from worker.ingest import ingest_upload as ingest
 
         return ingest(rt().context, uuid.UUID(analysis_id))
+
+    @app.task(name=TaskName.fhir_heartbeats.value, soft_time_limit=60, time_limit=90)
+    def fhir_heartbeats() -> int:
+        from worker.fhir_subscriptions import send_heartbeats
+
+        return send_heartbeats(rt().context)
 
     @app.task(name=TaskName.purge.value, soft_time_limit=600, time_limit=660)
     def purge() -> int:

@@ -8,7 +8,8 @@ scope is checked, and the
 problem+json responses the edge can give any of them: 401 and 429 (authenticated); 400, 408
 and 413 (requests with a body: unparseable, too slow, too large); 422 (NUL bytes and
 validation, wherever there are parameters or a body); 503 (overload, a stalled or unreachable
-dependency). The Problem schema is registered once in ``components``. Every free-text string
+dependency). The Problem schema is registered once in ``components``; under ``/fhir`` (issue 23)
+errors are declared as the FHIR ``OperationOutcome`` they are answered as. Every free-text string
 an operation takes (parameters and request bodies) declares that it holds no NUL byte, which
 the edge refuses with a 422 (``api.middleware.BodyGuard``).
 tests/api/test_openapi.py holds every operation to this.
@@ -24,8 +25,8 @@ from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute, iter_route_contexts
 
 from api.deps import get_tenant
-from api.problems import PROBLEM_JSON, STATUS_MEANING, problem_content
-from shared.schemas import ProblemDetails
+from api.problems import FHIR_JSON, PROBLEM_JSON, STATUS_MEANING, is_fhir_path, problem_content
+from shared.schemas import OperationOutcome, ProblemDetails
 
 SECURITY_SCHEME = "ApiKey"
 BODY_METHODS = {"post", "put", "patch", "delete"}
@@ -66,10 +67,22 @@ def authenticated_operations(app: FastAPI) -> dict[tuple[str, str], list[str]]:
 
 
 def _problem_components() -> dict[str, Any]:
-    schema = ProblemDetails.model_json_schema(ref_template="#/components/schemas/{model}", mode="serialization")
-    components = schema.pop("$defs", {})
-    components["ProblemDetails"] = schema
+    components: dict[str, Any] = {}
+    for model in (ProblemDetails, OperationOutcome):
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}", mode="serialization")
+        components.update(schema.pop("$defs", {}))
+        components[model.__name__] = schema
     return components
+
+
+# Under /fhir (issue 23) every error is the problem as a FHIR OperationOutcome (api.problems).
+OPERATION_OUTCOME_CONTENT = {FHIR_JSON: {"schema": {"$ref": "#/components/schemas/OperationOutcome"}}}
+
+
+def _errors_as_operation_outcomes(responses: dict) -> None:
+    for code, response in responses.items():
+        if code[0] in "45":
+            response["content"] = {**OPERATION_OUTCOME_CONTENT}
 
 
 def _add_problem(responses: dict, status: int) -> None:
@@ -157,6 +170,8 @@ def complete(app: FastAPI, schema: dict[str, Any]) -> dict[str, Any]:
             for status in statuses:
                 _add_problem(responses, status)
             _errors_as_problems(responses)
+            if is_fhir_path(path):
+                _errors_as_operation_outcomes(responses)
             operation["responses"] = dict(sorted(responses.items()))
     return schema
 

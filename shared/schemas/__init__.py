@@ -85,6 +85,14 @@ from shared.schemas.events import (
     WebhookTestData,
     WebhookTestEvent,
 )
+from shared.schemas.fhir import (
+    FhirBundle,
+    FhirCapabilityStatement,
+    FhirSubscription,
+    FhirSubscriptionTopic,
+    OperationOutcome,
+    OperationOutcomeIssue,
+)
 from shared.schemas.health import (
     Check,
     Liveness,
@@ -132,4 +140,6 @@ __all__ = [
     'ApiKeyList', 'UploadNext', 'UploadOut', 'Liveness', 'Check', 'Readiness', 'EventResultSummary', 'CodeOnly',
     'EventRejection', 'AnalysisEventData', 'BatchEventLinks', 'BatchCompletedData', 'AnalysisEvent',
     'BatchCompletedEvent', 'WebhookTestData', 'WebhookTestEvent', 'AuditOutcome', 'AuditEventOut', 'AuditEventPage',
+    'FhirCapabilityStatement', 'FhirSubscriptionTopic', 'FhirSubscription', 'FhirBundle', 'OperationOutcomeIssue',
+    'OperationOutcome',
 ]

@@ -30,8 +30,11 @@ from shared.scopes import Scope
 from shared.tables import Analysis, Batch
 from tests.factories import UNTRAINED_MODEL, model, result
 
-PUBLIC = {("get", "/healthz"), ("get", "/readyz")}
+PUBLIC = {("get", "/healthz"), ("get", "/readyz"),
+          # issue 23: a FHIR server's CapabilityStatement and SubscriptionTopics are public
+          ("get", "/fhir/metadata"), ("get", "/fhir/SubscriptionTopic"), ("get", "/fhir/SubscriptionTopic/{topic_id}")}
 PROBLEM_REF = "#/components/schemas/ProblemDetails"
+OPERATION_OUTCOME_REF = "#/components/schemas/OperationOutcome"
 # Answers that are not JSON by design: a redirect, the PDF, the FHIR bundle, an empty 204.
 NON_JSON_OK = {"307", "204"}
 
@@ -77,6 +80,9 @@ def test_every_error_is_problem_json(spec):
         errors = {code: r for code, r in op["responses"].items() if code[0] in "45"}
         assert "503" in errors, f"{method.upper()} {path}: 503 (busy, dependency down) not declared"
         for code, response in errors.items():
+            if path.startswith("/fhir/"):  # issue 23: the same problem, as a FHIR OperationOutcome
+                assert response.get("content") == {"application/fhir+json": {"schema": {"$ref": OPERATION_OUTCOME_REF}}}
+                continue
             problem = response.get("content", {}).get("application/problem+json")
             assert problem and problem["schema"] == {"$ref": PROBLEM_REF}, f"{method.upper()} {path} {code}"
             assert "HTTPValidationError" not in str(response), f"{method.upper()} {path}: FastAPI's 422 shape"
@@ -86,6 +92,8 @@ def test_every_error_is_problem_json(spec):
             assert "404" in errors, f"{method.upper()} {path}: has an id but no 404"
     problem = spec["components"]["schemas"]["ProblemDetails"]
     assert {"type", "title", "status", "detail", "instance"} <= set(problem["required"])
+    outcome = spec["components"]["schemas"]["OperationOutcome"]
+    assert {"resourceType", "issue"} <= set(outcome["required"])
 
 
 def test_security_on_every_authenticated_operation_and_not_on_probes(spec):
@@ -95,7 +103,7 @@ def test_security_on_every_authenticated_operation_and_not_on_probes(spec):
         if (method, path) in PUBLIC:
             assert "security" not in op and "401" not in op["responses"], path
         else:
-            assert path.startswith("/v1/")
+            assert path.startswith(("/v1/", "/fhir/"))
             security = op.get("security")
             assert security and list(security[0]) == ["ApiKey"], f"{method.upper()} {path}: no security"
             (scopes,) = security[0].values()
@@ -254,6 +262,25 @@ def test_problem_bodies_match_the_declared_schema():
     body = json.loads(answer.body)
     assert ProblemDetails.model_validate(body).type.endswith("/batch_sealed")
     assert _undeclared(ProblemDetails, body) == []
+
+
+def test_problems_under_fhir_are_operation_outcomes():
+    """Issue 23: the same problem, as a FHIR client expects it: an R4B OperationOutcome."""
+    import json
+
+    from fhir.resources.R4B.operationoutcome import OperationOutcome as R4BOperationOutcome
+
+    from api.problems import problem_response
+    from shared.schemas import OperationOutcome
+
+    answer = problem_response(404, "not_found", "Not found", "no Subscription with id 1", "/fhir/Subscription/1")
+    assert answer.media_type == "application/fhir+json" and answer.status_code == 404
+    body = json.loads(answer.body)
+    R4BOperationOutcome.model_validate(body)
+    assert OperationOutcome.model_validate(body).issue[0].code == "not-found"
+    assert body["issue"][0]["details"]["coding"][0]["code"] == "not_found"
+    assert _undeclared(OperationOutcome, body) == []
+    assert json.loads(problem_response(404, "not_found", "Not found", "x", "/fhirx").body)["status"] == 404
 
 
 def test_every_free_text_input_says_it_takes_no_nul_byte(spec):

@@ -78,6 +78,21 @@ ALLOWED: dict[str, str] = {
             ("external_id", "external_id is the DiagnosticReport's identifier, not the patient's"),
         )
     },
+    "/info/description": "issue 23: errors under /fhir are OperationOutcomes",
+    "/tags": "issue 23: the fhir tag",
+    "/paths/~1fhir~1metadata": "issue 23: the /fhir base's CapabilityStatement",
+    "/paths/~1fhir~1SubscriptionTopic": "issue 23: the SubscriptionTopics (Backport IG on R4B)",
+    "/paths/~1fhir~1SubscriptionTopic~1{topic_id}": "issue 23: one SubscriptionTopic",
+    "/paths/~1fhir~1Subscription": "issue 23: FHIR Subscription create and search",
+    "/paths/~1fhir~1Subscription~1{subscription_id}": "issue 23: FHIR Subscription read and delete",
+    "/paths/~1fhir~1Subscription~1{subscription_id}~1$status": "issue 23: the Backport IG's $status",
+    "/paths/~1fhir~1Subscription~1{subscription_id}~1$events": "issue 23: the Backport IG's $events",
+    "/components/schemas/FhirBundle": "issue 23: /fhir answers",
+    "/components/schemas/FhirCapabilityStatement": "issue 23: /fhir answers",
+    "/components/schemas/FhirSubscription": "issue 23: /fhir answers",
+    "/components/schemas/FhirSubscriptionTopic": "issue 23: /fhir answers",
+    "/components/schemas/OperationOutcome": "issue 23: errors under /fhir",
+    "/components/schemas/OperationOutcomeIssue": "issue 23: errors under /fhir",
 }
 
 

@@ -14,6 +14,7 @@ SNAPSHOT = {
     "dermasentinel.maintenance.sweep": "maintenance",
     "dermasentinel.maintenance.purge": "maintenance",
     "dermasentinel.uploads.ingest": "ingest",
+    "dermasentinel.fhir.heartbeats": "webhooks",
 }
 
 
