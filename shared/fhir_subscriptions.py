@@ -301,9 +301,8 @@ def parse_filter(text: str) -> dict[str, list[str]]:
 
 def passes_filters(config: SubscriptionConfig, payload: dict[str, Any]) -> bool:
     """Whether a topic event's payload passes every filter of the Subscription. ``batch`` is the
-    event's ``data.batch_id``; ``patient`` its ``data.inputs.patient_reference``, which events
-    carry only once analyses record a patient reference: an event without one matches no
-    patient filter."""
+    event's ``data.batch_id``; ``patient`` its ``data.patient_reference`` (the submission's):
+    an event without one matches no patient filter."""
     data = payload.get("data")
     if not isinstance(data, dict):
         return not config.criteria
@@ -313,8 +312,7 @@ def passes_filters(config: SubscriptionConfig, payload: dict[str, Any]) -> bool:
             return False
         patients = criteria.get("patient")
         if patients is not None:
-            inputs = data.get("inputs")
-            reference = inputs.get("patient_reference") if isinstance(inputs, dict) else None
+            reference = data.get("patient_reference")
             if not isinstance(reference, str) or reference not in patients:
                 return False
     return True

@@ -243,6 +243,8 @@ def event_data(settings: Settings, analysis: Analysis) -> AnalysisEventData:
         batch_id=analysis.batch_id,
         links=links(settings, analysis.id),
     )
+    if analysis.patient_reference is not None:
+        data.patient_reference = analysis.patient_reference
     model = model_of(analysis)
     result = read_result(analysis.result, model)
     if result is not None:

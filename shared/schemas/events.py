@@ -53,6 +53,9 @@ class AnalysisEventData(ResponseModel):
     external_id: str | None
     batch_id: uuid.UUID | None
     links: AnalysisLinks
+    patient_reference: str | None = Field(
+        default=None, description="The submission's `patient_reference`, when it gave one (issue 23)"
+    )
     result: EventResultSummary | None = Field(default=None, description="analysis.succeeded and its report_ready")
     weights: WeightsStatus | None = Field(default=None, description="Present with a result: read it before the result")
     rejection: EventRejection | None = None

@@ -79,6 +79,8 @@ ALLOWED: dict[str, str] = {
         )
     },
     "/info/description": "issue 23: errors under /fhir are OperationOutcomes",
+    "/components/schemas/AnalysisEventData/properties/patient_reference": "issue 23: events carry the patient "
+    "reference (a FHIR Subscription filters on it)",
     "/tags": "issue 23: the fhir tag",
     "/paths/~1fhir~1metadata": "issue 23: the /fhir base's CapabilityStatement",
     "/paths/~1fhir~1SubscriptionTopic": "issue 23: the SubscriptionTopics (Backport IG on R4B)",

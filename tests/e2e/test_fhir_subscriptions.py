@@ -79,9 +79,9 @@ def outcome(response: httpx.Response, status: int) -> dict:
     return body["issue"][0]
 
 
-def submit(api: httpx.Client, seed: int, batch_id: str | None = None) -> str:
+def submit(api: httpx.Client, seed: int, batch_id: str | None = None, **fields: str) -> str:
     image = encode_jpeg(make_lesion(seed=seed, size=(300, 400), radius_frac=0.2).image)
-    data = {"external_id": f"ext-{seed}", "age": "50", **({"batch_id": batch_id} if batch_id else {})}
+    data = {"external_id": f"ext-{seed}", "age": "50", **({"batch_id": batch_id} if batch_id else {}), **fields}
     response = api.post("/v1/analyses", files={"image": ("l.jpg", image, "image/jpeg")}, data=data)
     assert response.status_code == 202, response.text
     return response.json()["id"]
@@ -206,9 +206,12 @@ def test_analyses_notify_their_subscriptions(api, worker, beat, receiver, wait, 
                                          headers=["Authorization: Bearer ehr-token"]))
     reports = create(api, subscription(reports_hook.url, topic=fs.REPORT_READY, content="full-resource"))
     r4 = create(api, subscription(r4_hook.url, topic=fs.REPORT_READY, payload=f"{FHIR_JSON};fhirVersion=4.0"))
+    patient_hook = receiver()
+    create(api, subscription(patient_hook.url, topic=fs.REPORT_READY,
+                             filters=["DiagnosticReport?patient=Patient/p-77"]))
 
-    in_batch = submit(api, seed=31, batch_id=batch_id)
-    loose = submit(api, seed=32)
+    in_batch = submit(api, seed=31, batch_id=batch_id, patient_reference="Patient/p-77")
+    loose = submit(api, seed=32, patient_reference="Patient/p-78")
     wait(lambda: len(notifications(reports_hook)) == 2, timeout=240, message="both reports notified")
     wait(lambda: len(notifications(r4_hook)) == 2, timeout=60, message="the R4 form's notifications")
     wait(lambda: notifications(finalized_hook), timeout=60, message="the finalized notification")
@@ -251,6 +254,9 @@ def test_analyses_notify_their_subscriptions(api, worker, beat, receiver, wait, 
 
     # The other analysis finished too, and its finalized event did not reach the batch's Subscription.
     assert len(notifications(finalized_hook)) == 1
+    # Filtered by patient: only that patient's report.
+    (for_patient,) = notifications(patient_hook)
+    assert focus_ids(for_patient) == [in_batch]
 
     # $status and $events.
     answered = api.get(f"/fhir/Subscription/{reports['id']}/$status")

@@ -143,14 +143,14 @@ def test_filters_by_batch_and_patient():
     by_batch = _config(f"DiagnosticReport?batch={BATCH}")
     assert fs.passes_filters(by_batch, in_batch)
     assert not fs.passes_filters(by_batch, elsewhere) and not fs.passes_filters(by_batch, loose)
-    # The patient reference travels as data.inputs.patient_reference once analyses record one;
+    # The patient reference travels as data.patient_reference when the submission gave one;
     # an event without it matches no patient filter.
     by_patient = _config("DiagnosticReport?patient=Patient/1,Patient/2")
     assert not fs.passes_filters(by_patient, in_batch)
     with_patient = copy.deepcopy(in_batch)
-    with_patient["data"]["inputs"] = {"patient_reference": "Patient/2"}
+    with_patient["data"]["patient_reference"] = "Patient/2"
     assert fs.passes_filters(by_patient, with_patient)
-    with_patient["data"]["inputs"]["patient_reference"] = "Patient/3"
+    with_patient["data"]["patient_reference"] = "Patient/3"
     assert not fs.passes_filters(by_patient, with_patient)
     both = _config(f"DiagnosticReport?batch={BATCH}", "DiagnosticReport?patient=Patient/3")
     assert fs.passes_filters(both, with_patient)
