@@ -64,6 +64,11 @@ ALLOWED: dict[str, str] = {
     "/components/schemas/AuditEventOut": "issue 22: GET /v1/audit-events",
     "/components/schemas/AuditEventPage": "issue 22: GET /v1/audit-events",
     "/paths/~1v1~1analyses~1{analysis_id}/delete": "issue 22: erasure of one analysis (DELETE /v1/analyses/{id})",
+    "/paths/~1v1~1fhir-destination": "issue 23: the tenant's EHR write-back destination (PUT, GET, DELETE)",
+    "/paths/~1v1~1fhir-destination~1deliveries": "issue 23: its delivery log, as for webhooks",
+    "/paths/~1v1~1fhir-destination~1deliveries~1{delivery_id}~1resend": "issue 23: a write-back resent",
+    "/components/schemas/FhirDestinationIn": "issue 23: PUT /v1/fhir-destination",
+    "/components/schemas/FhirDestinationOut": "issue 23: GET /v1/fhir-destination (never the private key)",
 }
 
 
