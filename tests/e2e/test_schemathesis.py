@@ -33,6 +33,7 @@ BUSINESS_RULES = {
     ("POST", "/v1/analyses"): ["400", "422"],  # image and upload_id both, or neither; deadline bounds
     ("POST", "/v1/batches"): ["422"],  # cancel_after beyond MAX_CANCEL_AFTER_SECONDS
     ("POST", "/v1/webhook-endpoints"): ["422"],  # the URL must resolve to a public address
+    ("PUT", "/v1/fhir-destination"): ["422"],  # public addresses, a private key that signs (issue 23)
 }
 
 
