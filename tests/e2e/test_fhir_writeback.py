@@ -185,6 +185,9 @@ def test_a_report_is_written_back_once_and_read_back_from_the_fhir_server(api, w
     assert shown["public_jwk"]["n"] == key["n"] and "d" not in shown["public_jwk"]
     assert key["d"] not in created.text and key["p"] not in created.text
     assert shown["last_delivery"] is None
+    read = api.get("/v1/fhir-destination")
+    assert read.status_code == 200 and read.json()["public_jwk"] == shown["public_jwk"]
+    assert not any(key[member] in read.text for member in PRIVATE_MEMBERS), "GET never shows the private key"
 
     analysis_id = submit(api, seed=31, external_id="fhir-wb-31")
     # Read once the transaction is answered (a server may answer reads between its entries).

@@ -13,7 +13,6 @@ from urllib.parse import parse_qs
 import pytest
 
 from tests.factories import high_risk_trained, low_risk_untrained, rejected_blurry
-from tests.worker.reporting.conftest import LINKS
 from worker.delivery import AttemptResult
 from worker.fhir_writeback import (
     MAX_PDF_BYTES,
@@ -23,9 +22,14 @@ from worker.fhir_writeback import (
     checked_response,
     transaction_bundle,
 )
-from worker.reporting.fhir import ANALYSIS_ID_SYSTEM, MODEL_SHA256_SYSTEM, build_fhir_bundle
+from worker.reporting.fhir import ANALYSIS_ID_SYSTEM, MODEL_SHA256_SYSTEM, BundleLinks, build_fhir_bundle
 
 PDF = b"%PDF-1.4 a small report\n%%EOF\n"
+LINKS = BundleLinks(
+    report="https://api.example.test/v1/analyses/1b4e28ba-2fa1-11d2-883f-0016d3cca427/report.pdf",
+    image="https://api.example.test/v1/analyses/1b4e28ba-2fa1-11d2-883f-0016d3cca427/artifacts/image",
+    overlay="https://api.example.test/v1/analyses/1b4e28ba-2fa1-11d2-883f-0016d3cca427/artifacts/overlay",
+)
 
 
 def _stored(record=None) -> tuple[dict, uuid.UUID]:
