@@ -149,3 +149,5 @@ def _install_optional_routers(app: FastAPI) -> None:
     app.include_router(erasure.router)
     from api.routes import fhir
     app.include_router(fhir.router)
+    from api.routes import fhir_destination
+    app.include_router(fhir_destination.router)

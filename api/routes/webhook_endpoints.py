@@ -26,7 +26,7 @@ from shared.schemas import (
     WebhookTestSent,
 )
 from shared.scopes import Scope
-from shared.tables import DeliveryStatus, WebhookEndpoint
+from shared.tables import DeliveryStatus, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 
 router = APIRouter(prefix="/v1/webhook-endpoints", tags=["webhooks"])
 
@@ -212,34 +212,34 @@ def list_deliveries(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> DeliveryList:
     rows = service.deliveries(session, tenant, parse_id(endpoint_id, "webhook endpoint"), limit)
-    return DeliveryList(
-        data=[
-            DeliveryOut(
-                id=d.id,
-                event_id=d.event_id,
-                status=d.status,
-                attempt_count=d.attempt_count,
-                # Woken or being sent (a lease): due since it was woken, not at the lease's end.
-                next_attempt_at=(
-                    iso(d.leased_at or d.next_attempt_at) if d.status == DeliveryStatus.pending else None
-                ),
-                last_status_code=d.last_status_code,
-                last_error=d.last_error,
-                created_at=iso(d.created_at),
-                delivered_at=iso(d.delivered_at),
-                attempts=[
-                    DeliveryAttempt(
-                        attempted_at=iso(a.attempted_at),
-                        status_code=a.status_code,
-                        latency_ms=None if a.latency_ms is None else round(a.latency_ms, 1),
-                        error=a.error,
-                        response_excerpt=a.response_excerpt,
-                    )
-                    for a in attempts
-                ],
+    return DeliveryList(data=[delivery_view(d, attempts) for d, attempts in rows])
+
+
+def delivery_view(d: WebhookDelivery, attempts: list[WebhookAttempt]) -> DeliveryOut:
+    """One delivery in a delivery log, with its attempts (every kind of destination)."""
+    return DeliveryOut(
+        id=d.id,
+        event_id=d.event_id,
+        status=d.status,
+        attempt_count=d.attempt_count,
+        # Woken or being sent (a lease): due since it was woken, not at the lease's end.
+        next_attempt_at=(
+            iso(d.leased_at or d.next_attempt_at) if d.status == DeliveryStatus.pending else None
+        ),
+        last_status_code=d.last_status_code,
+        last_error=d.last_error,
+        created_at=iso(d.created_at),
+        delivered_at=iso(d.delivered_at),
+        attempts=[
+            DeliveryAttempt(
+                attempted_at=iso(a.attempted_at),
+                status_code=a.status_code,
+                latency_ms=None if a.latency_ms is None else round(a.latency_ms, 1),
+                error=a.error,
+                response_excerpt=a.response_excerpt,
             )
-            for d, attempts in rows
-        ]
+            for a in attempts
+        ],
     )
 
 

@@ -63,16 +63,17 @@ def _checked_events(events: list[str] | None) -> list[str]:
     return sorted(set(events))
 
 
-def checked_url(context: AppContext, url: str, tenant: TenantRef) -> str:
+def checked_url(context: AppContext, url: str, tenant: TenantRef, what: str = "the webhook URL") -> str:
     """The URL as it will be called, if its host resolves only to addresses a webhook may
-    reach (shared.ssrf, with WEBHOOK_ALLOW_CIDRS and the tenant); else 422. Resolves DNS: call
+    reach (shared.ssrf, with WEBHOOK_ALLOW_CIDRS and the tenant); else 422 naming ``what``.
+    Every kind of destination's URLs go through it (worker/destinations.py). Resolves DNS: call
     it with no database session open."""
     try:
         parsed, _ = resolve_and_check(
             url, context.settings.webhook_allow_cidrs, tenant_id=tenant.id
         )
     except UnsafeURLError as exc:
-        raise Unprocessable(f"the webhook URL is refused: {exc}") from None
+        raise Unprocessable(f"{what} is refused: {exc}") from None
     return parsed.url
 
 
@@ -231,7 +232,12 @@ def send_test(context: AppContext, session: Session, tenant: TenantRef, endpoint
 
 
 def deliveries(session: Session, tenant: TenantRef, endpoint_id: uuid.UUID, limit: int) -> list[tuple]:
-    endpoint = get(session, tenant, endpoint_id)
+    return deliveries_of(session, get(session, tenant, endpoint_id), limit)
+
+
+def deliveries_of(session: Session, endpoint: WebhookEndpoint, limit: int) -> list[tuple]:
+    """The endpoint's last ``limit`` deliveries, newest first, each with its attempts (any kind
+    of destination: its owner was checked by the caller)."""
     rows = session.execute(
         select(WebhookDelivery)
         .where(WebhookDelivery.endpoint_id == endpoint.id)
@@ -252,7 +258,14 @@ def deliveries(session: Session, tenant: TenantRef, endpoint_id: uuid.UUID, limi
 def resend(
     context: AppContext, session: Session, tenant: TenantRef, endpoint_id: uuid.UUID, delivery_id: uuid.UUID
 ) -> WebhookDelivery:
-    endpoint = get(session, tenant, endpoint_id)
+    return resend_of(context, session, get(session, tenant, endpoint_id), delivery_id)
+
+
+def resend_of(
+    context: AppContext, session: Session, endpoint: WebhookEndpoint, delivery_id: uuid.UUID
+) -> WebhookDelivery:
+    """One of the endpoint's deliveries back to ``pending``, attempted at once (any kind of
+    destination: its owner was checked by the caller)."""
     delivery = session.execute(
         select(WebhookDelivery)
         .where(WebhookDelivery.id == delivery_id, WebhookDelivery.endpoint_id == endpoint.id)

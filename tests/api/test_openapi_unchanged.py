@@ -95,6 +95,11 @@ ALLOWED: dict[str, str] = {
     "/components/schemas/FhirSubscriptionTopic": "issue 23: /fhir answers",
     "/components/schemas/OperationOutcome": "issue 23: errors under /fhir",
     "/components/schemas/OperationOutcomeIssue": "issue 23: errors under /fhir",
+    "/paths/~1v1~1fhir-destination": "issue 23: the tenant's EHR write-back destination (PUT, GET, DELETE)",
+    "/paths/~1v1~1fhir-destination~1deliveries": "issue 23: its delivery log, as for webhooks",
+    "/paths/~1v1~1fhir-destination~1deliveries~1{delivery_id}~1resend": "issue 23: a write-back resent",
+    "/components/schemas/FhirDestinationIn": "issue 23: PUT /v1/fhir-destination",
+    "/components/schemas/FhirDestinationOut": "issue 23: GET /v1/fhir-destination (never the private key)",
 }
 
 
