@@ -133,7 +133,8 @@ def destination(server: FhirServer, private_jwk: dict | None, **fields: Any) -> 
 def submit(api: httpx.Client, seed: int, external_id: str) -> str:
     image = encode_jpeg(make_lesion(seed=seed, size=(300, 400), radius_frac=0.2).image)
     response = api.post("/v1/analyses", files={"image": ("l.jpg", image, "image/jpeg")},
-                        data={"external_id": external_id, "age": "50"})
+                        data={"external_id": external_id, "age": "50",
+                              "patient_reference": f"urn:oid:2.16.840.1.113883.19.5|mrn-{seed}"})
     assert response.status_code == 202, response.text
     return response.json()["id"]
 
@@ -200,7 +201,9 @@ def test_a_report_is_written_back_once_and_read_back_from_the_fhir_server(api, w
 
     # Read back: the report, its Observations (each by the reference the report holds), the PDF.
     assert report["status"] == "preliminary"  # the test stack's weights are untrained
-    assert report["subject"]["identifier"]["value"] == "fhir-wb-31"
+    # The patient by the clinic's identifier; external_id is the report's own identifier (issue 23).
+    assert report["subject"]["identifier"] == {"system": "urn:oid:2.16.840.1.113883.19.5", "value": "mrn-31"}
+    assert "fhir-wb-31" in [identifier["value"] for identifier in report["identifier"]]
     results = [reader.get(f"/{ref['reference']}").json() for ref in report.get("result", [])]
     assert len(results) == stored_types.count("Observation") > 0
     assert all(o["resourceType"] == "Observation" and o["status"] == "preliminary" for o in results)
