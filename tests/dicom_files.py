@@ -18,6 +18,7 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEGBaseline8Bit,
+    JPEGLossless,
     JPEGLosslessSV1,
     generate_uid,
 )
@@ -100,7 +101,7 @@ def dicom_file(
         ds.PixelData = encapsulate([out.getvalue()])
         ds.PhotometricInterpretation = photometric or ("YBR_FULL_422" if samples == 3 else "MONOCHROME2")
         ds.LossyImageCompression = "01"
-    elif transfer_syntax == JPEGLosslessSV1:
+    elif transfer_syntax in (JPEGLossless, JPEGLosslessSV1):  # predictor 1 is valid for both
         ds.PixelData = encapsulate([jpeg_lossless(pixels)])
         ds.PhotometricInterpretation = photometric or ("RGB" if samples == 3 else "MONOCHROME2")
     elif transfer_syntax in NATIVE:

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import pydicom
+from pydicom import config
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import generate_frames
 from pydicom.errors import InvalidDicomError
@@ -211,6 +212,11 @@ def _parse(raw: bytes) -> Dataset:
     if not raw:
         raise DicomUnreadable("the DICOM file is empty")
     part10 = is_dicom(raw)
+    # pydicom's value validation logs a malformed value with the value itself ("Invalid value
+    # for VR DA: '…'"): a patient's name or date in the logs. Values are never used but for the
+    # few read here, each checked on its own, so it is off (the setting is process-wide; nothing
+    # else in the API or the workers reads DICOM).
+    config.settings.reading_validation_mode = config.IGNORE
     try:
         with warnings.catch_warnings():
             # pydicom warns about what it repairs while reading; what it cannot repair raises.

@@ -18,6 +18,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
+    JPEGLossless,
     JPEGLosslessSV1,
     RLELossless,
 )
@@ -53,7 +54,8 @@ def pixels_of(clean: images.CleanImage) -> np.ndarray:
 @pytest.mark.parametrize("sop_class", [VL_PHOTOGRAPHIC, DERMOSCOPIC_PHOTOGRAPHY, SECONDARY_CAPTURE])
 @pytest.mark.parametrize(
     "transfer_syntax",
-    [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian, JPEGLosslessSV1, JPEGBaseline8Bit],
+    [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian, JPEGLossless, JPEGLosslessSV1,
+     JPEGBaseline8Bit],
 )
 def test_every_accepted_kind_becomes_a_clean_image_of_its_pixels(sop_class, transfer_syntax):
     raw = dicom_file(LESION, sop_class=sop_class, transfer_syntax=transfer_syntax)
@@ -83,6 +85,21 @@ def test_not_a_byte_of_the_header_is_in_the_stored_image():
             assert value.encode("utf-16-le") not in clean.data, value
         assert Image.open(io.BytesIO(clean.data)).info.keys() <= {"jfif", "jfif_version", "jfif_unit",
                                                                    "jfif_density", "dpi"}
+
+
+def test_malformed_identifying_values_are_not_logged(caplog):
+    """pydicom logs a malformed value with the value itself; reading DICOM here logs none."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # writing them warns too: that is the test's file, not the service
+        raw = dicom_file(LESION, PatientBirthDate="Quixotica1947", StudyDate="2003041X", PatientAge="Zebediah",
+                         PatientSex="Marmaduke", FrameOfReferenceUID="Quixotica.Zebediah")
+    caplog.clear()
+    with caplog.at_level("DEBUG"):
+        clean = stored(raw)
+    assert clean.dicom is not None and clean.dicom.context == PatientContext()
+    assert not any(word in caplog.text for word in ("Quixotica", "2003041X", "Zebediah", "Marmaduke"))
 
 
 def test_ycbcr_becomes_rgb_and_an_icc_profile_is_applied():
