@@ -41,6 +41,12 @@ def _input_properties() -> dict[str, Any]:
 
 
 UPLOAD_ID = {"type": "string", "format": "uuid", "description": "the id of a direct upload (POST /v1/uploads)"}
+IMAGE_DESCRIPTION = (
+    "JPEG, PNG or DICOM (`application/dicom`: a one-frame VL Photographic, Dermoscopic Photography or Secondary "
+    "Capture colour image, uncompressed, JPEG baseline or JPEG lossless), judged from the content. Only the pixels "
+    "are stored; a DICOM header's PatientAge, PatientSex and AnatomicRegionSequence (or BodyPartExamined) fill "
+    "`age`, `sex` and `site` when the form leaves them out (docs/DICOM.md)"
+)
 # The request body the OpenAPI document shows for the submission (the route reads it itself).
 SUBMIT_SCHEMA = {
     "requestBody": {
@@ -51,11 +57,12 @@ SUBMIT_SCHEMA = {
                     "type": "object",
                     "description": "The photo as `image`, or the `upload_id` of a direct upload instead (not both)",
                     "properties": {
-                        "image": {"type": "string", "format": "binary", "description": "JPEG or PNG"},
+                        "image": {"type": "string", "format": "binary", "description": IMAGE_DESCRIPTION},
                         "upload_id": UPLOAD_ID,
                         **_input_properties(),
                     },
-                }
+                },
+                "encoding": {"image": {"contentType": "image/jpeg, image/png, application/dicom"}},
             },
             "application/json": {
                 "schema": {

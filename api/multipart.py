@@ -1,6 +1,7 @@
 """Reading a multipart upload as a stream, with the size limit enforced while reading,
 and turning the bytes into a clean image (``shared.images``, which the ingest worker of
-direct uploads uses too): type from content, pixel limits, metadata gone."""
+direct uploads uses too): type from content, pixel limits, metadata gone (a DICOM file's
+header too: only its pixels are kept)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from api.problems import (
     Problem,
     Unprocessable,
     UnreadableImage,
+    UnsupportedDicom,
     UnsupportedMediaType,
 )
 from shared import images
@@ -42,6 +44,8 @@ FILE_FIELDS = frozenset({"image"})
 class UploadedForm:
     fields: dict[str, str] = field(default_factory=dict)
     files: dict[str, bytes] = field(default_factory=dict)
+    file_types: dict[str, str] = field(default_factory=dict)
+    """Each file part's declared Content-Type (lower case, no parameters), when it had one."""
 
 
 class _Collector:
@@ -121,6 +125,9 @@ class _Collector:
             raise _refused(shown, "must be sent as a file part (with a filename)")
         if self._is_file:
             self.form.files[self._name] = bytes(self._buffer)
+            declared, _ = parse_options_header(self._headers.get(b"content-type", b""))
+            if declared:
+                self.form.file_types[self._name] = declared.decode("latin-1").lower()[:100]
         else:
             value = self._buffer.decode("utf-8", "replace")
             if "\x00" in value or "\x00" in self._name:
@@ -165,10 +172,12 @@ async def read_multipart(
     return collector.form
 
 
-def clean_image(raw: bytes, max_pixels: int, max_side: int = 4096) -> CleanImage:
-    """``shared.images.clean_image``, its refusals as the API's problems."""
+def clean_image(raw: bytes, max_pixels: int, max_side: int = 4096, declared_type: str | None = None) -> CleanImage:
+    """``shared.images.clean_image``, its refusals as the API's problems. ``declared_type``:
+    the part's Content-Type, which matters only for DICOM without the Part 10 preamble (every
+    other type is judged from the content)."""
     try:
-        return images.clean_image(raw, max_pixels, max_side)
+        return images.clean_image(raw, max_pixels, max_side, declared_type)
     except images.ImageRejected as exc:
         raise problem_for(exc) from None
 
@@ -179,6 +188,7 @@ def problem_for(exc: images.ImageRejected) -> Problem:
         images.ImageTooLargeError: ImageTooLarge,
         images.UnsupportedImageError: UnsupportedMediaType,
         images.UploadTooLargeError: PayloadTooLarge,
+        images.UnsupportedDicomError: UnsupportedDicom,
     }[type(exc)]
     return problem(exc.detail)
 

@@ -95,6 +95,12 @@ class ImageTooLarge(Unprocessable):
     code, title = "image_too_large", "Image has too many pixels"
 
 
+class UnsupportedDicom(Unprocessable):
+    """A DICOM object that is not an image we analyse; the detail names what it is (issue 23)."""
+
+    code, title = "unsupported_dicom", "DICOM object not accepted"
+
+
 class RequestTimeout(Problem):
     status, code, title = 408, "request_timeout", "Request body too slow"
 

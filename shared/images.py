@@ -2,7 +2,8 @@
 
 ``decode`` (type from content, pixel limits, optional DCT-scaled JPEG decode, EXIF
 orientation) is used by the API and the ingest worker through ``clean_image`` (metadata
-gone, sRGB, re-encoded), and by the pipeline (``worker.pipeline.decode``), so every path
+gone, sRGB, re-encoded; DICOM files too, their pixels decoded by ``shared.dicom.reading``),
+and by the pipeline (``worker.pipeline.decode``), so every path
 accepts and refuses the same files for the same reasons. No FastAPI here: refusals are
 ``ImageRejected`` with the problem code and HTTP status the API answers for them
 (api.multipart maps them to problems; the pipeline to an ``unreadable_image`` rejection).
@@ -19,6 +20,9 @@ import warnings
 from dataclasses import dataclass
 
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+
+from shared.dicom import reading as dicom
+from shared.dicom.reading import DicomInput
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -53,6 +57,13 @@ class UploadTooLargeError(ImageRejected):
     code, status = "payload_too_large", 413
 
 
+class UnsupportedDicomError(ImageRejected):
+    """A readable DICOM object that is not an image we analyse (SOP class, transfer syntax,
+    frames, no colour): the refusal names what it is (issue 23)."""
+
+    code, status = "unsupported_dicom", 422
+
+
 @dataclass(frozen=True)
 class CleanImage:
     data: bytes
@@ -61,9 +72,12 @@ class CleanImage:
     width: int
     height: int
     original_sha256: str
+    dicom: DicomInput | None = None
+    """Sent as DICOM: the source instance's UIDs and the header's patient context (never stored as bytes)."""
 
 
 ACCEPTED = "JPEG or PNG"
+UPLOADS_ACCEPTED = "JPEG, PNG or DICOM"  # what clean_image takes; stored images are JPEG or PNG
 # Everything Pillow raises for data it cannot parse (including malformed EXIF read while
 # turning the image upright): an unreadable image, never a 500.
 _UNREADABLE = (UnidentifiedImageError, OSError, EOFError, SyntaxError, ValueError, TypeError, KeyError, IndexError,
@@ -155,14 +169,26 @@ def _draft_size(
     return None
 
 
-def clean_image(raw: bytes, max_pixels: int, max_side: int = 4096) -> CleanImage:
+def clean_image(raw: bytes, max_pixels: int, max_side: int = 4096, declared_type: str | None = None) -> CleanImage:
     """Decode (``decode``: type from content, pixel limits, upright) and re-encode the pixels
     alone: EXIF (GPS, dates, serials), JPEG comments, XMP, ICC profiles (whose text can name
     a patient) and PNG text chunks never reach storage. A photo with an ICC profile is
     converted to sRGB first, so its colours (and the ITA measured from them) stay right.
 
+    A DICOM file (judged from its content, or declared ``application/dicom`` and neither JPEG
+    nor PNG) goes through ``clean_dicom``: the same re-encoding of its pixels alone.
+
     One full-size copy at a time: orientation is applied in place, the colour conversion
     replaces the decoded image, and JPEGs much larger than ``max_side`` decode DCT-scaled."""
+    if dicom.is_dicom(raw) or (
+        declared_type == dicom.CONTENT_TYPE and raw and not raw.startswith((JPEG_MAGIC, PNG_MAGIC))
+    ):
+        return clean_dicom(raw, max_pixels)
+    if raw and not raw.startswith((JPEG_MAGIC, PNG_MAGIC)):
+        raise UnsupportedImageError(
+            f"the file is not a readable {UPLOADS_ACCEPTED} image (judged from its content, not its name or "
+            "declared type)"
+        )
     decoded = decode(raw, max_pixels, max_side=max_side)
     image, fmt = decoded.image, decoded.format
     pixels = _to_srgb(image, decoded.icc_profile)
@@ -181,6 +207,47 @@ def clean_image(raw: bytes, max_pixels: int, max_side: int = 4096) -> CleanImage
         width=pixels.width,
         height=pixels.height,
         original_sha256=hashlib.sha256(raw).hexdigest(),
+    )
+    pixels.close()
+    return clean
+
+
+def clean_dicom(raw: bytes, max_pixels: int) -> CleanImage:
+    """A DICOM image's pixels (``shared.dicom.reading``: checked from the header, decoded to
+    RGB) re-encoded like any upload: to sRGB through its ICC profile when it has one, then a
+    JPEG when its pixel data was lossy (JPEG baseline; a second lossless copy of lossy pixels
+    would only be larger) or a PNG when it was not (uncompressed, JPEG lossless). Nothing of
+    the header is in the bytes; what is kept of it is ``CleanImage.dicom``. Never scaled: the
+    stored pixels are the source instance's grid, so the Segmentation maps onto it."""
+    try:
+        image = dicom.read_image(raw, max_pixels)
+    except dicom.DicomTooLarge as exc:
+        raise ImageTooLargeError(exc.detail) from None
+    except dicom.NotDicom as exc:
+        raise UnsupportedImageError(exc.detail) from None
+    except dicom.DicomUnsupported as exc:
+        raise UnsupportedDicomError(exc.detail) from None
+    except dicom.DicomRefused as exc:
+        raise UnreadableImageError(exc.detail) from None
+    fmt = "JPEG" if image.lossy else "PNG"
+    decoded = Image.fromarray(image.pixels)
+    pixels = _to_srgb(decoded, image.icc_profile)
+    if pixels is not decoded:
+        decoded.close()
+    pixels.info = {}
+    out = io.BytesIO()
+    if fmt == "JPEG":
+        pixels.save(out, format="JPEG", quality=95, subsampling=0)
+    else:
+        pixels.save(out, format="PNG", optimize=False)
+    clean = CleanImage(
+        data=out.getvalue(),
+        content_type=CONTENT_TYPES[fmt],
+        extension=EXTENSIONS[fmt],
+        width=pixels.width,
+        height=pixels.height,
+        original_sha256=hashlib.sha256(raw).hexdigest(),
+        dicom=image.found,
     )
     pixels.close()
     return clean

@@ -394,7 +394,7 @@ def reprocess(session: Session, store: ObjectStore, celery: Celery, original: An
         encounter_reference=original.encounter_reference, image_key=key, image_sha256=original.image_sha256,
         image_content_type=original.image_content_type, image_width=original.image_width,
         image_height=original.image_height, created_at=now, updated_at=now, enqueued_at=now,
-        reprocessed_from=original.id,
+        reprocessed_from=original.id, dicom_source=original.dicom_source,
     )
     session.add(analysis)
     session.flush()

@@ -233,6 +233,10 @@ class Analysis(Base):
     reprocessed_from: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("analyses.id", ondelete="SET NULL"), index=True
     )
+    # DICOM in (issue 23; docs/DICOM.md): the study, series and SOP instance UIDs, SOP class
+    # and transfer syntax of the instance the image came from (shared.schemas.DicomSource);
+    # NULL for JPEG and PNG uploads. Never any other attribute of its header.
+    dicom_source: Mapped[dict | None] = mapped_column(JSONB)
 
 
 class Upload(Base):

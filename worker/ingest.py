@@ -1,7 +1,8 @@
 """Ingest of direct uploads: the worker-side twin of what the API does with a multipart image.
 
 The client PUT the raw bytes to a presigned URL; nothing has checked them. Here they get
-exactly the API's treatment (``shared.images.clean_image``, the same size and pixel limits):
+exactly the API's treatment (``shared.images.clean_image``, the same size and pixel limits;
+a DICOM file's pixels alone, its header filling the inputs the submission left out):
 an image the API would have refused ends ``rejected`` with the API's answer as the rejection;
 an accepted one is stored re-encoded and metadata-free under the analysis's key, the raw
 upload is deleted, and the analysis lane is woken. Safe to run twice: the row's
@@ -50,7 +51,7 @@ def ingest_upload(context: AppContext, analysis_id: uuid.UUID) -> str | None:
             raise UploadTooLargeError(
                 f"the image is larger than the {settings.max_upload_mb} MB limit; send a smaller JPEG or PNG"
             )
-        image = clean_image(raw, settings.max_image_pixels, settings.max_decode_side)
+        image = clean_image(raw, settings.max_image_pixels, settings.max_decode_side, pending.content_type)
         del raw
     except ImageRejected as refused:
         with session_scope(context.session_factory) as session:
@@ -66,7 +67,7 @@ def ingest_upload(context: AppContext, analysis_id: uuid.UUID) -> str | None:
     with session_scope(context.session_factory) as session:
         done = lifecycle.ingested(
             session, context.celery, pending, image_key=key, sha256=image.original_sha256,
-            content_type=image.content_type, width=image.width, height=image.height,
+            content_type=image.content_type, width=image.width, height=image.height, dicom=image.dicom,
         )
         if done:
             after_commit(session, lambda: _forget_upload(context, pending.upload_key))

@@ -96,9 +96,10 @@ SUBMIT_ERRORS = problems(
     response_model=AnalysisOut,
     response_model_exclude_unset=True,
     response_description="Accepted: the analysis, `queued`; poll `Location` or wait for a webhook",
-    description="The photo (JPEG or PNG, multipart `image`) or a direct upload's `upload_id`, with optional "
-    "patient context. Answers 202 with the queued analysis and `Location`; with `Prefer: wait=N` it answers "
-    "201 with the final analysis if it finishes within N seconds. `Idempotency-Key` makes a retry safe; "
+    description="The photo (JPEG, PNG or DICOM, multipart `image`) or a direct upload's `upload_id`, with "
+    "optional patient context; a DICOM image's header gives the age, sex and site the form leaves out "
+    "(docs/DICOM.md). Answers 202 with the queued analysis and `Location`; with `Prefer: wait=N` it answers 201 "
+    "with the final analysis if it finishes within N seconds. `Idempotency-Key` makes a retry safe; "
     "`Cancel-After` (or `cancel_after`) sets a deadline. `webhook_url` (with `webhook_events_filter`) sends this "
     "analysis' events there, signed with the answer's `webhook.secret`. Research use only, not a certified "
     "medical device.",
@@ -136,6 +137,7 @@ async def submit_analysis(
         async with request.app.state.limiter.upload_slot(tenant.id):
             form = await read_multipart(request, settings.max_upload_bytes, settings.max_upload_mb)
             raw = form.files.get("image")
+            declared_type = form.file_types.get("image")
             fields = dict(form.fields)
             del form
             if raw is not None:
@@ -148,9 +150,11 @@ async def submit_analysis(
                 inputs = forms.parse_inputs(fields)
                 async with capacity.decode(tenant.id):
                     image = await run_in_threadpool(
-                        clean_image, raw, settings.max_image_pixels, settings.max_decode_side
+                        clean_image, raw, settings.max_image_pixels, settings.max_decode_side, declared_type
                     )
                 del raw
+                if image.dicom is not None:
+                    inputs = image.dicom.fill(inputs)  # the header's age, sex, site where the form gave none
                 submitted, body = await in_session(
                     capacity, context, tenant.id, _submit, context, tenant, image, inputs, idempotency_key, deadline,
                     webhook,
@@ -336,18 +340,7 @@ def post_feedback(analysis_id: str, tenant: WriteFeedback, body: FeedbackIn, ses
 
 
 def _report_or_409(session: Session, tenant: TenantRef, analysis_id: str) -> tuple[Analysis, Report]:
-    analysis = service.get(session, tenant, parse_id(analysis_id))
-    report = service.report_for(session, analysis.id)
-    if report is None:
-        if analysis.status == "canceled":
-            raise NotReady("canceled analyses have no report")
-        if analysis.status == "rejected" and not lifecycle.image_stored(analysis):
-            raise NotReady("the upload was refused before analysis (see rejection); there is no report")
-        raise NotReady(
-            f"the report is not ready yet (analysis is {analysis.status}); retry shortly",
-            headers={"Retry-After": "2"},
-        )
-    return analysis, report
+    return service.ready_report(session, tenant, parse_id(analysis_id))
 
 
 @router.get(

@@ -21,7 +21,7 @@ from api.capacity import Capacity
 from api.deps import UNCOMMITTED_IMAGES, in_session
 from api.multipart import CleanImage
 from api.pagination import newest_first
-from api.problems import BadRequest, BatchSealed, Conflict
+from api.problems import BadRequest, BatchSealed, Conflict, NotReady
 from api.services import uploads, webhook_endpoints
 from api.services.owned import get_owned
 from shared import lifecycle
@@ -215,6 +215,7 @@ def submit(
         image_width=image.width,
         image_height=image.height,
         enqueued_at=now,
+        dicom_source=image.dicom.source.model_dump(mode="json") if image.dicom is not None else None,
     )
     context.store.put(IMAGES, key, image.data, image.content_type)
     try:
@@ -344,6 +345,24 @@ def feedback_for(session: Session, analysis_id: uuid.UUID) -> list[Feedback]:
 
 def report_for(session: Session, analysis_id: uuid.UUID) -> Report | None:
     return session.get(Report, analysis_id)
+
+
+def ready_report(session: Session, tenant: TenantRef, analysis_id: uuid.UUID) -> tuple[Analysis, Report]:
+    """The analysis and its report; 409 while there is none (with ``Retry-After`` while one
+    will come), 404 for an id the tenant does not own. What every report-shaped read waits
+    for: the PDF, FHIR, and the DICOM objects."""
+    analysis = get(session, tenant, analysis_id)
+    report = report_for(session, analysis.id)
+    if report is None:
+        if analysis.status == "canceled":
+            raise NotReady("canceled analyses have no report")
+        if analysis.status == "rejected" and not lifecycle.image_stored(analysis):
+            raise NotReady("the upload was refused before analysis (see rejection); there is no report")
+        raise NotReady(
+            f"the report is not ready yet (analysis is {analysis.status}); retry shortly",
+            headers={"Retry-After": "2"},
+        )
+    return analysis, report
 
 
 # ---------------------------------------------------------------- Prefer: wait=N

@@ -6,14 +6,14 @@ webhooks; an endpoint's `kind` says which, its `config` what that kind needs. Ex
 are webhooks.
 
 Revision ID: 0014
-Revises: 0012
+Revises: 0013
 """
 import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision = '0014'
-down_revision = '0012'
+down_revision = '0013'
 branch_labels = None
 depends_on = None
 

@@ -52,6 +52,7 @@ REJECTION_REASONS = {
     "unsupported_media_type": "The file is not a JPEG or PNG image.",
     "image_too_large": "The image has more pixels than the service accepts.",
     "payload_too_large": "The file is larger than the upload size limit.",
+    "unsupported_dicom": "The DICOM file is not a colour photograph of the kind analysed.",
 }
 DEFAULT_REJECTION_REASON = "The image did not pass a quality gate."
 # What to do about each rejection: the one wording of the API (``rejection.advice``, triage
@@ -77,6 +78,10 @@ RETAKE_ADVICE = {
     "unsupported_media_type": "Send the photo again as a JPEG or PNG file.",
     "image_too_large": "Send the photo again at a lower resolution, as a JPEG or PNG file.",
     "payload_too_large": "Send a smaller file: export the photo again as a JPEG at a lower resolution.",
+    "unsupported_dicom": (
+        "Send a one-frame colour VL Photographic, Dermoscopic Photography or Secondary Capture image "
+        "(uncompressed, JPEG baseline or JPEG lossless), or the photo as a JPEG or PNG file."
+    ),
 }
 DEFAULT_RETAKE_ADVICE = "Retake the photo and submit it again."
 FAILED_ADVICE = (

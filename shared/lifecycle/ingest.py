@@ -6,14 +6,16 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from celery import Celery
-from sqlalchemy import select, update
+from sqlalchemy import case, func, select, update
 from sqlalchemy.orm import Session
 
 from shared.clock import utcnow
 from shared.config import Settings
 from shared.db import after_commit
+from shared.dicom.reading import DicomInput, PatientContext
 from shared.events import record_event
 from shared.jobs import enqueue_analysis, send
 from shared.lifecycle.batches import complete_batch_if_done
@@ -38,11 +40,15 @@ class PendingIngest:
     tenant_id: uuid.UUID
     upload_key: str
     priority: str
+    content_type: str
+    """What the client declared for the upload (``image/jpeg``, ``image/png``, ``application/dicom``)."""
 
 
 def pending_ingest(session: Session, analysis_id: uuid.UUID) -> PendingIngest | None:
     row = session.execute(
-        select(Analysis.id, Analysis.tenant_id, Analysis.image_key, Analysis.priority).where(
+        select(
+            Analysis.id, Analysis.tenant_id, Analysis.image_key, Analysis.priority, Analysis.image_content_type
+        ).where(
             Analysis.id == analysis_id,
             Analysis.status == AnalysisStatus.queued.value,
             Analysis.ingest_requested_at.is_not(None),
@@ -82,17 +88,23 @@ def ingested(
     content_type: str,
     width: int,
     height: int,
+    dicom: DicomInput | None = None,
 ) -> bool:
     """The cleaned image is stored: the job becomes claimable and its lane is woken.
-    False when someone else got there first (another ingest, a cancel)."""
+    False when someone else got there first (another ingest, a cancel). An image sent as
+    DICOM keeps its source's identifiers, and its header fills the inputs the submission left
+    out (``dicom_filled``)."""
     now = utcnow()
+    values: dict[str, Any] = {}
+    if dicom is not None:
+        values = {"dicom_source": dicom.source.model_dump(mode="json"), **dicom_filled(dicom.context)}
     analysis = session.execute(
         update(Analysis)
         .where(*_awaiting_ingest(pending.analysis_id))
         .values(
             image_key=image_key, image_sha256=sha256, image_content_type=content_type,
             image_width=width, image_height=height, ingest_requested_at=None,
-            enqueued_at=now, updated_at=now,
+            enqueued_at=now, updated_at=now, **values,
         )
         .returning(Analysis.id, Analysis.priority)
         .execution_options(synchronize_session=False)
@@ -102,6 +114,22 @@ def ingested(
     if celery is not None:
         after_commit(session, lambda: enqueue_analysis(celery, analysis.id, analysis.priority))
     return True
+
+
+def dicom_filled(context: PatientContext) -> dict[str, Any]:
+    """The inputs a DICOM header gives, as SQL that keeps what the submission gave: the same
+    rule as the API's (``PatientContext.fills``: an absent age or spacing, a sex or site of
+    ``unknown``), decided in the UPDATE itself."""
+    filled: dict[str, Any] = {}
+    if context.age is not None:
+        filled["age"] = func.coalesce(Analysis.age, context.age)
+    if context.sex not in (None, "unknown"):
+        filled["sex"] = case((Analysis.sex == "unknown", context.sex), else_=Analysis.sex)
+    if context.site is not None:
+        filled["site"] = case((Analysis.site == "unknown", context.site), else_=Analysis.site)
+    if context.pixel_spacing_mm is not None:
+        filled["pixel_spacing_mm"] = func.coalesce(Analysis.pixel_spacing_mm, context.pixel_spacing_mm)
+    return filled
 
 
 def ingest_rejected(

@@ -23,6 +23,7 @@ from shared.schemas.analyses import (
     AnalysisResult,
     AnalysisSummary,
     Artifacts,
+    DicomSource,
     ErrorInfo,
     FeedbackRecord,
     ImageInfo,
@@ -168,6 +169,7 @@ def analysis_record(analysis: Analysis) -> AnalysisRecord:
         deadline_at=iso(analysis.deadline_at),
         cancel_reason=analysis.cancel_reason,
         reprocessed_from=analysis.reprocessed_from,
+        dicom_source=DicomSource.model_validate(analysis.dicom_source) if analysis.dicom_source else None,
     )
 
 

@@ -345,11 +345,34 @@ class FeedbackRecord(ResponseModel):
     created_at: Timestamp
 
 
+DICOM_UID_PATTERN = r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$"
+DicomUid = Annotated[str, StringConstraints(max_length=64, pattern=DICOM_UID_PATTERN)]
+
+
+class DicomSource(ResponseModel):
+    """The DICOM instance the image came from (issue 23; docs/DICOM.md): its identifiers only,
+    kept so that the DICOM Segmentation and Structured Report can reference it. Never a name,
+    patient id, date or any other attribute of its header."""
+
+    study_instance_uid: DicomUid
+    series_instance_uid: DicomUid
+    sop_instance_uid: DicomUid
+    sop_class_uid: DicomUid = Field(
+        description="VL Photographic Image, Dermoscopic Photography Image or Secondary Capture Image Storage"
+    )
+    transfer_syntax_uid: DicomUid = Field(description="How its pixel data was encoded")
+
+
 class AnalysisRecord(AnalysisSummary):
     """The analysis as typed data, with its model's provenance: what reports, FHIR, questions,
     webhook payloads and exports are built from (``shared.lifecycle.analysis_record``)."""
 
     model: ModelInfo | None
+    dicom_source: DicomSource | None = Field(
+        default=None,
+        description="When the image was sent as DICOM (`application/dicom`): the study, series and SOP instance "
+        "it came from, which `/dicom/seg` and `/dicom/sr` reference. Null for JPEG and PNG uploads",
+    )
 
 
 class ModelCaption(BaseModel):

@@ -14,13 +14,19 @@ from pydantic import (
 from shared.schemas.common import ResponseModel, Timestamp, Url
 from shared.scopes import Scope
 
+# The types an image may be PUT as; the ingest worker judges the content, as the API does.
+UploadType = Literal["image/jpeg", "image/png", "application/dicom"]
+
 
 class UploadIn(BaseModel):
     """``POST /v1/uploads``: the type of the image that will be PUT."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
-    content_type: Literal["image/jpeg", "image/png"] = "image/jpeg"
+    content_type: UploadType = Field(
+        default="image/jpeg",
+        description="`application/dicom` for a DICOM image (issue 23; docs/DICOM.md): only its pixels are kept",
+    )
 
 
 # ---------------------------------------------------------------- keys, uploads
@@ -59,5 +65,5 @@ class UploadOut(ResponseModel):
     expires_at: Timestamp
     submit_before: Timestamp
     max_bytes: int
-    content_type: Literal["image/jpeg", "image/png"]
+    content_type: UploadType
     next: UploadNext

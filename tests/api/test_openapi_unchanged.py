@@ -100,6 +100,19 @@ ALLOWED: dict[str, str] = {
     "/paths/~1v1~1fhir-destination~1deliveries~1{delivery_id}~1resend": "issue 23: a write-back resent",
     "/components/schemas/FhirDestinationIn": "issue 23: PUT /v1/fhir-destination",
     "/components/schemas/FhirDestinationOut": "issue 23: GET /v1/fhir-destination (never the private key)",
+    "/components/schemas/AnalysisOut/properties/dicom_source": "issue 23: the DICOM source instance's UIDs",
+    "/components/schemas/DicomSource": "issue 23: the DICOM source instance's UIDs",
+    "/components/schemas/UploadIn/properties/content_type": "issue 23: a direct upload may be application/dicom",
+    "/components/schemas/UploadsIn/properties/content_type": "issue 23: a direct upload may be application/dicom",
+    "/components/schemas/UploadOut/properties/content_type": "issue 23: a direct upload may be application/dicom",
+    "/paths/~1v1~1analyses/post/description": "issue 23: application/dicom accepted wherever an image is",
+    "/paths/~1v1~1analyses/post/requestBody/content/multipart~1form-data/encoding":
+        "issue 23: the image part's types, application/dicom among them",
+    "/paths/~1v1~1analyses/post/requestBody/content/multipart~1form-data/schema/properties/image/description":
+        "issue 23: application/dicom accepted wherever an image is",
+    "/paths/~1v1~1analyses~1{analysis_id}~1dicom~1seg": "issue 23: the lesion mask as a DICOM Segmentation",
+    "/paths/~1v1~1analyses~1{analysis_id}~1dicom~1sr": "issue 23: the findings as a TID 1500 DICOM SR",
+    "/paths/~1v1~1analyses~1{analysis_id}~1dicom~1pdf": "issue 23: the report as DICOM Encapsulated PDF",
 }
 
 

@@ -90,7 +90,9 @@ def test_the_summary_is_the_record_without_its_provenance():
     assert type(record) is AnalysisRecord and type(summary) is AnalysisSummary
     sent = summary.model_dump(mode="json", exclude_unset=True)
     assert "model" not in sent and sent["weights"] == "untrained"
-    assert sent == {k: v for k, v in record.model_dump(mode="json", exclude_unset=True).items() if k != "model"}
+    # Provenance: the model's, and (issue 23) the DICOM instance the image came from.
+    provenance = {"model", "dicom_source"}
+    assert sent == {k: v for k, v in record.model_dump(mode="json", exclude_unset=True).items() if k not in provenance}
 
 
 def test_narrowing_keeps_unset_fields_unset():
