@@ -48,6 +48,7 @@ TAGS = [
     {"name": "uploads", "description": "Direct uploads to the object store for large backlogs"},
     {"name": "webhooks", "description": "Endpoints that receive signed events, and their delivery log"},
     {"name": "api keys", "description": "The tenant's own API keys"},
+    {"name": "models", "description": "The registered model versions and their model cards"},
     {"name": "health", "description": "Liveness and readiness probes (no API key)"},
 ]
 
@@ -138,6 +139,7 @@ def _install_optional_routers(app: FastAPI) -> None:
     app.include_router(questions.router)
     from api.routes import models as model_routes
     app.include_router(model_routes.router)
+    app.include_router(model_routes.registry_router)  # issue 24: GET /v1/models, the model cards
     from api.routes import dispositions
     app.include_router(dispositions.router)
     from api.routes import audit as audit_routes

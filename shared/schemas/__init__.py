@@ -90,6 +90,11 @@ from shared.schemas.health import (
     Liveness,
     Readiness,
 )
+from shared.schemas.models import (
+    ModelCardOut,
+    ModelList,
+    ModelListed,
+)
 from shared.schemas.uploads import (
     ApiKeyCreated,
     ApiKeyList,
@@ -132,4 +137,5 @@ __all__ = [
     'ApiKeyList', 'UploadNext', 'UploadOut', 'Liveness', 'Check', 'Readiness', 'EventResultSummary', 'CodeOnly',
     'EventRejection', 'AnalysisEventData', 'BatchEventLinks', 'BatchCompletedData', 'AnalysisEvent',
     'BatchCompletedEvent', 'WebhookTestData', 'WebhookTestEvent', 'AuditOutcome', 'AuditEventOut', 'AuditEventPage',
+    'ModelCardOut', 'ModelList', 'ModelListed',
 ]

@@ -19,6 +19,15 @@ from shared.config import Settings
 
 BASELINE = Path(__file__).with_name("openapi_baseline.json")
 
+# Issue 24: the schemas of GET /v1/models and of the model card (shared/schemas/models.py).
+ISSUE_24_SCHEMAS = (
+    "AcceptanceCheckOut", "AppliedModelCard", "CardOperatingPoints", "CardTrainingData", "ChaiAISystemFacts",
+    "ChaiBasicInfo", "ChaiKeyMetric", "ChaiKeyMetrics", "ChaiMetricResult", "ChaiModelSummary", "ChaiReleaseInfo",
+    "ChaiResources", "ChaiTransparencyInformation", "ChaiTrustIngredients", "ChaiUsesAndDirections", "ChaiWarnings",
+    "EvaluationSetOut", "FailedCriterionOut", "MetricEstimate", "ModelCardOut", "ModelList", "ModelListed",
+    "RegisteredModelRef", "SkinGroupMetrics", "StoredEvaluationListed", "StoredEvaluationOut",
+)
+
 # JSON pointer (RFC 6901) of a part of the document that may differ from the baseline → the
 # issue that allows it. Issue 20 changes no part of the contract.
 ALLOWED: dict[str, str] = {
@@ -64,6 +73,10 @@ ALLOWED: dict[str, str] = {
     "/components/schemas/AuditEventOut": "issue 22: GET /v1/audit-events",
     "/components/schemas/AuditEventPage": "issue 22: GET /v1/audit-events",
     "/paths/~1v1~1analyses~1{analysis_id}/delete": "issue 22: erasure of one analysis (DELETE /v1/analyses/{id})",
+    "/paths/~1v1~1models": "issue 24: GET /v1/models, the registered versions (models:read)",
+    "/paths/~1v1~1models~1{model_id}~1card": "issue 24: GET /v1/models/{id}/card, the model card (models:read)",
+    "/tags": "issue 24: the `models` tag",
+    **{f"/components/schemas/{name}": "issue 24: the model card and the list of versions" for name in ISSUE_24_SCHEMAS},
 }
 
 
