@@ -51,6 +51,7 @@ TAGS = [
     {"name": "api keys", "description": "The tenant's own API keys"},
     {"name": "fhir", "description": "The `/fhir` base (FHIR R4B): CapabilityStatement, SubscriptionTopics, and "
      "Subscriptions (R5 Backport IG) with `$status` and `$events`; errors are OperationOutcomes"},
+    {"name": "models", "description": "The registered model versions and their model cards"},
     {"name": "health", "description": "Liveness and readiness probes (no API key)"},
 ]
 
@@ -141,6 +142,7 @@ def _install_optional_routers(app: FastAPI) -> None:
     app.include_router(questions.router)
     from api.routes import models as model_routes
     app.include_router(model_routes.router)
+    app.include_router(model_routes.registry_router)  # issue 24: GET /v1/models, the model cards
     from api.routes import dispositions
     app.include_router(dispositions.router)
     from api.routes import audit as audit_routes

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
     from cli.client import Client
+    from shared.model_acceptance import AcceptanceCheck
     from shared.model_registry import RegisteredModel
 
 ROLES = {
@@ -402,6 +403,11 @@ def models_import(checkpoint: Path, kind: str, card_path: Path | None, version: 
     from worker.pipeline.errors import ModelConfigError
 
     settings = get_settings()
+    if activate and settings.acceptance_file is not None:
+        raise click.UsageError(
+            "ACCEPTANCE_FILE is set, so a model is activated only after its acceptance check: import without "
+            "--activate, store an evaluation (`dermasentinel evaluate --fusion-model VERSION`), then `models activate`"
+        )
     registry = bool(settings.database_url and settings.s3_endpoint)
     if settings.model_dir is None and not registry:
         raise click.ClickException(
@@ -480,23 +486,98 @@ def _audit_model(session: Session, action: str, model_id: object, **detail: obje
 @models.command("activate")
 @click.argument("kind", type=click.Choice(MODEL_KINDS))
 @click.argument("ref")
-def models_activate(kind: str, ref: str) -> None:
+@click.option("--acceptance", "acceptance_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="acceptance file (YAML) the candidate's stored evaluation must meet (default: ACCEPTANCE_FILE)")
+@click.option("--override", "override_reason", metavar="REASON",
+              help="activate a candidate that fails its acceptance criteria; REASON is recorded in the registry "
+              "and the audit trail")
+def models_activate(kind: str, ref: str, acceptance_path: Path | None, override_reason: str | None) -> None:
     """Make model REF (version, id or sha256 prefix) of KIND active; GPU workers switch to it
-    between passes, within MODEL_CHECK_SECONDS, without a restart."""
-    from shared import model_registry
+    between passes, within MODEL_CHECK_SECONDS, without a restart.
+
+    With an acceptance file (--acceptance, or the ACCEPTANCE_FILE setting) the candidate's
+    stored evaluation on the file's evaluation set is checked first: a candidate without one,
+    or failing any criterion, is refused with each failed criterion listed, unless --override
+    REASON is given (the reason and the failed criteria are recorded on the registry row and in
+    the audit row). Without a file the model is activated unchecked, and the command says so."""
+    from shared import audit, model_acceptance, model_registry
     from training.model_store import registry_session
 
+    settings = get_settings()
+    if override_reason is not None and not override_reason.strip():
+        raise click.UsageError("--override needs a reason (it is recorded in the registry and the audit trail)")
+    plan_path = acceptance_path or settings.acceptance_file
+    if plan_path is not None and kind != "fusion":
+        raise click.UsageError(f"acceptance criteria apply to fusion models, not {kind}; activate {kind} models "
+                               "without --acceptance (and without ACCEPTANCE_FILE)")
+    if plan_path is None and override_reason is not None:
+        raise click.UsageError("--override overrides failed acceptance criteria: give --acceptance FILE or set "
+                               "ACCEPTANCE_FILE")
+    criteria = file_sha256 = None
+    if plan_path is not None:
+        try:
+            criteria, file_sha256 = model_acceptance.load_acceptance(plan_path)
+        except model_acceptance.AcceptanceFileError as exc:
+            raise click.ClickException(str(exc)) from None
+    actor = audit.operator_actor()
+    refused: model_acceptance.AcceptanceCheck | None = None
     try:
-        with registry_session(get_settings()) as session:
-            active, previous = model_registry.activate(session, kind, ref)
-            _audit_model(session, "model.activate", active.id, kind=kind, version=active.version,
-                         retired=previous.version if previous is not None else None)
-            message = f"{kind} {active.version} is active"
-            if previous is not None:
-                message += f" (retired {previous.version})"
+        with registry_session(settings) as session:
+            target = model_registry.find_model(session, kind, ref)
+            version = target.version
+            check = None
+            if criteria is not None:
+                stored = model_registry.evaluation_on(target, criteria.evaluation_set.sha256)
+                check = model_acceptance.check(criteria, stored.report if stored is not None else None,
+                                               file=str(plan_path), file_sha256=file_sha256)
+            acceptance = model_acceptance.audit_detail(check, override_reason if check and not check.passed else None)
+            if check is not None and not check.passed and override_reason is None:
+                # Refused: nothing changes but the audit trail, which records the refusal.
+                audit.append(session, audit.AuditEntry(
+                    None, actor, "model.activate", "model", str(target.id), outcome=audit.INVALID,
+                    detail={"kind": kind, "version": target.version, **acceptance},
+                ))
+                refused = check
+            else:
+                active, previous = model_registry.activate(session, kind, str(target.id))
+                passed_override = override_reason if check is not None and not check.passed else None
+                record = model_acceptance.activation_record(
+                    actor, check, passed_override, retired=previous.version if previous is not None else None,
+                )
+                active.governance = model_acceptance.with_activation(active.governance, record)
+                _audit_model(session, "model.activate", active.id, kind=kind, version=active.version,
+                             retired=previous.version if previous is not None else None, **acceptance)
+                message = f"{kind} {active.version} is active"
+                if previous is not None:
+                    message += f" (retired {previous.version})"
     except (model_registry.ModelNotFound, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
+    if refused is not None:
+        click.echo(_acceptance_lines(kind, version, refused, "fails"), err=True)
+        raise click.ClickException(
+            f"{kind} {version} was not activated; activate it anyway with --override \"REASON\" (the reason "
+            "and the failed criteria are recorded in the registry and the audit trail)"
+        )
+    if check is None:
+        click.echo("no acceptance criteria were checked (no --acceptance file and no ACCEPTANCE_FILE)")
+    elif check.passed:
+        click.echo(f"acceptance: passed {len(check.results)} criteria on evaluation set "
+                   f"{check.evaluation_set.name} ({plan_path})")
+        if override_reason is not None:
+            click.echo("--override was not needed: nothing failed, no override is recorded")
+    else:
+        click.echo(_acceptance_lines(kind, version, check, "fails"))
+        click.echo(f"OVERRIDDEN by {actor}: {override_reason} (recorded in the registry and the audit trail)")
     click.echo(message)
+
+
+def _acceptance_lines(kind: str, version: str, check: AcceptanceCheck, verb: str) -> str:
+    """The failed criteria of an acceptance check, one per line, each with the value measured and its bound."""
+    found = check.evaluation_set
+    lines = [f"{kind} {version} {verb} its acceptance criteria ({check.file}; evaluation set {found.name}, "
+             f"sha256 {found.sha256[:12]}…):"]
+    lines += [f"  {result.message}" for result in check.failed]
+    return "\n".join(lines)
 
 
 @models.command("rollback")

@@ -118,6 +118,9 @@ class Settings(BaseSettings):
     host_threads: int = Field(default=2, ge=1, le=32)  # fetch/decode and post-process/write pools
     # GPU workers read the active model version at most this often (docs/MODELS.md).
     model_check_seconds: float = Field(default=5.0, ge=0)
+    # Issue 24: the acceptance file `models activate` checks a candidate against when none is
+    # given with --acceptance (docs/MODELS.md); unset: no criteria unless one is given.
+    acceptance_file: Path | None = None
 
     max_attempts: int = Field(default=3, ge=1, le=20)
     stuck_after_seconds: int = Field(default=300, ge=5)

@@ -20,9 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, undefer
 
 from shared.clinical import SYNTHETIC, TRAINED
+from shared.clock import iso, utcnow
+from shared.schemas.evaluation import EvaluationReport, EvaluationSet
 from shared.storage import ARTIFACTS, IMAGES, ObjectStore, image_key
 from shared.tables import Analysis, ModelStatus, ModelVersion
 
@@ -191,8 +193,12 @@ def _next_version(session: Session, kind: str) -> str:
     return f"{kind}-{count + 1}"
 
 
-def list_models(session: Session, kind: str | None = None) -> list[ModelVersion]:
+def list_models(session: Session, kind: str | None = None, *, with_evaluations: bool = False) -> list[ModelVersion]:
+    """Registered models by kind, newest first; ``with_evaluations`` loads the (deferred) stored
+    evaluations in the same query."""
     query = select(ModelVersion).order_by(ModelVersion.kind, ModelVersion.created_at.desc())
+    if with_evaluations:
+        query = query.options(undefer(ModelVersion.evaluations))
     if kind is not None:
         query = query.where(ModelVersion.kind == kind)
     return list(session.scalars(query))
@@ -352,6 +358,68 @@ def describe(row: ModelVersion) -> RegisteredModel:
         created_at=_iso(row.created_at),
         activated_at=_iso(row.activated_at),
     )
+
+
+def get_model(session: Session, model_id: uuid.UUID | str) -> ModelVersion | None:
+    """The row with this id (any kind), or None; an id that is not a UUID is None too."""
+    try:
+        ident = model_id if isinstance(model_id, uuid.UUID) else uuid.UUID(str(model_id))
+    except ValueError:
+        return None
+    return session.get(ModelVersion, ident)
+
+
+# ------------------------------------------------------------------ stored evaluations (issue 24)
+
+
+class StoredEvaluation(BaseModel):
+    """An ``evaluate`` report stored against a registered model: one per evaluation set (the
+    latest run on a set replaces the earlier one), read by the acceptance check and the card."""
+
+    evaluation_set: EvaluationSet
+    stored_at: str  # ISO 8601, UTC
+    report: EvaluationReport
+
+
+class NotStorable(ValueError):
+    pass
+
+
+def store_evaluation(session: Session, model_id: uuid.UUID | str, report: EvaluationReport) -> StoredEvaluation:
+    """Store ``report`` on the registered model it evaluated, under its evaluation set's sha256
+    (replacing an earlier report on the same set). Refused (``NotStorable``) for a report
+    without metrics (predictions only) or without the set's identity, and for one whose
+    provenance names another registry row or other weights."""
+    row = get_model(session, model_id)
+    if row is None:
+        raise ModelNotFound(f"no registered model {model_id}")
+    if report.overall is None or report.evaluation_set is None:
+        raise NotStorable("only a labelled evaluation with its evaluation set's identity can be stored")
+    checkpoint = getattr(report.model, row.kind, None) if report.model is not None else None
+    if checkpoint is None or checkpoint.registry_id != str(row.id) or checkpoint.sha256 != row.sha256:
+        raise NotStorable(f"the report does not describe {row.kind} {row.version} ({row.id})")
+    stored = StoredEvaluation(evaluation_set=report.evaluation_set, stored_at=iso(utcnow()), report=report)
+    evaluations = dict(row.evaluations or {})
+    evaluations[report.evaluation_set.sha256] = {
+        "evaluation_set": stored.evaluation_set.model_dump(mode="json"),
+        "stored_at": stored.stored_at,
+        "report": report.as_json(),
+    }
+    row.evaluations = evaluations  # a new dict: SQLAlchemy sees the change
+    session.flush()
+    return stored
+
+
+def stored_evaluations(row: ModelVersion) -> list[StoredEvaluation]:
+    """Every evaluation stored against ``row``, oldest first."""
+    found = [StoredEvaluation.model_validate(value) for value in (row.evaluations or {}).values()]
+    return sorted(found, key=lambda stored: stored.stored_at)
+
+
+def evaluation_on(row: ModelVersion, sha256: str) -> StoredEvaluation | None:
+    """The evaluation stored against ``row`` on the evaluation set with this sha256, if any."""
+    value = (row.evaluations or {}).get(sha256)
+    return StoredEvaluation.model_validate(value) if value is not None else None
 
 
 def _iso(moment: datetime | None) -> str | None:

@@ -437,6 +437,14 @@ class ModelVersion(Base):
     status: Mapped[str] = mapped_column(String(16), default=ModelStatus.candidate.value)
     created_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
     activated_at: Mapped[datetime | None] = mapped_column(TZ)
+    # Issue 24 (migration 0015). The ``evaluate`` reports stored against this model, by the
+    # evaluation set's sha256: {sha256: {"evaluation_set", "stored_at", "report"}}
+    # (``shared.model_registry.StoredEvaluation``). Deferred: the workers' poll of the active
+    # rows never loads them.
+    evaluations: Mapped[dict] = mapped_column(JSONB, default=dict, server_default=text("'{}'::jsonb"), deferred=True)
+    # What change control recorded: each activation's acceptance check, failed criteria and
+    # override reason (``shared.model_acceptance.Governance``).
+    governance: Mapped[dict] = mapped_column(JSONB, default=dict, server_default=text("'{}'::jsonb"))
 
 
 # The system chain of the audit trail (actions that belong to no tenant: model activation,

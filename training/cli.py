@@ -147,17 +147,23 @@ def train_scalpel_command(images: Path, masks: Path, **kwargs: Any) -> None:
 @click.option("--bootstrap", type=click.IntRange(100), default=1000, show_default=True, help="bootstrap resamples")
 @click.option("--predictions-only", is_flag=True,
               help="no labels needed (e.g. a challenge test set): write predictions.csv, no metrics")
+@click.option("--set-name", metavar="NAME",
+              help="the evaluation set's name, as acceptance files give it (default: the CSV's file name)")
+@click.option("--store/--no-store", default=True, show_default=True,
+              help="store the report against the registered models evaluated (--fusion-model, --scalpel-model)")
 def evaluate(images: Path, csv_path: Path, masks: Path | None, out_dir: Path, fusion_path: Path | None,
              scalpel_path: Path | None, fusion_ref: str | None, scalpel_ref: str | None, size: int | None,
-             bootstrap: int, predictions_only: bool) -> None:
+             bootstrap: int, predictions_only: bool, set_name: str | None, store: bool) -> None:
     """Evaluate a model on a labelled folder: metrics with 95% CIs, per ITA skin group, and a report.
 
     The model is a checkpoint file (--fusion, --scalpel), a registered model (--fusion-model,
-    --scalpel-model: the same weights and operating point the workers run), or MODEL_DIR's."""
-    from shared.model_registry import ModelNotFound
+    --scalpel-model: the same weights and operating point the workers run), or MODEL_DIR's.
+    A registered model gets the report stored against it (its model card shows it, and
+    `models activate --acceptance` checks it), keyed by the evaluation set's sha256."""
+    from shared.model_registry import ModelNotFound, NotStorable
     from training.data import DataError
     from training.evaluate import evaluate_folder
-    from training.model_store import registered_source
+    from training.model_store import registered_source, store_evaluation
     from worker.pipeline.errors import ModelConfigError
     from worker.pipeline.model_set import ModelSet, ModelSource
     from worker.pipeline.pipeline import Pipeline, PipelineOptions
@@ -184,9 +190,16 @@ def evaluate(images: Path, csv_path: Path, masks: Path | None, out_dir: Path, fu
         sizes = {"seg_size": size, "cls_size": size} if size else {}
         options = PipelineOptions.from_settings(settings, registry.device.type, **sizes)
         report = evaluate_folder(Pipeline(registry, options), images, csv_path, out_dir, masks, resamples=bootstrap,
-                                 predictions_only=predictions_only)
+                                 predictions_only=predictions_only, set_name=set_name)
     except (DataError, ModelConfigError, ModelNotFound, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
+    registered = tuple(kind for kind, ref in (("fusion", fusion_ref), ("scalpel", scalpel_ref)) if ref)
+    stored: list[tuple[str, str]] = []
+    if store and registered and report.overall is not None:
+        try:
+            stored = store_evaluation(settings, report, registered)
+        except (ModelNotFound, NotStorable) as exc:
+            raise click.ClickException(f"the report was written to {out_dir} but not stored: {exc}") from None
     weights = report.model.weights if report.model is not None else None
     if report.overall is None:  # --predictions-only
         click.echo(f"{report.evaluated} of {report.images} images scored, {len(report.rejected)} rejected "
@@ -208,6 +221,12 @@ def evaluate(images: Path, csv_path: Path, masks: Path | None, out_dir: Path, fu
         click.echo(f"{len(report.rejected)} of {report.images} images rejected by a gate and left out: "
                    + ", ".join(f"{reason} {count}" for reason, count in reasons.most_common()))
     click.echo(f"report: {out_dir / 'report.html'} (weights: {weights}; research use only)")
+    if report.evaluation_set is not None:
+        found = report.evaluation_set
+        click.echo(f"evaluation set {found.name}: sha256 {found.sha256} ({found.images} images)")
+    for kind, version in stored:
+        click.echo(f"stored against {kind} {version}: its model card shows it, and acceptance files naming this set "
+                   "check it at `models activate`")
 
 
 def _value(metric: Score | None) -> str:

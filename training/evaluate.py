@@ -25,18 +25,29 @@ import html
 import io
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pydantic import BaseModel, Field
 
 from shared.clinical import MELANOMA_THRESHOLD, disposition
 from shared.clinical.disposition import Disposition
-from shared.schemas.analyses import ModelInfo, OperatingPoint
+from shared.schemas.evaluation import (  # the report's types (re-exported: they were defined here)
+    AtThreshold,
+    Block,
+    DataSource,
+    DispositionShare,
+    DispositionShares,
+    EvaluationReport,
+    EvaluationSet,
+    RejectedImage,
+    RuleOutBlock,
+    RuleOutEvidence,
+    Score,
+)
 from training import scores
-from training.data import Sample, load_mask, read_labelled_csv
+from training.data import Sample, fingerprint, load_mask, read_labelled_csv
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -61,104 +72,6 @@ class Prediction:
     jaccard: float | None = None
     rejection: str | None = None
     disposition: Disposition | None = None  # what the service answered (``result.disposition``)
-
-
-class Score(BaseModel):
-    """One metric with its percentile bootstrap 95% interval (None where undefined, e.g. AUC of one class)."""
-
-    value: float | None
-    ci95: tuple[float | None, float | None]
-    count: int | None = None  # segmentation metrics only: the images that had a reference mask
-
-
-class Block(BaseModel):
-    """The metrics over one set of images: every scored image, or one skin group's."""
-
-    skin_group: str | None = None  # set for a skin group's row only
-    count: int
-    positives: int
-    metrics: dict[str, Score]
-
-
-class AtThreshold(BaseModel):
-    """The test one threshold makes, with each rate's percentile bootstrap 95% interval: at the
-    urgent-referral operating point a probability above it is positive; at the rule-out threshold
-    a probability below it is negative (ruled out)."""
-
-    threshold: float
-    sensitivity: Score
-    specificity: Score
-    ppv: Score
-    npv: Score
-
-
-class DispositionShare(BaseModel):
-    count: int
-    share: float | None  # of the set's scored cases; None for an empty set
-
-
-class DispositionShares(BaseModel):
-    """How many cases the service sent to each disposition (weights that are not trained send
-    every case to ``clinician_review``)."""
-
-    urgent_referral: DispositionShare
-    clinician_review: DispositionShare
-    routine: DispositionShare
-    routine_melanomas: int  # melanomas the disposition would have sent home with safety netting
-
-
-class RuleOutBlock(BaseModel):
-    """The rule-out evidence over one set of images: every scored image, or one skin group's."""
-
-    skin_group: str | None = None  # set for a skin group's row only
-    count: int
-    positives: int
-    urgent: AtThreshold
-    rule_out: AtThreshold
-    dispositions: DispositionShares
-
-
-class RuleOutEvidence(BaseModel):
-    """Both thresholds of the disposition and what they do on this data set."""
-
-    urgent_threshold: float  # the high-risk operating point: above it, urgent referral (trained weights)
-    rule_out_threshold: float  # below it (and with no review reason), routine
-    rule_out_sensitivity: float | None  # the target it was chosen for on validation; None: the default threshold
-    overall: RuleOutBlock
-    per_skin_group: list[RuleOutBlock] = Field(default_factory=list)
-
-
-class RejectedImage(BaseModel):
-    image_name: str
-    reason: str | None
-
-
-class DataSource(BaseModel):
-    images: str
-    labels: str
-    masks: str | None
-
-
-class EvaluationReport(BaseModel):
-    """``report.json``. A field never set is left out of the file: ``predictions_only`` in a
-    full report; the metrics (``overall``, ``per_skin_group``, ``reliability``) in a
-    predictions-only one; the model and data in what ``summarise`` alone returns."""
-
-    predictions_only: bool = False
-    threshold: float
-    images: int
-    evaluated: int
-    rejected: list[RejectedImage]
-    overall: Block | None = None
-    per_skin_group: list[Block] = Field(default_factory=list)
-    reliability: list[dict[str, Any]] = Field(default_factory=list)  # ``scores.expected_calibration_error``'s bins
-    rule_out: RuleOutEvidence | None = None
-    operating_point: OperatingPoint | None = None
-    model: ModelInfo | None = None
-    data: DataSource | None = None
-
-    def as_json(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude_unset=True)
 
 
 Statistic = Callable[[np.ndarray, np.ndarray], float | None]
@@ -327,15 +240,25 @@ def _mask_at(mask_png: bytes, truth_path: Path) -> np.ndarray:
         return np.asarray(mask.convert("L").resize(size, Image.Resampling.NEAREST)) > 127
 
 
+def evaluation_set(samples: list[Sample], csv_path: Path, name: str | None = None) -> EvaluationSet:
+    """The identity of an evaluation set: sha256 over every image's name and content and the
+    labels CSV (as training's data fingerprint, without masks), and its name (default: the
+    CSV's file name without its suffix). Acceptance files name the set by it (issue 24)."""
+    unmasked = [replace(sample, mask=None) for sample in samples]
+    return EvaluationSet(name=name or csv_path.stem, sha256=fingerprint(unmasked, [csv_path]), images=len(samples))
+
+
 def evaluate_folder(pipeline: Pipeline, images: Path, csv_path: Path, out_dir: Path, masks: Path | None = None,
                     resamples: int = 1000, seed: int = 0, progress: bool = True,
-                    predictions_only: bool = False) -> EvaluationReport:
+                    predictions_only: bool = False, set_name: str | None = None) -> EvaluationReport:
     """Score every image of the folder with ``pipeline`` and write the outputs to ``out_dir``;
-    the metrics use the model's own operating threshold, as the service's diagnosis does."""
+    the metrics use the model's own operating threshold, as the service's diagnosis does.
+    ``set_name`` names the evaluation set in the report (its sha256 is computed here)."""
     without_labels = "; --predictions-only runs the model without labels"
     samples = read_labelled_csv(csv_path, images, masks, need_target=not predictions_only, hint=without_labels)
     if not predictions_only and any(s.target is None for s in samples):
         raise ValueError(f"{csv_path}: every row needs a target (0 or 1) to be evaluated{without_labels}")
+    identity = evaluation_set(samples, csv_path, set_name)
     predictions = predict(pipeline, samples, progress)
     provenance = pipeline.registry.provenance()
     operating_point = provenance.operating_point
@@ -356,6 +279,7 @@ def evaluate_folder(pipeline: Pipeline, images: Path, csv_path: Path, out_dir: P
         "operating_point": operating_point,
         "model": provenance,
         "data": DataSource(images=str(images), labels=str(csv_path), masks=str(masks) if masks else None),
+        "evaluation_set": identity,
     })
     write_outputs(report, predictions, Path(out_dir))
     return report
@@ -519,13 +443,18 @@ describe this model on this data set only. Weights: <b>{text(model.weights if mo
 <p>Fusion {text(fusion.version if fusion else None)} (sha256 {text(fusion.sha256 if fusion else None)[:12]}),
 segmenter {text(model.segmenter if model else None)}, backend {text(model.backend if model else None)};
 training data: {text((model.training_data if model else None) or 'not stated')}.<br>
-{html.escape(chosen)}; {report.evaluated} of {report.images} images evaluated
+{html.escape(chosen)}; {html.escape(_set_text(report))}{report.evaluated} of {report.images} images evaluated
 ({len(report.rejected)} rejected by a quality or lesion gate). 95% bootstrap intervals in brackets.</p>
 <table><tr>{header}</tr>{''.join(rows)}</table>
 <p>Skin groups from the Equity Engine's ITA of each image.</p>
 {_rule_out_html(report)}
 {image(roc, "ROC curve")} {image(reliability, "reliability diagram")}
 </body></html>"""
+
+
+def _set_text(report: EvaluationReport) -> str:
+    found = report.evaluation_set
+    return f"evaluation set {found.name} (sha256 {found.sha256[:12]}): " if found is not None else ""
 
 
 def _rule_out_html(report: EvaluationReport) -> str:

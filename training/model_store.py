@@ -1,6 +1,7 @@
 """Checkpoints into service: install one into ``MODEL_DIR``, register one in the model registry
 (docs/MODELS.md), or fetch a registered one for ``evaluate``, each only after proving the file
-loads into the network it claims to be.
+loads into the network it claims to be; and store an evaluation against the registered models it
+evaluated (issue 24).
 
 ``dermasentinel models`` (cli/main.py) and ``evaluate`` (training/cli.py) call these; the
 registry's SQL is ``shared.model_registry``'s. Torch is imported only where a checkpoint is
@@ -25,6 +26,7 @@ from shared.model_registry import ModelCard, RegisteredModel
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
+    from shared.schemas.evaluation import EvaluationReport
     from worker.pipeline.model_set import ModelSource
     from worker.pipeline.networks import CheckpointInfo
 
@@ -104,6 +106,37 @@ def registered_source(settings: Settings, kind: str, ref: str) -> ModelSource:
     finally:
         context.close()
     return ModelSource.registered(model, path)
+
+
+def store_evaluation(settings: Settings, report: EvaluationReport, kinds: tuple[str, ...]) -> list[tuple[str, str]]:
+    """Store ``report`` against each registered model of ``kinds`` it evaluated (issue 24), with
+    an audit row per model on the system chain (``model.evaluate``). Returns (kind, version)
+    of each. The model card of each shows it from now on."""
+    from shared import audit
+
+    stored: list[tuple[str, str]] = []
+    context = AppContext(settings)
+    try:
+        with session_scope(context.session_factory) as session:
+            for kind in kinds:
+                checkpoint = getattr(report.model, kind, None) if report.model is not None else None
+                if checkpoint is None or checkpoint.registry_id is None:
+                    raise model_registry.NotStorable(f"the report names no registered {kind} model")
+                kept = model_registry.store_evaluation(session, checkpoint.registry_id, report)
+                row = model_registry.get_model(session, checkpoint.registry_id)
+                assert row is not None  # store_evaluation found it
+                auc = report.overall.metrics.get("auc") if report.overall is not None else None
+                audit.append(session, audit.AuditEntry(
+                    None, audit.operator_actor(), "model.evaluate", "model", str(row.id),
+                    detail={"kind": kind, "version": row.version,
+                            "evaluation_set": {"name": kept.evaluation_set.name, "sha256": kept.evaluation_set.sha256},
+                            "images": report.images, "evaluated": report.evaluated,
+                            "auc": None if auc is None or auc.value is None else round(auc.value, 4)},
+                ))
+                stored.append((kind, row.version))
+    finally:
+        context.close()
+    return stored
 
 
 @contextlib.contextmanager

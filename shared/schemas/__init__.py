@@ -99,6 +99,11 @@ from shared.schemas.health import (
     Liveness,
     Readiness,
 )
+from shared.schemas.models import (
+    ModelCardOut,
+    ModelList,
+    ModelListed,
+)
 from shared.schemas.uploads import (
     ApiKeyCreated,
     ApiKeyList,
@@ -144,4 +149,5 @@ __all__ = [
     'BatchCompletedEvent', 'WebhookTestData', 'WebhookTestEvent', 'AuditOutcome', 'AuditEventOut', 'AuditEventPage',
     'FhirCapabilityStatement', 'FhirSubscriptionTopic', 'FhirSubscription', 'FhirBundle', 'OperationOutcomeIssue',
     'OperationOutcome',
+    'ModelCardOut', 'ModelList', 'ModelListed',
 ]

@@ -19,6 +19,15 @@ from shared.config import Settings
 
 BASELINE = Path(__file__).with_name("openapi_baseline.json")
 
+# Issue 24: the schemas of GET /v1/models and of the model card (shared/schemas/models.py).
+ISSUE_24_SCHEMAS = (
+    "AcceptanceCheckOut", "AppliedModelCard", "CardOperatingPoints", "CardTrainingData", "ChaiAISystemFacts",
+    "ChaiBasicInfo", "ChaiKeyMetric", "ChaiKeyMetrics", "ChaiMetricResult", "ChaiModelSummary", "ChaiReleaseInfo",
+    "ChaiResources", "ChaiTransparencyInformation", "ChaiTrustIngredients", "ChaiUsesAndDirections", "ChaiWarnings",
+    "EvaluationSetOut", "FailedCriterionOut", "MetricEstimate", "ModelCardOut", "ModelList", "ModelListed",
+    "RegisteredModelRef", "SkinGroupMetrics", "StoredEvaluationListed", "StoredEvaluationOut",
+)
+
 # JSON pointer (RFC 6901) of a part of the document that may differ from the baseline → the
 # issue that allows it. Issue 20 changes no part of the contract.
 ALLOWED: dict[str, str] = {
@@ -81,7 +90,7 @@ ALLOWED: dict[str, str] = {
     "/info/description": "issue 23: errors under /fhir are OperationOutcomes",
     "/components/schemas/AnalysisEventData/properties/patient_reference": "issue 23: events carry the patient "
     "reference (a FHIR Subscription filters on it)",
-    "/tags": "issue 23: the fhir tag",
+    "/tags": "issue 23: the fhir tag; issue 24: the models tag",
     "/paths/~1fhir~1metadata": "issue 23: the /fhir base's CapabilityStatement",
     "/paths/~1fhir~1SubscriptionTopic": "issue 23: the SubscriptionTopics (Backport IG on R4B)",
     "/paths/~1fhir~1SubscriptionTopic~1{topic_id}": "issue 23: one SubscriptionTopic",
@@ -113,6 +122,9 @@ ALLOWED: dict[str, str] = {
     "/paths/~1v1~1analyses~1{analysis_id}~1dicom~1seg": "issue 23: the lesion mask as a DICOM Segmentation",
     "/paths/~1v1~1analyses~1{analysis_id}~1dicom~1sr": "issue 23: the findings as a TID 1500 DICOM SR",
     "/paths/~1v1~1analyses~1{analysis_id}~1dicom~1pdf": "issue 23: the report as DICOM Encapsulated PDF",
+    "/paths/~1v1~1models": "issue 24: GET /v1/models, the registered versions (models:read)",
+    "/paths/~1v1~1models~1{model_id}~1card": "issue 24: GET /v1/models/{id}/card, the model card (models:read)",
+    **{f"/components/schemas/{name}": "issue 24: the model card and the list of versions" for name in ISSUE_24_SCHEMAS},
 }
 
 

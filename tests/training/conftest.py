@@ -138,3 +138,45 @@ def run_evaluate(tmp_path, monkeypatch):
     get_settings.cache_clear()
     yield lambda *args: CliRunner().invoke(cli, list(args))
     get_settings.cache_clear()
+
+
+# ------------------------------------------------------ the model registry (services; issues 14, 24)
+
+
+def _retire_all(context) -> None:
+    from sqlalchemy import update
+
+    from shared.db import session_scope
+    from shared.tables import ModelVersion
+
+    with session_scope(context.session_factory) as session:
+        session.execute(update(ModelVersion).values(status="retired", activated_at=None))
+
+
+@pytest.fixture
+def registry(context):
+    """No model active before or after (the session's worker goes back to its built-in models)."""
+    _retire_all(context)
+    yield context
+    _retire_all(context)
+
+
+@pytest.fixture
+def run_cli(settings, monkeypatch):
+    """``dermasentinel ARGS`` in-process against the test stack (its settings in the environment)."""
+    from click.testing import CliRunner
+
+    from cli.main import cli
+    from shared.config import get_settings
+
+    for name, value in settings.as_env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("DERMASENTINEL_MODEL_DIR", raising=False)
+    get_settings.cache_clear()
+
+    def run(*args: str):
+        result = CliRunner().invoke(cli, list(args))
+        return result
+
+    yield run
+    get_settings.cache_clear()

@@ -9,44 +9,11 @@ import time
 import uuid
 
 import pytest
-from click.testing import CliRunner
-from sqlalchemy import update
 
-from cli.main import cli
-from shared import model_registry
-from shared.config import get_settings
+from shared import model_cards, model_registry
 from shared.db import session_scope
-from shared.tables import ModelVersion
 from tests.training.subsets import write_subset
 from worker.pipeline.synthetic import encode_jpeg, make_lesion
-
-
-def _retire_all(context) -> None:
-    with session_scope(context.session_factory) as session:
-        session.execute(update(ModelVersion).values(status="retired", activated_at=None))
-
-
-@pytest.fixture
-def registry(context):
-    """No model active before or after (the session's worker goes back to its built-in models)."""
-    _retire_all(context)
-    yield context
-    _retire_all(context)
-
-
-@pytest.fixture
-def run_cli(settings, monkeypatch):
-    for name, value in settings.as_env().items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("DERMASENTINEL_MODEL_DIR", raising=False)
-    get_settings.cache_clear()
-
-    def run(*args: str):
-        result = CliRunner().invoke(cli, list(args))
-        return result
-
-    yield run
-    get_settings.cache_clear()
 
 
 def _register(context, kind: str, payload: bytes, version: str | None = None):
@@ -200,6 +167,34 @@ def test_evaluate_runs_a_registered_model_as_the_workers_would(registry, run_cli
     assert report["evaluated"] + len(report["rejected"]) == 12
     assert (settings.data_dir / "models" / f"fusion-{row['sha256']}.pth").is_file()
 
+    # Issue 24: the report names its evaluation set and is stored against the registered model;
+    # its card shows it, and an acceptance file naming the set is checked at activation.
+    identity = report["evaluation_set"]
+    assert identity["name"] == "labels" and len(identity["sha256"]) == 64 and identity["images"] == 12
+    assert f"evaluation set labels: sha256 {identity['sha256']} (12 images)" in result.output
+    assert "stored against fusion synthetic-test-1" in result.output
+    again = run_cli(*evaluate, "--fusion-model", "synthetic-test-1", "--set-name", "holdout-12", "--no-store",
+                    "--out", str(tmp_path / "again"))
+    assert again.exit_code == 0, again.output
+    assert json.loads((tmp_path / "again" / "report.json").read_text())["evaluation_set"] == {
+        **identity, "name": "holdout-12"}, "the same images and labels: the same sha256"
+    assert "stored against" not in again.output
+    with registry.session_factory() as session:
+        card = model_cards.card_for(session, row["id"])
+    assert card is not None and card.evaluation is not None and card.other_evaluations == []
+    assert card.evaluation.evaluation_set.sha256 == identity["sha256"]
+    assert card.evaluation.evaluated == report["evaluated"]
+    assert card.weights == "synthetic" and card.training_data is not None and card.training_data.synthetic
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(f"evaluation_set: {{name: labels, sha256: \"{identity['sha256']}\"}}\nmin_auc: 0\n"
+                    "min_sensitivity_at_rule_out: 0\nmax_group_gap_points: 100\nmin_group_count: 1000\n"
+                    "required_groups: [" + ", ".join(b["skin_group"] for b in report["per_skin_group"][:1]) + "]\n")
+    refused = run_cli("models", "activate", "fusion", "synthetic-test-1", "--acceptance", str(plan))
+    assert refused.exit_code == 1 and "min_group_count: the " in refused.output, refused.output
+    plan.write_text(plan.read_text().replace("min_group_count: 1000", "min_group_count: 1").replace(
+        "required_groups", "# required_groups"))
+    accepted = run_cli("models", "activate", "fusion", "synthetic-test-1", "--acceptance", str(plan))
+    assert accepted.exit_code == 0 and "acceptance: passed" in accepted.output, accepted.output
 
 def test_cards_by_id_gives_the_registered_cards_for_fhir(registry):
     """Issue 23: the report task reads the cards of an analysis' checkpoints by registry id;

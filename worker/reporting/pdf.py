@@ -32,6 +32,7 @@ from reportlab.platypus import (
 
 from shared import clinical
 from shared.clinical import disposition
+from shared.model_cards import card_url
 from shared.schemas.analyses import AnalysisRecord, AnalysisResult, Equity
 from worker.reporting import wording
 from worker.reporting.scribe import build_scribe_note
@@ -395,6 +396,13 @@ def _provenance(record: AnalysisRecord) -> list:
     )
     if model is not None and model.training_data:
         story.append(Paragraph(f"Training data (model card): {escape(model.training_data)}", STYLES["small"]))
+    # Issue 24: each registered model's card, by its API path (the tenant's API serves it).
+    cards = [(role, checkpoint.registry_id) for role, checkpoint in (
+        ("classifier", model.fusion if model is not None else None),
+        ("segmenter", model.scalpel if model is not None else None),
+    ) if checkpoint is not None and checkpoint.registry_id]
+    for role, registry_id in cards:
+        story.append(Paragraph(f"Model card ({role}): {escape(card_url(registry_id))}", STYLES["small"]))
     return [KeepTogether(story)]
 
 

@@ -213,3 +213,14 @@ def test_the_provenance_shows_both_operating_points(lesion_images):
     text = flat(" ".join(pdf_pages(render_report(chosen, image, overlay))))
     assert "high-risk operating point 0.86 (referral above it); rule-out threshold 0.04 chosen for sensitivity 0.97 " \
         "on validation" in text
+
+
+def test_the_provenance_links_a_registered_models_card(lesion_images):
+    """Issue 24: a model from the registry names its model card (the API path) in the provenance."""
+    image, overlay = lesion_images
+    registry_id = "6ab66933-1eca-462e-afae-8b797825cffb"
+    registered = record(model={"fusion": {"registry_id": registry_id}})
+    text = flat(" ".join(pdf_pages(render_report(registered, image, overlay))))
+    assert f"Model card (classifier): /v1/models/{registry_id}/card" in text
+    unregistered = flat(" ".join(pdf_pages(render_report(high_risk_trained(), image, overlay))))
+    assert "Model card" not in unregistered
