@@ -59,6 +59,7 @@ def build_report(context: AppContext, analysis_id: uuid.UUID) -> bool:
             report=links.report,
             image=f"{links.self}/artifacts/image",
             overlay=f"{links.self}/artifacts/overlay" if overlay_key else None,
+            api=lifecycle.api_base(context.settings),
         ),
         BundleContext(organization=context.settings.organization_name or None, model_cards=cards),
     )

@@ -68,6 +68,7 @@ from fhir.resources.R4B.bundle import Bundle
 from shared import clinical
 from shared.clinical import disposition as dispositions
 from shared.fhir_refs import InvalidReference, ReferenceType, parse_reference
+from shared.model_cards import card_url
 from shared.schemas.analyses import AnalysisRecord, AnalysisResult, Checkpoint, Concepts, ModelInfo
 from worker.reporting import wording
 
@@ -121,6 +122,8 @@ class BundleLinks:
     report: str
     image: str
     overlay: str | None = None
+    # The API's base URL: the model cards' pages are linked under it (GET /v1/models/{id}/card).
+    api: str | None = None
 
 
 @dataclass(frozen=True)
@@ -294,7 +297,8 @@ class _BundleBuilder:
 
     def add_model_cards(self, segmenter_ref: str, classifier_ref: str | None) -> None:
         """A DocumentReference for each network whose model registry row has a card: the card
-        inline (``attachment.data``, JSON), its subject the network's Device."""
+        inline (``attachment.data``, JSON) as registered, and a link to its current page
+        (``GET /v1/models/{id}/card``), its subject the network's Device."""
         model = self.record.model
         if model is None:
             return
@@ -323,7 +327,15 @@ class _BundleBuilder:
                         "hash": base64.b64encode(hashlib.sha1(data).digest()).decode(),
                         "title": title,
                     },
-                }],
+                }, *([{
+                    # The card as the registry shows it now (its evaluation, acceptance, status):
+                    # needs a key with models:read.
+                    "attachment": {
+                        "contentType": "text/html",
+                        "url": f"{self.links.api}{card_url(checkpoint.registry_id)}?format=html",
+                        "title": f"{title} (current)",
+                    },
+                }] if self.links.api else [])],
             })
 
     def provenance(self, targets: list[str], devices: list[str], image_ref: str) -> dict[str, Any]:

@@ -409,6 +409,12 @@ def test_a_registered_model_card_comes_as_a_document_reference(links):
     assert attachment["contentType"] == "application/json"
     assert attachment["hash"] == base64.b64encode(hashlib.sha1(data).digest()).decode()
     assert FUSION_REGISTRY_ID in document["description"] and not has_ai_label(document)
+    # With the API's base known, a second content links the card's current page (issue 24).
+    linked = build_fhir_bundle(registered(), dataclasses.replace(links, api="https://ds.example"), context)
+    Bundle.model_validate(linked)
+    (document,) = resources(linked, "DocumentReference")
+    assert document["content"][1]["attachment"]["url"] == (
+        f"https://ds.example/v1/models/{FUSION_REGISTRY_ID}/card?format=html")
     # No card in the registry (or no registry row): no DocumentReference.
     assert not resources(build_fhir_bundle(registered(), links), "DocumentReference")
     assert not resources(build_fhir_bundle(high_risk_trained(), links, context), "DocumentReference")
