@@ -144,3 +144,5 @@ def _install_optional_routers(app: FastAPI) -> None:
     app.include_router(audit_routes.router)
     from api.routes import erasure
     app.include_router(erasure.router)
+    from api.routes import monitoring as monitoring_routes
+    app.include_router(monitoring_routes.router)

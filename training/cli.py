@@ -15,7 +15,8 @@ from shared.clinical.disposition import DEFAULT_RULE_OUT_SENSITIVITY
 from shared.config import get_settings
 
 if TYPE_CHECKING:
-    from training.evaluate import Score
+    from shared.config import Settings
+    from training.evaluate import EvaluationReport, Score
     from training.train import TrainConfig, TrainResult
 
 _PATH = click.Path(exists=True, path_type=Path)
@@ -147,9 +148,12 @@ def train_scalpel_command(images: Path, masks: Path, **kwargs: Any) -> None:
 @click.option("--bootstrap", type=click.IntRange(100), default=1000, show_default=True, help="bootstrap resamples")
 @click.option("--predictions-only", is_flag=True,
               help="no labels needed (e.g. a challenge test set): write predictions.csv, no metrics")
+@click.option("--record-reference/--no-record-reference", default=None,
+              help="store the probabilities' distribution (and skin-group mix, rejections) in the database as the "
+              "model version's monitoring reference (docs/MONITORING.md); default: on with --fusion-model")
 def evaluate(images: Path, csv_path: Path, masks: Path | None, out_dir: Path, fusion_path: Path | None,
              scalpel_path: Path | None, fusion_ref: str | None, scalpel_ref: str | None, size: int | None,
-             bootstrap: int, predictions_only: bool) -> None:
+             bootstrap: int, predictions_only: bool, record_reference: bool | None) -> None:
     """Evaluate a model on a labelled folder: metrics with 95% CIs, per ITA skin group, and a report.
 
     The model is a checkpoint file (--fusion, --scalpel), a registered model (--fusion-model,
@@ -188,6 +192,8 @@ def evaluate(images: Path, csv_path: Path, masks: Path | None, out_dir: Path, fu
     except (DataError, ModelConfigError, ModelNotFound, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     weights = report.model.weights if report.model is not None else None
+    if record_reference if record_reference is not None else fusion_ref is not None:
+        _record_reference(settings, report)
     if report.overall is None:  # --predictions-only
         click.echo(f"{report.evaluated} of {report.images} images scored, {len(report.rejected)} rejected "
                    f"by a gate: {out_dir / 'predictions.csv'} (weights: {weights}; research use only)")
@@ -208,6 +214,20 @@ def evaluate(images: Path, csv_path: Path, masks: Path | None, out_dir: Path, fu
         click.echo(f"{len(report.rejected)} of {report.images} images rejected by a gate and left out: "
                    + ", ".join(f"{reason} {count}" for reason, count in reasons.most_common()))
     click.echo(f"report: {out_dir / 'report.html'} (weights: {weights}; research use only)")
+
+
+def _record_reference(settings: Settings, report: EvaluationReport) -> None:
+    """Issue 24: the evaluated model's reference, stored for monitoring."""
+    from training.model_store import record_reference
+
+    if report.reference is None or report.model is None:
+        click.echo("no image was scored: no monitoring reference recorded", err=True)
+        return
+    try:
+        version = record_reference(settings, report.model, report.reference)
+    except Exception as exc:  # the evaluation itself is written: say what was not stored
+        raise click.ClickException(f"the monitoring reference was not recorded: {exc}") from None
+    click.echo(f"monitoring reference recorded for model {version} ({report.reference.count} scored images)")
 
 
 def _value(metric: Score | None) -> str:

@@ -34,7 +34,9 @@ from pydantic import BaseModel, Field
 
 from shared.clinical import MELANOMA_THRESHOLD, disposition
 from shared.clinical.disposition import Disposition
+from shared.monitoring import reference_from
 from shared.schemas.analyses import ModelInfo, OperatingPoint
+from shared.schemas.monitoring import Reference
 from training import scores
 from training.data import Sample, load_mask, read_labelled_csv
 
@@ -156,6 +158,9 @@ class EvaluationReport(BaseModel):
     operating_point: OperatingPoint | None = None
     model: ModelInfo | None = None
     data: DataSource | None = None
+    # Issue 24 (docs/MONITORING.md): what monitoring compares a window of this model's results
+    # with: the quantiles of its probabilities, its skin-group mix and its rejections.
+    reference: Reference | None = None
 
     def as_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_unset=True)
@@ -197,6 +202,20 @@ def summarise(predictions: list[Prediction], threshold: float, resamples: int = 
         ],
         reliability=scores.expected_calibration_error(targets, probabilities)[1] if scored else [],
         rule_out=rule_out_evidence(scored, threshold, rule_out_threshold, rule_out_sensitivity, resamples, seed),
+    )
+
+
+def reference_of(predictions: list[Prediction]) -> Reference | None:
+    """The model's reference for monitoring (issue 24): the quantiles of the probabilities it
+    gave, the skin groups of the scored images and the codes of the rejected ones; None when no
+    image was scored."""
+    scored = [p for p in predictions if p.probability is not None]
+    if not scored:
+        return None
+    return reference_from(
+        [p.probability for p in scored if p.probability is not None], source="evaluation",
+        skin_groups=[p.skin_group for p in scored], rejections=[p.rejection for p in predictions if p.rejection],
+        images=len(predictions),
     )
 
 
@@ -356,6 +375,7 @@ def evaluate_folder(pipeline: Pipeline, images: Path, csv_path: Path, out_dir: P
         "operating_point": operating_point,
         "model": provenance,
         "data": DataSource(images=str(images), labels=str(csv_path), masks=str(masks) if masks else None),
+        "reference": reference_of(predictions),
     })
     write_outputs(report, predictions, Path(out_dir))
     return report

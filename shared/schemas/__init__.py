@@ -82,6 +82,7 @@ from shared.schemas.events import (
     CodeOnly,
     EventRejection,
     EventResultSummary,
+    ModelDriftEvent,
     WebhookTestData,
     WebhookTestEvent,
 )
@@ -89,6 +90,15 @@ from shared.schemas.health import (
     Check,
     Liveness,
     Readiness,
+)
+from shared.schemas.monitoring import (
+    DriftMeasures,
+    DriftThresholds,
+    ModelDriftData,
+    ModelMonitoring,
+    MonitoringOut,
+    Reference,
+    TenantMonitoring,
 )
 from shared.schemas.uploads import (
     ApiKeyCreated,
@@ -132,4 +142,6 @@ __all__ = [
     'ApiKeyList', 'UploadNext', 'UploadOut', 'Liveness', 'Check', 'Readiness', 'EventResultSummary', 'CodeOnly',
     'EventRejection', 'AnalysisEventData', 'BatchEventLinks', 'BatchCompletedData', 'AnalysisEvent',
     'BatchCompletedEvent', 'WebhookTestData', 'WebhookTestEvent', 'AuditOutcome', 'AuditEventOut', 'AuditEventPage',
+    'ModelDriftEvent', 'ModelDriftData', 'DriftMeasures', 'DriftThresholds', 'ModelMonitoring', 'MonitoringOut',
+    'Reference', 'TenantMonitoring',
 ]
