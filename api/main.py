@@ -155,3 +155,5 @@ def _install_optional_routers(app: FastAPI) -> None:
     app.include_router(fhir_destination.router)
     from api.routes import dicom
     app.include_router(dicom.router)
+    from api.routes import monitoring as monitoring_routes
+    app.include_router(monitoring_routes.router)

@@ -648,6 +648,10 @@ from cli.audit import audit_group  # noqa: E402  (issue 22: verify and export th
 
 cli.add_command(audit_group)
 
+from cli.monitor import monitor_group  # noqa: E402  (issue 24: monitoring and drift, docs/MONITORING.md)
+
+cli.add_command(monitor_group)
+
 
 # A tenant's data rights (issue 22; docs/DATA_RIGHTS.md).
 from cli.tenant_data import tenants_delete, tenants_disable, tenants_enable, tenants_export  # noqa: E402

@@ -131,6 +131,27 @@ class Settings(BaseSettings):
     # independent of RETENTION_DAYS. 2190 days is six years; 0 keeps the trail forever.
     audit_retention_days: int = Field(default=2190, ge=0)
 
+    # Issue 24: monitoring and drift (docs/MONITORING.md). The window of a (tenant, model
+    # version) is its last MONITOR_WINDOW final results, none older than MONITOR_WINDOW_HOURS;
+    # confirmed outcomes (feedback) count over MONITOR_OUTCOME_DAYS.
+    monitor_window: int = Field(default=500, ge=10, le=100_000)
+    monitor_window_hours: float = Field(default=720.0, gt=0)
+    monitor_outcome_days: int = Field(default=365, ge=1)
+    # Prometheus series per (tenant, version): at most this many pairs, the most recently active.
+    monitor_max_series: int = Field(default=200, ge=1, le=10_000)
+    # Drift: a window of at least DRIFT_MIN_RESULTS scored results whose probabilities' PSI or
+    # KS statistic against the model's reference (or the skin-group mix's PSI) crosses its
+    # threshold opens a drift episode: one `model.drift_detected` event, and with
+    # DRIFT_ACTION=review_all the tenant's safety mode (every new result clinician_review,
+    # reason `drift`) until `dermasentinel monitor clear`.
+    drift_psi_threshold: float = Field(default=0.25, gt=0)
+    drift_ks_threshold: float = Field(default=0.2, gt=0, le=1)
+    drift_min_results: int = Field(default=100, ge=10)
+    drift_action: Literal["alert", "review_all"] = "alert"
+    drift_check_seconds: float = Field(default=300.0, gt=0)
+    # Workers read a tenant's safety mode at most this often (per tenant, per process).
+    safety_mode_cache_seconds: float = Field(default=5.0, ge=0, le=300)
+
     # Parsed once, here: the environment spells them as text (comma-separated, "10/minute"),
     # the code reads typed values (docs/LAYOUT.md).
     webhook_retry_schedule: Annotated[tuple[NonNegativeInt, ...], NoDecode] = DEFAULT_RETRY_SCHEDULE

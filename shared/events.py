@@ -17,14 +17,14 @@ from sqlalchemy.orm import Session
 
 from shared.db import after_commit
 from shared.jobs import enqueue_event_dispatch
-from shared.schemas import AnalysisEventData, BatchCompletedData, EventType, WebhookTestData
+from shared.schemas import AnalysisEventData, BatchCompletedData, EventType, ModelDriftData, WebhookTestData
 from shared.tables import Event
 
 # The event types as the OpenAPI document declares them (one list, in shared/schemas/webhooks.py).
 EVENT_TYPES: tuple[str, ...] = get_args(EventType)
 TEST_EVENT = "webhook.test"
 # The ``data`` of each event the API sends, as the OpenAPI document's webhooks declare it.
-EventData = AnalysisEventData | BatchCompletedData | WebhookTestData
+EventData = AnalysisEventData | BatchCompletedData | WebhookTestData | ModelDriftData
 
 
 def new_event_id() -> str:

@@ -33,6 +33,7 @@ TASK_ROUTES = {
     TaskName.dispatch_due.value: {"queue": Queue.webhooks.value},
     TaskName.sweep.value: {"queue": Queue.maintenance.value},
     TaskName.purge.value: {"queue": Queue.maintenance.value},
+    TaskName.drift_check.value: {"queue": Queue.maintenance.value},
     TaskName.ingest_upload.value: {"queue": Queue.ingest.value},
     TaskName.fhir_heartbeats.value: {"queue": Queue.webhooks.value},
 }

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from sqlalchemy import text
@@ -80,6 +80,49 @@ TASKS = Counter(
 TASK_SECONDS = Histogram(
     "dermasentinel_task_seconds", "Celery task run time, by task name", ["task"], buckets=_STAGE_BUCKETS,
 )
+
+# Monitoring (issue 24, docs/MONITORING.md): set by the drift check (`dermasentinel.maintenance.
+# drift_check`, a cpu worker) per (tenant name, model version) with a final result lately, at
+# most MONITOR_MAX_SERIES pairs; in a worker's multiprocess files the most recent value wins.
+_MONITOR_LABELS = ["tenant", "model_version"]
+DRIFT_PSI = Gauge(
+    "dermasentinel_drift_psi", "PSI of the window's probabilities against the model's reference",
+    _MONITOR_LABELS, multiprocess_mode="mostrecent",
+)
+DRIFT_KS = Gauge(
+    "dermasentinel_drift_ks", "Kolmogorov-Smirnov statistic of the window's probabilities against the reference",
+    _MONITOR_LABELS, multiprocess_mode="mostrecent",
+)
+DRIFT_SKIN_GROUP_PSI = Gauge(
+    "dermasentinel_drift_skin_group_psi", "PSI of the window's ITA skin-group mix against the reference's mix",
+    _MONITOR_LABELS, multiprocess_mode="mostrecent",
+)
+DRIFT_DETECTED = Gauge(
+    "dermasentinel_drift_detected", "1 while a drift episode of this tenant and version is open (not cleared)",
+    _MONITOR_LABELS, multiprocess_mode="mostrecent",
+)
+MONITOR_REJECTION_RATE = Gauge(
+    "dermasentinel_monitor_rejection_rate", "Share of the window's final results a clinical gate rejected",
+    _MONITOR_LABELS, multiprocess_mode="mostrecent",
+)
+MONITOR_FAILURE_RATE = Gauge(
+    "dermasentinel_monitor_failure_rate", "Share of the window's final results that failed",
+    _MONITOR_LABELS, multiprocess_mode="mostrecent",
+)
+MONITOR_WINDOW_RESULTS = Gauge(
+    "dermasentinel_monitor_window_results", "Final results in the monitoring window", _MONITOR_LABELS,
+    multiprocess_mode="mostrecent",
+)
+SAFETY_MODE = Gauge(
+    "dermasentinel_safety_mode", "1 while the tenant is in safety mode (every result clinician_review, reason drift)",
+    ["tenant"], multiprocess_mode="mostrecent",
+)
+DRIFT_EVENTS = Counter(
+    "dermasentinel_drift_events_total", "Drift episodes opened (one model.drift_detected event each), by action",
+    ["action"],
+)
+MONITOR_GAUGES = (DRIFT_PSI, DRIFT_KS, DRIFT_SKIN_GROUP_PSI, DRIFT_DETECTED, MONITOR_REJECTION_RATE,
+                  MONITOR_FAILURE_RATE, MONITOR_WINDOW_RESULTS)
 
 
 @contextmanager

@@ -23,6 +23,7 @@ class TaskName(enum.StrEnum):
     dispatch_due = "dermasentinel.webhooks.dispatch_due"
     sweep = "dermasentinel.maintenance.sweep"
     purge = "dermasentinel.maintenance.purge"
+    drift_check = "dermasentinel.maintenance.drift_check"
     ingest_upload = "dermasentinel.uploads.ingest"
     fhir_heartbeats = "dermasentinel.fhir.heartbeats"  # issue 23: FHIR Subscriptions' heartbeats
 

@@ -118,6 +118,12 @@ SHOWN_DISPOSITION_SQL = (
 )
 
 
+# The model version a stored analysis names (its Fusion's: it makes the diagnosis), and the final
+# statuses monitoring counts (issue 24).
+MODEL_VERSION_SQL = "model ->> 'version'"
+FINAL_STATUSES_SQL = "('succeeded', 'rejected', 'failed')"
+
+
 class Analysis(Base):
     __tablename__ = "analyses"
     __table_args__ = (
@@ -155,6 +161,15 @@ class Analysis(Base):
             "ix_analyses_ingest_pending",
             "ingest_requested_at",
             postgresql_where=text("ingest_requested_at IS NOT NULL"),
+        ),
+        # Monitoring (issue 24, docs/MONITORING.md): a (tenant, model version)'s window is its
+        # newest final results, read backwards from this index with a LIMIT.
+        Index(
+            "ix_analyses_monitor",
+            "tenant_id",
+            text(f"({MODEL_VERSION_SQL})"),
+            "completed_at",
+            postgresql_where=text(f"status IN {FINAL_STATUSES_SQL}"),
         ),
     )
 
@@ -497,3 +512,47 @@ class AuditCheckpoint(Base):
     rows_pruned: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
     signature: Mapped[str] = mapped_column(String(128))
+
+
+class ModelReference(Base):
+    """What a model's output looked like when it was evaluated (issue 24; docs/MONITORING.md):
+    the distribution of its probabilities (101 quantiles), its skin-group mix and its
+    rejections, recorded by `dermasentinel evaluate`. Keyed by the version results name
+    (``model.version``), so models outside the registry (MODEL_DIR, seeded untrained
+    weights) have one too. Monitoring compares every window of that version with it."""
+
+    __tablename__ = "model_references"
+
+    model_version: Mapped[str] = mapped_column(String(100), primary_key=True)
+    fusion_sha256: Mapped[str | None] = mapped_column(String(64))
+    # shared.schemas.monitoring.Reference
+    reference: Mapped[dict] = mapped_column(JSONB)
+    recorded_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
+
+
+class DriftEpisode(Base):
+    """A drift detected on one tenant's results of one model version (issue 24), open until an
+    operator clears it (`dermasentinel monitor clear`). At most one is open per (tenant,
+    version): while it is, no further `model.drift_detected` event is sent for them. An open
+    episode whose ``action`` is ``review_all`` is the tenant's safety mode: every new result
+    is ``clinician_review`` with the reason ``drift``."""
+
+    __tablename__ = "drift_episodes"
+    __table_args__ = (
+        Index(
+            "uq_drift_episodes_open", "tenant_id", "model_version", unique=True,
+            postgresql_where=text("cleared_at IS NULL"),
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=_uuid)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    model_version: Mapped[str] = mapped_column(String(100))
+    opened_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
+    # ``alert`` or ``review_all`` (DRIFT_ACTION when it opened).
+    action: Mapped[str] = mapped_column(String(16))
+    # The measures that crossed, the window and the thresholds (shared.schemas.monitoring.DriftMeasures).
+    measures: Mapped[dict] = mapped_column(JSONB)
+    event_id: Mapped[str | None] = mapped_column(String(64))
+    cleared_at: Mapped[datetime | None] = mapped_column(TZ)
+    cleared_by: Mapped[str | None] = mapped_column(String(200))

@@ -15,7 +15,8 @@ from shared.clinical.disposition import DEFAULT_RULE_OUT_SENSITIVITY
 from shared.config import get_settings
 
 if TYPE_CHECKING:
-    from training.evaluate import Score
+    from shared.config import Settings
+    from training.evaluate import EvaluationReport, Score
     from training.train import TrainConfig, TrainResult
 
 _PATH = click.Path(exists=True, path_type=Path)
@@ -151,9 +152,13 @@ def train_scalpel_command(images: Path, masks: Path, **kwargs: Any) -> None:
               help="the evaluation set's name, as acceptance files give it (default: the CSV's file name)")
 @click.option("--store/--no-store", default=True, show_default=True,
               help="store the report against the registered models evaluated (--fusion-model, --scalpel-model)")
+@click.option("--record-reference/--no-record-reference", default=None,
+              help="store the probabilities' distribution (and skin-group mix, rejections) in the database as the "
+              "model version's monitoring reference (docs/MONITORING.md); default: on with --fusion-model")
 def evaluate(images: Path, csv_path: Path, masks: Path | None, out_dir: Path, fusion_path: Path | None,
              scalpel_path: Path | None, fusion_ref: str | None, scalpel_ref: str | None, size: int | None,
-             bootstrap: int, predictions_only: bool, set_name: str | None, store: bool) -> None:
+             bootstrap: int, predictions_only: bool, set_name: str | None, store: bool,
+             record_reference: bool | None) -> None:
     """Evaluate a model on a labelled folder: metrics with 95% CIs, per ITA skin group, and a report.
 
     The model is a checkpoint file (--fusion, --scalpel), a registered model (--fusion-model,
@@ -201,6 +206,8 @@ def evaluate(images: Path, csv_path: Path, masks: Path | None, out_dir: Path, fu
         except (ModelNotFound, NotStorable) as exc:
             raise click.ClickException(f"the report was written to {out_dir} but not stored: {exc}") from None
     weights = report.model.weights if report.model is not None else None
+    if record_reference if record_reference is not None else fusion_ref is not None:
+        _record_reference(settings, report)
     if report.overall is None:  # --predictions-only
         click.echo(f"{report.evaluated} of {report.images} images scored, {len(report.rejected)} rejected "
                    f"by a gate: {out_dir / 'predictions.csv'} (weights: {weights}; research use only)")
@@ -227,6 +234,20 @@ def evaluate(images: Path, csv_path: Path, masks: Path | None, out_dir: Path, fu
     for kind, version in stored:
         click.echo(f"stored against {kind} {version}: its model card shows it, and acceptance files naming this set "
                    "check it at `models activate`")
+
+
+def _record_reference(settings: Settings, report: EvaluationReport) -> None:
+    """Issue 24: the evaluated model's reference, stored for monitoring."""
+    from training.model_store import record_reference
+
+    if report.reference is None or report.model is None:
+        click.echo("no image was scored: no monitoring reference recorded", err=True)
+        return
+    try:
+        version = record_reference(settings, report.model, report.reference)
+    except Exception as exc:  # the evaluation itself is written: say what was not stored
+        raise click.ClickException(f"the monitoring reference was not recorded: {exc}") from None
+    click.echo(f"monitoring reference recorded for model {version} ({report.reference.count} scored images)")
 
 
 def _value(metric: Score | None) -> str:

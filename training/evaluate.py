@@ -33,6 +33,7 @@ import numpy as np
 
 from shared.clinical import MELANOMA_THRESHOLD, disposition
 from shared.clinical.disposition import Disposition
+from shared.monitoring import reference_from
 from shared.schemas.evaluation import (  # the report's types (re-exported: they were defined here)
     AtThreshold,
     Block,
@@ -46,6 +47,7 @@ from shared.schemas.evaluation import (  # the report's types (re-exported: they
     RuleOutEvidence,
     Score,
 )
+from shared.schemas.monitoring import Reference
 from training import scores
 from training.data import Sample, fingerprint, load_mask, read_labelled_csv
 
@@ -110,6 +112,20 @@ def summarise(predictions: list[Prediction], threshold: float, resamples: int = 
         ],
         reliability=scores.expected_calibration_error(targets, probabilities)[1] if scored else [],
         rule_out=rule_out_evidence(scored, threshold, rule_out_threshold, rule_out_sensitivity, resamples, seed),
+    )
+
+
+def reference_of(predictions: list[Prediction]) -> Reference | None:
+    """The model's reference for monitoring (issue 24): the quantiles of the probabilities it
+    gave, the skin groups of the scored images and the codes of the rejected ones; None when no
+    image was scored."""
+    scored = [p for p in predictions if p.probability is not None]
+    if not scored:
+        return None
+    return reference_from(
+        [p.probability for p in scored if p.probability is not None], source="evaluation",
+        skin_groups=[p.skin_group for p in scored], rejections=[p.rejection for p in predictions if p.rejection],
+        images=len(predictions),
     )
 
 
@@ -280,6 +296,7 @@ def evaluate_folder(pipeline: Pipeline, images: Path, csv_path: Path, out_dir: P
         "model": provenance,
         "data": DataSource(images=str(images), labels=str(csv_path), masks=str(masks) if masks else None),
         "evaluation_set": identity,
+        "reference": reference_of(predictions),
     })
     write_outputs(report, predictions, Path(out_dir))
     return report

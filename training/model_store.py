@@ -22,6 +22,8 @@ from shared.config import Settings
 from shared.context import AppContext
 from shared.db import session_scope
 from shared.model_registry import ModelCard, RegisteredModel
+from shared.schemas.analyses import ModelInfo
+from shared.schemas.monitoring import Reference
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -148,3 +150,18 @@ def registry_session(settings: Settings) -> Iterator[Session]:
             yield session
     finally:
         context.close()
+
+
+def record_reference(settings: Settings, model: ModelInfo, reference: Reference) -> str:
+    """Store ``reference`` as the monitoring reference of the evaluated model (issue 24), keyed
+    by the version its results name (``model.version``): a registered model, a MODEL_DIR
+    checkpoint or seeded untrained weights alike. Returns that version."""
+    from shared.monitoring import record_reference as store
+
+    version = model.version or (model.fusion.version if model.fusion is not None else None)
+    if not version:
+        raise ValueError("the evaluated model names no version; its reference cannot be recorded")
+    sha256 = model.fusion.sha256 if model.fusion is not None else None
+    with registry_session(settings) as session:
+        store(session, version, reference, sha256)
+    return version

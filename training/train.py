@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from shared.clinical.disposition import DEFAULT_RULE_OUT_SENSITIVITY
+from shared.monitoring import reference_from
 from training import checkpoints, scores
 from training.data import (
     DataError,
@@ -184,6 +185,9 @@ def _calibration(validation: dict[str, Any], target_sensitivity: float,
         "ece_before": ece_before,
         "ece_after": ece_after,
         "views": "single view (no TTA); the pipeline averages calibrated TTA views",
+        # Issue 24: monitoring's reference until `evaluate --record-reference` records the
+        # pipeline's own (docs/MONITORING.md): the calibrated validation probabilities' quantiles.
+        "reference": reference_from(calibrated, source="validation").as_json(),
     }
 
 

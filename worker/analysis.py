@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from minio.error import S3Error
 
-from shared import clinical, lifecycle, tenant_data, vlm
+from shared import clinical, drift, lifecycle, tenant_data, vlm
 from shared.clock import iso, utcnow
 from shared.config import Settings
 from shared.context import AppContext
@@ -59,6 +59,8 @@ log = logging.getLogger(__name__)
 # runs unbounded.
 DRAIN_SECONDS = 120.0
 MASK_NAME, MASK_TYPE = "mask.png", "image/png"
+# Which tenants are in safety mode (issue 24): read per tenant at most every SAFETY_MODE_CACHE_SECONDS.
+_SAFETY_MODE = drift.SafetyModeCache()
 OVERLAY_NAME, OVERLAY_TYPE = "overlay.jpg", "image/jpeg"
 
 
@@ -312,9 +314,13 @@ def _record_finding(context: AppContext, claim: Claim, finding: Finding, provena
     overlay_key = artifact_key(claim.tenant_id, claim.analysis_id, OVERLAY_NAME)
     context.store.put(ARTIFACTS, mask_key, finding.mask_png, MASK_TYPE)
     context.store.put(ARTIFACTS, overlay_key, finding.overlay_jpeg, OVERLAY_TYPE)
-    record = _finished_record(claim, finding.result, provenance)
+    result = finding.result
+    if _SAFETY_MODE.active(context.session_factory, claim.tenant_id, context.settings.safety_mode_cache_seconds):
+        # Issue 24: the tenant is in safety mode after a drift (docs/MONITORING.md).
+        result = drift.under_safety_mode(result)
+    record = _finished_record(claim, result, provenance)
     note = build_scribe_note(record, caption=_model_caption(context, claim))
-    result = finding.result.model_copy(update={"scribe_note": note})
+    result = result.model_copy(update={"scribe_note": note})
     recorded = _record(
         context,
         claim,

@@ -118,7 +118,8 @@ _TASK_ARGUMENT = {
 }
 # Periodic wake-ups: their "received"/"succeeded" lines would flood the log every few
 # seconds; they log themselves when they did something.
-PERIODIC_TASKS = frozenset({TaskName.dispatch_due.value, TaskName.sweep.value, TaskName.fhir_heartbeats.value})
+PERIODIC_TASKS = frozenset({TaskName.dispatch_due.value, TaskName.sweep.value, TaskName.fhir_heartbeats.value,
+                            TaskName.drift_check.value})
 _ROUTINE_LINES = ("Scheduler: Sending due task", "Task %(name)s[%(id)s] received",
                   "Task %(name)s[%(id)s] succeeded")
 
@@ -257,6 +258,9 @@ def create_celery(settings: Settings | None = None, *, preload_models: bool = Fa
         "purge": {"task": TaskName.purge.value, "schedule": 3600.0, "options": {"queue": Queue.maintenance.value}},
         "fhir-heartbeats": {"task": TaskName.fhir_heartbeats.value, "schedule": HEARTBEAT_CHECK_SECONDS,
                             "options": {"queue": Queue.webhooks.value}},
+        # Issue 24: monitoring windows, gauges and drift episodes (docs/MONITORING.md).
+        "drift-check": {"task": TaskName.drift_check.value, "schedule": settings.drift_check_seconds,
+                        "options": {"queue": Queue.maintenance.value}},
     }
     register_tasks(app)
     _connect_observability(settings)
@@ -375,3 +379,9 @@ def register_tasks(app: Celery) -> None:
         from worker.maintenance import purge_expired
 
         return purge_expired(rt().context)
+
+    @app.task(name=TaskName.drift_check.value, soft_time_limit=240, time_limit=270)
+    def drift_check() -> dict:
+        from worker.maintenance import check_drift
+
+        return check_drift(rt().context)

@@ -196,3 +196,13 @@ def purge_expired(context: AppContext) -> int:
     if settings.retention_days <= 0:
         return 0
     return erase_final_before(context, now - timedelta(days=settings.retention_days), limit=1000)
+
+
+def check_drift(context: AppContext) -> dict[str, int]:
+    """Issue 24 (docs/MONITORING.md): measure the monitoring windows, set the gauges this
+    worker serves, and open a drift episode (``model.drift_detected``, safety mode with
+    ``DRIFT_ACTION=review_all``) where a window crosses a threshold."""
+    from shared.drift import check_drift as check
+
+    report = check(context)
+    return {"checked": report.checked, "opened": len(report.opened), "failed": report.failed}

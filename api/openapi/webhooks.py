@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 from fastapi import FastAPI, Header
 
-from shared.schemas import AnalysisEvent, BatchCompletedEvent, WebhookTestEvent
+from shared.schemas import AnalysisEvent, BatchCompletedEvent, ModelDriftEvent, WebhookTestEvent
 
 SIGNING = (
     "Headers: `webhook-id` (the same on every retry: deduplicate on it), `webhook-timestamp` (Unix seconds) and "
@@ -47,6 +47,16 @@ def install(app: FastAPI) -> None:
         "A sealed batch's items are all final (once per batch): `data.counts` per status; the triage list is at "
         "`data.links.results`.",
         BatchCompletedEvent,
+    )
+    _document(
+        app,
+        "model.drift_detected",
+        "The model's output on this tenant's results drifted from its reference (issue 24; docs/MONITORING.md): "
+        "`data.measures` says which measure crossed its threshold (`psi`, `ks`, `skin_group_psi`) over how many "
+        "results. Sent once per episode, until an operator clears it. With `data.safety_mode` true (`DRIFT_ACTION="
+        "review_all`) every new result is `clinician_review` with the reason `drift` until then. The numbers are at "
+        "`data.links.monitoring`.",
+        ModelDriftEvent,
     )
     _document(
         app, "webhook.test", "Sent by `POST /v1/webhook-endpoints/{id}/test`, to that endpoint only.", WebhookTestEvent

@@ -69,7 +69,11 @@ REASON_UNDER_18 = "age_under_18"
 REASON_MISSING_METADATA = "missing_metadata"
 REASON_LARGE_DIAMETER = "diameter_over_6mm"
 REASON_ABOVE_RULE_OUT = "above_rule_out"  # neither low enough to rule out nor high enough to refer
+# The tenant is in safety mode after a drift of the model's output (issue 24, docs/MONITORING.md):
+# every new result is reviewed, whatever the rules above say, until an operator clears it.
+REASON_DRIFT = "drift"
 REVIEW_REASON_CODES = (
+    REASON_DRIFT,
     REASON_WEIGHTS_NOT_TRAINED,
     REASON_DARKER_SKIN,
     REASON_HIGH_UNCERTAINTY,
@@ -94,6 +98,8 @@ REASON_TEXT = {
     REASON_MISSING_METADATA: "age, sex or site was not given, and the model uses them",
     REASON_LARGE_DIAMETER: "the lesion is wider than 6 mm (the ABCD rule's D)",
     REASON_ABOVE_RULE_OUT: "the probability is above the rule-out threshold but below the referral one",
+    REASON_DRIFT: "the model's recent output has drifted from what it was validated on: every result is reviewed "
+    "until the drift is resolved",
 }
 DISPOSITION_TEXT = {
     URGENT_REFERRAL: "Urgent referral",
@@ -181,6 +187,16 @@ def decide(inputs: DispositionInputs) -> DispositionDecision:
     if inputs.probability >= rule_out_threshold(inputs.rule_out_threshold):
         reasons.append(REASON_ABOVE_RULE_OUT)
     return DispositionDecision(CLINICIAN_REVIEW, reasons)
+
+
+def under_drift(decision: DispositionDecision) -> DispositionDecision:
+    """The disposition of a result while its tenant is in safety mode (a drift detected with
+    ``DRIFT_ACTION=review_all``): ``clinician_review``, ``drift`` first, then the reasons the
+    rules gave but ``below_rule_out`` (the rule-out is what drift puts in doubt). An urgent
+    referral keeps ``high_probability``: the reviewer must see that the model scored high.
+    No safety netting: nothing is routine."""
+    kept = [code for code in decision.reasons if code not in (REASON_DRIFT, REASON_BELOW_RULE_OUT)]
+    return DispositionDecision(CLINICIAN_REVIEW, [REASON_DRIFT, *kept])
 
 
 def _borderline_quality(inputs: DispositionInputs) -> bool:

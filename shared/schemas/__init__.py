@@ -83,6 +83,7 @@ from shared.schemas.events import (
     CodeOnly,
     EventRejection,
     EventResultSummary,
+    ModelDriftEvent,
     WebhookTestData,
     WebhookTestEvent,
 )
@@ -103,6 +104,15 @@ from shared.schemas.models import (
     ModelCardOut,
     ModelList,
     ModelListed,
+)
+from shared.schemas.monitoring import (
+    DriftMeasures,
+    DriftThresholds,
+    ModelDriftData,
+    ModelMonitoring,
+    MonitoringOut,
+    Reference,
+    TenantMonitoring,
 )
 from shared.schemas.uploads import (
     ApiKeyCreated,
@@ -150,4 +160,6 @@ __all__ = [
     'FhirCapabilityStatement', 'FhirSubscriptionTopic', 'FhirSubscription', 'FhirBundle', 'OperationOutcomeIssue',
     'OperationOutcome',
     'ModelCardOut', 'ModelList', 'ModelListed',
+    'ModelDriftEvent', 'ModelDriftData', 'DriftMeasures', 'DriftThresholds', 'ModelMonitoring', 'MonitoringOut',
+    'Reference', 'TenantMonitoring',
 ]

@@ -218,7 +218,9 @@ class AnalysisResult(ResponseModel):
         default_factory=list,
         description="Stable codes for why (docs/CLINICAL_RULES.md): `high_probability`, `below_rule_out`, "
         "`weights_not_trained`, `brown_or_dark_skin`, `high_uncertainty`, `near_threshold`, `borderline_quality`, "
-        "`weakly_evidenced_site`, `age_under_18`, `missing_metadata`, `diameter_over_6mm`, `above_rule_out`",
+        "`weakly_evidenced_site`, `age_under_18`, `missing_metadata`, `diameter_over_6mm`, `above_rule_out`, "
+        "`drift` (the tenant is in safety mode after a drift of the model's output: every result is "
+        "`clinician_review`)",
     )
     safety_netting: str | None = Field(
         default=None, description="For `routine` only: what change should bring the patient back, and when to "

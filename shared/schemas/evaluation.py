@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from shared.schemas.analyses import ModelInfo, OperatingPoint
+from shared.schemas.monitoring import Reference
 
 
 class EvaluationSet(BaseModel):
@@ -120,6 +121,9 @@ class EvaluationReport(BaseModel):
     model: ModelInfo | None = None
     data: DataSource | None = None
     evaluation_set: EvaluationSet | None = None  # issue 24: the set's identity
+    # Issue 24 (docs/MONITORING.md): what monitoring compares a window of this model's results
+    # with: the quantiles of its probabilities, its skin-group mix and its rejections.
+    reference: Reference | None = None
 
     def as_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_unset=True)

@@ -22,6 +22,7 @@ from shared.schemas.common import (
     Url,
     WeightsStatus,
 )
+from shared.schemas.monitoring import ModelDriftData
 
 # ---------------------------------------------------------------- webhook events
 # Bodies the API POSTs to registered endpoints (Standard Webhooks): ``{type, timestamp, data}``.
@@ -102,3 +103,11 @@ class WebhookTestEvent(ResponseModel):
     type: Literal["webhook.test"]
     timestamp: Timestamp
     data: WebhookTestData
+
+
+class ModelDriftEvent(ResponseModel):
+    """``model.drift_detected`` (issue 24; docs/MONITORING.md)."""
+
+    type: Literal["model.drift_detected"]
+    timestamp: Timestamp
+    data: ModelDriftData

@@ -25,6 +25,7 @@ EventType = Literal[
     "analysis.canceled",
     "analysis.report_ready",
     "batch.completed",
+    "model.drift_detected",
 ]
 # Documented as the event names (tests/api/test_openapi.py holds them equal to
 # shared.events.EVENT_TYPES); checked by the service, whose 422 lists the choices.

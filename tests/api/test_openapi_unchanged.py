@@ -32,7 +32,8 @@ ISSUE_24_SCHEMAS = (
 # issue that allows it. Issue 20 changes no part of the contract.
 ALLOWED: dict[str, str] = {
     "/components/schemas/AnalysisResult/properties/disposition": "issue 21: result.disposition",
-    "/components/schemas/AnalysisResult/properties/disposition_reasons": "issue 21: result.disposition_reasons",
+    "/components/schemas/AnalysisResult/properties/disposition_reasons":
+        "issue 21: result.disposition_reasons; issue 24: the `drift` reason of safety mode",
     "/components/schemas/AnalysisResult/properties/safety_netting": "issue 21: result.safety_netting (routine)",
     "/components/schemas/AnalysisResult/properties/notice": "issue 21: a notice beside the untrained diagnosis",
     "/components/schemas/OperatingPoint/properties/rule_out_threshold": "issue 21: the rule-out threshold",
@@ -125,6 +126,30 @@ ALLOWED: dict[str, str] = {
     "/paths/~1v1~1models": "issue 24: GET /v1/models, the registered versions (models:read)",
     "/paths/~1v1~1models~1{model_id}~1card": "issue 24: GET /v1/models/{id}/card, the model card (models:read)",
     **{f"/components/schemas/{name}": "issue 24: the model card and the list of versions" for name in ISSUE_24_SCHEMAS},
+    "/paths/~1v1~1monitoring": "issue 24: GET /v1/monitoring, the tenant's own monitoring (models:read)",
+    "/webhooks/model.drift_detected": "issue 24: the model.drift_detected event",
+    "/components/schemas/WebhookEndpointIn/properties/events/anyOf": "issue 24: model.drift_detected can be chosen",
+    "/components/schemas/WebhookEndpointPatch/properties/events/anyOf": "issue 24: model.drift_detected can be chosen",
+    "/components/schemas/ModelDriftEvent": "issue 24: the model.drift_detected event",
+    "/components/schemas/ModelDriftData": "issue 24: the model.drift_detected event",
+    "/components/schemas/MonitoringLinks": "issue 24: the model.drift_detected event",
+    "/components/schemas/DriftMeasures": "issue 24: the drift measures (event and GET /v1/monitoring)",
+    "/components/schemas/DriftThresholds": "issue 24: the drift measures (event and GET /v1/monitoring)",
+    "/components/schemas/MonitoringOut": "issue 24: GET /v1/monitoring",
+    "/components/schemas/MonitoringWindow": "issue 24: GET /v1/monitoring",
+    "/components/schemas/SafetyMode": "issue 24: GET /v1/monitoring",
+    "/components/schemas/ModelMonitoring": "issue 24: GET /v1/monitoring",
+    "/components/schemas/WindowInfo": "issue 24: GET /v1/monitoring",
+    "/components/schemas/Proportion": "issue 24: GET /v1/monitoring",
+    "/components/schemas/Share": "issue 24: GET /v1/monitoring",
+    "/components/schemas/ProbabilityDistribution": "issue 24: GET /v1/monitoring",
+    "/components/schemas/ReferenceInfo": "issue 24: GET /v1/monitoring",
+    "/components/schemas/SkinGroupMix": "issue 24: GET /v1/monitoring",
+    "/components/schemas/MetadataMix": "issue 24: GET /v1/monitoring",
+    "/components/schemas/DriftState": "issue 24: GET /v1/monitoring",
+    "/components/schemas/DriftEpisodeOut": "issue 24: GET /v1/monitoring",
+    "/components/schemas/Outcomes": "issue 24: GET /v1/monitoring",
+    "/components/schemas/OutcomeBlock": "issue 24: GET /v1/monitoring",
 }
 
 

@@ -13,6 +13,7 @@ SNAPSHOT = {
     "dermasentinel.webhooks.dispatch_due": "webhooks",
     "dermasentinel.maintenance.sweep": "maintenance",
     "dermasentinel.maintenance.purge": "maintenance",
+    "dermasentinel.maintenance.drift_check": "maintenance",
     "dermasentinel.uploads.ingest": "ingest",
     "dermasentinel.fhir.heartbeats": "webhooks",
 }

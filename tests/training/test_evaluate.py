@@ -10,7 +10,7 @@ import pytest
 from isic_challenge_scoring import metrics as isic
 
 from tests.training.subsets import write_subset
-from training.evaluate import GROUP_ORDER, Prediction, rule_out_evidence, rule_out_table, summarise
+from training.evaluate import GROUP_ORDER, Prediction, reference_of, rule_out_evidence, rule_out_table, summarise
 
 
 def _predictions(seed: int, n: int = 300, groups=GROUP_ORDER) -> list[Prediction]:
@@ -203,3 +203,17 @@ def test_predictions_only_scores_an_unlabelled_folder(trained_fusion, synthetic_
     assert len(scored) == report["evaluated"] and all(0.0 <= float(row["probability"]) <= 1.0 for row in scored)
     assert all(row["target"] == "" for row in written)
     assert not (tmp_path / "out" / "roc.png").exists()
+
+
+def test_the_report_carries_the_monitoring_reference():
+    """Issue 24: what monitoring compares a window with: the scored probabilities' quantiles,
+    their skin groups, and the rejections (which are not scored)."""
+    predictions = _predictions(5, n=120) + [Prediction("blurred", 0, None, rejection="blurry"),
+                                            Prediction("empty", 1, None, rejection="no_lesion")]
+    reference = reference_of(predictions)
+    scores = [p.probability for p in predictions if p.probability is not None]
+    assert reference.source == "evaluation" and reference.count == 120 and reference.images == 122
+    assert reference.probability_quantiles[0] == min(scores) and reference.probability_quantiles[100] == max(scores)
+    assert reference.skin_groups == dict.fromkeys(GROUP_ORDER, 20)
+    assert reference.rejections == {"blurry": 1, "no_lesion": 1}
+    assert reference_of([Prediction("x", 0, None, rejection="blurry")]) is None

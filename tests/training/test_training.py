@@ -152,6 +152,25 @@ def test_the_rule_out_threshold_is_the_highest_reaching_its_sensitivity():
     assert calibration["rule_out_npv"] == 1.0  # nothing ruled out is a melanoma
 
 
+def test_the_calibration_records_the_validation_reference_for_monitoring():
+    """Issue 24: until `evaluate --record-reference` records the pipeline's own, monitoring
+    compares a version's results with its validation fold's calibrated probabilities."""
+    import numpy as np
+
+    from shared.schemas.monitoring import Reference
+    from training.train import _calibration
+
+    targets = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
+    logits = np.array([3.0, 1.0, -1.0, -2.5, 0.5, -0.5, -1.5, -3.0, -3.5, -4.0])
+    calibration = _calibration({"_logits": logits, "_targets": targets}, 0.75, 1.0)
+    reference = Reference.model_validate(calibration["reference"])
+    probabilities = 1 / (1 + np.exp(-logits / calibration["temperature"]))
+    assert reference.source == "validation" and reference.count == 10
+    assert reference.probability_quantiles[0] == pytest.approx(probabilities.min())
+    assert reference.probability_quantiles[100] == pytest.approx(probabilities.max())
+    assert reference.probability_quantiles[50] == pytest.approx(float(np.median(probabilities)))
+
+
 def test_a_rule_out_sensitivity_below_the_target_is_refused(tmp_path):
     from click.testing import CliRunner
 
