@@ -64,6 +64,25 @@ ALLOWED: dict[str, str] = {
     "/components/schemas/AuditEventOut": "issue 22: GET /v1/audit-events",
     "/components/schemas/AuditEventPage": "issue 22: GET /v1/audit-events",
     "/paths/~1v1~1analyses~1{analysis_id}/delete": "issue 22: erasure of one analysis (DELETE /v1/analyses/{id})",
+    # Issue 25: rough edges.
+    **{
+        f"/paths/~1v1~1analyses/post/requestBody/content/{kind}/schema/properties/{field}":
+            f"issue 25: {field} validated (no path separator in external_id; pixel spacing 0.001-10 mm)"
+        for kind in ("multipart~1form-data", "application~1json") for field in ("external_id", "pixel_spacing_mm")
+    },
+    "/components/schemas/UploadSubmission/properties/external_id": "issue 25: external_id holds no path separator",
+    "/components/schemas/UploadSubmission/properties/pixel_spacing_mm": "issue 25: pixel spacing 0.001-10 mm",
+    **{
+        f"/components/schemas/{schema}/properties/events/description":
+            "issue 25: an endpoint without a filter lists every event type it receives, not []"
+        for schema in ("WebhookEndpointOut", "WebhookEndpointWithSecret", "AnalysisWebhook")
+    },
+    **{
+        f"/components/schemas/{schema}/properties/state":
+            "issue 25: batch states canceled and expired apart from completed (DESIGN.md)"
+        for schema in ("BatchSummary", "BatchOut", "BatchCanceled", "BatchCompletedData")
+    },
+    "/paths/~1v1~1batches~1{batch_id}~1cancel/post/description": "issue 25: a canceled batch ends `canceled`",
 }
 
 
