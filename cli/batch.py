@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
@@ -38,7 +39,7 @@ from shared.schemas.uploads import UploadOut
 
 UPLOAD_ATTEMPTS = 4
 RETRY_STATUSES = {429, 500, 502, 503, 504}
-FINAL_STATES = {"completed"}
+FINAL_STATES = {"completed", "canceled", "expired"}  # how a sealed batch ends (issue 25)
 T = TypeVar("T")
 
 
@@ -273,6 +274,8 @@ def submit(folder: Path, manifest: Path | None, name: str | None, batch_external
     name = name or folder.resolve().name
     wait = wait or out is not None
     out = out or Path(f"triage-{external_id_from(name)}.csv")
+    if wait:
+        check_writable(out)  # before anything is uploaded, not after hours of waiting (issue 25)
     console = Console(stderr=True, highlight=False)
     client = Client(api_url or settings.api_url, api_key or settings.api_key.get_secret_value())
     try:
@@ -280,11 +283,21 @@ def submit(folder: Path, manifest: Path | None, name: str | None, batch_external
                     direct)
     except ApiError as exc:
         raise click.ClickException(str(exc)) from None
-    except httpx.TransportError as exc:
-        raise click.ClickException(f"cannot reach the API at {client.http.base_url}: {exc}") from None
     finally:
         client.close()
     click.get_current_context().exit(code)
+
+
+def check_writable(out: Path) -> None:
+    """Refuse a triage file that could not be written: its folder missing or not writable (click
+    refuses a folder as the path). The file is written once the batch has finished, hours later
+    maybe."""
+    folder = out.parent
+    if not folder.is_dir():
+        raise click.BadParameter(f"the folder {folder} does not exist; create it first or choose another path",
+                                 param_hint="'--out'")
+    if not os.access(folder, os.W_OK | os.X_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise click.BadParameter(f"{out} cannot be written here (permission denied)", param_hint="'--out'")
 
 
 def _run(console: Console, client: Client, folder: Path, manifest: Path | None, name: str,
@@ -396,6 +409,10 @@ def _wait_for(console: Console, client: Client, batch_id: str, timeout: float, i
                 task = bar.add_task(description, total=body.total)
             bar.update(task, completed=body.done, total=body.total, description=description)
             if body.state in FINAL_STATES:
+                if body.state != "completed":
+                    how = "was canceled" if body.state == "canceled" else "expired (its deadline passed)"
+                    console.print(f"[yellow]batch {batch_id} {how}: {counts.canceled} items were canceled "
+                                  "and are in the triage list as such[/]")
                 return True
             if time.monotonic() > deadline:
                 console.print(f"[red]batch {batch_id} still processing after {timeout:.0f}s; rerun with --wait[/]")

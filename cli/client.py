@@ -18,14 +18,56 @@ FINAL = {"succeeded", "rejected", "failed", "canceled"}
 
 
 class ApiError(RuntimeError):
+    """An answer of 400 or above, or one that is not the API's: one line, ``HTTP <status>: …``."""
+
     def __init__(self, response: httpx.Response) -> None:
+        super().__init__(f"HTTP {response.status_code}: {_problem(response)}")
+        self.status_code = response.status_code
+
+
+class NotTheApi(ApiError):
+    """A 2xx answer that is not the API's JSON: the URL points at something else."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        RuntimeError.__init__(self, f"HTTP {response.status_code}: {_not_ours(response)}")
+        self.status_code = response.status_code
+
+
+class StorageRefused(ApiError):
+    """The object store refused a presigned PUT (its answer is S3's XML, not a problem)."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        url = response.request.url
+        RuntimeError.__init__(
+            self, f"HTTP {response.status_code}: the object store at {url.host}:{url.port} refused the direct upload"
+        )
+        self.status_code = response.status_code
+
+
+JSON_TYPES = ("application/json", "application/problem+json")
+
+
+def _content_type(response: httpx.Response) -> str:
+    return response.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+def _problem(response: httpx.Response) -> str:
+    """The problem's ``detail`` (or ``title``) on one line; for an answer that is not the API's
+    JSON, where it came from and what to check (a wrong URL answers HTML)."""
+    if _content_type(response) in JSON_TYPES:
         try:
             body = response.json()
-            message = body.get("detail") or body.get("title") or response.text
         except ValueError:
-            message = response.text
-        super().__init__(f"HTTP {response.status_code}: {message}")
-        self.status_code = response.status_code
+            body = None
+        if isinstance(body, dict) and (body.get("detail") or body.get("title")):
+            return " ".join(str(body.get("detail") or body.get("title")).split())
+    return _not_ours(response)
+
+
+def _not_ours(response: httpx.Response) -> str:
+    kind = _content_type(response) or "no content type"
+    return (f"{response.request.method} {response.request.url} answered {kind}, not the DermaSentinel API's JSON; "
+            "check --api-url / DERMASENTINEL_API_URL")
 
 
 class Client:
@@ -47,9 +89,13 @@ class Client:
         self.storage.close()
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One call whose answer is the API's JSON: ApiError for a status of 400 or above,
+        NotTheApi for an answer that is not JSON at all (the URL points at another server)."""
         response = self.http.request(method, path, **kwargs)
         if response.status_code >= 400:
             raise ApiError(response)
+        if _content_type(response) not in JSON_TYPES:
+            raise NotTheApi(response)
         return response
 
     def submit(
@@ -79,7 +125,7 @@ class Client:
         )
         put = self.storage.put(upload.url, content=image, headers=upload.headers)
         if put.status_code >= 300:
-            raise ApiError(put)
+            raise StorageRefused(put)
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         body = {k: v for k, v in fields.items() if v is not None}
         response = self.request(

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from cli.errors import CliGroup
 from shared.clinical.vocabulary import AGE_MAX, AGE_MIN, SEXES
 from shared.config import ENV_PREFIX, get_settings
 from shared.queues import ROLE_QUEUES, queue_list
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
     from cli.client import Client
+    from shared.config import Settings
     from shared.model_acceptance import AcceptanceCheck
     from shared.model_registry import RegisteredModel
 
@@ -35,7 +37,8 @@ MODEL_KINDS = ("scalpel", "fusion")
 
 
 def _client_options(func):
-    func = click.option("--api-key", envvar="DERMASENTINEL_API_KEY", help="API key (dsk_…)")(func)
+    func = click.option("--api-key", "--key", "api_key", envvar="DERMASENTINEL_API_KEY",
+                        help="API key (dsk_…); default: DERMASENTINEL_API_KEY, else the development key of `up`")(func)
     func = click.option("--api-url", envvar="DERMASENTINEL_API_URL", help="API base URL")(func)
     return func
 
@@ -47,8 +50,8 @@ def _client(api_url: str | None, api_key: str | None) -> Client:
     return Client(api_url or settings.api_url, api_key or settings.api_key.get_secret_value())
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--log-level", default=None, help="DEBUG, INFO, WARNING…")
+@click.group(cls=CliGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--log-level", default=None, help="DEBUG, INFO, WARNING… (DEBUG: a failing command prints its traceback)")
 def cli(log_level: str | None) -> None:
     """DermaSentinel: asynchronous melanoma screening (research use; NOT a certified medical device)."""
     from shared.logs import configure_logging
@@ -71,11 +74,57 @@ def up(host: str, port: int, demo: bool, exit_after_demo: bool) -> None:
 
 
 @cli.command()
-def migrate() -> None:
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def status(as_json: bool) -> None:
+    """The stack client commands use: its API (ready or not), where its settings come from, and
+    the Prometheus metrics URL of each of its processes (the API's and each worker role's)."""
+    import httpx
+
+    from cli.client import NotTheApi
+    from cli.up import read_metrics_file
+    from shared.config import settings_files
+    from shared.schemas.health import Readiness
+
+    settings = get_settings()
+    if not settings.api_url:
+        raise click.ClickException(
+            "no stack found: start one with `dermasentinel up` (client commands then find it from any folder), "
+            "or set DERMASENTINEL_API_URL"
+        )
+    response = httpx.get(settings.api_url.rstrip("/") + "/readyz", timeout=5.0)
+    if "json" not in response.headers.get("content-type", ""):
+        raise click.ClickException(str(NotTheApi(response)))
+    readiness = Readiness.model_validate(response.json())
+    metrics = read_metrics_file(settings.data_dir)
+    report = {
+        "api_url": settings.api_url,
+        "status": readiness.status,
+        "failing": sorted(name for name, check in readiness.checks.items() if not check.ok),
+        "data_dir": str(settings.data_dir.resolve()),
+        "settings_files": [str(path) for path in settings_files()],
+        "metrics": metrics,
+    }
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    failing = f" ({', '.join(report['failing'])} failing)" if report["failing"] else ""
+    click.echo(f"API        {settings.api_url}  {readiness.status}{failing}")
+    click.echo(f"data dir   {report['data_dir']}")
+    click.echo(f"settings   {', '.join(report['settings_files']) or 'the environment only'}")
+    if not metrics:
+        click.echo("metrics    none recorded (`dermasentinel up` records each process' metrics port)")
+    for name, url in metrics.items():
+        click.echo(f"metrics    {name:<11} {url}")
+
+
+@cli.command()
+@click.option("--timeout", type=click.FloatRange(0), default=60.0, show_default=True,
+              help="seconds to wait for the database to accept connections")
+def migrate(timeout: float) -> None:
     """Apply database migrations (waits for the database first)."""
     from shared.migrate import upgrade
 
-    upgrade(get_settings().database_url)
+    upgrade(get_settings().database_url, wait_seconds=timeout)
     click.echo("database is at the latest migration")
 
 
@@ -121,6 +170,7 @@ def worker(role: str, concurrency: int | None, metrics_port: int | None) -> None
     app = create_celery(settings, preload_models=preload)
     app.worker_main(
         [
+            *_quiet_when_json(settings),
             "worker",
             "--queues", queues,
             "--pool", pool,
@@ -133,6 +183,14 @@ def worker(role: str, concurrency: int | None, metrics_port: int | None) -> None
     )
 
 
+def _quiet_when_json(settings: Settings) -> list[str]:
+    """Celery's start-up banner is printed, not logged: without it, a process that logs JSON
+    writes nothing but JSON lines (issue 25)."""
+    from shared.logs import wants_console
+
+    return [] if wants_console(settings.log_format) else ["--quiet"]
+
+
 @cli.command()
 def beat() -> None:
     """Run the scheduler: sweeper, webhook retries, retention purge."""
@@ -141,7 +199,8 @@ def beat() -> None:
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = create_celery()
-    app.start(["beat", "--schedule", str(settings.data_dir / "celerybeat-schedule"), "--loglevel", settings.log_level])
+    app.start([*_quiet_when_json(settings), "beat", "--schedule", str(settings.data_dir / "celerybeat-schedule"),
+               "--loglevel", settings.log_level])
 
 
 @cli.group()

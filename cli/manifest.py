@@ -73,7 +73,7 @@ def plan_batch(folder: Path, manifest: Path | None) -> Plan:
 
 def external_id_from(stem: str) -> str:
     """A name made into an external id the API accepts (what a row without one is called)."""
-    return re.sub(r"[^A-Za-z0-9._:/\-]", "_", stem)[:200] or "image"
+    return re.sub(r"[^A-Za-z0-9._:\-]", "_", stem)[:200].lstrip("-") or "image"
 
 
 def _images_in(folder: Path) -> list[Path]:
@@ -181,7 +181,7 @@ def _external_id(raw: str, path: Path) -> str:
     if not raw:
         return external_id_from(path.stem)
     if not re.fullmatch(EXTERNAL_ID_PATTERN, raw):
-        raise ValueError(f"external_id {raw!r} may only hold letters, digits and . _ : / - (at most 200)")
+        raise ValueError(f"external_id {raw!r} may only hold letters, digits and . _ : - (at most 200, no / or \\)")
     return raw
 
 

@@ -14,6 +14,7 @@
 """
 
 from devstack._ports import free_port, is_port_free
+from devstack._process import DataDirLock
 from devstack.apps import App, child_env, start_api, start_app, start_beat, start_worker
 from devstack.errors import DataDirInUseError, PortsTakenError, ServiceStartError, StackError
 from devstack.harness import APP_LAYER, Stack
@@ -31,6 +32,7 @@ __all__ = [
     "App",
     "Backoff",
     "DataDirInUseError",
+    "DataDirLock",
     "EmbeddedStack",
     "PortsTakenError",
     "PostgresHandle",

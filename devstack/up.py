@@ -41,6 +41,7 @@ class UpProcess:
         settings: Mapping[str, str] | None = None,
         console_path: Path | None = None,
         args: Sequence[str] = (),
+        config_home: Path | None = None,
     ):
         self.data_dir = Path(data_dir)
         self.port = port
@@ -48,6 +49,10 @@ class UpProcess:
         self.console_path = console_path or self.data_dir.parent / "console.log"
         given = {"DATA_DIR": str(self.data_dir), **(settings or {})}
         self.env = child_env({ENV_PREFIX + name.upper(): value for name, value in given.items()})
+        # `up` records where its stack is in the user config (XDG_CONFIG_HOME/dermasentinel/):
+        # a folder of this run's, never the real user's.
+        self.config_home = Path(config_home) if config_home else self.data_dir.parent / "config"
+        self.env["XDG_CONFIG_HOME"] = str(self.config_home)
         self.process: subprocess.Popen | None = None
         self.starts = 0
         # Known once it runs (from DATA_DIR/stack.env); with a fixed port, known now.

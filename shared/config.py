@@ -1,8 +1,9 @@
 """The one settings object. Nothing else in the project reads ``os.environ``.
 
 Every variable carries the ``DERMASENTINEL_`` prefix. ``dermasentinel up`` writes the
-settings of the stack it started to ``DATA_DIR/stack.env``; when that file exists it is
-read as a lower-priority source, so client commands reach that stack without exports.
+settings of the stack it started to ``DATA_DIR/stack.env``, and where that is to the user
+config (``user_config_path``); those files are read as lower-priority sources, so client
+commands reach that stack without exports, from any folder (``settings_files``).
 """
 
 from __future__ import annotations
@@ -57,6 +58,11 @@ def parse_retry_schedule(value: str) -> list[int]:
 
 def _split_keys(value: str) -> list[str]:
     return [key.strip() for key in value.split(",") if key.strip()]
+
+
+class SettingMissing(RuntimeError):
+    """A setting the operation needs is not set; the message names the variable and what to do
+    (the CLI prints it as it is, one line)."""
 
 
 def _default_data_dir() -> Path:
@@ -240,6 +246,8 @@ class Settings(BaseSettings):
         # Operators paste plain libpq URLs; SQLAlchemy needs the driver named.
         if value.startswith("postgresql://") or value.startswith("postgres://"):
             return "postgresql+psycopg://" + value.split("://", 1)[1]
+        if value and not value.startswith("postgresql+"):
+            raise ValueError("must be a PostgreSQL URL like postgresql://USER:PASSWORD@HOST:5432/DB")
         return value
 
     @field_validator("seg_size", "cls_size")
@@ -367,16 +375,38 @@ class Settings(BaseSettings):
         return env
 
 
-def _stack_env_file() -> Path | None:
-    settings = Settings()
-    path = settings.stack_env_path
-    return path if path.is_file() else None
+# Issue 25: where `up` records the stack it started, so client commands find it from any folder.
+USER_CONFIG_NAME = "config.env"
+
+
+def user_config_path() -> Path:
+    """``$XDG_CONFIG_HOME/dermasentinel/config.env`` (``~/.config/dermasentinel/config.env``
+    by default; the platform's user config folder elsewhere): the DATA_DIR and API_URL of the
+    last stack ``dermasentinel up`` started. The API key stays in DATA_DIR/stack.env."""
+    import platformdirs
+
+    return platformdirs.user_config_path("dermasentinel", appauthor=False) / USER_CONFIG_NAME
+
+
+def settings_files() -> tuple[Path, ...]:
+    """The files behind the environment, lowest priority first (a variable set in the
+    environment always wins): DATA_DIR/stack.env when DATA_DIR is set or this folder has
+    one (``./.dermasentinel/stack.env``); else the user config ``up`` wrote and the
+    stack.env of the DATA_DIR it names."""
+    from_environment = Settings()
+    local = from_environment.stack_env_path
+    if "data_dir" in from_environment.model_fields_set or local.is_file():
+        return (local,) if local.is_file() else ()
+    user = user_config_path()
+    if not user.is_file():
+        return ()
+    recorded = Settings(_env_file=user).stack_env_path
+    return (user, recorded) if recorded.is_file() else (user,)
 
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """Settings from the environment, falling back to ``DATA_DIR/stack.env`` when present."""
-    stack_env = _stack_env_file()
-    if stack_env is None:
-        return Settings()
-    return Settings(_env_file=stack_env)
+    """Settings from the environment, then the files of ``settings_files`` (the stack `up`
+    started, found from any folder)."""
+    files = settings_files()
+    return Settings(_env_file=files) if files else Settings()

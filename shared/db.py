@@ -18,7 +18,7 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 
-from shared.config import Settings
+from shared.config import SettingMissing, Settings
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ BROKER_DOWN = (kombu.exceptions.OperationalError, redis.exceptions.ConnectionErr
 
 def make_engine(settings: Settings, **kwargs: Any) -> Engine:
     if not settings.database_url:
-        raise RuntimeError(
+        raise SettingMissing(
             "DERMASENTINEL_DATABASE_URL is not set; run `dermasentinel up` or point it at Postgres"
         )
     options: dict[str, Any] = {

@@ -20,7 +20,7 @@ from celery import Celery
 from kombu import Queue as KombuQueue
 from minio.error import InvalidResponseError, S3Error, ServerError
 
-from shared.config import Settings
+from shared.config import SettingMissing, Settings
 from shared.logs import REQUEST_ID_HEADER, current_request_id
 from shared.queues import Queue, TaskName, analysis_queue
 
@@ -41,7 +41,7 @@ TASK_ROUTES = {
 
 def make_celery(settings: Settings) -> Celery:
     if not settings.broker_url:
-        raise RuntimeError("DERMASENTINEL_BROKER_URL is not set; run `dermasentinel up` or point it at Redis")
+        raise SettingMissing("DERMASENTINEL_BROKER_URL is not set; run `dermasentinel up` or point it at Redis")
     app = Celery("dermasentinel", broker=settings.broker_url, set_as_current=False)
     app.conf.update(
         task_queues=[KombuQueue(q.value, routing_key=q.value) for q in Queue],

@@ -187,6 +187,17 @@ def _stringify_ids(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDic
     return event_dict
 
 
+# Extras libraries put on their records for their own formatters: uvicorn's `color_message` is
+# its message again with ANSI colour codes (issue 25: it reached JSON lines).
+_FORMATTER_EXTRAS = ("color_message",)
+
+
+def _drop_formatter_extras(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    for key in _FORMATTER_EXTRAS:
+        event_dict.pop(key, None)
+    return event_dict
+
+
 def wants_console(setting: str, stream: IO[str] | None = None) -> bool:
     if setting == "auto":
         stream = stream or sys.stderr
@@ -200,6 +211,7 @@ def shared_processors() -> list:
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.stdlib.ExtraAdder(),
+        _drop_formatter_extras,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _stringify_ids,
         drop_patient_metadata,
@@ -293,6 +305,9 @@ def configure_logging(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level_name)
+    # Python's warnings (Celery's deprecation notices at start-up) as log lines in this format,
+    # not text on stderr (issue 25).
+    logging.captureWarnings(True)
     # uvicorn and Celery install handlers of their own; theirs go, so their lines reach ours.
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "celery", "celery.task", "celery.redirected"):
         library = logging.getLogger(name)

@@ -14,6 +14,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
+from shared.config import SettingMissing
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 
@@ -37,8 +39,10 @@ def wait_for_database(database_url: str, timeout: float = 60.0) -> None:
         engine.dispose()
 
 
-def upgrade(database_url: str, revision: str = "head") -> None:
-    wait_for_database(database_url)
+def upgrade(database_url: str, revision: str = "head", *, wait_seconds: float = 60.0) -> None:
+    if not database_url:
+        raise SettingMissing("DERMASENTINEL_DATABASE_URL is not set; run `dermasentinel up` or point it at Postgres")
+    wait_for_database(database_url, timeout=wait_seconds)
     command.upgrade(alembic_config(database_url), revision)
 
 

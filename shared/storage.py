@@ -12,7 +12,7 @@ import urllib3
 from minio import Minio
 from minio.error import S3Error
 
-from shared.config import Settings
+from shared.config import SettingMissing, Settings
 
 IMAGES = "images"
 ARTIFACTS = "artifacts"
@@ -133,7 +133,7 @@ def make_object_store(settings: Settings, probe_timeout: float | None = None) ->
     request or a GPU pass for half an hour). ``probe_timeout`` builds a client for health
     checks: short timeouts, no retries."""
     if not settings.s3_endpoint:
-        raise RuntimeError("DERMASENTINEL_S3_ENDPOINT is not set; run `dermasentinel up` or point it at S3")
+        raise SettingMissing("DERMASENTINEL_S3_ENDPOINT is not set; run `dermasentinel up` or point it at S3")
     if probe_timeout is not None:
         http_client = urllib3.PoolManager(
             timeout=urllib3.Timeout(connect=probe_timeout, read=probe_timeout), retries=False

@@ -16,6 +16,7 @@ process anyway (docs/TESTING.md).
 
 from __future__ import annotations
 
+import atexit
 import os
 import secrets
 import shutil
@@ -33,6 +34,10 @@ from devstack import Stack, StackEndpoints, child_env
 from shared.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
+# Issue 25: `up` records its stack in the user config (XDG_CONFIG_HOME/dermasentinel/) and client
+# commands read it: the suite, and every process it starts, uses a folder of its own instead.
+os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="dermasentinel-test-config-")
+atexit.register(shutil.rmtree, os.environ["XDG_CONFIG_HOME"], True)
 # Small networks and photos keep the suite fast; the minimum photo side drops to 32 px so the
 # synthetic test images are analysed (the 256 px default is tested at the pipeline level).
 TEST_SIZES = {"seg_size": 128, "cls_size": 128, "tta_views": 5, "min_image_side": 32}

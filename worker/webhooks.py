@@ -188,12 +188,24 @@ def deliver_one(context: AppContext, delivery_id: uuid.UUID, client: httpx.Clien
                 WEBHOOK_DELIVERIES.labels(claim).inc()  # skipped (endpoint disabled) or deferred
             return claim
         outcome = destination(claim.kind).send(context, claim, client)
-    status = _record(context, claim, outcome.as_logged())
-    _observe_attempt(claim, outcome, status)
+    recorded = outcome.as_logged()
+    status = _record(context, claim, recorded)
+    _observe_attempt(claim, outcome, status, recorded)
     return status
 
 
-def _observe_attempt(claim: Claim, outcome: AttemptResult, status: str | None) -> None:
+def attempt_line(attempt: int, result: str, outcome: AttemptResult, recorded: AttemptResult) -> str:
+    """The log line of one attempt, in the delivery record's words (issue 25: the record said
+    `no_response` where the log said `connect_error`): the class the tenant's record shows, and,
+    where the record hides it (an internal target, docs/SECRETS_AND_WEBHOOKS.md), what happened."""
+    error_class = recorded.error_class or "ok"
+    if outcome.error_class != recorded.error_class:
+        error_class += f", cause {outcome.error_class} (an internal target: not in its record)"
+    latency = None if outcome.latency_ms is None else round(outcome.latency_ms)
+    return f"webhook attempt {attempt}: {result} (status {recorded.status_code}, {error_class}, {latency} ms)"
+
+
+def _observe_attempt(claim: Claim, outcome: AttemptResult, status: str | None, recorded: AttemptResult) -> None:
     """One line and the metrics per attempt; the receiver's URL stays out (it may be internal)."""
     if outcome.ok:
         result = "delivered"
@@ -205,11 +217,7 @@ def _observe_attempt(claim: Claim, outcome: AttemptResult, status: str | None) -
     if outcome.latency_ms is not None:
         WEBHOOK_DELIVERY_SECONDS.labels(result).observe(outcome.latency_ms / 1000.0)
     with log_context(tenant_id=claim.tenant_id, delivery_id=claim.delivery_id, event_id=claim.msg_id):
-        log.info(
-            "webhook attempt %d: %s (status %s, %s, %s ms)", claim.attempt_count + 1, result,
-            outcome.status_code, outcome.error_class or "ok",
-            None if outcome.latency_ms is None else round(outcome.latency_ms),
-        )
+        log.info("%s", attempt_line(claim.attempt_count + 1, result, outcome, recorded))
 
 
 def _claim(context: AppContext, delivery_id: uuid.UUID, slot_free: Callable[[uuid.UUID], bool]) -> Claim | str | None:

@@ -24,7 +24,6 @@ from shared.schemas import (
     BatchOut,
     BatchPage,
     BatchResults,
-    BatchState,
     BatchSummary,
     StatusCounts,
 )
@@ -47,18 +46,12 @@ def _links(context: AppContext, batch: Batch) -> BatchLinks:
     return BatchLinks(self=base, seal=f"{base}/seal", cancel=f"{base}/cancel", results=f"{base}/results?order=risk")
 
 
-def _state(batch: Batch) -> BatchState:
-    if batch.completed_at is not None:
-        return "completed"
-    return "sealed" if batch.sealed_at is not None else "open"
-
-
 def summary(context: AppContext, batch: Batch, counts: dict[str, int]) -> BatchSummary:
     return BatchSummary(
         id=batch.id,
         name=batch.name,
         external_id=batch.external_id,
-        state=_state(batch),
+        state=lifecycle.batch_state(batch, counts.get("canceled", 0)),
         created_at=iso(batch.created_at),
         sealed_at=iso(batch.sealed_at),
         completed_at=iso(batch.completed_at),
@@ -121,8 +114,9 @@ def list_batches(
     "/{batch_id}",
     summary="Progress: counts per status, percent done, throughput and ETA",
     description=(
-        "`state`: open (takes items), sealed (closed, items still running) or completed (sealed "
-        "and every item final; `batch.completed` was emitted). `dispositions`: succeeded results per "
+        "`state`: open (takes items), sealed (closed, items still running), or how it ended once sealed and "
+        "every item is final (`batch.completed` was emitted): completed, canceled (by `…/cancel`) or expired "
+        "(its `cancel_after` deadline canceled unfinished items). `dispositions`: succeeded results per "
         "disposition (`urgent_referral`, `clinician_review`, `routine`; weights that are not `trained` "
         "always give `clinician_review`). `throughput_per_minute`: items "
         "finished per minute over the last 5 minutes (or since the batch was created, when "
@@ -158,7 +152,7 @@ def seal_batch(batch_id: str, context: ContextDep, tenant: SealBatch, session: S
     summary="Cancel every unfinished item and close the batch (idempotent)",
     description=(
         "Queued and processing items end `canceled` with `cancel_reason` `batch_canceled`, each with "
-        "one `analysis.canceled` event; the batch is sealed and completes (`batch.completed`). "
+        "one `analysis.canceled` event; the batch is sealed and ends `canceled` (`batch.completed`). "
         "`canceled_now` is how many items this call canceled: a repeat changes nothing and emits nothing."
     ),
     response_model=BatchCanceled,
@@ -198,8 +192,9 @@ operating point), `high_risk_share`, `suspicious` (diagnosis melanoma: p > the m
 `{", ".join(triage.CSV_COLUMNS)}`; empty cells for what does not apply.
 
 `format=isic`: the same items as ISIC challenge-style CSV, columns
-`{", ".join(triage.ISIC_COLUMNS)}`: `image_name` is the item's `external_id` when it has one,
-else its analysis id; `target` the melanoma probability (empty without a result); `age_approx`
+`{", ".join(triage.ISIC_COLUMNS)}`: `image_name` is the item's `external_id` when it is a plain
+file name (letters, digits, `._-`, not starting with a dot), else its analysis id; `target` the
+melanoma probability (empty without a result); `age_approx`
 to 5 years and `anatom_site_general_challenge` as ISIC names them (empty when unknown). Read
 `weights` first: anything but `trained` is not clinically meaningful. Research use only, not a
 certified medical device."""

@@ -32,6 +32,7 @@ from shared.schemas import (
     UploadOut,
     parse_duration,
 )
+from shared.schemas.common import PIXEL_SPACING_MAX_MM, PIXEL_SPACING_MIN_MM
 from shared.scopes import Scope
 from shared.tables import Upload
 
@@ -77,7 +78,10 @@ class UploadSubmission(AnalysisInputs):
     # A JSON body: numbers must be JSON numbers (the form route's text-to-number parsing would
     # read `false` as 0).
     age: Annotated[int | None, BeforeValidator(_json_number)] = Field(default=None, ge=AGE_MIN, le=AGE_MAX)
-    pixel_spacing_mm: Annotated[float | None, BeforeValidator(_json_number)] = Field(default=None, gt=0, le=10)
+    pixel_spacing_mm: Annotated[float | None, BeforeValidator(_json_number)] = Field(
+        default=None, ge=PIXEL_SPACING_MIN_MM, le=PIXEL_SPACING_MAX_MM,
+        description=AnalysisInputs.model_fields["pixel_spacing_mm"].description,
+    )
     idempotency_key: Annotated[str, StringConstraints(max_length=255, pattern=r"^[^\x00]*$")] | None = None
     # Unbounded in the schema: a deadline past MAX_CANCEL_AFTER_SECONDS refuses that item alone
     # (its own 422 in the answer), not the whole call.

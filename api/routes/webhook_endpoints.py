@@ -73,7 +73,7 @@ def view(endpoint: WebhookEndpoint) -> WebhookEndpointOut:
     return WebhookEndpointOut(
         id=endpoint.id,
         url=endpoint.url,
-        events=endpoint.events or [],
+        events=service.delivered_events(endpoint),
         description=endpoint.description,
         enabled=endpoint.enabled,
         disabled_reason=endpoint.disabled_reason,

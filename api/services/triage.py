@@ -9,6 +9,7 @@ judged by the one set of clinical rules (``shared.clinical``, docs/CLINICAL_RULE
 from __future__ import annotations
 
 import io
+import re
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -71,6 +72,20 @@ ISIC_COLUMNS = (
     "disposition",
     "disposition_reasons",
 )
+
+
+# What an ISIC `image_name` may be when it comes from a client's external id: a plain file name
+# (no path separator, no leading dot, no drive letter or stream); anything else is named by the
+# analysis id (issue 25: an external id must never become a file name as it is).
+_SAFE_IMAGE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._\-]{0,199}")
+
+
+def isic_image_name(external_id: str | None, analysis_id: uuid.UUID) -> str:
+    """ISIC's ``image_name``: the client's ``external_id`` when it is a plain file name, such as
+    ISIC's own ``ISIC_0000000``; else the analysis id. ``external_id`` stays its own column."""
+    if external_id and _SAFE_IMAGE_NAME.fullmatch(external_id):
+        return external_id
+    return str(analysis_id)
 
 
 def age_approx(age: int | None) -> int | None:
@@ -149,13 +164,14 @@ class TriageRow:
         )
 
     def as_isic(self, rank: int) -> dict[str, Any]:
-        """One ISIC-style row: ``image_name`` is the client's ``external_id`` when set, else
-        the analysis id; ``target`` the melanoma probability (empty without a result; read
-        ``weights``: anything but ``trained`` is not clinically meaningful). ISIC leaves
+        """One ISIC-style row: ``image_name`` is the client's ``external_id`` when it is a plain
+        file name (``isic_image_name``), else the analysis id; ``target`` the melanoma
+        probability (empty without a result; read ``weights``: anything but ``trained`` is not
+        clinically meaningful). ISIC leaves
         unknown metadata empty, so ``unknown`` sex and site are empty cells."""
         item = self.as_item(rank)
         return {
-            "image_name": self.external_id or str(self.analysis_id),
+            "image_name": isic_image_name(self.external_id, self.analysis_id),
             "target": item.probability if self.succeeded else None,
             "weights": item.weights,
             "analysis_id": str(item.analysis_id),

@@ -136,12 +136,21 @@ def for_analysis(session: Session, analysis_id: uuid.UUID) -> WebhookEndpoint | 
     ).scalar_one_or_none()
 
 
+def delivered_events(endpoint: WebhookEndpoint) -> list[str]:
+    """The event types the endpoint receives, spelled out (issue 25: an endpoint that receives
+    every event showed `[]`): its filter, or every type (every analysis event for a per-request
+    webhook) when it has none. An endpoint with no filter also gets event types added later."""
+    if endpoint.events:
+        return list(endpoint.events)
+    return list(ANALYSIS_EVENT_TYPES if endpoint.analysis_id is not None else EVENT_TYPES)
+
+
 def request_webhook_view(context: AppContext, endpoint: WebhookEndpoint) -> AnalysisWebhook:
     """The ``webhook`` of a submission's answer, with its current signing secret."""
     return AnalysisWebhook(
         id=endpoint.id,
         url=endpoint.url,
-        events=endpoint.events or [],
+        events=delivered_events(endpoint),
         secret=secret_box(context.settings).open(endpoint.secret_encrypted),
     )
 

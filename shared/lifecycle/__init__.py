@@ -8,6 +8,7 @@ re-exported here.
 
 from shared.lifecycle.batches import (  # noqa: F401
     BatchTally,
+    batch_state,
     batch_tally,
     complete_batch_if_done,
     unfinished_sealed_batches,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from typing import cast
 
 from celery import Celery
 from sqlalchemy import func, select
@@ -17,7 +18,7 @@ from shared.config import Settings
 from shared.events import record_event
 from shared.lifecycle.states import ACTIVE
 from shared.lifecycle.views import api_base, shown_disposition
-from shared.schemas.batches import DispositionCounts, StatusCounts
+from shared.schemas.batches import BatchState, DispositionCounts, FinalBatchState, StatusCounts
 from shared.schemas.events import BatchCompletedData, BatchEventLinks
 from shared.tables import Analysis, AnalysisStatus, Batch
 
@@ -55,6 +56,20 @@ def batch_tally(session: Session, batch_id: uuid.UUID) -> BatchTally:
     return BatchTally(counts, DispositionCounts(**dispositions), per_weights)
 
 
+def batch_state(batch: Batch, canceled_items: int) -> BatchState:
+    """What the API and the ``batch.completed`` event call the batch (issue 25): open, sealed,
+    or how it ended. ``canceled`` after ``POST …/cancel``; ``expired`` when it completed at or
+    after its deadline with canceled items (the deadline canceled what was unfinished); else
+    ``completed``."""
+    if batch.completed_at is None:
+        return "sealed" if batch.sealed_at is not None else "open"
+    if batch.canceled_at is not None and batch.canceled_at <= batch.completed_at:  # a later cancel changed nothing
+        return "canceled"
+    if batch.deadline_at is not None and batch.completed_at >= batch.deadline_at and canceled_items:
+        return "expired"
+    return "completed"
+
+
 def complete_batch_if_done(
     session: Session, celery: Celery | None, settings: Settings, batch_id: uuid.UUID
 ) -> bool:
@@ -85,6 +100,7 @@ def complete_batch_if_done(
             id=batch.id,
             name=batch.name,
             external_id=batch.external_id,
+            state=cast(FinalBatchState, batch_state(batch, tally.counts.get(AnalysisStatus.canceled.value, 0))),
             counts=StatusCounts(**tally.counts),
             **clinical.weights_summary(tally.weights),
             dispositions=tally.dispositions,

@@ -19,6 +19,8 @@ from shared.clinical.disposition import Disposition
 from shared.clinical.vocabulary import AGE_MAX, AGE_MIN
 from shared.schemas.common import (
     EXTERNAL_ID_PATTERN,
+    PIXEL_SPACING_MAX_MM,
+    PIXEL_SPACING_MIN_MM,
     AnalysisStatusName,
     CancelReason,
     Diagnosis,
@@ -74,11 +76,16 @@ class AnalysisInputs(BaseModel):
     age: int | None = Field(default=None, ge=AGE_MIN, le=AGE_MAX)
     sex: Sex = "unknown"
     site: Site = "unknown"
-    pixel_spacing_mm: float | None = Field(default=None, gt=0, le=10)
+    pixel_spacing_mm: float | None = Field(
+        default=None, ge=PIXEL_SPACING_MIN_MM, le=PIXEL_SPACING_MAX_MM,
+        description=f"Millimetres per pixel, {PIXEL_SPACING_MIN_MM:g} to {PIXEL_SPACING_MAX_MM:g}; gives "
+        "`concepts.diameter_mm`",
+    )
     external_id: str | None = Field(
         default=None, pattern=EXTERNAL_ID_PATTERN,
         description="Your reference for this request (an order or accession number): the FHIR DiagnosticReport's "
-        "identifier, never the patient's (give the patient as `patient_reference`)",
+        "identifier, never the patient's (give the patient as `patient_reference`); letters, digits and . _ : - "
+        "(no / or \\, no spaces or control characters), at most 200, not starting with -",
     )
     batch_id: uuid.UUID | None = None
     priority: Literal["interactive", "bulk"] = "interactive"

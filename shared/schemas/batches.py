@@ -13,7 +13,7 @@ from pydantic import (
 
 from shared.clinical.disposition import Disposition
 from shared.schemas.common import (
-    EXTERNAL_ID_PATTERN,
+    BATCH_EXTERNAL_ID_PATTERN,
     AnalysisStatusName,
     CancelAfter,
     Diagnosis,
@@ -34,14 +34,21 @@ class BatchIn(BaseModel):
     )
 
     name: str = Field(min_length=1, max_length=200)
-    external_id: str | None = Field(default=None, pattern=EXTERNAL_ID_PATTERN)
+    external_id: str | None = Field(default=None, pattern=BATCH_EXTERNAL_ID_PATTERN)
     # Items still unfinished this long after the batch was created end canceled (expired).
     cancel_after: CancelAfter | None = None
 
 
 # ---------------------------------------------------------------- batches
 
-BatchState = Literal["open", "sealed", "completed"]
+BatchState = Literal["open", "sealed", "completed", "canceled", "expired"]
+# Issue 25: a batch that ended by its cancel, or by its deadline, is not "completed".
+FinalBatchState = Literal["completed", "canceled", "expired"]
+BATCH_STATE_DESCRIPTION = (
+    "`open` (takes items), `sealed` (closed, items still running), or, once sealed and every item is "
+    "final (`batch.completed` was emitted): `completed`, `canceled` (ended by `POST …/cancel`: its unfinished "
+    "items were canceled) or `expired` (its `cancel_after` deadline canceled unfinished items)"
+)
 
 
 class StatusCounts(ResponseModel):
@@ -74,7 +81,7 @@ class BatchSummary(ResponseModel):
     id: uuid.UUID
     name: str
     external_id: str | None
-    state: BatchState
+    state: BatchState = Field(description=BATCH_STATE_DESCRIPTION)
     created_at: Timestamp
     sealed_at: Timestamp | None
     completed_at: Timestamp | None

@@ -21,8 +21,19 @@ from shared.clinical.vocabulary import SITES as SITES
 from shared.clinical.vocabulary import Sex as Sex
 from shared.clinical.vocabulary import Site as Site
 
-# Not starting with "-": a spreadsheet would read "-2+3" as a formula (CSV injection).
-EXTERNAL_ID_PATTERN = r"^[A-Za-z0-9._:/][A-Za-z0-9._:/\-]{0,199}$"
+# Not starting with "-": a spreadsheet would read "-2+3" as a formula (CSV injection). An
+# analysis' external id holds no path separator (issue 25: "../../etc/passwd" was accepted and
+# exports name files after it); only printable ASCII letters, digits and . _ : - are allowed.
+EXTERNAL_ID_PATTERN = r"^[A-Za-z0-9._:][A-Za-z0-9._:\-]{0,199}$"
+EXTERNAL_ID_DESCRIPTION = (
+    "Your reference for the analysis: letters, digits and . _ : - (no / or \\, no spaces or control characters), "
+    "at most 200, not starting with -"
+)
+# A batch's reference may keep its slash ("ward-7/2026-11"): it never names a file.
+BATCH_EXTERNAL_ID_PATTERN = r"^[A-Za-z0-9._:/][A-Za-z0-9._:/\-]{0,199}$"
+# A plausible pixel spacing of a skin photo (dermoscopy to a wide clinical shot), mm per pixel.
+PIXEL_SPACING_MIN_MM = 0.001
+PIXEL_SPACING_MAX_MM = 10.0
 
 
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?$")

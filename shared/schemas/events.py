@@ -11,7 +11,7 @@ from pydantic import (
 
 from shared.clinical.disposition import Disposition
 from shared.schemas.analyses import AnalysisLinks
-from shared.schemas.batches import DispositionCounts, StatusCounts
+from shared.schemas.batches import DispositionCounts, FinalBatchState, StatusCounts
 from shared.schemas.common import (
     AnalysisStatusName,
     CancelReason,
@@ -73,6 +73,10 @@ class BatchCompletedData(ResponseModel):
     id: uuid.UUID
     name: str
     external_id: str | None
+    state: FinalBatchState = Field(
+        description="How the batch ended: `completed`, `canceled` (by `POST …/cancel`) or `expired` (its "
+        "deadline canceled unfinished items)"
+    )
     counts: StatusCounts
     weights: dict[str, int] = Field(description="Results per weights status")
     weights_warning: str | None = Field(description="Set when any result came from weights that are not `trained`")

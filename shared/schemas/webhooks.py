@@ -115,7 +115,10 @@ class WebhookEndpointPatch(BaseModel):
 class WebhookEndpointOut(ResponseModel):
     id: uuid.UUID
     url: Url
-    events: list[str] = Field(description="Event types delivered; empty means all")
+    events: list[str] = Field(
+        description="Every event type delivered to it: the filter chosen, or all types when none was chosen "
+        "(such an endpoint also receives types added later)"
+    )
     description: str | None
     enabled: bool
     disabled_reason: str | None
@@ -133,7 +136,8 @@ class AnalysisWebhook(ResponseModel):
     id: uuid.UUID = Field(description="A webhook endpoint of this analysis only: its deliveries are at "
                           "`/v1/webhook-endpoints/{id}/deliveries`")
     url: Url
-    events: list[str] = Field(description="Event types delivered; empty means all of this analysis' events")
+    events: list[str] = Field(description="Every event type delivered: the filter chosen, or all of this "
+                              "analysis' event types when none was chosen")
     secret: str = Field(description="The signing secret (`whsec_…`, Standard Webhooks); only in the answers to "
                         "the submission (and its idempotent replays)")
 

@@ -51,3 +51,40 @@ def test_the_documented_form_has_every_input_and_the_deadline():
     schema = forms.SUBMIT_SCHEMA["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
     assert {"image", "upload_id", "age", "sex", "site", "webhook_url", "cancel_after"} <= set(schema)
     assert schema["age"]["maximum"] == AGE_MAX
+
+
+def test_pixel_spacing_is_bounded_to_a_plausible_range():
+    """Issue 25: 1e-320 mm per pixel was accepted."""
+    assert forms.parse_inputs({"pixel_spacing_mm": "0.05"}).pixel_spacing_mm == 0.05
+    assert forms.parse_inputs({"pixel_spacing_mm": "0.001"}).pixel_spacing_mm == 0.001
+    assert forms.parse_inputs({"pixel_spacing_mm": "10"}).pixel_spacing_mm == 10.0
+    for implausible in ("1e-320", "0", "0.0009", "10.5", "-1", "nan", "inf"):
+        assert _refused_field(lambda v=implausible: forms.parse_inputs({"pixel_spacing_mm": v})) == "pixel_spacing_mm"
+
+
+@pytest.mark.parametrize("external_id", ["../../etc/passwd", "a/b", "a\\b", "..\\x", "line\nbreak", "tab\there",
+                                         "nul\x00", "-2+3", "", "x" * 201, "space here", "é"])
+def test_an_external_id_holds_no_path_separator_or_control_character(external_id):
+    """Issue 25: "../../etc/passwd" was accepted, and the ISIC export named images after it."""
+    if external_id == "":
+        assert forms.parse_inputs({"external_id": external_id}).external_id is None  # empty: not sent
+        return
+    assert _refused_field(lambda: forms.parse_inputs({"external_id": external_id})) == "external_id"
+
+
+def test_bulk_submissions_check_the_same_bounds():
+    from pydantic import ValidationError
+
+    from api.routes.uploads import UploadSubmission
+
+    ident = str(uuid.uuid4())
+    assert UploadSubmission.model_validate({"upload_id": ident, "pixel_spacing_mm": 0.05}).pixel_spacing_mm == 0.05
+    for fields in ({"pixel_spacing_mm": 1e-320}, {"pixel_spacing_mm": 11}, {"external_id": "../../etc/passwd"}):
+        with pytest.raises(ValidationError) as refused:
+            UploadSubmission.model_validate({"upload_id": ident, **fields})
+        assert refused.value.errors()[0]["loc"] == tuple(fields)
+
+
+def test_ordinary_external_ids_are_accepted():
+    for external_id in ("ISIC_0000001", "visit-8812", "MRN:0042.3", "x" * 200, "..", "case_7"):
+        assert forms.parse_inputs({"external_id": external_id}).external_id == external_id

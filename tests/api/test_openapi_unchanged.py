@@ -78,7 +78,7 @@ ALLOWED: dict[str, str] = {
     "/components/schemas/AnalysisInputsOut/properties/encounter_reference": "issue 23: the encounter, shown in inputs",
     "/components/schemas/UploadSubmission/properties/patient_reference": "issue 23: patient_reference on uploads",
     "/components/schemas/UploadSubmission/properties/encounter_reference": "issue 23: encounter_reference on uploads",
-    "/components/schemas/UploadSubmission/properties/external_id": "issue 23: external_id is the report's identifier",
+    "/components/schemas/UploadSubmission/properties/external_id": "issue 23: external_id is the report's identifier; issue 25: no path separator",
     **{
         f"/paths/~1v1~1analyses/post/requestBody/content/{body}/schema/properties/{name}": f"issue 23: {why}"
         for body in ("multipart~1form-data", "application~1json")
@@ -150,6 +150,24 @@ ALLOWED: dict[str, str] = {
     "/components/schemas/DriftEpisodeOut": "issue 24: GET /v1/monitoring",
     "/components/schemas/Outcomes": "issue 24: GET /v1/monitoring",
     "/components/schemas/OutcomeBlock": "issue 24: GET /v1/monitoring",
+    # Issue 25: rough edges.
+    **{
+        f"/paths/~1v1~1analyses/post/requestBody/content/{kind}/schema/properties/{field}":
+            f"issue 25: {field} validated (no path separator in external_id; pixel spacing 0.001-10 mm)"
+        for kind in ("multipart~1form-data", "application~1json") for field in ("external_id", "pixel_spacing_mm")
+    },
+    "/components/schemas/UploadSubmission/properties/pixel_spacing_mm": "issue 25: pixel spacing 0.001-10 mm",
+    **{
+        f"/components/schemas/{schema}/properties/events/description":
+            "issue 25: an endpoint without a filter lists every event type it receives, not []"
+        for schema in ("WebhookEndpointOut", "WebhookEndpointWithSecret", "AnalysisWebhook")
+    },
+    **{
+        f"/components/schemas/{schema}/properties/state":
+            "issue 25: batch states canceled and expired apart from completed (DESIGN.md)"
+        for schema in ("BatchSummary", "BatchOut", "BatchCanceled", "BatchCompletedData")
+    },
+    "/paths/~1v1~1batches~1{batch_id}~1cancel/post/description": "issue 25: a canceled batch ends `canceled`",
 }
 
 

@@ -9,6 +9,7 @@ import io
 import uuid
 from datetime import UTC, datetime
 
+import pytest
 from sqlalchemy.dialects import postgresql
 
 from api.services import triage
@@ -177,3 +178,17 @@ def test_the_risk_order_groups_by_disposition_first():
     assert rest.index("analyses.status = 'succeeded'") < rest.index("analyses.probability DESC")
     submitted = str(triage._triage_query(uuid.uuid4(), "submitted").compile(dialect=dialect))
     assert "disposition" not in submitted[submitted.index("ORDER BY"):]
+
+
+@pytest.mark.parametrize("external_id", ["../../etc/passwd", "..", ".hidden", "C:evil", "a b", "=cmd", "-x"])
+def test_the_isic_image_name_is_never_an_external_id_that_is_no_plain_file_name(external_id):
+    """Issue 25: stored ids from before the tighter pattern, or from another writer, too."""
+    analysis_id = uuid.uuid4()
+    assert triage.isic_image_name(external_id, analysis_id) == str(analysis_id)
+
+
+def test_the_isic_image_name_is_a_plain_external_id_as_it_is():
+    analysis_id = uuid.uuid4()
+    assert triage.isic_image_name("ISIC_0000001", analysis_id) == "ISIC_0000001"
+    assert triage.isic_image_name("visit-8812.2", analysis_id) == "visit-8812.2"
+    assert triage.isic_image_name(None, analysis_id) == str(analysis_id)

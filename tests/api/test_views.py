@@ -11,7 +11,7 @@ from shared import clinical, lifecycle
 from shared.config import Settings
 from shared.events import EVENT_TYPES
 from shared.schemas import AnalysisOut, AnalysisRecord, AnalysisSummary, AnalysisWebhook
-from shared.tables import Analysis
+from shared.tables import Analysis, WebhookEndpoint
 from tests.factories import UNTRAINED_MODEL, disposition_of, model, record_data, result
 
 NOW = datetime(2026, 11, 28, 3, 12, tzinfo=UTC)
@@ -193,3 +193,19 @@ def test_untrained_output_is_never_shown_routine_or_urgent_whatever_was_stored(m
                                               safety_netting="come back"))["result"]
         assert shown["disposition"] == "clinician_review", claimed
         assert shown["disposition_reasons"] == ["weights_not_trained"] and shown["safety_netting"] is None
+
+
+def test_an_endpoint_without_a_filter_lists_every_event_it_receives():
+    """Issue 25: an endpoint that receives every event showed `"events": []`."""
+    from api.routes.webhook_endpoints import view
+    from api.services.webhook_endpoints import ANALYSIS_EVENT_TYPES
+
+    def endpoint(**fields) -> WebhookEndpoint:
+        return WebhookEndpoint(id=uuid.uuid4(), url="https://hooks.example/x", description=None, enabled=True,
+                               created_at=NOW, **fields)
+
+    assert view(endpoint(events=[])).events == list(EVENT_TYPES)
+    assert view(endpoint(events=None)).events == list(EVENT_TYPES)
+    assert view(endpoint(events=["batch.completed"])).events == ["batch.completed"]
+    per_request = endpoint(events=[], analysis_id=uuid.uuid4())
+    assert view(per_request).events == list(ANALYSIS_EVENT_TYPES) and "batch.completed" not in view(per_request).events

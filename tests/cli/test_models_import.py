@@ -51,3 +51,19 @@ def test_the_command_names_the_registry_s_model_kinds():
     from shared.model_registry import MODEL_KINDS as REGISTRY_KINDS
 
     assert MODEL_KINDS == REGISTRY_KINDS
+
+
+def test_a_file_that_is_no_checkpoint_is_refused_in_one_line_that_says_so(tmp_path, model_dir):
+    """Issue 25: not torch's "Unsupported operand 110" or its paragraph about weights_only."""
+    text = tmp_path / "notes.pth"
+    text.write_text("hello, not a checkpoint\n")
+    result = import_checkpoint(text, "fusion")
+    assert result.exit_code == 1
+    assert "is not a PyTorch checkpoint (a file written by torch.save)" in result.output
+    assert "operand" not in result.output and "weights_only" not in result.output
+    assert len([line for line in result.output.splitlines() if line.strip()]) == 1
+
+    empty = tmp_path / "empty.pth"
+    empty.write_bytes(b"")
+    assert "is empty" in import_checkpoint(empty, "fusion").output
+    assert not (model_dir / "fusion.pth").exists()

@@ -12,7 +12,7 @@ from shared import lifecycle
 from shared.clock import utcnow
 from shared.db import session_scope
 from shared.storage import IMAGES, image_key
-from shared.tables import Analysis, AnalysisStatus, Event
+from shared.tables import Analysis, AnalysisStatus, Batch, Event
 from worker.maintenance import sweep
 from worker.pipeline.synthetic import encode_jpeg, make_lesion
 
@@ -128,13 +128,18 @@ def test_batch_cancel_cancels_unfinished_items_once(api, api_url, context, tenan
     first = api.post(f"/v1/batches/{batch['id']}/cancel")
     assert first.status_code == 200, first.text
     body = first.json()
-    assert body["canceled_now"] == 2 and body["state"] == "completed" and body["canceled_at"]
+    # Issue 25: a canceled batch says so; it is not "completed".
+    assert body["canceled_now"] == 2 and body["state"] == "canceled" and body["canceled_at"]
     assert body["counts"]["canceled"] == 2 and body["counts"]["succeeded"] == 1
     for analysis_id in waiting:
         assert (_get(context, analysis_id).cancel_reason, len(_events(context, analysis_id))) == ("batch_canceled", 1)
         assert _events(context, analysis_id)[0]["data"]["reason"] == "batch_canceled"
     assert _get(context, done).status == "succeeded"
     assert len(_events(context, batch["id"], "batch.completed")) == 1
+    assert _events(context, batch["id"], "batch.completed")[0]["data"]["state"] == "canceled"
+    assert api.get(f"/v1/batches/{batch['id']}").json()["state"] == "canceled"
+    listed = api.get("/v1/batches", params={"name": "to cancel"}).json()["data"]
+    assert [b["state"] for b in listed if b["id"] == batch["id"]] == ["canceled"]
 
     def batch_events() -> int:
         with context.session_factory() as session:
@@ -155,3 +160,21 @@ def test_batch_cancel_cancels_unfinished_items_once(api, api_url, context, tenan
         _, other_key = issue_key(session, f"other-{uuid.uuid4().hex[:8]}")
     with httpx.Client(base_url=api_url, headers={"Authorization": f"Bearer {other_key}"}) as other:
         assert other.post(f"/v1/batches/{batch['id']}/cancel").status_code == 404
+
+
+def test_a_batch_whose_deadline_canceled_its_items_ends_expired(api, context, tenant_key):
+    """Issue 25: a batch ended by its deadline said `completed`, like one whose items all ran."""
+    batch = api.post("/v1/batches", json={"name": "expiring", "cancel_after": "1h"}).json()
+    batch_uuid = uuid.UUID(batch["id"])
+    past = utcnow() - timedelta(seconds=1)
+    with session_scope(context.session_factory) as session:
+        session.get(Batch, batch_uuid).deadline_at = past  # an hour later, as far as the batch knows
+    late = _row(context, tenant_key[0], batch_id=batch_uuid, deadline=past)
+    _row(context, tenant_key[0], batch_id=batch_uuid, status="succeeded", completed_at=utcnow())
+    assert api.post(f"/v1/batches/{batch['id']}/seal").json()["state"] == "sealed"
+
+    sweep(context)
+    assert _get(context, late).cancel_reason == "expired"
+    body = api.get(f"/v1/batches/{batch['id']}").json()
+    assert body["state"] == "expired" and body["counts"]["canceled"] == 1 and body["canceled_at"] is None
+    assert _events(context, batch["id"], "batch.completed")[0]["data"]["state"] == "expired"

@@ -65,7 +65,8 @@ def test_isic_csv_has_the_isic_columns_and_one_row_per_item(api, tenant_key, con
 
     assert by_id[high]["image_name"] == "lesion-001", "external_id when the item has one"
     assert by_id[low]["image_name"] == low, "else the analysis id"
-    assert by_id[formula]["image_name"].startswith("'="), "formula-safe"
+    assert by_id[formula]["image_name"] == formula, "an external id that is no plain file name is not used"
+    assert by_id[formula]["external_id"].startswith("'="), "formula-safe"
     assert float(by_id[high]["target"]) == 0.91 and float(by_id[low]["target"]) == 0.12
     assert by_id[blurry]["target"] == "" and by_id[blurry]["status"] == "rejected"
     assert by_id[blurry]["rejection_code"] == "blurry"

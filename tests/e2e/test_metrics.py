@@ -175,3 +175,21 @@ def test_the_backlog_scrape_answers_when_redis_and_postgres_do_not(tmp_path):
     assert 'dermasentinel_backlog_source_up{source="redis"} 0.0' in text
     assert 'dermasentinel_backlog_source_up{source="database"} 0.0' in text
     assert "dermasentinel_queue_depth{" not in text
+
+
+def test_processes_that_log_json_write_only_json(stack):
+    """Issue 25: with LOG_FORMAT=json every line the API and each worker role write is one JSON
+    object: no Celery banner, no warnings as plain text, no ANSI codes (uvicorn's
+    `color_message`). Lines starting `=== ` are devstack's own start markers."""
+    logs = sorted(stack["logs"].glob("*.log"))
+    assert {path.name for path in logs} >= {"api.log", "worker-gpu.log", "worker-cpu.log", "worker-io.log"}
+    for path in logs:
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            if not line.strip() or line.startswith("=== "):
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                raise AssertionError(f"{path.name} line {number} is not JSON: {line[:200]!r}") from None
+            assert isinstance(record, dict), f"{path.name} line {number}"
+            assert "color_message" not in record and "\x1b[" not in line, f"{path.name} line {number}: {line[:200]}"

@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import func, select
 from standardwebhooks import Webhook, WebhookVerificationError
 
+from api.services.webhook_endpoints import ANALYSIS_EVENT_TYPES
 from devstack import Receiver
 from shared.db import session_scope
 from shared.tables import WebhookEndpoint
@@ -64,7 +65,8 @@ def test_each_webhook_gets_its_own_analysis_signed_and_filtered(api, worker, bea
     a, b = answer_a.json(), answer_b.json()
     assert a["webhook"]["url"] == hook_a.url and a["webhook"]["secret"].startswith("whsec_")
     assert a["webhook"]["events"] == ["analysis.failed", "analysis.rejected", "analysis.succeeded"]
-    assert b["webhook"]["events"] == [] and b["webhook"]["secret"] != a["webhook"]["secret"]
+    # Issue 25: no filter is every event of the analysis, listed.
+    assert b["webhook"]["events"] == list(ANALYSIS_EVENT_TYPES) and b["webhook"]["secret"] != a["webhook"]["secret"]
 
     # Every event of both analyses has reached the tenant-wide endpoint (report_ready is last).
     wait(lambda: {a["id"], b["id"]} <= {json.loads(r.body)["data"]["id"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import subprocess
@@ -47,6 +48,8 @@ def test_up_runs_the_demo_end_to_end_and_stops_cleanly(data_dir):
     stack_env = (data_dir / "stack.env").read_text()
     for name in ("DATABASE_URL", "BROKER_URL", "S3_ENDPOINT", "API_URL", "API_KEY"):
         assert f"DERMASENTINEL_{name}=" in stack_env
+    user_config = (run.config_home / "dermasentinel" / "config.env").read_text()  # issue 25: any folder
+    assert f"DERMASENTINEL_DATA_DIR={data_dir}" in user_config and "API_KEY" not in user_config
     assert "stopped." in out
 
 
@@ -111,6 +114,9 @@ def test_up_restarts_what_dies_serves_jobs_and_stops_everything_on_sigterm(runni
     assert tenants.returncode == 0, tenants.stderr
     assert "dsk_" in tenants.stdout
 
+    _second_up_is_refused(up)
+    _from_any_folder_as_the_readme_says(up, lesion)
+
     everything = psutil.Process(up.process.pid).children(recursive=True)
     assert any(p.ppid() != up.process.pid for p in everything), "expected grandchildren (pool, backends)"
     up.process.send_signal(signal.SIGTERM)
@@ -119,6 +125,54 @@ def test_up_restarts_what_dies_serves_jobs_and_stops_everything_on_sigterm(runni
     with pytest.raises(httpx.HTTPError):
         httpx.get(up.api_url + "/healthz", timeout=1)
     assert [(p.pid, " ".join(p.cmdline())[:80]) for p in everything if _alive(p)] == []
+
+
+def _second_up_is_refused(up: UpProcess) -> None:
+    """Issue 25: a second `up` on the same DATA_DIR says so in one line, no traceback, and
+    starts nothing."""
+    second = subprocess.run([sys.executable, "-m", "cli.main", "up", "--port", "0"], env=up.env, cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert second.returncode == 1, second.stdout + second.stderr
+    assert "Traceback" not in second.stdout + second.stderr
+    assert second.stderr.strip().splitlines() == [
+        f"Error: another `dermasentinel up` is already running on {up.data_dir} (its API: {up.api_url}); use that "
+        "one, stop it with Ctrl-C, or start another with DERMASENTINEL_DATA_DIR set to another folder"
+    ]
+
+
+def _from_any_folder_as_the_readme_says(up: UpProcess, lesion) -> None:
+    """Issue 25: from a folder of its own, with no DERMASENTINEL_* exported, client commands find
+    the stack through the user config `up` wrote; `tenants create`, then DERMASENTINEL_API_KEY,
+    makes `submit` run as that tenant; `status` lists each process' metrics URL."""
+    assert (up.config_home / "dermasentinel" / "config.env").is_file()
+    elsewhere = up.data_dir.parent / "elsewhere"
+    elsewhere.mkdir()
+    env = {k: v for k, v in up.env.items() if k != "DERMASENTINEL_DATA_DIR"}
+    env["PYTHONPATH"] = str(ROOT)
+
+    def command(*args: str, key: str | None = None) -> subprocess.CompletedProcess:
+        done = subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=elsewhere, capture_output=True, text=True,
+                              timeout=120, env={**env, **({"DERMASENTINEL_API_KEY": key} if key else {})})
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done
+
+    status = command("status", "--json")
+    report = json.loads(status.stdout)
+    assert report["api_url"] == up.api_url and report["status"] == "ready"
+    assert set(report["metrics"]) == {"api", "worker-gpu", "worker-cpu", "worker-io"}
+    for url in report["metrics"].values():
+        assert httpx.get(url, timeout=5).status_code == 200, url
+    assert "worker-gpu" in command("status").stdout
+
+    created = command("tenants", "create", "clinic-b").stdout
+    key = next(word for word in created.split() if word.startswith("dsk_"))
+    (elsewhere / "lesion.jpg").write_bytes(encode_jpeg(lesion.image))
+    submitted = json.loads(command("submit", "lesion.jpg", "--no-wait", key=key).stdout)
+    own = httpx.get(f"{up.api_url}/v1/analyses/{submitted['id']}", headers={"Authorization": f"Bearer {key}"})
+    assert own.status_code == 200, "submitted as the tenant whose key was exported"
+    development = httpx.get(f"{up.api_url}/v1/analyses/{submitted['id']}",
+                            headers={"Authorization": f"Bearer {up.api_key}"})
+    assert development.status_code == 404, "not as the development tenant"
 
 
 def _alive(process: psutil.Process) -> bool:

@@ -14,6 +14,9 @@ import pytest
 from PIL import Image
 
 from shared.clinical import disposition
+from shared.clock import utcnow
+from shared.db import session_scope
+from shared.tables import Batch
 from tests.e2e.browser import (
     DISCLAIMER,
     GREEN_OR_RED,
@@ -184,6 +187,30 @@ def test_batch_worklist_grouped_by_disposition_then_risk_and_keyboard_opens_case
     page.keyboard.press("Escape")
     page.wait_for_selector("#view-batch:not([hidden]) #worklist > li.case")
     assert page.url.endswith(f"#/batches/{trained_batch}")
+
+
+def test_a_canceled_batch_does_not_look_finished(browser_page, api_url, context, tenant_key):
+    """Issue 25: a canceled batch read "60 of 60 done · COMPLETED"; its canceled items never ran."""
+    page = browser_page
+    tenant_id, key = tenant_key
+    batch_id = seed_batch(context, tenant_id, "canceled backlog")
+    seed_analysis(context, tenant_id, result=result_for(0.3), batch_id=batch_id, external_id="ran")
+    for n in range(2):
+        seed_analysis(context, tenant_id, status="canceled", batch_id=batch_id, external_id=f"never-{n}", seed=n)
+    with session_scope(context.session_factory) as session:
+        batch = session.get(Batch, batch_id)
+        batch.sealed_at = batch.canceled_at = batch.completed_at = utcnow()
+
+    sign_in(page, api_url, key, f"/#/batches/{batch_id}")
+    page.wait_for_selector("#worklist > li.case")
+    wait_until(page, "document.getElementById('batch-progress-text').dataset.state === 'canceled'")
+    assert page.inner_text("#batch-progress-text") == "1 of 3 analysed, 2 canceled · canceled"
+    assert "2 unfinished items were canceled and not analysed" in page.inner_text("#batch-eta")
+    assert "All items finished" not in page.inner_text("#batch-eta")
+
+    page.goto(api_url + "/#/batches")
+    page.wait_for_selector(f"#batches a[data-id='{batch_id}'] .pill")
+    assert page.inner_text(f"#batches a[data-id='{batch_id}'] .pill").lower() == "canceled"
 
 
 def test_untrained_results_are_neutral_and_marked_in_every_list_and_card(browser_page, api_url, context, tenant_key):

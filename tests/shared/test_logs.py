@@ -32,6 +32,7 @@ def captured():
 
     yield configure
     stop_background_writer()
+    logging.captureWarnings(False)
     structlog.reset_defaults()
     for handler in list(logging.getLogger().handlers):
         if handler.get_name() == "dermasentinel":
@@ -168,3 +169,25 @@ def test_background_lines_are_written_by_another_thread_with_the_callers_context
     assert writers and threading.current_thread().name not in writers
     assert first["event"] == "slow client" and first["request_id"] == "req-background-1"
     assert second["request_id"] == "req-background-1" and "KeyError: 'boom'" in second["exception"]
+
+
+def test_uvicorn_s_coloured_copy_of_the_message_is_not_written(captured):
+    """Issue 25: uvicorn puts its message again, with ANSI colour codes, on its records
+    (`color_message`); a JSON line carries the message once, plain."""
+    stream = captured()
+    logging.getLogger("uvicorn.error").info(
+        "Started server process [%d]", 7, extra={"color_message": "Started server process [\x1b[36m%d\x1b[0m]"}
+    )
+    (line,) = lines(stream)
+    assert line["event"] == "Started server process [7]"
+    assert "color_message" not in line and "\x1b" not in stream.getvalue()
+
+
+def test_python_warnings_become_log_lines(captured):
+    """Issue 25: Celery's start-up deprecation notices were plain text among the JSON lines."""
+    stream = captured()
+    import warnings
+
+    warnings.showwarning("broker_connection_retry is deprecated", DeprecationWarning, "celery/app.py", 7)
+    (line,) = lines(stream)
+    assert line["logger"] == "py.warnings" and "broker_connection_retry is deprecated" in line["event"]

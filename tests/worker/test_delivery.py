@@ -18,6 +18,7 @@ from shared.webhook_signing import generate_secret, new_message_id
 from worker.delivery import (
     DEFAULT_RETRY_SCHEDULE,
     RESPONSE_EXCERPT_BYTES,
+    AttemptResult,
     DeliveryClient,
     deliver,
     next_attempt_delay,
@@ -348,6 +349,22 @@ def test_closed_and_silent_internal_ports_look_the_same_in_the_log(client):
     logged = [(r.status_code, r.error, r.error_class, r.latency_ms, r.response_excerpt)
               for r in (closed.as_logged(), quiet.as_logged())]
     assert logged == [(None, "no_response", "no_response", None, None)] * 2
+
+
+def test_the_worker_log_says_what_the_delivery_record_says(client):
+    """Issue 25: the record said `no_response` where the worker's log said `connect_error`."""
+    from worker.webhooks import attempt_line
+
+    closed = deliver(f"http://127.0.0.1:{_closed_port()}/", generate_secret(), new_message_id(), BODY,
+                     allow_cidrs=LOOPBACK, client=client)
+    line = attempt_line(1, "retry", closed, closed.as_logged())
+    assert line.startswith("webhook attempt 1: retry (status None, no_response, cause connect_error")
+    assert line.split(", ")[1] == closed.as_logged().error_class == "no_response"
+    public = AttemptResult(ok=False, status_code=503, latency_ms=12.0, error="HTTP 503", response_excerpt="",
+                           disable_endpoint=False, error_class="http_5xx")
+    assert attempt_line(2, "retry", public, public.as_logged()) == (
+        "webhook attempt 2: retry (status 503, http_5xx, 12 ms)"
+    )
 
 
 def test_public_targets_keep_their_detail_in_the_log():

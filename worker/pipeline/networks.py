@@ -72,6 +72,31 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+# How a file written by torch.save begins: a zip archive (PyTorch 1.6 on), or a pickle (older).
+_TORCH_SAVE_MAGIC = (b"PK\x03\x04", b"\x80")
+
+
+def unreadable_checkpoint(path: Path, exc: BaseException) -> str:
+    """One line on why ``path`` is not a checkpoint torch can load safely, instead of torch's
+    own text (issue 25: "Unsupported operand 110", a paragraph about ``weights_only``)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+    except OSError as error:
+        return f"cannot read {path}: {error.strerror or error}"
+    if not head:
+        return f"{path} is empty, not a PyTorch checkpoint"
+    if not head.startswith(_TORCH_SAVE_MAGIC):
+        return (f"{path} is not a PyTorch checkpoint (a file written by torch.save); it begins with {head[:8]!r}. "
+                "Give the .pth file that training wrote (e.g. runs/fusion/best_fusion.pth)")
+    text = str(exc)
+    if "weights_only" in text or "Weights only load failed" in text:
+        return (f"{path} holds Python objects other than tensors and would need unsafe unpickling to load; "
+                "save the weights alone: torch.save({'model_state_dict': model.state_dict()}, path)")
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__).split(". ")[0]
+    return f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__}: {first[:200]}); is the file complete?"
+
+
 def load_checkpoint(module: nn.Module, path: Path) -> CheckpointInfo:
     """Load ``path`` into ``module`` exactly, or raise naming every key that does not fit.
 
@@ -84,7 +109,7 @@ def load_checkpoint(module: nn.Module, path: Path) -> CheckpointInfo:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many unrelated types for unreadable files
-        raise ModelConfigError(f"cannot read checkpoint {path}: {exc}") from exc
+        raise ModelConfigError(unreadable_checkpoint(path, exc)) from exc
     state_dict = _unwrap(payload, path)
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state_dict))

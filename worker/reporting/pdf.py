@@ -1,13 +1,15 @@
 """The PDF report for one analysis, rendered with reportlab.
 
 Pure function of its inputs: the same analysis and image bytes give the same PDF bytes
-(reportlab's invariant mode fixes the creation date and document id).
+(reportlab's invariant mode fixes the document id; the creation date is the analysis' own,
+when it finished, not reportlab's invariant 2000-01-01: issue 25).
 """
 
 from __future__ import annotations
 
 import io
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import cast
 from xml.sax.saxutils import escape
 
@@ -142,11 +144,20 @@ def render_report(record: AnalysisRecord, image: bytes | None, overlay_png: byte
     return buffer.getvalue()
 
 
+def pdf_date(record: AnalysisRecord) -> str:
+    """The PDF's CreationDate and ModDate (``D:YYYYMMDDHHmmSS+00'00'``): when the analysis
+    finished (else when it was created), so the same analysis always gives the same bytes."""
+    moment = datetime.fromisoformat((record.completed_at or record.created_at).replace("Z", "+00:00"))
+    return moment.astimezone(UTC).strftime("D:%Y%m%d%H%M%S+00'00'")
+
+
 def _page_decorator(record: AnalysisRecord) -> Callable[[Canvas, SimpleDocTemplate], None]:
     watermark = wording.watermark(record)
     analysis_id = str(record.id)
+    created = pdf_date(record)
 
     def decorate(canvas: Canvas, doc: SimpleDocTemplate) -> None:
+        canvas.setDateFormatter(lambda *_: created)  # the document info's dates (issue 25)
         canvas.saveState()
         canvas.setStrokeColor(RULE)
         canvas.line(MARGIN, MARGIN + 9 * mm, PAGE_WIDTH - MARGIN, MARGIN + 9 * mm)

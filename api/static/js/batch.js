@@ -38,6 +38,9 @@ export function closeBatch() {
   clearWorklist();
 }
 
+// How a sealed batch ends (the API's `state`): polling stops at any of them.
+const FINAL_STATES = new Set(["completed", "canceled", "expired"]);
+
 async function refreshBatch(id, focus = false) {
   let body;
   try {
@@ -53,7 +56,7 @@ async function refreshBatch(id, focus = false) {
   state.batch.summary = body.summary;
   renderBatch();
   if (focus) $("worklist").focus({ preventScroll: true });
-  if (body.batch.state !== "completed") {
+  if (!FINAL_STATES.has(body.batch.state)) {
     batchTimer = setTimeout(() => refreshBatch(id), BATCH_POLL_MS);
   }
 }
@@ -89,12 +92,22 @@ function renderBatch() {
   const percent = Math.round(header.percent_done || 0);
   $("batch-progress-fill").style.width = `${percent}%`;
   $("batch-progressbar").setAttribute("aria-valuenow", String(percent));
-  $("batch-progress-text").textContent = `${header.done} of ${header.total} done (${percent}%) · ${header.state}`;
+  // Issue 25: a canceled or expired batch is not "done": its canceled items never ran.
+  const canceled = (header.counts || {}).canceled || 0;
+  const ran = header.done - canceled;
+  $("batch-progress-text").textContent = header.state === "canceled" || header.state === "expired"
+    ? `${ran} of ${header.total} analysed, ${canceled} canceled · ${header.state}`
+    : `${header.done} of ${header.total} done (${percent}%) · ${header.state}`;
+  $("batch-progress-text").dataset.state = header.state;
   const eta = duration(header.eta_seconds);
   const rate = header.throughput_per_minute ? ` · ${num(header.throughput_per_minute, 1)} per minute` : "";
-  $("batch-eta").textContent = header.state === "completed" || header.eta_seconds === 0
-    ? `All items finished${header.completed_at ? ` ${when(header.completed_at)}` : ""}.`
-    : eta ? `About ${eta} left (ETA ${when(header.eta_at)})${rate}.` : "ETA not known yet: nothing has finished in the last minutes.";
+  $("batch-eta").textContent = header.state === "canceled"
+    ? `Canceled${header.canceled_at ? ` ${when(header.canceled_at)}` : ""}: ${canceled} unfinished items were canceled and not analysed.`
+    : header.state === "expired"
+      ? `Expired: its deadline${header.deadline_at ? ` (${when(header.deadline_at)})` : ""} canceled ${canceled} unfinished items; they were not analysed.`
+      : header.state === "completed" || header.eta_seconds === 0
+        ? `All items finished${header.completed_at ? ` ${when(header.completed_at)}` : ""}.`
+        : eta ? `About ${eta} left (ETA ${when(header.eta_at)})${rate}.` : "ETA not known yet: nothing has finished in the last minutes.";
   const neutral = batchNeutral();
   const counts = $("batch-counts");
   counts.replaceChildren();

@@ -91,6 +91,19 @@ def test_identical_input_gives_identical_bytes(lesion_images):
     assert render_report(high_risk_trained(), image, overlay) == render_report(high_risk_trained(), image, overlay)
 
 
+def test_the_creation_date_is_when_the_analysis_finished():
+    """Issue 25: reportlab's invariant mode dated every report 2000-01-01."""
+    analysis = high_risk_trained()
+    info = PdfReader(io.BytesIO(render_report(analysis, None, None))).metadata
+    finished = analysis.completed_at
+    assert finished is not None
+    assert info.creation_date.isoformat().startswith(finished[:19])  # 2025-03-14T09:26:55
+    assert info.modification_date == info.creation_date
+    unfinished = analysis.model_copy(update={"completed_at": None})
+    assert PdfReader(io.BytesIO(render_report(unfinished, None, None))).metadata.creation_date.isoformat().startswith(
+        analysis.created_at[:19])
+
+
 def test_report_without_images_still_renders():
     text = flat(" ".join(pdf_pages(render_report(high_risk_trained(), None, None))))
     assert "(not available)" in text
