@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import signal
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +26,7 @@ from requests.auth import HTTPBasicAuth
 from sqlalchemy import select
 
 from devstack import free_port
+from devstack._process import ServiceProcess
 from shared.db import session_scope
 from shared.dicom.common import uid_for
 from shared.tables import WebhookEndpoint
@@ -69,19 +68,13 @@ class Orthanc:
         self.log_path = folder / f"orthanc-{self.port}.log"
         self.credentials = next(iter(users.items())) if users else None
         self.auth = HTTPBasicAuth(*self.credentials) if self.credentials else None
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen([str(ORTHANC), str(storage / "orthanc.json")], stdout=log,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
-        wait_for(self._answers, timeout=60, message=f"Orthanc (log: {self.log_path})")
+        # devstack's process: its own group, dies with the test run (PDEATHSIG), SIGTERM then SIGKILL.
+        self.process = ServiceProcess("orthanc", [str(ORTHANC), str(storage / "orthanc.json")], self.log_path, None,
+                                      stop_signal=signal.SIGTERM)
+        self.process.wait_until(self._answers, timeout=60, what="Orthanc's REST API")
 
     def _answers(self) -> bool:
-        if self.process.poll() is not None:
-            raise AssertionError(f"Orthanc exited: {self.log_path.read_text(errors='replace')[-2000:]}")
-        try:
-            answer = httpx.get(f"{self.url}/system", timeout=1, auth=self.credentials)
-        except httpx.HTTPError:
-            return False
-        return answer.status_code == 200
+        return httpx.get(f"{self.url}/system", timeout=1, auth=self.credentials).status_code == 200
 
     def client(self) -> DICOMwebClient:
         session = create_session_from_auth(self.auth) if self.auth else None
@@ -92,14 +85,8 @@ class Orthanc:
                                                   fields=[MODALITY, SOP_CLASS, SERIES])
 
     def stop(self) -> None:
-        """SIGTERM, then SIGKILL after a short grace."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(5)
+        """SIGTERM, then SIGKILL of its group after a short grace."""
+        self.process.stop(grace=5.0)
 
 
 @pytest.fixture
