@@ -153,6 +153,8 @@ def _install_optional_routers(app: FastAPI) -> None:
     app.include_router(fhir.router)
     from api.routes import fhir_destination
     app.include_router(fhir_destination.router)
+    from api.routes import dicomweb_destination
+    app.include_router(dicomweb_destination.router)
     from api.routes import dicom
     app.include_router(dicom.router)
     from api.routes import monitoring as monitoring_routes

@@ -43,7 +43,7 @@ atexit.register(shutil.rmtree, os.environ["XDG_CONFIG_HOME"], True)
 TEST_SIZES = {"seg_size": 128, "cls_size": 128, "tta_views": 5, "min_image_side": 32}
 SERVICES_MARK = "services"
 # Programs that are services: a fast-tier test starting one of these is marked wrongly.
-SERVICE_PROGRAMS = {"uvicorn", "celery", "redis-server", "postgres", "initdb", "pg_ctl", "weed", "chromium",
+SERVICE_PROGRAMS = {"uvicorn", "celery", "redis-server", "postgres", "initdb", "pg_ctl", "weed", "chromium", "Orthanc",
                     "chromium-browser", "chrome", "headless_shell"}
 SERVICE_SUBCOMMANDS = {"up", "api", "worker", "beat"}  # of `python -m cli.main`
 

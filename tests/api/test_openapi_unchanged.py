@@ -78,7 +78,8 @@ ALLOWED: dict[str, str] = {
     "/components/schemas/AnalysisInputsOut/properties/encounter_reference": "issue 23: the encounter, shown in inputs",
     "/components/schemas/UploadSubmission/properties/patient_reference": "issue 23: patient_reference on uploads",
     "/components/schemas/UploadSubmission/properties/encounter_reference": "issue 23: encounter_reference on uploads",
-    "/components/schemas/UploadSubmission/properties/external_id": "issue 23: external_id is the report's identifier; issue 25: no path separator",
+    "/components/schemas/UploadSubmission/properties/external_id": "issue 23: external_id is the report's "
+    "identifier; issue 25: no path separator",
     **{
         f"/paths/~1v1~1analyses/post/requestBody/content/{body}/schema/properties/{name}": f"issue 23: {why}"
         for body in ("multipart~1form-data", "application~1json")
@@ -123,6 +124,15 @@ ALLOWED: dict[str, str] = {
     "/paths/~1v1~1analyses~1{analysis_id}~1dicom~1seg": "issue 23: the lesion mask as a DICOM Segmentation",
     "/paths/~1v1~1analyses~1{analysis_id}~1dicom~1sr": "issue 23: the findings as a TID 1500 DICOM SR",
     "/paths/~1v1~1analyses~1{analysis_id}~1dicom~1pdf": "issue 23: the report as DICOM Encapsulated PDF",
+    "/paths/~1v1~1dicomweb-destination": "issue 23: the tenant's PACS destination, DICOMweb STOW-RS (PUT, GET, DELETE)",
+    "/paths/~1v1~1dicomweb-destination~1deliveries": "issue 23: its delivery log, as for webhooks",
+    "/paths/~1v1~1dicomweb-destination~1deliveries~1{delivery_id}~1resend": "issue 23: a STOW-RS store resent",
+    "/components/schemas/DicomwebDestinationIn": "issue 23: PUT /v1/dicomweb-destination",
+    "/components/schemas/DicomwebDestinationOut": "issue 23: GET /v1/dicomweb-destination (never a password or token)",
+    "/components/schemas/DicomwebAuthNone": "issue 23: the PACS destination's authentication: none",
+    "/components/schemas/DicomwebAuthBasic": "issue 23: … HTTP Basic",
+    "/components/schemas/DicomwebAuthBearer": "issue 23: … a bearer token",
+    "/components/schemas/DicomwebAuthOut": "issue 23: the kind of authentication shown back (and the Basic account)",
     "/paths/~1v1~1models": "issue 24: GET /v1/models, the registered versions (models:read)",
     "/paths/~1v1~1models~1{model_id}~1card": "issue 24: GET /v1/models/{id}/card, the model card (models:read)",
     **{f"/components/schemas/{name}": "issue 24: the model card and the list of versions" for name in ISSUE_24_SCHEMAS},

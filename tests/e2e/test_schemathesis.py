@@ -35,6 +35,7 @@ BUSINESS_RULES = {
     ("POST", "/v1/webhook-endpoints"): ["422"],  # the URL must resolve to a public address
     ("POST", "/fhir/Subscription"): ["422"],  # a valid R4B Subscription to one of our topics (issue 23)
     ("PUT", "/v1/fhir-destination"): ["422"],  # public addresses, a private key that signs (issue 23)
+    ("PUT", "/v1/dicomweb-destination"): ["422"],  # a public address, no query string (issue 23)
 }
 
 
