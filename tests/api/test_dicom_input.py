@@ -95,7 +95,8 @@ def test_a_dicom_upload_full_of_identifiers_is_analysed_and_none_of_them_is_stor
     response = post_dicom(api, raw, external_id="dicom-1")
     assert response.status_code == 202, response.text
     created = response.json()
-    assert created["inputs"] == {"age": 61, "sex": "female", "site": "torso", "pixel_spacing_mm": None}
+    assert created["inputs"] == {"age": 61, "sex": "female", "site": "torso", "pixel_spacing_mm": None,
+                                 "patient_reference": None, "encounter_reference": None}
     source = pydicom.dcmread(io.BytesIO(raw))
     assert created["dicom_source"] == {
         "study_instance_uid": source.StudyInstanceUID,
@@ -127,7 +128,8 @@ def test_the_form_wins_and_the_header_fills_only_what_it_leaves_out(api, context
     leg = post_dicom(api, dicom_file(LESION, PatientAge="018M", BodyPartExamined="LEG")).json()
     assert (leg["inputs"]["age"], leg["inputs"]["sex"], leg["inputs"]["site"]) == (1, "unknown", "lower extremity")
     skin = post_dicom(api, dicom_file(LESION, BodyPartExamined="SKIN", phi=False)).json()
-    assert skin["inputs"] == {"age": None, "sex": "unknown", "site": "unknown", "pixel_spacing_mm": None}
+    assert skin["inputs"] == {"age": None, "sex": "unknown", "site": "unknown", "pixel_spacing_mm": None,
+                                 "patient_reference": None, "encounter_reference": None}
     # Content decides: a DICOM file sent as image/jpeg is DICOM; one without the Part 10
     # preamble is read when declared application/dicom.
     as_jpeg = post_dicom(api, dicom_file(LESION, **header()), content_type="image/jpeg").json()
@@ -193,7 +195,8 @@ def test_a_direct_upload_of_dicom_is_checked_by_ingest_and_analysed(api, worker,
     final = wait_final(created["id"])
     assert final["status"] == "succeeded", final.get("rejection") or final.get("error")
     # The header filled what the submission left out; the submission's sex stays.
-    assert final["inputs"] == {"age": 61, "sex": "male", "site": "torso", "pixel_spacing_mm": 0.02}
+    assert final["inputs"] == {"age": 61, "sex": "male", "site": "torso", "pixel_spacing_mm": 0.02,
+                               "patient_reference": None, "encounter_reference": None}
     assert final["result"]["concepts"]["diameter_mm"] is not None
     source = pydicom.dcmread(io.BytesIO(raw))
     assert final["dicom_source"]["sop_instance_uid"] == source.SOPInstanceUID
