@@ -72,6 +72,7 @@ def arguments(command: tuple[str, ...], files: dict[str, Path]) -> list[str]:
                         "--out", str(files["out_dir"] / "eval"), "--fusion-model", "active"],
         ("audit", "verify"): [],
         ("audit", "export"): ["--tenant", "clinic"],
+        ("monitor", "clear"): ["--tenant", "clinic"],
     }
     return table[command]
 
