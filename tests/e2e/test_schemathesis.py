@@ -30,7 +30,8 @@ BUSINESS_RULES = {
     ("GET", "/v1/analyses"): ["400"],  # a cursor the API did not issue
     ("GET", "/v1/batches"): ["400"],  # a cursor the API did not issue
     ("GET", "/v1/audit-events"): ["400"],  # a cursor the API did not issue (issue 22)
-    ("POST", "/v1/analyses"): ["400", "422"],  # image and upload_id both, or neither; deadline bounds
+    ("POST", "/v1/analyses"): ["400", "415", "422"],  # image and upload_id both, or neither; deadline bounds;
+    # the image judged by its content (JPEG, PNG, DICOM), which no schema of a binary part can state
     ("POST", "/v1/batches"): ["422"],  # cancel_after beyond MAX_CANCEL_AFTER_SECONDS
     ("POST", "/v1/webhook-endpoints"): ["422"],  # the URL must resolve to a public address
     ("POST", "/fhir/Subscription"): ["422"],  # a valid R4B Subscription to one of our topics (issue 23)

@@ -144,5 +144,5 @@ def test_registry_refuses_a_checkpoint_for_another_architecture(tmp_path):
 
 def test_unreadable_checkpoint_is_a_config_error(tmp_path):
     (tmp_path / "fusion.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(ModelConfigError, match="cannot read checkpoint"):
+    with pytest.raises(ModelConfigError, match="is not a PyTorch checkpoint"):
         ModelSet.load(tmp_path, device="cpu")
