@@ -9,13 +9,12 @@ import json
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import delete as delete_rows
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.auth import TenantRef
 from api.problems import NotFound, Unprocessable
-from api.services.webhook_endpoints import checked_url, deliveries_of, resend_of
+from api.services.webhook_endpoints import checked_url, deliveries_of, remove, resend_of
 from shared.context import AppContext
 from shared.schemas.fhir_destination import FhirDestinationIn
 from shared.security import secret_box
@@ -125,13 +124,4 @@ def resend(context: AppContext, session: Session, tenant: TenantRef, delivery_id
 
 
 def delete(session: Session, tenant: TenantRef) -> uuid.UUID:
-    endpoint = get(session, tenant)
-    # The delivery log first, then the endpoint: the order an io worker locks them in (as for
-    # a webhook endpoint, api.services.webhook_endpoints.delete).
-    session.execute(
-        delete_rows(WebhookDelivery)
-        .where(WebhookDelivery.endpoint_id == endpoint.id)
-        .execution_options(synchronize_session=False)
-    )
-    session.delete(endpoint)
-    return endpoint.id
+    return remove(session, get(session, tenant))

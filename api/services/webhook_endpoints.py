@@ -215,16 +215,21 @@ def update(session: Session, tenant: TenantRef, endpoint_id: uuid.UUID, body: We
 
 
 def delete(session: Session, tenant: TenantRef, endpoint_id: uuid.UUID) -> None:
-    endpoint = get(session, tenant, endpoint_id)
-    # The delivery log first, then the endpoint: the order an io worker locks them in when
-    # it records an attempt (the delivery, then the endpoint's failing_since). Left to the
-    # cascade (the endpoint row, then its deliveries) it deadlocks with a send being recorded.
+    remove(session, get(session, tenant, endpoint_id))
+
+
+def remove(session: Session, endpoint: WebhookEndpoint) -> uuid.UUID:
+    """Delete an endpoint of any kind (webhook, FHIR Subscription or destination) with its
+    delivery log: the log first, then the endpoint, the order an io worker locks them in when
+    it records an attempt (the delivery, then the endpoint's failing_since). Left to the
+    cascade (the endpoint row, then its deliveries) it deadlocks with a send being recorded."""
     session.execute(
         delete_rows(WebhookDelivery)
         .where(WebhookDelivery.endpoint_id == endpoint.id)
         .execution_options(synchronize_session=False)
     )
     session.delete(endpoint)
+    return endpoint.id
 
 
 def send_test(context: AppContext, session: Session, tenant: TenantRef, endpoint_id: uuid.UUID) -> str | None:
