@@ -68,6 +68,24 @@ def _claim_now(context, analysis_id) -> lifecycle.Claim:
     return claim
 
 
+@pytest.fixture(scope="module")
+def quiet(settings):
+    """A database of its own (built by the migrations), its wake-ups on a Redis database no
+    worker reads, and a tenant in it: the session's live workers claim queued rows of the
+    shared database (a job these tests give back can be taken between two of their calls)."""
+    from shared.migrate import scratch_database
+    from shared.tenants import issue_key
+
+    base = settings.broker_url.rsplit("/", 1)[0]
+    with scratch_database(settings.database_url, "dsfaults") as url:
+        ctx = AppContext(settings.model_copy(update={"broker_url": f"{base}/14", "database_url": url}))
+        with session_scope(ctx.session_factory) as session:
+            tenant, _ = issue_key(session, f"faults-{uuid.uuid4().hex[:8]}")
+            tenant_id = tenant.id
+        yield ctx, tenant_id
+        ctx.close()
+
+
 def _error_from(call) -> Exception:
     try:
         call()
@@ -80,8 +98,9 @@ def _closed_port() -> int:
     return free_port()
 
 
-def test_an_object_store_outage_spends_no_attempts_and_backs_off(context, tenant_key):
-    analysis_id = _queued_row(context, tenant_key[0])
+def test_an_object_store_outage_spends_no_attempts_and_backs_off(quiet):
+    context, tenant_id = quiet
+    analysis_id = _queued_row(context, tenant_id)
     outage = AppContext(context.settings.model_copy(update={"s3_endpoint": f"127.0.0.1:{_closed_port()}"}))
     settings = context.settings
     delays = []
@@ -105,8 +124,9 @@ def test_an_object_store_outage_spends_no_attempts_and_backs_off(context, tenant
         assert lifecycle.claim_batch(session, analysis_id, 1) == []
 
 
-def test_an_error_the_job_causes_still_counts(context, tenant_key):
-    analysis_id = _queued_row(context, tenant_key[0])
+def test_an_error_the_job_causes_still_counts(quiet):
+    context, tenant_id = quiet
+    analysis_id = _queued_row(context, tenant_id)
     settings = context.settings
     outcomes = []
     # One infrastructure error among them changes nothing about the count.
@@ -123,8 +143,9 @@ def test_an_error_the_job_causes_still_counts(context, tenant_key):
     assert (row.attempt, row.transient_retries) == (settings.max_attempts + 1, 1)
 
 
-def test_jobs_given_back_before_they_ran_spend_no_attempt(context, tenant_key):
-    analysis_id = _queued_row(context, tenant_key[0])
+def test_jobs_given_back_before_they_ran_spend_no_attempt(quiet):
+    context, tenant_id = quiet
+    analysis_id = _queued_row(context, tenant_id)
     for _ in range(context.settings.max_attempts + 1):
         claim = _claim_now(context, analysis_id)
         try:
