@@ -14,7 +14,14 @@ from sqlalchemy.orm import Session
 
 from api.auth import TenantRef
 from api.problems import NotFound, Unprocessable
-from api.services.webhook_endpoints import checked_url, deliveries_of, remove, resend_of
+from api.services.webhook_endpoints import (
+    checked_url,
+    deliveries_of,
+    one_of_kind,
+    remove,
+    resend_of,
+    set_enabled,
+)
 from shared.context import AppContext
 from shared.schemas.fhir_destination import FhirDestinationIn
 from shared.security import secret_box
@@ -84,18 +91,13 @@ def put(
     endpoint.config = config
     if checked.key is not None:
         endpoint.secret_encrypted = box.seal(json.dumps(checked.key.private_jwk, separators=(",", ":")))
-    if body.enabled and not endpoint.enabled:
-        endpoint.failing_since = None
-    endpoint.enabled = body.enabled
-    endpoint.disabled_reason = None if body.enabled else "disabled by the tenant"
+    set_enabled(endpoint, body.enabled)
     session.flush()
     return endpoint, created
 
 
 def find(session: Session, tenant: TenantRef) -> WebhookEndpoint | None:
-    return session.execute(
-        select(WebhookEndpoint).where(WebhookEndpoint.tenant_id == tenant.id, WebhookEndpoint.kind == KIND)
-    ).scalar_one_or_none()
+    return one_of_kind(session, tenant, KIND)
 
 
 def get(session: Session, tenant: TenantRef) -> WebhookEndpoint:

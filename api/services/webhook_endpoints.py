@@ -218,6 +218,21 @@ def delete(session: Session, tenant: TenantRef, endpoint_id: uuid.UUID) -> None:
     remove(session, get(session, tenant, endpoint_id))
 
 
+def one_of_kind(session: Session, tenant: TenantRef, kind: str) -> WebhookEndpoint | None:
+    """The tenant's one destination of ``kind`` (the FHIR and DICOMweb destinations), if any."""
+    return session.execute(
+        select(WebhookEndpoint).where(WebhookEndpoint.tenant_id == tenant.id, WebhookEndpoint.kind == kind)
+    ).scalar_one_or_none()
+
+
+def set_enabled(endpoint: WebhookEndpoint, enabled: bool) -> None:
+    """Enable (a fresh start: no longer failing) or disable an endpoint by the tenant's choice."""
+    if enabled and not endpoint.enabled:
+        endpoint.failing_since = None
+    endpoint.enabled = enabled
+    endpoint.disabled_reason = None if enabled else "disabled by the tenant"
+
+
 def remove(session: Session, endpoint: WebhookEndpoint) -> uuid.UUID:
     """Delete an endpoint of any kind (webhook, FHIR Subscription or destination) with its
     delivery log: the log first, then the endpoint, the order an io worker locks them in when
