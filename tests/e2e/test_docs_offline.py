@@ -13,6 +13,7 @@ import pytest
 
 from tests.e2e.browser import CHROMIUM, CHROMIUM_ARGS, screenshot
 
+
 @pytest.fixture
 def offline_page(api_url):
     if not CHROMIUM.exists():
@@ -38,8 +39,7 @@ def offline_page(api_url):
         page.on("pageerror", lambda error: page_errors.append(str(error)))
         page.on(
             "console",
-            lambda message: message.type == "error"
-            and page_errors.append(message.text),
+            lambda message: message.type == "error" and page_errors.append(message.text),
         )
         page.set_default_timeout(30_000)
         yield page
