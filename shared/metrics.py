@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -80,6 +81,33 @@ TASKS = Counter(
 TASK_SECONDS = Histogram(
     "dermasentinel_task_seconds", "Celery task run time, by task name", ["task"], buckets=_STAGE_BUCKETS,
 )
+
+# Operations (issue 25, docs/OBSERVABILITY.md): what a user waits, by lane (interactive, bulk)
+# and the model version that answered ("none" when no model ran). Observed by the GPU worker
+# as it records each outcome: submitted → claimed (queue wait) and submitted → recorded.
+_WAIT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 1800.0, 3600.0,
+                 4 * 3600.0, 12 * 3600.0)
+QUEUE_WAIT_SECONDS = Histogram(
+    "dermasentinel_queue_wait_seconds", "Submitted (or given back) to claimed by a GPU worker, per attempt",
+    ["lane", "model_version"], buckets=_WAIT_BUCKETS,
+)
+TIME_TO_RESULT_SECONDS = Histogram(
+    "dermasentinel_time_to_result_seconds", "Submitted to final outcome recorded (end to end), by final status",
+    ["lane", "model_version", "status"], buckets=_WAIT_BUCKETS,
+)
+
+
+def observe_result_times(lane: str | None, model_version: str | None, status: str,
+                         submitted: datetime | None, claimed: datetime | None, recorded: datetime) -> None:
+    """Queue wait and time to result of one recorded outcome (labels bounded: two lanes, the
+    registry's versions, five statuses)."""
+    lane, version = lane or "unknown", model_version or "none"
+    if submitted is None:
+        return
+    if claimed is not None:
+        QUEUE_WAIT_SECONDS.labels(lane, version).observe(max(0.0, (claimed - submitted).total_seconds()))
+    TIME_TO_RESULT_SECONDS.labels(lane, version, status).observe(max(0.0, (recorded - submitted).total_seconds()))
+
 
 # Monitoring (issue 24, docs/MONITORING.md): set by the drift check (`dermasentinel.maintenance.
 # drift_check`, a cpu worker) per (tenant name, model version) with a final result lately, at

@@ -264,6 +264,11 @@ def create_celery(settings: Settings | None = None, *, preload_models: bool = Fa
     }
     register_tasks(app)
     _connect_observability(settings)
+    # Issue 25: traces from the OTEL_* variables (off unless an exporter is named); pool
+    # processes inherit the provider (shared/tracing.py).
+    from shared.tracing import configure_tracing
+
+    configure_tracing("dermasentinel-worker")
 
     @worker_process_init.connect(weak=False)
     def _init_process(sender: object = None, **_: object) -> None:
