@@ -176,9 +176,9 @@ def span(
     start: datetime | None = None,
 ) -> Iterator[Span]:
     """A span made current for the block. ``parent``: a stored ``traceparent`` or a context
-    (None: the current span); ``start``: when it began, if before now. Off and without a parent, the block runs under no span at all;
-    off with a parent, under that parent's (non-recording) span, so what the block stores
-    or sends still names the parent's trace."""
+    (None: the current span); ``start``: when it began, if before now. Off and without a
+    parent, the block runs under no span at all; off with a parent, under that parent's
+    (non-recording) span, so what the block stores or sends still names the parent's trace."""
     context = context_of(parent) if isinstance(parent, str) else parent
     if not enabled():
         if context is None:

@@ -26,8 +26,8 @@ from functools import lru_cache, partial
 
 import httpx
 import redis
-from opentelemetry.trace import SpanKind, StatusCode
 from kombu.exceptions import OperationalError
+from opentelemetry.trace import SpanKind, StatusCode
 from redis.exceptions import LockError
 from redis.lock import Lock
 from sqlalchemy import or_, select, update
