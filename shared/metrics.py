@@ -337,7 +337,9 @@ class NvmlCollector:
     def create(cls, nvml: Any = None) -> NvmlCollector | None:
         try:
             if nvml is None:
-                import pynvml as nvml  # the nvidia-ml-py distribution
+                import pynvml  # the nvidia-ml-py distribution
+
+                nvml = pynvml
             nvml.nvmlInit()
             count = int(nvml.nvmlDeviceGetCount())
         except Exception as exc:  # no library, no driver, no device: simply nothing to report
