@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
@@ -178,3 +179,27 @@ def test_off_the_receiver_still_gets_the_callers_trace():
     assert traced.headers["traceparent"] == TRACEPARENT
     assert "traceparent" not in untraced.headers  # no trace, no header (and never baggage)
     assert "baggage" not in traced.headers
+
+
+def test_the_standard_variables_configure_a_process():
+    """OTEL_TRACES_EXPORTER=console and OTEL_SERVICE_NAME, as an operator sets them, in a fresh
+    process (OpenTelemetry lets a process install its provider once)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "from opentelemetry import trace\nfrom shared import tracing\n"
+        "assert tracing.configure_tracing('dermasentinel-api')\n"
+        f"with tracing.span('POST', parent={TRACEPARENT!r}):\n    pass\n"
+        "trace.get_tracer_provider().shutdown()\n"
+    )
+    env = {**os.environ, "OTEL_TRACES_EXPORTER": "console", "OTEL_SERVICE_NAME": "ds-operator-name"}
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60, cwd=root)
+    assert result.returncode == 0, result.stderr[-2000:]
+    exported = json.loads(result.stdout)
+    assert exported["name"] == "POST" and exported["context"]["trace_id"] == f"0x{TRACE_ID}"
+    assert exported["parent_id"] == f"0x{CALLER_SPAN}"
+    assert exported["resource"]["attributes"]["service.name"] == "ds-operator-name"
