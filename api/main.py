@@ -29,6 +29,7 @@ from api.routes import analyses, health
 from shared.config import Settings, get_settings
 from shared.context import AppContext
 from shared.logs import configure_logging
+from shared.tracing import configure_tracing
 
 STATIC_DIR = Path(__file__).parent / "static"
 
@@ -61,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # uvicorn's own loggers too, in LOG_FORMAT, written by a thread of their own so that no
     # line (a traceback least of all) is formatted on the event loop (docs/OBSERVABILITY.md).
     configure_logging(settings, background=True)
+    configure_tracing("dermasentinel-api")  # OTEL_* variables; off unless an exporter is named (issue 25)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -18,6 +18,7 @@ import uuid
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
+from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import Counter, Histogram
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.requests import ClientDisconnect
@@ -34,7 +35,7 @@ from api.problems import (
     problem_response,
 )
 from api.ratelimit import STATE_HEADERS, Limiter
-from shared import json_limits
+from shared import json_limits, tracing
 from shared.config import Settings
 from shared.logs import HIDE_EXCEPTION_MESSAGE
 from shared.logs import bind as bind_log_context
@@ -91,6 +92,14 @@ class Edge:
         started = time.perf_counter()
         status = 500
         response_started = False
+        # Issue 25: the request's span, child of an incoming W3C traceparent (honoured with traces
+        # off too: then the caller's span is current, and the job stores the caller's trace).
+        request_span = tracing.span(
+            str(scope.get("method", "")),
+            parent=tracing.extract(Headers(scope=scope)), kind=SpanKind.SERVER,
+            attributes={"http.request.method": str(scope.get("method", "")), "url.path": path},
+        )
+        current_span = request_span.__enter__()
 
         async def send_with_headers(message: Message) -> None:
             nonlocal response_started, status
@@ -141,6 +150,13 @@ class Edge:
             route = _route(scope)
             REQUESTS.labels(scope.get("method", ""), route, str(status)).inc()
             LATENCY.labels(scope.get("method", ""), route).observe(time.perf_counter() - started)
+            if current_span.is_recording():
+                current_span.update_name(f"{scope.get('method', '')} {route}")
+                current_span.set_attribute("http.route", route)
+                current_span.set_attribute("http.response.status_code", status)
+                if status >= 500:
+                    current_span.set_status(StatusCode.ERROR)
+            request_span.__exit__(None, None, None)
 
 
 def _route(scope: Scope) -> str:

@@ -238,6 +238,10 @@ class Settings(BaseSettings):
     # is set, and then only to `Authorization: Bearer <token>`; issue 22).
     log_format: Literal["json", "console", "auto"] = "auto"
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    # Traces (issue 25) are configured by OpenTelemetry's own standard variables, not here:
+    # OTEL_TRACES_EXPORTER (otlp | console; unset or none: off), OTEL_EXPORTER_OTLP_ENDPOINT,
+    # OTEL_SERVICE_NAME, OTEL_TRACES_SAMPLER, OTEL_SDK_DISABLED (shared/tracing.py,
+    # docs/OBSERVABILITY.md "Traces").
     metrics_token: SecretStr = SecretStr("")
 
     @field_validator("database_url")

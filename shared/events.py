@@ -19,6 +19,7 @@ from shared.db import after_commit
 from shared.jobs import enqueue_event_dispatch
 from shared.schemas import AnalysisEventData, BatchCompletedData, EventType, ModelDriftData, WebhookTestData
 from shared.tables import Event
+from shared.tracing import current_traceparent
 
 # The event types as the OpenAPI document declares them (one list, in shared/schemas/webhooks.py).
 EVENT_TYPES: tuple[str, ...] = get_args(EventType)
@@ -40,6 +41,7 @@ def record_event(
     data: EventData,
     dedupe_key: str | None = None,
     only_endpoint_id: uuid.UUID | None = None,
+    traceparent: str | None = None,
 ) -> str | None:
     """Add an event to the outbox; returns its id, or None if ``dedupe_key`` was already used.
     ``data`` is typed so that what is sent is what the document declares; its unset optional
@@ -59,6 +61,8 @@ def record_event(
             dedupe_key=dedupe_key,
             payload=payload,
             only_endpoint_id=only_endpoint_id,
+            # The trace its deliveries continue: the given one, else the current span's (issue 25).
+            traceparent=traceparent or current_traceparent(),
         )
         .on_conflict_do_nothing(index_elements=[Event.dedupe_key])
         .returning(Event.id)

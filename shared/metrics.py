@@ -18,7 +18,8 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -80,6 +81,33 @@ TASKS = Counter(
 TASK_SECONDS = Histogram(
     "dermasentinel_task_seconds", "Celery task run time, by task name", ["task"], buckets=_STAGE_BUCKETS,
 )
+
+# Operations (issue 25, docs/OBSERVABILITY.md): what a user waits, by lane (interactive, bulk)
+# and the model version that answered ("none" when no model ran). Observed by the GPU worker
+# as it records each outcome: submitted → claimed (queue wait) and submitted → recorded.
+_WAIT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 1800.0, 3600.0,
+                 4 * 3600.0, 12 * 3600.0)
+QUEUE_WAIT_SECONDS = Histogram(
+    "dermasentinel_queue_wait_seconds", "Submitted (or given back) to claimed by a GPU worker, per attempt",
+    ["lane", "model_version"], buckets=_WAIT_BUCKETS,
+)
+TIME_TO_RESULT_SECONDS = Histogram(
+    "dermasentinel_time_to_result_seconds", "Submitted to final outcome recorded (end to end), by final status",
+    ["lane", "model_version", "status"], buckets=_WAIT_BUCKETS,
+)
+
+
+def observe_result_times(lane: str | None, model_version: str | None, status: str,
+                         submitted: datetime | None, claimed: datetime | None, recorded: datetime) -> None:
+    """Queue wait and time to result of one recorded outcome (labels bounded: two lanes, the
+    registry's versions, five statuses)."""
+    lane, version = lane or "unknown", model_version or "none"
+    if submitted is None:
+        return
+    if claimed is not None:
+        QUEUE_WAIT_SECONDS.labels(lane, version).observe(max(0.0, (claimed - submitted).total_seconds()))
+    TIME_TO_RESULT_SECONDS.labels(lane, version, status).observe(max(0.0, (recorded - submitted).total_seconds()))
+
 
 # Monitoring (issue 24, docs/MONITORING.md): set by the drift check (`dermasentinel.maintenance.
 # drift_check`, a cpu worker) per (tenant name, model version) with a final result lately, at
@@ -175,6 +203,13 @@ _BACKLOG_SQL = text(
     "EXTRACT(EPOCH FROM (clock_timestamp() - min(created_at))) "
     "FROM analyses WHERE status IN ('queued', 'processing') GROUP BY status, priority"
 )
+# Issue 25: receivers (webhooks, FHIR, DICOMweb, Subscriptions) failing now: enabled endpoints
+# whose deliveries keep failing (failing_since is set at the first failure and cleared by a
+# success). A few rows per tenant; read with the backlog, under the same timeouts.
+_FAILING_ENDPOINTS_SQL = text(
+    "SELECT count(*), COALESCE(EXTRACT(EPOCH FROM (clock_timestamp() - min(failing_since))), 0) "
+    "FROM webhook_endpoints WHERE enabled AND failing_since IS NOT NULL"
+)
 
 
 class BacklogCollector:
@@ -218,9 +253,13 @@ class BacklogCollector:
         oldest = GaugeMetricFamily("dermasentinel_oldest_queued_job_age_seconds",
                                    "Age of the oldest queued analysis, by priority (0 when none)",
                                    labels=["priority"])
+        failing = GaugeMetricFamily("dermasentinel_endpoints_failing",
+                                    "Enabled delivery endpoints (every kind) whose deliveries fail now")
+        failing_for = GaugeMetricFamily("dermasentinel_endpoint_failing_seconds",
+                                        "How long the longest-failing enabled endpoint has failed (0 when none)")
         up.add_metric(["redis"], float(self._read_queues(depth)))
-        up.add_metric(["database"], float(self._read_jobs(jobs, oldest)))
-        return [up, depth, jobs, oldest]
+        up.add_metric(["database"], float(self._read_jobs(jobs, oldest, failing, failing_for)))
+        return [up, depth, jobs, oldest, failing, failing_for]
 
     def _read_queues(self, family: GaugeMetricFamily) -> bool:
         from shared.jobs import broker_redis
@@ -257,12 +296,14 @@ class BacklogCollector:
         if self._engine is not None:
             self._engine.dispose()
 
-    def _read_jobs(self, jobs: GaugeMetricFamily, oldest: GaugeMetricFamily) -> bool:
+    def _read_jobs(self, jobs: GaugeMetricFamily, oldest: GaugeMetricFamily, failing: GaugeMetricFamily,
+                   failing_for: GaugeMetricFamily) -> bool:
         try:
             with self.engine().connect() as connection, connection.begin():
                 connection.execute(text(f"SET LOCAL statement_timeout = {int(self.timeout * 1000)}"))
                 connection.execute(text(f"SET LOCAL lock_timeout = {int(self.timeout * 1000)}"))
                 rows = connection.execute(_BACKLOG_SQL).all()
+                endpoints, seconds = connection.execute(_FAILING_ENDPOINTS_SQL).one()
         except Exception as exc:
             log.warning("job counts unavailable (%s)", type(exc).__name__)
             return False
@@ -276,4 +317,54 @@ class BacklogCollector:
             jobs.add_metric([state, priority], float(count))
         for priority, age in ages.items():
             oldest.add_metric([priority], age)
+        failing.add_metric([], float(endpoints))
+        failing_for.add_metric([], max(0.0, float(seconds or 0.0)))
         return True
+
+
+# ---------------------------------------------------------------- GPUs, through NVML (issue 25)
+
+class NvmlCollector:
+    """Utilisation and memory of each GPU this host's NVIDIA driver reports, read at scrape time
+    (nvidia-ml-py). ``create()`` gives None where there is no driver or no GPU: no series, no
+    error (a CPU host, the API, the test machines)."""
+
+    def __init__(self, nvml: Any, count: int) -> None:
+        self.nvml = nvml
+        self.count = count
+
+    @classmethod
+    def create(cls, nvml: Any = None) -> NvmlCollector | None:
+        try:
+            if nvml is None:
+                import pynvml  # the nvidia-ml-py distribution
+
+                nvml = pynvml
+            nvml.nvmlInit()
+            count = int(nvml.nvmlDeviceGetCount())
+        except Exception as exc:  # no library, no driver, no device: simply nothing to report
+            log.debug("no GPU metrics (%s)", type(exc).__name__)
+            return None
+        return cls(nvml, count) if count > 0 else None
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        utilization = GaugeMetricFamily("dermasentinel_gpu_utilization_ratio",
+                                        "Share of the last sample period a kernel ran on the GPU (NVML)",
+                                        labels=["gpu"])
+        used = GaugeMetricFamily("dermasentinel_gpu_memory_used_bytes", "GPU memory in use (NVML)", labels=["gpu"])
+        total = GaugeMetricFamily("dermasentinel_gpu_memory_total_bytes", "GPU memory in all (NVML)", labels=["gpu"])
+        for index in range(self.count):
+            try:
+                handle = self.nvml.nvmlDeviceGetHandleByIndex(index)
+                rates = self.nvml.nvmlDeviceGetUtilizationRates(handle)
+                memory = self.nvml.nvmlDeviceGetMemoryInfo(handle)
+            except Exception as exc:  # a GPU fallen off the bus: its series go, the scrape answers
+                log.warning("GPU %d unreadable (%s)", index, type(exc).__name__)
+                continue
+            utilization.add_metric([str(index)], float(rates.gpu) / 100.0)
+            used.add_metric([str(index)], float(memory.used))
+            total.add_metric([str(index)], float(memory.total))
+        yield from (utilization, used, total)

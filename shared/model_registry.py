@@ -27,6 +27,7 @@ from shared.clock import iso, utcnow
 from shared.schemas.evaluation import EvaluationReport, EvaluationSet
 from shared.storage import ARTIFACTS, IMAGES, ObjectStore, image_key
 from shared.tables import Analysis, ModelStatus, ModelVersion
+from shared.tracing import current_traceparent
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -463,6 +464,7 @@ def reprocess(session: Session, store: ObjectStore, celery: Celery, original: An
         image_content_type=original.image_content_type, image_width=original.image_width,
         image_height=original.image_height, created_at=now, updated_at=now, enqueued_at=now,
         reprocessed_from=original.id, dicom_source=original.dicom_source,
+        traceparent=current_traceparent(),  # the rerun request's trace (issue 25)
     )
     session.add(analysis)
     session.flush()

@@ -252,6 +252,9 @@ class Analysis(Base):
     # and transfer syntax of the instance the image came from (shared.schemas.DicomSource);
     # NULL for JPEG and PNG uploads. Never any other attribute of its header.
     dicom_source: Mapped[dict | None] = mapped_column(JSONB)
+    # Issue 25 (shared/tracing.py): the W3C traceparent of the request that created the job, so
+    # every worker span and delivery of it continues the caller's trace across the outbox.
+    traceparent: Mapped[str | None] = mapped_column(String(55))
 
 
 class Upload(Base):
@@ -331,6 +334,8 @@ class Event(Base):
     dedupe_key: Mapped[str | None] = mapped_column(String(200), unique=True)
     payload: Mapped[dict] = mapped_column(JSONB)
     only_endpoint_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    # The span that recorded the event (shared/tracing.py): each delivery continues its trace.
+    traceparent: Mapped[str | None] = mapped_column(String(55))
     created_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
     dispatched_at: Mapped[datetime | None] = mapped_column(TZ)
 

@@ -327,9 +327,22 @@ def test_every_image_is_pinned_to_an_exact_release(compose):
 
 
 def test_dockerfile_base_images_are_pinned():
-    froms = re.findall(r"^FROM\s+(?:--platform=\S+\s+)?(\S+)", (ROOT / "Dockerfile").read_text(), re.MULTILINE)
+    text = (ROOT / "Dockerfile").read_text()
+    stages = set(re.findall(r"^FROM\s.*?\sAS\s+(\S+)\s*$", text, re.MULTILINE | re.IGNORECASE))
+    froms = re.findall(r"^FROM\s+(?:--platform=\S+\s+)?(\S+)", text, re.MULTILINE)
     assert froms, "no FROM line"
-    assert [p for image in froms for p in image_problems(image)] == []
+    # A stage built on an earlier stage (`FROM base AS cpu`) pulls nothing.
+    assert [p for image in froms if image not in stages for p in image_problems(image)] == []
+
+
+def test_the_gpu_worker_runs_the_cuda_image_and_every_other_role_the_slim_one(compose):
+    """Issue 25: one CUDA-sized image for every role, the API included, was gigabytes of torch
+    and CUDA where none is used; the Dockerfile's targets split them."""
+    targets = set(re.findall(r"^FROM\s+\S+\s+AS\s+(\S+)", (ROOT / "Dockerfile").read_text(), re.MULTILINE))
+    assert {"cpu", "cuda"} <= targets
+    services = compose["services"]
+    for name in APP_SERVICES:
+        assert services[name]["build"]["target"] == ("cuda" if name == "worker-gpu" else "cpu"), name
 
 
 def test_app_image_default_is_the_package_version(compose):
@@ -337,7 +350,8 @@ def test_app_image_default_is_the_package_version(compose):
 
     version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     for name in APP_SERVICES:
-        assert _images(compose)[name] == f"dermasentinel:{version}", name
+        image = "dermasentinel-cuda" if name == "worker-gpu" else "dermasentinel"
+        assert _images(compose)[name] == f"{image}:{version}", name
 
 
 def test_postgres_major_is_the_one_the_tests_run():

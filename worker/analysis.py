@@ -19,14 +19,16 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from minio.error import S3Error
 
-from shared import clinical, drift, lifecycle, tenant_data, vlm
+from shared import clinical, drift, lifecycle, tenant_data, tracing, vlm
 from shared.clock import iso, utcnow
 from shared.config import Settings
 from shared.context import AppContext
@@ -34,7 +36,7 @@ from shared.db import session_scope
 from shared.jobs import JobNotRun
 from shared.lifecycle import Claim
 from shared.logs import current_request_id, log_context
-from shared.metrics import ANALYSES_FINISHED, StageClock, observe_pass, observe_stage
+from shared.metrics import ANALYSES_FINISHED, StageClock, observe_pass, observe_result_times, observe_stage
 from shared.schemas.analyses import (
     AnalysisInputsOut,
     AnalysisRecord,
@@ -73,6 +75,8 @@ class _Batch:
     finished_early: int = 0  # jobs recorded while loading (their image was gone)
     load_s: float = 0.0  # seconds: fetch + prepare, networks, post-process + write
     infer_s: float = 0.0
+    # Issue 25: (stage, start, end) in epoch ns, the pass's stages as each job's trace shows them.
+    marks: list[tuple[str, int, int]] = field(default_factory=list)
 
 
 def run_analysis(context: AppContext, pipeline: Pipeline, analysis_id: uuid.UUID) -> int:
@@ -133,15 +137,19 @@ class _Engine:
             upcoming = prefetch_lane.submit(self._claim_and_load, backlog and time.monotonic() < deadline)
             started = time.perf_counter()
             clock = StageClock({"segmentation": "gate1", "classification": "gate2"})  # metrics
+            stage_marks = _StageMarks(clock.names)  # traces (issue 25)
 
-            def on_stage(stage: str, c: list[Claim] = batch.claims, stage_clock: StageClock = clock) -> None:
+            def on_stage(stage: str, c: list[Claim] = batch.claims, stage_clock: StageClock = clock,
+                         marks: _StageMarks = stage_marks) -> None:
                 stage_clock(stage)
+                marks(stage)
                 self._stage(finish_lane, c, stage)
 
             try:
                 assert batch.pipeline is not None and batch.prepared is not None  # a loaded batch with claims
                 batch.pipeline.infer(batch.prepared, on_stage=on_stage)
                 clock.stop()
+                batch.marks += stage_marks.stop()
                 observe_pass(len(batch.claims), self.context.settings.gpu_batch_size)
             except Exception as exc:
                 release(self.context, batch.claims, exc)
@@ -194,6 +202,7 @@ class _Engine:
         if not batch.claims:
             return batch
         started = time.perf_counter()
+        started_ns = time.time_ns()
         try:
             # Between passes: the models this batch runs on, switched first if the active
             # versions changed.
@@ -204,7 +213,7 @@ class _Engine:
             # of the pass (and their attempts) down with it.
             missing = [c for c, data in zip(batch.claims, images, strict=True) if data is None]
             for claim in missing:
-                self._record_outcome(claim, _MissingImage(), pipeline)
+                self._record_outcome(claim, _MissingImage(), pipeline, batch.marks)
             kept = [(c, data) for c, data in zip(batch.claims, images, strict=True) if data is not None]
             if missing:
                 batch.claims = [c for c, _ in kept]
@@ -213,6 +222,8 @@ class _Engine:
                     return batch
             fetched = time.perf_counter()
             observe_stage("fetch", fetched - started)
+            fetched_ns = time.time_ns()
+            batch.marks.append(("fetch", started_ns, fetched_ns))
             items = [
                 LesionInput(image=data, age=c.age, sex=c.sex, site=c.site, pixel_spacing_mm=c.pixel_spacing_mm)
                 for c, data in kept
@@ -220,6 +231,7 @@ class _Engine:
             batch.prepared = pipeline.prepare(items, map=self.host.map)
             batch.load_s = time.perf_counter() - started
             observe_stage("decode", time.perf_counter() - fetched)
+            batch.marks.append(("decode", fetched_ns, time.time_ns()))
         except Exception as exc:  # handed to the network thread, which releases and re-raises
             batch.error = exc
             release(self.context, batch.claims, exc)
@@ -246,12 +258,14 @@ class _Engine:
         pipeline, prepared = batch.pipeline, batch.prepared
         assert pipeline is not None and prepared is not None  # only batches that ran get here
         started = time.perf_counter()
+        started_ns = time.time_ns()
         outcomes = pipeline.complete(prepared, map=self.host.map)
         written = time.perf_counter()
         observe_stage("artifacts", written - started)
+        batch.marks.append(("artifacts", started_ns, time.time_ns()))
 
         def record(pair: tuple[Claim, Outcome]) -> int:
-            return self._record_outcome(*pair, pipeline)
+            return self._record_outcome(*pair, pipeline, batch.marks)
 
         # One outcome per claim, in order: a count mismatch is a pipeline bug, and recording
         # outcomes against the wrong claims would be worse than failing the pass.
@@ -265,11 +279,14 @@ class _Engine:
         )
         return finished
 
-    def _record_outcome(self, claim: Claim, outcome: Outcome | _MissingImage, pipeline: Pipeline) -> int:
+    def _record_outcome(
+        self, claim: Claim, outcome: Outcome | _MissingImage, pipeline: Pipeline,
+        marks: list[tuple[str, int, int]] | None = None,
+    ) -> int:
         # Each outcome under its own ids; the request id only for the task's own analysis.
         own = claim.analysis_id == self.analysis_id
         with log_context(analysis_id=claim.analysis_id, tenant_id=claim.tenant_id,
-                         request_id=self.request_id if own else None):
+                         request_id=self.request_id if own else None), _job_trace(claim, marks or []):
             return self._record_outcome_in_context(claim, outcome, pipeline.registry.provenance())
 
     def _record_outcome_in_context(self, claim: Claim, outcome: Outcome | _MissingImage, provenance: ModelInfo) -> int:
@@ -295,6 +312,42 @@ class _Engine:
 
 
 MISSING_OBJECT_CODES = frozenset({"NoSuchKey", "NoSuchBucket"})
+
+
+# ---------------------------------------------------------------- traces (issue 25)
+
+class _StageMarks:
+    """The networks' stage notifications as (stage, start, end) marks in epoch ns."""
+
+    def __init__(self, names: dict[str, str]) -> None:
+        self.names = names
+        self.open: tuple[str, int] | None = None
+        self.marks: list[tuple[str, int, int]] = []
+
+    def __call__(self, stage: str) -> None:
+        self.stop()
+        self.open = (self.names.get(stage, stage), time.time_ns())
+
+    def stop(self) -> list[tuple[str, int, int]]:
+        if self.open is not None:
+            self.marks.append((*self.open, time.time_ns()))
+            self.open = None
+        return self.marks
+
+
+@contextmanager
+def _job_trace(claim: Claim, marks: list[tuple[str, int, int]]) -> Iterator[None]:
+    """One job's spans in the trace stored with it (``analyses.traceparent``): its queue wait,
+    the pass's stages, and the recording of its outcome, which is current while the outcome
+    and its event are written (so the event, and each delivery, continue this trace)."""
+    attributes = {"dermasentinel.lane": claim.priority or "", "dermasentinel.attempt": claim.attempt}
+    tracing.record_span("queue wait", parent=claim.traceparent, start=claim.created_at, end=claim.started_at,
+                        attributes=attributes)
+    with tracing.span("analysis", parent=claim.traceparent, start=claim.started_at, attributes=attributes):
+        for stage, started, ended in marks:
+            tracing.record_span(stage, start=started, end=ended)
+        with tracing.span("record outcome"):
+            yield
 
 
 @dataclass(frozen=True)
@@ -394,6 +447,8 @@ def _record(context: AppContext, claim: Claim, status: AnalysisStatus, **outcome
         log.info("analysis %s attempt %s was fenced off; outcome dropped", claim.analysis_id, claim.attempt)
     else:
         ANALYSES_FINISHED.labels(status.value).inc()
+        observe_result_times(claim.priority, (outcome.get("model") or {}).get("version"), status.value,
+                             claim.created_at, claim.started_at, utcnow())  # issue 25
         log.info("analysis %s: %s", claim.analysis_id, status.value)
     return int(recorded)
 

@@ -165,6 +165,12 @@ def serve_metrics(settings: Settings) -> int | None:
         multiprocess.MultiProcessCollector(registry)
     else:  # a worker started without prepare_metrics_dir: only this process's figures
         from prometheus_client import REGISTRY as registry
+    # Issue 25: GPU utilisation and memory where NVML finds a GPU (none: no series).
+    from shared.metrics import NvmlCollector
+
+    gpus = NvmlCollector.create()
+    if gpus is not None:
+        registry.register(gpus)
     server, _ = start_http_server(settings.metrics_port, registry=registry)
     port = server.server_port
     log.info("worker metrics on port %d", port)
@@ -264,6 +270,11 @@ def create_celery(settings: Settings | None = None, *, preload_models: bool = Fa
     }
     register_tasks(app)
     _connect_observability(settings)
+    # Issue 25: traces from the OTEL_* variables (off unless an exporter is named); pool
+    # processes inherit the provider (shared/tracing.py).
+    from shared.tracing import configure_tracing
+
+    configure_tracing("dermasentinel-worker")
 
     @worker_process_init.connect(weak=False)
     def _init_process(sender: object = None, **_: object) -> None:

@@ -25,7 +25,9 @@ from dataclasses import dataclass, replace
 
 import httpcore
 import httpx
+from opentelemetry.trace import SpanKind
 
+from shared import tracing
 from shared.config import DEFAULT_RETRY_SCHEDULE, parse_retry_schedule  # noqa: F401 (re-exported)
 from shared.ssrf import AllowList, IPAddress, UnsafeURLError, is_internal, resolve_and_check
 from shared.webhook_signing import sign
@@ -162,6 +164,13 @@ def send(
     active = client if client is not None else DeliveryClient()
     pin = _current_pin.set(_Pin(parsed.host, parsed.port, tuple(addresses), deadline))
     started = time.monotonic()
+    # Issue 25: the exchange's span, and its W3C traceparent to the receiver (the current trace:
+    # the delivery's, continued from the event's stored context).
+    exchange = tracing.span(method, kind=SpanKind.CLIENT,
+                            attributes={"http.request.method": method, "server.address": parsed.host})
+    span = exchange.__enter__()
+    tracing.inject(headers)
+    answered = 0  # the receiver's status code, once it answered
     try:
         with active.stream(
             method,
@@ -171,6 +180,7 @@ def send(
             timeout=_timeouts(deadline - started, connect_timeout),
         ) as response:
             raw = _read_body(response, read_limit)
+            answered = response.status_code
     except httpx.ConnectTimeout as exc:
         return _failure(
             f"timed out connecting after {min(connect_timeout, timeout):g} s ({type(exc).__name__})",
@@ -191,6 +201,9 @@ def send(
         ), b""
     finally:
         _current_pin.reset(pin)
+        if span.is_recording() and answered:
+            span.set_attribute("http.response.status_code", answered)
+        exchange.__exit__(None, None, None)
         if owned:
             active.close()
     excerpt = raw[:RESPONSE_EXCERPT_BYTES].decode("utf-8", errors="replace")

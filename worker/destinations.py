@@ -60,6 +60,9 @@ class Claim:
     # A webhook's signing secrets (several during a rotation); another kind's one secret
     # (a private key, a password) is the first.
     secrets: list[str] = field(default_factory=list)
+    # The event's stored W3C traceparent (issue 25): the delivery's span continues that trace
+    # and the receiver gets it in a `traceparent` header.
+    traceparent: str | None = None
 
 
 class Destination(Protocol):

@@ -6,6 +6,7 @@ import hashlib
 import logging
 import time
 import uuid
+from typing import Any
 
 from minio.error import S3Error
 from psycopg.errors import ForeignKeyViolation
@@ -13,12 +14,13 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 
-from shared import lifecycle, model_registry, tenant_data
+from shared import lifecycle, model_registry, tenant_data, tracing
 from shared.context import AppContext
 from shared.db import session_scope
 from shared.events import record_event
 from shared.logs import bind
 from shared.metrics import REPORT_RENDER_SECONDS
+from shared.schemas.analyses import AnalysisRecord
 from shared.storage import ARTIFACTS, IMAGES, artifact_key
 from shared.tables import Analysis, AnalysisStatus, Report
 from worker.reporting.fhir import BundleContext, BundleLinks, build_fhir_bundle
@@ -42,7 +44,16 @@ def build_report(context: AppContext, analysis_id: uuid.UUID) -> bool:
         cards = model_registry.cards_by_id(session, [c.registry_id for c in checkpoints if c is not None])
         image_key, overlay_key, tenant_id = analysis.image_key, analysis.overlay_key, analysis.tenant_id
         bind(tenant_id=tenant_id, batch_id=analysis.batch_id)
+        traceparent = analysis.traceparent
+    # Issue 25: rendering and storing is a span of the analysis' trace (its report.ready event too).
+    with tracing.span("report render", parent=traceparent):
+        return _render_and_store(context, analysis_id, record, cards, image_key, overlay_key, tenant_id)
 
+
+def _render_and_store(
+    context: AppContext, analysis_id: uuid.UUID, record: AnalysisRecord, cards: dict[str, dict[str, Any]],
+    image_key: str, overlay_key: str | None, tenant_id: uuid.UUID,
+) -> bool:
     started = time.perf_counter()
     try:
         image = context.store.get(IMAGES, image_key)

@@ -27,12 +27,14 @@ from functools import lru_cache, partial
 import httpx
 import redis
 from kombu.exceptions import OperationalError
+from opentelemetry.trace import SpanKind, StatusCode
 from redis.exceptions import LockError
 from redis.lock import Lock
 from sqlalchemy import or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
+from shared import tracing
 from shared.clock import utcnow
 from shared.config import Settings
 from shared.context import AppContext
@@ -187,7 +189,14 @@ def deliver_one(context: AppContext, delivery_id: uuid.UUID, client: httpx.Clien
             if claim is not None:
                 WEBHOOK_DELIVERIES.labels(claim).inc()  # skipped (endpoint disabled) or deferred
             return claim
-        outcome = destination(claim.kind).send(context, claim, client)
+        # Issue 25: one span per attempt in the event's trace; `worker.delivery.send` hands the
+        # receiver its traceparent, whatever the kind (webhook, FHIR, DICOMweb, Subscription).
+        with tracing.span(f"deliver {claim.kind}", parent=claim.traceparent, kind=SpanKind.PRODUCER,
+                          attributes={"dermasentinel.destination": claim.kind, "dermasentinel.event": claim.event_type,
+                                      "dermasentinel.attempt": claim.attempt_count + 1}) as span:
+            outcome = destination(claim.kind).send(context, claim, client)
+            if span.is_recording() and not outcome.ok:
+                span.set_status(StatusCode.ERROR, outcome.error_class or "failed")
     recorded = outcome.as_logged()
     status = _record(context, claim, recorded)
     _observe_attempt(claim, outcome, status, recorded)
@@ -271,6 +280,7 @@ def _claim(context: AppContext, delivery_id: uuid.UUID, slot_free: Callable[[uui
             body=json.dumps(event.payload, separators=(",", ":"), sort_keys=True),
             config=dict(endpoint.config or {}),
             secrets=secrets,
+            traceparent=event.traceparent,
         )
 
 

@@ -40,6 +40,7 @@ from shared.tables import (
     Report,
     WebhookEndpoint,
 )
+from shared.tracing import current_traceparent
 
 
 @dataclass(frozen=True)
@@ -168,6 +169,7 @@ def _new_analysis(
         created_at=now,
         updated_at=now,
         deadline_at=deadline_at,
+        traceparent=current_traceparent(),  # the request's trace, continued by workers and deliveries (issue 25)
         **image_fields,
     )
 

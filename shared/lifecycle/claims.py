@@ -36,6 +36,12 @@ class Claim:
     site: str
     pixel_spacing_mm: float | None
     external_id: str | None
+    # Issue 25: the job's lane, when it was submitted and its stored trace context (queue-wait
+    # and end-to-end histograms, worker spans). Defaults: claims built by hand in tests.
+    priority: str | None = None
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    traceparent: str | None = None
 
 
 CLAIM_COLUMNS = (
@@ -48,6 +54,10 @@ CLAIM_COLUMNS = (
     Analysis.site,
     Analysis.pixel_spacing_mm,
     Analysis.external_id,
+    Analysis.priority,
+    Analysis.created_at,
+    Analysis.started_at,
+    Analysis.traceparent,
 )
 
 

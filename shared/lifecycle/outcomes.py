@@ -13,6 +13,7 @@ from shared.jobs import enqueue_report
 from shared.lifecycle.batches import complete_batch_if_done
 from shared.lifecycle.views import event_data
 from shared.tables import Analysis, AnalysisStatus
+from shared.tracing import within
 
 
 def on_final(session: Session, celery: Celery | None, settings: Settings, analysis: Analysis) -> None:
@@ -23,6 +24,7 @@ def on_final(session: Session, celery: Celery | None, settings: Settings, analys
         type=f"analysis.{analysis.status}",
         data=event_data(settings, analysis),
         dedupe_key=f"analysis.{analysis.status}:{analysis.id}",
+        traceparent=within(analysis.traceparent),  # the job's trace, whoever ends it (issue 25)
     )
     if analysis.status != AnalysisStatus.canceled.value and celery is not None:
         after_commit(session, lambda: enqueue_report(celery, analysis.id))

@@ -432,3 +432,52 @@ def test_pod_settings_are_accepted_in_production(documents):
                 env[entry["name"]] = value
             Settings(_env_file=None, **{k[len(ENV_PREFIX):].lower(): v for k, v in env.items()
                                         if k.startswith(ENV_PREFIX)})
+
+
+# --- issue 25: images per role, checkpoints from the registry, alert rules ---------------------
+
+
+def test_gpu_pods_run_the_cuda_image_and_every_other_pod_the_slim_one(documents):
+    for doc in documents:
+        for container in _containers(doc):
+            gpu = "nvidia.com/gpu" in container.get("resources", {}).get("limits", {})
+            repository = container["image"].rsplit(":", 1)[0].rsplit("/", 1)[-1]
+            assert repository == ("dermasentinel-cuda" if gpu else "dermasentinel"), (doc["metadata"]["name"], gpu)
+
+
+def test_gpu_pods_fetch_checkpoints_from_the_registry_not_a_shared_volume(documents):
+    """ReadOnlyMany volumes are what EBS, PD and Azure Disk cannot give; the registry already
+    keeps every checkpoint in S3 (shared/model_registry.py), and workers cache them in DATA_DIR."""
+    assert not [d for d in documents if d["kind"] == "PersistentVolumeClaim"]
+    gpu_pods = [d for d in _by(documents, "Deployment").values()
+                if d["spec"]["template"]["spec"]["containers"][0]["command"][1] == "worker" and _role(d) == "gpu"]
+    assert len(gpu_pods) == 2
+    for doc in gpu_pods:
+        spec = _pod_spec(doc)
+        assert not [v for v in spec["volumes"] if "persistentVolumeClaim" in v], doc["metadata"]["name"]
+        (container,) = spec["containers"]
+        env = {e["name"] for e in container["env"]}
+        # The registry's S3 keys reach the worker; no MODEL_DIR points at a mount.
+        assert {"DERMASENTINEL_S3_ACCESS_KEY", "DERMASENTINEL_S3_SECRET_KEY"} <= env
+        assert "DERMASENTINEL_MODEL_DIR" not in env
+        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        data = {v["name"]: v for v in spec["volumes"]}[mounts["/var/lib/dermasentinel"]]
+        # DATA_DIR/models holds the cached checkpoints: room for a model set and a switch.
+        assert _quantity(data["emptyDir"]["sizeLimit"]) >= 2 * 2**30
+
+
+def _quantity(text: str) -> float:
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+    for unit, factor in units.items():
+        if text.endswith(unit):
+            return float(text[: -len(unit)]) * factor
+    return float(text)
+
+
+def test_the_prometheus_rule_is_the_alert_file():
+    monitoring = ROOT / "deploy" / "k8s" / "monitoring"
+    assert _kustomization(monitoring)["resources"] == ["prometheusrule.yaml"]
+    (rule,) = [d for d in yaml.safe_load_all((monitoring / "prometheusrule.yaml").read_text()) if d]
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1" and rule["kind"] == "PrometheusRule"
+    alerts = yaml.safe_load((ROOT / "deploy" / "prometheus" / "alerts.yml").read_text())
+    assert rule["spec"]["groups"] == alerts["groups"], "regenerate deploy/k8s/monitoring/prometheusrule.yaml"

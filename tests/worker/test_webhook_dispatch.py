@@ -259,3 +259,34 @@ def test_a_delivery_whose_wake_up_or_sender_was_lost_goes_out_once_the_lane_is_e
         lane.delete("webhooks")
         lane.close()
         short.close()
+
+
+def test_a_receiver_failing_now_is_counted_for_the_endpoint_alert(quiet, tenant_key, failing_receiver):
+    """Issue 25: the API's backlog scrape counts enabled endpoints whose deliveries fail, and how
+    long the longest has failed (the DermaSentinelEndpointFailing alert reads them)."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from shared.metrics import BacklogCollector
+
+    def scraped() -> dict[str, float]:
+        registry = CollectorRegistry(auto_describe=False)
+        collector = BacklogCollector(quiet.settings, timeout=5.0, cache_seconds=0.0)
+        registry.register(collector)
+        try:
+            text = generate_latest(registry).decode()
+        finally:
+            collector.close()
+        return {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
+                if line.startswith("dermasentinel_endpoint")}
+
+    assert scraped() == {"dermasentinel_endpoints_failing": 0.0, "dermasentinel_endpoint_failing_seconds": 0.0}
+    url, _ = failing_receiver
+    _endpoint(quiet, tenant_key[0], url)
+    event_id = _event(quiet, tenant_key[0])
+    dispatch_event(quiet, event_id)
+    (delivery,) = _deliveries(quiet, event_id)
+    _make_due(quiet, delivery.id)
+    assert deliver_one(quiet, delivery.id) == "pending"  # a 503: retried later, failing since now
+    failing = scraped()
+    assert failing["dermasentinel_endpoints_failing"] == 1.0
+    assert 0.0 < failing["dermasentinel_endpoint_failing_seconds"] < 120.0
