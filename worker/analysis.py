@@ -59,6 +59,8 @@ log = logging.getLogger(__name__)
 # runs unbounded.
 DRAIN_SECONDS = 120.0
 MASK_NAME, MASK_TYPE = "mask.png", "image/png"
+# The stage after the networks (``shared.schemas.Stage``): findings, overlay and result written.
+STAGE_REPORTING = "reporting"
 # Which tenants are in safety mode (issue 24): read per tenant at most every SAFETY_MODE_CACHE_SECONDS.
 _SAFETY_MODE = drift.SafetyModeCache()
 OVERLAY_NAME, OVERLAY_TYPE = "overlay.jpg", "image/jpeg"
@@ -245,6 +247,10 @@ class _Engine:
     def _finish(self, batch: _Batch) -> int:
         pipeline, prepared = batch.pipeline, batch.prepared
         assert pipeline is not None and prepared is not None  # only batches that ran get here
+        # Live progress (issue 25): the jobs with a finding to write are now at their last stage.
+        # On this lane, after the pass's earlier stage writes; one short transaction per pass.
+        with session_scope(self.context.session_factory) as session:
+            lifecycle.set_stage(session, [batch.claims[item.index] for item in prepared.items], STAGE_REPORTING)
         started = time.perf_counter()
         outcomes = pipeline.complete(prepared, map=self.host.map)
         written = time.perf_counter()
