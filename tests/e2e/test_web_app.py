@@ -88,6 +88,8 @@ def test_upload_shows_result_matching_the_api(browser_page, api_url, worker, ten
             }).observe(status, { attributes: true, attributeFilter: ['data-status'] });
         }"""
     )
+    answers = []  # what the API answered the page (issue 25: progress comes over its event stream)
+    page.on("response", lambda answer: answers.append(answer))
     page.click("#submit")
 
     page.wait_for_selector("#analysis-body:not([hidden])")
@@ -101,7 +103,23 @@ def test_upload_shows_result_matching_the_api(browser_page, api_url, worker, ten
     with httpx.Client(base_url=api_url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as client:
         analysis = client.get(f"/v1/analyses/{analysis_id}").json()
         words = client.get("/v1/dispositions").json()
+        streamed = client.get(f"/v1/analyses/{analysis_id}/events").text  # the whole history; it has ended
     assert analysis["status"] == "succeeded", analysis
+
+    # Issue 25: the page followed the analysis over its event stream (fetch() with the key in the
+    # Authorization header, never in a URL), not by polling: it applied the stream's last event,
+    # and at most one GET of the analysis answered while it was still running (the one at open).
+    final_id = re.findall(r"^id: (\d+)$", streamed, re.M)[-1]
+    assert page.get_attribute("#analysis-body", "data-live") == "sse"
+    assert page.get_attribute("#analysis-body", "data-event-id") == final_id
+    own = f"{api_url}/v1/analyses/{analysis_id}"
+    (stream,) = [a for a in answers if a.url == own + "/events"]
+    assert stream.status == 200 and stream.headers["content-type"].startswith("text/event-stream")
+    assert stream.request.all_headers()["authorization"] == f"Bearer {key}"
+    assert not [a.url for a in answers if key in a.url], "the API key went into a URL"
+    running = [a for a in answers if a.url == own and a.request.method == "GET" and a.json()["status"] not in
+               {"succeeded", "rejected", "failed", "canceled"}]
+    assert len(running) <= 1, f"the page polled the running analysis {len(running)} times"
     assert analysis["external_id"] == "browser-case-1"
     result = analysis["result"]
 
