@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from minio.error import S3Error
+from sqlalchemy.exc import SQLAlchemyError
 
 from shared import clinical, drift, lifecycle, tenant_data, vlm
 from shared.clock import iso, utcnow
@@ -248,9 +249,15 @@ class _Engine:
         pipeline, prepared = batch.pipeline, batch.prepared
         assert pipeline is not None and prepared is not None  # only batches that ran get here
         # Live progress (issue 25): the jobs with a finding to write are now at their last stage.
-        # On this lane, after the pass's earlier stage writes; one short transaction per pass.
-        with session_scope(self.context.session_factory) as session:
-            lifecycle.set_stage(session, [batch.claims[item.index] for item in prepared.items], STAGE_REPORTING)
+        # On this lane, after the pass's earlier stage writes; one short transaction per pass. A
+        # progress marker only, as those are: the outcome's own write below decides the pass.
+        reporting = [batch.claims[item.index] for item in prepared.items]
+        if reporting:
+            try:
+                with session_scope(self.context.session_factory) as session:
+                    lifecycle.set_stage(session, reporting, STAGE_REPORTING)
+            except SQLAlchemyError as exc:
+                log.warning("engine: the reporting stage was not recorded (%s)", type(exc).__name__)
         started = time.perf_counter()
         outcomes = pipeline.complete(prepared, map=self.host.map)
         written = time.perf_counter()
