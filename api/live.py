@@ -53,25 +53,45 @@ SEPARATOR = "\n"
 MEDIA_TYPE = "text/event-stream"
 _UNAVAILABLE = object()
 
-# The JSON of each event's `data`, as the OpenAPI document shows it (`x-event-data`).
-ANALYSIS_EVENT_SCHEMA = AnalysisStateEvent.model_json_schema(mode="serialization")
-BATCH_EVENT_SCHEMA = {
-    "allOf": [
-        {"$ref": "#/components/schemas/BatchOut"},
-        {"type": "object", "properties": {"final": {"type": "boolean"}}, "required": ["final"]},
-    ]
-}
+
+
+def stream_schema(event: str, data: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI schema of one event of a stream (each event an object of its SSE fields, as
+    SSE-aware tools such as Schemathesis read it): ``data`` is JSON, described by ``data``."""
+    return {
+        "type": "object",
+        "properties": {
+            "event": {"type": "string", "enum": [event]},
+            "id": {"type": "string"},
+            "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": data},
+            "retry": {"type": "integer"},
+        },
+        "required": ["event", "id", "data"],
+    }
+
+
+ANALYSIS_STREAM_SCHEMA = stream_schema("state", AnalysisStateEvent.model_json_schema(mode="serialization"))
+BATCH_STREAM_SCHEMA = stream_schema(
+    "progress",
+    {
+        "allOf": [
+            {"$ref": "#/components/schemas/BatchOut"},
+            {"type": "object", "properties": {"final": {"type": "boolean"}}, "required": ["final"]},
+        ]
+    },
+)
 _COMMON = """A `: heartbeat` comment every `SSE_HEARTBEAT_SECONDS` (15 s) keeps proxies from closing a
 quiet stream; a stream also ends after `SSE_MAX_STREAM_SECONDS` (30 min): reconnect with
 `Last-Event-ID`. Browsers: `EventSource` cannot send the `Authorization` header; read the stream
 with `fetch()`, as the web app does (never put an API key in a URL)."""
 ANALYSIS_DESCRIPTION = f"""Server-Sent Events (`text/event-stream`) for one analysis: each change of its
 `status` or `stage`, in the order they happened, as `event: state` with an `id` and `data` (JSON:
-`analysis_id`, `status`, `stage`, `at`, `final`; `x-event-data` below). The stream starts with every
-change so far, or those after `Last-Event-ID` when a reconnecting client sends it (no duplicates, no
-gaps), sends each new one within about a second, and ends after the final state (`succeeded`,
-`rejected`, `failed`, `canceled`): read the result with `GET /v1/analyses/{{id}}`. {_COMMON}
-Same scope as `GET /v1/analyses/{{id}}` (`analyses:read`); audited as `analysis.events`."""
+`analysis_id`, `status`, `stage`, `at`, `final`; its schema is the event's `contentSchema`). The
+stream starts with every change so far, or those after `Last-Event-ID` when a reconnecting client
+sends it (no duplicates, no gaps), sends each new one within about a second, and ends after the
+final state (`succeeded`, `rejected`, `failed`, `canceled`): read the result with `GET
+/v1/analyses/{{id}}`. {_COMMON} Same scope as `GET /v1/analyses/{{id}}` (`analyses:read`); audited
+as `analysis.events`."""
 BATCH_DESCRIPTION = f"""Server-Sent Events (`text/event-stream`) for one batch: `event: progress`
 with `data` as `GET /v1/batches/{{id}}` answers it (counts per status, `state`, percent done,
 throughput and ETA) plus `final`, first at once and then whenever its counts or state change,

@@ -312,9 +312,9 @@ def get_analysis(analysis_id: str, tenant: ReadAnalysis, context: ContextDep, se
     response_class=Response,
     responses={
         200: {
-            "description": "`text/event-stream`: `event: state` events (`data`: `AnalysisStateEvent` as JSON), "
+            "description": "`text/event-stream`: `event: state` events (`data`: JSON, `contentSchema`), "
             "each with its `id`; heartbeat comments; ends after the final state",
-            "content": {live.MEDIA_TYPE: {"schema": {"type": "string"}, "x-event-data": live.ANALYSIS_EVENT_SCHEMA}},
+            "content": {live.MEDIA_TYPE: {"schema": live.ANALYSIS_STREAM_SCHEMA}},
         },
         204: {"description": "`Last-Event-ID` was the final state: nothing follows (an EventSource stops)"},
         **problems(404),

@@ -145,7 +145,7 @@ def get_batch(batch_id: str, context: ContextDep, tenant: GetBatch, session: Ses
         200: {
             "description": "`text/event-stream`: `event: progress` events (`data`: the batch's progress as JSON, "
             "with `final`), each with its `id`; heartbeat comments; ends after the batch ended",
-            "content": {live.MEDIA_TYPE: {"schema": {"type": "string"}, "x-event-data": live.BATCH_EVENT_SCHEMA}},
+            "content": {live.MEDIA_TYPE: {"schema": live.BATCH_STREAM_SCHEMA}},
         },
         204: {"description": "`Last-Event-ID` was the batch's final progress: nothing follows (an EventSource stops)"},
         **problems(404),
