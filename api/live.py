@@ -151,6 +151,8 @@ class ProgressFeed:
                 continue
             delay = self.poll_seconds
             for key in keys:
+                if key not in self._followers:  # its last stream ended during the check
+                    continue
                 marker = changes.get(key)  # None once deleted: its streams wake and end
                 if key not in self._seen or self._seen[key] != marker:
                     self._seen[key] = marker

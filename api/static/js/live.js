@@ -8,8 +8,9 @@ import { apiKey } from "./api.js";
 const NETWORK_RETRIES = 3;
 
 /** Follow the stream at `path`: `onEvent(type, data, id)` for each event (`data` parsed from
-    JSON), `onFail(error)` when it cannot be read (an error answer, or the network gone after a
-    few tries). The stream is over after an event whose data says `final`. Returns `stop()`. */
+    JSON), `onFail(error)` when it cannot tell more (an error answer, the network gone after a
+    few tries, or nothing left after the last event seen). The stream is over after an event
+    whose data says `final`. Returns `stop()`. */
 export function follow(path, { onEvent, onFail }) {
   const controller = new AbortController();
   let lastId = null;
@@ -72,7 +73,10 @@ export function follow(path, { onEvent, onFail }) {
       setTimeout(connect, retryMs);
       return;
     }
-    if (response.status === 204) return; // resumed after the final event: nothing follows
+    if (response.status === 204) { // resumed after the final event: the caller reads the outcome itself
+      onFail(new Error("the stream has ended"));
+      return;
+    }
     const type = response.headers.get("content-type") || "";
     if (!response.ok || !type.startsWith("text/event-stream")) {
       onFail(new Error(`HTTP ${response.status}`));
