@@ -145,9 +145,10 @@ class ProgressFeed:
             keys = list(self._followers)
             try:
                 changes = await run_in_threadpool(self._read, keys)
-            except SQLAlchemyError as exc:  # the database away: streams re-read on their own meanwhile
+            except Exception as exc:  # the database away (or worse): the loop outlives it; streams re-read meanwhile
                 delay = min(delay * 2, REREAD_SECONDS)
-                log.info("live progress: change check failed (%s); next in %.1f s", type(exc).__name__, delay)
+                level = logging.INFO if isinstance(exc, SQLAlchemyError) else logging.WARNING
+                log.log(level, "live progress: change check failed (%s); next in %.1f s", type(exc).__name__, delay)
                 continue
             delay = self.poll_seconds
             for key in keys:

@@ -19,8 +19,11 @@ from dataclasses import dataclass, field
 import httpx
 from sqlalchemy import update
 
+from api.live import batch_fingerprint
 from shared.clock import utcnow
 from shared.db import session_scope
+from shared.schemas.batches import BatchLinks, DispositionCounts, StatusCounts
+from shared.schemas.progress import BatchProgressEvent
 from shared.tables import Analysis, Batch
 from shared.tenants import issue_key
 from tests.conftest import wait_for
@@ -217,3 +220,24 @@ def test_streams_answer_404_for_anyone_elses_ids_and_403_without_the_scope(api, 
     for path in unknown:
         assert api.get(path).status_code == 404
     assert api.get(f"/v1/analyses/{analysis_id}/events", headers={"Last-Event-ID": "x1"}).status_code == 422
+
+
+def _progress(state: str = "sealed", queued: int = 2, succeeded: int = 1, eta: float = 30.0) -> BatchProgressEvent:
+    link = "http://127.0.0.1:8000/v1/batches/b"
+    return BatchProgressEvent(
+        id=uuid.UUID(int=7), name="backlog", external_id=None, state=state, created_at="2026-12-06T08:00:00Z",
+        sealed_at=None, completed_at=None, deadline_at=None, canceled_at=None,
+        counts=StatusCounts(queued=queued, succeeded=succeeded), total=queued + succeeded,
+        links=BatchLinks(self=link, seal=link, cancel=link, results=link),
+        dispositions=DispositionCounts(urgent_referral=0, clinician_review=succeeded, routine=0),
+        done=succeeded, percent_done=0.0, throughput_per_minute=None, eta_seconds=eta, eta_at=None, final=False,
+    )
+
+
+def test_a_batch_event_id_names_its_counts_and_state_and_nothing_that_moves_on_its_own():
+    """A resuming client is sent nothing while the progress it saw is still the progress; an ETA
+    recomputed as time passes is no new progress, a count or state that changed is."""
+    seen = batch_fingerprint(_progress())
+    assert batch_fingerprint(_progress(eta=12.5)) == seen
+    assert batch_fingerprint(_progress(queued=1, succeeded=2)) != seen
+    assert batch_fingerprint(_progress(state="canceled")) != seen
