@@ -20,6 +20,7 @@ from api import auth, problems
 from api.audit_writer import AuditWriter
 from api.auth import KeyCache
 from api.capacity import Capacity, api_database_settings
+from api.live import ProgressFeed
 from api.metrics import ApiMetrics
 from api.middleware import BodyGuard, Edge, RequestDeadline, TenantGate
 from api.multipart import return_image_memory_promptly
@@ -76,7 +77,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.metrics.start()  # on METRICS_PORT, never the public port (issue 22)
         # Revoked keys and disabled or deleted tenants are dropped from the key cache at once.
         listener = asyncio.ensure_future(auth.listen_for_revocations(settings, app.state.key_cache))
+        app.state.progress_feed.start()  # issue 25: what the open event streams follow (api.live)
         yield
+        await app.state.progress_feed.close()
         listener.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await listener
@@ -100,6 +103,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.capacity = Capacity(settings)
     app.state.audit_writer = AuditWriter(lambda: app.state.context, app.state.capacity)  # issue 22
     app.state.key_cache = KeyCache(settings.auth_cache_seconds)
+    app.state.progress_feed = ProgressFeed(lambda: app.state.context, settings.sse_poll_seconds)
     app.state.limiter = Limiter(settings)
     app.state.metrics = ApiMetrics(settings)
     problems.install(app)

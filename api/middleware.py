@@ -90,6 +90,7 @@ class Edge:
         https = scope.get("scheme") == "https" or self.https_public
         path = scope.get("path", "")
         started = time.perf_counter()
+        answered: float | None = None  # when an event stream's answer started (its latency)
         status = 500
         response_started = False
         # Issue 25: the request's span, child of an incoming W3C traceparent (honoured with traces
@@ -102,11 +103,15 @@ class Edge:
         current_span = request_span.__enter__()
 
         async def send_with_headers(message: Message) -> None:
-            nonlocal response_started, status
+            nonlocal response_started, status, answered
             if message["type"] == "http.response.start":
                 response_started = True
                 status = message["status"]
                 headers = MutableHeaders(scope=message)
+                if headers.get("content-type", "").startswith("text/event-stream"):
+                    # Live progress (issue 25) stays open for minutes: its latency is the wait
+                    # for its answer to start, not the stream's life.
+                    answered = time.perf_counter()
                 headers["X-Request-ID"] = request_id
                 for name, value in self.static_headers:
                     headers.setdefault(name, value)
@@ -149,7 +154,7 @@ class Edge:
         finally:
             route = _route(scope)
             REQUESTS.labels(scope.get("method", ""), route, str(status)).inc()
-            LATENCY.labels(scope.get("method", ""), route).observe(time.perf_counter() - started)
+            LATENCY.labels(scope.get("method", ""), route).observe((answered or time.perf_counter()) - started)
             if current_span.is_recording():
                 current_span.update_name(f"{scope.get('method', '')} {route}")
                 current_span.set_attribute("http.route", route)

@@ -217,6 +217,14 @@ class Settings(BaseSettings):
     api_decode_wait_seconds: float = Field(default=10.0, ge=0)
     max_decode_side: int = Field(default=4096, ge=512)  # JPEGs larger than this decode DCT-scaled
     auth_cache_seconds: float = Field(default=5.0, ge=0, le=60)  # revocation takes effect within this
+    # Issue 25 live progress (GET /v1/analyses/{id}/events, /v1/batches/{id}/events; Server-Sent
+    # Events): a heartbeat comment this often keeps proxies from closing a quiet stream; each API
+    # process looks for changes to what its open streams follow this often, in one query for all
+    # of them (api.live); a stream ends after SSE_MAX_STREAM_SECONDS and its client resumes with
+    # Last-Event-ID (its key checked again).
+    sse_heartbeat_seconds: float = Field(default=15.0, gt=0, le=300)
+    sse_poll_seconds: float = Field(default=0.5, ge=0.05, le=30)
+    sse_max_stream_seconds: float = Field(default=1800.0, ge=10)
     # Per tenant: requests ("50/second", several with ";"), uploads in flight at once, and
     # overrides by tenant id: {"<uuid>": {"requests": "200/second", "concurrent_uploads": 32}}.
     rate_limit: str = "50/second"

@@ -257,6 +257,27 @@ class Analysis(Base):
     traceparent: Mapped[str | None] = mapped_column(String(55))
 
 
+class AnalysisTransition(Base):
+    """Every change of an analysis' ``status`` or ``stage``, appended by a trigger on ``analyses``
+    in the transaction that made it (migration 0017), whoever wrote it: the record live progress
+    (``GET /v1/analyses/{id}/events``) replays and resumes from. Per analysis, ids grow in
+    commit order. No PHI."""
+
+    __tablename__ = "analysis_transitions"
+    __table_args__ = (
+        Index("ix_analysis_transitions_analysis", "analysis_id", "id"),
+        Index("ix_analysis_transitions_batch", "batch_id", "id", postgresql_where=text("batch_id IS NOT NULL")),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    analysis_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("analyses.id", ondelete="CASCADE"))
+    # The analysis' batch when it changed: a batch's stream notices its items' changes by this.
+    batch_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    status: Mapped[str] = mapped_column(String(16))
+    stage: Mapped[str | None] = mapped_column(String(32))
+    at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
+
+
 class Upload(Base):
     """A presigned PUT handed to a client: tenant-owned, single-use, expiring."""
 

@@ -197,6 +197,8 @@ def settings(services, test_database_url, tmp_path_factory) -> Settings:
         stuck_after_seconds=20,
         # Issue 24: the monitoring tests run the drift check themselves; beat's would race them.
         drift_check_seconds=86400,
+        # Issue 25: live progress streams send a heartbeat every second, so a test sees one soon.
+        sse_heartbeat_seconds=1.0,
         **TEST_SIZES,
     )
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from minio.error import S3Error
+from sqlalchemy.exc import SQLAlchemyError
 
 from shared import clinical, drift, lifecycle, tenant_data, tracing, vlm
 from shared.clock import iso, utcnow
@@ -61,6 +62,8 @@ log = logging.getLogger(__name__)
 # runs unbounded.
 DRAIN_SECONDS = 120.0
 MASK_NAME, MASK_TYPE = "mask.png", "image/png"
+# The stage after the networks (``shared.schemas.Stage``): findings, overlay and result written.
+STAGE_REPORTING = "reporting"
 # Which tenants are in safety mode (issue 24): read per tenant at most every SAFETY_MODE_CACHE_SECONDS.
 _SAFETY_MODE = drift.SafetyModeCache()
 OVERLAY_NAME, OVERLAY_TYPE = "overlay.jpg", "image/jpeg"
@@ -257,6 +260,16 @@ class _Engine:
     def _finish(self, batch: _Batch) -> int:
         pipeline, prepared = batch.pipeline, batch.prepared
         assert pipeline is not None and prepared is not None  # only batches that ran get here
+        # Live progress (issue 25): the jobs with a finding to write are now at their last stage.
+        # On this lane, after the pass's earlier stage writes; one short transaction per pass. A
+        # progress marker only, as those are: the outcome's own write below decides the pass.
+        reporting = [batch.claims[item.index] for item in prepared.items]
+        if reporting:
+            try:
+                with session_scope(self.context.session_factory) as session:
+                    lifecycle.set_stage(session, reporting, STAGE_REPORTING)
+            except SQLAlchemyError as exc:
+                log.warning("engine: the reporting stage was not recorded (%s)", type(exc).__name__)
         started = time.perf_counter()
         started_ns = time.time_ns()
         outcomes = pipeline.complete(prepared, map=self.host.map)

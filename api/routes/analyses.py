@@ -11,16 +11,16 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, RedirectResponse
 from sqlalchemy.orm import Session
 
-from api import forms
+from api import forms, live
 from api.auth import AuthenticatedTenant, TenantRef
 from api.capacity import Capacity
 from api.deps import CapacityDep, ContextDep, SessionDep, audit_note, authorized, in_session, parse_id
 from api.forms import PREFER_DESCRIPTION
 from api.middleware import DEADLINE_EXTENSION
 from api.multipart import CleanImage, clean_image, read_multipart
-from api.problems import BadRequest, NotReady, Unprocessable, problems
+from api.problems import BadRequest, NotFound, NotReady, Unprocessable, problems
 from api.services import analyses as service
-from api.services import webhook_endpoints
+from api.services import progress, webhook_endpoints
 from shared import lifecycle
 from shared.context import AppContext
 from shared.schemas import (
@@ -54,6 +54,9 @@ ReadArtifact = Annotated[
 ]
 ReadReport = Annotated[AuthenticatedTenant, authorized(Scope.analyses_read, "report.read", "analysis", "analysis_id")]
 ReadFhir = Annotated[AuthenticatedTenant, authorized(Scope.analyses_read, "fhir.read", "analysis", "analysis_id")]
+FollowAnalysis = Annotated[
+    AuthenticatedTenant, authorized(Scope.analyses_read, "analysis.events", "analysis", "analysis_id")
+]
 
 
 def view(context: AppContext, session: Session, analysis: Analysis) -> AnalysisOut:
@@ -300,6 +303,46 @@ def list_analyses(
 )
 def get_analysis(analysis_id: str, tenant: ReadAnalysis, context: ContextDep, session: SessionDep) -> AnalysisOut:
     return view(context, session, service.get(session, tenant, parse_id(analysis_id)))
+
+
+@router.get(
+    "/{analysis_id}/events",
+    summary="Live progress: every state change, as Server-Sent Events",
+    description=live.ANALYSIS_DESCRIPTION,
+    response_class=Response,
+    responses={
+        200: {
+            "description": "`text/event-stream`: `event: state` events (`data`: JSON, `contentSchema`), "
+            "each with its `id`; heartbeat comments; ends after the final state",
+            "content": {live.MEDIA_TYPE: {"schema": live.ANALYSIS_STREAM_SCHEMA}},
+        },
+        204: {"description": "`Last-Event-ID` was the final state: nothing follows (an EventSource stops)"},
+        **problems(404),
+    },
+)
+async def follow_analysis(
+    request: Request,
+    analysis_id: str,
+    tenant: FollowAnalysis,
+    context: ContextDep,
+    capacity: CapacityDep,
+    last_event_id: Annotated[
+        str | None,
+        Header(
+            alias="Last-Event-ID", pattern=r"^[0-9]{1,18}$",
+            description="The `id` of the last event received: the stream resumes after it",
+        ),
+    ] = None,
+) -> Response:
+    ident = parse_id(analysis_id)
+    after = int(last_event_id) if last_event_id is not None else 0
+    found = await live.read(capacity, context, tenant, progress.analysis_progress, ident, after)
+    if found is None:
+        raise NotFound(f"no analysis with id {analysis_id}")
+    if last_event_id is not None and found.final and not found.transitions:
+        return Response(status_code=204)
+    events = live.analysis_events(request.app.state.progress_feed, context, capacity, tenant, ident, after)
+    return live.response(events, context.settings)
 
 
 @router.post(

@@ -6,14 +6,15 @@ import json
 from collections.abc import Iterator
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
+from api import live
 from api.auth import AuthenticatedTenant
-from api.deps import ContextDep, SessionDep, authorized, parse_id
-from api.problems import problems
+from api.deps import CapacityDep, ContextDep, SessionDep, authorized, parse_id
+from api.problems import NotFound, problems
 from api.services import batches as service
-from api.services import triage
+from api.services import progress, triage
 from shared import clinical, lifecycle
 from shared.clock import iso
 from shared.context import AppContext
@@ -27,6 +28,7 @@ from shared.schemas import (
     BatchSummary,
     StatusCounts,
 )
+from shared.schemas.progress import BatchProgressEvent
 from shared.scopes import Scope
 from shared.tables import Batch
 
@@ -38,6 +40,7 @@ ListBatches = Annotated[AuthenticatedTenant, authorized(Scope.analyses_read, "ba
 GetBatch = Annotated[AuthenticatedTenant, authorized(Scope.analyses_read, "batch.read", "batch", "batch_id")]
 SealBatch = Annotated[AuthenticatedTenant, authorized(Scope.batches_write, "batch.seal", "batch", "batch_id")]
 CancelBatch = Annotated[AuthenticatedTenant, authorized(Scope.batches_write, "batch.cancel", "batch", "batch_id")]
+FollowBatch = Annotated[AuthenticatedTenant, authorized(Scope.analyses_read, "batch.events", "batch", "batch_id")]
 ReadBatchResults = Annotated[AuthenticatedTenant, authorized(Scope.analyses_read, "batch.results", "batch", "batch_id")]
 
 
@@ -131,6 +134,54 @@ def list_batches(
 def get_batch(batch_id: str, context: ContextDep, tenant: GetBatch, session: SessionDep) -> BatchOut:
     batch = service.get(session, tenant, parse_id(batch_id, "batch"))
     return view(context, batch, service.progress(session, batch))
+
+
+@router.get(
+    "/{batch_id}/events",
+    summary="Live progress: counts, state and ETA as Server-Sent Events",
+    description=live.BATCH_DESCRIPTION,
+    response_class=Response,
+    responses={
+        200: {
+            "description": "`text/event-stream`: `event: progress` events (`data`: the batch's progress as JSON, "
+            "with `final`), each with its `id`; heartbeat comments; ends after the batch ended",
+            "content": {live.MEDIA_TYPE: {"schema": live.BATCH_STREAM_SCHEMA}},
+        },
+        204: {"description": "`Last-Event-ID` was the batch's final progress: nothing follows (an EventSource stops)"},
+        **problems(404),
+    },
+)
+async def follow_batch(
+    request: Request,
+    batch_id: str,
+    tenant: FollowBatch,
+    context: ContextDep,
+    capacity: CapacityDep,
+    last_event_id: Annotated[
+        str | None,
+        Header(
+            alias="Last-Event-ID", max_length=64,
+            description="The `id` of the last event received: nothing is sent until the progress differs from it",
+        ),
+    ] = None,
+) -> Response:
+    ident = parse_id(batch_id, "batch")
+    found = await live.read(capacity, context, tenant, progress.batch_progress, ident)
+    if found is None:
+        raise NotFound(f"no batch with id {batch_id}")
+
+    def shape(batch: Batch, counted: service.Progress) -> BatchProgressEvent:
+        return BatchProgressEvent(
+            **lifecycle.fields_for(BatchProgressEvent, view(context, batch, counted)),
+            final=batch.completed_at is not None,
+        )
+
+    if last_event_id is not None:
+        now = shape(*found)
+        if now.final and live.batch_fingerprint(now) == last_event_id:
+            return Response(status_code=204)
+    events = live.batch_events(request.app.state.progress_feed, context, capacity, tenant, ident, last_event_id, shape)
+    return live.response(events, context.settings)
 
 
 @router.post(

@@ -178,6 +178,8 @@ ALLOWED: dict[str, str] = {
         for schema in ("BatchSummary", "BatchOut", "BatchCanceled", "BatchCompletedData")
     },
     "/paths/~1v1~1batches~1{batch_id}~1cancel/post/description": "issue 25: a canceled batch ends `canceled`",
+    "/paths/~1v1~1analyses~1{analysis_id}~1events": "issue 25: live progress of an analysis (Server-Sent Events)",
+    "/paths/~1v1~1batches~1{batch_id}~1events": "issue 25: live progress of a batch (Server-Sent Events)",
 }
 
 

@@ -137,3 +137,18 @@ def seed_analysis(
             )
         )
     return analysis_id
+
+
+def seed_queued(context, tenant_id: uuid.UUID, batch_id: uuid.UUID | None = None) -> uuid.UUID:
+    """A queued analysis no worker of the session will claim (``not_before`` an hour away), for
+    tests that make its state changes themselves (issue 25, live progress). No image is stored."""
+    analysis_id = uuid.uuid4()
+    now = utcnow()
+    with session_scope(context.session_factory) as session:
+        session.add(Analysis(
+            id=analysis_id, tenant_id=tenant_id, batch_id=batch_id, status="queued", priority="bulk",
+            image_key=image_key(tenant_id, analysis_id, "jpg"), image_sha256="0" * 64,
+            image_content_type="image/jpeg", image_width=320, image_height=240,
+            not_before=now + timedelta(hours=1), created_at=now, updated_at=now,
+        ))
+    return analysis_id

@@ -12,15 +12,21 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import update
 
 from shared import clinical
+from shared.clock import utcnow
+from shared.db import session_scope
+from shared.tables import Analysis
 from tests.e2e.browser import (
     DISCLAIMER,
     browser_page_fixture,  # noqa: F401 (the browser_page fixture)
     green_or_red,
     screenshot,
+    sign_in,
     wait_until,
 )
+from tests.e2e.seeding import seed_queued
 from worker.pipeline.synthetic import encode_jpeg, make_lesion
 
 UNTRAINED = "UNTRAINED MODEL"
@@ -88,6 +94,8 @@ def test_upload_shows_result_matching_the_api(browser_page, api_url, worker, ten
             }).observe(status, { attributes: true, attributeFilter: ['data-status'] });
         }"""
     )
+    answers = []  # what the API answered the page (issue 25: progress comes over its event stream)
+    page.on("response", lambda answer: answers.append(answer))
     page.click("#submit")
 
     page.wait_for_selector("#analysis-body:not([hidden])")
@@ -101,7 +109,23 @@ def test_upload_shows_result_matching_the_api(browser_page, api_url, worker, ten
     with httpx.Client(base_url=api_url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as client:
         analysis = client.get(f"/v1/analyses/{analysis_id}").json()
         words = client.get("/v1/dispositions").json()
+        streamed = client.get(f"/v1/analyses/{analysis_id}/events").text  # the whole history; it has ended
     assert analysis["status"] == "succeeded", analysis
+
+    # Issue 25: the page followed the analysis over its event stream (fetch() with the key in the
+    # Authorization header, never in a URL), not by polling: it applied the stream's last event,
+    # and at most one GET of the analysis answered while it was still running (the one at open).
+    final_id = re.findall(r"^id: (\d+)$", streamed, re.M)[-1]
+    assert page.get_attribute("#analysis-body", "data-live") == "sse"
+    assert page.get_attribute("#analysis-body", "data-event-id") == final_id
+    own = f"{api_url}/v1/analyses/{analysis_id}"
+    (stream,) = [a for a in answers if a.url == own + "/events"]
+    assert stream.status == 200 and stream.headers["content-type"].startswith("text/event-stream")
+    assert stream.request.all_headers()["authorization"] == f"Bearer {key}"
+    assert not [a.url for a in answers if key in a.url], "the API key went into a URL"
+    running = [a for a in answers if a.url == own and a.request.method == "GET" and a.json()["status"] not in
+               {"succeeded", "rejected", "failed", "canceled"}]
+    assert len(running) <= 1, f"the page polled the running analysis {len(running)} times"
     assert analysis["external_id"] == "browser-case-1"
     result = analysis["result"]
 
@@ -171,6 +195,25 @@ def test_upload_shows_result_matching_the_api(browser_page, api_url, worker, ten
     assert green_or_red(page, row) == []
 
     assert screenshot(page, "web-app").stat().st_size > 10_000
+
+
+def test_without_its_event_stream_the_analysis_page_polls(browser_page, api_url, context, tenant_key):
+    """Issue 25: when the event stream cannot be had (here it answers 503), the page follows the
+    analysis by polling, as it did before streams existed."""
+    page = browser_page
+    tenant_id, key = tenant_key
+    analysis_id = seed_queued(context, tenant_id)
+    page.route("**/events", lambda route: route.fulfill(
+        status=503, content_type="application/problem+json",
+        body='{"title": "Service unavailable", "status": 503, "detail": "no streams today"}',
+    ))
+    sign_in(page, api_url, key, f"/#/analyses/{analysis_id}")
+    page.wait_for_selector("#analysis-body[data-live='polling'][data-status='queued']")
+    with session_scope(context.session_factory) as session:
+        session.execute(update(Analysis).where(Analysis.id == analysis_id).values(
+            status="canceled", cancel_reason="requested", completed_at=utcnow(), updated_at=utcnow()))
+    page.wait_for_selector("#analysis-body[data-status='canceled']", timeout=15_000)
+    assert page.inner_text("#outcome-detail") == "Reason: requested."
 
 
 def test_api_problem_detail_is_shown(browser_page, api_url, tenant_key, tmp_path):

@@ -26,7 +26,7 @@ from tests.e2e.browser import (
     sign_in,
     wait_until,
 )
-from tests.e2e.seeding import result_for, seed_analysis, seed_batch
+from tests.e2e.seeding import result_for, seed_analysis, seed_batch, seed_queued
 
 COLOURS = "(e => [getComputedStyle(e).color, getComputedStyle(e).backgroundColor])"
 # What a row shows of its result: the diagnosis or band (text), the disposition, the risk pill.
@@ -211,6 +211,35 @@ def test_a_canceled_batch_does_not_look_finished(browser_page, api_url, context,
     page.goto(api_url + "/#/batches")
     page.wait_for_selector(f"#batches a[data-id='{batch_id}'] .pill")
     assert page.inner_text(f"#batches a[data-id='{batch_id}'] .pill").lower() == "canceled"
+
+
+def test_the_batch_page_follows_progress_over_the_event_stream(browser_page, api_url, context, tenant_key):
+    """Issue 25: the batch page shows a change as the API streams it (fetch() with the key in the
+    Authorization header), not by polling, and stops following once the batch ended."""
+    page = browser_page
+    tenant_id, key = tenant_key
+    batch_id = seed_batch(context, tenant_id, "live backlog")
+    seed_analysis(context, tenant_id, result=result_for(0.3), batch_id=batch_id, external_id="ran")
+    for _ in range(2):
+        seed_queued(context, tenant_id, batch_id)
+    answers = []
+    page.on("response", lambda answer: answers.append(answer))
+    sign_in(page, api_url, key, f"/#/batches/{batch_id}")
+    page.wait_for_selector("#worklist > li.case")
+    wait_until(page, "document.getElementById('view-batch').dataset.eventId")
+    assert page.get_attribute("#view-batch", "data-live") == "sse"
+    assert page.inner_text("#batch-progress-text") == "1 of 3 done (33%) · open"
+
+    with _client(api_url, key) as client:
+        assert client.post(f"/v1/batches/{batch_id}/cancel").json()["canceled_now"] == 2
+        streamed = client.get(f"/v1/batches/{batch_id}/events").text  # its progress now; it has ended
+    wait_until(page, "document.getElementById('batch-progress-text').dataset.state === 'canceled'", timeout=15)
+    assert page.inner_text("#batch-progress-text") == "1 of 3 analysed, 2 canceled · canceled"
+    final_id = [line[4:] for line in streamed.splitlines() if line.startswith("id: ")][-1]
+    assert page.get_attribute("#view-batch", "data-event-id") == final_id
+    streams = [a for a in answers if a.url == f"{api_url}/v1/batches/{batch_id}/events"]
+    assert len(streams) == 1 and streams[0].headers["content-type"].startswith("text/event-stream")
+    assert streams[0].request.all_headers()["authorization"] == f"Bearer {key}"
 
 
 def test_untrained_results_are_neutral_and_marked_in_every_list_and_card(browser_page, api_url, context, tenant_key):

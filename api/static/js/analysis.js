@@ -1,10 +1,12 @@
-/* The open analysis: open one, poll it until it is final (and until its report is ready),
-   cancel it. Rendering is analysis-card.js's. */
+/* The open analysis: open one, follow its progress live until it is final (its event stream;
+   polling if the stream cannot be had), then poll until its report is ready; cancel it.
+   Rendering is analysis-card.js's. */
 
 import { getJson, request } from "./api.js";
 import { FINAL, clearCard, render } from "./analysis-card.js";
 import { $ } from "./dom.js";
 import { resetFeedbackForm } from "./feedback.js";
+import { follow } from "./live.js";
 import { clearProblem, showProblem } from "./problem.js";
 import { loadQuestions, resetQuestions, stopQuestionPolling } from "./questions.js";
 import { loadRecent } from "./recent.js";
@@ -16,17 +18,49 @@ const REPORT_POLL_MS = 2000;
 const REPORT_WAIT_MS = 120000;
 
 let pollTimer = null;
+let stopLive = null; // ends the open analysis' event stream, while one is followed
+let pollOnlyFor = null; // an analysis whose event stream could not be had: polled instead
 let recentLoadedFor = null; // the final analysis the recent list and questions were loaded for
 
 export function stopPolling() {
   clearTimeout(pollTimer);
   pollTimer = null;
+  if (stopLive) stopLive();
+  stopLive = null;
 }
 
-export const isPolling = () => Boolean(pollTimer);
+export const isPolling = () => Boolean(pollTimer || stopLive);
+
+/** Each state change as the API streams it; the final one is read in full with GET. */
+function followLive(id, shown) {
+  const body = $("analysis-body");
+  let current = shown;
+  body.dataset.live = "sse";
+  stopLive = follow(`/v1/analyses/${encodeURIComponent(id)}/events`, {
+    onEvent: (type, data, eventId) => {
+      if (state.current !== id || type !== "state") return;
+      body.dataset.eventId = eventId;
+      if (data.final) {
+        stopPolling();
+        poll(id);
+        return;
+      }
+      current = Object.assign({}, current, { status: data.status, stage: data.stage });
+      if (data.status === "processing" && !current.started_at) current.started_at = data.at;
+      render(current);
+    },
+    onFail: () => {
+      stopLive = null;
+      pollOnlyFor = id;
+      body.dataset.live = "polling";
+      if (state.current === id) poll(id);
+    },
+  });
+}
 
 export async function poll(id) {
   clearTimeout(pollTimer);
+  pollTimer = null;
   let analysis;
   try {
     await loadWords();
@@ -40,7 +74,8 @@ export async function poll(id) {
   const waitingForReport = analysis.status === "succeeded" && !(analysis.report && analysis.report.ready)
     && Date.now() < state.reportDeadline;
   if (!FINAL.has(analysis.status)) {
-    pollTimer = setTimeout(() => poll(id), POLL_MS);
+    if (pollOnlyFor === id) pollTimer = setTimeout(() => poll(id), POLL_MS);
+    else if (!stopLive) followLive(id, analysis);
   } else {
     if (recentLoadedFor !== id) {
       recentLoadedFor = id;
@@ -52,6 +87,7 @@ export async function poll(id) {
 }
 
 export function open(id) {
+  stopPolling();
   clearProblem();
   resetQuestions();
   state.current = id;

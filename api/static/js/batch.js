@@ -1,9 +1,11 @@
 /* One batch's page: progress, ETA, counts per status and per disposition, weights warning and
-   equity summary, polled until the batch completes. The worklist below it is worklist.js's. */
+   equity summary, followed live until the batch ends (its event stream; polling if the stream
+   cannot be had). The worklist below it is worklist.js's. */
 
 import { getJson } from "./api.js";
 import { $, el } from "./dom.js";
 import { duration, num, pct, when } from "./format.js";
+import { follow } from "./live.js";
 import { showProblem } from "./problem.js";
 import { state } from "./state.js";
 import { meaningful, untrainedMark } from "./weights.js";
@@ -11,12 +13,47 @@ import { dispositionOrder, dispositionText, loadWords } from "./words.js";
 import { clearWorklist, renderWorklist } from "./worklist.js";
 
 const BATCH_POLL_MS = 3000;
+// While the stream reports progress, the items (worklist, summary) are read again at most this often.
+const ITEMS_REFRESH_MS = 3000;
 
 let batchTimer = null;
+let stopLive = null; // ends the open batch's event stream, while one is followed
+let pollOnlyFor = null; // a batch whose event stream could not be had: polled instead
 
 export function stopBatchPolling() {
   clearTimeout(batchTimer);
   batchTimer = null;
+  if (stopLive) stopLive();
+  stopLive = null;
+}
+
+/** Progress as the API streams it: the header at once, the items at most every few seconds. */
+function followBatch(id) {
+  const page = $("view-batch");
+  page.dataset.live = "sse";
+  stopLive = follow(`/v1/batches/${encodeURIComponent(id)}/events`, {
+    onEvent: (type, data, eventId) => {
+      if (type !== "progress" || !state.batch || state.batch.id !== id || page.hidden) return;
+      page.dataset.eventId = eventId;
+      state.batch.header = data;
+      renderBatch();
+      if (data.final) {
+        stopBatchPolling();
+        refreshBatch(id);
+      } else if (!batchTimer) {
+        batchTimer = setTimeout(() => {
+          batchTimer = null;
+          refreshBatch(id);
+        }, ITEMS_REFRESH_MS);
+      }
+    },
+    onFail: () => {
+      stopLive = null;
+      pollOnlyFor = id;
+      page.dataset.live = "polling";
+      if (state.batch && state.batch.id === id) refreshBatch(id);
+    },
+  });
 }
 
 export async function openBatch(id) {
@@ -57,7 +94,8 @@ async function refreshBatch(id, focus = false) {
   renderBatch();
   if (focus) $("worklist").focus({ preventScroll: true });
   if (!FINAL_STATES.has(body.batch.state)) {
-    batchTimer = setTimeout(() => refreshBatch(id), BATCH_POLL_MS);
+    if (pollOnlyFor === id) batchTimer = setTimeout(() => refreshBatch(id), BATCH_POLL_MS);
+    else if (!stopLive) followBatch(id);
   }
 }
 
