@@ -89,9 +89,10 @@ def explain(exc: Exception) -> str:
 
 def _api(exc: Exception) -> str | None:
     import httpx
+    from dermasentinel_client import ApiError, NotTheApi
 
-    from cli.client import ApiError
-
+    if isinstance(exc, NotTheApi):
+        return str(exc).replace("check the API URL", "check --api-url / DERMASENTINEL_API_URL")
     if isinstance(exc, ApiError):
         return str(exc)
     if not isinstance(exc, httpx.TransportError):

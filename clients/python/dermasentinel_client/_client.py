@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -27,14 +27,16 @@ ProgressCallback = Callable[[ops.UploadProgress], None]
 Metadata = Mapping[str, Mapping[str, Any]] | Callable[[Path], Mapping[str, Any]] | None
 
 
-def _settings(base_url: str | None, api_key: str | None) -> tuple[str, str]:
+def _headers(base_url: str | None, api_key: str | None) -> tuple[str, dict[str, str]]:
+    """The base URL and the headers of every API request (no key: only /readyz answers)."""
     base_url = base_url or os.environ.get("DERMASENTINEL_API_URL")
     api_key = api_key or os.environ.get("DERMASENTINEL_API_KEY")
     if not base_url:
         raise ValueError("no API URL: pass base_url=… or set DERMASENTINEL_API_URL")
-    if not api_key:
-        raise ValueError("no API key: pass api_key=… or set DERMASENTINEL_API_KEY")
-    return base_url.rstrip("/"), api_key
+    headers = {"User-Agent": USER_AGENT}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    return base_url.rstrip("/"), headers
 
 
 def _analysis_inputs(
@@ -76,9 +78,8 @@ class Client:
         retry: RetryPolicy | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        self.base_url, api_key = _settings(base_url, api_key)
+        self.base_url, headers = _headers(base_url, api_key)
         self.retry = retry or RetryPolicy()
-        headers = {"Authorization": f"Bearer {api_key}", "User-Agent": USER_AGENT}
         self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout, transport=transport)
         # Presigned URLs carry their own authorization: the API key never goes to the object store.
         self._storage = httpx.Client(timeout=timeout, headers={"User-Agent": USER_AGENT}, transport=transport)
@@ -97,6 +98,10 @@ class Client:
     def __enter__(self) -> Client:
         return self
 
+    def readiness(self) -> models.Readiness:
+        """``GET /readyz``: ``status`` ready or not, and each dependency's check (no key needed)."""
+        return self._run(ops.readiness())
+
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
@@ -113,12 +118,12 @@ class Client:
                 try:
                     step = op.throw(exc)
                 except StopIteration as done:
-                    return done.value  # type: ignore[no-any-return]
+                    return done.value
                 continue
             try:
                 step = op.send(value)
             except StopIteration as done:
-                return done.value  # type: ignore[no-any-return]
+                return done.value
 
     def _pages(self, path: str, params: Mapping[str, Any], model: type[M]) -> Iterator[M]:
         cursor = None
@@ -236,7 +241,7 @@ class Uploads:
     def put(self, upload: models.UploadOut, data: bytes) -> None:
         self._client._run(ops.put_upload(upload, data))
 
-    def submit(self, items: list[Mapping[str, Any]]) -> models.UploadSubmissionsOut:
+    def submit(self, items: Sequence[Mapping[str, Any]]) -> models.UploadSubmissionsOut:
         """Up to 100 uploads as analyses in one call, answered item by item."""
         return self._client._run(ops.submit_uploads(items))
 
@@ -424,7 +429,7 @@ class ApiKeys:
     def list(self) -> Iterator[models.ApiKeyOut]:
         return self._client._pages("/v1/api-keys", {}, models.ApiKeyOut)
 
-    def create(self, name: str, scopes: list[str] | None = None) -> models.ApiKeyCreated:
+    def create(self, name: str, scopes: Sequence[str] | None = None) -> models.ApiKeyCreated:
         """A new key of this tenant; its ``key`` is shown only in this answer."""
         body = {"name": name, "scopes": scopes}
         response = self._client._run(_one(Call("POST", "/v1/api-keys", json={k: v for k, v in body.items() if v})))
@@ -456,7 +461,7 @@ class Models:
 
 def _one(call: Call) -> ops.Op[httpx.Response]:
     response = yield call
-    return response  # type: ignore[no-any-return]
+    return response
 
 
 # ================================================================ async
@@ -474,9 +479,8 @@ class AsyncClient:
         retry: RetryPolicy | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self.base_url, api_key = _settings(base_url, api_key)
+        self.base_url, headers = _headers(base_url, api_key)
         self.retry = retry or RetryPolicy()
-        headers = {"Authorization": f"Bearer {api_key}", "User-Agent": USER_AGENT}
         self._http = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout, transport=transport)
         self._storage = httpx.AsyncClient(timeout=timeout, headers={"User-Agent": USER_AGENT}, transport=transport)
         self.analyses = AsyncAnalyses(self)
@@ -489,6 +493,9 @@ class AsyncClient:
 
     async def __aenter__(self) -> AsyncClient:
         return self
+
+    async def readiness(self) -> models.Readiness:
+        return await self._run(ops.readiness())
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
@@ -506,12 +513,12 @@ class AsyncClient:
                 try:
                     step = op.throw(exc)
                 except StopIteration as done:
-                    return done.value  # type: ignore[no-any-return]
+                    return done.value
                 continue
             try:
                 step = op.send(value)
             except StopIteration as done:
-                return done.value  # type: ignore[no-any-return]
+                return done.value
 
     async def _pages(self, path: str, params: Mapping[str, Any], model: type[M]) -> AsyncIterator[M]:
         cursor = None

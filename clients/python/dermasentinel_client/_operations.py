@@ -14,7 +14,7 @@ import math
 import os
 import time
 import uuid
-from collections.abc import Callable, Generator, Iterable, Mapping
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, TypeVar, Union
@@ -41,7 +41,7 @@ class Pause:
     seconds: float
 
 
-Op = Generator[Union[Call, Pause], Any, T]
+Op = Generator[Call | Pause, Any, T]
 
 
 # ---------------------------------------------------------------- images
@@ -99,6 +99,11 @@ def items_and_cursor(response: httpx.Response, model: type[T]) -> tuple[list[T],
     has no pages)."""
     body = response.json()
     return [model.model_validate(item) for item in body["data"]], body.get("next_cursor")  # type: ignore[attr-defined]
+
+
+def readiness() -> Op[models.Readiness]:
+    response = yield Call("GET", "/readyz", retries=False, accept=frozenset({503}))
+    return models.Readiness.model_validate(response.json())
 
 
 # ---------------------------------------------------------------- analyses
@@ -218,7 +223,7 @@ def put_upload(upload: models.UploadOut, data: bytes) -> Op[None]:
     yield Call("PUT", upload.url, content=data, headers=dict(upload.headers), storage=True)
 
 
-def submit_uploads(items: list[Mapping[str, Any]]) -> Op[models.UploadSubmissionsOut]:
+def submit_uploads(items: Sequence[Mapping[str, Any]]) -> Op[models.UploadSubmissionsOut]:
     """``POST /v1/uploads/submit``: up to 100 uploads as analyses, each item with its own
     ``upload_id``, analysis fields, ``idempotency_key`` and ``cancel_after``; answered item by item."""
     body = {"items": [{k: str(v) if k == "upload_id" else v for k, v in _fields(item).items()} for item in items]}

@@ -54,6 +54,8 @@ class Call:
     expect_json: bool = True
     timeout: float | None = None  # seconds, for a request the API holds open (Prefer: wait)
     idempotent: bool = False  # a POST that is safe to repeat without an Idempotency-Key header
+    retries: bool = True  # False: one attempt (a health check answers 503 to say "not ready")
+    accept: frozenset[int] = frozenset()  # statuses of 400 and above that are an answer, not an error
 
     def kwargs(self) -> dict[str, Any]:
         sent: dict[str, Any] = {"headers": self.headers}
@@ -68,7 +70,8 @@ class Call:
     @property
     def repeatable(self) -> bool:
         """Safe to send twice if the first one may have arrived."""
-        return self.idempotent or self.method in SAFE_METHODS or any(k.lower() == "idempotency-key" for k in self.headers)
+        keyed = any(name.lower() == "idempotency-key" for name in self.headers)
+        return self.idempotent or keyed or self.method in SAFE_METHODS
 
 
 class _Busy(Exception):
@@ -118,8 +121,8 @@ def _wait(policy: RetryPolicy) -> Any:
 
 
 def _retrying_kwargs(policy: RetryPolicy, call: Call) -> dict[str, Any]:
-    return dict(stop=stop_after_attempt(policy.max_retries + 1), wait=_wait(policy), retry=_retryable(call),
-                reraise=True)
+    attempts = policy.max_retries + 1 if call.retries else 1
+    return dict(stop=stop_after_attempt(attempts), wait=_wait(policy), retry=_retryable(call), reraise=True)
 
 
 def _busy(response: httpx.Response) -> None:
@@ -134,7 +137,7 @@ def checked(call: Call, response: httpx.Response) -> httpx.Response:
         if response.status_code >= 300:
             raise StorageRefused(response)
         return response
-    if response.status_code >= 400:
+    if response.status_code >= 400 and response.status_code not in call.accept:
         raise ApiError(response)
     if call.expect_json and response.status_code != 204 and content_type(response) not in JSON_TYPES:
         raise NotTheApi(response)

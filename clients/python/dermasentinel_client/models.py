@@ -636,3 +636,14 @@ class FeedbackOut(_Model):
     final_diagnosis: str | None
     histopathology: str | None
     notes: str | None
+
+
+class Check(_Model):
+    ok: bool
+    latency_ms: float | None = None
+    error: str | None = None
+
+
+class Readiness(_Model):
+    status: str
+    checks: dict[str, Check]
