@@ -215,7 +215,7 @@ def batch() -> None:
 @click.option("--timeout", default=6 * 3600.0, show_default=True, help="seconds to wait for processing")
 @click.option("--direct", is_flag=True,
               help="send each photo straight to the object store (presigned upload), not through the API")
-@click.option("--api-key", envvar="DERMASENTINEL_API_KEY", help="API key (dsk_…)")
+@click.option("--api-key", "--key", "api_key", envvar="DERMASENTINEL_API_KEY", help="API key (dsk_…)")
 @click.option("--api-url", envvar="DERMASENTINEL_API_URL", help="API base URL")
 def submit(folder: Path, manifest: Path | None, name: str | None, batch_external_id: str | None, wait: bool,
            out: Path | None, concurrency: int, timeout: float, direct: bool, api_url: str | None,

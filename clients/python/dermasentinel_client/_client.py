@@ -279,7 +279,7 @@ class Batches:
     def iter_results(self, batch_id: str, *, format: str = "csv", order: str = "risk") -> Iterator[bytes]:
         """The triage list as the API streams it (``format``: csv, isic or json), in chunks."""
         call = Call("GET", f"/v1/batches/{batch_id}/results", params={"format": format, "order": order},
-                    expect_json=format == "json")
+                    expect_json=format == "json", content_types=("text/csv",))
         for response in self._client._stream(call):
             yield from response.iter_bytes()
 
@@ -292,9 +292,13 @@ class Batches:
             return
         path = Path(out)
         partial = path.with_name(path.name + ".part")
-        with partial.open("wb") as handle:
-            for chunk in self.iter_results(batch_id, format=format, order=order):
-                handle.write(chunk)
+        try:
+            with partial.open("wb") as handle:
+                for chunk in self.iter_results(batch_id, format=format, order=order):
+                    handle.write(chunk)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
         partial.replace(path)
 
     def submit_folder(

@@ -195,7 +195,8 @@ def ask(analysis_id: str, question: str) -> Op[models.QuestionOut]:
 
 def report_pdf(analysis_id: str) -> Op[bytes]:
     """The PDF report (ApiError 409 until the report worker has written it)."""
-    response = yield Call("GET", f"/v1/analyses/{analysis_id}/report.pdf", expect_json=False)
+    response = yield Call("GET", f"/v1/analyses/{analysis_id}/report.pdf", expect_json=False,
+                          content_types=("application/pdf",))
     return response.content
 
 

@@ -52,6 +52,7 @@ class Call:
     headers: dict[str, str] = field(default_factory=dict)
     storage: bool = False
     expect_json: bool = True
+    content_types: tuple[str, ...] = ()  # else, when expect_json is False: what a 2xx answer must be
     timeout: float | None = None  # seconds, for a request the API holds open (Prefer: wait)
     idempotent: bool = False  # a POST that is safe to repeat without an Idempotency-Key header
     retries: bool = True  # False: one attempt (a health check answers 503 to say "not ready")
@@ -139,7 +140,8 @@ def checked(call: Call, response: httpx.Response) -> httpx.Response:
         return response
     if response.status_code >= 400 and response.status_code not in call.accept:
         raise ApiError(response)
-    if call.expect_json and response.status_code != 204 and content_type(response) not in JSON_TYPES:
+    wanted = JSON_TYPES if call.expect_json else call.content_types
+    if wanted and response.status_code != 204 and content_type(response) not in wanted:
         raise NotTheApi(response)
     return response
 
