@@ -234,9 +234,7 @@ def submit(folder: Path, manifest: Path | None, name: str | None, batch_external
     try:
         code = _run(console, client, folder, manifest, name, batch_external_id, wait, out, concurrency, timeout,
                     direct)
-    except ApiError as exc:
-        raise click.ClickException(str(exc)) from None
-    finally:
+    finally:  # an error of the API is explained by the boundary (cli/errors.py)
         client.close()
     click.get_current_context().exit(code)
 

@@ -379,18 +379,15 @@ def _when(moment) -> str | None:
 def submit(image: Path, age, sex, site, external_id, patient_reference, encounter_reference, wait: bool,
            timeout: float, api_url, api_key) -> None:
     """Submit IMAGE, wait for the result and print it."""
-    from cli.client import ApiError
     from cli.render import printable
 
     client = _client(api_url, api_key)
     fields = {"age": age, "sex": sex, "site": site, "external_id": external_id,
               "patient_reference": patient_reference, "encounter_reference": encounter_reference}
-    try:
+    try:  # an error of the API is explained by the boundary (cli/errors.py)
         analysis = client.analyses.create(image, **fields)
         if wait:
             analysis = client.analyses.wait(analysis.id, timeout=timeout)
-    except ApiError as exc:
-        raise click.ClickException(str(exc)) from None
     finally:
         client.close()
     click.echo(json.dumps(printable(analysis), indent=2))

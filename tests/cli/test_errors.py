@@ -229,6 +229,7 @@ def test_the_messages_say_what_to_do(files, environment, not_dermasentinel):
     environment({**stopped_stack(), "API_URL": not_dermasentinel})
     _, wrong = run(("submit",), files)
     assert "HTTP 404" in wrong and "not the DermaSentinel API" in wrong and "<html>" not in wrong
+    assert "--api-url / DERMASENTINEL_API_URL" in wrong
 
 
 def test_an_unexpected_error_is_one_line_and_debug_shows_the_traceback(files, environment, monkeypatch):
