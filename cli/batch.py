@@ -23,7 +23,7 @@ from typing import Any
 
 import click
 import httpx
-from dermasentinel_client import Client, WaitTimeout
+from dermasentinel_client import Client, RetryPolicy, WaitTimeout
 from dermasentinel_client.models import BatchOut, UploadOut
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -36,7 +36,7 @@ from shared.config import get_settings
 # The SDK retries each call (429 and 503 after their Retry-After, a failed connection when the
 # call is safe to repeat: every upload carries its Idempotency-Key); what is still busy or out
 # of reach after that is an upload failure of this run (rerun to resume), not a bad row.
-UPLOAD_ATTEMPTS = 4
+UPLOAD_ATTEMPTS = RetryPolicy().max_retries + 1
 GAVE_UP_STATUSES = {429, 502, 503, 504}
 
 

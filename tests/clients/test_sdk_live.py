@@ -65,6 +65,7 @@ def test_a_folder_becomes_a_batch_with_progress_and_its_pages_list_every_item(cl
     first = next(a for a in pages if a.external_id == "first")
     assert first.inputs.age == 40
     assert [b.id for b in client.batches.list(name="clinic-backlog")] == [done.batch.id]
+    assert len(list(client.api_keys.list())) == 1, "a list without pages is iterated the same way"
 
     # A rerun into the same batch replays each image (its key is the batch and the image's hash).
     again = client.batches.submit_folder(folder, batch_id=str(done.batch.id), seal=True)
@@ -78,6 +79,9 @@ def test_a_webhook_the_api_signed_verifies(client, worker, beat, wait):
         client.webhooks.send_test(endpoint.id)
         wait(lambda: hook.requests, timeout=60, message="the test event")
         delivered = hook.requests[0]
+        logged = wait(lambda: [d for d in client.webhooks.deliveries(endpoint.id) if d.status == "delivered"],
+                      timeout=30, message="the delivery log")
+    assert logged[0].attempts[0].status_code == 200
     event = client.webhooks.verify(delivered.headers, delivered.body.encode(), endpoint.secret)
     assert event["type"] == "webhook.test"
     with pytest.raises(WebhookVerificationError, match="signature"):

@@ -90,6 +90,7 @@ class Client:
         self.api_keys = ApiKeys(self)
         self.audit_events = AuditEvents(self)
         self.models = Models(self)
+        self.destinations = Destinations(self)
 
     def close(self) -> None:
         self._http.close()
@@ -461,6 +462,21 @@ class Models:
     def list(self) -> Iterator[models.ModelListed]:
         """The model registry's versions."""
         return self._client._pages("/v1/models", {}, models.ModelListed)
+
+
+class Destinations:
+    """The tenant's EHR (FHIR) and PACS (DICOMweb) destinations' delivery logs."""
+
+    KINDS = ("fhir", "dicomweb")
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def deliveries(self, kind: str, *, limit: int = 200) -> Iterator[models.DeliveryOut]:
+        """``kind`` ``fhir`` or ``dicomweb``: the latest ``limit`` deliveries, newest first."""
+        if kind not in self.KINDS:
+            raise ValueError(f"kind: one of {', '.join(self.KINDS)}")
+        return self._client._pages(f"/v1/{kind}-destination/deliveries", {"limit": limit}, models.DeliveryOut)
 
 
 def _one(call: Call) -> ops.Op[httpx.Response]:

@@ -2,9 +2,10 @@
 
 A request is retried (tenacity) when the API says it is busy or overloaded (429, 503: it did
 nothing with the request), after the ``Retry-After`` it sends, or else after an exponential
-backoff; and when the connection failed, if the request is safe to send twice: a GET, PUT or
-DELETE, a POST carrying an ``Idempotency-Key`` (the API replays the first answer), or any request
-that never reached the server (the connection was refused). The key of a submission is made
+backoff; and when the connection failed or a gateway in front of the API answered 502 or 504,
+if the request is safe to send twice: a GET, PUT or DELETE, a POST carrying an
+``Idempotency-Key`` (the API replays the first answer), or any request that never reached the
+server (the connection was refused). The key of a submission is made
 once, before the first attempt, so every retry carries the same one.
 """
 
@@ -22,6 +23,7 @@ from tenacity import AsyncRetrying, RetryCallState, Retrying, retry_if_exception
 from dermasentinel_client.errors import JSON_TYPES, ApiError, NotTheApi, StorageRefused, content_type
 
 BUSY = frozenset({429, 503})
+GATEWAY = frozenset({502, 504})  # the request may have arrived: retried only when repeatable
 SAFE_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 
 
@@ -126,8 +128,8 @@ def _retrying_kwargs(policy: RetryPolicy, call: Call) -> dict[str, Any]:
     return dict(stop=stop_after_attempt(attempts), wait=_wait(policy), retry=_retryable(call), reraise=True)
 
 
-def _busy(response: httpx.Response) -> None:
-    if response.status_code in BUSY:
+def _busy(call: Call, response: httpx.Response) -> None:
+    if response.status_code in BUSY or (response.status_code in GATEWAY and call.repeatable):
         raise _Busy(response)
 
 
@@ -152,7 +154,7 @@ def send(policy: RetryPolicy, api: httpx.Client, storage: httpx.Client, call: Ca
         for attempt in Retrying(**_retrying_kwargs(policy, call)):
             with attempt:
                 response = http.request(call.method, call.url, **call.kwargs())
-                _busy(response)
+                _busy(call, response)
     except _Busy as exc:  # still busy after the last retry: the answer is the error
         response = exc.response
     return checked(call, response)
@@ -166,7 +168,7 @@ async def send_async(
         async for attempt in AsyncRetrying(**_retrying_kwargs(policy, call)):
             with attempt:
                 response = await http.request(call.method, call.url, **call.kwargs())
-                _busy(response)
+                _busy(call, response)
     except _Busy as exc:
         response = exc.response
     return checked(call, response)
