@@ -40,6 +40,7 @@ def test_submit_and_wait_sync_and_async(client, api_url, tenant_key, worker, tmp
         async with AsyncClient(base_url=api_url, api_key=tenant_key[1]) as sdk:
             direct = await sdk.analyses.create(_lesion(4), direct=True, external_id="sdk-2", wait=True, timeout=180)
             listed = [a.id async for a in sdk.analyses.list(page_size=1)]
+            assert [k.active async for k in sdk.api_keys.list()] == [True]
             return direct, listed
 
     direct, listed = asyncio.run(from_asyncio())

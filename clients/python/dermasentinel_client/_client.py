@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 import httpx
+from pydantic import BaseModel
 
 from dermasentinel_client import _operations as ops
 from dermasentinel_client import models
@@ -20,7 +21,7 @@ from dermasentinel_client.errors import ApiError
 from dermasentinel_client.webhooks import verify
 
 T = TypeVar("T")
-M = TypeVar("M")
+M = TypeVar("M", bound=BaseModel)
 __version__ = "0.1.0"
 USER_AGENT = f"dermasentinel-client/{__version__}"
 ProgressCallback = Callable[[ops.UploadProgress], None]
@@ -400,26 +401,24 @@ class Webhooks:
 
     verify = staticmethod(verify)
 
-    def create_endpoint(self, url: str, *, events: list[str] | None = None,
+    def create_endpoint(self, url: str, *, events: Sequence[str] | None = None,
                         description: str | None = None) -> models.WebhookEndpointWithSecret:
         """A new endpoint; its ``secret`` (``whsec_…``) is shown only in this answer."""
-        body = {"url": url, "events": events, "description": description}
-        response = self._client._run(_one(Call("POST", "/v1/webhook-endpoints", json=body)))
-        return models.WebhookEndpointWithSecret.model_validate(response.json())
+        return self._client._run(ops.one(_endpoint_call(url, events, description), models.WebhookEndpointWithSecret))
 
     def list_endpoints(self) -> Iterator[models.WebhookEndpointOut]:
         return self._client._pages("/v1/webhook-endpoints", {}, models.WebhookEndpointOut)
 
     def get_endpoint(self, endpoint_id: str) -> models.WebhookEndpointOut:
-        response = self._client._run(_one(Call("GET", f"/v1/webhook-endpoints/{endpoint_id}")))
-        return models.WebhookEndpointOut.model_validate(response.json())
+        return self._client._run(ops.one(Call("GET", f"/v1/webhook-endpoints/{endpoint_id}"),
+                                         models.WebhookEndpointOut))
 
     def delete_endpoint(self, endpoint_id: str) -> None:
-        self._client._run(_one(Call("DELETE", f"/v1/webhook-endpoints/{endpoint_id}", expect_json=False)))
+        self._client._run(ops.no_answer(Call("DELETE", f"/v1/webhook-endpoints/{endpoint_id}", expect_json=False)))
 
     def send_test(self, endpoint_id: str) -> models.WebhookTestSent:
-        response = self._client._run(_one(Call("POST", f"/v1/webhook-endpoints/{endpoint_id}/test")))
-        return models.WebhookTestSent.model_validate(response.json())
+        return self._client._run(ops.one(Call("POST", f"/v1/webhook-endpoints/{endpoint_id}/test"),
+                                         models.WebhookTestSent))
 
     def deliveries(self, endpoint_id: str, *, limit: int = 200) -> Iterator[models.DeliveryOut]:
         """The endpoint's latest ``limit`` deliveries, newest first, with every attempt."""
@@ -436,13 +435,10 @@ class ApiKeys:
 
     def create(self, name: str, scopes: Sequence[str] | None = None) -> models.ApiKeyCreated:
         """A new key of this tenant; its ``key`` is shown only in this answer."""
-        body = {"name": name, "scopes": scopes}
-        response = self._client._run(_one(Call("POST", "/v1/api-keys", json={k: v for k, v in body.items() if v})))
-        return models.ApiKeyCreated.model_validate(response.json())
+        return self._client._run(ops.one(_key_call(name, scopes), models.ApiKeyCreated))
 
     def revoke(self, key_id: str) -> models.ApiKeyOut:
-        response = self._client._run(_one(Call("DELETE", f"/v1/api-keys/{key_id}")))
-        return models.ApiKeyOut.model_validate(response.json())
+        return self._client._run(ops.one(Call("DELETE", f"/v1/api-keys/{key_id}"), models.ApiKeyOut))
 
 
 class AuditEvents:
@@ -474,14 +470,22 @@ class Destinations:
 
     def deliveries(self, kind: str, *, limit: int = 200) -> Iterator[models.DeliveryOut]:
         """``kind`` ``fhir`` or ``dicomweb``: the latest ``limit`` deliveries, newest first."""
-        if kind not in self.KINDS:
-            raise ValueError(f"kind: one of {', '.join(self.KINDS)}")
-        return self._client._pages(f"/v1/{kind}-destination/deliveries", {"limit": limit}, models.DeliveryOut)
+        return self._client._pages(_deliveries_path(kind), {"limit": limit}, models.DeliveryOut)
 
 
-def _one(call: Call) -> ops.Op[httpx.Response]:
-    response = yield call
-    return response
+def _endpoint_call(url: str, events: Sequence[str] | None, description: str | None) -> Call:
+    return Call("POST", "/v1/webhook-endpoints", json={"url": url, "events": events, "description": description})
+
+
+def _key_call(name: str, scopes: Sequence[str] | None) -> Call:
+    body = {"name": name, "scopes": list(scopes) if scopes else None}
+    return Call("POST", "/v1/api-keys", json={k: v for k, v in body.items() if v})
+
+
+def _deliveries_path(kind: str) -> str:
+    if kind not in Destinations.KINDS:
+        raise ValueError(f"kind: one of {', '.join(Destinations.KINDS)}")
+    return f"/v1/{kind}-destination/deliveries"
 
 
 # ================================================================ async
@@ -504,8 +508,13 @@ class AsyncClient:
         self._http = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout, transport=transport)
         self._storage = httpx.AsyncClient(timeout=timeout, headers={"User-Agent": USER_AGENT}, transport=transport)
         self.analyses = AsyncAnalyses(self)
+        self.uploads = AsyncUploads(self)
         self.batches = AsyncBatches(self)
         self.webhooks = AsyncWebhooks(self)
+        self.api_keys = AsyncApiKeys(self)
+        self.audit_events = AsyncAuditEvents(self)
+        self.models = AsyncModels(self)
+        self.destinations = AsyncDestinations(self)
 
     async def close(self) -> None:
         await self._http.aclose()
@@ -678,8 +687,87 @@ class AsyncBatches:
         return outcome
 
 
+class AsyncUploads:
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    async def create(self, image: ops.ImageInput, content_type: str | None = None) -> models.UploadOut:
+        return await self._client._run(ops.create_upload(image, content_type))
+
+    async def create_bulk(self, count: int, content_type: str = "image/jpeg") -> list[models.UploadOut]:
+        return await self._client._run(ops.create_uploads(count, content_type))
+
+    async def put(self, upload: models.UploadOut, data: bytes) -> None:
+        await self._client._run(ops.put_upload(upload, data))
+
+    async def submit(self, items: Sequence[Mapping[str, Any]]) -> models.UploadSubmissionsOut:
+        return await self._client._run(ops.submit_uploads(items))
+
+
 class AsyncWebhooks:
     verify = staticmethod(verify)
 
     def __init__(self, client: AsyncClient) -> None:
         self._client = client
+
+    async def create_endpoint(self, url: str, *, events: Sequence[str] | None = None,
+                              description: str | None = None) -> models.WebhookEndpointWithSecret:
+        return await self._client._run(ops.one(_endpoint_call(url, events, description),
+                                               models.WebhookEndpointWithSecret))
+
+    def list_endpoints(self) -> AsyncIterator[models.WebhookEndpointOut]:
+        return self._client._pages("/v1/webhook-endpoints", {}, models.WebhookEndpointOut)
+
+    async def get_endpoint(self, endpoint_id: str) -> models.WebhookEndpointOut:
+        return await self._client._run(ops.one(Call("GET", f"/v1/webhook-endpoints/{endpoint_id}"),
+                                               models.WebhookEndpointOut))
+
+    async def delete_endpoint(self, endpoint_id: str) -> None:
+        await self._client._run(ops.no_answer(Call("DELETE", f"/v1/webhook-endpoints/{endpoint_id}",
+                                                   expect_json=False)))
+
+    async def send_test(self, endpoint_id: str) -> models.WebhookTestSent:
+        return await self._client._run(ops.one(Call("POST", f"/v1/webhook-endpoints/{endpoint_id}/test"),
+                                               models.WebhookTestSent))
+
+    def deliveries(self, endpoint_id: str, *, limit: int = 200) -> AsyncIterator[models.DeliveryOut]:
+        return self._client._pages(f"/v1/webhook-endpoints/{endpoint_id}/deliveries", {"limit": limit},
+                                   models.DeliveryOut)
+
+
+class AsyncApiKeys:
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    def list(self) -> AsyncIterator[models.ApiKeyOut]:
+        return self._client._pages("/v1/api-keys", {}, models.ApiKeyOut)
+
+    async def create(self, name: str, scopes: Sequence[str] | None = None) -> models.ApiKeyCreated:
+        return await self._client._run(ops.one(_key_call(name, scopes), models.ApiKeyCreated))
+
+    async def revoke(self, key_id: str) -> models.ApiKeyOut:
+        return await self._client._run(ops.one(Call("DELETE", f"/v1/api-keys/{key_id}"), models.ApiKeyOut))
+
+
+class AsyncAuditEvents:
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    def list(self, **filters: str | None) -> AsyncIterator[models.AuditEventOut]:
+        return self._client._pages("/v1/audit-events", {**filters, "limit": ops.PAGE_LIMIT}, models.AuditEventOut)
+
+
+class AsyncModels:
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    def list(self) -> AsyncIterator[models.ModelListed]:
+        return self._client._pages("/v1/models", {}, models.ModelListed)
+
+
+class AsyncDestinations:
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    def deliveries(self, kind: str, *, limit: int = 200) -> AsyncIterator[models.DeliveryOut]:
+        return self._client._pages(_deliveries_path(kind), {"limit": limit}, models.DeliveryOut)

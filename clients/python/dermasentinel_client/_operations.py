@@ -20,12 +20,14 @@ from pathlib import Path
 from typing import IO, Any, TypeVar, Union
 
 import httpx
+from pydantic import BaseModel
 
 from dermasentinel_client import models
 from dermasentinel_client._transport import Call
 from dermasentinel_client.errors import WaitTimeout
 
 T = TypeVar("T")
+ModelT = TypeVar("ModelT", bound=BaseModel)
 ImageInput = Union[str, "os.PathLike[str]", bytes, IO[bytes]]
 
 FINAL_ANALYSIS = frozenset({"succeeded", "rejected", "failed", "canceled"})
@@ -94,11 +96,22 @@ def page(path: str, params: Mapping[str, Any]) -> Call:
     return Call("GET", path, params=_fields(params))
 
 
-def items_and_cursor(response: httpx.Response, model: type[T]) -> tuple[list[T], str | None]:
+def items_and_cursor(response: httpx.Response, model: type[ModelT]) -> tuple[list[ModelT], str | None]:
     """One page's items, parsed, and the cursor of the next (None: the last page, or a list that
     has no pages)."""
     body = response.json()
-    return [model.model_validate(item) for item in body["data"]], body.get("next_cursor")  # type: ignore[attr-defined]
+    return [model.model_validate(item) for item in body["data"]], body.get("next_cursor")
+
+
+def one(call: Call, model: type[ModelT]) -> Op[ModelT]:
+    """One call whose answer is one ``model``."""
+    response = yield call
+    return model.model_validate(response.json())
+
+
+def no_answer(call: Call) -> Op[None]:
+    """One call answered 204."""
+    yield call
 
 
 def readiness() -> Op[models.Readiness]:
