@@ -70,3 +70,20 @@ def test_the_sdk_imports_no_server_package():
                 continue
             found.update({root: path.name for root in roots if root not in allowed})
     assert not found, f"the SDK must install and run on its own: {found}"
+
+
+def test_the_async_client_has_every_method_of_the_sync_one_but_the_streamed_downloads():
+    from dermasentinel_client import AsyncClient, Client
+
+    sync, asynchronous = Client(base_url="http://127.0.0.1:9"), AsyncClient(base_url="http://127.0.0.1:9")
+    sync_only = {("batches", name) for name in ("download_results", "errors", "iter_results", "output",
+                                                "submit_archive")}
+    missing = []
+    for resource, methods in vars(sync).items():
+        if resource.startswith("_") or not hasattr(methods, "_client"):
+            continue
+        wanted = [name for name in dir(methods) if not name.startswith("_") and callable(getattr(methods, name))
+                  and (resource, name) not in sync_only]
+        missing += [f"{resource}.{name}" for name in wanted if not hasattr(getattr(asynchronous, resource, None), name)]
+    sync.close()
+    assert not missing, f"AsyncClient lacks {missing}"

@@ -617,9 +617,22 @@ class AsyncAnalyses:
     async def reprocess(self, analysis_id: str) -> models.AnalysisOut:
         return await self._client._run(ops.analysis_action(str(analysis_id), "reprocess"))
 
-    async def upload(self, image: ops.ImageInput, content_type: str | None = None) -> models.UploadOut:
-        """A direct upload, its bytes PUT: pass its ``id`` as ``create(upload_id=…)``."""
-        return await self._client._run(ops.create_upload(image, content_type))
+    async def delete(self, analysis_id: str) -> None:
+        await self._client._run(ops.delete_analysis(str(analysis_id)))
+
+    async def feedback(self, analysis_id: str, *, agrees: bool, final_diagnosis: str | None = None,
+                       histopathology: str | None = None, notes: str | None = None) -> models.FeedbackOut:
+        body = dict(agrees=agrees, final_diagnosis=final_diagnosis, histopathology=histopathology, notes=notes)
+        return await self._client._run(ops.send_feedback(str(analysis_id), body))
+
+    async def ask(self, analysis_id: str, question: str) -> models.QuestionOut:
+        return await self._client._run(ops.ask(str(analysis_id), question))
+
+    def questions(self, analysis_id: str) -> AsyncIterator[models.QuestionOut]:
+        return self._client._pages(f"/v1/analyses/{analysis_id}/questions", {}, models.QuestionOut)
+
+    async def report_pdf(self, analysis_id: str) -> bytes:
+        return await self._client._run(ops.report_pdf(str(analysis_id)))
 
 
 class AsyncBatches:
