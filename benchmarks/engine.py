@@ -34,6 +34,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -269,7 +270,8 @@ def _host_cost(pipeline, jpegs: list[bytes]) -> dict[str, float]:
 
 
 def _end_to_end(args: argparse.Namespace, model_dir: Path, scratch: Path, jpegs: list[bytes], backend: str) -> dict:
-    from cli.client import Client
+    from dermasentinel_client import Client
+
     from devstack import ServiceStartError, UpProcess
 
     data_dir = scratch / "data"
@@ -296,21 +298,22 @@ def _end_to_end(args: argparse.Namespace, model_dir: Path, scratch: Path, jpegs:
         process, api_url, api_key = up.process, up.api_url, up.api_key
         assert process is not None and api_url and api_key
         print(f"   stack up in {time.perf_counter() - started:.0f} s at {api_url}", flush=True)
-        client = Client(api_url, api_key, timeout=120)
-        fields = {"age": 55, "sex": "female", "site": "torso"}
-        warm = client.submit(jpegs[0], "warm-up.jpg", fields)  # the GPU worker loads its models
-        client.wait(str(warm.id), timeout=1800, interval=0.5)
+        client = Client(base_url=api_url, api_key=api_key, timeout=120)
+        fields: dict[str, Any] = {"age": 55, "sex": "female", "site": "torso"}
+        warm = client.analyses.create(jpegs[0], filename="warm-up.jpg", **fields)  # the GPU worker loads its models
+        client.analyses.wait(warm.id, timeout=1800, poll_interval=0.5)
         print(f"   warm-up analysis done {time.perf_counter() - started:.0f} s after start", flush=True)
 
         cpu_before = _cpu_by_process(process.pid)
         first, first_wall = time.perf_counter(), time.time()
         with ThreadPoolExecutor(args.upload_concurrency) as pool:
-            created = list(pool.map(lambda i: client.submit(jpegs[i], f"bench-{i}.jpg", fields), range(len(jpegs))))
+            created = list(pool.map(
+                lambda i: client.analyses.create(jpegs[i], filename=f"bench-{i}.jpg", **fields), range(len(jpegs))))
         uploads = time.perf_counter() - first
         statuses: dict[str, int] = {}
         finals = []
         for analysis in created:
-            final = client.wait(str(analysis.id), timeout=3600, interval=1.0)
+            final = client.analyses.wait(analysis.id, timeout=3600, poll_interval=1.0)
             statuses[final.status] = statuses.get(final.status, 0) + 1
             finals.append(final)
         client.close()

@@ -15,7 +15,8 @@ import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from cli.client import Client
+from dermasentinel_client import Client
+
 from shared.config import get_settings
 from worker.pipeline.synthetic import encode_jpeg, make_lesion
 
@@ -29,7 +30,8 @@ def main() -> None:
     args = parser.parse_args()
 
     settings = get_settings()
-    client = Client(args.api_url or settings.api_url, args.api_key or settings.api_key.get_secret_value())
+    client = Client(base_url=args.api_url or settings.api_url,
+                    api_key=args.api_key or settings.api_key.get_secret_value())
     images = [
         encode_jpeg(make_lesion(seed=i, size=(768, 1024), radius_frac=0.18 + 0.01 * (i % 5),
                                 irregularity=0.1 * (i % 7), variegation=0.1 * (i % 6), ita=10 + 7 * (i % 8)).image)
@@ -38,8 +40,8 @@ def main() -> None:
     started = time.monotonic()
 
     def submit(index: int) -> tuple[str, float]:
-        created = client.submit(images[index], f"bench-{index}.jpg",
-                                {"age": 30 + index, "sex": "female", "site": "torso"})
+        created = client.analyses.create(images[index], filename=f"bench-{index}.jpg", age=30 + index,
+                                         sex="female", site="torso")
         return str(created.id), time.monotonic()
 
     with ThreadPoolExecutor(args.concurrency) as pool:
@@ -48,7 +50,7 @@ def main() -> None:
 
     latencies, statuses = [], {}
     for analysis_id, submitted_at in submitted:
-        analysis = client.wait(analysis_id, timeout=3600, interval=0.25)
+        analysis = client.analyses.wait(analysis_id, timeout=3600, poll_interval=0.25)
         statuses[analysis.status] = statuses.get(analysis.status, 0) + 1
         latencies.append(time.monotonic() - submitted_at)
     total_s = time.monotonic() - started

@@ -13,34 +13,31 @@ uploaded or the wait timed out; rerun the same command to continue.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
-import time
-from collections.abc import Callable
+import sys
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 import httpx
+from dermasentinel_client import Client, RetryPolicy, WaitTimeout
+from dermasentinel_client.models import BatchOut, UploadOut
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from tenacity import RetryError, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from cli.client import ApiError, Client
+from cli.client import ApiError, connect
 from cli.manifest import BadRow, Row, external_id_from, plan_batch
 from cli.render import disposition_counts, equity_table, triage_summary
 from shared.config import get_settings
-from shared.schemas.analyses import AnalysisPage
-from shared.schemas.batches import BatchOut, BatchPage, BatchResults
-from shared.schemas.uploads import UploadOut
 
-UPLOAD_ATTEMPTS = 4
-RETRY_STATUSES = {429, 500, 502, 503, 504}
-FINAL_STATES = {"completed", "canceled", "expired"}  # how a sealed batch ends (issue 25)
-T = TypeVar("T")
+# The SDK retries each call (429 and 503 after their Retry-After, a failed connection when the
+# call is safe to repeat: every upload carries its Idempotency-Key); what is still busy or out
+# of reach after that is an upload failure of this run (rerun to resume), not a bad row.
+UPLOAD_ATTEMPTS = RetryPolicy().max_retries + 1
+GAVE_UP_STATUSES = {429, 502, 503, 504}
 
 
 # ---------------------------------------------------------------- the batch on the server
@@ -49,27 +46,15 @@ T = TypeVar("T")
 def find_or_create_batch(client: Client, name: str, external_id: str | None) -> tuple[BatchOut, bool]:
     """The newest batch called ``name`` if there is one (to resume or report), else a new one.
     Returns the batch and whether it was created now."""
-    listed = BatchPage.model_validate(
-        client.request("GET", "/v1/batches", params={"name": name, "limit": 1}).json()
-    ).data
-    if listed:
-        return BatchOut.model_validate(client.request("GET", f"/v1/batches/{listed[0].id}").json()), False
-    body = {"name": name, "external_id": external_id}
-    created = client.request("POST", "/v1/batches", json={k: v for k, v in body.items() if v}).json()
-    return BatchOut.model_validate(created), True
+    newest = next(iter(client.batches.list(name=name, page_size=1)), None)
+    if newest is not None:
+        return client.batches.get(newest.id), False
+    return client.batches.create(name, external_id=external_id or None), True
 
 
 def hashes_in_batch(client: Client, batch_id: str) -> set[str]:
     """The content hashes of the images the batch already holds (a resumed run skips them)."""
-    hashes: set[str] = set()
-    cursor = None
-    while True:
-        params = {"batch_id": batch_id, "limit": 200, **({"cursor": cursor} if cursor else {})}
-        page = AnalysisPage.model_validate(client.request("GET", "/v1/analyses", params=params).json())
-        hashes.update(a.image.sha256 for a in page.data if a.image.sha256)
-        cursor = page.next_cursor
-        if not cursor:
-            return hashes
+    return {a.image.sha256 for a in client.analyses.list(batch_id=batch_id) if a.image.sha256}
 
 
 def idempotency_key(batch_id: str, sha256: str) -> str:
@@ -87,19 +72,18 @@ class Uploaded:
 
 
 def upload(client: Client, batch_id: str, row: Row, direct: bool = False) -> Uploaded:
-    """Send one row, retrying transient failures. Raises ValueError for a row the API refuses.
-    ``direct``: the bytes go to the object store through a presigned URL, not through the API."""
-    fields = {**row.fields, "batch_id": batch_id}
+    """Send one row (the SDK retries transient failures). Raises ValueError for a row the API
+    refuses, ConnectionError when it could not be sent. ``direct``: the bytes go to the object
+    store through a presigned URL, not through the API."""
     try:
-        for attempt in _upload_retrying():
-            with attempt:
-                if direct:
-                    client.submit_direct(row.path.read_bytes(), fields, idempotency_key(batch_id, row.sha256))
-                else:
-                    client.submit(row.path.read_bytes(), row.path.name, fields, idempotency_key(batch_id, row.sha256))
-    except RetryError as exc:
-        raise ConnectionError(f"gave up after {UPLOAD_ATTEMPTS} attempts: {exc.last_attempt.exception()}") from None
+        fields: dict[str, Any] = dict(row.fields)
+        client.analyses.create(row.path, direct=direct, batch_id=batch_id,
+                               idempotency_key=idempotency_key(batch_id, row.sha256), **fields)
+    except httpx.TransportError as exc:
+        raise ConnectionError(f"gave up after {UPLOAD_ATTEMPTS} attempts: {exc}") from None
     except ApiError as exc:
+        if exc.status_code in GAVE_UP_STATUSES:
+            raise ConnectionError(f"gave up after {UPLOAD_ATTEMPTS} attempts: {exc}") from None
         if exc.status_code in (401, 403):
             raise Fatal(str(exc)) from None
         if exc.status_code == 409 and "sealed" in str(exc):
@@ -128,33 +112,31 @@ def upload_direct_chunk(client: Client, batch_id: str, rows: list[Row]) -> list[
         if not wanted:
             continue
         try:
-            uploads = _retry_call(functools.partial(_create_uploads, client, len(wanted), content_type))
-        except (ConnectionError, ApiError):
+            uploads = client.uploads.create_bulk(len(wanted), content_type)
+        except (httpx.TransportError, ApiError):
             continue  # those rows go one at a time below
         for n, made_upload in zip(wanted, uploads, strict=True):
             try:
-                put = client.storage.put(made_upload.url, content=rows[n].path.read_bytes(),
-                                         headers=made_upload.headers)
-            except httpx.TransportError:
+                client.uploads.put(made_upload, rows[n].path.read_bytes())
+            except (httpx.TransportError, ApiError):
                 continue
-            if put.status_code < 300:
-                puts.append((n, made_upload))
+            puts.append((n, made_upload))
     if puts:
-        items = [
+        items: list[dict[str, Any]] = [
             {**{k: v for k, v in rows[n].fields.items() if v is not None}, "batch_id": batch_id,
              "upload_id": str(made_upload.id), "idempotency_key": idempotency_key(batch_id, rows[n].sha256)}
             for n, made_upload in puts
         ]
+        answer = None
         try:
-            answer = _retry_call(lambda: client.request("POST", "/v1/uploads/submit", json={"items": items}).json())
+            answer = client.uploads.submit(items)
         except ApiError as exc:
             if exc.status_code in (401, 403):
                 raise Fatal(str(exc)) from None
-            answer = None
-        except ConnectionError:
-            answer = None
-        for (n, _), result in zip(puts, answer["results"] if answer else [], strict=False):
-            settled[n] = _direct_result(rows[n], result)
+        except httpx.TransportError:
+            pass
+        for (n, _), result in zip(puts, answer.results if answer else [], strict=False):
+            settled[n] = _direct_result(rows[n], result.status, result.problem.detail if result.problem else "")
     out = []
     for n, row in enumerate(rows):
         if n not in settled:
@@ -164,12 +146,6 @@ def upload_direct_chunk(client: Client, batch_id: str, rows: list[Row]) -> list[
                 settled[n] = exc
         out.append((row, settled[n]))
     return out
-
-
-def _create_uploads(client: Client, count: int, content_type: str) -> list[UploadOut]:
-    """``POST /v1/uploads/bulk``: ``count`` upload ids and URLs for images of ``content_type``."""
-    answer = client.request("POST", "/v1/uploads/bulk", json={"count": count, "content_type": content_type}).json()
-    return [UploadOut.model_validate(made) for made in answer["uploads"]]
 
 
 def _upload_one(client: Client, batch_id: str, row: Row) -> list[tuple[Row, Uploaded | Exception]]:
@@ -184,39 +160,15 @@ def _content_type(row: Row) -> str:
         return "image/png" if image.read(4) == b"\x89PNG" else "image/jpeg"
 
 
-def _retry_call(call: Callable[[], T]) -> T:
-    """``call``'s answer, retried as an upload is; ConnectionError once the attempts are spent."""
-    try:
-        return _upload_retrying()(call)
-    except RetryError as exc:
-        raise ConnectionError(f"gave up after {UPLOAD_ATTEMPTS} attempts: {exc.last_attempt.exception()}") from None
-
-
-def _direct_result(row: Row, result: dict[str, Any]) -> Uploaded | Exception:
+def _direct_result(row: Row, status: int, detail: str) -> Uploaded | Exception:
     """One item of ``POST /v1/uploads/submit``, read as ``upload`` reads a single answer."""
-    status = result["status"]
     if status < 300:
         return Uploaded(row)
-    detail = (result.get("problem") or {}).get("detail", "")
     if status == 409 and "sealed" in detail:
         raise Fatal(f"HTTP 409: {detail}; the batch was sealed while uploading")
     if status == 409:
         return Uploaded(row, warning="already in the batch with the metadata of an earlier run")
     return ValueError(f"the API refused it: HTTP {status}: {detail}")
-
-
-def _transient(exc: BaseException) -> bool:
-    """Worth another try: the connection failed, or the API is busy or briefly broken."""
-    return isinstance(exc, httpx.TransportError) or (isinstance(exc, ApiError) and exc.status_code in RETRY_STATUSES)
-
-
-def _upload_retrying() -> Retrying:
-    # 0.5 s, 1 s, 2 s between the attempts; anything else the API answers is final.
-    return Retrying(
-        stop=stop_after_attempt(UPLOAD_ATTEMPTS),
-        wait=wait_exponential(multiplier=0.5),
-        retry=retry_if_exception(_transient),
-    )
 
 
 # ---------------------------------------------------------------- reporting
@@ -244,7 +196,8 @@ def _report_rows(console: Console, title: str, rows: list[BadRow], style: str) -
 
 @click.group()
 def batch() -> None:
-    """Bulk screening: a folder of photos (and a spreadsheet) as one batch."""
+    """Bulk screening: a folder of photos (and a spreadsheet) as one batch; list, follow, cancel
+    and fetch the results of batches."""
 
 
 @batch.command("submit")
@@ -262,7 +215,7 @@ def batch() -> None:
 @click.option("--timeout", default=6 * 3600.0, show_default=True, help="seconds to wait for processing")
 @click.option("--direct", is_flag=True,
               help="send each photo straight to the object store (presigned upload), not through the API")
-@click.option("--api-key", envvar="DERMASENTINEL_API_KEY", help="API key (dsk_…)")
+@click.option("--api-key", "--key", "api_key", envvar="DERMASENTINEL_API_KEY", help="API key (dsk_…)")
 @click.option("--api-url", envvar="DERMASENTINEL_API_URL", help="API base URL")
 def submit(folder: Path, manifest: Path | None, name: str | None, batch_external_id: str | None, wait: bool,
            out: Path | None, concurrency: int, timeout: float, direct: bool, api_url: str | None,
@@ -277,13 +230,11 @@ def submit(folder: Path, manifest: Path | None, name: str | None, batch_external
     if wait:
         check_writable(out)  # before anything is uploaded, not after hours of waiting (issue 25)
     console = Console(stderr=True, highlight=False)
-    client = Client(api_url or settings.api_url, api_key or settings.api_key.get_secret_value())
+    client = connect(api_url or settings.api_url, api_key or settings.api_key.get_secret_value())
     try:
         code = _run(console, client, folder, manifest, name, batch_external_id, wait, out, concurrency, timeout,
                     direct)
-    except ApiError as exc:
-        raise click.ClickException(str(exc)) from None
-    finally:
+    finally:  # an error of the API is explained by the boundary (cli/errors.py)
         client.close()
     click.get_current_context().exit(code)
 
@@ -329,7 +280,7 @@ def _run(console: Console, client: Client, folder: Path, manifest: Path | None, 
         console.print("[red]some valid rows are not in the batch; it stays open. Rerun the same command to resume.[/]")
         return 1
     if batch_body.state == "open":
-        batch_body = BatchOut.model_validate(client.request("POST", f"/v1/batches/{batch_id}/seal").json())
+        batch_body = client.batches.seal(batch_id)
         console.print(
             f"sealed batch {batch_id}: {batch_body.total} items "
             f"({outcome.landed} uploaded now, {outcome.skipped} already there)"
@@ -390,51 +341,44 @@ def _upload_all(
 
 
 def _wait_for(console: Console, client: Client, batch_id: str, timeout: float, interval: float = 1.0) -> bool:
-    """Show the batch's progress until it is complete (True) or ``timeout`` passes (False)."""
-    deadline = time.monotonic() + timeout
+    """Show the batch's progress until it has ended (True) or ``timeout`` passes (False)."""
     columns = (TextColumn("processing"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"))
     with Progress(*columns, console=console) as bar:
-        task = None
-        while True:
-            body = BatchOut.model_validate(client.request("GET", f"/v1/batches/{batch_id}").json())
-            counts, rate, eta = body.counts, body.throughput_per_minute, body.eta_seconds
-            dispositions = body.dispositions
-            description = (
-                f"ok {counts.succeeded} · rejected {counts.rejected} · failed {counts.failed}"
-                + (f" · urgent {dispositions.urgent_referral}" if dispositions.urgent_referral else "")
-                + (f" · {rate:.1f}/min" if rate else "")
-                + (f" · ETA {eta:.0f}s" if eta else "")
-            )
-            if task is None:
-                task = bar.add_task(description, total=body.total)
-            bar.update(task, completed=body.done, total=body.total, description=description)
-            if body.state in FINAL_STATES:
-                if body.state != "completed":
-                    how = "was canceled" if body.state == "canceled" else "expired (its deadline passed)"
-                    console.print(f"[yellow]batch {batch_id} {how}: {counts.canceled} items were canceled "
-                                  "and are in the triage list as such[/]")
-                return True
-            if time.monotonic() > deadline:
-                console.print(f"[red]batch {batch_id} still processing after {timeout:.0f}s; rerun with --wait[/]")
-                return False
-            time.sleep(interval)
+        task = bar.add_task("", total=None)
+
+        def show(body: BatchOut) -> None:
+            bar.update(task, completed=body.done, total=body.total, description=progress_line(body))
+
+        try:
+            body = client.batches.wait(batch_id, timeout=timeout, poll_interval=interval, on_progress=show)
+        except WaitTimeout:
+            console.print(f"[red]batch {batch_id} still processing after {timeout:.0f}s; rerun with --wait[/]")
+            return False
+    if body.state != "completed":
+        console.print(f"[yellow]batch {batch_id} {ended(body.state)}: {body.counts.canceled} items were canceled "
+                      "and are in the triage list as such[/]")
+    return True
+
+
+def ended(state: str) -> str:
+    return "was canceled" if state == "canceled" else "expired (its deadline passed)"
+
+
+def progress_line(body: BatchOut) -> str:
+    """"ok 12 · rejected 1 · failed 0 · urgent 2 · 30.5/min · ETA 40s": where a batch is."""
+    counts, rate, eta, dispositions = body.counts, body.throughput_per_minute, body.eta_seconds, body.dispositions
+    return (
+        f"ok {counts.succeeded} · rejected {counts.rejected} · failed {counts.failed}"
+        + (f" · urgent {dispositions.urgent_referral}" if dispositions.urgent_referral else "")
+        + (f" · {rate:.1f}/min" if rate else "")
+        + (f" · ETA {eta:.0f}s" if eta else "")
+    )
 
 
 def _write_triage(console: Console, client: Client, batch_id: str, out: Path) -> None:
     """Stream the triage CSV to ``out`` (whole or not at all), then print the batch's summary."""
-    partial = out.with_name(out.name + ".part")
-    params = {"order": "risk", "format": "csv"}
-    with client.http.stream("GET", f"/v1/batches/{batch_id}/results", params=params) as response:
-        if response.status_code >= 400:
-            response.read()
-            raise ApiError(response)
-        with partial.open("wb") as handle:
-            for chunk in response.iter_bytes():
-                handle.write(chunk)
-    partial.replace(out)
-    summary = BatchResults.model_validate(client.request(
-        "GET", f"/v1/batches/{batch_id}/results", params={"format": "json", "items": "false"}
-    ).json()).summary
+    client.batches.download_results(batch_id, out, format="csv", order="risk")
+    summary = client.batches.results(batch_id, items=False).summary
     if summary.weights_warning:
         console.print(summary.weights_warning, style="bold red", markup=False)
     console.print(triage_summary(summary, str(out)))
@@ -443,3 +387,92 @@ def _write_triage(console: Console, client: Client, batch_id: str, out: Path) ->
         console.print("retakes by reason: " + ", ".join(f"{k} {v}" for k, v in summary.retake.items()))
     if summary.equity:
         console.print(equity_table(summary))
+
+
+# ---------------------------------------------------------------- list, status, cancel, results (issue 25)
+
+
+def _api_options(func: Any) -> Any:
+    func = click.option("--api-key", "--key", "api_key", envvar="DERMASENTINEL_API_KEY",
+                        help="API key (dsk_…); default: DERMASENTINEL_API_KEY, else the development key of `up`")(func)
+    return click.option("--api-url", envvar="DERMASENTINEL_API_URL", help="API base URL")(func)
+
+
+def _connect(api_url: str | None, api_key: str | None) -> Client:
+    settings = get_settings()
+    return connect(api_url or settings.api_url, api_key or settings.api_key.get_secret_value())
+
+
+@batch.command("list")
+@click.option("--name", help="only the batches called so")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=20, show_default=True, help="how many, newest first")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output (one JSON object per line)")
+@_api_options
+def list_batches(name: str | None, limit: int, as_json: bool, api_url: str | None, api_key: str | None) -> None:
+    """The tenant's batches, newest first: id, state, items done, name."""
+    shown = 0
+    with _connect(api_url, api_key) as client:
+        for listed in client.batches.list(name=name, page_size=min(limit, 200)):
+            if shown == limit:
+                break
+            shown += 1
+            if as_json:
+                click.echo(listed.model_dump_json())
+                continue
+            done = listed.total - listed.counts.queued - listed.counts.processing
+            click.echo(f"{listed.id}  {listed.state:<9}  {done:>6}/{listed.total:<6}  {listed.created_at}  "
+                       f"{listed.name}")
+    if not shown and not as_json:
+        click.echo("no batches" + (f" called {name!r}" if name else ""), err=True)
+
+
+@batch.command("status")
+@click.argument("batch_id", metavar="ID")
+@click.option("--json", "as_json", is_flag=True, help="the API's answer as JSON")
+@_api_options
+def status(batch_id: str, as_json: bool, api_url: str | None, api_key: str | None) -> None:
+    """A batch's state and progress: counts per status, dispositions, throughput and ETA."""
+    with _connect(api_url, api_key) as client:
+        body = client.batches.get(batch_id)
+    if as_json:
+        click.echo(body.model_dump_json(indent=2))
+        return
+    click.echo(f"batch {body.id} {body.name!r}: {body.state}, {body.done} of {body.total} done "
+               f"({body.percent_done:.0f}%)")
+    click.echo(progress_line(body) + f" · canceled {body.counts.canceled}")
+    click.echo("dispositions: " + disposition_counts(body.dispositions))
+    if body.state in ("canceled", "expired"):
+        click.echo(f"the batch {ended(body.state)}: {body.counts.canceled} items were canceled")
+
+
+@batch.command("cancel")
+@click.argument("batch_id", metavar="ID")
+@_api_options
+def cancel(batch_id: str, api_url: str | None, api_key: str | None) -> None:
+    """Cancel a batch's unfinished items and close it (a repeat changes nothing)."""
+    with _connect(api_url, api_key) as client:
+        body = client.batches.cancel(batch_id)
+    click.echo(f"batch {body.id}: {body.canceled_now} items canceled now; {body.state}, "
+               f"{body.counts.succeeded} succeeded, {body.counts.canceled} canceled of {body.total}")
+
+
+@batch.command("results")
+@click.argument("batch_id", metavar="ID")
+@click.option("--format", "fmt", type=click.Choice(["csv", "json", "isic"]), default="csv", show_default=True,
+              help="the triage CSV, the API's JSON, or ISIC challenge-style CSV")
+@click.option("--order", type=click.Choice(["risk", "submitted"]), default="risk", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="write to this file [default: stdout]")
+@_api_options
+def results(batch_id: str, fmt: str, order: str, out: Path | None, api_url: str | None, api_key: str | None) -> None:
+    """A batch's triage list, highest risk first (weights that are not `trained`: the ranking is
+    not meaningful; the JSON's summary says so)."""
+    if out is not None:
+        check_writable(out)
+    with _connect(api_url, api_key) as client:
+        if out is not None:
+            client.batches.download_results(batch_id, out, format=fmt, order=order)
+        else:
+            client.batches.download_results(batch_id, sys.stdout.buffer, format=fmt, order=order)
+            sys.stdout.buffer.flush()
+    if out is not None:
+        click.echo(f"wrote {out}", err=True)

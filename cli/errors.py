@@ -89,11 +89,10 @@ def explain(exc: Exception) -> str:
 
 def _api(exc: Exception) -> str | None:
     import httpx
+    from dermasentinel_client import ApiError
 
-    from cli.client import ApiError
-
-    if isinstance(exc, ApiError):
-        return str(exc)
+    if isinstance(exc, ApiError):  # the SDK's hint for an answer that is not the API's, in the CLI's words
+        return str(exc).replace("check the API URL", "check --api-url / DERMASENTINEL_API_URL")
     if not isinstance(exc, httpx.TransportError):
         return None
     where = _request_origin(exc)

@@ -17,9 +17,9 @@ from shared.queues import ROLE_QUEUES, queue_list
 from shared.scopes import Scope
 
 if TYPE_CHECKING:
+    from dermasentinel_client import Client
     from sqlalchemy.orm import Session
 
-    from cli.client import Client
     from shared.config import Settings
     from shared.model_acceptance import AcceptanceCheck
     from shared.model_registry import RegisteredModel
@@ -44,10 +44,10 @@ def _client_options(func):
 
 
 def _client(api_url: str | None, api_key: str | None) -> Client:
-    from cli.client import Client
+    from cli.client import connect
 
     settings = get_settings()
-    return Client(api_url or settings.api_url, api_key or settings.api_key.get_secret_value())
+    return connect(api_url or settings.api_url, api_key or settings.api_key.get_secret_value())
 
 
 @click.group(cls=CliGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -78,12 +78,10 @@ def up(host: str, port: int, demo: bool, exit_after_demo: bool) -> None:
 def status(as_json: bool) -> None:
     """The stack client commands use: its API (ready or not), where its settings come from, and
     the Prometheus metrics URL of each of its processes (the API's and each worker role's)."""
-    import httpx
+    from dermasentinel_client import Client
 
-    from cli.client import NotTheApi
     from cli.up import read_metrics_file
     from shared.config import settings_files
-    from shared.schemas.health import Readiness
 
     settings = get_settings()
     if not settings.api_url:
@@ -91,10 +89,8 @@ def status(as_json: bool) -> None:
             "no stack found: start one with `dermasentinel up` (client commands then find it from any folder), "
             "or set DERMASENTINEL_API_URL"
         )
-    response = httpx.get(settings.api_url.rstrip("/") + "/readyz", timeout=5.0)
-    if "json" not in response.headers.get("content-type", ""):
-        raise click.ClickException(str(NotTheApi(response)))
-    readiness = Readiness.model_validate(response.json())
+    with Client(base_url=settings.api_url, timeout=5.0) as client:  # /readyz needs no key
+        readiness = client.readiness()
     metrics = read_metrics_file(settings.data_dir)
     report = {
         "api_url": settings.api_url,
@@ -383,18 +379,15 @@ def _when(moment) -> str | None:
 def submit(image: Path, age, sex, site, external_id, patient_reference, encounter_reference, wait: bool,
            timeout: float, api_url, api_key) -> None:
     """Submit IMAGE, wait for the result and print it."""
-    from cli.client import ApiError
     from cli.render import printable
 
     client = _client(api_url, api_key)
     fields = {"age": age, "sex": sex, "site": site, "external_id": external_id,
               "patient_reference": patient_reference, "encounter_reference": encounter_reference}
-    try:
-        analysis = client.submit(image.read_bytes(), image.name, fields)
+    try:  # an error of the API is explained by the boundary (cli/errors.py)
+        analysis = client.analyses.create(image, **fields)
         if wait:
-            analysis = client.wait(str(analysis.id), timeout=timeout)
-    except ApiError as exc:
-        raise click.ClickException(str(exc)) from None
+            analysis = client.analyses.wait(analysis.id, timeout=timeout)
     finally:
         client.close()
     click.echo(json.dumps(printable(analysis), indent=2))
@@ -421,7 +414,7 @@ def reprocess(analysis_ids: tuple[str, ...], wait: bool, timeout: float, api_url
     try:
         for analysis_id in analysis_ids:
             try:
-                new = client.reprocess(analysis_id)
+                new = client.analyses.reprocess(analysis_id)
             except ApiError as exc:
                 refused += 1
                 click.echo(f"{analysis_id}: not reprocessed: {exc}", err=True)
@@ -429,7 +422,7 @@ def reprocess(analysis_ids: tuple[str, ...], wait: bool, timeout: float, api_url
             line = f"{analysis_id} -> {new.id}"
             if wait:
                 try:
-                    done = client.wait(str(new.id), timeout=timeout)
+                    done = client.analyses.wait(new.id, timeout=timeout)
                 except (ApiError, TimeoutError) as exc:
                     line += f"  (not finished: {exc})"
                 else:

@@ -1,14 +1,12 @@
 """How the client commands print what the API answered: one place for the text a user reads,
-written from the API's typed schemas (``AnalysisOut``, ``TriageSummaryOut``)."""
+written from the API's answers as the SDK types them (``AnalysisOut``, ``TriageSummaryOut``)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from dermasentinel_client.models import AnalysisOut, DispositionCounts, TriageSummaryOut
 from rich.table import Table
-
-from shared.schemas.analyses import AnalysisOut
-from shared.schemas.batches import DispositionCounts, TriageSummaryOut
 
 # What `submit` prints of an analysis, in this order (the scribe note follows as plain text).
 PRINTED = ("id", "status", "external_id", "result", "rejection", "error", "model", "links")

@@ -274,20 +274,20 @@ class _DemoRun:
 
 def run_demo(api_url: str, api_key: str) -> int:
     """Submit one synthetic lesion end to end and print what a user would see."""
-    from cli.client import Client
+    from cli.client import ApiError, connect
     from cli.render import demo_problem, demo_summary
     from worker.pipeline.synthetic import encode_jpeg, make_lesion
 
     lesion = make_lesion(seed=7, size=(600, 800), ita=35.0, radius_frac=0.22, irregularity=0.5, variegation=0.6)
-    client = Client(api_url, api_key)
+    client = connect(api_url, api_key)
     try:
         click.echo("\ndemo: submitting a synthetic lesion (age 54, female, torso)…")
         started = time.monotonic()
-        analysis = client.submit(
-            encode_jpeg(lesion.image), "demo-lesion.jpg",
-            {"age": 54, "sex": "female", "site": "torso", "external_id": "demo-0001"},
+        analysis = client.analyses.create(
+            encode_jpeg(lesion.image), filename="demo-lesion.jpg", age=54, sex="female", site="torso",
+            external_id="demo-0001",
         )
-        analysis = client.wait(str(analysis.id), timeout=900)
+        analysis = client.analyses.wait(analysis.id, timeout=900)
         elapsed = time.monotonic() - started
         click.echo(f"demo: analysis {analysis.id} {analysis.status} in {elapsed:.1f}s")
         if analysis.status != "succeeded":
@@ -297,13 +297,17 @@ def run_demo(api_url: str, api_key: str) -> int:
             click.echo(line)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            response = client.http.get(f"/v1/analyses/{analysis.id}/report.pdf")
-            if response.status_code == 200:
-                out = Path(os.environ.get("DERMASENTINEL_DATA_DIR", ".dermasentinel")) / "demo-report.pdf"
-                out.write_bytes(response.content)
-                click.echo(f"\ndemo: PDF report ({len(response.content):,} bytes) saved to {out}")
-                return 0
-            time.sleep(0.5)
+            try:
+                pdf = client.analyses.report_pdf(analysis.id)
+            except ApiError as exc:
+                if exc.status_code not in (404, 409):  # 409: the report worker has not written it yet
+                    raise
+                time.sleep(0.5)
+                continue
+            out = Path(os.environ.get("DERMASENTINEL_DATA_DIR", ".dermasentinel")) / "demo-report.pdf"
+            out.write_bytes(pdf)
+            click.echo(f"\ndemo: PDF report ({len(pdf):,} bytes) saved to {out}")
+            return 0
         click.echo("demo: the PDF report was not ready within 120s", err=True)
         return 1
     finally:

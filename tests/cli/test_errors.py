@@ -64,6 +64,10 @@ def arguments(command: tuple[str, ...], files: dict[str, Path]) -> list[str]:
         ("models", "rollback"): ["fusion"],
         ("feedback", "export"): [str(files["out_dir"] / "feedback.csv")],
         ("batch", "submit"): [str(files["folder"]), "--wait"],
+        ("batch", "list"): [],
+        ("batch", "status"): [FAKE_ID],
+        ("batch", "cancel"): [FAKE_ID],
+        ("batch", "results"): [FAKE_ID, "--out", str(files["out_dir"] / "results.csv")],
         ("train", "fusion"): ["--images", str(files["folder"]), "--csv", str(files["csv"]),
                               "--out", str(files["out_dir"] / "fusion")],
         ("train", "scalpel"): ["--images", str(files["folder"]), "--masks", str(files["folder"]),
@@ -225,6 +229,7 @@ def test_the_messages_say_what_to_do(files, environment, not_dermasentinel):
     environment({**stopped_stack(), "API_URL": not_dermasentinel})
     _, wrong = run(("submit",), files)
     assert "HTTP 404" in wrong and "not the DermaSentinel API" in wrong and "<html>" not in wrong
+    assert "--api-url / DERMASENTINEL_API_URL" in wrong
 
 
 def test_an_unexpected_error_is_one_line_and_debug_shows_the_traceback(files, environment, monkeypatch):

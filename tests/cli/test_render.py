@@ -1,13 +1,13 @@
-"""What the client commands print of the API's answers, read as its typed schemas (no services needed)."""
+"""What the client commands print of the API's answers, read as the SDK types them (no services needed)."""
 
 from __future__ import annotations
 
 import json
 
+from dermasentinel_client.models import AnalysisOut, DispositionCounts
+
 from cli.render import demo_problem, demo_summary, disposition, disposition_counts, model_version, printable
 from shared.clinical import weights_banner
-from shared.schemas.analyses import AnalysisOut
-from shared.schemas.batches import DispositionCounts
 from tests.factories import UNTRAINED_MODEL, record_data
 
 NOTE = "DRAFT NOTE (research use only)"
