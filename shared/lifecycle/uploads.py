@@ -40,6 +40,9 @@ def claim_upload(
     now = utcnow()
     upload = session.execute(
         select(Upload).where(Upload.id == upload_id, Upload.tenant_id == tenant_id).with_for_update()
+        # Fresh from the row: an earlier claim in this transaction (a bulk call, an archive's
+        # chunk naming the same upload twice) updated it behind the session's back.
+        .execution_options(populate_existing=True)
     ).scalar_one_or_none()
     if upload is None:
         raise UploadUnusable("not_found", 404, f"no upload with id {upload_id}")
