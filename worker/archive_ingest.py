@@ -146,6 +146,8 @@ def _unpack(
         if not _settle(context, job, through, chunk):
             return None
         job, chunk = replace(job, next_row=through), []
+        if job.deadline_at is not None and utcnow() >= job.deadline_at:
+            return _finish(context, job, ArchiveState.stopped)  # what is unfinished expires with it
         if time.monotonic() - started > slice_seconds:
             lifecycle.enqueue_unpack(context.celery, job.archive_id)
             return "continued"

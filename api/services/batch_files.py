@@ -160,7 +160,8 @@ def _write(context: AppContext, key: str, lines: Iterator[str], version: str) ->
             count += 1
         length = spool.tell()
         spool.seek(0)
-        context.store.put_stream(ARTIFACTS, key, cast(BinaryIO, spool), length, NDJSON, {"version": version, "lines": str(count)})
+        metadata = {"version": version, "lines": str(count)}
+        context.store.put_stream(ARTIFACTS, key, cast(BinaryIO, spool), length, NDJSON, metadata)
     return count
 
 

@@ -82,8 +82,11 @@ def batch_file(api: httpx.Client, batch_id: str, which: str) -> tuple[dict, list
 
 
 def until(wait, api: httpx.Client, batch_id: str, done, timeout: float = 180.0) -> dict:
-    return wait(lambda: (b := api.get(f"/v1/batches/{batch_id}").json()) if done(b) else None, timeout,
-                message=f"batch {batch_id}")
+    def check() -> dict | None:
+        batch = api.get(f"/v1/batches/{batch_id}").json()
+        return batch if done(batch) else None
+
+    return wait(check, timeout, message=f"batch {batch_id}")
 
 
 def test_a_200_image_archive_becomes_a_batch_whose_output_file_has_200_lines(api, worker, wait):
