@@ -58,6 +58,7 @@ TITLES = {
     "missing_file": "File not in the archive",
     "invalid_file_name": "File name not accepted",
     "invalid_archive": "Archive not usable",
+    "batch_expired": "Batch deadline passed",
 }
 
 

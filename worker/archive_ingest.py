@@ -66,7 +66,7 @@ def ingest_archive(context: AppContext, archive_id: uuid.UUID, *, slice_seconds:
         return None
     bind(tenant_id=job.tenant_id, batch_id=job.batch_id)
     if job.deadline_at is not None and utcnow() >= job.deadline_at:
-        return _finish(context, job, ArchiveState.stopped)
+        return _expire(context, job)
     settings = context.settings
     limits = Limits(settings.archive_max_bytes, settings.archive_max_items, settings.max_upload_bytes,
                     settings.max_upload_mb)
@@ -147,7 +147,7 @@ def _unpack(
             return None
         job, chunk = replace(job, next_row=through), []
         if job.deadline_at is not None and utcnow() >= job.deadline_at:
-            return _finish(context, job, ArchiveState.stopped)  # what is unfinished expires with it
+            return _expire(context, job)
         if time.monotonic() - started > slice_seconds:
             lifecycle.enqueue_unpack(context.celery, job.archive_id)
             return "continued"
@@ -214,6 +214,14 @@ def _discard_unused(context: AppContext, job: ArchiveJob, chunk: list[RowItem | 
     for analysis_id, key in stored.items():
         if analysis_id not in kept:
             _forget(context, key)
+
+
+def _expire(context: AppContext, job: ArchiveJob) -> str | None:
+    """The batch's deadline passed mid-unpack: the rows not read yet never become items (the
+    items made already expire as any other's), and the errors file says so."""
+    problem = RowRefused("batch_expired", 409, f"the batch's deadline passed before the rows after row {job.next_row} "
+                         "were read; they were not analysed")
+    return _finish(context, job, ArchiveState.stopped, problem)
 
 
 def _finish(context: AppContext, job: ArchiveJob, state: ArchiveState, problem: RowRefused | None = None) -> str | None:

@@ -64,8 +64,10 @@ ERRORS_LINES = """One line per archive row that was refused (no item was made fo
 `file` (the file name, or the upload id of an NDJSON row, as given), and the problem `POST
 /v1/analyses` would have answered: `type`, `title`, `status`, `detail`, and `errors` (one per
 field) for refused fields. Types beside that route's: …/missing_file (not in the archive),
-…/invalid_file_name (an absolute path, `..`, a backslash, a link), …/invalid_archive (the
-archive itself, `row` null). Every archive row is in exactly one of the two files."""
+…/invalid_file_name (an absolute path, `..`, a backslash, a link), and with `row` null
+…/invalid_archive (the archive itself could not be read) or …/batch_expired (the batch's
+deadline passed before the remaining rows were read). Every archive row that was read is in
+exactly one of the two files."""
 
 
 @router.post(

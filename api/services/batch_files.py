@@ -139,7 +139,10 @@ def _batch_file(
     canceled = session.execute(
         select(func.count()).where(Analysis.batch_id == batch.id, Analysis.status == AnalysisStatus.canceled.value)
     ).scalar_one()
-    partial = lifecycle.batch_state(batch, canceled) != "completed"
+    # An archive stopped by the batch's deadline left rows unread, even when nothing was canceled.
+    archive = lifecycle.archive_of(session, batch.id)
+    stopped = archive is not None and archive.state == ArchiveState.stopped.value
+    partial = stopped or lifecycle.batch_state(batch, canceled) != "completed"
     key = batch_file_key(batch.tenant_id, batch.id, name)
     # A final batch's file is written once; an unfinished one's every time.
     version = batch.completed_at.isoformat() if batch.completed_at is not None else ""

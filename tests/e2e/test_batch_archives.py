@@ -81,7 +81,7 @@ def batch_file(api: httpx.Client, batch_id: str, which: str) -> tuple[dict, list
     return body, lines
 
 
-def until(wait, api: httpx.Client, batch_id: str, done, timeout: float = 180.0) -> dict:
+def until(wait, api: httpx.Client, batch_id: str, done, timeout: float = 300.0) -> dict:
     def check() -> dict | None:
         batch = api.get(f"/v1/batches/{batch_id}").json()
         return batch if done(batch) else None
@@ -165,6 +165,12 @@ def test_refused_rows_are_named_by_row_number_in_the_errors_file(api, worker, wa
     stored = httpx.get(analysis["artifacts"]["image"], timeout=30).content
     assert not Image.open(io.BytesIO(stored)).getexif()
     assert b"Jane Doe" not in stored and b"PatientCam" not in stored
+
+    # Erasing an item erases it from the stored output file too: the file is written again.
+    assert api.delete(f"/v1/analyses/{lines[1]['analysis_id']}").status_code in (200, 204)
+    assert httpx.get(output["url"], timeout=30).status_code == 404
+    _, after = batch_file(api, batch_id, "output")
+    assert [line["row"] for line in after] == [1]
 
 
 def test_an_ndjson_archive_of_upload_ids_becomes_items(api, worker, wait):

@@ -120,3 +120,15 @@ def test_a_stale_job_after_a_cancel_writes_nothing(quiet):
     with session_scope(quiet.session_factory) as session:
         assert session.get(BatchArchive, archive_id).state == "stopped"
         assert session.execute(select(Analysis.id).where(Analysis.batch_id == batch_id)).first() is None
+
+
+def test_rows_not_read_by_the_batch_deadline_are_listed_not_lost(quiet):
+    batch_id, archive_id = sealed_batch_with_archive(
+        quiet, {"manifest.csv": b"filename\nIMG_1.jpg\n", "IMG_1.jpg": encode_jpeg(make_lesion(seed=1).image)})
+    with session_scope(quiet.session_factory) as session:
+        session.get(Batch, batch_id).deadline_at = utcnow()
+    assert archive_ingest.ingest_archive(quiet, archive_id) == "stopped"
+    with session_scope(quiet.session_factory) as session:
+        refused = session.execute(select(BatchRowError).where(BatchRowError.batch_id == batch_id)).scalar_one()
+        assert (refused.row, refused.code) == (lifecycle.ARCHIVE_ROW, "batch_expired")
+        assert session.get(Batch, batch_id).completed_at is not None
