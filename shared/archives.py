@@ -6,6 +6,7 @@ Bounds, each refused with a message that says what to change:
 
 - the archive's bytes (``ARCHIVE_MAX_MB``): a zip or tar is copied to the worker's disk in
   chunks (a zip's directory is at its end; members are found by name), never held in memory;
+  a compressed tar is inflated there too, stopping past the same limit;
   NDJSON is read as it streams;
 - its rows (``ARCHIVE_MAX_ITEMS``) and its entries (a zip's count is read from its end record
   before its directory is loaded; a tar's headers are walked only that far);
@@ -20,17 +21,23 @@ Bounds, each refused with a message that says what to change:
 
 from __future__ import annotations
 
+import bz2
 import csv
+import gzip
 import io
 import json
+import lzma
 import os
 import posixpath
 import re
 import struct
 import tarfile
+import tempfile
 import zipfile
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import IO, Any
 
 from shared import json_limits
@@ -133,6 +140,7 @@ class ImageArchive:
     _not_regular: set[str] = field(default_factory=set)
     _base: str = ""
     _manifest: Any = None
+    _plain: IO[bytes] | None = None  # a compressed tar, inflated to local disk
 
     @classmethod
     def open(cls, path: str, format: str, limits: Limits) -> ImageArchive:
@@ -149,6 +157,8 @@ class ImageArchive:
             self._zip.close()
         if self._tar is not None:
             self._tar.close()
+        if self._plain is not None:
+            self._plain.close()
 
     def __enter__(self) -> ImageArchive:
         return self
@@ -176,9 +186,13 @@ class ImageArchive:
                 self._members.setdefault(_normal(info.filename), info)
 
     def _open_tar(self, path: str) -> None:
+        self._plain = _decompressed(path, self.limits.max_bytes)
         try:
-            # Plain or compressed (gzip, bzip2, xz); closed by close().
-            self._tar = tarfile.open(path, mode="r:*")  # noqa: SIM115
+            # Closed by close(); plain, so finding members by name seeks instead of re-inflating.
+            if self._plain is not None:
+                self._tar = tarfile.open(fileobj=self._plain, mode="r:")  # noqa: SIM115
+            else:
+                self._tar = tarfile.open(path, mode="r:")  # noqa: SIM115
         except (tarfile.TarError, OSError, EOFError):
             raise ArchiveRefused("the file is not a readable tar archive; send a tar (or zip) of images") from None
         count = 0
@@ -274,6 +288,40 @@ class ImageArchive:
                 raise RowRefused("invalid_file_name", 422, f"{name} is a link or device in the tar, not a file")
         where = f" (in {self._base}/)" if self._base else ""
         raise RowRefused("missing_file", 422, f"missing file: {name} is not in the archive{where}")
+
+
+_COMPRESSED: dict[bytes, ModuleType] = {b"\x1f\x8b": gzip, b"BZh": bz2, b"\xfd7zXZ\x00": lzma}
+
+
+def _decompressed(path: str, max_bytes: int) -> IO[bytes] | None:
+    """A gzip, bzip2 or xz tar inflated to a temporary file (None when the tar is plain), so its
+    members are found by seeking. Inflating stops past ``max_bytes``: a compression bomb costs
+    the archive's own limit of disk, no more."""
+    with open(path, "rb") as handle:
+        magic = handle.read(6)
+    codec = next((module for prefix, module in _COMPRESSED.items() if magic.startswith(prefix)), None)
+    if codec is None:
+        return None
+    plain = tempfile.TemporaryFile()  # noqa: SIM115 - the caller's to close (ImageArchive.close)
+    try:
+        with codec.open(path, "rb") as inflating:
+            total = 0
+            while chunk := inflating.read(1024 * 1024):
+                total += len(chunk)
+                if total > max_bytes:
+                    raise ArchiveRefused(
+                        f"the tar inflates to more than the {max_bytes // (1024 * 1024)} MB limit; split it over "
+                        "several batches"
+                    )
+                plain.write(chunk)
+    except (OSError, EOFError, lzma.LZMAError, zlib.error):
+        plain.close()
+        raise ArchiveRefused("the compressed tar is damaged; send it again") from None
+    except BaseException:
+        plain.close()
+        raise
+    plain.seek(0)
+    return plain
 
 
 def _size(info: Any) -> int:

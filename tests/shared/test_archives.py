@@ -170,3 +170,13 @@ def test_an_ndjson_row_needs_an_upload_id_and_json_numbers():
         with pytest.raises(RowRefused) as refused:
             ndjson_inputs(ManifestRow(1, None, values), batch_id)
         assert refused.value.errors[0]["field"] == field, refused.value.detail
+
+
+def test_a_compressed_tar_is_inflated_within_the_archive_limit(tmp_path):
+    members = {"manifest.csv": b"filename\nx.jpg\n", "x.jpg": JPEG, "filler.bin": b"\x00" * 300_000}
+    path = make_tar(tmp_path / "a.tar.gz", members)
+    with ImageArchive.open(path, "tar", LIMITS) as archive:
+        assert archive.read("x.jpg") == JPEG
+    small = Limits(max_bytes=200_000, max_items=100, max_member_bytes=100_000, max_member_mb=1)
+    with pytest.raises(ArchiveRefused, match="inflates to more than"):
+        ImageArchive.open(path, "tar", small)
