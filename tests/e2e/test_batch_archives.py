@@ -21,6 +21,7 @@ from api.problems import PayloadTooLarge
 from api.services import batches as batch_service
 from shared.context import AppContext
 from shared.db import session_scope
+from shared.storage import ARTIFACTS, BATCH_OUTPUT, batch_file_key
 from worker.pipeline.synthetic import encode_jpeg, make_lesion
 
 FINAL = {"completed", "canceled", "expired"}
@@ -126,7 +127,7 @@ def test_a_200_image_archive_becomes_a_batch_whose_output_file_has_200_lines(api
     assert {line["cancel_reason"] for line in lines if line["status"] == "canceled"} == {"batch_canceled"}
 
 
-def test_refused_rows_are_named_by_row_number_in_the_errors_file(api, worker, wait):
+def test_refused_rows_are_named_by_row_number_in_the_errors_file(api, worker, wait, context, tenant_key):
     rows = [
         {"filename": "good-1.jpg", "external_id": "good-1", "age": 61},
         {"filename": "missing.jpg", "external_id": "m-2"},
@@ -150,6 +151,9 @@ def test_refused_rows_are_named_by_row_number_in_the_errors_file(api, worker, wa
     assert output["partial"] is False
     assert [(line["row"], line["external_id"]) for line in lines] == [(1, "good-1"), (6, "good-6")]
     assert lines[1]["sex"] == "female" and lines[1]["site"] == "torso"
+    # A final batch's file is written once: its version and line count ride with it.
+    stored = context.store.user_metadata(ARTIFACTS, batch_file_key(tenant_key[0], uuid.UUID(batch_id), BATCH_OUTPUT))
+    assert stored == {"version": stored["version"], "lines": "2"} and stored["version"].startswith("20")
     errors, refused = batch_file(api, batch_id, "errors")
     assert errors["partial"] is False
     by_row = {line["row"]: line for line in refused}
