@@ -2,7 +2,7 @@
 ``GET /v1/batches/{id}/events``.
 
 Postgres is the truth and the change feed. A trigger appends every state change of an analysis
-to ``analysis_transitions`` in the transaction that made it (migration 0017), so a stream
+to ``analysis_transitions`` in the transaction that made it (migration 0018), so a stream
 replays them in order and resumes after the id its client saw last, whichever API replica it
 reconnects to. Each API process runs one ``ProgressFeed``: every ``SSE_POLL_SECONDS`` it asks,
 in one short query, which of the analyses and batches its open streams follow changed, and
@@ -246,7 +246,7 @@ async def analysis_events(
                 if found.transitions and found.transitions[-1].status in service.FINAL_STATUSES:
                     return
                 if not found.transitions and found.final:
-                    if after == 0:  # final before transitions were recorded (migration 0017): its own row
+                    if after == 0:  # final before transitions were recorded (migration 0018): its own row
                         yield analysis_event(analysis_id, 0, found.status, found.stage, found.updated_at)
                     return
                 if len(found.transitions) == service.PAGE:

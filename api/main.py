@@ -139,6 +139,8 @@ def _install_optional_routers(app: FastAPI) -> None:
     from api.routes import batches, webhook_endpoints
 
     app.include_router(batches.router)
+    from api.routes import batch_files
+    app.include_router(batch_files.router)  # issue 25: archive in, output and errors files out
     app.include_router(webhook_endpoints.router)
     from api.routes import keys
     app.include_router(keys.router)

@@ -4,7 +4,7 @@
 
 [1] A GPU worker's writes for one pass of 8 jobs, as the engine makes them (claim, the
 classification and reporting stage markers, the final status of each job; each its own
-transaction), with the trigger that records state changes (migration 0017) on, then off:
+transaction), with the trigger that records state changes (migration 0018) on, then off:
 the median per pass, and the difference.
 [2] The change check each API process makes every SSE_POLL_SECONDS for its open streams
 (``api.services.progress.latest_changes``), with ``--followed`` analyses and one batch of

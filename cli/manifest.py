@@ -20,22 +20,11 @@ import click
 
 from shared.clinical.vocabulary import VocabularyError, normalise_age, normalise_sex, normalise_site
 from shared.fhir_refs import InvalidReference, ReferenceType, parse_reference
+from shared.manifests import IMAGE_SUFFIXES, NO_FILE_COLUMN, column_map, external_id_from
 from shared.schemas.common import EXTERNAL_ID_PATTERN
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 JPEG_MAGIC = b"\xff\xd8\xff"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-# Column names accepted for each field, ours first, then ISIC's.
-COLUMNS = {
-    "filename": ("filename", "file", "image", "image_name", "isic_id"),
-    "age": ("age", "age_approx"),
-    "sex": ("sex",),
-    "site": ("site", "anatom_site_general_challenge", "anatom_site_general"),
-    "external_id": ("external_id",),
-    "patient_reference": ("patient_reference",),
-    "encounter_reference": ("encounter_reference",),
-}
 
 
 @dataclass(frozen=True)
@@ -69,11 +58,6 @@ def plan_batch(folder: Path, manifest: Path | None) -> Plan:
             _add_row(plan, path.name, path, {"external_id": external_id_from(path.stem)}, seen={})
         return plan
     return _plan_from_manifest(folder, manifest)
-
-
-def external_id_from(stem: str) -> str:
-    """A name made into an external id the API accepts (what a row without one is called)."""
-    return re.sub(r"[^A-Za-z0-9._:\-]", "_", stem)[:200].lstrip("-") or "image"
 
 
 def _images_in(folder: Path) -> list[Path]:
@@ -114,18 +98,10 @@ def _plan_from_manifest(folder: Path, manifest: Path) -> Plan:
 
 
 def _column_map(header: Iterable[str], manifest: Path) -> dict[str, str]:
-    present = {h.strip().lower(): h for h in header if h}
-    columns = {}
-    for name, candidates in COLUMNS.items():
-        for candidate in candidates:
-            if candidate in present:
-                columns[name] = present[candidate]
-                break
+    columns = column_map(header)
     if "filename" not in columns:
-        raise click.UsageError(
-            f"{manifest} has no file column; name it 'filename' (or ISIC's 'image_name'). "
-            f"Columns found: {', '.join(present) or 'none'}"
-        )
+        present = [h.strip().lower() for h in header if h]
+        raise click.UsageError(f"{manifest} has {NO_FILE_COLUMN}. Columns found: {', '.join(present) or 'none'}")
     return columns
 
 

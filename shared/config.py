@@ -238,6 +238,12 @@ class Settings(BaseSettings):
     upload_url_ttl_seconds: int = Field(default=300, ge=30, le=3600)  # presigned PUT lifetime
     upload_keep_hours: float = Field(default=24.0, gt=0)  # unused or rejected uploads are deleted after this
     max_cancel_after_seconds: int = Field(default=30 * 24 * 3600, ge=60)  # longest Cancel-After accepted
+    # File-based batches (issue 25, README "Batches"): one archive per batch (zip or tar of images
+    # with manifest.csv, or NDJSON rows of upload ids), PUT to a presigned URL and unpacked by the
+    # ingest lane. Bounds: the archive's bytes (a zip or tar is copied to the worker's disk, never
+    # held in memory), its rows, and each member (an image: MAX_UPLOAD_MB, as one upload).
+    archive_max_mb: int = Field(default=2048, ge=1, le=102_400)
+    archive_max_items: int = Field(default=10_000, ge=1, le=1_000_000)
 
     log_level: str = "INFO"
     # Observability (issue 13, docs/OBSERVABILITY.md): log lines as JSON, for a person, or
@@ -362,6 +368,10 @@ class Settings(BaseSettings):
     @property
     def max_upload_bytes(self) -> int:
         return self.max_upload_mb * 1024 * 1024
+
+    @property
+    def archive_max_bytes(self) -> int:
+        return self.archive_max_mb * 1024 * 1024
 
     @property
     def stack_env_path(self) -> Path:

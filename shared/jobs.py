@@ -35,6 +35,7 @@ TASK_ROUTES = {
     TaskName.purge.value: {"queue": Queue.maintenance.value},
     TaskName.drift_check.value: {"queue": Queue.maintenance.value},
     TaskName.ingest_upload.value: {"queue": Queue.ingest.value},
+    TaskName.ingest_archive.value: {"queue": Queue.ingest.value},
     TaskName.fhir_heartbeats.value: {"queue": Queue.webhooks.value},
 }
 

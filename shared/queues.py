@@ -25,6 +25,7 @@ class TaskName(enum.StrEnum):
     purge = "dermasentinel.maintenance.purge"
     drift_check = "dermasentinel.maintenance.drift_check"
     ingest_upload = "dermasentinel.uploads.ingest"
+    ingest_archive = "dermasentinel.batches.ingest_archive"  # issue 25: a batch's archive, unpacked
     fhir_heartbeats = "dermasentinel.fhir.heartbeats"  # issue 23: FHIR Subscriptions' heartbeats
 
 

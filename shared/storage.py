@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any, BinaryIO, cast
 
 import urllib3
 from minio import Minio
@@ -25,6 +26,21 @@ def image_key(tenant_id: uuid.UUID, analysis_id: uuid.UUID, extension: str) -> s
 
 def upload_key(tenant_id: uuid.UUID, upload_id: uuid.UUID) -> str:
     return f"tenants/{tenant_id}/uploads/{upload_id}"
+
+
+def archive_key(tenant_id: uuid.UUID, batch_id: uuid.UUID, archive_id: uuid.UUID) -> str:
+    """A batch's archive as PUT (images bucket: raw images, deleted once unpacked)."""
+    return f"tenants/{tenant_id}/batches/{batch_id}/archive/{archive_id}"
+
+
+# A batch's output and errors files (issue 25).
+BATCH_OUTPUT, BATCH_ERRORS = "output.ndjson", "errors.ndjson"
+BATCH_FILES = (BATCH_OUTPUT, BATCH_ERRORS)
+
+
+def batch_file_key(tenant_id: uuid.UUID, batch_id: uuid.UUID, name: str) -> str:
+    """A batch's output or errors file (artifacts bucket)."""
+    return f"tenants/{tenant_id}/batches/{batch_id}/{name}"
 
 
 def artifact_key(tenant_id: uuid.UUID, analysis_id: uuid.UUID, name: str) -> str:
@@ -65,6 +81,28 @@ class ObjectStore:
         self.client.put_object(
             self.bucket(purpose), key, io.BytesIO(data), length=len(data), content_type=content_type
         )
+
+    def put_stream(
+        self, purpose: str, key: str, data: BinaryIO, length: int, content_type: str,
+        metadata: dict[str, str] | None = None,
+    ) -> None:
+        """An object from a file (a generated batch file, issue 25), with user metadata."""
+        self.client.put_object(
+            self.bucket(purpose), key, data, length=length, content_type=content_type,
+            metadata=cast(Any, metadata),
+        )
+
+    def user_metadata(self, purpose: str, key: str) -> dict[str, str] | None:
+        """The object's user metadata (lower-case names, no ``x-amz-meta-``); None when there is no object."""
+        try:
+            stat = self.client.stat_object(self.bucket(purpose), key)
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchObject", "NotFound"):
+                return None
+            raise
+        prefix = "x-amz-meta-"
+        return {name.lower()[len(prefix):]: value for name, value in (stat.metadata or {}).items()
+                if name.lower().startswith(prefix)}
 
     def get(self, purpose: str, key: str) -> bytes:
         response = self.client.get_object(self.bucket(purpose), key)

@@ -162,6 +162,13 @@ class Analysis(Base):
             "ingest_requested_at",
             postgresql_where=text("ingest_requested_at IS NOT NULL"),
         ),
+        Index(
+            "uq_analyses_batch_row",
+            "batch_id",
+            "batch_row",
+            unique=True,
+            postgresql_where=text("batch_row IS NOT NULL"),
+        ),
         # Monitoring (issue 24, docs/MONITORING.md): a (tenant, model version)'s window is its
         # newest final results, read backwards from this index with a LIMIT.
         Index(
@@ -255,11 +262,15 @@ class Analysis(Base):
     # Issue 25 (shared/tracing.py): the W3C traceparent of the request that created the job, so
     # every worker span and delivery of it continues the caller's trace across the outbox.
     traceparent: Mapped[str | None] = mapped_column(String(55))
+    # File-based batches (issue 25): the item's row in its batch's archive (1-based; NULL for
+    # items submitted one by one). Unique per batch, so an unpack that is retried cannot make
+    # a row's item twice.
+    batch_row: Mapped[int | None] = mapped_column(Integer)
 
 
 class AnalysisTransition(Base):
     """Every change of an analysis' ``status`` or ``stage``, appended by a trigger on ``analyses``
-    in the transaction that made it (migration 0017), whoever wrote it: the record live progress
+    in the transaction that made it (migration 0018), whoever wrote it: the record live progress
     (``GET /v1/analyses/{id}/events``) replays and resumes from. Per analysis, ids grow in
     commit order. No PHI."""
 
@@ -292,6 +303,68 @@ class Upload(Base):
     usable_until: Mapped[datetime] = mapped_column(TZ)
     used_at: Mapped[datetime | None] = mapped_column(TZ)
     analysis_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True), unique=True)
+    created_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
+
+
+class ArchiveState(enum.StrEnum):
+    """A batch archive's life (issue 25): ``awaiting`` its PUT (the batch is open), ``unpacking``
+    once the batch is sealed, then ``done`` (every row read), ``refused`` (the archive itself
+    is unusable: not a zip, no manifest.csv, too many rows) or ``stopped`` (the batch was
+    canceled, or its deadline passed, before every row was read)."""
+
+    awaiting = "awaiting"
+    unpacking = "unpacking"
+    done = "done"
+    refused = "refused"
+    stopped = "stopped"
+
+
+class BatchArchive(Base):
+    """A batch's one archive: a presigned PUT, unpacked into items by the ingest lane."""
+
+    __tablename__ = "batch_archives"
+    __table_args__ = (
+        Index(
+            "ix_batch_archives_ingest_pending",
+            "ingest_requested_at",
+            postgresql_where=text("ingest_requested_at IS NOT NULL"),
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=_uuid)
+    batch_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"), unique=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    format: Mapped[str] = mapped_column(String(8))  # zip | tar | ndjson
+    object_key: Mapped[str] = mapped_column(String(300))
+    url_expires_at: Mapped[datetime] = mapped_column(TZ)
+    state: Mapped[str] = mapped_column(String(16), default=ArchiveState.awaiting.value)
+    # While unpacking: when the ingest lane was last asked (or last reported progress); the
+    # sweeper re-sends the wake-up when this grows old. NULL otherwise.
+    ingest_requested_at: Mapped[datetime | None] = mapped_column(TZ)
+    # Rows 1..next_row are settled (an item made, or the row refused): a retry starts after it.
+    next_row: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    items: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    refused: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    created_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
+    finished_at: Mapped[datetime | None] = mapped_column(TZ)
+
+
+class BatchRowError(Base):
+    """A row of a batch's archive that was refused (no item was made for it): what the errors
+    file lists. Row 0 is the archive itself, when it could not be read at all."""
+
+    __tablename__ = "batch_row_errors"
+
+    batch_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"), primary_key=True)
+    row: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    # The row's file name (zip, tar) or upload id (NDJSON) as given, cut to 300 characters.
+    file: Mapped[str | None] = mapped_column(String(300))
+    code: Mapped[str] = mapped_column(String(64))
+    status: Mapped[int] = mapped_column(Integer)
+    title: Mapped[str] = mapped_column(String(200))
+    detail: Mapped[str] = mapped_column(Text)
+    errors: Mapped[list | None] = mapped_column(JSONB)
     created_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
 
 

@@ -39,7 +39,16 @@ from shared.clock import iso, utcnow
 from shared.config import Settings
 from shared.context import AppContext
 from shared.db import after_commit, session_scope
-from shared.storage import ARTIFACTS, IMAGES, PURPOSES, ObjectStore, analysis_prefix, tenant_prefix
+from shared.storage import (
+    ARTIFACTS,
+    BATCH_FILES,
+    IMAGES,
+    PURPOSES,
+    ObjectStore,
+    analysis_prefix,
+    batch_file_key,
+    tenant_prefix,
+)
 from shared.tables import (
     Analysis,
     AnalysisQuestion,
@@ -205,6 +214,10 @@ def _erase_rows(session: Session, analyses: Sequence[Analysis]) -> tuple[list[Ob
              .scalars()]
     refs += [(IMAGES, key) for key in session.execute(select(Upload.object_key).where(Upload.analysis_id.in_(ids)))
              .scalars()]
+    # A batch's output file names its items (issue 25): it goes, and is written again when next asked for.
+    batches = {(a.tenant_id, a.batch_id) for a in analyses if a.batch_id is not None}
+    refs += [(ARTIFACTS, batch_file_key(tenant_id, batch_id, name))
+             for tenant_id, batch_id in batches if batch_id is not None for name in BATCH_FILES]
     # Its events name it in data.id (and carry its external id): they go, and with them every
     # delivery of them (the "delivery bodies") and each delivery's attempts.
     event_ids = list(session.execute(

@@ -113,6 +113,7 @@ _TASK_ARGUMENT = {
     TaskName.analyze.value: "analysis_id",
     TaskName.build_report.value: "analysis_id",
     TaskName.ingest_upload.value: "analysis_id",
+    TaskName.ingest_archive.value: "archive_id",
     TaskName.dispatch_event.value: "event_id",
     TaskName.deliver_webhook.value: "delivery_id",
 }
@@ -378,6 +379,14 @@ def register_tasks(app: Celery) -> None:
         from worker.ingest import ingest_upload as ingest
 
         return ingest(rt().context, uuid.UUID(analysis_id))
+
+    # Issue 25: a batch's archive, a slice of time per message (worker.archive_ingest.SLICE_SECONDS).
+    @app.task(name=TaskName.ingest_archive.value, acks_late=True,
+              soft_time_limit=300, time_limit=330, **RETRY)
+    def ingest_archive(archive_id: str) -> str | None:
+        from worker.archive_ingest import ingest_archive as unpack
+
+        return unpack(rt().context, uuid.UUID(archive_id))
 
     @app.task(name=TaskName.fhir_heartbeats.value, soft_time_limit=60, time_limit=90)
     def fhir_heartbeats() -> int:

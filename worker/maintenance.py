@@ -66,7 +66,7 @@ def sweep(context: AppContext) -> dict[str, int]:
     cutoff = now - timedelta(seconds=settings.stuck_after_seconds)
     resend_cutoff = now - timedelta(seconds=settings.resend_after_seconds)
     counts = {"requeued": 0, "failed": 0, "resent": 0, "retried": 0, "reports_resent": 0, "batches_completed": 0,
-              "expired": 0, "ingests_resent": 0}
+              "expired": 0, "ingests_resent": 0, "unpacks_resent": 0}
 
     # Past their deadline: canceled (expired) before anything below could wake them.
     with session_scope(context.session_factory) as session:
@@ -111,6 +111,9 @@ def sweep(context: AppContext) -> dict[str, int]:
     )
     counts["ingests_resent"] = _resend_missing(
         context, Queue.ingest, lifecycle.missing_ingests, lifecycle.enqueue_ingest, resend_cutoff, "ingest"
+    )
+    counts["unpacks_resent"] = _resend_missing(
+        context, Queue.ingest, lifecycle.missing_unpacks, lifecycle.enqueue_unpack, resend_cutoff, "archive unpack"
     )
 
     with session_scope(context.session_factory) as session:
@@ -170,7 +173,7 @@ def purge_expired(context: AppContext) -> int:
     from sqlalchemy import select, update
 
     from shared.storage import IMAGES
-    from shared.tables import Analysis, Upload
+    from shared.tables import Analysis, ArchiveState, BatchArchive, Upload
     from shared.tenant_data import erase_final_before
 
     settings = context.settings
@@ -185,6 +188,17 @@ def purge_expired(context: AppContext) -> int:
             if upload.used_at is None:
                 context.store.delete(IMAGES, upload.object_key)
             session.delete(upload)
+    with session_scope(context.session_factory) as session:
+        # Issue 25: archives asked for but never sealed go as unused uploads do, with their
+        # object (photos with their metadata); the batch can still be sealed without one.
+        keep_from = now - timedelta(hours=settings.upload_keep_hours)
+        for archive in session.execute(
+            select(BatchArchive)
+            .where(BatchArchive.state == ArchiveState.awaiting.value, BatchArchive.created_at < keep_from)
+            .limit(1000).with_for_update(skip_locked=True)
+        ).scalars():
+            context.store.delete(IMAGES, archive.object_key)
+            session.delete(archive)
     with session_scope(context.session_factory) as session:
         session.execute(
             update(Analysis)

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from api.auth import TenantRef
 from api.pagination import newest_first
 from api.problems import Unprocessable
+from api.services import batch_files
 from api.services.owned import get_owned
 from shared import lifecycle
 from shared.clock import utcnow
@@ -88,9 +89,11 @@ def counts_for(session: Session, batch_ids: list[uuid.UUID]) -> dict[uuid.UUID, 
 
 def seal(context: AppContext, session: Session, tenant: TenantRef, batch_id: uuid.UUID) -> Batch:
     """Close the batch for new items (idempotent). A batch whose items are all final
-    completes right here and emits ``batch.completed`` (once: the lifecycle guards it)."""
+    completes right here and emits ``batch.completed`` (once: the lifecycle guards it). A batch
+    with an archive has it unpacked first (``batch_files.unpack_on_seal``; issue 25)."""
     batch = get(session, tenant, batch_id, for_update=True)
     if batch.sealed_at is None:
+        batch_files.unpack_on_seal(context, session, batch)
         batch.sealed_at = utcnow()
         session.flush()
     lifecycle.complete_batch_if_done(session, context.celery, context.settings, batch.id)
@@ -102,6 +105,7 @@ def cancel(context: AppContext, session: Session, tenant: TenantRef, batch_id: u
     items this call canceled (0 on a repeat: nothing changes, nothing is emitted)."""
     batch = get(session, tenant, batch_id, for_update=True)
     canceled = lifecycle.cancel_batch(session, context.celery, context.settings, batch)
+    batch_files.forget_stopped_archive(context, session, batch)
     return batch, len(canceled)
 
 

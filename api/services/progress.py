@@ -1,7 +1,7 @@
 """Live progress (issue 25): what the event streams read. All their SQL is here.
 
 An analysis' state changes are rows of ``analysis_transitions``, appended by a trigger in the
-transaction that made each change (migration 0017); a stream replays them after the id its
+transaction that made each change (migration 0018); a stream replays them after the id its
 client saw last. A batch's stream shows its progress (``api.services.batches.progress``)
 whenever its items or the batch itself changed. ``latest_changes`` is the one cheap query with
 which an API process learns which of the analyses and batches its streams follow have changed.

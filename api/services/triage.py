@@ -199,7 +199,7 @@ class TriageRow:
 # The stored result without its scribe note: the note is most of its size (a 100,000-item
 # export would fetch ~150 MB of notes), and no column of the list reads it. Items without a
 # result store JSON null, which has no key to drop.
-_RESULT_WITHOUT_NOTE = case(
+RESULT_WITHOUT_NOTE = case(
     (func.jsonb_typeof(Analysis.result) == "object", Analysis.result.delete_path(["scribe_note"])),
     else_=Analysis.result,
 )
@@ -210,7 +210,7 @@ def _triage_query(batch_id: uuid.UUID, order: str) -> Select[Any]:
         Analysis.id,
         Analysis.external_id,
         Analysis.status,
-        _RESULT_WITHOUT_NOTE,
+        RESULT_WITHOUT_NOTE,
         Analysis.model,
         Analysis.rejection["code"].as_string(),
         Analysis.rejection["detail"].as_string(),

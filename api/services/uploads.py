@@ -9,13 +9,13 @@ import uuid
 from collections.abc import Mapping
 from datetime import timedelta
 
-from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from api.auth import TenantRef
 from api.problems import Conflict, NotFound, PayloadTooLarge
-from shared.clock import iso, utcnow
+from shared.clock import utcnow
 from shared.context import AppContext
+from shared.lifecycle.uploads import UploadUnusable, claim_upload
 from shared.schemas import UploadIn
 from shared.storage import IMAGES, upload_key
 from shared.tables import Upload
@@ -64,38 +64,11 @@ def claim_for_analysis(
     analysis_id: uuid.UUID,
     known_sizes: Mapping[str, int | None] | None = None,
 ) -> Upload:
-    """Mark the upload used by ``analysis_id``: once, by its own tenant, before it expires,
-    and only when an image of an acceptable size was PUT. ``known_sizes``: object sizes by key
-    already asked of the store (a bulk submission asks for all its items at once); an object
-    not in it is asked for here (None: nothing was PUT)."""
-    now = utcnow()
-    upload = session.execute(
-        select(Upload).where(Upload.id == upload_id, Upload.tenant_id == tenant.id).with_for_update()
-    ).scalar_one_or_none()
-    if upload is None:
-        raise NotFound(f"no upload with id {upload_id}")
-    if upload.used_at is not None:
-        raise Conflict(
-            f"upload {upload_id} was already submitted (analysis {upload.analysis_id}); "
-            "each upload id is used once: create a new upload for a new image"
-        )
-    if upload.usable_until <= now:
-        raise Conflict(f"upload {upload_id} expired at {iso(upload.usable_until)}; create a new upload")
-    known = known_sizes or {}
-    size = known[upload.object_key] if upload.object_key in known else context.store.size(IMAGES, upload.object_key)
-    if size is None:
-        raise Conflict(
-            f"nothing was uploaded for upload {upload_id} yet; PUT the image to its url first"
-        )
-    if size > context.settings.max_upload_bytes:
-        raise PayloadTooLarge(
-            f"the image is larger than the {context.settings.max_upload_mb} MB limit; send a smaller JPEG or PNG"
-        )
-    session.execute(
-        update(Upload)
-        .where(Upload.id == upload.id)
-        .values(used_at=now, analysis_id=analysis_id)
-        .execution_options(synchronize_session=False)
-    )
-    return upload
-
+    """Mark the upload used by ``analysis_id`` (``shared.lifecycle.uploads.claim_upload``: once,
+    by its own tenant, before it expires, only when an image of an acceptable size was PUT);
+    404, 409 or 413 otherwise."""
+    try:
+        return claim_upload(session, context.store, context.settings, tenant.id, upload_id, analysis_id, known_sizes)
+    except UploadUnusable as unusable:
+        problem = {404: NotFound, 413: PayloadTooLarge}.get(unusable.status, Conflict)
+        raise problem(unusable.detail) from None

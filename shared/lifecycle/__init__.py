@@ -2,15 +2,32 @@
 
 ``claims`` (claim, finish, release), ``cancel`` (requests, batches, deadlines), ``ingest``
 (direct uploads), ``batches`` (progress, completion), ``sweeps`` (what the sweeper looks for),
-``views`` (records, links, event payloads). Import the package as ``lifecycle``; its names are
+``views`` (records, links, event payloads), ``archives`` (batch archives, issue 25), ``uploads``
+(claiming a direct upload). Import the package as ``lifecycle``; its names are
 re-exported here.
 """
 
+from shared.lifecycle.archives import (  # noqa: F401
+    ARCHIVE_ROW,
+    ArchiveJob,
+    RowItem,
+    RowRefusal,
+    StoredImage,
+    archive_job,
+    archive_of,
+    enqueue_unpack,
+    finish_unpack,
+    item_id,
+    missing_unpacks,
+    request_unpack,
+    settle_rows,
+)
 from shared.lifecycle.batches import (  # noqa: F401
     BatchTally,
     batch_state,
     batch_tally,
     complete_batch_if_done,
+    stop_unpacking,
     unfinished_sealed_batches,
 )
 from shared.lifecycle.cancel import cancel, cancel_batch, expire_due  # noqa: F401

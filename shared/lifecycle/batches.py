@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import cast
 
 from celery import Celery
-from sqlalchemy import func, select
+from sqlalchemy import exists, func, select, update
 from sqlalchemy.orm import Session
 
 from shared import clinical
@@ -20,7 +20,7 @@ from shared.lifecycle.states import ACTIVE
 from shared.lifecycle.views import api_base, shown_disposition
 from shared.schemas.batches import BatchState, DispositionCounts, FinalBatchState, StatusCounts
 from shared.schemas.events import BatchCompletedData, BatchEventLinks
-from shared.tables import Analysis, AnalysisStatus, Batch
+from shared.tables import Analysis, AnalysisStatus, ArchiveState, Batch, BatchArchive
 
 
 @dataclass(frozen=True)
@@ -73,11 +73,17 @@ def batch_state(batch: Batch, canceled_items: int) -> BatchState:
 def complete_batch_if_done(
     session: Session, celery: Celery | None, settings: Settings, batch_id: uuid.UUID
 ) -> bool:
-    """Emit ``batch.completed`` exactly once: when the batch is sealed and nothing is active."""
+    """Emit ``batch.completed`` exactly once: when the batch is sealed, nothing is active and
+    no archive of it is still being unpacked."""
     batch = session.execute(
         select(Batch).where(Batch.id == batch_id).with_for_update()
     ).scalar_one_or_none()
     if batch is None or batch.sealed_at is None or batch.completed_at is not None:
+        return False
+    # A batch whose archive is still being unpacked has items to come (issue 25).
+    if session.execute(select(exists().where(
+        BatchArchive.batch_id == batch_id, BatchArchive.state == ArchiveState.unpacking.value
+    ))).scalar_one():
         return False
     still_active = session.execute(
         select(func.count())
@@ -109,6 +115,17 @@ def complete_batch_if_done(
         dedupe_key=f"batch.completed:{batch.id}",
     )
     return True
+
+
+def stop_unpacking(session: Session, batch_id: uuid.UUID) -> None:
+    """The batch was canceled: its archive's rows not read yet never become items."""
+    session.execute(
+        update(BatchArchive)
+        .where(BatchArchive.batch_id == batch_id,
+               BatchArchive.state.in_((ArchiveState.awaiting.value, ArchiveState.unpacking.value)))
+        .values(state=ArchiveState.stopped.value, ingest_requested_at=None, finished_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
 
 
 def unfinished_sealed_batches(session: Session, limit: int = 100) -> list[uuid.UUID]:

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from shared.clock import utcnow
 from shared.config import Settings, get_settings
 from shared.events import record_event
-from shared.lifecycle.batches import complete_batch_if_done
+from shared.lifecycle.batches import complete_batch_if_done, stop_unpacking
 from shared.lifecycle.outcomes import on_final
 from shared.lifecycle.states import ACTIVE, CANCEL_BATCH, CANCEL_EXPIRED, CANCEL_REQUESTED
 from shared.lifecycle.views import event_data
@@ -110,6 +110,8 @@ def cancel_batch(session: Session, celery: Celery | None, settings: Settings, ba
     if batch.sealed_at is None:
         batch.sealed_at = now
     session.flush()
+    # Before the items: a chunk of its archive being settled now is waited for, then canceled too.
+    stop_unpacking(session, batch.id)
     canceled = _cancel_where(session, celery, settings, CANCEL_BATCH, Analysis.batch_id == batch.id)
     if not canceled:
         complete_batch_if_done(session, celery, settings, batch.id)

@@ -180,6 +180,14 @@ ALLOWED: dict[str, str] = {
     "/paths/~1v1~1batches~1{batch_id}~1cancel/post/description": "issue 25: a canceled batch ends `canceled`",
     "/paths/~1v1~1analyses~1{analysis_id}~1events": "issue 25: live progress of an analysis (Server-Sent Events)",
     "/paths/~1v1~1batches~1{batch_id}~1events": "issue 25: live progress of a batch (Server-Sent Events)",
+
+    # Issue 25: file-based batches (an archive in by presigned PUT, output and errors files out).
+    "/paths/~1v1~1batches~1{batch_id}~1archive": "issue 25: a batch's archive by presigned PUT",
+    "/paths/~1v1~1batches~1{batch_id}~1output": "issue 25: the batch's output file (NDJSON)",
+    "/paths/~1v1~1batches~1{batch_id}~1errors": "issue 25: the batch's errors file (NDJSON)",
+    "/components/schemas/BatchArchiveIn": "issue 25: POST /v1/batches/{id}/archive",
+    "/components/schemas/BatchArchiveOut": "issue 25: POST /v1/batches/{id}/archive",
+    "/components/schemas/BatchFileOut": "issue 25: GET /v1/batches/{id}/output|errors",
 }
 
 

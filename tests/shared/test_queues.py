@@ -15,6 +15,7 @@ SNAPSHOT = {
     "dermasentinel.maintenance.purge": "maintenance",
     "dermasentinel.maintenance.drift_check": "maintenance",
     "dermasentinel.uploads.ingest": "ingest",
+    "dermasentinel.batches.ingest_archive": "ingest",
     "dermasentinel.fhir.heartbeats": "webhooks",
 }
 
