@@ -39,6 +39,7 @@ from shared.jobs import (
     set_worker_identity,
 )
 from shared.queues import ANALYSIS_QUEUES, Queue, TaskName
+from worker import poison
 from worker import runtime as runtime_module
 
 if TYPE_CHECKING:
@@ -212,7 +213,7 @@ def _connect_observability(settings: Settings) -> None:
         request_id = getattr(request, REQUEST_ID_HEADER, None) or (request.headers or {}).get(REQUEST_ID_HEADER)
         ids = {"task": task.name, "task_id": task_id, "request_id": request_id}
         argument = _TASK_ARGUMENT.get(task.name)
-        if argument and args:
+        if argument and args and isinstance(args[0], str) and len(args[0]) <= 64:  # issue 26: ids only
             ids[argument] = args[0]
         bind_contextvars(**{k: str(v) for k, v in ids.items() if v})
         request.dermasentinel_started = time.perf_counter()
@@ -249,6 +250,12 @@ def create_celery(settings: Settings | None = None, *, preload_models: bool = Fa
         # A worker keeps reconnecting to a broker that is down, however long it takes.
         broker_connection_max_retries=None,
     )
+    # ---- issue 26: malformed broker messages never stop a worker (worker/poison.py) ----
+    app.conf.worker_consumer = poison.CONSUMER
+    app.Task.Request = poison.REQUEST  # every task registered below checks its arguments' fit
+    if settings.broker_url.startswith(("redis://", "rediss://")):
+        app.conf.broker_transport = poison.TRANSPORT
+    # ---- end issue 26 ----
     app.conf.beat_schedule = {
         "sweep": {"task": TaskName.sweep.value, "schedule": settings.sweep_interval_seconds,
                   "options": {"queue": Queue.maintenance.value}},
