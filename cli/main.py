@@ -199,6 +199,14 @@ def beat() -> None:
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = create_celery()
+    # ---- issue 26: the sweeper in a thread of its own here, not queued behind a CPU worker's backlog
+    if settings.sweep_in_beat:
+        from worker import runtime
+        from worker.maintenance import SweepLoop
+
+        app.conf.beat_schedule.pop("sweep", None)
+        SweepLoop(lambda: runtime.runtime().context, settings.sweep_interval_seconds).start()
+    # ---- end issue 26
     app.start([*_quiet_when_json(settings), "beat", "--schedule", str(settings.data_dir / "celerybeat-schedule"),
                "--loglevel", settings.log_level])
 

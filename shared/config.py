@@ -131,6 +131,10 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=3, ge=1, le=20)
     stuck_after_seconds: int = Field(default=300, ge=5)
     sweep_interval_seconds: float = Field(default=30.0, gt=0)
+    # Issue 26: the sweeper runs in a thread of the beat process (worker.maintenance.SweepLoop),
+    # never queued behind ingest and report messages; false: beat sends it to the maintenance
+    # queue as before (a CPU worker runs it).
+    sweep_in_beat: bool = True
     idempotency_ttl_hours: int = Field(default=48, ge=24)
     retention_days: int = Field(default=0, ge=0)
     # Issue 22: audit rows older than this are pruned behind a signed checkpoint (docs/AUDIT.md);
