@@ -183,6 +183,24 @@ def worker(role: str, concurrency: int | None, metrics_port: int | None) -> None
     )
 
 
+@cli.command("worker-alive")
+@click.option("--max-age", type=float, default=60.0, show_default=True,
+              help="Seconds since the worker's main process last reported in, at most")
+def worker_alive(max_age: float) -> None:
+    """Exit 0 when a worker main process here reported in within MAX_AGE seconds: the
+    Kubernetes liveness probe (a stopped or hung worker stops reporting; issue 26)."""
+    from shared.liveness import freshest_worker
+
+    data_dir = get_settings().data_dir
+    found = freshest_worker(data_dir)
+    if found is None:
+        raise click.ClickException(f"no worker process has reported in under {data_dir / 'heartbeats'}")
+    pid, age = found
+    if age > max_age:
+        raise click.ClickException(f"worker process {pid} last reported in {age:.0f} s ago (over {max_age:g} s): hung")
+    click.echo(f"worker process {pid} reported in {age:.1f} s ago")
+
+
 def _quiet_when_json(settings: Settings) -> list[str]:
     """Celery's start-up banner is printed, not logged: without it, a process that logs JSON
     writes nothing but JSON lines (issue 25)."""

@@ -176,6 +176,9 @@ class Settings(BaseSettings):
     transient_backoff_max_seconds: float = Field(default=30.0, gt=0)  # doubling stops here
     max_transient_retries: int = Field(default=500, ge=1)  # about 4 h of outage at the cap, then failed
     gpu_heartbeat_seconds: float = Field(default=5.0, gt=0)  # GPU pool processes report in to Redis
+    # Issue 26: a worker main process whose heartbeat (shared.liveness) is older than this is hung:
+    # `up` kills and restarts it (the Kubernetes probe runs `dermasentinel worker-alive --max-age`).
+    worker_hung_seconds: float = Field(default=30.0, gt=0)
     resend_after_seconds: int = Field(default=30, ge=5)  # a lost wake-up (analysis, report) is re-sent
     s3_connect_timeout_seconds: float = Field(default=2.0, gt=0)
     s3_read_timeout_seconds: float = Field(default=5.0, gt=0)  # per socket read, not per object

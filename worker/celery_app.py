@@ -25,9 +25,11 @@ from celery.signals import (
     worker_init,
     worker_process_init,
     worker_process_shutdown,
+    worker_shutdown,
 )
 from minio.error import MinioException
 
+from shared import liveness
 from shared.config import Settings, get_settings
 from shared.fhir_subscriptions import HEARTBEAT_CHECK_SECONDS
 from shared.jobs import (
@@ -71,6 +73,12 @@ class GpuMembership:
         self._client = broker_redis(settings)
 
     def start(self) -> None:
+        # Issue 26: which main process this pool process belongs to (itself under --pool solo).
+        parent = liveness.main_id(self.hostname, _main_pid or os.getppid())
+        try:
+            liveness.record_parent(self._client, self.worker_id, parent)
+        except redis.exceptions.RedisError:
+            pass  # without it the census counts this process on its own heartbeat, as before
         threading.Thread(target=self._run, name="gpu-heartbeat", daemon=True).start()
 
     def _run(self) -> None:
@@ -108,6 +116,9 @@ class GpuMembership:
 
 
 _membership: GpuMembership | None = None
+# Issue 26: the worker's main process (set before its pool forks) and its heartbeat thread.
+_main_pid: int | None = None
+_main_heartbeat: liveness.MainHeartbeat | None = None
 
 # Each task's first argument, as the id it names in log lines.
 _TASK_ARGUMENT = {
@@ -255,6 +266,21 @@ def create_celery(settings: Settings | None = None, *, preload_models: bool = Fa
     app.Task.Request = poison.REQUEST  # every task registered below checks its arguments' fit
     if settings.broker_url.startswith(("redis://", "rediss://")):
         app.conf.broker_transport = poison.TRANSPORT
+
+    @worker_init.connect(weak=False, dispatch_uid="dermasentinel-main-heartbeat")
+    def _main_alive(sender: Any = None, **_: object) -> None:
+        global _main_pid, _main_heartbeat
+        _main_pid = os.getpid()
+        _main_heartbeat = liveness.MainHeartbeat(
+            broker_redis(settings), settings.data_dir, str(getattr(sender, "hostname", "worker")),
+            settings.gpu_heartbeat_seconds,
+        )
+        _main_heartbeat.start()
+
+    @worker_shutdown.connect(weak=False, dispatch_uid="dermasentinel-main-heartbeat-stop")
+    def _main_gone(**_: object) -> None:
+        if _main_heartbeat is not None and os.getpid() == _main_pid:
+            _main_heartbeat.stop()
     # ---- end issue 26 ----
     app.conf.beat_schedule = {
         "sweep": {"task": TaskName.sweep.value, "schedule": settings.sweep_interval_seconds,

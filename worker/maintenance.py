@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 
 import redis.exceptions
 from celery import Celery
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shared import lifecycle
@@ -30,8 +31,10 @@ from shared.jobs import (
     enqueue_report,
     gpu_worker_census,
     heartbeat_window,
+    hung_gpu_workers,
 )
 from shared.queues import Queue, analysis_queue
+from shared.tables import Analysis
 
 log = logging.getLogger(__name__)
 RESEND_LIMIT = 200
@@ -59,6 +62,25 @@ def live_gpu_workers(context: AppContext) -> list[str] | None:
     return ready + broken
 
 
+def _held_by_hung_workers(context: AppContext, session: Session, ids: list[uuid.UUID]) -> set[uuid.UUID]:
+    """Of these jobs, those held by a pool process whose main process stopped reporting in."""
+    if not ids:
+        return set()
+    client = broker_redis(context.settings)
+    try:
+        hung = hung_gpu_workers(client, heartbeat_window(context.settings))
+    except redis.exceptions.RedisError:
+        return set()
+    finally:
+        client.close()
+    if not hung:
+        return set()
+    rows = session.execute(
+        select(Analysis.id).where(Analysis.id.in_(ids), Analysis.claimed_by.in_(sorted(hung)))
+    ).scalars()
+    return set(rows)
+
+
 def sweep(context: AppContext) -> dict[str, int]:
     """Re-queue jobs whose worker vanished, fail those out of attempts, re-send wake-ups
     that were lost (analyses and reports), wake jobs whose backoff ended, and finish
@@ -83,9 +105,13 @@ def sweep(context: AppContext) -> dict[str, int]:
             orphan_cutoff = now - timedelta(seconds=2 * heartbeat_window(settings))
             seen = {c.analysis_id for c in held}
             held += [c for c in lifecycle.orphaned_claims(session, live, orphan_cutoff) if c.analysis_id not in seen]
+        hung = _held_by_hung_workers(context, session, [c.analysis_id for c in held])
         for claim in held:
+            # Issue 26: a job whose worker's main process hung (stopped, deadlocked) did not
+            # cause it: released without spending an attempt.
             outcome = lifecycle.release_claim(
-                session, context.celery, settings, claim, reason="the worker processing it stopped responding"
+                session, context.celery, settings, claim, reason="the worker processing it stopped responding",
+                transient=claim.analysis_id in hung,
             )
             if outcome == "queued":
                 counts["requeued"] += 1
@@ -169,7 +195,7 @@ def purge_expired(context: AppContext) -> int:
     set, erase final analyses older than that, up to 1000 a run: their rows and every row
     holding their data first, then their images and artifacts
     (``shared.tenant_data.erase_final_before``, the one erasure code)."""
-    from sqlalchemy import select, update
+    from sqlalchemy import update
 
     from shared.storage import IMAGES
     from shared.tables import Analysis, Upload
