@@ -96,6 +96,9 @@ class Limiter:
         self.default = TenantLimits(settings.rate_limit, settings.concurrent_uploads)
         parse_many(self.default.requests)  # fail at start-up, not on the first request
         self.unknown_key_items = parse_many(settings.unknown_key_rate)
+        self.address_rate = settings.client_address_rate.strip()
+        if self.address_rate:
+            parse_many(self.address_rate)  # fail at start-up, not on the first request
         self.overrides = {
             tenant_id: TenantLimits(
                 str(values.get("requests", self.default.requests)),
@@ -186,6 +189,13 @@ class Limiter:
         except STORE_FAILURES as exc:
             cause = getattr(exc, "storage_error", exc)
             log.warning("rate limiter storage unavailable (%s); an unknown key went uncounted", type(cause).__name__)
+
+    async def client_address(self, address: str) -> Verdict | None:
+        """Issue 26: one request from ``address``, before authentication; the verdict (None
+        when the limit is off). Counted in Redis, so it holds across API replicas."""
+        if not self.address_rate:
+            return None
+        return await self.check(self.address_rate, "address", address)
 
     async def tenant_request(self, request: Request, tenant_id: uuid.UUID) -> None:
         """Count one API request for the tenant; 429 when over its rate."""

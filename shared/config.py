@@ -232,6 +232,10 @@ class Settings(BaseSettings):
     # Issue 22: API keys that turn out unknown, per client address, counted before a lookup
     # reaches the database ("5/second;60/minute"; over it: 429 before authentication).
     unknown_key_rate: str = "5/second;60/minute"
+    # Issue 26: every request per client address, counted before authentication, shared by all API
+    # replicas through Redis ("" turns it off). Generous: a clinic's whole site may share one
+    # address (behind a proxy, set FORWARDED_ALLOW_IPS so the address is the client's).
+    client_address_rate: str = "300/second"
 
     # Direct uploads and expiry (issue 13, docs/UPLOADS_AND_EXPIRY.md).
     upload_url_ttl_seconds: int = Field(default=300, ge=30, le=3600)  # presigned PUT lifetime

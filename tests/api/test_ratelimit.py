@@ -138,3 +138,33 @@ def test_any_store_exception_fails_open_with_a_log_line(caplog):
     lines = [r.getMessage() for r in caplog.records if r.name == "api.ratelimit"]
     assert any("RuntimeError" in line and "letting the request through" in line for line in lines)
     assert any("upload quota storage unavailable (RuntimeError)" in line for line in lines)
+
+
+def test_two_replicas_share_a_tenants_upload_limit_and_an_address_limit(settings):
+    """Two API replicas (two limiters, each with its own Redis connections, as two processes
+    have) on one Redis: a tenant's concurrent uploads hold at the configured value across
+    both, and so does the per-address limit counted before authentication (issue 26)."""
+
+    async def scenario():
+        update = {"concurrent_uploads": 3, "client_address_rate": "5/minute"}
+        one, two = _limiter(settings, **update), _limiter(settings, **update)
+        tenant, address = uuid.uuid4(), f"198.51.100.{uuid.uuid4().int % 250}"
+        refused = []
+        try:
+            async with one.upload_slot(tenant), two.upload_slot(tenant), one.upload_slot(tenant):
+                for limiter in (one, two):
+                    with pytest.raises(RateLimited) as over:
+                        async with limiter.upload_slot(tenant):
+                            pass
+                    refused.append(over.value.status)
+            async with two.upload_slot(tenant), two.upload_slot(tenant), one.upload_slot(tenant):
+                pass  # all three came back
+            verdicts = [await (one if i % 2 else two).client_address(address) for i in range(7)]
+        finally:
+            await one.close()
+            await two.close()
+        return refused, verdicts
+
+    refused, verdicts = asyncio.run(scenario())
+    assert refused == [429, 429]
+    assert [v.allowed for v in verdicts] == [True] * 5 + [False] * 2
