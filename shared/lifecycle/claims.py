@@ -36,6 +36,7 @@ class Claim:
     site: str
     pixel_spacing_mm: float | None
     external_id: str | None
+    priority: str = "interactive"  # issue 26: a batch records its interactive outcomes first
 
 
 CLAIM_COLUMNS = (
@@ -48,6 +49,7 @@ CLAIM_COLUMNS = (
     Analysis.site,
     Analysis.pixel_spacing_mm,
     Analysis.external_id,
+    Analysis.priority,
 )
 
 
