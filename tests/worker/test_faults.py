@@ -369,6 +369,30 @@ def test_a_gpu_worker_whose_pool_process_is_killed_runs_jobs_again(isolated, tmp
               f"both jobs done {time.monotonic() - killed_at:.1f} s after it")
         assert _row(ctx, held).attempt == 2
         assert process.poll() is None
+
+        # Issue 26: the main process stops (SIGSTOP: a hang). Its pool process still reports in,
+        # but the census drops it at once, and the job it holds goes back without an attempt.
+        from shared import liveness
+
+        assert (liveness.file_age(liveness.heartbeat_file(ctx.settings.data_dir, process.pid)) or 99) < 5
+        stuck = _queued_row(ctx, tenant_id)
+        _claim_now(ctx, stuck)
+        with session_scope(ctx.session_factory) as session:
+            long_ago = utcnow() - timedelta(seconds=2 * heartbeat_window(ctx.settings) + 1)
+            session.execute(update(Analysis).where(Analysis.id == stuck).values(claimed_by=second,
+                                                                                heartbeat_at=long_ago))
+        os.kill(process.pid, signal.SIGSTOP)
+        try:
+            wait_for(lambda: second not in _census(ctx.settings)[0], timeout=30,
+                     message="the pool process of a stopped main to leave the census")
+            from api.routes.health import readiness
+
+            assert readiness(ctx)["checks"]["gpu_workers"]["ok"] is False  # /readyz: 503
+            assert sweep(ctx)["requeued"] == 1
+            row = _row(ctx, stuck)
+            assert (row.status, row.attempt - row.transient_retries) == ("queued", 0), "a hang cost an attempt"
+        finally:
+            os.kill(process.pid, signal.SIGCONT)
     finally:
         process.stop(grace=15)
 
