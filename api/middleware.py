@@ -30,6 +30,7 @@ from api.problems import (
     BadRequest,
     PayloadTooLarge,
     Problem,
+    RateLimited,
     RequestTimeout,
     Unprocessable,
     problem_response,
@@ -168,6 +169,10 @@ def _route(scope: Scope) -> str:
     return getattr(scope.get("route"), "path", "unmatched")
 
 
+# Probes and scrapes are never limited by address: a load balancer checks from one address.
+PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
 class TenantGate:
     """At most ``API_CONCURRENCY`` requests past the edge at once (per API process), shared
     fairly: a freed place goes to the waiting tenant that holds the fewest, then to the one
@@ -191,6 +196,19 @@ class TenantGate:
         self.limiter = limiter
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # ---- issue 26: a per-client-address limit before authentication (CLIENT_ADDRESS_RATE)
+        if scope["type"] == "http" and scope.get("path") not in PROBE_PATHS:
+            verdict = await self.limiter.client_address(client_address(scope))
+            if verdict is not None and not verdict.allowed:
+                response = problem_response(
+                    429, RateLimited.code, RateLimited.title,
+                    f"too many requests from this address (at most {verdict.limit} per window); "
+                    f"retry in {max(1, verdict.reset_after)} s",
+                    scope.get("path", ""), headers=verdict.headers(),
+                )
+                await response(scope, receive, send)
+                return
+        # ---- end issue 26
         owner = self._owner(scope) if scope["type"] == "http" else None
         if owner is None:
             await self.app(scope, receive, send)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import logging
+import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -10,6 +13,7 @@ import urllib3
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from minio.error import S3Error, ServerError
 from psycopg import errors as pg_errors
 from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -181,7 +185,7 @@ FHIR_JSON = "application/fhir+json"
 ISSUE_CODES = {
     400: "structure", 401: "login", 403: "forbidden", 404: "not-found", 405: "not-supported", 408: "timeout",
     409: "conflict", 413: "too-long", 415: "not-supported", 422: "invalid", 429: "throttled", 500: "exception",
-    503: "transient", 504: "timeout",
+    503: "transient", 504: "timeout", 507: "transient",
 }
 
 
@@ -225,6 +229,76 @@ def _unavailable(request: Request, dependency: str, why: str = "is not reachable
     )
 
 
+# ---------------------------------------------------------------- issue 26: out of space
+# A store that is out of space is reachable: it is answered 507 Insufficient Storage with a
+# Retry-After (space is freed by an operator or the retention purge, not in seconds), and
+# /readyz reports it for STORAGE_FULL_REPORT_SECONDS after the last write that met it.
+STORAGE_FULL_RETRY_AFTER = 60
+STORAGE_FULL_REPORT_SECONDS = 120.0
+# S3 error codes for a store or bucket out of space (MinIO's, SeaweedFS's and generic ones).
+S3_FULL_CODES = frozenset({
+    "XMinioStorageFull", "XMinioAdminBucketQuotaExceeded", "InsufficientStorage", "QuotaExceeded", "StorageFull",
+    "EntityTooLargeForQuota",
+})
+
+
+class StorageFull:
+    """When each store was last found out of space, in this process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last: dict[str, float] = {}
+
+    def met(self, store: str) -> None:
+        with self._lock:
+            self._last[store] = time.monotonic()
+
+    def recent(self, within: float = STORAGE_FULL_REPORT_SECONDS) -> list[str]:
+        now = time.monotonic()
+        with self._lock:
+            return sorted(store for store, when in self._last.items() if now - when <= within)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._last.clear()
+
+
+STORAGE_FULL = StorageFull()
+
+
+def full_store(exc: BaseException | None) -> str | None:
+    """Which store ``exc`` (or an exception it was raised from or wraps) says is out of space:
+    "database", "object store" or "local disk"; None when it says nothing of the kind."""
+    seen = 0
+    while exc is not None and seen < 8:
+        seen += 1
+        if isinstance(exc, pg_errors.DiskFull):
+            return "database"
+        if isinstance(exc, S3Error) and exc.code in S3_FULL_CODES:
+            return "object store"
+        if isinstance(exc, ServerError) and exc.status_code == 507:
+            return "object store"
+        if isinstance(exc, urllib3.exceptions.MaxRetryError) and "507" in str(exc.reason or ""):
+            return "object store"
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return "local disk"
+        exc = getattr(exc, "orig", None) or exc.__cause__ or exc.__context__
+    return None
+
+
+def _storage_full(request: Request, store: str) -> JSONResponse:
+    STORAGE_FULL.met(store)
+    log.error("the %s is out of space: writes are refused with 507 until space is freed", store)
+    return problem_response(
+        507,
+        "insufficient_storage",
+        "Insufficient storage",
+        f"the {store} is out of space; nothing was saved, retry later",
+        request.url.path,
+        headers={"Retry-After": str(STORAGE_FULL_RETRY_AFTER)},
+    )
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem) -> JSONResponse:
@@ -244,11 +318,29 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(urllib3.exceptions.HTTPError)
     async def _object_store_down(request: Request, exc: Exception) -> JSONResponse:
+        if (store := full_store(exc)) is not None:
+            return _storage_full(request, store)
         return _unavailable(request, "the object store")
+
+    @app.exception_handler(S3Error)
+    @app.exception_handler(ServerError)
+    async def _object_store_error(request: Request, exc: Exception) -> JSONResponse:
+        # Issue 26: out of space is 507; anything else stays what it was (a 500 names a bug).
+        if (store := full_store(exc)) is not None:
+            return _storage_full(request, store)
+        raise exc
+
+    @app.exception_handler(OSError)
+    async def _local_error(request: Request, exc: OSError) -> JSONResponse:
+        if (store := full_store(exc)) is not None:
+            return _storage_full(request, store)
+        raise exc
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(PoolTimeout)
     async def _database_down(request: Request, exc: Exception) -> JSONResponse:
+        if (store := full_store(exc)) is not None:
+            return _storage_full(request, store)
         # Connection refused, statement or idle timeout, pool exhausted: all transient.
         cause = getattr(exc, "orig", exc) or exc
         log.warning("database unavailable: %s", type(cause).__name__)
@@ -260,7 +352,7 @@ def install(app: FastAPI) -> None:
     async def _database_error(request: Request, exc: DBAPIError) -> JSONResponse:
         # The server ended the session (idle-in-transaction timeout, admin shutdown): as
         # transient as a refused connection. Anything else is a bug and stays a 500.
-        if exc.connection_invalidated or isinstance(exc.orig, TRANSIENT_DRIVER_ERRORS):
+        if exc.connection_invalidated or isinstance(exc.orig, TRANSIENT_DRIVER_ERRORS) or full_store(exc):
             return await _database_down(request, exc)
         raise exc
 

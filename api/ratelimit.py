@@ -27,7 +27,6 @@ from fastapi import Request
 from limits import RateLimitItem, parse_many
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
-from limits.errors import StorageError
 
 from api.auth import AuthenticatedTenant
 from api.deps import CurrentTenant
@@ -41,6 +40,10 @@ REDIS_TIMEOUT = 1.0
 REDIS_CONNECTIONS = 32
 KEY_PREFIX = "dermasentinel:ratelimit"
 STATE_HEADERS = "ratelimit_headers"
+# Issue 26: ANY exception from the store fails open, not only the ones we have met (StorageError,
+# OSError, RedisError): a lossy link to Redis also raised RuntimeError from a closed transport
+# inside redis-py, which became a 500. The limiter protects the service; it must never be the outage.
+STORE_FAILURES = (Exception,)
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,9 @@ class Limiter:
         self.default = TenantLimits(settings.rate_limit, settings.concurrent_uploads)
         parse_many(self.default.requests)  # fail at start-up, not on the first request
         self.unknown_key_items = parse_many(settings.unknown_key_rate)
+        self.address_rate = settings.client_address_rate.strip()
+        if self.address_rate:
+            parse_many(self.address_rate)  # fail at start-up, not on the first request
         self.overrides = {
             tenant_id: TenantLimits(
                 str(values.get("requests", self.default.requests)),
@@ -147,7 +153,7 @@ class Limiter:
         try:
             allowed = await self.window.hit(item, *identifiers)
             stats = await self.window.get_window_stats(item, *identifiers)
-        except (StorageError, OSError, aioredis.RedisError) as exc:
+        except STORE_FAILURES as exc:
             cause = getattr(exc, "storage_error", exc)
             log.warning("rate limiter storage unavailable (%s); letting the request through", type(cause).__name__)
             return Verdict(True, item.amount, item.amount, 0)
@@ -164,7 +170,7 @@ class Limiter:
                 if allowed:
                     continue
                 stats = await self.window.get_window_stats(item, "unknown-keys", address)
-            except (StorageError, OSError, aioredis.RedisError) as exc:
+            except STORE_FAILURES as exc:
                 cause = getattr(exc, "storage_error", exc)
                 log.warning("rate limiter storage unavailable (%s); letting the request through", type(cause).__name__)
                 return
@@ -180,9 +186,16 @@ class Limiter:
         try:
             for item in self.unknown_key_items:
                 await self.window.hit(item, "unknown-keys", address)
-        except (StorageError, OSError, aioredis.RedisError) as exc:
+        except STORE_FAILURES as exc:
             cause = getattr(exc, "storage_error", exc)
             log.warning("rate limiter storage unavailable (%s); an unknown key went uncounted", type(cause).__name__)
+
+    async def client_address(self, address: str) -> Verdict | None:
+        """Issue 26: one request from ``address``, before authentication; the verdict (None
+        when the limit is off). Counted in Redis, so it holds across API replicas."""
+        if not self.address_rate:
+            return None
+        return await self.check(self.address_rate, "address", address)
 
     async def tenant_request(self, request: Request, tenant_id: uuid.UUID) -> None:
         """Count one API request for the tenant; 429 when over its rate."""
@@ -230,7 +243,7 @@ class Limiter:
             if in_flight > limit:
                 await self.redis.zrem(key, member)
                 return False
-        except (OSError, aioredis.RedisError) as exc:
+        except STORE_FAILURES as exc:
             log.warning("upload quota storage unavailable (%s); letting the upload through", type(exc).__name__)
         return True
 
@@ -240,7 +253,7 @@ class Limiter:
             return
         try:
             await self.redis.zrem(f"{KEY_PREFIX}:uploads:{tenant}", member)
-        except (OSError, aioredis.RedisError):
+        except STORE_FAILURES:
             pass  # the member expires with upload_slot_ttl
 
     async def close(self) -> None:

@@ -1,6 +1,7 @@
 """Benchmark: how long an interactive job waits to be claimed while 10,000 bulk jobs are queued.
 
     python -m benchmarks.lanes [--bulk 10000] [--probes 5]
+    python -m benchmarks.lanes --sweep-burst 2000 [--sweep-interval 5]   (issue 26)
 
 Queues ``--bulk`` bulk jobs (rows inserted directly, one wake-up each in the bulk lane, one
 shared image), starts one real GPU-role worker (SEG/CLS 128), waits until it is busy on the
@@ -8,6 +9,12 @@ bulk lane, then submits ``--probes`` interactive images through the API at rando
 a GPU pass and prints, for each, the time from the row's creation to its claim
 (``started_at``; target < 2 s). Also prints the claim query's plan (EXPLAIN ANALYZE) with the
 bulk backlog in the table, to show it is answered from an index and not a scan.
+
+``--sweep-burst N`` (issue 26) measures the maintenance lane instead: one real CPU worker and
+the real beat process, then N ingest and N report wake-ups queued at once (for ids with no row:
+each costs the worker one lookup), and prints the time of every sweeper pass while the CPU
+worker drains them (``dermasentinel:sweeper:last``, polled), with the largest gap (target
+≤ 60 s; the sweeper used to wait behind the whole backlog).
 
 Postgres, Redis and S3 come from DERMASENTINEL_DATABASE_URL / _BROKER_URL / _S3_* when set,
 else from an embedded stack in a temporary folder. A fresh ``dsbench_*`` database is built by
@@ -25,11 +32,14 @@ import httpx
 from sqlalchemy import func, select, text
 
 from benchmarks.batches import bench_stack, cancel_queued, count_status, queue_bulk
-from devstack import child_env, start_worker
+from devstack import child_env, start_beat, start_worker
 from shared import lifecycle
 from shared.clock import utcnow
 from shared.context import AppContext
+from shared.jobs import broker_redis, enqueue_report
+from shared.queues import Queue
 from shared.tables import Analysis
+from worker.maintenance import SWEEPER_LAST_RUN
 from worker.pipeline.synthetic import encode_jpeg, make_lesion
 
 
@@ -98,11 +108,59 @@ def measure(context: AppContext, key: str, tenant_id: uuid.UUID, bulk: int, prob
     return results
 
 
+def sweep_burst(context: AppContext, workdir, burst: int) -> tuple[float, list[float]]:
+    """Issue 26: sweeper passes while a CPU worker drains ``burst`` ingest + ``burst`` report
+    wake-ups. Returns (seconds to drain, the passes' times relative to the burst)."""
+    env = child_env(context.settings)
+    worker = start_worker(env, workdir / "worker-cpu.log", role="cpu")
+    beat = start_beat(env, workdir / "beat.log")
+    client = broker_redis(context.settings, timeout=5)
+    try:
+        deadline = time.monotonic() + 120
+        while client.get(SWEEPER_LAST_RUN) is None:
+            if time.monotonic() > deadline:
+                raise RuntimeError("beat never swept")
+            time.sleep(0.2)
+        started = time.time()
+        for _ in range(burst):
+            lifecycle.enqueue_ingest(context.celery, uuid.uuid4())
+            enqueue_report(context.celery, uuid.uuid4())
+        print(f"  queued {burst} ingest + {burst} report wake-ups in {time.time() - started:.1f} s")
+        passes: list[float] = []
+        deadline = time.monotonic() + 1800
+        while client.llen(Queue.ingest.value) + client.llen(Queue.reports.value) > 0:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the CPU worker did not drain the burst in 30 minutes")
+            last = float(client.get(SWEEPER_LAST_RUN) or 0) - started
+            if last > 0 and (not passes or last > passes[-1]):
+                passes.append(last)
+            time.sleep(0.25)
+        return time.time() - started, passes
+    finally:
+        client.close()
+        beat.stop()
+        worker.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bulk", type=int, default=10_000)
     parser.add_argument("--probes", type=int, default=5)
+    parser.add_argument("--sweep-burst", type=int, default=0,
+                        help="issue 26: measure sweeper passes while N ingest + N report wake-ups drain")
+    parser.add_argument("--sweep-interval", type=float, default=5.0, help="SWEEP_INTERVAL_SECONDS for --sweep-burst")
     args = parser.parse_args()
+
+    if args.sweep_burst:
+        with bench_stack(sweep_interval_seconds=args.sweep_interval) as (context, _key, _tenant, workdir):
+            print(f"sweeper passes while one cpu worker drains {args.sweep_burst} ingest + {args.sweep_burst} "
+                  f"report wake-ups (SWEEP_INTERVAL_SECONDS={args.sweep_interval:g})")
+            drained, passes = sweep_burst(context, workdir, args.sweep_burst)
+        gaps = [b - a for a, b in zip([0.0, *passes], passes, strict=False)]
+        print(f"  drained in {drained:.1f} s; {len(passes)} sweeps meanwhile, at "
+              + ", ".join(f"{p:.1f}" for p in passes[:40]) + (" …" if len(passes) > 40 else "") + " s")
+        print(f"  largest gap between sweeps: {max(gaps, default=drained):.1f} s (target <= 60 s)")
+        return
 
     with bench_stack() as (context, key, tenant_id, workdir):
         print(f"interactive submit -> claim while {args.bulk} bulk jobs are queued (one gpu worker, SEG/CLS 128)")

@@ -179,6 +179,24 @@ def worker(role: str, concurrency: int | None, metrics_port: int | None) -> None
     )
 
 
+@cli.command("worker-alive")
+@click.option("--max-age", type=float, default=60.0, show_default=True,
+              help="Seconds since the worker's main process last reported in, at most")
+def worker_alive(max_age: float) -> None:
+    """Exit 0 when a worker main process here reported in within MAX_AGE seconds: the
+    Kubernetes liveness probe (a stopped or hung worker stops reporting; issue 26)."""
+    from shared.liveness import freshest_worker
+
+    data_dir = get_settings().data_dir
+    found = freshest_worker(data_dir)
+    if found is None:
+        raise click.ClickException(f"no worker process has reported in under {data_dir / 'heartbeats'}")
+    pid, age = found
+    if age > max_age:
+        raise click.ClickException(f"worker process {pid} last reported in {age:.0f} s ago (over {max_age:g} s): hung")
+    click.echo(f"worker process {pid} reported in {age:.1f} s ago")
+
+
 def _quiet_when_json(settings: Settings) -> list[str]:
     """Celery's start-up banner is printed, not logged: without it, a process that logs JSON
     writes nothing but JSON lines (issue 25)."""
@@ -195,6 +213,14 @@ def beat() -> None:
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = create_celery()
+    # ---- issue 26: the sweeper in a thread of its own here, not queued behind a CPU worker's backlog
+    if settings.sweep_in_beat:
+        from worker import runtime
+        from worker.maintenance import SweepLoop
+
+        app.conf.beat_schedule.pop("sweep", None)
+        SweepLoop(lambda: runtime.runtime().context, settings.sweep_interval_seconds).start()
+    # ---- end issue 26
     app.start([*_quiet_when_json(settings), "beat", "--schedule", str(settings.data_dir / "celerybeat-schedule"),
                "--loglevel", settings.log_level])
 

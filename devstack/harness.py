@@ -15,7 +15,7 @@ stack's supervisor, which restarts it with backoff when the owner calls `supervi
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import httpx
@@ -39,7 +39,7 @@ from devstack.postgres import PostgresHandle
 from devstack.redis import RedisHandle
 from devstack.s3 import S3Handle
 from devstack.stack import EmbeddedStack, StackEndpoints
-from devstack.supervisor import Supervisor, describe_exit
+from devstack.supervisor import Supervised, Supervisor, describe_exit
 
 # Supervisor layers: the app stops before the services it uses (SERVICES_LAYER = 0).
 APP_LAYER = 1
@@ -133,7 +133,8 @@ class Stack:
         name = name or f"worker-{role}"
         if supervised:
             url = f"http://{LOOPBACK}:{metrics_port}/metrics" if metrics_port else None
-            return self._supervise(name, worker_command(role, concurrency, metrics_port), env, url)
+            return self._supervise(name, worker_command(role, concurrency, metrics_port), env, url,
+                                   heartbeat=_worker_heartbeat(env))
         app = start_worker(env, self._log(name), role=role, concurrency=concurrency, metrics_port=metrics_port,
                            name=name, wait=wait)
         return self._keep(app)
@@ -170,13 +171,18 @@ class Stack:
         self._apps.append(app)
         return app
 
-    def _supervise(self, name: str, argv: list[str], env: Mapping[str, str], url: str | None) -> App:
+    def _supervise(
+        self, name: str, argv: list[str], env: Mapping[str, str], url: str | None,
+        heartbeat: tuple[Callable[[Supervised], float | None], float] | None = None,
+    ) -> App:
         log_path, child_env = self._log(name), dict(env)
 
         def launch(restart: bool) -> App:
             return start_app(name, argv, child_env, log_path, url=url)
 
-        handle = self.supervisor.start(name, launch, layer=APP_LAYER, stop_grace=STOP_GRACE_SECONDS)
+        beat, hung_after = heartbeat if heartbeat else (None, None)
+        handle = self.supervisor.start(name, launch, layer=APP_LAYER, stop_grace=STOP_GRACE_SECONDS,
+                                       heartbeat=beat, hung_after=hung_after)
         assert isinstance(handle, App)
         return handle
 
@@ -202,3 +208,21 @@ class Stack:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
+
+
+def _worker_heartbeat(env: Mapping[str, str]) -> tuple[Callable[[Supervised], float | None], float] | None:
+    """Issue 26: a worker's main process touches DATA_DIR/heartbeats/worker-<pid>
+    (shared.liveness); `up` kills and restarts one whose file is older than WORKER_HUNG_SECONDS."""
+    from shared.config import ENV_PREFIX, Settings
+    from shared.liveness import file_age, heartbeat_file
+
+    data_dir = env.get(ENV_PREFIX + "DATA_DIR")
+    if not data_dir:
+        return None
+    default = Settings.model_fields["worker_hung_seconds"].default
+    hung_after = float(env.get(ENV_PREFIX + "WORKER_HUNG_SECONDS", default))
+
+    def age(handle: Supervised) -> float | None:
+        return file_age(heartbeat_file(Path(data_dir), handle.process.pid))
+
+    return age, hung_after

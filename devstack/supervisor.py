@@ -54,6 +54,10 @@ class _Unit:
     crashes: int = 0
     restarts: int = 0
     restart_at: float | None = None
+    # Issue 26: how long ago the unit's process last reported in (None: not yet / cannot say),
+    # and after how long without a report it is taken for hung, killed and restarted.
+    heartbeat: Callable[[Supervised], float | None] | None = None
+    hung_after: float | None = None
 
 
 def describe_exit(status: int) -> str:
@@ -72,14 +76,27 @@ class Supervisor:
         self._units: dict[str, _Unit] = {}
 
     def start(
-        self, name: str, launch: Callable[[bool], Supervised], *, layer: int = 0, stop_grace: float = 10.0
+        self, name: str, launch: Callable[[bool], Supervised], *, layer: int = 0, stop_grace: float = 10.0,
+        heartbeat: Callable[[Supervised], float | None] | None = None, hung_after: float | None = None,
     ) -> Supervised:
-        """Launch a unit now (`launch(False)`) and keep it running from then on (`launch(True)`)."""
+        """Launch a unit now (`launch(False)`) and keep it running from then on (`launch(True)`).
+        With `heartbeat` and `hung_after`, a unit whose heartbeat is older than `hung_after`
+        seconds is hung: killed (its whole process group) and restarted like one that exited."""
         if name in self._units:
             raise ValueError(f"{name} is already supervised")
         handle = launch(False)
-        self._units[name] = _Unit(name, launch, layer, stop_grace, handle, time.monotonic())
+        self._units[name] = _Unit(name, launch, layer, stop_grace, handle, time.monotonic(),
+                                  heartbeat=heartbeat, hung_after=hung_after)
         return handle
+
+    def _hung_for(self, unit: _Unit) -> float | None:
+        if unit.current is None or unit.heartbeat is None or unit.hung_after is None:
+            return None
+        try:
+            age = unit.heartbeat(unit.current)
+        except Exception:  # a heartbeat that cannot be read says nothing
+            return None
+        return age if age is not None and age > unit.hung_after else None
 
     def get(self, name: str) -> Supervised | None:
         """The unit's running handle; None while it waits to be restarted, or if unknown."""
@@ -107,6 +124,12 @@ class Supervisor:
             now = time.monotonic()
             if unit.current is not None:
                 status = unit.current.process.poll()
+                if status is None and (hung := self._hung_for(unit)) is not None:
+                    self._announce(f"{unit.name} has not reported in for {hung:.0f}s (hung); killing it")
+                    unit.current.process.stop(grace=0)  # SIGKILL to its group: a stopped process too
+                    status = unit.current.process.poll()
+                    if status is None:
+                        status = -int(signal.SIGKILL)
                 if status is None:
                     if unit.crashes and now - unit.started_at >= self._backoff.healthy_after:
                         unit.crashes = 0

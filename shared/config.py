@@ -131,6 +131,10 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=3, ge=1, le=20)
     stuck_after_seconds: int = Field(default=300, ge=5)
     sweep_interval_seconds: float = Field(default=30.0, gt=0)
+    # Issue 26: the sweeper runs in a thread of the beat process (worker.maintenance.SweepLoop),
+    # never queued behind ingest and report messages; false: beat sends it to the maintenance
+    # queue as before (a CPU worker runs it).
+    sweep_in_beat: bool = True
     idempotency_ttl_hours: int = Field(default=48, ge=24)
     retention_days: int = Field(default=0, ge=0)
     # Issue 22: audit rows older than this are pruned behind a signed checkpoint (docs/AUDIT.md);
@@ -172,6 +176,9 @@ class Settings(BaseSettings):
     transient_backoff_max_seconds: float = Field(default=30.0, gt=0)  # doubling stops here
     max_transient_retries: int = Field(default=500, ge=1)  # about 4 h of outage at the cap, then failed
     gpu_heartbeat_seconds: float = Field(default=5.0, gt=0)  # GPU pool processes report in to Redis
+    # Issue 26: a worker main process whose heartbeat (shared.liveness) is older than this is hung:
+    # `up` kills and restarts it (the Kubernetes probe runs `dermasentinel worker-alive --max-age`).
+    worker_hung_seconds: float = Field(default=30.0, gt=0)
     resend_after_seconds: int = Field(default=30, ge=5)  # a lost wake-up (analysis, report) is re-sent
     s3_connect_timeout_seconds: float = Field(default=2.0, gt=0)
     s3_read_timeout_seconds: float = Field(default=5.0, gt=0)  # per socket read, not per object
@@ -233,6 +240,10 @@ class Settings(BaseSettings):
     # Issue 22: API keys that turn out unknown, per client address, counted before a lookup
     # reaches the database ("5/second;60/minute"; over it: 429 before authentication).
     unknown_key_rate: str = "5/second;60/minute"
+    # Issue 26: every request per client address, counted before authentication, shared by all API
+    # replicas through Redis ("" turns it off). Generous: a clinic's whole site may share one
+    # address (behind a proxy, set FORWARDED_ALLOW_IPS so the address is the client's).
+    client_address_rate: str = "300/second"
 
     # Direct uploads and expiry (issue 13, docs/UPLOADS_AND_EXPIRY.md).
     upload_url_ttl_seconds: int = Field(default=300, ge=30, le=3600)  # presigned PUT lifetime

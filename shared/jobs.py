@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 import time
 import uuid
+from typing import cast
 
 import kombu.exceptions
 import redis
@@ -20,6 +21,7 @@ from celery import Celery
 from kombu import Queue as KombuQueue
 from minio.error import InvalidResponseError, S3Error, ServerError
 
+from shared import liveness
 from shared.config import SettingMissing, Settings
 from shared.logs import REQUEST_ID_HEADER, current_request_id
 from shared.queues import Queue, TaskName, analysis_queue
@@ -198,14 +200,34 @@ def forget_gpu_worker(client: redis.Redis, worker_id: str) -> None:
     with client.pipeline(transaction=False) as pipe:
         pipe.zrem(GPU_WORKERS_READY, worker_id)
         pipe.zrem(GPU_WORKERS_BROKEN, worker_id)
+        pipe.hdel(liveness.POOL_PARENTS, worker_id)
         pipe.execute()
 
 
 def gpu_worker_census(client: redis.Redis, within_seconds: float) -> tuple[list[str], list[str]]:
-    """(ready, broken) worker ids that reported within the window."""
+    """(ready, broken) worker ids that reported within the window, and whose main process
+    reports in too (issue 26: a pool process of a stopped main reads no queue)."""
     since = time.time() - within_seconds
     with client.pipeline(transaction=False) as pipe:
         pipe.zrangebyscore(GPU_WORKERS_READY, since, "+inf")
         pipe.zrangebyscore(GPU_WORKERS_BROKEN, since, "+inf")
-        ready, broken = pipe.execute()
-    return [m.decode() for m in ready], [m.decode() for m in broken]
+        ready_raw, broken_raw = pipe.execute()
+    ready, broken = [m.decode() for m in ready_raw], [m.decode() for m in broken_raw]
+    stale = liveness.stale_mains(client, within_seconds)
+    if not stale:
+        return ready, broken
+    parent = liveness.parents(client, ready + broken)
+    return [w for w in ready if parent.get(w) not in stale], [w for w in broken if parent.get(w) not in stale]
+
+
+def hung_gpu_workers(client: redis.Redis, within_seconds: float) -> set[str]:
+    """Pool processes whose main process stopped reporting in: hung or stopped, not dead of a
+    job. Their jobs are released without spending an attempt (issue 26)."""
+    stale = liveness.stale_mains(client, within_seconds)
+    if not stale:
+        return set()
+    found = cast(list[bytes], client.zrange(GPU_WORKERS_READY, 0, -1)) + cast(
+        list[bytes], client.zrange(GPU_WORKERS_BROKEN, 0, -1))
+    members = [m.decode() for m in found]
+    parent = liveness.parents(client, members)
+    return {w for w in members if parent.get(w) in stale}

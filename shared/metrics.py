@@ -78,6 +78,12 @@ TASKS = Counter(
     "dermasentinel_tasks_total", "Celery tasks run, by task name and outcome (success, failure, retry)",
     ["task", "outcome"],
 )
+# Issue 26: broker messages a worker could not read, dropped (logged, acknowledged) instead of ending it.
+MALFORMED_MESSAGES = Counter(
+    "dermasentinel_malformed_messages_total",
+    "Malformed broker messages acknowledged and dropped, by where they were caught (transport, consumer, task)",
+    ["where"],
+)
 TASK_SECONDS = Histogram(
     "dermasentinel_task_seconds", "Celery task run time, by task name", ["task"], buckets=_STAGE_BUCKETS,
 )

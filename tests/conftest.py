@@ -191,6 +191,9 @@ def settings(services, test_database_url, tmp_path_factory) -> Settings:
         # its own settings in tests/api/test_hostile_bodies.py) must not refuse the next test's
         # brand-new key.
         unknown_key_rate="1000/second",
+        # Issue 26: the per-address limit before authentication likewise (tested with its own
+        # settings in tests/api/test_ratelimit.py).
+        client_address_rate="",
         webhook_retry_schedule="1,1,1,1",
         webhook_dispatch_interval_seconds=0.5,
         sweep_interval_seconds=1.0,

@@ -282,7 +282,10 @@ class _Engine:
 
         # One outcome per claim, in order: a count mismatch is a pipeline bug, and recording
         # outcomes against the wrong claims would be worse than failing the pass.
-        finished = sum(self.host.map(record, zip(batch.claims, outcomes, strict=True)))
+        pairs = list(zip(batch.claims, outcomes, strict=True))
+        # Issue 26: interactive results are written ahead of the bulk ones they share a batch with.
+        pairs.sort(key=lambda pair: pair[0].priority != "interactive")
+        finished = sum(self.host.map(record, pairs))
         observe_stage("write", time.perf_counter() - written)
         batch.prepared = None
         release_freed_memory()  # the batch's images and tensors, back to the OS (off the network thread)

@@ -25,9 +25,11 @@ from celery.signals import (
     worker_init,
     worker_process_init,
     worker_process_shutdown,
+    worker_shutdown,
 )
 from minio.error import MinioException
 
+from shared import liveness
 from shared.config import Settings, get_settings
 from shared.fhir_subscriptions import HEARTBEAT_CHECK_SECONDS
 from shared.jobs import (
@@ -39,6 +41,7 @@ from shared.jobs import (
     set_worker_identity,
 )
 from shared.queues import ANALYSIS_QUEUES, Queue, TaskName
+from worker import poison
 from worker import runtime as runtime_module
 
 if TYPE_CHECKING:
@@ -70,6 +73,12 @@ class GpuMembership:
         self._client = broker_redis(settings)
 
     def start(self) -> None:
+        # Issue 26: which main process this pool process belongs to (itself under --pool solo).
+        parent = liveness.main_id(self.hostname, _main_pid or os.getppid())
+        try:
+            liveness.record_parent(self._client, self.worker_id, parent)
+        except redis.exceptions.RedisError:
+            pass  # without it the census counts this process on its own heartbeat, as before
         threading.Thread(target=self._run, name="gpu-heartbeat", daemon=True).start()
 
     def _run(self) -> None:
@@ -107,6 +116,9 @@ class GpuMembership:
 
 
 _membership: GpuMembership | None = None
+# Issue 26: the worker's main process (set before its pool forks) and its heartbeat thread.
+_main_pid: int | None = None
+_main_heartbeat: liveness.MainHeartbeat | None = None
 
 # Each task's first argument, as the id it names in log lines.
 _TASK_ARGUMENT = {
@@ -219,7 +231,7 @@ def _connect_observability(settings: Settings) -> None:
         request_id = getattr(request, REQUEST_ID_HEADER, None) or (request.headers or {}).get(REQUEST_ID_HEADER)
         ids = {"task": task.name, "task_id": task_id, "request_id": request_id}
         argument = _TASK_ARGUMENT.get(task.name)
-        if argument and args:
+        if argument and args and isinstance(args[0], str) and len(args[0]) <= 64:  # issue 26: ids only
             ids[argument] = args[0]
         bind_contextvars(**{k: str(v) for k, v in ids.items() if v})
         request.dermasentinel_started = time.perf_counter()
@@ -256,6 +268,27 @@ def create_celery(settings: Settings | None = None, *, preload_models: bool = Fa
         # A worker keeps reconnecting to a broker that is down, however long it takes.
         broker_connection_max_retries=None,
     )
+    # ---- issue 26: malformed broker messages never stop a worker (worker/poison.py) ----
+    app.conf.worker_consumer = poison.CONSUMER
+    app.Task.Request = poison.REQUEST  # every task registered below checks its arguments' fit
+    if settings.broker_url.startswith(("redis://", "rediss://")):
+        app.conf.broker_transport = poison.TRANSPORT
+
+    @worker_init.connect(weak=False, dispatch_uid="dermasentinel-main-heartbeat")
+    def _main_alive(sender: Any = None, **_: object) -> None:
+        global _main_pid, _main_heartbeat
+        _main_pid = os.getpid()
+        _main_heartbeat = liveness.MainHeartbeat(
+            broker_redis(settings), settings.data_dir, str(getattr(sender, "hostname", "worker")),
+            settings.gpu_heartbeat_seconds,
+        )
+        _main_heartbeat.start()
+
+    @worker_shutdown.connect(weak=False, dispatch_uid="dermasentinel-main-heartbeat-stop")
+    def _main_gone(**_: object) -> None:
+        if _main_heartbeat is not None and os.getpid() == _main_pid:
+            _main_heartbeat.stop()
+    # ---- end issue 26 ----
     app.conf.beat_schedule = {
         "sweep": {"task": TaskName.sweep.value, "schedule": settings.sweep_interval_seconds,
                   "options": {"queue": Queue.maintenance.value}},

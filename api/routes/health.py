@@ -24,7 +24,7 @@ from sqlalchemy import text
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.metrics import ApiMetrics
-from api.problems import Unauthorized
+from api.problems import STORAGE_FULL, STORAGE_FULL_REPORT_SECONDS, Unauthorized
 from shared.context import AppContext
 from shared.jobs import broker_redis, gpu_worker_census, heartbeat_window
 from shared.schemas import Liveness, Readiness
@@ -103,7 +103,16 @@ def _checks(context: AppContext) -> dict[str, Callable[[], dict[str, Any] | None
             raise NotReady(f"no GPU worker is consuming analysis jobs{why}")
         return {"ready": len(ready), "broken": len(broken)}
 
-    return {"database": database, "broker": broker, "object_store": object_store, "gpu_workers": gpu_workers}
+    def storage_space() -> dict[str, Any]:
+        # Issue 26: a store out of space still answers a ping; the writes that met it say so.
+        full = STORAGE_FULL.recent()
+        if full:
+            raise NotReady(f"out of space: {', '.join(full)} (a write was refused within "
+                           f"{STORAGE_FULL_REPORT_SECONDS:g} s)")
+        return {}
+
+    return {"database": database, "broker": broker, "object_store": object_store, "gpu_workers": gpu_workers,
+            "storage_space": storage_space}
 
 
 async def check_readiness(context: AppContext, optional: frozenset[str] = frozenset()) -> dict[str, Any]:

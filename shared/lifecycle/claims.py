@@ -36,9 +36,10 @@ class Claim:
     site: str
     pixel_spacing_mm: float | None
     external_id: str | None
-    # Issue 25: the job's lane, when it was submitted and its stored trace context (queue-wait
-    # and end-to-end histograms, worker spans). Defaults: claims built by hand in tests.
-    priority: str | None = None
+    # Issue 26: the job's lane (a batch records its interactive outcomes first). Issue 25: when
+    # it was submitted and its stored trace context (queue-wait and end-to-end histograms,
+    # worker spans). Defaults: claims built by hand in tests.
+    priority: str = "interactive"
     created_at: datetime | None = None
     started_at: datetime | None = None
     traceparent: str | None = None

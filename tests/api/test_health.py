@@ -18,7 +18,7 @@ from shared.jobs import broker_redis, forget_gpu_worker, report_gpu_worker
 def test_readyz_is_ready_with_every_dependency_up_and_a_gpu_worker_consuming(api_url, worker, wait):
     body = wait(lambda: (b := httpx.get(f"{api_url}/readyz").json())["status"] == "ready" and b, timeout=120,
                 message="readiness with the worker up")
-    assert set(body["checks"]) == {"database", "broker", "object_store", "gpu_workers"}
+    assert set(body["checks"]) == {"database", "broker", "object_store", "gpu_workers", "storage_space"}
     assert all(check["ok"] for check in body["checks"].values())
     assert body["checks"]["gpu_workers"]["ready"] >= 1
     assert httpx.get(f"{api_url}/healthz").json() == {"status": "ok"}

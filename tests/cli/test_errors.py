@@ -77,6 +77,7 @@ def arguments(command: tuple[str, ...], files: dict[str, Path]) -> list[str]:
         ("audit", "verify"): [],
         ("audit", "export"): ["--tenant", "clinic"],
         ("monitor", "clear"): ["--tenant", "clinic"],
+        ("worker-alive",): ["--max-age", "60"],
     }
     return table[command]
 

@@ -22,7 +22,8 @@ from worker.pipeline.synthetic import encode_jpeg, make_lesion
 ROOT = Path(__file__).resolve().parents[2]
 
 
-SMALL = {"SEG_SIZE": "128", "CLS_SIZE": "128"}
+# WORKER_HUNG_SECONDS: issue 26, a stopped worker is killed and restarted after this long.
+SMALL = {"SEG_SIZE": "128", "CLS_SIZE": "128", "WORKER_HUNG_SECONDS": "10"}
 
 
 @pytest.fixture
@@ -77,16 +78,21 @@ def test_up_restarts_what_dies_serves_jobs_and_stops_everything_on_sigterm(runni
     assert {"database", "broker", "object_store"} <= set(ready["checks"])
 
     gpu_worker, redis_server = up.child("--role gpu"), up.child("redis-server")
+    cpu_worker = up.child("--role cpu")
     redis_port = urlsplit(up.stack_env()["BROKER_URL"]).port
 
     gpu_worker.kill()
     redis_server.kill()
+    cpu_worker.suspend()  # issue 26: SIGSTOP, a hang: alive, silent
 
     up.wait_console("worker-gpu exited (killed by SIGKILL)")
     up.wait_console("redis exited (killed by SIGKILL)")
     up.wait_console("worker-gpu restarted")
     up.wait_console("redis restarted")
+    up.wait_console("worker-cpu has not reported in")
+    up.wait_console("worker-cpu restarted")
     assert up.child("--role gpu").pid != gpu_worker.pid
+    assert up.child("--role cpu").pid != cpu_worker.pid and not cpu_worker.is_running()
     # The others were configured with the old address: the broker must be back on it.
     assert up.child(f"redis-server 127.0.0.1:{redis_port}").pid != redis_server.pid
 

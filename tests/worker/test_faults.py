@@ -21,6 +21,7 @@ from shared.clock import utcnow
 from shared.context import AppContext
 from shared.db import session_scope
 from shared.jobs import (
+    GPU_WORKERS_READY,
     JobNotRun,
     broker_redis,
     enqueue_analysis,
@@ -368,6 +369,30 @@ def test_a_gpu_worker_whose_pool_process_is_killed_runs_jobs_again(isolated, tmp
               f"both jobs done {time.monotonic() - killed_at:.1f} s after it")
         assert _row(ctx, held).attempt == 2
         assert process.poll() is None
+
+        # Issue 26: the main process stops (SIGSTOP: a hang). Its pool process still reports in,
+        # but the census drops it at once, and the job it holds goes back without an attempt.
+        from shared import liveness
+
+        assert (liveness.file_age(liveness.heartbeat_file(ctx.settings.data_dir, process.pid)) or 99) < 5
+        stuck = _queued_row(ctx, tenant_id)
+        _claim_now(ctx, stuck)
+        with session_scope(ctx.session_factory) as session:
+            long_ago = utcnow() - timedelta(seconds=2 * heartbeat_window(ctx.settings) + 1)
+            session.execute(update(Analysis).where(Analysis.id == stuck).values(claimed_by=second,
+                                                                                heartbeat_at=long_ago))
+        os.kill(process.pid, signal.SIGSTOP)
+        try:
+            wait_for(lambda: second not in _census(ctx.settings)[0], timeout=30,
+                     message="the pool process of a stopped main to leave the census")
+            from api.routes.health import readiness
+
+            assert readiness(ctx)["checks"]["gpu_workers"]["ok"] is False  # /readyz: 503
+            assert sweep(ctx)["requeued"] == 1
+            row = _row(ctx, stuck)
+            assert (row.status, row.attempt - row.transient_retries) == ("queued", 0), "a hang cost an attempt"
+        finally:
+            os.kill(process.pid, signal.SIGCONT)
     finally:
         process.stop(grace=15)
 
@@ -398,3 +423,45 @@ def test_a_gpu_worker_whose_models_cannot_load_says_so_and_does_not_loop(isolate
         assert "could not be loaded" in log_path.read_text()
     finally:
         process.stop(grace=15)
+
+
+def test_a_hung_workers_jobs_are_released_without_spending_an_attempt(quiet):
+    """Issue 26: a job held by a pool process whose main process stopped reporting in (SIGSTOP,
+    a hang) goes back to the queue without spending an attempt; one whose own pool process went
+    silent while its main lives on still spends one (it may have died of the job)."""
+    from shared import liveness
+
+    context, tenant_id = quiet
+    settings = context.settings
+    window = heartbeat_window(settings)
+    node = f"gpu@issue26-{uuid.uuid4().hex[:6]}"
+    hung_main, live_main = liveness.main_id(node, 1), liveness.main_id(node, 2)
+    hung_pool, dead_pool = f"{node}:11", f"{node}:21"
+    long_ago = utcnow() - timedelta(seconds=2 * window + 1)
+    client = broker_redis(settings)
+    ids = {}
+    try:
+        now = time.time()
+        client.zadd(liveness.WORKER_MAINS, {hung_main: now - 10 * window, live_main: now})
+        liveness.record_parent(client, hung_pool, hung_main)
+        liveness.record_parent(client, dead_pool, live_main)
+        report_gpu_worker(client, hung_pool, ready=True)  # its pool process still reports in
+        client.zadd(GPU_WORKERS_READY, {dead_pool: now - 10 * window})  # this one went silent
+        for owner in (hung_pool, dead_pool):
+            analysis_id = _queued_row(context, tenant_id)
+            _claim_now(context, analysis_id)
+            with session_scope(context.session_factory) as session:
+                session.execute(update(Analysis).where(Analysis.id == analysis_id)
+                                .values(claimed_by=owner, heartbeat_at=long_ago))
+            ids[owner] = analysis_id
+        sweep(context)
+        hung, dead = _row(context, ids[hung_pool]), _row(context, ids[dead_pool])
+        assert hung.status == "queued" and hung.transient_retries == 1  # the attempt was given back
+        assert dead.status == "queued" and dead.transient_retries == 0  # the attempt counts
+    finally:
+        with session_scope(context.session_factory) as session:
+            session.execute(update(Analysis).where(Analysis.id.in_(list(ids.values()))).values(status="canceled"))
+        client.zrem(liveness.WORKER_MAINS, hung_main, live_main)
+        client.hdel(liveness.POOL_PARENTS, hung_pool, dead_pool)
+        client.zrem(GPU_WORKERS_READY, hung_pool, dead_pool)
+        client.close()
