@@ -13,6 +13,7 @@ are claimable, or this process's shadow lane is still busy with an earlier offer
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -106,6 +107,7 @@ class ShadowLane:
             return not self._busy
 
     def _run(self, context: AppContext, arm: Arm, jobs: list[ShadowJob]) -> None:
+        _lowest_priority()
         try:
             for n, job in enumerate(jobs):
                 if n and lane_behind(context):
@@ -121,6 +123,16 @@ class ShadowLane:
         finally:
             with self._lock:
                 self._busy = False
+
+
+def _lowest_priority() -> None:
+    """The shadow thread's own CPU work (decode, pre- and post-processing, whatever of the
+    networks runs on the calling thread) yields to the active model's: nice 19 on Linux, where
+    a thread has its own nice value. Elsewhere, or when refused, nothing changes."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (AttributeError, OSError):
+        pass
 
 
 def run_one(context: AppContext, arm: Arm, job: ShadowJob) -> bool:
