@@ -730,6 +730,10 @@ from cli.monitor import monitor_group  # noqa: E402  (issue 24: monitoring and d
 
 cli.add_command(monitor_group)
 
+from cli.models_rollout import install as install_rollout  # noqa: E402  (issue 24: shadow, canary, docs/MODELS.md)
+
+install_rollout(models)
+
 
 # A tenant's data rights (issue 22; docs/DATA_RIGHTS.md).
 from cli.tenant_data import tenants_delete, tenants_disable, tenants_enable, tenants_export  # noqa: E402

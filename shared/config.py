@@ -161,6 +161,21 @@ class Settings(BaseSettings):
     drift_check_seconds: float = Field(default=300.0, gt=0)
     # Workers read a tenant's safety mode at most this often (per tenant, per process).
     safety_mode_cache_seconds: float = Field(default=5.0, ge=0, le=300)
+    # Shadow and canary rollout (issue 24; docs/MODELS.md). A shadow runs only while the GPU
+    # lane is not behind: behind is a pass that came full (a backlog), more than
+    # SHADOW_MAX_QUEUED jobs waiting to be claimed, or a shadow run of this process still busy.
+    shadow_max_queued: int = Field(default=0, ge=0, le=10_000)
+    # A canary is judged (on each drift check, DRIFT_CHECK_SECONDS) once it and its incumbent
+    # each have CANARY_MIN_RESULTS final results since it began (the newest CANARY_WINDOW of
+    # each); it is rolled back when its failure rate exceeds the incumbent's by more than
+    # CANARY_MAX_FAILURE_RATE_INCREASE, or the PSI of its rejection mix, or the PSI or KS
+    # statistic of its probabilities against the incumbent's, crosses its bound.
+    canary_min_results: int = Field(default=50, ge=5)
+    canary_window: int = Field(default=1000, ge=10, le=100_000)
+    canary_max_failure_rate_increase: float = Field(default=0.02, ge=0, le=1)
+    canary_max_rejection_psi: float = Field(default=0.25, gt=0)
+    canary_max_psi: float = Field(default=0.25, gt=0)
+    canary_max_ks: float = Field(default=0.2, gt=0, le=1)
 
     # Parsed once, here: the environment spells them as text (comma-separated, "10/minute"),
     # the code reads typed values (docs/LAYOUT.md).

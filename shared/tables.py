@@ -655,3 +655,65 @@ class DriftEpisode(Base):
     event_id: Mapped[str | None] = mapped_column(String(64))
     cleared_at: Mapped[datetime | None] = mapped_column(TZ)
     cleared_by: Mapped[str | None] = mapped_column(String(200))
+
+
+class RolloutMode(enum.StrEnum):
+    shadow = "shadow"
+    canary = "canary"
+
+
+class ModelRollout(Base):
+    """A candidate model run beside the active one (issue 24; docs/MODELS.md): a **shadow** runs
+    on a share of live jobs after their result is stored and keeps its outputs apart
+    (``shadow_outputs``); a **canary** answers a share of new jobs itself, chosen by a stable
+    hash of the analysis id, until it is promoted, stopped or rolled back. At most one of each
+    mode is open per kind (a partial unique index)."""
+
+    __tablename__ = "model_rollouts"
+    __table_args__ = (
+        Index("uq_model_rollouts_open", "kind", "mode", unique=True, postgresql_where=text("ended_at IS NULL")),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=_uuid)
+    kind: Mapped[str] = mapped_column(String(16))
+    mode: Mapped[str] = mapped_column(String(16))  # RolloutMode
+    model_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    # A canary's incumbent: the model active when it began, whose results it is judged against.
+    incumbent_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("models.id", ondelete="SET NULL"))
+    fraction: Mapped[float] = mapped_column(Float)  # share of jobs, in (0, 1]
+    started_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
+    started_by: Mapped[str] = mapped_column(String(200))
+    ended_at: Mapped[datetime | None] = mapped_column(TZ)
+    # stopped | promoted | rolled_back | replaced
+    ended_reason: Mapped[str | None] = mapped_column(String(32))
+    ended_by: Mapped[str | None] = mapped_column(String(200))
+    # A rollback's measures and bounds (shared.model_rollout.CanaryVerdict).
+    verdict: Mapped[dict | None] = mapped_column(JSONB)
+
+
+class ShadowOutput(Base):
+    """What a shadowed candidate said of one analysis, beside what the active model said
+    (issue 24): never shown to the tenant, read by ``dermasentinel models compare``."""
+
+    __tablename__ = "shadow_outputs"
+    __table_args__ = (
+        UniqueConstraint("analysis_id", "model_id", name="uq_shadow_outputs_analysis_model"),
+        Index("ix_shadow_outputs_model", "model_id", "created_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=_uuid)
+    analysis_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("analyses.id", ondelete="CASCADE"))
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    model_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    model_version: Mapped[str] = mapped_column(String(100))
+    status: Mapped[str] = mapped_column(String(16))  # the shadow's outcome: succeeded | rejected | failed
+    probability: Mapped[float | None] = mapped_column(Float)
+    disposition: Mapped[str | None] = mapped_column(String(32))
+    rejection: Mapped[str | None] = mapped_column(String(32))
+    # The active model's outcome of the same analysis, as the worker had it before storing it.
+    active_version: Mapped[str | None] = mapped_column(String(100))
+    active_status: Mapped[str] = mapped_column(String(16))
+    active_probability: Mapped[float | None] = mapped_column(Float)
+    active_disposition: Mapped[str | None] = mapped_column(String(32))
+    skin_group: Mapped[str | None] = mapped_column(String(32))  # the active result's ITA group
+    created_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())

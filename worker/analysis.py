@@ -12,6 +12,12 @@ every outcome is written with its claim's attempt, so a fenced-off job writes no
 Each batch is loaded on the pipeline the process's ``ModelSwitch`` hands out
 (``worker/model_switch.py``: the registry's active models, switched without a restart), runs
 start to finish on it, and its results record that pipeline's models.
+
+Issue 24 (docs/MODELS.md): with a canary open, the claims whose analysis id hashes into its
+share run as a second part of the same pass on the canary's pipeline, and their results record
+the canary (``model.rollout``); with a shadow open, after a pass's results are stored, the ones
+its hash selects are offered to the process's shadow lane (``worker/shadow.py``), which runs
+the candidate only while the GPU lane is not behind.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from minio.error import S3Error
 from sqlalchemy.exc import SQLAlchemyError
 
-from shared import clinical, drift, lifecycle, tenant_data, tracing, vlm
+from shared import clinical, drift, lifecycle, model_rollout, tenant_data, tracing, vlm
 from shared.clock import iso, utcnow
 from shared.config import Settings
 from shared.context import AppContext
@@ -48,9 +54,10 @@ from shared.schemas.analyses import (
 )
 from shared.storage import ARTIFACTS, IMAGES, artifact_key
 from shared.tables import AnalysisStatus
-from worker.model_switch import model_switch
+from worker.model_switch import Arm, model_switch
 from worker.reporting.scribe import build_scribe_note
 from worker.runtime import release_freed_memory
+from worker.shadow import shadow_jobs, shadow_lane
 
 if TYPE_CHECKING:  # the pipeline imports torch: loaded only where it runs
     from worker.pipeline.pipeline import Finding, Outcome, Pipeline, PreparedBatch
@@ -80,6 +87,18 @@ class _Batch:
     infer_s: float = 0.0
     # Issue 25: (stage, start, end) in epoch ns, the pass's stages as each job's trace shows them.
     marks: list[tuple[str, int, int]] = field(default_factory=list)
+    rollout: str | None = None  # "canary" for the part of a pass that runs on the canary
+    canary: _Batch | None = None  # the claims the canary's hash chose, run as a second part
+    shadow: Arm | None = None  # the open shadow when the pass was loaded
+    backlog: bool = False  # the pass came full: the shadow lane is behind
+
+    @property
+    def parts(self) -> list[_Batch]:
+        return [self] + ([self.canary] if self.canary is not None else [])
+
+    @property
+    def all_claims(self) -> list[Claim]:
+        return [claim for part in self.parts for claim in part.claims]
 
 
 def run_analysis(context: AppContext, pipeline: Pipeline, analysis_id: uuid.UUID) -> int:
@@ -128,15 +147,15 @@ class _Engine:
             except Exception as exc:  # claiming failed: nothing was claimed
                 failure = exc
                 break
-            finished += batch.finished_early
+            finished += sum(part.finished_early for part in batch.parts)
             if batch.error is not None:  # already released by the prefetch lane
                 failure = batch.error
                 break
-            if not batch.claims:
+            if not batch.all_claims:
                 break
             # Claim ahead only while there is a backlog (this batch came full): a light queue is
             # served message by message as before, and rows held queued elsewhere are not raced.
-            backlog = len(batch.claims) >= self.context.settings.gpu_batch_size
+            backlog = batch.backlog = len(batch.all_claims) >= self.context.settings.gpu_batch_size
             upcoming = prefetch_lane.submit(self._claim_and_load, backlog and time.monotonic() < deadline)
             started = time.perf_counter()
             clock = StageClock({"segmentation": "gate1", "classification": "gate2"})  # metrics
@@ -149,18 +168,21 @@ class _Engine:
                 self._stage(finish_lane, c, stage)
 
             try:
-                assert batch.pipeline is not None and batch.prepared is not None  # a loaded batch with claims
-                batch.pipeline.infer(batch.prepared, on_stage=on_stage)
+                if batch.claims:
+                    assert batch.pipeline is not None and batch.prepared is not None  # a loaded batch with claims
+                    batch.pipeline.infer(batch.prepared, on_stage=on_stage)
                 clock.stop()
                 batch.marks += stage_marks.stop()
-                observe_pass(len(batch.claims), self.context.settings.gpu_batch_size)
+                observe_pass(len(batch.all_claims), self.context.settings.gpu_batch_size)
             except Exception as exc:
-                release(self.context, batch.claims, exc)
+                release(self.context, batch.all_claims, exc)
                 self._give_back(upcoming, exc)
                 failure = exc
                 break
+            if batch.canary is not None:
+                self._infer_canary(batch, finish_lane)
             batch.infer_s = time.perf_counter() - started
-            writes.append((batch.claims, finish_lane.submit(self._finish, batch)))
+            writes.append((batch.all_claims, finish_lane.submit(self._finish, batch)))
         for claims, write in writes:
             try:
                 finished += write.result()
@@ -171,15 +193,34 @@ class _Engine:
             raise failure
         return finished
 
+    def _infer_canary(self, batch: _Batch, finish_lane: ThreadPoolExecutor) -> None:
+        """The canary's part of the pass. Its failure is its own: those jobs go back (an attempt
+        spent, like any failed pass), the active models' part is recorded as usual."""
+        part = batch.canary
+        assert part is not None and part.pipeline is not None and part.prepared is not None
+        marks = _StageMarks({"segmentation": "gate1", "classification": "gate2"})  # traces (issue 25)
+
+        def on_stage(stage: str) -> None:
+            marks(stage)
+            self._stage(finish_lane, part.claims, stage)
+
+        try:
+            part.pipeline.infer(part.prepared, on_stage=on_stage)
+            part.marks += marks.stop()
+        except Exception as exc:
+            log.warning("canary pass of %d job(s) failed (%s)", len(part.claims), type(exc).__name__)
+            release(self.context, part.claims, exc)
+            batch.canary = None
+
     def _give_back(self, upcoming: Future[_Batch], exc: Exception) -> None:
         """The batch claimed ahead goes back to the queue after a failure of the one before."""
         try:
             ahead = upcoming.result()
         except Exception:  # its claim failed: nothing to give back
             return
-        if ahead.claims and ahead.error is None:
+        if ahead.all_claims and ahead.error is None:
             # They never ran: giving them back spends no attempt, whatever the failure was.
-            release(self.context, ahead.claims, JobNotRun(f"the pass before failed: {type(exc).__name__}"))
+            release(self.context, ahead.all_claims, JobNotRun(f"the pass before failed: {type(exc).__name__}"))
 
     def _claim_and_load(self, keep_going: bool) -> _Batch:
         if not keep_going:
@@ -199,46 +240,65 @@ class _Engine:
             )
 
     def _load(self, batch: _Batch) -> _Batch:
-        """Fetch the images and prepare them (decode, quality gate, network inputs)."""
-        from worker.pipeline.pipeline import LesionInput
-
+        """Fetch the images and prepare them (decode, quality gate, network inputs); the claims
+        the open canary's hash chooses go to a second part, prepared on the canary's pipeline."""
         if not batch.claims:
             return batch
         started = time.perf_counter()
         started_ns = time.time_ns()
         try:
             # Between passes: the models this batch runs on, switched first if the active
-            # versions changed.
-            pipeline = batch.pipeline = self.switch.pipeline()
-            # One image (or None) per claim, in order.
-            images = list(self.host.map(self._fetch, batch.claims))
-            # A job whose stored image is gone fails on its own; it must not take the rest
-            # of the pass (and their attempts) down with it.
-            missing = [c for c, data in zip(batch.claims, images, strict=True) if data is None]
-            for claim in missing:
-                self._record_outcome(claim, _MissingImage(), pipeline, batch.marks)
-            kept = [(c, data) for c, data in zip(batch.claims, images, strict=True) if data is not None]
-            if missing:
-                batch.claims = [c for c, _ in kept]
-                batch.finished_early += len(missing)
-                if not batch.claims:
-                    return batch
-            fetched = time.perf_counter()
-            observe_stage("fetch", fetched - started)
-            fetched_ns = time.time_ns()
-            batch.marks.append(("fetch", started_ns, fetched_ns))
-            items = [
-                LesionInput(image=data, age=c.age, sex=c.sex, site=c.site, pixel_spacing_mm=c.pixel_spacing_mm)
-                for c, data in kept
-            ]
-            batch.prepared = pipeline.prepare(items, map=self.host.map)
+            # versions (or the rollouts) changed.
+            routing = self.switch.routing()
+            batch.shadow = routing.shadow
+            canary = routing.canary
+            if canary is not None:
+                chosen = {c.analysis_id for c in batch.claims
+                          if model_rollout.selected(c.analysis_id, canary.fraction, model_rollout.CANARY)}
+                if chosen:
+                    batch.canary = _Batch([c for c in batch.claims if c.analysis_id in chosen],
+                                          rollout=model_rollout.CANARY)
+                    batch.claims = [c for c in batch.claims if c.analysis_id not in chosen]
+                    self._prepare(batch.canary, canary.pipeline)
+            self._prepare(batch, routing.main)
             batch.load_s = time.perf_counter() - started
-            observe_stage("decode", time.perf_counter() - fetched)
-            batch.marks.append(("decode", fetched_ns, time.time_ns()))
         except Exception as exc:  # handed to the network thread, which releases and re-raises
             batch.error = exc
-            release(self.context, batch.claims, exc)
+            release(self.context, batch.all_claims, exc)
         return batch
+
+    def _prepare(self, batch: _Batch, pipeline: Pipeline) -> None:
+        from worker.pipeline.pipeline import LesionInput
+
+        batch.pipeline = pipeline
+        if not batch.claims:
+            return
+        started = time.perf_counter()
+        started_ns = time.time_ns()
+        # One image (or None) per claim, in order.
+        images = list(self.host.map(self._fetch, batch.claims))
+        # A job whose stored image is gone fails on its own; it must not take the rest
+        # of the pass (and their attempts) down with it.
+        missing = [c for c, data in zip(batch.claims, images, strict=True) if data is None]
+        for claim in missing:
+            self._record_outcome(claim, _MissingImage(), pipeline, batch.rollout, batch.marks)
+        kept = [(c, data) for c, data in zip(batch.claims, images, strict=True) if data is not None]
+        if missing:
+            batch.claims = [c for c, _ in kept]
+            batch.finished_early += len(missing)
+            if not batch.claims:
+                return
+        fetched = time.perf_counter()
+        observe_stage("fetch", fetched - started)
+        fetched_ns = time.time_ns()
+        batch.marks.append(("fetch", started_ns, fetched_ns))
+        items = [
+            LesionInput(image=data, age=c.age, sex=c.sex, site=c.site, pixel_spacing_mm=c.pixel_spacing_mm)
+            for c, data in kept
+        ]
+        batch.prepared = pipeline.prepare(items, map=self.host.map)
+        observe_stage("decode", time.perf_counter() - fetched)
+        batch.marks.append(("decode", fetched_ns, time.time_ns()))
 
     def _fetch(self, claim: Claim) -> bytes | None:
         """The claim's stored image, or None when the store says it does not exist."""
@@ -258,12 +318,35 @@ class _Engine:
         finish_lane.submit(write)
 
     def _finish(self, batch: _Batch) -> int:
-        pipeline, prepared = batch.pipeline, batch.prepared
+        started = time.perf_counter()
+        finished = 0
+        recorded: list[tuple[Claim, Outcome, int]] = []
+        for part in batch.parts:
+            if not part.claims:
+                continue
+            written = self._finish_part(part)
+            finished += sum(n for _, _, n in written)
+            if part.rollout is None:
+                recorded = written
+        batch.prepared = None
+        release_freed_memory()  # the batch's images and tensors, back to the OS (off the network thread)
+        log.info(
+            "engine: %d jobs; fetch+prepare %.3fs, networks %.3fs, post-process+write %.3fs (overlapped)",
+            len(batch.all_claims), batch.load_s, batch.infer_s, time.perf_counter() - started,
+        )
+        if batch.shadow is not None and batch.pipeline is not None:
+            # Issue 24: only now, with the results stored, and only if the GPU lane is not behind.
+            jobs = shadow_jobs(batch.shadow, recorded, batch.pipeline.registry.provenance().version)
+            shadow_lane().offer(self.context, batch.shadow, jobs, backlog=batch.backlog)
+        return finished
+
+    def _finish_part(self, part: _Batch) -> list[tuple[Claim, Outcome, int]]:
+        pipeline, prepared = part.pipeline, part.prepared
         assert pipeline is not None and prepared is not None  # only batches that ran get here
         # Live progress (issue 25): the jobs with a finding to write are now at their last stage.
         # On this lane, after the pass's earlier stage writes; one short transaction per pass. A
         # progress marker only, as those are: the outcome's own write below decides the pass.
-        reporting = [batch.claims[item.index] for item in prepared.items]
+        reporting = [part.claims[item.index] for item in prepared.items]
         if reporting:
             try:
                 with session_scope(self.context.session_factory) as session:
@@ -275,35 +358,33 @@ class _Engine:
         outcomes = pipeline.complete(prepared, map=self.host.map)
         written = time.perf_counter()
         observe_stage("artifacts", written - started)
-        batch.marks.append(("artifacts", started_ns, time.time_ns()))
+        part.marks.append(("artifacts", started_ns, time.time_ns()))
 
-        def record(pair: tuple[Claim, Outcome]) -> int:
-            return self._record_outcome(*pair, pipeline, batch.marks)
+        def record(pair: tuple[Claim, Outcome]) -> tuple[Claim, Outcome, int]:
+            return pair[0], pair[1], self._record_outcome(*pair, pipeline, part.rollout, part.marks)
 
         # One outcome per claim, in order: a count mismatch is a pipeline bug, and recording
         # outcomes against the wrong claims would be worse than failing the pass.
-        pairs = list(zip(batch.claims, outcomes, strict=True))
+        pairs = list(zip(part.claims, outcomes, strict=True))
         # Issue 26: interactive results are written ahead of the bulk ones they share a batch with.
         pairs.sort(key=lambda pair: pair[0].priority != "interactive")
-        finished = sum(self.host.map(record, pairs))
+        done = list(self.host.map(record, pairs))
         observe_stage("write", time.perf_counter() - written)
-        batch.prepared = None
-        release_freed_memory()  # the batch's images and tensors, back to the OS (off the network thread)
-        log.info(
-            "engine: %d jobs; fetch+prepare %.3fs, networks %.3fs, post-process+write %.3fs (overlapped)",
-            len(batch.claims), batch.load_s, batch.infer_s, time.perf_counter() - started,
-        )
-        return finished
+        part.prepared = None
+        return done
 
     def _record_outcome(
-        self, claim: Claim, outcome: Outcome | _MissingImage, pipeline: Pipeline,
+        self, claim: Claim, outcome: Outcome | _MissingImage, pipeline: Pipeline, rollout: str | None = None,
         marks: list[tuple[str, int, int]] | None = None,
     ) -> int:
         # Each outcome under its own ids; the request id only for the task's own analysis.
         own = claim.analysis_id == self.analysis_id
+        provenance = pipeline.registry.provenance()
+        if rollout is not None:  # issue 24: the result says a canary answered it
+            provenance = provenance.model_copy(update={"rollout": rollout})
         with log_context(analysis_id=claim.analysis_id, tenant_id=claim.tenant_id,
                          request_id=self.request_id if own else None), _job_trace(claim, marks or []):
-            return self._record_outcome_in_context(claim, outcome, pipeline.registry.provenance())
+            return self._record_outcome_in_context(claim, outcome, provenance)
 
     def _record_outcome_in_context(self, claim: Claim, outcome: Outcome | _MissingImage, provenance: ModelInfo) -> int:
         from worker.pipeline.pipeline import Finding, Rejection

@@ -243,11 +243,22 @@ def purge_expired(context: AppContext) -> int:
 def check_drift(context: AppContext) -> dict[str, int]:
     """Issue 24 (docs/MONITORING.md): measure the monitoring windows, set the gauges this
     worker serves, and open a drift episode (``model.drift_detected``, safety mode with
-    ``DRIFT_ACTION=review_all``) where a window crosses a threshold."""
+    ``DRIFT_ACTION=review_all``) where a window crosses a threshold; then judge the open
+    canaries (``check_canaries``)."""
     from shared.drift import check_drift as check
 
     report = check(context)
-    return {"checked": report.checked, "opened": len(report.opened), "failed": report.failed}
+    return {"checked": report.checked, "opened": len(report.opened), "failed": report.failed,
+            "canaries_rolled_back": check_canaries(context)}
+
+
+def check_canaries(context: AppContext) -> int:
+    """Issue 24 (docs/MODELS.md): judge each open canary against its incumbent; roll back (and
+    audit) those beyond the declared bounds. On the drift check's beat. Returns how many."""
+    from shared.model_rollout import check_canaries as judge_all
+
+    with session_scope(context.session_factory) as session:
+        return len(judge_all(session, context.settings))
 
 
 # ---------------------------------------------------------------- issue 26: a sweeper that never waits

@@ -6,6 +6,11 @@ for the pipeline to run it on. The switch reads the registry's active versions (
 batch runs start to finish on the pipeline it was loaded with, and its results record that
 pipeline's models. Kept apart from the lanes so that how models change and how batches flow
 can each be read (and changed) alone.
+
+Issue 24: the switch also reads the open shadow and canary of the Fusion model
+(``shared.model_rollout``) and builds a pipeline for each (the active models with that Fusion
+checkpoint instead): ``routing()`` hands out all three. A rollout whose checkpoint cannot be
+built is left out (logged); the active models keep serving.
 """
 
 from __future__ import annotations
@@ -13,10 +18,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 import weakref
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from shared import model_registry
+from shared import model_registry, model_rollout
 from shared.context import AppContext
 from shared.db import session_scope
 from shared.model_registry import ActiveModel
@@ -26,6 +33,26 @@ if TYPE_CHECKING:  # the pipeline imports torch: loaded only where it runs
     from worker.pipeline.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Arm:
+    """A canary or shadow: its pipeline, its rollout and the share of jobs it takes."""
+
+    pipeline: Pipeline
+    rollout_id: uuid.UUID
+    model_id: uuid.UUID
+    version: str
+    fraction: float
+
+
+@dataclass(frozen=True)
+class Routing:
+    """What a pass runs on: the active models, and the open canary and shadow if any."""
+
+    main: Pipeline
+    canary: Arm | None = None
+    shadow: Arm | None = None
 
 
 class ModelSwitch:
@@ -41,6 +68,7 @@ class ModelSwitch:
         self.context = context
         self._base = weakref.ref(base)  # kept alive by its owner (the runtime, a test)
         self.current = base
+        self.routed = Routing(base)
         self.active_key: tuple[tuple[str, str], ...] = ()
         self.checked_at = float("-inf")
         self.last_switch_seconds: float | None = None
@@ -48,32 +76,60 @@ class ModelSwitch:
 
     def pipeline(self) -> Pipeline:
         """The pipeline for the next pass (switched first, if the active models changed)."""
+        return self.routing().main
+
+    def routing(self) -> Routing:
+        """The pipelines for the next pass: the active models', and the open canary's and
+        shadow's (switched first, if the active models or the rollouts changed)."""
         with self._lock:
             interval = self.context.settings.model_check_seconds
             if time.monotonic() - self.checked_at < interval:
-                return self.current
+                return self.routed
             self.checked_at = time.monotonic()
             try:
                 with session_scope(self.context.session_factory) as session:
                     active = model_registry.active_models(session)
+                    rollouts = model_rollout.open_for_workers(session)
             except Exception as exc:  # the database is away: keep serving the models held
                 log.warning("models: could not read the active versions (%s); keeping the current ones",
                             type(exc).__name__)
-                return self.current
+                return self.routed
             key = tuple(sorted((kind, str(model.id)) for kind, model in active.items()))
-            if key == self.active_key:
-                return self.current
-            started = time.perf_counter()
-            try:
-                pipeline = self._build(active) if active else self._base_pipeline()
-            except Exception:  # a broken checkpoint must not stop the worker: keep the old models
-                log.exception("models: could not switch to %s; keeping the current ones", _names(active))
-                return self.current
-            self.current, self.active_key = pipeline, key
-            self.last_switch_seconds = time.perf_counter() - started
-            log.info("models: switched to %s in %.2f s (download, load, backend build)",
-                     _names(active) or "the built-in models", self.last_switch_seconds)
-            return pipeline
+            switched = key != self.active_key
+            if switched:
+                started = time.perf_counter()
+                try:
+                    pipeline = self._build(active) if active else self._base_pipeline()
+                except Exception:  # a broken checkpoint must not stop the worker: keep the old models
+                    log.exception("models: could not switch to %s; keeping the current ones", _names(active))
+                    return self.routed
+                self.current, self.active_key = pipeline, key
+                self.last_switch_seconds = time.perf_counter() - started
+                log.info("models: switched to %s in %.2f s (download, load, backend build)",
+                         _names(active) or "the built-in models", self.last_switch_seconds)
+            self.routed = Routing(
+                self.current,
+                canary=self._arm(rollouts.get(model_rollout.CANARY), active, self.routed.canary, switched),
+                shadow=self._arm(rollouts.get(model_rollout.SHADOW), active, self.routed.shadow, switched),
+            )
+            return self.routed
+
+    def _arm(self, rollout: model_rollout.OpenRollout | None, active: dict[str, ActiveModel], held: Arm | None,
+             switched: bool) -> Arm | None:
+        """The pipeline of an open rollout: the one held when nothing but its share changed."""
+        if rollout is None:
+            return None
+        if held is not None and not switched and held.rollout_id == rollout.id:
+            return replace(held, fraction=rollout.fraction)
+        try:
+            pipeline = self._build({**active, rollout.model.kind: rollout.model})
+        except Exception:  # a broken candidate must not stop the active models
+            log.exception("models: could not build the %s of %s %s; left out", rollout.mode, rollout.model.kind,
+                          rollout.model.version)
+            return None
+        log.info("models: %s of %s %s on %.0f%% of jobs", rollout.mode, rollout.model.kind, rollout.model.version,
+                 rollout.fraction * 100)
+        return Arm(pipeline, rollout.id, rollout.model.id, rollout.model.version, rollout.fraction)
 
     def _base_pipeline(self) -> Pipeline:
         base = self._base()

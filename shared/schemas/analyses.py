@@ -300,6 +300,11 @@ class ModelInfo(ResponseModel):
     banner: str | None = Field(
         default=None, description="Shown above any output of weights that are not `trained`; null for trained weights"
     )
+    rollout: Literal["canary"] | None = Field(
+        default=None,
+        description="`canary` when a canary version answered this job (a share of new jobs chosen by a stable hash "
+        "of the analysis id, before the version is promoted); absent otherwise",
+    )
 
 
 class AnalysisSummary(ResponseModel):

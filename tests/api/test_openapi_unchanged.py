@@ -32,6 +32,7 @@ ISSUE_24_SCHEMAS = (
 # issue that allows it. Issue 20 changes no part of the contract.
 ALLOWED: dict[str, str] = {
     "/components/schemas/AnalysisResult/properties/disposition": "issue 21: result.disposition",
+    "/components/schemas/ModelInfo/properties/rollout": "issue 24: `canary` on the results a canary answered",
     "/components/schemas/AnalysisResult/properties/disposition_reasons":
         "issue 21: result.disposition_reasons; issue 24: the `drift` reason of safety mode",
     "/components/schemas/AnalysisResult/properties/safety_netting": "issue 21: result.safety_netting (routine)",

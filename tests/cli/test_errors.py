@@ -62,6 +62,8 @@ def arguments(command: tuple[str, ...], files: dict[str, Path]) -> list[str]:
         ("models", "list"): [],
         ("models", "activate"): ["fusion", "fusion-1"],
         ("models", "rollback"): ["fusion"],
+        ("models", "shadow"): ["fusion", "fusion-1", "--fraction", "0.2"],
+        ("models", "compare"): ["fusion-1"],
         ("feedback", "export"): [str(files["out_dir"] / "feedback.csv")],
         ("batch", "submit"): [str(files["folder"]), "--wait"],
         ("batch", "list"): [],

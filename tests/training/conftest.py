@@ -146,11 +146,15 @@ def run_evaluate(tmp_path, monkeypatch):
 def _retire_all(context) -> None:
     from sqlalchemy import update
 
+    from shared.clock import utcnow
     from shared.db import session_scope
-    from shared.tables import ModelVersion
+    from shared.tables import ModelRollout, ModelVersion
 
     with session_scope(context.session_factory) as session:
         session.execute(update(ModelVersion).values(status="retired", activated_at=None))
+        # Issue 24: and no shadow or canary left running.
+        session.execute(update(ModelRollout).where(ModelRollout.ended_at.is_(None))
+                        .values(ended_at=utcnow(), ended_reason="stopped", ended_by="tests"))
 
 
 @pytest.fixture
