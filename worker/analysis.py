@@ -245,7 +245,6 @@ class _Engine:
         if not batch.claims:
             return batch
         started = time.perf_counter()
-        started_ns = time.time_ns()
         try:
             # Between passes: the models this batch runs on, switched first if the active
             # versions (or the rollouts) changed.
