@@ -13,6 +13,7 @@ import click
 from cli.errors import CliGroup
 from shared.clinical.vocabulary import AGE_MAX, AGE_MIN, SEXES
 from shared.config import ENV_PREFIX, get_settings
+from shared.priority import lower_priority
 from shared.queues import ROLE_QUEUES, queue_list
 from shared.scopes import Scope
 
@@ -166,6 +167,7 @@ def worker(role: str, concurrency: int | None, metrics_port: int | None) -> None
     if metrics_port is not None:
         settings = settings.model_copy(update={"metrics_port": metrics_port})
     prepare_metrics_dir(settings, role)
+    lower_priority(settings.nice)  # before the pool forks: its processes and threads inherit it
     queues, pool, default_concurrency, preload = ROLES[role]
     app = create_celery(settings, preload_models=preload)
     app.worker_main(
@@ -198,6 +200,7 @@ def beat() -> None:
 
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    lower_priority(settings.nice)
     app = create_celery()
     app.start([*_quiet_when_json(settings), "beat", "--schedule", str(settings.data_dir / "celerybeat-schedule"),
                "--loglevel", settings.log_level])
