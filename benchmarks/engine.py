@@ -121,6 +121,8 @@ def _run(args: argparse.Namespace, model_dir: Path, cache: Path, scratch: Path) 
         for batch_size in args.batch_sizes:
             seconds, peak_gpu = _raw_loop(pipeline, args, batch_size)
             numbers[f"raw_{label}_b{batch_size}"] = seconds
+            if peak_gpu:
+                numbers[f"gpu_peak_gib_{label}_b{batch_size}"] = peak_gpu / 2**30
             gpu = f"  peak GPU memory {peak_gpu / 2**30:.2f} GiB" if peak_gpu else ""
             print(
                 f"   {label:<16} batch {batch_size:>3}: {seconds:7.3f} s/img  "
@@ -128,7 +130,7 @@ def _run(args: argparse.Namespace, model_dir: Path, cache: Path, scratch: Path) 
                 flush=True,
             )
     del raw_only
-    best_label, best_raw = min(((k[4:].rsplit("_b", 1)[0], v) for k, v in numbers.items() if k.startswith("raw_")),
+    best_label, best_raw = min(((k[4:], v) for k, v in numbers.items() if k.startswith("raw_")),
                                key=lambda kv: kv[1])
     numbers["best_raw_s_per_img"] = best_raw
 
