@@ -162,6 +162,18 @@ def _run(args: argparse.Namespace, model_dir: Path, cache: Path, scratch: Path) 
         e2e = _end_to_end(args, model_dir, scratch, jpegs, backend)
         numbers.update(e2e)
 
+    if not args.no_e2e and best_label.startswith(("openvino-", "torch_")):
+        # The best raw loop again, right after the stack stopped: on a shared machine the load
+        # of other tenants moves between minutes, so the ratios take the faster of the two.
+        backend, _, rest = best_label.partition("-") if best_label.startswith("openvino-") else ("torch", "", "")
+        again = _pipeline(backend, model_dir, cache, args, rest.rsplit("_b", 1)[0] if rest else None)
+        seconds, _ = _raw_loop(again, args, int(best_label.rsplit("_b", 1)[1]))
+        del again
+        print(f"\n   best raw loop again after the end-to-end runs: {seconds:.3f} s/img", flush=True)
+        numbers["best_raw_after_s_per_img"] = seconds
+        best_raw = min(best_raw, seconds)
+        numbers["best_raw_s_per_img"] = best_raw
+
     print("\n5. ratios and memory", flush=True)
     raw_ov = numbers.get("raw_openvino-fp32_b1")
     raw_torch = numbers.get("raw_torch_b1")
