@@ -30,6 +30,7 @@ from api.routes import analyses, health
 from shared.config import Settings, get_settings
 from shared.context import AppContext
 from shared.logs import configure_logging
+from shared.priority import lower_priority
 from shared.tracing import configure_tracing
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -60,6 +61,7 @@ TAGS = [
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    lower_priority(settings.nice)  # NICE (issue 27): `up` runs the API below the analysis worker
     # uvicorn's own loggers too, in LOG_FORMAT, written by a thread of their own so that no
     # line (a traceback least of all) is formatted on the event loop (docs/OBSERVABILITY.md).
     configure_logging(settings, background=True)

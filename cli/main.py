@@ -13,6 +13,7 @@ import click
 from cli.errors import CliGroup
 from shared.clinical.vocabulary import AGE_MAX, AGE_MIN, SEXES
 from shared.config import ENV_PREFIX, get_settings
+from shared.priority import lower_priority
 from shared.queues import ROLE_QUEUES, queue_list
 from shared.scopes import Scope
 
@@ -162,6 +163,7 @@ def worker(role: str, concurrency: int | None, metrics_port: int | None) -> None
     if metrics_port is not None:
         settings = settings.model_copy(update={"metrics_port": metrics_port})
     prepare_metrics_dir(settings, role)
+    lower_priority(settings.nice)  # before the pool forks: its processes and threads inherit it
     queues, pool, default_concurrency, preload = ROLES[role]
     app = create_celery(settings, preload_models=preload)
     app.worker_main(
@@ -212,6 +214,7 @@ def beat() -> None:
 
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    lower_priority(settings.nice)
     app = create_celery()
     # ---- issue 26: the sweeper in a thread of its own here, not queued behind a CPU worker's backlog
     if settings.sweep_in_beat:

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 DEV_TENANT = "development"
 SUPERVISE_INTERVAL_SECONDS = 0.5
 ROLES = ("gpu", "cpu", "io")
+# NICE of the API, the cpu and io workers and beat under `up`: below the analysis worker (issue 27).
+BACKGROUND_NICE = 10
 # First restart after 1 s, then 2, 4, 8, at most 15 s apart while a process keeps dying;
 # a process that stayed up 60 s starts again from 1 s.
 RESTART_BACKOFF = Backoff(first=1.0, cap=15.0, healthy_after=60.0)
@@ -249,13 +251,15 @@ def start_apps(stack: Stack, env: dict[str, str], host: str, port: int) -> dict[
     # Every process serves its own Prometheus metrics on a port of its own (docs/OBSERVABILITY.md);
     # the API never on its public port (issue 22).
     metrics_port = free_port(host)
-    stack.api(env, host=host, port=port, args=["--no-access-log"], supervised=True, metrics_port=metrics_port)
+    # Inference first (issue 27): everything but the analysis worker runs at a lower CPU priority.
+    background = {**env, ENV_PREFIX + "NICE": env.get(ENV_PREFIX + "NICE", str(BACKGROUND_NICE))}
+    stack.api(background, host=host, port=port, args=["--no-access-log"], supervised=True, metrics_port=metrics_port)
     urls = {"api": f"http://{host}:{metrics_port}/metrics"}
     for role in ROLES:
         worker_port = free_port(host)
-        stack.worker(env, role=role, metrics_port=worker_port, supervised=True)
+        stack.worker(env if role == "gpu" else background, role=role, metrics_port=worker_port, supervised=True)
         urls[f"worker-{role}"] = f"http://{host}:{worker_port}/metrics"
-    stack.beat(env, supervised=True)
+    stack.beat(background, supervised=True)
     return urls
 
 

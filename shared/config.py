@@ -118,10 +118,25 @@ class Settings(BaseSettings):
     # Inference engine (issue 9, docs/ENGINE.md). auto: torch on CUDA, OpenVINO on CPU.
     backend: Literal["auto", "torch", "openvino"] = "auto"
     autocast: Literal["off", "fp16", "bf16"] = "fp16"  # CUDA only; CPU always runs fp32
+    # Issue 27: what the OpenVINO CPU networks compute in (docs/ENGINE.md "Precision"). auto: bf16
+    # where the CPU computes bf16 natively (measured within |dp| p95 0.005 and 99.5% equal
+    # dispositions of fp32), else fp32; int8: NNCF post-training quantization, opt-in, calibrated
+    # on CALIBRATION_DIR's images (else synthetic lesions) and cached beside the fp32 IR. Every
+    # result's model.precision records what ran.
+    precision: Literal["auto", "fp32", "bf16", "int8"] = "auto"
+    calibration_dir: Path | None = None  # int8 calibration images (an operator's own photos)
     gate1_memory_mb: int | None = Field(default=None, ge=8)  # Gate 1 activations per pass; unset: 2048 CUDA, 16 CPU
     batch_fill_ms: float | None = Field(default=None, ge=0, le=1000)  # unset: 5 on CUDA, 0 on CPU
-    decode_reduced: bool = False  # JPEG DCT-scaled decode when the photo dwarfs every working size
+    # JPEG DCT-scaled decode when the photo dwarfs every working size; on by default since the blur
+    # score is measured at a fixed working size (issue 27), so it no longer changes the score's scale.
+    decode_reduced: bool = True
     host_threads: int = Field(default=2, ge=1, le=32)  # fetch/decode and post-process/write pools
+    # Issue 27, inference first on a busy host: a process started with NICE > 0 lowers its own CPU
+    # priority by that much (os.setpriority) as it starts, so the analysis worker's networks get
+    # the cores when the API, report/ingest (cpu) and IO workers and beat want them too. `up` and
+    # the K8s manifests set 10 for those; the analysis (gpu) worker keeps 0. Lowering needs no
+    # privilege (docs/ENGINE.md "Inference first").
+    nice: int = Field(default=0, ge=0, le=19)
     # GPU workers read the active model version at most this often (docs/MODELS.md).
     model_check_seconds: float = Field(default=5.0, ge=0)
     # Issue 24: the acceptance file `models activate` checks a candidate against when none is

@@ -36,6 +36,17 @@ log = logging.getLogger(__name__)
 
 BACKEND_CHOICES = ("auto", "torch", "openvino")
 AUTOCAST_CHOICES = ("off", "fp16", "bf16")
+# PRECISION (issue 27, docs/ENGINE.md "Precision"): what the OpenVINO CPU networks compute in.
+# auto: bf16 where the CPU computes bf16 natively (OpenVINO's OPTIMIZATION_CAPABILITIES lists
+# BF16) -- measured within the bounds below on the synthetic-trained model -- else fp32. int8:
+# NNCF post-training quantization of both networks, opt-in.
+PRECISION_CHOICES = ("auto", "fp32", "bf16", "int8")
+# The agreement with fp32 each precision is held to (|probability difference| at the 95th
+# percentile, share of equal dispositions): tests/worker/pipeline/test_precision.py and
+# benchmarks/precision.py measure against these.
+PRECISION_BOUNDS = {"bf16": (0.005, 0.995), "int8": (0.02, 0.98)}
+# Images the int8 calibration runs per network when no CALIBRATION_DIR is given (synthetic lesions).
+CALIBRATION_IMAGES = 64
 # Bump when the conversion itself changes (pre/post-processing baked into the IR, input names).
 IR_FORMAT = 1
 # Gate 1 activation bytes per input pixel, U-Net r34 forward in fp32 (peak minus weights,
@@ -67,10 +78,14 @@ class EngineOptions:
     autocast: str = "off"  # CUDA only: fp16 or bf16 autocast for both networks
     gate1_memory_mb: int = 2048  # Gate 1 activations per forward pass (chunks bigger batches)
     cache_dir: Path | None = None  # OpenVINO IR cache; None converts in memory every start
+    precision: str = "auto"  # OpenVINO: auto | fp32 | bf16 | int8 (see PRECISION_CHOICES)
+    calibration_dir: Path | None = None  # int8: the operator's images; None: synthetic lesions
 
     def __post_init__(self) -> None:
         if self.autocast not in AUTOCAST_CHOICES:
             raise ValueError(f"autocast must be one of {', '.join(AUTOCAST_CHOICES)}, not {self.autocast!r}")
+        if self.precision not in PRECISION_CHOICES:
+            raise ValueError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, not {self.precision!r}")
         if self.gate1_memory_mb <= 0:
             raise ValueError("gate1_memory_mb must be positive")
 
@@ -83,6 +98,32 @@ def resolve_backend(choice: str, device: torch.device) -> str:
         return "torch" if device.type == "cuda" else "openvino"
     if choice == "openvino" and device.type != "cpu":
         raise ModelConfigError("backend 'openvino' runs on the CPU; use device 'cpu' (or backend 'torch' on CUDA)")
+    return choice
+
+
+def native_bf16(core: Any = None) -> bool:
+    """Whether OpenVINO's CPU plugin computes bf16 natively here (AVX512_BF16 or AMX): it then
+    lists BF16 among the CPU's OPTIMIZATION_CAPABILITIES."""
+    import openvino as ov
+
+    try:
+        capabilities = (core or ov.Core()).get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    except RuntimeError:  # no CPU plugin property: treat as not native
+        return False
+    return "BF16" in [str(capability).upper() for capability in capabilities]
+
+
+def resolve_precision(choice: str, core: Any = None) -> str:
+    """``fp32``, ``bf16`` or ``int8`` for the OpenVINO CPU networks: ``auto`` is bf16 where the
+    CPU runs it natively, else fp32; ``bf16`` asked for on a CPU without it is refused (OpenVINO
+    would quietly emulate or fall back, and provenance would say what did not run)."""
+    if choice not in PRECISION_CHOICES:
+        raise ModelConfigError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, not {choice!r}")
+    if choice == "auto":
+        return "bf16" if native_bf16(core) else "fp32"
+    if choice == "bf16" and not native_bf16(core):
+        raise ModelConfigError("precision 'bf16' needs a CPU that computes bf16 natively (AVX512_BF16 or AMX), "
+                               "which this one does not; use PRECISION=auto or fp32")
     return choice
 
 
@@ -104,7 +145,11 @@ class TorchBackend:
         self.device = device
         self.name = f"torch-{device.type}"
         self.cuda = device.type == "cuda"
-        self.autocast = options.autocast if self.cuda else "off"
+        if options.precision in ("bf16", "int8"):
+            raise ModelConfigError(f"PRECISION={options.precision} is for the OpenVINO CPU backend; torch runs fp32 "
+                                   "(on CUDA, AUTOCAST chooses fp16 or bf16)")
+        # PRECISION=fp32 turns CUDA autocast off; auto leaves it to AUTOCAST.
+        self.autocast = options.autocast if self.cuda and options.precision != "fp32" else "off"
         self.gate1_max_batch = gate1_chunk(seg_size, options.gate1_memory_mb, self.autocast)
         if self.cuda:
             # Fixed input shapes: let cuDNN pick the fastest kernels once per shape.
@@ -141,8 +186,9 @@ class TorchBackend:
 
 
 class OpenVinoBackend:
-    """OpenVINO on the CPU, fp32 inference precision (bf16-capable CPUs would otherwise
-    default to bf16 and drift from the torch results).
+    """OpenVINO on the CPU, at the precision ``PRECISION`` resolves to (``resolve_precision``):
+    fp32 (INFERENCE_PRECISION_HINT f32), bf16 (hint bf16, CPUs that compute it natively), or
+    int8 (NNCF-quantized IR, the layers it leaves in float at f32).
 
     Both networks are compiled for one input per pass (static shapes): on the CPU that is as
     fast per image as five per pass, and the activation memory is ~400 MB smaller at 512, which
@@ -153,9 +199,10 @@ class OpenVinoBackend:
     name = "openvino-cpu"
     PASS = 1  # inputs per forward pass
 
-    def __init__(self, scalpel: Any, fusion: Any) -> None:
+    def __init__(self, scalpel: Any, fusion: Any, precision: str = "fp32") -> None:
         self.scalpel = scalpel  # openvino.CompiledModel (untyped library) or None
         self.fusion = fusion
+        self.precision = precision  # provenance: fp32 | bf16 | int8
 
     @classmethod
     def build(
@@ -175,27 +222,47 @@ class OpenVinoBackend:
         import openvino as ov
 
         core = ov.Core()
-        config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+        precision = resolve_precision(options.precision, core)
+        # int8: the layers NNCF leaves in float run at f32, like the fp32 path.
+        hint = "bf16" if precision == "bf16" else "f32"
+        config = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
         compiled_scalpel = None
         if scalpel is not None:
             example = torch.zeros(1, 3, seg_size, seg_size)
-            model = _cached_ir(
-                "scalpel", ir_cache_key("scalpel", keys.scalpel, (seg_size,)), options.cache_dir,
-                lambda: ov.convert_model(scalpel, example_input=example,
-                                         input=[ov.PartialShape([-1, 3, seg_size, seg_size])]),
-            )
+
+            def scalpel_ir() -> Any:
+                return _cached_ir(
+                    "scalpel", ir_cache_key("scalpel", keys.scalpel, (seg_size,)), options.cache_dir,
+                    lambda: ov.convert_model(scalpel, example_input=example,
+                                             input=[ov.PartialShape([-1, 3, seg_size, seg_size])]),
+                )
+
+            if precision == "int8":
+                model = _quantized("scalpel", scalpel_ir, keys.scalpel, (seg_size,), options)
+            else:
+                model = scalpel_ir()
             model.reshape([cls.PASS, 3, seg_size, seg_size])
             compiled_scalpel = core.compile_model(model, "CPU", config)
+            del model
         fusion_example = (torch.zeros(2, 3, cls_size, cls_size), torch.zeros(2, METADATA_SIZE))
-        model = _cached_ir(
-            "fusion", ir_cache_key("fusion", keys.fusion, (cls_size,)), options.cache_dir,
-            lambda: ov.convert_model(fusion, example_input=fusion_example,
-                                     input=[ov.PartialShape([-1, 3, cls_size, cls_size]),
-                                            ov.PartialShape([-1, METADATA_SIZE])]),
-        )
+
+        def fusion_ir() -> Any:
+            return _cached_ir(
+                "fusion", ir_cache_key("fusion", keys.fusion, (cls_size,)), options.cache_dir,
+                lambda: ov.convert_model(fusion, example_input=fusion_example,
+                                         input=[ov.PartialShape([-1, 3, cls_size, cls_size]),
+                                                ov.PartialShape([-1, METADATA_SIZE])]),
+            )
+
+        if precision == "int8":
+            model = _quantized("fusion", fusion_ir, keys.fusion, (cls_size,), options)
+        else:
+            model = fusion_ir()
         model.reshape({0: [cls.PASS, 3, cls_size, cls_size], 1: [cls.PASS, METADATA_SIZE]})
         compiled_fusion = core.compile_model(model, "CPU", config)
-        return cls(compiled_scalpel, compiled_fusion)
+        del model
+        log.info("engine: OpenVINO CPU networks compiled at %s (PRECISION=%s)", precision, options.precision)
+        return cls(compiled_scalpel, compiled_fusion, precision)
 
     def segment(self, batch: np.ndarray) -> np.ndarray:
         if self.scalpel is None:
@@ -247,6 +314,79 @@ def ir_cache_key(network: str, weights: str | None, sizes: tuple[int, ...]) -> s
         "smp": smp.__version__,
     }
     return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def calibration_images(size: int, folder: Path | None, count: int = CALIBRATION_IMAGES) -> list[np.ndarray]:
+    """The int8 calibration set as network inputs ((size, size, 3) float32 NHWC, the pipeline's
+    own preprocessing): the images in ``folder`` (JPEG/PNG/..., sorted by name, at most
+    ``count``), or, with no folder, ``count`` synthetic lesions of varied shape, colour and
+    skin tone."""
+    from worker.pipeline.preprocess import network_input
+
+    pictures: list[np.ndarray] = []
+    if folder is not None:
+        from PIL import Image
+
+        files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".bmp",
+                                                                                 ".tif", ".tiff", ".webp"})
+        if not files:
+            raise ModelConfigError(f"CALIBRATION_DIR {folder} holds no images (.jpg, .png, ...)")
+        for path in files[:count]:
+            with Image.open(path) as image:
+                pictures.append(np.asarray(image.convert("RGB"), dtype=np.uint8))
+    else:
+        from worker.pipeline.synthetic import make_lesion
+
+        for i in range(count):
+            pictures.append(make_lesion(seed=1000 + i, size=(256, 320), radius_frac=0.16 + 0.02 * (i % 6),
+                                        irregularity=0.15 * (i % 7), variegation=0.15 * (i % 6),
+                                        ita=-40 + 13 * (i % 8), hair=i % 3 == 0).image)
+    return [network_input(picture, size) for picture in pictures]
+
+
+def calibration_fingerprint(folder: Path | None, count: int = CALIBRATION_IMAGES) -> str:
+    """What the calibration set is, for the int8 cache key: the folder's files (names, sizes,
+    modification times) or the synthetic set's size."""
+    if folder is None:
+        return f"synthetic-{count}"
+    entries = sorted((p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in Path(folder).iterdir() if p.is_file())
+    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]
+
+
+def _quantized(
+    network: str, fp32_ir: Callable[[], Any], weights: str | None, sizes: tuple[int, ...], options: EngineOptions
+) -> Any:
+    """The fp32 IR (``fp32_ir``, read or converted only on a cache miss) quantized to int8 by
+    NNCF (post-training, mixed preset: symmetric weights, asymmetric activations), cached beside
+    the fp32 IR under a key that adds the calibration set and the NNCF version."""
+    import nncf
+
+    fingerprint = calibration_fingerprint(options.calibration_dir)
+    key = hashlib.sha256(
+        f"{ir_cache_key(network, weights, sizes)}|int8|{nncf.__version__}|{fingerprint}".encode()
+    ).hexdigest()[:20]
+
+    def quantize() -> Any:
+        size = sizes[0]
+        images = calibration_images(size, options.calibration_dir)
+        if network == "scalpel":
+            samples: list[Any] = [image.transpose(2, 0, 1)[None] for image in images]
+        else:
+            from worker.pipeline.metadata import encode_metadata
+
+            ages, sexes = (25, 40, 55, 70, 85), ("male", "female", "unknown")
+            sites = ("torso", "lower extremity", "upper extremity", "head/neck", "unknown")
+            samples = [
+                (image.transpose(2, 0, 1)[None],
+                 encode_metadata(ages[i % 5], sexes[i % 3], sites[i % 5])[None].astype(np.float32))
+                for i, image in enumerate(images)
+            ]
+        log.info("engine: quantizing %s to int8 on %d calibration images (cached as %s-int8-%s)",
+                 network, len(samples), network, key)
+        return nncf.quantize(fp32_ir(), nncf.Dataset(samples), preset=nncf.QuantizationPreset.MIXED,
+                             subset_size=len(samples))
+
+    return _cached_ir(f"{network}-int8", key, options.cache_dir, quantize)
 
 
 def _cached_ir(network: str, key: str, cache_dir: Path | None, convert: Callable[[], Any]) -> Any:

@@ -108,7 +108,7 @@ class ModelSet:
     fusion_checkpoint: CheckpointInfo | None
     fusion_seed: int | None
     backend: str = "torch"  # "torch" or "openvino": which engine runs the networks
-    precision: str = "fp32"  # "fp16"/"bf16" when the pipeline runs CUDA autocast
+    precision: str = "fp32"  # what the networks compute in: OpenVINO fp32/bf16/int8, CUDA autocast fp16/bf16
     scalpel_source: ModelSource | None = None  # set when the model registry chose the checkpoint
     fusion_source: ModelSource | None = None
     operating_point: OperatingPoint = OperatingPoint()

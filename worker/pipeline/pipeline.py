@@ -61,9 +61,12 @@ class PipelineOptions:
     autocast: str = "off"  # CUDA torch backend: off | fp16 | bf16
     gate1_memory_mb: int = 2048  # Gate 1 activations per forward pass
     ir_cache_dir: Path | None = None  # converted OpenVINO models (None: convert in memory)
-    # JPEG DCT-scaled decode when the photo is at least twice every working size; the blur
-    # score is then measured on the reduced image (see docs/ENGINE.md), so it is opt-in.
-    decode_reduced: bool = False
+    # JPEG DCT-scaled decode when the photo is at least twice every working size. The blur score
+    # is measured at a fixed working size (quality.BLUR_WORKING_SIDE) that the reduced decode
+    # never goes below, so full and reduced decodes score alike (issue 27): on by default.
+    decode_reduced: bool = True
+    precision: str = "auto"  # OpenVINO CPU: auto | fp32 | bf16 | int8 (backends.resolve_precision)
+    calibration_dir: Path | None = None  # int8 calibration images; None: synthetic lesions
 
     def __post_init__(self) -> None:
         if not 1 <= self.tta_views <= MAX_VIEWS:
@@ -100,12 +103,15 @@ class PipelineOptions:
             # Converted models are cached per DATA_DIR: a restarted worker skips conversion.
             "ir_cache_dir": settings.data_dir / "engine",
             "decode_reduced": settings.decode_reduced,
+            "precision": settings.precision,
+            "calibration_dir": settings.calibration_dir,
         }
         return cls(**{**options, **overrides})
 
     @property
     def engine(self) -> EngineOptions:
-        return EngineOptions(autocast=self.autocast, gate1_memory_mb=self.gate1_memory_mb, cache_dir=self.ir_cache_dir)
+        return EngineOptions(autocast=self.autocast, gate1_memory_mb=self.gate1_memory_mb, cache_dir=self.ir_cache_dir,
+                             precision=self.precision, calibration_dir=self.calibration_dir)
 
 
 @dataclass(frozen=True)
@@ -191,8 +197,7 @@ class Pipeline:
         if registry.backend == "openvino":
             # The compiled models hold their own weights: drop the torch copies (~150 MB).
             registry = registry.without_modules()
-        autocast = getattr(self.backend, "autocast", "off")
-        self.registry = replace(registry, precision=autocast if autocast != "off" else "fp32")
+        self.registry = replace(registry, precision=backend_precision(self.backend))
         self.segmenter = make_segmenter(registry.segmenter, self.backend, self.options.seg_size)
 
     def run(self, items: list[LesionInput], on_stage: Callable[[str], None] | None = None) -> list[Outcome]:
@@ -382,6 +387,16 @@ class Pipeline:
                 logger.exception("%s for item %d", error_code, item.index)
                 outcomes[item.index] = ItemError(error_code, f"{type(exc).__name__}: {exc}")
         return survivors
+
+
+def backend_precision(backend: NetworkBackend) -> str:
+    """What the networks compute in, for provenance: the OpenVINO backend's resolved precision,
+    the torch backend's CUDA autocast dtype, else fp32."""
+    precision = getattr(backend, "precision", None)
+    if isinstance(precision, str):
+        return precision
+    autocast = getattr(backend, "autocast", "off")
+    return autocast if autocast != "off" else "fp32"
 
 
 def make_backend(registry: ModelSet, options: PipelineOptions) -> NetworkBackend:

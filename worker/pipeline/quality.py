@@ -1,5 +1,11 @@
-"""Quality gates: the minimum resolution, and the Laplacian-variance blur score of the full
-image (the original's measure).
+"""Quality gates: the minimum resolution, and the Laplacian-variance blur score (the original's
+measure) at a fixed working size.
+
+The score is measured on the image brought down (area averaging) to ``BLUR_WORKING_SIDE`` pixels
+on its longer side; smaller images are measured as they are. So the score of a photo does not
+depend on whether it was decoded in full or DCT-reduced (``DECODE_REDUCED``), nor on how many
+pixels the camera spent on the same scene above that size (issue 27; the recalibration is in
+docs/DECISIONS.md, "Issue 27").
 
 The gates' default thresholds are shared.clinical's (BLUR_THRESHOLD, MIN_COVERAGE), the one
 place Settings and PipelineOptions take them from too; the minimum resolution's default is
@@ -25,9 +31,20 @@ def too_small(height: int, width: int, min_side: int) -> bool:
     return min(height, width) < min_side
 
 
-def blur_score(image: np.ndarray) -> float:
-    """Variance of the grayscale Laplacian; low values mean few sharp edges (a blurry photo)."""
+# The longer side the blur score is measured at: the artifacts' size, which a DCT-reduced decode
+# never goes below (pipeline ``_admit``'s ``keep``).
+BLUR_WORKING_SIDE = 1024
+
+
+def blur_score(image: np.ndarray, working_side: int = BLUR_WORKING_SIDE) -> float:
+    """Variance of the grayscale Laplacian at the working size (longer side ``working_side``,
+    never enlarged); low values mean few sharp edges (a blurry photo)."""
     gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    height, width = gray.shape
+    if max(height, width) > working_side:
+        scale = working_side / max(height, width)
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
     return float(cv2.Laplacian(gray, cv2.CV_64F).var())
 
 

@@ -40,8 +40,9 @@ def ir_cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def both(checkpoint_dir, ir_cache):
-    """The same checkpoints on torch and on OpenVINO, at the test sizes."""
-    options = PipelineOptions(seg_size=128, cls_size=128, min_image_side=32, ir_cache_dir=ir_cache)
+    """The same checkpoints on torch and on OpenVINO fp32, at the test sizes (bf16 and int8 are
+    compared with fp32 within their own bounds in tests/training/test_precision.py)."""
+    options = PipelineOptions(seg_size=128, cls_size=128, min_image_side=32, ir_cache_dir=ir_cache, precision="fp32")
     return {
         name: Pipeline(ModelSet.load(checkpoint_dir, device="cpu", backend=name), options)
         for name in ("torch", "openvino")
@@ -114,7 +115,7 @@ def test_a_restart_compiles_the_cached_ir_without_converting(both, checkpoint_di
     monkeypatch.setattr(openvino, "convert_model", no_conversion)
     restarted = Pipeline(
         ModelSet.load(checkpoint_dir, device="cpu", backend="openvino"),
-        PipelineOptions(seg_size=128, cls_size=128, min_image_side=32, ir_cache_dir=ir_cache),
+        PipelineOptions(seg_size=128, cls_size=128, min_image_side=32, ir_cache_dir=ir_cache, precision="fp32"),
     )
     items = _lesions(1)
     assert restarted.run(items)[0].result == both["openvino"].run(items)[0].result
