@@ -4,7 +4,8 @@ between hosts (issue 26).
     python -m benchmarks.cluster --full          # every fault at full size, then the table
     python -m benchmarks.cluster --faults worker-partition --partition 60
     python -m benchmarks.cluster --scale         # throughput with one and two worker hosts; Postgres per job
-    python -m benchmarks.cluster --cleanup       # remove what a killed run left (namespaces, links, processes)
+    python -m benchmarks.cluster --cleanup       # remove what a killed run left (namespaces, links, processes;
+                                                 # it ends a run still going too)
     python -m pytest tests/cluster               # CI-sized
 
 The hosts (each a network namespace with one veth link to the bridge, and a hostname of its
@@ -1028,12 +1029,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scale", action="store_true", help="throughput with one and two worker hosts")
     parser.add_argument("--scale-jobs", type=int, default=60)
     parser.add_argument("--ci", action="store_true", help="the CI sizes")
-    parser.add_argument("--cleanup", action="store_true", help="remove namespaces, links and processes left behind")
+    parser.add_argument("--cleanup", action="store_true",
+                        help="remove namespaces, links and processes left behind (ends any run still going)")
+    parser.add_argument("--prefix", default=PREFIX, help="with --cleanup: only names starting with this")
     parser.add_argument("--keep", action="store_true", help="keep the work directory and logs")
     args = parser.parse_args(argv)
 
     if args.cleanup:
-        removed = cleanup()
+        if not args.prefix.startswith(PREFIX):
+            parser.error(f"--prefix must start with {PREFIX}")
+        removed = cleanup(args.prefix)
         print("\n".join(removed) or "nothing to remove")
         return
     reason = unavailable()

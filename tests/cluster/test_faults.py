@@ -31,7 +31,7 @@ def test_the_cluster_recovers_from(fault, cluster, record):
         # HAProxy has both hosts again.
         assert cluster.backends_up() == 2
     if result.extra.get("same_id_redelivered"):
-        # Seen once in five runs of the beat-host partition: a webhook delivered while the IO
+        # Seen once in the first two runs of the beat-host partition: a webhook delivered while the IO
         # worker's link to Postgres was cut, its outcome unrecorded, re-sent after the heal
         # under the same webhook-id (at-least-once; receivers drop it by id). Not a second event.
         pytest.xfail(f"{fault}: same webhook-id acknowledged again: " + "; ".join(result.details))
