@@ -992,29 +992,39 @@ def _pg_counters(cluster: Cluster) -> dict[str, float]:
 
 
 def connections_by_host(cluster: Cluster) -> dict[str, int]:
-    """Postgres connections held by each host's processes (their sockets to Postgres's port)."""
-    counts: dict[str, int] = {}
-    for name in cluster.hosts:
-        if name == "data":
-            continue
-        total = 0
-        for process in cluster.processes(name):
-            try:
-                total += sum(1 for c in process.net_connections("tcp")
-                             if c.raddr and c.raddr.port == cluster.ports["postgres"])
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                pass
-        counts[name] = total
+    """Postgres connections now, by the host they come from (pg_stat_activity's client address;
+    through the relays every client would be the data host's loopback)."""
+    by_address = {host.address: name for name, host in cluster.hosts.items()}
+    with psycopg.connect(cluster.dsn, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT host(client_addr), count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid() GROUP BY 1"
+        ).fetchall()
+    counts = {name: 0 for name in cluster.hosts if name != "data"}
+    for address, n in rows:
+        name = by_address.get(address or "", "harness" if address == cluster.gateway else "other")
+        counts[name] = counts.get(name, 0) + n
     return counts
 
 
+def background(cluster: Cluster, seconds: float = 20.0) -> dict[str, float]:
+    """Postgres statements and transactions, and Redis commands, per second with no jobs:
+    heartbeats, sweeps, webhook wake-ups and readiness checks."""
+    before = _pg_counters(cluster)
+    time.sleep(seconds)
+    after = _pg_counters(cluster)
+    return {f"idle_{name}_per_s": (after[name] - before[name]) / seconds
+            for name in ("statements", "transactions", "redis_commands") if name in before}
+
+
 def scale(cluster: Cluster, jobs: int) -> dict[str, dict[str, float]]:
-    one = throughput(cluster, jobs, ("gpu1",))
-    one_connections = connections_by_host(cluster)
-    two = throughput(cluster, jobs, WORKER_HOSTS)
-    two_connections = connections_by_host(cluster)
-    return {"one worker host": {**one, **{f"pg_conn_{k}": float(v) for k, v in one_connections.items()}},
-            "two worker hosts": {**two, **{f"pg_conn_{k}": float(v) for k, v in two_connections.items()}}}
+    measured = {}
+    for label, hosts in (("one worker host", ("gpu1",)), ("two worker hosts", WORKER_HOSTS)):
+        run = throughput(cluster, jobs, hosts)
+        connections = connections_by_host(cluster)
+        measured[label] = {**run, **{f"pg_conn_{k}": float(v) for k, v in connections.items()},
+                           **background(cluster)}
+    return measured
 
 
 # ---------------------------------------------------------------- the command
