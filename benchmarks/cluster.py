@@ -660,8 +660,8 @@ class ClusterConfig:
 
 
 FULL = ClusterConfig()
-CI = ClusterConfig(jobs=8, clients=3, lead=3.0, partition=30.0, degraded=15.0, host_down=15.0, api_down=10.0,
-                   beat_partition=15.0, recovery=90.0)
+CI = ClusterConfig(jobs=8, clients=3, lead=3.0, partition=25.0, degraded=12.0, host_down=15.0, api_down=8.0,
+                   beat_partition=10.0, recovery=90.0)
 # The CI suite's faults (tests/cluster; about 4 minutes with the start): a lost worker host is
 # much like a partitioned one for the jobs it held, so it runs in the benchmark only.
 CI_FAULTS = ("worker-partition", "api-host-lost", "data-link", "beat-partition")
