@@ -44,16 +44,17 @@ class PostgresHandle:
     database: str
     log_path: Path
     process: ServiceProcess = field(repr=False)
+    host: str = LOOPBACK
 
     @property
     def url(self) -> str:
         """SQLAlchemy URL for the psycopg 3 driver."""
-        return f"postgresql+psycopg://{self.user}:{self.password}@{LOOPBACK}:{self.port}/{self.database}"
+        return f"postgresql+psycopg://{self.user}:{self.password}@{self.host}:{self.port}/{self.database}"
 
     @property
     def dsn(self) -> str:
         """libpq URL, for psycopg.connect."""
-        return f"postgresql://{self.user}:{self.password}@{LOOPBACK}:{self.port}/{self.database}"
+        return f"postgresql://{self.user}:{self.password}@{self.host}:{self.port}/{self.database}"
 
     @property
     def pid(self) -> int:
@@ -135,6 +136,17 @@ def _run_initdb(pgdata: Path, pwfile: Path, account: pwd.struct_passwd | None, l
         raise ServiceStartError(SERVICE, f"initdb exited with status {result.returncode}", log_path, log_tail(log_path))
 
 
+_SAME_NETWORKS = "host all all samenet scram-sha-256"
+
+
+def _admit_same_networks(hba: Path) -> None:
+    # initdb admits host logins from loopback only; a server listening on another address
+    # (the cluster harness's data host) admits the networks it is on, still with a password.
+    lines = hba.read_text().splitlines()
+    if _SAME_NETWORKS not in lines:
+        hba.write_text("\n".join([*lines, _SAME_NETWORKS, ""]))
+
+
 def _create_database(dsn_without_db: str) -> None:
     with psycopg.connect(f"{dsn_without_db}/postgres", autocommit=True, connect_timeout=5) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)).fetchone()
@@ -142,10 +154,19 @@ def _create_database(dsn_without_db: str) -> None:
             conn.execute(f'CREATE DATABASE "{DATABASE}"')
 
 
-def start_postgres(data_dir: Path, *, timeout: float = 60.0, same_ports: bool = False) -> PostgresHandle:
+def start_postgres(
+    data_dir: Path,
+    *,
+    timeout: float = 60.0,
+    same_ports: bool = False,
+    host: str = LOOPBACK,
+    server_settings: dict[str, str] | None = None,
+) -> PostgresHandle:
     """Start (initialising on first use) the cluster in data_dir/postgres; database created.
 
-    `same_ports`: a restart; fail rather than move to another port.
+    `same_ports`: a restart; fail rather than move to another port. `host`: the address it
+    listens on (another than loopback also admits password logins from the networks that
+    address is on: pg_hba's `samenet`); `server_settings`: more `-c name=value` settings.
     """
     data_dir = Path(data_dir).resolve()
     pgdata = data_dir / "postgres"
@@ -161,15 +182,18 @@ def start_postgres(data_dir: Path, *, timeout: float = 60.0, same_ports: bool = 
             _let_user_reach(pgdata, account)
         if not (pgdata / "PG_VERSION").exists():
             _initdb(pgdata, password, account, log_path)
+        if host != LOOPBACK:
+            _admit_same_networks(pgdata / "pg_hba.conf")
         (port,) = allocate_ports(data_dir, SERVICE, 1, same_as_before=same_ports)
         argv = [
             str(_postgres_bin() / "postgres"),
             "-D", str(pgdata),
             "-p", str(port),
-            "-c", f"listen_addresses={LOOPBACK}",
+            "-c", f"listen_addresses={host}",
             # No Unix socket: the data dir path may exceed the socket path limit, and TCP is all we use.
             "-c", "unix_socket_directories=",
             "-c", "logging_collector=off",
+            *(arg for name, value in (server_settings or {}).items() for arg in ("-c", f"{name}={value}")),
         ]
         process = ServiceProcess(
             SERVICE,
@@ -184,11 +208,11 @@ def start_postgres(data_dir: Path, *, timeout: float = 60.0, same_ports: bool = 
     except BaseException:
         lock.release()
         raise
-    base = f"postgresql://{ROLE}:{password}@{LOOPBACK}:{port}"
+    base = f"postgresql://{ROLE}:{password}@{host}:{port}"
 
     def accepts_connections() -> bool:
         _create_database(base)
         return True
 
     process.wait_until(accepts_connections, timeout, "connection to the database")
-    return PostgresHandle(port, ROLE, password, DATABASE, log_path, process)
+    return PostgresHandle(port, ROLE, password, DATABASE, log_path, process, host)

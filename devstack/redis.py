@@ -19,10 +19,11 @@ class RedisHandle:
     port: int
     log_path: Path
     process: ServiceProcess = field(repr=False)
+    host: str = LOOPBACK
 
     @property
     def url(self) -> str:
-        return f"redis://{LOOPBACK}:{self.port}/0"
+        return f"redis://{self.host}:{self.port}/0"
 
     @property
     def pid(self) -> int:
@@ -41,11 +42,13 @@ def _redis_server_binary() -> Path:
 
 
 def start_redis(
-    data_dir: Path, *, persistent: bool = False, timeout: float = 30.0, same_ports: bool = False
+    data_dir: Path, *, persistent: bool = False, timeout: float = 30.0, same_ports: bool = False,
+    host: str = LOOPBACK,
 ) -> RedisHandle:
-    """Start redis-server on a free loopback port; `persistent` keeps an append-only file in data_dir/redis.
+    """Start redis-server on a free port; `persistent` keeps an append-only file in data_dir/redis.
 
-    `same_ports`: a restart; fail rather than move to another port.
+    `same_ports`: a restart; fail rather than move to another port. `host`: the address it
+    listens on (loopback unless given).
     """
     data_dir = Path(data_dir).resolve()
     redis_dir = data_dir / "redis"
@@ -58,7 +61,10 @@ def start_redis(
         argv = [
             str(_redis_server_binary()),
             "--port", str(port),
-            "--bind", LOOPBACK,
+            "--bind", host,
+            # Not loopback only: then without a password Redis's protected mode would refuse
+            # every client from another address (the harness's hosts are on a private bridge).
+            *(["--protected-mode", "no"] if host != LOOPBACK else []),
             "--dir", str(redis_dir),
             "--daemonize", "no",
             "--save", "",
@@ -71,8 +77,8 @@ def start_redis(
         raise
 
     def answers_ping() -> bool:
-        with redis.Redis(host=LOOPBACK, port=port, socket_timeout=1, socket_connect_timeout=1) as client:
+        with redis.Redis(host=host, port=port, socket_timeout=1, socket_connect_timeout=1) as client:
             return bool(client.ping())
 
     process.wait_until(answers_ping, timeout, "PING reply")
-    return RedisHandle(port, log_path, process)
+    return RedisHandle(port, log_path, process, host)

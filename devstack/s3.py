@@ -45,11 +45,12 @@ class S3Handle:
     log_path: Path
     process: ServiceProcess = field(repr=False)
     secure: bool = False
+    host: str = LOOPBACK
 
     @property
     def endpoint(self) -> str:
         """host:port, as the minio client takes it."""
-        return f"{LOOPBACK}:{self.port}"
+        return f"{self.host}:{self.port}"
 
     @property
     def url(self) -> str:
@@ -98,19 +99,20 @@ def _socket_dir(s3_root: Path) -> Path:
     return fallback
 
 
-def _answers_as_s3(port: int) -> bool:
+def _answers_as_s3(port: int, host: str = LOOPBACK) -> bool:
     # An anonymous request must be refused by the S3 gateway itself (XML error), proving it serves.
     try:
-        urllib.request.urlopen(f"http://{LOOPBACK}:{port}/", timeout=1)
+        urllib.request.urlopen(f"http://{host}:{port}/", timeout=1)
     except urllib.error.HTTPError as refused:
         return refused.code == 403 and b"AccessDenied" in refused.read()
     return False
 
 
-def start_s3(data_dir: Path, *, timeout: float = 60.0, same_ports: bool = False) -> S3Handle:
+def start_s3(data_dir: Path, *, timeout: float = 60.0, same_ports: bool = False, host: str = LOOPBACK) -> S3Handle:
     """Start the S3 server with its data in data_dir/s3 and a per-data-dir access key pair.
 
-    `same_ports`: a restart; fail rather than move to other ports.
+    `same_ports`: a restart; fail rather than move to other ports. `host`: the address it
+    listens on (loopback unless given).
     """
     data_dir = Path(data_dir).resolve()
     s3_root = data_dir / "s3"
@@ -134,8 +136,8 @@ def start_s3(data_dir: Path, *, timeout: float = 60.0, same_ports: bool = False)
             str(_weed_binary()),
             "mini",
             f"-dir={store}",
-            f"-ip={LOOPBACK}",
-            f"-ip.bind={LOOPBACK}",
+            f"-ip={host}",
+            f"-ip.bind={host}",
             *(f"-{flag}={port}" for flag, port in ports.items()),
             f"-s3.config={identities}",
             "-s3.port.iceberg=0",
@@ -162,5 +164,5 @@ def start_s3(data_dir: Path, *, timeout: float = 60.0, same_ports: bool = False)
     except BaseException:
         lock.release()
         raise
-    process.wait_until(lambda: _answers_as_s3(s3_port), timeout, "S3 reply")
-    return S3Handle(s3_port, access_key, secret_key, log_path, process)
+    process.wait_until(lambda: _answers_as_s3(s3_port, host), timeout, "S3 reply")
+    return S3Handle(s3_port, access_key, secret_key, log_path, process, host=host)
