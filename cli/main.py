@@ -587,19 +587,12 @@ def models_activate(kind: str, ref: str, acceptance_path: Path | None, override_
     settings = get_settings()
     if override_reason is not None and not override_reason.strip():
         raise click.UsageError("--override needs a reason (it is recorded in the registry and the audit trail)")
-    plan_path = acceptance_path or settings.acceptance_file
-    if plan_path is not None and kind != "fusion":
-        raise click.UsageError(f"acceptance criteria apply to fusion models, not {kind}; activate {kind} models "
-                               "without --acceptance (and without ACCEPTANCE_FILE)")
+    from cli.models_rollout import acceptance_plan
+
+    plan_path, criteria, file_sha256 = acceptance_plan(kind, acceptance_path, settings)
     if plan_path is None and override_reason is not None:
         raise click.UsageError("--override overrides failed acceptance criteria: give --acceptance FILE or set "
                                "ACCEPTANCE_FILE")
-    criteria = file_sha256 = None
-    if plan_path is not None:
-        try:
-            criteria, file_sha256 = model_acceptance.load_acceptance(plan_path)
-        except model_acceptance.AcceptanceFileError as exc:
-            raise click.ClickException(str(exc)) from None
     actor = audit.operator_actor()
     refused: model_acceptance.AcceptanceCheck | None = None
     try:

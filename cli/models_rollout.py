@@ -17,7 +17,8 @@ from shared.config import get_settings
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-    from shared.model_acceptance import AcceptanceCheck
+    from shared.config import Settings
+    from shared.model_acceptance import AcceptanceCheck, AcceptanceCriteria
     from shared.model_rollout import Agreement
     from shared.tables import ModelVersion
 
@@ -152,15 +153,7 @@ def _canary_or_promote(*, kind: str, ref: str, acceptance_path: Path | None, ove
     settings = get_settings()
     if override_reason is not None and not override_reason.strip():
         raise click.UsageError("--override needs a reason (it is recorded in the registry and the audit trail)")
-    plan_path = acceptance_path or settings.acceptance_file
-    if plan_path is not None and kind != "fusion":
-        raise click.UsageError(f"acceptance criteria apply to fusion models, not {kind}")
-    criteria = file_sha256 = None
-    if plan_path is not None:
-        try:
-            criteria, file_sha256 = model_acceptance.load_acceptance(plan_path)
-        except model_acceptance.AcceptanceFileError as exc:
-            raise click.ClickException(str(exc)) from None
+    plan_path, criteria, file_sha256 = acceptance_plan(kind, acceptance_path, settings)
     actor = audit.operator_actor()
     action = model_rollout.PROMOTE if promote else model_rollout.CANARY_START
     refused: AcceptanceCheck | None = None
@@ -217,3 +210,23 @@ def _promote(session: Session, kind: str, target: ModelVersion, actor: str, chec
     active.governance = model_acceptance.with_activation(active.governance, record)
     return f"promoted the canary: {kind} {active.version} is active" + (
         f" (retired {previous.version})" if previous is not None else "")
+
+
+def acceptance_plan(
+    kind: str, acceptance_path: Path | None, settings: Settings
+) -> tuple[Path | None, AcceptanceCriteria | None, str | None]:
+    """The acceptance file a change of the active model is checked against (``--acceptance`` or
+    ``ACCEPTANCE_FILE``), its criteria and sha256; all None without one. Fusion models only."""
+    from shared import model_acceptance
+
+    plan_path = acceptance_path or settings.acceptance_file
+    if plan_path is None:
+        return None, None, None
+    if kind != "fusion":
+        raise click.UsageError(f"acceptance criteria apply to fusion models, not {kind}; activate {kind} models "
+                               "without --acceptance (and without ACCEPTANCE_FILE)")
+    try:
+        criteria, file_sha256 = model_acceptance.load_acceptance(plan_path)
+    except model_acceptance.AcceptanceFileError as exc:
+        raise click.ClickException(str(exc)) from None
+    return Path(plan_path), criteria, file_sha256

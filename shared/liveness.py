@@ -48,7 +48,8 @@ def file_age(path: Path) -> float | None:
         return None
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists (one we may not signal counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -66,7 +67,7 @@ def freshest_worker(data_dir: Path) -> tuple[int, float] | None:
         return None
     for path in folder.glob(f"{FILE_PREFIX}*"):
         pid_text = path.name[len(FILE_PREFIX):]
-        if not pid_text.isdigit() or not _alive(int(pid_text)):
+        if not pid_text.isdigit() or not pid_alive(int(pid_text)):
             continue
         age = file_age(path)
         if age is not None and (best is None or age < best[1]):

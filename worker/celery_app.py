@@ -148,23 +148,13 @@ def prepare_metrics_dir(settings: Settings, role: str) -> None:
     root.mkdir(parents=True, exist_ok=True)
     for folder in root.glob("*-*"):
         pid = folder.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not liveness.pid_alive(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
     directory = root / f"{role}-{os.getpid()}"
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir()
     # The library's own switch; read by it alone, at import.
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def serve_metrics(settings: Settings) -> int | None:
