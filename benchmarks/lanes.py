@@ -2,6 +2,7 @@
 
     python -m benchmarks.lanes [--bulk 10000] [--probes 5]
     python -m benchmarks.lanes --sweep-burst 2000 [--sweep-interval 5]   (issue 26)
+    python -m benchmarks.lanes --burst 2000 [--probes 10]                 (issue 26)
 
 Queues ``--bulk`` bulk jobs (rows inserted directly, one wake-up each in the bulk lane, one
 shared image), starts one real GPU-role worker (SEG/CLS 128), waits until it is busy on the
@@ -9,6 +10,13 @@ bulk lane, then submits ``--probes`` interactive images through the API at rando
 a GPU pass and prints, for each, the time from the row's creation to its claim
 (``started_at``; target < 2 s). Also prints the claim query's plan (EXPLAIN ANALYZE) with the
 bulk backlog in the table, to show it is answered from an index and not a scan.
+
+``--burst N`` (issue 26) is the same with N bulk jobs, and also waits for each probe's result:
+it prints, from the row's own timestamps, pick-up (``created_at`` -> ``started_at``) and pick-up
+-> result written (``started_at`` -> ``completed_at``; target <= 2 s during a 2,000-job burst),
+with the median and the largest of each. ``--with-cpu-io`` also runs a CPU and an IO worker
+(reports, webhooks, sweeps of the finished bulk jobs compete for the same cores, as in a
+real burst).
 
 ``--sweep-burst N`` (issue 26) measures the maintenance lane instead: one real CPU worker and
 the real beat process, then N ingest and N report wake-ups queued at once (for ids with no row:
@@ -38,7 +46,7 @@ from shared.clock import utcnow
 from shared.context import AppContext
 from shared.jobs import broker_redis, enqueue_report
 from shared.queues import Queue
-from shared.tables import Analysis
+from shared.tables import Analysis, AnalysisTransition
 from worker.maintenance import SWEEPER_LAST_RUN
 from worker.pipeline.synthetic import encode_jpeg, make_lesion
 
@@ -67,7 +75,22 @@ def claim_plan(context: AppContext, limit: int = 4) -> list[str]:
     return lines
 
 
-def measure(context: AppContext, key: str, tenant_id: uuid.UUID, bulk: int, probes: int) -> list[tuple]:
+def stage_times(context: AppContext, analysis_id: uuid.UUID, started_at) -> str:
+    """Where a probe's time after its claim went: each recorded stage (``analysis_transitions``,
+    the time of the transaction that wrote it) in ms after the claim."""
+    with context.session_factory() as session:
+        rows = session.execute(
+            select(AnalysisTransition.status, AnalysisTransition.stage, AnalysisTransition.at)
+            .where(AnalysisTransition.analysis_id == analysis_id).order_by(AnalysisTransition.id)
+        ).all()
+    return " ".join(f"{stage or status}@{(at - started_at).total_seconds() * 1000:.0f}" for status, stage, at in rows
+                    if at >= started_at and status != "queued")
+
+
+def measure(context: AppContext, key: str, tenant_id: uuid.UUID, bulk: int, probes: int,
+            finish: bool = False) -> list[tuple]:
+    """Per probe: (bulk jobs queued, created->claimed s, POST->claimed s, claimed->finished s or
+    None). With ``finish``, waits for each probe's result before the next (``completed_at``)."""
     started = time.perf_counter()
     bulk_ids = queue_bulk(context, tenant_id, bulk)
     print(f"  queued {bulk} bulk jobs (rows + wake-ups) in {time.perf_counter() - started:.1f} s")
@@ -96,14 +119,19 @@ def measure(context: AppContext, key: str, tenant_id: uuid.UUID, bulk: int, prob
             response = client.post("/v1/analyses", files={"image": ("probe.jpg", image, "image/jpeg")})
             response.raise_for_status()
             analysis_id = uuid.UUID(response.json()["id"])
+            deadline = time.monotonic() + 300
             while True:
                 with context.session_factory() as session:
                     row = session.get(Analysis, analysis_id)
-                if row.started_at is not None:
+                if row.started_at is not None and (not finish or row.completed_at is not None):
                     break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"probe {analysis_id} not {'finished' if finish else 'claimed'} in 300 s")
                 time.sleep(0.02)
+            done = (row.completed_at - row.started_at).total_seconds() if finish else None
             results.append((waiting, (row.started_at - row.created_at).total_seconds(),
-                            (row.started_at - posted).total_seconds()))
+                            (row.started_at - posted).total_seconds(), done,
+                            stage_times(context, analysis_id, row.started_at) if finish else ""))
     cancel_queued(context, bulk_ids)
     return results
 
@@ -146,6 +174,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bulk", type=int, default=10_000)
     parser.add_argument("--probes", type=int, default=5)
+    parser.add_argument("--burst", type=int, default=0,
+                        help="issue 26: N bulk jobs queued, and each probe's pick-up -> result written too")
+    parser.add_argument("--with-cpu-io", action="store_true",
+                        help="also run a cpu and an io worker (reports and webhooks of the burst)")
     parser.add_argument("--sweep-burst", type=int, default=0,
                         help="issue 26: measure sweeper passes while N ingest + N report wake-ups drain")
     parser.add_argument("--sweep-interval", type=float, default=5.0, help="SWEEP_INTERVAL_SECONDS for --sweep-burst")
@@ -162,19 +194,30 @@ def main() -> None:
         print(f"  largest gap between sweeps: {max(gaps, default=drained):.1f} s (target <= 60 s)")
         return
 
+    bulk, finish = (args.burst, True) if args.burst else (args.bulk, False)
     with bench_stack() as (context, key, tenant_id, workdir):
-        print(f"interactive submit -> claim while {args.bulk} bulk jobs are queued (one gpu worker, SEG/CLS 128)")
-        worker = start_worker(child_env(context.settings), workdir / "worker.log", role="gpu")
+        roles = ["gpu", "cpu", "io"] if args.with_cpu_io else ["gpu"]
+        print(f"interactive submit -> claim{' -> result' if finish else ''} while {bulk} bulk jobs are queued "
+              f"({' + '.join(roles)} worker(s), SEG/CLS 128, GPU_BATCH_SIZE={context.settings.gpu_batch_size})")
+        workers = [start_worker(child_env(context.settings), workdir / f"worker-{role}.log", role=role)
+                   for role in roles]
         try:
-            results = measure(context, key, tenant_id, args.bulk, args.probes)
+            results = measure(context, key, tenant_id, bulk, args.probes, finish)
         finally:
-            worker.stop()
-    for waiting, to_claim, post_to_claim in results:
+            for worker in workers:
+                worker.stop()
+    for waiting, to_claim, post_to_claim, to_finish, stages in results:
         print(f"  bulk queued {waiting:5d}: created->claimed {to_claim * 1000:6.0f} ms "
-              f"(from the client's POST {post_to_claim * 1000:6.0f} ms)")
+              f"(from the client's POST {post_to_claim * 1000:6.0f} ms)"
+              + (f", claimed->result written {to_finish * 1000:6.0f} ms [ms after claim: {stages}]"
+                 if to_finish is not None else ""))
     claims = [r[1] for r in results]
     print(f"  created->claimed over {len(claims)} probes: median {statistics.median(claims) * 1000:.0f} ms, "
           f"max {max(claims) * 1000:.0f} ms (target < 2000 ms)")
+    if finish:
+        written = [r[3] * 1000 for r in results]
+        print(f"  claimed->result written over {len(written)} probes: "
+              f"median {statistics.median(written):.0f} ms, max {max(written):.0f} ms (target <= 2000 ms)")
 
 
 if __name__ == "__main__":

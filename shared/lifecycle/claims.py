@@ -96,24 +96,29 @@ def claim_batch(
     settings: Settings | None = None,
 ) -> list[Claim]:
     """Claim the message's own job (if still queued) plus the most urgent other queued
-    jobs, so one GPU pass serves several: interactive before bulk, oldest first. The own
-    job, if past its deadline, ends ``canceled`` (``expired``) here instead of running;
+    jobs, so one GPU pass serves several: interactive before bulk, oldest first. A pass that
+    holds an interactive job is not filled up with bulk ones (issue 26: a full pass takes
+    several times as long as a short one, and the interactive result waits for all of it). The
+    own job, if past its deadline, ends ``canceled`` (``expired``) here instead of running;
     other expired jobs are skipped and left to the sweeper."""
     now = utcnow()
     expire_due(session, celery, settings, now, only=own_id)
-    picked = list(
-        session.execute(
-            select(Analysis.id).where(Analysis.id == own_id, claimable(now)).with_for_update(skip_locked=True)
-        ).scalars()
-    )
+    own = session.execute(
+        select(Analysis.id, Analysis.priority).where(Analysis.id == own_id, claimable(now))
+        .with_for_update(skip_locked=True)
+    ).all()
+    picked = [row.id for row in own]
+    interactive = any(row.priority == "interactive" for row in own)
     # One ordered query per lane instead of one sort of every queued row: with 10,000 bulk
     # jobs waiting the single sort took 12 ms per claim and grew with the backlog.
     for priority in ("interactive", "bulk"):
-        if len(picked) >= limit:
+        if len(picked) >= limit or (priority == "bulk" and interactive):
             break
-        picked += session.execute(
+        found = list(session.execute(
             lane_candidates(priority, limit - len(picked), now).where(Analysis.id != own_id)
-        ).scalars()
+        ).scalars())
+        picked += found
+        interactive = interactive or (priority == "interactive" and bool(found))
     if not picked:
         return []
     rows = session.execute(

@@ -10,13 +10,14 @@ from __future__ import annotations
 import io
 import json
 import random
+import selectors
 import socket
 import struct
 import threading
 import time
 import uuid
 import zlib
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from urllib.parse import urlsplit
 
 import httpx
@@ -385,6 +386,94 @@ def test_a_tenants_concurrent_uploads_are_capped(settings, context, tmp_path_fac
                 assert time.monotonic() < deadline, "upload slots were never released"
                 time.sleep(0.2)
             assert status == 202
+
+
+def _uploads_admitted(urls: list[str], key: str, count: int, settings, tenant_id) -> tuple[int, list[tuple]]:
+    """Start ``count`` uploads for one tenant, one after another, round robin over ``urls`` (API
+    replicas), each sending its head and then stalling mid-body, so an admitted one holds its
+    slot; all are open at once. Returns how many were admitted (no answer, a slot held) and,
+    per refused one, (replica, status, Retry-After). Closes them all before returning."""
+    held: list[tuple[int, socket.socket]] = []
+    answers: dict[socket.socket, bytes] = {}
+    selector = selectors.DefaultSelector()
+
+    def settle(total: int, steady: float) -> None:
+        """Read answers until each of the first ``total`` uploads is answered or holds a slot
+        (for ``steady`` seconds). A refused upload is answered at once; an admitted one would
+        only time out (15 s idle)."""
+        deadline, since = time.monotonic() + 10, None
+        while time.monotonic() < deadline:
+            for event, _ in selector.select(timeout=0.05):
+                chunk = event.fileobj.recv(65536)
+                answers[event.fileobj] = answers.get(event.fileobj, b"") + chunk
+                if not chunk or b"\r\n\r\n" in answers[event.fileobj]:
+                    selector.unregister(event.fileobj)
+            if _uploads_in_flight(settings, tenant_id) + len(answers) == total:
+                since = since or time.monotonic()
+                if time.monotonic() - since >= steady:
+                    return
+            else:
+                since = None
+
+    try:
+        for n in range(count):
+            url = urlsplit(urls[n % len(urls)])
+            sock = socket.create_connection((url.hostname, url.port), timeout=30)
+            sock.sendall(
+                f"POST /v1/analyses HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
+                "Content-Type: multipart/form-data; boundary=xyz\r\nContent-Length: 100000\r\n\r\n--xyz\r\n".encode()
+            )
+            held.append((n % len(urls), sock))
+            selector.register(sock, selectors.EVENT_READ)
+            settle(n + 1, 0.0)  # in order: the first ones take the slots, whichever replica they reach
+        settle(count, 1.0)
+        refused = []
+        for replica, sock in held:
+            if sock in answers:
+                head = answers[sock].split(b"\r\n\r\n")[0].decode("latin-1").split("\r\n")
+                headers = dict(line.lower().split(": ", 1) for line in head[1:] if ": " in line)
+                refused.append((replica, int(head[0].split()[1]), headers.get("retry-after")))
+        admitted = count - len(refused)
+        assert _uploads_in_flight(settings, tenant_id) == admitted  # the slots the admitted ones hold
+    finally:
+        selector.close()
+        for _, sock in held:
+            sock.close()
+    deadline = time.monotonic() + 10
+    while _uploads_in_flight(settings, tenant_id):  # the slots come back when the clients go away
+        assert time.monotonic() < deadline, "upload slots were never released"
+        time.sleep(0.1)
+    return admitted, refused
+
+
+def _uploads_in_flight(settings, tenant_id) -> int:
+    store = redis.Redis.from_url(settings.broker_url)
+    try:
+        return store.zcard(f"dermasentinel:ratelimit:uploads:{tenant_id}")
+    finally:
+        store.close()
+
+
+def test_two_api_replicas_hold_a_tenants_concurrent_uploads_at_the_configured_value(settings, context,
+                                                                                      tmp_path_factory):
+    """Issue 26: CONCURRENT_UPLOADS is one count for the tenant across API replicas (Redis), not
+    one count per process: two replicas admit what one admits, and refuse the rest with 429."""
+    limit = 3
+    tenant_id, key = new_tenant(context)
+    configured = settings.model_copy(update={"concurrent_uploads": limit})
+    logs = tmp_path_factory.mktemp("logs")
+    with ExitStack() as stack:
+        replicas = [stack.enter_context(running_api(configured, logs / f"replica-{n}.log")) for n in (1, 2)]
+        alone, refused_alone = _uploads_admitted(replicas[:1], key, 2 * limit, settings, tenant_id)
+        both, refused_both = _uploads_admitted(replicas, key, 2 * limit, settings, tenant_id)
+        assert alone == limit, refused_alone
+        assert both == limit, f"two replicas admitted {both} uploads at once (limit {limit}): {refused_both}"
+        for replica, status, retry_after in refused_alone + refused_both:
+            assert status == 429 and retry_after and int(retry_after) >= 1, (replica, status, retry_after)
+        # Uploads 1-3 went to replicas 1, 2, 1 and hold the slots; 4-6 (2, 1, 2) were refused by both.
+        assert sorted(replica for replica, _, _ in refused_both) == [0, 1, 1]
+        with client(replicas[1], key) as api:  # and with the slots free again, an upload goes through
+            assert api.post("/v1/analyses", files={"image": ("a.jpg", GOOD_JPEG, "image/jpeg")}).status_code == 202
 
 
 def _wait_for_uploads_in_flight(settings, tenant_id, count: int) -> None:

@@ -156,8 +156,12 @@ def test_claims_take_interactive_before_bulk(context, tenant_key):
         bulk = [row("bulk", 30 - i) for i in range(3)]
         urgent = row("interactive", 0)
         session.flush()
+        # The own job, then the interactive one; a pass with an interactive job is not filled up
+        # with bulk ones (issue 26: its result would wait for the whole pass).
         claims = lifecycle.claim_batch(session, bulk[2], 3)
-        assert {c.analysis_id for c in claims} == {bulk[2], urgent, bulk[0]}
+        assert {c.analysis_id for c in claims} == {bulk[2], urgent}
+        # With no interactive job queued, a pass is filled from the bulk lane, oldest first.
+        assert {c.analysis_id for c in lifecycle.claim_batch(session, bulk[1], 2)} == {bulk[1], bulk[0]}
         session.rollback()
 
 
