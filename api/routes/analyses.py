@@ -326,20 +326,20 @@ async def follow_analysis(
     tenant: FollowAnalysis,
     context: ContextDep,
     capacity: CapacityDep,
-    last_event_id: Annotated[
-        str | None,
-        Header(
-            alias="Last-Event-ID", pattern=r"^[0-9]{1,18}$",
-            description="The `id` of the last event received: the stream resumes after it",
-        ),
-    ] = None,
+    # Typed `str` with a None default, not `str | None`: the document then says "a string of
+    # digits, optional" rather than "digits or null" (a client that sends `null` is refused).
+    last_event_id: str = Header(
+        None, alias="Last-Event-ID", pattern=r"^[0-9]{1,18}$",
+        description="The `id` of the last event received: the stream resumes after it",
+    ),
 ) -> Response:
     ident = parse_id(analysis_id)
-    after = int(last_event_id) if last_event_id is not None else 0
+    resume: str | None = last_event_id
+    after = int(resume) if resume is not None else 0
     found = await live.read(capacity, context, tenant, progress.analysis_progress, ident, after)
     if found is None:
         raise NotFound(f"no analysis with id {analysis_id}")
-    if last_event_id is not None and found.final and not found.transitions:
+    if resume is not None and found.final and not found.transitions:
         return Response(status_code=204)
     events = live.analysis_events(request.app.state.progress_feed, context, capacity, tenant, ident, after)
     return live.response(events, context.settings)

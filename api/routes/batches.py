@@ -191,7 +191,11 @@ async def follow_batch(
     "`batch.completed` event, once every item is final.",
     response_model=BatchOut,
     response_model_exclude_unset=True,
-    responses=problems(404),
+    responses=problems(
+        404,
+        (409, "The batch's archive (`POST …/archive`) was not PUT yet: PUT it, then seal"),
+        (413, "The batch's archive is larger than `ARCHIVE_MAX_MB`"),
+    ),
 )
 def seal_batch(batch_id: str, context: ContextDep, tenant: SealBatch, session: SessionDep) -> BatchOut:
     batch = service.seal(context, session, tenant, parse_id(batch_id, "batch"))

@@ -184,6 +184,8 @@ ALLOWED: dict[str, str] = {
 
     # Issue 25: file-based batches (an archive in by presigned PUT, output and errors files out).
     "/paths/~1v1~1batches~1{batch_id}~1archive": "issue 25: a batch's archive by presigned PUT",
+    "/paths/~1v1~1batches~1{batch_id}~1seal/post/responses/409": "issue 25: sealing before the archive was PUT",
+    "/paths/~1v1~1batches~1{batch_id}~1seal/post/responses/413/description": "issue 25: an archive over ARCHIVE_MAX_MB",
     "/paths/~1v1~1batches~1{batch_id}~1output": "issue 25: the batch's output file (NDJSON)",
     "/paths/~1v1~1batches~1{batch_id}~1errors": "issue 25: the batch's errors file (NDJSON)",
     "/components/schemas/BatchArchiveIn": "issue 25: POST /v1/batches/{id}/archive",

@@ -31,10 +31,15 @@ export function stopPolling() {
 
 export const isPolling = () => Boolean(pollTimer || stopLive);
 
+const LIVE_RANK = { queued: 0, processing: 1, final: 2 };
+
 /** Each state change as the API streams it; the final one is read in full with GET. */
 function followLive(id, shown) {
   const body = $("analysis-body");
   let current = shown;
+  // The stream starts with the whole history; what came before the state already shown is
+  // not news (showing it would walk the page back, e.g. processing -> queued -> processing).
+  let caughtUp = false;
   body.dataset.live = "sse";
   stopLive = follow(`/v1/analyses/${encodeURIComponent(id)}/events`, {
     onEvent: (type, data, eventId) => {
@@ -44,6 +49,15 @@ function followLive(id, shown) {
         stopPolling();
         poll(id);
         return;
+      }
+      if (!caughtUp) {
+        const rank = (status) => LIVE_RANK[status] ?? LIVE_RANK.final;
+        if (data.status === shown.status && (data.stage || null) === (shown.stage || null)) {
+          caughtUp = true;
+          return;
+        }
+        if (rank(data.status) <= rank(shown.status)) return;
+        caughtUp = true;
       }
       current = Object.assign({}, current, { status: data.status, stage: data.stage });
       if (data.status === "processing" && !current.started_at) current.started_at = data.at;

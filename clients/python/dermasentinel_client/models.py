@@ -124,6 +124,7 @@ class ModelInfo(_Model):
     scalpel: Checkpoint | None = None
     fusion: Checkpoint | None = None
     version: str | None = None
+    rollout: str | None = None  # "canary" when a canary version answered (issue 24)
     operating_point: OperatingPoint | None = None
     threshold: float | None = None
     training_data: str | None = None

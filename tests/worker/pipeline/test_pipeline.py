@@ -86,9 +86,14 @@ def test_asymmetry_is_low_for_a_round_lesion_off_centre(classical_pipeline):
 @pytest.mark.parametrize(
     "size, expected", [((300, 480), (300, 480)), ((1200, 2000), (614, 1024)), ((900, 500), (900, 500))]
 )
-def test_mask_and_overlay_keep_the_image_aspect_ratio(classical_pipeline, size, expected):
+def test_mask_and_overlay_keep_the_image_aspect_ratio(classical_registry, size, expected):
+    # The synthetic lesion is smooth once brought to the blur gate's 1024-px working size (it
+    # scores ~65 there at 1200 x 2000; docs/DECISIONS.md, issue 27): the gate is not what this
+    # test is about, so it is off here.
+    pipeline = Pipeline(classical_registry, PipelineOptions(seg_size=128, cls_size=128, min_image_side=32,
+                                                            blur_threshold=0.0))
     lesion = make_lesion(6, size, radius_frac=0.2)
-    finding = classical_pipeline.run([LesionInput(encode_jpeg(lesion.image))])[0]
+    finding = pipeline.run([LesionInput(encode_jpeg(lesion.image))])[0]
     assert _png_size(finding.mask_png) == expected
     assert _png_size(finding.overlay_jpeg, "JPEG") == expected
     mask = _png_array(finding.mask_png).astype(np.uint8) * 255 > 127  # 1-bit: True/False
