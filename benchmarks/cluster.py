@@ -42,7 +42,6 @@ import atexit
 import ctypes
 import os
 import random
-import re
 import secrets
 import shutil
 import signal
@@ -807,17 +806,24 @@ def api_host_lost(run: ClusterRun) -> float:
     return time.monotonic()
 
 
-SAMPLE = re.compile(r"^dermasentinel_tasks_total\{([^}]*)\}\s+([0-9.e+]+)$", re.M)
 
 
 def sweeps_done(cluster: Cluster) -> float | None:
-    """Sweeps the CPU worker has finished, from its Prometheus metrics (None: no answer)."""
+    """Sweeps finished so far (None: no answer). The sweeper runs in a thread of beat (issue 26,
+    ``SWEEP_IN_BEAT``) and counts its passes in the broker's Redis on the data host; read from
+    here, outside the partition, each pass the beat host finished is seen once it reached Redis."""
+    import redis
+
+    from worker.maintenance import SWEEPER_PASSES
+
+    client = redis.Redis(host=cluster.data.address, port=cluster.ports["redis"], socket_timeout=2,
+                         socket_connect_timeout=2)
     try:
-        text = httpx.get(f"http://{cluster.hosts['ops'].address}:{METRICS_PORT}/metrics", timeout=2).text
-    except httpx.HTTPError:
+        return float(client.get(SWEEPER_PASSES) or 0)
+    except redis.exceptions.RedisError:
         return None
-    return sum(float(value) for labels, value in SAMPLE.findall(text)
-               if 'task="dermasentinel.maintenance.sweep"' in labels and 'outcome="success"' in labels)
+    finally:
+        client.close()
 
 
 BURST_WINDOW_S = 12.0  # after a beat-host partition heals: sweeps counted for a burst

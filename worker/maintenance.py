@@ -266,6 +266,8 @@ def check_canaries(context: AppContext) -> int:
 # When the sweeper last finished a pass (unix seconds), in the broker's Redis: for operators,
 # the benchmark, and anyone asking whether it still runs.
 SWEEPER_LAST_RUN = "dermasentinel:sweeper:last"
+# How many passes have finished (a counter: benchmarks/cluster.py tells a sweep it saw by it).
+SWEEPER_PASSES = "dermasentinel:sweeper:passes"
 
 
 class SweepLoop:
@@ -307,7 +309,10 @@ class SweepLoop:
         try:
             client = broker_redis(context.settings)
             try:
-                client.set(SWEEPER_LAST_RUN, f"{time.time():.3f}")
+                with client.pipeline(transaction=False) as pipe:
+                    pipe.set(SWEEPER_LAST_RUN, f"{time.time():.3f}")
+                    pipe.incr(SWEEPER_PASSES)
+                    pipe.execute()
             finally:
                 client.close()
         except redis.exceptions.RedisError:
