@@ -57,6 +57,13 @@ export function follow(path, { onEvent, onFail }) {
     }
   }
 
+  // A network error: reconnect after retryMs (when `again`), until NETWORK_RETRIES in a row.
+  function retryOrFail(error, again) {
+    failures += 1;
+    if (failures > NETWORK_RETRIES) onFail(error);
+    else if (again) setTimeout(connect, retryMs);
+  }
+
   async function connect() {
     const headers = { Authorization: `Bearer ${apiKey()}`, Accept: "text/event-stream" };
     if (lastId !== null) headers["Last-Event-ID"] = lastId;
@@ -64,13 +71,7 @@ export function follow(path, { onEvent, onFail }) {
     try {
       response = await fetch(path, { headers, signal: controller.signal, cache: "no-store" });
     } catch (error) {
-      if (stopped) return;
-      failures += 1;
-      if (failures > NETWORK_RETRIES) {
-        onFail(error);
-        return;
-      }
-      setTimeout(connect, retryMs);
+      if (!stopped) retryOrFail(error, true);
       return;
     }
     if (response.status === 204) { // resumed after the final event: the caller reads the outcome itself
@@ -86,12 +87,8 @@ export function follow(path, { onEvent, onFail }) {
     try {
       await read(response.body);
     } catch (error) {
-      if (stopped) return;
-      failures += 1;
-      if (failures > NETWORK_RETRIES) {
-        onFail(error);
-        return;
-      }
+      if (!stopped) retryOrFail(error, !finished);
+      return;
     }
     // The server ends a stream after its final event, or after a while (then: resume).
     if (!stopped && !finished) setTimeout(connect, retryMs);
