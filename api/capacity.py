@@ -6,17 +6,23 @@ have slots of their own, a request's session takes a connection only inside its 
 how many requests may hold one at once is capped below the pool size, so nobody waits on the
 pool; a request that finds every slot taken for ``API_DB_WAIT_SECONDS`` is answered 503 with
 Retry-After.
+
+A tenant's request places are also counted across every API replica (issue 26,
+``api.cluster_places``): a tenant holds at most ``API_CONCURRENCY`` of them in the whole
+cluster, as it would with one replica.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import uuid
 from collections import Counter, defaultdict, deque
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from contextvars import ContextVar
 
+from api.cluster_places import Lease, TenantPlaces
 from api.problems import Overloaded
 from shared.config import Settings
 
@@ -30,6 +36,10 @@ AUTH_SLOTS = 4
 AUDIT_SLOTS = 4
 # Left in the pool for /readyz and anything outside the slots.
 SPARE_CONNECTIONS = 2
+# A request whose tenant holds all its places across the replicas asks Redis again after this
+# long (doubling up to the maximum), or at once when this process gives back one of them.
+CLUSTER_RETRY_SECONDS = 0.02
+CLUSTER_RETRY_MAX_SECONDS = 0.2
 
 
 def api_database_settings(settings: Settings) -> Settings:
@@ -125,8 +135,10 @@ class FairSlots:
 class Capacity:
     """How many requests may use the database, check keys, or decode images at once."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, cluster: TenantPlaces | None = None):
         self.settings = settings
+        # Issue 26: a tenant's places across every API replica (None: this process's gate only).
+        self.cluster = cluster
         self._database = FairSlots(settings.api_db_concurrency)
         self._auth = FairSlots(AUTH_SLOTS)
         self._audit = FairSlots(AUDIT_SLOTS)
@@ -152,16 +164,63 @@ class Capacity:
 
     @asynccontextmanager
     async def request(self, tenant_id: object, wait: float | None = None) -> AsyncIterator[None]:
-        """One of the process's ``API_CONCURRENCY`` places (``api.middleware.TenantGate``):
-        every request but an upload takes one at the edge; an upload takes one for each step
+        """One of the process's ``API_CONCURRENCY`` places (``api.middleware.TenantGate``), and
+        its tenant's place across the replicas (``take_place``): every request but an upload
+        takes one at the edge; an upload takes one for each step
         after its body has arrived (decoding, its transaction). Held once per request."""
         if HOLDS_PLACE.get():
             yield
             return
         wait = self.settings.api_db_wait_seconds if wait is None else wait
-        async with self.requests.hold(tenant_id, wait, "the API is busy"):
-            token = HOLDS_PLACE.set(True)
+        lease = await self.take_place(tenant_id, wait)
+        token = HOLDS_PLACE.set(True)
+        try:
+            yield
+        finally:
+            HOLDS_PLACE.reset(token)
+            self.give_back_place(tenant_id, lease)
+
+    async def take_place(self, owner: object, wait: float) -> Lease | None:
+        """One of the process's request places for ``owner`` (fair between owners) and, when
+        the owner is a tenant, one of its ``API_CONCURRENCY`` places across every replica.
+        A tenant at its cluster-wide cap gives its process place back at once (others may
+        use it) and asks again, until ``wait`` is spent in all: then 503, as when the process
+        is full. Give it back with ``give_back_place``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        tenant = tenant_of(owner) if self.cluster is not None else None
+        retry = CLUSTER_RETRY_SECONDS
+        while True:
+            await self.requests.acquire(owner, max(0.0, deadline - loop.time()), "the API is busy")
+            if tenant is None or self.cluster is None:
+                return None
             try:
-                yield
-            finally:
-                HOLDS_PLACE.reset(token)
+                lease = await self.cluster.take(tenant, self.settings.api_concurrency)
+            except BaseException:
+                self.requests.release(owner)
+                raise
+            if lease is not None:
+                return lease
+            self.requests.release(owner)
+            left = deadline - loop.time()
+            if left <= 0:
+                raise Overloaded(
+                    f"the API is busy: this tenant already has {self.settings.api_concurrency} requests in "
+                    "progress across the API's replicas; nothing was saved, retry in a second"
+                )
+            await self.cluster.wait_for_room(tenant, min(left, retry * random.uniform(0.5, 1.0)))
+            retry = min(retry * 2, CLUSTER_RETRY_MAX_SECONDS)
+
+    def give_back_place(self, owner: object, lease: Lease | None) -> None:
+        self.requests.release(owner)
+        if lease is not None and self.cluster is not None:
+            self.cluster.release(lease)
+
+
+def tenant_of(owner: object) -> str | None:
+    """The tenant id of a gate's owner (a tenant id, or a cached key's grant); None for an
+    owner that is no known tenant (a never-seen key's client address, no key at all)."""
+    if isinstance(owner, uuid.UUID):
+        return str(owner)
+    tenant_id = getattr(owner, "tenant_id", None)
+    return str(tenant_id) if isinstance(tenant_id, uuid.UUID) else None

@@ -102,11 +102,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
         static_url=docs.ASSETS,
     )
-    app.state.capacity = Capacity(settings)
+    app.state.limiter = Limiter(settings)
+    # Issue 26: a tenant's request places are counted across replicas on the limiter's Redis.
+    app.state.capacity = Capacity(settings, cluster=app.state.limiter.places)
     app.state.audit_writer = AuditWriter(lambda: app.state.context, app.state.capacity)  # issue 22
     app.state.key_cache = KeyCache(settings.auth_cache_seconds)
     app.state.progress_feed = ProgressFeed(lambda: app.state.context, settings.sse_poll_seconds)
-    app.state.limiter = Limiter(settings)
     app.state.metrics = ApiMetrics(settings)
     problems.install(app)
     auth.install(app)  # issue 22: a deleted tenant's cached key is a 401, not a 500

@@ -177,7 +177,10 @@ class TenantGate:
     """At most ``API_CONCURRENCY`` requests past the edge at once (per API process), shared
     fairly: a freed place goes to the waiting tenant that holds the fewest, then to the one
     served longest ago (``api.capacity.FairSlots``). A request waits here, costing a future, for up
-    to ``API_DB_WAIT_SECONDS``, then 503 with Retry-After. However many requests one tenant
+    to ``API_DB_WAIT_SECONDS``, then 503 with Retry-After. A tenant also holds at most
+    ``API_CONCURRENCY`` places across every API replica (issue 26, ``api.cluster_places``:
+    counted in Redis; failing open to this process's gate alone when Redis is away); at that
+    cap its request waits within the same ``API_DB_WAIT_SECONDS``, then the same 503. However many requests one tenant
     sends, the process then works on only a few at a time (its event loop, its threads and
     the GIL are not shared N ways), and a tenant with one request waits for the next free place
     only. The place is given back when the answer starts, so a client reading a long streamed
@@ -213,12 +216,12 @@ class TenantGate:
         if owner is None:
             await self.app(scope, receive, send)
             return
-        places = self.capacity.requests
+        capacity = self.capacity
         try:
             if isinstance(owner, UnknownKey):
                 await self.limiter.unknown_key(owner.address)
                 scope.setdefault("state", {})[UNKNOWN_KEY_CHECKED] = True
-            await places.acquire(owner, self.capacity.settings.api_db_wait_seconds, "the API is busy")
+            lease = await capacity.take_place(owner, capacity.settings.api_db_wait_seconds)
         except Problem as problem:
             response = problem_response(
                 problem.status, problem.code, problem.title, problem.detail, scope.get("path", ""),
@@ -232,7 +235,7 @@ class TenantGate:
             nonlocal held
             if held:
                 held = False
-                places.release(owner)
+                capacity.give_back_place(owner, lease)
 
         async def send_releasing(message: Message) -> None:
             # The place covers the work up to the answer; a client reading a long body (a

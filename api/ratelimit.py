@@ -3,6 +3,8 @@
 Request rates use the ``limits`` library (sliding-window counters on the broker's Redis; an
 in-process store only when there is no Redis). Uploads in flight are a Redis sorted set per
 tenant whose members expire on their own, so a crashed process cannot leak slots forever.
+A tenant's request places across replicas (issue 26) are ``api.cluster_places``, on the same
+Redis connections (``Limiter.places``).
 Limits come from settings (``RATE_LIMIT``, ``CONCURRENT_UPLOADS``) with per-tenant overrides
 (``RATE_LIMITS_PER_TENANT``). When Redis itself fails, requests pass: the limiter protects the
 service, it must not become the outage.
@@ -29,6 +31,7 @@ from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 
 from api.auth import AuthenticatedTenant
+from api.cluster_places import TenantPlaces
 from api.deps import CurrentTenant
 from api.problems import RateLimited
 from shared.config import Settings
@@ -129,9 +132,12 @@ class Limiter:
                 connection_pool=pool,  # type: ignore[arg-type]
             )
             self.redis: aioredis.Redis | None = aioredis.Redis(connection_pool=pool)
+            # Issue 26: a tenant's request places across replicas (api.capacity.Capacity).
+            self.places: TenantPlaces | None = TenantPlaces(self.redis)
         else:
             self.storage = MemoryStorage()
             self.redis = None
+            self.places = None
         self.window = SlidingWindowCounterRateLimiter(self.storage)
         self._local_uploads: dict[str, int] = defaultdict(int)
 
@@ -257,6 +263,8 @@ class Limiter:
             pass  # the member expires with upload_slot_ttl
 
     async def close(self) -> None:
+        if self.places is not None:
+            await self.places.close()
         if self.redis is not None:
             await self.redis.aclose()
 
