@@ -161,6 +161,7 @@ class ModelSwitch:
             backend=base.registry.backend,
             scalpel_source=source("scalpel"),
             fusion_source=source("fusion"),
+            ir_cache_dir=base.options.ir_cache_dir,
         )
         pipeline = Pipeline(registry, base.options)
         release_freed_memory()

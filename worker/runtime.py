@@ -33,20 +33,22 @@ class WorkerRuntime:
 
     @cached_property
     def pipeline(self) -> Pipeline:
-        # torch is imported here, never at module import, so CPU/IO workers stay light.
-        from worker.pipeline.model_set import ModelSet
+        # The pipeline is imported here, never at module import, so CPU/IO workers stay light;
+        # with OpenVINO and its IR cached, the analysis worker never imports torch either (issue 27).
+        from worker.pipeline.model_set import ModelSet, resolve_device
         from worker.pipeline.pipeline import Pipeline, PipelineOptions
 
         with self._lock:
             settings = self.settings
+            options = PipelineOptions.from_settings(settings, resolve_device(settings.device).type)
             registry = ModelSet.load(
                 settings.model_dir,
                 device=settings.device,
                 segmenter=settings.segmenter,
                 seed=settings.fusion_seed,
                 backend=settings.backend,
+                ir_cache_dir=options.ir_cache_dir,
             )
-            options = PipelineOptions.from_settings(settings, registry.device.type)
             pipeline = Pipeline(registry, options)
             del registry  # with OpenVINO the torch copies of the weights are now garbage
             release_freed_memory()

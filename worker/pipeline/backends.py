@@ -9,28 +9,32 @@ network outputs.
 OpenVINO models are converted in-process from the loaded torch modules (nothing is
 downloaded) and cached as IR under ``DATA_DIR/engine``, keyed by what determines the graph and
 its weights (see ``ir_cache_key``), so a restarted worker compiles the cached IR without
-converting again.
+converting again, and without importing torch: the modules are asked for only on a cache miss,
+and the OpenVINO backend's own code here is numpy (issue 27).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.metadata
 import json
 import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy as np
-import torch
-from torch import nn
 
 from worker.pipeline.errors import ModelConfigError
 from worker.pipeline.metadata import METADATA_SIZE
 from worker.pipeline.tta import classify_with_tta, expand_views_numpy
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +94,12 @@ class EngineOptions:
             raise ValueError("gate1_memory_mb must be positive")
 
 
-def resolve_backend(choice: str, device: torch.device) -> str:
+class _Device(Protocol):
+    @property
+    def type(self) -> str: ...
+
+
+def resolve_backend(choice: str, device: _Device) -> str:
     """``torch`` or ``openvino``: auto is torch on CUDA, OpenVINO on CPU."""
     if choice not in BACKEND_CHOICES:
         raise ModelConfigError(f"backend must be one of {', '.join(BACKEND_CHOICES)}, not {choice!r}")
@@ -138,11 +147,13 @@ class TorchBackend:
     copies, cudnn.benchmark and optional fp16/bf16 autocast."""
 
     def __init__(
-        self, scalpel: nn.Module | None, fusion: nn.Module, device: torch.device, seg_size: int, options: EngineOptions
+        self, scalpel: nn.Module | None, fusion: nn.Module, device: Any, seg_size: int, options: EngineOptions
     ) -> None:
+        import torch
+
         self.scalpel = scalpel
         self.fusion = fusion
-        self.device = device
+        self.device = torch.device(str(device))  # a torch.device or model_set.Device
         self.name = f"torch-{device.type}"
         self.cuda = device.type == "cuda"
         if options.precision in ("bf16", "int8"):
@@ -157,12 +168,16 @@ class TorchBackend:
 
     def to_device(self, batch: np.ndarray) -> torch.Tensor:
         """NHWC host array -> NCHW channels_last tensor on the device (a view, no extra copy)."""
+        import torch
+
         tensor = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
         if self.cuda:
             tensor = tensor.pin_memory().to(self.device, non_blocking=True)
         return tensor.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
 
     def _autocast(self) -> contextlib.AbstractContextManager[object]:
+        import torch
+
         if self.autocast == "off":
             return contextlib.nullcontext()
         dtype = torch.float16 if self.autocast == "fp16" else torch.bfloat16
@@ -171,6 +186,8 @@ class TorchBackend:
     def segment(self, batch: np.ndarray) -> np.ndarray:
         if self.scalpel is None:
             raise ModelConfigError("this backend has no Scalpel network (classical Gate 1)")
+        import torch
+
         masks = []
         with torch.inference_mode(), self._autocast():
             for start in range(0, len(batch), self.gate1_max_batch):
@@ -179,6 +196,8 @@ class TorchBackend:
         return np.concatenate(masks) if masks else np.zeros((0,) + batch.shape[1:3], dtype=bool)
 
     def classify(self, batch: np.ndarray, metadata: np.ndarray, views: int, max_batch: int) -> np.ndarray:
+        import torch
+
         images = self.to_device(batch)
         meta = torch.from_numpy(np.ascontiguousarray(metadata, dtype=np.float32)).to(self.device, non_blocking=True)
         with self._autocast():
@@ -207,8 +226,8 @@ class OpenVinoBackend:
     @classmethod
     def build(
         cls,
-        scalpel: nn.Module | None,
-        fusion: nn.Module,
+        scalpel: Callable[[], nn.Module] | None,
+        fusion: Callable[[], nn.Module],
         seg_size: int,
         cls_size: int,
         keys: WeightKeys,
@@ -216,8 +235,11 @@ class OpenVinoBackend:
     ) -> OpenVinoBackend:
         """Compile both networks, converting from the torch modules only on a cache miss.
 
-        ``keys`` names what the weights came from (``ModelSet.weight_keys``): each checkpoint's
-        sha256, or the seed of untrained Fusion weights.
+        ``scalpel`` and ``fusion`` give each torch module (``ModelSet.module``), called only when
+        its IR must be converted (so a worker whose IR is cached never imports torch); no
+        ``scalpel``: classical Gate 1. ``keys`` names what the weights came from
+        (``ModelSet.weight_keys``): each checkpoint's sha256, or the seed of untrained Fusion
+        weights.
         """
         import openvino as ov
 
@@ -228,14 +250,17 @@ class OpenVinoBackend:
         config = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
         compiled_scalpel = None
         if scalpel is not None:
-            example = torch.zeros(1, 3, seg_size, seg_size)
+            build_scalpel = scalpel
+
+            def convert_scalpel() -> Any:
+                import torch
+
+                return ov.convert_model(build_scalpel(), example_input=torch.zeros(1, 3, seg_size, seg_size),
+                                        input=[ov.PartialShape([-1, 3, seg_size, seg_size])])
 
             def scalpel_ir() -> Any:
-                return _cached_ir(
-                    "scalpel", ir_cache_key("scalpel", keys.scalpel, (seg_size,)), options.cache_dir,
-                    lambda: ov.convert_model(scalpel, example_input=example,
-                                             input=[ov.PartialShape([-1, 3, seg_size, seg_size])]),
-                )
+                return _cached_ir("scalpel", ir_cache_key("scalpel", keys.scalpel, (seg_size,)), options.cache_dir,
+                                  convert_scalpel)
 
             if precision == "int8":
                 model = _quantized("scalpel", scalpel_ir, keys.scalpel, (seg_size,), options)
@@ -244,15 +269,18 @@ class OpenVinoBackend:
             model.reshape([cls.PASS, 3, seg_size, seg_size])
             compiled_scalpel = core.compile_model(model, "CPU", config)
             del model
-        fusion_example = (torch.zeros(2, 3, cls_size, cls_size), torch.zeros(2, METADATA_SIZE))
+
+        def convert_fusion() -> Any:
+            import torch
+
+            return ov.convert_model(fusion(), example_input=(torch.zeros(2, 3, cls_size, cls_size),
+                                                             torch.zeros(2, METADATA_SIZE)),
+                                    input=[ov.PartialShape([-1, 3, cls_size, cls_size]),
+                                           ov.PartialShape([-1, METADATA_SIZE])])
 
         def fusion_ir() -> Any:
-            return _cached_ir(
-                "fusion", ir_cache_key("fusion", keys.fusion, (cls_size,)), options.cache_dir,
-                lambda: ov.convert_model(fusion, example_input=fusion_example,
-                                         input=[ov.PartialShape([-1, 3, cls_size, cls_size]),
-                                                ov.PartialShape([-1, METADATA_SIZE])]),
-            )
+            return _cached_ir("fusion", ir_cache_key("fusion", keys.fusion, (cls_size,)), options.cache_dir,
+                              convert_fusion)
 
         if precision == "int8":
             model = _quantized("fusion", fusion_ir, keys.fusion, (cls_size,), options)
@@ -285,10 +313,16 @@ class OpenVinoBackend:
                 self.fusion([expanded[start : start + self.PASS], metadata[start : start + self.PASS]])[0][:, 0]
                 for start in range(0, views, self.PASS)
             ]
-        logits = np.concatenate(parts).astype(np.float64)
-        # Same float32 sigmoid as the torch path, then float64 for the statistics.
-        probabilities = torch.sigmoid(torch.from_numpy(logits.astype(np.float32))).double().numpy()
-        return probabilities.reshape(len(batch), views)
+        logits = np.concatenate(parts).astype(np.float32)
+        return sigmoid_float32(logits).reshape(len(batch), views)
+
+
+def sigmoid_float32(logits: np.ndarray) -> np.ndarray:
+    """The torch path's probabilities without torch: float32 logits -> sigmoid rounded to
+    float32 (computed in float64, so correctly rounded; torch's own float32 sigmoid is within
+    one float32 ulp of it), then float64 for the statistics."""
+    exact = 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))
+    return exact.astype(np.float32).astype(np.float64)
 
 
 def _nchw(batch: np.ndarray) -> np.ndarray:
@@ -297,10 +331,10 @@ def _nchw(batch: np.ndarray) -> np.ndarray:
 
 def ir_cache_key(network: str, weights: str | None, sizes: tuple[int, ...]) -> str:
     """What the converted graph depends on: the weights, the input size, the batch-shape policy
-    (dynamic batch, static spatial size), the converter and the libraries that define the graph."""
+    (dynamic batch, static spatial size), the converter and the libraries that define the graph.
+    The torch, timm and smp versions are their installed distributions' (``importlib.metadata``):
+    reading them does not import them (issue 27)."""
     import openvino as ov
-    import segmentation_models_pytorch as smp
-    import timm
 
     described = {
         "network": network,
@@ -309,11 +343,18 @@ def ir_cache_key(network: str, weights: str | None, sizes: tuple[int, ...]) -> s
         "batch": "dynamic",
         "ir_format": IR_FORMAT,
         "openvino": ov.__version__,
-        "torch": torch.__version__,
-        "timm": timm.__version__,
-        "smp": smp.__version__,
+        "torch": _installed("torch"),
+        "timm": _installed("timm"),
+        "smp": _installed("segmentation-models-pytorch"),
     }
     return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _installed(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "absent"
 
 
 def calibration_images(size: int, folder: Path | None, count: int = CALIBRATION_IMAGES) -> list[np.ndarray]:

@@ -148,7 +148,7 @@ class _OriginalWay:
     def __init__(self, registry: ModelSet, seg_size: int, cls_size: int, views: int) -> None:
         if registry.scalpel is None or registry.fusion is None:
             raise ValueError("timing the original way needs both networks in the registry (segmenter unet)")
-        self.device = registry.device
+        self.device = registry.device.as_torch()
         self.scalpel = copy.deepcopy(registry.scalpel).to(memory_format=torch.contiguous_format)
         self.fusion = copy.deepcopy(registry.fusion).to(memory_format=torch.contiguous_format)
         self.seg_transform = network_transform(seg_size)

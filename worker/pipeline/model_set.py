@@ -1,28 +1,36 @@
-"""Model registry: Scalpel and Fusion built once per process, with provenance for every result."""
+"""Model registry: Scalpel and Fusion built once per process, with provenance for every result.
 
+torch is imported only where a torch module is built (issue 27): a CPU worker whose OpenVINO IR
+is cached (``ModelSet.load(..., ir_cache_dir=...)``) learns all it needs of its checkpoints from
+their bytes and the IR cache's records (``worker.pipeline.weights``) and never imports torch,
+timm or segmentation-models-pytorch; the modules are built on demand if a backend must convert.
+"""
+
+from __future__ import annotations
+
+import ctypes
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-import torch
-from torch import nn
 
 from shared.clinical import MELANOMA_THRESHOLD, UNTRAINED
 from shared.model_registry import Calibration, ModelCard
 from shared.schemas.analyses import Checkpoint, ModelInfo
 from worker.pipeline.backends import WeightKeys, resolve_backend
 from worker.pipeline.errors import ModelConfigError
-from worker.pipeline.networks import (
+from worker.pipeline.weights import (
     FUSION_NAME,
     SCALPEL_NAME,
     CheckpointInfo,
-    FusionNet,
-    apply_temperature,
-    build_scalpel,
-    load_checkpoint,
+    file_sha256,
+    read_checkpoint_meta,
+    write_checkpoint_meta,
 )
 
 if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
     from shared.model_registry import ActiveModel
 
 SCALPEL_FILES = ("scalpel.pth", "best_scalpel.pth")
@@ -43,7 +51,7 @@ class ModelSource:
     temperature: float | None = None
 
     @classmethod
-    def registered(cls, model: "ActiveModel", path: Path) -> "ModelSource":
+    def registered(cls, model: ActiveModel, path: Path) -> ModelSource:
         """A registered model whose checkpoint is at ``path`` (``model_registry.cached_checkpoint``)."""
         return cls(path=path, registry_id=str(model.id), version=model.version, card=model.card,
                    threshold=model.threshold, temperature=model.temperature)
@@ -65,7 +73,7 @@ class OperatingPoint:
     @classmethod
     def from_card(
         cls, card: ModelCard | None, threshold: float | None = None, temperature: float | None = None
-    ) -> "OperatingPoint":
+    ) -> OperatingPoint:
         """The card's calibration, unless the registry's row gives ``threshold``/``temperature``;
         the design's default when neither says anything. The rule-out threshold is the card's
         only (the registry's row has no column for it)."""
@@ -100,10 +108,10 @@ class OperatingPoint:
 class ModelSet:
     """Both models in eval mode, channels_last, on one device; immutable after ``load``."""
 
-    device: torch.device
+    device: Device
     segmenter: str  # "unet" or "classical": which Gate 1 runs
-    scalpel: nn.Module | None
-    fusion: nn.Module | None  # None once an engine that holds its own copy has taken it
+    scalpel: nn.Module | None  # None: classical Gate 1, released, or built on demand (``module``)
+    fusion: nn.Module | None  # None once an engine that holds its own copy has taken it, or on demand
     scalpel_checkpoint: CheckpointInfo | None
     fusion_checkpoint: CheckpointInfo | None
     fusion_seed: int | None
@@ -112,6 +120,9 @@ class ModelSet:
     scalpel_source: ModelSource | None = None  # set when the model registry chose the checkpoint
     fusion_source: ModelSource | None = None
     operating_point: OperatingPoint = OperatingPoint()
+    # The modules not held are built when a backend asks (``module``): a load with an IR cache
+    # that described the checkpoints, for an engine that converts only on a cache miss.
+    on_demand: bool = False
 
     @classmethod
     def load(
@@ -123,10 +134,16 @@ class ModelSet:
         backend: str = "auto",
         scalpel_source: ModelSource | None = None,
         fusion_source: ModelSource | None = None,
-    ) -> "ModelSet":
+        ir_cache_dir: Path | None = None,
+    ) -> ModelSet:
         """Checkpoints from ``MODEL_DIR``, unless the model registry chose one for a kind
         (``*_source``); a Fusion card's calibration is applied (temperature folded into the
-        weights, threshold recorded as the operating point)."""
+        weights, threshold recorded as the operating point).
+
+        With the OpenVINO engine and ``ir_cache_dir`` (the pipeline's IR cache), a checkpoint
+        that an earlier load described there (``weights.read_checkpoint_meta``, keyed by its
+        sha256) is not loaded through torch: its module is built only if the backend finds no
+        cached IR to compile (``module``). Any other is loaded now, and described there."""
         if segmenter not in SEGMENTER_CHOICES:
             raise ModelConfigError(f"segmenter must be one of {', '.join(SEGMENTER_CHOICES)}, not {segmenter!r}")
         target = resolve_device(device)
@@ -134,6 +151,7 @@ class ModelSet:
         model_dir = Path(model_dir) if model_dir is not None else None
         scalpel_path = scalpel_source.path if scalpel_source else _first_existing(model_dir, SCALPEL_FILES)
         fusion_path = fusion_source.path if fusion_source else _first_existing(model_dir, FUSION_FILES)
+        cache = Path(ir_cache_dir) if ir_cache_dir is not None and engine == "openvino" else None
 
         if segmenter == "unet" and scalpel_path is None:
             raise ModelConfigError(
@@ -143,14 +161,17 @@ class ModelSet:
             )
         scalpel = scalpel_checkpoint = None
         if scalpel_path is not None and segmenter != "classical":
-            scalpel = build_scalpel()
-            scalpel_checkpoint = load_checkpoint(scalpel, scalpel_path)
-            scalpel = _prepare(scalpel, target)
+            scalpel_checkpoint = _described(scalpel_path, cache)
+            if scalpel_checkpoint is None:
+                scalpel, scalpel_checkpoint = _loaded("scalpel", scalpel_path, cache)
+                scalpel = _prepare(scalpel, target)
 
         operating_point = OperatingPoint()
+        fusion = None
         if fusion_path is not None:
-            fusion = FusionNet()
-            fusion_checkpoint = load_checkpoint(fusion, fusion_path)
+            fusion_checkpoint = _described(fusion_path, cache)
+            if fusion_checkpoint is None:
+                fusion, fusion_checkpoint = _loaded("fusion", fusion_path, cache)
             fusion_seed = None
             # The registry's row wins; a file given alone is described by the card it embeds.
             card = fusion_source.card if fusion_source is not None and fusion_source.card else fusion_checkpoint.card
@@ -159,27 +180,27 @@ class ModelSet:
                 fusion_source.threshold if fusion_source is not None else None,
                 fusion_source.temperature if fusion_source is not None else None,
             )
-            apply_temperature(fusion, operating_point.temperature)
+            _check_temperature(operating_point.temperature)
+            if fusion is not None:
+                fusion = _prepare(_calibrated(fusion, operating_point.temperature), target)
         else:
-            # Seeded so that untrained results are at least reproducible across processes,
-            # without touching the caller's global RNG state.
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                fusion = FusionNet()
             fusion_checkpoint = None
             fusion_seed = seed
+            if cache is None:
+                fusion = _untrained_fusion(seed, target)
         return cls(
             device=target,
-            segmenter="unet" if scalpel is not None else "classical",
+            segmenter="unet" if scalpel_checkpoint is not None else "classical",
             scalpel=scalpel,
-            fusion=_prepare(fusion, target),
+            fusion=fusion,
             scalpel_checkpoint=scalpel_checkpoint,
             fusion_checkpoint=fusion_checkpoint,
             fusion_seed=fusion_seed,
             backend=engine,
-            scalpel_source=scalpel_source if scalpel is not None else None,
+            scalpel_source=scalpel_source if scalpel_checkpoint is not None else None,
             fusion_source=fusion_source,
             operating_point=operating_point,
+            on_demand=cache is not None,
         )
 
     @property
@@ -194,9 +215,37 @@ class ModelSet:
             fusion = f"{fusion}-t{self.operating_point.temperature!r}"
         return WeightKeys(scalpel=self.scalpel_checkpoint.sha256 if self.scalpel_checkpoint else None, fusion=fusion)
 
-    def without_modules(self) -> "ModelSet":
+    def without_modules(self) -> ModelSet:
         """The same provenance without the torch modules (for engines that hold their own copy)."""
-        return replace(self, scalpel=None, fusion=None)
+        return replace(self, scalpel=None, fusion=None, on_demand=False)
+
+    @property
+    def has_networks(self) -> bool:
+        """Whether a backend can still be built from this registry (its modules held or buildable)."""
+        return self.fusion is not None or self.on_demand
+
+    def module(self, network: str) -> nn.Module:
+        """The torch module of ``network`` (``scalpel`` or ``fusion``): the one held, else (on
+        demand) built now from its checkpoint exactly as ``load`` builds it, which imports torch."""
+        if network not in ("scalpel", "fusion"):
+            raise ValueError(f"network must be scalpel or fusion, not {network!r}")
+        held = self.scalpel if network == "scalpel" else self.fusion
+        if held is not None:
+            return held
+        if not self.on_demand:
+            raise ValueError("this registry's torch modules were released; load it again to build a backend")
+        if network == "fusion" and self.fusion_checkpoint is None and self.fusion_seed is not None:
+            return _untrained_fusion(self.fusion_seed, self.device)
+        checkpoint = self.scalpel_checkpoint if network == "scalpel" else self.fusion_checkpoint
+        if checkpoint is None:
+            raise ModelConfigError(f"this registry has no {network} network")
+        module, loaded = _loaded(network, checkpoint.path, None)
+        if loaded.sha256 != checkpoint.sha256:
+            raise ModelConfigError(f"{checkpoint.path} changed since the models were loaded (sha256 "
+                                   f"{checkpoint.sha256[:12]} then, {loaded.sha256[:12]} now); restart the worker")
+        if network == "fusion":
+            module = _calibrated(module, self.operating_point.temperature)
+        return _prepare(module, self.device)
 
     @property
     def fusion_card(self) -> ModelCard | None:
@@ -253,9 +302,51 @@ def _checkpoint_provenance(name: str, checkpoint: CheckpointInfo, source: ModelS
                       registry_id=source.registry_id)
 
 
-def resolve_device(device: str) -> torch.device:
+@dataclass(frozen=True, eq=False)
+class Device:
+    """Where the torch modules live (``cpu`` or ``cuda[:N]``), known without importing torch:
+    ``type``, ``index`` and text as ``torch.device``, and equal to the torch.device of that text."""
+
+    type: str
+    index: int | None = None
+
+    def __str__(self) -> str:
+        return self.type if self.index is None else f"{self.type}:{self.index}"
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Device) or (hasattr(other, "type") and hasattr(other, "index")):
+            return (self.type, self.index) == (other.type, other.index)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash((self.type, self.index))
+
+    def as_torch(self) -> torch.device:
+        import torch
+
+        return torch.device(str(self))
+
+
+def cuda_possible() -> bool:
+    """False only where torch could not use a GPU whatever it is: no CUDA driver library
+    (``libcuda.so.1``) to load and no ROCm device. ``DEVICE=auto`` then resolves to the CPU
+    without importing torch (~470 MiB of RSS for the CUDA build)."""
+    if Path("/dev/kfd").exists():
+        return True
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    return True
+
+
+def resolve_device(device: str) -> Device:
+    if device == "cpu" or (device == "auto" and not cuda_possible()):
+        return Device("cpu")
+    import torch
+
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return Device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         target = torch.device(device)
     except (RuntimeError, TypeError) as exc:
@@ -264,7 +355,7 @@ def resolve_device(device: str) -> torch.device:
         raise ModelConfigError("device 'cuda' was requested but no CUDA GPU is available; use 'auto' or 'cpu'")
     if target.type not in ("cpu", "cuda"):
         raise ModelConfigError(f"device must be auto, cpu or cuda[:N], not {device!r}")
-    return target
+    return Device(target.type, target.index)
 
 
 def _first_existing(model_dir: Path | None, names: tuple[str, ...]) -> Path | None:
@@ -276,9 +367,56 @@ def _first_existing(model_dir: Path | None, names: tuple[str, ...]) -> Path | No
     return None
 
 
-def _prepare(module: nn.Module, device: torch.device) -> nn.Module:
+def _described(path: Path, cache: Path | None) -> CheckpointInfo | None:
+    """The checkpoint as an earlier torch load recorded it in the IR cache (no torch), if it did."""
+    if cache is None:
+        return None
+    return read_checkpoint_meta(cache, Path(path), file_sha256(Path(path)))
+
+
+def _loaded(network: str, path: Path, cache: Path | None) -> tuple[nn.Module, CheckpointInfo]:
+    """A fresh module of ``network`` with the checkpoint at ``path`` loaded (through torch), the
+    checkpoint then recorded in ``cache`` for later starts."""
+    from worker.pipeline.networks import FusionNet, build_scalpel, load_checkpoint
+
+    module = build_scalpel() if network == "scalpel" else FusionNet()
+    info = load_checkpoint(module, path)
+    if cache is not None:
+        write_checkpoint_meta(cache, info)
+    return module, info
+
+
+def _check_temperature(temperature: float) -> None:
+    if temperature <= 0:
+        raise ModelConfigError(f"temperature must be positive, not {temperature}")
+
+
+def _calibrated(fusion: nn.Module, temperature: float) -> nn.Module:
+    from worker.pipeline.networks import FusionNet, apply_temperature
+
+    assert isinstance(fusion, FusionNet)
+    apply_temperature(fusion, temperature)
+    return fusion
+
+
+def _untrained_fusion(seed: int, device: Device) -> nn.Module:
+    """Seeded so that untrained results are at least reproducible across processes, without
+    touching the caller's global RNG state."""
+    import torch
+
+    from worker.pipeline.networks import FusionNet
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        fusion = FusionNet()
+    return _prepare(fusion, device)
+
+
+def _prepare(module: nn.Module, device: Device) -> nn.Module:
+    import torch
+
     # Two steps: torch's signatures have no single form with both (the result is the same).
-    module = module.to(device=device).to(memory_format=torch.channels_last).eval()
+    module = module.to(device=device.as_torch()).to(memory_format=torch.channels_last).eval()
     for parameter in module.parameters():
         parameter.requires_grad_(False)
     return module

@@ -1,11 +1,11 @@
 """Scalpel and Fusion network definitions and checkpoint loading.
 
 Submodule names match the original training code, so its ``best_scalpel.pth`` and
-``best_fusion.pth`` load unchanged. Weights are never downloaded.
+``best_fusion.pth`` load unchanged. Weights are never downloaded. This module is torch itself:
+a worker whose OpenVINO IR is cached never imports it (``worker.pipeline.weights`` holds what it
+needs of a checkpoint).
 """
 
-import hashlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import segmentation_models_pytorch as smp
@@ -15,9 +15,17 @@ from torch import nn
 
 from worker.pipeline.errors import CheckpointMismatchError, ModelConfigError
 from worker.pipeline.metadata import METADATA_SIZE
+from worker.pipeline.weights import (  # re-exported: their home before issue 27
+    FUSION_NAME,
+    SCALPEL_NAME,
+    CheckpointInfo,
+    file_sha256,
+    unreadable_checkpoint,
+)
 
-SCALPEL_NAME = "scalpel-unet-resnet34"
-FUSION_NAME = "fusion-efficientnet-b3-meta"
+__all__ = ["FUSION_NAME", "SCALPEL_NAME", "CheckpointInfo", "FusionNet", "apply_temperature", "build_scalpel",
+           "file_sha256", "load_checkpoint", "unreadable_checkpoint"]
+
 IMAGE_FEATURES = 1536
 META_FEATURES = 32
 # Key prefixes that wrappers add when a whole model is saved (the original's "model.",
@@ -54,47 +62,6 @@ class FusionNet(nn.Module):
 
     def forward(self, image: torch.Tensor, metadata: torch.Tensor) -> torch.Tensor:
         return self.head(torch.cat([self.eye(image), self.brain(metadata)], dim=1))
-
-
-@dataclass(frozen=True)
-class CheckpointInfo:
-    path: Path
-    sha256: str
-    version: str
-    card: dict | None = None  # the model card a training run embedded (``model_card``), if any
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-# How a file written by torch.save begins: a zip archive (PyTorch 1.6 on), or a pickle (older).
-_TORCH_SAVE_MAGIC = (b"PK\x03\x04", b"\x80")
-
-
-def unreadable_checkpoint(path: Path, exc: BaseException) -> str:
-    """One line on why ``path`` is not a checkpoint torch can load safely, instead of torch's
-    own text (issue 25: "Unsupported operand 110", a paragraph about ``weights_only``)."""
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(8)
-    except OSError as error:
-        return f"cannot read {path}: {error.strerror or error}"
-    if not head:
-        return f"{path} is empty, not a PyTorch checkpoint"
-    if not head.startswith(_TORCH_SAVE_MAGIC):
-        return (f"{path} is not a PyTorch checkpoint (a file written by torch.save); it begins with {head[:8]!r}. "
-                "Give the .pth file that training wrote (e.g. runs/fusion/best_fusion.pth)")
-    text = str(exc)
-    if "weights_only" in text or "Weights only load failed" in text:
-        return (f"{path} holds Python objects other than tensors and would need unsafe unpickling to load; "
-                "save the weights alone: torch.save({'model_state_dict': model.state_dict()}, path)")
-    first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__).split(". ")[0]
-    return f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__}: {first[:200]}); is the file complete?"
 
 
 def load_checkpoint(module: nn.Module, path: Path) -> CheckpointInfo:

@@ -402,10 +402,12 @@ def backend_precision(backend: NetworkBackend) -> str:
 def make_backend(registry: ModelSet, options: PipelineOptions) -> NetworkBackend:
     """The registry's networks on its engine: torch modules as loaded, or compiled OpenVINO."""
     if registry.backend == "openvino":
-        if registry.fusion is None:
+        if not registry.has_networks:
             raise ValueError("this registry's torch modules were released; load it again to build a backend")
+        # The modules are asked for only to convert (a cached IR needs neither them nor torch).
         return OpenVinoBackend.build(
-            registry.scalpel, registry.fusion, options.seg_size, options.cls_size, registry.weight_keys(),
+            (lambda: registry.module("scalpel")) if registry.segmenter == "unet" else None,
+            lambda: registry.module("fusion"), options.seg_size, options.cls_size, registry.weight_keys(),
             options.engine,
         )
     if registry.fusion is None:

@@ -4,24 +4,32 @@ The original built 4 random views per image on the CPU (random flips, rotations,
 so the same image gave a different probability on every call. Here the views are fixed
 members of D4 applied to the already-preprocessed tensor on the device: the same image and
 model always give the same probabilities, and nothing is re-decoded or re-resized.
+
+torch is imported where a tensor is made: the OpenVINO backend uses the numpy views only.
 """
 
+from __future__ import annotations
+
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 # Order matters: TTA_VIEWS = k uses the first k. Identity first so one view is the plain image.
+# (Tensor methods, the same operations as torch.flip / torch.rot90: no torch import here.)
 DIHEDRAL_VIEWS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "identity": lambda x: x,
-    "hflip": lambda x: torch.flip(x, dims=(-1,)),
-    "vflip": lambda x: torch.flip(x, dims=(-2,)),
-    "rot90": lambda x: torch.rot90(x, 1, dims=(-2, -1)),
-    "rot180": lambda x: torch.rot90(x, 2, dims=(-2, -1)),
-    "rot270": lambda x: torch.rot90(x, 3, dims=(-2, -1)),
+    "hflip": lambda x: x.flip(dims=(-1,)),
+    "vflip": lambda x: x.flip(dims=(-2,)),
+    "rot90": lambda x: x.rot90(1, dims=(-2, -1)),
+    "rot180": lambda x: x.rot90(2, dims=(-2, -1)),
+    "rot270": lambda x: x.rot90(3, dims=(-2, -1)),
     "transpose": lambda x: x.transpose(-2, -1),
-    "antitranspose": lambda x: torch.rot90(x, 2, dims=(-2, -1)).transpose(-2, -1),
+    "antitranspose": lambda x: x.rot90(2, dims=(-2, -1)).transpose(-2, -1),
 }
 MAX_VIEWS = len(DIHEDRAL_VIEWS)
 # The same views on numpy (N, C, H, W) arrays, for backends that take host arrays.
@@ -45,6 +53,8 @@ def view_names(count: int) -> list[str]:
 
 def expand_views(images: torch.Tensor, count: int) -> torch.Tensor:
     """(N, C, H, W) -> (N * count, C, H, W), item-major: rows i*count .. i*count+count-1 are item i."""
+    import torch
+
     views = [DIHEDRAL_VIEWS[name](images) for name in view_names(count)]
     expanded = torch.stack(views, dim=1).flatten(0, 1)
     return expanded.contiguous(memory_format=torch.channels_last)
@@ -65,6 +75,8 @@ def classify_with_tta(
     All N x views inputs go through the network as one batch, split only when larger than
     ``max_batch`` to bound device memory.
     """
+    import torch
+
     with torch.inference_mode():
         repeated_metadata = metadata.repeat_interleave(views, dim=0)
         logits = []

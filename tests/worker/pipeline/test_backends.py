@@ -1,5 +1,12 @@
 """The backend seam: torch and OpenVINO give the same results, cached IR, provenance, GPU knobs."""
 
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import openvino
 import pytest
@@ -13,6 +20,9 @@ from worker.pipeline.synthetic import encode_jpeg, make_lesion
 from worker.pipeline.tta import DIHEDRAL_VIEWS, NUMPY_VIEWS, expand_views, expand_views_numpy
 
 PROBABILITY_FIELDS = {"probability", "uncertainty", "tta_probabilities", "diagnosis", "risk_band"}
+ROOT = Path(__file__).resolve().parents[3]
+# What a worker whose IR is cached must not import (issue 27: ~560 MiB of RSS between them).
+TORCH_SIDE = ("torch", "torchvision", "timm", "segmentation_models_pytorch", "albumentations")
 
 
 def _lesions(count: int) -> list[LesionInput]:
@@ -43,10 +53,16 @@ def both(checkpoint_dir, ir_cache):
     """The same checkpoints on torch and on OpenVINO fp32, at the test sizes (bf16 and int8 are
     compared with fp32 within their own bounds in tests/training/test_precision.py)."""
     options = PipelineOptions(seg_size=128, cls_size=128, min_image_side=32, ir_cache_dir=ir_cache, precision="fp32")
+    # Loaded as the worker loads them (worker/runtime.py): OpenVINO's first start converts and
+    # records the checkpoints beside the IR.
     return {
-        name: Pipeline(ModelSet.load(checkpoint_dir, device="cpu", backend=name), options)
+        name: Pipeline(ModelSet.load(checkpoint_dir, device="cpu", backend=name, ir_cache_dir=ir_cache), options)
         for name in ("torch", "openvino")
     }
+
+
+def _no_conversion(*args, **kwargs):
+    raise AssertionError("converted again despite a cached IR")
 
 
 def test_openvino_matches_torch_probabilities_and_masks(both):
@@ -81,17 +97,27 @@ def test_switching_backend_changes_only_the_backend_name_and_network_bits(both):
         assert torch_outcome.mask_png == ov_outcome.mask_png
 
 
-def test_classical_gate1_results_are_identical_across_backends(tmp_path):
+def test_classical_gate1_results_are_identical_across_backends(tmp_path, monkeypatch):
     options = PipelineOptions(seg_size=128, cls_size=128, min_image_side=32, ir_cache_dir=tmp_path)
     items = _lesions(2)
     outcomes = {
-        name: Pipeline(ModelSet.load(None, device="cpu", backend=name), options).run(items)
+        name: Pipeline(ModelSet.load(None, device="cpu", backend=name, ir_cache_dir=tmp_path), options).run(items)
         for name in ("torch", "openvino")
     }
     for torch_outcome, ov_outcome in zip(outcomes["torch"], outcomes["openvino"], strict=True):
         for field in ("segmentation", "concepts", "equity", "quality"):
             assert getattr(torch_outcome.result, field) == getattr(ov_outcome.result, field)
         assert torch_outcome.overlay_jpeg == ov_outcome.overlay_jpeg
+
+    # The seeded untrained Fusion restarts from its cached IR (key untrained-seed-0) with no
+    # torch module built, and the same provenance and results.
+    monkeypatch.setattr(openvino, "convert_model", _no_conversion)
+    registry = ModelSet.load(None, device="cpu", backend="openvino", ir_cache_dir=tmp_path)
+    assert registry.fusion is None and registry.on_demand
+    restarted = Pipeline(registry, options).run(items)
+    for first, again in zip(outcomes["openvino"], restarted, strict=True):
+        assert again.model == first.model and again.model.fusion.version == "untrained-seed-0"
+        assert again.result == first.result
 
 
 def test_openvino_results_are_deterministic_and_batch_independent(both):
@@ -119,6 +145,73 @@ def test_a_restart_compiles_the_cached_ir_without_converting(both, checkpoint_di
     )
     items = _lesions(1)
     assert restarted.run(items)[0].result == both["openvino"].run(items)[0].result
+
+
+def test_a_cached_start_builds_no_torch_module_and_records_the_same_provenance(both, checkpoint_dir, ir_cache,
+                                                                              monkeypatch):
+    first = both["openvino"]
+    assert len(list(ir_cache.glob("checkpoint-*.json"))) == 2  # the cold start described both checkpoints
+    monkeypatch.setattr(openvino, "convert_model", _no_conversion)
+
+    def no_torch_load(*args, **kwargs):
+        raise AssertionError("loaded a checkpoint through torch despite the cached IR")
+
+    monkeypatch.setattr(torch, "load", no_torch_load)
+    registry = ModelSet.load(checkpoint_dir, device="cpu", backend="openvino", ir_cache_dir=ir_cache)
+    assert registry.scalpel is None and registry.fusion is None and registry.on_demand
+    restarted = Pipeline(registry, first.options)
+    assert restarted.registry.provenance() == first.registry.provenance()
+    assert restarted.registry.provenance().model_dump(mode="json", exclude_unset=True)["fusion"]["version"] == "test-1"
+    items = _lesions(1)
+    for again, before in zip(restarted.run(items), first.run(items), strict=True):
+        assert again.model == before.model and again.result == before.result
+
+
+def test_a_cached_checkpoint_without_ir_at_this_size_is_loaded_and_converted_on_demand(both, checkpoint_dir, ir_cache,
+                                                                                       tmp_path):
+    # The checkpoints' records and Fusion's IR, not Scalpel's: only the U-Net is built and converted.
+    for path in ir_cache.iterdir():
+        if not path.name.startswith("scalpel-"):
+            shutil.copy(path, tmp_path / path.name)
+    registry = ModelSet.load(checkpoint_dir, device="cpu", backend="openvino", ir_cache_dir=tmp_path)
+    assert registry.scalpel is None and registry.on_demand
+    pipeline = Pipeline(registry, PipelineOptions(seg_size=128, cls_size=128, min_image_side=32, ir_cache_dir=tmp_path,
+                                                  precision="fp32"))
+    assert len(list(tmp_path.glob("scalpel-*.xml"))) == 1
+    items = _lesions(1)
+    for again, before in zip(pipeline.run(items), both["openvino"].run(items), strict=True):
+        assert again.model == before.model and again.result == before.result
+
+
+_FRESH_WORKER = """
+import json, sys
+from pathlib import Path
+from worker.pipeline.model_set import ModelSet, cuda_possible
+from worker.pipeline.pipeline import LesionInput, Pipeline, PipelineOptions
+from worker.pipeline.synthetic import encode_jpeg, make_lesion
+
+model_dir, cache = Path(sys.argv[1]), Path(sys.argv[2])
+registry = ModelSet.load(model_dir, device="cpu" if cuda_possible() else "auto", ir_cache_dir=cache)
+options = PipelineOptions(seg_size=128, cls_size=128, min_image_side=32, ir_cache_dir=cache, precision="fp32")
+pipeline = Pipeline(registry, options)
+image = make_lesion(0, (240, 320), radius_frac=0.2, irregularity=0.0, variegation=0.2).image
+outcome = pipeline.run([LesionInput(encode_jpeg(image), age=40, sex="male", site="torso")])[0]
+print(json.dumps({"imported": sorted(set(sys.argv[3:]) & set(sys.modules)),
+                  "model": outcome.model.model_dump(mode="json", exclude_unset=True),
+                  "result": outcome.result.model_dump(mode="json")}))
+"""
+
+
+def test_a_fresh_worker_with_the_ir_cached_never_imports_torch(both, checkpoint_dir, ir_cache):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    run = subprocess.run([sys.executable, "-c", _FRESH_WORKER, str(checkpoint_dir), str(ir_cache), *TORCH_SIDE],
+                         capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    fresh = json.loads(run.stdout.strip().splitlines()[-1])
+    assert fresh["imported"] == []
+    expected = both["openvino"].run(_lesions(1))[0]
+    assert fresh["model"] == expected.model.model_dump(mode="json", exclude_unset=True)
+    assert fresh["result"] == expected.result.model_dump(mode="json")
 
 
 def test_openvino_pipeline_holds_no_torch_modules(both):
