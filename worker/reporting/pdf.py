@@ -514,11 +514,11 @@ def _open_image(data: bytes | None, keep_alpha: bool = False) -> PILImage.Image 
     except (UnidentifiedImageError, OSError):
         return None
     mode = "RGBA" if keep_alpha and picture.mode in ("RGBA", "LA", "P") and _has_transparency(picture) else "RGB"
-    picture = picture.convert(mode)
-    if picture.size == size:
-        return picture
+    converted = picture.convert(mode)
+    if converted.size == size:
+        return converted
     # Area averaging in OpenCV: antialiased like Pillow's thumbnail (bicubic), at half its CPU.
-    return PILImage.fromarray(cv2.resize(np.asarray(picture), size, interpolation=cv2.INTER_AREA), mode)
+    return PILImage.fromarray(cv2.resize(np.asarray(converted), size, interpolation=cv2.INTER_AREA))
 
 
 def _thumbnail_size(width: int, height: int) -> tuple[int, int]:
