@@ -22,9 +22,9 @@ Scalpel checkpoint is written so the U-Net runs; nothing is downloaded), on 1024
 5. ratios (end to end quiet and loaded / the best raw loop, etc.) and the peak RSS of a fresh
    worker-like process holding both models on each backend and precision, and of the stack's
    GPU worker;
-6. whole-system host cost (issue 27), from the quiet end-to-end window: the CPU seconds every
-   process of the stack used (API, analysis, report and io workers, beat, Postgres, Redis, S3)
-   per image, from the first upload until every analysis is final, its PDF and FHIR report
+6. whole-system host cost (issue 27; printed as "4b", after the end-to-end runs), from the
+   quiet end-to-end window: the CPU seconds every process of the stack used (API, analysis,
+   report and io workers, beat, Postgres, Redis, S3) per image, from the first upload until every analysis is final, its PDF and FHIR report
    stored and its webhooks (``analysis.succeeded`` and ``analysis.report_ready`` to a loopback
    receiver) delivered, in decode+resize units: the CPU time of decoding one of the run's
    1024 x 768 JPEGs (Pillow, RGB) and resizing it to SEG_SIZE (OpenCV, area), one thread,
@@ -649,7 +649,7 @@ def _host_cost_units(window: dict[str, Any], units: list[float], networks: float
     stack = sum(cpu.values())
     host = stack - networks
     per_image = host / images
-    print(f"\n6. whole-system host cost (quiet window: {images} uploads through the API, analyses, PDF+FHIR "
+    print(f"\n4b. whole-system host cost (quiet window: {images} uploads through the API, analyses, PDF+FHIR "
           f"reports, {window['webhooks']} webhooks delivered; {window['seconds']:.1f} s, batches {window['batches']})",
           flush=True)
     print(f"   decode+resize unit (1024x768 JPEG -> RGB -> {unit * 1000:.2f} ms CPU; measured before and after "
