@@ -26,10 +26,11 @@ Scalpel checkpoint is written so the U-Net runs; nothing is downloaded), on 1024
    quiet end-to-end window: the CPU seconds every process of the stack used (API, analysis,
    report and io workers, beat, Postgres, Redis, S3) per image, from the first upload until
    every analysis is final, its PDF and FHIR report stored and its webhooks
-   (``analysis.succeeded``, ``analysis.report_ready``, to a loopback receiver) delivered, in decode+resize units: the CPU time of decoding one of the run's
-   1024 x 768 JPEGs (Pillow, RGB) and resizing it to SEG_SIZE (OpenCV, area), one thread,
-   measured in the same run. The networks' own CPU is replayed in this process on the
-   window's batch sizes and shown apart; "host cost" is the rest (target <= 6 units at 64 px).
+   (``analysis.succeeded``, ``analysis.report_ready``, to a loopback receiver) delivered, in
+   decode+resize units: the CPU time of decoding one of the run's 1024 x 768 JPEGs (Pillow,
+   RGB) and resizing it to SEG_SIZE (OpenCV, area), one thread, measured in the same run. The
+   networks' own CPU is replayed in this process on the window's batch sizes and shown apart;
+   "host cost" is the rest (target <= 6 units at 64 px).
 
 On a CUDA machine ``--device cuda --backends torch --autocast fp16 --batch-sizes 1 2 4 ... 64``
 also prints peak GPU memory per batch size (see benchmarks/gpu.sh).
