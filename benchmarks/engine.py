@@ -21,7 +21,16 @@ Scalpel checkpoint is written so the U-Net runs; nothing is downloaded), on 1024
    ``--load-gets`` and ``--load-webhooks`` per second);
 5. ratios (end to end quiet and loaded / the best raw loop, etc.) and the peak RSS of a fresh
    worker-like process holding both models on each backend and precision, and of the stack's
-   GPU worker.
+   GPU worker;
+6. whole-system host cost (issue 27; printed as "4b", after the end-to-end runs), from the
+   quiet end-to-end window: the CPU seconds every process of the stack used (API, analysis,
+   report and io workers, beat, Postgres, Redis, S3) per image, from the first upload until
+   every analysis is final, its PDF and FHIR report stored and its webhooks
+   (``analysis.succeeded``, ``analysis.report_ready``, to a loopback receiver) delivered, in
+   decode+resize units: the CPU time of decoding one of the run's 1024 x 768 JPEGs (Pillow,
+   RGB) and resizing it to SEG_SIZE (OpenCV, area), one thread, measured in the same run. The
+   networks' own CPU is replayed in this process on the window's batch sizes and shown apart;
+   "host cost" is the rest (target <= 6 units at 64 px).
 
 On a CUDA machine ``--device cuda --backends torch --autocast fp16 --batch-sizes 1 2 4 ... 64``
 also prints peak GPU memory per batch size (see benchmarks/gpu.sh).
@@ -156,12 +165,15 @@ def _run(args: argparse.Namespace, model_dir: Path, cache: Path, scratch: Path) 
               for backend, p in pipelines.items()}
     del pipelines, timed  # released before `up` starts
 
+    window: dict[str, Any] = {}  # the quiet end-to-end window: CPU per process, batch sizes
+    units = [_decode_resize_unit(jpegs, args.seg_size)]
     if not args.no_e2e:
         backend = args.e2e_backend or ("torch" if args.device.startswith("cuda") else "openvino")
         print(f"\n4. end to end through `dermasentinel up` (backend {backend}, {args.images} uploads at once)",
               flush=True)
-        e2e = _end_to_end(args, model_dir, scratch, jpegs, backend)
+        e2e = _end_to_end(args, model_dir, scratch, jpegs, backend, window)
         numbers.update(e2e)
+        window["backend"] = backend
 
     if not args.no_e2e and best_label.startswith(("openvino-", "torch_")):
         # The best raw loop again, right after the stack stopped: on a shared machine the load
@@ -174,6 +186,11 @@ def _run(args: argparse.Namespace, model_dir: Path, cache: Path, scratch: Path) 
         numbers["best_raw_after_s_per_img"] = seconds
         best_raw = min(best_raw, seconds)
         numbers["best_raw_s_per_img"] = best_raw
+
+    if window:
+        units.append(_decode_resize_unit(jpegs, args.seg_size))
+        networks = _replay_networks(args, model_dir, cache, window["backend"], window["batches"])
+        numbers.update(_host_cost_units(window, units, networks, len(jpegs)))
 
     print("\n5. ratios and memory", flush=True)
     raw_ov = numbers.get("raw_openvino-fp32_b1")
@@ -330,7 +347,8 @@ def _host_cost(pipeline, jpegs: list[bytes]) -> dict[str, float]:
 # ---------------------------------------------------------------- end to end
 
 
-def _end_to_end(args: argparse.Namespace, model_dir: Path, scratch: Path, jpegs: list[bytes], backend: str) -> dict:
+def _end_to_end(args: argparse.Namespace, model_dir: Path, scratch: Path, jpegs: list[bytes], backend: str,
+                window: dict[str, Any]) -> dict:
     from dermasentinel_client import Client
 
     from devstack import ServiceStartError, UpProcess
@@ -367,14 +385,25 @@ def _end_to_end(args: argparse.Namespace, model_dir: Path, scratch: Path, jpegs:
         print(f"   stack up in {time.perf_counter() - started:.0f} s at {api_url}", flush=True)
         client = Client(base_url=api_url, api_key=api_key, timeout=120)
         fields: dict[str, Any] = {"age": 55, "sex": "female", "site": "torso"}
+        # Quiet: every analysis' events go to a loopback endpoint, and the window closes once each
+        # report is stored and its webhooks delivered (the whole-system host cost).
+        hooks: _Webhooks | None = _Webhooks(client)
         warm = client.analyses.create(jpegs[0], filename="warm-up.jpg", **fields)  # the GPU worker loads its models
         client.analyses.wait(warm.id, timeout=1800, poll_interval=0.5)
-        print(f"   warm-up analysis done {time.perf_counter() - started:.0f} s after start", flush=True)
+        assert hooks is not None
+        hooks.wait([str(warm.id)], timeout=600)  # its report too: the report worker's first render
+        print(f"   warm-up analysis and report done {time.perf_counter() - started:.0f} s after start", flush=True)
         done = [str(warm.id)]
         for state in ("quiet",) if args.no_load else ("quiet", "loaded"):
             load = _BackgroundLoad(api_url, api_key, done, args.load_gets, args.load_webhooks) \
                 if state == "loaded" else None
-            rate, ids = _timed_batch(client, process.pid, jpegs, fields, args, state, load)
+            try:
+                rate, ids = _timed_batch(client, process.pid, jpegs, fields, args, state, load, hooks,
+                                         data_dir / "logs", window if state == "quiet" else None)
+            finally:
+                if hooks is not None:
+                    hooks.close()
+                    hooks = None
             numbers[f"e2e_{state}_img_s"] = rate
             done += ids
         client.close()
@@ -394,12 +423,26 @@ def _end_to_end(args: argparse.Namespace, model_dir: Path, scratch: Path, jpegs:
 
 
 def _timed_batch(client, root: int, jpegs: list[bytes], fields: dict, args: argparse.Namespace, state: str,
-                 load: _BackgroundLoad | None) -> tuple[float, list[str]]:
+                 load: _BackgroundLoad | None, hooks: _Webhooks | None = None, log_dir: Path | None = None,
+                 window: dict[str, Any] | None = None) -> tuple[float, list[str]]:
     """Submit every image at once and wait for all: images/s from the first upload to the last
-    completion as the server recorded it (same host clock), so polling afterwards does not count."""
+    completion as the server recorded it (same host clock), so polling afterwards does not count.
+    With ``hooks``, the CPU window stays open until every report is stored and every analysis'
+    webhooks are delivered; ``window`` receives its CPU seconds per process and batch sizes."""
     if load is not None:
         load.start()
         time.sleep(2.0)  # the load is steady before the clock starts
+    idle = None
+    if window is not None:  # the stack's own idle CPU (beat, heartbeats, polling), for the record
+        idle_before, idle_started = _cpu_by_process(root), time.perf_counter()
+        time.sleep(3.0)
+        idle_used = _cpu_delta(idle_before, _cpu_by_process(root))
+        idle = sum(idle_used.values()) / (time.perf_counter() - idle_started)
+        print(f"   {state}: idle stack before the window, CPU-s/s: " + ", ".join(
+            f"{name} {seconds / 3.0:.3f}" for name, seconds in sorted(idle_used.items(), key=lambda kv: -kv[1])),
+            flush=True)
+    logged = len(_read_logs(log_dir)) if log_dir is not None else 0
+    hooked = hooks.delivered if hooks is not None else 0
     cpu_before = _cpu_by_process(root)
     first, first_wall = time.perf_counter(), time.time()
     with ThreadPoolExecutor(args.upload_concurrency) as pool:
@@ -412,8 +455,15 @@ def _timed_batch(client, root: int, jpegs: list[bytes], fields: dict, args: argp
         final = client.analyses.wait(analysis.id, timeout=3600, poll_interval=1.0)
         statuses[final.status] = statuses.get(final.status, 0) + 1
         finals.append(final)
+    if hooks is not None:
+        hooks.wait([str(a.id) for a in created], timeout=600)
     cpu_used = _cpu_delta(cpu_before, _cpu_by_process(root))
-    window = time.perf_counter() - first
+    seconds = time.perf_counter() - first
+    if window is not None:
+        lines = _read_logs(log_dir)[logged:] if log_dir is not None else []
+        batches = [int(m.group(1)) for line in lines if (m := _BATCH_LINE.search(line))]
+        window.update(cpu=cpu_used, seconds=seconds, idle_cpu_per_s=idle, batches=batches,
+                      webhooks=hooks.delivered - hooked if hooks is not None else 0)
     load_report = load.stop() if load is not None else None
     last = max(datetime.fromisoformat((f.completed_at or "").replace("Z", "+00:00")).timestamp() for f in finals)
     total = last - first_wall
@@ -427,9 +477,48 @@ def _timed_batch(client, root: int, jpegs: list[bytes], fields: dict, args: argp
               f"{load_report['webhooks_sent']} webhook deliveries asked, {load_report['webhooks_received']} received",
               flush=True)
     shares = ", ".join(f"{name} {seconds:.1f}" for name, seconds in sorted(cpu_used.items(), key=lambda kv: -kv[1]))
-    print(f"   {state}: CPU seconds used by the stack's processes over the {window:.0f} s window "
+    print(f"   {state}: CPU seconds used by the stack's processes over the {seconds:.0f} s window "
           f"({os.cpu_count()} CPUs): {shares}", flush=True)
     return rate, [str(a.id) for a in created]
+
+
+_BATCH_LINE = re.compile(r"engine: (\d+) jobs;")
+
+
+class _Webhooks:
+    """A loopback endpoint for every event of the quiet run: each analysis' outcome and
+    ``analysis.report_ready`` are signed and delivered by the io worker, as a deployment that
+    listens for results has them."""
+
+    def __init__(self, client) -> None:
+        from devstack import Receiver
+
+        self.client = client
+        self.receiver = Receiver(204)
+        self.endpoint = client.webhooks.create_endpoint(self.receiver.url).id
+
+    def wait(self, ids: list[str], timeout: float) -> None:
+        """Until every analysis' report is stored and its webhooks (outcome, report ready) arrived."""
+        deadline = time.monotonic() + timeout
+        wanted = set(ids)
+        while time.monotonic() < deadline:
+            reported = {r.json().get("data", {}).get("id") for r in list(self.receiver.requests)
+                        if r.type == "analysis.report_ready"}
+            finished = {r.json().get("data", {}).get("id") for r in list(self.receiver.requests)
+                        if r.type in ("analysis.succeeded", "analysis.rejected", "analysis.failed")}
+            if wanted <= reported and wanted <= finished:
+                return
+            time.sleep(0.1)
+        raise SystemExit(f"webhooks: {len(wanted - reported)} report_ready and {len(wanted - finished)} outcome "
+                         f"deliveries missing after {timeout:.0f} s")
+
+    @property
+    def delivered(self) -> int:
+        return len(self.receiver.requests)
+
+    def close(self) -> None:
+        self.client.webhooks.delete_endpoint(self.endpoint)
+        self.receiver.stop()
 
 
 class _BackgroundLoad:
@@ -501,6 +590,92 @@ class _BackgroundLoad:
             self.counts["webhooks_sent"] += 1
         except Exception:  # counted as not sent
             pass
+
+
+def _decode_resize_unit(jpegs: list[bytes], size: int) -> float:
+    """CPU seconds of one decode+resize unit: a 1024 x 768 JPEG of the run decoded by Pillow to
+    RGB and resized to ``size`` (OpenCV, area), one thread; the median of five passes."""
+    import cv2
+    from PIL import Image
+
+    def once(data: bytes) -> None:
+        import io
+
+        with Image.open(io.BytesIO(data)) as image:
+            pixels = np.asarray(image.convert("RGB"))
+        cv2.resize(pixels, (size, size), interpolation=cv2.INTER_AREA)
+
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        once(jpegs[0])
+        passes = []
+        for _ in range(5):
+            started = time.process_time()
+            for data in jpegs:
+                once(data)
+            passes.append((time.process_time() - started) / len(jpegs))
+    finally:
+        cv2.setNumThreads(threads)
+    return float(np.median(passes))
+
+
+def _replay_networks(args: argparse.Namespace, model_dir: Path, cache: Path, backend: str,
+                     batches: list[int]) -> float:
+    """CPU seconds the two networks take for the window's batches (as the worker logged them),
+    run again here on the stack's backend, precision and sizes: the part of the analysis
+    worker's CPU that is inference, not host work (best of two replays)."""
+    pipeline = _pipeline(backend, model_dir, cache, args)
+    rng = np.random.default_rng(0)
+    from worker.pipeline.metadata import encode_metadata
+
+    def run(batch: int) -> None:
+        seg = rng.standard_normal((batch, args.seg_size, args.seg_size, 3)).astype(np.float32)
+        cls = rng.standard_normal((batch, args.cls_size, args.cls_size, 3)).astype(np.float32)
+        meta = np.stack([encode_metadata(55, "female", "torso")] * batch)
+        pipeline.backend.segment(seg)
+        pipeline.backend.classify(cls, meta, args.views, pipeline.options.max_forward_batch)
+
+    for batch in sorted(set(batches)):
+        run(batch)  # compiled shapes, as the worker's warm stack had them
+    replays = []
+    for _ in range(2):
+        started = time.process_time()
+        for batch in batches:
+            run(batch)
+        replays.append(time.process_time() - started)
+    return min(replays)
+
+
+def _host_cost_units(window: dict[str, Any], units: list[float], networks: float, images: int) -> dict[str, float]:
+    """Print and return the whole-system host cost of the quiet window in decode+resize units."""
+    unit = min(units)
+    cpu: dict[str, float] = dict(window["cpu"])
+    stack = sum(cpu.values())
+    host = stack - networks
+    per_image = host / images
+    print(f"\n4b. whole-system host cost (quiet window: {images} uploads through the API, analyses, PDF+FHIR "
+          f"reports, {window['webhooks']} webhooks delivered; {window['seconds']:.1f} s, batches {window['batches']})",
+          flush=True)
+    print(f"   decode+resize unit (1024x768 JPEG -> RGB -> {unit * 1000:.2f} ms CPU; measured before and after "
+          f"the stack: {', '.join(f'{u * 1000:.2f}' for u in units)} ms, the lower taken)", flush=True)
+    print(f"   stack CPU in the window: {stack:.2f} s = {stack / images * 1000:.1f} ms/img = "
+          f"{stack / images / unit:.2f} units/img, of which the networks (replayed here on batches "
+          f"{window['batches']}): {networks:.2f} s = {networks / images / unit:.2f} units/img", flush=True)
+    worker = "worker-gpu"
+    rows = sorted(cpu.items(), key=lambda kv: -kv[1])
+    for name, seconds in rows:
+        own = seconds - networks if name == worker else seconds
+        note = " (networks excluded)" if name == worker else ""
+        print(f"     {name + note:<34} {own:6.2f} s  {own / images / unit:6.2f} units/img", flush=True)
+    if window.get("idle_cpu_per_s") is not None:
+        idle = window["idle_cpu_per_s"] * window["seconds"]
+        print(f"   (the idle stack used {window['idle_cpu_per_s']:.3f} CPU-s/s before the window: "
+              f"{idle / images / unit:.2f} units/img of the window's length)", flush=True)
+    print(f"   host cost = {per_image / unit:.2f} decode+resize units per image (target <= 6); "
+          f"{per_image * 1000:.1f} ms CPU/img", flush=True)
+    return {"host_unit_ms": unit * 1000, "host_stack_cpu_s": stack, "host_networks_cpu_s": networks,
+            "host_cost_units": per_image / unit, "host_stack_units": stack / images / unit}
 
 
 def _read_logs(log_dir: Path) -> list[str]:

@@ -13,8 +13,11 @@ from datetime import UTC, datetime
 from typing import cast
 from xml.sax.saxutils import escape
 
+import cv2
+import numpy as np
 from PIL import Image as PILImage
 from PIL import UnidentifiedImageError
+from reportlab import rl_config
 from reportlab.lib import colors
 from reportlab.lib.enums import TA_CENTER
 from reportlab.lib.pagesizes import A4
@@ -45,6 +48,10 @@ CONTENT_WIDTH = PAGE_WIDTH - 2 * MARGIN
 # Embedded pictures are downscaled to this many pixels on the long side: sharp at the
 # printed size while keeping the PDF small and quick to build.
 MAX_IMAGE_PX = 640
+# Streams (page content, the embedded JPEGs) are stored binary, Flate- or DCT-coded, not also
+# ASCII85-armoured: reportlab's pure-Python ASCII85 encoder was half of a report's CPU (issue 27),
+# and the file is 20% smaller. Every PDF reader takes binary streams (PDF 1.0 onwards).
+rl_config.useA85 = 0
 
 BAND_COLOURS = {
     "high": colors.HexColor("#c62828"),
@@ -500,13 +507,24 @@ def _open_image(data: bytes | None, keep_alpha: bool = False) -> PILImage.Image 
         return None
     try:
         picture = PILImage.open(io.BytesIO(data))
+        size = _thumbnail_size(picture.width, picture.height)
+        if picture.format == "JPEG":
+            picture.draft(None, size)  # a large photo decodes DCT-scaled, never below ``size`` (as thumbnail did)
         picture.load()
     except (UnidentifiedImageError, OSError):
         return None
-    picture.thumbnail((MAX_IMAGE_PX, MAX_IMAGE_PX))
-    if keep_alpha and picture.mode in ("RGBA", "LA", "P") and _has_transparency(picture):
-        return picture.convert("RGBA")
-    return picture.convert("RGB")
+    mode = "RGBA" if keep_alpha and picture.mode in ("RGBA", "LA", "P") and _has_transparency(picture) else "RGB"
+    converted = picture.convert(mode)
+    if converted.size == size:
+        return converted
+    # Area averaging in OpenCV: antialiased like Pillow's thumbnail (bicubic), at half its CPU.
+    return PILImage.fromarray(cv2.resize(np.asarray(converted), size, interpolation=cv2.INTER_AREA))
+
+
+def _thumbnail_size(width: int, height: int) -> tuple[int, int]:
+    """(width, height) with the long side at most ``MAX_IMAGE_PX``, the aspect ratio kept."""
+    scale = min(1.0, MAX_IMAGE_PX / max(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
 
 
 def _has_transparency(picture: PILImage.Image) -> bool:

@@ -237,3 +237,27 @@ def test_the_provenance_links_a_registered_models_card(lesion_images):
     assert f"Model card (classifier): /v1/models/{registry_id}/card" in text
     unregistered = flat(" ".join(pdf_pages(render_report(high_risk_trained(), image, overlay))))
     assert "Model card" not in unregistered
+
+
+def test_a_large_photo_is_embedded_at_640_px_as_binary_jpeg():
+    """Issue 27: the pictures are downscaled to 640 px on the long side (OpenCV area averaging,
+    not Pillow's thumbnail) and the streams are binary, not ASCII85: the same pictures as
+    before, a smaller file, a fraction of the CPU."""
+    import numpy as np
+    from PIL import Image
+
+    from worker.pipeline.overlay import overlay_jpeg
+    from worker.pipeline.synthetic import encode_jpeg, make_lesion
+
+    lesion = make_lesion(seed=3, size=(768, 1024))
+    photo = encode_jpeg(lesion.image)
+    data = render_report(high_risk_trained(), photo, overlay_jpeg(lesion.image, lesion.mask))
+    assert b"/ASCII85Decode" not in data
+    embedded = [picture.image for page in PdfReader(io.BytesIO(data)).pages for picture in page.images]
+    assert [picture.size for picture in embedded] == [(640, 480), (640, 480)]
+    expected = Image.open(io.BytesIO(photo)).convert("RGB")
+    expected.thumbnail((640, 640))
+    differences = [np.abs(np.asarray(shown.convert("RGB"), dtype=np.float32) - np.asarray(expected, dtype=np.float32))
+                   for shown in embedded]
+    # Pillow's own thumbnail, as embedded before, differed from this reference by 1.8 (JPEG q88).
+    assert min(d.mean() for d in differences) < 2.5, "one picture is the photo, downscaled"
