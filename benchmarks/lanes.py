@@ -18,6 +18,14 @@ with the median and the largest of each. ``--with-cpu-io`` also runs a CPU and a
 (reports, webhooks, sweeps of the finished bulk jobs compete for the same cores, as in a
 real burst).
 
+``--throughput SECONDS`` (issue 26, the cost of preemption) queues ``--burst`` bulk jobs (default
+4000) and no interactive one, and counts the bulk jobs one GPU worker finishes in SECONDS (by
+``completed_at``, after a warm-up), ``--rounds`` times per tree of ``--trees``: each a checkout
+whose worker code runs (its folder as the worker's cwd and PYTHONPATH; default: this one),
+alternated round by round on the same stack, so code versions are compared under the same load:
+
+    python -m benchmarks.lanes --throughput 60 --rounds 3 --trees /work/main,.   [--with-cpu-io]
+
 ``--sweep-burst N`` (issue 26) measures the maintenance lane instead: one real CPU worker and
 the real beat process, then N ingest and N report wake-ups queued at once (for ids with no row:
 each costs the worker one lookup), and prints the time of every sweeper pass while the CPU
@@ -35,6 +43,7 @@ import argparse
 import statistics
 import time
 import uuid
+from pathlib import Path
 
 import httpx
 from sqlalchemy import func, select, text
@@ -170,6 +179,44 @@ def sweep_burst(context: AppContext, workdir, burst: int) -> tuple[float, list[f
         worker.stop()
 
 
+def throughput(context: AppContext, tenant_id: uuid.UUID, workdir, seconds: float, rounds: int,
+               trees: list[Path], bulk: int) -> dict[Path, list[float]]:
+    """Bulk jobs/s of one GPU worker per tree and round (see the module docstring)."""
+    bulk_ids = queue_bulk(context, tenant_id, bulk)
+    rates: dict[Path, list[float]] = {tree: [] for tree in trees}
+
+    def finished_since(since) -> int:
+        with context.session_factory() as session:
+            return session.execute(
+                select(func.count()).select_from(Analysis)
+                .where(Analysis.tenant_id == tenant_id, Analysis.priority == "bulk", Analysis.completed_at >= since)
+            ).scalar_one()
+
+    try:
+        for round_ in range(rounds):
+            for tree in trees:
+                env = child_env(context.settings)
+                env["PYTHONPATH"] = str(tree)
+                worker = start_worker(env, workdir / f"worker-gpu-{round_}-{tree.name}.log", role="gpu", cwd=tree)
+                try:
+                    started = utcnow()
+                    deadline = time.monotonic() + 300
+                    while finished_since(started) < 2 * context.settings.gpu_batch_size:  # warm: compiled, draining
+                        if time.monotonic() > deadline:
+                            raise RuntimeError(f"the worker of {tree} finished nothing in 300 s")
+                        time.sleep(0.2)
+                    window = utcnow()
+                    time.sleep(seconds)
+                    rate = finished_since(window) / seconds
+                finally:
+                    worker.stop()
+                rates[tree].append(rate)
+                print(f"  round {round_ + 1}, {tree}: {rate:.2f} bulk jobs/s", flush=True)
+    finally:
+        cancel_queued(context, bulk_ids)
+    return rates
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bulk", type=int, default=10_000)
@@ -181,7 +228,30 @@ def main() -> None:
     parser.add_argument("--sweep-burst", type=int, default=0,
                         help="issue 26: measure sweeper passes while N ingest + N report wake-ups drain")
     parser.add_argument("--sweep-interval", type=float, default=5.0, help="SWEEP_INTERVAL_SECONDS for --sweep-burst")
+    parser.add_argument("--throughput", type=float, default=0.0,
+                        help="issue 26: bulk jobs/s of one GPU worker over this many seconds, no interactive jobs")
+    parser.add_argument("--rounds", type=int, default=3, help="--throughput: rounds per tree")
+    parser.add_argument("--trees", default=".", help="--throughput: checkouts whose worker code runs, comma-separated")
     args = parser.parse_args()
+
+    if args.throughput:
+        trees = [Path(tree).resolve() for tree in args.trees.split(",")]
+        with bench_stack() as (context, _key, tenant_id, workdir):
+            extra = ([start_worker(child_env(context.settings), workdir / f"worker-{role}.log", role=role)
+                      for role in ("cpu", "io")] if args.with_cpu_io else [])
+            print(f"bulk jobs finished per second by one GPU worker, {args.throughput:g} s windows, no interactive "
+                  f"jobs (SEG/CLS 128, GPU_BATCH_SIZE={context.settings.gpu_batch_size}"
+                  f"{', + cpu and io workers' if extra else ''})", flush=True)
+            try:
+                rates = throughput(context, tenant_id, workdir, args.throughput, args.rounds, trees,
+                                   args.burst or 4000)
+            finally:
+                for worker in extra:
+                    worker.stop()
+        for tree, values in rates.items():
+            print(f"  {tree}: median {statistics.median(values):.2f} jobs/s over {len(values)} rounds "
+                  f"({', '.join(f'{v:.2f}' for v in values)})")
+        return
 
     if args.sweep_burst:
         with bench_stack(sweep_interval_seconds=args.sweep_interval) as (context, _key, _tenant, workdir):

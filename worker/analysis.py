@@ -9,6 +9,11 @@ Each lane spreads its per-image work over a small thread pool; decoding, OpenCV,
 and Postgres calls release the GIL. Claims and fencing are ``shared.lifecycle``'s, unchanged:
 every outcome is written with its claim's attempt, so a fenced-off job writes nothing.
 
+Issue 26: a pass claimed ahead that holds an interactive job does not wait for the bulk pass
+on the networks: between that pass's images (``Pipeline.infer``'s ``between``) the engine runs
+it, hands it to a finish lane of its own (``engine-finish-interactive``, so its writes do not
+queue behind a bulk pass's), claims the next pass ahead in its place, and resumes the bulk pass.
+
 Each batch is loaded on the pipeline the process's ``ModelSwitch`` hands out
 (``worker/model_switch.py``: the registry's active models, switched without a restart), runs
 start to finish on it, and its results record that pipeline's models.
@@ -25,7 +30,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -118,9 +123,10 @@ def run_analysis(context: AppContext, pipeline: Pipeline, analysis_id: uuid.UUID
         ThreadPoolExecutor(threads, thread_name_prefix="engine-host") as host,
         ThreadPoolExecutor(1, thread_name_prefix="engine-prefetch") as prefetch_lane,
         ThreadPoolExecutor(1, thread_name_prefix="engine-finish") as finish_lane,
+        ThreadPoolExecutor(1, thread_name_prefix="engine-finish-interactive") as interactive_lane,
     ):
         engine = _Engine(context, pipeline, analysis_id, host)
-        return engine.drain(claims, prefetch_lane, finish_lane)
+        return engine.drain(claims, prefetch_lane, finish_lane, interactive_lane)
 
 
 class _Engine:
@@ -135,55 +141,44 @@ class _Engine:
         self.fill_seconds = (_fill_ms(context.settings, pipeline)) / 1000.0
         self.request_id = current_request_id()  # the task's own; pool threads do not inherit it
 
-    def drain(self, first: list[Claim], prefetch_lane: ThreadPoolExecutor, finish_lane: ThreadPoolExecutor) -> int:
-        deadline = time.monotonic() + DRAIN_SECONDS
-        upcoming: Future[_Batch] = prefetch_lane.submit(self._load, _Batch(first))
-        writes: list[tuple[list[Claim], Future[int]]] = []
-        failure: Exception | None = None
-        finished = 0
-        while failure is None:
+    def drain(
+        self, first: list[Claim], prefetch_lane: ThreadPoolExecutor, finish_lane: ThreadPoolExecutor,
+        interactive_lane: ThreadPoolExecutor | None = None,
+    ) -> int:
+        """Run ``first`` and, while passes come full, the passes claimed ahead of it. Issue 26:
+        between the images of a pass without interactive jobs, the pass claimed ahead runs
+        first if it holds one (``_preempt``), and a pass holding interactive jobs is finished on
+        ``interactive_lane``, not behind the bulk passes' post-processing and writes."""
+        self._deadline = time.monotonic() + DRAIN_SECONDS
+        self._prefetch_lane = prefetch_lane
+        self._lanes = (finish_lane, interactive_lane or finish_lane)
+        self._upcoming: Future[_Batch] = prefetch_lane.submit(self._load, _Batch(first))
+        self._writes: list[tuple[list[Claim], Future[int]]] = []
+        self._failure: Exception | None = None
+        self._finished = 0
+        self._preempted_s = 0.0  # seconds of the current pass spent on the passes that preempted it
+        while self._failure is None:
             try:
-                batch = upcoming.result()
+                batch = self._upcoming.result()
             except Exception as exc:  # claiming failed: nothing was claimed
-                failure = exc
+                self._failure = exc
                 break
-            finished += sum(part.finished_early for part in batch.parts)
+            self._finished += sum(part.finished_early for part in batch.parts)
             if batch.error is not None:  # already released by the prefetch lane
-                failure = batch.error
+                self._failure = batch.error
                 break
             if not batch.all_claims:
                 break
             # Claim ahead only while there is a backlog (this batch came full): a light queue is
             # served message by message as before, and rows held queued elsewhere are not raced.
             backlog = batch.backlog = len(batch.all_claims) >= self.context.settings.gpu_batch_size
-            upcoming = prefetch_lane.submit(self._claim_and_load, backlog and time.monotonic() < deadline)
-            started = time.perf_counter()
-            clock = StageClock({"segmentation": "gate1", "classification": "gate2"})  # metrics
-            stage_marks = _StageMarks(clock.names)  # traces (issue 25)
-
-            def on_stage(stage: str, c: list[Claim] = batch.claims, stage_clock: StageClock = clock,
-                         marks: _StageMarks = stage_marks) -> None:
-                stage_clock(stage)
-                marks(stage)
-                self._stage(finish_lane, c, stage)
-
-            try:
-                if batch.claims:
-                    assert batch.pipeline is not None and batch.prepared is not None  # a loaded batch with claims
-                    batch.pipeline.infer(batch.prepared, on_stage=on_stage)
-                clock.stop()
-                batch.marks += stage_marks.stop()
-                observe_pass(len(batch.all_claims), self.context.settings.gpu_batch_size)
-            except Exception as exc:
-                release(self.context, batch.all_claims, exc)
-                self._give_back(upcoming, exc)
-                failure = exc
-                break
-            if batch.canary is not None:
-                self._infer_canary(batch, finish_lane)
-            batch.infer_s = time.perf_counter() - started
-            writes.append((batch.all_claims, finish_lane.submit(self._finish, batch)))
-        for claims, write in writes:
+            self._upcoming = prefetch_lane.submit(
+                self._claim_and_load, backlog and time.monotonic() < self._deadline
+            )
+            self._run(batch, between=None if _holds_interactive(batch.all_claims) else self._preempt)
+        finished = self._finished
+        failure = self._failure
+        for claims, write in self._writes:
             try:
                 finished += write.result()
             except Exception as exc:  # a failed write: its unrecorded jobs go back (fenced)
@@ -193,7 +188,76 @@ class _Engine:
             raise failure
         return finished
 
-    def _infer_canary(self, batch: _Batch, finish_lane: ThreadPoolExecutor) -> None:
+    def _run(self, batch: _Batch, between: Callable[[], None] | None) -> None:
+        """One pass on the networks (both parts), then handed to its finish lane. A failure
+        gives its claims back, and the pass claimed ahead too, and ends the drain."""
+        lane = self._lane(batch.all_claims)
+        started = time.perf_counter()
+        self._preempted_s = 0.0
+        clock = StageClock({"segmentation": "gate1", "classification": "gate2"})  # metrics
+        stage_marks = _StageMarks(clock.names)  # traces (issue 25)
+
+        def on_stage(stage: str) -> None:
+            clock(stage)
+            stage_marks(stage)
+            self._stage(lane, batch.claims, stage)
+
+        try:
+            if batch.claims:
+                assert batch.pipeline is not None and batch.prepared is not None  # a loaded batch with claims
+                batch.pipeline.infer(batch.prepared, on_stage=on_stage, between=between)
+            clock.stop()
+            batch.marks += stage_marks.stop()
+            observe_pass(len(batch.all_claims), self.context.settings.gpu_batch_size)
+        except Exception as exc:
+            release(self.context, batch.all_claims, exc)
+            self._give_back(exc)
+            self._failure = self._failure or exc
+            return
+        if batch.canary is not None:
+            self._infer_canary(batch, lane, between)
+        batch.infer_s = time.perf_counter() - started - self._preempted_s
+        self._writes.append((batch.all_claims, lane.submit(self._finish, batch)))
+
+    def _preempt(self) -> None:
+        """Issue 26: called between the forward passes of a pass without interactive jobs. If
+        the pass claimed ahead is loaded and holds an interactive job, it runs now and goes to
+        its finish lane, the next pass is claimed ahead in its place, and the current pass
+        resumes. The worker holds both passes' claims; each outcome is written with its own
+        claim's attempt, as always."""
+        upcoming = self._upcoming
+        if self._failure is not None or not upcoming.done() or upcoming.exception() is not None:
+            return  # a failed claim is the main loop's to see
+        ahead = upcoming.result()
+        if ahead.error is not None or not _holds_interactive(ahead.all_claims):
+            return
+        started = time.perf_counter()
+        self._finished += sum(part.finished_early for part in ahead.parts)
+        ahead.backlog = True  # it interrupted a full pass: the lane is behind (no shadow runs now)
+        self._upcoming = _nothing_ahead()
+        preempted_s = self._preempted_s
+        self._run(ahead, between=None)
+        self._preempted_s = preempted_s + time.perf_counter() - started
+        if self._failure is None:
+            # The next pass is claimed ahead only now, so that loading it does not compete with
+            # the interactive pass for the cores; the rest of the bulk pass leaves it the time.
+            self._upcoming = self._prefetch_lane.submit(self._claim_and_load, time.monotonic() < self._deadline)
+        log.info("engine: an interactive pass of %d job(s) ran between the images of a bulk pass (%.3fs)",
+                 len(ahead.all_claims), time.perf_counter() - started)
+
+    def _lane(self, claims: list[Claim]) -> ThreadPoolExecutor:
+        """Where a pass is finished: passes holding interactive jobs on their own lane."""
+        finish_lane, interactive_lane = self._lanes
+        return interactive_lane if _holds_interactive(claims) else finish_lane
+
+    def _host_map(self, claims: list[Claim]) -> Callable[..., Iterator[Any]]:
+        """Host work of a pass holding interactive jobs (a few images) runs on its lane's own
+        thread: in the shared pool it would queue behind a bulk pass's images (issue 26)."""
+        return map if _holds_interactive(claims) else self.host.map
+
+    def _infer_canary(
+        self, batch: _Batch, finish_lane: ThreadPoolExecutor, between: Callable[[], None] | None = None
+    ) -> None:
         """The canary's part of the pass. Its failure is its own: those jobs go back (an attempt
         spent, like any failed pass), the active models' part is recorded as usual."""
         part = batch.canary
@@ -205,15 +269,16 @@ class _Engine:
             self._stage(finish_lane, part.claims, stage)
 
         try:
-            part.pipeline.infer(part.prepared, on_stage=on_stage)
+            part.pipeline.infer(part.prepared, on_stage=on_stage, between=between)
             part.marks += marks.stop()
         except Exception as exc:
             log.warning("canary pass of %d job(s) failed (%s)", len(part.claims), type(exc).__name__)
             release(self.context, part.claims, exc)
             batch.canary = None
 
-    def _give_back(self, upcoming: Future[_Batch], exc: Exception) -> None:
+    def _give_back(self, exc: Exception) -> None:
         """The batch claimed ahead goes back to the queue after a failure of the one before."""
+        upcoming, self._upcoming = self._upcoming, _nothing_ahead()
         try:
             ahead = upcoming.result()
         except Exception:  # its claim failed: nothing to give back
@@ -275,7 +340,8 @@ class _Engine:
         started = time.perf_counter()
         started_ns = time.time_ns()
         # One image (or None) per claim, in order.
-        images = list(self.host.map(self._fetch, batch.claims))
+        hosted = self._host_map(batch.claims)
+        images = list(hosted(self._fetch, batch.claims))
         # A job whose stored image is gone fails on its own; it must not take the rest
         # of the pass (and their attempts) down with it.
         missing = [c for c, data in zip(batch.claims, images, strict=True) if data is None]
@@ -295,7 +361,7 @@ class _Engine:
             LesionInput(image=data, age=c.age, sex=c.sex, site=c.site, pixel_spacing_mm=c.pixel_spacing_mm)
             for c, data in kept
         ]
-        batch.prepared = pipeline.prepare(items, map=self.host.map)
+        batch.prepared = pipeline.prepare(items, map=hosted)
         observe_stage("decode", time.perf_counter() - fetched)
         batch.marks.append(("decode", fetched_ns, time.time_ns()))
 
@@ -354,7 +420,8 @@ class _Engine:
                 log.warning("engine: the reporting stage was not recorded (%s)", type(exc).__name__)
         started = time.perf_counter()
         started_ns = time.time_ns()
-        outcomes = pipeline.complete(prepared, map=self.host.map)
+        hosted = self._host_map(part.claims)
+        outcomes = pipeline.complete(prepared, map=hosted)
         written = time.perf_counter()
         observe_stage("artifacts", written - started)
         part.marks.append(("artifacts", started_ns, time.time_ns()))
@@ -367,7 +434,7 @@ class _Engine:
         pairs = list(zip(part.claims, outcomes, strict=True))
         # Issue 26: interactive results are written ahead of the bulk ones they share a batch with.
         pairs.sort(key=lambda pair: pair[0].priority != "interactive")
-        done = list(self.host.map(record, pairs))
+        done = list(hosted(record, pairs))
         observe_stage("write", time.perf_counter() - written)
         part.prepared = None
         return done
@@ -408,6 +475,16 @@ class _Engine:
 
 
 MISSING_OBJECT_CODES = frozenset({"NoSuchKey", "NoSuchBucket"})
+
+
+def _holds_interactive(claims: list[Claim]) -> bool:
+    return any(claim.priority == "interactive" for claim in claims)
+
+
+def _nothing_ahead() -> Future[_Batch]:
+    ahead: Future[_Batch] = Future()
+    ahead.set_result(_Batch([]))
+    return ahead
 
 
 # ---------------------------------------------------------------- traces (issue 25)

@@ -4,6 +4,7 @@ with its claim's attempt, stores the cheaper artifacts, and gives claims back on
 from __future__ import annotations
 
 import io
+import threading
 import uuid
 
 import pytest
@@ -39,7 +40,7 @@ def pipeline(settings, tmp_path_factory):
     return Pipeline(registry, options)
 
 
-def _queue(context, tenant_id, image: bytes | None, *, blur: float = 0.0) -> uuid.UUID:
+def _queue(context, tenant_id, image: bytes | None, *, blur: float = 0.0, priority: str = "interactive") -> uuid.UUID:
     analysis_id = uuid.uuid4()
     key = image_key(tenant_id, analysis_id, "jpg")
     if image is None:
@@ -51,7 +52,7 @@ def _queue(context, tenant_id, image: bytes | None, *, blur: float = 0.0) -> uui
         session.add(Analysis(
             id=analysis_id, tenant_id=tenant_id, status="queued", attempt=0, image_key=key, age=50, sex="female",
             site="torso", image_sha256="0" * 64, image_content_type="image/jpeg", image_width=240, image_height=180,
-            enqueued_at=utcnow(), created_at=utcnow(),
+            enqueued_at=utcnow(), created_at=utcnow(), priority=priority,
         ))
     return analysis_id
 
@@ -122,3 +123,52 @@ def test_a_missing_image_fails_only_its_own_job(engine_context, pipeline, tenant
     assert rows[missing].attempt == 1
     assert rows[healthy].status == "succeeded" and rows[healthy].attempt == 1
     assert finished == 2
+
+
+class _InteractiveArrives(Pipeline):
+    """The real pipeline, with the moment an interactive job arrives pinned down: it is queued
+    while the first (bulk) pass is being prepared, so the engine claims it ahead while that pass
+    runs, and the bulk pass's first image waits until the interactive pass is prepared (loaded
+    ahead, as it would be a few images into a longer pass)."""
+
+    def __init__(self, pipeline: Pipeline, arrive) -> None:
+        super().__init__(pipeline.registry, pipeline.options, backend=pipeline.backend)
+        self.arrive = arrive
+        self.prepared = 0
+        self.ahead_prepared = threading.Event()
+
+    def prepare(self, items, map=map):
+        if self.prepared == 0:
+            self.arrive()
+        batch = super().prepare(items, map=map)
+        self.prepared += 1
+        if self.prepared == 2:
+            self.ahead_prepared.set()
+        return batch
+
+    def _segment(self, batch):
+        self.ahead_prepared.wait(30)
+        return super()._segment(batch)
+
+
+def test_an_interactive_job_claimed_ahead_is_answered_before_the_bulk_pass_ends(
+    engine_context, pipeline, tenant_key
+):
+    """Issue 26: an interactive job claimed during a bulk pass does not wait for the whole pass:
+    it runs between that pass's images, and its result is written before the bulk pass's
+    last one. Every job is run once, under its first attempt."""
+    context = engine_context
+    tenant_id = tenant_key[0]
+    bulk = [_queue(context, tenant_id, None, priority="bulk") for _ in range(context.settings.gpu_batch_size)]
+    interactive: list[uuid.UUID] = []
+    arrives = _InteractiveArrives(pipeline, lambda: interactive.append(_queue(context, tenant_id, None)))
+
+    finished = run_analysis(context, arrives, bulk[0])
+
+    rows = _rows(context, [*bulk, *interactive])
+    assert finished == len(rows) == len(bulk) + 1
+    assert {(row.status, row.attempt) for row in rows.values()} == {("succeeded", 1)}
+    answered = rows[interactive[0]]
+    bulk_rows = [rows[i] for i in bulk]
+    assert answered.started_at > max(row.started_at for row in bulk_rows)  # claimed while the bulk pass ran
+    assert answered.completed_at < max(row.completed_at for row in bulk_rows)

@@ -218,12 +218,20 @@ class Pipeline:
                 outcomes[index] = outcome
         return PreparedBatch(outcomes, accepted)
 
-    def infer(self, batch: PreparedBatch, on_stage: Callable[[str], None] | None = None) -> None:
-        """The networks: Gate 1, the coverage gate, Gate 2 (sets masks and probabilities)."""
+    def infer(
+        self, batch: PreparedBatch, on_stage: Callable[[str], None] | None = None,
+        between: Callable[[], None] | None = None,
+    ) -> None:
+        """The networks: Gate 1, the coverage gate, Gate 2 (sets masks and probabilities).
+
+        With ``between``, each gate runs ``max_forward_batch`` images at a time (the size of one
+        forward pass: one image on the CPU) and calls ``between()`` before each of those steps;
+        the engine may run another batch there (issue 26: an interactive pass preempts a bulk
+        one). Without it, each gate runs the whole batch at once."""
         outcomes = batch.outcomes
         _notify(on_stage, STAGE_SEGMENTATION)
         segmented = []
-        for item, mask in self._batched(batch.items, self._segment, "segmentation_failed", outcomes):
+        for item, mask in self._batched(batch.items, self._segment, "segmentation_failed", outcomes, between):
             item.mask, item.seg_input = mask, None
             rejection = self._coverage_gate(item)
             if rejection is None:
@@ -232,7 +240,8 @@ class Pipeline:
                 outcomes[item.index] = rejection
         _notify(on_stage, STAGE_CLASSIFICATION)
         classified = []
-        for item, probabilities in self._batched(segmented, self._classify, "classification_failed", outcomes):
+        for item, probabilities in self._batched(segmented, self._classify, "classification_failed", outcomes,
+                                                 between):
             item.probabilities, item.cls_input = probabilities, None
             classified.append(item)
         batch.items = classified
@@ -370,9 +379,18 @@ class Pipeline:
         return Finding(result=result, mask_png=mask_png, overlay_jpeg=overlay_jpeg, model=provenance)
 
     def _batched(
-        self, batch: list[_Item], step: Callable[[list[_Item]], list[np.ndarray]], error_code: str, outcomes: list
+        self, batch: list[_Item], step: Callable[[list[_Item]], list[np.ndarray]], error_code: str, outcomes: list,
+        between: Callable[[], None] | None = None,
     ) -> list[tuple[_Item, np.ndarray]]:
-        """Run ``step`` on the whole batch; if it fails, retry per item to isolate the culprit."""
+        """Run ``step`` on the whole batch (with ``between``: on each forward pass's share of it,
+        calling ``between()`` before each); if it fails, retry per item to isolate the culprit."""
+        if between is not None:
+            size = self.options.max_forward_batch
+            done = []
+            for start in range(0, len(batch), size):
+                between()
+                done += self._batched(batch[start : start + size], step, error_code, outcomes)
+            return done
         if not batch:
             return []
         try:
