@@ -107,11 +107,13 @@ def sweep(context: AppContext) -> dict[str, int]:
             held += [c for c in lifecycle.orphaned_claims(session, live, orphan_cutoff) if c.analysis_id not in seen]
         hung = _held_by_hung_workers(context, session, [c.analysis_id for c in held])
         for claim in held:
-            # Issue 26: a job whose worker's main process hung (stopped, deadlocked) did not
-            # cause it: released without spending an attempt.
+            # Issue 26: a job whose worker's main process hung (stopped, deadlocked), or whose
+            # pool process was stopped, did not cause it: released without spending an attempt,
+            # and woken at once (no backoff: the hang was the worker's, and others are there).
+            is_hung = claim.analysis_id in hung
             outcome = lifecycle.release_claim(
                 session, context.celery, settings, claim, reason="the worker processing it stopped responding",
-                transient=claim.analysis_id in hung,
+                transient=is_hung, backoff=not is_hung,
             )
             if outcome == "queued":
                 counts["requeued"] += 1
