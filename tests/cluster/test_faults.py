@@ -42,10 +42,11 @@ def test_the_cluster_recovers_from(fault, cluster, record):
         )
     if fault in ("gpu-pool-stopped", "gpu-main-stopped"):
         # A GPU worker stopped (SIGSTOP) with jobs in hand, nothing restarting it: every job
-        # accepted before the SIGCONT is final within 90 s of the stop, none spent an attempt on
-        # the hang, and the resumed process changed nothing (its late writes fenced off).
+        # accepted before the SIGCONT is final within 90 s of the stop (or of its acceptance,
+        # when later), none spent an attempt on the hang, and the resumed process changed
+        # nothing (its late writes fenced off).
         extra = result.extra
-        assert extra["all_final_after_stop_s"] <= STOP_TARGET_S, described
+        assert extra["worst_final_after_stop_s"] <= STOP_TARGET_S, described
         assert extra["attempts_spent_max"] == 1, described
         assert extra["changes_after_final"] == 0, described
         if fault == "gpu-pool-stopped":
