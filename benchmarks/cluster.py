@@ -1035,6 +1035,11 @@ def _stop_gpu_worker(run: ClusterRun, part: str) -> float:
             elif status in FINAL:
                 first_final[i] = at
         extra["changes_after_final"] = float(late)
+        # Where each held job's time went (for a miss: which host claimed it, when each stage came).
+        for i in sorted(held):
+            steps = [f"{status}{'/' + stage if stage else ''}@{at - stopped_at:+.1f}s"
+                     for j, status, stage, at in transitions if j == i and at > stopped_at - 5]
+            run.result.details.append(f"held {i} (finished by {by_id[i][2]}): {', '.join(steps)}")
         missing = {r[0] for r in accepted_by_resume} - final_ids
         run.result.details += [f"not final: {i}" for i in sorted(missing)]
 
