@@ -425,6 +425,56 @@ def test_a_gpu_worker_whose_models_cannot_load_says_so_and_does_not_loop(isolate
         process.stop(grace=15)
 
 
+def test_a_stopped_pool_process_holding_its_jobs_row_lock_does_not_hold_the_sweeper(quiet):
+    """Issue 26, measured in the cluster: a pool process stopped between a write to its job's
+    row and the commit keeps the row locked (for the server's 10-minute idle-in-transaction
+    timeout); the sweeper's release waited on that lock, and every other sweep duty with it,
+    until the process ran again. Now the sweeper ends the open transaction of a pool process
+    its main saw stopped (its connections carry its worker id) and releases the job at once."""
+    import psycopg
+
+    from shared import liveness
+
+    context, tenant_id = quiet
+    settings = context.settings
+    window = heartbeat_window(settings)
+    node = f"gpu@issue26-{uuid.uuid4().hex[:6]}"
+    main, stopped_pool = liveness.main_id(node, 1), f"{node}:12"
+    client = broker_redis(settings)
+    analysis_id = _queued_row(context, tenant_id)
+    dsn = settings.database_url.replace("postgresql+psycopg://", "postgresql://")
+    holder = psycopg.connect(dsn, application_name=stopped_pool)
+    try:
+        now = time.time()
+        client.zadd(liveness.WORKER_MAINS, {main: now})
+        liveness.record_parent(client, stopped_pool, main)
+        client.zadd(GPU_WORKERS_READY, {stopped_pool: now - 10 * window})
+        client.zadd(liveness.STOPPED_POOLS, {stopped_pool: now})
+        _claim_now(context, analysis_id)
+        with session_scope(context.session_factory) as session:
+            session.execute(update(Analysis).where(Analysis.id == analysis_id).values(
+                claimed_by=stopped_pool, heartbeat_at=utcnow() - timedelta(seconds=2 * window + 1)))
+        # The stopped process's last write, never committed: the row stays locked.
+        holder.execute("UPDATE analyses SET stage = 'classification' WHERE id = %s", (analysis_id,))
+        time.sleep(5.5)  # idle in transaction past the sweeper's 5 s
+        started = time.monotonic()
+        sweep(context)
+        assert time.monotonic() - started < 10, "the sweep waited on the stopped process's lock"
+        row = _row(context, analysis_id)
+        assert (row.status, row.transient_retries, row.not_before) == ("queued", 1, None)
+        with pytest.raises(psycopg.OperationalError):  # its transaction was ended, rolled back
+            holder.execute("SELECT 1")
+    finally:
+        holder.close()
+        with session_scope(context.session_factory) as session:
+            session.execute(update(Analysis).where(Analysis.id == analysis_id).values(status="canceled"))
+        client.zrem(liveness.WORKER_MAINS, main)
+        client.hdel(liveness.POOL_PARENTS, stopped_pool)
+        client.zrem(GPU_WORKERS_READY, stopped_pool)
+        client.zrem(liveness.STOPPED_POOLS, stopped_pool)
+        client.close()
+
+
 def test_a_hung_workers_jobs_are_released_without_spending_an_attempt(quiet):
     """Issue 26: a job held by a pool process whose main process stopped reporting in (SIGSTOP,
     a hang), or by a pool process its main saw stopped, goes back to the queue without spending
