@@ -3,6 +3,7 @@ between hosts (issue 26).
 
     python -m benchmarks.cluster --full          # every fault at full size, then the table
     python -m benchmarks.cluster --faults worker-partition --partition 60
+    python -m benchmarks.cluster --faults gpu-pool-stopped,gpu-main-stopped   # SIGSTOP 120 s each
     python -m benchmarks.cluster --scale         # throughput with one and two worker hosts; Postgres per job
     python -m benchmarks.cluster --cleanup       # remove what a killed run left (namespaces, links, processes;
                                                  # it ends a run still going too)
@@ -24,10 +25,11 @@ Every app process gets only the DERMASENTINEL_* variables the Kubernetes manifes
 the small model sizes and short sweeper timings the tests and benchmarks/chaos.py use.
 
 Faults are made with iptables in the namespaces (a partition drops every packet between two
-hosts; loss drops a share at random, both ways) and by killing processes and taking links
-down. This kernel has no `netem` qdisc, so delay comes from a small delaying TCP relay on
-the data host in front of each of its services, always in the path, its delay switched on
-and off at run time (docs/DECISIONS.md, issue 26).
+hosts; loss drops a share at random, both ways), by killing processes and taking links
+down, and by stopping a GPU worker's pool or main process (SIGSTOP) with nothing to restart
+it. This kernel has no `netem` qdisc, so delay comes from a small delaying TCP relay on the
+data host in front of each of its services, always in the path, its delay switched on and
+off at run time (docs/DECISIONS.md, issue 26).
 
 Each fault is counted as benchmarks/chaos.py counts (lost, stuck, duplicated jobs and
 webhook events, missing reports, HTTP 5xx through HAProxy) and timed: recovery is the time
@@ -656,14 +658,19 @@ class ClusterConfig:
     api_down: float = 30.0  # an API host lost, under load
     beat_partition: float = 60.0
     recovery: float = 120.0  # within which everything must be final after the heal
+    stopped: float = 120.0  # a GPU host's pool or main process stopped (SIGSTOP)
+    stop_early: bool = False  # CI: SIGCONT once every job is final (bounded by `stopped`)
+    stop_load: float = 0.0  # seconds of load during the stop (0: most of it)
 
 
 FULL = ClusterConfig()
 CI = ClusterConfig(jobs=8, clients=3, lead=3.0, partition=25.0, degraded=12.0, host_down=15.0, api_down=8.0,
-                   beat_partition=10.0, recovery=90.0)
-# The CI suite's faults (tests/cluster; about 4 minutes with the start): a lost worker host is
+                   beat_partition=10.0, recovery=90.0, stopped=90.0, stop_early=True, stop_load=12.0)
+# The CI suite's faults (tests/cluster; about 5.5 minutes with the start): a lost worker host is
 # much like a partitioned one for the jobs it held, so it runs in the benchmark only.
-CI_FAULTS = ("worker-partition", "api-host-lost", "data-link", "beat-partition")
+CI_FAULTS = ("worker-partition", "api-host-lost", "data-link", "beat-partition", "gpu-pool-stopped",
+             "gpu-main-stopped")
+STOP_TARGET_S = 90.0  # every job accepted before or during a stop is final within this of the stop
 
 
 @dataclass
@@ -700,7 +707,9 @@ class ClusterRun(Run):
     def fault_length(self) -> float:
         c = self.cluster_config
         return {"worker-partition": c.partition, "data-link": c.degraded, "worker-host-lost": c.host_down,
-                "api-host-lost": c.api_down, "beat-partition": c.beat_partition}.get(self.fault, 10.0)
+                "api-host-lost": c.api_down, "beat-partition": c.beat_partition,
+                "gpu-pool-stopped": c.stop_load or c.stopped, "gpu-main-stopped": c.stop_load or c.stopped,
+                }.get(self.fault, 10.0)
 
     def execute(self) -> ClusterResult:
         config, result = self.config, self.result
@@ -871,12 +880,191 @@ def beat_partition(run: ClusterRun) -> float:
     return healed
 
 
+# ---------------------------------------------------------------- a stopped GPU worker (SIGSTOP)
+
+
+def gpu_main(cluster: Cluster, host: str) -> psutil.Process:
+    """The GPU worker's main process on `host`: the one whose heartbeat file is there
+    (shared.liveness), i.e. the process that reads the broker; its children are the pool."""
+    from shared.liveness import FILE_PREFIX, heartbeat_dir, pid_alive
+
+    folder = heartbeat_dir(cluster.work_dir / host / "data")
+    pids = [int(path.name[len(FILE_PREFIX):]) for path in folder.glob(f"{FILE_PREFIX}*")
+            if path.name[len(FILE_PREFIX):].isdigit()]
+    alive = [pid for pid in pids if pid_alive(pid)]
+    if len(alive) != 1:
+        raise RuntimeError(f"expected one GPU worker main process on {host}, found {alive}")
+    return psutil.Process(alive[0])
+
+
+def _stop_rows(run: ClusterRun) -> list[tuple]:
+    """(id, status, claimed_by, attempt, transient_retries, created_at, completed_at) of this run's jobs."""
+    with psycopg.connect(run.cluster.dsn, connect_timeout=3) as conn:
+        return conn.execute(
+            "SELECT id::text, status, claimed_by, attempt, transient_retries, extract(epoch FROM created_at)::float8, "
+            "extract(epoch FROM completed_at)::float8 FROM analyses WHERE external_id LIKE %s",
+            (run.prefix + "-%",),
+        ).fetchall()
+
+
+def _transitions(run: ClusterRun) -> list[tuple]:
+    """(analysis id, status, stage, epoch seconds) of this run's jobs, in commit order."""
+    with psycopg.connect(run.cluster.dsn, connect_timeout=3) as conn:
+        return conn.execute(
+            "SELECT t.analysis_id::text, t.status, t.stage, extract(epoch FROM t.at)::float8 "
+            "FROM analysis_transitions t JOIN analyses a ON a.id = t.analysis_id "
+            "WHERE a.external_id LIKE %s ORDER BY t.id",
+            (run.prefix + "-%",),
+        ).fetchall()
+
+
+def _bare_readyz(cluster: Cluster, host: str = "api1") -> int:
+    """The API host's own readiness, bare (every check required, GPU workers included)."""
+    try:
+        return httpx.get(f"http://{cluster.hosts[host].address}:{API_PORT}/readyz", timeout=8).status_code
+    except httpx.HTTPError:
+        return 0
+
+
+def _readiness_without_gpu_workers(run: ClusterRun, stop: Callable[[], None], resume: Callable[[], None]) -> None:
+    """Every GPU worker stopped (`stop`): an API host's bare /readyz must say not ready (the
+    census counts no stopped worker), while HAProxy (whose probe leaves GPU workers optional)
+    keeps both API hosts; then `resume`, and ready again."""
+    cluster, extra = run.cluster, run.result.extra
+    stop()
+    stopped = time.monotonic()
+    try:
+        while time.monotonic() < stopped + 45 and _bare_readyz(cluster) == 200:
+            time.sleep(0.5)
+        extra["readyz_not_ready_after_s"] = time.monotonic() - stopped if _bare_readyz(cluster) != 200 else float("inf")
+        extra["api_hosts_in_rotation_meanwhile"] = float(cluster.backends_up())
+    finally:
+        resume()
+    resumed = time.monotonic()
+    while time.monotonic() < resumed + 45 and _bare_readyz(cluster) != 200:
+        time.sleep(0.5)
+    extra["readyz_ready_again_s"] = time.monotonic() - resumed if _bare_readyz(cluster) == 200 else float("inf")
+
+
+def _signal_all(processes: list[psutil.Process], sig: signal.Signals) -> None:
+    for process in processes:
+        try:
+            process.send_signal(sig)
+        except psutil.NoSuchProcess:
+            pass
+
+
+def _stop_gpu_worker(run: ClusterRun, part: str) -> float:
+    """gpu1's pool processes (`part` "pool") or its main process ("main") stopped with SIGSTOP
+    while it holds jobs, for `stopped` seconds (CI: until every job accepted so far is final,
+    at most that long), then SIGCONT. Nothing helps: no supervisor restarts anything (the
+    cluster is Kubernetes-like; its liveness probe would restart the main after 60 s, the
+    pool is invisible to it); the sweeper's census must release the held jobs to gpu2, without
+    spending their attempt. Afterwards the stopped process's late writes must be fenced off."""
+    cluster, config, extra = run.cluster, run.cluster_config, run.result.extra
+    main = gpu_main(cluster, "gpu1")
+    victims = main.children() if part == "pool" else [main]
+    run.wait_for(lambda: _holds_jobs(run, "gpu1"), 60, "a job held by gpu1")
+    held = {row[0] for row in _stop_rows(run) if row[1] == "processing" and f"{cluster.name}-gpu1" in (row[2] or "")}
+    _signal_all(victims, signal.SIGSTOP)
+    stopped_at, stopped = time.time(), time.monotonic()
+    run.result.notes.append(f"stopped gpu1's {part} (pid {', '.join(str(v.pid) for v in victims)})")
+    try:
+        while time.monotonic() < stopped + config.stopped:
+            if config.stop_early and all(sub.analysis_id for sub in run.load.submissions) and all(
+                    row[1] in FINAL for row in _stop_rows(run)):
+                break
+            time.sleep(0.5)
+        if part == "main":
+            # The only GPU worker left stopped too: nothing can analyse, so not ready.
+            other = gpu_main(cluster, "gpu2")
+            _readiness_without_gpu_workers(run, lambda: _signal_all([other], signal.SIGSTOP),
+                                           lambda: _signal_all([other], signal.SIGCONT))
+        else:
+            others = gpu_main(cluster, "gpu2").children()
+            _readiness_without_gpu_workers(run, lambda: _signal_all(others, signal.SIGSTOP),
+                                           lambda: _signal_all(others, signal.SIGCONT))
+    finally:
+        _signal_all(victims, signal.SIGCONT)
+    resumed, resumed_at = time.monotonic(), time.time()
+    stop_s = resumed - stopped
+
+    def finish() -> None:
+        # Let the resumed process try its late writes (its pass, its outcomes) before counting.
+        time.sleep(max(0.0, resumed + 6.0 - time.monotonic()))
+        after = _stop_rows(run)
+        transitions = _transitions(run)
+        accepted_by_resume = [r for r in after if r[5] <= resumed_at]
+        final_ids = {r[0] for r in after if r[1] in FINAL}
+        by_id = {r[0]: r for r in after}
+        extra["held_at_stop"] = float(len(held))
+        extra["held_finished_by_gpu2"] = float(sum(
+            1 for i in held if by_id[i][1] in FINAL and f"{cluster.name}-gpu2" in (by_id[i][2] or "")))
+        extra["held_released_without_attempt"] = float(sum(1 for i in held if by_id[i][4] > 0))
+        extra["attempts_spent_max"] = float(max((r[3] - r[4] for r in after if r[1] in FINAL), default=0))
+        releases = [at for i, status, _, at in transitions if i in held and status == "queued" and at > stopped_at]
+        pickups = [at for i, status, _, at in transitions
+                   if i in held and status == "processing" and at > (min(releases) if releases else stopped_at)]
+        extra["release_after_stop_s"] = (max(releases) - stopped_at) if releases else float("inf")
+        extra["held_picked_up_after_stop_s"] = (max(pickups) - stopped_at) if pickups else float("inf")
+        if part == "main" and not releases:
+            # gpu1's pool process went on with what it held (its main only reads the broker).
+            extra["release_after_stop_s"] = extra["held_picked_up_after_stop_s"] = 0.0
+        # Each job accepted before the SIGCONT: final within this of the stop, or of its
+        # acceptance when it came later (a job accepted 100 s into the stop cannot be final
+        # 90 s after the stop began; what matters is that the stop did not hold it).
+        waits = [r[6] - max(r[5], stopped_at) if r[6] is not None else float("inf") for r in accepted_by_resume]
+        extra["worst_final_after_stop_s"] = max(waits, default=0.0)
+        before = [r[6] for r in accepted_by_resume if r[5] <= stopped_at]
+        extra["accepted_before_final_after_stop_s"] = (
+            max(before) - stopped_at if before and None not in before else float("inf") if before else 0.0)
+        extra["held_final_after_stop_s"] = max(
+            (by_id[i][6] - stopped_at if by_id[i][6] is not None else float("inf") for i in held), default=0.0)
+        during = sorted(r[6] - r[5] for r in accepted_by_resume if r[5] > stopped_at and r[6] is not None)
+        if during:
+            extra["accepted_during_n"] = float(len(during))
+            extra["accepted_during_latency_p50_s"] = during[len(during) // 2]
+            extra["accepted_during_latency_max_s"] = during[-1]
+        extra["stopped_s"] = stop_s
+        # Fencing: after a job's first final state nothing changes its status or stage again.
+        first_final: dict[str, float] = {}
+        late = 0
+        for i, status, _, at in transitions:
+            if i in first_final:
+                late += 1
+            elif status in FINAL:
+                first_final[i] = at
+        extra["changes_after_final"] = float(late)
+        # Where each held job's time went (for a miss: which host claimed it, when each stage came).
+        for i in sorted(held):
+            steps = [f"{status}{'/' + stage if stage else ''}@{at - stopped_at:+.1f}s"
+                     for j, status, stage, at in transitions if j == i and at > stopped_at - 5]
+            run.result.details.append(f"held {i} (finished by {by_id[i][2]}): {', '.join(steps)}")
+        missing = {r[0] for r in accepted_by_resume} - final_ids
+        run.result.details += [f"not final: {i}" for i in sorted(missing)]
+
+    run.finishers.append(finish)
+    return resumed
+
+
+def gpu_pool_stopped(run: ClusterRun) -> float:
+    """gpu1's pool process stopped (SIGSTOP) while it holds jobs; its main goes on reporting in."""
+    return _stop_gpu_worker(run, "pool")
+
+
+def gpu_main_stopped(run: ClusterRun) -> float:
+    """gpu1's main process (the one that reads the broker) stopped (SIGSTOP) while it holds jobs."""
+    return _stop_gpu_worker(run, "main")
+
+
 FAULTS: dict[str, Callable[[ClusterRun], float]] = {
     "worker-partition": worker_partition,
     "data-link": data_link,
     "worker-host-lost": worker_host_lost,
     "api-host-lost": api_host_lost,
     "beat-partition": beat_partition,
+    "gpu-pool-stopped": gpu_pool_stopped,
+    "gpu-main-stopped": gpu_main_stopped,
 }
 
 

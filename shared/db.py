@@ -47,7 +47,29 @@ def make_engine(settings: Settings, **kwargs: Any) -> Engine:
     if settings.database_url.startswith("postgresql"):
         options["connect_args"] = postgres_connect_args(settings)
     options.update(kwargs)
-    return create_engine(settings.database_url, **options)
+    engine = create_engine(settings.database_url, **options)
+    if settings.database_url.startswith("postgresql"):
+        event.listen(engine, "checkout", _name_connection)
+    return engine
+
+
+def _name_connection(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+    """Issue 26: a GPU pool process's connections carry its worker id (``gpu@host:pid``) as
+    ``application_name``, so that the sweeper can end the open transaction of a pool process
+    the kernel shows as stopped: its row locks would otherwise hold the job (and the sweeper
+    waiting on them) until the server's idle-in-transaction timeout."""
+    from shared.jobs import worker_identity
+
+    identity = worker_identity()
+    if identity is None or record.info.get("application_name") == identity:
+        return
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("SELECT set_config('application_name', %s, false)", (identity[:63],))
+    finally:
+        cursor.close()
+    dbapi_connection.commit()  # a session setting: kept only once its transaction commits
+    record.info["application_name"] = identity
 
 
 def postgres_connect_args(settings: Settings) -> dict:

@@ -214,20 +214,27 @@ def gpu_worker_census(client: redis.Redis, within_seconds: float) -> tuple[list[
         ready_raw, broken_raw = pipe.execute()
     ready, broken = [m.decode() for m in ready_raw], [m.decode() for m in broken_raw]
     stale = liveness.stale_mains(client, within_seconds)
-    if not stale:
+    stopped = liveness.stopped_pools(client, within_seconds)
+    if not stale and not stopped:
         return ready, broken
-    parent = liveness.parents(client, ready + broken)
-    return [w for w in ready if parent.get(w) not in stale], [w for w in broken if parent.get(w) not in stale]
+    parent = liveness.parents(client, ready + broken) if stale else {}
+
+    def live(worker: str) -> bool:
+        return worker not in stopped and parent.get(worker) not in stale
+
+    return [w for w in ready if live(w)], [w for w in broken if live(w)]
 
 
 def hung_gpu_workers(client: redis.Redis, within_seconds: float) -> set[str]:
-    """Pool processes whose main process stopped reporting in: hung or stopped, not dead of a
-    job. Their jobs are released without spending an attempt (issue 26)."""
+    """Pool processes whose main process stopped reporting in (hung or stopped), and pool
+    processes their main saw stopped (SIGSTOP): not dead of a job. Their jobs are released
+    without spending an attempt (issue 26)."""
+    stopped = liveness.stopped_pools(client, within_seconds)
     stale = liveness.stale_mains(client, within_seconds)
     if not stale:
-        return set()
+        return stopped
     found = cast(list[bytes], client.zrange(GPU_WORKERS_READY, 0, -1)) + cast(
         list[bytes], client.zrange(GPU_WORKERS_BROKEN, 0, -1))
     members = [m.decode() for m in found]
     parent = liveness.parents(client, members)
-    return {w for w in members if parent.get(w) in stale}
+    return stopped | {w for w in members if parent.get(w) in stale}

@@ -12,6 +12,11 @@ a heartbeat every ``GPU_HEARTBEAT_SECONDS`` from a thread of its own:
 A stopped (SIGSTOP) or deadlocked-to-the-ground main process stops writing both; a pool
 process of a stopped main still writes its own heartbeat, and used to keep ``/readyz`` at 200
 while nothing read the queue.
+
+The main process also looks at its pool processes at each beat: one the kernel shows as
+stopped (SIGSTOP, a debugger) is recorded in ``dermasentinel:workers:stopped``. A stopped
+process did not hang on its job, so its jobs are released without spending an attempt (a pool
+process that merely went silent may have died of its job, and still spends one).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import redis.exceptions
 
 WORKER_MAINS = "dermasentinel:workers:main"
 POOL_PARENTS = "dermasentinel:workers:parent"  # hash: pool process id → its main's id
+STOPPED_POOLS = "dermasentinel:workers:stopped"  # sorted set: pool process id, score when last seen stopped
 HEARTBEAT_DIR = "heartbeats"
 FORGET_AFTER_SECONDS = 3600.0  # a main gone this long leaves the census
 FILE_PREFIX = "worker-"
@@ -86,6 +92,34 @@ def stale_mains(client: redis.Redis, within_seconds: float) -> set[str]:
     return {m.decode() for m in found}
 
 
+def stopped_pools(client: redis.Redis, within_seconds: float) -> set[str]:
+    """Pool processes their main process saw stopped (state T) within the window."""
+    since = time.time() - within_seconds
+    found = cast(list[bytes], client.zrangebyscore(STOPPED_POOLS, since, "+inf"))
+    return {m.decode() for m in found}
+
+
+def children(pid: int) -> list[int]:
+    """The child processes of `pid` (Linux: /proc/PID/task/*/children; else none)."""
+    found: list[int] = []
+    for listing in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            found += [int(word) for word in listing.read_text().split()]
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def is_stopped(pid: int) -> bool:
+    """Whether the kernel shows the process as stopped (SIGSTOP/SIGTSTP: T; a debugger: t)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    fields = stat.rsplit(")", 1)[-1].split()
+    return bool(fields) and fields[0] in ("T", "t")
+
+
 def parents(client: redis.Redis, pool_ids: list[str]) -> dict[str, str]:
     if not pool_ids:
         return {}
@@ -105,6 +139,8 @@ class MainHeartbeat:
         self.path = heartbeat_file(data_dir, os.getpid())
         self.member = main_id(node, os.getpid())
         self.interval = interval
+        self.node = node
+        self._stopped: set[str] = set()  # pool processes recorded as stopped, until they run again
         self._stop = threading.Event()
 
     def start(self) -> None:
@@ -122,12 +158,19 @@ class MainHeartbeat:
             self.path.touch()
         except OSError:
             pass  # the Redis entry still says it
+        stopped = {main_id(self.node, pid) for pid in children(os.getpid()) if is_stopped(pid)}
         try:
             now = time.time()
             with self.client.pipeline(transaction=False) as pipe:
                 pipe.zadd(WORKER_MAINS, {self.member: now})
                 pipe.zremrangebyscore(WORKER_MAINS, "-inf", now - FORGET_AFTER_SECONDS)
+                if stopped:
+                    pipe.zadd(STOPPED_POOLS, dict.fromkeys(stopped, now))
+                if self._stopped - stopped:  # running again (SIGCONT) or gone
+                    pipe.zrem(STOPPED_POOLS, *(self._stopped - stopped))
+                pipe.zremrangebyscore(STOPPED_POOLS, "-inf", now - FORGET_AFTER_SECONDS)
                 pipe.execute()
+            self._stopped = stopped
         except redis.exceptions.RedisError:
             pass  # retried at the next beat
 

@@ -17,10 +17,12 @@ from datetime import datetime, timedelta
 
 import redis.exceptions
 from celery import Celery
-from sqlalchemy import select
+from psycopg.errors import LockNotAvailable
+from sqlalchemy import select, text
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from shared import lifecycle
+from shared import lifecycle, liveness
 from shared.clock import utcnow
 from shared.context import AppContext
 from shared.db import session_scope
@@ -38,6 +40,7 @@ from shared.tables import Analysis
 
 log = logging.getLogger(__name__)
 RESEND_LIMIT = 200
+RELEASE_LOCK_TIMEOUT_MS = 2000  # the longest a release waits on a job's row lock
 
 
 def broker_queue_length(context: AppContext, queue: str) -> int:
@@ -62,18 +65,22 @@ def live_gpu_workers(context: AppContext) -> list[str] | None:
     return ready + broken
 
 
-def _held_by_hung_workers(context: AppContext, session: Session, ids: list[uuid.UUID]) -> set[uuid.UUID]:
-    """Of these jobs, those held by a pool process whose main process stopped reporting in."""
-    if not ids:
-        return set()
+def _hung_workers(context: AppContext) -> tuple[set[str], set[str]]:
+    """(hung, stopped): pool processes whose main stopped reporting in or that their main saw
+    stopped; and the latter alone. Empty when Redis cannot say."""
     client = broker_redis(context.settings)
     try:
-        hung = hung_gpu_workers(client, heartbeat_window(context.settings))
+        window = heartbeat_window(context.settings)
+        return hung_gpu_workers(client, window), liveness.stopped_pools(client, window)
     except redis.exceptions.RedisError:
-        return set()
+        return set(), set()
     finally:
         client.close()
-    if not hung:
+
+
+def _held_by_hung_workers(session: Session, ids: list[uuid.UUID], hung: set[str]) -> set[uuid.UUID]:
+    """Of these jobs, those held by a hung pool process."""
+    if not ids or not hung:
         return set()
     rows = session.execute(
         select(Analysis.id).where(Analysis.id.in_(ids), Analysis.claimed_by.in_(sorted(hung)))
@@ -97,7 +104,21 @@ def sweep(context: AppContext) -> dict[str, int]:
         counts["expired"] = len(lifecycle.expire_due(session, context.celery, settings, now, limit=RESEND_LIMIT * 5))
 
     live = live_gpu_workers(context)
+    hung_workers, stopped = _hung_workers(context)
+    if stopped:
+        # Issue 26: a stopped pool process's open transaction holds its rows' locks: ended
+        # first, or the release below would wait on them until the process runs again.
+        try:
+            with session_scope(context.session_factory) as session:
+                ended = lifecycle.end_transactions_of(session, stopped)
+            if ended:
+                log.warning("ended %d open transaction(s) of stopped worker process(es) %s", ended, sorted(stopped))
+        except SQLAlchemyError as exc:
+            log.warning("could not end the transactions of stopped workers (%s)", type(exc).__name__)
     with session_scope(context.session_factory) as session:
+        # Never wait long on a job's row: a lock held by a process that does not run (stopped,
+        # hung) would stop every sweep duty with it. A job whose row is busy is tried next pass.
+        session.execute(text(f"SET LOCAL lock_timeout = '{RELEASE_LOCK_TIMEOUT_MS}ms'"))
         held = lifecycle.stale_claims(session, cutoff)
         if live is not None:
             # A worker that stopped reporting in is gone: its jobs need not wait out the
@@ -105,14 +126,23 @@ def sweep(context: AppContext) -> dict[str, int]:
             orphan_cutoff = now - timedelta(seconds=2 * heartbeat_window(settings))
             seen = {c.analysis_id for c in held}
             held += [c for c in lifecycle.orphaned_claims(session, live, orphan_cutoff) if c.analysis_id not in seen]
-        hung = _held_by_hung_workers(context, session, [c.analysis_id for c in held])
+        hung = _held_by_hung_workers(session, [c.analysis_id for c in held], hung_workers)
         for claim in held:
-            # Issue 26: a job whose worker's main process hung (stopped, deadlocked) did not
-            # cause it: released without spending an attempt.
-            outcome = lifecycle.release_claim(
-                session, context.celery, settings, claim, reason="the worker processing it stopped responding",
-                transient=claim.analysis_id in hung,
-            )
+            # Issue 26: a job whose worker's main process hung (stopped, deadlocked), or whose
+            # pool process was stopped, did not cause it: released without spending an attempt,
+            # and woken at once (no backoff: the hang was the worker's, and others are there).
+            is_hung = claim.analysis_id in hung
+            try:
+                with session.begin_nested():
+                    outcome = lifecycle.release_claim(
+                        session, context.celery, settings, claim,
+                        reason="the worker processing it stopped responding", transient=is_hung, backoff=not is_hung,
+                    )
+            except OperationalError as exc:
+                if not isinstance(exc.orig, LockNotAvailable):
+                    raise
+                log.warning("job %s is locked by another transaction; released at a later sweep", claim.analysis_id)
+                continue
             if outcome == "queued":
                 counts["requeued"] += 1
             elif outcome == "failed":

@@ -58,6 +58,7 @@ from shared.lifecycle.states import ACTIVE, CANCEL_BATCH, CANCEL_EXPIRED, CANCEL
 from shared.lifecycle.sweeps import (  # noqa: F401
     ask_again,
     due_retries,
+    end_transactions_of,
     missing_reports,
     orphaned_claims,
     report_settled,

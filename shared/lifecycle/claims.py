@@ -227,11 +227,14 @@ def release_claim(
     *,
     reason: str,
     transient: bool = False,
+    backoff: bool = True,
 ) -> str | None:
     """Give a claimed job back after an error. An infrastructure error (``transient``) does
-    not spend the job's attempt: the job waits out a backoff and the sweeper wakes it. An
-    error the job may have caused re-queues it at once, or fails it once it has used
-    ``MAX_ATTEMPTS``. Returns the new status, or None when the claim was fenced off."""
+    not spend the job's attempt: the job waits out a backoff and the sweeper wakes it
+    (``backoff=False``: woken at once, for a job whose worker hung, since another worker is
+    there to take it). An error the job may have caused re-queues it at once, or fails it
+    once it has used ``MAX_ATTEMPTS``. Returns the new status, or None when the claim was
+    fenced off."""
     retries = session.execute(
         select(Analysis.transient_retries).where(_fenced(claim)).with_for_update()
     ).scalar_one_or_none()
@@ -239,7 +242,7 @@ def release_claim(
         return None
     now = utcnow()
     if transient and retries < settings.max_transient_retries:
-        session.execute(
+        released = session.execute(
             update(Analysis)
             .where(_fenced(claim))
             .values(
@@ -247,12 +250,15 @@ def release_claim(
                 stage=None,
                 heartbeat_at=None,
                 transient_retries=retries + 1,
-                not_before=now + timedelta(seconds=transient_delay(settings, retries + 1)),
+                not_before=now + timedelta(seconds=transient_delay(settings, retries + 1)) if backoff else None,
                 enqueued_at=now,
                 updated_at=now,
             )
-            .execution_options(synchronize_session=False)
-        )
+            .returning(Analysis)
+            .execution_options(synchronize_session=False, populate_existing=True)
+        ).scalar_one()
+        if not backoff:
+            requeue(session, celery, released)
         return AnalysisStatus.queued.value
     spent = claim.attempt - retries
     if transient or spent >= settings.max_attempts:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
 from shared.clock import utcnow
@@ -113,3 +113,24 @@ def waiting_since(session: Session, priority: str, enqueued_before: datetime, li
             .with_for_update(skip_locked=True)
         ).scalars()
     )
+
+
+def end_transactions_of(session: Session, workers: set[str], idle_seconds: float = 5.0) -> int:
+    """Issue 26: end the transactions left open by these worker processes (pool processes the
+    kernel shows as stopped), idle for at least ``idle_seconds``. A stopped process's open
+    transaction keeps its row locks until the server's idle-in-transaction timeout (10 min
+    for workers): the job it held could not be released, and the sweeper's release waited on
+    the lock, every other sweep duty with it. Their connections are named for the worker
+    (``shared.db``); the server rolls the transaction back. Returns how many were ended."""
+    if not workers:
+        return 0
+    rows = session.execute(
+        text(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid() AND application_name = ANY(:names) "
+            "AND state IN ('idle in transaction', 'idle in transaction (aborted)') "
+            "AND state_change < now() - make_interval(secs => :idle)"
+        ),
+        {"names": sorted(w[:63] for w in workers), "idle": idle_seconds},
+    ).all()
+    return sum(1 for (ended,) in rows if ended)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.cluster import CI, CI_FAULTS, run_fault
+from benchmarks.cluster import CI, CI_FAULTS, STOP_TARGET_S, run_fault
 
 RECOVERY_TARGET_S = 60.0
 
@@ -40,6 +40,25 @@ def test_the_cluster_recovers_from(fault, cluster, record):
         assert result.extra["sweeps_in_window_after_heal"] <= 2 * result.extra["sweeps_expected_in_window"] + 2, (
             result.extra
         )
+    if fault in ("gpu-pool-stopped", "gpu-main-stopped"):
+        # A GPU worker stopped (SIGSTOP) with jobs in hand, nothing restarting it: every job
+        # accepted before the SIGCONT is final within 90 s of the stop (or of its acceptance,
+        # when later), none spent an attempt on the hang, and the resumed process changed
+        # nothing (its late writes fenced off).
+        extra = result.extra
+        assert extra["attempts_spent_max"] == 1, described
+        assert extra["changes_after_final"] == 0, described
+        if fault == "gpu-pool-stopped":
+            # The stopped pool process's jobs went back (no attempt spent) and gpu2 finished them.
+            assert extra["held_at_stop"] >= 1, described
+            assert extra["held_finished_by_gpu2"] == extra["held_at_stop"], described
+            assert extra["held_released_without_attempt"] == extra["held_at_stop"], described
+        # With every GPU worker stopped the API host's bare /readyz says not ready (the census
+        # counts no stopped worker) while HAProxy, whose probe leaves them optional, keeps both.
+        assert extra["readyz_not_ready_after_s"] <= 30, described
+        assert extra["api_hosts_in_rotation_meanwhile"] == 2, described
+        assert extra["readyz_ready_again_s"] <= 30, described
+        assert extra["worst_final_after_stop_s"] <= STOP_TARGET_S, described
     if fault == "api-host-lost":
         # HAProxy has both hosts again.
         assert cluster.backends_up() == 2

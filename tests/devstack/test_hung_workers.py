@@ -91,3 +91,46 @@ def test_pool_processes_of_a_stopped_main_leave_the_census_and_count_as_hung(ser
                 pipe.zrem(key, live_pool, stopped_pool, orphan)
             pipe.execute()
         client.close()
+
+
+def test_a_main_process_reports_its_stopped_pool_process_and_the_census_drops_it(services, tmp_path):
+    """A pool process stopped with SIGSTOP while its main lives on: the main's next beat records
+    it as stopped (from the kernel's process state), so the census stops counting it at once and
+    the sweeper takes it for hung (its jobs go back without spending an attempt); after SIGCONT
+    the next beat forgets it."""
+    import subprocess
+
+    client = redis.Redis.from_url(services["broker_url"])
+    node = f"gpu@issue26-{uuid.uuid4().hex[:6]}"
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # a pool process of ours
+    pool = liveness.main_id(node, child.pid)
+    heartbeat = liveness.MainHeartbeat(client, tmp_path, node, 5.0)
+    try:
+        liveness.record_parent(client, pool, heartbeat.member)
+        report_gpu_worker(client, pool, ready=True)  # it reported in just before it was stopped
+        heartbeat.beat()
+        assert pool in gpu_worker_census(client, 15)[0] and pool not in hung_gpu_workers(client, 15)
+        os.kill(child.pid, signal.SIGSTOP)
+        deadline = time.monotonic() + 5
+        while not liveness.is_stopped(child.pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        heartbeat.beat()
+        assert pool not in gpu_worker_census(client, 15)[0]
+        assert pool in hung_gpu_workers(client, 15)
+        os.kill(child.pid, signal.SIGCONT)
+        deadline = time.monotonic() + 5
+        while liveness.is_stopped(child.pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        heartbeat.beat()
+        assert pool in gpu_worker_census(client, 15)[0] and pool not in hung_gpu_workers(client, 15)
+    finally:
+        child.kill()
+        child.wait()
+        heartbeat.stop()
+        with client.pipeline() as pipe:
+            pipe.hdel(liveness.POOL_PARENTS, pool)
+            pipe.zrem(liveness.STOPPED_POOLS, pool)
+            for key in ("dermasentinel:gpu-workers:ready", "dermasentinel:gpu-workers:broken"):
+                pipe.zrem(key, pool)
+            pipe.execute()
+        client.close()

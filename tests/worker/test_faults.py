@@ -425,10 +425,61 @@ def test_a_gpu_worker_whose_models_cannot_load_says_so_and_does_not_loop(isolate
         process.stop(grace=15)
 
 
+def test_a_stopped_pool_process_holding_its_jobs_row_lock_does_not_hold_the_sweeper(quiet):
+    """Issue 26, measured in the cluster: a pool process stopped between a write to its job's
+    row and the commit keeps the row locked (for the server's 10-minute idle-in-transaction
+    timeout); the sweeper's release waited on that lock, and every other sweep duty with it,
+    until the process ran again. Now the sweeper ends the open transaction of a pool process
+    its main saw stopped (its connections carry its worker id) and releases the job at once."""
+    import psycopg
+
+    from shared import liveness
+
+    context, tenant_id = quiet
+    settings = context.settings
+    window = heartbeat_window(settings)
+    node = f"gpu@issue26-{uuid.uuid4().hex[:6]}"
+    main, stopped_pool = liveness.main_id(node, 1), f"{node}:12"
+    client = broker_redis(settings)
+    analysis_id = _queued_row(context, tenant_id)
+    dsn = settings.database_url.replace("postgresql+psycopg://", "postgresql://")
+    holder = psycopg.connect(dsn, application_name=stopped_pool)
+    try:
+        now = time.time()
+        client.zadd(liveness.WORKER_MAINS, {main: now})
+        liveness.record_parent(client, stopped_pool, main)
+        client.zadd(GPU_WORKERS_READY, {stopped_pool: now - 10 * window})
+        client.zadd(liveness.STOPPED_POOLS, {stopped_pool: now})
+        _claim_now(context, analysis_id)
+        with session_scope(context.session_factory) as session:
+            session.execute(update(Analysis).where(Analysis.id == analysis_id).values(
+                claimed_by=stopped_pool, heartbeat_at=utcnow() - timedelta(seconds=2 * window + 1)))
+        # The stopped process's last write, never committed: the row stays locked.
+        holder.execute("UPDATE analyses SET stage = 'classification' WHERE id = %s", (analysis_id,))
+        time.sleep(5.5)  # idle in transaction past the sweeper's 5 s
+        started = time.monotonic()
+        sweep(context)
+        assert time.monotonic() - started < 10, "the sweep waited on the stopped process's lock"
+        row = _row(context, analysis_id)
+        assert (row.status, row.transient_retries, row.not_before) == ("queued", 1, None)
+        with pytest.raises(psycopg.OperationalError):  # its transaction was ended, rolled back
+            holder.execute("SELECT 1")
+    finally:
+        holder.close()
+        with session_scope(context.session_factory) as session:
+            session.execute(update(Analysis).where(Analysis.id == analysis_id).values(status="canceled"))
+        client.zrem(liveness.WORKER_MAINS, main)
+        client.hdel(liveness.POOL_PARENTS, stopped_pool)
+        client.zrem(GPU_WORKERS_READY, stopped_pool)
+        client.zrem(liveness.STOPPED_POOLS, stopped_pool)
+        client.close()
+
+
 def test_a_hung_workers_jobs_are_released_without_spending_an_attempt(quiet):
     """Issue 26: a job held by a pool process whose main process stopped reporting in (SIGSTOP,
-    a hang) goes back to the queue without spending an attempt; one whose own pool process went
-    silent while its main lives on still spends one (it may have died of the job)."""
+    a hang), or by a pool process its main saw stopped, goes back to the queue without spending
+    an attempt and is woken at once (no backoff: the hang was the worker's); one whose own pool
+    process went silent while its main lives on still spends one (it may have died of the job)."""
     from shared import liveness
 
     context, tenant_id = quiet
@@ -436,7 +487,7 @@ def test_a_hung_workers_jobs_are_released_without_spending_an_attempt(quiet):
     window = heartbeat_window(settings)
     node = f"gpu@issue26-{uuid.uuid4().hex[:6]}"
     hung_main, live_main = liveness.main_id(node, 1), liveness.main_id(node, 2)
-    hung_pool, dead_pool = f"{node}:11", f"{node}:21"
+    hung_pool, dead_pool, stopped_pool = f"{node}:11", f"{node}:21", f"{node}:22"
     long_ago = utcnow() - timedelta(seconds=2 * window + 1)
     client = broker_redis(settings)
     ids = {}
@@ -445,9 +496,12 @@ def test_a_hung_workers_jobs_are_released_without_spending_an_attempt(quiet):
         client.zadd(liveness.WORKER_MAINS, {hung_main: now - 10 * window, live_main: now})
         liveness.record_parent(client, hung_pool, hung_main)
         liveness.record_parent(client, dead_pool, live_main)
+        liveness.record_parent(client, stopped_pool, live_main)
         report_gpu_worker(client, hung_pool, ready=True)  # its pool process still reports in
         client.zadd(GPU_WORKERS_READY, {dead_pool: now - 10 * window})  # this one went silent
-        for owner in (hung_pool, dead_pool):
+        client.zadd(GPU_WORKERS_READY, {stopped_pool: now - 10 * window})  # and this one, stopped:
+        client.zadd(liveness.STOPPED_POOLS, {stopped_pool: now})  # its main saw it in state T
+        for owner in (hung_pool, dead_pool, stopped_pool):
             analysis_id = _queued_row(context, tenant_id)
             _claim_now(context, analysis_id)
             with session_scope(context.session_factory) as session:
@@ -456,12 +510,16 @@ def test_a_hung_workers_jobs_are_released_without_spending_an_attempt(quiet):
             ids[owner] = analysis_id
         sweep(context)
         hung, dead = _row(context, ids[hung_pool]), _row(context, ids[dead_pool])
+        stopped = _row(context, ids[stopped_pool])
         assert hung.status == "queued" and hung.transient_retries == 1  # the attempt was given back
+        assert stopped.status == "queued" and stopped.transient_retries == 1
+        assert hung.not_before is None and stopped.not_before is None  # claimable now, not after a backoff
         assert dead.status == "queued" and dead.transient_retries == 0  # the attempt counts
     finally:
         with session_scope(context.session_factory) as session:
             session.execute(update(Analysis).where(Analysis.id.in_(list(ids.values()))).values(status="canceled"))
         client.zrem(liveness.WORKER_MAINS, hung_main, live_main)
-        client.hdel(liveness.POOL_PARENTS, hung_pool, dead_pool)
-        client.zrem(GPU_WORKERS_READY, hung_pool, dead_pool)
+        client.hdel(liveness.POOL_PARENTS, hung_pool, dead_pool, stopped_pool)
+        client.zrem(GPU_WORKERS_READY, hung_pool, dead_pool, stopped_pool)
+        client.zrem(liveness.STOPPED_POOLS, stopped_pool)
         client.close()
