@@ -30,7 +30,9 @@ Scalpel checkpoint is written so the U-Net runs; nothing is downloaded), on 1024
    decode+resize units: the CPU time of decoding one of the run's 1024 x 768 JPEGs (Pillow,
    RGB) and resizing it to SEG_SIZE (OpenCV, area), one thread, measured in the same run. The
    networks' own CPU is replayed in this process on the window's batch sizes and shown apart;
-   "host cost" is the rest (target <= 6 units at 64 px).
+   the rest is the whole-stack host cost; the analysis worker's own share of it (both its
+   processes, the networks' replay taken off) is issue 27's "host cost" (target <= 6 units
+   at 64 px), printed on its own line; section 3's pipeline host cost is printed in units too.
 
 On a CUDA machine ``--device cuda --backends torch --autocast fp16 --batch-sizes 1 2 4 ... 64``
 also prints peak GPU memory per batch size (see benchmarks/gpu.sh).
