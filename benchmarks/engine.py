@@ -30,7 +30,9 @@ Scalpel checkpoint is written so the U-Net runs; nothing is downloaded), on 1024
    decode+resize units: the CPU time of decoding one of the run's 1024 x 768 JPEGs (Pillow,
    RGB) and resizing it to SEG_SIZE (OpenCV, area), one thread, measured in the same run. The
    networks' own CPU is replayed in this process on the window's batch sizes and shown apart;
-   "host cost" is the rest (target <= 6 units at 64 px).
+   the rest is the whole-stack host cost; the analysis worker's own share of it (both its
+   processes, the networks' replay taken off) is issue 27's "host cost" (target <= 6 units
+   at 64 px), printed on its own line; section 3's pipeline host cost is printed in units too.
 
 On a CUDA machine ``--device cuda --backends torch --autocast fp16 --batch-sizes 1 2 4 ... 64``
 also prints peak GPU memory per batch size (see benchmarks/gpu.sh).
@@ -155,18 +157,21 @@ def _run(args: argparse.Namespace, model_dir: Path, cache: Path, scratch: Path) 
     print("\n3. host cost per image, networks excluded (stub backend, one thread)", flush=True)
     host = _host_cost(next(iter(pipelines.values())), jpegs)
     numbers.update(host)
+    units = [_decode_resize_unit(jpegs, args.seg_size)]
     print(f"   prepare (decode, quality, network inputs): {host['host_prepare_ms']:6.1f} ms wall "
           f"{host['host_prepare_cpu_ms']:6.1f} ms CPU", flush=True)
     print(f"   complete (ABCD, ITA, mask + overlay):      {host['host_complete_ms']:6.1f} ms wall "
           f"{host['host_complete_cpu_ms']:6.1f} ms CPU", flush=True)
     print(f"   total:                                     {host['host_ms']:6.1f} ms wall "
           f"{host['host_cpu_ms']:6.1f} ms CPU  (target <= 30 ms CPU)", flush=True)
+    numbers["host_pipeline_units"] = host["host_cpu_ms"] / 1000 / units[0]
+    print(f"   pipeline host cost = {numbers['host_pipeline_units']:.2f} decode+resize units/img "
+          f"(unit {units[0] * 1000:.2f} ms CPU, see 4b)", flush=True)
     labels = {backend: f"openvino-{precision_of(p)}" if backend == "openvino" else backend
               for backend, p in pipelines.items()}
     del pipelines, timed  # released before `up` starts
 
     window: dict[str, Any] = {}  # the quiet end-to-end window: CPU per process, batch sizes
-    units = [_decode_resize_unit(jpegs, args.seg_size)]
     if not args.no_e2e:
         backend = args.e2e_backend or ("torch" if args.device.startswith("cuda") else "openvino")
         print(f"\n4. end to end through `dermasentinel up` (backend {backend}, {args.images} uploads at once)",
@@ -672,10 +677,16 @@ def _host_cost_units(window: dict[str, Any], units: list[float], networks: float
         idle = window["idle_cpu_per_s"] * window["seconds"]
         print(f"   (the idle stack used {window['idle_cpu_per_s']:.3f} CPU-s/s before the window: "
               f"{idle / images / unit:.2f} units/img of the window's length)", flush=True)
-    print(f"   host cost = {per_image / unit:.2f} decode+resize units per image (target <= 6); "
+    print(f"   whole-stack host cost = {per_image / unit:.2f} decode+resize units per image; "
           f"{per_image * 1000:.1f} ms CPU/img", flush=True)
+    # Issue 27's "host cost": the analysis worker's own CPU per image (both its processes, the
+    # networks' replay taken off); the API, report and io workers are counted above, apart.
+    own = (cpu.get(worker, 0.0) - networks) / images
+    print(f"   analysis worker host cost = {own / unit:.2f} units/img (target <= 6); "
+          f"{own * 1000:.1f} ms CPU/img", flush=True)
     return {"host_unit_ms": unit * 1000, "host_stack_cpu_s": stack, "host_networks_cpu_s": networks,
-            "host_cost_units": per_image / unit, "host_stack_units": stack / images / unit}
+            "host_cost_units": per_image / unit, "host_stack_units": stack / images / unit,
+            "host_worker_units": own / unit}
 
 
 def _read_logs(log_dir: Path) -> list[str]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from celery import Celery
-from sqlalchemy import ColumnElement, Select, and_, or_, select, update
+from sqlalchemy import ColumnElement, Select, and_, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from shared.clock import utcnow
@@ -149,14 +149,20 @@ def _fenced(claim: Claim) -> ColumnElement[bool]:
 
 
 def set_stage(session: Session, claims: list[Claim], stage: str) -> None:
+    """Move a pass's jobs to ``stage``: one statement for all of them (issue 27), each row
+    fenced as ``_fenced`` fences one (its claim's attempt, still ``processing``)."""
+    if not claims:
+        return
     now = utcnow()
-    for claim in claims:
-        session.execute(
-            update(Analysis)
-            .where(_fenced(claim))
-            .values(stage=stage, heartbeat_at=now, updated_at=now)
-            .execution_options(synchronize_session=False)
+    session.execute(
+        update(Analysis)
+        .where(
+            tuple_(Analysis.id, Analysis.attempt).in_([(c.analysis_id, c.attempt) for c in claims]),
+            Analysis.status == AnalysisStatus.processing.value,
         )
+        .values(stage=stage, heartbeat_at=now, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def finish(

@@ -165,6 +165,32 @@ def test_claims_take_interactive_before_bulk(context, tenant_key):
         session.rollback()
 
 
+def test_a_pass_stage_update_moves_only_the_jobs_it_still_holds(context, tenant_key):
+    # Uncommitted rows, as above. One statement for the whole pass (issue 27), fenced per job:
+    # a job re-claimed elsewhere (newer attempt) or canceled keeps what its new owner set.
+    now = utcnow()
+    with context.session_factory() as session:
+        ids = []
+        for minutes in range(3):
+            analysis = Analysis(
+                id=uuid.uuid4(), tenant_id=tenant_key[0], status="queued", priority="interactive", attempt=0,
+                image_key="k", image_sha256="0" * 64, image_content_type="image/jpeg", image_width=1,
+                image_height=1, created_at=now - timedelta(days=3650, minutes=minutes),
+            )
+            session.add(analysis)
+            ids.append(analysis.id)
+        session.flush()
+        claims = lifecycle.claim_batch(session, ids[0], 3)
+        assert {c.analysis_id for c in claims} == set(ids)
+        session.execute(update(Analysis).where(Analysis.id == ids[1]).values(attempt=Analysis.attempt + 1))
+        session.execute(update(Analysis).where(Analysis.id == ids[2]).values(status="canceled"))
+        lifecycle.set_stage(session, claims, "classification")
+        stages = dict(session.execute(select(Analysis.id, Analysis.stage).where(Analysis.id.in_(ids))).all())
+        assert stages == {ids[0]: "classification", ids[1]: "segmentation", ids[2]: "segmentation"}
+        lifecycle.set_stage(session, [], "reporting")  # nothing to move: no statement
+        session.rollback()
+
+
 @pytest.fixture(autouse=True)
 def _no_leftover_queued(context):
     yield
