@@ -28,10 +28,37 @@ def _own_broker(url: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def stack(settings, context, tmp_path_factory):
+def own_database(settings, context):
+    """A database of its own (built by the migrations): a GPU worker claims queued jobs from
+    its database's lanes, not only the one its message names, so the session's workers (on
+    the shared database) could finish this stack's jobs, and their metrics would not be here."""
+    from shared.migrate import scratch_database
+
+    with scratch_database(settings.database_url, "dsmetrics") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def tenant_key(settings, own_database):
+    """A tenant of the stack's own database."""
+    from shared.context import AppContext
+    from shared.db import session_scope
+    from shared.tenants import issue_key
+
+    own = AppContext(settings.model_copy(update={"database_url": own_database}))
+    try:
+        with session_scope(own.session_factory) as session:
+            tenant, key = issue_key(session, f"metrics-{uuid.uuid4().hex[:10]}")
+        return tenant.id, key
+    finally:
+        own.close()
+
+
+@pytest.fixture(scope="module")
+def stack(settings, own_database, tmp_path_factory):
     logs = tmp_path_factory.mktemp("metrics-stack")
     port = free_port()
-    own = settings.model_copy(update={"broker_url": _own_broker(settings.broker_url),
+    own = settings.model_copy(update={"broker_url": _own_broker(settings.broker_url), "database_url": own_database,
                                       "api_url": f"http://127.0.0.1:{port}", "log_format": "json"})
     started = []
     try:
