@@ -32,3 +32,38 @@ def test_nice_lowers_the_priority_and_a_lower_nice_never_raises_it_again():
     assert _run({"DERMASENTINEL_NICE": "10"}) == [[max(10, base), max(10, base)]] * 2
     # Default 0: the analysis worker keeps the priority it was started with.
     assert _run({})[0] == [base, base]
+
+
+_GROUP_PROBE = """
+from shared.config import get_settings
+from shared.priority import autogroup_nice, lower_priority
+lower_priority(get_settings().nice)
+print(autogroup_nice())
+"""
+
+
+def _group_after(env: dict[str, str], *, own_session: bool) -> int | None:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("DERMASENTINEL_")}
+    done = subprocess.run([sys.executable, "-c", _GROUP_PROBE], env={**clean, "PYTHONPATH": str(ROOT), **env},
+                          capture_output=True, text=True, check=True, cwd=ROOT, start_new_session=own_session)
+    value = done.stdout.strip()
+    return None if value == "None" else int(value)
+
+
+def test_a_session_leader_lowers_its_autogroup_so_nice_counts_against_other_sessions():
+    # `up` starts each process in a session of its own; with autogroups (the kernel default)
+    # a thread's nice only ranks it within its session, so without the group's own nice a
+    # niced API took as much CPU from the analysis worker as an un-niced one.
+    from shared.priority import autogroup_nice
+
+    mine = autogroup_nice()
+    if mine is None:
+        import pytest
+
+        pytest.skip("this kernel has no /proc/self/autogroup (no autogroup scheduling): the thread nice is all")
+    assert _group_after({"DERMASENTINEL_NICE": "10"}, own_session=True) == max(10, mine)
+    # The analysis worker (NICE=0) leaves its group as it is.
+    assert _group_after({}, own_session=True) == 0
+    # A process inside someone else's session (a shell's) never lowers that session's group.
+    assert _group_after({"DERMASENTINEL_NICE": "10"}, own_session=False) == mine
+    assert autogroup_nice() == mine
