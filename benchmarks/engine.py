@@ -449,6 +449,7 @@ def _timed_batch(client, root: int, jpegs: list[bytes], fields: dict, args: argp
     logged = len(_read_logs(log_dir)) if log_dir is not None else 0
     hooked = hooks.delivered if hooks is not None else 0
     cpu_before = _cpu_by_process(root)
+    own_before = sum(os.times()[:2])  # this process: the clients, the load and the receivers
     first, first_wall = time.perf_counter(), time.time()
     with ThreadPoolExecutor(args.upload_concurrency) as pool:
         created = list(pool.map(lambda i: client.analyses.create(jpegs[i], filename=f"bench-{state}-{i}.jpg", **fields),
@@ -463,6 +464,7 @@ def _timed_batch(client, root: int, jpegs: list[bytes], fields: dict, args: argp
     if hooks is not None:
         hooks.wait([str(a.id) for a in created], timeout=600)
     cpu_used = _cpu_delta(cpu_before, _cpu_by_process(root))
+    own_used = sum(os.times()[:2]) - own_before
     seconds = time.perf_counter() - first
     if window is not None:
         lines = _read_logs(log_dir)[logged:] if log_dir is not None else []
@@ -482,6 +484,7 @@ def _timed_batch(client, root: int, jpegs: list[bytes], fields: dict, args: argp
               f"{load_report['webhooks_sent']} webhook deliveries asked, {load_report['webhooks_received']} received",
               flush=True)
     shares = ", ".join(f"{name} {seconds:.1f}" for name, seconds in sorted(cpu_used.items(), key=lambda kv: -kv[1]))
+    shares += f"; and this benchmark's own process (uploads, polls, receivers, the load) {own_used:.1f}"
     print(f"   {state}: CPU seconds used by the stack's processes over the {seconds:.0f} s window "
           f"({os.cpu_count()} CPUs): {shares}", flush=True)
     return rate, [str(a.id) for a in created]
