@@ -7,10 +7,14 @@ worker code.
 
 from __future__ import annotations
 
+import logging
 import socket
+import threading
 import time
 import uuid
-from typing import cast
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, cast
 
 import kombu.exceptions
 import redis
@@ -25,6 +29,8 @@ from shared import liveness
 from shared.config import SettingMissing, Settings
 from shared.logs import REQUEST_ID_HEADER, current_request_id
 from shared.queues import Queue, TaskName, analysis_queue
+
+log = logging.getLogger(__name__)
 
 # Where each task goes unless the sender names a queue (analyses name their lane).
 TASK_ROUTES = {
@@ -81,12 +87,57 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
+# Wake-ups held back by ``sends_together`` in this thread: (app, task, queue, args, headers).
+_held = threading.local()
+
+
 def send(app: Celery, task: TaskName, queue: Queue, *args: str) -> None:
     # The request id rides in a message header, not an argument: task signatures stay as they
     # are, and messages queued without it run as before (docs/OBSERVABILITY.md).
     request_id = current_request_id()
     headers = {REQUEST_ID_HEADER: request_id} if request_id else None
+    held: list[tuple[Celery, str, str, list[str], dict[str, Any] | None]] | None = getattr(_held, "sends", None)
+    if held is not None:
+        held.append((app, task.value, queue.value, list(args), headers))
+        return
     app.send_task(task.value, args=list(args), queue=queue.value, routing_key=queue.value, headers=headers)
+
+
+@contextmanager
+def sends_together() -> Iterator[None]:
+    """Hold back the wake-ups ``send`` is asked for in this thread inside the block (those of
+    after-commit hand-offs: their rows are already committed) and publish them when the block
+    ends, however it ends, on one pooled producer and, on Redis, in one pipeline round trip
+    (issue 27: a lone ``send_task`` acquires a producer and builds a Redis client per message).
+    Like any post-commit hand-off, a publish that fails is logged, never raised: the sweeper
+    re-sends lost wake-ups. Nested blocks publish with the outermost one."""
+    if getattr(_held, "sends", None) is not None:
+        yield
+        return
+    _held.sends = []
+    try:
+        yield
+    finally:
+        held, _held.sends = _held.sends, None
+        if held:
+            _publish_held(held)
+
+
+def _publish_held(held: list[tuple[Celery, str, str, list[str], dict[str, Any] | None]]) -> None:
+    from shared.db import BROKER_DOWN
+
+    try:
+        for app in dict.fromkeys(entry[0] for entry in held):  # one app in practice
+            with app.producer_or_acquire() as producer, producer.batch():
+                for owner, name, queue, args, headers in held:
+                    if owner is app:
+                        app.send_task(name, args=args, queue=queue, routing_key=queue, headers=headers,
+                                      producer=producer)
+    except BROKER_DOWN as exc:
+        log.warning("post-commit hand-off failed (%s: broker unavailable); the sweeper will retry it",
+                    type(exc).__name__)
+    except Exception:
+        log.exception("post-commit hand-off failed; the sweeper will retry it")
 
 
 def enqueue_analysis(app: Celery, analysis_id: uuid.UUID, priority: str) -> None:

@@ -28,24 +28,26 @@ the candidate only while the GPU lane is not behind.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from minio.error import S3Error
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from shared import clinical, drift, lifecycle, model_rollout, tenant_data, tracing, vlm
 from shared.clock import iso, utcnow
 from shared.config import Settings
 from shared.context import AppContext
 from shared.db import session_scope
-from shared.jobs import JobNotRun
+from shared.jobs import JobNotRun, sends_together
 from shared.lifecycle import Claim
 from shared.logs import current_request_id, log_context
 from shared.metrics import ANALYSES_FINISHED, StageClock, observe_pass, observe_result_times, observe_stage
@@ -79,6 +81,9 @@ STAGE_REPORTING = "reporting"
 # Which tenants are in safety mode (issue 24): read per tenant at most every SAFETY_MODE_CACHE_SECONDS.
 _SAFETY_MODE = drift.SafetyModeCache()
 OVERLAY_NAME, OVERLAY_TYPE = "overlay.jpg", "image/jpeg"
+# Issue 27: a claim moves its jobs to the first stage (``segmentation``) with a fresh heartbeat;
+# a pass that reaches that stage within this many seconds of its claim does not write it again.
+FRESH_CLAIM_SECONDS = 1.0
 
 
 @dataclass
@@ -96,6 +101,7 @@ class _Batch:
     canary: _Batch | None = None  # the claims the canary's hash chose, run as a second part
     shadow: Arm | None = None  # the open shadow when the pass was loaded
     backlog: bool = False  # the pass came full: the shadow lane is behind
+    claimed: float = field(default_factory=time.monotonic)  # when its claims were made (about)
 
     @property
     def parts(self) -> list[_Batch]:
@@ -200,7 +206,7 @@ class _Engine:
         def on_stage(stage: str) -> None:
             clock(stage)
             stage_marks(stage)
-            self._stage(lane, batch.claims, stage)
+            self._stage(lane, batch, stage)
 
         try:
             if batch.claims:
@@ -266,7 +272,7 @@ class _Engine:
 
         def on_stage(stage: str) -> None:
             marks(stage)
-            self._stage(finish_lane, part.claims, stage)
+            self._stage(finish_lane, part, stage)
 
         try:
             part.pipeline.infer(part.prepared, on_stage=on_stage, between=between)
@@ -374,8 +380,12 @@ class _Engine:
                 return None
             raise
 
-    def _stage(self, finish_lane: ThreadPoolExecutor, claims: list[Claim], stage: str) -> None:
+    def _stage(self, finish_lane: ThreadPoolExecutor, part: _Batch, stage: str) -> None:
         # Off the network thread; fenced, so a late stage update after the outcome is a no-op.
+        claims = part.claims
+        if stage == lifecycle.FIRST_STAGE and time.monotonic() - part.claimed < FRESH_CLAIM_SECONDS:
+            return  # the claim wrote this stage and a heartbeat a moment ago (issue 27)
+
         def write() -> None:
             with session_scope(self.context.session_factory) as session:
                 lifecycle.set_stage(session, claims, stage)
@@ -394,7 +404,7 @@ class _Engine:
             if part.rollout is None:
                 recorded = written
         batch.prepared = None
-        release_freed_memory()  # the batch's images and tensors, back to the OS (off the network thread)
+        _TRIM.request()  # the batch's images and tensors, back to the OS (off the network thread), soon
         log.info(
             "engine: %d jobs; fetch+prepare %.3fs, networks %.3fs, post-process+write %.3fs (overlapped)",
             len(batch.all_claims), batch.load_s, batch.infer_s, time.perf_counter() - started,
@@ -426,55 +436,99 @@ class _Engine:
         observe_stage("artifacts", written - started)
         part.marks.append(("artifacts", started_ns, time.time_ns()))
 
-        def record(pair: tuple[Claim, Outcome]) -> tuple[Claim, Outcome, int]:
-            return pair[0], pair[1], self._record_outcome(*pair, pipeline, part.rollout, part.marks)
+        def prepare(pair: tuple[Claim, Outcome]) -> _Write | Exception:
+            try:
+                return self._write_for(*pair, pipeline, part.rollout, part.marks)
+            except Exception as exc:  # this job's own: the others are still written, then it is raised
+                return exc
 
         # One outcome per claim, in order: a count mismatch is a pipeline bug, and recording
         # outcomes against the wrong claims would be worse than failing the pass.
         pairs = list(zip(part.claims, outcomes, strict=True))
         # Issue 26: interactive results are written ahead of the bulk ones they share a batch with.
         pairs.sort(key=lambda pair: pair[0].priority != "interactive")
-        done = list(hosted(record, pairs))
+        # Each job's artifacts are stored (on the pass's threads), then the pass's outcomes are
+        # written in one transaction (issue 27), a savepoint per job (``record_outcomes``).
+        prepared_writes = list(hosted(prepare, pairs))
+        writes = [write for write in prepared_writes if isinstance(write, _Write)]
+        counts = record_outcomes(self.context, writes)
+        failed = next((exc for exc in prepared_writes if isinstance(exc, Exception)), None)
+        if failed is not None:
+            raise failed  # the pass's claims go back: fenced, so only the unwritten ones
         observe_stage("write", time.perf_counter() - written)
         part.prepared = None
-        return done
+        return [(claim, outcome, count) for (claim, outcome), count in zip(pairs, counts, strict=True)]
 
     def _record_outcome(
         self, claim: Claim, outcome: Outcome | _MissingImage, pipeline: Pipeline, rollout: str | None = None,
         marks: list[tuple[str, int, int]] | None = None,
     ) -> int:
+        """One job's outcome, written on its own (a job whose image is gone)."""
+        (count,) = record_outcomes(self.context, [self._write_for(claim, outcome, pipeline, rollout, marks)])
+        return count
+
+    def _write_for(
+        self, claim: Claim, outcome: Outcome | _MissingImage, pipeline: Pipeline, rollout: str | None = None,
+        marks: list[tuple[str, int, int]] | None = None,
+    ) -> _Write:
+        """The job's outcome ready to write: its artifacts stored, its row's columns built."""
+        from worker.pipeline.pipeline import Finding, Rejection
+
         # Each outcome under its own ids; the request id only for the task's own analysis.
-        own = claim.analysis_id == self.analysis_id
+        request_id = self.request_id if claim.analysis_id == self.analysis_id else None
         provenance = pipeline.registry.provenance()
         if rollout is not None:  # issue 24: the result says a canary answered it
             provenance = provenance.model_copy(update={"rollout": rollout})
-        with log_context(analysis_id=claim.analysis_id, tenant_id=claim.tenant_id,
-                         request_id=self.request_id if own else None), _job_trace(claim, marks or []):
-            return self._record_outcome_in_context(claim, outcome, provenance)
-
-    def _record_outcome_in_context(self, claim: Claim, outcome: Outcome | _MissingImage, provenance: ModelInfo) -> int:
-        from worker.pipeline.pipeline import Finding, Rejection
-
-        if isinstance(outcome, Finding):
-            return _record_finding(self.context, claim, outcome, provenance)
-        if isinstance(outcome, Rejection):
-            return _record(
-                self.context,
-                claim,
-                status=AnalysisStatus.rejected,
-                model=_stored(provenance),
-                rejection={"code": outcome.code, "detail": outcome.detail, "scores": outcome.scores},
-            )
-        return _record(
-            self.context,
-            claim,
-            status=AnalysisStatus.failed,
-            model=_stored(provenance),
-            error={"code": outcome.code, "detail": outcome.detail},
-        )
+        write = _Write(claim, AnalysisStatus.failed, {"model": _stored(provenance)}, request_id=request_id,
+                       marks=list(marks or []))
+        with write.logged():
+            if isinstance(outcome, Finding):
+                _store_finding(self.context, write, outcome, provenance)
+            elif isinstance(outcome, Rejection):
+                write.status = AnalysisStatus.rejected
+                write.columns["rejection"] = {"code": outcome.code, "detail": outcome.detail, "scores": outcome.scores}
+            else:
+                write.columns["error"] = {"code": outcome.code, "detail": outcome.detail}
+        return write
 
 
 MISSING_OBJECT_CODES = frozenset({"NoSuchKey", "NoSuchBucket"})
+
+
+class _TrimLater:
+    """Hands freed heap pages back to the OS (``release_freed_memory``) once the passes pause
+    for ``idle`` seconds, and at least every ``most`` seconds while they do not, from a thread
+    of its own. Issue 27: trimming after every pass cost the worker more CPU than the pass's
+    S3 calls (the trim itself, and the next pass faulting the same pages back in); the RSS
+    still comes back down within seconds of a burst."""
+
+    def __init__(self, idle: float = 2.0, most: float = 10.0) -> None:
+        self.idle, self.most = idle, most
+        self._wake = threading.Condition()
+        self._due: float | None = None
+        self._first: float | None = None
+        self._thread: threading.Thread | None = None
+
+    def request(self) -> None:
+        with self._wake:
+            now = time.monotonic()
+            self._first = self._first if self._first is not None else now
+            self._due = min(now + self.idle, self._first + self.most)
+            if self._thread is None or not self._thread.is_alive():  # none yet, or forked without it
+                self._thread = threading.Thread(target=self._run, name="engine-trim", daemon=True)
+                self._thread.start()
+            self._wake.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while self._due is None or self._due > time.monotonic():
+                    self._wake.wait(None if self._due is None else self._due - time.monotonic())
+                self._due = self._first = None
+            release_freed_memory()
+
+
+_TRIM = _TrimLater()
 
 
 def _holds_interactive(claims: list[Claim]) -> bool:
@@ -535,11 +589,14 @@ def _fill_ms(settings: Settings, pipeline: Pipeline) -> float:
     return 5.0 if pipeline.registry.device.type == "cuda" else 0.0
 
 
-def _record_finding(context: AppContext, claim: Claim, finding: Finding, provenance: ModelInfo) -> int:
+def _store_finding(context: AppContext, write: _Write, finding: Finding, provenance: ModelInfo) -> None:
+    """Store the finding's mask and overlay, and make ``write`` its ``succeeded`` outcome."""
+    claim = write.claim
     mask_key = artifact_key(claim.tenant_id, claim.analysis_id, MASK_NAME)
     overlay_key = artifact_key(claim.tenant_id, claim.analysis_id, OVERLAY_NAME)
     context.store.put(ARTIFACTS, mask_key, finding.mask_png, MASK_TYPE)
     context.store.put(ARTIFACTS, overlay_key, finding.overlay_jpeg, OVERLAY_TYPE)
+    write.artifacts = [(ARTIFACTS, mask_key), (ARTIFACTS, overlay_key)]
     result = finding.result
     if _SAFETY_MODE.active(context.session_factory, claim.tenant_id, context.settings.safety_mode_cache_seconds):
         # Issue 24: the tenant is in safety mode after a drift (docs/MONITORING.md).
@@ -547,19 +604,9 @@ def _record_finding(context: AppContext, claim: Claim, finding: Finding, provena
     record = _finished_record(claim, result, provenance)
     note = build_scribe_note(record, caption=_model_caption(context, claim))
     result = result.model_copy(update={"scribe_note": note})
-    recorded = _record(
-        context,
-        claim,
-        status=AnalysisStatus.succeeded,
-        model=_stored(provenance),
-        result=result.model_dump(mode="json", exclude={"uncertainty_level"}),
-        mask_key=mask_key,
-        overlay_key=overlay_key,
-    )
-    if not recorded:
-        # Erased (its tenant deleted) while this pass ran: what it wrote goes too (issue 22).
-        tenant_data.discard_if_erased(context, claim.analysis_id, [(ARTIFACTS, mask_key), (ARTIFACTS, overlay_key)])
-    return recorded
+    write.status = AnalysisStatus.succeeded
+    write.columns.update(result=result.model_dump(mode="json", exclude={"uncertainty_level"}),
+                         mask_key=mask_key, overlay_key=overlay_key)
 
 
 def _stored(provenance: ModelInfo) -> dict[str, Any]:
@@ -612,18 +659,72 @@ def _model_caption(context: AppContext, claim: Claim) -> ModelCaption | None:
     return ModelCaption(text=text, model=model.name, label=vlm.MODEL_LABEL)
 
 
-def _record(context: AppContext, claim: Claim, status: AnalysisStatus, **outcome: Any) -> int:
-    """Write the outcome (``lifecycle.finish``'s columns) under the claim's fence; 1 if it was written."""
-    with session_scope(context.session_factory) as session:
-        recorded = lifecycle.finish(session, context.celery, context.settings, claim, status=status, **outcome)
-    if not recorded:
+@dataclass
+class _Write:
+    """One job's outcome ready to write: ``lifecycle.finish``'s columns, and the artifacts stored
+    for it (removed again if its tenant was erased while the pass ran, issue 22)."""
+
+    claim: Claim
+    status: AnalysisStatus
+    columns: dict[str, Any]
+    artifacts: list[tuple[str, str]] = field(default_factory=list)
+    request_id: str | None = None
+    marks: list[tuple[str, int, int]] = field(default_factory=list)  # the pass's stages (traces)
+
+    def logged(self) -> AbstractContextManager[None]:
+        return log_context(analysis_id=self.claim.analysis_id, tenant_id=self.claim.tenant_id,
+                           request_id=self.request_id)
+
+
+def record_outcomes(context: AppContext, writes: list[_Write]) -> list[int]:
+    """Write a pass's outcomes (``lifecycle.finish``, each under its claim's fence) in one
+    transaction, each job in a savepoint of its own when there are several: a job whose write
+    fails is rolled back alone and the others still commit (issue 27; before, one transaction
+    per job). Their wake-ups go out together once it commits. Returns 1 per job written, 0 per
+    job fenced off; a job's write error is raised after the others are written (the pass's
+    claims are then given back: fenced, so only that job's is)."""
+    recorded: list[tuple[_Write, bool]] = []
+    failure: Exception | None = None
+    with sends_together(), session_scope(context.session_factory) as session:
+        for write in writes:
+            with write.logged(), _job_trace(write.claim, write.marks):
+                if len(writes) == 1:  # nothing else to protect: no savepoint
+                    recorded.append((write, _finish(context, session, write)))
+                    continue
+                try:
+                    with session.begin_nested():
+                        recorded.append((write, _finish(context, session, write)))
+                except SQLAlchemyError as exc:
+                    log.warning("analysis %s: its outcome could not be written (%s); the pass's others are",
+                                write.claim.analysis_id, type(exc).__name__)
+                    failure = failure or exc
+    counts = {id(write): int(done) for write, done in recorded}
+    for write, done in recorded:
+        with write.logged():
+            _recorded(context, write, done)
+    if failure is not None:
+        raise failure
+    return [counts[id(write)] for write in writes]
+
+
+def _finish(context: AppContext, session: Session, write: _Write) -> bool:
+    return lifecycle.finish(session, context.celery, context.settings, write.claim, status=write.status,
+                            **write.columns)
+
+
+def _recorded(context: AppContext, write: _Write, done: bool) -> None:
+    """After the commit: the job's metrics and log line, or, fenced off, its artifacts' fate."""
+    claim = write.claim
+    if not done:
         log.info("analysis %s attempt %s was fenced off; outcome dropped", claim.analysis_id, claim.attempt)
-    else:
-        ANALYSES_FINISHED.labels(status.value).inc()
-        observe_result_times(claim.priority, (outcome.get("model") or {}).get("version"), status.value,
-                             claim.created_at, claim.started_at, utcnow())  # issue 25
-        log.info("analysis %s: %s", claim.analysis_id, status.value)
-    return int(recorded)
+        if write.artifacts:
+            # Erased (its tenant deleted) while this pass ran: what it wrote goes too (issue 22).
+            tenant_data.discard_if_erased(context, claim.analysis_id, write.artifacts)
+        return
+    ANALYSES_FINISHED.labels(write.status.value).inc()
+    observe_result_times(claim.priority, (write.columns.get("model") or {}).get("version"), write.status.value,
+                         claim.created_at, claim.started_at, utcnow())  # issue 25
+    log.info("analysis %s: %s", claim.analysis_id, write.status.value)
 
 
 def release(context: AppContext, claims: list[Claim], exc: Exception) -> None:

@@ -33,6 +33,7 @@ from shared.lifecycle.batches import (  # noqa: F401
 from shared.lifecycle.cancel import cancel, cancel_batch, expire_due  # noqa: F401
 from shared.lifecycle.claims import (  # noqa: F401
     CLAIM_COLUMNS,
+    FIRST_STAGE,
     Claim,
     claim_batch,
     claimable,

@@ -5,18 +5,23 @@ from __future__ import annotations
 
 import io
 import threading
+import time
 import uuid
+from datetime import timedelta
 
 import pytest
 from PIL import Image
-from sqlalchemy import select
+from sqlalchemy import func, select
+from sqlalchemy.exc import DataError
 
+from shared import lifecycle
 from shared.clock import utcnow
 from shared.context import AppContext
 from shared.db import session_scope
 from shared.lifecycle.views import model_of, result_of
 from shared.storage import ARTIFACTS, IMAGES, image_key
-from shared.tables import Analysis
+from shared.tables import Analysis, AnalysisStatus, Event
+from worker import analysis as engine_module
 from worker.analysis import run_analysis
 from worker.pipeline.model_set import ModelSet
 from worker.pipeline.pipeline import Pipeline, PipelineOptions
@@ -172,3 +177,72 @@ def test_an_interactive_job_claimed_ahead_is_answered_before_the_bulk_pass_ends(
     bulk_rows = [rows[i] for i in bulk]
     assert answered.started_at > max(row.started_at for row in bulk_rows)  # claimed while the bulk pass ran
     assert answered.completed_at < max(row.completed_at for row in bulk_rows)
+
+
+def test_a_job_past_its_deadline_ends_expired_at_its_claim_and_a_due_one_runs(engine_context, pipeline, tenant_key):
+    """The claim reads the job's own row first and runs the expiry statement only when it is not
+    claimable (issue 27): a job past its deadline still ends ``canceled`` (``expired``), never runs."""
+    context = engine_context
+    late = _queue(context, tenant_key[0], None)
+    with session_scope(context.session_factory) as session:
+        session.get(Analysis, late).deadline_at = utcnow() - timedelta(seconds=1)
+    assert run_analysis(context, pipeline, late) == 0
+
+    due = _queue(context, tenant_key[0], None)
+    with session_scope(context.session_factory) as session:
+        session.get(Analysis, due).deadline_at = utcnow() + timedelta(hours=1)
+    assert run_analysis(context, pipeline, due) == 1
+
+    rows = _rows(context, [late, due])
+    assert (rows[late].status, rows[late].cancel_reason, rows[late].attempt) == ("canceled", "expired", 0)
+    assert rows[due].status == "succeeded" and rows[due].attempt == 1
+
+
+def test_freed_memory_goes_back_once_the_passes_pause_not_after_each(monkeypatch):
+    """Issue 27: one trim after a burst of passes (and at least every ``most`` seconds), not one per pass."""
+    trims: list[float] = []
+    monkeypatch.setattr(engine_module, "release_freed_memory", lambda: trims.append(time.monotonic()))
+    trim = engine_module._TrimLater(idle=0.5, most=1.5)
+    started = time.monotonic()
+    for _ in range(5):  # a burst: one request every 50 ms
+        trim.request()
+        time.sleep(0.05)
+    time.sleep(1.0)
+    assert len(trims) == 1 and trims[0] - started >= 0.5
+    phase = time.monotonic()
+    while time.monotonic() - phase < 2.5:  # passes that never pause: still trimmed within ``most``
+        trim.request()
+        time.sleep(0.05)
+    ended = time.monotonic()
+    assert any(phase < moment < ended for moment in trims[1:])
+
+
+def test_a_job_whose_write_fails_leaves_the_others_of_its_pass_written(engine_context, tenant_key):
+    """Issue 27: a pass's outcomes are one transaction, a savepoint per job. A job whose write
+    the database refuses (a NUL character in a JSON text) is rolled back alone and its error
+    raised (its claim is then the pass's to give back); the others, and their events, commit."""
+    context = engine_context
+    ids = [_queue(context, tenant_key[0], None) for _ in range(3)]
+    with session_scope(context.session_factory) as session:
+        claims = [claim for analysis_id in ids for claim in lifecycle.claim_batch(session, analysis_id, 1)]
+    assert [c.analysis_id for c in claims] == ids
+    model = {"weights": "untrained", "segmenter": "classical"}
+    writes = [
+        engine_module._Write(claim, AnalysisStatus.rejected, {
+            "model": model, "rejection": {"code": "blurry", "detail": detail, "scores": {"blur": 3.1}}})
+        for claim, detail in zip(claims, ["blur score 3.1", "blur \x00 score", "blur score 2.7"], strict=True)
+    ]
+
+    with pytest.raises(DataError):
+        engine_module.record_outcomes(context, writes)
+
+    rows = _rows(context, ids)
+    assert [rows[i].status for i in ids] == ["rejected", "processing", "rejected"]
+    assert rows[ids[1]].attempt == 1  # still held by its claim: the caller gives it back, fenced
+    with context.session_factory() as session:
+        events = dict(session.execute(select(Event.dedupe_key, func.count()).where(
+            Event.dedupe_key.in_([f"analysis.rejected:{i}" for i in ids])).group_by(Event.dedupe_key)).all())
+    assert events == {f"analysis.rejected:{ids[0]}": 1, f"analysis.rejected:{ids[2]}": 1}
+
+    engine_module.release(context, [claims[1]], DataError("statement", {}, Exception("refused")))
+    assert _rows(context, [ids[1]])[ids[1]].status == "queued"
