@@ -14,6 +14,13 @@ before), per round and at the end the least and the median over ``--rounds``. Wa
 request is printed too, for the record only: on a shared machine it
 moves with the load; the CPU seconds much less.
 
+``--in-process`` instead runs the API app in this process (no uvicorn, no `up`; Postgres, Redis
+and S3 as ``benchmarks.batches.bench_context`` starts them, rate limits raised out of the way
+but still counted) on four finished analyses inserted directly, each with a report and mask
+and overlay keys, and prints this process's CPU per GET and per list over seven rounds: the
+client's small share included, but no other process and no idle correction, so it moves less
+with a busy machine than the numbers above.
+
 ``--profile DIR`` also records py-spy flame data (``py-spy`` on PATH, ptrace allowed) of the
 API and the io worker for each phase, as speedscope JSON in DIR.
 """
@@ -105,6 +112,68 @@ def _measure(root: int, count: int, action: Callable[[int], Any], wait: Callable
     return per
 
 
+def in_process(requests: int, rounds: int = 7) -> None:
+    import asyncio
+    import random
+    import uuid
+
+    import httpx
+    from sqlalchemy import insert
+
+    from api.main import create_app
+    from benchmarks.batches import _model, _result, bench_context
+    from shared.clock import utcnow
+    from shared.db import session_scope
+    from shared.storage import image_key
+    from shared.tables import Analysis, Report
+    from shared.tenants import issue_key
+
+    with bench_context(rate_limit="100000/second", client_address_rate="100000/second") as (context, _, _port):
+        rng, ids = random.Random(0), []
+        with session_scope(context.session_factory) as session:
+            tenant, key = issue_key(session, "api-cpu")
+            tenant_id = tenant.id
+        with session_scope(context.session_factory) as session:
+            for n in range(4):
+                analysis_id, now, probability = uuid.uuid4(), utcnow(), rng.random()
+                session.execute(insert(Analysis), [dict(
+                    id=analysis_id, tenant_id=tenant_id, priority="interactive", attempt=1,
+                    image_key=image_key(tenant_id, analysis_id, "jpg"), image_sha256=f"{n:064x}",
+                    image_content_type="image/jpeg", image_width=1024, image_height=768, created_at=now,
+                    updated_at=now, enqueued_at=now, status="succeeded", result=_result(rng, probability),
+                    probability=probability, model=_model(rng), started_at=now, completed_at=now,
+                    mask_key=f"{tenant_id}/{analysis_id}/mask.png",
+                    overlay_key=f"{tenant_id}/{analysis_id}/overlay.png",
+                )])
+                session.execute(insert(Report), [dict(
+                    analysis_id=analysis_id, tenant_id=tenant_id, pdf_key="report.pdf", pdf_sha256="0" * 64,
+                    fhir={"resourceType": "Bundle", "entry": [{"n": i} for i in range(50)]}, render_ms=1.0,
+                )])
+                ids.append(str(analysis_id))
+        app = create_app(context.settings)
+
+        async def run() -> None:
+            async with app.router.lifespan_context(app), httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app, client=("127.0.0.1", 5000)), base_url="http://api",
+                headers={"Authorization": f"Bearer {key}"},
+            ) as http:
+                paths = {"get": lambda n: f"/v1/analyses/{ids[n % len(ids)]}",
+                         "list": lambda n: "/v1/analyses?limit=20"}
+                for phase, path in paths.items():
+                    for n in range(30):  # warm
+                        (await http.get(path(n))).raise_for_status()
+                    runs = []
+                    for _ in range(rounds):
+                        started = time.process_time()
+                        for n in range(requests):
+                            (await http.get(path(n))).raise_for_status()
+                        runs.append((time.process_time() - started) / requests * 1000)
+                    print(f"   in-process {phase}: CPU ms per request min {min(runs):.2f}, median "
+                          f"{statistics.median(runs):.2f} ({' '.join(f'{r:.2f}' for r in runs)})", flush=True)
+
+        asyncio.run(run())
+
+
 def main() -> None:
     from dermasentinel_client import Client
 
@@ -118,14 +187,18 @@ def main() -> None:
     parser.add_argument("--analyses", type=int, default=6)
     parser.add_argument("--rounds", type=int, default=1, help="repeat the three phases")
     parser.add_argument("--profile", type=Path, default=None, help="py-spy speedscope files into this folder")
+    parser.add_argument("--in-process", action="store_true", help="GET and list against the app in this process")
     args = parser.parse_args()
+    print(f"api_cpu: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f}", flush=True)
+    if args.in_process:
+        in_process(150)
+        return
 
     scratch = Path(tempfile.mkdtemp(prefix="dsbench-apicpu-"))
     up = UpProcess(scratch / "data", console_path=scratch / "up.log", settings={
         "SEG_SIZE": "128", "CLS_SIZE": "128", "TTA_VIEWS": "5", "LOG_LEVEL": "INFO",
         "WEBHOOK_ALLOW_CIDRS": "127.0.0.0/8", "WEBHOOK_TEST_RATE": "1000/second",
     })
-    print(f"api_cpu: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f}", flush=True)
     try:
         try:
             up.start(timeout=600)
