@@ -22,6 +22,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -47,6 +48,46 @@ STATE_HEADERS = "ratelimit_headers"
 # OSError, RedisError): a lossy link to Redis also raised RuntimeError from a closed transport
 # inside redis-py, which became a 500. The limiter protects the service; it must never be the outage.
 STORE_FAILURES = (Exception,)
+
+# Issue 27: ``Limiter.check`` in one round trip. The sliding-window counter of ``limits``
+# (SlidingWindowCounterRateLimiter on RedisStorage: the same keys, the same arithmetic) asked
+# Redis twice per rate, once to take the hit and once for the window's counts (the RateLimit
+# headers); this script does both for every rate of a check at once.
+# KEYS[2i-1], KEYS[2i]: rate i's previous and current window; ARGV[3i-2 .. 3i]: its limit,
+# expiry (s) and cost. Returns per rate {allowed, previous count, previous TTL ms, current
+# count, current TTL ms}, the counts as ``limits``' get_sliding_window reads them after the hit.
+SLIDING_WINDOW_HIT = """
+local out = {}
+for i = 1, #KEYS / 2 do
+  local previous, current = KEYS[2 * i - 1], KEYS[2 * i]
+  local limit = tonumber(ARGV[3 * i - 2])
+  local expiry = tonumber(ARGV[3 * i - 1]) * 1000
+  local amount = tonumber(ARGV[3 * i])
+  local current_ttl = tonumber(redis.call('pttl', current))
+  if current_ttl > 0 and current_ttl < expiry then
+    redis.call('rename', current, previous)
+    redis.call('set', current, 0, 'PX', current_ttl + expiry)
+  end
+  local previous_count = tonumber(redis.call('get', previous)) or 0
+  local previous_ttl = tonumber(redis.call('pttl', previous)) or 0
+  local current_count = tonumber(redis.call('get', current)) or 0
+  current_ttl = tonumber(redis.call('pttl', current)) or 0
+  if previous_ttl <= 0 then previous_ttl = 0 end
+  if current_ttl <= 0 then current_ttl = 0 end
+  local allowed = 0
+  if amount <= limit and math.floor(previous_count * previous_ttl / expiry) + current_count + amount <= limit then
+    allowed = 1
+    if redis.call('exists', current) == 1 then
+      current_count = redis.call('incrby', current, amount)
+    else
+      redis.call('set', current, amount, 'PX', expiry * 2)
+      current_count, current_ttl = amount, expiry * 2
+    end
+  end
+  out[i] = {allowed, previous_count, previous_ttl, current_count, current_ttl}
+end
+return out
+"""
 
 
 @dataclass(frozen=True)
@@ -139,6 +180,7 @@ class Limiter:
             self.redis = None
             self.places = None
         self.window = SlidingWindowCounterRateLimiter(self.storage)
+        self._sliding_hit = self.redis.register_script(SLIDING_WINDOW_HIT) if self.redis is not None else None
         self._local_uploads: dict[str, int] = defaultdict(int)
 
     def limits_for(self, tenant_id: uuid.UUID | str) -> TenantLimits:
@@ -147,13 +189,33 @@ class Limiter:
     async def check(self, limit: str, *identifiers: str) -> Verdict:
         """Count one hit against every rate in ``limit`` ("10/second;500/minute") for
         ``identifiers``; the verdict is the tightest of them."""
-        verdicts = []
-        for item in parse_many(limit):
-            verdicts.append(await self._hit(item, identifiers))
+        items = _parsed(limit)
+        if self.redis is not None and self._sliding_hit is not None:
+            verdicts = await self._hit_all(items, identifiers)
+        else:
+            verdicts = [await self._hit(item, identifiers) for item in items]
         refused = [v for v in verdicts if not v.allowed]
         if refused:
             return max(refused, key=lambda v: v.reset_after)
         return min(verdicts, key=lambda v: v.remaining)
+
+    async def _hit_all(self, items: list[RateLimitItem], identifiers: tuple[str, ...]) -> list[Verdict]:
+        """Every rate of a check hit in one script call (``SLIDING_WINDOW_HIT``), with the
+        window statistics ``limits`` would give after the hit."""
+        keys: list[str] = []
+        args: list[int] = []
+        for item in items:
+            current = f"{KEY_PREFIX}:{{{item.key_for(*identifiers)}}}"  # as limits' RedisStorage names them
+            keys += [f"{current}/-1", current]
+            args += [item.amount, item.get_expiry(), 1]
+        try:
+            assert self._sliding_hit is not None
+            windows = await self._sliding_hit(keys=keys, args=args, client=self.redis)
+        except STORE_FAILURES as exc:
+            log.warning("rate limiter storage unavailable (%s); letting the request through", type(exc).__name__)
+            return [Verdict(True, item.amount, item.amount, 0) for item in items]
+        now = time.time()
+        return [_verdict(item, window, now) for item, window in zip(items, windows, strict=True)]
 
     async def _hit(self, item: RateLimitItem, identifiers: tuple[str, ...]) -> Verdict:
         try:
@@ -267,6 +329,34 @@ class Limiter:
             await self.places.close()
         if self.redis is not None:
             await self.redis.aclose()
+
+
+@lru_cache(maxsize=64)
+def _parsed(limit: str) -> list[RateLimitItem]:
+    return parse_many(limit)
+
+
+def _verdict(item: RateLimitItem, window: list[int], now: float) -> Verdict:
+    """A rate's verdict from its window after the hit, computed as ``limits``'
+    ``SlidingWindowCounterRateLimiter.get_window_stats`` does."""
+    allowed, previous_count, previous_ttl_ms, current_count, current_ttl_ms = (int(v) for v in window)
+    expiry = item.get_expiry()
+    previous_expires_in, current_expires_in = previous_ttl_ms / 1000, current_ttl_ms / 1000
+    weighted = previous_count * previous_expires_in / expiry + current_count
+    remaining = max(0, item.amount - math.floor(weighted))
+    reset_in = 0.0
+    if previous_count or current_count:
+        # ``limits`` reads the TTLs a round trip after the hit, so never a whole number of
+        # steps; read in the same script they can be (a window just made): a whole step then.
+        previous_reset_in = _step_left(previous_expires_in, expiry / previous_count) if previous_count else math.inf
+        current_reset_in = _step_left(current_expires_in, expiry) if current_count else math.inf
+        reset_in = min(previous_reset_in, current_reset_in)
+    return Verdict(bool(allowed), item.amount, remaining, max(0, math.ceil(reset_in)))
+
+
+def _step_left(expires_in: float, step: float) -> float:
+    left = expires_in % step
+    return left if left > 0 or expires_in <= 0 else step
 
 
 def get_limiter(request: Request) -> Limiter:

@@ -115,13 +115,20 @@ def _wake_lease(now: datetime) -> dict:
 def dispatch_event(context: AppContext, event_id: str) -> int:
     """Create one delivery per subscribed endpoint (once), then wake their senders."""
     with session_scope(context.session_factory) as session:
+        now = utcnow()
+        # Issue 27: marked dispatched as it is read, one statement. A concurrent fan-out of the
+        # same event waits for this one's commit and then finds it dispatched (nothing to do);
+        # if this one rolls back, the event is still undispatched for the next.
         event = session.execute(
-            select(Event).where(Event.id == event_id).with_for_update(skip_locked=True)
+            update(Event)
+            .where(Event.id == event_id, Event.dispatched_at.is_(None))
+            .values(dispatched_at=now)
+            .returning(Event)
+            .execution_options(synchronize_session=False)
         ).scalar_one_or_none()
-        if event is None or event.dispatched_at is not None:
+        if event is None:
             return 0
         endpoints = _candidates(session, event)
-        now = utcnow()
         created: list[uuid.UUID] = []
         for endpoint in endpoints:
             if not _subscribed(endpoint, event):
@@ -140,7 +147,6 @@ def dispatch_event(context: AppContext, event_id: str) -> int:
             ).scalar_one_or_none()
             if delivery_id is not None:
                 created.append(delivery_id)
-        event.dispatched_at = now
         for delivery_id in created:
             after_commit(session, partial(enqueue_delivery, context.celery, delivery_id))
     return len(created)
@@ -232,16 +238,22 @@ def _observe_attempt(claim: Claim, outcome: AttemptResult, status: str | None, r
 def _claim(context: AppContext, delivery_id: uuid.UUID, slot_free: Callable[[uuid.UUID], bool]) -> Claim | str | None:
     settings = context.settings
     with session_scope(context.session_factory) as session:
-        delivery = session.execute(
-            select(WebhookDelivery).where(WebhookDelivery.id == delivery_id).with_for_update(skip_locked=True)
-        ).scalar_one_or_none()
+        # Issue 27: the delivery (locked), its endpoint and its event in one statement.
+        row = session.execute(
+            select(WebhookDelivery, WebhookEndpoint, Event)
+            .outerjoin(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)
+            .outerjoin(Event, Event.id == WebhookDelivery.event_id)
+            .where(WebhookDelivery.id == delivery_id)
+            .with_for_update(of=WebhookDelivery, skip_locked=True)
+        ).one_or_none()
         now = utcnow()
-        if delivery is None or delivery.status != DeliveryStatus.pending:
+        if row is None:
+            return None
+        delivery, endpoint, event = row
+        if delivery.status != DeliveryStatus.pending:
             return None
         if delivery.next_attempt_at and delivery.next_attempt_at > now + WAKE_LEASE + timedelta(seconds=1):
             return None  # a duplicate wake-up for an attempt scheduled later, or one in flight
-        endpoint = session.get(WebhookEndpoint, delivery.endpoint_id)
-        event = session.get(Event, delivery.event_id)
         if endpoint is None or event is None:
             return None
         # A disabled endpoint gets nothing more; only the first attempt of a test event the
@@ -288,13 +300,19 @@ def _record(context: AppContext, claim: Claim, outcome: AttemptResult) -> str | 
     settings = context.settings
     schedule = settings.webhook_retry_schedule
     with session_scope(context.session_factory) as session:
-        delivery = session.execute(
-            select(WebhookDelivery).where(WebhookDelivery.id == claim.delivery_id).with_for_update()
-        ).scalar_one_or_none()
-        taken_over = delivery is not None and delivery.attempt_count != claim.attempt_count
-        if delivery is None or delivery.status != DeliveryStatus.pending or taken_over:
+        # Issue 27: the delivery (locked) and its endpoint in one statement.
+        row = session.execute(
+            select(WebhookDelivery, WebhookEndpoint)
+            .outerjoin(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)
+            .where(WebhookDelivery.id == claim.delivery_id)
+            .with_for_update(of=WebhookDelivery)
+        ).one_or_none()
+        if row is None:
+            return None  # deleted
+        delivery, endpoint = row
+        taken_over = delivery.attempt_count != claim.attempt_count
+        if delivery.status != DeliveryStatus.pending or taken_over:
             return None  # deleted, resent by hand or taken over while we were sending
-        endpoint = session.get(WebhookEndpoint, delivery.endpoint_id)
         if endpoint is None:
             return None
         now = utcnow()

@@ -9,7 +9,8 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, RedirectResponse
-from sqlalchemy.orm import Session
+from sqlalchemy import select
+from sqlalchemy.orm import Session, load_only
 
 from api import forms, live
 from api.auth import AuthenticatedTenant, TenantRef
@@ -33,7 +34,7 @@ from shared.schemas import (
 )
 from shared.scopes import Scope
 from shared.storage import ARTIFACTS
-from shared.tables import Analysis, Report
+from shared.tables import Analysis, Feedback, Report
 
 router = APIRouter(prefix="/v1/analyses", tags=["analyses"])
 
@@ -267,26 +268,39 @@ def _submit_upload(
     response_model_exclude_unset=True,
     responses=problems((400, "The cursor is not one this API issued"), (404, "No batch with that `batch_id`")),
 )
-def list_analyses(
+async def list_analyses(
     request: Request,
     tenant: ListAnalyses,
-    session: SessionDep,
+    context: ContextDep,
+    capacity: CapacityDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: str | None = None,
     status: Literal["queued", "processing", "succeeded", "rejected", "failed", "canceled"] | None = None,
     batch_id: str | None = None,
     external_id: str | None = None,
 ) -> AnalysisPage:
-    rows, next_cursor = service.list_page(
-        session,
-        tenant,
-        limit=limit,
-        cursor=cursor,
-        status=status,
-        batch_id=parse_id(batch_id, "batch") if batch_id else None,
-        external_id=external_id,
+    # Issue 27: one thread hop for the unit of work (the session, the page, the commit), not
+    # one each for the session's start, the handler, its end and the answer's validation.
+    page = await in_session(
+        capacity, context, tenant.id, _list_page, tenant, limit, cursor, status,
+        parse_id(batch_id, "batch") if batch_id else None, external_id,
     )
-    audit_note(request).detail["returned"] = len(rows)
+    audit_note(request).detail["returned"] = len(page.data)
+    return page
+
+
+def _list_page(
+    session: Session,
+    tenant: TenantRef,
+    limit: int,
+    cursor: str | None,
+    status: str | None,
+    batch_id: uuid.UUID | None,
+    external_id: str | None,
+) -> AnalysisPage:
+    rows, next_cursor = service.list_page(
+        session, tenant, limit=limit, cursor=cursor, status=status, batch_id=batch_id, external_id=external_id
+    )
     return AnalysisPage(data=[summary(a) for a in rows], next_cursor=next_cursor)
 
 
@@ -301,8 +315,30 @@ def list_analyses(
     response_model_exclude_unset=True,
     responses=problems(404),
 )
-def get_analysis(analysis_id: str, tenant: ReadAnalysis, context: ContextDep, session: SessionDep) -> AnalysisOut:
-    return view(context, session, service.get(session, tenant, parse_id(analysis_id)))
+async def get_analysis(
+    analysis_id: str, tenant: ReadAnalysis, context: ContextDep, capacity: CapacityDep
+) -> AnalysisOut:
+    # Issue 27: the read, the view and the commit in one thread hop (``in_session``).
+    return await in_session(capacity, context, tenant.id, _read_view, context, tenant, parse_id(analysis_id))
+
+
+def _read_view(session: Session, context: AppContext, tenant: TenantRef, analysis_id: uuid.UUID) -> AnalysisOut:
+    """``view`` of the tenant's analysis (404 for anyone else's id): the analysis, whether its
+    report is stored and its feedback read in one statement, of the report only what the view
+    shows (its time), not its FHIR document (issue 27). One row per feedback (one with none)."""
+    rows = session.execute(
+        select(Analysis, Report, Feedback)
+        .outerjoin(Report, Report.analysis_id == Analysis.id)
+        .outerjoin(Feedback, Feedback.analysis_id == Analysis.id)
+        .where(Analysis.id == analysis_id, Analysis.tenant_id == tenant.id)
+        .order_by(Feedback.created_at)
+        .options(load_only(Report.analysis_id, Report.created_at))
+    ).all()
+    if not rows:
+        raise NotFound(f"no analysis with id {analysis_id}")
+    analysis, report, _ = rows[0]
+    feedback = [row[2] for row in rows if row[2] is not None]
+    return lifecycle.analysis_view(context.settings, context.store, analysis, report, feedback)
 
 
 @router.get(

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.orm import Session
 
-from api.auth import AuthenticatedTenant
-from api.deps import ContextDep, SessionDep, authorized, parse_id
+from api.auth import AuthenticatedTenant, TenantRef
+from api.deps import CapacityDep, ContextDep, SessionDep, authorized, in_session, parse_id
 from api.problems import problems
 from api.services import webhook_endpoints as service
 from shared.clock import iso
+from shared.context import AppContext
 from shared.lifecycle import fields_for
 from shared.schemas import (
     DeliveryAttempt,
@@ -191,9 +194,17 @@ def rotate_secret(
     response_model_exclude_unset=True,
     responses=problems(404),
 )
-def test_endpoint(endpoint_id: str, context: ContextDep, tenant: TestEndpoint, session: SessionDep) -> WebhookTestSent:
-    event_id = service.send_test(context, session, tenant, parse_id(endpoint_id, "webhook endpoint"))
+async def test_endpoint(
+    endpoint_id: str, context: ContextDep, capacity: CapacityDep, tenant: TestEndpoint
+) -> WebhookTestSent:
+    # Issue 27: the unit of work in one thread hop (``in_session``), as the analysis reads.
+    ident = parse_id(endpoint_id, "webhook endpoint")
+    event_id = await in_session(capacity, context, tenant.id, _send_test, context, tenant, ident)
     return WebhookTestSent(event_id=event_id)
+
+
+def _send_test(session: Session, context: AppContext, tenant: TenantRef, endpoint_id: uuid.UUID) -> str | None:
+    return service.send_test(context, session, tenant, endpoint_id)
 
 
 @router.get(
