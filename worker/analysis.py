@@ -175,20 +175,13 @@ class _Engine:
                 break
             if not batch.all_claims:
                 break
+            # Claim ahead only while there is a backlog (this batch came full): a light queue is
+            # served message by message as before, and rows held queued elsewhere are not raced.
             backlog = batch.backlog = len(batch.all_claims) >= self.context.settings.gpu_batch_size
-            # Claim ahead while the passes hold work, full or not (issue 27, round 5: a burst
-            # arriving over a second or two came in partial passes, and each partial pass ended
-            # the drain, so the next one was claimed, fetched and prepared with the networks
-            # idle). A pass holding interactive jobs claims the next one only once it is off the
-            # networks, so loading bulk images does not compete with it for the cores (issue 26).
-            interactive = _holds_interactive(batch.all_claims)
-            if not interactive or backlog:
-                self._upcoming = prefetch_lane.submit(self._claim_and_load, time.monotonic() < self._deadline)
-            else:
-                self._upcoming = _nothing_ahead()
-            self._run(batch, between=None if interactive else self._preempt)
-            if interactive and not backlog and self._failure is None:
-                self._upcoming = prefetch_lane.submit(self._claim_and_load, time.monotonic() < self._deadline)
+            self._upcoming = prefetch_lane.submit(
+                self._claim_and_load, backlog and time.monotonic() < self._deadline
+            )
+            self._run(batch, between=None if _holds_interactive(batch.all_claims) else self._preempt)
         finished = self._finished
         failure = self._failure
         for claims, write in self._writes:

@@ -246,38 +246,3 @@ def test_a_job_whose_write_fails_leaves_the_others_of_its_pass_written(engine_co
 
     engine_module.release(context, [claims[1]], DataError("statement", {}, Exception("refused")))
     assert _rows(context, [ids[1]])[ids[1]].status == "queued"
-
-
-class _ArrivesDuringFirstPass(Pipeline):
-    """The real pipeline; more jobs are queued while the first pass is being prepared, as the
-    rest of a burst lands while its first uploads are already on the networks."""
-
-    def __init__(self, pipeline: Pipeline, arrive) -> None:
-        super().__init__(pipeline.registry, pipeline.options, backend=pipeline.backend)
-        self.arrive = arrive
-        self.prepared = 0
-
-    def prepare(self, items, map=map):
-        if self.prepared == 0:
-            self.arrive()
-        self.prepared += 1
-        return super().prepare(items, map=map)
-
-
-@pytest.mark.parametrize("priority", ["bulk", "interactive"])
-def test_jobs_arriving_during_a_partial_pass_are_run_by_the_same_call(engine_context, pipeline, tenant_key, priority):
-    """Issue 27 (round 5): a partial pass no longer ends the drain. The jobs that land while it
-    runs are claimed ahead (after its networks, when it holds interactive jobs) and run by the
-    same call, instead of waiting for the next message with the networks idle."""
-    context = engine_context
-    later: list[uuid.UUID] = []
-    first = _queue(context, tenant_key[0], None, priority=priority)
-    arriving = _ArrivesDuringFirstPass(
-        pipeline, lambda: later.extend(_queue(context, tenant_key[0], None, priority=priority) for _ in range(2)))
-
-    finished = run_analysis(context, arriving, first)
-
-    rows = _rows(context, [first, *later])
-    assert finished == 3 and arriving.prepared == 2  # the first pass, then the two that arrived
-    assert {row.status for row in rows.values()} == {"succeeded"}
-    assert {row.attempt for row in rows.values()} == {1}
