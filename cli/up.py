@@ -31,8 +31,12 @@ if TYPE_CHECKING:
 DEV_TENANT = "development"
 SUPERVISE_INTERVAL_SECONDS = 0.5
 ROLES = ("gpu", "cpu", "io")
-# NICE of the API, the cpu and io workers and beat under `up`: below the analysis worker (issue 27).
+# NICE of the API, the io worker and beat under `up`: below the analysis worker (issue 27).
 BACKGROUND_NICE = 10
+# The cpu worker (PDF/FHIR reports, archive ingest) lowest of all: while the networks keep the
+# cores busy its work waits for their gaps, so reports are deferred behind the analysis lane and
+# catch up as soon as it idles (issue 27, round 5; docs/ENGINE.md "Inference first").
+DEFERRED_NICE = 19
 # First restart after 1 s, then 2, 4, 8, at most 15 s apart while a process keeps dying;
 # a process that stayed up 60 s starts again from 1 s.
 RESTART_BACKOFF = Backoff(first=1.0, cap=15.0, healthy_after=60.0)
@@ -253,11 +257,13 @@ def start_apps(stack: Stack, env: dict[str, str], host: str, port: int) -> dict[
     metrics_port = free_port(host)
     # Inference first (issue 27): everything but the analysis worker runs at a lower CPU priority.
     background = {**env, ENV_PREFIX + "NICE": env.get(ENV_PREFIX + "NICE", str(BACKGROUND_NICE))}
+    deferred = {**env, ENV_PREFIX + "NICE": env.get(ENV_PREFIX + "NICE", str(DEFERRED_NICE))}
     stack.api(background, host=host, port=port, args=["--no-access-log"], supervised=True, metrics_port=metrics_port)
     urls = {"api": f"http://{host}:{metrics_port}/metrics"}
     for role in ROLES:
         worker_port = free_port(host)
-        stack.worker(env if role == "gpu" else background, role=role, metrics_port=worker_port, supervised=True)
+        settings = {"gpu": env, "cpu": deferred}.get(role, background)
+        stack.worker(settings, role=role, metrics_port=worker_port, supervised=True)
         urls[f"worker-{role}"] = f"http://{host}:{worker_port}/metrics"
     stack.beat(background, supervised=True)
     return urls

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -79,6 +80,17 @@ def test_up_restarts_what_dies_serves_jobs_and_stops_everything_on_sigterm(runni
 
     gpu_worker, redis_server = up.child("--role gpu"), up.child("redis-server")
     cpu_worker = up.child("--role cpu")
+    # Inference first (issue 27): the analysis worker alone at full priority, reports the
+    # lowest; each process leads a session (an autogroup) of its own, and the group's nice is
+    # what weighs it against the others.
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    priorities = {name: (up.child(name).nice(), _autogroup_nice(up.child(name).pid))
+                  for name in ("--role gpu", "--role cpu", "--role io", "uvicorn")}
+    assert {name: nice for name, (nice, _) in priorities.items()} == {
+        "--role gpu": base, "--role cpu": max(base, 19), "--role io": max(base, 10), "uvicorn": max(base, 10)}
+    if priorities["--role gpu"][1] is not None:
+        assert {name: group for name, (_, group) in priorities.items()} == {
+            "--role gpu": 0, "--role cpu": 19, "--role io": 10, "uvicorn": 10}
     redis_port = urlsplit(up.stack_env()["BROKER_URL"]).port
 
     gpu_worker.kill()
@@ -179,6 +191,12 @@ def _from_any_folder_as_the_readme_says(up: UpProcess, lesion) -> None:
     development = httpx.get(f"{up.api_url}/v1/analyses/{submitted['id']}",
                             headers={"Authorization": f"Bearer {up.api_key}"})
     assert development.status_code == 404, "not as the development tenant"
+
+
+def _autogroup_nice(pid: int) -> int | None:
+    from shared.priority import autogroup_nice
+
+    return autogroup_nice(Path(f"/proc/{pid}/autogroup"))
 
 
 def _alive(process: psutil.Process) -> bool:
