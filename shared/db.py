@@ -7,6 +7,7 @@ Work that must follow a commit (enqueueing a Celery task) is registered with
 
 from __future__ import annotations
 
+import contextvars
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -103,9 +104,14 @@ def after_commit(session: Session, callback: Callable[[], None]) -> None:
     """Run ``callback`` once the session's current transaction commits; drop it on rollback.
 
     Inside a savepoint (``begin_nested``) the callback belongs to that savepoint: rolling the
-    savepoint back drops it and nothing registered outside it."""
+    savepoint back drops it and nothing registered outside it.
+
+    It runs in the context it was registered in (the request id and the job's ids that
+    ``log_context`` bound): a transaction that writes several jobs' outcomes commits outside
+    each job's block, and its wake-ups must still carry the job's own request id."""
     owner = session.get_nested_transaction() or session.get_transaction()
-    session.info.setdefault(_AFTER_COMMIT, []).append((owner, callback))
+    registered = contextvars.copy_context()
+    session.info.setdefault(_AFTER_COMMIT, []).append((owner, lambda: registered.run(callback)))
 
 
 def _run_after_commit(session: Session) -> None:

@@ -47,3 +47,19 @@ def test_rollback_drops_everything(factory):
     session.commit()
     session.close()
     assert ran == []
+
+
+def test_a_hand_off_runs_with_the_request_id_bound_when_it_was_registered(factory):
+    """Issue 27 (round 5): a pass writes several jobs in one transaction and commits outside
+    each job's ``log_context``; each job's wake-up still carries its own request id."""
+    from shared.logs import current_request_id, log_context
+
+    seen: list[str | None] = []
+    session = factory()
+    for request_id in ("req-a", None, "req-c"):
+        with log_context(request_id=request_id):
+            after_commit(session, lambda: seen.append(current_request_id()))
+    session.execute(text("select 1"))
+    session.commit()
+    session.close()
+    assert seen == ["req-a", None, "req-c"]
