@@ -13,8 +13,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import kombu.exceptions
-import redis.exceptions
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
@@ -24,9 +22,6 @@ from shared.config import SettingMissing, Settings
 log = logging.getLogger(__name__)
 
 _AFTER_COMMIT = "dermasentinel_after_commit"
-# A publish that failed because the broker is away: expected during an outage, not a bug.
-BROKER_DOWN = (kombu.exceptions.OperationalError, redis.exceptions.ConnectionError,
-               redis.exceptions.TimeoutError, OSError)
 
 
 def make_engine(settings: Settings, **kwargs: Any) -> Engine:
@@ -117,6 +112,8 @@ def after_commit(session: Session, callback: Callable[[], None]) -> None:
 def _run_after_commit(session: Session) -> None:
     if session.in_nested_transaction():
         return  # a savepoint was released; its hand-offs wait for the real commit
+    from shared.jobs import BROKER_DOWN  # the broker's code only where a hand-off runs
+
     callbacks = session.info.pop(_AFTER_COMMIT, [])
     for _owner, callback in callbacks:
         try:

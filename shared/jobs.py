@@ -32,6 +32,10 @@ from shared.queues import Queue, TaskName, analysis_queue
 
 log = logging.getLogger(__name__)
 
+# A publish that failed because the broker is away: expected during an outage, not a bug.
+BROKER_DOWN = (kombu.exceptions.OperationalError, redis.exceptions.ConnectionError,
+               redis.exceptions.TimeoutError, OSError)
+
 # Where each task goes unless the sender names a queue (analyses name their lane).
 TASK_ROUTES = {
     TaskName.analyze.value: {"queue": Queue.analyze_interactive.value},
@@ -124,8 +128,6 @@ def sends_together() -> Iterator[None]:
 
 
 def _publish_held(held: list[tuple[Celery, str, str, list[str], dict[str, Any] | None]]) -> None:
-    from shared.db import BROKER_DOWN
-
     try:
         for app in dict.fromkeys(entry[0] for entry in held):  # one app in practice
             with app.producer_or_acquire() as producer, producer.batch():
