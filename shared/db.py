@@ -8,7 +8,6 @@ Work that must follow a commit (enqueueing a Celery task) is registered with
 from __future__ import annotations
 
 import contextvars
-import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -18,8 +17,6 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 
 from shared.config import SettingMissing, Settings
-
-log = logging.getLogger(__name__)
 
 _AFTER_COMMIT = "dermasentinel_after_commit"
 
@@ -112,21 +109,10 @@ def after_commit(session: Session, callback: Callable[[], None]) -> None:
 def _run_after_commit(session: Session) -> None:
     if session.in_nested_transaction():
         return  # a savepoint was released; its hand-offs wait for the real commit
-    from shared.jobs import BROKER_DOWN  # the broker's code only where a hand-off runs
+    from shared.jobs import run_hand_off  # the broker's code only where a hand-off runs
 
-    callbacks = session.info.pop(_AFTER_COMMIT, [])
-    for _owner, callback in callbacks:
-        try:
-            callback()
-        except BROKER_DOWN as exc:
-            # The row is committed; the sweeper re-sends lost wake-ups, so a broker hiccup
-            # here must not turn a durable success into an error for the caller. One line:
-            # during an outage every submission lands here, and a full traceback each time
-            # (~1,500 lines rendered) costs the API more than the failed publish itself.
-            log.warning("post-commit hand-off failed (%s: broker unavailable); the sweeper will retry it",
-                        type(exc).__name__)
-        except Exception:
-            log.exception("post-commit hand-off failed; the sweeper will retry it")
+    for _owner, callback in session.info.pop(_AFTER_COMMIT, []):
+        run_hand_off(callback)
 
 
 def _drop_after_commit(session: Session, previous_transaction: SessionTransaction) -> None:

@@ -12,7 +12,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, cast
 
@@ -128,13 +128,25 @@ def sends_together() -> Iterator[None]:
 
 
 def _publish_held(held: list[tuple[Celery, str, str, list[str], dict[str, Any] | None]]) -> None:
-    try:
+    def publish() -> None:
         for app in dict.fromkeys(entry[0] for entry in held):  # one app in practice
             with app.producer_or_acquire() as producer, producer.batch():
                 for owner, name, queue, args, headers in held:
                     if owner is app:
                         app.send_task(name, args=args, queue=queue, routing_key=queue, headers=headers,
                                       producer=producer)
+
+    run_hand_off(publish)
+
+
+def run_hand_off(callback: Callable[[], None]) -> None:
+    """Run a post-commit hand-off (a wake-up for rows already committed): logged, never raised.
+    The sweeper re-sends lost wake-ups, so a broker hiccup must not turn a durable success into
+    an error for the caller. One line when the broker is away: during an outage every
+    submission lands here, and a full traceback each time (~1,500 lines rendered) costs the API
+    more than the failed publish itself."""
+    try:
+        callback()
     except BROKER_DOWN as exc:
         log.warning("post-commit hand-off failed (%s: broker unavailable); the sweeper will retry it",
                     type(exc).__name__)
