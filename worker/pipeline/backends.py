@@ -21,7 +21,7 @@ import importlib.metadata
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
@@ -60,6 +60,9 @@ GATE1_BYTES_PER_PIXEL = 110
 
 class NetworkBackend(Protocol):
     name: str  # provenance: "torch-cpu", "torch-cuda", "openvino-cpu"
+    # Images a forward step takes at once when the pipeline steps image by image (``between``):
+    # one per stream of a backend that runs several inputs side by side, else 1.
+    parallel: int
 
     def segment(self, batch: np.ndarray) -> np.ndarray:
         """(N, S, S, 3) float32 -> (N, S, S) bool lesion masks."""
@@ -84,6 +87,9 @@ class EngineOptions:
     cache_dir: Path | None = None  # OpenVINO IR cache; None converts in memory every start
     precision: str = "auto"  # OpenVINO: auto | fp32 | bf16 | int8 (see PRECISION_CHOICES)
     calibration_dir: Path | None = None  # int8: the operator's images; None: synthetic lesions
+    # OpenVINO CPU: passes of this many images or more run on as many single-request streams
+    # (issue 27, "Streams"); 1: every pass on the latency-compiled networks alone.
+    streams: int = 2
 
     def __post_init__(self) -> None:
         if self.autocast not in AUTOCAST_CHOICES:
@@ -92,6 +98,8 @@ class EngineOptions:
             raise ValueError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, not {self.precision!r}")
         if self.gate1_memory_mb <= 0:
             raise ValueError("gate1_memory_mb must be positive")
+        if self.streams < 1:
+            raise ValueError("streams must be at least 1")
 
 
 class _Device(Protocol):
@@ -145,6 +153,8 @@ def gate1_chunk(seg_size: int, memory_mb: int, autocast: str = "off") -> int:
 class TorchBackend:
     """Eager torch: channels_last, inference_mode; on CUDA pinned host memory, non-blocking
     copies, cudnn.benchmark and optional fp16/bf16 autocast."""
+
+    parallel = 1
 
     def __init__(
         self, scalpel: nn.Module | None, fusion: nn.Module, device: Any, seg_size: int, options: EngineOptions
@@ -213,15 +223,31 @@ class OpenVinoBackend:
     fast per image as five per pass, and the activation memory is ~400 MB smaller at 512, which
     keeps a worker holding both models under 1.5 GB. The cached IR keeps a dynamic batch; the
     static shape is applied at load time.
+
+    Streams (issue 27): each network is compiled twice from the same IR. A call holding one
+    input per network pass (one image to segment; one image's views is one call too) runs on
+    the LATENCY-compiled network, which spreads each pass over all the cores. A call holding two
+    images or more runs on ``streams`` single-request streams (THROUGHPUT-compiled, the cores
+    split between them), one pass per stream at a time, results in order. On a host whose other
+    processes take a core now and then, a pass spread over all cores waits at each layer for its
+    slowest thread; passes on separate streams do not wait for each other (measured in
+    docs/ENGINE.md "Streams"). The results are the same computation either way: fp32 the same
+    numbers, bf16 within 1e-5, each stable from run to run; int8, whose results on streams were
+    not, always runs on the LATENCY-compiled networks.
     """
 
     name = "openvino-cpu"
     PASS = 1  # inputs per forward pass
 
-    def __init__(self, scalpel: Any, fusion: Any, precision: str = "fp32") -> None:
+    def __init__(self, scalpel: Any, fusion: Any, precision: str = "fp32", streamed: tuple[Any, Any] | None = None,
+                 streams: int = 1) -> None:
         self.scalpel = scalpel  # openvino.CompiledModel (untyped library) or None
         self.fusion = fusion
         self.precision = precision  # provenance: fp32 | bf16 | int8
+        # The THROUGHPUT-compiled pair (scalpel or None, fusion) and a request queue per network.
+        self.streamed = streamed if streams > 1 else None
+        self.parallel = streams if self.streamed is not None else 1
+        self._queues: dict[str, Any] = {}
 
     @classmethod
     def build(
@@ -248,7 +274,11 @@ class OpenVinoBackend:
         # int8: the layers NNCF leaves in float run at f32, like the fp32 path.
         hint = "bf16" if precision == "bf16" else "f32"
         config = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
-        compiled_scalpel = None
+        # int8 stays on the latency-compiled networks: its requests on separate streams gave results
+        # that differed from run to run (up to 6e-4 in a probability); fp32 and bf16 are bit-stable.
+        streams = 1 if precision == "int8" else min(options.streams, os.cpu_count() or 1)
+        streamed_config = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": streams}
+        compiled_scalpel = streamed_scalpel = None
         if scalpel is not None:
             build_scalpel = scalpel
 
@@ -268,6 +298,8 @@ class OpenVinoBackend:
                 model = scalpel_ir()
             model.reshape([cls.PASS, 3, seg_size, seg_size])
             compiled_scalpel = core.compile_model(model, "CPU", config)
+            if streams > 1:
+                streamed_scalpel = core.compile_model(model, "CPU", streamed_config)
             del model
 
         def convert_fusion() -> Any:
@@ -288,33 +320,68 @@ class OpenVinoBackend:
             model = fusion_ir()
         model.reshape({0: [cls.PASS, 3, cls_size, cls_size], 1: [cls.PASS, METADATA_SIZE]})
         compiled_fusion = core.compile_model(model, "CPU", config)
+        streamed = (streamed_scalpel, core.compile_model(model, "CPU", streamed_config)) if streams > 1 else None
         del model
-        log.info("engine: OpenVINO CPU networks compiled at %s (PRECISION=%s)", precision, options.precision)
-        return cls(compiled_scalpel, compiled_fusion, precision)
+        log.info("engine: OpenVINO CPU networks compiled at %s (PRECISION=%s), %d stream(s) for passes of %d "
+                 "images or more", precision, options.precision, streams, streams)
+        return cls(compiled_scalpel, compiled_fusion, precision, streamed, streams)
 
     def segment(self, batch: np.ndarray) -> np.ndarray:
         if self.scalpel is None:
             raise ModelConfigError("this backend has no Scalpel network (classical Gate 1)")
-        masks = [
-            self.scalpel(_nchw(batch[start : start + self.PASS]))[0][:, 0] > 0.0
-            for start in range(0, len(batch), self.PASS)
-        ]
+        feeds = ((_nchw(batch[start : start + self.PASS]),) for start in range(0, len(batch), self.PASS))
+        if self.streamed is not None and len(batch) > self.PASS:
+            logits = self._on_streams("scalpel", self.streamed[0], feeds)
+        else:
+            logits = [self.scalpel(list(feed))[0] for feed in feeds]
+        masks = [output[:, 0] > 0.0 for output in logits]
         return np.concatenate(masks) if masks else np.zeros((0,) + batch.shape[1:3], dtype=bool)
 
     def classify(self, batch: np.ndarray, metadata: np.ndarray, views: int, max_batch: int) -> np.ndarray:
         """``max_batch`` is the torch knob; the compiled shape decides here (see the class)."""
         repeated = np.repeat(np.ascontiguousarray(metadata, dtype=np.float32), views, axis=0)
-        parts: list[np.ndarray] = []
-        for index in range(len(batch)):
-            # One image's views at a time (one copy, NCHW), so memory does not grow with N.
-            expanded = expand_views_numpy(batch[index : index + 1].transpose(0, 3, 1, 2), views)
-            metadata = repeated[index * views :]
-            parts += [
-                self.fusion([expanded[start : start + self.PASS], metadata[start : start + self.PASS]])[0][:, 0]
-                for start in range(0, views, self.PASS)
-            ]
-        logits = np.concatenate(parts).astype(np.float32)
+
+        def feeds() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+            for index in range(len(batch)):
+                # One image's views at a time (one copy, NCHW), so memory does not grow with N.
+                expanded = expand_views_numpy(batch[index : index + 1].transpose(0, 3, 1, 2), views)
+                metadata = repeated[index * views :]
+                for start in range(0, views, self.PASS):
+                    yield expanded[start : start + self.PASS], metadata[start : start + self.PASS]
+
+        if self.streamed is not None and len(batch) > 1:
+            outputs = self._on_streams("fusion", self.streamed[1], feeds())
+        else:
+            outputs = [self.fusion(list(feed))[0] for feed in feeds()]
+        logits = np.concatenate([output[:, 0] for output in outputs]).astype(np.float32)
         return sigmoid_float32(logits).reshape(len(batch), views)
+
+    def _on_streams(self, network: str, compiled: Any, feeds: Iterable[tuple[np.ndarray, ...]]) -> list[np.ndarray]:
+        """Each feed as one request on the network's streams (as many requests as streams, each
+        started as one frees); the first output of each, in the feeds' order. A request's failure
+        is raised here, after the others finished."""
+        import openvino as ov
+
+        queue = self._queues.get(network)
+        if queue is None:
+            queue = self._queues[network] = ov.AsyncInferQueue(compiled, self.parallel)
+        outputs: dict[int, np.ndarray] = {}
+
+        def done(request: Any, index: int) -> None:
+            outputs[index] = request.get_output_tensor(0).data.copy()  # the request's buffer is reused
+
+        queue.set_callback(done)
+        count = 0
+        try:
+            for feed in feeds:
+                queue.start_async(dict(enumerate(feed)), count)
+                count += 1
+        finally:
+            queue.wait_all()
+        missing = [index for index in range(count) if index not in outputs]
+        if missing:
+            raise RuntimeError(f"OpenVINO {network}: {len(missing)} of {count} requests returned no output")
+        return [outputs[index] for index in range(count)]
 
 
 def sigmoid_float32(logits: np.ndarray) -> np.ndarray:

@@ -67,6 +67,7 @@ class PipelineOptions:
     decode_reduced: bool = True
     precision: str = "auto"  # OpenVINO CPU: auto | fp32 | bf16 | int8 (backends.resolve_precision)
     calibration_dir: Path | None = None  # int8 calibration images; None: synthetic lesions
+    streams: int = 2  # OpenVINO CPU: passes of this many images or more run side by side (EngineOptions)
 
     def __post_init__(self) -> None:
         if not 1 <= self.tta_views <= MAX_VIEWS:
@@ -105,13 +106,14 @@ class PipelineOptions:
             "decode_reduced": settings.decode_reduced,
             "precision": settings.precision,
             "calibration_dir": settings.calibration_dir,
+            "streams": settings.cpu_streams,
         }
         return cls(**{**options, **overrides})
 
     @property
     def engine(self) -> EngineOptions:
         return EngineOptions(autocast=self.autocast, gate1_memory_mb=self.gate1_memory_mb, cache_dir=self.ir_cache_dir,
-                             precision=self.precision, calibration_dir=self.calibration_dir)
+                             precision=self.precision, calibration_dir=self.calibration_dir, streams=self.streams)
 
 
 @dataclass(frozen=True)
@@ -225,7 +227,8 @@ class Pipeline:
         """The networks: Gate 1, the coverage gate, Gate 2 (sets masks and probabilities).
 
         With ``between``, each gate runs ``max_forward_batch`` images at a time (the size of one
-        forward pass: one image on the CPU) and calls ``between()`` before each of those steps;
+        forward pass: one image on the CPU), times the backend's ``parallel`` (its streams: two
+        images side by side on a 2-core CPU), and calls ``between()`` before each of those steps;
         the engine may run another batch there (issue 26: an interactive pass preempts a bulk
         one). Without it, each gate runs the whole batch at once."""
         outcomes = batch.outcomes
@@ -385,7 +388,7 @@ class Pipeline:
         """Run ``step`` on the whole batch (with ``between``: on each forward pass's share of it,
         calling ``between()`` before each); if it fails, retry per item to isolate the culprit."""
         if between is not None:
-            size = self.options.max_forward_batch
+            size = self.options.max_forward_batch * self.backend.parallel
             done = []
             for start in range(0, len(batch), size):
                 between()

@@ -271,3 +271,105 @@ def test_autocast_applies_on_cuda_only(unet_registry):
     assert tensor.shape == (2, 3, 8, 8) and tensor.is_contiguous(memory_format=torch.channels_last)
     with pytest.raises(ValueError, match="autocast"):
         EngineOptions(autocast="fp8")
+
+
+# --- streams (issue 27): several images side by side, one single-request stream each ---------
+
+
+def _network_inputs(count: int, size: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    from worker.pipeline.metadata import METADATA_SIZE
+
+    rng = np.random.default_rng(count)
+    images = rng.standard_normal((count, size, size, 3)).astype(np.float32)
+    return images, rng.standard_normal((count, METADATA_SIZE)).astype(np.float32)
+
+
+def _streamed_calls(backend, monkeypatch) -> list[str]:
+    calls: list[str] = []
+    on_streams = backend._on_streams
+
+    def spy(network, compiled, feeds):
+        calls.append(network)
+        return on_streams(network, compiled, feeds)
+
+    monkeypatch.setattr(backend, "_on_streams", spy)
+    return calls
+
+
+def test_images_side_by_side_on_streams_give_what_each_gives_alone(both, monkeypatch):
+    """A call of two images or more runs on the THROUGHPUT-compiled networks' streams, one
+    image on the LATENCY-compiled ones: the same computation, so fp32 gives the same numbers,
+    in the images' order."""
+    backend = both["openvino"].backend
+    assert backend.parallel == min(2, os.cpu_count() or 1)
+    if backend.parallel < 2:
+        pytest.skip("one CPU: no streams side by side")
+    calls = _streamed_calls(backend, monkeypatch)
+    images, metadata = _network_inputs(3)
+    alone = [backend.classify(images[i : i + 1], metadata[i : i + 1], 5, 1) for i in range(3)]
+    masks_alone = [backend.segment(images[i : i + 1]) for i in range(3)]
+    assert calls == []  # one image: the latency-compiled networks
+    together = backend.classify(images, metadata, 5, 1)
+    masks = backend.segment(images)
+    assert calls == ["fusion", "scalpel"]
+    np.testing.assert_array_equal(together, np.concatenate(alone))
+    np.testing.assert_array_equal(masks, np.concatenate(masks_alone))
+    assert together.shape == (3, 5) and masks.shape == (3, 128, 128)
+
+
+def test_a_failed_request_on_the_streams_is_raised_and_the_streams_still_serve(both):
+    backend = both["openvino"].backend
+    if backend.parallel < 2:
+        pytest.skip("one CPU: no streams side by side")
+    images, metadata = _network_inputs(2)
+    wrong, _ = _network_inputs(2, size=96)  # not the compiled 128 x 128
+    with pytest.raises(Exception):  # noqa: B017 (OpenVINO's own error type for a shape mismatch)
+        backend.classify(wrong, metadata, 5, 1)
+    again = backend.classify(images, metadata, 5, 1)
+    np.testing.assert_array_equal(again, np.concatenate([backend.classify(images[i : i + 1], metadata[i : i + 1], 5, 1)
+                                                         for i in range(2)]))
+
+
+def test_the_worker_steps_a_pass_a_stream_full_at_a_time_with_the_same_results(both, checkpoint_dir, ir_cache):
+    """With ``between`` (the worker's bulk passes), each gate takes ``parallel`` images per step
+    (two side by side), and ``between`` runs before each step; CPU_STREAMS=1 steps one image at
+    a time on the latency-compiled networks alone. Every result is the same."""
+    def worker_pipeline(streams: int) -> Pipeline:  # one input per forward pass, as on a CPU worker
+        options = PipelineOptions(seg_size=128, cls_size=128, min_image_side=32, ir_cache_dir=ir_cache,
+                                  precision="fp32", max_forward_batch=1, streams=streams)
+        return Pipeline(ModelSet.load(checkpoint_dir, device="cpu", backend="openvino", ir_cache_dir=ir_cache), options)
+
+    pipeline = worker_pipeline(2)
+    items = _lesions(5)
+
+    def stepped_run(pipeline: Pipeline) -> tuple[list[object], dict[str, int], int]:
+        steps: dict[str, int] = {}
+        stage = [""]
+        prepared = pipeline.prepare(items)
+        pipeline.infer(prepared, on_stage=lambda name: stage.__setitem__(0, name),
+                       between=lambda: steps.__setitem__(stage[0], steps.get(stage[0], 0) + 1))
+        classified = len(prepared.items)  # those the coverage gate let through to Gate 2
+        return [outcome.result for outcome in pipeline.complete(prepared)], steps, classified
+
+    stepped, steps, classified = stepped_run(pipeline)
+    parallel = pipeline.backend.parallel
+    assert classified > 0
+    # ceil(images / parallel) steps per gate
+    assert steps == {"segmentation": -(-5 // parallel), "classification": -(-classified // parallel)}
+
+    single = worker_pipeline(1)
+    assert single.backend.parallel == 1 and single.backend.streamed is None
+    single_results, steps, _ = stepped_run(single)
+    assert steps == {"segmentation": 5, "classification": classified}
+    assert single_results == stepped
+    assert [outcome.result for outcome in pipeline.run(items)] == stepped
+    assert [outcome.result for outcome in both["openvino"].run(items)] == stepped
+
+
+def test_cpu_streams_reaches_the_engine_options():
+    from shared.config import Settings
+
+    options = PipelineOptions.from_settings(Settings(cpu_streams=3), "cpu")
+    assert options.streams == 3 and options.engine.streams == 3
+    with pytest.raises(ValueError, match="streams"):
+        EngineOptions(streams=0)
