@@ -21,6 +21,7 @@ import importlib.metadata
 import json
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -248,6 +249,7 @@ class OpenVinoBackend:
         self.streamed = streamed if streams > 1 else None
         self.parallel = streams if self.streamed is not None else 1
         self._queues: dict[str, Any] = {}
+        self._streams_lock = threading.Lock()  # one call on the streams at a time (one queue per network)
 
     @classmethod
     def build(
@@ -322,8 +324,8 @@ class OpenVinoBackend:
         compiled_fusion = core.compile_model(model, "CPU", config)
         streamed = (streamed_scalpel, core.compile_model(model, "CPU", streamed_config)) if streams > 1 else None
         del model
-        log.info("engine: OpenVINO CPU networks compiled at %s (PRECISION=%s), %d stream(s) for passes of %d "
-                 "images or more", precision, options.precision, streams, streams)
+        log.info("engine: OpenVINO CPU networks compiled at %s (PRECISION=%s); %s", precision, options.precision,
+                 f"{streams} images side by side on {streams} streams" if streams > 1 else "no streams")
         return cls(compiled_scalpel, compiled_fusion, precision, streamed, streams)
 
     def segment(self, batch: np.ndarray) -> np.ndarray:
@@ -360,6 +362,12 @@ class OpenVinoBackend:
         """Each feed as one request on the network's streams (as many requests as streams, each
         started as one frees); the first output of each, in the feeds' order. A request's failure
         is raised here, after the others finished."""
+        with self._streams_lock:
+            return self._on_streams_locked(network, compiled, feeds)
+
+    def _on_streams_locked(
+        self, network: str, compiled: Any, feeds: Iterable[tuple[np.ndarray, ...]]
+    ) -> list[np.ndarray]:
         import openvino as ov
 
         queue = self._queues.get(network)
