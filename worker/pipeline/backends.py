@@ -240,12 +240,13 @@ class OpenVinoBackend:
     name = "openvino-cpu"
     PASS = 1  # inputs per forward pass
 
-    def __init__(self, scalpel: Any, fusion: Any, precision: str = "fp32", streamed: tuple[Any, Any] | None = None,
+    def __init__(self, scalpel: Any, fusion: Any, precision: str = "fp32", streamed: dict[str, Any] | None = None,
                  streams: int = 1) -> None:
         self.scalpel = scalpel  # openvino.CompiledModel (untyped library) or None
         self.fusion = fusion
         self.precision = precision  # provenance: fp32 | bf16 | int8
-        # The THROUGHPUT-compiled pair (scalpel or None, fusion) and a request queue per network.
+        # The THROUGHPUT-compiled networks by name ("scalpel" when there is one, "fusion"), each
+        # given its request queue on first use.
         self.streamed = streamed if streams > 1 else None
         self.parallel = streams if self.streamed is not None else 1
         self._queues: dict[str, Any] = {}
@@ -280,7 +281,8 @@ class OpenVinoBackend:
         # that differed from run to run (up to 6e-4 in a probability); fp32 and bf16 are bit-stable.
         streams = 1 if precision == "int8" else min(options.streams, os.cpu_count() or 1)
         streamed_config = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": streams}
-        compiled_scalpel = streamed_scalpel = None
+        compiled_scalpel = None
+        streamed: dict[str, Any] = {}
         if scalpel is not None:
             build_scalpel = scalpel
 
@@ -301,7 +303,7 @@ class OpenVinoBackend:
             model.reshape([cls.PASS, 3, seg_size, seg_size])
             compiled_scalpel = core.compile_model(model, "CPU", config)
             if streams > 1:
-                streamed_scalpel = core.compile_model(model, "CPU", streamed_config)
+                streamed["scalpel"] = core.compile_model(model, "CPU", streamed_config)
             del model
 
         def convert_fusion() -> Any:
@@ -322,7 +324,8 @@ class OpenVinoBackend:
             model = fusion_ir()
         model.reshape({0: [cls.PASS, 3, cls_size, cls_size], 1: [cls.PASS, METADATA_SIZE]})
         compiled_fusion = core.compile_model(model, "CPU", config)
-        streamed = (streamed_scalpel, core.compile_model(model, "CPU", streamed_config)) if streams > 1 else None
+        if streams > 1:
+            streamed["fusion"] = core.compile_model(model, "CPU", streamed_config)
         del model
         log.info("engine: OpenVINO CPU networks compiled at %s (PRECISION=%s); %s", precision, options.precision,
                  f"{streams} images side by side on {streams} streams" if streams > 1 else "no streams")
@@ -332,8 +335,8 @@ class OpenVinoBackend:
         if self.scalpel is None:
             raise ModelConfigError("this backend has no Scalpel network (classical Gate 1)")
         feeds = ((_nchw(batch[start : start + self.PASS]),) for start in range(0, len(batch), self.PASS))
-        if self.streamed is not None and len(batch) > self.PASS:
-            logits = self._on_streams("scalpel", self.streamed[0], feeds)
+        if self.streamed is not None and len(batch) > 1:
+            logits = self._on_streams("scalpel", feeds)
         else:
             logits = [self.scalpel(list(feed))[0] for feed in feeds]
         masks = [output[:, 0] > 0.0 for output in logits]
@@ -352,40 +355,36 @@ class OpenVinoBackend:
                     yield expanded[start : start + self.PASS], metadata[start : start + self.PASS]
 
         if self.streamed is not None and len(batch) > 1:
-            outputs = self._on_streams("fusion", self.streamed[1], feeds())
+            outputs = self._on_streams("fusion", feeds())
         else:
             outputs = [self.fusion(list(feed))[0] for feed in feeds()]
         logits = np.concatenate([output[:, 0] for output in outputs]).astype(np.float32)
         return sigmoid_float32(logits).reshape(len(batch), views)
 
-    def _on_streams(self, network: str, compiled: Any, feeds: Iterable[tuple[np.ndarray, ...]]) -> list[np.ndarray]:
+    def _on_streams(self, network: str, feeds: Iterable[tuple[np.ndarray, ...]]) -> list[np.ndarray]:
         """Each feed as one request on the network's streams (as many requests as streams, each
         started as one frees); the first output of each, in the feeds' order. A request's failure
         is raised here, after the others finished."""
-        with self._streams_lock:
-            return self._on_streams_locked(network, compiled, feeds)
-
-    def _on_streams_locked(
-        self, network: str, compiled: Any, feeds: Iterable[tuple[np.ndarray, ...]]
-    ) -> list[np.ndarray]:
         import openvino as ov
 
-        queue = self._queues.get(network)
-        if queue is None:
-            queue = self._queues[network] = ov.AsyncInferQueue(compiled, self.parallel)
+        assert self.streamed is not None  # only called with streams
         outputs: dict[int, np.ndarray] = {}
 
         def done(request: Any, index: int) -> None:
             outputs[index] = request.get_output_tensor(0).data.copy()  # the request's buffer is reused
 
-        queue.set_callback(done)
         count = 0
-        try:
-            for feed in feeds:
-                queue.start_async(dict(enumerate(feed)), count)
-                count += 1
-        finally:
-            queue.wait_all()
+        with self._streams_lock:
+            queue = self._queues.get(network)
+            if queue is None:
+                queue = self._queues[network] = ov.AsyncInferQueue(self.streamed[network], self.parallel)
+            queue.set_callback(done)
+            try:
+                for feed in feeds:
+                    queue.start_async(dict(enumerate(feed)), count)
+                    count += 1
+            finally:
+                queue.wait_all()
         missing = [index for index in range(count) if index not in outputs]
         if missing:
             raise RuntimeError(f"OpenVINO {network}: {len(missing)} of {count} requests returned no output")

@@ -288,9 +288,9 @@ def _streamed_calls(backend, monkeypatch) -> list[str]:
     calls: list[str] = []
     on_streams = backend._on_streams
 
-    def spy(network, compiled, feeds):
+    def spy(network, feeds):
         calls.append(network)
-        return on_streams(network, compiled, feeds)
+        return on_streams(network, feeds)
 
     monkeypatch.setattr(backend, "_on_streams", spy)
     return calls
