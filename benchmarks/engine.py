@@ -9,9 +9,9 @@ Scalpel checkpoint is written so the U-Net runs; nothing is downloaded), on 1024
 1. raw network loop per backend (OpenVINO once per ``--precisions``: fp32 and what PRECISION=auto
    resolves to, bf16 on CPUs that compute it natively): U-Net @SEG_SIZE + Fusion @CLS_SIZE x VIEWS
    on pre-made input tensors, nothing else (``--batch-sizes``: images per call, Gate 2 runs batch
-   x views; default 1 and 2: OpenVINO runs a call of 2 images or more on its CPU_STREAMS streams,
-   as the worker does, and one image on the latency-compiled networks); the best of these is "the
-   best raw loop" the end-to-end ratios are taken against;
+   x views; default 1 and 2: OpenVINO runs Fusion's views on its CPU_STREAMS streams and Scalpel
+   on all cores, and 2 per call is a bulk pass's step, as the worker runs them); the best of these
+   is "the best raw loop" the end-to-end ratios are taken against;
 2. pipeline per backend: ``Pipeline.run`` on the JPEG bytes, one batch at a time, serially;
 3. host cost per image with the networks excluded (a stub backend answers instantly): wall
    and CPU milliseconds of decode, quality, network inputs, ABCD, ITA and artifacts;
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--load-webhooks", type=float, default=5.0, help="background load: webhook deliveries per s")
     parser.add_argument("--no-load", action="store_true", help="end to end quiet only")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2],
-                        help="raw loop: images per network call (OpenVINO: 2 or more run on CPU_STREAMS streams)")
+                        help="raw loop: images per network call (OpenVINO: 2 is a bulk pass's step on CPU_STREAMS)")
     parser.add_argument("--pipeline-batch", type=int, default=8, help="images per Pipeline.run (GPU_BATCH_SIZE)")
     parser.add_argument("--e2e-backend", default=None, help="backend of the stack (default: auto for the device)")
     parser.add_argument("--upload-concurrency", type=int, default=4, help="end to end: parallel uploads")
@@ -228,7 +228,7 @@ def _run(args: argparse.Namespace, model_dir: Path, cache: Path, scratch: Path) 
             numbers[f"rss_{label.replace(' ', '_')}_mib"] = memory["peak_mib"]
             torch_note = "" if memory.get("torch_imported", True) else ", torch never imported"
             print(f"   fresh worker-like process, {label}: peak RSS {memory['peak_mib']:.0f} MiB with both models "
-                  f"after one image{torch_note} (target <= 1229 MiB = 1.2 GiB)", flush=True)
+                  f"after one image and a pair{torch_note} (target <= 1229 MiB = 1.2 GiB)", flush=True)
     print("\nnumbers: " + json.dumps({k: round(v, 4) for k, v in numbers.items()}), flush=True)
 
 
@@ -239,7 +239,8 @@ def precision_of(pipeline) -> str:
     return str(pipeline.registry.precision)
 
 
-def _pipeline(backend: str, model_dir: Path, cache: Path, args: argparse.Namespace, precision: str | None = None):
+def _pipeline(backend: str, model_dir: Path, cache: Path, args: argparse.Namespace, precision: str | None = None,
+              streams: int | None = None):
     from shared.config import get_settings
     from worker.pipeline.model_set import ModelSet
     from worker.pipeline.pipeline import Pipeline, PipelineOptions
@@ -254,6 +255,7 @@ def _pipeline(backend: str, model_dir: Path, cache: Path, args: argparse.Namespa
         get_settings(), registry.device.type, seg_size=args.seg_size, cls_size=args.cls_size, tta_views=args.views,
         autocast=args.autocast, ir_cache_dir=cache,
         precision=(precision or args.precision) if backend == "openvino" else "auto",
+        **({"streams": streams} if streams is not None else {}),
     )
     pipeline = Pipeline(registry, options)
     print(f"   built {pipeline.backend.name} {precision_of(pipeline)} in {time.perf_counter() - started:.1f} s",
@@ -780,7 +782,8 @@ def _probe_memory(backend: str, model_dir: Path, cache: Path, args: argparse.Nam
 
 def _memory_probe(model_dir: Path, cache: Path, args: argparse.Namespace) -> None:
     """A fresh process as a restarted CPU worker holds it (OpenVINO IR already cached): both
-    models on one backend, one image analysed."""
+    models on one backend, one image analysed, then two in one pass (a bulk pass's step, one
+    image per stream)."""
     from worker.pipeline.pipeline import LesionInput
     from worker.pipeline.synthetic import encode_jpeg, make_lesion
     from worker.runtime import release_freed_memory
@@ -790,6 +793,7 @@ def _memory_probe(model_dir: Path, cache: Path, args: argparse.Namespace) -> Non
     with open("/proc/self/status") as status:
         loaded = next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmHWM:"))
     pipeline.run([LesionInput(encode_jpeg(make_lesion(0, IMAGE_SIZE).image), age=50)])
+    pipeline.run([LesionInput(encode_jpeg(make_lesion(seed, IMAGE_SIZE).image), age=50) for seed in (1, 2)])
     with open("/proc/self/status") as status:
         peak = next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmHWM:"))
     print(json.dumps({"peak_mib": peak, "load_peak_mib": loaded, "precision": precision_of(pipeline),

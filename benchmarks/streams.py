@@ -1,14 +1,17 @@
-"""The networks on a busy host: one image spread over every core against two images side by side
-on single-request streams (issue 27, docs/ENGINE.md "Streams").
+"""The networks on a busy host: every pass spread over all the cores (``CPU_STREAMS=1``)
+against Fusion's views side by side on single-request streams (issue 27, docs/ENGINE.md
+"Streams").
 
     .venv/bin/python -m benchmarks.streams                 # 512/512, 5 views, PRECISION=auto
     .venv/bin/python -m benchmarks.streams --size 128 --images 4 --busy 0 0.5   # quick
 
 The worker's own backend (``OpenVinoBackend``, seeded random Scalpel and Fusion, nothing
-downloaded) runs the raw loop of U-Net + Fusion x views on ready tensors, one image per call (its
-LATENCY-compiled networks) and two per call (its ``CPU_STREAMS`` streams), each while a spinning
-process of this benchmark keeps ``--busy`` of one core busy in 20 ms bursts, as the stack's
-other processes do. Alternated ``--rounds`` times; prints seconds per image.
+downloaded) runs the raw loop of U-Net + Fusion x views on ready tensors three ways: built with
+``CPU_STREAMS=1`` (both networks LATENCY-compiled), one image per call; built with the
+streams, one image per call (an interactive pass) and two per call (a bulk pass's step). Each
+runs while a spinning process of this benchmark keeps ``--busy`` of one core busy in 20 ms
+bursts, as the stack's other processes do. Alternated ``--rounds`` times; prints seconds per
+image.
 """
 
 from __future__ import annotations
@@ -50,37 +53,40 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="dsbench-streams-") as scratch:
         settings = argparse.Namespace(device="cpu", seg_size=args.size, cls_size=args.size, views=args.views,
                                       autocast="off", precision=args.precision)
-        pipeline = _pipeline("openvino", _random_checkpoints(Path(scratch) / "models"), Path(scratch) / "engine",
-                             settings)
-        backend = pipeline.backend
+        models, cache = _random_checkpoints(Path(scratch) / "models"), Path(scratch) / "engine"
+        latency = _pipeline("openvino", models, cache, settings, streams=1).backend
+        backend = _pipeline("openvino", models, cache, settings).backend
         if backend.parallel < 2:
             raise SystemExit("one CPU (or CPU_STREAMS=1): there are no streams to compare")
         rng = np.random.default_rng(0)
         images = rng.standard_normal((2, args.size, args.size, 3)).astype(np.float32)
         metadata = rng.standard_normal((2, METADATA_SIZE)).astype(np.float32)
 
-        def loop(per_call: int) -> float:
+        def loop(engine, per_call: int) -> float:
             started = time.perf_counter()
             for _ in range(args.images // per_call):
-                backend.segment(images[:per_call])
-                backend.classify(images[:per_call], metadata[:per_call], args.views, 1)
+                engine.segment(images[:per_call])
+                engine.classify(images[:per_call], metadata[:per_call], args.views, 1)
             return (time.perf_counter() - started) / (args.images // per_call * per_call)
 
-        loop(1), loop(2)  # warm-up: kernels, the streams' requests
+        runs = {"CPU_STREAMS=1, one per call": (latency, 1), "streams, one per call": (backend, 1),
+                "streams, two per call": (backend, 2)}
+        for engine, per_call in runs.values():
+            loop(engine, per_call)  # warm-up: kernels, the streams' requests
         print(f"streams benchmark: {backend.precision}, {args.size}/{args.size}, {args.views} views, "
               f"{backend.parallel} streams, {args.images} images per measurement (s/img)", flush=True)
-        print(f"{'busy share of one core':>24}  {'one image, all cores':>22}  {'two images, streams':>20}")
+        print(f"{'busy share of one core':>24}" + "".join(f"  {name:>27}" for name in runs))
         for _ in range(args.rounds):
             for busy in args.busy:
                 spinner = subprocess.Popen([sys.executable, "-c", _SPINNER, str(busy)]) if busy > 0 else None
                 try:
                     time.sleep(0.2)
-                    alone, side_by_side = loop(1), loop(2)
+                    seconds = [loop(engine, per_call) for engine, per_call in runs.values()]
                 finally:
                     if spinner is not None:
                         spinner.kill()
                         spinner.wait()
-                print(f"{busy:>24.2f}  {alone:>22.3f}  {side_by_side:>20.3f}", flush=True)
+                print(f"{busy:>24.2f}" + "".join(f"  {value:>27.3f}" for value in seconds), flush=True)
 
 
 if __name__ == "__main__":

@@ -131,9 +131,9 @@ class Settings(BaseSettings):
     # score is measured at a fixed working size (issue 27), so it no longer changes the score's scale.
     decode_reduced: bool = True
     host_threads: int = Field(default=2, ge=1, le=32)  # fetch/decode and post-process/write pools
-    # Issue 27: OpenVINO CPU passes of this many images or more run as that many single-request
-    # streams side by side (at most one per CPU); 1: every pass spread over all the cores alone
-    # (docs/ENGINE.md "Streams").
+    # Issue 27: OpenVINO CPU: Fusion's views run side by side on this many single-request streams
+    # (at most one per CPU) and a bulk pass steps this many images at a time; Scalpel spreads over
+    # all the cores. 1: every pass spread over all the cores (docs/ENGINE.md "Streams").
     cpu_streams: int = Field(default=2, ge=1, le=64)
     # Issue 27, inference first on a busy host: a process started with NICE > 0 lowers its own CPU
     # priority by that much (os.setpriority) as it starts, so the analysis worker's networks get

@@ -88,8 +88,8 @@ class EngineOptions:
     cache_dir: Path | None = None  # OpenVINO IR cache; None converts in memory every start
     precision: str = "auto"  # OpenVINO: auto | fp32 | bf16 | int8 (see PRECISION_CHOICES)
     calibration_dir: Path | None = None  # int8: the operator's images; None: synthetic lesions
-    # OpenVINO CPU: passes of this many images or more run on as many single-request streams
-    # (issue 27, "Streams"); 1: every pass on the latency-compiled networks alone.
+    # OpenVINO CPU: Fusion's passes run on this many single-request streams (issue 27,
+    # "Streams"); 1: every pass on LATENCY-compiled networks, spread over all the cores.
     streams: int = 2
 
     def __post_init__(self) -> None:
@@ -225,32 +225,32 @@ class OpenVinoBackend:
     keeps a worker holding both models under 1.5 GB. The cached IR keeps a dynamic batch; the
     static shape is applied at load time.
 
-    Streams (issue 27): each network is compiled twice from the same IR. A call holding one
-    input per network pass (one image to segment; one image's views is one call too) runs on
-    the LATENCY-compiled network, which spreads each pass over all the cores. A call holding two
-    images or more runs on ``streams`` single-request streams (THROUGHPUT-compiled, the cores
-    split between them), one pass per stream at a time, results in order. On a host whose other
+    Streams (issue 27): Fusion is compiled with the THROUGHPUT hint and ``streams``
+    single-request streams (the cores split between them), and every call runs its passes (an
+    image's views, one per pass) one per stream at a time, results in order. Scalpel is compiled
+    once, with the LATENCY hint: its pass spreads over all the cores. On a host whose other
     processes take a core now and then, a pass spread over all cores waits at each layer for its
     slowest thread; passes on separate streams do not wait for each other (measured in
-    docs/ENGINE.md "Streams"). The results are the same computation either way: fp32 the same
-    numbers, bf16 within 1e-5, each stable from run to run; int8, whose results on streams were
-    not, always runs on the LATENCY-compiled networks.
+    docs/ENGINE.md "Streams"). Each network is compiled once: a second, THROUGHPUT copy of
+    Scalpel and a LATENCY copy of Fusion cost ~350 MiB at 512 (their weights and each request's
+    activations) for no measured gain ("Streams: one compile per network"). The results are the
+    same computation either way: fp32 the same numbers, bf16 within 1e-5, each stable from run
+    to run; int8, whose results on streams were not, compiles Fusion with the LATENCY hint.
     """
 
     name = "openvino-cpu"
     PASS = 1  # inputs per forward pass
 
-    def __init__(self, scalpel: Any, fusion: Any, precision: str = "fp32", streamed: dict[str, Any] | None = None,
-                 streams: int = 1) -> None:
-        self.scalpel = scalpel  # openvino.CompiledModel (untyped library) or None
-        self.fusion = fusion
+    def __init__(self, scalpel: Any, fusion: Any, precision: str = "fp32", streams: int = 1) -> None:
+        self.scalpel = scalpel  # openvino.CompiledModel (untyped library), LATENCY hint, or None
+        self.fusion = fusion  # THROUGHPUT hint with ``streams`` streams when streams > 1, else LATENCY
         self.precision = precision  # provenance: fp32 | bf16 | int8
-        # The THROUGHPUT-compiled networks by name ("scalpel" when there is one, "fusion"), each
-        # given its request queue on first use.
-        self.streamed = streamed if streams > 1 else None
-        self.parallel = streams if self.streamed is not None else 1
-        self._queues: dict[str, Any] = {}
-        self._streams_lock = threading.Lock()  # one call on the streams at a time (one queue per network)
+        self.streams = streams
+        # Images per step of a bulk pass (Pipeline._batched): one per stream, so a call's views
+        # fill every stream to the end (two images' ten views, not one image's five).
+        self.parallel = streams
+        self._queue: Any = None  # Fusion's request queue, made on first use
+        self._queue_lock = threading.Lock()  # one call on the streams at a time
 
     @classmethod
     def build(
@@ -277,12 +277,11 @@ class OpenVinoBackend:
         # int8: the layers NNCF leaves in float run at f32, like the fp32 path.
         hint = "bf16" if precision == "bf16" else "f32"
         config = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
-        # int8 stays on the latency-compiled networks: its requests on separate streams gave results
+        # int8 stays on a latency-compiled Fusion: its requests on separate streams gave results
         # that differed from run to run (up to 6e-4 in a probability); fp32 and bf16 are bit-stable.
         streams = 1 if precision == "int8" else min(options.streams, os.cpu_count() or 1)
-        streamed_config = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": streams}
+        streamed = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": streams}
         compiled_scalpel = None
-        streamed: dict[str, Any] = {}
         if scalpel is not None:
             build_scalpel = scalpel
 
@@ -302,8 +301,6 @@ class OpenVinoBackend:
                 model = scalpel_ir()
             model.reshape([cls.PASS, 3, seg_size, seg_size])
             compiled_scalpel = core.compile_model(model, "CPU", config)
-            if streams > 1:
-                streamed["scalpel"] = core.compile_model(model, "CPU", streamed_config)
             del model
 
         def convert_fusion() -> Any:
@@ -323,23 +320,17 @@ class OpenVinoBackend:
         else:
             model = fusion_ir()
         model.reshape({0: [cls.PASS, 3, cls_size, cls_size], 1: [cls.PASS, METADATA_SIZE]})
-        compiled_fusion = core.compile_model(model, "CPU", config)
-        if streams > 1:
-            streamed["fusion"] = core.compile_model(model, "CPU", streamed_config)
+        compiled_fusion = core.compile_model(model, "CPU", streamed if streams > 1 else config)
         del model
         log.info("engine: OpenVINO CPU networks compiled at %s (PRECISION=%s); %s", precision, options.precision,
-                 f"{streams} images side by side on {streams} streams" if streams > 1 else "no streams")
-        return cls(compiled_scalpel, compiled_fusion, precision, streamed, streams)
+                 f"Fusion's views on {streams} streams" if streams > 1 else "no streams")
+        return cls(compiled_scalpel, compiled_fusion, precision, streams)
 
     def segment(self, batch: np.ndarray) -> np.ndarray:
         if self.scalpel is None:
             raise ModelConfigError("this backend has no Scalpel network (classical Gate 1)")
-        feeds = ((_nchw(batch[start : start + self.PASS]),) for start in range(0, len(batch), self.PASS))
-        if self.streamed is not None and len(batch) > 1:
-            logits = self._on_streams("scalpel", feeds)
-        else:
-            logits = [self.scalpel(list(feed))[0] for feed in feeds]
-        masks = [output[:, 0] > 0.0 for output in logits]
+        masks = [self.scalpel([_nchw(batch[start : start + self.PASS])])[0][:, 0] > 0.0
+                 for start in range(0, len(batch), self.PASS)]
         return np.concatenate(masks) if masks else np.zeros((0,) + batch.shape[1:3], dtype=bool)
 
     def classify(self, batch: np.ndarray, metadata: np.ndarray, views: int, max_batch: int) -> np.ndarray:
@@ -354,40 +345,38 @@ class OpenVinoBackend:
                 for start in range(0, views, self.PASS):
                     yield expanded[start : start + self.PASS], metadata[start : start + self.PASS]
 
-        if self.streamed is not None and len(batch) > 1:
-            outputs = self._on_streams("fusion", feeds())
+        if self.streams > 1:
+            outputs = self._on_streams(feeds())
         else:
             outputs = [self.fusion(list(feed))[0] for feed in feeds()]
         logits = np.concatenate([output[:, 0] for output in outputs]).astype(np.float32)
         return sigmoid_float32(logits).reshape(len(batch), views)
 
-    def _on_streams(self, network: str, feeds: Iterable[tuple[np.ndarray, ...]]) -> list[np.ndarray]:
-        """Each feed as one request on the network's streams (as many requests as streams, each
+    def _on_streams(self, feeds: Iterable[tuple[np.ndarray, ...]]) -> list[np.ndarray]:
+        """Each feed as one request on Fusion's streams (as many requests as streams, each
         started as one frees); the first output of each, in the feeds' order. A request's failure
         is raised here, after the others finished."""
         import openvino as ov
 
-        assert self.streamed is not None  # only called with streams
         outputs: dict[int, np.ndarray] = {}
 
         def done(request: Any, index: int) -> None:
             outputs[index] = request.get_output_tensor(0).data.copy()  # the request's buffer is reused
 
         count = 0
-        with self._streams_lock:
-            queue = self._queues.get(network)
-            if queue is None:
-                queue = self._queues[network] = ov.AsyncInferQueue(self.streamed[network], self.parallel)
-            queue.set_callback(done)
+        with self._queue_lock:
+            if self._queue is None:
+                self._queue = ov.AsyncInferQueue(self.fusion, self.streams)
+            self._queue.set_callback(done)
             try:
                 for feed in feeds:
-                    queue.start_async(dict(enumerate(feed)), count)
+                    self._queue.start_async(dict(enumerate(feed)), count)
                     count += 1
             finally:
-                queue.wait_all()
+                self._queue.wait_all()
         missing = [index for index in range(count) if index not in outputs]
         if missing:
-            raise RuntimeError(f"OpenVINO {network}: {len(missing)} of {count} requests returned no output")
+            raise RuntimeError(f"OpenVINO Fusion: {len(missing)} of {count} requests returned no output")
         return [outputs[index] for index in range(count)]
 
 

@@ -67,7 +67,7 @@ class PipelineOptions:
     decode_reduced: bool = True
     precision: str = "auto"  # OpenVINO CPU: auto | fp32 | bf16 | int8 (backends.resolve_precision)
     calibration_dir: Path | None = None  # int8 calibration images; None: synthetic lesions
-    streams: int = 2  # OpenVINO CPU: passes of this many images or more run side by side (EngineOptions)
+    streams: int = 2  # OpenVINO CPU: Fusion's views side by side on this many streams (EngineOptions)
 
     def __post_init__(self) -> None:
         if not 1 <= self.tta_views <= MAX_VIEWS:
@@ -228,7 +228,7 @@ class Pipeline:
 
         With ``between``, each gate runs ``max_forward_batch`` images at a time (the size of one
         forward pass: one image on the CPU), times the backend's ``parallel`` (its streams: two
-        images side by side on a 2-core CPU), and calls ``between()`` before each of those steps;
+        images' views fill both streams of a 2-core CPU), and calls ``between()`` before each of those steps;
         the engine may run another batch there (issue 26: an interactive pass preempts a bulk
         one). Without it, each gate runs the whole batch at once."""
         outcomes = batch.outcomes

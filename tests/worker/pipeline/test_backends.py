@@ -284,36 +284,49 @@ def _network_inputs(count: int, size: int = 128) -> tuple[np.ndarray, np.ndarray
     return images, rng.standard_normal((count, METADATA_SIZE)).astype(np.float32)
 
 
-def _streamed_calls(backend, monkeypatch) -> list[str]:
-    calls: list[str] = []
+def _streamed_calls(backend, monkeypatch) -> list[int]:
+    """The number of passes each call put on Fusion's streams."""
+    calls: list[int] = []
     on_streams = backend._on_streams
 
-    def spy(network, feeds):
-        calls.append(network)
-        return on_streams(network, feeds)
+    def spy(feeds):
+        feeds = list(feeds)
+        calls.append(len(feeds))
+        return on_streams(feeds)
 
     monkeypatch.setattr(backend, "_on_streams", spy)
     return calls
 
 
-def test_images_side_by_side_on_streams_give_what_each_gives_alone(both, monkeypatch):
-    """A call of two images or more runs on the THROUGHPUT-compiled networks' streams, one
-    image on the LATENCY-compiled ones: the same computation, so fp32 gives the same numbers,
-    in the images' order."""
+def _latency_only(checkpoint_dir, ir_cache) -> Pipeline:
+    """CPU_STREAMS=1: both networks on the LATENCY hint, every pass spread over all the cores."""
+    options = PipelineOptions(seg_size=128, cls_size=128, min_image_side=32, ir_cache_dir=ir_cache, precision="fp32",
+                              streams=1)
+    return Pipeline(ModelSet.load(checkpoint_dir, device="cpu", backend="openvino", ir_cache_dir=ir_cache), options)
+
+
+def test_fusion_views_side_by_side_on_streams_give_what_the_latency_network_gives(both, checkpoint_dir, ir_cache,
+                                                                                  monkeypatch):
+    """Every Fusion call runs its passes (an image's views) on the THROUGHPUT-compiled streams,
+    one image's five views as well as several images'; Scalpel stays on its LATENCY-compiled
+    network. The same computation as CPU_STREAMS=1, so fp32 gives the same numbers, in order."""
     backend = both["openvino"].backend
-    assert backend.parallel == min(2, os.cpu_count() or 1)
+    assert backend.parallel == backend.streams == min(2, os.cpu_count() or 1)
     if backend.parallel < 2:
         pytest.skip("one CPU: no streams side by side")
     calls = _streamed_calls(backend, monkeypatch)
     images, metadata = _network_inputs(3)
     alone = [backend.classify(images[i : i + 1], metadata[i : i + 1], 5, 1) for i in range(3)]
-    masks_alone = [backend.segment(images[i : i + 1]) for i in range(3)]
-    assert calls == []  # one image: the latency-compiled networks
     together = backend.classify(images, metadata, 5, 1)
     masks = backend.segment(images)
-    assert calls == ["fusion", "scalpel"]
-    np.testing.assert_array_equal(together, np.concatenate(alone))
-    np.testing.assert_array_equal(masks, np.concatenate(masks_alone))
+    assert calls == [5, 5, 5, 15]  # each call's views on the streams; segmentation never
+    latency = _latency_only(checkpoint_dir, ir_cache).backend
+    assert latency.streams == latency.parallel == 1
+    reference = latency.classify(images, metadata, 5, 1)
+    assert calls == [5, 5, 5, 15]  # CPU_STREAMS=1 runs nothing on streams
+    np.testing.assert_array_equal(together, reference)
+    np.testing.assert_array_equal(np.concatenate(alone), reference)
+    np.testing.assert_array_equal(masks, latency.segment(images))
     assert together.shape == (3, 5) and masks.shape == (3, 128, 128)
 
 
@@ -323,11 +336,10 @@ def test_a_failed_request_on_the_streams_is_raised_and_the_streams_still_serve(b
         pytest.skip("one CPU: no streams side by side")
     images, metadata = _network_inputs(2)
     wrong, _ = _network_inputs(2, size=96)  # not the compiled 128 x 128
+    first = backend.classify(images, metadata, 5, 1)
     with pytest.raises(Exception):  # noqa: B017 (OpenVINO's own error type for a shape mismatch)
         backend.classify(wrong, metadata, 5, 1)
-    again = backend.classify(images, metadata, 5, 1)
-    np.testing.assert_array_equal(again, np.concatenate([backend.classify(images[i : i + 1], metadata[i : i + 1], 5, 1)
-                                                         for i in range(2)]))
+    np.testing.assert_array_equal(backend.classify(images, metadata, 5, 1), first)
 
 
 def test_the_worker_steps_a_pass_a_stream_full_at_a_time_with_the_same_results(both, checkpoint_dir, ir_cache):
@@ -358,7 +370,7 @@ def test_the_worker_steps_a_pass_a_stream_full_at_a_time_with_the_same_results(b
     assert steps == {"segmentation": -(-5 // parallel), "classification": -(-classified // parallel)}
 
     single = worker_pipeline(1)
-    assert single.backend.parallel == 1 and single.backend.streamed is None
+    assert single.backend.parallel == single.backend.streams == 1
     single_results, steps, _ = stepped_run(single)
     assert steps == {"segmentation": 5, "classification": classified}
     assert single_results == stepped
