@@ -46,6 +46,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -88,6 +89,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-pipeline", action="store_true")
     parser.add_argument("--no-e2e", action="store_true", help="skip the end-to-end run through `up`")
     parser.add_argument("--no-memory", action="store_true", help="skip the fresh-process RSS probes")
+    parser.add_argument("--perf", action="store_true",
+                        help="also sample the analysis worker's pool process with Linux perf (cpu-clock) over the "
+                             "quiet window and print its CPU split into the networks and the rest (needs `perf`)")
     parser.add_argument("--memory-probe", help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     parser.add_argument("--cache-dir", help=argparse.SUPPRESS)
@@ -454,6 +458,7 @@ def _timed_batch(client, root: int, jpegs: list[bytes], fields: dict, args: argp
             flush=True)
     logged = len(_read_logs(log_dir)) if log_dir is not None else 0
     hooked = hooks.delivered if hooks is not None else 0
+    sampler = _PerfSampler(root, log_dir) if window is not None and args.perf and log_dir is not None else None
     cpu_before = _cpu_by_process(root)
     own_before = sum(os.times()[:2])  # this process: the clients, the load and the receivers
     first, first_wall = time.perf_counter(), time.time()
@@ -471,6 +476,8 @@ def _timed_batch(client, root: int, jpegs: list[bytes], fields: dict, args: argp
         hooks.wait([str(a.id) for a in created], timeout=600)
     cpu_used = _cpu_delta(cpu_before, _cpu_by_process(root))
     own_used = sum(os.times()[:2]) - own_before
+    if sampler is not None:
+        sampler.stop(len(jpegs))
     seconds = time.perf_counter() - first
     if window is not None:
         lines = _read_logs(log_dir)[logged:] if log_dir is not None else []
@@ -497,6 +504,62 @@ def _timed_batch(client, root: int, jpegs: list[bytes], fields: dict, args: argp
 
 
 _BATCH_LINE = re.compile(r"engine: (\d+) jobs;")
+
+
+class _PerfSampler:
+    """``perf record -e cpu-clock -g`` on the analysis worker's pool process over a window: only
+    the time it was on a CPU is sampled, so the split says where its CPU went without
+    subtracting a replay of the networks (whose CPU moves run to run). A sample is the
+    networks' when any frame of its call chain is OpenVINO's (its JIT kernels, plugin, core,
+    Python binding) or TBB's: that puts their threads' waits and yields in the kernel and
+    their copies in libc on their side (as far as the chains unwind: a shared object built
+    without frame pointers can cut one short). The rest is the host work, shown by the shared
+    object it was in."""
+
+    HZ = 997
+    # ``sched_yield``: only TBB's and OpenVINO's idle threads call it in this process (their call
+    # chains stop at libc, which has no frame pointers).
+    NETWORKS = ("/tmp/perf-", "[JIT]", "libopenvino", "libtbb", "_pyopenvino", "sched_yield")
+
+    def __init__(self, root: int, log_dir: Path) -> None:
+        self.output = log_dir / "worker.perf.data"
+        pool = [pid for pid, (name, _) in _cpu_by_process(root).items() if name == "worker-gpu"]
+        if shutil.which("perf") is None:
+            print("   perf: not installed (Debian: linux-perf); no split", flush=True)
+            pool = []
+        self.process = subprocess.Popen(
+            ["perf", "record", "-q", "-g", "-e", "cpu-clock", "-F", str(self.HZ), "-o", str(self.output),
+             "-p", ",".join(map(str, pool))], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        ) if pool else None
+        time.sleep(0.5)  # perf attached before the window opens
+
+    def stop(self, images: int) -> None:
+        if self.process is None:
+            print("   perf: nothing sampled", flush=True)
+            return
+        self.process.send_signal(2)  # SIGINT: perf writes its file and exits
+        self.process.wait(timeout=60)
+        script = subprocess.run(["perf", "script", "-i", str(self.output), "-F", "ip,sym,dso"],
+                                capture_output=True, text=True, check=False).stdout
+        networks, host = 0, {}
+        for sample in script.split("\n\n"):
+            frames = [line.strip() for line in sample.splitlines() if line.strip()]
+            if not frames:
+                continue
+            if any(marker in frame for frame in frames for marker in self.NETWORKS):
+                networks += 1
+            else:
+                where = frames[0].rsplit("(", 1)[-1].rstrip(")").rsplit("/", 1)[-1]
+                host[where] = host.get(where, 0) + 1
+        total = networks + sum(host.values())
+        if not total:
+            print("   perf: no samples (perf missing or not permitted)", flush=True)
+            return
+        per_image = 1000 / self.HZ / images
+        top = ", ".join(f"{dso} {n * per_image:.1f}" for dso, n in sorted(host.items(), key=lambda kv: -kv[1])[:8])
+        print(f"   perf, analysis worker pool process over the window: {total * per_image:.1f} ms CPU/img, of which "
+              f"the networks {networks * per_image:.1f} and the host work {(total - networks) * per_image:.1f} "
+              f"ms/img ({top})", flush=True)
 
 
 class _Webhooks:
@@ -690,7 +753,7 @@ def _host_cost_units(window: dict[str, Any], units: list[float], networks: float
           f"{per_image * 1000:.1f} ms CPU/img", flush=True)
     # Issue 27's "host cost": the analysis worker's own CPU per image (both its processes, the
     # networks' replay taken off); the API, report and io workers are counted above, apart.
-    own = (cpu.get(worker, 0.0) - networks) / images
+    own = (cpu.get(worker, 0.0) + cpu.get(f"{worker} (main)", 0.0) - networks) / images
     print(f"   analysis worker host cost = {own / unit:.2f} units/img (target <= 6); "
           f"{own * 1000:.1f} ms CPU/img", flush=True)
     return {"host_unit_ms": unit * 1000, "host_stack_cpu_s": stack, "host_networks_cpu_s": networks,
@@ -732,8 +795,12 @@ def _cpu_by_process(root: int) -> dict[int, tuple[str, float]]:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        found[pid] = (_role(cmdline), (int(fields[11]) + int(fields[12])) / ticks)
-    return found
+        found[pid] = (_role(cmdline), (int(fields[11]) + int(fields[12])) / ticks, int(fields[1]))
+    # A prefork worker's main process (Celery's consumer: it takes the broker's messages and hands
+    # them to its pool process) is shown apart from the pool process that runs the tasks.
+    parents = {found[pid][2] for pid in found if found[pid][0] == "worker-gpu"}
+    return {pid: (f"{name} (main)" if name == "worker-gpu" and pid in parents else name, seconds)
+            for pid, (name, seconds, _) in found.items()}
 
 
 def _role(cmdline: str) -> str:

@@ -2,7 +2,8 @@
 
 ``decode`` (type from content, pixel limits, optional DCT-scaled JPEG decode, EXIF
 orientation) is used by the API and the ingest worker through ``clean_image`` (metadata
-gone, sRGB, re-encoded; DICOM files too, their pixels decoded by ``shared.dicom.reading``),
+gone, sRGB; re-encoded, or a JPEG's own data with its metadata segments cut out; DICOM files
+too, their pixels decoded by ``shared.dicom.reading``),
 and by the pipeline (``worker.pipeline.decode``), so every path
 accepts and refuses the same files for the same reasons. No FastAPI here: refusals are
 ``ImageRejected`` with the problem code and HTTP status the API answers for them
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
+from shared import jpeg_segments
 from shared.dicom import reading as dicom
 from shared.dicom.reading import DicomInput
 
@@ -28,6 +30,7 @@ JPEG_MAGIC = b"\xff\xd8\xff"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CONTENT_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png"}
 EXTENSIONS = {"JPEG": "jpg", "PNG": "png"}
+ORIENTATION = 0x0112  # the EXIF tag
 
 
 class ImageRejected(Exception):
@@ -93,6 +96,8 @@ class DecodedImage:
     icc_profile: bytes | None
     source_size: tuple[int, int]
     """(height, width) of the upload as sent, upright, whatever DCT scaling decoded."""
+    as_stored: bool = False
+    """The pixels are the file's own as stored: no EXIF turn applied and no DCT scaling."""
 
 
 def decode(
@@ -140,6 +145,7 @@ def decode(
             image.load()
             icc_profile = image.info.get("icc_profile")
             stored_wide = image.width > image.height
+            as_stored = image.size == (width, height) and image.getexif().get(ORIENTATION, 1) == 1
             ImageOps.exif_transpose(image, in_place=True)
     except ImageRejected:
         raise
@@ -153,7 +159,7 @@ def decode(
         ) from None
     # A quarter turn in the EXIF tag swaps the sides (square images are unaffected).
     turned = (image.width > image.height) != stored_wide
-    return DecodedImage(image, fmt, icc_profile, (width, height) if turned else (height, width))
+    return DecodedImage(image, fmt, icc_profile, (width, height) if turned else (height, width), as_stored)
 
 
 def _draft_size(
@@ -170,10 +176,13 @@ def _draft_size(
 
 
 def clean_image(raw: bytes, max_pixels: int, max_side: int = 4096, declared_type: str | None = None) -> CleanImage:
-    """Decode (``decode``: type from content, pixel limits, upright) and re-encode the pixels
+    """Decode (``decode``: type from content, pixel limits, upright) and store the pixels
     alone: EXIF (GPS, dates, serials), JPEG comments, XMP, ICC profiles (whose text can name
-    a patient) and PNG text chunks never reach storage. A photo with an ICC profile is
-    converted to sRGB first, so its colours (and the ITA measured from them) stay right.
+    a patient) and PNG text chunks never reach storage. An RGB JPEG that is already upright,
+    full size and without a profile keeps its compressed data with every metadata segment
+    cut out (``jpeg_segments.strip_metadata``; the same pixels, no second lossy generation);
+    any other image is re-encoded from its pixels. A photo with an ICC profile is converted
+    to sRGB first, so its colours (and the ITA measured from them) stay right.
 
     A DICOM file (judged from its content, or declared ``application/dicom`` and neither JPEG
     nor PNG) goes through ``clean_dicom``: the same re-encoding of its pixels alone.
@@ -191,25 +200,45 @@ def clean_image(raw: bytes, max_pixels: int, max_side: int = 4096, declared_type
         )
     decoded = decode(raw, max_pixels, max_side=max_side)
     image, fmt = decoded.image, decoded.format
-    pixels = _to_srgb(image, decoded.icc_profile)
+    with image:
+        width, height = image.size
+        data = _stored_bytes(raw, decoded)
+    return CleanImage(
+        data=data,
+        content_type=CONTENT_TYPES[fmt],
+        extension=EXTENSIONS[fmt],
+        width=width,
+        height=height,
+        original_sha256=hashlib.sha256(raw).hexdigest(),
+    )
+
+
+def _stored_bytes(raw: bytes, decoded: DecodedImage) -> bytes:
+    """The bytes stored for a decoded upload: its pixels alone (the caller closes ``decoded.image``)."""
+    image, fmt = decoded.image, decoded.format
+    if fmt == "JPEG" and image.mode == "RGB" and decoded.as_stored and not decoded.icc_profile:
+        # Issue 27, round 8: a JPEG whose pixels need no turn, scaling or colour conversion is
+        # stored as the clinic's own compressed data with its metadata cut out (no second lossy
+        # generation, no encode); one this does not understand is re-encoded below.
+        stripped = jpeg_segments.strip_metadata(raw)
+        if stripped is not None:
+            return stripped
+    pixels = _to_srgb(image, decoded.icc_profile)  # sRGB never changes the size
     if pixels is not image:
-        image.close()
+        image.close()  # one full-size copy at a time
+    with pixels:
+        return _encoded(pixels, fmt)
+
+
+def _encoded(pixels: Image.Image, fmt: str) -> bytes:
+    """``pixels`` re-encoded alone: JPEG q95 4:4:4 or PNG, with nothing of the source's ``.info``."""
     pixels.info = {}  # what the encoder would copy: comment, icc_profile, exif, xmp, dpi, text
     out = io.BytesIO()
     if fmt == "JPEG":
         pixels.save(out, format="JPEG", quality=95, subsampling=0)
     else:
         pixels.save(out, format="PNG", optimize=False)
-    clean = CleanImage(
-        data=out.getvalue(),
-        content_type=CONTENT_TYPES[fmt],
-        extension=EXTENSIONS[fmt],
-        width=pixels.width,
-        height=pixels.height,
-        original_sha256=hashlib.sha256(raw).hexdigest(),
-    )
-    pixels.close()
-    return clean
+    return out.getvalue()
 
 
 def clean_dicom(raw: bytes, max_pixels: int) -> CleanImage:
@@ -234,14 +263,8 @@ def clean_dicom(raw: bytes, max_pixels: int) -> CleanImage:
     pixels = _to_srgb(decoded, image.icc_profile)
     if pixels is not decoded:
         decoded.close()
-    pixels.info = {}
-    out = io.BytesIO()
-    if fmt == "JPEG":
-        pixels.save(out, format="JPEG", quality=95, subsampling=0)
-    else:
-        pixels.save(out, format="PNG", optimize=False)
     clean = CleanImage(
-        data=out.getvalue(),
+        data=_encoded(pixels, fmt),
         content_type=CONTENT_TYPES[fmt],
         extension=EXTENSIONS[fmt],
         width=pixels.width,

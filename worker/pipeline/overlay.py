@@ -1,7 +1,7 @@
 """Mask (1-bit PNG) and overlay (JPEG) artifacts at the uploaded image's aspect ratio.
 
 The overlay is a photograph with a tint and an outline, which PNG compresses slowly and poorly
-(~50 ms and ~1.6 MB at 1024 x 768); as JPEG it takes ~3 ms and ~0.2 MB. The mask is two-level,
+(~50 ms and ~1.6 MB at 1024 x 768); as JPEG it takes ~4 ms and ~0.2 MB. The mask is two-level,
 so a 1-bit PNG is exact, ~1 ms and a few kB.
 """
 
@@ -49,13 +49,25 @@ def mask_png(mask: np.ndarray) -> bytes:
 
 
 def overlay_jpeg(image: np.ndarray, mask: np.ndarray) -> bytes:
-    """Cyan lesion fill at 40% alpha with a solid cyan outline, over the image, as JPEG."""
+    """Cyan lesion fill at 40% alpha with a solid cyan outline, over the image, as JPEG.
+
+    The tint is computed over the lesion's bounding box only (the rest of the photo is left as
+    it is anyway), and the JPEG is written by OpenCV's libjpeg-turbo (4:2:0, the same as
+    Pillow's default at this quality): at 1024 x 768 that is ~5.5 ms CPU against ~8.6 for a
+    tint of every pixel written by Pillow, with the same pixels before encoding (issue 27,
+    round 8)."""
     mask_u8 = mask.astype(np.uint8)
     blended = np.ascontiguousarray(image).copy()
-    cv2.copyTo(cv2.LUT(blended, _TINT), mask_u8, blended)
+    left, top, width, height = cv2.boundingRect(mask_u8)
+    if width and height:
+        box = blended[top : top + height, left : left + width]
+        cv2.copyTo(cv2.LUT(box, _TINT), mask_u8[top : top + height, left : left + width], box)
     contours, _ = cv2.findContours(mask_u8, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     thickness = max(1, round(max(mask.shape) / 400))
     cv2.drawContours(blended, contours, -1, tuple(int(c) for c in OVERLAY_COLOUR), thickness, cv2.LINE_AA)
-    buffer = io.BytesIO()
-    Image.fromarray(blended).save(buffer, format="JPEG", quality=OVERLAY_JPEG_QUALITY)
-    return buffer.getvalue()
+    written, encoded = cv2.imencode(
+        ".jpg", cv2.cvtColor(blended, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, OVERLAY_JPEG_QUALITY]
+    )
+    if not written:  # OpenCV reports failure by its return value, not by raising
+        raise ValueError(f"the overlay ({blended.shape[1]} x {blended.shape[0]}) could not be encoded as JPEG")
+    return encoded.tobytes()

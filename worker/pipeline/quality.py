@@ -45,7 +45,11 @@ def blur_score(image: np.ndarray, working_side: int = BLUR_WORKING_SIDE) -> floa
         scale = working_side / max(height, width)
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
         gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
-    return float(cv2.Laplacian(gray, cv2.CV_64F).var())
+    # The 3x3 Laplacian of 8-bit pixels is an integer within +-1020, so 16-bit holds it exactly and
+    # the variance is the same as of a 64-bit float Laplacian (to the last bits of the sum's
+    # rounding), in a third of the time: ~1.2 ms against ~4 at 1024 x 768 (issue 27, round 8).
+    _, deviation = cv2.meanStdDev(cv2.Laplacian(gray, cv2.CV_16S))
+    return float(deviation[0, 0]) ** 2
 
 
 def is_blurry(score: float, threshold: float = BLUR_THRESHOLD) -> bool:

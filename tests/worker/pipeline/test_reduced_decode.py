@@ -97,3 +97,18 @@ def test_overlay_is_a_jpeg_with_the_outline_on_the_photo():
     assert abs(pixels[5, 5] - 180).max() < 8  # skin untouched
     inside = pixels[40, 60]
     assert inside[2] - inside[0] > 60  # cyan tint inside the lesion
+
+
+def test_overlay_tints_every_part_of_a_lesion_and_nothing_between_them():
+    # The tint is computed over the mask's bounding box only: two parts in opposite corners,
+    # one touching the image's edge, are both tinted, and the skin between them is not.
+    image = np.full((90, 160, 3), 180, dtype=np.uint8)
+    mask = np.zeros((90, 160), dtype=bool)
+    mask[0:30, 0:40] = True
+    mask[60:85, 120:155] = True
+    with Image.open(io.BytesIO(overlay.overlay_jpeg(image, mask))) as picture:
+        pixels = np.asarray(picture.convert("RGB")).astype(int)
+    for row, column in ((12, 18), (72, 137)):
+        assert pixels[row, column, 2] - pixels[row, column, 0] > 60, (row, column)
+    assert abs(pixels[45, 80] - 180).max() < 8  # between the parts: untouched
+    assert abs(pixels[80, 10] - 180).max() < 8  # the box's other corners: untouched
