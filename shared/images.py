@@ -20,7 +20,7 @@ import struct
 import warnings
 from dataclasses import dataclass
 
-from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from shared import jpeg_segments
 from shared.dicom import reading as dicom
@@ -30,7 +30,6 @@ JPEG_MAGIC = b"\xff\xd8\xff"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CONTENT_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png"}
 EXTENSIONS = {"JPEG": "jpg", "PNG": "png"}
-ORIENTATION = 0x0112  # the EXIF tag
 
 
 class ImageRejected(Exception):
@@ -145,7 +144,7 @@ def decode(
             image.load()
             icc_profile = image.info.get("icc_profile")
             stored_wide = image.width > image.height
-            as_stored = image.size == (width, height) and image.getexif().get(ORIENTATION, 1) == 1
+            as_stored = image.size == (width, height) and image.getexif().get(ExifTags.Base.Orientation, 1) == 1
             ImageOps.exif_transpose(image, in_place=True)
     except ImageRejected:
         raise

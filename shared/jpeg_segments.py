@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 
-SOI, EOI, SOS = 0xD8, 0xD9, 0xDA
+EOI, SOS = 0xD9, 0xDA
 APP0, APP14, COM = 0xE0, 0xEE, 0xFE
 # Frame headers of the Huffman-coded DCT processes (baseline, extended, progressive), tables,
 # restart interval: copied as they are.
@@ -42,7 +42,7 @@ def strip_metadata(raw: bytes) -> bytes | None:
     if raw[:2] != b"\xff\xd8":
         return None
     kept: list[bytes] = []
-    jfif = False
+    jfif = scanned = False
     transform: int | None = None
     position, size = 2, len(raw)
     while True:
@@ -78,12 +78,12 @@ def strip_metadata(raw: bytes) -> bytes | None:
                 return None  # no end-of-image marker after the scan: truncated
             stop = found.start()
             kept.append(raw[position - 2 : stop].rstrip(b"\xff"))  # without fill bytes (data never ends in one)
-            position = stop
+            position, scanned = stop, True
             continue
         else:
             return None  # arithmetic coding, lossless or hierarchical frames, DNL, reserved
         position = end
-    if not any(segment[1] == SOS for segment in kept):
+    if not scanned:
         return None
     header = (_JFIF if jfif else b"") + (_adobe(transform) if transform is not None else b"")
     return b"\xff\xd8" + header + b"".join(kept) + b"\xff\xd9"

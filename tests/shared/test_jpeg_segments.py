@@ -33,7 +33,7 @@ def _pixels(data: bytes) -> np.ndarray:
 
 
 def _markers(data: bytes) -> list[int]:
-    """The markers of the segments before the first scan, and the last two bytes' marker."""
+    """The markers of the segments before the first scan."""
     found, position = [], 2
     while data[position + 1] != 0xDA:
         found.append(data[position + 1])
