@@ -23,13 +23,13 @@ from api.capacity import Capacity, api_database_settings
 from api.live import ProgressFeed
 from api.metrics import ApiMetrics
 from api.middleware import BodyGuard, Edge, RequestDeadline, TenantGate
-from api.multipart import return_image_memory_promptly
 from api.openapi import contract, docs, webhooks
 from api.ratelimit import Limiter
 from api.routes import analyses, health
 from shared.config import Settings, get_settings
 from shared.context import AppContext
 from shared.logs import configure_logging
+from shared.memory import return_image_memory_promptly
 from shared.priority import lower_priority
 from shared.tracing import configure_tracing
 

@@ -5,8 +5,6 @@ header too: only its pixels are kept)."""
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -191,22 +189,3 @@ def problem_for(exc: images.ImageRejected) -> Problem:
         images.UnsupportedDicomError: UnsupportedDicom,
     }[type(exc)]
     return problem(exc.detail)
-
-
-M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
-
-
-def return_image_memory_promptly(threshold: int = 1 << 20) -> bool:
-    """Serve every allocation over ``threshold`` bytes (Pillow's 16 MiB image blocks) with its
-    own mapping, so a decoded photo's memory goes back to the OS when it is freed. glibc
-    otherwise raises its threshold after the first big free and keeps later images in the
-    heap: measured, four 40-megapixel PNGs left the API 220 MiB larger for good. Returns
-    whether the setting took (glibc only)."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
-    try:
-        libc = ctypes.CDLL(name)
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, threshold))
-    except (OSError, AttributeError):
-        return False

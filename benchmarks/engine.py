@@ -531,12 +531,29 @@ class _PerfSampler:
             ["perf", "record", "-q", "-g", "-e", "cpu-clock", "-F", str(self.HZ), "-o", str(self.output),
              "-p", ",".join(map(str, pool))], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         ) if pool else None
+        self.pool = pool
         time.sleep(0.5)  # perf attached before the window opens
+        self.faults = self._minor_faults()
+
+    def _minor_faults(self) -> int:
+        """Page faults served without I/O so far (``minflt``) of the pool process: each is a page
+        the kernel mapped and zeroed for it (a count, so it does not move with the host's speed)."""
+        total = 0
+        for pid in self.pool:
+            try:
+                total += int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
+            except OSError:
+                pass
+        return total
 
     def stop(self, images: int) -> None:
         if self.process is None:
             print("   perf: nothing sampled", flush=True)
             return
+        faults = self._minor_faults() - self.faults
+        mapped = faults * os.sysconf("SC_PAGE_SIZE") / 2**20
+        print(f"   analysis worker pool process over the window: {faults / images:.0f} minor page faults per image "
+              f"({mapped / images:.1f} MiB mapped and zeroed per image)", flush=True)
         self.process.send_signal(2)  # SIGINT: perf writes its file and exits
         self.process.wait(timeout=60)
         script = subprocess.run(["perf", "script", "-i", str(self.output), "-F", "ip,sym,dso"],
@@ -851,12 +868,13 @@ def _memory_probe(model_dir: Path, cache: Path, args: argparse.Namespace) -> Non
     """A fresh process as a restarted CPU worker holds it (OpenVINO IR already cached): both
     models on one backend, one image analysed, then two in one pass (a bulk pass's step, one
     image per stream)."""
+    from shared.memory import keep_freed_memory_for_reuse, release_freed_memory
     from worker.pipeline.pipeline import LesionInput
     from worker.pipeline.synthetic import encode_jpeg, make_lesion
-    from worker.runtime import release_freed_memory
 
     pipeline = _pipeline_quiet(args.memory_probe, model_dir, cache, args)
-    release_freed_memory()  # as the worker does after loading (worker/runtime.py)
+    keep_freed_memory_for_reuse()  # as the worker does after loading (worker/runtime.py)
+    release_freed_memory()
     with open("/proc/self/status") as status:
         loaded = next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmHWM:"))
     pipeline.run([LesionInput(encode_jpeg(make_lesion(0, IMAGE_SIZE).image), age=50)])

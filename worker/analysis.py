@@ -31,6 +31,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
@@ -50,6 +51,7 @@ from shared.db import session_scope
 from shared.jobs import JobNotRun, sends_together
 from shared.lifecycle import Claim
 from shared.logs import current_request_id, log_context
+from shared.memory import release_freed_memory
 from shared.metrics import ANALYSES_FINISHED, StageClock, observe_pass, observe_result_times, observe_stage
 from shared.schemas.analyses import (
     AnalysisInputsOut,
@@ -63,7 +65,6 @@ from shared.storage import ARTIFACTS, IMAGES, artifact_key
 from shared.tables import AnalysisStatus
 from worker.model_switch import Arm, model_switch
 from worker.reporting.scribe import build_scribe_note
-from worker.runtime import release_freed_memory
 from worker.shadow import shadow_jobs, shadow_lane
 
 if TYPE_CHECKING:  # the pipeline imports torch: loaded only where it runs
@@ -116,7 +117,11 @@ def run_analysis(context: AppContext, pipeline: Pipeline, analysis_id: uuid.UUID
     """Claim this job (and the most urgent others, up to the batch size), run them, and while
     batches come full (a backlog) keep claiming and running the next ones (up to
     DRAIN_SECONDS), with fetch/decode and post-process/write overlapped with the networks.
-    Returns how many jobs this call finished."""
+    Returns how many jobs this call finished. A message for a job this process has itself
+    recorded final (a pass claims up to ``GPU_BATCH_SIZE`` jobs, and a drain many more, each
+    with a message of its own still queued) returns at once, with no database statement."""
+    if analysis_id in _FINISHED_HERE:
+        return 0
     settings = context.settings
     with session_scope(context.session_factory) as session:
         claims = lifecycle.claim_batch(
@@ -531,6 +536,36 @@ class _TrimLater:
 _TRIM = _TrimLater()
 
 
+class _FinishedHere:
+    """The ids of the last ``size`` jobs this process recorded final. Issue 27: every job has
+    its own Celery message, and a pass claims up to ``GPU_BATCH_SIZE`` of them (a drain many
+    more), so most messages of a backlog arrive for jobs this process has already finished;
+    each used to cost a transaction of four statements (its own row, its expiry, both lanes)
+    to find nothing. A final status is never left again (only ``release_claim`` re-queues, and
+    only a ``processing`` row of the releasing claim), so such a message needs no database.
+    Every other queued job still has a message of its own (or the sweeper's), so skipping
+    these does not leave one unserved. Bounded (oldest out first), process-local: a message
+    for a job another process finished takes the database path as before."""
+
+    def __init__(self, size: int = 20_000) -> None:
+        self.size = size
+        self._ids: OrderedDict[uuid.UUID, None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def add(self, analysis_id: uuid.UUID) -> None:
+        with self._lock:
+            self._ids[analysis_id] = None
+            if len(self._ids) > self.size:
+                self._ids.popitem(last=False)
+
+    def __contains__(self, analysis_id: object) -> bool:
+        with self._lock:
+            return analysis_id in self._ids
+
+
+_FINISHED_HERE = _FinishedHere()
+
+
 def _holds_interactive(claims: list[Claim]) -> bool:
     return any(claim.priority == "interactive" for claim in claims)
 
@@ -721,6 +756,7 @@ def _recorded(context: AppContext, write: _Write, done: bool) -> None:
             # Erased (its tenant deleted) while this pass ran: what it wrote goes too (issue 22).
             tenant_data.discard_if_erased(context, claim.analysis_id, write.artifacts)
         return
+    _FINISHED_HERE.add(claim.analysis_id)
     ANALYSES_FINISHED.labels(write.status.value).inc()
     observe_result_times(claim.priority, (write.columns.get("model") or {}).get("version"), write.status.value,
                          claim.created_at, claim.started_at, utcnow())  # issue 25

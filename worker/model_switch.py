@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING
 from shared import model_registry, model_rollout
 from shared.context import AppContext
 from shared.db import session_scope
+from shared.memory import release_freed_memory
 from shared.model_registry import ActiveModel
-from worker.runtime import release_freed_memory
 
 if TYPE_CHECKING:  # the pipeline imports torch: loaded only where it runs
     from worker.pipeline.pipeline import Pipeline

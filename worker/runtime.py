@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import threading
 from functools import cached_property
@@ -10,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from shared.config import Settings, get_settings
 from shared.context import AppContext
+from shared.memory import keep_freed_memory_for_reuse, release_freed_memory
 
 if TYPE_CHECKING:  # imported where used: the pipeline brings torch, which CPU and IO workers never load
     from worker.delivery import DeliveryClient
@@ -57,20 +57,14 @@ class WorkerRuntime:
             # 20-90 % more CPU on the overlay and the blur score for no shorter wall time (issue 27,
             # round 8). One thread per OpenCV call, in this process only.
             cv2.setNumThreads(1)
+            # Each image allocates the same full-size buffers: they are reused from the heap,
+            # not faulted in and zeroed again by the kernel per image (issue 27, round 9); the
+            # engine trims the heap once its passes pause (worker/analysis.py, _TrimLater).
+            keep_freed_memory_for_reuse()
             del registry  # with OpenVINO the torch copies of the weights are now garbage
             release_freed_memory()
             log.info("models loaded: %s", pipeline.registry.provenance().model_dump(mode="json", exclude_unset=True))
             return pipeline
-
-
-def release_freed_memory() -> None:
-    """Hand freed heap pages back to the OS. glibc keeps them for reuse, so without this a
-    worker's RSS stays at its high-water mark (measured: ~150 MB after loading the models on
-    OpenVINO at 512). A no-op where libc has no malloc_trim."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 _runtime: WorkerRuntime | None = None

@@ -11,7 +11,7 @@ from datetime import timedelta
 
 import pytest
 from PIL import Image
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 from sqlalchemy.exc import DataError
 
 from shared import lifecycle
@@ -177,6 +177,40 @@ def test_an_interactive_job_claimed_ahead_is_answered_before_the_bulk_pass_ends(
     bulk_rows = [rows[i] for i in bulk]
     assert answered.started_at > max(row.started_at for row in bulk_rows)  # claimed while the bulk pass ran
     assert answered.completed_at < max(row.completed_at for row in bulk_rows)
+
+
+def test_a_message_for_a_job_this_process_finished_needs_no_database(engine_context, pipeline, tenant_key):
+    """Issue 27: a pass claims several jobs, each with a message of its own still queued; those
+    messages find their job in the process's own record of the jobs it finished and return
+    without a statement. A job finished by another process is not in that record: its message
+    takes the database path as before and still serves the queue."""
+    context = engine_context
+    tenant_id = tenant_key[0]
+    batch = [_queue(context, tenant_id, None) for _ in range(context.settings.gpu_batch_size)]
+    assert run_analysis(context, pipeline, batch[0]) >= len(batch)
+    assert {row.status for row in _rows(context, batch).values()} == {"succeeded"}
+
+    statements: list[str] = []
+
+    def count(conn, cursor, statement, *args) -> None:
+        statements.append(statement)
+
+    event.listen(context.engine, "before_cursor_execute", count)
+    try:
+        assert [run_analysis(context, pipeline, job) for job in batch[1:]] == [0] * (len(batch) - 1)
+        assert statements == []
+
+        elsewhere = _queue(context, tenant_id, None)  # finished by another worker: no record here
+        with session_scope(context.session_factory) as session:
+            session.get(Analysis, elsewhere).status = "failed"
+        waiting = _queue(context, tenant_id, None)
+        assert run_analysis(context, pipeline, elsewhere) >= 1
+        assert statements  # the claim ran, and claimed the queued job
+    finally:
+        event.remove(context.engine, "before_cursor_execute", count)
+    rows = _rows(context, [elsewhere, waiting])
+    assert (rows[elsewhere].status, rows[elsewhere].attempt) == ("failed", 0)
+    assert rows[waiting].status == "succeeded"
 
 
 def test_a_job_past_its_deadline_ends_expired_at_its_claim_and_a_due_one_runs(engine_context, pipeline, tenant_key):
