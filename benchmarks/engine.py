@@ -541,7 +541,7 @@ class _PerfSampler:
         total = 0
         for pid in self.pool:
             try:
-                total += int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
+                total += int(_stat_fields(pid)[7])
             except OSError:
                 pass
         return total
@@ -809,7 +809,7 @@ def _cpu_by_process(root: int) -> dict[int, tuple[str, float]]:
     for pid in _descendants(root):
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            fields = _stat_fields(pid)
         except OSError:
             continue
         found[pid] = (_role(cmdline), (int(fields[11]) + int(fields[12])) / ticks, int(fields[1]))
@@ -818,6 +818,11 @@ def _cpu_by_process(root: int) -> dict[int, tuple[str, float]]:
     parents = {found[pid][2] for pid in found if found[pid][0] == "worker-gpu"}
     return {pid: (f"{name} (main)" if name == "worker-gpu" and pid in parents else name, seconds)
             for pid, (name, seconds, _) in found.items()}
+
+
+def _stat_fields(pid: int) -> list[str]:
+    """``/proc/PID/stat`` after the command name: [0] state, [1] ppid, [7] minflt, [11] utime, [12] stime."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
 
 
 def _role(cmdline: str) -> str:

@@ -14,7 +14,6 @@ The two roles want opposite things of a freed image-sized block:
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 from functools import cache
 
 M_TRIM_THRESHOLD = -1  # glibc mallopt parameters (malloc.h)
@@ -25,11 +24,10 @@ MMAP_THRESHOLD_MAX = 32 << 20
 
 @cache
 def _libc() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
+    """The C library the process already has loaded (``dlopen(NULL)``): no search for it, which
+    ``ctypes.util.find_library`` does by running ``ldconfig`` in a subprocess."""
     try:
-        return ctypes.CDLL(name)
+        return ctypes.CDLL(None)
     except OSError:
         return None
 
