@@ -8,17 +8,44 @@ Work that must follow a commit (enqueueing a Celery task) is registered with
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import create_engine, event
+from sqlalchemy import bindparam, create_engine, event, func
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
+from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.selectable import TableValuedAlias
+from sqlalchemy.types import TypeEngine
 
 from shared.config import SettingMissing, Settings
 
 _AFTER_COMMIT = "dermasentinel_after_commit"
+
+
+class RowsParameter:
+    """Many rows as one statement's parameters: an array per column, read back as a table by
+    ``unnest``. A statement over it is compiled once and cached whatever the number of rows,
+    where SQLAlchemy compiles a VALUES list or a multi-row INSERT again on every execution
+    (issue 27: ~0.7 ms of a pass's outcomes). JSON goes in as text: cast it where it is used."""
+
+    def __init__(self, name: str, **columns: TypeEngine[Any]) -> None:
+        self.name = name
+        self.columns = columns
+        self.table: TableValuedAlias = func.unnest(*(
+            bindparam(self._key(column), type_=ARRAY(kind)) for column, kind in columns.items()
+        )).table_valued(*columns).render_derived(name=name)
+
+    def __getitem__(self, column: str) -> ColumnElement[Any]:
+        return self.table.c[column]
+
+    def parameters(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
+        return {self._key(column): [row[column] for row in rows] for column in self.columns}
+
+    def _key(self, column: str) -> str:
+        return f"{self.name}_{column}"
 
 
 def make_engine(settings: Settings, **kwargs: Any) -> Engine:

@@ -295,3 +295,22 @@ def wait_final(api):
         return wait_for(final, timeout, message=f"analysis {analysis_id} to finish")
 
     return _wait
+
+
+@pytest.fixture
+def spans():
+    """The spans of ``shared.tracing``, to an in-memory exporter (the process-wide provider
+    untouched); tracing is on while the test runs."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from shared import tracing
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.use_provider(provider)
+    yield exporter
+    tracing.use_provider(None)
+    provider.shutdown()

@@ -27,6 +27,7 @@ the candidate only while the GPU lane is not behind.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 import time
@@ -34,7 +35,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -712,16 +713,32 @@ class _Write:
 
 
 def record_outcomes(context: AppContext, writes: list[_Write]) -> list[int]:
-    """Write a pass's outcomes (``lifecycle.finish``, each under its claim's fence) in one
-    transaction, each job in a savepoint of its own when there are several: a job whose write
-    fails is rolled back alone and the others still commit (issue 27; before, one transaction
-    per job). Their wake-ups go out together once it commits. Returns 1 per job written, 0 per
+    """Write a pass's outcomes (``lifecycle.finish_many``: each under its claim's fence, one
+    UPDATE and one INSERT of their events for all of them) in one transaction. Should the
+    database refuse that (one job's outcome it cannot store), each job is written again in a
+    savepoint of its own: the job whose write fails is rolled back alone and the others still
+    commit. Their wake-ups go out together once it commits. Returns 1 per job written, 0 per
     job fenced off; a job's write error is raised after the others are written (the pass's
     claims are then given back: fenced, so only that job's is)."""
     recorded: list[tuple[_Write, bool]] = []
     failure: Exception | None = None
     with sends_together(), session_scope(context.session_factory) as session:
-        for write in writes:
+        if len(writes) > 1:
+            scopes = [_JobScope(write) for write in writes]
+            try:
+                with session.begin_nested():
+                    written = lifecycle.finish_many(session, context.celery, context.settings, [
+                        lifecycle.FinalOutcome(write.claim, write.status, write.columns, scope.context)
+                        for write, scope in zip(writes, scopes, strict=True)
+                    ])
+                recorded = list(zip(writes, written, strict=True))
+            except SQLAlchemyError as exc:
+                log.warning("a pass's %d outcomes could not be written together (%s); writing each on its own",
+                            len(writes), type(exc).__name__)
+            finally:
+                for scope in scopes:
+                    scope.close()
+        for write in writes if not recorded else []:
             with write.logged(), _job_trace(write.claim, write.marks):
                 if len(writes) == 1:  # nothing else to protect: no savepoint
                     recorded.append((write, _finish(context, session, write)))
@@ -740,6 +757,26 @@ def record_outcomes(context: AppContext, writes: list[_Write]) -> list[int]:
     if failure is not None:
         raise failure
     return [counts[id(write)] for write in writes]
+
+
+class _JobScope:
+    """One job's log ids and trace spans (``_job_trace``: its "record outcome" span current)
+    held open in a context of its own while a pass's outcomes are written together: what is
+    done for the job in ``context`` (its event's trace, its wake-ups' log ids) is the job's, and
+    its spans cover the write."""
+
+    def __init__(self, write: _Write) -> None:
+        self.context = contextvars.copy_context()
+        self._held = ExitStack()
+
+        def enter() -> None:
+            self._held.enter_context(write.logged())
+            self._held.enter_context(_job_trace(write.claim, write.marks))
+
+        self.context.run(enter)
+
+    def close(self) -> None:
+        self.context.run(self._held.close)
 
 
 def _finish(context: AppContext, session: Session, write: _Write) -> bool:

@@ -7,21 +7,40 @@ attempt and status. A worker that lost its job (swept, canceled, re-claimed) wri
 
 from __future__ import annotations
 
+import contextvars
+import json
 import random
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from celery import Celery
-from sqlalchemy import ColumnElement, Select, and_, or_, select, tuple_, update
+from sqlalchemy import (
+    ColumnElement,
+    Float,
+    Integer,
+    Select,
+    String,
+    Text,
+    and_,
+    bindparam,
+    cast,
+    or_,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import Session
 
 from shared.clock import utcnow
 from shared.config import Settings
-from shared.db import after_commit
+from shared.db import RowsParameter, after_commit
 from shared.jobs import enqueue_analysis, worker_identity
 from shared.lifecycle.cancel import expire_due
-from shared.lifecycle.outcomes import on_final
+from shared.lifecycle.outcomes import on_final_many
 from shared.tables import Analysis, AnalysisStatus
 
 
@@ -187,35 +206,81 @@ def finish(
     overlay_key: str | None = None,
 ) -> bool:
     """Record a final outcome for a claimed job; False when the claim was fenced off."""
-    now = utcnow()
-    analysis = session.execute(
-        update(Analysis)
-        .where(_fenced(claim))
-        .values(
-            status=status.value,
-            stage=None,
-            model=model,
-            result=result,
-            rejection=rejection,
-            error=error,
+    (done,) = finish_many(session, celery, settings, [FinalOutcome(claim, status, {
+        "model": model, "result": result, "rejection": rejection, "error": error,
+        "mask_key": mask_key, "overlay_key": overlay_key,
+    })])
+    return done
+
+
+@dataclass(frozen=True)
+class FinalOutcome:
+    """A claimed job's final outcome: ``finish``'s arguments. ``context``: the one its
+    follow-ups (its event's trace, its wake-ups' log ids) are made in, when not the caller's."""
+
+    claim: Claim
+    status: AnalysisStatus
+    columns: Mapping[str, Any]  # model, result, rejection, error, mask_key, overlay_key (None: unset)
+    context: contextvars.Context | None = None
+
+
+# A pass's outcomes, one row each (``finish_many``); JSON columns as text.
+_GIVEN = RowsParameter(
+    "given", id=UUID(as_uuid=True), attempt=Integer(), status=String(), model=Text(), result=Text(),
+    rejection=Text(), error=Text(), mask_key=String(), overlay_key=String(), probability=Float(),
+)
+_JSON_COLUMNS = ("model", "result", "rejection", "error")
+_FINISH = (
+    update(Analysis)
+    .where(
+        Analysis.id == _GIVEN["id"],
+        Analysis.attempt == _GIVEN["attempt"],
+        Analysis.status == AnalysisStatus.processing.value,
+    )
+    .values(
+        status=_GIVEN["status"],
+        stage=None,
+        **{name: cast(_GIVEN[name], JSONB) for name in _JSON_COLUMNS},
+        mask_key=_GIVEN["mask_key"],
+        overlay_key=_GIVEN["overlay_key"],
+        probability=_GIVEN["probability"],
+        completed_at=bindparam("now"),
+        heartbeat_at=None,
+        updated_at=bindparam("now"),
+        # The sweeper asks again for a report that has not appeared by then.
+        report_requested_at=bindparam("now"),
+    )
+    .returning(Analysis)
+    .execution_options(synchronize_session=False, populate_existing=True)
+)
+
+
+def finish_many(
+    session: Session, celery: Celery | None, settings: Settings, outcomes: Sequence[FinalOutcome]
+) -> list[bool]:
+    """Record several claimed jobs' final outcomes, each fenced as ``finish`` fences one, in one
+    UPDATE and one INSERT of their events whatever their number (issue 27: a pass's outcomes,
+    before one UPDATE, one INSERT and one batch check per job); a batch is checked for
+    completion once. Per outcome, True if written, False where its claim was fenced off."""
+    if not outcomes:
+        return []
+    rows = []
+    for outcome in outcomes:
+        columns = outcome.columns
+        result = columns.get("result")
+        rows.append({
+            "id": outcome.claim.analysis_id, "attempt": outcome.claim.attempt, "status": outcome.status.value,
+            **{name: None if columns.get(name) is None else json.dumps(columns[name]) for name in _JSON_COLUMNS},
+            "mask_key": columns.get("mask_key"), "overlay_key": columns.get("overlay_key"),
             # ``result`` is the stored JSON form (the worker serialises its typed AnalysisResult);
             # its probability is copied into the indexed column the triage list is ordered by.
-            probability=result["probability"] if result else None,
-            mask_key=mask_key,
-            overlay_key=overlay_key,
-            completed_at=now,
-            heartbeat_at=None,
-            updated_at=now,
-            # The sweeper asks again for a report that has not appeared by then.
-            report_requested_at=now,
-        )
-        .returning(Analysis)
-        .execution_options(synchronize_session=False, populate_existing=True)
-    ).scalar_one_or_none()
-    if analysis is None:
-        return False
-    on_final(session, celery, settings, analysis)
-    return True
+            "probability": result["probability"] if result else None,
+        })
+    written = session.execute(_FINISH, {"now": utcnow(), **_GIVEN.parameters(rows)}).scalars().all()
+    by_id = {analysis.id: analysis for analysis in written}
+    finals = [(by_id[o.claim.analysis_id], o.context) for o in outcomes if o.claim.analysis_id in by_id]
+    on_final_many(session, celery, settings, finals)
+    return [outcome.claim.analysis_id in by_id for outcome in outcomes]
 
 
 def requeue(session: Session, celery: Celery | None, analysis: Analysis) -> None:

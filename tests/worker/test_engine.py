@@ -251,6 +251,57 @@ def test_freed_memory_goes_back_once_the_passes_pause_not_after_each(monkeypatch
     assert any(phase < moment < ended for moment in trims[1:])
 
 
+def test_a_pass_outcomes_are_written_in_one_update_each_event_in_its_own_jobs_trace(
+    engine_context, tenant_key, spans,
+):
+    """Issue 27: a pass's outcomes are one UPDATE and one INSERT of their events, however many
+    jobs it holds; each job is still fenced by its own claim (one re-claimed meanwhile is left
+    alone, and has no event), and each event continues its own job's trace from its own
+    "record outcome" span."""
+    context = engine_context
+    ids = [_queue(context, tenant_key[0], None) for _ in range(4)]
+    traces = {analysis_id: f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01" for analysis_id in ids}
+    with session_scope(context.session_factory) as session:
+        for analysis_id in ids:
+            session.get(Analysis, analysis_id).traceparent = traces[analysis_id]
+    with session_scope(context.session_factory) as session:
+        claims = [claim for analysis_id in ids for claim in lifecycle.claim_batch(session, analysis_id, 1)]
+    with session_scope(context.session_factory) as session:  # the sweeper gave it to another worker
+        session.get(Analysis, ids[2]).attempt += 1
+    model = {"weights": "untrained", "segmenter": "classical"}
+    writes = [
+        engine_module._Write(claim, AnalysisStatus.rejected, {
+            "model": model, "rejection": {"code": "blurry", "detail": f"blur {n}", "scores": {"blur": float(n)}}})
+        for n, claim in enumerate(claims)
+    ]
+    statements: list[str] = []
+
+    def count(conn, cursor, statement, *args) -> None:
+        statements.append(statement.lstrip().split(None, 3)[:3])
+
+    event.listen(context.engine, "before_cursor_execute", count)
+    try:
+        assert engine_module.record_outcomes(context, writes) == [1, 1, 0, 1]
+    finally:
+        event.remove(context.engine, "before_cursor_execute", count)
+
+    assert statements.count(["UPDATE", "analyses", "SET"]) == 1
+    assert statements.count(["INSERT", "INTO", "events"]) == 1
+    rows = _rows(context, ids)
+    assert [rows[i].status for i in ids] == ["rejected", "rejected", "processing", "rejected"]
+    assert [rows[i].rejection["detail"] for i in ids if i != ids[2]] == ["blur 0", "blur 1", "blur 3"]
+    with context.session_factory() as session:
+        events = dict(session.execute(select(Event.dedupe_key, Event.traceparent).where(
+            Event.dedupe_key.in_([f"analysis.rejected:{i}" for i in ids]))).all())
+    assert set(events) == {f"analysis.rejected:{i}" for i in ids if i != ids[2]}
+    recording = {format(span.context.trace_id, "032x"): format(span.context.span_id, "016x")
+                 for span in spans.get_finished_spans() if span.name == "record outcome"}
+    for analysis_id in ids:
+        if analysis_id != ids[2]:
+            trace_id = traces[analysis_id].split("-")[1]
+            assert events[f"analysis.rejected:{analysis_id}"] == f"00-{trace_id}-{recording[trace_id]}-01"
+
+
 def test_a_job_whose_write_fails_leaves_the_others_of_its_pass_written(engine_context, tenant_key):
     """Issue 27: a pass's outcomes are one transaction, a savepoint per job. A job whose write
     the database refuses (a NUL character in a JSON text) is rolled back alone and its error

@@ -11,7 +11,8 @@ _MIN_SIDE = 8
 
 
 def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
-    """Decode uploaded bytes into an (H, W, 3) uint8 RGB array, upright per its EXIF tag.
+    """Decode uploaded bytes into an (H, W, 3) uint8 RGB array, upright per its EXIF tag,
+    read-only (the decoder's own buffer: whoever needs to draw on it takes a copy).
 
     The pixel count is checked from the header before any pixel data is decompressed, so a
     small file that claims a huge canvas (a decompression bomb) is refused cheaply.
@@ -38,7 +39,9 @@ def decode_upright(
             rgb = _to_rgb(image)
         except (OSError, ValueError) as exc:
             raise ImageDecodeError(f"the {decoded.format} pixels could not be converted to RGB: {exc}") from exc
-        pixels = np.asarray(rgb, dtype=np.uint8).copy()
+        # Read-only (the decoded bytes themselves, no copy of them): every step after decoding
+        # reads the photo and writes its results to arrays of its own (issue 27).
+        pixels = np.asarray(rgb, dtype=np.uint8)
     return pixels, decoded.source_size
 
 

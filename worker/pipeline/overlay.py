@@ -5,19 +5,19 @@ The overlay is a photograph with a tint and an outline, which PNG compresses slo
 so a 1-bit PNG is exact, ~1 ms and a few kB.
 """
 
-import io
 
 import cv2
 import numpy as np
-from PIL import Image
 
 OVERLAY_COLOUR = np.array([0, 255, 255], dtype=np.float32)  # cyan, as the original
 OVERLAY_ALPHA = 0.4
 OVERLAY_JPEG_QUALITY = 90
-# The 40% cyan tint of every channel value, as a per-channel lookup table (one pass, no floats).
+# The 40% cyan tint of every channel value, as a per-channel lookup table (one pass, no floats),
+# in OpenCV's channel order (B, G, R): the overlay is drawn on the copy the JPEG encoder takes.
 _TINT = np.clip(
     np.rint((1 - OVERLAY_ALPHA) * np.arange(256, dtype=np.float32)[:, None] + OVERLAY_ALPHA * OVERLAY_COLOUR), 0, 255
-).astype(np.uint8).reshape(256, 1, 3)
+).astype(np.uint8)[:, ::-1].reshape(256, 1, 3).copy()
+_OUTLINE = tuple(int(c) for c in OVERLAY_COLOUR[::-1])
 MASK_CONTENT_TYPE = "image/png"
 OVERLAY_CONTENT_TYPE = "image/jpeg"
 
@@ -42,10 +42,14 @@ def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def mask_png(mask: np.ndarray) -> bytes:
-    """1-bit PNG: white lesion on black (viewers show it as before; 0/255 when read as 8-bit)."""
-    buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(mask, dtype=bool)).save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
+    """1-bit PNG: white lesion on black (viewers show it as before; 0/255 when read as 8-bit).
+    Written by OpenCV's bilevel PNG writer, ~2/3 of Pillow's time for the same file contents."""
+    written, encoded = cv2.imencode(
+        ".png", mask.astype(np.uint8) * np.uint8(255), [cv2.IMWRITE_PNG_BILEVEL, 1, cv2.IMWRITE_PNG_COMPRESSION, 1]
+    )
+    if not written:  # OpenCV reports failure by its return value, not by raising
+        raise ValueError(f"the mask ({mask.shape[1]} x {mask.shape[0]}) could not be encoded as PNG")
+    return encoded.tobytes()
 
 
 def overlay_jpeg(image: np.ndarray, mask: np.ndarray) -> bytes:
@@ -57,17 +61,15 @@ def overlay_jpeg(image: np.ndarray, mask: np.ndarray) -> bytes:
     tint of every pixel written by Pillow, with the same pixels before encoding (issue 27,
     round 8)."""
     mask_u8 = mask.astype(np.uint8)
-    blended = np.ascontiguousarray(image).copy()
+    blended = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2BGR)  # the copy drawn on, as the encoder takes it
     left, top, width, height = cv2.boundingRect(mask_u8)
     if width and height:
         box = blended[top : top + height, left : left + width]
         cv2.copyTo(cv2.LUT(box, _TINT), mask_u8[top : top + height, left : left + width], box)
     contours, _ = cv2.findContours(mask_u8, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     thickness = max(1, round(max(mask.shape) / 400))
-    cv2.drawContours(blended, contours, -1, tuple(int(c) for c in OVERLAY_COLOUR), thickness, cv2.LINE_AA)
-    written, encoded = cv2.imencode(
-        ".jpg", cv2.cvtColor(blended, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, OVERLAY_JPEG_QUALITY]
-    )
+    cv2.drawContours(blended, contours, -1, _OUTLINE, thickness, cv2.LINE_AA)
+    written, encoded = cv2.imencode(".jpg", blended, [cv2.IMWRITE_JPEG_QUALITY, OVERLAY_JPEG_QUALITY])
     if not written:  # OpenCV reports failure by its return value, not by raising
         raise ValueError(f"the overlay ({blended.shape[1]} x {blended.shape[0]}) could not be encoded as JPEG")
     return encoded.tobytes()
