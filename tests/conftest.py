@@ -113,6 +113,18 @@ def pytest_terminal_summary(terminalreporter):
         )
 
 
+@pytest.fixture(autouse=True)
+def _log_ids_unbound():
+    """Each test starts with no log ids bound in its thread. A worker task binds its job's ids
+    for the rest of the task (``shared.logs.bind``) and Celery's signals clear them after it
+    (worker/celery_app.py); a test that calls the task's function directly has no such signal,
+    and its ids would be on every line of the tests after it."""
+    from structlog.contextvars import clear_contextvars
+
+    yield
+    clear_contextvars()
+
+
 @pytest.fixture(scope="session")
 def starts_services(request):
     """Depended on by every fixture that starts a process; tests reaching it are marked `services`."""
