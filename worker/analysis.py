@@ -739,7 +739,7 @@ def record_outcomes(context: AppContext, writes: list[_Write]) -> list[int]:
                 for scope in scopes:
                     scope.close()
         for write in writes if not recorded else []:
-            with write.logged(), _job_trace(write.claim, write.marks):
+            with _recording(write):
                 if len(writes) == 1:  # nothing else to protect: no savepoint
                     recorded.append((write, _finish(context, session, write)))
                     continue
@@ -759,8 +759,15 @@ def record_outcomes(context: AppContext, writes: list[_Write]) -> list[int]:
     return [counts[id(write)] for write in writes]
 
 
+@contextmanager
+def _recording(write: _Write) -> Iterator[None]:
+    """While a job's outcome is written: its log ids, and its spans with "record outcome" current."""
+    with write.logged(), _job_trace(write.claim, write.marks):
+        yield
+
+
 class _JobScope:
-    """One job's log ids and trace spans (``_job_trace``: its "record outcome" span current)
+    """One job's log ids and trace spans (``_recording``: its "record outcome" span current)
     held open in a context of its own while a pass's outcomes are written together: what is
     done for the job in ``context`` (its event's trace, its wake-ups' log ids) is the job's, and
     its spans cover the write."""
@@ -769,11 +776,7 @@ class _JobScope:
         self.context = contextvars.copy_context()
         self._held = ExitStack()
 
-        def enter() -> None:
-            self._held.enter_context(write.logged())
-            self._held.enter_context(_job_trace(write.claim, write.marks))
-
-        self.context.run(enter)
+        self.context.run(self._held.enter_context, _recording(write))
 
     def close(self) -> None:
         self.context.run(self._held.close)
