@@ -491,6 +491,8 @@ def _timed_batch(client, root: int, jpegs: list[bytes], fields: dict, args: argp
     models = sorted({f"{f.model.backend}/{f.model.precision}" for f in finals if f.model})
     print(f"   {state}: {len(jpegs)} images in {total:.1f} s (uploads {uploads:.1f} s): {rate:.3f} img/s, "
           f"{total / len(jpegs):.3f} s/img; statuses {statuses}; model {models}", flush=True)
+    if hooks is not None:
+        print(f"   {state}: " + hooks.reports_after(created, last, first_wall), flush=True)
     if load_report:
         print(f"   {state}: background load over {load_report['seconds']:.0f} s: {load_report['gets']} GETs "
               f"({load_report['gets'] / load_report['seconds']:.1f}/s, {load_report['get_errors']} failed), "
@@ -605,6 +607,22 @@ class _Webhooks:
             time.sleep(0.1)
         raise SystemExit(f"webhooks: {len(wanted - reported)} report_ready and {len(wanted - finished)} outcome "
                          f"deliveries missing after {timeout:.0f} s")
+
+    def reports_after(self, analyses: list, last_result: float, first_upload: float) -> str:
+        """When the reports of ``analyses`` were stored (their ``analysis.report_ready`` events'
+        timestamps, the server's clock) against the last result: issue 27 holds report requests
+        while the analysis lane is busy (``REPORT_HOLD_SECONDS``)."""
+        ids = {str(a.id) for a in analyses}
+        stored = sorted(
+            datetime.fromisoformat(body["timestamp"].replace("Z", "+00:00")).timestamp()
+            for r in list(self.receiver.requests)
+            if r.type == "analysis.report_ready" and (body := r.json()).get("data", {}).get("id") in ids
+        )
+        if not stored:
+            return "no report_ready events"
+        before = sum(moment <= last_result for moment in stored)
+        return (f"reports stored {stored[0] - first_upload:.1f}-{stored[-1] - first_upload:.1f} s after the first "
+                f"upload, {before} of {len(stored)} before the last result ({last_result - first_upload:.1f} s)")
 
     @property
     def delivered(self) -> int:

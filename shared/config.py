@@ -141,6 +141,14 @@ class Settings(BaseSettings):
     # the K8s manifests set 10 for those; the analysis (gpu) worker keeps 0. Lowering needs no
     # privilege (docs/ENGINE.md "Inference first").
     nice: int = Field(default=0, ge=0, le=19)
+    # Issue 27: an analysis worker holds its jobs' report requests while its passes run, and sends
+    # them once the passes pause, at the latest this many seconds after the first: on a host whose
+    # report worker shares the cores with the networks, the PDFs are rendered after a burst instead
+    # of delaying the next jobs' results. 0: sent with each pass (the K8s manifests, where reports
+    # run in pods of their own). Never longer than half of RESEND_AFTER_SECONDS
+    # (``report_hold_limit``), or the sweeper would take held requests for lost ones
+    # (docs/ENGINE.md "Reports after the burst").
+    report_hold_seconds: float = Field(default=20.0, ge=0)
     # GPU workers read the active model version at most this often (docs/MODELS.md).
     model_check_seconds: float = Field(default=5.0, ge=0)
     # Issue 24: the acceptance file `models activate` checks a candidate against when none is
@@ -320,6 +328,12 @@ class Settings(BaseSettings):
         if value % 32:
             raise ValueError(f"must be a multiple of 32 (e.g. {value - value % 32 or 32}), not {value}")
         return value
+
+    @property
+    def report_hold_limit(self) -> float:
+        """How long report requests are held (``REPORT_HOLD_SECONDS``), never more than half of
+        ``RESEND_AFTER_SECONDS``: the sweeper re-sends requests older than that."""
+        return min(self.report_hold_seconds, self.resend_after_seconds / 2)
 
     @model_validator(mode="after")
     def _refuse_open_transport(self) -> Settings:

@@ -14,7 +14,8 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, cast
+from functools import partial
+from typing import Any, Protocol, cast
 
 import kombu.exceptions
 import redis
@@ -91,8 +92,20 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
-# Wake-ups held back by ``sends_together`` in this thread: (app, task, queue, args, headers).
+# A wake-up held back by ``sends_together``: (app, task name, queue, args, headers).
+HeldSend = tuple[Celery, str, str, list[str], dict[str, Any] | None]
+# Those held in this thread.
 _held = threading.local()
+
+
+class SendsLater(Protocol):
+    """Takes the wake-ups for ``queues`` that a ``sends_together`` block held, to publish them
+    (``publish_held``) when it chooses: issue 27, report requests held while the analysis
+    worker's passes run (``worker/after_passes.py``)."""
+
+    queues: frozenset[str]
+
+    def hold(self, sends: list[HeldSend]) -> None: ...
 
 
 def send(app: Celery, task: TaskName, queue: Queue, *args: str) -> None:
@@ -100,7 +113,7 @@ def send(app: Celery, task: TaskName, queue: Queue, *args: str) -> None:
     # are, and messages queued without it run as before (docs/OBSERVABILITY.md).
     request_id = current_request_id()
     headers = {REQUEST_ID_HEADER: request_id} if request_id else None
-    held: list[tuple[Celery, str, str, list[str], dict[str, Any] | None]] | None = getattr(_held, "sends", None)
+    held: list[HeldSend] | None = getattr(_held, "sends", None)
     if held is not None:
         held.append((app, task.value, queue.value, list(args), headers))
         return
@@ -108,13 +121,14 @@ def send(app: Celery, task: TaskName, queue: Queue, *args: str) -> None:
 
 
 @contextmanager
-def sends_together() -> Iterator[None]:
+def sends_together(later: SendsLater | None = None) -> Iterator[None]:
     """Hold back the wake-ups ``send`` is asked for in this thread inside the block (those of
     after-commit hand-offs: their rows are already committed) and publish them when the block
     ends, however it ends, on one pooled producer and, on Redis, in one pipeline round trip
     (issue 27: a lone ``send_task`` acquires a producer and builds a Redis client per message).
-    Like any post-commit hand-off, a publish that fails is logged, never raised: the sweeper
-    re-sends lost wake-ups. Nested blocks publish with the outermost one."""
+    Those for ``later``'s queues are handed to ``later`` instead. Like any post-commit
+    hand-off, a publish that fails is logged, never raised: the sweeper re-sends lost
+    wake-ups. Nested blocks publish with the outermost one (and its ``later``)."""
     if getattr(_held, "sends", None) is not None:
         yield
         return
@@ -122,12 +136,17 @@ def sends_together() -> Iterator[None]:
     try:
         yield
     finally:
-        held, _held.sends = _held.sends, None
+        held: list[HeldSend] = _held.sends
+        _held.sends = None
+        if later is not None and (kept := [entry for entry in held if entry[2] in later.queues]):
+            held = [entry for entry in held if entry[2] not in later.queues]
+            run_hand_off(partial(later.hold, kept))
         if held:
-            _publish_held(held)
+            publish_held(held)
 
 
-def _publish_held(held: list[tuple[Celery, str, str, list[str], dict[str, Any] | None]]) -> None:
+def publish_held(held: list[HeldSend]) -> None:
+    """Publish held wake-ups on one producer (logged, never raised: ``run_hand_off``)."""
     def publish() -> None:
         for app in dict.fromkeys(entry[0] for entry in held):  # one app in practice
             with app.producer_or_acquire() as producer, producer.batch():

@@ -52,7 +52,6 @@ from shared.db import session_scope
 from shared.jobs import JobNotRun, sends_together
 from shared.lifecycle import Claim
 from shared.logs import current_request_id, log_context
-from shared.memory import release_freed_memory
 from shared.metrics import ANALYSES_FINISHED, StageClock, observe_pass, observe_result_times, observe_stage
 from shared.schemas.analyses import (
     AnalysisInputsOut,
@@ -64,6 +63,7 @@ from shared.schemas.analyses import (
 )
 from shared.storage import ARTIFACTS, IMAGES, artifact_key
 from shared.tables import AnalysisStatus
+from worker.after_passes import AFTER_PASSES, ReportsLater, trim_soon
 from worker.model_switch import Arm, model_switch
 from worker.reporting.scribe import build_scribe_note
 from worker.shadow import shadow_jobs, shadow_lane
@@ -138,7 +138,8 @@ def run_analysis(context: AppContext, pipeline: Pipeline, analysis_id: uuid.UUID
         ThreadPoolExecutor(1, thread_name_prefix="engine-finish-interactive") as interactive_lane,
     ):
         engine = _Engine(context, pipeline, analysis_id, host)
-        return engine.drain(claims, prefetch_lane, finish_lane, interactive_lane)
+        with AFTER_PASSES.passes():
+            return engine.drain(claims, prefetch_lane, finish_lane, interactive_lane)
 
 
 class _Engine:
@@ -410,7 +411,7 @@ class _Engine:
             if part.rollout is None:
                 recorded = written
         batch.prepared = None
-        _TRIM.request()  # the batch's images and tensors, back to the OS (off the network thread), soon
+        trim_soon()  # the batch's images and tensors, back to the OS (off the network thread), once passes pause
         log.info(
             "engine: %d jobs; fetch+prepare %.3fs, networks %.3fs, post-process+write %.3fs (overlapped)",
             len(batch.all_claims), batch.load_s, batch.infer_s, time.perf_counter() - started,
@@ -499,42 +500,6 @@ class _Engine:
 
 
 MISSING_OBJECT_CODES = frozenset({"NoSuchKey", "NoSuchBucket"})
-
-
-class _TrimLater:
-    """Hands freed heap pages back to the OS (``release_freed_memory``) once the passes pause
-    for ``idle`` seconds, and at least every ``most`` seconds while they do not, from a thread
-    of its own. Issue 27: trimming after every pass cost the worker more CPU than the pass's
-    S3 calls (the trim itself, and the next pass faulting the same pages back in); the RSS
-    still comes back down within seconds of a burst."""
-
-    def __init__(self, idle: float = 2.0, most: float = 10.0) -> None:
-        self.idle, self.most = idle, most
-        self._wake = threading.Condition()
-        self._due: float | None = None
-        self._first: float | None = None
-        self._thread: threading.Thread | None = None
-
-    def request(self) -> None:
-        with self._wake:
-            now = time.monotonic()
-            self._first = self._first if self._first is not None else now
-            self._due = min(now + self.idle, self._first + self.most)
-            if self._thread is None or not self._thread.is_alive():  # none yet, or forked without it
-                self._thread = threading.Thread(target=self._run, name="engine-trim", daemon=True)
-                self._thread.start()
-            self._wake.notify()
-
-    def _run(self) -> None:
-        while True:
-            with self._wake:
-                while self._due is None or self._due > time.monotonic():
-                    self._wake.wait(None if self._due is None else self._due - time.monotonic())
-                self._due = self._first = None
-            release_freed_memory()
-
-
-_TRIM = _TrimLater()
 
 
 class _FinishedHere:
@@ -717,12 +682,13 @@ def record_outcomes(context: AppContext, writes: list[_Write]) -> list[int]:
     UPDATE and one INSERT of their events for all of them) in one transaction. Should the
     database refuse that (one job's outcome it cannot store), each job is written again in a
     savepoint of its own: the job whose write fails is rolled back alone and the others still
-    commit. Their wake-ups go out together once it commits. Returns 1 per job written, 0 per
+    commit. Their wake-ups go out together once it commits, their report requests once the
+    passes pause (``_reports_later``). Returns 1 per job written, 0 per
     job fenced off; a job's write error is raised after the others are written (the pass's
     claims are then given back: fenced, so only that job's is)."""
     recorded: list[tuple[_Write, bool]] = []
     failure: Exception | None = None
-    with sends_together(), session_scope(context.session_factory) as session:
+    with sends_together(later=_reports_later(context.settings)), session_scope(context.session_factory) as session:
         if len(writes) > 1:
             scopes = [_JobScope(write) for write in writes]
             try:
@@ -757,6 +723,13 @@ def record_outcomes(context: AppContext, writes: list[_Write]) -> list[int]:
     if failure is not None:
         raise failure
     return [counts[id(write)] for write in writes]
+
+
+def _reports_later(settings: Settings) -> ReportsLater | None:
+    """Issue 27: report requests wait for the passes to pause (``REPORT_HOLD_SECONDS``,
+    ``worker/after_passes.py``), so while the lane is busy the next job's result comes first."""
+    hold = settings.report_hold_limit
+    return ReportsLater(hold) if hold > 0 else None
 
 
 @contextmanager

@@ -59,7 +59,7 @@ class WorkerRuntime:
             cv2.setNumThreads(1)
             # Each image allocates the same full-size buffers: they are reused from the heap,
             # not faulted in and zeroed again by the kernel per image (issue 27, round 9); the
-            # engine trims the heap once its passes pause (worker/analysis.py, _TrimLater).
+            # engine trims the heap once its passes pause (worker/after_passes.py, trim_soon).
             keep_freed_memory_for_reuse()
             del registry  # with OpenVINO the torch copies of the weights are now garbage
             release_freed_memory()

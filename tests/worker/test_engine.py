@@ -4,6 +4,7 @@ with its claim's attempt, stores the cheaper artifacts, and gives claims back on
 from __future__ import annotations
 
 import io
+import json
 import threading
 import time
 import uuid
@@ -18,9 +19,12 @@ from shared import lifecycle
 from shared.clock import utcnow
 from shared.context import AppContext
 from shared.db import session_scope
+from shared.jobs import broker_redis
 from shared.lifecycle.views import model_of, result_of
+from shared.queues import Queue
 from shared.storage import ARTIFACTS, IMAGES, image_key
 from shared.tables import Analysis, AnalysisStatus, Event
+from worker import after_passes
 from worker import analysis as engine_module
 from worker.analysis import run_analysis
 from worker.pipeline.model_set import ModelSet
@@ -232,23 +236,84 @@ def test_a_job_past_its_deadline_ends_expired_at_its_claim_and_a_due_one_runs(en
     assert rows[due].status == "succeeded" and rows[due].attempt == 1
 
 
-def test_freed_memory_goes_back_once_the_passes_pause_not_after_each(monkeypatch):
-    """Issue 27: one trim after a burst of passes (and at least every ``most`` seconds), not one per pass."""
+def test_freed_memory_goes_back_once_the_passes_pause_not_after_each():
+    """Issue 27: one trim after a burst of passes (and at least every ``most`` seconds while they
+    last), not one per pass, nor one in the middle of a long pass."""
     trims: list[float] = []
-    monkeypatch.setattr(engine_module, "release_freed_memory", lambda: trims.append(time.monotonic()))
-    trim = engine_module._TrimLater(idle=0.5, most=1.5)
-    started = time.monotonic()
-    for _ in range(5):  # a burst: one request every 50 ms
-        trim.request()
-        time.sleep(0.05)
-    time.sleep(1.0)
-    assert len(trims) == 1 and trims[0] - started >= 0.5
-    phase = time.monotonic()
-    while time.monotonic() - phase < 2.5:  # passes that never pause: still trimmed within ``most``
-        trim.request()
-        time.sleep(0.05)
+    after = after_passes.AfterPasses()
+
+    def trim_soon() -> None:
+        after.request("trim", lambda _: trims.append(time.monotonic()), 0.5, 2.0)
+
+    with after.passes():  # a drain: a pass finished every 50 ms, then one that takes 1 s
+        for _ in range(5):
+            trim_soon()
+            time.sleep(0.05)
+        time.sleep(1.0)
+        assert trims == []
     ended = time.monotonic()
+    time.sleep(1.0)
+    assert len(trims) == 1 and trims[0] - ended >= 0.5
+    phase = time.monotonic()
+    with after.passes():  # passes that never pause: still trimmed within ``most``
+        while time.monotonic() - phase < 3.0:
+            trim_soon()
+            time.sleep(0.05)
+        ended = time.monotonic()
     assert any(phase < moment < ended for moment in trims[1:])
+
+
+@pytest.fixture
+def quiet_broker(engine_context):
+    """The engine's context on a Redis database no worker reads, emptied after the test."""
+    settings = engine_context.settings
+    quiet = AppContext(settings.model_copy(update={
+        "broker_url": settings.broker_url.rsplit("/", 1)[0] + "/13", "report_hold_seconds": 2.0,
+    }))
+    client = broker_redis(quiet.settings)
+    client.flushdb()
+    yield quiet, client
+    client.flushdb()
+    client.close()
+    quiet.close()
+
+
+def _wait_for(predicate, seconds: float) -> float | None:
+    """How long ``predicate`` took to hold (polled), or None when it did not within ``seconds``."""
+    started = time.monotonic()
+    while time.monotonic() - started < seconds:
+        if predicate():
+            return time.monotonic() - started
+        time.sleep(0.02)
+    return None
+
+
+def test_reports_are_requested_once_the_passes_pause(quiet_broker, pipeline, tenant_key):
+    """Issue 27: while the analysis lane is busy (a drain running), a finished job's report
+    request waits, so the report worker renders after the burst instead of on the cores the next
+    results need; its outcome event's wake-up does not wait. Once the drains stop the held
+    requests go out together; passes that never pause send them within REPORT_HOLD_SECONDS."""
+    context, client = quiet_broker
+    reports = Queue.reports.value
+    jobs = [_queue(context, tenant_key[0], None, priority="bulk") for _ in range(2)]
+    with after_passes.AFTER_PASSES.passes():  # another drain of the burst still running
+        assert run_analysis(context, pipeline, jobs[0]) == 2
+        jobs.append(_queue(context, tenant_key[0], None, priority="interactive"))
+        assert run_analysis(context, pipeline, jobs[2]) == 1
+        assert client.llen(Queue.webhooks.value) >= 3  # the outcomes' events: at once
+        time.sleep(0.8)
+        assert client.llen(reports) == 0
+    assert _wait_for(lambda: client.llen(reports) == 3, 3.0) is not None
+    assert {json.loads(m)["headers"]["argsrepr"] for m in client.lrange(reports, 0, -1)} == {
+        repr([str(i)]) for i in jobs}
+
+    client.delete(reports)
+    late = _queue(context, tenant_key[0], None, priority="bulk")
+    with after_passes.AFTER_PASSES.passes():  # a drain that lasts: held at most REPORT_HOLD_SECONDS
+        started = time.monotonic()
+        assert run_analysis(context, pipeline, late) == 1
+        assert _wait_for(lambda: client.llen(reports) == 1, 5.0) is not None
+        assert 1.0 < time.monotonic() - started < 3.5
 
 
 def test_a_pass_outcomes_are_written_in_one_update_each_event_in_its_own_jobs_trace(
