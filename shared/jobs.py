@@ -14,8 +14,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from functools import partial
-from typing import Any, Protocol, cast
+from typing import Any, NamedTuple, Protocol, cast
 
 import kombu.exceptions
 import redis
@@ -92,8 +91,16 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
-# A wake-up held back by ``sends_together``: (app, task name, queue, args, headers).
-HeldSend = tuple[Celery, str, str, list[str], dict[str, Any] | None]
+class HeldSend(NamedTuple):
+    """A wake-up held back by ``sends_together``."""
+
+    app: Celery
+    task: str
+    queue: str
+    args: list[str]
+    headers: dict[str, Any] | None
+
+
 # Those held in this thread.
 _held = threading.local()
 
@@ -115,7 +122,7 @@ def send(app: Celery, task: TaskName, queue: Queue, *args: str) -> None:
     headers = {REQUEST_ID_HEADER: request_id} if request_id else None
     held: list[HeldSend] | None = getattr(_held, "sends", None)
     if held is not None:
-        held.append((app, task.value, queue.value, list(args), headers))
+        held.append(HeldSend(app, task.value, queue.value, list(args), headers))
         return
     app.send_task(task.value, args=list(args), queue=queue.value, routing_key=queue.value, headers=headers)
 
@@ -138,9 +145,9 @@ def sends_together(later: SendsLater | None = None) -> Iterator[None]:
     finally:
         held: list[HeldSend] = _held.sends
         _held.sends = None
-        if later is not None and (kept := [entry for entry in held if entry[2] in later.queues]):
-            held = [entry for entry in held if entry[2] not in later.queues]
-            run_hand_off(partial(later.hold, kept))
+        if later is not None and (kept := [entry for entry in held if entry.queue in later.queues]):
+            held = [entry for entry in held if entry.queue not in later.queues]
+            later.hold(kept)
         if held:
             publish_held(held)
 
@@ -148,7 +155,7 @@ def sends_together(later: SendsLater | None = None) -> Iterator[None]:
 def publish_held(held: list[HeldSend]) -> None:
     """Publish held wake-ups on one producer (logged, never raised: ``run_hand_off``)."""
     def publish() -> None:
-        for app in dict.fromkeys(entry[0] for entry in held):  # one app in practice
+        for app in dict.fromkeys(entry.app for entry in held):  # one app in practice
             with app.producer_or_acquire() as producer, producer.batch():
                 for owner, name, queue, args, headers in held:
                     if owner is app:

@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -277,6 +278,22 @@ def api(api_url, tenant_key):
         base_url=api_url, headers={"Authorization": f"Bearer {tenant_key[1]}"}, timeout=60
     ) as client:
         yield client
+
+
+@contextmanager
+def unread_broker(settings: Settings, db: int, **update):
+    """``settings`` on a Redis database no worker reads (``update`` applied too), emptied before
+    and after, and a client on it: what a test publishes stays there to be counted."""
+    from shared.jobs import broker_redis
+
+    quiet = settings.model_copy(update={"broker_url": settings.broker_url.rsplit("/", 1)[0] + f"/{db}", **update})
+    client = broker_redis(quiet)
+    client.flushdb()
+    try:
+        yield quiet, client
+    finally:
+        client.flushdb()
+        client.close()
 
 
 def wait_for(predicate, timeout: float = 120.0, interval: float = 0.25, message: str = "condition"):

@@ -79,22 +79,21 @@ class AfterPasses:
                 except Exception:
                     log.exception("work left for a pause in the passes failed")
 
+    def _due_at(self, pending: _Pending) -> float:
+        """When ``pending`` falls due as things stand: its ``most`` after its first request, or
+        its ``idle`` after the last drain ended if none runs now."""
+        paused_at = self._last_end + pending.idle if self._running == 0 else float("inf")
+        return min(pending.first + pending.most, paused_at)
+
     def _take_due(self) -> list[_Pending]:
         now = time.monotonic()
-        names = [name for name, pending in self._pending.items()
-                 if now >= pending.first + pending.most or self._paused(pending, now)]
+        names = [name for name, pending in self._pending.items() if self._due_at(pending) <= now]
         return [self._pending.pop(name) for name in names]
 
     def _next_check(self) -> float | None:
-        """Seconds until something may fall due without a notify; None: only a notify can."""
-        moments = [pending.first + pending.most for pending in self._pending.values()]
-        if self._running == 0:
-            moments += [self._last_end + pending.idle for pending in self._pending.values()]
-        return max(0.0, min(moments) - time.monotonic()) if moments else None
-
-
-    def _paused(self, pending: _Pending, now: float) -> bool:
-        return self._running == 0 and now >= self._last_end + pending.idle
+        """Seconds until something falls due without a notify; None: only a notify can change it."""
+        moment = min((self._due_at(pending) for pending in self._pending.values()), default=None)
+        return None if moment is None else max(0.0, moment - time.monotonic())
 
 
 AFTER_PASSES = AfterPasses()

@@ -9,21 +9,18 @@ import uuid
 import pytest
 
 from devstack import free_port
-from shared.jobs import broker_redis, make_celery, send, sends_together
+from shared.jobs import make_celery, send, sends_together
 from shared.queues import Queue, TaskName
+from tests.conftest import unread_broker
 
 
 @pytest.fixture
 def broker(settings):
     """A Redis database no worker reads, emptied after the test."""
-    quiet = settings.model_copy(update={"broker_url": settings.broker_url.rsplit("/", 1)[0] + "/12"})
-    client = broker_redis(quiet)
-    client.flushdb()
-    app = make_celery(quiet)
-    yield app, client
-    client.flushdb()
-    client.close()
-    app.close()
+    with unread_broker(settings, 12) as (quiet, client):
+        app = make_celery(quiet)
+        yield app, client
+        app.close()
 
 
 def test_wake_ups_sent_in_a_block_reach_the_broker_together_when_it_ends(broker):

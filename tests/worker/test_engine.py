@@ -19,11 +19,11 @@ from shared import lifecycle
 from shared.clock import utcnow
 from shared.context import AppContext
 from shared.db import session_scope
-from shared.jobs import broker_redis
 from shared.lifecycle.views import model_of, result_of
 from shared.queues import Queue
 from shared.storage import ARTIFACTS, IMAGES, image_key
 from shared.tables import Analysis, AnalysisStatus, Event
+from tests.conftest import unread_broker, wait_for
 from worker import after_passes
 from worker import analysis as engine_module
 from worker.analysis import run_analysis
@@ -266,26 +266,10 @@ def test_freed_memory_goes_back_once_the_passes_pause_not_after_each():
 @pytest.fixture
 def quiet_broker(engine_context):
     """The engine's context on a Redis database no worker reads, emptied after the test."""
-    settings = engine_context.settings
-    quiet = AppContext(settings.model_copy(update={
-        "broker_url": settings.broker_url.rsplit("/", 1)[0] + "/13", "report_hold_seconds": 2.0,
-    }))
-    client = broker_redis(quiet.settings)
-    client.flushdb()
-    yield quiet, client
-    client.flushdb()
-    client.close()
-    quiet.close()
-
-
-def _wait_for(predicate, seconds: float) -> float | None:
-    """How long ``predicate`` took to hold (polled), or None when it did not within ``seconds``."""
-    started = time.monotonic()
-    while time.monotonic() - started < seconds:
-        if predicate():
-            return time.monotonic() - started
-        time.sleep(0.02)
-    return None
+    with unread_broker(engine_context.settings, 13, report_hold_seconds=2.0) as (settings, client):
+        quiet = AppContext(settings)
+        yield quiet, client
+        quiet.close()
 
 
 def test_reports_are_requested_once_the_passes_pause(quiet_broker, pipeline, tenant_key):
@@ -303,7 +287,7 @@ def test_reports_are_requested_once_the_passes_pause(quiet_broker, pipeline, ten
         assert client.llen(Queue.webhooks.value) >= 3  # the outcomes' events: at once
         time.sleep(0.8)
         assert client.llen(reports) == 0
-    assert _wait_for(lambda: client.llen(reports) == 3, 3.0) is not None
+    wait_for(lambda: client.llen(reports) == 3, timeout=3.0, interval=0.02, message="the held report requests")
     assert {json.loads(m)["headers"]["argsrepr"] for m in client.lrange(reports, 0, -1)} == {
         repr([str(i)]) for i in jobs}
 
@@ -312,7 +296,7 @@ def test_reports_are_requested_once_the_passes_pause(quiet_broker, pipeline, ten
     with after_passes.AFTER_PASSES.passes():  # a drain that lasts: held at most REPORT_HOLD_SECONDS
         started = time.monotonic()
         assert run_analysis(context, pipeline, late) == 1
-        assert _wait_for(lambda: client.llen(reports) == 1, 5.0) is not None
+        wait_for(lambda: client.llen(reports) == 1, timeout=5.0, interval=0.02, message="the report request")
         assert 1.0 < time.monotonic() - started < 3.5
 
 
