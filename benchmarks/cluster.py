@@ -964,10 +964,26 @@ def _stop_gpu_worker(run: ClusterRun, part: str) -> float:
     cluster, config, extra = run.cluster, run.cluster_config, run.result.extra
     main = gpu_main(cluster, "gpu1")
     victims = main.children() if part == "pool" else [main]
-    run.wait_for(lambda: _holds_jobs(run, "gpu1"), 60, "a job held by gpu1")
-    held = {row[0] for row in _stop_rows(run) if row[1] == "processing" and f"{cluster.name}-gpu1" in (row[2] or "")}
-    _signal_all(victims, signal.SIGSTOP)
-    stopped_at, stopped = time.time(), time.monotonic()
+
+    def gpu1_holds() -> set:
+        return {row[0] for row in _stop_rows(run)
+                if row[1] == "processing" and f"{cluster.name}-gpu1" in (row[2] or "")}
+
+    for _ in range(20):
+        run.wait_for(lambda: _holds_jobs(run, "gpu1"), 60, "a job held by gpu1")
+        held = gpu1_holds()
+        _signal_all(victims, signal.SIGSTOP)
+        stopped_at, stopped = time.time(), time.monotonic()
+        if part != "pool":
+            break
+        # Its pool stopped, gpu1 can finish nothing more: read again (once a commit already on its
+        # way has landed). At 64 px a pass takes milliseconds, so a job read as held just before
+        # the signal may have been finished by gpu1 in between: such a job was never held.
+        time.sleep(0.3)
+        held &= gpu1_holds()
+        if held:
+            break
+        _signal_all(victims, signal.SIGCONT)  # it finished all it held just before the stop: again
     run.result.notes.append(f"stopped gpu1's {part} (pid {', '.join(str(v.pid) for v in victims)})")
     try:
         while time.monotonic() < stopped + config.stopped:
