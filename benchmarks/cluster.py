@@ -62,6 +62,7 @@ from pathlib import Path
 import httpx
 import psutil
 import psycopg
+from celery import Celery
 
 from benchmarks.chaos import FINAL, ChaosConfig, FaultResult, Load, Receiver, Run
 from devstack import App, start_app
@@ -69,6 +70,7 @@ from devstack.apps import api_command, beat_command, worker_command
 from devstack.postgres import PostgresHandle, start_postgres
 from devstack.redis import RedisHandle, start_redis
 from devstack.s3 import S3Handle, start_s3
+from shared.queues import ANALYSIS_QUEUES
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFIX = "ds26"  # every namespace, link and bridge of the harness starts with it (--cleanup)
@@ -175,6 +177,7 @@ class Relay:
         self.namespace, self.listen, self.target = namespace, listen, target
         self.delay = 0.0
         self.jitter = 0.0
+        self.delay_from: dict[str, float] = {}  # more delay for one client host's address
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._server: asyncio.base_events.Server | None = None
@@ -217,9 +220,17 @@ class Relay:
         except OSError:
             writer.close()
             return
-        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer), return_exceptions=True)
+        peer = (writer.get_extra_info("peername") or ("",))[0]
+        await asyncio.gather(self._pipe(reader, up_writer, peer), self._pipe(up_reader, writer, peer),
+                             return_exceptions=True)
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _delay(self, peer: str) -> float:
+        own = self.delay_from.get(peer, 0.0)
+        if not self.delay:
+            return own
+        return max(0.0, self.delay + random.uniform(-self.jitter, self.jitter)) + own
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str) -> None:
         queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
 
         async def deliver() -> None:
@@ -237,8 +248,7 @@ class Relay:
         last_due = 0.0
         try:
             while chunk := await reader.read(65536):
-                delay = max(0.0, self.delay + random.uniform(-self.jitter, self.jitter)) if self.delay else 0.0
-                last_due = max(last_due, time.monotonic() + delay)  # never reorder a stream
+                last_due = max(last_due, time.monotonic() + self._delay(peer))  # never reorder a stream
                 queue.put_nowait((last_due, chunk))
         except OSError:
             pass
@@ -311,6 +321,24 @@ class Cluster:
         return (f"postgresql://{self.postgres.user}:{self.postgres.password}@{self.data.address}:"
                 f"{self.ports['postgres']}/{self.postgres.database}")
 
+    @property
+    def broker_url(self) -> str:
+        return f"redis://{self.data.address}:{self.ports['redis']}/0"
+
+    def analysis_consumers(self, host: str, *, on: bool) -> None:
+        """Have the GPU worker on `host` stop or start again reading the analysis queues, by
+        Celery's remote control (`celery control cancel_consumer` / `add_consumer`), as an
+        operator would; raises if it does not answer."""
+        app = Celery("cluster-harness", broker=self.broker_url, set_as_current=False)
+        node = f"gpu@{self.name}-{host}"
+        try:
+            for queue in ANALYSIS_QUEUES:  # in their order: interactive is read first again
+                control = app.control.add_consumer if on else app.control.cancel_consumer
+                if not control(queue.value, destination=[node], reply=True, timeout=10):
+                    raise RuntimeError(f"{node} did not answer {'add' if on else 'cancel'}_consumer {queue.value}")
+        finally:
+            app.close()
+
     def app_env(self, host: Host, extra: dict[str, str] | None = None) -> dict[str, str]:
         """The environment of an app process: the manifests' variables, and nothing else of ours."""
         assert self.postgres and self.s3
@@ -320,7 +348,7 @@ class Cluster:
         settings = {
             "ENVIRONMENT": "development",  # production refuses plain-http URLs; the harness has no TLS
             "DATABASE_URL": self.dsn.replace("postgresql://", "postgresql+psycopg://"),
-            "BROKER_URL": f"redis://{data}:{self.ports['redis']}/0",
+            "BROKER_URL": self.broker_url,
             "S3_ENDPOINT": f"{data}:{self.ports['s3']}",
             "S3_SECURE": "false",
             "S3_ACCESS_KEY": self.s3.access_key,
@@ -545,6 +573,21 @@ class Cluster:
 
         return heal
 
+    def slow_host_link(self, name: str, delay: float) -> Callable[[], None]:
+        """`delay` seconds each way between host `name` and the data host's services (its
+        connections only; the others' are untouched); returns the heal."""
+        if not self.relays:
+            raise RuntimeError("delay needs the relays (Cluster(relays=True))")
+        address = self.hosts[name].address
+        for relay in self.relays.values():
+            relay.delay_from[address] = delay
+
+        def heal() -> None:
+            for relay in self.relays.values():
+                relay.delay_from.pop(address, None)
+
+        return heal
+
     def lose_host(self, name: str) -> Callable[[], None]:
         """Its processes killed (SIGKILL, as a power cut) and its link down; returns the way back."""
         host = self.hosts[name]
@@ -670,6 +713,7 @@ CI = ClusterConfig(jobs=8, clients=3, lead=3.0, partition=25.0, degraded=12.0, h
 # much like a partitioned one for the jobs it held, so it runs in the benchmark only.
 CI_FAULTS = ("worker-partition", "api-host-lost", "data-link", "beat-partition", "gpu-pool-stopped",
              "gpu-main-stopped")
+SLOW_LINK_BEFORE_STOP_S = 0.25  # gpu1's link delay each way until its pool or main is stopped
 STOP_TARGET_S = 90.0  # every job accepted before or during a stop is final within this of the stop
 
 
@@ -778,10 +822,28 @@ def _holds_jobs(run: ClusterRun, host: str) -> bool:
         return False
 
 
+@contextmanager
+def _jobs_go_to_gpu1(run: ClusterRun) -> Iterator[None]:
+    """Until the block ends gpu2 reads no analysis queue, and gpu1's link to the data host is
+    SLOW_LINK_BEFORE_STOP_S slower each way: the next jobs go to gpu1, and one it claims stays
+    held for seconds, long enough for a fault to find it held (docs/DECISIONS.md, issue 26:
+    Redis gave gpu2 every job of a CI-sized run more than once, and at 64 px a pass takes
+    milliseconds)."""
+    cluster = run.cluster
+    cluster.analysis_consumers("gpu2", on=False)
+    heal_link = cluster.slow_host_link("gpu1", SLOW_LINK_BEFORE_STOP_S)
+    try:
+        yield
+    finally:
+        heal_link()
+        cluster.analysis_consumers("gpu2", on=True)
+
+
 def worker_partition(run: ClusterRun) -> float:
     """gpu1 cannot reach the data host (Postgres, Redis, S3) while it holds jobs."""
-    run.wait_for(lambda: _holds_jobs(run, "gpu1"), 60, "a job held by gpu1")
-    heal = run.cluster.partition("gpu1")
+    with _jobs_go_to_gpu1(run):
+        run.wait_for(lambda: _holds_jobs(run, "gpu1"), 60, "a job held by gpu1")
+        heal = run.cluster.partition("gpu1")
     _hold(run.cluster_config.partition)
     heal()
     return time.monotonic()
@@ -797,8 +859,9 @@ def data_link(run: ClusterRun) -> float:
 
 def worker_host_lost(run: ClusterRun) -> float:
     """gpu1's processes killed and its link down while it holds jobs; then it comes back."""
-    run.wait_for(lambda: _holds_jobs(run, "gpu1"), 60, "a job held by gpu1")
-    back = run.cluster.lose_host("gpu1")
+    with _jobs_go_to_gpu1(run):
+        run.wait_for(lambda: _holds_jobs(run, "gpu1"), 60, "a job held by gpu1")
+        back = run.cluster.lose_host("gpu1")
     _hold(run.cluster_config.host_down)
     back()
     return time.monotonic()
@@ -969,21 +1032,22 @@ def _stop_gpu_worker(run: ClusterRun, part: str) -> float:
         return {row[0] for row in _stop_rows(run)
                 if row[1] == "processing" and f"{cluster.name}-gpu1" in (row[2] or "")}
 
-    for _ in range(20):
-        run.wait_for(lambda: _holds_jobs(run, "gpu1"), 60, "a job held by gpu1")
-        held = gpu1_holds()
-        _signal_all(victims, signal.SIGSTOP)
-        stopped_at, stopped = time.time(), time.monotonic()
-        if part != "pool":
-            break
-        # Its pool stopped, gpu1 can finish nothing more: read again (once a commit already on its
-        # way has landed). At 64 px a pass takes milliseconds, so a job read as held just before
-        # the signal may have been finished by gpu1 in between: such a job was never held.
-        time.sleep(0.3)
-        held &= gpu1_holds()
-        if held:
-            break
-        _signal_all(victims, signal.SIGCONT)  # it finished all it held just before the stop: again
+    with _jobs_go_to_gpu1(run):
+        for _ in range(3):
+            run.wait_for(lambda: _holds_jobs(run, "gpu1"), 60, "a job held by gpu1")
+            held = gpu1_holds()
+            _signal_all(victims, signal.SIGSTOP)
+            stopped_at, stopped = time.time(), time.monotonic()
+            if part != "pool":
+                break
+            # Its pool stopped, gpu1 can finish nothing more: read again once what it sent before
+            # the signal (held in the relay for the link's delay) has landed. A job finished in
+            # between was never held.
+            time.sleep(2 * SLOW_LINK_BEFORE_STOP_S + 0.3)
+            held &= gpu1_holds()
+            if held:
+                break
+            _signal_all(victims, signal.SIGCONT)  # it finished all it held just before the stop: again
     run.result.notes.append(f"stopped gpu1's {part} (pid {', '.join(str(v.pid) for v in victims)})")
     try:
         while time.monotonic() < stopped + config.stopped:
