@@ -217,9 +217,15 @@ class Receiver:
 
     def _handle(self, handler: _Handler) -> None:
         length = int(handler.headers.get("content-length") or 0)
-        body = handler.rfile.read(length).decode("utf-8", errors="replace")
+        raw = handler.rfile.read(length)
         request = Recorded(handler.command, handler.path, {k.lower(): v for k, v in handler.headers.items()},
-                           body, time.monotonic())
+                           raw.decode("utf-8", errors="replace"), time.monotonic())
+        if len(raw) < length:
+            # The sender hung up before its body was whole (a worker killed mid-send): kept as
+            # received, never answered, as a real server would not process it either.
+            self._record(request)
+            handler.close_connection = True
+            return
         if self.holding.is_set():
             with self._lock:
                 self.held += 1

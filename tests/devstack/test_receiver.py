@@ -44,6 +44,22 @@ def test_of_type_picks_webhook_events_and_skips_other_bodies():
         assert len(hook.requests) == 3
 
 
+def test_a_sender_that_hangs_up_mid_body_is_recorded_and_never_answered():
+    """A worker killed mid-send (the chaos stack's up-kill) left a request whose body never
+    came whole: it must not count as an acknowledged event."""
+    with Receiver() as hook:
+        with socket.create_connection((hook.host, hook.port), timeout=5) as sender:
+            sender.sendall(b"POST /hooks HTTP/1.1\r\nHost: x\r\nwebhook-id: msg_cut\r\n"
+                           b"content-length: 100\r\n\r\n{\"type\": \"analysis.succ")
+            sender.shutdown(socket.SHUT_WR)
+            assert sender.recv(1024) == b"", "no answer: the connection is closed"
+        post(hook.url, {"type": "analysis.succeeded"}, webhook_id="msg_whole")
+        cut, whole = hook.requests
+        assert (cut.webhook_id, cut.status, cut.type) == ("msg_cut", None, None)
+        assert (whole.webhook_id, whole.status, whole.type) == ("msg_whole", 200, "analysis.succeeded")
+        assert [r.webhook_id for r in hook.of_type("analysis.succeeded")] == ["msg_whole"]
+
+
 def test_a_stopped_receiver_refuses_connections_and_comes_back_on_its_port():
     hook = Receiver(204)
     try:
