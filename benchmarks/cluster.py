@@ -553,16 +553,20 @@ class Cluster:
 
         return heal
 
+    def _delaying_relays(self) -> list[Relay]:
+        if not self.relays:
+            raise RuntimeError("delay needs the relays (Cluster(relays=True))")
+        return list(self.relays.values())
+
     def degrade_data_link(self, delay: float = 0.2, jitter: float = 0.05, loss: float = 0.05) -> Callable[[], None]:
         """`delay ± jitter` seconds each way on the data host's services and `loss` of its packets
         dropped at random, both ways; returns the heal."""
+        relays = self._delaying_relays() if delay else []
         rules = [(chain, "-m", "statistic", "--mode", "random", "--probability", f"{loss}", "-j", "DROP")
                  for chain in ("INPUT", "OUTPUT")] if loss else []
         for rule in rules:
             self._iptables("data", *rule)
-        if delay and not self.relays:
-            raise RuntimeError("delay needs the relays (Cluster(relays=True))")
-        for relay in self.relays.values():
+        for relay in relays:
             relay.delay, relay.jitter = delay, jitter
 
         def heal() -> None:
@@ -576,10 +580,8 @@ class Cluster:
     def slow_host_link(self, name: str, delay: float) -> Callable[[], None]:
         """`delay` seconds each way between host `name` and the data host's services (its
         connections only; the others' are untouched); returns the heal."""
-        if not self.relays:
-            raise RuntimeError("delay needs the relays (Cluster(relays=True))")
-        address = self.hosts[name].address
-        for relay in self.relays.values():
+        relays, address = self._delaying_relays(), self.hosts[name].address
+        for relay in relays:
             relay.delay_from[address] = delay
 
         def heal() -> None:
